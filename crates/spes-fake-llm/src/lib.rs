@@ -1,0 +1,1 @@
+//! spes-fake-llm
