@@ -1,0 +1,324 @@
+//! The two wire formats: response bodies, SSE frames and error bodies.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::script::{FakeError, FakeStop, FakeUsage};
+
+/// Which provider's API a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Anthropic,
+    OpenAi,
+}
+
+/// Everything needed to render one healthy answer.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) id: String,
+    pub(crate) model: String,
+    pub(crate) text: String,
+    pub(crate) chunks: Vec<String>,
+    pub(crate) stop: FakeStop,
+    pub(crate) usage: FakeUsage,
+    pub(crate) include_usage: bool,
+}
+
+/// SSE frames of a streamed answer, split where faults cut in.
+#[derive(Debug)]
+pub(crate) struct Frames {
+    pub(crate) preamble: Vec<Bytes>,
+    pub(crate) deltas: Vec<Bytes>,
+    pub(crate) finals: Vec<Bytes>,
+}
+
+const CREATED: u64 = 1_700_000_000;
+
+impl Dialect {
+    pub(crate) fn request_id_header(self) -> &'static str {
+        match self {
+            Self::Anthropic => "request-id",
+            Self::OpenAi => "x-request-id",
+        }
+    }
+
+    /// The non-streaming response body.
+    pub(crate) fn reply_json(self, a: &Answer) -> Value {
+        match self {
+            Self::Anthropic => {
+                let (stop_reason, stop_sequence) = anthropic_stop(&a.stop);
+                json!({
+                    "id": a.id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": a.model,
+                    "content": [{"type": "text", "text": a.text}],
+                    "stop_reason": stop_reason,
+                    "stop_sequence": stop_sequence,
+                    "usage": anthropic_usage(&a.usage, a.usage.output_tokens),
+                })
+            }
+            Self::OpenAi => json!({
+                "id": a.id,
+                "object": "chat.completion",
+                "created": CREATED,
+                "model": a.model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": a.text, "refusal": null},
+                    "logprobs": null,
+                    "finish_reason": openai_finish(&a.stop),
+                }],
+                "usage": openai_usage(&a.usage),
+                "system_fingerprint": "fp_fake",
+            }),
+        }
+    }
+
+    /// The streamed response, as SSE frames.
+    pub(crate) fn frames(self, a: &Answer) -> Frames {
+        match self {
+            Self::Anthropic => anthropic_frames(a),
+            Self::OpenAi => openai_frames(a),
+        }
+    }
+
+    /// Status and body of an error response.
+    pub(crate) fn error_json(self, e: &FakeError, request_id: &str) -> Value {
+        match self {
+            Self::Anthropic => {
+                let (dtype, dmsg) = anthropic_error_defaults(e);
+                json!({
+                    "type": "error",
+                    "error": {
+                        "type": e.error_type.as_deref().unwrap_or(dtype),
+                        "message": e.message.as_deref().unwrap_or(dmsg),
+                    },
+                    "request_id": request_id,
+                })
+            }
+            Self::OpenAi => {
+                let (dtype, dcode, dmsg) = openai_error_defaults(e);
+                let code = e.code.as_deref().or(dcode);
+                json!({
+                    "error": {
+                        "message": e.message.as_deref().unwrap_or(dmsg),
+                        "type": e.error_type.as_deref().unwrap_or(dtype),
+                        "param": null,
+                        "code": code,
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn anthropic_stop(stop: &FakeStop) -> (&'static str, Value) {
+    match stop {
+        FakeStop::EndTurn => ("end_turn", Value::Null),
+        FakeStop::MaxTokens => ("max_tokens", Value::Null),
+        FakeStop::StopSequence(s) => ("stop_sequence", Value::String(s.clone())),
+    }
+}
+
+fn openai_finish(stop: &FakeStop) -> &'static str {
+    match stop {
+        FakeStop::EndTurn | FakeStop::StopSequence(_) => "stop",
+        FakeStop::MaxTokens => "length",
+    }
+}
+
+fn anthropic_usage(u: &FakeUsage, output_tokens: u64) -> Value {
+    json!({
+        "input_tokens": u.input_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+        "cache_read_input_tokens": u.cache_read_tokens,
+        "output_tokens": output_tokens,
+    })
+}
+
+fn openai_usage(u: &FakeUsage) -> Value {
+    json!({
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens + u.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    })
+}
+
+fn sse(event: Option<&str>, data: &Value) -> Bytes {
+    let data = data.to_string();
+    Bytes::from(match event {
+        Some(e) => format!("event: {e}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    })
+}
+
+fn anthropic_frames(a: &Answer) -> Frames {
+    let ev = |name: &str, data: Value| sse(Some(name), &data);
+    let (stop_reason, stop_sequence) = anthropic_stop(&a.stop);
+    let preamble = vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": a.id, "type": "message", "role": "assistant", "model": a.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": anthropic_usage(&a.usage, 1),
+            }}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev("ping", json!({"type": "ping"})),
+    ];
+    let deltas = a
+        .chunks
+        .iter()
+        .map(|c| {
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                       "delta": {"type": "text_delta", "text": c}}),
+            )
+        })
+        .collect();
+    let finals = vec![
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        ev(
+            "message_delta",
+            json!({"type": "message_delta",
+                   "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                   "usage": {"output_tokens": a.usage.output_tokens}}),
+        ),
+        ev("message_stop", json!({"type": "message_stop"})),
+    ];
+    Frames {
+        preamble,
+        deltas,
+        finals,
+    }
+}
+
+fn openai_frames(a: &Answer) -> Frames {
+    let chunk = |delta: Value, finish: Value| {
+        let mut v = json!({
+            "id": a.id, "object": "chat.completion.chunk", "created": CREATED,
+            "model": a.model, "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if a.include_usage
+            && let Some(o) = v.as_object_mut()
+        {
+            o.insert("usage".to_owned(), Value::Null);
+        }
+        sse(None, &v)
+    };
+    let preamble = vec![chunk(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        Value::Null,
+    )];
+    let deltas = a
+        .chunks
+        .iter()
+        .map(|c| chunk(json!({"content": c}), Value::Null))
+        .collect();
+    let mut finals = vec![chunk(json!({}), json!(openai_finish(&a.stop)))];
+    if a.include_usage {
+        finals.push(sse(
+            None,
+            &json!({
+                "id": a.id, "object": "chat.completion.chunk", "created": CREATED,
+                "model": a.model, "system_fingerprint": "fp_fake",
+                "choices": [], "usage": openai_usage(&a.usage),
+            }),
+        ));
+    }
+    finals.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    Frames {
+        preamble,
+        deltas,
+        finals,
+    }
+}
+
+fn anthropic_error_defaults(e: &FakeError) -> (&'static str, &'static str) {
+    if e.context_overflow {
+        return (
+            "invalid_request_error",
+            "prompt is too long: 250000 tokens > 200000 maximum",
+        );
+    }
+    match e.status {
+        400 => ("invalid_request_error", "messages: field required"),
+        401 => ("authentication_error", "invalid x-api-key"),
+        403 => (
+            "permission_error",
+            "Your API key does not have permission to use the specified resource.",
+        ),
+        404 => ("not_found_error", "model: not found"),
+        413 => (
+            "request_too_large",
+            "Request exceeds the maximum allowed size.",
+        ),
+        429 => (
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+        ),
+        529 => ("overloaded_error", "Overloaded"),
+        _ => ("api_error", "Internal server error"),
+    }
+}
+
+fn openai_error_defaults(e: &FakeError) -> (&'static str, Option<&'static str>, &'static str) {
+    if e.context_overflow {
+        return (
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            "This model's maximum context length is 128000 tokens. However, your messages \
+             resulted in 250000 tokens. Please reduce the length of the messages.",
+        );
+    }
+    match e.status {
+        400 => (
+            "invalid_request_error",
+            None,
+            "'messages' is a required property",
+        ),
+        401 => (
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            "Incorrect API key provided.",
+        ),
+        403 => (
+            "invalid_request_error",
+            Some("unsupported_country_region_territory"),
+            "Country, region, or territory not supported",
+        ),
+        404 => (
+            "invalid_request_error",
+            Some("model_not_found"),
+            "The model does not exist or you do not have access to it.",
+        ),
+        429 => (
+            "requests",
+            Some("rate_limit_exceeded"),
+            "Rate limit reached for requests. Please try again later.",
+        ),
+        503 | 529 => (
+            "server_error",
+            None,
+            "The engine is currently overloaded, please try again later",
+        ),
+        _ => (
+            "server_error",
+            None,
+            "The server had an error while processing your request.",
+        ),
+    }
+}

@@ -1,0 +1,292 @@
+//! What the fake server answers: replies, stop reasons, usage and faults.
+
+use std::time::Duration;
+
+/// Why the fake model stops. Rendered as each provider names it
+/// (`end_turn` / `stop`, `max_tokens` / `length`, `stop_sequence` / `stop`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum FakeStop {
+    /// The answer is complete.
+    #[default]
+    EndTurn,
+    /// The answer was cut by `max_tokens`.
+    MaxTokens,
+    /// The model produced this stop sequence.
+    StopSequence(String),
+}
+
+/// Token counts the fake server reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FakeUsage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// Prompt tokens read from the cache.
+    pub cache_read_tokens: u64,
+    /// Prompt tokens written to the cache (Anthropic only).
+    pub cache_write_tokens: u64,
+}
+
+/// A scripted HTTP error, rendered in the provider's error shape.
+///
+/// Fields left `None` take realistic defaults for the status and dialect
+/// (for example 429 gives Anthropic `rate_limit_error` and OpenAI
+/// `rate_limit_exceeded`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeError {
+    /// HTTP status.
+    pub status: u16,
+    /// The provider's error `type`.
+    pub error_type: Option<String>,
+    /// The OpenAI error `code`.
+    pub code: Option<String>,
+    /// The error message.
+    pub message: Option<String>,
+    /// Render the provider's "prompt too long" error.
+    pub context_overflow: bool,
+    /// The `retry-after` header value, verbatim.
+    pub retry_after: Option<String>,
+    /// Extra response headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A fault injected instead of (or in the middle of) a healthy answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with an HTTP error.
+    Error(FakeError),
+    /// Never send response headers (until the server is dropped).
+    Hang,
+    /// Send the headers and this many text chunks, then go silent.
+    StallAfter(usize),
+    /// Send the headers and this many text chunks, then close the connection.
+    BreakAfter(usize),
+}
+
+/// One scripted answer. Build it with the constructors and `with_*` setters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeResponse {
+    /// The reply text; `None` echoes the last user message.
+    pub text: Option<String>,
+    /// Why the model stops.
+    pub stop: FakeStop,
+    /// Reported usage; `None` counts words of the prompt and reply.
+    pub usage: Option<FakeUsage>,
+    /// Characters per streamed text chunk (at least 1).
+    pub chunk_chars: usize,
+    /// Pause before each streamed chunk after the first.
+    pub chunk_delay: Duration,
+    /// Pause before the response headers.
+    pub latency: Duration,
+    /// A fault, if any.
+    pub fault: Option<Fault>,
+}
+
+impl Default for FakeResponse {
+    fn default() -> Self {
+        Self {
+            text: None,
+            stop: FakeStop::EndTurn,
+            usage: None,
+            chunk_chars: 16,
+            chunk_delay: Duration::ZERO,
+            latency: Duration::ZERO,
+            fault: None,
+        }
+    }
+}
+
+impl FakeResponse {
+    /// The default answer: echoes the last user message (`echo: <text>`).
+    #[must_use]
+    pub fn echo() -> Self {
+        Self::default()
+    }
+
+    /// Answers `text`.
+    #[must_use]
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: Some(text.into()),
+            ..Self::default()
+        }
+    }
+
+    /// An HTTP error with provider-shaped defaults for `status`.
+    #[must_use]
+    pub fn error(status: u16) -> Self {
+        Self {
+            fault: Some(Fault::Error(FakeError {
+                status,
+                error_type: None,
+                code: None,
+                message: None,
+                context_overflow: false,
+                retry_after: None,
+                headers: Vec::new(),
+            })),
+            ..Self::default()
+        }
+    }
+
+    /// 429 with an optional `retry-after` header (`"2"` or an HTTP date).
+    #[must_use]
+    pub fn rate_limited(retry_after: Option<&str>) -> Self {
+        let r = Self::error(429);
+        match retry_after {
+            Some(v) => r.with_retry_after(v),
+            None => r,
+        }
+    }
+
+    /// 529 `overloaded_error` (Anthropic's overload status).
+    #[must_use]
+    pub fn overloaded() -> Self {
+        Self::error(529)
+    }
+
+    /// 500 internal server error.
+    #[must_use]
+    pub fn server_error() -> Self {
+        Self::error(500)
+    }
+
+    /// 400 "prompt is too long" / `context_length_exceeded`.
+    #[must_use]
+    pub fn context_overflow() -> Self {
+        let mut r = Self::error(400);
+        if let Some(Fault::Error(e)) = &mut r.fault {
+            e.context_overflow = true;
+        }
+        r
+    }
+
+    /// Never sends response headers.
+    #[must_use]
+    pub fn hang() -> Self {
+        Self {
+            fault: Some(Fault::Hang),
+            ..Self::default()
+        }
+    }
+
+    /// Answers `text` but goes silent after `chunks` text chunks.
+    #[must_use]
+    pub fn stall_after(text: impl Into<String>, chunks: usize) -> Self {
+        Self {
+            fault: Some(Fault::StallAfter(chunks)),
+            ..Self::text(text)
+        }
+    }
+
+    /// Answers `text` but closes the connection after `chunks` text chunks,
+    /// without the final event.
+    #[must_use]
+    pub fn break_after(text: impl Into<String>, chunks: usize) -> Self {
+        Self {
+            fault: Some(Fault::BreakAfter(chunks)),
+            ..Self::text(text)
+        }
+    }
+
+    /// Sets why the model stops.
+    #[must_use]
+    pub fn with_stop(mut self, stop: FakeStop) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Sets input and output token counts.
+    #[must_use]
+    pub fn with_usage(mut self, input_tokens: u64, output_tokens: u64) -> Self {
+        let mut u = self.usage.unwrap_or_default();
+        u.input_tokens = input_tokens;
+        u.output_tokens = output_tokens;
+        self.usage = Some(u);
+        self
+    }
+
+    /// Sets cache read and write token counts.
+    #[must_use]
+    pub fn with_cache_tokens(mut self, read: u64, write: u64) -> Self {
+        let mut u = self.usage.unwrap_or_default();
+        u.cache_read_tokens = read;
+        u.cache_write_tokens = write;
+        self.usage = Some(u);
+        self
+    }
+
+    /// Characters per streamed chunk.
+    #[must_use]
+    pub fn with_chunk_chars(mut self, n: usize) -> Self {
+        self.chunk_chars = n.max(1);
+        self
+    }
+
+    /// Pause before each streamed chunk after the first.
+    #[must_use]
+    pub fn with_chunk_delay(mut self, d: Duration) -> Self {
+        self.chunk_delay = d;
+        self
+    }
+
+    /// Pause before the response headers.
+    #[must_use]
+    pub fn with_latency(mut self, d: Duration) -> Self {
+        self.latency = d;
+        self
+    }
+
+    fn error_mut(&mut self) -> Option<&mut FakeError> {
+        match &mut self.fault {
+            Some(Fault::Error(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Sets the `retry-after` header of an error response.
+    #[must_use]
+    pub fn with_retry_after(mut self, v: impl Into<String>) -> Self {
+        if let Some(e) = self.error_mut() {
+            e.retry_after = Some(v.into());
+        }
+        self
+    }
+
+    /// Sets the provider error `type` of an error response.
+    #[must_use]
+    pub fn with_error_type(mut self, t: impl Into<String>) -> Self {
+        if let Some(e) = self.error_mut() {
+            e.error_type = Some(t.into());
+        }
+        self
+    }
+
+    /// Sets the OpenAI error `code` of an error response.
+    #[must_use]
+    pub fn with_error_code(mut self, c: impl Into<String>) -> Self {
+        if let Some(e) = self.error_mut() {
+            e.code = Some(c.into());
+        }
+        self
+    }
+
+    /// Sets the message of an error response.
+    #[must_use]
+    pub fn with_error_message(mut self, m: impl Into<String>) -> Self {
+        if let Some(e) = self.error_mut() {
+            e.message = Some(m.into());
+        }
+        self
+    }
+
+    /// Adds a header to an error response.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        if let Some(e) = self.error_mut() {
+            e.headers.push((name.into(), value.into()));
+        }
+        self
+    }
+}
