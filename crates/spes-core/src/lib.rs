@@ -1,9 +1,15 @@
 //! spes core: components, templates, workflow specs, conditions and policies.
 //! No I/O beyond reading the user's files; no clock, no network.
 
+pub mod component;
+pub mod condition;
 pub mod config;
 pub mod diagnostic;
 pub mod duration;
 pub mod message;
+pub mod template;
+pub mod transform;
+pub mod workflow;
+pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};

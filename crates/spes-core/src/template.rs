@@ -1,0 +1,359 @@
+//! Prompt templates: minijinja, sandboxed, strict about undefined variables,
+//! bounded by fuel.
+//!
+//! **Values are data.** A value inserted into a template (an input, a model's
+//! output) is never rendered again: `{{ x }}` in an LLM output stays
+//! `{{ x }}`. minijinja never evaluates values, and spes never feeds a
+//! rendered string back in as template source.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+use serde_json::Map;
+
+/// The run context: one flat JSON object (inputs and step outputs).
+pub type Context = Map<String, serde_json::Value>;
+
+/// Instructions a single render may execute (bounds loops over huge lists).
+pub const FUEL: u64 = 2_000_000;
+
+/// A template problem: what, and where in the template text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    /// What went wrong.
+    pub message: String,
+    /// Byte range in the template source, when minijinja knows it.
+    pub range: Option<std::ops::Range<usize>>,
+    /// 1-based line in the template, when known.
+    pub line: Option<usize>,
+    /// Variables the template reads that the context lacks.
+    pub missing: Vec<String>,
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+impl TemplateError {
+    fn from_mj(e: &minijinja::Error) -> Self {
+        let kind = match e.kind() {
+            ErrorKind::SyntaxError => "template syntax error",
+            ErrorKind::UndefinedError => "undefined value",
+            ErrorKind::OutOfFuel => "template ran too long (out of fuel)",
+            ErrorKind::InvalidOperation => "invalid operation",
+            ErrorKind::UnknownFilter => "unknown filter",
+            ErrorKind::UnknownTest => "unknown test",
+            ErrorKind::UnknownFunction => "unknown function",
+            ErrorKind::UnknownMethod => "unknown method",
+            ErrorKind::TooManyArguments | ErrorKind::MissingArgument => "wrong arguments",
+            ErrorKind::BadSerialization => "value cannot be used in a template",
+            _ => "template error",
+        };
+        let message = match e.detail() {
+            Some(d) => format!("{kind}: {d}"),
+            None => kind.to_owned(),
+        };
+        Self {
+            message,
+            range: e.range(),
+            line: e.line(),
+            missing: Vec::new(),
+        }
+    }
+}
+
+fn build_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(64);
+    // Prompts are not HTML.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.add_test("matching", |v: &str, pattern: &str| -> Result<bool, minijinja::Error> {
+        let re = regex::Regex::new(pattern).map_err(|e| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, format!("bad regex `{pattern}`: {e}"))
+        })?;
+        Ok(re.is_match(v))
+    });
+    env.add_test("containing", |v: &str, needle: &str| v.contains(needle));
+    env.add_filter("words", |v: &str| v.split_whitespace().count());
+    env.add_filter("lines", |v: &str| v.lines().count());
+    env.add_filter("fromjson", |v: &str| -> Result<Value, minijinja::Error> {
+        let j: serde_json::Value = serde_json::from_str(v).map_err(|e| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, format!("not JSON: {e}"))
+        })?;
+        Ok(Value::from(minijinja::value::Serde(&j)))
+    });
+    env
+}
+
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(build_env)
+}
+
+/// A parsed template, checked for syntax, with the variables it reads.
+#[derive(Clone)]
+pub struct Template {
+    source: Arc<str>,
+    reads: Arc<BTreeSet<String>>,
+    /// When the whole template is one `{{ expr }}`, the expression, so that
+    /// structured values (lists, objects) pass through unchanged.
+    single_expr: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Template").field(&self.source).finish()
+    }
+}
+
+impl Template {
+    /// Parses `source`; syntax errors carry their range.
+    pub fn parse(source: &str) -> Result<Self, TemplateError> {
+        let t = env()
+            .template_from_str(source)
+            .map_err(|e| TemplateError::from_mj(&e))?;
+        let reads: BTreeSet<String> = t.undeclared_variables(false).into_iter().collect();
+        let single_expr = single_expression(source).and_then(|expr| {
+            env().compile_expression(expr).ok().map(|_| Arc::<str>::from(expr))
+        });
+        Ok(Self {
+            source: source.into(),
+            reads: Arc::new(reads),
+            single_expr,
+        })
+    }
+
+    /// The template text.
+    #[must_use]
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Top-level variables the template reads (excluding ones it sets itself).
+    #[must_use]
+    pub fn reads(&self) -> &BTreeSet<String> {
+        &self.reads
+    }
+
+    /// True when the template contains no template syntax at all.
+    #[must_use]
+    pub fn is_literal(&self) -> bool {
+        !self.source.contains("{{") && !self.source.contains("{%") && !self.source.contains("{#")
+    }
+
+    fn check_missing(&self, ctx: &Context, extra: Option<&Context>) -> Result<(), TemplateError> {
+        let missing: Vec<String> = self
+            .reads
+            .iter()
+            .filter(|v| !ctx.contains_key(*v) && !extra.is_some_and(|e| e.contains_key(*v)))
+            .filter(|v| env().globals().all(|(g, _)| g != v.as_str()))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(TemplateError {
+                message: format!(
+                    "undefined variable{} {}",
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                ),
+                range: None,
+                line: None,
+                missing,
+            })
+        }
+    }
+
+    /// Renders to text over the context (plus optional local variables, which win).
+    pub fn render(&self, ctx: &Context, locals: Option<&Context>) -> Result<String, TemplateError> {
+        if self.is_literal() {
+            return Ok(self.source.to_string());
+        }
+        self.check_missing(ctx, locals)?;
+        let value = context_value(ctx, locals);
+        let t = env()
+            .template_from_str(&self.source)
+            .map_err(|e| TemplateError::from_mj(&e))?;
+        t.render(value).map_err(|e| TemplateError::from_mj(&e))
+    }
+
+    /// Evaluates to a JSON value: a single `{{ expr }}` keeps the expression's
+    /// type (a list stays a list); anything else renders to a string.
+    pub fn eval(&self, ctx: &Context, locals: Option<&Context>) -> Result<serde_json::Value, TemplateError> {
+        match &self.single_expr {
+            Some(expr) => {
+                self.check_missing(ctx, locals)?;
+                let e = env()
+                    .compile_expression(expr)
+                    .map_err(|e| TemplateError::from_mj(&e))?;
+                let v = e
+                    .eval(context_value(ctx, locals))
+                    .map_err(|e| TemplateError::from_mj(&e))?;
+                serde_json::to_value(&v).map_err(|e| TemplateError {
+                    message: format!("value cannot be converted to JSON: {e}"),
+                    range: None,
+                    line: None,
+                    missing: Vec::new(),
+                })
+            }
+            None => self.render(ctx, locals).map(serde_json::Value::String),
+        }
+    }
+}
+
+/// A boolean expression over the context (`"'error' in text"`, `"summary | length > 200"`).
+#[derive(Clone)]
+pub struct Expr {
+    source: Arc<str>,
+    reads: Arc<BTreeSet<String>>,
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Expr").field(&self.source).finish()
+    }
+}
+
+impl Expr {
+    /// Parses an expression.
+    pub fn parse(source: &str) -> Result<Self, TemplateError> {
+        let e = env()
+            .compile_expression(source)
+            .map_err(|e| TemplateError::from_mj(&e))?;
+        let reads = e.undeclared_variables(false).into_iter().collect();
+        Ok(Self {
+            source: source.into(),
+            reads: Arc::new(reads),
+        })
+    }
+
+    /// The expression text.
+    #[must_use]
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Top-level variables the expression reads.
+    #[must_use]
+    pub fn reads(&self) -> &BTreeSet<String> {
+        &self.reads
+    }
+
+    /// Evaluates for truth (Jinja truthiness).
+    pub fn is_true(&self, ctx: &Context, locals: Option<&Context>) -> Result<bool, TemplateError> {
+        let t = Template {
+            source: self.source.clone(),
+            reads: self.reads.clone(),
+            single_expr: None,
+        };
+        t.check_missing(ctx, locals)?;
+        let e = env()
+            .compile_expression(&self.source)
+            .map_err(|e| TemplateError::from_mj(&e))?;
+        Ok(e
+            .eval(context_value(ctx, locals))
+            .map_err(|e| TemplateError::from_mj(&e))?
+            .is_true())
+    }
+}
+
+fn context_value(ctx: &Context, locals: Option<&Context>) -> Value {
+    match locals {
+        None => Value::from(minijinja::value::Serde(ctx)),
+        Some(l) if l.is_empty() => Value::from(minijinja::value::Serde(ctx)),
+        Some(l) => {
+            let mut merged = ctx.clone();
+            for (k, v) in l {
+                merged.insert(k.clone(), v.clone());
+            }
+            Value::from(minijinja::value::Serde(&merged))
+        }
+    }
+}
+
+/// `{{ expr }}` with nothing around it → `Some("expr")`.
+fn single_expression(source: &str) -> Option<&str> {
+    let t = source.trim();
+    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.trim_start_matches('-').trim_end_matches('-').trim();
+    if inner.contains("{{") || inner.contains("}}") || inner.is_empty() {
+        return None;
+    }
+    Some(inner)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(v: serde_json::Value) -> Context {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn values_are_data_never_rendered_again() {
+        let t = Template::parse("Summary: {{ text }}").unwrap();
+        let c = ctx(json!({"text": "{{ secret }} {% for x in y %} {x} {# c #}", "secret": "LEAK"}));
+        assert_eq!(
+            t.render(&c, None).unwrap(),
+            "Summary: {{ secret }} {% for x in y %} {x} {# c #}"
+        );
+    }
+
+    #[test]
+    fn undefined_variables_are_named() {
+        let t = Template::parse("Hi {{ name }} and {{ other }}").unwrap();
+        let e = t.render(&ctx(json!({"name": "a"})), None).unwrap_err();
+        assert_eq!(e.message, "undefined variable `other`");
+        assert_eq!(e.missing, vec!["other".to_owned()]);
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let e = Template::parse("line one\n{{ oops(").unwrap_err();
+        assert!(e.message.starts_with("template syntax error"), "{}", e.message);
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn single_expression_keeps_structure() {
+        let t = Template::parse("{{ items }}").unwrap();
+        let c = ctx(json!({"items": [1, 2, 3]}));
+        assert_eq!(t.eval(&c, None).unwrap(), json!([1, 2, 3]));
+        let t = Template::parse("n={{ items | length }}").unwrap();
+        assert_eq!(t.eval(&c, None).unwrap(), json!("n=3"));
+    }
+
+    #[test]
+    fn reads_ignore_locally_set_variables() {
+        let t = Template::parse("{% for q in questions %}{{ q }}{% endfor %}{% set z = 1 %}{{ z }}").unwrap();
+        assert_eq!(t.reads().iter().cloned().collect::<Vec<_>>(), vec!["questions".to_owned()]);
+    }
+
+    #[test]
+    fn expressions_and_custom_tests() {
+        let c = ctx(json!({"text": "ERR: disk full", "n": 3}));
+        assert!(Expr::parse("'disk' in text").unwrap().is_true(&c, None).unwrap());
+        assert!(Expr::parse("text is matching('^ERR')").unwrap().is_true(&c, None).unwrap());
+        assert!(!Expr::parse("n > 5").unwrap().is_true(&c, None).unwrap());
+        assert!(Expr::parse("text | words == 3").unwrap().is_true(&c, None).unwrap());
+    }
+
+    #[test]
+    fn fuel_bounds_runaway_loops() {
+        let t = Template::parse("{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}").unwrap();
+        let e = t.render(&Context::new(), None).unwrap_err();
+        assert!(e.message.contains("fuel") || e.message.contains("range"), "{}", e.message);
+    }
+}

@@ -1,0 +1,242 @@
+//! Workflows: YAML files parsed into [`spec::WorkflowSpec`], then validated
+//! into the runtime [`Workflow`] that the engine executes.
+//!
+//! Validation catches every error before any model is called: unknown
+//! agents, components, providers and step kinds, fields that do not belong
+//! to a step's kind, template syntax, and context keys read before any step
+//! writes them. Each error points at file:line:column with a hint.
+
+pub mod diagram;
+pub mod spec;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::component::Component;
+use crate::condition::Condition;
+use crate::template::Template;
+use crate::transform::TransformFn;
+
+pub use spec::InputType;
+pub use validate::{ValidateEnv, parse_workflow, validate};
+
+/// A validated workflow.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// The file it came from (as the user named it).
+    pub file: String,
+    /// Declared inputs, in name order.
+    pub inputs: Vec<Input>,
+    /// Agents by name.
+    pub agents: BTreeMap<String, Arc<Agent>>,
+    /// Top-level steps.
+    pub steps: Vec<Step>,
+    /// The context key that is the workflow's result.
+    pub output: Option<String>,
+    /// Every component the workflow resolved (for pinning and listings).
+    pub components: Vec<Arc<Component>>,
+}
+
+/// A declared input.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Key in the context.
+    pub name: String,
+    /// Type.
+    pub ty: InputType,
+    /// Must be given (and has no default).
+    pub required: bool,
+    /// Default value.
+    pub default: Option<serde_json::Value>,
+    /// Description.
+    pub description: Option<String>,
+}
+
+/// An agent: components plus model settings.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Option<String>,
+    /// System components in order: persona, instruction, output format, examples.
+    pub components: Vec<Arc<Component>>,
+    /// Component variable values (templates over the context).
+    pub vars: BTreeMap<String, Template>,
+    /// Provider name.
+    pub provider: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Temperature.
+    pub temperature: Option<f32>,
+    /// Token limit.
+    pub max_tokens: Option<u32>,
+}
+
+/// Where a step was written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loc {
+    /// File.
+    pub file: Arc<str>,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+}
+
+impl std::fmt::Display for Loc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.col)
+    }
+}
+
+/// One validated step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Name (unique among siblings).
+    pub name: String,
+    /// Context key written with the result.
+    pub output: Option<String>,
+    /// Skip unless this holds.
+    pub when: Option<Condition>,
+    /// What it does.
+    pub kind: StepKind,
+    /// Where it was written.
+    pub loc: Loc,
+}
+
+/// The step kinds.
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    /// A model call.
+    Llm(Box<LlmStep>),
+    /// A pure function.
+    Transform(TransformStep),
+    /// Children in order; the result is the last child's.
+    Sequence(Vec<Step>),
+    /// First matching arm runs; else `otherwise`.
+    Branch(BranchStep),
+}
+
+impl StepKind {
+    /// The YAML kind name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Llm(_) => "llm",
+            Self::Transform(_) => "transform",
+            Self::Sequence(_) => "sequence",
+            Self::Branch(_) => "branch",
+        }
+    }
+}
+
+/// Answer format of an llm step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Plain text.
+    Text,
+    /// JSON, parsed into the context.
+    Json,
+}
+
+/// A model call.
+#[derive(Debug, Clone)]
+pub struct LlmStep {
+    /// The user message.
+    pub prompt: Template,
+    /// Prefix for the user message when an agent runs a task (`Task: `), else empty.
+    pub agent: Option<Arc<Agent>>,
+    /// Extra system text.
+    pub system: Option<Template>,
+    /// Provider override.
+    pub provider: Option<String>,
+    /// Model override.
+    pub model: Option<String>,
+    /// Temperature override.
+    pub temperature: Option<f32>,
+    /// Token limit.
+    pub max_tokens: Option<u32>,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// Text or JSON.
+    pub format: Format,
+    /// JSON schema for the answer.
+    pub schema: Option<serde_json::Value>,
+}
+
+/// A pure transform.
+#[derive(Debug, Clone)]
+pub struct TransformStep {
+    /// The function.
+    pub func: TransformFn,
+    /// Its name as written.
+    pub func_name: String,
+    /// The input.
+    pub input: Template,
+}
+
+/// A conditional.
+#[derive(Debug, Clone)]
+pub struct BranchStep {
+    /// Arms, first match wins.
+    pub arms: Vec<Arm>,
+    /// When none matched; `None` records the explicit no-match result.
+    pub otherwise: Option<Vec<Step>>,
+}
+
+/// One arm.
+#[derive(Debug, Clone)]
+pub struct Arm {
+    /// Name recorded as the branch taken.
+    pub name: String,
+    /// Condition.
+    pub condition: Condition,
+    /// Steps.
+    pub steps: Vec<Step>,
+}
+
+impl Workflow {
+    /// Every step, depth first, with its key path.
+    #[must_use]
+    pub fn walk(&self) -> Vec<(String, &Step)> {
+        fn go<'a>(prefix: &str, steps: &'a [Step], out: &mut Vec<(String, &'a Step)>) {
+            for s in steps {
+                let key = if prefix.is_empty() {
+                    s.name.clone()
+                } else {
+                    format!("{prefix}/{}", s.name)
+                };
+                out.push((key.clone(), s));
+                match &s.kind {
+                    StepKind::Sequence(c) => go(&key, c, out),
+                    StepKind::Branch(b) => {
+                        for a in &b.arms {
+                            go(&format!("{key}/{}", a.name), &a.steps, out);
+                        }
+                        if let Some(o) = &b.otherwise {
+                            go(&format!("{key}/else"), o, out);
+                        }
+                    }
+                    StepKind::Llm(_) | StepKind::Transform(_) => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        go("", &self.steps, &mut out);
+        out
+    }
+
+    /// The key whose value is printed as the result.
+    #[must_use]
+    pub fn result_key(&self) -> Option<&str> {
+        self.output
+            .as_deref()
+            .or_else(|| self.steps.iter().rev().find_map(|s| s.output.as_deref()))
+    }
+}

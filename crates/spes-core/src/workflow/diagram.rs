@@ -1,0 +1,139 @@
+//! `spes workflow diagram`: Mermaid flowcharts and an indented text tree.
+
+use std::fmt::Write as _;
+
+use super::{Step, StepKind, Workflow};
+
+fn label(s: &Step) -> String {
+    let detail = match &s.kind {
+        StepKind::Llm(l) => l
+            .agent
+            .as_ref()
+            .map_or_else(|| "llm".to_owned(), |a| format!("llm · {}", a.name)),
+        StepKind::Transform(t) => format!("transform · {}", t.func_name),
+        StepKind::Sequence(_) => "sequence".to_owned(),
+        StepKind::Branch(_) => "branch".to_owned(),
+    };
+    let out = s.output.as_ref().map(|o| format!(" → {o}")).unwrap_or_default();
+    format!("{} ({detail}){out}", s.name)
+}
+
+/// An indented tree.
+#[must_use]
+pub fn text(wf: &Workflow) -> String {
+    fn go(steps: &[Step], depth: usize, out: &mut String) {
+        for s in steps {
+            let pad = "  ".repeat(depth);
+            let when = s.when.as_ref().map(|w| format!(" [when {}]", w.describe())).unwrap_or_default();
+            let _ = writeln!(out, "{pad}- {}{when}", label(s));
+            match &s.kind {
+                StepKind::Sequence(c) => go(c, depth + 1, out),
+                StepKind::Branch(b) => {
+                    for a in &b.arms {
+                        let _ = writeln!(out, "{pad}  ? {}: {}", a.name, a.condition.describe());
+                        go(&a.steps, depth + 2, out);
+                    }
+                    if let Some(o) = &b.otherwise {
+                        let _ = writeln!(out, "{pad}  ? else");
+                        go(o, depth + 2, out);
+                    }
+                }
+                StepKind::Llm(_) | StepKind::Transform(_) => {}
+            }
+        }
+    }
+    let mut out = format!("{}\n", wf.name);
+    go(&wf.steps, 0, &mut out);
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('"', "#quot;")
+}
+
+/// A Mermaid flowchart (`flowchart TD`).
+#[must_use]
+pub fn mermaid(wf: &Workflow) -> String {
+    struct M {
+        out: String,
+        n: usize,
+    }
+    impl M {
+        fn id(&mut self) -> String {
+            self.n += 1;
+            format!("n{}", self.n)
+        }
+        /// Emits the steps in order; returns (first node, last nodes).
+        fn steps(&mut self, steps: &[Step], from: Vec<String>) -> Vec<String> {
+            let mut prev = from;
+            for s in steps {
+                prev = self.step(s, &prev);
+            }
+            prev
+        }
+        fn link(&mut self, from: &[String], to: &str, label: Option<&str>) {
+            for f in from {
+                match label {
+                    Some(l) => {
+                        let _ = writeln!(self.out, "    {f} -->|\"{}\"| {to}", esc(l));
+                    }
+                    None => {
+                        let _ = writeln!(self.out, "    {f} --> {to}");
+                    }
+                }
+            }
+        }
+        fn step(&mut self, s: &Step, prev: &[String]) -> Vec<String> {
+            match &s.kind {
+                StepKind::Branch(b) => {
+                    let id = self.id();
+                    let _ = writeln!(self.out, "    {id}{{\"{}\"}}", esc(&s.name));
+                    self.link(prev, &id, None);
+                    let mut ends = Vec::new();
+                    for a in &b.arms {
+                        let first = self.out.len();
+                        let tail = self.steps(&a.steps, vec![id.clone()]);
+                        // Relabel the first edge out of the decision with the condition.
+                        let edge = format!("    {id} --> ");
+                        if let Some(pos) = self.out[first..].find(&edge) {
+                            let at = first + pos;
+                            let labelled = format!("    {id} -->|\"{}\"| ", esc(&a.condition.describe()));
+                            self.out.replace_range(at..at + edge.len(), &labelled);
+                        }
+                        ends.extend(tail);
+                    }
+                    match &b.otherwise {
+                        Some(o) => {
+                            let first = self.out.len();
+                            let tail = self.steps(o, vec![id.clone()]);
+                            let edge = format!("    {id} --> ");
+                            if let Some(pos) = self.out[first..].find(&edge) {
+                                let at = first + pos;
+                                self.out.replace_range(at..at + edge.len(), &format!("    {id} -->|else| "));
+                            }
+                            ends.extend(tail);
+                        }
+                        None => ends.push(id),
+                    }
+                    ends
+                }
+                StepKind::Sequence(c) => self.steps(c, prev.to_vec()),
+                StepKind::Llm(_) | StepKind::Transform(_) => {
+                    let id = self.id();
+                    let shape = if matches!(s.kind, StepKind::Llm(_)) { ("[", "]") } else { ("[/", "/]") };
+                    let _ = writeln!(self.out, "    {id}{}\"{}\"{}", shape.0, esc(&label(s)), shape.1);
+                    self.link(prev, &id, None);
+                    vec![id]
+                }
+            }
+        }
+    }
+    let mut m = M {
+        out: String::from("flowchart TD\n    start((start))\n"),
+        n: 0,
+    };
+    let ends = m.steps(&wf.steps, vec!["start".into()]);
+    m.out.push_str("    done((done))\n");
+    m.link(&ends, "done", None);
+    m.out
+}

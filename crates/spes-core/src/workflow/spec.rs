@@ -1,0 +1,276 @@
+//! Serde mirror of workflow YAML files. Every field is optional here so that
+//! validation can report *all* problems with locations; `deny_unknown_fields`
+//! catches typos. Spans come from [`serde_saphyr::Spanned`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+/// A value and where it was written.
+pub type S<T> = Spanned<T>;
+
+/// A whole workflow file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    /// Workflow name.
+    pub name: Option<S<String>>,
+    /// What it does.
+    pub description: Option<String>,
+    /// The workflow's own version (semver), informational.
+    pub version: Option<S<String>>,
+    /// Declared inputs.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, S<InputSpec>>,
+    /// Named agents.
+    #[serde(default)]
+    pub agents: BTreeMap<String, S<AgentSpec>>,
+    /// The steps, run in order.
+    pub steps: Option<S<Vec<StepSpec>>>,
+    /// Context key printed as the result (default: the last step's output).
+    pub output: Option<S<String>>,
+}
+
+/// The type of an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    /// Text (the default).
+    String,
+    /// Whole number.
+    Integer,
+    /// Any number.
+    Number,
+    /// true / false.
+    Boolean,
+    /// A list (JSON on the command line).
+    List,
+    /// An object (JSON on the command line).
+    Object,
+}
+
+impl InputType {
+    /// The YAML name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Integer => "integer",
+            Self::Number => "number",
+            Self::Boolean => "boolean",
+            Self::List => "list",
+            Self::Object => "object",
+        }
+    }
+}
+
+/// `inputs: { topic: { type: string, required: true } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Type (default string).
+    #[serde(rename = "type")]
+    pub ty: Option<InputType>,
+    /// Must be given.
+    #[serde(default)]
+    pub required: bool,
+    /// Value when not given.
+    pub default: Option<serde_json::Value>,
+    /// Shown in `--help`-like listings.
+    pub description: Option<String>,
+}
+
+/// `agents: { analyst: { persona: persona/analyst@^1, ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// A short role description.
+    pub role: Option<String>,
+    /// Persona component reference.
+    pub persona: Option<S<String>>,
+    /// Instruction component reference.
+    pub instruction: Option<S<String>>,
+    /// Output format component reference.
+    pub output_format: Option<S<String>>,
+    /// Example component references.
+    #[serde(default)]
+    pub examples: Vec<S<String>>,
+    /// Values for component variables (templates over the context).
+    #[serde(default)]
+    pub vars: BTreeMap<String, S<String>>,
+    /// Provider name (from spes.toml).
+    pub provider: Option<S<String>>,
+    /// Model override.
+    pub model: Option<String>,
+    /// Sampling temperature.
+    pub temperature: Option<S<f32>>,
+    /// Token limit.
+    pub max_tokens: Option<u32>,
+}
+
+/// A condition: an expression string, or a structured check.
+#[derive(Debug)]
+pub enum ConditionSpec {
+    /// `"'error' in text"`.
+    Expr(String),
+    /// `{ keyword: [...], in: text }` and friends.
+    Check(Box<CheckSpec>),
+}
+
+/// Structured condition; exactly one of the check fields is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    /// Any of these words, case-insensitive.
+    pub keyword: Option<OneOrMany>,
+    /// Length range in characters.
+    pub length: Option<RangeSpec>,
+    /// A regex that must match somewhere.
+    pub regex: Option<S<String>>,
+    /// An expression (same as the string form).
+    pub expr: Option<S<String>>,
+    /// A yes/no question for a model.
+    pub ask: Option<S<String>>,
+    /// The agent that answers `ask`.
+    pub agent: Option<S<String>>,
+    /// The context key that keyword/length/regex look at.
+    #[serde(rename = "in")]
+    pub input: Option<S<String>>,
+    /// Negates the check.
+    #[serde(default)]
+    pub not: bool,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// As a list.
+    #[must_use]
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// `{ min: 10, max: 200 }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeSpec {
+    /// Inclusive minimum.
+    pub min: Option<u64>,
+    /// Inclusive maximum.
+    pub max: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for ConditionSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ConditionSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an expression string or a map with one of keyword, length, regex, expr, ask")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ConditionSpec, E> {
+                Ok(ConditionSpec::Expr(v.to_owned()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ConditionSpec, E> {
+                Ok(ConditionSpec::Expr(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ConditionSpec, A::Error> {
+                CheckSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|c| ConditionSpec::Check(Box::new(c)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One `{ if: COND, steps: [...] }` arm of a branch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchArmSpec {
+    /// The condition.
+    #[serde(rename = "if")]
+    pub condition: S<ConditionSpec>,
+    /// Steps run when it holds.
+    pub steps: S<Vec<StepSpec>>,
+    /// A name for the arm (recorded as the branch taken); default `arm1`, `arm2`...
+    pub name: Option<S<String>>,
+}
+
+/// One step, any kind. Fields that do not belong to the step's kind are
+/// reported by validation with their location.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Unique among siblings; part of the step key.
+    pub name: Option<S<String>>,
+    /// `llm`, `transform`, `branch`, `sequence`, ...
+    pub kind: Option<S<String>>,
+    /// Context key the step's result is written to.
+    pub output: Option<S<String>>,
+    /// Skip the step unless this holds.
+    pub when: Option<S<ConditionSpec>>,
+    /// Human description (shown in diagrams).
+    pub description: Option<String>,
+
+    // --- llm ---
+    /// Prompt template (user message).
+    pub prompt: Option<S<String>>,
+    /// Agent name.
+    pub agent: Option<S<String>>,
+    /// Task template for the agent.
+    pub task: Option<S<String>>,
+    /// Extra system text (template).
+    pub system: Option<S<String>>,
+    /// Provider override.
+    pub provider: Option<S<String>>,
+    /// Model override.
+    pub model: Option<S<String>>,
+    /// Temperature override.
+    pub temperature: Option<S<f32>>,
+    /// Token limit.
+    pub max_tokens: Option<S<u32>>,
+    /// Stop sequences.
+    pub stop: Option<S<Vec<String>>>,
+    /// `text` (default) or `json` (the answer is parsed as JSON).
+    pub format: Option<S<String>>,
+    /// A JSON schema for the answer.
+    pub schema: Option<S<serde_json::Value>>,
+
+    // --- transform ---
+    /// The function: json_parse, json_path, regex, length, count, split, join, lowercase, uppercase, trim, template.
+    #[serde(rename = "fn")]
+    pub func: Option<S<String>>,
+    /// The input (template; a lone `{{ expr }}` keeps its type).
+    pub input: Option<S<String>>,
+    /// Function arguments.
+    pub args: Option<S<BTreeMap<String, serde_json::Value>>>,
+
+    // --- sequence / branch ---
+    /// Child steps.
+    pub steps: Option<S<Vec<StepSpec>>>,
+    /// Branch shorthand: one condition.
+    #[serde(rename = "if")]
+    pub condition: Option<S<ConditionSpec>>,
+    /// Branch shorthand: steps when the condition holds.
+    pub then: Option<S<Vec<StepSpec>>>,
+    /// Steps when no arm matched.
+    #[serde(rename = "else")]
+    pub otherwise: Option<S<Vec<StepSpec>>>,
+    /// Several arms, first match wins.
+    pub branches: Option<S<Vec<BranchArmSpec>>>,
+}

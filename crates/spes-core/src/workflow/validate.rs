@@ -1,0 +1,1120 @@
+//! `WorkflowSpec` → [`Workflow`], reporting every problem with its location.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use serde_saphyr::Spanned;
+
+use super::spec::{AgentSpec, BranchArmSpec, ConditionSpec, InputType, StepSpec, WorkflowSpec};
+use super::{Agent, Arm, BranchStep, Format, Input, LlmStep, Loc, Step, StepKind, TransformStep, Workflow};
+use crate::component::{ComponentRef, ComponentRegistry};
+use crate::condition::Condition;
+use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
+use crate::template::{Expr, Template, TemplateError};
+use crate::transform;
+
+/// Step kinds this version of spes runs.
+pub const STEP_KINDS: &[&str] = &["llm", "transform", "sequence", "branch"];
+
+/// What validation checks references against.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidateEnv<'a> {
+    /// Components available to `persona:`, `instruction:` and friends.
+    pub components: &'a ComponentRegistry,
+    /// Provider names; `None` skips the check.
+    pub providers: Option<&'a [String]>,
+}
+
+/// Parses workflow YAML into its spec (syntax and unknown fields only).
+pub fn parse_workflow(file: &str, text: &str) -> Result<WorkflowSpec, Diagnostics> {
+    crate::yaml::parse_yaml::<WorkflowSpec>(file, text, "spes::workflow::syntax").map_err(Diagnostics::from)
+}
+
+/// Validates a parsed workflow. On success returns the workflow and any warnings.
+pub fn validate(
+    spec: WorkflowSpec,
+    file: &str,
+    text: &str,
+    env: &ValidateEnv<'_>,
+) -> Result<(Workflow, Diagnostics), Diagnostics> {
+    let mut v = Validator {
+        file: file.to_owned(),
+        file_arc: Arc::from(file),
+        text: Arc::new(text.to_owned()),
+        env: *env,
+        diags: Diagnostics::default(),
+        components: BTreeMap::new(),
+        agents: BTreeMap::new(),
+    };
+    let wf = v.workflow(spec);
+    if v.diags.has_errors() {
+        let mut errs = v.diags;
+        errs.0.sort_by_key(|d| (d.severity == crate::Severity::Warning, d.line_col));
+        return Err(errs);
+    }
+    Ok((wf, v.diags))
+}
+
+type Sp = Option<(usize, usize)>;
+
+fn span<T>(s: &Spanned<T>) -> Sp {
+    let sp = s.referenced.span();
+    let off = usize::try_from(sp.byte_offset()?).ok()?;
+    let len = sp.byte_len().and_then(|l| usize::try_from(l).ok()).unwrap_or(0);
+    Some((off, len))
+}
+
+#[derive(Debug, Clone, Default)]
+struct Known {
+    definite: BTreeSet<String>,
+    maybe: BTreeSet<String>,
+}
+
+impl Known {
+    fn write(&mut self, key: &str) {
+        self.definite.insert(key.to_owned());
+    }
+
+    /// After branches: keys every arm wrote are definite; the rest maybe.
+    fn join(before: &Self, arms: &[Self]) -> Self {
+        let mut out = before.clone();
+        let Some(first) = arms.first() else {
+            return out;
+        };
+        let all: BTreeSet<String> = first
+            .definite
+            .iter()
+            .filter(|k| arms.iter().all(|a| a.definite.contains(*k)))
+            .cloned()
+            .collect();
+        for a in arms {
+            for k in a.definite.iter().chain(a.maybe.iter()) {
+                if !all.contains(k) && !out.definite.contains(k) {
+                    out.maybe.insert(k.clone());
+                }
+            }
+        }
+        for k in all {
+            out.maybe.remove(&k);
+            out.definite.insert(k);
+        }
+        out
+    }
+}
+
+struct Validator<'a> {
+    file: String,
+    file_arc: Arc<str>,
+    text: Arc<String>,
+    env: ValidateEnv<'a>,
+    diags: Diagnostics,
+    components: BTreeMap<String, Arc<crate::component::Component>>,
+    agents: BTreeMap<String, Arc<Agent>>,
+}
+
+fn is_key_name(s: &str) -> bool {
+    crate::component::is_valid_variable_name(s)
+}
+
+fn is_step_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+/// The closest candidate by edit distance, for "did you mean".
+fn closest<'s>(word: &str, candidates: impl IntoIterator<Item = &'s str>) -> Option<&'s str> {
+    fn dist(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let sub = prev[j] + usize::from(ca != *cb);
+                cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    candidates
+        .into_iter()
+        .map(|c| (dist(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min()
+        .map(|(_, c)| c)
+}
+
+impl Validator<'_> {
+    fn diag(&self, code: &'static str, message: impl Into<String>, at: Sp) -> Diagnostic {
+        let d = Diagnostic::error(code, message).with_shared_source(self.file.clone(), self.text.clone());
+        match at {
+            Some((o, l)) => d.with_span(o, l),
+            None => d,
+        }
+    }
+
+    fn err(&mut self, code: &'static str, message: impl Into<String>, at: Sp, hint: impl Into<String>) {
+        let d = self.diag(code, message, at).with_hint(hint);
+        self.diags.push(d);
+    }
+
+    fn warn(&mut self, code: &'static str, message: impl Into<String>, at: Sp, hint: impl Into<String>) {
+        let mut d = self.diag(code, message, at).with_hint(hint);
+        d.severity = crate::Severity::Warning;
+        self.diags.push(d);
+    }
+
+    fn loc(&self, at: Sp) -> Loc {
+        let (line, col) = at.map_or((0, 0), |(o, _)| line_col_of(&self.text, o));
+        Loc {
+            file: self.file_arc.clone(),
+            line,
+            col,
+        }
+    }
+
+    /// File offset of a template error inside the scalar at `at`.
+    fn template_offset(&self, at: Sp, e: &TemplateError) -> Sp {
+        let (off, len) = at?;
+        let raw = self.text.get(off..)?;
+        if raw.starts_with('|') || raw.starts_with('>') {
+            let (line, _) = line_col_of(&self.text, off);
+            let tline = e.line.unwrap_or(1);
+            let start = offset_of(&self.text, line + tline, 1)?;
+            let indent = self.text[start..].len() - self.text[start..].trim_start_matches(' ').len();
+            return Some((start + indent, 0));
+        }
+        let quote = usize::from(raw.starts_with('"') || raw.starts_with('\''));
+        match &e.range {
+            Some(r) if e.line.is_none_or(|l| l == 1) => Some((off + quote + r.start, r.len())),
+            _ => Some((off, len)),
+        }
+    }
+
+    fn template(&mut self, s: &Spanned<String>, what: &str) -> Option<Template> {
+        match Template::parse(&s.value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let at = self.template_offset(span(s), &e);
+                self.err(
+                    "spes::workflow::template_syntax",
+                    format!("{what}: {}", e.message),
+                    at,
+                    "fix the minijinja syntax: {{ variable }}, {% if %}...{% endif %}, {% for x in xs %}...{% endfor %}",
+                );
+                None
+            }
+        }
+    }
+
+    fn check_reads<'r>(
+        &mut self,
+        reads: impl IntoIterator<Item = &'r String>,
+        at: Sp,
+        known: &Known,
+        locals: &[&str],
+        what: &str,
+    ) {
+        for var in reads {
+            if locals.contains(&var.as_str()) || known.definite.contains(var) {
+                continue;
+            }
+            if known.maybe.contains(var) {
+                self.warn(
+                    "spes::workflow::maybe_unwritten",
+                    format!("{what} reads `{var}`, which is written only on some paths"),
+                    at,
+                    "make every branch write it, or guard the read with `{% if x is defined %}`",
+                );
+                continue;
+            }
+            let candidates: Vec<&str> = known.definite.iter().map(String::as_str).collect();
+            let hint = match closest(var, candidates.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`? Keys known here: {}", candidates.join(", ")),
+                None if candidates.is_empty() => {
+                    format!("declare `{var}` under `inputs:` or write it with an earlier step's `output: {var}`")
+                }
+                None => format!(
+                    "declare `{var}` under `inputs:` or write it with an earlier step's `output:`; keys known here: {}",
+                    candidates.join(", ")
+                ),
+            };
+            self.err(
+                "spes::workflow::unknown_key",
+                format!("{what} reads `{var}` before any step writes it"),
+                at,
+                hint,
+            );
+        }
+    }
+
+    fn workflow(&mut self, spec: WorkflowSpec) -> Workflow {
+        let name = match &spec.name {
+            Some(n) if !n.value.trim().is_empty() => n.value.clone(),
+            _ => {
+                self.err(
+                    "spes::workflow::missing_name",
+                    "the workflow has no `name`",
+                    Some((0, 0)),
+                    "add `name: my-workflow` at the top",
+                );
+                String::new()
+            }
+        };
+        if let Some(v) = &spec.version
+            && semver::Version::parse(&v.value).is_err()
+        {
+            self.err(
+                "spes::workflow::bad_version",
+                format!("`{}` is not a semantic version", v.value),
+                span(v),
+                "write MAJOR.MINOR.PATCH, e.g. 1.0.0",
+            );
+        }
+        let mut known = Known::default();
+        let mut inputs = Vec::new();
+        for (iname, ispec) in spec.inputs {
+            let at = span(&ispec);
+            if !is_key_name(&iname) {
+                self.err(
+                    "spes::workflow::bad_key",
+                    format!("input name `{iname}` is not a valid key"),
+                    at,
+                    "use letters, digits and _ (not starting with a digit), so templates can read it",
+                );
+            }
+            let i = ispec.value;
+            let ty = i.ty.unwrap_or(InputType::String);
+            if let Some(d) = &i.default
+                && !type_matches(ty, d)
+            {
+                self.err(
+                    "spes::workflow::bad_default",
+                    format!("input `{iname}` is {} but its default is {d}", ty.as_str()),
+                    at,
+                    format!("give a {} default or change `type`", ty.as_str()),
+                );
+            }
+            if i.required && i.default.is_some() {
+                self.warn(
+                    "spes::workflow::required_with_default",
+                    format!("input `{iname}` is required and has a default; the default is never used"),
+                    at,
+                    "drop `required: true` or the default",
+                );
+            }
+            known.write(&iname);
+            inputs.push(Input {
+                name: iname,
+                ty,
+                required: i.required && i.default.is_none(),
+                default: i.default,
+                description: i.description,
+            });
+        }
+        for (aname, aspec) in spec.agents {
+            let at = span(&aspec);
+            if let Some(a) = self.agent(&aname, aspec.value, at) {
+                self.agents.insert(aname, Arc::new(a));
+            }
+        }
+        let steps = match spec.steps {
+            Some(s) if !s.value.is_empty() => {
+                let at = span(&s);
+                self.steps(s.value, &mut known, "", at)
+            }
+            Some(s) => {
+                self.err(
+                    "spes::workflow::no_steps",
+                    "`steps` is empty",
+                    span(&s),
+                    "add at least one step",
+                );
+                Vec::new()
+            }
+            None => {
+                self.err(
+                    "spes::workflow::no_steps",
+                    "the workflow has no `steps`",
+                    Some((0, 0)),
+                    "add a `steps:` list",
+                );
+                Vec::new()
+            }
+        };
+        let output = spec.output.map(|o| {
+            if !known.definite.contains(&o.value) && !known.maybe.contains(&o.value) {
+                let hint = format!(
+                    "name a key a step writes: {}",
+                    known.definite.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
+                self.err(
+                    "spes::workflow::unknown_key",
+                    format!("`output: {}` names a key no step writes", o.value),
+                    span(&o),
+                    hint,
+                );
+            }
+            o.value
+        });
+        Workflow {
+            name,
+            description: spec.description,
+            file: self.file.clone(),
+            inputs,
+            agents: self.agents.clone(),
+            steps,
+            output,
+            components: self.components.values().cloned().collect(),
+        }
+    }
+
+    fn component(&mut self, r: &Spanned<String>, expected_kind: Option<&str>) -> Option<Arc<crate::component::Component>> {
+        let cref = match ComponentRef::parse(&r.value) {
+            Ok(c) => c,
+            Err(e) => {
+                self.err(
+                    "spes::workflow::bad_component_ref",
+                    format!("`{}` is not a component reference: {e}", r.value),
+                    span(r),
+                    "write kind/name or kind/name@^1.2, e.g. persona/software-architect@^1",
+                );
+                return None;
+            }
+        };
+        if let Some(k) = expected_kind
+            && cref.kind != k
+        {
+            self.err(
+                "spes::workflow::component_kind",
+                format!("`{}` is a {} but this field takes a {k}", r.value, cref.kind),
+                span(r),
+                format!("reference a {k} component here"),
+            );
+        }
+        match self.env.components.resolve(&cref) {
+            Ok(c) => {
+                let c = Arc::new(c.clone());
+                self.components.insert(c.reference(), c.clone());
+                Some(c)
+            }
+            Err(d) => {
+                let mut nd = self.diag("spes::workflow::unknown_component", d.message.clone(), span(r));
+                nd.hint = d.hint.clone().or_else(|| Some("run `spes components list` to see what is available".into()));
+                self.diags.push(nd);
+                None
+            }
+        }
+    }
+
+    fn provider(&mut self, p: &Spanned<String>) {
+        if let Some(list) = self.env.providers
+            && !list.contains(&p.value)
+        {
+            let hint = match closest(&p.value, list.iter().map(String::as_str)) {
+                Some(c) => format!("did you mean `{c}`? Configured providers: {}", list.join(", ")),
+                None => format!(
+                    "add a [providers.{}] table to spes.toml; configured: {}",
+                    p.value,
+                    list.join(", ")
+                ),
+            };
+            self.err(
+                "spes::workflow::unknown_provider",
+                format!("unknown provider `{}`", p.value),
+                span(p),
+                hint,
+            );
+        }
+    }
+
+    fn agent(&mut self, name: &str, a: AgentSpec, _at: Sp) -> Option<Agent> {
+        let mut components = Vec::new();
+        for (field, kind) in [
+            (&a.persona, "persona"),
+            (&a.instruction, "instruction"),
+            (&a.output_format, "output_format"),
+        ] {
+            if let Some(r) = field
+                && let Some(c) = self.component(r, Some(kind))
+            {
+                components.push(c);
+            }
+        }
+        for e in &a.examples {
+            if let Some(c) = self.component(e, None) {
+                components.push(c);
+            }
+        }
+        let mut vars = BTreeMap::new();
+        for (k, t) in &a.vars {
+            if let Some(tpl) = self.template(t, &format!("agent `{name}` var `{k}`")) {
+                vars.insert(k.clone(), tpl);
+            }
+        }
+        if let Some(p) = &a.provider {
+            self.provider(p);
+        }
+        if let Some(t) = &a.temperature
+            && !(0.0..=2.0).contains(&t.value)
+        {
+            self.err(
+                "spes::workflow::bad_temperature",
+                format!("temperature {} is outside 0..2", t.value),
+                span(t),
+                "use a value between 0 (deterministic) and 2",
+            );
+        }
+        Some(Agent {
+            name: name.to_owned(),
+            role: a.role,
+            components,
+            vars,
+            provider: a.provider.map(|p| p.value),
+            model: a.model,
+            temperature: a.temperature.map(|t| t.value),
+            max_tokens: a.max_tokens,
+        })
+    }
+
+    /// Checks that the agent's components can be rendered at this point.
+    fn check_agent_vars(&mut self, agent: &Agent, at: Sp, known: &Known) {
+        for t in agent.vars.values() {
+            let reads: Vec<String> = t.reads().iter().cloned().collect();
+            self.check_reads(reads.iter(), at, known, &[], &format!("agent `{}` vars", agent.name));
+        }
+        for c in &agent.components {
+            for var in &c.variables {
+                if agent.vars.contains_key(&var.name)
+                    || var.default.is_some()
+                    || known.definite.contains(&var.name)
+                    || known.maybe.contains(&var.name)
+                {
+                    continue;
+                }
+                self.err(
+                    "spes::workflow::missing_component_variable",
+                    format!(
+                        "component {} needs variable `{}`, which agent `{}` does not set and the context does not have here",
+                        c.reference(),
+                        var.name,
+                        agent.name
+                    ),
+                    at,
+                    format!("add `vars: {{ {}: \"...\" }}` to the agent, or an input named `{}`", var.name, var.name),
+                );
+            }
+        }
+    }
+
+    fn steps(&mut self, specs: Vec<StepSpec>, known: &mut Known, prefix: &str, _at: Sp) -> Vec<Step> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for s in specs {
+            if let Some(step) = self.step(s, known, prefix, &mut names) {
+                out.push(step);
+            }
+        }
+        out
+    }
+
+    fn condition(&mut self, c: &Spanned<ConditionSpec>, known: &Known, what: &str) -> Option<Condition> {
+        let at = span(c);
+        match &c.value {
+            ConditionSpec::Expr(src) => self.expr(src, at, known, what),
+            ConditionSpec::Check(chk) => {
+                let mut set = Vec::new();
+                if chk.keyword.is_some() {
+                    set.push("keyword");
+                }
+                if chk.length.is_some() {
+                    set.push("length");
+                }
+                if chk.regex.is_some() {
+                    set.push("regex");
+                }
+                if chk.expr.is_some() {
+                    set.push("expr");
+                }
+                if chk.ask.is_some() {
+                    set.push("ask");
+                }
+                if set.len() != 1 {
+                    self.err(
+                        "spes::workflow::bad_condition",
+                        if set.is_empty() {
+                            format!("{what}: the condition has none of keyword, length, regex, expr, ask")
+                        } else {
+                            format!("{what}: the condition sets {} at once", set.join(" and "))
+                        },
+                        at,
+                        "give exactly one check, e.g. { keyword: [error, fail], in: text }",
+                    );
+                    return None;
+                }
+                let needs_in = matches!(set[0], "keyword" | "length" | "regex");
+                let key = match (&chk.input, needs_in) {
+                    (Some(k), true) => {
+                        let reads = [k.value.clone()];
+                        self.check_reads(reads.iter(), span(k), known, &[], what);
+                        k.value.clone()
+                    }
+                    (None, true) => {
+                        self.err(
+                            "spes::workflow::bad_condition",
+                            format!("{what}: a `{}` check needs `in: KEY` (the context key to look at)", set[0]),
+                            at,
+                            format!("add `in: text` (or whichever key holds the text) beside `{}`", set[0]),
+                        );
+                        return None;
+                    }
+                    (Some(k), false) => {
+                        self.err(
+                            "spes::workflow::bad_condition",
+                            format!("{what}: `in` does not apply to `{}`", set[0]),
+                            span(k),
+                            "remove `in`; expressions and questions name their keys themselves",
+                        );
+                        return None;
+                    }
+                    (None, false) => String::new(),
+                };
+                if chk.agent.is_some() && chk.ask.is_none() {
+                    self.err(
+                        "spes::workflow::bad_condition",
+                        format!("{what}: `agent` only applies to `ask`"),
+                        at,
+                        "remove `agent`",
+                    );
+                }
+                let cond = if let Some(k) = &chk.keyword {
+                    let words: Vec<String> = match k {
+                        super::spec::OneOrMany::One(s) => vec![s.to_lowercase()],
+                        super::spec::OneOrMany::Many(v) => v.iter().map(|s| s.to_lowercase()).collect(),
+                    };
+                    Condition::Keyword { words, key }
+                } else if let Some(r) = &chk.length {
+                    if let (Some(a), Some(b)) = (r.min, r.max)
+                        && a > b
+                    {
+                        self.err(
+                            "spes::workflow::bad_condition",
+                            format!("{what}: length min {a} is greater than max {b}"),
+                            at,
+                            "swap min and max",
+                        );
+                    }
+                    Condition::Length { min: r.min, max: r.max, key }
+                } else if let Some(r) = &chk.regex {
+                    match regex::RegexBuilder::new(&r.value).size_limit(1 << 20).build() {
+                        Ok(re) => Condition::Regex { re, key },
+                        Err(e) => {
+                            self.err(
+                                "spes::workflow::bad_regex",
+                                format!("{what}: bad regex: {e}"),
+                                span(r),
+                                "check the pattern (Rust regex syntax; no look-around)",
+                            );
+                            return None;
+                        }
+                    }
+                } else if let Some(e) = &chk.expr {
+                    self.expr(&e.value, span(e), known, what)?
+                } else if let Some(q) = &chk.ask {
+                    let question = self.template(q, what)?;
+                    let reads: Vec<String> = question.reads().iter().cloned().collect();
+                    self.check_reads(reads.iter(), span(q), known, &[], what);
+                    let agent = match &chk.agent {
+                        Some(a) => match self.agents.get(&a.value) {
+                            Some(ag) => {
+                                let ag = ag.clone();
+                                self.check_agent_vars(&ag, span(a), known);
+                                Some(ag)
+                            }
+                            None => {
+                                self.unknown_agent(a);
+                                return None;
+                            }
+                        },
+                        None => None,
+                    };
+                    Condition::Ask { question, agent }
+                } else {
+                    return None;
+                };
+                Some(if chk.not { Condition::Not(Box::new(cond)) } else { cond })
+            }
+        }
+    }
+
+    fn expr(&mut self, src: &str, at: Sp, known: &Known, what: &str) -> Option<Condition> {
+        match Expr::parse(src) {
+            Ok(e) => {
+                let reads: Vec<String> = e.reads().iter().cloned().collect();
+                self.check_reads(reads.iter(), at, known, &[], what);
+                Some(Condition::Expr(e))
+            }
+            Err(e) => {
+                self.err(
+                    "spes::workflow::bad_expression",
+                    format!("{what}: {}", e.message),
+                    at,
+                    "write a minijinja expression, e.g. \"'error' in text\" or \"summary | length > 200\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn unknown_agent(&mut self, a: &Spanned<String>) {
+        let names: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+        let hint = match closest(&a.value, names.iter().copied()) {
+            Some(c) => format!("did you mean `{c}`?"),
+            None if names.is_empty() => "declare it under `agents:`".to_owned(),
+            None => format!("declare it under `agents:`; declared: {}", names.join(", ")),
+        };
+        self.err("spes::workflow::unknown_agent", format!("unknown agent `{}`", a.value), span(a), hint);
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn step(&mut self, s: StepSpec, known: &mut Known, prefix: &str, names: &mut HashSet<String>) -> Option<Step> {
+        let kind_at = s.kind.as_ref().and_then(span);
+        let name_at = s.name.as_ref().and_then(span);
+        let first_at = name_at.or(kind_at);
+        let name = match &s.name {
+            Some(n) if is_step_name(&n.value) => n.value.clone(),
+            Some(n) => {
+                self.err(
+                    "spes::workflow::bad_step_name",
+                    format!("step name `{}` may use only letters, digits, _ - and .", n.value),
+                    span(n),
+                    "step names are parts of step keys (plan/gather/answer), so no spaces or slashes",
+                );
+                n.value.clone()
+            }
+            None => {
+                self.err(
+                    "spes::workflow::missing_step_name",
+                    format!(
+                        "a step{} has no `name`",
+                        if prefix.is_empty() { String::new() } else { format!(" under `{prefix}`") }
+                    ),
+                    first_at,
+                    "add `name: ...`; names key the journal, so keep them stable",
+                );
+                String::new()
+            }
+        };
+        if !name.is_empty() && !names.insert(name.clone()) {
+            self.err(
+                "spes::workflow::duplicate_step",
+                format!("two steps here are named `{name}`"),
+                name_at,
+                "step names must be unique among siblings",
+            );
+        }
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let what = format!("step `{path}`");
+        let Some(kind) = &s.kind else {
+            self.err(
+                "spes::workflow::missing_kind",
+                format!("{what} has no `kind`"),
+                first_at,
+                format!("add `kind:` with one of: {}", STEP_KINDS.join(", ")),
+            );
+            return None;
+        };
+        let kind_name = kind.value.as_str();
+        if !STEP_KINDS.contains(&kind_name) {
+            let hint = match closest(kind_name, STEP_KINDS.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`? Step kinds: {}", STEP_KINDS.join(", ")),
+                None => format!("step kinds: {}", STEP_KINDS.join(", ")),
+            };
+            self.err(
+                "spes::workflow::unknown_step_kind",
+                format!("{what}: unknown step kind `{kind_name}`"),
+                kind_at,
+                hint,
+            );
+            return None;
+        }
+        self.check_fields(&s, kind_name, &what);
+        let when = s.when.as_ref().and_then(|w| self.condition(w, known, &format!("{what} `when`")));
+        let loc = self.loc(first_at);
+        let snapshot = known.clone();
+        let step_kind = match kind_name {
+            "llm" => StepKind::Llm(Box::new(self.llm(&s, known, &what, kind_at)?)),
+            "transform" => StepKind::Transform(self.transform(&s, known, &what, kind_at)?),
+            "sequence" => match s.steps {
+                Some(ch) if !ch.value.is_empty() => StepKind::Sequence(self.steps(ch.value, known, &path, kind_at)),
+                Some(ch) => {
+                    self.err("spes::workflow::no_steps", format!("{what}: `steps` is empty"), span(&ch), "add steps");
+                    return None;
+                }
+                None => {
+                    self.err(
+                        "spes::workflow::missing_field",
+                        format!("{what}: a sequence needs `steps`"),
+                        kind_at,
+                        "add `steps:` with the child steps",
+                    );
+                    return None;
+                }
+            },
+            "branch" => StepKind::Branch(self.branch(s.condition, s.then, s.branches, s.otherwise, known, &path, kind_at)?),
+            _ => return None,
+        };
+        if let Some(o) = &s.output {
+            if is_key_name(&o.value) {
+                known.write(&o.value);
+            } else {
+                self.err(
+                    "spes::workflow::bad_key",
+                    format!("{what}: `output: {}` is not a valid key", o.value),
+                    span(o),
+                    "use letters, digits and _ (not starting with a digit), so templates can read it",
+                );
+            }
+        }
+        if when.is_some() {
+            // A skipped step writes nothing: its writes are only "maybe".
+            let after = known.clone();
+            *known = Known::join(&snapshot, &[after, snapshot.clone()]);
+        }
+        Some(Step {
+            name,
+            output: s.output.map(|o| o.value),
+            when,
+            kind: step_kind,
+            loc,
+        })
+    }
+
+    fn check_fields(&mut self, s: &StepSpec, kind: &str, what: &str) {
+        let present: [(&str, Sp); 19] = [
+            ("prompt", s.prompt.as_ref().and_then(span)),
+            ("agent", s.agent.as_ref().and_then(span)),
+            ("task", s.task.as_ref().and_then(span)),
+            ("system", s.system.as_ref().and_then(span)),
+            ("provider", s.provider.as_ref().and_then(span)),
+            ("model", s.model.as_ref().and_then(span)),
+            ("temperature", s.temperature.as_ref().and_then(span)),
+            ("max_tokens", s.max_tokens.as_ref().and_then(span)),
+            ("stop", s.stop.as_ref().and_then(span)),
+            ("format", s.format.as_ref().and_then(span)),
+            ("schema", s.schema.as_ref().and_then(span)),
+            ("fn", s.func.as_ref().and_then(span)),
+            ("input", s.input.as_ref().and_then(span)),
+            ("args", s.args.as_ref().and_then(span)),
+            ("steps", s.steps.as_ref().and_then(span)),
+            ("if", s.condition.as_ref().and_then(span)),
+            ("then", s.then.as_ref().and_then(span)),
+            ("else", s.otherwise.as_ref().and_then(span)),
+            ("branches", s.branches.as_ref().and_then(span)),
+        ];
+        let is_set = [
+            s.prompt.is_some(),
+            s.agent.is_some(),
+            s.task.is_some(),
+            s.system.is_some(),
+            s.provider.is_some(),
+            s.model.is_some(),
+            s.temperature.is_some(),
+            s.max_tokens.is_some(),
+            s.stop.is_some(),
+            s.format.is_some(),
+            s.schema.is_some(),
+            s.func.is_some(),
+            s.input.is_some(),
+            s.args.is_some(),
+            s.steps.is_some(),
+            s.condition.is_some(),
+            s.then.is_some(),
+            s.otherwise.is_some(),
+            s.branches.is_some(),
+        ];
+        let allowed: &[&str] = match kind {
+            "llm" => &[
+                "prompt", "agent", "task", "system", "provider", "model", "temperature", "max_tokens", "stop",
+                "format", "schema",
+            ],
+            "transform" => &["fn", "input", "args"],
+            "sequence" => &["steps"],
+            "branch" => &["if", "then", "else", "branches"],
+            _ => &[],
+        };
+        for ((field, at), set) in present.iter().zip(is_set) {
+            if set && !allowed.contains(field) {
+                self.err(
+                    "spes::workflow::field_not_for_kind",
+                    format!("{what}: `{field}` does not apply to a `{kind}` step"),
+                    *at,
+                    format!("a `{kind}` step takes: name, kind, output, when, description, {}", allowed.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn llm(&mut self, s: &StepSpec, known: &Known, what: &str, kind_at: Sp) -> Option<LlmStep> {
+        let agent = match &s.agent {
+            Some(a) => match self.agents.get(&a.value).cloned() {
+                Some(ag) => {
+                    self.check_agent_vars(&ag, span(a), known);
+                    Some(ag)
+                }
+                None => {
+                    self.unknown_agent(a);
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let text = match (&s.prompt, &s.task, &agent) {
+            (Some(p), None, _) => p,
+            (None, Some(t), Some(_)) => t,
+            (Some(p), Some(_), _) => {
+                self.err(
+                    "spes::workflow::prompt_and_task",
+                    format!("{what} has both `prompt` and `task`"),
+                    span(p),
+                    "use `prompt` for a plain call, or `agent` + `task` for an agent",
+                );
+                return None;
+            }
+            (None, Some(t), None) => {
+                self.err(
+                    "spes::workflow::task_without_agent",
+                    format!("{what} has a `task` but no `agent`"),
+                    span(t),
+                    "add `agent: NAME`, or rename `task` to `prompt`",
+                );
+                return None;
+            }
+            (None, None, _) => {
+                self.err(
+                    "spes::workflow::missing_prompt",
+                    format!("{what}: an llm step needs `prompt`, or `agent` and `task`"),
+                    kind_at,
+                    "add `prompt: \"...\"`",
+                );
+                return None;
+            }
+        };
+        let prompt = self.template(text, what)?;
+        let reads: Vec<String> = prompt.reads().iter().cloned().collect();
+        self.check_reads(reads.iter(), span(text), known, &[], what);
+        let system = match &s.system {
+            Some(sys) => {
+                let t = self.template(sys, what)?;
+                let reads: Vec<String> = t.reads().iter().cloned().collect();
+                self.check_reads(reads.iter(), span(sys), known, &[], what);
+                Some(t)
+            }
+            None => None,
+        };
+        if let Some(p) = &s.provider {
+            self.provider(p);
+        }
+        let format = match s.format.as_ref().map(|f| (f.value.as_str(), span(f))) {
+            None | Some(("text", _)) => Format::Text,
+            Some(("json", _)) => Format::Json,
+            Some((other, at)) => {
+                self.err(
+                    "spes::workflow::bad_format",
+                    format!("{what}: unknown format `{other}`"),
+                    at,
+                    "use `format: text` or `format: json`",
+                );
+                Format::Text
+            }
+        };
+        if let Some(t) = &s.temperature
+            && !(0.0..=2.0).contains(&t.value)
+        {
+            self.err(
+                "spes::workflow::bad_temperature",
+                format!("temperature {} is outside 0..2", t.value),
+                span(t),
+                "use a value between 0 (deterministic) and 2",
+            );
+        }
+        if let Some(m) = &s.max_tokens
+            && m.value == 0
+        {
+            self.err("spes::workflow::bad_max_tokens", "max_tokens must be at least 1", span(m), "remove it or give a positive number");
+        }
+        let schema = s.schema.as_ref().map(|x| x.value.clone());
+        Some(LlmStep {
+            prompt,
+            agent,
+            system,
+            provider: s.provider.as_ref().map(|p| p.value.clone()),
+            model: s.model.as_ref().map(|m| m.value.clone()),
+            temperature: s.temperature.as_ref().map(|t| t.value),
+            max_tokens: s.max_tokens.as_ref().map(|m| m.value),
+            stop: s.stop.as_ref().map(|x| x.value.clone()).unwrap_or_default(),
+            format: if schema.is_some() { Format::Json } else { format },
+            schema,
+        })
+    }
+
+    fn transform(&mut self, s: &StepSpec, known: &Known, what: &str, kind_at: Sp) -> Option<TransformStep> {
+        let Some(f) = &s.func else {
+            self.err(
+                "spes::workflow::missing_field",
+                format!("{what}: a transform needs `fn`"),
+                kind_at,
+                format!("add `fn:` with one of: {}", transform::FUNCTION_NAMES.join(", ")),
+            );
+            return None;
+        };
+        let args = s.args.as_ref().map(|a| a.value.clone().into_iter().collect()).unwrap_or_default();
+        let func = match transform::build(&f.value, &args) {
+            Ok(func) => func,
+            Err(e) => {
+                let hint = if transform::FUNCTION_NAMES.contains(&f.value.as_str()) {
+                    "see FORMAT.md for each function's args".to_owned()
+                } else {
+                    match closest(&f.value, transform::FUNCTION_NAMES.iter().copied()) {
+                        Some(c) => format!("did you mean `{c}`? Functions: {}", transform::FUNCTION_NAMES.join(", ")),
+                        None => format!("functions: {}", transform::FUNCTION_NAMES.join(", ")),
+                    }
+                };
+                let at = if transform::FUNCTION_NAMES.contains(&f.value.as_str()) {
+                    s.args.as_ref().and_then(span).or(span(f))
+                } else {
+                    span(f)
+                };
+                self.err("spes::workflow::bad_transform", format!("{what}: {e}"), at, hint);
+                return None;
+            }
+        };
+        let Some(input) = &s.input else {
+            self.err(
+                "spes::workflow::missing_field",
+                format!("{what}: a transform needs `input`"),
+                kind_at,
+                "add `input: \"{{ some_key }}\"`",
+            );
+            return None;
+        };
+        let tpl = self.template(input, what)?;
+        let reads: Vec<String> = tpl.reads().iter().cloned().collect();
+        self.check_reads(reads.iter(), span(input), known, &[], what);
+        Some(TransformStep {
+            func,
+            func_name: f.value.clone(),
+            input: tpl,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn branch(
+        &mut self,
+        cond: Option<Spanned<ConditionSpec>>,
+        then: Option<Spanned<Vec<StepSpec>>>,
+        branches: Option<Spanned<Vec<BranchArmSpec>>>,
+        otherwise: Option<Spanned<Vec<StepSpec>>>,
+        known: &mut Known,
+        path: &str,
+        kind_at: Sp,
+    ) -> Option<BranchStep> {
+        let what = format!("step `{path}`");
+        let mut arm_specs: Vec<(String, Spanned<ConditionSpec>, Spanned<Vec<StepSpec>>)> = Vec::new();
+        match (cond, then, branches) {
+            (Some(c), Some(t), None) => arm_specs.push(("then".into(), c, t)),
+            (None, None, Some(b)) => {
+                if b.value.is_empty() {
+                    self.err("spes::workflow::no_steps", format!("{what}: `branches` is empty"), span(&b), "add arms");
+                }
+                let mut seen = HashSet::new();
+                for (i, arm) in b.value.into_iter().enumerate() {
+                    let name = arm.name.as_ref().map_or_else(|| format!("arm{}", i + 1), |n| n.value.clone());
+                    if !is_step_name(&name) || name == "else" || !seen.insert(name.clone()) {
+                        self.err(
+                            "spes::workflow::bad_step_name",
+                            format!("{what}: arm name `{name}` is invalid or repeated"),
+                            arm.name.as_ref().and_then(span),
+                            "arm names use letters, digits, _ - . and are unique (not `else`)",
+                        );
+                    }
+                    arm_specs.push((name, arm.condition, arm.steps));
+                }
+            }
+            (Some(c), None, None) => {
+                self.err(
+                    "spes::workflow::missing_field",
+                    format!("{what}: `if` without `then`"),
+                    span(&c),
+                    "add `then:` with the steps to run when the condition holds",
+                );
+                return None;
+            }
+            (None, Some(t), None) => {
+                self.err(
+                    "spes::workflow::missing_field",
+                    format!("{what}: `then` without `if`"),
+                    span(&t),
+                    "add `if:` with the condition",
+                );
+                return None;
+            }
+            (None, None, None) => {
+                self.err(
+                    "spes::workflow::missing_field",
+                    format!("{what}: a branch needs `if` + `then`, or `branches`"),
+                    kind_at,
+                    "add `if: \"'error' in text\"` and `then: [...]`, or `branches: [{ if: ..., steps: [...] }]`",
+                );
+                return None;
+            }
+            (_, _, Some(b)) => {
+                self.err(
+                    "spes::workflow::branch_forms",
+                    format!("{what}: use either `if`/`then` or `branches`, not both"),
+                    span(&b),
+                    "move the `if`/`then` pair into `branches` as its first arm",
+                );
+                return None;
+            }
+        }
+        let before = known.clone();
+        let mut outcomes = Vec::new();
+        let mut arms = Vec::new();
+        for (name, c, steps) in arm_specs {
+            let condition = self.condition(&c, &before, &format!("{what} arm `{name}`"));
+            let mut k = before.clone();
+            let at = span(&steps);
+            let st = self.steps(steps.value, &mut k, &format!("{path}/{name}"), at);
+            outcomes.push(k);
+            if let Some(condition) = condition {
+                arms.push(Arm { name, condition, steps: st });
+            }
+        }
+        let otherwise = otherwise.map(|o| {
+            let mut k = before.clone();
+            let at = span(&o);
+            let st = self.steps(o.value, &mut k, &format!("{path}/else"), at);
+            outcomes.push(k);
+            st
+        });
+        if otherwise.is_none() {
+            outcomes.push(before.clone());
+        }
+        *known = Known::join(&before, &outcomes);
+        Some(BranchStep { arms, otherwise })
+    }
+}
+
+fn type_matches(ty: InputType, v: &serde_json::Value) -> bool {
+    use serde_json::Value as V;
+    matches!(
+        (ty, v),
+        (InputType::String, V::String(_))
+            | (InputType::Integer, V::Number(_))
+            | (InputType::Number, V::Number(_))
+            | (InputType::Boolean, V::Bool(_))
+            | (InputType::List, V::Array(_))
+            | (InputType::Object, V::Object(_))
+    ) && !(ty == InputType::Integer && v.as_i64().is_none() && v.as_u64().is_none())
+}

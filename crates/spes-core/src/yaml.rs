@@ -1,0 +1,86 @@
+//! YAML parsing with bounded budgets and errors that point into the file.
+
+use serde::de::DeserializeOwned;
+
+use crate::diagnostic::Diagnostic;
+
+/// Largest YAML file spes reads (workflows, scripts).
+pub const MAX_YAML_BYTES: usize = 4 << 20;
+
+/// Parses `text` (from `file`) into `T`, bounded in size, nesting and
+/// alias expansion; errors become diagnostics with file:line:column.
+pub fn parse_yaml<T: DeserializeOwned>(file: &str, text: &str, code: &'static str) -> Result<T, Diagnostic> {
+    if text.len() > MAX_YAML_BYTES {
+        return Err(Diagnostic::error(
+            "spes::yaml::too_large",
+            format!(
+                "{file} is {} bytes; YAML files may be at most {} MiB",
+                text.len(),
+                MAX_YAML_BYTES >> 20
+            ),
+        )
+        .with_file(file)
+        .with_hint("split the file, or move large text into component files"));
+    }
+    let mut opts = serde_saphyr::Options::default();
+    opts.with_snippet = false;
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = 48;
+    budget.max_nodes = 200_000;
+    budget.max_aliases = 1_000;
+    opts.budget = Some(budget);
+    serde_saphyr::from_str_with_options::<T>(text, opts).map_err(|e| yaml_error(file, text, &e, code))
+}
+
+/// Converts a serde-saphyr error into a diagnostic.
+#[must_use]
+pub fn yaml_error(file: &str, text: &str, e: &serde_saphyr::Error, code: &'static str) -> Diagnostic {
+    let raw = e.to_string();
+    let message = clean_message(&raw);
+    let (code, hint) = classify(&message, code);
+    let mut d = Diagnostic::error(code, message).with_source(file, text);
+    if let Some(loc) = e.location() {
+        if let Some(off) = loc.span().byte_offset() {
+            d = d.with_span(usize::try_from(off).unwrap_or(0), 0);
+        } else {
+            d = d.with_line_col(
+                usize::try_from(loc.line()).unwrap_or(0),
+                usize::try_from(loc.column()).unwrap_or(0),
+            );
+        }
+    }
+    if let Some(h) = hint {
+        d = d.with_hint(h);
+    }
+    d
+}
+
+fn clean_message(raw: &str) -> String {
+    let first = raw.lines().next().unwrap_or(raw).trim();
+    // serde-saphyr appends " at line N, column M"; the diagnostic carries the location.
+    let cut = first.find(" at line ").map_or(first, |i| &first[..i]);
+    cut.trim_start_matches("error: ").to_owned()
+}
+
+fn classify(message: &str, code: &'static str) -> (&'static str, Option<String>) {
+    if message.contains("unknown field") {
+        let hint = message
+            .find("expected one of")
+            .map(|i| format!("valid fields here: {}", &message[i + "expected one of ".len()..]))
+            .or_else(|| Some("remove the field or check its spelling".to_owned()));
+        return ("spes::yaml::unknown_field", hint);
+    }
+    if message.contains("missing field") {
+        return ("spes::yaml::missing_field", Some("add the field".to_owned()));
+    }
+    if message.contains("budget") || message.contains("depth") || message.contains("alias") {
+        return (
+            "spes::yaml::budget",
+            Some("the file nests too deeply or expands too many aliases; simplify it".to_owned()),
+        );
+    }
+    if message.contains("invalid type") {
+        return ("spes::yaml::invalid_type", None);
+    }
+    (code, None)
+}
