@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod provider;
+pub mod scripted;
 
 pub use error::{ErrorClass, ProviderError, ProviderErrorKind};
 pub use provider::{CallContext, DeltaSink, Provider};
