@@ -1,1 +1,189 @@
-//! spes-engine
+//! spes engine: runs validated workflows over a journaled run context.
+//!
+//! Every effect (model call, `ask` decision) goes through the context under
+//! a deterministic step key and is recorded in the [`Journal`] before the
+//! workflow sees it; decisions (conditions, transforms) are pure.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use spes_core::component::ComponentRegistry;
+//! use spes_core::workflow::{ValidateEnv, parse_workflow, validate};
+//! use spes_engine::Engine;
+//! use spes_llm::scripted::ScriptedProvider;
+//!
+//! let yaml = r#"
+//! name: hello
+//! inputs: { who: { type: string, required: true } }
+//! steps:
+//!   - { name: greet, kind: llm, prompt: "Say hello to {{ who }}", output: greeting }
+//!   - { name: shout, kind: transform, fn: uppercase, input: "{{ greeting }}", output: loud }
+//! "#;
+//! let spec = parse_workflow("hello.yaml", yaml).unwrap();
+//! let components = ComponentRegistry::from_components(vec![]);
+//! let env = ValidateEnv { components: &components, providers: None };
+//! let (wf, _warnings) = validate(spec, "hello.yaml", yaml, &env).unwrap();
+//!
+//! let script = "- { step: greet, reply: 'hello, ada' }";
+//! let provider = ScriptedProvider::parse("test", "answers.yaml", script).unwrap();
+//! let engine = Engine::builder().provider(Arc::new(provider)).build();
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! let inputs = [("who".to_owned(), "ada".into())].into_iter().collect();
+//! let out = rt.block_on(engine.run(&wf, inputs)).unwrap();
+//! assert_eq!(out.output, Some("HELLO, ADA".into()));
+//! ```
+
+pub mod error;
+pub mod event;
+pub mod journal;
+pub mod run;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
+use spes_core::workflow::Workflow;
+use spes_llm::Provider;
+
+pub use error::{EngineError, FailureKind};
+pub use event::{Event, NoObserver, Observer};
+pub use journal::{Effect, Journal, MemoryJournal};
+pub use run::{RunOutcome, bind_inputs};
+
+/// Runs workflows. Cheap to share; one per process is typical.
+pub struct Engine {
+    pub(crate) providers: BTreeMap<String, Arc<dyn Provider>>,
+    pub(crate) default_provider: String,
+    pub(crate) default_model: Option<String>,
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) stream_deltas: bool,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field("default_provider", &self.default_provider)
+            .field("journal", &self.journal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts building an engine.
+    #[must_use]
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    pub(crate) fn emit(&self, e: &Event) {
+        self.observer.on_event(e);
+    }
+
+    /// Provider names.
+    pub fn provider_names(&self) -> impl Iterator<Item = &str> {
+        self.providers.keys().map(String::as_str)
+    }
+
+    /// Runs `wf` with inputs (already bound with [`bind_inputs`], or raw:
+    /// they are bound here) to completion.
+    pub async fn run(&self, wf: &Workflow, inputs: BTreeMap<String, Value>) -> Result<RunOutcome, RunError> {
+        let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
+        run::Exec::new(self, ctx)
+            .run_workflow(wf)
+            .await
+            .map_err(RunError::Step)
+    }
+}
+
+/// Why a run did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The inputs do not fit the workflow.
+    #[error("{0}")]
+    Input(String),
+    /// A step failed.
+    #[error(transparent)]
+    Step(#[from] EngineError),
+}
+
+/// Builds an [`Engine`].
+#[derive(Default)]
+pub struct EngineBuilder {
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    default_provider: Option<String>,
+    default_model: Option<String>,
+    journal: Option<Arc<dyn Journal>>,
+    observer: Option<Arc<dyn Observer>>,
+    stream_deltas: bool,
+}
+
+impl fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// Adds a provider under its name; the first added is the default unless set.
+    #[must_use]
+    pub fn provider(mut self, p: Arc<dyn Provider>) -> Self {
+        if self.default_provider.is_none() {
+            self.default_provider = Some(p.name().to_owned());
+        }
+        self.providers.insert(p.name().to_owned(), p);
+        self
+    }
+
+    /// The provider used by steps and agents that name none.
+    #[must_use]
+    pub fn default_provider(mut self, name: impl Into<String>) -> Self {
+        self.default_provider = Some(name.into());
+        self
+    }
+
+    /// The model used when nothing else names one.
+    #[must_use]
+    pub fn default_model(mut self, model: Option<String>) -> Self {
+        self.default_model = model;
+        self
+    }
+
+    /// Where effects are recorded (default: in memory).
+    #[must_use]
+    pub fn journal(mut self, j: Arc<dyn Journal>) -> Self {
+        self.journal = Some(j);
+        self
+    }
+
+    /// Who hears about progress.
+    #[must_use]
+    pub fn observer(mut self, o: Arc<dyn Observer>) -> Self {
+        self.observer = Some(o);
+        self
+    }
+
+    /// Forward streamed model text to the observer.
+    #[must_use]
+    pub fn stream_deltas(mut self, yes: bool) -> Self {
+        self.stream_deltas = yes;
+        self
+    }
+
+    /// Finishes.
+    #[must_use]
+    pub fn build(self) -> Engine {
+        Engine {
+            providers: self.providers,
+            default_provider: self.default_provider.unwrap_or_else(|| "local".into()),
+            default_model: self.default_model,
+            journal: self.journal.unwrap_or_else(|| Arc::new(MemoryJournal::default())),
+            observer: self.observer.unwrap_or_else(|| Arc::new(NoObserver)),
+            stream_deltas: self.stream_deltas,
+        }
+    }
+}

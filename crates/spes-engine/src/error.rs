@@ -1,0 +1,80 @@
+//! Engine errors: which step failed, where it was written, and why.
+
+use spes_core::template::TemplateError;
+use spes_core::workflow::Loc;
+use spes_llm::{ErrorClass, ProviderError};
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The provider failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// A template could not be rendered.
+    #[error("{0}")]
+    Template(TemplateError),
+    /// A transform function failed.
+    #[error("{0}")]
+    Transform(String),
+    /// The model's answer did not have the required shape.
+    #[error("{0}")]
+    Answer(String),
+    /// The journal could not be read or written.
+    #[error("journal: {0}")]
+    Journal(String),
+    /// The step names a provider that is not configured.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A failed run: the step, its location and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("step `{step}` ({loc}) failed: {kind}")]
+pub struct EngineError {
+    /// The step key.
+    pub step: String,
+    /// Where the step is written.
+    pub loc: Loc,
+    /// Why.
+    pub kind: FailureKind,
+}
+
+impl EngineError {
+    /// Transient (worth retrying) or terminal.
+    #[must_use]
+    pub fn class(&self) -> ErrorClass {
+        match &self.kind {
+            FailureKind::Provider(p) => p.class(),
+            FailureKind::Journal(_) => ErrorClass::Transient,
+            FailureKind::Template(_) | FailureKind::Transform(_) | FailureKind::Answer(_) | FailureKind::Config(_) => {
+                ErrorClass::Terminal
+            }
+        }
+    }
+
+    /// A hint for the user, where one helps.
+    #[must_use]
+    pub fn hint(&self) -> Option<String> {
+        use spes_llm::ProviderErrorKind as K;
+        match &self.kind {
+            FailureKind::Provider(p) => match p.kind {
+                K::Authentication => Some(format!(
+                    "check the API key variable configured for provider `{}` in spes.toml (api_key_env)",
+                    p.provider
+                )),
+                K::RateLimited | K::Overloaded | K::Server | K::Timeout | K::Connect | K::StreamBroken => Some(
+                    "this is transient; run again, or add `retry:` / `fallback:` to the step".into(),
+                ),
+                K::ContextOverflow => Some("shorten the prompt or pick a model with a larger context".into()),
+                K::Truncated => Some("raise `max_tokens` on the step".into()),
+                _ => None,
+            },
+            FailureKind::Template(t) if !t.missing.is_empty() => Some(format!(
+                "pass it with --input {}=... or write it with an earlier step's `output:`",
+                t.missing[0]
+            )),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Progress events, for terminals, logs and (later) the dashboard.
+
+use std::time::Duration;
+
+use spes_core::message::Usage;
+
+/// Something that happened during a run.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A step began.
+    StepStarted {
+        /// Step key.
+        key: String,
+        /// Step kind.
+        kind: &'static str,
+        /// Nesting depth (0 = top level).
+        depth: usize,
+    },
+    /// A step finished.
+    StepFinished {
+        /// Step key.
+        key: String,
+        /// Step kind.
+        kind: &'static str,
+        /// Nesting depth.
+        depth: usize,
+        /// Wall time.
+        elapsed: Duration,
+        /// Error message, if it failed.
+        error: Option<String>,
+        /// A short note: provider/model and tokens, the branch taken, "skipped", "replayed".
+        note: Option<String>,
+        /// Token usage of model calls in this step.
+        usage: Option<Usage>,
+    },
+    /// Streamed model text.
+    Delta {
+        /// Step key.
+        key: String,
+        /// Text.
+        text: String,
+    },
+}
+
+/// Receives events. Must be cheap: it is called on the run's task.
+pub trait Observer: Send + Sync {
+    /// One event.
+    fn on_event(&self, event: &Event);
+}
+
+/// Ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn on_event(&self, _event: &Event) {}
+}
