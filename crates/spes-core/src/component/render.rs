@@ -8,11 +8,15 @@ use super::spec::find_word;
 use super::{Component, code};
 use crate::diagnostic::Diagnostic;
 
+/// Instructions one render may run (bounds loops over large inputs).
+const FUEL: u64 = 1_000_000;
+
 /// The template environment components are checked and rendered with:
-/// strict about undefined variables, no auto-escaping, no loaders.
+/// strict about undefined variables, bounded by fuel, no auto-escaping, no loaders.
 pub(crate) fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
     env.set_debug(true);
     env.set_recursion_limit(64);
     env
@@ -228,6 +232,14 @@ Note: {{ note }}{% endif %}
         let d = c.render(&json!({ "x": { "present": 1 } })).unwrap_err();
         assert_eq!(d.code, code::RENDER);
         assert_eq!(d.location().unwrap(), "c.md:11:1");
+    }
+
+    #[test]
+    fn runaway_loops_run_out_of_fuel() {
+        let text = "---\nkind: k\nname: n\nversion: 1.0.0\ndescription: d\n---\n{% for a in range(2000) %}{% for b in range(2000) %}{% endfor %}{% endfor %}";
+        let (c, _) = parse_component("c.md", text).unwrap();
+        let d = c.render(&serde_json::Value::Null).unwrap_err();
+        assert_eq!(d.code, code::RENDER);
     }
 
     #[test]
