@@ -1,0 +1,755 @@
+//! Shared HTTP machinery of the adapters: settings, the client, the three
+//! timeouts, bodies read under the idle timeout, and the classification of
+//! HTTP failures into [`ProviderErrorKind`]s.
+//!
+//! Timeouts (from `spes.toml` `[providers.NAME.timeouts]`):
+//!
+//! - `connect`: reqwest's connect timeout;
+//! - `first_byte`: from sending the request until the response headers;
+//! - `idle`: the longest silence between two chunks of the body (streamed
+//!   or not).
+//!
+//! There is no total timeout: a healthy stream that keeps sending is never
+//! cut, however long the answer.
+
+use std::error::Error as StdError;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::header::HeaderMap;
+use reqwest::{Client, RequestBuilder, Response, Url};
+use spes_core::config::{ProviderKind, ProviderSpec, Timeouts};
+
+use crate::error::{ProviderError, ProviderErrorKind};
+use crate::secret::SecretString;
+
+/// Largest successful response body read (non-streaming).
+pub(crate) const MAX_BODY_BYTES: usize = 32 << 20;
+/// Largest error body read.
+pub(crate) const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// Settings of an HTTP adapter ([`crate::anthropic::AnthropicProvider`],
+/// [`crate::openai::OpenAiProvider`]).
+#[derive(Debug, Clone)]
+pub struct HttpProviderConfig {
+    /// The configured provider name (`claude`, `ollama`).
+    pub name: String,
+    /// Default model, used when a request names none.
+    pub model: Option<String>,
+    /// Base URL; `None` means the provider's public API.
+    pub base_url: Option<String>,
+    /// The API key, if any.
+    pub api_key: Option<SecretString>,
+    /// Default `max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// Stream responses over server-sent events (default `true`).
+    pub stream: bool,
+    /// Connect, first-byte and idle timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl HttpProviderConfig {
+    /// Settings with no model, key or base URL, streaming, default timeouts.
+    #[must_use]
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            model: None,
+            base_url: None,
+            api_key: None,
+            max_tokens: None,
+            stream: true,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Sets the default model.
+    #[must_use]
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Sets the base URL.
+    #[must_use]
+    pub fn with_base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+
+    /// Sets the API key.
+    #[must_use]
+    pub fn with_api_key(mut self, key: SecretString) -> Self {
+        self.api_key = Some(key);
+        self
+    }
+
+    /// Sets the default `max_tokens`.
+    #[must_use]
+    pub fn with_max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = Some(n);
+        self
+    }
+
+    /// Streams (SSE) or not.
+    #[must_use]
+    pub fn with_stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    /// Sets the timeouts.
+    #[must_use]
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Settings from a `[providers.NAME]` table, reading the key through
+    /// `env` (normally `std::env::var`).
+    ///
+    /// The key comes from the variable named by `api_key_env`. When that
+    /// is not set and no `base_url` is given (the provider's public API),
+    /// the conventional variable is used: `ANTHROPIC_API_KEY` or
+    /// `OPENAI_API_KEY`. With a `base_url` and no `api_key_env` (Ollama,
+    /// vLLM, a proxy) no key is sent.
+    ///
+    /// # Errors
+    ///
+    /// [`ProviderErrorKind::Authentication`] when the key variable is unset
+    /// or empty (the message names the variable, never a value);
+    /// [`ProviderErrorKind::Config`] for unparsable timeouts.
+    pub fn from_spec(
+        name: &str,
+        spec: &ProviderSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ProviderError> {
+        let timeouts = spec.timeouts.parse().map_err(|e| {
+            ProviderError::new(
+                name,
+                ProviderErrorKind::Config,
+                format!("[providers.{name}] {e}"),
+            )
+        })?;
+        let default_env = match spec.kind {
+            ProviderKind::Anthropic => Some("ANTHROPIC_API_KEY"),
+            ProviderKind::Openai => Some("OPENAI_API_KEY"),
+            ProviderKind::Local | ProviderKind::Scripted => None,
+        };
+        let key_env = spec
+            .api_key_env
+            .as_deref()
+            .or(default_env.filter(|_| spec.base_url.is_none()));
+        let api_key = match key_env {
+            None => None,
+            Some(var) => match env(var).filter(|v| !v.trim().is_empty()) {
+                Some(v) => Some(SecretString::new(v.trim())),
+                None => {
+                    return Err(ProviderError::new(
+                        name,
+                        ProviderErrorKind::Authentication,
+                        format!(
+                            "environment variable {var} is not set or empty; \
+                             [providers.{name}] reads its API key from it \
+                             (export {var}=... or change api_key_env)"
+                        ),
+                    ));
+                }
+            },
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            model: spec.model.clone(),
+            base_url: spec.base_url.clone(),
+            api_key,
+            max_tokens: spec.max_tokens,
+            stream: spec.stream.unwrap_or(true),
+            timeouts,
+        })
+    }
+}
+
+/// One client per provider: keep-alive pool, connect timeout, no total
+/// timeout.
+pub(crate) fn build_client(name: &str, t: &Timeouts) -> Result<Client, ProviderError> {
+    Client::builder()
+        .connect_timeout(t.connect)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| {
+            ProviderError::new(
+                name,
+                ProviderErrorKind::Config,
+                format!("cannot build the HTTP client: {}", error_chain(&e)),
+            )
+        })
+}
+
+/// `base` + `path`, checked to be an http(s) URL.
+pub(crate) fn endpoint(name: &str, base: &str, path: &str) -> Result<Url, ProviderError> {
+    let full = format!("{}{path}", base.trim_end_matches('/'));
+    let bad = |why: String| {
+        ProviderError::new(
+            name,
+            ProviderErrorKind::Config,
+            format!("[providers.{name}] base_url is not a usable URL: {why}"),
+        )
+    };
+    let url = Url::parse(&full).map_err(|e| bad(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "scheme `{}` is not http or https",
+            url.scheme()
+        )));
+    }
+    Ok(url)
+}
+
+/// A URL for messages: no user info, no query.
+pub(crate) fn display_url(u: &Url) -> String {
+    let host = u.host_str().unwrap_or("");
+    match u.port() {
+        Some(p) => format!("{}://{host}:{p}{}", u.scheme(), u.path()),
+        None => format!("{}://{host}{}", u.scheme(), u.path()),
+    }
+}
+
+/// `e` and its sources, joined with `: ` (reqwest's top-level message alone
+/// says little). URLs are stripped by the caller.
+pub(crate) fn error_chain(e: &dyn StdError) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let m = s.to_string();
+        if !out.ends_with(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// Sends the request under the first-byte timeout (which includes connecting).
+pub(crate) async fn send(
+    name: &str,
+    rb: RequestBuilder,
+    t: &Timeouts,
+    url: &Url,
+) -> Result<Response, ProviderError> {
+    match tokio::time::timeout(t.first_byte, rb.send()).await {
+        Err(_) => Err(ProviderError::new(
+            name,
+            ProviderErrorKind::Timeout,
+            format!(
+                "no response from {} within the first-byte timeout of {:?}",
+                display_url(url),
+                t.first_byte
+            ),
+        )),
+        Ok(Err(e)) => Err(send_error(name, &e, t, url)),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+fn send_error(name: &str, e: &reqwest::Error, t: &Timeouts, url: &Url) -> ProviderError {
+    let url_s = display_url(url);
+    let chain = reqwest_chain(e);
+    if e.is_timeout() {
+        ProviderError::new(
+            name,
+            ProviderErrorKind::Timeout,
+            format!(
+                "cannot connect to {url_s} within the connect timeout of {:?}: {chain}",
+                t.connect
+            ),
+        )
+    } else if e.is_body() || e.is_decode() {
+        ProviderError::new(
+            name,
+            ProviderErrorKind::StreamBroken,
+            format!("the response from {url_s} broke off: {chain}"),
+        )
+    } else {
+        ProviderError::new(
+            name,
+            ProviderErrorKind::Connect,
+            format!("cannot reach {url_s}: {chain}"),
+        )
+    }
+}
+
+/// A reqwest error and its sources, without reqwest's URL (which may carry
+/// a query string): callers print our own redacted URL instead.
+fn reqwest_chain(e: &reqwest::Error) -> String {
+    let top = e.to_string();
+    // "error sending request for url (http://...)" -> "error sending request"
+    let mut out = top.split(" for url (").next().unwrap_or(&top).to_owned();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let m = s.to_string();
+        if !out.ends_with(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// A header as text.
+pub(crate) fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// A body chunk, or why there is none.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Nothing arrived within the idle timeout.
+    Idle(Duration),
+    /// The connection broke.
+    Transport(reqwest::Error),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Idle(d) => write!(f, "no data for {d:?}"),
+            Self::Transport(e) => f.write_str(&reqwest_chain(e)),
+        }
+    }
+}
+
+impl BodyError {
+    pub(crate) fn into_provider_error(self, name: &str) -> ProviderError {
+        match self {
+            Self::Idle(d) => ProviderError::new(
+                name,
+                ProviderErrorKind::Timeout,
+                format!("the response went silent for longer than the idle timeout of {d:?}"),
+            ),
+            Self::Transport(e) => ProviderError::new(
+                name,
+                ProviderErrorKind::StreamBroken,
+                format!(
+                    "the response broke off before it was complete: {}",
+                    reqwest_chain(&e)
+                ),
+            ),
+        }
+    }
+}
+
+/// The response body as a stream of chunks, each awaited under `idle`.
+/// The stream ends after the first error.
+pub(crate) fn idle_stream(
+    resp: Response,
+    idle: Duration,
+) -> impl Stream<Item = Result<Bytes, BodyError>> + Send {
+    let inner = Box::pin(resp.bytes_stream());
+    futures::stream::unfold(Some(inner), move |state| async move {
+        let mut s = state?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Err(_) => Some((Err(BodyError::Idle(idle)), None)),
+            Ok(None) => None,
+            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
+            Ok(Some(Err(e))) => Some((Err(BodyError::Transport(e)), None)),
+        }
+    })
+}
+
+/// Reads a whole body under the idle timeout, up to `limit` bytes.
+pub(crate) async fn read_body(
+    name: &str,
+    resp: Response,
+    idle: Duration,
+    limit: usize,
+) -> Result<Vec<u8>, ProviderError> {
+    let mut out = Vec::new();
+    let mut body = std::pin::pin!(idle_stream(resp, idle));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| e.into_provider_error(name))?;
+        if out.len() + chunk.len() > limit {
+            return Err(ProviderError::new(
+                name,
+                ProviderErrorKind::BadResponse,
+                format!("the response body is larger than {limit} bytes"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The kind of an HTTP failure (`status`), or of an error event inside a
+/// stream (`status` is `None`), from the provider's error type/code and
+/// message. Matching on provider text happens here and only here.
+pub(crate) fn classify(
+    status: Option<u16>,
+    provider_type: Option<&str>,
+    message: &str,
+) -> ProviderErrorKind {
+    use ProviderErrorKind as K;
+    let t = provider_type.unwrap_or("");
+    if t == "overloaded_error" {
+        return K::Overloaded;
+    }
+    if is_context_overflow(t, message) && status.is_none_or(|s| (400..500).contains(&s)) {
+        return K::ContextOverflow;
+    }
+    match status {
+        Some(429) if t == "insufficient_quota" => K::Authentication,
+        Some(429) => K::RateLimited,
+        Some(503 | 529) => K::Overloaded,
+        Some(408) => K::Timeout,
+        Some(500..=599) => K::Server,
+        Some(401 | 403) => K::Authentication,
+        Some(404) => K::NotFound,
+        Some(400..=499) => K::InvalidRequest,
+        Some(_) => K::BadResponse,
+        None => match t {
+            "rate_limit_error" | "rate_limit_exceeded" => K::RateLimited,
+            "authentication_error" | "permission_error" | "invalid_api_key" => K::Authentication,
+            "not_found_error" | "model_not_found" => K::NotFound,
+            "invalid_request_error" => K::InvalidRequest,
+            _ => K::Server,
+        },
+    }
+}
+
+fn is_context_overflow(provider_type: &str, message: &str) -> bool {
+    if matches!(
+        provider_type,
+        "context_length_exceeded" | "request_too_large" | "string_above_max_length"
+    ) {
+        return true;
+    }
+    let m = message.to_ascii_lowercase();
+    [
+        "prompt is too long",
+        "context length",
+        "context_length",
+        "context window",
+        "maximum context",
+        "context size",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+/// How long the provider asked us to wait: `retry-after-ms`, then
+/// `retry-after` (seconds or an HTTP date), then, for OpenAI rate limits,
+/// the `x-ratelimit-reset-*` header of the exhausted limit.
+pub(crate) fn retry_after(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(ms) = header_str(h, "retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    if let Some(d) = header_str(h, "retry-after").and_then(|v| parse_retry_after(&v, now)) {
+        return Some(d);
+    }
+    let reset = |which: &str| {
+        header_str(h, &format!("x-ratelimit-reset-{which}")).and_then(|v| parse_reset(&v))
+    };
+    let exhausted = |which: &str| {
+        header_str(h, &format!("x-ratelimit-remaining-{which}")).as_deref() == Some("0")
+    };
+    let (rq, tk) = (reset("requests"), reset("tokens"));
+    match (exhausted("requests"), exhausted("tokens")) {
+        (true, false) => rq,
+        (false, true) => tk,
+        _ => rq.max(tk),
+    }
+}
+
+/// `retry-after`: delay seconds, or an HTTP date.
+pub(crate) fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// OpenAI's reset durations: `1s`, `6m0s`, `20ms`, `1h2m3.5s`.
+pub(crate) fn parse_reset(v: &str) -> Option<Duration> {
+    let mut rest = v.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += n * scale;
+    }
+    total.is_finite().then(|| Duration::from_secs_f64(total))
+}
+
+/// An error for a non-success HTTP status.
+pub(crate) fn status_error(
+    name: &str,
+    status: u16,
+    provider_type: Option<String>,
+    message: String,
+) -> ProviderError {
+    let kind = classify(Some(status), provider_type.as_deref(), &message);
+    let mut e = ProviderError::new(name, kind, message).with_status(status);
+    e.provider_type = provider_type;
+    e
+}
+
+/// The message of an error body that is not in the provider's shape.
+pub(crate) fn fallback_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "the response had no error body".to_owned();
+    }
+    let mut s: String = text.chars().take(300).collect();
+    if s.len() < text.len() {
+        s.push_str("...");
+    }
+    s
+}
+
+/// Parses an error body into the provider's error type and message.
+pub(crate) type ErrorParser = fn(&[u8]) -> Option<(Option<String>, String)>;
+
+/// A successful response, ready to be read.
+#[derive(Debug)]
+pub(crate) struct Sent {
+    pub(crate) resp: Response,
+    pub(crate) request_id: Option<String>,
+    /// The body is `text/event-stream`.
+    pub(crate) is_sse: bool,
+}
+
+/// Sends the request; turns a non-success status into a classified error
+/// (its body parsed by `parse_error` into type and message).
+pub(crate) async fn execute(
+    name: &str,
+    rb: RequestBuilder,
+    t: &Timeouts,
+    url: &Url,
+    request_id_header: &str,
+    parse_error: ErrorParser,
+) -> Result<Sent, ProviderError> {
+    let resp = send(name, rb, t, url).await?;
+    let status = resp.status();
+    let request_id = header_str(resp.headers(), request_id_header);
+    if !status.is_success() {
+        let wait = retry_after(resp.headers(), SystemTime::now());
+        // A body that breaks off still leaves us the status.
+        let body = read_body(name, resp, t.idle, MAX_ERROR_BODY_BYTES)
+            .await
+            .unwrap_or_default();
+        let (ptype, message) =
+            parse_error(&body).unwrap_or_else(|| (None, fallback_message(&body)));
+        let err = status_error(name, status.as_u16(), ptype, message)
+            .with_request_id(request_id)
+            .with_retry_after(wait);
+        tracing::debug!(
+            provider = name,
+            status = status.as_u16(),
+            kind = err.kind.as_str(),
+            request_id = err.request_id.as_deref(),
+            "model call failed"
+        );
+        return Err(err);
+    }
+    let is_sse = header_str(resp.headers(), "content-type")
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    Ok(Sent {
+        resp,
+        request_id,
+        is_sse,
+    })
+}
+
+/// An error from the SSE decoder.
+pub(crate) fn sse_error(
+    name: &str,
+    e: eventsource_stream::EventStreamError<BodyError>,
+) -> ProviderError {
+    use eventsource_stream::EventStreamError as E;
+    match e {
+        E::Transport(b) => b.into_provider_error(name),
+        E::Utf8(e) => ProviderError::new(
+            name,
+            ProviderErrorKind::BadResponse,
+            format!("the event stream is not UTF-8: {e}"),
+        ),
+        E::Parser(e) => ProviderError::new(
+            name,
+            ProviderErrorKind::BadResponse,
+            format!("the event stream is malformed: {e}"),
+        ),
+    }
+}
+
+/// Replaces any occurrence of the key in an error's text (defence in
+/// depth: adapters never put it there, but a server might echo it).
+pub(crate) fn redact(mut e: ProviderError, key: Option<&SecretString>) -> ProviderError {
+    if let Some(k) = key.filter(|k| k.expose().len() >= 4) {
+        let k = k.expose();
+        if e.message.contains(k) {
+            e.message = e.message.replace(k, "[redacted]");
+        }
+        if let Some(t) = &mut e.provider_type
+            && t.contains(k)
+        {
+            *t = t.replace(k, "[redacted]");
+        }
+    }
+    e
+}
+
+/// Parses a body as `T`, or says why not.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    name: &str,
+    body: &[u8],
+) -> Result<T, ProviderError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ProviderError::new(
+            name,
+            ProviderErrorKind::BadResponse,
+            format!("cannot parse the response: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ProviderErrorKind as K;
+
+    #[test]
+    fn classifies_statuses_and_types() {
+        assert_eq!(
+            classify(Some(429), Some("rate_limit_error"), "x"),
+            K::RateLimited
+        );
+        assert_eq!(
+            classify(Some(529), Some("overloaded_error"), "x"),
+            K::Overloaded
+        );
+        assert_eq!(classify(Some(503), None, "x"), K::Overloaded);
+        assert_eq!(classify(Some(500), Some("api_error"), "x"), K::Server);
+        assert_eq!(classify(Some(502), None, "x"), K::Server);
+        assert_eq!(classify(Some(401), None, "x"), K::Authentication);
+        assert_eq!(classify(Some(403), None, "x"), K::Authentication);
+        assert_eq!(classify(Some(404), None, "x"), K::NotFound);
+        assert_eq!(classify(Some(422), None, "x"), K::InvalidRequest);
+        assert_eq!(
+            classify(
+                Some(400),
+                Some("invalid_request_error"),
+                "prompt is too long: 3 > 2"
+            ),
+            K::ContextOverflow
+        );
+        assert_eq!(
+            classify(Some(400), Some("context_length_exceeded"), "x"),
+            K::ContextOverflow
+        );
+        assert_eq!(
+            classify(Some(413), Some("request_too_large"), "x"),
+            K::ContextOverflow
+        );
+        assert_eq!(classify(Some(400), None, "bad"), K::InvalidRequest);
+        assert_eq!(classify(None, Some("overloaded_error"), "x"), K::Overloaded);
+        assert_eq!(classify(None, Some("api_error"), "x"), K::Server);
+        assert_eq!(
+            classify(Some(429), Some("insufficient_quota"), "x"),
+            K::Authentication
+        );
+        // A 5xx that mentions context is still a server error.
+        assert_eq!(classify(Some(500), None, "context length"), K::Server);
+    }
+
+    #[test]
+    fn parses_retry_after_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(" 1.5 ", now),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn parses_openai_reset_durations() {
+        assert_eq!(parse_reset("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_reset("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_reset("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(
+            parse_reset("1h2m3.5s"),
+            Some(Duration::from_millis(3_723_500))
+        );
+        assert_eq!(parse_reset(""), None);
+        assert_eq!(parse_reset("3 days"), None);
+    }
+
+    #[test]
+    fn picks_the_exhausted_limits_reset() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset-requests", "1s".parse().unwrap());
+        h.insert("x-ratelimit-reset-tokens", "6m0s".parse().unwrap());
+        h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        h.insert("x-ratelimit-remaining-tokens", "900".parse().unwrap());
+        assert_eq!(
+            retry_after(&h, SystemTime::UNIX_EPOCH),
+            Some(Duration::from_secs(1))
+        );
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(
+            retry_after(&h, SystemTime::UNIX_EPOCH),
+            Some(Duration::from_secs(7))
+        );
+        h.insert("retry-after-ms", "250".parse().unwrap());
+        assert_eq!(
+            retry_after(&h, SystemTime::UNIX_EPOCH),
+            Some(Duration::from_millis(250))
+        );
+    }
+
+    #[test]
+    fn display_url_drops_credentials_and_query() {
+        let u = Url::parse("https://user:pw@example.com:8443/v1/messages?key=abc").unwrap();
+        assert_eq!(display_url(&u), "https://example.com:8443/v1/messages");
+    }
+}
