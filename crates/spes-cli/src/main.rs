@@ -1,1 +1,531 @@
-fn main() {}
+//! `spes`: run prompt workflows from the command line.
+//!
+//! Exit codes (stable):
+//! - 0: success
+//! - 1: the run failed (a step failed: provider error, bad answer, ...)
+//! - 2: bad input: command-line usage, an invalid workflow, component, `spes.toml`, `--input`
+//! - 3: internal error (a bug: please report it)
+
+mod init;
+mod progress;
+mod project;
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use spes_core::component::{ComponentRef, lint};
+use spes_core::config::ProviderSpec;
+use spes_core::diagnostic::NamedDiagnostic;
+use spes_core::message::{ChatRequest, ChatResponse};
+use spes_core::workflow::{ValidateEnv, Workflow, diagram, parse_workflow, validate};
+use spes_core::{Diagnostics, Severity};
+use spes_engine::{Engine, EngineError, RunError};
+use spes_llm::{CallContext, Provider, ProviderError};
+
+use crate::project::{Project, read_text};
+
+/// Largest `--input-file` spes reads.
+const MAX_INPUT_FILE: usize = 16 << 20;
+
+#[derive(Parser, Debug)]
+#[command(name = "spes", version, about = "Durable LLM prompt workflows: components, patterns, providers", long_about = None)]
+struct Cli {
+    /// spes.toml to use (default: the nearest one above the workflow or the working directory)
+    #[arg(long, global = true, env = "SPES_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a workflow: progress on stderr, the result on stdout.
+    Run(RunArgs),
+    /// Validate workflows, or draw them.
+    #[command(subcommand)]
+    Workflow(WorkflowCmd),
+    /// List, show and lint prompt components.
+    #[command(subcommand)]
+    Components(ComponentsCmd),
+    /// Create a project that runs at once: spes.toml, components, workflows.
+    Init {
+        /// Directory to create (or fill, if empty).
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The workflow file.
+    file: PathBuf,
+    /// An input value: --input topic="rust"
+    #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
+    inputs: Vec<String>,
+    /// An input read from a file: --input-file text=notes.md
+    #[arg(long = "input-file", value_name = "KEY=PATH")]
+    input_files: Vec<String>,
+    /// Provider used by steps and agents that name none.
+    #[arg(long, env = "SPES_PROVIDER")]
+    provider: Option<String>,
+    /// Print the whole context as JSON instead of the result.
+    #[arg(long)]
+    json: bool,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkflowCmd {
+    /// Check workflows without calling any model.
+    Validate {
+        /// Workflow files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Draw a workflow.
+    Diagram {
+        /// The workflow file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = DiagramFormat::Mermaid)]
+        format: DiagramFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DiagramFormat {
+    Mermaid,
+    Text,
+}
+
+#[derive(Subcommand, Debug)]
+enum ComponentsCmd {
+    /// List components (kind, name, version, description).
+    List {
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Show one component: metadata and text.
+    Show {
+        /// A reference: kind/name, kind/name@^1.2, kind/name@1.2.0
+        reference: String,
+    },
+    /// Check component files for problems.
+    Lint {
+        /// Roots to lint (default: the project's component roots).
+        roots: Vec<PathBuf>,
+    },
+}
+
+/// Why a command failed; decides the exit code.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad input: exit 2.
+    Input(Diagnostics),
+    /// A run failed: exit 1.
+    Run(EngineError),
+    /// A usage problem with a plain message: exit 2.
+    Usage(String),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => {
+            runtime().and_then(|rt| rt.block_on(cmd_run(cli.config.as_deref(), args)))
+        }
+        Command::Workflow(WorkflowCmd::Validate { files }) => {
+            cmd_validate(cli.config.as_deref(), &files)
+        }
+        Command::Workflow(WorkflowCmd::Diagram { file, format }) => {
+            cmd_diagram(cli.config.as_deref(), &file, format)
+        }
+        Command::Components(c) => cmd_components(cli.config.as_deref(), c),
+        Command::Init { dir } => init::init(&dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(d)) => {
+            print_diagnostics(&d);
+            ExitCode::from(2)
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(e)) => {
+            eprintln!("error: {e}");
+            if let Some(h) = e.hint() {
+                eprintln!("  hint: {h}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Usage(format!("cannot start the async runtime: {e}")))
+}
+
+/// Prints diagnostics: graphical with snippets on a terminal, plain otherwise.
+fn print_diagnostics(d: &Diagnostics) {
+    let fancy = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut err = std::io::stderr().lock();
+    for diag in &d.0 {
+        if fancy && diag.span.is_some() {
+            let report = miette::Report::new(NamedDiagnostic::from(diag.clone()));
+            let _ = writeln!(err, "{report:?}");
+        } else {
+            let _ = writeln!(err, "{}", diag.render_plain());
+        }
+    }
+    let errors = d.0.iter().filter(|x| x.severity == Severity::Error).count();
+    if errors > 1 {
+        let _ = writeln!(err, "{errors} errors");
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn out(text: &str) {
+    let mut o = std::io::stdout().lock();
+    let r = o.write_all(text.as_bytes()).and_then(|()| {
+        if text.ends_with('\n') {
+            Ok(())
+        } else {
+            o.write_all(b"\n")
+        }
+    });
+    if let Err(e) = r
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write output: {e}");
+    }
+}
+
+/// Loads and validates a workflow.
+fn load_workflow(project: &Project, file: &Path) -> Result<(Workflow, Diagnostics), Failure> {
+    let text = read_text(file, spes_core::yaml::MAX_YAML_BYTES)?;
+    let shown = file.display().to_string();
+    let spec = parse_workflow(&shown, &text).map_err(Failure::Input)?;
+    let (components, comp_diags) = project.components();
+    let names = project.provider_names();
+    let env = ValidateEnv {
+        components: &components,
+        providers: Some(&names),
+    };
+    match validate(spec, &shown, &text, &env) {
+        Ok((wf, warnings)) => Ok((wf, warnings)),
+        Err(mut errs) => {
+            // Component files that failed to load explain "unknown component" errors.
+            if errs
+                .0
+                .iter()
+                .any(|d| d.code == "spes::workflow::unknown_component")
+            {
+                errs.0.extend(
+                    comp_diags
+                        .0
+                        .into_iter()
+                        .filter(|d| d.severity == Severity::Error),
+                );
+            }
+            Err(Failure::Input(errs))
+        }
+    }
+}
+
+fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), Failure> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim(), v)),
+        _ => Err(Failure::Usage(format!(
+            "{flag} `{s}` must look like KEY=VALUE"
+        ))),
+    }
+}
+
+async fn cmd_run(config: Option<&Path>, args: RunArgs) -> Result<(), Failure> {
+    let project = Project::discover(config, &args.file)?;
+    let (wf, warnings) = load_workflow(&project, &args.file)?;
+    if !warnings.is_empty() && !args.quiet {
+        print_diagnostics(&warnings);
+    }
+    let mut inputs = BTreeMap::new();
+    for i in &args.inputs {
+        let (k, v) = split_kv(i, "--input")?;
+        inputs.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    for i in &args.input_files {
+        let (k, p) = split_kv(i, "--input-file")?;
+        let text = read_text(Path::new(p), MAX_INPUT_FILE)?;
+        inputs.insert(k.to_owned(), Value::String(text));
+    }
+    let default = project.default_provider(args.provider.as_deref());
+    let mut builder = Engine::builder()
+        .default_provider(default.clone())
+        .default_model(project.config.defaults.model.clone())
+        .observer(Arc::new(progress::Progress::new(args.quiet)));
+    let providers = project.providers()?;
+    if !providers.iter().any(|p| p.name() == default) {
+        let configured: Vec<&str> = providers.iter().map(|p| p.name()).collect();
+        return Err(Failure::Usage(if default == "local" {
+            format!(
+                "no provider is configured and the embedded local model is not available in this build; \
+                 add a provider to spes.toml (e.g. [providers.test] kind = \"scripted\") or pass --provider{}",
+                if configured.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (configured: {})", configured.join(", "))
+                }
+            )
+        } else {
+            format!(
+                "provider `{default}` is not configured; configured: {}",
+                configured.join(", ")
+            )
+        }));
+    }
+    for p in providers {
+        builder = builder.provider(p);
+    }
+    let engine = builder.build();
+    let started = std::time::Instant::now();
+    let outcome = engine.run(&wf, inputs).await.map_err(|e| match e {
+        RunError::Input(m) => Failure::Usage(m),
+        RunError::Step(s) => Failure::Run(s),
+        other => Failure::Usage(other.to_string()),
+    })?;
+    if !args.quiet {
+        eprintln!(
+            "{} done in {} · {} model call{} · {}→{} tokens",
+            wf.name,
+            progress::fmt_elapsed(started.elapsed()),
+            outcome.model_calls,
+            if outcome.model_calls == 1 { "" } else { "s" },
+            outcome.usage.input_tokens,
+            outcome.usage.output_tokens
+        );
+    }
+    if args.json {
+        out(&serde_json::to_string_pretty(&Value::Object(outcome.context)).unwrap_or_default());
+    } else {
+        match outcome.output {
+            Some(Value::String(s)) => out(&s),
+            Some(v) => out(&serde_json::to_string_pretty(&v).unwrap_or_default()),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn cmd_validate(config: Option<&Path>, files: &[PathBuf]) -> Result<(), Failure> {
+    let mut all = Diagnostics::default();
+    let mut ok = 0;
+    for f in files {
+        let project = Project::discover(config, f)?;
+        match load_workflow(&project, f) {
+            Ok((wf, warnings)) => {
+                ok += 1;
+                all.0.extend(warnings.0);
+                eprintln!("✓ {} ({}): {} steps", f.display(), wf.name, wf.walk().len());
+            }
+            Err(Failure::Input(d)) => all.0.extend(d.0),
+            Err(other) => return Err(other),
+        }
+    }
+    if all.has_errors() {
+        return Err(Failure::Input(all));
+    }
+    if !all.is_empty() {
+        print_diagnostics(&all);
+    }
+    if ok > 1 {
+        eprintln!("{ok} workflows valid");
+    }
+    Ok(())
+}
+
+fn cmd_diagram(config: Option<&Path>, file: &Path, format: DiagramFormat) -> Result<(), Failure> {
+    let project = Project::discover(config, file)?;
+    let (wf, _) = load_workflow(&project, file)?;
+    out(&match format {
+        DiagramFormat::Mermaid => diagram::mermaid(&wf),
+        DiagramFormat::Text => diagram::text(&wf),
+    });
+    Ok(())
+}
+
+fn cmd_components(config: Option<&Path>, cmd: ComponentsCmd) -> Result<(), Failure> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let project = Project::discover(config, &cwd)?;
+    match cmd {
+        ComponentsCmd::List { kind } => {
+            let (reg, diags) = project.components();
+            if diags.has_errors() {
+                print_diagnostics(&diags);
+            }
+            let mut rows = vec![[
+                "KIND".to_owned(),
+                "NAME".to_owned(),
+                "VERSION".to_owned(),
+                "DESCRIPTION".to_owned(),
+            ]];
+            for c in reg
+                .list()
+                .filter(|c| kind.as_ref().is_none_or(|k| &c.kind == k))
+            {
+                rows.push([
+                    c.kind.clone(),
+                    c.name.clone(),
+                    c.version.to_string(),
+                    c.description.clone(),
+                ]);
+            }
+            let widths: Vec<usize> = (0..3)
+                .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+                .collect();
+            let mut s = String::new();
+            for r in &rows {
+                s.push_str(&format!(
+                    "{:w0$}  {:w1$}  {:w2$}  {}\n",
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    w0 = widths[0],
+                    w1 = widths[1],
+                    w2 = widths[2]
+                ));
+            }
+            out(&s);
+            Ok(())
+        }
+        ComponentsCmd::Show { reference } => {
+            let r = ComponentRef::parse(&reference).map_err(|e| {
+                Failure::Usage(format!(
+                    "`{reference}` is not a component reference: {e} (write kind/name@^1.2)"
+                ))
+            })?;
+            let (reg, _) = project.components();
+            let c = reg.resolve(&r).map_err(|d| Failure::Input(d.into()))?;
+            let mut s = format!(
+                "{}\n  file: {}\n  description: {}\n",
+                c.reference(),
+                c.path.display(),
+                c.description
+            );
+            if !c.tags.is_empty() {
+                s.push_str(&format!("  tags: {}\n", c.tags.join(", ")));
+            }
+            for v in &c.variables {
+                s.push_str(&format!(
+                    "  variable {}{}{}{}\n",
+                    v.name,
+                    if v.required { " (required)" } else { "" },
+                    v.default
+                        .as_ref()
+                        .map(|d| format!(" = {d:?}"))
+                        .unwrap_or_default(),
+                    v.description
+                        .as_ref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ));
+            }
+            s.push_str("---\n");
+            s.push_str(&c.body);
+            out(&s);
+            Ok(())
+        }
+        ComponentsCmd::Lint { roots } => {
+            let roots = if roots.is_empty() {
+                project.component_roots()
+            } else {
+                roots
+            };
+            let d = lint(&roots);
+            if d.has_errors() {
+                return Err(Failure::Input(d));
+            }
+            if !d.is_empty() {
+                print_diagnostics(&d);
+            }
+            let (reg, _) = spes_core::component::ComponentRegistry::load(&roots);
+            eprintln!("✓ {} components, no errors", reg.len());
+            Ok(())
+        }
+    }
+}
+
+/// A provider that could not be built (e.g. its key variable is unset):
+/// every call reports why, so that workflows not using it still run.
+#[derive(Debug)]
+struct Unavailable {
+    name: String,
+    kind: &'static str,
+    error: ProviderError,
+}
+
+#[async_trait]
+impl Provider for Unavailable {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn default_model(&self) -> Option<&str> {
+        None
+    }
+    async fn complete(
+        &self,
+        _req: &ChatRequest,
+        _cx: &CallContext,
+    ) -> Result<ChatResponse, ProviderError> {
+        Err(self.error.clone())
+    }
+}
+
+/// Builds an HTTP provider from its spec; key problems surface when it is used.
+pub(crate) fn http_provider(name: &str, spec: &ProviderSpec) -> Result<Arc<dyn Provider>, Failure> {
+    use spes_core::config::ProviderKind;
+    use spes_llm::http::HttpProviderConfig;
+    let env = |k: &str| std::env::var(k).ok();
+    let built: Result<Arc<dyn Provider>, ProviderError> =
+        HttpProviderConfig::from_spec(name, spec, &env).and_then(|cfg| {
+            Ok(match spec.kind {
+                ProviderKind::Anthropic => {
+                    Arc::new(spes_llm::anthropic::AnthropicProvider::new(cfg)?) as Arc<dyn Provider>
+                }
+                _ => Arc::new(spes_llm::openai::OpenAiProvider::new(cfg)?) as Arc<dyn Provider>,
+            })
+        });
+    Ok(built.unwrap_or_else(|error| {
+        Arc::new(Unavailable {
+            name: name.to_owned(),
+            kind: spec.kind.as_str(),
+            error,
+        })
+    }))
+}

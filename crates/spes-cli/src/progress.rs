@@ -1,0 +1,97 @@
+//! Progress on stderr: one line per finished step (✓/✗, elapsed), a live
+//! line for the running step on terminals.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use spes_engine::{Event, Observer};
+
+pub(crate) struct Progress {
+    tty: bool,
+    quiet: bool,
+    state: Mutex<()>,
+}
+
+impl Progress {
+    pub(crate) fn new(quiet: bool) -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            quiet,
+            state: Mutex::new(()),
+        }
+    }
+}
+
+pub(crate) fn fmt_elapsed(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1.0 {
+        format!("{:.0}µs", ms * 1000.0)
+    } else if ms < 1000.0 {
+        format!("{ms:.0}ms")
+    } else {
+        format!("{:.1}s", ms / 1000.0)
+    }
+}
+
+impl Observer for Progress {
+    fn on_event(&self, event: &Event) {
+        if self.quiet {
+            return;
+        }
+        let _guard = self.state.lock();
+        let mut err = std::io::stderr().lock();
+        match event {
+            Event::StepStarted { key, kind, depth } => {
+                if self.tty && matches!(*kind, "llm") {
+                    let _ = write!(err, "\r\x1b[2K{}… {key}", "  ".repeat(*depth));
+                    let _ = err.flush();
+                }
+            }
+            Event::StepFinished {
+                key,
+                depth,
+                elapsed,
+                error,
+                note,
+                ..
+            } => {
+                let pad = "  ".repeat(*depth);
+                let note = note
+                    .as_ref()
+                    .map(|n| format!("  ({n})"))
+                    .unwrap_or_default();
+                if self.tty {
+                    let _ = write!(err, "\r\x1b[2K");
+                    match error {
+                        None => {
+                            let _ = writeln!(
+                                err,
+                                "{pad}\x1b[32m✓\x1b[0m {key}  \x1b[2m{}{note}\x1b[0m",
+                                fmt_elapsed(*elapsed)
+                            );
+                        }
+                        Some(e) => {
+                            let _ = writeln!(
+                                err,
+                                "{pad}\x1b[31m✗\x1b[0m {key}  {}  {e}",
+                                fmt_elapsed(*elapsed)
+                            );
+                        }
+                    }
+                } else {
+                    match error {
+                        None => {
+                            let _ = writeln!(err, "{pad}✓ {key} {}{note}", fmt_elapsed(*elapsed));
+                        }
+                        Some(e) => {
+                            let _ = writeln!(err, "{pad}✗ {key} {}: {e}", fmt_elapsed(*elapsed));
+                        }
+                    }
+                }
+            }
+            Event::Delta { .. } => {}
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Finding and loading a project: `spes.toml`, components, providers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use spes_core::component::ComponentRegistry;
+use spes_core::config::{ConfigSpec, ProviderKind, parse_config};
+use spes_core::{Diagnostic, Diagnostics};
+use spes_llm::Provider;
+use spes_llm::scripted::ScriptedProvider;
+
+use crate::Failure;
+
+/// A loaded project.
+pub(crate) struct Project {
+    /// Directory holding spes.toml (or the working directory when there is none).
+    pub(crate) dir: PathBuf,
+    /// The spes.toml path, when there is one.
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) config: ConfigSpec,
+}
+
+/// Reads a user file with a size cap, naming the file on error.
+pub(crate) fn read_text(path: &Path, max: usize) -> Result<String, Failure> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Failure::Input(Diagnostics::from(
+            Diagnostic::error("spes::io::read", format!("cannot read {shown}: {e}"))
+                .with_hint("check the path"),
+        ))
+    })?;
+    if meta.len() > max as u64 {
+        return Err(Failure::Input(Diagnostics::from(
+            Diagnostic::error(
+                "spes::io::too_large",
+                format!(
+                    "{shown} is {} bytes; spes reads at most {} here",
+                    meta.len(),
+                    max
+                ),
+            )
+            .with_file(shown)
+            .with_hint("this does not look like a spes file; check the path"),
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        Failure::Input(Diagnostics::from(Diagnostic::error(
+            "spes::io::read",
+            format!("cannot read {shown}: {e}"),
+        )))
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        Failure::Input(Diagnostics::from(
+            Diagnostic::error(
+                "spes::io::not_utf8",
+                format!(
+                    "{shown} is not UTF-8 text (byte {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+            .with_file(shown)
+            .with_hint("save the file as UTF-8"),
+        ))
+    })
+}
+
+impl Project {
+    /// Finds spes.toml: the explicit path, else walking up from `start`.
+    pub(crate) fn discover(explicit: Option<&Path>, start: &Path) -> Result<Self, Failure> {
+        let config_path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => {
+                let start = if start.is_dir() {
+                    start.to_path_buf()
+                } else {
+                    start.parent().map(Path::to_path_buf).unwrap_or_default()
+                };
+                let start = if start.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    start
+                };
+                let abs = std::fs::canonicalize(&start).unwrap_or(start);
+                abs.ancestors()
+                    .map(|d| d.join("spes.toml"))
+                    .find(|p| p.is_file())
+            }
+        };
+        let Some(path) = config_path else {
+            return Ok(Self {
+                dir: std::env::current_dir().unwrap_or_default(),
+                config_path: None,
+                config: ConfigSpec::default(),
+            });
+        };
+        let text = read_text(&path, spes_core::config::MAX_CONFIG_BYTES)?;
+        let shown = path.display().to_string();
+        let config = parse_config(&shown, &text).map_err(|d| Failure::Input(d.into()))?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        Ok(Self {
+            dir,
+            config_path: Some(path),
+            config,
+        })
+    }
+
+    pub(crate) fn rel(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        if let Ok(rest) = p.strip_prefix("~")
+            && let Some(home) = std::env::var_os("HOME")
+        {
+            return PathBuf::from(home).join(rest);
+        }
+        self.dir.join(p)
+    }
+
+    /// Component roots, absolute.
+    pub(crate) fn component_roots(&self) -> Vec<PathBuf> {
+        self.config
+            .components
+            .roots
+            .iter()
+            .map(|r| self.rel(r))
+            .collect()
+    }
+
+    /// Loads components; a missing default root is not an error.
+    pub(crate) fn components(&self) -> (ComponentRegistry, Diagnostics) {
+        let roots: Vec<PathBuf> = self
+            .component_roots()
+            .into_iter()
+            .filter(|r| {
+                r.exists()
+                    || self.config_path.is_some()
+                        && self.config.components.roots != [PathBuf::from("components")]
+            })
+            .collect();
+        ComponentRegistry::load(&roots)
+    }
+
+    /// The default provider's name.
+    pub(crate) fn default_provider(&self, override_name: Option<&str>) -> String {
+        if let Some(n) = override_name {
+            return n.to_owned();
+        }
+        if let Some(n) = &self.config.defaults.provider {
+            return n.clone();
+        }
+        // No default named: a configured provider whose key is present wins, else `local`.
+        for (name, p) in &self.config.providers {
+            let usable = match p.kind {
+                ProviderKind::Anthropic | ProviderKind::Openai => p
+                    .api_key_env
+                    .as_ref()
+                    .is_some_and(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty())),
+                ProviderKind::Scripted => true,
+                ProviderKind::Local => false,
+            };
+            if usable {
+                return name.clone();
+            }
+        }
+        "local".into()
+    }
+
+    /// Builds every configured provider.
+    pub(crate) fn providers(&self) -> Result<Vec<Arc<dyn Provider>>, Failure> {
+        let mut out: Vec<Arc<dyn Provider>> = Vec::new();
+        for (name, spec) in &self.config.providers {
+            let p: Arc<dyn Provider> = match spec.kind {
+                ProviderKind::Scripted => {
+                    let script = spec.script.as_deref().unwrap_or(Path::new("answers.yaml"));
+                    let path = self.rel(script);
+                    let text = read_text(&path, spes_core::yaml::MAX_YAML_BYTES)?;
+                    let shown = path.display().to_string();
+                    Arc::new(
+                        ScriptedProvider::parse(name, &shown, &text)
+                            .map_err(|d| Failure::Input(d.into()))?,
+                    )
+                }
+                ProviderKind::Anthropic | ProviderKind::Openai => crate::http_provider(name, spec)?,
+                ProviderKind::Local => continue,
+            };
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// Names of configured providers (for validation).
+    pub(crate) fn provider_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.config.providers.keys().cloned().collect();
+        if !v.iter().any(|n| n == "local") {
+            v.push("local".into());
+        }
+        v
+    }
+}
