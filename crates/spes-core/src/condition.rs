@@ -93,7 +93,11 @@ fn text_of(ctx: &Context, locals: Option<&Context>, key: &str) -> Result<String,
 
 impl Condition {
     /// Evaluates without side effects; `ask` yields [`Outcome::NeedsModel`].
-    pub fn evaluate(&self, ctx: &Context, locals: Option<&Context>) -> Result<Outcome, TemplateError> {
+    pub fn evaluate(
+        &self,
+        ctx: &Context,
+        locals: Option<&Context>,
+    ) -> Result<Outcome, TemplateError> {
         Ok(match self {
             Self::Expr(e) => Outcome::Decided(e.is_true(ctx, locals)?),
             Self::Keyword { words, key } => {
@@ -155,15 +159,37 @@ mod tests {
 
     #[test]
     fn pure_conditions() {
-        let ctx = json!({"text": "The Login function throws"}).as_object().unwrap().clone();
-        let kw = Condition::Keyword { words: vec!["login".into()], key: "text".into() };
+        let ctx = json!({"text": "The Login function throws"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let kw = Condition::Keyword {
+            words: vec!["login".into()],
+            key: "text".into(),
+        };
         assert_eq!(kw.evaluate(&ctx, None).unwrap(), Outcome::Decided(true));
-        let len = Condition::Length { min: Some(5), max: Some(10), key: "text".into() };
+        let len = Condition::Length {
+            min: Some(5),
+            max: Some(10),
+            key: "text".into(),
+        };
         assert_eq!(len.evaluate(&ctx, None).unwrap(), Outcome::Decided(false));
-        let re = Condition::Regex { re: regex::Regex::new("^The").unwrap(), key: "text".into() };
-        assert_eq!(Condition::Not(Box::new(re)).evaluate(&ctx, None).unwrap(), Outcome::Decided(false));
-        let missing = Condition::Keyword { words: vec![], key: "nope".into() };
-        assert_eq!(missing.evaluate(&ctx, None).unwrap_err().missing, vec!["nope".to_owned()]);
+        let re = Condition::Regex {
+            re: regex::Regex::new("^The").unwrap(),
+            key: "text".into(),
+        };
+        assert_eq!(
+            Condition::Not(Box::new(re)).evaluate(&ctx, None).unwrap(),
+            Outcome::Decided(false)
+        );
+        let missing = Condition::Keyword {
+            words: vec![],
+            key: "nope".into(),
+        };
+        assert_eq!(
+            missing.evaluate(&ctx, None).unwrap_err().missing,
+            vec!["nope".to_owned()]
+        );
     }
 
     #[test]

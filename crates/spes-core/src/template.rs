@@ -75,12 +75,18 @@ fn build_env() -> Environment<'static> {
     env.set_recursion_limit(64);
     // Prompts are not HTML.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env.add_test("matching", |v: &str, pattern: &str| -> Result<bool, minijinja::Error> {
-        let re = regex::Regex::new(pattern).map_err(|e| {
-            minijinja::Error::new(ErrorKind::InvalidOperation, format!("bad regex `{pattern}`: {e}"))
-        })?;
-        Ok(re.is_match(v))
-    });
+    env.add_test(
+        "matching",
+        |v: &str, pattern: &str| -> Result<bool, minijinja::Error> {
+            let re = regex::Regex::new(pattern).map_err(|e| {
+                minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("bad regex `{pattern}`: {e}"),
+                )
+            })?;
+            Ok(re.is_match(v))
+        },
+    );
     env.add_test("containing", |v: &str, needle: &str| v.contains(needle));
     env.add_filter("words", |v: &str| v.split_whitespace().count());
     env.add_filter("lines", |v: &str| v.lines().count());
@@ -122,7 +128,10 @@ impl Template {
             .map_err(|e| TemplateError::from_mj(&e))?;
         let reads: BTreeSet<String> = t.undeclared_variables(false).into_iter().collect();
         let single_expr = single_expression(source).and_then(|expr| {
-            env().compile_expression(expr).ok().map(|_| Arc::<str>::from(expr))
+            env()
+                .compile_expression(expr)
+                .ok()
+                .map(|_| Arc::<str>::from(expr))
         });
         Ok(Self {
             source: source.into(),
@@ -164,7 +173,11 @@ impl Template {
                 message: format!(
                     "undefined variable{} {}",
                     if missing.len() == 1 { "" } else { "s" },
-                    missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                    missing
+                        .iter()
+                        .map(|m| format!("`{m}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 range: None,
                 line: None,
@@ -188,7 +201,11 @@ impl Template {
 
     /// Evaluates to a JSON value: a single `{{ expr }}` keeps the expression's
     /// type (a list stays a list); anything else renders to a string.
-    pub fn eval(&self, ctx: &Context, locals: Option<&Context>) -> Result<serde_json::Value, TemplateError> {
+    pub fn eval(
+        &self,
+        ctx: &Context,
+        locals: Option<&Context>,
+    ) -> Result<serde_json::Value, TemplateError> {
         match &self.single_expr {
             Some(expr) => {
                 self.check_missing(ctx, locals)?;
@@ -259,8 +276,7 @@ impl Expr {
         let e = env()
             .compile_expression(&self.source)
             .map_err(|e| TemplateError::from_mj(&e))?;
-        Ok(e
-            .eval(context_value(ctx, locals))
+        Ok(e.eval(context_value(ctx, locals))
             .map_err(|e| TemplateError::from_mj(&e))?
             .is_true())
     }
@@ -322,7 +338,11 @@ mod tests {
     #[test]
     fn syntax_errors_have_a_line() {
         let e = Template::parse("line one\n{{ oops(").unwrap_err();
-        assert!(e.message.starts_with("template syntax error"), "{}", e.message);
+        assert!(
+            e.message.starts_with("template syntax error"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.line, Some(2));
     }
 
@@ -337,23 +357,50 @@ mod tests {
 
     #[test]
     fn reads_ignore_locally_set_variables() {
-        let t = Template::parse("{% for q in questions %}{{ q }}{% endfor %}{% set z = 1 %}{{ z }}").unwrap();
-        assert_eq!(t.reads().iter().cloned().collect::<Vec<_>>(), vec!["questions".to_owned()]);
+        let t =
+            Template::parse("{% for q in questions %}{{ q }}{% endfor %}{% set z = 1 %}{{ z }}")
+                .unwrap();
+        assert_eq!(
+            t.reads().iter().cloned().collect::<Vec<_>>(),
+            vec!["questions".to_owned()]
+        );
     }
 
     #[test]
     fn expressions_and_custom_tests() {
         let c = ctx(json!({"text": "ERR: disk full", "n": 3}));
-        assert!(Expr::parse("'disk' in text").unwrap().is_true(&c, None).unwrap());
-        assert!(Expr::parse("text is matching('^ERR')").unwrap().is_true(&c, None).unwrap());
+        assert!(
+            Expr::parse("'disk' in text")
+                .unwrap()
+                .is_true(&c, None)
+                .unwrap()
+        );
+        assert!(
+            Expr::parse("text is matching('^ERR')")
+                .unwrap()
+                .is_true(&c, None)
+                .unwrap()
+        );
         assert!(!Expr::parse("n > 5").unwrap().is_true(&c, None).unwrap());
-        assert!(Expr::parse("text | words == 3").unwrap().is_true(&c, None).unwrap());
+        assert!(
+            Expr::parse("text | words == 3")
+                .unwrap()
+                .is_true(&c, None)
+                .unwrap()
+        );
     }
 
     #[test]
     fn fuel_bounds_runaway_loops() {
-        let t = Template::parse("{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}").unwrap();
+        let t = Template::parse(
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+        )
+        .unwrap();
         let e = t.render(&Context::new(), None).unwrap_err();
-        assert!(e.message.contains("fuel") || e.message.contains("range"), "{}", e.message);
+        assert!(
+            e.message.contains("fuel") || e.message.contains("range"),
+            "{}",
+            e.message
+        );
     }
 }

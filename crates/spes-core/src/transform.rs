@@ -57,7 +57,10 @@ pub fn build(name: &str, args: &serde_json::Map<String, Value>) -> Result<Transf
         return Err(if allowed.is_empty() {
             format!("`{name}` takes no args, but `{bad}` was given")
         } else {
-            format!("`{name}` has no argument `{bad}`; it takes: {}", allowed.join(", "))
+            format!(
+                "`{name}` has no argument `{bad}`; it takes: {}",
+                allowed.join(", ")
+            )
         });
     }
     let string_arg = |k: &str| -> Result<Option<String>, String> {
@@ -71,7 +74,8 @@ pub fn build(name: &str, args: &serde_json::Map<String, Value>) -> Result<Transf
         "json_parse" => TransformFn::JsonParse,
         "json_path" => {
             let p = string_arg("path")?.ok_or("`json_path` needs args: { path: \"$.field\" }")?;
-            let jp = serde_json_path::JsonPath::parse(&p).map_err(|e| format!("bad JSONPath `{p}`: {e}"))?;
+            let jp = serde_json_path::JsonPath::parse(&p)
+                .map_err(|e| format!("bad JSONPath `{p}`: {e}"))?;
             TransformFn::JsonPath(Box::new(jp), p)
         }
         "regex" => {
@@ -178,7 +182,9 @@ impl TransformFn {
                     .collect(),
             ),
             Self::Join(sep) => match input {
-                Value::Array(a) => Value::String(a.iter().map(as_text).collect::<Vec<_>>().join(sep)),
+                Value::Array(a) => {
+                    Value::String(a.iter().map(as_text).collect::<Vec<_>>().join(sep))
+                }
                 other => Value::String(as_text(&other)),
             },
             Self::Lowercase => Value::String(as_text(&input).to_lowercase()),
@@ -201,17 +207,64 @@ mod tests {
 
     #[test]
     fn each_function() {
-        assert_eq!(f("json_parse", json!({})).apply(json!("```json\n{\"a\":1}\n```")).unwrap(), json!({"a":1}));
-        assert_eq!(f("json_path", json!({"path":"$.a.b"})).apply(json!("{\"a\":{\"b\":[1,2]}}")).unwrap(), json!([1, 2]));
-        assert_eq!(f("json_path", json!({"path":"$.xs[*]"})).apply(json!({"xs":[1,2]})).unwrap(), json!([1, 2]));
-        assert_eq!(f("regex", json!({"pattern":"score: (\\d+)","group":1})).apply(json!("score: 42")).unwrap(), json!("42"));
-        assert_eq!(f("regex", json!({"pattern":"zzz"})).apply(json!("abc")).unwrap(), Value::Null);
-        assert_eq!(f("length", json!({})).apply(json!("héllo")).unwrap(), json!(5));
-        assert_eq!(f("count", json!({"of":"a"})).apply(json!("banana")).unwrap(), json!(3));
-        assert_eq!(f("count", json!({})).apply(json!([1, 2])).unwrap(), json!(2));
-        assert_eq!(f("split", json!({})).apply(json!("a\n\n b \nc")).unwrap(), json!(["a", "b", "c"]));
-        assert_eq!(f("join", json!({"sep":", "})).apply(json!(["a", 1])).unwrap(), json!("a, 1"));
-        assert_eq!(f("lowercase", json!({})).apply(json!("AbC")).unwrap(), json!("abc"));
+        assert_eq!(
+            f("json_parse", json!({}))
+                .apply(json!("```json\n{\"a\":1}\n```"))
+                .unwrap(),
+            json!({"a":1})
+        );
+        assert_eq!(
+            f("json_path", json!({"path":"$.a.b"}))
+                .apply(json!("{\"a\":{\"b\":[1,2]}}"))
+                .unwrap(),
+            json!([1, 2])
+        );
+        assert_eq!(
+            f("json_path", json!({"path":"$.xs[*]"}))
+                .apply(json!({"xs":[1,2]}))
+                .unwrap(),
+            json!([1, 2])
+        );
+        assert_eq!(
+            f("regex", json!({"pattern":"score: (\\d+)","group":1}))
+                .apply(json!("score: 42"))
+                .unwrap(),
+            json!("42")
+        );
+        assert_eq!(
+            f("regex", json!({"pattern":"zzz"}))
+                .apply(json!("abc"))
+                .unwrap(),
+            Value::Null
+        );
+        assert_eq!(
+            f("length", json!({})).apply(json!("héllo")).unwrap(),
+            json!(5)
+        );
+        assert_eq!(
+            f("count", json!({"of":"a"}))
+                .apply(json!("banana"))
+                .unwrap(),
+            json!(3)
+        );
+        assert_eq!(
+            f("count", json!({})).apply(json!([1, 2])).unwrap(),
+            json!(2)
+        );
+        assert_eq!(
+            f("split", json!({})).apply(json!("a\n\n b \nc")).unwrap(),
+            json!(["a", "b", "c"])
+        );
+        assert_eq!(
+            f("join", json!({"sep":", "}))
+                .apply(json!(["a", 1]))
+                .unwrap(),
+            json!("a, 1")
+        );
+        assert_eq!(
+            f("lowercase", json!({})).apply(json!("AbC")).unwrap(),
+            json!("abc")
+        );
     }
 
     #[test]
@@ -222,11 +275,19 @@ mod tests {
         assert!(e.starts_with("bad regex `(`"), "{e}");
         let e = build("json_path", json!({"path": "a.b"}).as_object().unwrap()).unwrap_err();
         assert!(e.starts_with("bad JSONPath"), "{e}");
-        assert_eq!(build("frobnicate", &serde_json::Map::new()).unwrap_err(), "unknown function `frobnicate`");
+        assert_eq!(
+            build("frobnicate", &serde_json::Map::new()).unwrap_err(),
+            "unknown function `frobnicate`"
+        );
     }
 
     #[test]
     fn json_parse_rejects_non_json() {
-        assert!(f("json_parse", json!({})).apply(json!("not json")).unwrap_err().starts_with("input is not valid JSON"));
+        assert!(
+            f("json_parse", json!({}))
+                .apply(json!("not json"))
+                .unwrap_err()
+                .starts_with("input is not valid JSON")
+        );
     }
 }

@@ -9,7 +9,11 @@ pub const MAX_YAML_BYTES: usize = 4 << 20;
 
 /// Parses `text` (from `file`) into `T`, bounded in size, nesting and
 /// alias expansion; errors become diagnostics with file:line:column.
-pub fn parse_yaml<T: DeserializeOwned>(file: &str, text: &str, code: &'static str) -> Result<T, Diagnostic> {
+pub fn parse_yaml<T: DeserializeOwned>(
+    file: &str,
+    text: &str,
+    code: &'static str,
+) -> Result<T, Diagnostic> {
     if text.len() > MAX_YAML_BYTES {
         return Err(Diagnostic::error(
             "spes::yaml::too_large",
@@ -29,12 +33,18 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &str, text: &str, code: &'static st
     budget.max_nodes = 200_000;
     budget.max_aliases = 1_000;
     opts.budget = Some(budget);
-    serde_saphyr::from_str_with_options::<T>(text, opts).map_err(|e| yaml_error(file, text, &e, code))
+    serde_saphyr::from_str_with_options::<T>(text, opts)
+        .map_err(|e| yaml_error(file, text, &e, code))
 }
 
 /// Converts a serde-saphyr error into a diagnostic.
 #[must_use]
-pub fn yaml_error(file: &str, text: &str, e: &serde_saphyr::Error, code: &'static str) -> Diagnostic {
+pub fn yaml_error(
+    file: &str,
+    text: &str,
+    e: &serde_saphyr::Error,
+    code: &'static str,
+) -> Diagnostic {
     let raw = e.to_string();
     let message = clean_message(&raw);
     let (code, hint) = classify(&message, code);
@@ -66,12 +76,20 @@ fn classify(message: &str, code: &'static str) -> (&'static str, Option<String>)
     if message.contains("unknown field") {
         let hint = message
             .find("expected one of")
-            .map(|i| format!("valid fields here: {}", &message[i + "expected one of ".len()..]))
+            .map(|i| {
+                format!(
+                    "valid fields here: {}",
+                    &message[i + "expected one of ".len()..]
+                )
+            })
             .or_else(|| Some("remove the field or check its spelling".to_owned()));
         return ("spes::yaml::unknown_field", hint);
     }
     if message.contains("missing field") {
-        return ("spes::yaml::missing_field", Some("add the field".to_owned()));
+        return (
+            "spes::yaml::missing_field",
+            Some("add the field".to_owned()),
+        );
     }
     if message.contains("budget") || message.contains("depth") || message.contains("alias") {
         return (

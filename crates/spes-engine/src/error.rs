@@ -47,9 +47,10 @@ impl EngineError {
         match &self.kind {
             FailureKind::Provider(p) => p.class(),
             FailureKind::Journal(_) => ErrorClass::Transient,
-            FailureKind::Template(_) | FailureKind::Transform(_) | FailureKind::Answer(_) | FailureKind::Config(_) => {
-                ErrorClass::Terminal
-            }
+            FailureKind::Template(_)
+            | FailureKind::Transform(_)
+            | FailureKind::Answer(_)
+            | FailureKind::Config(_) => ErrorClass::Terminal,
         }
     }
 
@@ -63,10 +64,18 @@ impl EngineError {
                     "check the API key variable configured for provider `{}` in spes.toml (api_key_env)",
                     p.provider
                 )),
-                K::RateLimited | K::Overloaded | K::Server | K::Timeout | K::Connect | K::StreamBroken => Some(
-                    "this is transient; run again, or add `retry:` / `fallback:` to the step".into(),
+                K::RateLimited
+                | K::Overloaded
+                | K::Server
+                | K::Timeout
+                | K::Connect
+                | K::StreamBroken => Some(
+                    "this is transient; run again, or add `retry:` / `fallback:` to the step"
+                        .into(),
                 ),
-                K::ContextOverflow => Some("shorten the prompt or pick a model with a larger context".into()),
+                K::ContextOverflow => {
+                    Some("shorten the prompt or pick a model with a larger context".into())
+                }
                 K::Truncated => Some("raise `max_tokens` on the step".into()),
                 _ => None,
             },

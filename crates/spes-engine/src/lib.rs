@@ -88,7 +88,11 @@ impl Engine {
 
     /// Runs `wf` with inputs (already bound with [`bind_inputs`], or raw:
     /// they are bound here) to completion.
-    pub async fn run(&self, wf: &Workflow, inputs: BTreeMap<String, Value>) -> Result<RunOutcome, RunError> {
+    pub async fn run(
+        &self,
+        wf: &Workflow,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<RunOutcome, RunError> {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
         run::Exec::new(self, ctx)
             .run_workflow(wf)
@@ -181,7 +185,9 @@ impl EngineBuilder {
             providers: self.providers,
             default_provider: self.default_provider.unwrap_or_else(|| "local".into()),
             default_model: self.default_model,
-            journal: self.journal.unwrap_or_else(|| Arc::new(MemoryJournal::default())),
+            journal: self
+                .journal
+                .unwrap_or_else(|| Arc::new(MemoryJournal::default())),
             observer: self.observer.unwrap_or_else(|| Arc::new(NoObserver)),
             stream_deltas: self.stream_deltas,
         }

@@ -94,7 +94,12 @@ impl<'e> Exec<'e> {
         })
     }
 
-    fn steps<'a>(&'a mut self, steps: &'a [Step], prefix: String, depth: usize) -> BoxFuture<'a, Result<Option<Value>, EngineError>> {
+    fn steps<'a>(
+        &'a mut self,
+        steps: &'a [Step],
+        prefix: String,
+        depth: usize,
+    ) -> BoxFuture<'a, Result<Option<Value>, EngineError>> {
         Box::pin(async move {
             let mut last = None;
             for s in steps {
@@ -104,7 +109,12 @@ impl<'e> Exec<'e> {
         })
     }
 
-    async fn step(&mut self, s: &Step, prefix: &str, depth: usize) -> Result<Option<Value>, EngineError> {
+    async fn step(
+        &mut self,
+        s: &Step,
+        prefix: &str,
+        depth: usize,
+    ) -> Result<Option<Value>, EngineError> {
         let key = join_key(prefix, &s.name);
         let kind = s.kind.name();
         let start = Instant::now();
@@ -146,7 +156,12 @@ impl<'e> Exec<'e> {
         }
     }
 
-    async fn step_inner(&mut self, s: &Step, key: &str, depth: usize) -> Result<StepResult, EngineError> {
+    async fn step_inner(
+        &mut self,
+        s: &Step,
+        key: &str,
+        depth: usize,
+    ) -> Result<StepResult, EngineError> {
         if let Some(w) = &s.when
             && !self.condition(w, &format!("{key}#when"), &s.loc).await?
         {
@@ -163,10 +178,13 @@ impl<'e> Exec<'e> {
                     .input
                     .eval(&self.ctx, None)
                     .map_err(|e| fail(key, &s.loc, FailureKind::Template(e)))?;
-                let v = t
-                    .func
-                    .apply(input)
-                    .map_err(|e| fail(key, &s.loc, FailureKind::Transform(format!("{}: {e}", t.func_name))))?;
+                let v = t.func.apply(input).map_err(|e| {
+                    fail(
+                        key,
+                        &s.loc,
+                        FailureKind::Transform(format!("{}: {e}", t.func_name)),
+                    )
+                })?;
                 Ok(StepResult {
                     value: Some(v),
                     note: None,
@@ -183,8 +201,13 @@ impl<'e> Exec<'e> {
             }
             StepKind::Branch(b) => {
                 for (i, arm) in b.arms.iter().enumerate() {
-                    if self.condition(&arm.condition, &format!("{key}#if{}", i + 1), &s.loc).await? {
-                        let v = self.steps(&arm.steps, join_key(key, &arm.name), depth + 1).await?;
+                    if self
+                        .condition(&arm.condition, &format!("{key}#if{}", i + 1), &s.loc)
+                        .await?
+                    {
+                        let v = self
+                            .steps(&arm.steps, join_key(key, &arm.name), depth + 1)
+                            .await?;
                         return Ok(StepResult {
                             value: v,
                             note: Some(format!("took {}", arm.name)),
@@ -211,7 +234,12 @@ impl<'e> Exec<'e> {
         }
     }
 
-    async fn condition(&mut self, c: &Condition, key: &str, loc: &Loc) -> Result<bool, EngineError> {
+    async fn condition(
+        &mut self,
+        c: &Condition,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<bool, EngineError> {
         match c
             .evaluate(&self.ctx, None)
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))?
@@ -222,7 +250,8 @@ impl<'e> Exec<'e> {
                 let mut req = ChatRequest::user(question);
                 req.max_tokens = Some(10);
                 req.temperature = Some(0.0);
-                let (provider, components) = self.prepare(agent.as_deref(), None, &mut req, key, loc)?;
+                let (provider, components) =
+                    self.prepare(agent.as_deref(), None, &mut req, key, loc)?;
                 let resp = self.call(&provider, req, components, key, loc).await?;
                 Ok(parse_yes_no(&resp.text) != negate)
             }
@@ -250,7 +279,9 @@ impl<'e> Exec<'e> {
                 }
             }
             for (name, t) in &a.vars {
-                let v = t.eval(&self.ctx, None).map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
+                let v = t
+                    .eval(&self.ctx, None)
+                    .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
                 vars.insert(name.clone(), v);
             }
             let vars = Value::Object(vars);
@@ -263,7 +294,10 @@ impl<'e> Exec<'e> {
             }
         }
         if let Some(s) = step.and_then(|s| s.system.as_ref()) {
-            system_parts.push(s.render(&self.ctx, None).map_err(|e| fail(key, loc, FailureKind::Template(e)))?);
+            system_parts.push(
+                s.render(&self.ctx, None)
+                    .map_err(|e| fail(key, loc, FailureKind::Template(e)))?,
+            );
         }
         if !system_parts.is_empty() {
             req.system = Some(system_parts.join("\n\n"));
@@ -272,24 +306,40 @@ impl<'e> Exec<'e> {
             .and_then(|s| s.provider.as_deref())
             .or_else(|| agent.and_then(|a| a.provider.as_deref()))
             .unwrap_or(&self.engine.default_provider);
-        let provider = self.engine.providers.get(provider_name).cloned().ok_or_else(|| {
-            fail(
-                key,
-                loc,
-                FailureKind::Config(format!(
-                    "provider `{provider_name}` is not configured (configured: {})",
-                    self.engine.providers.keys().cloned().collect::<Vec<_>>().join(", ")
-                )),
-            )
-        })?;
+        let provider = self
+            .engine
+            .providers
+            .get(provider_name)
+            .cloned()
+            .ok_or_else(|| {
+                fail(
+                    key,
+                    loc,
+                    FailureKind::Config(format!(
+                        "provider `{provider_name}` is not configured (configured: {})",
+                        self.engine
+                            .providers
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                )
+            })?;
         req.model = step
             .and_then(|s| s.model.clone())
             .or_else(|| agent.and_then(|a| a.model.clone()))
             .or_else(|| self.engine.default_model.clone());
-        if let Some(t) = step.and_then(|s| s.temperature).or_else(|| agent.and_then(|a| a.temperature)) {
+        if let Some(t) = step
+            .and_then(|s| s.temperature)
+            .or_else(|| agent.and_then(|a| a.temperature))
+        {
             req.temperature = Some(t);
         }
-        if let Some(m) = step.and_then(|s| s.max_tokens).or_else(|| agent.and_then(|a| a.max_tokens)) {
+        if let Some(m) = step
+            .and_then(|s| s.max_tokens)
+            .or_else(|| agent.and_then(|a| a.max_tokens))
+        {
             req.max_tokens = Some(m);
         }
         Ok((provider, components))
@@ -304,8 +354,10 @@ impl<'e> Exec<'e> {
         loc: &Loc,
     ) -> Result<ChatResponse, EngineError> {
         let journal = &self.engine.journal;
-        if let Some(Effect::Model { response, .. }) =
-            journal.get(key).await.map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
+        if let Some(Effect::Model { response, .. }) = journal
+            .get(key)
+            .await
+            .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
         {
             self.replayed += 1;
             return Ok(response);
@@ -328,7 +380,10 @@ impl<'e> Exec<'e> {
             .map_err(|e| fail(key, loc, FailureKind::Provider(e)))?;
         let effect = Effect::Model {
             provider: provider.name().to_owned(),
-            model: req.model.clone().or_else(|| provider.default_model().map(str::to_owned)),
+            model: req
+                .model
+                .clone()
+                .or_else(|| provider.default_model().map(str::to_owned)),
             request_hash,
             components,
             response,
@@ -354,7 +409,8 @@ impl<'e> Exec<'e> {
             json_schema: l.schema.clone(),
             ..ChatRequest::default()
         };
-        let (provider, components) = self.prepare(l.agent.as_deref(), Some(l), &mut req, key, loc)?;
+        let (provider, components) =
+            self.prepare(l.agent.as_deref(), Some(l), &mut req, key, loc)?;
         let before = self.model_calls;
         let resp = self.call(&provider, req, components, key, loc).await?;
         let replayed = self.model_calls == before;
@@ -372,16 +428,18 @@ impl<'e> Exec<'e> {
                         )),
                     ));
                 }
-                serde_json::from_str(spes_core::transform::strip_code_fence(&resp.text)).map_err(|e| {
-                    fail(
-                        key,
-                        loc,
-                        FailureKind::Answer(format!(
-                            "the answer is not valid JSON ({e}); it starts: {:?}",
-                            resp.text.chars().take(80).collect::<String>()
-                        )),
-                    )
-                })?
+                serde_json::from_str(spes_core::transform::strip_code_fence(&resp.text)).map_err(
+                    |e| {
+                        fail(
+                            key,
+                            loc,
+                            FailureKind::Answer(format!(
+                                "the answer is not valid JSON ({e}); it starts: {:?}",
+                                resp.text.chars().take(80).collect::<String>()
+                            )),
+                        )
+                    },
+                )?
             }
         };
         let note = if replayed {
@@ -390,7 +448,10 @@ impl<'e> Exec<'e> {
             format!(
                 "{}{} · {}→{} tok",
                 provider.name(),
-                resp.model.as_deref().map(|m| format!("/{m}")).unwrap_or_default(),
+                resp.model
+                    .as_deref()
+                    .map(|m| format!("/{m}"))
+                    .unwrap_or_default(),
                 resp.usage.input_tokens,
                 resp.usage.output_tokens
             )
@@ -418,9 +479,16 @@ pub fn bind_inputs(wf: &Workflow, given: BTreeMap<String, Value>) -> Result<Cont
     for k in given.keys() {
         if !declared.contains(&k.as_str()) {
             return Err(if declared.is_empty() {
-                format!("unknown input `{k}`: workflow `{}` declares no inputs", wf.name)
+                format!(
+                    "unknown input `{k}`: workflow `{}` declares no inputs",
+                    wf.name
+                )
             } else {
-                format!("unknown input `{k}`; `{}` declares: {}", wf.name, declared.join(", "))
+                format!(
+                    "unknown input `{k}`; `{}` declares: {}",
+                    wf.name,
+                    declared.join(", ")
+                )
             });
         }
     }
@@ -434,7 +502,10 @@ pub fn bind_inputs(wf: &Workflow, given: BTreeMap<String, Value>) -> Result<Cont
                     return Err(format!(
                         "missing required input `{}`{}; pass --input {}=...",
                         i.name,
-                        i.description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
+                        i.description
+                            .as_ref()
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default(),
                         i.name
                     ));
                 }
@@ -462,14 +533,28 @@ pub fn bind_inputs(wf: &Workflow, given: BTreeMap<String, Value>) -> Result<Cont
             (T::Boolean, Value::String(s)) => match s.trim() {
                 "true" | "yes" | "1" => Value::Bool(true),
                 "false" | "no" | "0" => Value::Bool(false),
-                _ => return Err(format!("input `{}` must be true or false, got `{s}`", i.name)),
+                _ => {
+                    return Err(format!(
+                        "input `{}` must be true or false, got `{s}`",
+                        i.name
+                    ));
+                }
             },
             (T::List | T::Object, Value::String(s)) => {
-                let parsed: Value = serde_json::from_str(&s)
-                    .map_err(|e| format!("input `{}` must be JSON ({}): {e}", i.name, i.ty.as_str()))?;
-                let ok = if i.ty == T::List { parsed.is_array() } else { parsed.is_object() };
+                let parsed: Value = serde_json::from_str(&s).map_err(|e| {
+                    format!("input `{}` must be JSON ({}): {e}", i.name, i.ty.as_str())
+                })?;
+                let ok = if i.ty == T::List {
+                    parsed.is_array()
+                } else {
+                    parsed.is_object()
+                };
                 if !ok {
-                    return Err(format!("input `{}` must be a JSON {}", i.name, i.ty.as_str()));
+                    return Err(format!(
+                        "input `{}` must be a JSON {}",
+                        i.name,
+                        i.ty.as_str()
+                    ));
                 }
                 parsed
             }

@@ -149,8 +149,14 @@ impl Rule {
 
     fn matches(&self, key: &str, prompt: &str) -> bool {
         self.step.as_ref().is_none_or(|r| r.is_match(key))
-            && self.prompt_contains.as_ref().is_none_or(|n| prompt.contains(n.as_str()))
-            && self.prompt_matches.as_ref().is_none_or(|r| r.is_match(prompt))
+            && self
+                .prompt_contains
+                .as_ref()
+                .is_none_or(|n| prompt.contains(n.as_str()))
+            && self
+                .prompt_matches
+                .as_ref()
+                .is_none_or(|r| r.is_match(prompt))
     }
 }
 
@@ -162,7 +168,8 @@ fn step_regex(pattern: &str) -> regex::Regex {
     } else {
         format!("(^|/){escaped}$")
     };
-    regex::Regex::new(&re).unwrap_or_else(|_| regex::Regex::new("$^").unwrap_or_else(|_| unreachable_regex()))
+    regex::Regex::new(&re)
+        .unwrap_or_else(|_| regex::Regex::new("$^").unwrap_or_else(|_| unreachable_regex()))
 }
 
 #[allow(clippy::expect_used)]
@@ -185,9 +192,12 @@ pub struct ScriptedProvider {
 }
 
 fn rule_error(file: &str, i: usize, msg: impl Into<String>) -> Diagnostic {
-    Diagnostic::error("spes::script::bad_rule", format!("rule {}: {}", i + 1, msg.into()))
-        .with_file(file)
-        .with_hint("see FORMAT.md, section Scripted answers")
+    Diagnostic::error(
+        "spes::script::bad_rule",
+        format!("rule {}: {}", i + 1, msg.into()),
+    )
+    .with_file(file)
+    .with_hint("see FORMAT.md, section Scripted answers")
 }
 
 impl ScriptedProvider {
@@ -215,12 +225,21 @@ impl ScriptedProvider {
     }
 
     fn rule(file: &str, i: usize, s: RuleSpec) -> Result<Rule, Diagnostic> {
-        let answers = [s.reply.is_some(), s.replies.is_some(), s.error.is_some(), s.default.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let answers = [
+            s.reply.is_some(),
+            s.replies.is_some(),
+            s.error.is_some(),
+            s.default.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if answers != 1 {
-            return Err(rule_error(file, i, "give exactly one of reply, replies, error, default"));
+            return Err(rule_error(
+                file,
+                i,
+                "give exactly one of reply, replies, error, default",
+            ));
         }
         let answer = if let Some(r) = s.reply {
             Answer::Reply(r)
@@ -231,7 +250,11 @@ impl ScriptedProvider {
             Answer::Replies(r)
         } else if let Some(d) = &s.default {
             if s.step.is_some() || s.prompt_contains.is_some() || s.prompt_matches.is_some() {
-                return Err(rule_error(file, i, "`default` rules match everything; remove step/prompt_*"));
+                return Err(rule_error(
+                    file,
+                    i,
+                    "`default` rules match everything; remove step/prompt_*",
+                ));
             }
             match d.as_str() {
                 "echo" => Answer::Echo,
@@ -241,7 +264,13 @@ impl ScriptedProvider {
                     retry_after: None,
                     message: "the script's default is `error`".into(),
                 },
-                other => return Err(rule_error(file, i, format!("default `{other}`: use echo or error"))),
+                other => {
+                    return Err(rule_error(
+                        file,
+                        i,
+                        format!("default `{other}`: use echo or error"),
+                    ));
+                }
             }
         } else {
             let e = s.error.unwrap_or_default();
@@ -266,12 +295,23 @@ impl ScriptedProvider {
             .map(regex::Regex::new)
             .transpose()
             .map_err(|e| rule_error(file, i, format!("bad prompt_matches regex: {e}")))?;
-        let delay = s.delay.as_deref().map(parse_duration).transpose().map_err(|m| rule_error(file, i, m))?;
+        let delay = s
+            .delay
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|m| rule_error(file, i, m))?;
         let stop_reason = match s.stop_reason.as_deref() {
             None | Some("end_turn") => StopReason::EndTurn,
             Some("max_tokens") => StopReason::MaxTokens,
             Some("stop_sequence") => StopReason::StopSequence,
-            Some(other) => return Err(rule_error(file, i, format!("stop_reason `{other}`: use end_turn, max_tokens or stop_sequence"))),
+            Some(other) => {
+                return Err(rule_error(
+                    file,
+                    i,
+                    format!("stop_reason `{other}`: use end_turn, max_tokens or stop_sequence"),
+                ));
+            }
         };
         Ok(Rule {
             step: s.step.as_deref().map(step_regex),
@@ -287,11 +327,18 @@ impl ScriptedProvider {
     /// Every call so far: (step key, request).
     #[must_use]
     pub fn calls(&self) -> Vec<(String, ChatRequest)> {
-        self.state.lock().map(|s| s.calls.clone()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| s.calls.clone())
+            .unwrap_or_default()
     }
 
     /// Picks the answer for a call and counts it.
-    fn pick(&self, key: &str, req: &ChatRequest) -> Option<(Answer, StopReason, Option<Duration>, u32)> {
+    fn pick(
+        &self,
+        key: &str,
+        req: &ChatRequest,
+    ) -> Option<(Answer, StopReason, Option<Duration>, u32)> {
         let prompt = req.last_user_text();
         let mut st = self.state.lock().ok()?;
         st.calls.push((key.to_owned(), req.clone()));
@@ -325,7 +372,11 @@ impl Provider for ScriptedProvider {
         Some("scripted")
     }
 
-    async fn complete(&self, req: &ChatRequest, cx: &CallContext) -> Result<ChatResponse, ProviderError> {
+    async fn complete(
+        &self,
+        req: &ChatRequest,
+        cx: &CallContext,
+    ) -> Result<ChatResponse, ProviderError> {
         let start = Instant::now();
         let Some((answer, stop_reason, delay, n)) = self.pick(&cx.step_key, req) else {
             return Err(ProviderError::new(
@@ -345,7 +396,9 @@ impl Provider for ScriptedProvider {
         let text = match answer {
             Answer::Reply(t) => t,
             Answer::Replies(v) => {
-                let i = usize::try_from(n).unwrap_or(usize::MAX).min(v.len().saturating_sub(1));
+                let i = usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(v.len().saturating_sub(1));
                 v.get(i).cloned().unwrap_or_default()
             }
             Answer::Echo => req.last_user_text().to_owned(),
@@ -355,7 +408,8 @@ impl Provider for ScriptedProvider {
                 retry_after,
                 message,
             } => {
-                let mut e = ProviderError::new(&self.name, kind, message).with_retry_after(retry_after);
+                let mut e =
+                    ProviderError::new(&self.name, kind, message).with_retry_after(retry_after);
                 e.status = status;
                 return Err(e);
             }
@@ -364,7 +418,11 @@ impl Provider for ScriptedProvider {
             sink(&text);
         }
         let input: u64 = req.system.as_deref().map_or(0, approx_tokens)
-            + req.messages.iter().map(|m| approx_tokens(&m.content)).sum::<u64>();
+            + req
+                .messages
+                .iter()
+                .map(|m| approx_tokens(&m.content))
+                .sum::<u64>();
         Ok(ChatResponse {
             usage: Usage {
                 input_tokens: input,
@@ -374,7 +432,10 @@ impl Provider for ScriptedProvider {
             text,
             stop_reason,
             model: Some(req.model.clone().unwrap_or_else(|| "scripted".into())),
-            request_id: Some(format!("scripted-{}", self.state.lock().map(|s| s.calls.len()).unwrap_or(0))),
+            request_id: Some(format!(
+                "scripted-{}",
+                self.state.lock().map(|s| s.calls.len()).unwrap_or(0)
+            )),
             latency_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     }
@@ -386,7 +447,9 @@ mod tests {
     use super::*;
 
     async fn ask(p: &ScriptedProvider, key: &str, prompt: &str) -> Result<String, ProviderError> {
-        p.complete(&ChatRequest::user(prompt), &CallContext::for_step(key)).await.map(|r| r.text)
+        p.complete(&ChatRequest::user(prompt), &CallContext::for_step(key))
+            .await
+            .map(|r| r.text)
     }
 
     #[tokio::test]
@@ -408,7 +471,10 @@ mod tests {
         assert_eq!(ask(&p, "judge", "Rate this").await.unwrap(), "0.5");
         assert_eq!(ask(&p, "judge", "Rate this").await.unwrap(), "0.9");
         assert_eq!(ask(&p, "judge", "Rate this").await.unwrap(), "0.9");
-        assert_eq!(ask(&p, "other", "say {{ x }}").await.unwrap(), "say {{ x }}");
+        assert_eq!(
+            ask(&p, "other", "say {{ x }}").await.unwrap(),
+            "say {{ x }}"
+        );
         assert_eq!(p.calls().len(), 8);
     }
 
@@ -417,16 +483,25 @@ mod tests {
         let p = ScriptedProvider::parse("t", "a.yaml", "- { step: plan, reply: x }").unwrap();
         let e = ask(&p, "summarize", "hello").await.unwrap_err();
         assert_eq!(e.kind, ProviderErrorKind::Config);
-        assert!(e.message.contains("no scripted answer for step `summarize`"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("no scripted answer for step `summarize`"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn bad_scripts_are_explained() {
         let e = ScriptedProvider::parse("t", "a.yaml", "- { step: x }").unwrap_err();
-        assert_eq!(e.render_plain(), "a.yaml: error[spes::script::bad_rule]: rule 1: give exactly one of reply, replies, error, default\n  hint: see FORMAT.md, section Scripted answers");
+        assert_eq!(
+            e.render_plain(),
+            "a.yaml: error[spes::script::bad_rule]: rule 1: give exactly one of reply, replies, error, default\n  hint: see FORMAT.md, section Scripted answers"
+        );
         let e = ScriptedProvider::parse("t", "a.yaml", "- { step: x, error: kaboom }").unwrap_err();
         assert!(e.message.contains("unknown error `kaboom`"));
-        let e = ScriptedProvider::parse("t", "a.yaml", "- { step: x, reply: y, colour: red }").unwrap_err();
+        let e = ScriptedProvider::parse("t", "a.yaml", "- { step: x, reply: y, colour: red }")
+            .unwrap_err();
         assert_eq!(e.code, "spes::yaml::unknown_field");
         assert_eq!(e.line_col, Some((1, 24)));
     }

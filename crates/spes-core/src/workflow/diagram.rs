@@ -14,7 +14,11 @@ fn label(s: &Step) -> String {
         StepKind::Sequence(_) => "sequence".to_owned(),
         StepKind::Branch(_) => "branch".to_owned(),
     };
-    let out = s.output.as_ref().map(|o| format!(" → {o}")).unwrap_or_default();
+    let out = s
+        .output
+        .as_ref()
+        .map(|o| format!(" → {o}"))
+        .unwrap_or_default();
     format!("{} ({detail}){out}", s.name)
 }
 
@@ -24,7 +28,11 @@ pub fn text(wf: &Workflow) -> String {
     fn go(steps: &[Step], depth: usize, out: &mut String) {
         for s in steps {
             let pad = "  ".repeat(depth);
-            let when = s.when.as_ref().map(|w| format!(" [when {}]", w.describe())).unwrap_or_default();
+            let when = s
+                .when
+                .as_ref()
+                .map(|w| format!(" [when {}]", w.describe()))
+                .unwrap_or_default();
             let _ = writeln!(out, "{pad}- {}{when}", label(s));
             match &s.kind {
                 StepKind::Sequence(c) => go(c, depth + 1, out),
@@ -97,7 +105,8 @@ pub fn mermaid(wf: &Workflow) -> String {
                         let edge = format!("    {id} --> ");
                         if let Some(pos) = self.out[first..].find(&edge) {
                             let at = first + pos;
-                            let labelled = format!("    {id} -->|\"{}\"| ", esc(&a.condition.describe()));
+                            let labelled =
+                                format!("    {id} -->|\"{}\"| ", esc(&a.condition.describe()));
                             self.out.replace_range(at..at + edge.len(), &labelled);
                         }
                         ends.extend(tail);
@@ -109,7 +118,10 @@ pub fn mermaid(wf: &Workflow) -> String {
                             let edge = format!("    {id} --> ");
                             if let Some(pos) = self.out[first..].find(&edge) {
                                 let at = first + pos;
-                                self.out.replace_range(at..at + edge.len(), &format!("    {id} -->|else| "));
+                                self.out.replace_range(
+                                    at..at + edge.len(),
+                                    &format!("    {id} -->|else| "),
+                                );
                             }
                             ends.extend(tail);
                         }
@@ -120,8 +132,18 @@ pub fn mermaid(wf: &Workflow) -> String {
                 StepKind::Sequence(c) => self.steps(c, prev.to_vec()),
                 StepKind::Llm(_) | StepKind::Transform(_) => {
                     let id = self.id();
-                    let shape = if matches!(s.kind, StepKind::Llm(_)) { ("[", "]") } else { ("[/", "/]") };
-                    let _ = writeln!(self.out, "    {id}{}\"{}\"{}", shape.0, esc(&label(s)), shape.1);
+                    let shape = if matches!(s.kind, StepKind::Llm(_)) {
+                        ("[", "]")
+                    } else {
+                        ("[/", "/]")
+                    };
+                    let _ = writeln!(
+                        self.out,
+                        "    {id}{}\"{}\"{}",
+                        shape.0,
+                        esc(&label(s)),
+                        shape.1
+                    );
                     self.link(prev, &id, None);
                     vec![id]
                 }

@@ -181,7 +181,9 @@ impl<'de> Deserialize<'de> for ConditionSpec {
         impl<'de> Visitor<'de> for V {
             type Value = ConditionSpec;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an expression string or a map with one of keyword, length, regex, expr, ask")
+                f.write_str(
+                    "an expression string or a map with one of keyword, length, regex, expr, ask",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ConditionSpec, E> {
                 Ok(ConditionSpec::Expr(v.to_owned()))

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde_saphyr::Spanned;
 
 use super::spec::{AgentSpec, BranchArmSpec, ConditionSpec, InputType, StepSpec, WorkflowSpec};
-use super::{Agent, Arm, BranchStep, Format, Input, LlmStep, Loc, Step, StepKind, TransformStep, Workflow};
+use super::{
+    Agent, Arm, BranchStep, Format, Input, LlmStep, Loc, Step, StepKind, TransformStep, Workflow,
+};
 use crate::component::{ComponentRef, ComponentRegistry};
 use crate::condition::Condition;
 use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
@@ -27,7 +29,8 @@ pub struct ValidateEnv<'a> {
 
 /// Parses workflow YAML into its spec (syntax and unknown fields only).
 pub fn parse_workflow(file: &str, text: &str) -> Result<WorkflowSpec, Diagnostics> {
-    crate::yaml::parse_yaml::<WorkflowSpec>(file, text, "spes::workflow::syntax").map_err(Diagnostics::from)
+    crate::yaml::parse_yaml::<WorkflowSpec>(file, text, "spes::workflow::syntax")
+        .map_err(Diagnostics::from)
 }
 
 /// Validates a parsed workflow. On success returns the workflow and any warnings.
@@ -49,7 +52,8 @@ pub fn validate(
     let wf = v.workflow(spec);
     if v.diags.has_errors() {
         let mut errs = v.diags;
-        errs.0.sort_by_key(|d| (d.severity == crate::Severity::Warning, d.line_col));
+        errs.0
+            .sort_by_key(|d| (d.severity == crate::Severity::Warning, d.line_col));
         return Err(errs);
     }
     Ok((wf, v.diags))
@@ -60,7 +64,10 @@ type Sp = Option<(usize, usize)>;
 fn span<T>(s: &Spanned<T>) -> Sp {
     let sp = s.referenced.span();
     let off = usize::try_from(sp.byte_offset()?).ok()?;
-    let len = sp.byte_len().and_then(|l| usize::try_from(l).ok()).unwrap_or(0);
+    let len = sp
+        .byte_len()
+        .and_then(|l| usize::try_from(l).ok())
+        .unwrap_or(0);
     Some((off, len))
 }
 
@@ -118,7 +125,8 @@ fn is_key_name(s: &str) -> bool {
 
 fn is_step_name(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 /// The closest candidate by edit distance, for "did you mean".
@@ -146,19 +154,32 @@ fn closest<'s>(word: &str, candidates: impl IntoIterator<Item = &'s str>) -> Opt
 
 impl Validator<'_> {
     fn diag(&self, code: &'static str, message: impl Into<String>, at: Sp) -> Diagnostic {
-        let d = Diagnostic::error(code, message).with_shared_source(self.file.clone(), self.text.clone());
+        let d = Diagnostic::error(code, message)
+            .with_shared_source(self.file.clone(), self.text.clone());
         match at {
             Some((o, l)) => d.with_span(o, l),
             None => d,
         }
     }
 
-    fn err(&mut self, code: &'static str, message: impl Into<String>, at: Sp, hint: impl Into<String>) {
+    fn err(
+        &mut self,
+        code: &'static str,
+        message: impl Into<String>,
+        at: Sp,
+        hint: impl Into<String>,
+    ) {
         let d = self.diag(code, message, at).with_hint(hint);
         self.diags.push(d);
     }
 
-    fn warn(&mut self, code: &'static str, message: impl Into<String>, at: Sp, hint: impl Into<String>) {
+    fn warn(
+        &mut self,
+        code: &'static str,
+        message: impl Into<String>,
+        at: Sp,
+        hint: impl Into<String>,
+    ) {
         let mut d = self.diag(code, message, at).with_hint(hint);
         d.severity = crate::Severity::Warning;
         self.diags.push(d);
@@ -181,7 +202,8 @@ impl Validator<'_> {
             let (line, _) = line_col_of(&self.text, off);
             let tline = e.line.unwrap_or(1);
             let start = offset_of(&self.text, line + tline, 1)?;
-            let indent = self.text[start..].len() - self.text[start..].trim_start_matches(' ').len();
+            let indent =
+                self.text[start..].len() - self.text[start..].trim_start_matches(' ').len();
             return Some((start + indent, 0));
         }
         let quote = usize::from(raw.starts_with('"') || raw.starts_with('\''));
@@ -230,9 +252,14 @@ impl Validator<'_> {
             }
             let candidates: Vec<&str> = known.definite.iter().map(String::as_str).collect();
             let hint = match closest(var, candidates.iter().copied()) {
-                Some(c) => format!("did you mean `{c}`? Keys known here: {}", candidates.join(", ")),
+                Some(c) => format!(
+                    "did you mean `{c}`? Keys known here: {}",
+                    candidates.join(", ")
+                ),
                 None if candidates.is_empty() => {
-                    format!("declare `{var}` under `inputs:` or write it with an earlier step's `output: {var}`")
+                    format!(
+                        "declare `{var}` under `inputs:` or write it with an earlier step's `output: {var}`"
+                    )
                 }
                 None => format!(
                     "declare `{var}` under `inputs:` or write it with an earlier step's `output:`; keys known here: {}",
@@ -298,7 +325,9 @@ impl Validator<'_> {
             if i.required && i.default.is_some() {
                 self.warn(
                     "spes::workflow::required_with_default",
-                    format!("input `{iname}` is required and has a default; the default is never used"),
+                    format!(
+                        "input `{iname}` is required and has a default; the default is never used"
+                    ),
                     at,
                     "drop `required: true` or the default",
                 );
@@ -346,7 +375,12 @@ impl Validator<'_> {
             if !known.definite.contains(&o.value) && !known.maybe.contains(&o.value) {
                 let hint = format!(
                     "name a key a step writes: {}",
-                    known.definite.iter().cloned().collect::<Vec<_>>().join(", ")
+                    known
+                        .definite
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 self.err(
                     "spes::workflow::unknown_key",
@@ -369,7 +403,11 @@ impl Validator<'_> {
         }
     }
 
-    fn component(&mut self, r: &Spanned<String>, expected_kind: Option<&str>) -> Option<Arc<crate::component::Component>> {
+    fn component(
+        &mut self,
+        r: &Spanned<String>,
+        expected_kind: Option<&str>,
+    ) -> Option<Arc<crate::component::Component>> {
         let cref = match ComponentRef::parse(&r.value) {
             Ok(c) => c,
             Err(e) => {
@@ -387,7 +425,10 @@ impl Validator<'_> {
         {
             self.err(
                 "spes::workflow::component_kind",
-                format!("`{}` is a {} but this field takes a {k}", r.value, cref.kind),
+                format!(
+                    "`{}` is a {} but this field takes a {k}",
+                    r.value, cref.kind
+                ),
                 span(r),
                 format!("reference a {k} component here"),
             );
@@ -399,8 +440,15 @@ impl Validator<'_> {
                 Some(c)
             }
             Err(d) => {
-                let mut nd = self.diag("spes::workflow::unknown_component", d.message.clone(), span(r));
-                nd.hint = d.hint.clone().or_else(|| Some("run `spes components list` to see what is available".into()));
+                let mut nd = self.diag(
+                    "spes::workflow::unknown_component",
+                    d.message.clone(),
+                    span(r),
+                );
+                nd.hint = d
+                    .hint
+                    .clone()
+                    .or_else(|| Some("run `spes components list` to see what is available".into()));
                 self.diags.push(nd);
                 None
             }
@@ -412,7 +460,10 @@ impl Validator<'_> {
             && !list.contains(&p.value)
         {
             let hint = match closest(&p.value, list.iter().map(String::as_str)) {
-                Some(c) => format!("did you mean `{c}`? Configured providers: {}", list.join(", ")),
+                Some(c) => format!(
+                    "did you mean `{c}`? Configured providers: {}",
+                    list.join(", ")
+                ),
                 None => format!(
                     "add a [providers.{}] table to spes.toml; configured: {}",
                     p.value,
@@ -481,7 +532,13 @@ impl Validator<'_> {
     fn check_agent_vars(&mut self, agent: &Agent, at: Sp, known: &Known) {
         for t in agent.vars.values() {
             let reads: Vec<String> = t.reads().iter().cloned().collect();
-            self.check_reads(reads.iter(), at, known, &[], &format!("agent `{}` vars", agent.name));
+            self.check_reads(
+                reads.iter(),
+                at,
+                known,
+                &[],
+                &format!("agent `{}` vars", agent.name),
+            );
         }
         for c in &agent.components {
             for var in &c.variables {
@@ -507,7 +564,13 @@ impl Validator<'_> {
         }
     }
 
-    fn steps(&mut self, specs: Vec<StepSpec>, known: &mut Known, prefix: &str, _at: Sp) -> Vec<Step> {
+    fn steps(
+        &mut self,
+        specs: Vec<StepSpec>,
+        known: &mut Known,
+        prefix: &str,
+        _at: Sp,
+    ) -> Vec<Step> {
         let mut names = HashSet::new();
         let mut out = Vec::new();
         for s in specs {
@@ -518,7 +581,12 @@ impl Validator<'_> {
         out
     }
 
-    fn condition(&mut self, c: &Spanned<ConditionSpec>, known: &Known, what: &str) -> Option<Condition> {
+    fn condition(
+        &mut self,
+        c: &Spanned<ConditionSpec>,
+        known: &Known,
+        what: &str,
+    ) -> Option<Condition> {
         let at = span(c);
         match &c.value {
             ConditionSpec::Expr(src) => self.expr(src, at, known, what),
@@ -562,9 +630,15 @@ impl Validator<'_> {
                     (None, true) => {
                         self.err(
                             "spes::workflow::bad_condition",
-                            format!("{what}: a `{}` check needs `in: KEY` (the context key to look at)", set[0]),
+                            format!(
+                                "{what}: a `{}` check needs `in: KEY` (the context key to look at)",
+                                set[0]
+                            ),
                             at,
-                            format!("add `in: text` (or whichever key holds the text) beside `{}`", set[0]),
+                            format!(
+                                "add `in: text` (or whichever key holds the text) beside `{}`",
+                                set[0]
+                            ),
                         );
                         return None;
                     }
@@ -590,7 +664,9 @@ impl Validator<'_> {
                 let cond = if let Some(k) = &chk.keyword {
                     let words: Vec<String> = match k {
                         super::spec::OneOrMany::One(s) => vec![s.to_lowercase()],
-                        super::spec::OneOrMany::Many(v) => v.iter().map(|s| s.to_lowercase()).collect(),
+                        super::spec::OneOrMany::Many(v) => {
+                            v.iter().map(|s| s.to_lowercase()).collect()
+                        }
                     };
                     Condition::Keyword { words, key }
                 } else if let Some(r) = &chk.length {
@@ -604,9 +680,16 @@ impl Validator<'_> {
                             "swap min and max",
                         );
                     }
-                    Condition::Length { min: r.min, max: r.max, key }
+                    Condition::Length {
+                        min: r.min,
+                        max: r.max,
+                        key,
+                    }
                 } else if let Some(r) = &chk.regex {
-                    match regex::RegexBuilder::new(&r.value).size_limit(1 << 20).build() {
+                    match regex::RegexBuilder::new(&r.value)
+                        .size_limit(1 << 20)
+                        .build()
+                    {
                         Ok(re) => Condition::Regex { re, key },
                         Err(e) => {
                             self.err(
@@ -642,7 +725,11 @@ impl Validator<'_> {
                 } else {
                     return None;
                 };
-                Some(if chk.not { Condition::Not(Box::new(cond)) } else { cond })
+                Some(if chk.not {
+                    Condition::Not(Box::new(cond))
+                } else {
+                    cond
+                })
             }
         }
     }
@@ -673,11 +760,22 @@ impl Validator<'_> {
             None if names.is_empty() => "declare it under `agents:`".to_owned(),
             None => format!("declare it under `agents:`; declared: {}", names.join(", ")),
         };
-        self.err("spes::workflow::unknown_agent", format!("unknown agent `{}`", a.value), span(a), hint);
+        self.err(
+            "spes::workflow::unknown_agent",
+            format!("unknown agent `{}`", a.value),
+            span(a),
+            hint,
+        );
     }
 
     #[allow(clippy::too_many_lines)]
-    fn step(&mut self, s: StepSpec, known: &mut Known, prefix: &str, names: &mut HashSet<String>) -> Option<Step> {
+    fn step(
+        &mut self,
+        s: StepSpec,
+        known: &mut Known,
+        prefix: &str,
+        names: &mut HashSet<String>,
+    ) -> Option<Step> {
         let kind_at = s.kind.as_ref().and_then(span);
         let name_at = s.name.as_ref().and_then(span);
         let first_at = name_at.or(kind_at);
@@ -697,7 +795,11 @@ impl Validator<'_> {
                     "spes::workflow::missing_step_name",
                     format!(
                         "a step{} has no `name`",
-                        if prefix.is_empty() { String::new() } else { format!(" under `{prefix}`") }
+                        if prefix.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" under `{prefix}`")
+                        }
                     ),
                     first_at,
                     "add `name: ...`; names key the journal, so keep them stable",
@@ -713,7 +815,11 @@ impl Validator<'_> {
                 "step names must be unique among siblings",
             );
         }
-        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
         let what = format!("step `{path}`");
         let Some(kind) = &s.kind else {
             self.err(
@@ -739,16 +845,26 @@ impl Validator<'_> {
             return None;
         }
         self.check_fields(&s, kind_name, &what);
-        let when = s.when.as_ref().and_then(|w| self.condition(w, known, &format!("{what} `when`")));
+        let when = s
+            .when
+            .as_ref()
+            .and_then(|w| self.condition(w, known, &format!("{what} `when`")));
         let loc = self.loc(first_at);
         let snapshot = known.clone();
         let step_kind = match kind_name {
             "llm" => StepKind::Llm(Box::new(self.llm(&s, known, &what, kind_at)?)),
             "transform" => StepKind::Transform(self.transform(&s, known, &what, kind_at)?),
             "sequence" => match s.steps {
-                Some(ch) if !ch.value.is_empty() => StepKind::Sequence(self.steps(ch.value, known, &path, kind_at)),
+                Some(ch) if !ch.value.is_empty() => {
+                    StepKind::Sequence(self.steps(ch.value, known, &path, kind_at))
+                }
                 Some(ch) => {
-                    self.err("spes::workflow::no_steps", format!("{what}: `steps` is empty"), span(&ch), "add steps");
+                    self.err(
+                        "spes::workflow::no_steps",
+                        format!("{what}: `steps` is empty"),
+                        span(&ch),
+                        "add steps",
+                    );
                     return None;
                 }
                 None => {
@@ -761,7 +877,15 @@ impl Validator<'_> {
                     return None;
                 }
             },
-            "branch" => StepKind::Branch(self.branch(s.condition, s.then, s.branches, s.otherwise, known, &path, kind_at)?),
+            "branch" => StepKind::Branch(self.branch(
+                s.condition,
+                s.then,
+                s.branches,
+                s.otherwise,
+                known,
+                &path,
+                kind_at,
+            )?),
             _ => return None,
         };
         if let Some(o) = &s.output {
@@ -835,8 +959,17 @@ impl Validator<'_> {
         ];
         let allowed: &[&str] = match kind {
             "llm" => &[
-                "prompt", "agent", "task", "system", "provider", "model", "temperature", "max_tokens", "stop",
-                "format", "schema",
+                "prompt",
+                "agent",
+                "task",
+                "system",
+                "provider",
+                "model",
+                "temperature",
+                "max_tokens",
+                "stop",
+                "format",
+                "schema",
             ],
             "transform" => &["fn", "input", "args"],
             "sequence" => &["steps"],
@@ -849,7 +982,10 @@ impl Validator<'_> {
                     "spes::workflow::field_not_for_kind",
                     format!("{what}: `{field}` does not apply to a `{kind}` step"),
                     *at,
-                    format!("a `{kind}` step takes: name, kind, output, when, description, {}", allowed.join(", ")),
+                    format!(
+                        "a `{kind}` step takes: name, kind, output, when, description, {}",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -941,7 +1077,12 @@ impl Validator<'_> {
         if let Some(m) = &s.max_tokens
             && m.value == 0
         {
-            self.err("spes::workflow::bad_max_tokens", "max_tokens must be at least 1", span(m), "remove it or give a positive number");
+            self.err(
+                "spes::workflow::bad_max_tokens",
+                "max_tokens must be at least 1",
+                span(m),
+                "remove it or give a positive number",
+            );
         }
         let schema = s.schema.as_ref().map(|x| x.value.clone());
         Some(LlmStep {
@@ -953,22 +1094,39 @@ impl Validator<'_> {
             temperature: s.temperature.as_ref().map(|t| t.value),
             max_tokens: s.max_tokens.as_ref().map(|m| m.value),
             stop: s.stop.as_ref().map(|x| x.value.clone()).unwrap_or_default(),
-            format: if schema.is_some() { Format::Json } else { format },
+            format: if schema.is_some() {
+                Format::Json
+            } else {
+                format
+            },
             schema,
         })
     }
 
-    fn transform(&mut self, s: &StepSpec, known: &Known, what: &str, kind_at: Sp) -> Option<TransformStep> {
+    fn transform(
+        &mut self,
+        s: &StepSpec,
+        known: &Known,
+        what: &str,
+        kind_at: Sp,
+    ) -> Option<TransformStep> {
         let Some(f) = &s.func else {
             self.err(
                 "spes::workflow::missing_field",
                 format!("{what}: a transform needs `fn`"),
                 kind_at,
-                format!("add `fn:` with one of: {}", transform::FUNCTION_NAMES.join(", ")),
+                format!(
+                    "add `fn:` with one of: {}",
+                    transform::FUNCTION_NAMES.join(", ")
+                ),
             );
             return None;
         };
-        let args = s.args.as_ref().map(|a| a.value.clone().into_iter().collect()).unwrap_or_default();
+        let args = s
+            .args
+            .as_ref()
+            .map(|a| a.value.clone().into_iter().collect())
+            .unwrap_or_default();
         let func = match transform::build(&f.value, &args) {
             Ok(func) => func,
             Err(e) => {
@@ -976,7 +1134,10 @@ impl Validator<'_> {
                     "see FORMAT.md for each function's args".to_owned()
                 } else {
                     match closest(&f.value, transform::FUNCTION_NAMES.iter().copied()) {
-                        Some(c) => format!("did you mean `{c}`? Functions: {}", transform::FUNCTION_NAMES.join(", ")),
+                        Some(c) => format!(
+                            "did you mean `{c}`? Functions: {}",
+                            transform::FUNCTION_NAMES.join(", ")
+                        ),
                         None => format!("functions: {}", transform::FUNCTION_NAMES.join(", ")),
                     }
                 };
@@ -985,7 +1146,12 @@ impl Validator<'_> {
                 } else {
                     span(f)
                 };
-                self.err("spes::workflow::bad_transform", format!("{what}: {e}"), at, hint);
+                self.err(
+                    "spes::workflow::bad_transform",
+                    format!("{what}: {e}"),
+                    at,
+                    hint,
+                );
                 return None;
             }
         };
@@ -1020,16 +1186,25 @@ impl Validator<'_> {
         kind_at: Sp,
     ) -> Option<BranchStep> {
         let what = format!("step `{path}`");
-        let mut arm_specs: Vec<(String, Spanned<ConditionSpec>, Spanned<Vec<StepSpec>>)> = Vec::new();
+        let mut arm_specs: Vec<(String, Spanned<ConditionSpec>, Spanned<Vec<StepSpec>>)> =
+            Vec::new();
         match (cond, then, branches) {
             (Some(c), Some(t), None) => arm_specs.push(("then".into(), c, t)),
             (None, None, Some(b)) => {
                 if b.value.is_empty() {
-                    self.err("spes::workflow::no_steps", format!("{what}: `branches` is empty"), span(&b), "add arms");
+                    self.err(
+                        "spes::workflow::no_steps",
+                        format!("{what}: `branches` is empty"),
+                        span(&b),
+                        "add arms",
+                    );
                 }
                 let mut seen = HashSet::new();
                 for (i, arm) in b.value.into_iter().enumerate() {
-                    let name = arm.name.as_ref().map_or_else(|| format!("arm{}", i + 1), |n| n.value.clone());
+                    let name = arm
+                        .name
+                        .as_ref()
+                        .map_or_else(|| format!("arm{}", i + 1), |n| n.value.clone());
                     if !is_step_name(&name) || name == "else" || !seen.insert(name.clone()) {
                         self.err(
                             "spes::workflow::bad_step_name",
@@ -1088,7 +1263,11 @@ impl Validator<'_> {
             let st = self.steps(steps.value, &mut k, &format!("{path}/{name}"), at);
             outcomes.push(k);
             if let Some(condition) = condition {
-                arms.push(Arm { name, condition, steps: st });
+                arms.push(Arm {
+                    name,
+                    condition,
+                    steps: st,
+                });
             }
         }
         let otherwise = otherwise.map(|o| {
