@@ -42,7 +42,7 @@ pub enum Condition {
         agent: Option<Arc<Agent>>,
     },
     /// The opposite.
-    Not(Box<Condition>),
+    Not(Box<Self>),
 }
 
 /// What a pure evaluation found.

@@ -313,14 +313,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ctx(v: serde_json::Value) -> Context {
+    fn ctx(v: &serde_json::Value) -> Context {
         v.as_object().unwrap().clone()
     }
 
     #[test]
     fn values_are_data_never_rendered_again() {
         let t = Template::parse("Summary: {{ text }}").unwrap();
-        let c = ctx(json!({"text": "{{ secret }} {% for x in y %} {x} {# c #}", "secret": "LEAK"}));
+        let c =
+            ctx(&json!({"text": "{{ secret }} {% for x in y %} {x} {# c #}", "secret": "LEAK"}));
         assert_eq!(
             t.render(&c, None).unwrap(),
             "Summary: {{ secret }} {% for x in y %} {x} {# c #}"
@@ -330,7 +331,7 @@ mod tests {
     #[test]
     fn undefined_variables_are_named() {
         let t = Template::parse("Hi {{ name }} and {{ other }}").unwrap();
-        let e = t.render(&ctx(json!({"name": "a"})), None).unwrap_err();
+        let e = t.render(&ctx(&json!({"name": "a"})), None).unwrap_err();
         assert_eq!(e.message, "undefined variable `other`");
         assert_eq!(e.missing, vec!["other".to_owned()]);
     }
@@ -349,7 +350,7 @@ mod tests {
     #[test]
     fn single_expression_keeps_structure() {
         let t = Template::parse("{{ items }}").unwrap();
-        let c = ctx(json!({"items": [1, 2, 3]}));
+        let c = ctx(&json!({"items": [1, 2, 3]}));
         assert_eq!(t.eval(&c, None).unwrap(), json!([1, 2, 3]));
         let t = Template::parse("n={{ items | length }}").unwrap();
         assert_eq!(t.eval(&c, None).unwrap(), json!("n=3"));
@@ -368,7 +369,7 @@ mod tests {
 
     #[test]
     fn expressions_and_custom_tests() {
-        let c = ctx(json!({"text": "ERR: disk full", "n": 3}));
+        let c = ctx(&json!({"text": "ERR: disk full", "n": 3}));
         assert!(
             Expr::parse("'disk' in text")
                 .unwrap()

@@ -201,68 +201,68 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn f(name: &str, args: Value) -> TransformFn {
+    fn f(name: &str, args: &Value) -> TransformFn {
         build(name, args.as_object().unwrap()).unwrap()
     }
 
     #[test]
     fn each_function() {
         assert_eq!(
-            f("json_parse", json!({}))
+            f("json_parse", &json!({}))
                 .apply(json!("```json\n{\"a\":1}\n```"))
                 .unwrap(),
             json!({"a":1})
         );
         assert_eq!(
-            f("json_path", json!({"path":"$.a.b"}))
+            f("json_path", &json!({"path":"$.a.b"}))
                 .apply(json!("{\"a\":{\"b\":[1,2]}}"))
                 .unwrap(),
             json!([1, 2])
         );
         assert_eq!(
-            f("json_path", json!({"path":"$.xs[*]"}))
+            f("json_path", &json!({"path":"$.xs[*]"}))
                 .apply(json!({"xs":[1,2]}))
                 .unwrap(),
             json!([1, 2])
         );
         assert_eq!(
-            f("regex", json!({"pattern":"score: (\\d+)","group":1}))
+            f("regex", &json!({"pattern":"score: (\\d+)","group":1}))
                 .apply(json!("score: 42"))
                 .unwrap(),
             json!("42")
         );
         assert_eq!(
-            f("regex", json!({"pattern":"zzz"}))
+            f("regex", &json!({"pattern":"zzz"}))
                 .apply(json!("abc"))
                 .unwrap(),
             Value::Null
         );
         assert_eq!(
-            f("length", json!({})).apply(json!("héllo")).unwrap(),
+            f("length", &json!({})).apply(json!("héllo")).unwrap(),
             json!(5)
         );
         assert_eq!(
-            f("count", json!({"of":"a"}))
+            f("count", &json!({"of":"a"}))
                 .apply(json!("banana"))
                 .unwrap(),
             json!(3)
         );
         assert_eq!(
-            f("count", json!({})).apply(json!([1, 2])).unwrap(),
+            f("count", &json!({})).apply(json!([1, 2])).unwrap(),
             json!(2)
         );
         assert_eq!(
-            f("split", json!({})).apply(json!("a\n\n b \nc")).unwrap(),
+            f("split", &json!({})).apply(json!("a\n\n b \nc")).unwrap(),
             json!(["a", "b", "c"])
         );
         assert_eq!(
-            f("join", json!({"sep":", "}))
+            f("join", &json!({"sep":", "}))
                 .apply(json!(["a", 1]))
                 .unwrap(),
             json!("a, 1")
         );
         assert_eq!(
-            f("lowercase", json!({})).apply(json!("AbC")).unwrap(),
+            f("lowercase", &json!({})).apply(json!("AbC")).unwrap(),
             json!("abc")
         );
     }
@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn json_parse_rejects_non_json() {
         assert!(
-            f("json_parse", json!({}))
+            f("json_parse", &json!({}))
                 .apply(json!("not json"))
                 .unwrap_err()
                 .starts_with("input is not valid JSON")

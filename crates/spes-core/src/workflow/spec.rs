@@ -264,15 +264,15 @@ pub struct StepSpec {
 
     // --- sequence / branch ---
     /// Child steps.
-    pub steps: Option<S<Vec<StepSpec>>>,
+    pub steps: Option<S<Vec<Self>>>,
     /// Branch shorthand: one condition.
     #[serde(rename = "if")]
     pub condition: Option<S<ConditionSpec>>,
     /// Branch shorthand: steps when the condition holds.
-    pub then: Option<S<Vec<StepSpec>>>,
+    pub then: Option<S<Vec<Self>>>,
     /// Steps when no arm matched.
     #[serde(rename = "else")]
-    pub otherwise: Option<S<Vec<StepSpec>>>,
+    pub otherwise: Option<S<Vec<Self>>>,
     /// Several arms, first match wins.
     pub branches: Option<S<Vec<BranchArmSpec>>>,
 }

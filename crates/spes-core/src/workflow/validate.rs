@@ -447,7 +447,6 @@ impl Validator<'_> {
                 );
                 nd.hint = d
                     .hint
-                    .clone()
                     .or_else(|| Some("run `spes components list` to see what is available".into()));
                 self.diags.push(nd);
                 None
