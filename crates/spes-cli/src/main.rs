@@ -259,8 +259,12 @@ fn load_workflow(project: &Project, file: &Path) -> Result<(Workflow, Diagnostic
 fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), Failure> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim(), v)),
-        _ => Err(Failure::Usage(format!(
-            "{flag} `{s}` must look like KEY=VALUE"
+        _ => Err(Failure::Input(Diagnostics::from(
+            spes_core::Diagnostic::error(
+                "spes::input::syntax",
+                format!("{flag} `{s}` must look like KEY=VALUE"),
+            )
+            .with_hint(format!("write {flag} name=value, e.g. {flag} text=hello")),
         ))),
     }
 }
@@ -312,7 +316,12 @@ async fn cmd_run(config: Option<&Path>, args: RunArgs) -> Result<(), Failure> {
     let engine = builder.build();
     let started = std::time::Instant::now();
     let outcome = engine.run(&wf, inputs).await.map_err(|e| match e {
-        RunError::Input(m) => Failure::Usage(m),
+        RunError::Input(m) => Failure::Input(Diagnostics::from(
+            spes_core::Diagnostic::error("spes::input::invalid", m).with_hint(format!(
+                "inputs are declared under `inputs:` in {}; pass each as --input KEY=VALUE",
+                args.file.display()
+            )),
+        )),
         RunError::Step(s) => Failure::Run(s),
         other => Failure::Usage(other.to_string()),
     })?;

@@ -42,11 +42,9 @@ impl Observer for Progress {
         let _guard = self.state.lock();
         let mut err = std::io::stderr().lock();
         match event {
-            Event::StepStarted { key, kind, depth } => {
-                if self.tty && matches!(*kind, "llm") {
-                    let _ = write!(err, "\r\x1b[2K{}… {key}", "  ".repeat(*depth));
-                    let _ = err.flush();
-                }
+            Event::StepStarted { key, kind, depth } if self.tty && matches!(*kind, "llm") => {
+                let _ = write!(err, "\r\x1b[2K{}… {key}", "  ".repeat(*depth));
+                let _ = err.flush();
             }
             Event::StepFinished {
                 key,
@@ -90,7 +88,6 @@ impl Observer for Progress {
                     }
                 }
             }
-            Event::Delta { .. } => {}
             _ => {}
         }
     }

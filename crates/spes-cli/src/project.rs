@@ -26,9 +26,20 @@ pub(crate) fn read_text(path: &Path, max: usize) -> Result<String, Failure> {
     let meta = std::fs::metadata(path).map_err(|e| {
         Failure::Input(Diagnostics::from(
             Diagnostic::error("spes::io::read", format!("cannot read {shown}: {e}"))
+                .with_file(shown.clone())
                 .with_hint("check the path"),
         ))
     })?;
+    if meta.is_dir() {
+        return Err(Failure::Input(Diagnostics::from(
+            Diagnostic::error(
+                "spes::io::read",
+                format!("{shown} is a directory, not a file"),
+            )
+            .with_file(shown)
+            .with_hint("name a file inside it"),
+        )));
+    }
     if meta.len() > max as u64 {
         return Err(Failure::Input(Diagnostics::from(
             Diagnostic::error(
@@ -44,10 +55,10 @@ pub(crate) fn read_text(path: &Path, max: usize) -> Result<String, Failure> {
         )));
     }
     let bytes = std::fs::read(path).map_err(|e| {
-        Failure::Input(Diagnostics::from(Diagnostic::error(
-            "spes::io::read",
-            format!("cannot read {shown}: {e}"),
-        )))
+        Failure::Input(Diagnostics::from(
+            Diagnostic::error("spes::io::read", format!("cannot read {shown}: {e}"))
+                .with_file(shown.clone()),
+        ))
     })?;
     String::from_utf8(bytes).map_err(|e| {
         Failure::Input(Diagnostics::from(
