@@ -113,6 +113,16 @@ impl Dialect {
     }
 }
 
+impl Dialect {
+    /// An error event inside a stream.
+    pub(crate) fn error_frame(self, e: &FakeError, request_id: &str) -> Bytes {
+        match self {
+            Self::Anthropic => sse(Some("error"), &self.error_json(e, request_id)),
+            Self::OpenAi => sse(None, &self.error_json(e, request_id)),
+        }
+    }
+}
+
 fn anthropic_stop(stop: &FakeStop) -> (&'static str, Value) {
     match stop {
         FakeStop::EndTurn => ("end_turn", Value::Null),

@@ -2,11 +2,12 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -20,23 +21,25 @@ use crate::{RecordedRequest, Shared};
 /// `POST /v1/messages`.
 pub(crate) async fn anthropic(
     State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(&s, Dialect::Anthropic, &method, &uri, &headers, &body).await
+    handle(&s, Dialect::Anthropic, peer, &method, &uri, &headers, &body).await
 }
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn openai(
     State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(&s, Dialect::OpenAi, &method, &uri, &headers, &body).await
+    handle(&s, Dialect::OpenAi, peer, &method, &uri, &headers, &body).await
 }
 
 /// Any other route: a 404 in OpenAI's error shape (both SDKs read it).
@@ -51,6 +54,7 @@ pub(crate) async fn not_found(uri: Uri) -> Response {
 async fn handle(
     shared: &Shared,
     dialect: Dialect,
+    peer: SocketAddr,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -60,6 +64,7 @@ async fn handle(
     let user_text = last_user_text(&json);
     let recorded = RecordedRequest {
         n: 0,
+        peer,
         method: method.as_str().to_owned(),
         path: uri.path().to_owned(),
         headers: headers
@@ -109,35 +114,55 @@ async fn handle(
         }
         Some(Fault::StallAfter(k)) => End::Stall(*k),
         Some(Fault::BreakAfter(k)) => End::Break(*k),
+        Some(Fault::EndAfter(k)) => End::Early(*k),
+        Some(Fault::ErrorEventAfter(k, e)) => {
+            if json.get("stream").and_then(Value::as_bool) != Some(true) {
+                return error_response(dialect, e, &rid);
+            }
+            End::ErrorEvent(*k, dialect.error_frame(e, &rid))
+        }
         None => End::Complete,
     };
     let answer = answer(&json, &r, &user_text, plan.n);
     let streaming = json.get("stream").and_then(Value::as_bool) == Some(true);
     let (content_type, frames, cut) = if streaming {
         let f = dialect.frames(&answer);
-        let cut = match end {
-            End::Complete => None,
-            End::Stall(k) | End::Break(k) => Some(f.preamble.len() + k.min(f.deltas.len())),
+        let cut = match &end {
+            End::Complete | End::ErrorEvent(..) => None,
+            End::Stall(k) | End::Break(k) | End::Early(k) => {
+                Some(f.preamble.len() + (*k).min(f.deltas.len()))
+            }
         };
-        let all: Vec<Bytes> = f
-            .preamble
-            .into_iter()
-            .chain(f.deltas)
-            .chain(f.finals)
-            .collect();
+        let all: Vec<Bytes> = match &end {
+            End::ErrorEvent(k, frame) => {
+                let k = (*k).min(f.deltas.len());
+                f.preamble
+                    .into_iter()
+                    .chain(f.deltas.into_iter().take(k))
+                    .chain(std::iter::once(frame.clone()))
+                    .collect()
+            }
+            _ => f
+                .preamble
+                .into_iter()
+                .chain(f.deltas)
+                .chain(f.finals)
+                .collect(),
+        };
         ("text/event-stream", all, cut)
     } else {
         let text = dialect.reply_json(&answer).to_string();
-        let cut = match end {
+        let cut = match &end {
             End::Complete => None,
-            End::Stall(_) | End::Break(_) => Some(1),
+            End::Stall(_) | End::Break(_) | End::Early(_) => Some(1),
+            End::ErrorEvent(..) => None,
         };
         let bytes = Bytes::from(text);
         let half = bytes.len() / 2;
         let frames = vec![bytes.slice(..half), bytes.slice(half..)];
         ("application/json", frames, cut)
     };
-    let body = body_of(frames, cut, &end, r.chunk_delay, shared.shutdown());
+    let body = body_of(frames, cut, end, r.chunk_delay, shared.shutdown());
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -150,11 +175,13 @@ async fn handle(
     resp
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum End {
     Complete,
     Stall(usize),
     Break(usize),
+    Early(usize),
+    ErrorEvent(usize, Bytes),
 }
 
 fn error_with(status: u16, message: Option<String>) -> FakeError {
@@ -335,7 +362,7 @@ struct BodyState {
 fn body_of(
     frames: Vec<Bytes>,
     cut: Option<usize>,
-    end: &End,
+    end: End,
     delay: Duration,
     shutdown: watch::Receiver<bool>,
 ) -> Body {
@@ -350,7 +377,7 @@ fn body_of(
     let state = BodyState {
         frames: frames.into(),
         until_fault: cut,
-        end: *end,
+        end,
         delay,
         sent: 0,
         shutdown,
@@ -370,7 +397,7 @@ fn body_of(
                     let err = io::Error::new(io::ErrorKind::ConnectionAborted, "scripted break");
                     return Some((Err(err), st));
                 }
-                End::Complete => return None,
+                End::Complete | End::Early(_) | End::ErrorEvent(..) => return None,
             }
         }
         let frame = st.frames.pop_front()?;

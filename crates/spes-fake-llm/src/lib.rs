@@ -62,6 +62,9 @@ pub use script::{FakeError, FakeResponse, FakeStop, FakeUsage, Fault};
 pub struct RecordedRequest {
     /// 1-based arrival order.
     pub n: usize,
+    /// The client's address (one per connection: equal addresses mean a
+    /// reused keep-alive connection).
+    pub peer: SocketAddr,
     /// HTTP method.
     pub method: String,
     /// Path (without query).
@@ -203,6 +206,7 @@ impl FakeServer {
             let _ = tcp.set_nodelay(true);
         });
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self {

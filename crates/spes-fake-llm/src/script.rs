@@ -62,6 +62,13 @@ pub enum Fault {
     StallAfter(usize),
     /// Send the headers and this many text chunks, then close the connection.
     BreakAfter(usize),
+    /// Send the headers and this many text chunks, then end the body
+    /// cleanly but without the final events (`message_stop`, `[DONE]`).
+    EndAfter(usize),
+    /// Streaming: send this many text chunks, then an error event (Anthropic
+    /// `event: error`, OpenAI `data: {"error": ...}`) and end. Non-streaming:
+    /// answer with the HTTP error.
+    ErrorEventAfter(usize, FakeError),
 }
 
 /// One scripted answer. Build it with the constructors and `with_*` setters.
@@ -190,6 +197,30 @@ impl FakeResponse {
         }
     }
 
+    /// Answers `text` but ends the body cleanly after `chunks` text chunks,
+    /// without the final events.
+    #[must_use]
+    pub fn end_after(text: impl Into<String>, chunks: usize) -> Self {
+        Self {
+            fault: Some(Fault::EndAfter(chunks)),
+            ..Self::text(text)
+        }
+    }
+
+    /// Answers `text` in a stream that, after `chunks` text chunks, carries
+    /// an error event shaped like an HTTP `status` error (529: Anthropic's
+    /// mid-stream `overloaded_error`).
+    #[must_use]
+    pub fn error_event_after(text: impl Into<String>, chunks: usize, status: u16) -> Self {
+        let Some(Fault::Error(e)) = Self::error(status).fault else {
+            return Self::text(text);
+        };
+        Self {
+            fault: Some(Fault::ErrorEventAfter(chunks, e)),
+            ..Self::text(text)
+        }
+    }
+
     /// Sets why the model stops.
     #[must_use]
     pub fn with_stop(mut self, stop: FakeStop) -> Self {
@@ -240,7 +271,7 @@ impl FakeResponse {
 
     fn error_mut(&mut self) -> Option<&mut FakeError> {
         match &mut self.fault {
-            Some(Fault::Error(e)) => Some(e),
+            Some(Fault::Error(e) | Fault::ErrorEventAfter(_, e)) => Some(e),
             _ => None,
         }
     }

@@ -633,11 +633,20 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     body: &[u8],
 ) -> Result<T, ProviderError> {
     serde_json::from_slice(body).map_err(|e| {
-        ProviderError::new(
-            name,
-            ProviderErrorKind::BadResponse,
-            format!("cannot parse the response: {e}"),
-        )
+        if e.is_eof() {
+            // A body cut short but ended cleanly: as transient as a broken one.
+            ProviderError::new(
+                name,
+                ProviderErrorKind::StreamBroken,
+                format!("the response body ended early: {e}"),
+            )
+        } else {
+            ProviderError::new(
+                name,
+                ProviderErrorKind::BadResponse,
+                format!("cannot parse the response: {e}"),
+            )
+        }
     })
 }
 

@@ -1,0 +1,227 @@
+//! The fake server over raw HTTP/1.1: recording, hooks, SSE shapes, the
+//! binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use spes_fake_llm::{FakeResponse, FakeServer};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Sends one request with `Connection: close`; returns the raw response.
+async fn raw(addr: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> String {
+    let body = body.to_string();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn anthropic_body(stream: bool) -> Value {
+    json!({"model": "m", "max_tokens": 10, "stream": stream,
+           "messages": [{"role": "user", "content": "hi there"}]})
+}
+
+#[tokio::test]
+async fn records_requests_and_calls_the_hook() {
+    let server = FakeServer::start().await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = Arc::clone(&seen);
+    server.on_request(move |n| s2.lock().unwrap().push(n));
+    let addr = server.addr().to_string();
+    let resp = raw(
+        &addr,
+        "/v1/messages",
+        &[("x-api-key", "k1")],
+        &anthropic_body(false),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("request-id: req_fake_1"), "{resp}");
+    assert!(resp.contains(r#""text":"echo: hi there""#), "{resp}");
+    raw(&addr, "/v1/messages", &[], &anthropic_body(false)).await;
+    assert_eq!(*seen.lock().unwrap(), [1, 2]);
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].n, 1);
+    assert_eq!(reqs[0].path, "/v1/messages");
+    assert_eq!(reqs[0].header("X-Api-Key"), Some("k1"));
+    assert_eq!(reqs[0].body, anthropic_body(false));
+}
+
+#[tokio::test]
+async fn anthropic_stream_has_the_real_event_sequence() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(
+        FakeResponse::text("abcdef")
+            .with_chunk_chars(3)
+            .with_usage(4, 2),
+    );
+    let resp = raw(
+        &server.addr().to_string(),
+        "/v1/messages",
+        &[],
+        &anthropic_body(true),
+    )
+    .await;
+    assert!(resp.contains("content-type: text/event-stream"), "{resp}");
+    let events: Vec<&str> = resp
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let deltas: Vec<Value> = resp
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter(|v| v["type"] == "content_block_delta")
+        .map(|v| v["delta"].clone())
+        .collect();
+    assert_eq!(
+        deltas,
+        [
+            json!({"type": "text_delta", "text": "abc"}),
+            json!({"type": "text_delta", "text": "def"})
+        ]
+    );
+    assert!(resp.contains(r#""usage":{"output_tokens":2}"#), "{resp}");
+}
+
+#[tokio::test]
+async fn openai_stream_ends_with_usage_and_done() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(
+        FakeResponse::text("abcdef")
+            .with_chunk_chars(3)
+            .with_usage(4, 2),
+    );
+    let body = json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let resp = raw(
+        &server.addr().to_string(),
+        "/v1/chat/completions",
+        &[],
+        &body,
+    )
+    .await;
+    assert!(resp.contains("x-request-id: req_fake_1"), "{resp}");
+    let data: Vec<&str> = resp
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.len(), 6, "{resp}");
+    assert_eq!(data[5], "[DONE]");
+    let finish: Value = serde_json::from_str(data[3]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let usage: Value = serde_json::from_str(data[4]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 2);
+}
+
+#[tokio::test]
+async fn errors_have_the_provider_shape_and_retry_after() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(FakeResponse::rate_limited(Some("3")));
+    server.push(FakeResponse::rate_limited(None));
+    let addr = server.addr().to_string();
+    let a = raw(&addr, "/v1/messages", &[], &anthropic_body(false)).await;
+    assert!(a.starts_with("HTTP/1.1 429"), "{a}");
+    assert!(a.contains("retry-after: 3"), "{a}");
+    let body: Value = serde_json::from_str(a.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let o = raw(
+        &addr,
+        "/v1/chat/completions",
+        &[],
+        &json!({"model": "m", "messages": []}),
+    )
+    .await;
+    let body: Value = serde_json::from_str(o.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn anthropic_requests_without_max_tokens_are_rejected_like_the_real_api() {
+    let server = FakeServer::start().await.unwrap();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let r = raw(&server.addr().to_string(), "/v1/messages", &[], &body).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("max_tokens: Field required"), "{r}");
+}
+
+#[tokio::test]
+async fn rules_queue_and_default_in_that_order() {
+    let server = FakeServer::start().await.unwrap();
+    server.set_default(FakeResponse::text("default"));
+    server.when_user_contains("weather", FakeResponse::text("sunny"));
+    server.push(FakeResponse::text("queued"));
+    let addr = server.addr().to_string();
+    let ask = |text: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+            let r = raw(&addr, "/v1/chat/completions", &[], &body).await;
+            let v: Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(ask("weather?").await, "queued");
+    assert_eq!(ask("weather?").await, "sunny");
+    assert_eq!(ask("news?").await, "default");
+    assert_eq!(server.pending(), 0);
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404() {
+    let server = FakeServer::start().await.unwrap();
+    let r = raw(&server.addr().to_string(), "/v2/nothing", &[], &json!({})).await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+}
+
+#[tokio::test]
+async fn the_binary_prints_its_url_and_serves() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_spes-fake-llm"))
+        .args(["--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    let url = line.trim();
+    let addr = url.strip_prefix("http://").expect("an http URL");
+    let r = raw(addr, "/v1/messages", &[], &anthropic_body(false)).await;
+    assert!(r.contains("echo: hi there"), "{r}");
+    child.kill().await.unwrap();
+}
