@@ -8,7 +8,7 @@
 //! tokens and the request id exactly. Each one:
 //!
 //! - streams (SSE) or not, per the provider's `stream` setting (default
-//!   on); both modes give the same [`ChatResponse`](spes_core::message::ChatResponse)
+//!   on); both modes give the same [`ChatResponse`]
 //!   for the same answer, and streamed text goes to [`CallContext::on_delta`];
 //! - applies three timeouts (connect, first byte, idle between chunks) and
 //!   no total timeout (see [`http`]);
@@ -20,10 +20,38 @@
 //!   output or logs.
 //!
 //! A model that stops at `max_tokens` is *not* an error here: the response
-//! says [`StopReason::MaxTokens`](spes_core::message::StopReason::MaxTokens),
+//! says [`StopReason::MaxTokens`],
 //! and a step that wants complete answers calls [`ensure_complete`].
 //!
-//! [`ProviderRegistry::from_config`] builds the providers of a `spes.toml`.
+//! [`ProviderRegistry::from_config`] builds the providers of a `spes.toml`:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use spes_core::config::parse_config;
+//! use spes_core::message::ChatRequest;
+//! use spes_fake_llm::{FakeResponse, FakeServer};
+//! use spes_llm::{CallContext, ProviderRegistry, ensure_complete};
+//!
+//! // An OpenAI-compatible server; here the in-project fake one.
+//! let server = FakeServer::start().await?;
+//! server.push(FakeResponse::text("Paris"));
+//! let toml = format!(
+//!     "[providers.local]\nkind = \"openai\"\nmodel = \"llama3\"\nbase_url = \"{}\"\n",
+//!     server.openai_base_url()
+//! );
+//! let config = parse_config("spes.toml", &toml).map_err(|d| d.to_string())?;
+//! let registry = ProviderRegistry::from_config(&config)?;
+//!
+//! let provider = registry.get("local")?;
+//! let answer = provider
+//!     .complete(&ChatRequest::user("Capital of France?"), &CallContext::for_step("ask"))
+//!     .await?;
+//! let answer = ensure_complete(provider.name(), answer)?;
+//! assert_eq!(answer.text, "Paris");
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
