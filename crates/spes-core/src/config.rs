@@ -202,40 +202,67 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
     })?;
     for (name, p) in &spec.providers {
         if let Err(e) = p.timeouts.parse() {
-            return Err(Diagnostic::error(
-                "spes::config::duration",
-                format!("[providers.{name}] {e}"),
-            )
-            .with_file(file));
+            let t = &p.timeouts;
+            let bad = [
+                ("connect", &t.connect),
+                ("first_byte", &t.first_byte),
+                ("idle", &t.idle),
+            ]
+            .into_iter()
+            .find(|(_, v)| v.as_deref().is_some_and(|s| parse_duration(s).is_err()))
+            .map_or("connect", |(k, _)| k);
+            return Err(located(
+                Diagnostic::error("spes::config::duration", format!("[providers.{name}] {e}"))
+                    .with_hint("write a duration such as 250ms, 30s, 5m, 2h or 3d"),
+                file,
+                text,
+                &["providers", name, "timeouts", bad],
+            ));
         }
         if p.kind == ProviderKind::Scripted && p.script.is_none() {
-            return Err(Diagnostic::error(
-                "spes::config::missing_script",
-                format!("[providers.{name}] is kind = \"scripted\" but names no script"),
-            )
-            .with_file(file)
-            .with_hint("add script = \"path/to/answers.yaml\""));
+            return Err(located(
+                Diagnostic::error(
+                    "spes::config::missing_script",
+                    format!("[providers.{name}] is kind = \"scripted\" but names no script"),
+                )
+                .with_hint("add script = \"path/to/answers.yaml\""),
+                file,
+                text,
+                &["providers", name, "kind"],
+            ));
         }
         if let Some(env) = &p.api_key_env
             && !env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return Err(Diagnostic::error(
+            // Line and column only: no source snippet, so the key is never echoed.
+            let d = Diagnostic::error(
                 "spes::config::api_key_env",
                 format!("[providers.{name}] api_key_env must be the NAME of an environment variable, not a key"),
             )
             .with_file(file)
-            .with_hint("write api_key_env = \"ANTHROPIC_API_KEY\" and export the key in that variable"));
+            .with_hint("write api_key_env = \"ANTHROPIC_API_KEY\" and export the key in that variable");
+            return Err(match span_of(text, &["providers", name, "api_key_env"]) {
+                Some((off, _)) => {
+                    let (line, col) = crate::diagnostic::line_col_of(text, off);
+                    d.with_line_col(line, col)
+                }
+                None => d,
+            });
         }
     }
     if let Some(p) = &spec.defaults.provider
         && !spec.providers.contains_key(p)
         && !matches!(p.as_str(), "local" | "scripted")
     {
-        return Err(Diagnostic::error(
-            "spes::config::unknown_provider",
-            format!("[defaults] provider = \"{p}\" names no [providers.{p}] table"),
+        return Err(located(
+            Diagnostic::error(
+                "spes::config::unknown_provider",
+                format!("[defaults] provider = \"{p}\" names no [providers.{p}] table"),
+            ),
+            file,
+            text,
+            &["defaults", "provider"],
         )
-        .with_file(file)
         .with_hint(format!(
             "add a [providers.{p}] table or pick one of: {}",
             spec.providers
@@ -246,4 +273,24 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
         )));
     }
     Ok(spec)
+}
+
+/// Byte span of the value at `path` (table keys, then a key) in TOML `text`.
+fn span_of(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let (first, rest) = path.split_first()?;
+    let mut v = root.get_ref().get(*first)?;
+    for k in rest {
+        v = v.get_ref().get(*k)?;
+    }
+    let r = v.span();
+    Some((r.start, r.end.saturating_sub(r.start)))
+}
+
+/// Points `d` at the value at `path` in the file, or names only the file.
+fn located(d: Diagnostic, file: &str, text: &str, path: &[&str]) -> Diagnostic {
+    match span_of(text, path) {
+        Some((off, len)) => d.with_source(file, text).with_span(off, len),
+        None => d.with_file(file),
+    }
 }

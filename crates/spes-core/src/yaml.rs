@@ -91,7 +91,11 @@ fn classify(message: &str, code: &'static str) -> (&'static str, Option<String>)
             Some("add the field".to_owned()),
         );
     }
-    if message.contains("budget") || message.contains("depth") || message.contains("alias") {
+    if message.contains("budget")
+        || message.contains("depth")
+        || message.contains("alias")
+        || message.contains("recursion limit")
+    {
         return (
             "spes::yaml::budget",
             Some("the file nests too deeply or expands too many aliases; simplify it".to_owned()),

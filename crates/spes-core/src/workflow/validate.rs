@@ -194,17 +194,35 @@ impl Validator<'_> {
         }
     }
 
-    /// File offset of a template error inside the scalar at `at`.
-    fn template_offset(&self, at: Sp, e: &TemplateError) -> Sp {
+    /// File offset of a template error inside the scalar at `at`, whose text is `src`.
+    fn template_offset(&self, at: Sp, e: &TemplateError, src: &str) -> Sp {
         let (off, len) = at?;
         let raw = self.text.get(off..)?;
-        if raw.starts_with('|') || raw.starts_with('>') {
-            let (line, _) = line_col_of(&self.text, off);
+        let (line, _) = line_col_of(&self.text, off);
+        // Block scalars (`|`, `>`): the span starts at the indicator, or at the
+        // content on the next line; template line N is then file line first + N - 1.
+        let block = if raw.starts_with('|') || raw.starts_with('>') {
+            Some((line + 1, raw.starts_with('|')))
+        } else {
+            self.block_indicator_before(off).map(|c| (line, c == '|'))
+        };
+        if let Some((first, literal)) = block {
             let tline = e.line.unwrap_or(1);
-            let start = offset_of(&self.text, line + tline, 1)?;
+            let start = offset_of(&self.text, first + tline.max(1) - 1, 1)?;
             let indent =
                 self.text[start..].len() - self.text[start..].trim_start_matches(' ').len();
-            return Some((start + indent, 0));
+            // In a literal block each template line is the file line less its
+            // indentation, so the column within the line carries over.
+            let (col, len) = match &e.range {
+                Some(r) if literal => {
+                    let before = src.get(..r.start).unwrap_or("");
+                    let col = r.start - before.rfind('\n').map_or(0, |i| i + 1);
+                    let same_line = src.get(r.clone()).is_some_and(|t| !t.contains('\n'));
+                    (col, if same_line { r.len() } else { 0 })
+                }
+                _ => (0, 0),
+            };
+            return Some((start + indent + col, len));
         }
         let quote = usize::from(raw.starts_with('"') || raw.starts_with('\''));
         match &e.range {
@@ -213,11 +231,26 @@ impl Validator<'_> {
         }
     }
 
+    /// When `off` starts a block scalar's content (only spaces before it on its
+    /// line, and the previous line ends with `|` or `>` and optional
+    /// chomping/indent indicators), that indicator.
+    fn block_indicator_before(&self, off: usize) -> Option<char> {
+        let before = self.text.get(..off)?;
+        let line_start = before.rfind('\n')?;
+        if !before[line_start + 1..].chars().all(|c| c == ' ') {
+            return None;
+        }
+        let prev = before[..line_start].rsplit('\n').next()?;
+        let prev = prev.split(" #").next().unwrap_or(prev).trim_end();
+        let prev = prev.trim_end_matches(|c: char| c == '-' || c == '+' || c.is_ascii_digit());
+        prev.chars().last().filter(|c| matches!(c, '|' | '>'))
+    }
+
     fn template(&mut self, s: &Spanned<String>, what: &str) -> Option<Template> {
         match Template::parse(&s.value) {
             Ok(t) => Some(t),
             Err(e) => {
-                let at = self.template_offset(span(s), &e);
+                let at = self.template_offset(span(s), &e, &s.value);
                 self.err(
                     "spes::workflow::template_syntax",
                     format!("{what}: {}", e.message),

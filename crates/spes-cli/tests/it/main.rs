@@ -1,0 +1,7 @@
+//! Integration tests for the `spes` binary: one test binary, several modules.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod common;
+mod malformed;
+mod rendering;
