@@ -23,7 +23,10 @@ const CASES: &[(&str, &[&str], &str)] = &[
     ),
     (
         "extract-facts.yaml",
-        &["--input", "text=Acme sold anvils and rocket skates in 2024 for 12.5M USD"],
+        &[
+            "--input",
+            "text=Acme sold anvils and rocket skates in 2024 for 12.5M USD",
+        ],
         "Acme (2024): 2 products: anvil, rocket skates; revenue 12.5 M USD",
     ),
     (
@@ -43,7 +46,10 @@ fn every_example_is_listed_here() {
     on_disk.sort();
     let mut listed: Vec<String> = CASES.iter().map(|c| c.0.to_owned()).collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "add new examples to CASES in tests/examples.rs");
+    assert_eq!(
+        on_disk, listed,
+        "add new examples to CASES in tests/examples.rs"
+    );
 }
 
 #[test]
@@ -78,8 +84,14 @@ fn every_example_runs_offline() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{file} failed:\n{stderr}");
-        assert!(stdout.contains(expected), "{file}: stdout lacks {expected:?}:\n{stdout}");
-        assert!(stderr.contains("✓"), "{file}: no progress on stderr:\n{stderr}");
+        assert!(
+            stdout.contains(expected),
+            "{file}: stdout lacks {expected:?}:\n{stdout}"
+        );
+        assert!(
+            stderr.contains("✓"),
+            "{file}: no progress on stderr:\n{stderr}"
+        );
     }
 }
 
@@ -89,7 +101,13 @@ fn every_example_diagram_renders() {
     for (file, _, _) in CASES {
         let out = Command::new(env!("CARGO_BIN_EXE_spes"))
             .current_dir(&dir)
-            .args(["workflow", "diagram", &format!("workflows/{file}"), "--format", "mermaid"])
+            .args([
+                "workflow",
+                "diagram",
+                &format!("workflows/{file}"),
+                "--format",
+                "mermaid",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success());
