@@ -46,7 +46,7 @@ pub fn yaml_error(
     code: &'static str,
 ) -> Diagnostic {
     let raw = e.to_string();
-    let message = clean_message(&raw);
+    let message = friendly(clean_message(&raw));
     let (code, hint) = classify(&message, code);
     let mut d = Diagnostic::error(code, message).with_source(file, text);
     if let Some(loc) = e.location() {
@@ -63,6 +63,25 @@ pub fn yaml_error(
         d = d.with_hint(h);
     }
     d
+}
+
+/// Rewrites serde-saphyr's budget wording (`budget breached: Nodes { nodes: 200001 }`).
+fn friendly(message: String) -> String {
+    if !message.contains("budget breached") {
+        return message;
+    }
+    let what = if message.contains("Nodes") {
+        "it has too many nodes"
+    } else if message.contains("Alias") || message.contains("Replay") {
+        "it expands too many aliases (a YAML bomb?)"
+    } else if message.contains("Depth") {
+        "it nests too deeply"
+    } else if message.contains("ScalarBytes") {
+        "its text values are too large"
+    } else {
+        "it is too large or too complex"
+    };
+    format!("the file exceeds spes's YAML limits: {what}")
 }
 
 fn clean_message(raw: &str) -> String {
@@ -101,8 +120,20 @@ fn classify(message: &str, code: &'static str) -> (&'static str, Option<String>)
             Some("the file nests too deeply or expands too many aliases; simplify it".to_owned()),
         );
     }
+    if message.contains("limits:") {
+        return (
+            "spes::yaml::budget",
+            Some("the file nests too deeply or expands too many aliases; simplify it".to_owned()),
+        );
+    }
     if message.contains("invalid type") {
         return ("spes::yaml::invalid_type", None);
+    }
+    if message.contains("expected sequence") && code == "spes::script::syntax" {
+        return (
+            code,
+            Some("a script is a YAML list of rules: `- { step: NAME, reply: \"...\" }`".to_owned()),
+        );
     }
     (code, None)
 }
