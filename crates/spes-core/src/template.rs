@@ -158,45 +158,17 @@ impl Template {
         !self.source.contains("{{") && !self.source.contains("{%") && !self.source.contains("{#")
     }
 
-    fn check_missing(&self, ctx: &Context, extra: Option<&Context>) -> Result<(), TemplateError> {
-        let missing: Vec<String> = self
-            .reads
-            .iter()
-            .filter(|v| !ctx.contains_key(*v) && !extra.is_some_and(|e| e.contains_key(*v)))
-            .filter(|v| env().globals().all(|(g, _)| g != v.as_str()))
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(TemplateError {
-                message: format!(
-                    "undefined variable{} {}",
-                    if missing.len() == 1 { "" } else { "s" },
-                    missing
-                        .iter()
-                        .map(|m| format!("`{m}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                range: None,
-                line: None,
-                missing,
-            })
-        }
-    }
-
     /// Renders to text over the context (plus optional local variables, which win).
     pub fn render(&self, ctx: &Context, locals: Option<&Context>) -> Result<String, TemplateError> {
         if self.is_literal() {
             return Ok(self.source.to_string());
         }
-        self.check_missing(ctx, locals)?;
         let value = context_value(ctx, locals);
         let t = env()
             .template_from_str(&self.source)
             .map_err(|e| TemplateError::from_mj(&e))?;
-        t.render(value).map_err(|e| TemplateError::from_mj(&e))
+        t.render(value)
+            .map_err(|e| explain(&self.reads, ctx, locals, &e))
     }
 
     /// Evaluates to a JSON value: a single `{{ expr }}` keeps the expression's
@@ -208,13 +180,12 @@ impl Template {
     ) -> Result<serde_json::Value, TemplateError> {
         match &self.single_expr {
             Some(expr) => {
-                self.check_missing(ctx, locals)?;
                 let e = env()
                     .compile_expression(expr)
                     .map_err(|e| TemplateError::from_mj(&e))?;
                 let v = e
                     .eval(context_value(ctx, locals))
-                    .map_err(|e| TemplateError::from_mj(&e))?;
+                    .map_err(|e| explain(&self.reads, ctx, locals, &e))?;
                 serde_json::to_value(&v).map_err(|e| TemplateError {
                     message: format!("value cannot be converted to JSON: {e}"),
                     range: None,
@@ -267,19 +238,45 @@ impl Expr {
 
     /// Evaluates for truth (Jinja truthiness).
     pub fn is_true(&self, ctx: &Context, locals: Option<&Context>) -> Result<bool, TemplateError> {
-        let t = Template {
-            source: self.source.clone(),
-            reads: self.reads.clone(),
-            single_expr: None,
-        };
-        t.check_missing(ctx, locals)?;
         let e = env()
             .compile_expression(&self.source)
             .map_err(|e| TemplateError::from_mj(&e))?;
         Ok(e.eval(context_value(ctx, locals))
-            .map_err(|e| TemplateError::from_mj(&e))?
+            .map_err(|e| explain(&self.reads, ctx, locals, &e))?
             .is_true())
     }
+}
+
+/// Turns an undefined-value error into one naming the missing variables.
+fn explain(
+    reads: &BTreeSet<String>,
+    ctx: &Context,
+    locals: Option<&Context>,
+    e: &minijinja::Error,
+) -> TemplateError {
+    let mut err = TemplateError::from_mj(e);
+    if e.kind() != ErrorKind::UndefinedError {
+        return err;
+    }
+    let missing: Vec<String> = reads
+        .iter()
+        .filter(|v| !ctx.contains_key(*v) && !locals.is_some_and(|l| l.contains_key(*v)))
+        .filter(|v| env().globals().all(|(g, _)| g != v.as_str()))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        err.message = format!(
+            "undefined variable{} {}",
+            if missing.len() == 1 { "" } else { "s" },
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        err.missing = missing;
+    }
+    err
 }
 
 fn context_value(ctx: &Context, locals: Option<&Context>) -> Value {
@@ -334,6 +331,20 @@ mod tests {
         let e = t.render(&ctx(&json!({"name": "a"})), None).unwrap_err();
         assert_eq!(e.message, "undefined variable `other`");
         assert_eq!(e.missing, vec!["other".to_owned()]);
+    }
+
+    #[test]
+    fn default_and_is_defined_work_for_absent_keys() {
+        let c = ctx(&json!({"a": 1}));
+        let t =
+            Template::parse("{{ x | default('none') }}{% if y is defined %}Y{% endif %}").unwrap();
+        assert_eq!(t.render(&c, None).unwrap(), "none");
+        assert!(
+            !Expr::parse("y is defined")
+                .unwrap()
+                .is_true(&c, None)
+                .unwrap()
+        );
     }
 
     #[test]

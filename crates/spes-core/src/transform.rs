@@ -123,13 +123,22 @@ fn as_text(v: &Value) -> String {
 #[must_use]
 pub fn strip_code_fence(s: &str) -> &str {
     let t = s.trim();
-    if let Some(rest) = t.strip_prefix("```")
-        && let Some(body_start) = rest.find('\n')
-        && let Some(inner) = rest[body_start + 1..].trim_end().strip_suffix("```")
+    let Some(rest) = t.strip_prefix("```") else {
+        return t;
+    };
+    // Tolerate a missing closing fence (an answer cut short).
+    let rest = rest.strip_suffix("```").unwrap_or(rest);
+    // Drop a language tag (`json`) when one follows the opening fence.
+    let tag_end = rest.find(char::is_whitespace).unwrap_or(0);
+    let rest = if rest[..tag_end]
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return inner.trim();
-    }
-    t
+        &rest[tag_end..]
+    } else {
+        rest
+    };
+    rest.trim()
 }
 
 impl TransformFn {
@@ -279,6 +288,15 @@ mod tests {
             build("frobnicate", &serde_json::Map::new()).unwrap_err(),
             "unknown function `frobnicate`"
         );
+    }
+
+    #[test]
+    fn code_fences_are_stripped() {
+        assert_eq!(strip_code_fence("```json\n{\"a\":1}\n```"), "{\"a\":1}");
+        assert_eq!(strip_code_fence("```json {\"a\":1} ```"), "{\"a\":1}");
+        assert_eq!(strip_code_fence("```\n[1]\n```"), "[1]");
+        assert_eq!(strip_code_fence("```json\n{\"a\":"), "{\"a\":");
+        assert_eq!(strip_code_fence(" {\"a\":1} "), "{\"a\":1}");
     }
 
     #[test]

@@ -55,7 +55,6 @@ pub struct Engine {
     pub(crate) providers: BTreeMap<String, Arc<dyn Provider>>,
     pub(crate) default_provider: String,
     pub(crate) default_model: Option<String>,
-    pub(crate) journal: Arc<dyn Journal>,
     pub(crate) observer: Arc<dyn Observer>,
     pub(crate) stream_deltas: bool,
 }
@@ -65,7 +64,6 @@ impl fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("providers", &self.providers.keys().collect::<Vec<_>>())
             .field("default_provider", &self.default_provider)
-            .field("journal", &self.journal)
             .finish_non_exhaustive()
     }
 }
@@ -86,15 +84,28 @@ impl Engine {
         self.providers.keys().map(String::as_str)
     }
 
-    /// Runs `wf` with inputs (already bound with [`bind_inputs`], or raw:
-    /// they are bound here) to completion.
+    /// Runs `wf` with inputs (bound against its declared inputs here) to
+    /// completion, with a fresh in-memory journal.
     pub async fn run(
         &self,
         wf: &Workflow,
         inputs: BTreeMap<String, Value>,
     ) -> Result<RunOutcome, RunError> {
+        self.run_with_journal(wf, inputs, Arc::new(MemoryJournal::default()))
+            .await
+    }
+
+    /// Runs `wf` against an existing journal: effects recorded there answer
+    /// at once (no model call); new effects are recorded before the
+    /// workflow sees them. Running again with the same journal replays.
+    pub async fn run_with_journal(
+        &self,
+        wf: &Workflow,
+        inputs: BTreeMap<String, Value>,
+        journal: Arc<dyn Journal>,
+    ) -> Result<RunOutcome, RunError> {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
-        run::Exec::new(self, ctx)
+        run::Exec::new(self, ctx, journal)
             .run_workflow(wf)
             .await
             .map_err(RunError::Step)
@@ -119,7 +130,6 @@ pub struct EngineBuilder {
     providers: BTreeMap<String, Arc<dyn Provider>>,
     default_provider: Option<String>,
     default_model: Option<String>,
-    journal: Option<Arc<dyn Journal>>,
     observer: Option<Arc<dyn Observer>>,
     stream_deltas: bool,
 }
@@ -157,13 +167,6 @@ impl EngineBuilder {
         self
     }
 
-    /// Where effects are recorded (default: in memory).
-    #[must_use]
-    pub fn journal(mut self, j: Arc<dyn Journal>) -> Self {
-        self.journal = Some(j);
-        self
-    }
-
     /// Who hears about progress.
     #[must_use]
     pub fn observer(mut self, o: Arc<dyn Observer>) -> Self {
@@ -185,9 +188,6 @@ impl EngineBuilder {
             providers: self.providers,
             default_provider: self.default_provider.unwrap_or_else(|| "local".into()),
             default_model: self.default_model,
-            journal: self
-                .journal
-                .unwrap_or_else(|| Arc::new(MemoryJournal::default())),
             observer: self.observer.unwrap_or_else(|| Arc::new(NoObserver)),
             stream_deltas: self.stream_deltas,
         }

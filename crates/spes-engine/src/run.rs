@@ -35,6 +35,7 @@ pub struct RunOutcome {
 
 pub(crate) struct Exec<'e> {
     pub(crate) engine: &'e Engine,
+    pub(crate) journal: Arc<dyn crate::journal::Journal>,
     pub(crate) ctx: Context,
     pub(crate) model_calls: u64,
     pub(crate) replayed: u64,
@@ -72,9 +73,14 @@ struct StepResult {
 }
 
 impl<'e> Exec<'e> {
-    pub(crate) fn new(engine: &'e Engine, ctx: Context) -> Self {
+    pub(crate) fn new(
+        engine: &'e Engine,
+        ctx: Context,
+        journal: Arc<dyn crate::journal::Journal>,
+    ) -> Self {
         Self {
             engine,
+            journal,
             ctx,
             model_calls: 0,
             replayed: 0,
@@ -353,7 +359,7 @@ impl<'e> Exec<'e> {
         key: &str,
         loc: &Loc,
     ) -> Result<ChatResponse, EngineError> {
-        let journal = &self.engine.journal;
+        let journal = self.journal.clone();
         if let Some(Effect::Model { response, .. }) = journal
             .get(key)
             .await
