@@ -22,7 +22,7 @@ use spes_llm::{CallContext, Provider};
 
 const STEPS: usize = 10;
 
-fn chain() -> Workflow {
+fn chain() -> (Workflow, String) {
     let mut yaml =
         String::from("name: chain10\ninputs:\n  topic: { type: string, default: rust }\nsteps:\n");
     for i in 1..=STEPS {
@@ -41,7 +41,7 @@ fn chain() -> Workflow {
         components: &reg,
         providers: None,
     };
-    validate(spec, "chain.yaml", &yaml, &env).unwrap().0
+    (validate(spec, "chain.yaml", &yaml, &env).unwrap().0, yaml)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -64,7 +64,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let wf = chain();
+    let (wf, chain_yaml) = chain();
 
     // 1. Scripted provider: engine overhead per step.
     let scripted = Arc::new(ScriptedProvider::new(
@@ -120,6 +120,30 @@ fn main() {
     println!(
         "spes --version: {:.2} ms (median of 60)  (target < 20 ms)",
         median(starts).as_secs_f64() * 1e3
+    );
+    // A whole `spes run` of the 10-step chain on the scripted provider, as a process.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("spes.toml"),
+        "[defaults]\nprovider = \"t\"\n[providers.t]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("a.yaml"), "- { default: echo }\n").unwrap();
+    std::fs::write(dir.path().join("chain.yaml"), &chain_yaml).unwrap();
+    let mut whole = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let s = Command::new(bin)
+            .current_dir(dir.path())
+            .args(["run", "chain.yaml", "--quiet"])
+            .output()
+            .unwrap();
+        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+        whole.push(t.elapsed());
+    }
+    println!(
+        "spes run chain10 (whole process, scripted): {:.2} ms (median of 30)",
+        median(whole).as_secs_f64() * 1e3
     );
 
     // 3. HTTP: engine + OpenAI adapter against the fake server vs a bare keep-alive loop.
