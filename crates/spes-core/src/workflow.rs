@@ -121,6 +121,8 @@ pub enum StepKind {
     Sequence(Vec<Step>),
     /// First matching arm runs; else `otherwise`.
     Branch(BranchStep),
+    /// Children (or agents) run side by side; optional synthesis.
+    Parallel(ParallelStep),
 }
 
 impl StepKind {
@@ -132,6 +134,7 @@ impl StepKind {
             Self::Transform(_) => "transform",
             Self::Sequence(_) => "sequence",
             Self::Branch(_) => "branch",
+            Self::Parallel(_) => "parallel",
         }
     }
 }
@@ -181,6 +184,31 @@ pub struct TransformStep {
     pub input: Template,
 }
 
+/// Side-by-side work (§2 multi-agent `execute_parallel`, with synthesis).
+#[derive(Debug, Clone)]
+pub struct ParallelStep {
+    /// What runs side by side.
+    pub branches: ParallelBranches,
+    /// A step over the results (`results` in its templates).
+    pub synthesize: Option<Box<Step>>,
+    /// Most children at once (`None`: all).
+    pub concurrency: Option<usize>,
+}
+
+/// The two forms of a parallel step.
+#[derive(Debug, Clone)]
+pub enum ParallelBranches {
+    /// Child steps; the result maps each child's name to its result.
+    Steps(Vec<Step>),
+    /// Each agent does the task; the result maps agent name to answer.
+    Agents {
+        /// The agents.
+        agents: Vec<Arc<Agent>>,
+        /// The task (user message).
+        task: Template,
+    },
+}
+
 /// A conditional.
 #[derive(Debug, Clone)]
 pub struct BranchStep {
@@ -221,6 +249,14 @@ impl Workflow {
                         }
                         if let Some(o) = &b.otherwise {
                             go(&format!("{key}/else"), o, out);
+                        }
+                    }
+                    StepKind::Parallel(p) => {
+                        if let ParallelBranches::Steps(c) = &p.branches {
+                            go(&key, c, out);
+                        }
+                        if let Some(sy) = &p.synthesize {
+                            go(&key, std::slice::from_ref(sy), out);
                         }
                     }
                     StepKind::Llm(_) | StepKind::Transform(_) => {}

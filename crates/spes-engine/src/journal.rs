@@ -1,16 +1,19 @@
 //! The journal: recorded effects by deterministic step key.
 //!
-//! Every effect (a model call, an `ask` decision) goes through the run
-//! context, which looks the key up here first; a recorded effect answers
-//! instantly, so a resumed run never repeats a finished model call. The
-//! durable SQLite/PostgreSQL journals implement the same trait.
+//! Every effect (a model call, an `ask` decision, a human decision, a clock
+//! read) goes through the run context, which looks the key up here first;
+//! a recorded effect answers instantly, so a resumed run never repeats a
+//! finished model call. [`MemoryJournal`] lives in one process;
+//! [`StoreJournal`] commits to a [`RunStore`] before the workflow sees the
+//! result.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use spes_core::message::ChatResponse;
+use spes_store::{Appended, RunId, RunStore};
 
 /// A recorded effect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +33,40 @@ pub enum Effect {
         /// The answer.
         response: ChatResponse,
     },
+    /// A human's (or a deadline's) decision at a gate.
+    Decision {
+        /// The decision, as recorded by the gate.
+        decision: serde_json::Value,
+    },
+    /// A clock read, in milliseconds since the Unix epoch.
+    Clock {
+        /// Milliseconds since the epoch.
+        at_ms: i64,
+    },
+}
+
+impl Effect {
+    /// The journal kind stored beside the payload.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Model { .. } => "model",
+            Self::Decision { .. } => "decision",
+            Self::Clock { .. } => "clock",
+        }
+    }
+
+    /// Reads a stored entry back. Gate decisions are stored by the store
+    /// itself (kind `decision`, payload = the decision).
+    pub fn from_entry(kind: &str, payload: &serde_json::Value) -> Result<Self, String> {
+        if kind == "decision" && payload.get("type").is_none() {
+            return Ok(Self::Decision {
+                decision: payload.clone(),
+            });
+        }
+        serde_json::from_value(payload.clone())
+            .map_err(|e| format!("journal entry of kind `{kind}` cannot be read: {e}"))
+    }
 }
 
 /// Where effects are recorded.
@@ -37,11 +74,13 @@ pub enum Effect {
 pub trait Journal: Send + Sync + std::fmt::Debug {
     /// The effect recorded under `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<Effect>, String>;
-    /// Records an effect; it must be durable when this returns.
-    async fn put(&self, key: &str, effect: &Effect) -> Result<(), String>;
+    /// Records an effect, durably, before returning. If another writer
+    /// recorded an effect under the same key first, that one is returned
+    /// (and must be used): the first commit wins.
+    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, String>;
 }
 
-/// An in-memory journal (one process, nothing survives it).
+/// An in-memory journal (one process; nothing survives it).
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     entries: Mutex<HashMap<String, Effect>>,
@@ -76,12 +115,103 @@ impl Journal for MemoryJournal {
             .map_err(|_| "journal lock poisoned".to_owned())
     }
 
-    async fn put(&self, key: &str, effect: &Effect) -> Result<(), String> {
-        self.entries
+    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, String> {
+        let mut e = self
+            .entries
             .lock()
-            .map(|mut e| {
-                e.insert(key.to_owned(), effect.clone());
-            })
-            .map_err(|_| "journal lock poisoned".to_owned())
+            .map_err(|_| "journal lock poisoned".to_owned())?;
+        Ok(e.entry(key.to_owned()).or_insert(effect).clone())
+    }
+}
+
+/// A journal in a [`RunStore`], for one run. Entries present when it is
+/// opened are loaded at once (a resume reads the whole journal in one query).
+#[derive(Debug)]
+pub struct StoreJournal {
+    store: Arc<dyn RunStore>,
+    run: RunId,
+    cache: Mutex<HashMap<String, Effect>>,
+}
+
+impl StoreJournal {
+    /// Opens the journal of `run`, loading what is recorded.
+    pub async fn open(store: Arc<dyn RunStore>, run: RunId) -> Result<Self, String> {
+        let mut cache = HashMap::new();
+        for e in store.entries(&run).await.map_err(|e| e.to_string())? {
+            cache.insert(e.key.clone(), Effect::from_entry(&e.kind, &e.payload)?);
+        }
+        Ok(Self {
+            store,
+            run,
+            cache: Mutex::new(cache),
+        })
+    }
+
+    /// The run.
+    #[must_use]
+    pub fn run_id(&self) -> RunId {
+        self.run
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn RunStore> {
+        &self.store
+    }
+
+    /// Number of effects loaded or recorded through this journal.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// True when empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remember(&self, key: &str, effect: &Effect) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(key.to_owned(), effect.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl Journal for StoreJournal {
+    async fn get(&self, key: &str) -> Result<Option<Effect>, String> {
+        if let Some(e) = self.cache.lock().ok().and_then(|c| c.get(key).cloned()) {
+            return Ok(Some(e));
+        }
+        // Not loaded: another process may have recorded it since (a gate decision).
+        match self
+            .store
+            .entry(&self.run, key)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(entry) => {
+                let effect = Effect::from_entry(&entry.kind, &entry.payload)?;
+                self.remember(key, &effect);
+                Ok(Some(effect))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, String> {
+        let payload = serde_json::to_value(&effect).map_err(|e| e.to_string())?;
+        let winner = match self
+            .store
+            .append(&self.run, key, effect.kind(), &payload)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Appended::New(_) => effect,
+            Appended::Existing(entry) => Effect::from_entry(&entry.kind, &entry.payload)?,
+        };
+        self.remember(key, &winner);
+        Ok(winner)
     }
 }

@@ -32,6 +32,7 @@
 //! assert_eq!(out.output, Some("HELLO, ADA".into()));
 //! ```
 
+pub mod durable;
 pub mod error;
 pub mod event;
 pub mod journal;
@@ -45,9 +46,10 @@ use serde_json::Value;
 use spes_core::workflow::Workflow;
 use spes_llm::Provider;
 
+pub use durable::{RunEnd, WorkflowSource};
 pub use error::{EngineError, FailureKind};
 pub use event::{Event, NoObserver, Observer};
-pub use journal::{Effect, Journal, MemoryJournal};
+pub use journal::{Effect, Journal, MemoryJournal, StoreJournal};
 pub use run::{RunOutcome, bind_inputs};
 
 /// Runs workflows. Cheap to share; one per process is typical.
@@ -57,7 +59,11 @@ pub struct Engine {
     pub(crate) default_model: Option<String>,
     pub(crate) observer: Arc<dyn Observer>,
     pub(crate) stream_deltas: bool,
+    pub(crate) capture: Option<Capture>,
 }
+
+/// Sees every model request as it is made or replayed (for `runs show --prompts`).
+pub type Capture = Arc<dyn Fn(&str, &spes_core::message::ChatRequest) + Send + Sync>;
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -105,10 +111,20 @@ impl Engine {
         journal: Arc<dyn Journal>,
     ) -> Result<RunOutcome, RunError> {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
-        run::Exec::new(self, ctx, journal)
+        match run::Exec::new(self, ctx, journal, None)
             .run_workflow(wf)
             .await
-            .map_err(RunError::Step)
+        {
+            Ok(o) => Ok(o),
+            Err(run::Stop::Failed(e)) => Err(RunError::Step(e)),
+            Err(run::Stop::Suspended(gates)) => Err(RunError::NeedsStore(format!(
+                "gate `{}` waits for a human; runs with gates need a store (spes run keeps one in .spes/)",
+                gates.join("`, `")
+            ))),
+            Err(run::Stop::Paused | run::Stop::Cancelled) => {
+                Err(RunError::NeedsStore("pause and cancel need a store".into()))
+            }
+        }
     }
 }
 
@@ -122,6 +138,15 @@ pub enum RunError {
     /// A step failed.
     #[error(transparent)]
     Step(#[from] EngineError),
+    /// The run needs a store (human gates, pause, resume).
+    #[error("{0}")]
+    NeedsStore(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] spes_store::StoreError),
+    /// The run cannot be resumed as asked.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Builds an [`Engine`].
@@ -132,6 +157,7 @@ pub struct EngineBuilder {
     default_model: Option<String>,
     observer: Option<Arc<dyn Observer>>,
     stream_deltas: bool,
+    capture: Option<Capture>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -181,6 +207,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Sees every model request (made or replayed).
+    #[must_use]
+    pub fn capture(mut self, c: Capture) -> Self {
+        self.capture = Some(c);
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
@@ -190,6 +223,7 @@ impl EngineBuilder {
             default_model: self.default_model,
             observer: self.observer.unwrap_or_else(|| Arc::new(NoObserver)),
             stream_deltas: self.stream_deltas,
+            capture: self.capture,
         }
     }
 }

@@ -1,22 +1,31 @@
 //! The interpreter: runs a validated workflow over a run context.
+//!
+//! Steps return `Result<_, Stop>`: a failure, or a reason to stop early
+//! without failing (a human gate to wait for, a pause, a cancel). Effects
+//! go through [`Exec::call`] and [`Exec::gate`], which consult the journal
+//! first and record before the workflow sees a result.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use spes_core::condition::{Condition, Outcome, parse_yes_no};
 use spes_core::message::{ChatRequest, ChatResponse, Message, StopReason, Usage};
 use spes_core::template::Context;
-use spes_core::workflow::{Agent, Format, LlmStep, Loc, Step, StepKind, Workflow};
+use spes_core::workflow::{
+    Agent, Format, LlmStep, Loc, ParallelBranches, Step, StepKind, Workflow,
+};
 use spes_llm::{CallContext, Provider};
+use spes_store::{RunId, RunStatus, RunStore};
 
 use crate::Engine;
 use crate::error::{EngineError, FailureKind};
 use crate::event::Event;
-use crate::journal::Effect;
+use crate::journal::{Effect, Journal};
 
 /// What a finished run produced.
 #[derive(Debug, Clone)]
@@ -33,24 +42,84 @@ pub struct RunOutcome {
     pub usage: Usage,
 }
 
+/// Why a run stopped before its end.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// A step failed.
+    Failed(EngineError),
+    /// Gates wait for a human (their keys).
+    Suspended(Vec<String>),
+    /// Someone paused the run.
+    Paused,
+    /// Someone cancelled the run.
+    Cancelled,
+}
+
+impl From<EngineError> for Stop {
+    fn from(e: EngineError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl Stop {
+    /// Combines the stops of parallel children: a failure wins, then
+    /// cancel, pause, and suspensions add up.
+    fn merge(stops: Vec<Self>) -> Option<Self> {
+        let mut gates = Vec::new();
+        let (mut paused, mut cancelled, mut failed) = (false, false, None);
+        for s in stops {
+            match s {
+                Self::Failed(e) => {
+                    if failed.is_none() {
+                        failed = Some(e);
+                    }
+                }
+                Self::Suspended(g) => gates.extend(g),
+                Self::Paused => paused = true,
+                Self::Cancelled => cancelled = true,
+            }
+        }
+        if let Some(e) = failed {
+            return Some(Self::Failed(e));
+        }
+        if cancelled {
+            return Some(Self::Cancelled);
+        }
+        if paused {
+            return Some(Self::Paused);
+        }
+        (!gates.is_empty()).then_some(Self::Suspended(gates))
+    }
+}
+
+/// The run this execution belongs to, when it is durable.
+#[derive(Debug, Clone)]
+pub(crate) struct Control {
+    pub(crate) store: Arc<dyn RunStore>,
+    pub(crate) run: RunId,
+}
+
 pub(crate) struct Exec<'e> {
     pub(crate) engine: &'e Engine,
-    pub(crate) journal: Arc<dyn crate::journal::Journal>,
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) control: Option<Control>,
     pub(crate) ctx: Context,
+    /// Keys this execution wrote, in order (merged back after parallel branches).
+    pub(crate) written: Vec<String>,
     pub(crate) model_calls: u64,
     pub(crate) replayed: u64,
     pub(crate) usage: Usage,
 }
 
-fn fail(step: &str, loc: &Loc, kind: FailureKind) -> EngineError {
-    EngineError {
+fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
+    Stop::Failed(EngineError {
         step: step.to_owned(),
         loc: loc.clone(),
         kind,
-    }
+    })
 }
 
-fn join_key(prefix: &str, name: &str) -> String {
+pub(crate) fn join_key(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_owned()
     } else {
@@ -66,29 +135,69 @@ fn add_usage(a: &mut Usage, b: &Usage) {
 }
 
 /// Result of one step: its value and a note for progress.
-struct StepResult {
-    value: Option<Value>,
-    note: Option<String>,
-    usage: Option<Usage>,
+pub(crate) struct StepResult {
+    pub(crate) value: Option<Value>,
+    pub(crate) note: Option<String>,
+    pub(crate) usage: Option<Usage>,
+}
+
+impl StepResult {
+    fn value(value: Option<Value>) -> Self {
+        Self {
+            value,
+            note: None,
+            usage: None,
+        }
+    }
 }
 
 impl<'e> Exec<'e> {
     pub(crate) fn new(
         engine: &'e Engine,
         ctx: Context,
-        journal: Arc<dyn crate::journal::Journal>,
+        journal: Arc<dyn Journal>,
+        control: Option<Control>,
     ) -> Self {
         Self {
             engine,
             journal,
+            control,
             ctx,
+            written: Vec::new(),
             model_calls: 0,
             replayed: 0,
             usage: Usage::default(),
         }
     }
 
-    pub(crate) async fn run_workflow(mut self, wf: &Workflow) -> Result<RunOutcome, EngineError> {
+    /// A child execution for a parallel branch: same journal, a copy of the context.
+    fn fork(&self) -> Self {
+        Self::new(
+            self.engine,
+            self.ctx.clone(),
+            self.journal.clone(),
+            self.control.clone(),
+        )
+    }
+
+    /// Takes a finished child's writes and counters.
+    fn absorb(&mut self, child: Exec<'_>) {
+        for k in child.written {
+            if let Some(v) = child.ctx.get(&k) {
+                self.write(&k, v.clone());
+            }
+        }
+        self.model_calls += child.model_calls;
+        self.replayed += child.replayed;
+        add_usage(&mut self.usage, &child.usage);
+    }
+
+    fn write(&mut self, key: &str, v: Value) {
+        self.ctx.insert(key.to_owned(), v);
+        self.written.push(key.to_owned());
+    }
+
+    pub(crate) async fn run_workflow(mut self, wf: &Workflow) -> Result<RunOutcome, Stop> {
         self.steps(&wf.steps, String::new(), 0).await?;
         let output = wf.result_key().and_then(|k| self.ctx.get(k).cloned());
         Ok(RunOutcome {
@@ -105,7 +214,7 @@ impl<'e> Exec<'e> {
         steps: &'a [Step],
         prefix: String,
         depth: usize,
-    ) -> BoxFuture<'a, Result<Option<Value>, EngineError>> {
+    ) -> BoxFuture<'a, Result<Option<Value>, Stop>> {
         Box::pin(async move {
             let mut last = None;
             for s in steps {
@@ -115,59 +224,64 @@ impl<'e> Exec<'e> {
         })
     }
 
-    async fn step(
-        &mut self,
-        s: &Step,
-        prefix: &str,
+    fn step<'a>(
+        &'a mut self,
+        s: &'a Step,
+        prefix: &'a str,
         depth: usize,
-    ) -> Result<Option<Value>, EngineError> {
-        let key = join_key(prefix, &s.name);
-        let kind = s.kind.name();
-        let start = Instant::now();
-        self.engine.emit(&Event::StepStarted {
-            key: key.clone(),
-            kind,
-            depth,
-        });
-        let result = self.step_inner(s, &key, depth).await;
-        let elapsed = start.elapsed();
-        match result {
-            Ok(r) => {
-                if let (Some(out), Some(v)) = (&s.output, &r.value) {
-                    self.ctx.insert(out.clone(), v.clone());
+    ) -> BoxFuture<'a, Result<Option<Value>, Stop>> {
+        Box::pin(async move {
+            let key = join_key(prefix, &s.name);
+            let kind = s.kind.name();
+            let start = Instant::now();
+            self.engine.emit(&Event::StepStarted {
+                key: key.clone(),
+                kind,
+                depth,
+            });
+            let result = self.step_inner(s, &key, depth).await;
+            let elapsed = start.elapsed();
+            match result {
+                Ok(r) => {
+                    if let (Some(out), Some(v)) = (&s.output, &r.value) {
+                        self.write(out, v.clone());
+                    }
+                    self.engine.emit(&Event::StepFinished {
+                        key,
+                        kind,
+                        depth,
+                        elapsed,
+                        error: None,
+                        note: r.note,
+                        usage: r.usage,
+                    });
+                    Ok(r.value)
                 }
-                self.engine.emit(&Event::StepFinished {
-                    key,
-                    kind,
-                    depth,
-                    elapsed,
-                    error: None,
-                    note: r.note,
-                    usage: r.usage,
-                });
-                Ok(r.value)
+                Err(stop) => {
+                    let (error, note) = match &stop {
+                        Stop::Failed(e) => (Some(e.kind.to_string()), None),
+                        Stop::Suspended(_) => (None, Some("waiting for a human".to_owned())),
+                        Stop::Paused => (None, Some("paused".to_owned())),
+                        Stop::Cancelled => (None, Some("cancelled".to_owned())),
+                    };
+                    if error.is_some() || depth == 0 {
+                        self.engine.emit(&Event::StepFinished {
+                            key,
+                            kind,
+                            depth,
+                            elapsed,
+                            error,
+                            note,
+                            usage: None,
+                        });
+                    }
+                    Err(stop)
+                }
             }
-            Err(e) => {
-                self.engine.emit(&Event::StepFinished {
-                    key,
-                    kind,
-                    depth,
-                    elapsed,
-                    error: Some(e.kind.to_string()),
-                    note: None,
-                    usage: None,
-                });
-                Err(e)
-            }
-        }
+        })
     }
 
-    async fn step_inner(
-        &mut self,
-        s: &Step,
-        key: &str,
-        depth: usize,
-    ) -> Result<StepResult, EngineError> {
+    async fn step_inner(&mut self, s: &Step, key: &str, depth: usize) -> Result<StepResult, Stop> {
         if let Some(w) = &s.when
             && !self.condition(w, &format!("{key}#when"), &s.loc).await?
         {
@@ -191,19 +305,11 @@ impl<'e> Exec<'e> {
                         FailureKind::Transform(format!("{}: {e}", t.func_name)),
                     )
                 })?;
-                Ok(StepResult {
-                    value: Some(v),
-                    note: None,
-                    usage: None,
-                })
+                Ok(StepResult::value(Some(v)))
             }
             StepKind::Sequence(children) => {
                 let v = self.steps(children, key.to_owned(), depth + 1).await?;
-                Ok(StepResult {
-                    value: v,
-                    note: None,
-                    usage: None,
-                })
+                Ok(StepResult::value(v))
             }
             StepKind::Branch(b) => {
                 for (i, arm) in b.arms.iter().enumerate() {
@@ -237,15 +343,121 @@ impl<'e> Exec<'e> {
                     }),
                 }
             }
+            StepKind::Parallel(p) => {
+                let results = self
+                    .parallel_branches(&p.branches, p.concurrency, key, depth, &s.loc)
+                    .await?;
+                match &p.synthesize {
+                    None => Ok(StepResult::value(Some(results))),
+                    Some(sy) => {
+                        let mut child = self.fork();
+                        child.ctx.insert("results".into(), results);
+                        let v = child.step(sy, key, depth + 1).await;
+                        // Only the synthesis's own writes (not `results`) come back.
+                        self.absorb(child);
+                        Ok(StepResult::value(v?))
+                    }
+                }
+            }
         }
     }
 
-    async fn condition(
+    /// Runs the branches side by side (at most `limit` at once); results in
+    /// declared order. Every branch runs to its end even when a sibling
+    /// fails, so that finished work is committed before the run stops.
+    async fn parallel_branches(
         &mut self,
-        c: &Condition,
+        branches: &ParallelBranches,
+        limit: Option<usize>,
+        key: &str,
+        depth: usize,
+        loc: &Loc,
+    ) -> Result<Value, Stop> {
+        let mut names = Vec::new();
+        let mut futs: Vec<BoxFuture<'_, (Exec<'e>, Result<Option<Value>, Stop>)>> = Vec::new();
+        match branches {
+            ParallelBranches::Steps(children) => {
+                for c in children {
+                    names.push(c.name.clone());
+                    let mut child = self.fork();
+                    let prefix = key.to_owned();
+                    futs.push(Box::pin(async move {
+                        let r = child.step(c, &prefix, depth + 1).await;
+                        (child, r)
+                    }));
+                }
+            }
+            ParallelBranches::Agents { agents, task } => {
+                let text = task
+                    .render(&self.ctx, None)
+                    .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
+                for a in agents {
+                    names.push(a.name.clone());
+                    let mut child = self.fork();
+                    let agent_key = join_key(key, &a.name);
+                    let text = text.clone();
+                    let loc = loc.clone();
+                    let agent = a.clone();
+                    futs.push(Box::pin(async move {
+                        let start = Instant::now();
+                        child.engine.emit(&Event::StepStarted {
+                            key: agent_key.clone(),
+                            kind: "llm",
+                            depth: depth + 1,
+                        });
+                        let r = child.agent_call(&agent, text, &agent_key, &loc).await;
+                        child.engine.emit(&Event::StepFinished {
+                            key: agent_key,
+                            kind: "llm",
+                            depth: depth + 1,
+                            elapsed: start.elapsed(),
+                            error: r.as_ref().err().and_then(|s| match s {
+                                Stop::Failed(e) => Some(e.kind.to_string()),
+                                _ => None,
+                            }),
+                            note: None,
+                            usage: None,
+                        });
+                        (child, r.map(|resp| Some(Value::String(resp.text))))
+                    }));
+                }
+            }
+        }
+        let n = futs.len();
+        let done: Vec<(Exec<'e>, Result<Option<Value>, Stop>)> = stream::iter(futs)
+            .buffered(limit.unwrap_or(n).max(1))
+            .collect()
+            .await;
+        let mut results = serde_json::Map::new();
+        let mut stops = Vec::new();
+        for (name, (child, r)) in names.into_iter().zip(done) {
+            self.absorb(child);
+            match r {
+                Ok(v) => {
+                    results.insert(name, v.unwrap_or(Value::Null));
+                }
+                Err(s) => stops.push(s),
+            }
+        }
+        match Stop::merge(stops) {
+            Some(s) => Err(s),
+            None => Ok(Value::Object(results)),
+        }
+    }
+
+    async fn agent_call(
+        &mut self,
+        agent: &Arc<Agent>,
+        task: String,
         key: &str,
         loc: &Loc,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<ChatResponse, Stop> {
+        let mut req = ChatRequest::user(task);
+        let (provider, components) = self.prepare(Some(agent), None, &mut req, key, loc)?;
+        self.call(&provider, req, components, key, loc).await
+    }
+
+    async fn condition(&mut self, c: &Condition, key: &str, loc: &Loc) -> Result<bool, Stop> {
         match c
             .evaluate(&self.ctx, None)
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))?
@@ -272,7 +484,7 @@ impl<'e> Exec<'e> {
         req: &mut ChatRequest,
         key: &str,
         loc: &Loc,
-    ) -> Result<(Arc<dyn Provider>, Vec<String>), EngineError> {
+    ) -> Result<(Arc<dyn Provider>, Vec<String>), Stop> {
         let mut system_parts = Vec::new();
         let mut components = Vec::new();
         if let Some(a) = agent {
@@ -351,16 +563,37 @@ impl<'e> Exec<'e> {
         Ok((provider, components))
     }
 
-    async fn call(
+    /// Stops at once if the run was paused or cancelled by someone else.
+    async fn check_control(&self, key: &str, loc: &Loc) -> Result<(), Stop> {
+        let Some(c) = &self.control else {
+            return Ok(());
+        };
+        let run = c
+            .store
+            .run(&c.run)
+            .await
+            .map_err(|e| fail(key, loc, FailureKind::Journal(e.to_string())))?;
+        match run.map(|r| r.status) {
+            Some(RunStatus::Paused) => Err(Stop::Paused),
+            Some(RunStatus::Cancelled) => Err(Stop::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    /// One model call through the journal.
+    pub(crate) async fn call(
         &mut self,
         provider: &Arc<dyn Provider>,
         req: ChatRequest,
         components: Vec<String>,
         key: &str,
         loc: &Loc,
-    ) -> Result<ChatResponse, EngineError> {
-        let journal = self.journal.clone();
-        if let Some(Effect::Model { response, .. }) = journal
+    ) -> Result<ChatResponse, Stop> {
+        if let Some(cap) = &self.engine.capture {
+            cap(key, &req);
+        }
+        if let Some(Effect::Model { response, .. }) = self
+            .journal
             .get(key)
             .await
             .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
@@ -368,6 +601,7 @@ impl<'e> Exec<'e> {
             self.replayed += 1;
             return Ok(response);
         }
+        self.check_control(key, loc).await?;
         let mut cx = CallContext::for_step(key);
         if self.engine.stream_deltas {
             let engine_obs = self.engine.observer.clone();
@@ -394,17 +628,29 @@ impl<'e> Exec<'e> {
             components,
             response,
         };
-        journal
-            .put(key, &effect)
+        let winner = self
+            .journal
+            .record(key, effect)
             .await
             .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?;
         self.model_calls += 1;
-        let Effect::Model { response, .. } = effect;
-        add_usage(&mut self.usage, &response.usage);
-        Ok(response)
+        match winner {
+            Effect::Model { response, .. } => {
+                add_usage(&mut self.usage, &response.usage);
+                Ok(response)
+            }
+            other => Err(fail(
+                key,
+                loc,
+                FailureKind::Journal(format!(
+                    "the journal holds a {} entry under this key, not a model call",
+                    other.kind()
+                )),
+            )),
+        }
     }
 
-    async fn llm(&mut self, l: &LlmStep, key: &str, loc: &Loc) -> Result<StepResult, EngineError> {
+    async fn llm(&mut self, l: &LlmStep, key: &str, loc: &Loc) -> Result<StepResult, Stop> {
         let user = l
             .prompt
             .render(&self.ctx, None)
@@ -569,10 +815,4 @@ pub fn bind_inputs(wf: &Workflow, given: BTreeMap<String, Value>) -> Result<Cont
         ctx.insert(i.name.clone(), v);
     }
     Ok(ctx)
-}
-
-/// Total elapsed helper for benchmarks.
-#[must_use]
-pub fn per_step(total: Duration, steps: u32) -> Duration {
-    total / steps.max(1)
 }

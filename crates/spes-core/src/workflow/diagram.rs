@@ -13,6 +13,7 @@ fn label(s: &Step) -> String {
         StepKind::Transform(t) => format!("transform · {}", t.func_name),
         StepKind::Sequence(_) => "sequence".to_owned(),
         StepKind::Branch(_) => "branch".to_owned(),
+        StepKind::Parallel(_) => "parallel".to_owned(),
     };
     let out = s
         .output
@@ -44,6 +45,19 @@ pub fn text(wf: &Workflow) -> String {
                     if let Some(o) = &b.otherwise {
                         let _ = writeln!(out, "{pad}  ? else");
                         go(o, depth + 2, out);
+                    }
+                }
+                StepKind::Parallel(p) => {
+                    match &p.branches {
+                        super::ParallelBranches::Steps(c) => go(c, depth + 1, out),
+                        super::ParallelBranches::Agents { agents, .. } => {
+                            for a in agents {
+                                let _ = writeln!(out, "{pad}  - {} (llm · {})", a.name, a.name);
+                            }
+                        }
+                    }
+                    if let Some(sy) = &p.synthesize {
+                        go(std::slice::from_ref(sy), depth + 1, out);
                     }
                 }
                 StepKind::Llm(_) | StepKind::Transform(_) => {}
@@ -130,6 +144,39 @@ pub fn mermaid(wf: &Workflow) -> String {
                     ends
                 }
                 StepKind::Sequence(c) => self.steps(c, prev.to_vec()),
+                StepKind::Parallel(p) => {
+                    let fork = self.id();
+                    let _ = writeln!(
+                        self.out,
+                        "    {fork}{{{{\"{}\"}}}}",
+                        esc(&format!("{} (parallel)", s.name))
+                    );
+                    self.link(prev, &fork, None);
+                    let mut ends = Vec::new();
+                    match &p.branches {
+                        super::ParallelBranches::Steps(c) => {
+                            for child in c {
+                                ends.extend(self.step(child, std::slice::from_ref(&fork)));
+                            }
+                        }
+                        super::ParallelBranches::Agents { agents, .. } => {
+                            for a in agents {
+                                let id = self.id();
+                                let _ = writeln!(
+                                    self.out,
+                                    "    {id}[\"{}\"]",
+                                    esc(&format!("{} (llm · {})", a.name, a.name))
+                                );
+                                self.link(std::slice::from_ref(&fork), &id, None);
+                                ends.push(id);
+                            }
+                        }
+                    }
+                    match &p.synthesize {
+                        Some(sy) => self.step(sy, &ends),
+                        None => ends,
+                    }
+                }
                 StepKind::Llm(_) | StepKind::Transform(_) => {
                     let id = self.id();
                     let shape = if matches!(s.kind, StepKind::Llm(_)) {

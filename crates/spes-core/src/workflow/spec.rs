@@ -112,7 +112,7 @@ pub struct AgentSpec {
 }
 
 /// A condition: an expression string, or a structured check.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ConditionSpec {
     /// `"'error' in text"`.
     Expr(String),
@@ -121,7 +121,7 @@ pub enum ConditionSpec {
 }
 
 /// Structured condition; exactly one of the check fields is set.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     /// Any of these words, case-insensitive.
@@ -145,7 +145,7 @@ pub struct CheckSpec {
 }
 
 /// A string or a list of strings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     /// One.
@@ -201,7 +201,7 @@ impl<'de> Deserialize<'de> for ConditionSpec {
 }
 
 /// One `{ if: COND, steps: [...] }` arm of a branch.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BranchArmSpec {
     /// The condition.
@@ -215,7 +215,7 @@ pub struct BranchArmSpec {
 
 /// One step, any kind. Fields that do not belong to the step's kind are
 /// reported by validation with their location.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     /// Unique among siblings; part of the step key.
@@ -275,4 +275,12 @@ pub struct StepSpec {
     pub otherwise: Option<S<Vec<Self>>>,
     /// Several arms, first match wins.
     pub branches: Option<S<Vec<BranchArmSpec>>>,
+
+    // --- parallel ---
+    /// Agents that each do `task` (parallel).
+    pub agents: Option<S<Vec<String>>>,
+    /// A step run over the parallel results (`results` in its templates).
+    pub synthesize: Option<S<Box<Self>>>,
+    /// How many children run at once (default: all).
+    pub concurrency: Option<S<u32>>,
 }

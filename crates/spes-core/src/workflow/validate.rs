@@ -7,7 +7,8 @@ use serde_saphyr::Spanned;
 
 use super::spec::{AgentSpec, BranchArmSpec, ConditionSpec, InputType, StepSpec, WorkflowSpec};
 use super::{
-    Agent, Arm, BranchStep, Format, Input, LlmStep, Loc, Step, StepKind, TransformStep, Workflow,
+    Agent, Arm, BranchStep, Format, Input, LlmStep, Loc, ParallelBranches, ParallelStep, Step,
+    StepKind, TransformStep, Workflow,
 };
 use crate::component::{ComponentRef, ComponentRegistry};
 use crate::condition::Condition;
@@ -16,7 +17,7 @@ use crate::template::{Expr, Template, TemplateError};
 use crate::transform;
 
 /// Step kinds this version of spes runs.
-pub const STEP_KINDS: &[&str] = &["llm", "transform", "sequence", "branch"];
+pub const STEP_KINDS: &[&str] = &["llm", "transform", "sequence", "branch", "parallel"];
 
 /// What validation checks references against.
 #[derive(Debug, Clone, Copy)]
@@ -909,6 +910,7 @@ impl Validator<'_> {
                     return None;
                 }
             },
+            "parallel" => StepKind::Parallel(self.parallel(&s, known, &path, kind_at)?),
             "branch" => StepKind::Branch(self.branch(
                 s.condition,
                 s.then,
@@ -947,47 +949,32 @@ impl Validator<'_> {
     }
 
     fn check_fields(&mut self, s: &StepSpec, kind: &str, what: &str) {
-        let present: [(&str, Sp); 19] = [
-            ("prompt", s.prompt.as_ref().and_then(span)),
-            ("agent", s.agent.as_ref().and_then(span)),
-            ("task", s.task.as_ref().and_then(span)),
-            ("system", s.system.as_ref().and_then(span)),
-            ("provider", s.provider.as_ref().and_then(span)),
-            ("model", s.model.as_ref().and_then(span)),
-            ("temperature", s.temperature.as_ref().and_then(span)),
-            ("max_tokens", s.max_tokens.as_ref().and_then(span)),
-            ("stop", s.stop.as_ref().and_then(span)),
-            ("format", s.format.as_ref().and_then(span)),
-            ("schema", s.schema.as_ref().and_then(span)),
-            ("fn", s.func.as_ref().and_then(span)),
-            ("input", s.input.as_ref().and_then(span)),
-            ("args", s.args.as_ref().and_then(span)),
-            ("steps", s.steps.as_ref().and_then(span)),
-            ("if", s.condition.as_ref().and_then(span)),
-            ("then", s.then.as_ref().and_then(span)),
-            ("else", s.otherwise.as_ref().and_then(span)),
-            ("branches", s.branches.as_ref().and_then(span)),
-        ];
-        let is_set = [
-            s.prompt.is_some(),
-            s.agent.is_some(),
-            s.task.is_some(),
-            s.system.is_some(),
-            s.provider.is_some(),
-            s.model.is_some(),
-            s.temperature.is_some(),
-            s.max_tokens.is_some(),
-            s.stop.is_some(),
-            s.format.is_some(),
-            s.schema.is_some(),
-            s.func.is_some(),
-            s.input.is_some(),
-            s.args.is_some(),
-            s.steps.is_some(),
-            s.condition.is_some(),
-            s.then.is_some(),
-            s.otherwise.is_some(),
-            s.branches.is_some(),
+        fn f<T>(name: &'static str, v: Option<&Spanned<T>>) -> (&'static str, bool, Sp) {
+            (name, v.is_some(), v.and_then(span))
+        }
+        let fields = [
+            f("prompt", s.prompt.as_ref()),
+            f("agent", s.agent.as_ref()),
+            f("task", s.task.as_ref()),
+            f("system", s.system.as_ref()),
+            f("provider", s.provider.as_ref()),
+            f("model", s.model.as_ref()),
+            f("temperature", s.temperature.as_ref()),
+            f("max_tokens", s.max_tokens.as_ref()),
+            f("stop", s.stop.as_ref()),
+            f("format", s.format.as_ref()),
+            f("schema", s.schema.as_ref()),
+            f("fn", s.func.as_ref()),
+            f("input", s.input.as_ref()),
+            f("args", s.args.as_ref()),
+            f("steps", s.steps.as_ref()),
+            f("if", s.condition.as_ref()),
+            f("then", s.then.as_ref()),
+            f("else", s.otherwise.as_ref()),
+            f("branches", s.branches.as_ref()),
+            f("agents", s.agents.as_ref()),
+            f("synthesize", s.synthesize.as_ref()),
+            f("concurrency", s.concurrency.as_ref()),
         ];
         let allowed: &[&str] = match kind {
             "llm" => &[
@@ -1006,14 +993,15 @@ impl Validator<'_> {
             "transform" => &["fn", "input", "args"],
             "sequence" => &["steps"],
             "branch" => &["if", "then", "else", "branches"],
+            "parallel" => &["steps", "agents", "task", "synthesize", "concurrency"],
             _ => &[],
         };
-        for ((field, at), set) in present.iter().zip(is_set) {
-            if set && !allowed.contains(field) {
+        for (field, set, at) in fields {
+            if set && !allowed.contains(&field) {
                 self.err(
                     "spes::workflow::field_not_for_kind",
                     format!("{what}: `{field}` does not apply to a `{kind}` step"),
-                    *at,
+                    at,
                     format!(
                         "a `{kind}` step takes: name, kind, output, when, description, {}",
                         allowed.join(", ")
@@ -1132,6 +1120,155 @@ impl Validator<'_> {
                 format
             },
             schema,
+        })
+    }
+
+    fn parallel(
+        &mut self,
+        s: &StepSpec,
+        known: &mut Known,
+        path: &str,
+        kind_at: Sp,
+    ) -> Option<ParallelStep> {
+        let what = format!("step `{path}`");
+        let before = known.clone();
+        let branches = match (&s.steps, &s.agents, &s.task) {
+            (Some(_), Some(a), _) => {
+                self.err(
+                    "spes::workflow::parallel_forms",
+                    format!("{what}: use either `steps` or `agents` + `task`, not both"),
+                    span(a),
+                    "a parallel step runs its `steps` side by side, or runs `task` with each of `agents`",
+                );
+                return None;
+            }
+            (Some(_), None, Some(t)) => {
+                self.err(
+                    "spes::workflow::field_not_for_kind",
+                    format!("{what}: `task` goes with `agents`, not with `steps`"),
+                    span(t),
+                    "remove `task`, or replace `steps` with `agents: [...]`",
+                );
+                return None;
+            }
+            (Some(children), None, None) => {
+                if children.value.is_empty() {
+                    self.err(
+                        "spes::workflow::no_steps",
+                        format!("{what}: `steps` is empty"),
+                        span(children),
+                        "add steps",
+                    );
+                    return None;
+                }
+                // Children see the context as it was before the parallel
+                // step: a sibling's output is not visible to them.
+                let mut names = HashSet::new();
+                let mut out = Vec::new();
+                let mut after = before.clone();
+                for child in &children.value {
+                    let mut k = before.clone();
+                    if let Some(st) = self.step(child.clone(), &mut k, path, &mut names) {
+                        out.push(st);
+                    }
+                    for w in k.definite.difference(&before.definite) {
+                        after.definite.insert(w.clone());
+                    }
+                    for w in k.maybe {
+                        if !after.definite.contains(&w) {
+                            after.maybe.insert(w);
+                        }
+                    }
+                }
+                *known = after;
+                ParallelBranches::Steps(out)
+            }
+            (None, Some(a), Some(t)) => {
+                let mut agents = Vec::new();
+                for name in &a.value {
+                    if let Some(ag) = self.agents.get(name).cloned() {
+                        self.check_agent_vars(&ag, span(a), known);
+                        agents.push(ag);
+                    } else {
+                        let names: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+                        let hint = closest(name, names.iter().copied()).map_or_else(
+                            || format!("declared agents: {}", names.join(", ")),
+                            |c| format!("did you mean `{c}`?"),
+                        );
+                        self.err(
+                            "spes::workflow::unknown_agent",
+                            format!("unknown agent `{name}`"),
+                            span(a),
+                            hint,
+                        );
+                    }
+                }
+                if a.value.is_empty() {
+                    self.err(
+                        "spes::workflow::no_steps",
+                        format!("{what}: `agents` is empty"),
+                        span(a),
+                        "name at least one agent",
+                    );
+                }
+                let task = self.template(t, &what)?;
+                let reads: Vec<String> = task.reads().iter().cloned().collect();
+                self.check_reads(reads.iter(), span(t), known, &[], &what);
+                ParallelBranches::Agents { agents, task }
+            }
+            (None, Some(a), None) => {
+                self.err(
+                    "spes::workflow::missing_field",
+                    format!("{what}: `agents` needs a `task`"),
+                    span(a),
+                    "add `task: \"...\"` (each agent does it)",
+                );
+                return None;
+            }
+            (None, None, _) => {
+                self.err(
+                    "spes::workflow::missing_field",
+                    format!("{what}: a parallel step needs `steps`, or `agents` and `task`"),
+                    kind_at,
+                    "add `steps: [...]` (run side by side) or `agents: [a, b]` with `task: ...`",
+                );
+                return None;
+            }
+        };
+        let synthesize = match &s.synthesize {
+            Some(sy) => {
+                let mut k = known.clone();
+                k.write("results");
+                let mut names = HashSet::new();
+                let mut spec = (*sy.value).clone();
+                if spec.name.is_none() {
+                    spec.name = Some(Spanned::new(
+                        "synthesize".to_owned(),
+                        sy.referenced,
+                        sy.defined,
+                    ));
+                }
+                Some(Box::new(self.step(spec, &mut k, path, &mut names)?))
+            }
+            None => None,
+        };
+        let concurrency = match &s.concurrency {
+            Some(c) if c.value == 0 => {
+                self.err(
+                    "spes::workflow::bad_concurrency",
+                    format!("{what}: concurrency must be at least 1"),
+                    span(c),
+                    "remove it to run all at once",
+                );
+                None
+            }
+            Some(c) => usize::try_from(c.value).ok(),
+            None => None,
+        };
+        Some(ParallelStep {
+            branches,
+            synthesize,
+            concurrency,
         })
     }
 

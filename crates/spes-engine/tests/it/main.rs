@@ -1,6 +1,8 @@
 //! Engine behaviour on the scripted provider.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod durable;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ fn components() -> ComponentRegistry {
     )
 }
 
-fn workflow(yaml: &str) -> Workflow {
+pub(crate) fn workflow(yaml: &str) -> Workflow {
     let spec = parse_workflow("wf.yaml", yaml).unwrap();
     let reg = components();
     let env = ValidateEnv {
@@ -34,11 +36,11 @@ fn workflow(yaml: &str) -> Workflow {
         .0
 }
 
-fn scripted(script: &str) -> Arc<ScriptedProvider> {
+pub(crate) fn scripted(script: &str) -> Arc<ScriptedProvider> {
     Arc::new(ScriptedProvider::parse("test", "answers.yaml", script).unwrap())
 }
 
-fn inputs(pairs: &[(&str, &str)]) -> BTreeMap<String, Value> {
+pub(crate) fn inputs(pairs: &[(&str, &str)]) -> BTreeMap<String, Value> {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))

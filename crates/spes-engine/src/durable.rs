@@ -1,0 +1,512 @@
+//! Durable runs: start, resume and replay a workflow against a [`RunStore`].
+//!
+//! A run pins the hash of its workflow file and of every component it
+//! resolved. `resume` re-executes the workflow from the top: recorded
+//! effects answer from the journal, so finished model calls are never
+//! repeated and the output is identical. If the workflow or a component
+//! changed, `resume` refuses and names the first step that differs
+//! (unless the caller overrides).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use spes_core::workflow::{StepKind, Workflow};
+use spes_store::{ComponentPin, NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
+
+use crate::journal::{Effect, Journal, StoreJournal};
+use crate::run::{Control, Exec, RunOutcome, Stop};
+use crate::{Engine, EngineError, RunError, bind_inputs};
+
+/// The workflow file a run executes.
+#[derive(Debug, Clone)]
+pub struct WorkflowSource {
+    /// Absolute path.
+    pub path: String,
+    /// Its text.
+    pub text: String,
+}
+
+impl WorkflowSource {
+    /// Hex SHA-256 of the text.
+    #[must_use]
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.text.as_bytes()))
+    }
+}
+
+/// How a run (or one stretch of it) ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// Finished.
+    Completed(RunOutcome),
+    /// Suspended: these gates wait for a human.
+    Waiting(Vec<String>),
+    /// Paused by a user.
+    Paused,
+    /// Cancelled by a user.
+    Cancelled,
+    /// A step failed; `resume` retries from it.
+    Failed(EngineError),
+}
+
+/// `host:pid` of this process.
+#[must_use]
+pub fn this_owner() -> String {
+    format!("{}:{}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether the process named by `owner` is still alive (only knowable on this host).
+#[must_use]
+pub fn owner_alive(owner: &str) -> bool {
+    let Some((host, pid)) = owner.rsplit_once(':') else {
+        return false;
+    };
+    if host != hostname() {
+        // Another machine: assume alive (leases arrive with multi-worker stores).
+        return true;
+    }
+    pid.parse::<u32>().is_ok_and(|p| {
+        p == std::process::id() || std::path::Path::new(&format!("/proc/{p}")).exists()
+    })
+}
+
+/// Pins of every component the workflow resolved.
+#[must_use]
+pub fn pins_of(wf: &Workflow) -> Vec<ComponentPin> {
+    wf.components
+        .iter()
+        .map(|c| ComponentPin {
+            reference: c.reference(),
+            sha256: c.sha256.clone(),
+            path: c.path.display().to_string(),
+        })
+        .collect()
+}
+
+/// Why a run may not resume on the current files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// What changed.
+    pub what: String,
+    /// The first step whose behaviour may differ, if one can be named.
+    pub first_step: Option<String>,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.first_step {
+            Some(s) => write!(f, "{}; the first step that differs is `{s}`", self.what),
+            None => f.write_str(&self.what),
+        }
+    }
+}
+
+/// Compares a stored run's pins with the workflow and components as they are now.
+#[must_use]
+pub fn drift(run: &Run, wf: &Workflow, source: &WorkflowSource) -> Option<Drift> {
+    if source.hash() != run.workflow_hash {
+        return Some(Drift {
+            what: format!(
+                "the workflow file {} changed since the run started",
+                source.path
+            ),
+            first_step: first_differing_step(&run.workflow_source, &source.text),
+        });
+    }
+    let now: Vec<ComponentPin> = pins_of(wf);
+    let changed: Vec<&ComponentPin> = run.pins.iter().filter(|p| !now.contains(p)).collect();
+    if changed.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = changed.iter().map(|p| p.reference.clone()).collect();
+    // kind/name of each changed component.
+    let bases: Vec<&str> = changed
+        .iter()
+        .map(|p| p.reference.split('@').next().unwrap_or_default())
+        .collect();
+    let first_step = wf.walk().into_iter().find_map(|(key, step)| {
+        let uses = |agent: &spes_core::workflow::Agent| {
+            agent
+                .components
+                .iter()
+                .any(|c| bases.contains(&c.reference().split('@').next().unwrap_or_default()))
+        };
+        let hit = match &step.kind {
+            StepKind::Llm(l) => l.agent.as_deref().is_some_and(uses),
+            StepKind::Parallel(p) => match &p.branches {
+                spes_core::workflow::ParallelBranches::Agents { agents, .. } => {
+                    agents.iter().any(|a| uses(a))
+                }
+                spes_core::workflow::ParallelBranches::Steps(_) => false,
+            },
+            _ => false,
+        };
+        hit.then_some(key)
+    });
+    Some(Drift {
+        what: format!(
+            "component{} {} changed since the run started",
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        ),
+        first_step,
+    })
+}
+
+/// The first step (by key) whose YAML differs between two workflow texts.
+#[must_use]
+pub fn first_differing_step(old: &str, new: &str) -> Option<String> {
+    fn steps(v: &Value) -> Vec<Value> {
+        v.get("steps")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+    fn name(v: &Value) -> String {
+        v.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned()
+    }
+    fn children(v: &Value) -> Vec<(String, Vec<Value>)> {
+        let mut out = Vec::new();
+        for k in ["steps", "then", "else"] {
+            if let Some(a) = v.get(k).and_then(Value::as_array) {
+                out.push((
+                    if k == "steps" {
+                        String::new()
+                    } else {
+                        k.to_owned()
+                    },
+                    a.clone(),
+                ));
+            }
+        }
+        if let Some(arms) = v.get("branches").and_then(Value::as_array) {
+            for (i, arm) in arms.iter().enumerate() {
+                let arm_name = arm
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("arm{}", i + 1), str::to_owned);
+                out.push((
+                    arm_name,
+                    arm.get("steps")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                ));
+            }
+        }
+        out
+    }
+    fn shallow(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "steps" | "then" | "else" | "branches"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    fn go(prefix: &str, a: &[Value], b: &[Value]) -> Option<String> {
+        for i in 0..a.len().max(b.len()) {
+            let (x, y) = (a.get(i), b.get(i));
+            let key_of = |v: &Value| {
+                if prefix.is_empty() {
+                    name(v)
+                } else {
+                    format!("{prefix}/{}", name(v))
+                }
+            };
+            match (x, y) {
+                (Some(x), Some(y)) => {
+                    if shallow(x) != shallow(y) {
+                        return Some(key_of(y));
+                    }
+                    let key = key_of(y);
+                    let (cx, cy) = (children(x), children(y));
+                    if cx.len() != cy.len() {
+                        return Some(key);
+                    }
+                    for ((na, sa), (nb, sb)) in cx.iter().zip(cy.iter()) {
+                        if na != nb {
+                            return Some(key);
+                        }
+                        let p = if na.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{key}/{na}")
+                        };
+                        if let Some(k) = go(&p, sa, sb) {
+                            return Some(k);
+                        }
+                    }
+                }
+                (Some(x), None) => return Some(key_of(x)),
+                (None, Some(y)) => return Some(key_of(y)),
+                (None, None) => {}
+            }
+        }
+        None
+    }
+    let old: Value = serde_saphyr::from_str(old).ok()?;
+    let new: Value = serde_saphyr::from_str(new).ok()?;
+    go("", &steps(&old), &steps(&new))
+        .or_else(|| (shallow(&old) != shallow(&new)).then(|| "(workflow header)".to_owned()))
+}
+
+/// A journal that answers only from the record and refuses to call a model.
+#[derive(Debug)]
+struct ReplayJournal(StoreJournal);
+
+#[async_trait]
+impl Journal for ReplayJournal {
+    async fn get(&self, key: &str) -> Result<Option<Effect>, String> {
+        match self.0.get(key).await? {
+            Some(e) => Ok(Some(e)),
+            None => Err(format!(
+                "replay needs an effect at `{key}` that the journal does not have (the workflow or its inputs took a different path)"
+            )),
+        }
+    }
+    async fn record(&self, key: &str, _effect: Effect) -> Result<Effect, String> {
+        Err(format!("replay would record a new effect at `{key}`"))
+    }
+}
+
+/// What `replay` found.
+#[derive(Debug)]
+pub struct Replay {
+    /// The replayed output.
+    pub output: Option<Value>,
+    /// The output the run recorded.
+    pub recorded: Option<Value>,
+    /// Whether they are identical.
+    pub identical: bool,
+    /// Effects answered from the journal.
+    pub replayed: u64,
+}
+
+impl Engine {
+    /// Starts a durable run: records it (status running), then executes.
+    pub async fn start(
+        &self,
+        store: Arc<dyn RunStore>,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<(RunId, RunEnd), RunError> {
+        let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
+        let id = RunId::new();
+        store
+            .create_run(&NewRun {
+                id,
+                workflow_name: wf.name.clone(),
+                workflow_path: source.path.clone(),
+                workflow_hash: source.hash(),
+                workflow_source: source.text.clone(),
+                pins: pins_of(wf),
+                inputs: Value::Object(ctx.clone()),
+                status: RunStatus::Running,
+                owner: Some(this_owner()),
+            })
+            .await?;
+        let end = self.execute(store, id, wf, ctx).await?;
+        Ok((id, end))
+    }
+
+    /// Resumes a run that is failed, paused, waiting, pending, or running
+    /// under a process that died. `allow_drift` resumes even if the
+    /// workflow or a component changed (recorded effects still answer).
+    pub async fn resume(
+        &self,
+        store: Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        allow_drift: bool,
+    ) -> Result<RunEnd, RunError> {
+        if !allow_drift && let Some(d) = drift(run, wf, source) {
+            return Err(RunError::Refused(format!(
+                "{d}; resuming could mix old and new behaviour (use --allow-changes to resume anyway)"
+            )));
+        }
+        let from: Vec<RunStatus> = match run.status {
+            RunStatus::Completed | RunStatus::Cancelled => {
+                return Err(RunError::Refused(format!(
+                    "run {} is {}; there is nothing to resume",
+                    run.id, run.status
+                )));
+            }
+            RunStatus::Running => {
+                if let Some(o) = &run.owner
+                    && owner_alive(o)
+                {
+                    return Err(RunError::Refused(format!(
+                        "run {} is running in process {o}",
+                        run.id
+                    )));
+                }
+                vec![RunStatus::Running]
+            }
+            s => vec![s],
+        };
+        store
+            .transition(
+                &run.id,
+                &from,
+                RunStatus::Running,
+                RunPatch {
+                    error: Some(None),
+                    owner: Some(Some(this_owner())),
+                    ..RunPatch::default()
+                },
+            )
+            .await?;
+        let ctx = match &run.inputs {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        self.execute(store, run.id, wf, ctx).await
+    }
+
+    async fn execute(
+        &self,
+        store: Arc<dyn RunStore>,
+        id: RunId,
+        wf: &Workflow,
+        ctx: spes_core::template::Context,
+    ) -> Result<RunEnd, RunError> {
+        let journal = StoreJournal::open(store.clone(), id)
+            .await
+            .map_err(RunError::Refused)?;
+        let control = Control {
+            store: store.clone(),
+            run: id,
+        };
+        let result = Exec::new(self, ctx, Arc::new(journal), Some(control))
+            .run_workflow(wf)
+            .await;
+        let running = [RunStatus::Running];
+        let clear_owner = Some(None);
+        Ok(match result {
+            Ok(outcome) => {
+                store
+                    .transition(
+                        &id,
+                        &running,
+                        RunStatus::Completed,
+                        RunPatch {
+                            output: Some(outcome.output.clone().unwrap_or(Value::Null)),
+                            owner: clear_owner,
+                            ..RunPatch::default()
+                        },
+                    )
+                    .await?;
+                RunEnd::Completed(outcome)
+            }
+            Err(Stop::Failed(e)) => {
+                store
+                    .transition(
+                        &id,
+                        &running,
+                        RunStatus::Failed,
+                        RunPatch {
+                            error: Some(Some(e.to_string())),
+                            owner: clear_owner,
+                            ..RunPatch::default()
+                        },
+                    )
+                    .await?;
+                RunEnd::Failed(e)
+            }
+            Err(Stop::Suspended(gates)) => {
+                store
+                    .transition(
+                        &id,
+                        &running,
+                        RunStatus::Waiting,
+                        RunPatch {
+                            owner: clear_owner,
+                            ..RunPatch::default()
+                        },
+                    )
+                    .await?;
+                RunEnd::Waiting(gates)
+            }
+            Err(Stop::Paused) => RunEnd::Paused,
+            Err(Stop::Cancelled) => RunEnd::Cancelled,
+        })
+    }
+
+    /// Re-executes a finished run from its journal with zero model calls
+    /// and reports whether the output is identical.
+    pub async fn replay(
+        &self,
+        store: Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+    ) -> Result<Replay, RunError> {
+        let journal = StoreJournal::open(store.clone(), run.id)
+            .await
+            .map_err(RunError::Refused)?;
+        let ctx = match &run.inputs {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        let outcome = Exec::new(self, ctx, Arc::new(ReplayJournal(journal)), None)
+            .run_workflow(wf)
+            .await;
+        match outcome {
+            Ok(o) => {
+                let identical = o.output.as_ref().unwrap_or(&Value::Null)
+                    == run.output.as_ref().unwrap_or(&Value::Null);
+                Ok(Replay {
+                    identical,
+                    output: o.output,
+                    recorded: run.output.clone(),
+                    replayed: o.replayed,
+                })
+            }
+            Err(Stop::Failed(e)) => Err(RunError::Step(e)),
+            Err(Stop::Suspended(g)) => Err(RunError::Refused(format!(
+                "replay reached gate `{}`, which the run never decided",
+                g.join("`, `")
+            ))),
+            Err(Stop::Paused | Stop::Cancelled) => {
+                Err(RunError::Refused("replay was interrupted".into()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_differing_step_names_nested_steps() {
+        let a = "name: w\nsteps:\n  - { name: a, kind: llm, prompt: x }\n  - name: b\n    kind: branch\n    if: \"1\"\n    then:\n      - { name: c, kind: llm, prompt: y }\n";
+        let b = a.replace("prompt: y", "prompt: z");
+        assert_eq!(first_differing_step(a, &b), Some("b/then/c".to_owned()));
+        let c = a.replace("prompt: x", "prompt: q");
+        assert_eq!(first_differing_step(a, &c), Some("a".to_owned()));
+        assert_eq!(first_differing_step(a, a), None);
+        let d = format!("{a}  - {{ name: e, kind: llm, prompt: y }}\n");
+        assert_eq!(first_differing_step(a, &d), Some("e".to_owned()));
+    }
+}

@@ -1,0 +1,219 @@
+//! Durable runs on a real SQLite store.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use spes_engine::durable::{drift, first_differing_step};
+use spes_engine::{Engine, RunEnd, RunError, WorkflowSource};
+use spes_store::sqlite::{SqliteOptions, SqliteStore};
+use spes_store::{RunStatus, RunStore};
+
+use crate::{inputs, scripted, workflow};
+
+const CHAIN3: &str = r#"
+name: chain3
+inputs: { topic: { type: string, required: true } }
+steps:
+  - { name: a, kind: llm, prompt: "About {{ topic }}", output: a }
+  - { name: b, kind: llm, prompt: "Improve: {{ a }}", output: b }
+  - { name: c, kind: llm, prompt: "Title: {{ b }}", output: c }
+"#;
+
+async fn store(dir: &tempfile::TempDir) -> Arc<dyn RunStore> {
+    Arc::new(
+        SqliteStore::open(&dir.path().join("spes.db"), SqliteOptions::default())
+            .await
+            .unwrap(),
+    )
+}
+
+fn source(text: &str) -> WorkflowSource {
+    WorkflowSource {
+        path: "/tmp/chain3.yaml".into(),
+        text: text.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_failed_run_resumes_without_repeating_finished_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let wf = workflow(CHAIN3);
+    // b fails once (terminal), then the script is fixed.
+    let broken = scripted("- { step: a, reply: A }\n- { step: b, error: invalid_request }");
+    let engine = Engine::builder().provider(broken.clone()).build();
+    let (id, end) = engine
+        .start(
+            store.clone(),
+            &wf,
+            &source(CHAIN3),
+            inputs(&[("topic", "t")]),
+        )
+        .await
+        .unwrap();
+    let RunEnd::Failed(e) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(e.step, "b");
+    let run = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("invalid_request")
+    );
+    assert_eq!(
+        store.entries(&id).await.unwrap().len(),
+        1,
+        "a's answer is committed"
+    );
+
+    let fixed = scripted("- { step: b, reply: B }\n- { step: c, reply: C }");
+    let engine = Engine::builder().provider(fixed.clone()).build();
+    let end = engine
+        .resume(store.clone(), &run, &wf, &source(CHAIN3), false)
+        .await
+        .unwrap();
+    let RunEnd::Completed(out) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(out.output, Some(json!("C")));
+    assert_eq!((out.model_calls, out.replayed), (2, 1));
+    let keys: Vec<String> = fixed.calls().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec!["b", "c"], "a was answered from the journal");
+    let run = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.output, Some(json!("C")));
+    assert_eq!(run.owner, None);
+
+    // Replay: zero calls, identical output.
+    let nothing = scripted("- { default: error }");
+    let engine = Engine::builder().provider(nothing.clone()).build();
+    let r = engine.replay(store.clone(), &run, &wf).await.unwrap();
+    assert!(r.identical);
+    assert_eq!(r.replayed, 3);
+    assert!(nothing.calls().is_empty());
+
+    // Completed runs do not resume.
+    let err = engine
+        .resume(store.clone(), &run, &wf, &source(CHAIN3), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::Refused(_)), "{err}");
+}
+
+#[tokio::test]
+async fn resume_refuses_a_changed_workflow_and_names_the_first_differing_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let wf = workflow(CHAIN3);
+    let engine = Engine::builder()
+        .provider(scripted(
+            "- { step: a, reply: A }\n- { step: b, error: invalid_request }",
+        ))
+        .build();
+    let (id, _) = engine
+        .start(
+            store.clone(),
+            &wf,
+            &source(CHAIN3),
+            inputs(&[("topic", "t")]),
+        )
+        .await
+        .unwrap();
+    let run = store.run(&id).await.unwrap().unwrap();
+    let changed = CHAIN3.replace("Improve: {{ a }}", "Make better: {{ a }}");
+    let wf2 = workflow(&changed);
+    let d = drift(&run, &wf2, &source(&changed)).unwrap();
+    assert_eq!(d.first_step.as_deref(), Some("b"));
+    let err = engine
+        .resume(store.clone(), &run, &wf2, &source(&changed), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the first step that differs is `b`"), "{err}");
+    assert!(err.contains("--allow-changes"), "{err}");
+    // The override resumes; a's recorded answer is still used.
+    let p = scripted("- { default: echo }");
+    let engine = Engine::builder().provider(p.clone()).build();
+    let end = engine
+        .resume(store.clone(), &run, &wf2, &source(&changed), true)
+        .await
+        .unwrap();
+    assert!(matches!(end, RunEnd::Completed(_)));
+    assert_eq!(p.calls()[0].1.messages[0].content, "Make better: A");
+    assert_eq!(first_differing_step(CHAIN3, CHAIN3), None);
+}
+
+#[tokio::test]
+async fn a_paused_run_stops_before_its_next_call_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let wf = workflow(CHAIN3);
+    let p = scripted("- { default: echo }");
+    let engine = Engine::builder().provider(p.clone()).build();
+    let (id, _) = engine
+        .start(
+            store.clone(),
+            &wf,
+            &source(CHAIN3),
+            inputs(&[("topic", "t")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.run(&id).await.unwrap().unwrap().status,
+        RunStatus::Completed
+    );
+
+    // A run paused from outside (another process) stops at its next model call.
+    let (id2, _) = {
+        let slow = scripted(
+            "- { step: a, reply: A }\n- { step: b, reply: B, delay: 300ms }\n- { default: echo }",
+        );
+        let engine = Engine::builder().provider(slow).build();
+        let store2 = store.clone();
+        let wf2 = wf.clone();
+        let task = tokio::spawn(async move {
+            engine
+                .start(store2, &wf2, &source(CHAIN3), inputs(&[("topic", "t")]))
+                .await
+        });
+        // Wait until b's call is under way (a is committed), then pause.
+        let id = loop {
+            let runs = store.list_runs(Some(RunStatus::Running), 10).await.unwrap();
+            if let Some(r) = runs.first()
+                && store.entries(&r.id).await.unwrap().len() == 1
+            {
+                break r.id;
+            }
+            tokio::task::yield_now().await;
+        };
+        store
+            .transition(
+                &id,
+                &[RunStatus::Running],
+                RunStatus::Paused,
+                spes_store::RunPatch::default(),
+            )
+            .await
+            .unwrap();
+        let (rid, end) = task.await.unwrap().unwrap();
+        assert_eq!(rid, id);
+        assert!(matches!(end, RunEnd::Paused), "{end:?}");
+        (rid, end)
+    };
+    let run = store.run(&id2).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Paused);
+    // b finished before the pause was seen: it is committed; c was not called.
+    assert_eq!(store.entries(&id2).await.unwrap().len(), 2);
+    let p = scripted("- { default: echo }");
+    let engine = Engine::builder().provider(p.clone()).build();
+    let end = engine
+        .resume(store.clone(), &run, &wf, &source(CHAIN3), false)
+        .await
+        .unwrap();
+    assert!(matches!(end, RunEnd::Completed(_)));
+    assert_eq!(p.calls().len(), 1, "only c");
+}
