@@ -1,0 +1,95 @@
+//! spes run store: runs, their journals and their human gates, behind the
+//! object-safe [`RunStore`] trait.
+//!
+//! SQLite is the embedded default (one file, WAL); PostgreSQL joins it for
+//! many workers. Every backend runs the same conformance suite
+//! ([`testing`], behind the `testing` feature).
+//!
+//! The journal is append-only: one entry per effect, unique per
+//! `(run, key)`. [`RunStore::append`] returns only after the entry is
+//! committed, so the engine can hand the result to the workflow knowing
+//! that a crash will not lose it. A second append under the same key
+//! does not overwrite: it returns the entry already there.
+
+mod error;
+pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod types;
+
+use async_trait::async_trait;
+
+pub use error::StoreError;
+pub use types::{
+    Appended, ComponentPin, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Run, RunId,
+    RunPatch, RunStatus,
+};
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where runs live.
+#[async_trait]
+pub trait RunStore: Send + Sync + std::fmt::Debug {
+    /// A short description for logs and `spes doctor`: backend, location, durability.
+    fn describe(&self) -> String;
+
+    /// Creates a run. Fails with [`StoreError::Conflict`] if the id exists.
+    async fn create_run(&self, run: &NewRun) -> Result<()>;
+
+    /// The run with this id.
+    async fn run(&self, id: &RunId) -> Result<Option<Run>>;
+
+    /// The run whose id is `id_or_prefix` or starts with it (at least 4
+    /// characters); [`StoreError::NotFound`] or [`StoreError::Ambiguous`].
+    async fn find_run(&self, id_or_prefix: &str) -> Result<Run>;
+
+    /// Runs, newest first, optionally only those with `status`.
+    async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>>;
+
+    /// Moves a run to `to` if its current status is one of `from` (compare
+    /// and set), applying `patch`; returns the updated run. When the status
+    /// is not in `from`, returns [`StoreError::Conflict`] naming it.
+    async fn transition(
+        &self,
+        id: &RunId,
+        from: &[RunStatus],
+        to: RunStatus,
+        patch: RunPatch,
+    ) -> Result<Run>;
+
+    /// Appends a journal entry under `key`, committed before returning.
+    /// If an entry with that key exists, nothing is written and the
+    /// existing entry is returned.
+    async fn append(
+        &self,
+        id: &RunId,
+        key: &str,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Appended>;
+
+    /// The entry under `key`.
+    async fn entry(&self, id: &RunId, key: &str) -> Result<Option<Entry>>;
+
+    /// Every entry of a run, in commit order.
+    async fn entries(&self, id: &RunId) -> Result<Vec<Entry>>;
+
+    /// Opens a human gate (idempotent: opening an open or decided gate again changes nothing).
+    async fn open_gate(&self, gate: &NewGate) -> Result<()>;
+
+    /// Decides a gate: atomically records the decision on the gate and as
+    /// the journal entry under the gate's key (kind `decision`). A gate
+    /// that is already decided is left alone and its first decision
+    /// returned. Deciding a gate that was never opened is
+    /// [`StoreError::NotFound`].
+    async fn decide_gate(
+        &self,
+        id: &RunId,
+        key: &str,
+        decision: &serde_json::Value,
+    ) -> Result<Decided>;
+
+    /// Gates, oldest first.
+    async fn gates(&self, filter: &GateFilter) -> Result<Vec<Gate>>;
+}

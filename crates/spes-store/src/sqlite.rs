@@ -1,0 +1,943 @@
+//! The embedded SQLite backend: one file, WAL, one writer at a time.
+//!
+//! # Connections
+//! A [`SqliteStore`] holds two sqlx pools on the same file: **one writer
+//! connection** and a few **read-only readers**. Every write runs in a
+//! `BEGIN IMMEDIATE` transaction on the writer (sqlx's
+//! `Pool::begin_with`), so it takes SQLite's write lock up front and never
+//! fails half-way with `SQLITE_BUSY_SNAPSHOT` the way a deferred
+//! transaction upgrading to a writer can. Writers inside one process queue
+//! on the pool (fair, async, no SQLite busy-polling); writers in other
+//! processes (other `spes` commands, another `SqliteStore`) wait in
+//! SQLite's busy handler (`busy_timeout`) and, past that, in a retry loop
+//! with capped exponential backoff. Only after
+//! [`SqliteOptions::with_lock_wait`] in total (15 s by default) does a
+//! caller see [`StoreError::Locked`]. Readers never block writers in WAL
+//! mode, and each read sees the last commit.
+//!
+//! # Files that are not (or no longer) a store
+//! Before SQLite opens an existing file, its header is checked (see
+//! `schema::inspect`), then a read-only connection reads the schema
+//! version, the application id and (by default) runs `PRAGMA quick_check`.
+//! Only then is the file opened for writing. Nothing is ever deleted,
+//! truncated or recreated: a damaged, foreign or newer store gives a
+//! distinct [`StoreError`] and is left byte-for-byte as it was.
+
+mod error;
+mod row;
+mod schema;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
+
+use self::row::{
+    ENTRY_COLUMNS, EntryRow, GATE_COLUMNS, GateRow, RUN_COLUMNS, RunRow, fmt_time, now,
+};
+use crate::{
+    Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
+    RunStatus, RunStore, StoreError,
+};
+
+/// How hard a commit works to survive a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `PRAGMA synchronous=FULL`: every commit is fsynced to the WAL before
+    /// [`RunStore::append`] returns, so it survives a power loss or an OS
+    /// crash, not only a killed process.
+    #[default]
+    Full,
+    /// `PRAGMA synchronous=NORMAL`: a commit survives a killed process
+    /// (the WAL is in the OS's cache), but the last commits before a power
+    /// loss or OS crash may be lost (the file stays consistent). Faster:
+    /// fsync only at checkpoints.
+    Normal,
+}
+
+impl Durability {
+    /// The `PRAGMA synchronous` value.
+    #[must_use]
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Self::Full),
+            "normal" => Ok(Self::Normal),
+            _ => Err(format!("unknown durability `{s}`; one of: full, normal")),
+        }
+    }
+}
+
+/// Settings of a [`SqliteStore`]. `Default` plus `with_*` setters.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    durability: Durability,
+    busy_timeout: Duration,
+    lock_wait: Duration,
+    quick_check_on_open: bool,
+    readers: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::default(),
+            busy_timeout: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(15),
+            quick_check_on_open: true,
+            readers: 4,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Commit durability (default [`Durability::Full`]).
+    #[must_use]
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// How long one SQLite call waits for a lock (`PRAGMA busy_timeout`,
+    /// default 5 s, at most about 24 days).
+    #[must_use]
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout.min(Duration::from_millis(i32::MAX as u64));
+        self
+    }
+
+    /// How long an operation keeps retrying a locked database in total
+    /// before it returns [`StoreError::Locked`] (default 15 s).
+    #[must_use]
+    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Whether opening an existing store runs `PRAGMA quick_check`
+    /// (default on; it reads the whole file: about a millisecond per few
+    /// MB, see the `journal` bench). Damage found later is still reported
+    /// as [`StoreError::Corrupt`] by the query that meets it.
+    #[must_use]
+    pub fn with_quick_check_on_open(mut self, on: bool) -> Self {
+        self.quick_check_on_open = on;
+        self
+    }
+
+    /// Maximum number of read-only connections (default 4, at least 1).
+    #[must_use]
+    pub fn with_readers(mut self, readers: u32) -> Self {
+        self.readers = readers.max(1);
+        self
+    }
+
+    /// The durability setting.
+    #[must_use]
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+}
+
+/// A run store in one SQLite file. See the [module docs](self).
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    opts: SqliteOptions,
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+/// Why one attempt failed: a database error (maybe worth retrying) or a
+/// final answer.
+#[derive(Debug)]
+enum Fail {
+    Sql(sqlx::Error),
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for Fail {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// Runs `op` until it succeeds, fails for a reason other than a lock, or
+/// `lock_wait` has passed; lock failures back off exponentially (2 ms
+/// doubling to 100 ms, with jitter so waiting processes do not collide).
+async fn retrying<T, F, Fut>(path: &Path, lock_wait: Duration, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Fail>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(Fail::Store(e)) => return Err(e),
+            Err(Fail::Sql(e)) if error::is_busy(&e) && start.elapsed() < lock_wait => {
+                let jitter =
+                    Duration::from_micros(u64::from(start.elapsed().subsec_nanos() % 1000));
+                tokio::time::sleep(pause + jitter).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(Fail::Sql(e)) => return Err(error::map(path, &e, start.elapsed())),
+        }
+    }
+}
+
+/// What a read-only look at an existing file found.
+struct Probe {
+    version: i64,
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating the file (and its directory) if
+    /// missing and migrating an older schema. Never deletes, truncates or
+    /// recreates an existing file: a file that is not a usable spes store
+    /// is refused with [`StoreError::NotAStore`], [`StoreError::Corrupt`],
+    /// [`StoreError::PermissionDenied`], [`StoreError::Locked`] or
+    /// [`StoreError::NewerSchema`].
+    pub async fn open(path: &Path, opts: SqliteOptions) -> Result<Self> {
+        let path = std::path::absolute(path).map_err(|e| error::map_io(path, &e))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| match error::map_io(dir, &e) {
+                denied @ StoreError::PermissionDenied { .. } => denied,
+                _ => StoreError::NotAStore {
+                    path: path.display().to_string(),
+                    reason: format!("its directory {} cannot be created: {e}", dir.display()),
+                },
+            })?;
+        }
+        let probe = match schema::inspect(&path)? {
+            schema::FileState::Database => Some(probe(&path, &opts).await?),
+            schema::FileState::Missing | schema::FileState::Empty => None,
+        };
+
+        let base = SqliteConnectOptions::new()
+            .filename(&path)
+            .foreign_keys(true)
+            .busy_timeout(opts.busy_timeout)
+            .synchronous(match opts.durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            });
+        let writer_opts = base
+            .clone()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        // Switching to WAL needs an exclusive lock that SQLite's busy
+        // handler does not wait for; two processes creating the same store
+        // can meet here, so retry.
+        let lock_wait = opts.lock_wait;
+        let writer_opts = &writer_opts;
+        let writer = retrying(&path, lock_wait, || async move {
+            Ok(SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .acquire_timeout(lock_wait)
+                .connect_with(writer_opts.clone())
+                .await?)
+        })
+        .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(opts.readers)
+            .acquire_timeout(opts.lock_wait)
+            .connect_lazy_with(base.read_only(true));
+        let store = Self {
+            path,
+            opts,
+            writer,
+            readers,
+        };
+        if probe.is_none_or(|p| p.version < schema::SUPPORTED) {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// Opens `sqlite://PATH` (`sqlite:///abs/path.db`, `sqlite://rel/path.db`
+    /// or `sqlite:PATH`); other URLs are [`StoreError::BadUrl`].
+    pub async fn open_url(url: &str, opts: SqliteOptions) -> Result<Self> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .filter(|p| !p.is_empty() && !p.contains('?') && *p != ":memory:")
+            .ok_or_else(|| StoreError::BadUrl(url.to_owned()))?;
+        Self::open(Path::new(path), opts).await
+    }
+
+    /// The store's file (absolute).
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options it was opened with.
+    #[must_use]
+    pub fn options(&self) -> &SqliteOptions {
+        &self.opts
+    }
+
+    /// Closes every connection (the last one checkpoints the WAL into the
+    /// main file). Operations after this fail.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    /// `PRAGMA integrity_check`: `"ok"`, or SQLite's list of problems,
+    /// one per line.
+    pub async fn integrity_check(&self) -> Result<String> {
+        self.read(|| async move {
+            let rows = sqlx::query("PRAGMA integrity_check")
+                .fetch_all(&self.readers)
+                .await?;
+            let lines = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(lines.join("\n"))
+        })
+        .await
+    }
+
+    /// The schema version of the file (`PRAGMA user_version`).
+    pub async fn schema_version(&self) -> Result<i64> {
+        self.read(|| async move {
+            Ok(sqlx::query_scalar::<_, i64>("PRAGMA user_version")
+                .fetch_one(&self.readers)
+                .await?)
+        })
+        .await
+    }
+
+    /// The newest schema version this build understands.
+    #[must_use]
+    pub fn supported_schema_version() -> i64 {
+        schema::SUPPORTED
+    }
+
+    async fn read<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Fail>>,
+    {
+        retrying(&self.path, self.opts.lock_wait, op).await
+    }
+
+    /// Brings the schema up to [`schema::SUPPORTED`] in one transaction,
+    /// re-reading the version under the write lock (another process may
+    /// have migrated meanwhile).
+    async fn migrate(&self) -> Result<()> {
+        self.read(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let found = read_identity(&mut tx).await?;
+            let version = check_identity(&self.path, &found)?;
+            for (n, sql) in schema::MIGRATIONS
+                .iter()
+                .enumerate()
+                .skip(usize::try_from(version).unwrap_or(0))
+            {
+                sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(|e| {
+                    Fail::Store(StoreError::Backend(format!(
+                        "migration {} failed: {e}",
+                        n + 1
+                    )))
+                })?;
+            }
+            let set = format!(
+                "PRAGMA application_id = {}; PRAGMA user_version = {}",
+                schema::APPLICATION_ID,
+                schema::SUPPORTED
+            );
+            sqlx::raw_sql(AssertSqlSafe(set)).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A `BadRow` becomes [`StoreError::Corrupt`]: the file holds data this
+    /// build cannot read.
+    fn bad(&self, e: row::BadRow) -> Fail {
+        Fail::Store(StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            reason: e.0,
+        })
+    }
+
+    fn run_from(&self, r: &sqlx::sqlite::SqliteRow) -> Result<Run, Fail> {
+        Run::try_from(RunRow::from_row(r)?).map_err(|e| self.bad(e))
+    }
+
+    fn entry_from(&self, r: &sqlx::sqlite::SqliteRow) -> Result<Entry, Fail> {
+        Entry::try_from(EntryRow::from_row(r)?).map_err(|e| self.bad(e))
+    }
+
+    fn gate_from(&self, r: &sqlx::sqlite::SqliteRow) -> Result<Gate, Fail> {
+        Gate::try_from(GateRow::from_row(r)?).map_err(|e| self.bad(e))
+    }
+}
+
+/// `(application_id, user_version, number of schema objects)`.
+type Identity = (i64, i64, i64);
+
+async fn read_identity(conn: &mut SqliteConnection) -> Result<Identity, sqlx::Error> {
+    let app = sqlx::query_scalar::<_, i64>("PRAGMA application_id")
+        .fetch_one(&mut *conn)
+        .await?;
+    let version = sqlx::query_scalar::<_, i64>("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    let objects = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sqlite_schema")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((app, version, objects))
+}
+
+/// The schema version of a spes store, or why the file is not one we may use.
+fn check_identity(path: &Path, &(app, version, objects): &Identity) -> Result<i64, StoreError> {
+    let shown = path.display().to_string();
+    if app == schema::APPLICATION_ID {
+        if version > schema::SUPPORTED {
+            return Err(StoreError::NewerSchema {
+                path: shown,
+                found: version,
+                supported: schema::SUPPORTED,
+            });
+        }
+        return Ok(version);
+    }
+    if app == 0 && version == 0 && objects == 0 {
+        return Ok(0); // an empty database: ours to initialise
+    }
+    Err(StoreError::NotAStore {
+        path: shown,
+        reason: format!(
+            "it is a SQLite database of another program (application_id {app:#x}, user_version {version}, {objects} schema objects)"
+        ),
+    })
+}
+
+/// Looks at an existing file through a read-only connection that sets no
+/// journal mode, so a refused file is never written to.
+async fn probe(path: &Path, opts: &SqliteOptions) -> Result<Probe> {
+    let probe_opts = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(opts.busy_timeout);
+    let probe_opts = &probe_opts;
+    retrying(path, opts.lock_wait, || async move {
+        let mut conn = SqliteConnection::connect_with(probe_opts).await?;
+        let outcome = probe_with(path, opts, &mut conn).await;
+        conn.close().await.ok();
+        outcome
+    })
+    .await
+}
+
+async fn probe_with(
+    path: &Path,
+    opts: &SqliteOptions,
+    conn: &mut SqliteConnection,
+) -> Result<Probe, Fail> {
+    let identity = read_identity(conn).await?;
+    let version = check_identity(path, &identity)?;
+    if opts.quick_check_on_open {
+        let rows = sqlx::query("PRAGMA quick_check")
+            .fetch_all(&mut *conn)
+            .await?;
+        let problems = rows
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .filter(|l| l != "ok")
+            .take(5)
+            .collect::<Vec<_>>();
+        if !problems.is_empty() {
+            return Err(Fail::Store(StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: problems.join("; "),
+            }));
+        }
+    }
+    Ok(Probe { version })
+}
+
+/// The constraint that failed, if `e` is a constraint error.
+fn constraint(e: &sqlx::Error) -> Option<i32> {
+    error::code_of(e).filter(|c| c & 0xff == 19)
+}
+
+fn json(v: &serde_json::Value) -> Result<String, Fail> {
+    serde_json::to_string(v)
+        .map_err(|e| Fail::Store(StoreError::Backend(format!("cannot encode JSON: {e}"))))
+}
+
+fn no_run(id: &RunId) -> Fail {
+    Fail::Store(StoreError::NotFound(format!("no run {id}")))
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    fn describe(&self) -> String {
+        format!(
+            "sqlite://{} (WAL, synchronous={})",
+            self.path.display(),
+            self.opts.durability.pragma()
+        )
+    }
+
+    async fn create_run(&self, run: &NewRun) -> Result<()> {
+        let id = run.id.to_string();
+        let pins =
+            serde_json::to_string(&run.pins).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let inputs =
+            json(&run.inputs).map_err(|_| StoreError::Backend("cannot encode inputs".into()))?;
+        let (id, pins, inputs) = (&id, &pins, &inputs);
+        self.read(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let existing = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(current) = existing {
+                return Err(Fail::Store(StoreError::Conflict {
+                    run: id.to_string(),
+                    current,
+                    expected: "absent (a new run)".into(),
+                }));
+            }
+            let t = fmt_time(now());
+            sqlx::query(
+                "INSERT INTO runs (id, workflow_name, workflow_path, workflow_hash, workflow_source, pins, inputs, \
+                 status, owner, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+            )
+            .bind(&id)
+            .bind(&run.workflow_name)
+            .bind(&run.workflow_path)
+            .bind(&run.workflow_hash)
+            .bind(&run.workflow_source)
+            .bind(&pins)
+            .bind(&inputs)
+            .bind(run.status.as_str())
+            .bind(&run.owner)
+            .bind(&t)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn run(&self, id: &RunId) -> Result<Option<Run>> {
+        let id = &id.to_string();
+        self.read(|| async move {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
+            )))
+            .bind(&id)
+            .fetch_optional(&self.readers)
+            .await?;
+            row.as_ref().map(|r| self.run_from(r)).transpose()
+        })
+        .await
+    }
+
+    async fn find_run(&self, id_or_prefix: &str) -> Result<Run> {
+        let prefix: String = id_or_prefix
+            .trim()
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::NotFound(format!(
+                "no run `{id_or_prefix}`: give at least 4 hex digits of a run id"
+            )));
+        }
+        // Ids are lowercase hex, so every id starting with `prefix` sorts in
+        // [prefix, prefix + "g"): a range scan on the primary key.
+        let upper = &format!("{prefix}g");
+        let prefix = &prefix;
+        self.read(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT 2"
+            )))
+            .bind(&prefix)
+            .bind(&upper)
+            .fetch_all(&self.readers)
+            .await?;
+            match rows.as_slice() {
+                [] => Err(Fail::Store(StoreError::NotFound(format!(
+                    "no run `{id_or_prefix}`"
+                )))),
+                [one] => self.run_from(one),
+                _ => {
+                    let count = sqlx::query_scalar::<_, i64>(
+                        "SELECT count(*) FROM runs WHERE id >= ?1 AND id < ?2",
+                    )
+                    .bind(&prefix)
+                    .bind(&upper)
+                    .fetch_one(&self.readers)
+                    .await?;
+                    Err(Fail::Store(StoreError::Ambiguous {
+                        prefix: id_or_prefix.to_owned(),
+                        count: usize::try_from(count).unwrap_or(usize::MAX),
+                    }))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>> {
+        self.read(|| async move {
+            let rows = match status {
+                Some(s) => sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
+                )))
+                .bind(s.as_str())
+                .bind(limit),
+                None => sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?1"
+                )))
+                .bind(limit),
+            }
+            .fetch_all(&self.readers)
+            .await?;
+            rows.iter().map(|r| self.run_from(r)).collect()
+        })
+        .await
+    }
+
+    async fn transition(
+        &self,
+        id: &RunId,
+        from: &[RunStatus],
+        to: RunStatus,
+        patch: RunPatch,
+    ) -> Result<Run> {
+        let key = &id.to_string();
+        let output = &patch
+            .output
+            .as_ref()
+            .map(json)
+            .transpose()
+            .map_err(|_| StoreError::Backend("cannot encode output".into()))?;
+        let patch = &patch;
+        self.read(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let current = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| no_run(id))?;
+            if !from.iter().any(|s| s.as_str() == current) {
+                return Err(Fail::Store(StoreError::Conflict {
+                    run: key.to_string(),
+                    current,
+                    expected: from
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                }));
+            }
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE runs SET status = ?2, updated_at = ?3, \
+                 output = CASE WHEN ?4 THEN ?5 ELSE output END, \
+                 error = CASE WHEN ?6 THEN ?7 ELSE error END, \
+                 owner = CASE WHEN ?8 THEN ?9 ELSE owner END \
+                 WHERE id = ?1 RETURNING {RUN_COLUMNS}"
+            )))
+            .bind(&key)
+            .bind(to.as_str())
+            .bind(fmt_time(now()))
+            .bind(output.is_some())
+            .bind(&output)
+            .bind(patch.error.is_some())
+            .bind(patch.error.clone().flatten())
+            .bind(patch.owner.is_some())
+            .bind(patch.owner.clone().flatten())
+            .fetch_one(&mut *tx)
+            .await?;
+            let run = self.run_from(&row)?;
+            tx.commit().await?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        id: &RunId,
+        key: &str,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Appended> {
+        let run_id = &id.to_string();
+        let payload =
+            &json(payload).map_err(|_| StoreError::Backend("cannot encode payload".into()))?;
+        self.read(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let existing = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
+            )))
+            .bind(&run_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                let entry = self.entry_from(&row)?;
+                tx.rollback().await?;
+                return Ok(Appended::Existing(entry));
+            }
+            let seq = sqlx::query_scalar::<_, i64>(
+                "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+                 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
+                 RETURNING seq",
+            )
+            .bind(&run_id)
+            .bind(key)
+            .bind(kind)
+            .bind(&payload)
+            .bind(fmt_time(now()))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| match constraint(&e) {
+                Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => no_run(id),
+                _ => Fail::Sql(e),
+            })?;
+            tx.commit().await?;
+            Ok(Appended::New(seq))
+        })
+        .await
+    }
+
+    async fn entry(&self, id: &RunId, key: &str) -> Result<Option<Entry>> {
+        let run_id = &id.to_string();
+        self.read(|| async move {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
+            )))
+            .bind(&run_id)
+            .bind(key)
+            .fetch_optional(&self.readers)
+            .await?;
+            row.as_ref().map(|r| self.entry_from(r)).transpose()
+        })
+        .await
+    }
+
+    async fn entries(&self, id: &RunId) -> Result<Vec<Entry>> {
+        let run_id = &id.to_string();
+        self.read(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 ORDER BY seq"
+            )))
+            .bind(&run_id)
+            .fetch_all(&self.readers)
+            .await?;
+            rows.iter().map(|r| self.entry_from(r)).collect()
+        })
+        .await
+    }
+
+    async fn open_gate(&self, gate: &NewGate) -> Result<()> {
+        let run_id = &gate.run_id.to_string();
+        let request = &json(&gate.request)
+            .map_err(|_| StoreError::Backend("cannot encode request".into()))?;
+        let deadline = &gate.deadline.map(fmt_time);
+        self.read(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query(
+                "INSERT INTO gates (run_id, key, kind, request, deadline, opened_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (run_id, key) DO NOTHING",
+            )
+            .bind(&run_id)
+            .bind(&gate.key)
+            .bind(&gate.kind)
+            .bind(&request)
+            .bind(&deadline)
+            .bind(fmt_time(now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match constraint(&e) {
+                Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => no_run(&gate.run_id),
+                _ => Fail::Sql(e),
+            })?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn decide_gate(
+        &self,
+        id: &RunId,
+        key: &str,
+        decision: &serde_json::Value,
+    ) -> Result<Decided> {
+        let run_id = &id.to_string();
+        let decision =
+            &json(decision).map_err(|_| StoreError::Backend("cannot encode decision".into()))?;
+        self.read(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let gate = sqlx::query("SELECT decision, decided_at FROM gates WHERE run_id = ?1 AND key = ?2")
+                .bind(&run_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Fail::Store(StoreError::NotFound(format!("no gate `{key}` in run {id}"))))?;
+            let first: Option<(String, String)> = match (gate.try_get("decision")?, gate.try_get("decided_at")?) {
+                (Some(d), Some(t)) => Some((d, t)),
+                _ => {
+                    // The journal is the truth: a decision already recorded
+                    // under the gate's key (say, answered interactively) wins.
+                    let entry = sqlx::query("SELECT payload, recorded_at FROM entries WHERE run_id = ?1 AND key = ?2")
+                        .bind(&run_id)
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match entry {
+                        Some(e) => {
+                            let (d, t): (String, String) = (e.try_get("payload")?, e.try_get("recorded_at")?);
+                            sqlx::query("UPDATE gates SET decision = ?3, decided_at = ?4 WHERE run_id = ?1 AND key = ?2")
+                                .bind(&run_id)
+                                .bind(key)
+                                .bind(&d)
+                                .bind(&t)
+                                .execute(&mut *tx)
+                                .await?;
+                            tx.commit().await?;
+                            return decided_already(self, &d, &t);
+                        }
+                        None => None,
+                    }
+                }
+            };
+            if let Some((d, t)) = first {
+                tx.rollback().await?;
+                return decided_already(self, &d, &t);
+            }
+            let t = fmt_time(now());
+            sqlx::query("UPDATE gates SET decision = ?3, decided_at = ?4 WHERE run_id = ?1 AND key = ?2")
+                .bind(&run_id)
+                .bind(key)
+                .bind(&decision)
+                .bind(&t)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+                 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, 'decision', ?3, ?4 FROM entries WHERE run_id = ?1",
+            )
+            .bind(&run_id)
+            .bind(key)
+            .bind(&decision)
+            .bind(&t)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Decided::Now)
+        })
+        .await
+    }
+
+    async fn gates(&self, filter: &GateFilter) -> Result<Vec<Gate>> {
+        let run_id = filter.run_id.map(|r| r.to_string());
+        let pending = if filter.pending_only {
+            " AND decided_at IS NULL"
+        } else {
+            ""
+        };
+        let by_run = if run_id.is_some() {
+            " AND run_id = ?1"
+        } else {
+            ""
+        };
+        let sql = &format!(
+            "SELECT {GATE_COLUMNS} FROM gates WHERE 1 = 1{by_run}{pending} ORDER BY opened_at, rowid"
+        );
+        let run_id = &run_id;
+        self.read(|| async move {
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+            if let Some(r) = &run_id {
+                q = q.bind(r);
+            }
+            let rows = q.fetch_all(&self.readers).await?;
+            rows.iter().map(|r| self.gate_from(r)).collect()
+        })
+        .await
+    }
+}
+
+fn decided_already(store: &SqliteStore, decision: &str, at: &str) -> Result<Decided, Fail> {
+    let decision = serde_json::from_str(decision)
+        .map_err(|e| store.bad(row::BadRow(format!("decision: {e}"))))?;
+    let decided_at = chrono::DateTime::parse_from_rfc3339(at)
+        .map_err(|e| store.bad(row::BadRow(format!("decided_at: {e}"))))?
+        .with_timezone(&chrono::Utc);
+    Ok(Decided::Already {
+        decision,
+        decided_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_decides_what_may_be_opened() {
+        let p = Path::new("/s.db");
+        assert_eq!(check_identity(p, &(0, 0, 0)).unwrap(), 0);
+        assert_eq!(
+            check_identity(p, &(schema::APPLICATION_ID, 1, 7)).unwrap(),
+            1
+        );
+        assert!(matches!(
+            check_identity(p, &(schema::APPLICATION_ID, schema::SUPPORTED + 1, 7)),
+            Err(StoreError::NewerSchema { found, .. }) if found == schema::SUPPORTED + 1
+        ));
+        assert!(matches!(
+            check_identity(p, &(0, 0, 3)),
+            Err(StoreError::NotAStore { .. })
+        ));
+        assert!(matches!(
+            check_identity(p, &(42, 0, 0)),
+            Err(StoreError::NotAStore { .. })
+        ));
+    }
+
+    #[test]
+    fn durability_parses() {
+        assert_eq!("FULL".parse::<Durability>().unwrap(), Durability::Full);
+        assert_eq!("normal".parse::<Durability>().unwrap(), Durability::Normal);
+        assert!("off".parse::<Durability>().is_err());
+    }
+}

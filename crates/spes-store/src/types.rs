@@ -1,0 +1,280 @@
+//! Domain types of the store (database rows stay private to each backend).
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A run's id: a UUIDv7 (time-ordered). Never used as a file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RunId(pub Uuid);
+
+impl RunId {
+    /// A new time-ordered id.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// The first 8 hex digits, for display.
+    #[must_use]
+    pub fn short(&self) -> String {
+        self.0.simple().to_string()[..8].to_owned()
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.simple())
+    }
+}
+
+impl FromStr for RunId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Created, not started.
+    Pending,
+    /// A process is executing it.
+    Running,
+    /// Suspended until a human answers a gate (or a child finishes); no process holds it.
+    Waiting,
+    /// Paused by a user; `resume` continues it.
+    Paused,
+    /// Finished with an output.
+    Completed,
+    /// Stopped by an error; `resume` retries from the failed step.
+    Failed,
+    /// Stopped by a user; final.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Every status.
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::Running,
+        Self::Waiting,
+        Self::Paused,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// Lowercase name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Waiting => "waiting",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// True for completed and cancelled (nothing more will happen).
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status `{s}`; one of: {}",
+                    Self::ALL.map(Self::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// A component a run resolved, pinned by content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentPin {
+    /// `kind/name@version`.
+    pub reference: String,
+    /// Hex SHA-256 of the component file.
+    pub sha256: String,
+    /// Its file, as resolved when the run started.
+    pub path: String,
+}
+
+/// A run to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    /// Id.
+    pub id: RunId,
+    /// Workflow name.
+    pub workflow_name: String,
+    /// The workflow file (absolute path).
+    pub workflow_path: String,
+    /// Hex SHA-256 of the workflow file.
+    pub workflow_hash: String,
+    /// The workflow file's text (to name the first differing step when it changes).
+    pub workflow_source: String,
+    /// Components resolved at start.
+    pub pins: Vec<ComponentPin>,
+    /// Bound inputs.
+    pub inputs: serde_json::Value,
+    /// Initial status (normally `Running` or `Pending`).
+    pub status: RunStatus,
+    /// Who is executing it (`host:pid`), if anyone.
+    pub owner: Option<String>,
+}
+
+/// A stored run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Id.
+    pub id: RunId,
+    /// Workflow name.
+    pub workflow_name: String,
+    /// The workflow file.
+    pub workflow_path: String,
+    /// Hex SHA-256 of the workflow file at start.
+    pub workflow_hash: String,
+    /// The workflow text at start.
+    pub workflow_source: String,
+    /// Pinned components.
+    pub pins: Vec<ComponentPin>,
+    /// Inputs.
+    pub inputs: serde_json::Value,
+    /// Status.
+    pub status: RunStatus,
+    /// The result, once completed.
+    pub output: Option<serde_json::Value>,
+    /// The error, once failed.
+    pub error: Option<String>,
+    /// Who is executing it (`host:pid`), while running.
+    pub owner: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Fields a transition may set; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunPatch {
+    /// Set the output.
+    pub output: Option<serde_json::Value>,
+    /// Set (`Some(Some(_))`) or clear (`Some(None)`) the error.
+    pub error: Option<Option<String>>,
+    /// Set or clear the owner.
+    pub owner: Option<Option<String>>,
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The run.
+    pub run_id: RunId,
+    /// Commit order within the run, from 1.
+    pub seq: i64,
+    /// The deterministic step key.
+    pub key: String,
+    /// `model`, `decision`, `clock`, `child`, ...
+    pub kind: String,
+    /// The recorded effect (opaque to the store).
+    pub payload: serde_json::Value,
+    /// When it was committed.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// What [`crate::RunStore::append`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// Written, with this sequence number.
+    New(i64),
+    /// An entry with this key was already there (returned; nothing written).
+    Existing(Entry),
+}
+
+/// A gate to open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewGate {
+    /// The run.
+    pub run_id: RunId,
+    /// The gate's stable id: its step key.
+    pub key: String,
+    /// `approval`, `choose`, `section`.
+    pub kind: String,
+    /// What the human is shown (text, options, ...).
+    pub request: serde_json::Value,
+    /// When the timeout path is taken, if ever.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// A stored gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    /// The run.
+    pub run_id: RunId,
+    /// Stable id (step key).
+    pub key: String,
+    /// Kind.
+    pub kind: String,
+    /// What the human is shown.
+    pub request: serde_json::Value,
+    /// Deadline.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Opened.
+    pub opened_at: DateTime<Utc>,
+    /// The decision, once made.
+    pub decision: Option<serde_json::Value>,
+    /// When it was decided.
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// Which gates to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GateFilter {
+    /// Only this run's.
+    pub run_id: Option<RunId>,
+    /// Only undecided ones.
+    pub pending_only: bool,
+}
+
+/// What [`crate::RunStore::decide_gate`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decided {
+    /// This call's decision was recorded.
+    Now,
+    /// The gate was already decided; here is the first decision.
+    Already {
+        /// The first decision.
+        decision: serde_json::Value,
+        /// When it was made.
+        decided_at: DateTime<Utc>,
+    },
+}
