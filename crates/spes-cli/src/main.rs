@@ -1,14 +1,17 @@
 //! `spes`: run prompt workflows from the command line.
 //!
 //! Exit codes (stable):
-//! - 0: success
-//! - 1: the run failed (a step failed: provider error, bad answer, ...)
+//! - 0: success (the run completed)
+//! - 1: the run failed (a step failed: provider error, bad answer, ...); `spes resume` retries it
 //! - 2: bad input: command-line usage, an invalid workflow, component, `spes.toml`, `--input`
-//! - 3: internal error (a bug: please report it)
+//! - 3: the run is waiting for a human or paused; it continues with `spes resume`
+//! - 4: the run was cancelled
+//! - 5: the run store is unusable (damaged, locked, newer schema, permissions)
 
 mod init;
 mod progress;
 mod project;
+mod runs;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -39,6 +42,9 @@ struct Cli {
     /// spes.toml to use (default: the nearest one above the workflow or the working directory)
     #[arg(long, global = true, env = "SPES_CONFIG")]
     config: Option<PathBuf>,
+    /// Run store URL (default: [store] url in spes.toml, else sqlite://.spes/spes.db beside spes.toml)
+    #[arg(long, global = true, env = "SPES_STORE")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +53,21 @@ struct Cli {
 enum Command {
     /// Run a workflow: progress on stderr, the result on stdout.
     Run(RunArgs),
+    /// Continue a failed, paused or waiting run; finished model calls are not repeated.
+    Resume(runs::ResumeArgs),
+    /// Pause a run: it stops before its next model call; `spes resume` continues it.
+    Pause {
+        /// Run id (or a unique prefix of at least 4 characters).
+        run: String,
+    },
+    /// Cancel a run for good.
+    Cancel {
+        /// Run id (or a unique prefix).
+        run: String,
+    },
+    /// List, show and replay runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCmd),
     /// Validate workflows, or draw them.
     #[command(subcommand)]
     Workflow(WorkflowCmd),
@@ -79,6 +100,9 @@ struct RunArgs {
     /// No progress on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Run in memory only: no run record, no resume.
+    #[arg(long)]
+    no_store: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +158,22 @@ pub(crate) enum Failure {
     Run(EngineError),
     /// A usage problem with a plain message: exit 2.
     Usage(String),
+    /// The store is unusable: exit 5.
+    Store(spes_store::StoreError),
+    /// A run stopped without failing (waiting, paused: 3; cancelled: 4).
+    Stopped(u8, String),
+}
+
+impl From<spes_store::StoreError> for Failure {
+    fn from(e: spes_store::StoreError) -> Self {
+        match e {
+            spes_store::StoreError::NotFound(m) => Self::Usage(m),
+            spes_store::StoreError::Ambiguous { .. } | spes_store::StoreError::Conflict { .. } => {
+                Self::Usage(e.to_string())
+            }
+            other => Self::Store(other),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -149,9 +189,33 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => {
-            runtime().and_then(|rt| rt.block_on(cmd_run(cli.config.as_deref(), args)))
-        }
+        Command::Run(args) => runtime()
+            .and_then(|rt| rt.block_on(cmd_run(cli.config.as_deref(), cli.store.as_deref(), args))),
+        Command::Resume(args) => runtime().and_then(|rt| {
+            rt.block_on(runs::resume(
+                cli.config.as_deref(),
+                cli.store.as_deref(),
+                args,
+            ))
+        }),
+        Command::Pause { run } => runtime().and_then(|rt| {
+            rt.block_on(runs::pause(
+                cli.config.as_deref(),
+                cli.store.as_deref(),
+                &run,
+                false,
+            ))
+        }),
+        Command::Cancel { run } => runtime().and_then(|rt| {
+            rt.block_on(runs::pause(
+                cli.config.as_deref(),
+                cli.store.as_deref(),
+                &run,
+                true,
+            ))
+        }),
+        Command::Runs(c) => runtime()
+            .and_then(|rt| rt.block_on(runs::runs(cli.config.as_deref(), cli.store.as_deref(), c))),
         Command::Workflow(WorkflowCmd::Validate { files }) => {
             cmd_validate(cli.config.as_deref(), &files)
         }
@@ -170,6 +234,17 @@ fn main() -> ExitCode {
         Err(Failure::Usage(m)) => {
             eprintln!("error: {m}");
             ExitCode::from(2)
+        }
+        Err(Failure::Store(e)) => {
+            eprintln!("error: {e}");
+            if let Some(h) = e.hint() {
+                eprintln!("  hint: {h}");
+            }
+            ExitCode::from(5)
+        }
+        Err(Failure::Stopped(code, m)) => {
+            eprintln!("{m}");
+            ExitCode::from(code)
         }
         Err(Failure::Run(e)) => {
             eprintln!("error: {e}");
@@ -190,7 +265,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 /// Prints diagnostics: graphical with snippets on a terminal, plain otherwise.
-fn print_diagnostics(d: &Diagnostics) {
+pub(crate) fn print_diagnostics(d: &Diagnostics) {
     let fancy = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut err = std::io::stderr().lock();
     for diag in &d.0 {
@@ -208,7 +283,7 @@ fn print_diagnostics(d: &Diagnostics) {
 }
 
 /// Prints to stdout; a closed pipe (`| head`) is not an error.
-fn out(text: &str) {
+pub(crate) fn out(text: &str) {
     let mut o = std::io::stdout().lock();
     let r = o.write_all(text.as_bytes()).and_then(|()| {
         if text.ends_with('\n') {
@@ -225,7 +300,10 @@ fn out(text: &str) {
 }
 
 /// Loads and validates a workflow.
-fn load_workflow(project: &Project, file: &Path) -> Result<(Workflow, Diagnostics), Failure> {
+pub(crate) fn load_workflow(
+    project: &Project,
+    file: &Path,
+) -> Result<(Workflow, Diagnostics), Failure> {
     let text = read_text(file, spes_core::yaml::MAX_YAML_BYTES)?;
     let shown = file.display().to_string();
     let spec = parse_workflow(&shown, &text).map_err(Failure::Input)?;
@@ -269,7 +347,11 @@ fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), Failure> {
     }
 }
 
-async fn cmd_run(config: Option<&Path>, args: RunArgs) -> Result<(), Failure> {
+async fn cmd_run(
+    config: Option<&Path>,
+    store_url: Option<&str>,
+    args: RunArgs,
+) -> Result<(), Failure> {
     let project = Project::discover(config, &args.file)?;
     let (wf, warnings) = load_workflow(&project, &args.file)?;
     if !warnings.is_empty() && !args.quiet {
@@ -285,11 +367,60 @@ async fn cmd_run(config: Option<&Path>, args: RunArgs) -> Result<(), Failure> {
         let text = read_text(Path::new(p), MAX_INPUT_FILE)?;
         inputs.insert(k.to_owned(), Value::String(text));
     }
-    let default = project.default_provider(args.provider.as_deref());
+    let engine = build_engine(&project, args.provider.as_deref(), args.quiet, None)?;
+    let started = std::time::Instant::now();
+    let input_error = |m: String| {
+        Failure::Input(Diagnostics::from(
+            spes_core::Diagnostic::error("spes::input::invalid", m).with_hint(format!(
+                "inputs are declared under `inputs:` in {}; pass each as --input KEY=VALUE",
+                args.file.display()
+            )),
+        ))
+    };
+    if args.no_store {
+        let outcome = engine.run(&wf, inputs).await.map_err(|e| match e {
+            RunError::Input(m) => input_error(m),
+            RunError::Step(s) => Failure::Run(s),
+            other => Failure::Usage(other.to_string()),
+        })?;
+        return finish(
+            &wf,
+            None,
+            spes_engine::RunEnd::Completed(outcome),
+            started,
+            args.quiet,
+            args.json,
+        );
+    }
+    let store = runs::open_store(&project, store_url).await?;
+    let source = runs::source_of(&args.file)?;
+    let (id, end) = engine
+        .start(store, &wf, &source, inputs)
+        .await
+        .map_err(|e| match e {
+            RunError::Input(m) => input_error(m),
+            RunError::Step(s) => Failure::Run(s),
+            RunError::Store(s) => Failure::from(s),
+            other => Failure::Usage(other.to_string()),
+        })?;
+    finish(&wf, Some(id), end, started, args.quiet, args.json)
+}
+
+/// Builds an engine with every configured provider.
+pub(crate) fn build_engine(
+    project: &Project,
+    provider: Option<&str>,
+    quiet: bool,
+    capture: Option<spes_engine::Capture>,
+) -> Result<Engine, Failure> {
+    let default = project.default_provider(provider);
     let mut builder = Engine::builder()
         .default_provider(default.clone())
         .default_model(project.config.defaults.model.clone())
-        .observer(Arc::new(progress::Progress::new(args.quiet)));
+        .observer(Arc::new(progress::Progress::new(quiet)));
+    if let Some(c) = capture {
+        builder = builder.capture(c);
+    }
     let providers = project.providers()?;
     if !providers.iter().any(|p| p.name() == default) {
         let configured: Vec<&str> = providers.iter().map(|p| p.name()).collect();
@@ -313,39 +444,85 @@ async fn cmd_run(config: Option<&Path>, args: RunArgs) -> Result<(), Failure> {
     for p in providers {
         builder = builder.provider(p);
     }
-    let engine = builder.build();
-    let started = std::time::Instant::now();
-    let outcome = engine.run(&wf, inputs).await.map_err(|e| match e {
-        RunError::Input(m) => Failure::Input(Diagnostics::from(
-            spes_core::Diagnostic::error("spes::input::invalid", m).with_hint(format!(
-                "inputs are declared under `inputs:` in {}; pass each as --input KEY=VALUE",
-                args.file.display()
-            )),
-        )),
-        RunError::Step(s) => Failure::Run(s),
-        other => Failure::Usage(other.to_string()),
-    })?;
-    if !args.quiet {
-        eprintln!(
-            "{} done in {} · {} model call{} · {}→{} tokens",
-            wf.name,
-            progress::fmt_elapsed(started.elapsed()),
-            outcome.model_calls,
-            if outcome.model_calls == 1 { "" } else { "s" },
-            outcome.usage.input_tokens,
-            outcome.usage.output_tokens
-        );
-    }
-    if args.json {
-        out(&serde_json::to_string_pretty(&Value::Object(outcome.context)).unwrap_or_default());
-    } else {
-        match outcome.output {
-            Some(Value::String(s)) => out(&s),
-            Some(v) => out(&serde_json::to_string_pretty(&v).unwrap_or_default()),
-            None => {}
+    Ok(builder.build())
+}
+
+/// Reports how a run ended: the output on stdout, a summary on stderr, the exit code.
+pub(crate) fn finish(
+    wf: &Workflow,
+    id: Option<spes_store::RunId>,
+    end: spes_engine::RunEnd,
+    started: std::time::Instant,
+    quiet: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    use spes_engine::RunEnd;
+    let run = id
+        .map(|i| format!("run {i}"))
+        .unwrap_or_else(|| "run".into());
+    match end {
+        RunEnd::Completed(outcome) => {
+            if !quiet {
+                eprintln!(
+                    "{} done in {} · {} model call{}{} · {}→{} tokens{}",
+                    wf.name,
+                    progress::fmt_elapsed(started.elapsed()),
+                    outcome.model_calls,
+                    if outcome.model_calls == 1 { "" } else { "s" },
+                    if outcome.replayed > 0 {
+                        format!(" ({} from the journal)", outcome.replayed)
+                    } else {
+                        String::new()
+                    },
+                    outcome.usage.input_tokens,
+                    outcome.usage.output_tokens,
+                    id.map(|i| format!(" · run {i}")).unwrap_or_default()
+                );
+            }
+            if json {
+                out(
+                    &serde_json::to_string_pretty(&Value::Object(outcome.context))
+                        .unwrap_or_default(),
+                );
+            } else {
+                match outcome.output {
+                    Some(Value::String(s)) => out(&s),
+                    Some(v) => out(&serde_json::to_string_pretty(&v).unwrap_or_default()),
+                    None => {}
+                }
+            }
+            Ok(())
         }
+        RunEnd::Failed(e) => {
+            if let Some(i) = id {
+                eprintln!(
+                    "{run} failed; fix the cause and `spes resume {i}` (finished steps are not repeated)"
+                );
+            }
+            Err(Failure::Run(e))
+        }
+        RunEnd::Waiting(gates) => Err(Failure::Stopped(
+            3,
+            format!(
+                "{run} is waiting for a human at {}; answer with `spes approve|reject|revise|choose {}` (see `spes runs pending`), then `spes resume {}`",
+                gates
+                    .iter()
+                    .map(|g| format!("`{g}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                id.map(|i| i.to_string()).unwrap_or_default(),
+                id.map(|i| i.to_string()).unwrap_or_default()
+            ),
+        )),
+        RunEnd::Paused => Err(Failure::Stopped(
+            3,
+            format!(
+                "{run} is paused; `spes resume {}` continues it",
+                id.map(|i| i.to_string()).unwrap_or_default()
+            ),
+        )),
+        RunEnd::Cancelled => Err(Failure::Stopped(4, format!("{run} was cancelled"))),
     }
-    Ok(())
 }
 
 fn cmd_validate(config: Option<&Path>, files: &[PathBuf]) -> Result<(), Failure> {

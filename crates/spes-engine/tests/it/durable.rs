@@ -168,11 +168,9 @@ async fn a_paused_run_stops_before_its_next_call_and_resumes() {
     );
 
     // A run paused from outside (another process) stops at its next model call.
+    let gate = Arc::new(GatedProvider::default());
     let (id2, _) = {
-        let slow = scripted(
-            "- { step: a, reply: A }\n- { step: b, reply: B, delay: 300ms }\n- { default: echo }",
-        );
-        let engine = Engine::builder().provider(slow).build();
+        let engine = Engine::builder().provider(gate.clone()).build();
         let store2 = store.clone();
         let wf2 = wf.clone();
         let task = tokio::spawn(async move {
@@ -180,16 +178,9 @@ async fn a_paused_run_stops_before_its_next_call_and_resumes() {
                 .start(store2, &wf2, &source(CHAIN3), inputs(&[("topic", "t")]))
                 .await
         });
-        // Wait until b's call is under way (a is committed), then pause.
-        let id = loop {
-            let runs = store.list_runs(Some(RunStatus::Running), 10).await.unwrap();
-            if let Some(r) = runs.first()
-                && store.entries(&r.id).await.unwrap().len() == 1
-            {
-                break r.id;
-            }
-            tokio::task::yield_now().await;
-        };
+        // b's call is in flight (a is committed): pause, then let b answer.
+        gate.in_b.notified().await;
+        let id = store.list_runs(Some(RunStatus::Running), 10).await.unwrap()[0].id;
         store
             .transition(
                 &id,
@@ -199,6 +190,7 @@ async fn a_paused_run_stops_before_its_next_call_and_resumes() {
             )
             .await
             .unwrap();
+        gate.release_b.notify_one();
         let (rid, end) = task.await.unwrap().unwrap();
         assert_eq!(rid, id);
         assert!(matches!(end, RunEnd::Paused), "{end:?}");
@@ -216,4 +208,42 @@ async fn a_paused_run_stops_before_its_next_call_and_resumes() {
         .unwrap();
     assert!(matches!(end, RunEnd::Completed(_)));
     assert_eq!(p.calls().len(), 1, "only c");
+}
+
+/// Answers every step at once, except `b`, which waits until released.
+#[derive(Debug, Default)]
+struct GatedProvider {
+    in_b: tokio::sync::Notify,
+    release_b: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl spes_llm::Provider for GatedProvider {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+    fn default_model(&self) -> Option<&str> {
+        None
+    }
+    async fn complete(
+        &self,
+        req: &spes_core::message::ChatRequest,
+        cx: &spes_llm::CallContext,
+    ) -> Result<spes_core::message::ChatResponse, spes_llm::ProviderError> {
+        if cx.step_key == "b" {
+            self.in_b.notify_one();
+            self.release_b.notified().await;
+        }
+        Ok(spes_core::message::ChatResponse {
+            text: format!("{} done", cx.step_key),
+            stop_reason: spes_core::message::StopReason::EndTurn,
+            usage: spes_core::message::Usage::default(),
+            model: None,
+            request_id: None,
+            latency_ms: 0,
+        })
+    }
 }

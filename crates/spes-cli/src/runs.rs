@@ -1,0 +1,446 @@
+//! `spes resume | pause | cancel` and `spes runs list | show | replay`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use spes_core::message::ChatRequest;
+use spes_engine::{Effect, RunError, WorkflowSource};
+use spes_store::sqlite::{SqliteOptions, SqliteStore};
+use spes_store::{Run, RunPatch, RunStatus, RunStore};
+
+use crate::project::{Project, read_text};
+use crate::{Failure, build_engine, finish, load_workflow, out};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ResumeArgs {
+    /// Run id (or a unique prefix of at least 4 characters).
+    run: String,
+    /// Resume even if the workflow file or a component changed since the run started.
+    #[arg(long)]
+    allow_changes: bool,
+    /// Provider used by steps and agents that name none.
+    #[arg(long, env = "SPES_PROVIDER")]
+    provider: Option<String>,
+    /// Print the whole context as JSON instead of the result.
+    #[arg(long)]
+    json: bool,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum RunsCmd {
+    /// List runs, newest first.
+    List {
+        /// Only runs with this status (pending, running, waiting, paused, completed, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// A run's timeline: steps, durations, providers, tokens.
+    Show {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// Also show each model call's rendered prompt and its answer (re-rendered from the journal; no model is called).
+        #[arg(long)]
+        prompts: bool,
+    },
+    /// Re-execute a finished run from its journal with zero model calls; exit 0 if the output is identical.
+    Replay {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// Replay even if the workflow or a component changed (that is the point of a regression check).
+        #[arg(long, default_value_t = true)]
+        allow_changes: bool,
+    },
+}
+
+/// The store URL: `--store`, else `[store] url`, else `.spes/spes.db` beside spes.toml.
+pub(crate) async fn open_store(
+    project: &Project,
+    url: Option<&str>,
+) -> Result<Arc<dyn RunStore>, Failure> {
+    let url = url
+        .map(str::to_owned)
+        .or_else(|| project.config.store.url.clone())
+        .unwrap_or_else(|| "sqlite://.spes/spes.db".into());
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Err(Failure::Store(spes_store::StoreError::BadUrl(url)));
+    };
+    let path = project.rel(Path::new(path));
+    let store = SqliteStore::open(&path, SqliteOptions::default()).await?;
+    Ok(Arc::new(store))
+}
+
+/// The workflow file as a run pins it.
+pub(crate) fn source_of(file: &Path) -> Result<WorkflowSource, Failure> {
+    let text = read_text(file, spes_core::yaml::MAX_YAML_BYTES)?;
+    let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    Ok(WorkflowSource {
+        path: path.display().to_string(),
+        text,
+    })
+}
+
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_default()
+}
+
+/// Finds a run in the store of the project around the working directory.
+async fn find(
+    config: Option<&Path>,
+    store_url: Option<&str>,
+    run: &str,
+) -> Result<(Project, Arc<dyn RunStore>, Run), Failure> {
+    let project = Project::discover(config, &cwd())?;
+    let store = open_store(&project, store_url).await?;
+    let run = store.find_run(run).await?;
+    Ok((project, store, run))
+}
+
+pub(crate) async fn resume(
+    config: Option<&Path>,
+    store_url: Option<&str>,
+    args: ResumeArgs,
+) -> Result<(), Failure> {
+    let (_, store, run) = find(config, store_url, &args.run).await?;
+    let file = PathBuf::from(&run.workflow_path);
+    // The workflow's own project (its spes.toml) decides providers and components.
+    let project = Project::discover(config, &file)?;
+    let (wf, _) = load_workflow(&project, &file)?;
+    let source = source_of(&file)?;
+    let engine = build_engine(&project, args.provider.as_deref(), args.quiet, None)?;
+    let started = std::time::Instant::now();
+    let end = engine
+        .resume(store, &run, &wf, &source, args.allow_changes)
+        .await
+        .map_err(run_error)?;
+    finish(&wf, Some(run.id), end, started, args.quiet, args.json)
+}
+
+fn run_error(e: RunError) -> Failure {
+    match e {
+        RunError::Step(s) => Failure::Run(s),
+        RunError::Store(s) => Failure::from(s),
+        other => Failure::Usage(other.to_string()),
+    }
+}
+
+pub(crate) async fn pause(
+    config: Option<&Path>,
+    store_url: Option<&str>,
+    run: &str,
+    cancel: bool,
+) -> Result<(), Failure> {
+    let (_, store, run) = find(config, store_url, run).await?;
+    let (from, to): (&[RunStatus], RunStatus) = if cancel {
+        (
+            &[
+                RunStatus::Pending,
+                RunStatus::Running,
+                RunStatus::Waiting,
+                RunStatus::Paused,
+                RunStatus::Failed,
+            ],
+            RunStatus::Cancelled,
+        )
+    } else {
+        (
+            &[RunStatus::Pending, RunStatus::Running, RunStatus::Waiting],
+            RunStatus::Paused,
+        )
+    };
+    let updated = store
+        .transition(&run.id, from, to, RunPatch::default())
+        .await?;
+    eprintln!(
+        "run {} is {}{}",
+        updated.id,
+        updated.status,
+        if cancel {
+            ""
+        } else if run.status == RunStatus::Running {
+            " (it stops before its next model call; `spes resume` continues it)"
+        } else {
+            " (`spes resume` continues it)"
+        }
+    );
+    Ok(())
+}
+
+pub(crate) async fn runs(
+    config: Option<&Path>,
+    store_url: Option<&str>,
+    cmd: RunsCmd,
+) -> Result<(), Failure> {
+    match cmd {
+        RunsCmd::List { status, limit } => {
+            let project = Project::discover(config, &cwd())?;
+            let store = open_store(&project, store_url).await?;
+            let status = status
+                .map(|s| s.parse::<RunStatus>())
+                .transpose()
+                .map_err(Failure::Usage)?;
+            let runs = store.list_runs(status, limit).await?;
+            let mut rows = vec![[
+                "RUN".to_owned(),
+                "STATUS".to_owned(),
+                "WORKFLOW".to_owned(),
+                "STARTED".to_owned(),
+                "UPDATED".to_owned(),
+            ]];
+            for r in &runs {
+                rows.push([
+                    r.id.to_string(),
+                    r.status.to_string(),
+                    r.workflow_name.clone(),
+                    r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    r.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                ]);
+            }
+            out(&table(&rows));
+            Ok(())
+        }
+        RunsCmd::Show { run, prompts } => show(config, store_url, &run, prompts).await,
+        RunsCmd::Replay { run, allow_changes } => {
+            let (_, store, run) = find(config, store_url, &run).await?;
+            if run.status != RunStatus::Completed {
+                return Err(Failure::Usage(format!(
+                    "run {} is {}; only completed runs can be replayed",
+                    run.id, run.status
+                )));
+            }
+            let file = PathBuf::from(&run.workflow_path);
+            let project = Project::discover(config, &file)?;
+            let (wf, _) = load_workflow(&project, &file)?;
+            if !allow_changes
+                && let Some(d) = spes_engine::durable::drift(&run, &wf, &source_of(&file)?)
+            {
+                return Err(Failure::Usage(d.to_string()));
+            }
+            let engine = build_engine(&project, None, true, None)?;
+            let r = engine.replay(store, &run, &wf).await.map_err(run_error)?;
+            if r.identical {
+                eprintln!(
+                    "✓ replayed run {} from its journal ({} recorded effects, 0 model calls): output identical",
+                    run.id, r.replayed
+                );
+                Ok(())
+            } else {
+                let show = |v: &Option<Value>| {
+                    serde_json::to_string_pretty(v.as_ref().unwrap_or(&Value::Null))
+                        .unwrap_or_default()
+                };
+                Err(Failure::Stopped(
+                    1,
+                    format!(
+                        "✗ replayed run {} differs\n--- recorded\n{}\n+++ replayed\n{}",
+                        run.id,
+                        show(&r.recorded),
+                        show(&r.output)
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+fn table(rows: &[[String; 5]]) -> String {
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut s = String::new();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                s.push_str(cell);
+            } else {
+                let _ = write!(s, "{cell:w$}  ", w = widths[i]);
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+async fn show(
+    config: Option<&Path>,
+    store_url: Option<&str>,
+    run_ref: &str,
+    prompts: bool,
+) -> Result<(), Failure> {
+    let (_, store, run) = find(config, store_url, run_ref).await?;
+    let entries = store.entries(&run.id).await?;
+    let gates = store
+        .gates(&spes_store::GateFilter {
+            run_id: Some(run.id),
+            pending_only: false,
+        })
+        .await?;
+    let mut s = String::new();
+    let _ = writeln!(s, "run {}  {}  {}", run.id, run.workflow_name, run.status);
+    let _ = writeln!(
+        s,
+        "  workflow: {} (sha256 {})",
+        run.workflow_path,
+        &run.workflow_hash[..12.min(run.workflow_hash.len())]
+    );
+    let _ = writeln!(
+        s,
+        "  started:  {}",
+        run.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+    );
+    let _ = writeln!(
+        s,
+        "  updated:  {}",
+        run.updated_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+    );
+    for p in &run.pins {
+        let _ = writeln!(
+            s,
+            "  component {} (sha256 {})",
+            p.reference,
+            &p.sha256[..12.min(p.sha256.len())]
+        );
+    }
+    if let Some(e) = &run.error {
+        let _ = writeln!(s, "  error: {e}");
+    }
+    let _ = writeln!(s, "timeline:");
+    let (mut tin, mut tout, mut calls) = (0u64, 0u64, 0u64);
+    let mut prev = run.created_at;
+    for e in &entries {
+        let since = (e.recorded_at - prev).num_milliseconds();
+        prev = e.recorded_at;
+        let detail = match Effect::from_entry(&e.kind, &e.payload) {
+            Ok(Effect::Model {
+                provider,
+                model,
+                response,
+                components,
+                ..
+            }) => {
+                calls += 1;
+                tin += response.usage.input_tokens;
+                tout += response.usage.output_tokens;
+                format!(
+                    "{provider}/{} · {}→{} tok · {} ms{}",
+                    model.unwrap_or_default(),
+                    response.usage.input_tokens,
+                    response.usage.output_tokens,
+                    response.latency_ms,
+                    if components.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" · {}", components.join(", "))
+                    }
+                )
+            }
+            Ok(Effect::Decision { decision }) => format!("decision {decision}"),
+            Ok(Effect::Clock { at_ms }) => format!("clock {at_ms}"),
+            Ok(_) => e.kind.clone(),
+            Err(err) => format!("unreadable entry: {err}"),
+        };
+        let _ = writeln!(
+            s,
+            "  {:>3}  +{:>6} ms  {:<32} {detail}",
+            e.seq, since, e.key
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  {calls} model call{}, {tin}→{tout} tokens",
+        if calls == 1 { "" } else { "s" }
+    );
+    if !gates.is_empty() {
+        let _ = writeln!(s, "gates:");
+        for g in &gates {
+            let state = match &g.decision {
+                Some(d) => format!("decided {d}"),
+                None => "open".to_owned(),
+            };
+            let _ = writeln!(s, "  {}  ({})  {state}", g.key, g.kind);
+        }
+    }
+    if let Some(o) = &run.output {
+        let _ = writeln!(s, "output:");
+        let text = match o {
+            Value::String(t) => t.clone(),
+            other => serde_json::to_string_pretty(other).unwrap_or_default(),
+        };
+        for line in text.lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
+    if prompts {
+        s.push_str(&prompts_of(config, store, &run).await?);
+    }
+    out(&s);
+    Ok(())
+}
+
+/// Re-renders every model request by replaying the run from its journal.
+async fn prompts_of(
+    config: Option<&Path>,
+    store: Arc<dyn RunStore>,
+    run: &Run,
+) -> Result<String, Failure> {
+    let file = PathBuf::from(&run.workflow_path);
+    let project = Project::discover(config, &file)?;
+    let (wf, _) = load_workflow(&project, &file)?;
+    let mut s = String::from("prompts (re-rendered from the journal; no model was called):\n");
+    if let Some(d) = spes_engine::durable::drift(run, &wf, &source_of(&file)?) {
+        let _ = writeln!(
+            s,
+            "  note: {d}; the prompts below are rendered by the current files"
+        );
+    }
+    let seen: Arc<Mutex<Vec<(String, ChatRequest)>>> = Arc::default();
+    let sink = seen.clone();
+    let capture: spes_engine::Capture = Arc::new(move |key: &str, req: &ChatRequest| {
+        if let Ok(mut v) = sink.lock() {
+            v.push((key.to_owned(), req.clone()));
+        }
+    });
+    let engine = build_engine(&project, None, true, Some(capture))?;
+    // Replays as far as the journal goes; an unfinished run stops at its frontier.
+    let _ = engine.replay(store.clone(), run, &wf).await;
+    let answers: std::collections::HashMap<String, String> = store
+        .entries(&run.id)
+        .await?
+        .into_iter()
+        .filter_map(|e| match Effect::from_entry(&e.kind, &e.payload) {
+            Ok(Effect::Model { response, .. }) => Some((e.key, response.text)),
+            _ => None,
+        })
+        .collect();
+    for (key, req) in seen.lock().map(|v| v.clone()).unwrap_or_default() {
+        let _ = writeln!(s, "── {key}");
+        if let Some(sys) = &req.system {
+            let _ = writeln!(s, "system:\n{}", indent(sys));
+        }
+        for m in &req.messages {
+            let role = match m.role {
+                spes_core::message::Role::User => "user",
+                spes_core::message::Role::Assistant => "assistant",
+            };
+            let _ = writeln!(s, "{role}:\n{}", indent(&m.content));
+        }
+        if let Some(a) = answers.get(&key) {
+            let _ = writeln!(s, "answer:\n{}", indent(a));
+        }
+    }
+    Ok(s)
+}
+
+fn indent(t: &str) -> String {
+    t.lines()
+        .map(|l| format!("  │ {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
