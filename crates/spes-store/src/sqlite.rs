@@ -257,6 +257,7 @@ impl SqliteStore {
             Ok(SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
+                .test_before_acquire(false)
                 .acquire_timeout(lock_wait)
                 .connect_with(writer_opts.clone())
                 .await?)
@@ -264,6 +265,7 @@ impl SqliteStore {
         .await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(opts.readers)
+            .test_before_acquire(false)
             .acquire_timeout(opts.lock_wait)
             .connect_lazy_with(base.read_only(true));
         let store = Self {
@@ -520,7 +522,7 @@ impl RunStore for SqliteStore {
         self.read(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let existing = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
-                .bind(&id)
+                .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(current) = existing {
@@ -535,13 +537,13 @@ impl RunStore for SqliteStore {
                 "INSERT INTO runs (id, workflow_name, workflow_path, workflow_hash, workflow_source, pins, inputs, \
                  status, owner, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
             )
-            .bind(&id)
+            .bind(id)
             .bind(&run.workflow_name)
             .bind(&run.workflow_path)
             .bind(&run.workflow_hash)
             .bind(&run.workflow_source)
-            .bind(&pins)
-            .bind(&inputs)
+            .bind(pins)
+            .bind(inputs)
             .bind(run.status.as_str())
             .bind(&run.owner)
             .bind(&t)
@@ -559,7 +561,7 @@ impl RunStore for SqliteStore {
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
             )))
-            .bind(&id)
+            .bind(id)
             .fetch_optional(&self.readers)
             .await?;
             row.as_ref().map(|r| self.run_from(r)).transpose()
@@ -587,8 +589,8 @@ impl RunStore for SqliteStore {
             let rows = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT 2"
             )))
-            .bind(&prefix)
-            .bind(&upper)
+            .bind(prefix)
+            .bind(upper)
             .fetch_all(&self.readers)
             .await?;
             match rows.as_slice() {
@@ -600,8 +602,8 @@ impl RunStore for SqliteStore {
                     let count = sqlx::query_scalar::<_, i64>(
                         "SELECT count(*) FROM runs WHERE id >= ?1 AND id < ?2",
                     )
-                    .bind(&prefix)
-                    .bind(&upper)
+                    .bind(prefix)
+                    .bind(upper)
                     .fetch_one(&self.readers)
                     .await?;
                     Err(Fail::Store(StoreError::Ambiguous {
@@ -652,7 +654,7 @@ impl RunStore for SqliteStore {
         self.read(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let current = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
-                .bind(&key)
+                .bind(key)
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or_else(|| no_run(id))?;
@@ -674,11 +676,11 @@ impl RunStore for SqliteStore {
                  owner = CASE WHEN ?8 THEN ?9 ELSE owner END \
                  WHERE id = ?1 RETURNING {RUN_COLUMNS}"
             )))
-            .bind(&key)
+            .bind(key)
             .bind(to.as_str())
             .bind(fmt_time(now()))
             .bind(output.is_some())
-            .bind(&output)
+            .bind(output)
             .bind(patch.error.is_some())
             .bind(patch.error.clone().flatten())
             .bind(patch.owner.is_some())
@@ -704,34 +706,36 @@ impl RunStore for SqliteStore {
             &json(payload).map_err(|_| StoreError::Backend("cannot encode payload".into()))?;
         self.read(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-            let existing = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
-            )))
-            .bind(&run_id)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                let entry = self.entry_from(&row)?;
-                tx.rollback().await?;
-                return Ok(Appended::Existing(entry));
-            }
+            // One statement in the common case: insert unless the key is
+            // taken (then no row comes back and we read the winner).
             let seq = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
                  SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
-                 RETURNING seq",
+                 ON CONFLICT (run_id, key) DO NOTHING RETURNING seq",
             )
-            .bind(&run_id)
+            .bind(run_id)
             .bind(key)
             .bind(kind)
-            .bind(&payload)
+            .bind(payload)
             .bind(fmt_time(now()))
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| match constraint(&e) {
                 Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => no_run(id),
                 _ => Fail::Sql(e),
             })?;
+            let Some(seq) = seq else {
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
+                )))
+                .bind(run_id)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                let entry = self.entry_from(&row)?;
+                tx.rollback().await?;
+                return Ok(Appended::Existing(entry));
+            };
             tx.commit().await?;
             Ok(Appended::New(seq))
         })
@@ -744,7 +748,7 @@ impl RunStore for SqliteStore {
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
             )))
-            .bind(&run_id)
+            .bind(run_id)
             .bind(key)
             .fetch_optional(&self.readers)
             .await?;
@@ -759,7 +763,7 @@ impl RunStore for SqliteStore {
             let rows = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 ORDER BY seq"
             )))
-            .bind(&run_id)
+            .bind(run_id)
             .fetch_all(&self.readers)
             .await?;
             rows.iter().map(|r| self.entry_from(r)).collect()
@@ -778,11 +782,11 @@ impl RunStore for SqliteStore {
                 "INSERT INTO gates (run_id, key, kind, request, deadline, opened_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (run_id, key) DO NOTHING",
             )
-            .bind(&run_id)
+            .bind(run_id)
             .bind(&gate.key)
             .bind(&gate.kind)
-            .bind(&request)
-            .bind(&deadline)
+            .bind(request)
+            .bind(deadline)
             .bind(fmt_time(now()))
             .execute(&mut *tx)
             .await
@@ -808,7 +812,7 @@ impl RunStore for SqliteStore {
         self.read(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let gate = sqlx::query("SELECT decision, decided_at FROM gates WHERE run_id = ?1 AND key = ?2")
-                .bind(&run_id)
+                .bind(run_id)
                 .bind(key)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -819,7 +823,7 @@ impl RunStore for SqliteStore {
                     // The journal is the truth: a decision already recorded
                     // under the gate's key (say, answered interactively) wins.
                     let entry = sqlx::query("SELECT payload, recorded_at FROM entries WHERE run_id = ?1 AND key = ?2")
-                        .bind(&run_id)
+                        .bind(run_id)
                         .bind(key)
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -827,7 +831,7 @@ impl RunStore for SqliteStore {
                         Some(e) => {
                             let (d, t): (String, String) = (e.try_get("payload")?, e.try_get("recorded_at")?);
                             sqlx::query("UPDATE gates SET decision = ?3, decided_at = ?4 WHERE run_id = ?1 AND key = ?2")
-                                .bind(&run_id)
+                                .bind(run_id)
                                 .bind(key)
                                 .bind(&d)
                                 .bind(&t)
@@ -846,9 +850,9 @@ impl RunStore for SqliteStore {
             }
             let t = fmt_time(now());
             sqlx::query("UPDATE gates SET decision = ?3, decided_at = ?4 WHERE run_id = ?1 AND key = ?2")
-                .bind(&run_id)
+                .bind(run_id)
                 .bind(key)
-                .bind(&decision)
+                .bind(decision)
                 .bind(&t)
                 .execute(&mut *tx)
                 .await?;
@@ -856,9 +860,9 @@ impl RunStore for SqliteStore {
                 "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
                  SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, 'decision', ?3, ?4 FROM entries WHERE run_id = ?1",
             )
-            .bind(&run_id)
+            .bind(run_id)
             .bind(key)
-            .bind(&decision)
+            .bind(decision)
             .bind(&t)
             .execute(&mut *tx)
             .await?;

@@ -1,6 +1,8 @@
 //! The conformance suite on SQLite, plus what only a file can do: several
 //! connection pools on one file, reopening, and damaged stores.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -454,6 +456,7 @@ async fn unreadable_or_unwritable_store_is_permission_denied() {
             Ok(out) => {
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 let stderr = String::from_utf8_lossy(&out.stderr);
+                println!("as nobody:\n{stdout}");
                 assert!(
                     out.status.success() && stdout.contains("PROBED 2"),
                     "child as nobody failed:\n{stdout}\n{stderr}"

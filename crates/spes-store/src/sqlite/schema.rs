@@ -146,7 +146,7 @@ pub(super) fn check_header(header: &[u8], len: u64, wal_pending: bool) -> Result
         ));
     }
     let page_size = u64::from(page_size);
-    if len < page_size || len % page_size != 0 {
+    if len < page_size || !len.is_multiple_of(page_size) {
         return Err(format!(
             "it is {len} bytes long, not a whole number of {page_size}-byte pages (truncated?)"
         ));
