@@ -3,13 +3,44 @@
 //!
 //! SQLite is the embedded default (one file, WAL); PostgreSQL joins it for
 //! many workers. Every backend runs the same conformance suite
-//! ([`testing`], behind the `testing` feature).
+//! (`spes_store::testing`, behind the `testing` feature).
 //!
 //! The journal is append-only: one entry per effect, unique per
 //! `(run, key)`. [`RunStore::append`] returns only after the entry is
 //! committed, so the engine can hand the result to the workflow knowing
 //! that a crash will not lose it. A second append under the same key
 //! does not overwrite: it returns the entry already there.
+//!
+//! ```
+//! use spes_store::sqlite::{SqliteOptions, SqliteStore};
+//! use spes_store::{Appended, NewRun, RunId, RunStatus, RunStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), spes_store::StoreError> {
+//! # let dir = tempfile::tempdir().map_err(|e| spes_store::StoreError::Backend(e.to_string()))?;
+//! let store = SqliteStore::open(&dir.path().join(".spes/spes.db"), SqliteOptions::default()).await?;
+//! let run = NewRun {
+//!     id: RunId::new(),
+//!     workflow_name: "triage".into(),
+//!     workflow_path: "/project/workflows/triage.yaml".into(),
+//!     workflow_hash: "00".repeat(32),
+//!     workflow_source: "name: triage".into(),
+//!     pins: vec![],
+//!     inputs: serde_json::json!({"text": "login throws NPE"}),
+//!     status: RunStatus::Running,
+//!     owner: None,
+//! };
+//! store.create_run(&run).await?;
+//! let result = serde_json::json!({"label": "bug"});
+//! assert_eq!(store.append(&run.id, "classify", "model", &result).await?, Appended::New(1));
+//! // Resume: the same key answers from the journal, nothing is written.
+//! let again = store.append(&run.id, "classify", "model", &serde_json::json!("other")).await?;
+//! assert!(matches!(again, Appended::Existing(e) if e.payload == result));
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 mod error;
 pub mod sqlite;

@@ -257,6 +257,7 @@ impl SqliteStore {
             Ok(SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
+                // A SQLite connection cannot go stale: skip the ping (a round trip per call).
                 .test_before_acquire(false)
                 .acquire_timeout(lock_wait)
                 .connect_with(writer_opts.clone())
@@ -313,7 +314,7 @@ impl SqliteStore {
     /// `PRAGMA integrity_check`: `"ok"`, or SQLite's list of problems,
     /// one per line.
     pub async fn integrity_check(&self) -> Result<String> {
-        self.read(|| async move {
+        self.retry(|| async move {
             let rows = sqlx::query("PRAGMA integrity_check")
                 .fetch_all(&self.readers)
                 .await?;
@@ -328,7 +329,7 @@ impl SqliteStore {
 
     /// The schema version of the file (`PRAGMA user_version`).
     pub async fn schema_version(&self) -> Result<i64> {
-        self.read(|| async move {
+        self.retry(|| async move {
             Ok(sqlx::query_scalar::<_, i64>("PRAGMA user_version")
                 .fetch_one(&self.readers)
                 .await?)
@@ -342,7 +343,8 @@ impl SqliteStore {
         schema::SUPPORTED
     }
 
-    async fn read<T, F, Fut>(&self, op: F) -> Result<T>
+    /// Runs one read or write attempt under the store's lock-wait policy.
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Fail>>,
@@ -354,7 +356,7 @@ impl SqliteStore {
     /// re-reading the version under the write lock (another process may
     /// have migrated meanwhile).
     async fn migrate(&self) -> Result<()> {
-        self.read(|| async move {
+        self.retry(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let found = read_identity(&mut tx).await?;
             let version = check_identity(&self.path, &found)?;
@@ -519,7 +521,7 @@ impl RunStore for SqliteStore {
         let inputs =
             json(&run.inputs).map_err(|_| StoreError::Backend("cannot encode inputs".into()))?;
         let (id, pins, inputs) = (&id, &pins, &inputs);
-        self.read(|| async move {
+        self.retry(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let existing = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
                 .bind(id)
@@ -557,7 +559,7 @@ impl RunStore for SqliteStore {
 
     async fn run(&self, id: &RunId) -> Result<Option<Run>> {
         let id = &id.to_string();
-        self.read(|| async move {
+        self.retry(|| async move {
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
             )))
@@ -585,7 +587,7 @@ impl RunStore for SqliteStore {
         // [prefix, prefix + "g"): a range scan on the primary key.
         let upper = &format!("{prefix}g");
         let prefix = &prefix;
-        self.read(|| async move {
+        self.retry(|| async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT 2"
             )))
@@ -617,7 +619,7 @@ impl RunStore for SqliteStore {
     }
 
     async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>> {
-        self.read(|| async move {
+        self.retry(|| async move {
             let rows = match status {
                 Some(s) => sqlx::query(AssertSqlSafe(format!(
                     "SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
@@ -651,7 +653,7 @@ impl RunStore for SqliteStore {
             .transpose()
             .map_err(|_| StoreError::Backend("cannot encode output".into()))?;
         let patch = &patch;
-        self.read(|| async move {
+        self.retry(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let current = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
                 .bind(key)
@@ -704,7 +706,7 @@ impl RunStore for SqliteStore {
         let run_id = &id.to_string();
         let payload =
             &json(payload).map_err(|_| StoreError::Backend("cannot encode payload".into()))?;
-        self.read(|| async move {
+        self.retry(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             // One statement in the common case: insert unless the key is
             // taken (then no row comes back and we read the winner).
@@ -744,7 +746,7 @@ impl RunStore for SqliteStore {
 
     async fn entry(&self, id: &RunId, key: &str) -> Result<Option<Entry>> {
         let run_id = &id.to_string();
-        self.read(|| async move {
+        self.retry(|| async move {
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
             )))
@@ -759,7 +761,7 @@ impl RunStore for SqliteStore {
 
     async fn entries(&self, id: &RunId) -> Result<Vec<Entry>> {
         let run_id = &id.to_string();
-        self.read(|| async move {
+        self.retry(|| async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 ORDER BY seq"
             )))
@@ -776,7 +778,7 @@ impl RunStore for SqliteStore {
         let request = &json(&gate.request)
             .map_err(|_| StoreError::Backend("cannot encode request".into()))?;
         let deadline = &gate.deadline.map(fmt_time);
-        self.read(|| async move {
+        self.retry(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::query(
                 "INSERT INTO gates (run_id, key, kind, request, deadline, opened_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -809,7 +811,7 @@ impl RunStore for SqliteStore {
         let run_id = &id.to_string();
         let decision =
             &json(decision).map_err(|_| StoreError::Backend("cannot encode decision".into()))?;
-        self.read(|| async move {
+        self.retry(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let gate = sqlx::query("SELECT decision, decided_at FROM gates WHERE run_id = ?1 AND key = ?2")
                 .bind(run_id)
@@ -888,7 +890,7 @@ impl RunStore for SqliteStore {
             "SELECT {GATE_COLUMNS} FROM gates WHERE 1 = 1{by_run}{pending} ORDER BY opened_at, rowid"
         );
         let run_id = &run_id;
-        self.read(|| async move {
+        self.retry(|| async move {
             let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
             if let Some(r) = &run_id {
                 q = q.bind(r);

@@ -352,6 +352,14 @@ pub mod cases {
         }
         assert!(err.to_string().contains("is running"), "{err}");
         assert_eq!(store.run(&new.id).await.unwrap().unwrap(), before);
+        // The refused write left nothing half-done behind.
+        assert_eq!(
+            store
+                .append(&new.id, "after", "model", &json!(1))
+                .await
+                .unwrap(),
+            Appended::New(1)
+        );
     }
 
     /// Transitioning a run that does not exist is `NotFound`.
@@ -509,6 +517,15 @@ pub mod cases {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+        // The failed write left nothing half-done behind.
+        let run = created(&*store).await;
+        assert_eq!(
+            store
+                .append(&run.id, "k", "model", &json!(1))
+                .await
+                .unwrap(),
+            Appended::New(1)
+        );
     }
 
     /// Ten concurrent appends under one key: exactly one writes, the others

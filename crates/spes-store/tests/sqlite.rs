@@ -87,6 +87,7 @@ async fn refused(path: &Path, opts: SqliteOptions) -> StoreError {
         "a refused store was modified"
     );
     assert!(err.hint().is_some(), "no hint for {err:?}");
+    println!("refused: {err}\n  hint: {}", err.hint().unwrap_or_default());
     err
 }
 
