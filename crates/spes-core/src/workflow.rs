@@ -123,6 +123,12 @@ pub enum StepKind {
     Branch(BranchStep),
     /// Children (or agents) run side by side; optional synthesis.
     Parallel(ParallelStep),
+    /// A human approves, rejects or asks for a revision.
+    Approval(Box<ApprovalStep>),
+    /// A human picks one of N generated variations.
+    Choose(Box<ChooseStep>),
+    /// A document generated section by section, each approved.
+    Sections(Box<SectionsStep>),
 }
 
 impl StepKind {
@@ -135,6 +141,9 @@ impl StepKind {
             Self::Sequence(_) => "sequence",
             Self::Branch(_) => "branch",
             Self::Parallel(_) => "parallel",
+            Self::Approval(_) => "approval",
+            Self::Choose(_) => "choose",
+            Self::Sections(_) => "sections",
         }
     }
 }
@@ -182,6 +191,76 @@ pub struct TransformStep {
     pub func_name: String,
     /// The input.
     pub input: Template,
+}
+
+/// What a gate does when its deadline passes.
+#[derive(Debug, Clone)]
+pub enum TimeoutAction {
+    /// Decide "approve" (choose: the first variation).
+    Approve,
+    /// Decide "reject".
+    Reject,
+    /// Run these steps; their result is the step's output.
+    Steps(Vec<Step>),
+}
+
+/// A gate's deadline.
+#[derive(Debug, Clone)]
+pub struct Timeout {
+    /// How long after the gate opens.
+    pub after: std::time::Duration,
+    /// What happens then.
+    pub then: TimeoutAction,
+}
+
+/// `approval` (§5 `execute_with_approval`).
+#[derive(Debug, Clone)]
+pub struct ApprovalStep {
+    /// Context key holding the draft, when no `generate` step makes it.
+    pub show: Option<String>,
+    /// A step producing the draft.
+    pub generate: Option<Box<Step>>,
+    /// Revisions allowed after the first draft.
+    pub max_revisions: u32,
+    /// The revision prompt (locals: `draft`, `comments`, `suggested`, `revision`).
+    pub revise: Template,
+    /// Who writes revisions (`None`: the default provider).
+    pub agent: Option<Arc<Agent>>,
+    /// Provider override for revisions.
+    pub provider: Option<String>,
+    /// Deadline of each review.
+    pub timeout: Option<Timeout>,
+}
+
+/// `choose` (§5 `execute_with_choices`).
+#[derive(Debug, Clone)]
+pub struct ChooseStep {
+    /// The llm step run once per variation.
+    pub generate: Box<LlmStep>,
+    /// How many variations.
+    pub n: u32,
+    /// Deadline of the pick.
+    pub timeout: Option<Timeout>,
+}
+
+/// Where section names come from.
+#[derive(Debug, Clone)]
+pub enum Outline {
+    /// Literal names.
+    List(Vec<String>),
+    /// A template giving a list (or text, one name per line).
+    Template(Template),
+}
+
+/// `sections` (§5 `execute_progressive_disclosure`).
+#[derive(Debug, Clone)]
+pub struct SectionsStep {
+    /// Section names.
+    pub outline: Outline,
+    /// The llm step generating one section (locals: `section`, `previous`).
+    pub section: Box<LlmStep>,
+    /// Deadline of each review.
+    pub timeout: Option<Timeout>,
 }
 
 /// Side-by-side work (§2 multi-agent `execute_parallel`, with synthesis).
@@ -257,6 +336,36 @@ impl Workflow {
                         }
                         if let Some(sy) = &p.synthesize {
                             go(&key, std::slice::from_ref(sy), out);
+                        }
+                    }
+                    StepKind::Approval(a) => {
+                        if let Some(g) = &a.generate {
+                            go(&key, std::slice::from_ref(g), out);
+                        }
+                        if let Some(Timeout {
+                            then: TimeoutAction::Steps(st),
+                            ..
+                        }) = &a.timeout
+                        {
+                            go(&format!("{key}/timeout"), st, out);
+                        }
+                    }
+                    StepKind::Choose(c) => {
+                        if let Some(Timeout {
+                            then: TimeoutAction::Steps(st),
+                            ..
+                        }) = &c.timeout
+                        {
+                            go(&format!("{key}/timeout"), st, out);
+                        }
+                    }
+                    StepKind::Sections(c) => {
+                        if let Some(Timeout {
+                            then: TimeoutAction::Steps(st),
+                            ..
+                        }) = &c.timeout
+                        {
+                            go(&format!("{key}/timeout"), st, out);
                         }
                     }
                     StepKind::Llm(_) | StepKind::Transform(_) => {}

@@ -35,6 +35,7 @@
 pub mod durable;
 pub mod error;
 pub mod event;
+pub mod gate;
 pub mod journal;
 pub mod run;
 
@@ -49,6 +50,7 @@ use spes_llm::Provider;
 pub use durable::{RunEnd, WorkflowSource};
 pub use error::{EngineError, FailureKind};
 pub use event::{Event, NoObserver, Observer};
+pub use gate::{GateRequest, Reviewer};
 pub use journal::{Effect, Journal, MemoryJournal, StoreJournal};
 pub use run::{RunOutcome, bind_inputs};
 
@@ -60,7 +62,12 @@ pub struct Engine {
     pub(crate) observer: Arc<dyn Observer>,
     pub(crate) stream_deltas: bool,
     pub(crate) capture: Option<Capture>,
+    pub(crate) reviewer: Option<Arc<dyn Reviewer>>,
+    pub(crate) clock: Clock,
 }
+
+/// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Sees every model request as it is made or replayed (for `runs show --prompts`).
 pub type Capture = Arc<dyn Fn(&str, &spes_core::message::ChatRequest) + Send + Sync>;
@@ -158,6 +165,8 @@ pub struct EngineBuilder {
     observer: Option<Arc<dyn Observer>>,
     stream_deltas: bool,
     capture: Option<Capture>,
+    reviewer: Option<Arc<dyn Reviewer>>,
+    clock: Option<Clock>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -214,6 +223,20 @@ impl EngineBuilder {
         self
     }
 
+    /// Who answers human gates at once (a terminal); without one, gates suspend the run.
+    #[must_use]
+    pub fn reviewer(mut self, r: Arc<dyn Reviewer>) -> Self {
+        self.reviewer = Some(r);
+        self
+    }
+
+    /// The wall clock used for gate deadlines (default: the system clock).
+    #[must_use]
+    pub fn clock(mut self, c: Clock) -> Self {
+        self.clock = Some(c);
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
@@ -224,6 +247,10 @@ impl EngineBuilder {
             observer: self.observer.unwrap_or_else(|| Arc::new(NoObserver)),
             stream_deltas: self.stream_deltas,
             capture: self.capture,
+            reviewer: self.reviewer,
+            clock: self
+                .clock
+                .unwrap_or_else(|| Arc::new(|| chrono::Utc::now().timestamp_millis())),
         }
     }
 }

@@ -92,6 +92,9 @@ impl Stop {
     }
 }
 
+/// A finished parallel branch: its execution and result.
+type Branch<'e> = (Exec<'e>, Result<Option<Value>, Stop>);
+
 /// The run this execution belongs to, when it is durable.
 #[derive(Debug, Clone)]
 pub(crate) struct Control {
@@ -209,6 +212,15 @@ impl<'e> Exec<'e> {
         })
     }
 
+    pub(crate) fn steps_at<'a>(
+        &'a mut self,
+        steps: &'a [Step],
+        prefix: String,
+        depth: usize,
+    ) -> BoxFuture<'a, Result<Option<Value>, Stop>> {
+        self.steps(steps, prefix, depth)
+    }
+
     fn steps<'a>(
         &'a mut self,
         steps: &'a [Step],
@@ -224,7 +236,7 @@ impl<'e> Exec<'e> {
         })
     }
 
-    fn step<'a>(
+    pub(crate) fn step<'a>(
         &'a mut self,
         s: &'a Step,
         prefix: &'a str,
@@ -343,6 +355,9 @@ impl<'e> Exec<'e> {
                     }),
                 }
             }
+            StepKind::Approval(a) => self.approval(a, key, depth, &s.loc).await,
+            StepKind::Choose(c) => self.choose(c, key, depth, &s.loc).await,
+            StepKind::Sections(c) => self.sections(c, key, depth, &s.loc).await,
             StepKind::Parallel(p) => {
                 let results = self
                     .parallel_branches(&p.branches, p.concurrency, key, depth, &s.loc)
@@ -374,7 +389,7 @@ impl<'e> Exec<'e> {
         loc: &Loc,
     ) -> Result<Value, Stop> {
         let mut names = Vec::new();
-        let mut futs: Vec<BoxFuture<'_, (Exec<'e>, Result<Option<Value>, Stop>)>> = Vec::new();
+        let mut futs: Vec<BoxFuture<'_, Branch<'e>>> = Vec::new();
         match branches {
             ParallelBranches::Steps(children) => {
                 for c in children {
@@ -424,7 +439,7 @@ impl<'e> Exec<'e> {
             }
         }
         let n = futs.len();
-        let done: Vec<(Exec<'e>, Result<Option<Value>, Stop>)> = stream::iter(futs)
+        let done: Vec<Branch<'e>> = stream::iter(futs)
             .buffered(limit.unwrap_or(n).max(1))
             .collect()
             .await;
@@ -477,7 +492,7 @@ impl<'e> Exec<'e> {
     }
 
     /// Fills in system text, provider and model from the agent and step; returns the provider.
-    fn prepare(
+    pub(crate) fn prepare(
         &self,
         agent: Option<&Agent>,
         step: Option<&LlmStep>,

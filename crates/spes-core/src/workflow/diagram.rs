@@ -14,6 +14,15 @@ fn label(s: &Step) -> String {
         StepKind::Sequence(_) => "sequence".to_owned(),
         StepKind::Branch(_) => "branch".to_owned(),
         StepKind::Parallel(_) => "parallel".to_owned(),
+        StepKind::Approval(a) => format!(
+            "approval · human{}",
+            a.timeout
+                .as_ref()
+                .map(|t| format!(", deadline {}", crate::duration::format_duration(t.after)))
+                .unwrap_or_default()
+        ),
+        StepKind::Choose(c) => format!("choose · {} variations · human", c.n),
+        StepKind::Sections(_) => "sections · human".to_owned(),
     };
     let out = s
         .output
@@ -60,7 +69,15 @@ pub fn text(wf: &Workflow) -> String {
                         go(std::slice::from_ref(sy), depth + 1, out);
                     }
                 }
-                StepKind::Llm(_) | StepKind::Transform(_) => {}
+                StepKind::Approval(a) => {
+                    if let Some(g) = &a.generate {
+                        go(std::slice::from_ref(g), depth + 1, out);
+                    }
+                }
+                StepKind::Llm(_)
+                | StepKind::Transform(_)
+                | StepKind::Choose(_)
+                | StepKind::Sections(_) => {}
             }
         }
     }
@@ -176,6 +193,22 @@ pub fn mermaid(wf: &Workflow) -> String {
                         Some(sy) => self.step(sy, &ends),
                         None => ends,
                     }
+                }
+                StepKind::Approval(a) if a.generate.is_some() => {
+                    let tail = a
+                        .generate
+                        .as_ref()
+                        .map_or_else(|| prev.to_vec(), |g| self.step(g, prev));
+                    let id = self.id();
+                    let _ = writeln!(self.out, "    {id}[[\"{}\"]]", esc(&label(s)));
+                    self.link(&tail, &id, None);
+                    vec![id]
+                }
+                StepKind::Approval(_) | StepKind::Choose(_) | StepKind::Sections(_) => {
+                    let id = self.id();
+                    let _ = writeln!(self.out, "    {id}[[\"{}\"]]", esc(&label(s)));
+                    self.link(prev, &id, None);
+                    vec![id]
                 }
                 StepKind::Llm(_) | StepKind::Transform(_) => {
                     let id = self.id();

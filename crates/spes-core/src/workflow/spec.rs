@@ -283,4 +283,82 @@ pub struct StepSpec {
     pub synthesize: Option<S<Box<Self>>>,
     /// How many children run at once (default: all).
     pub concurrency: Option<S<u32>>,
+
+    // --- human in the loop: approval, choose, sections ---
+    /// The context key whose text a reviewer approves (approval).
+    pub show: Option<S<String>>,
+    /// A step producing the draft (approval) or the variations (choose).
+    pub generate: Option<S<Box<Self>>>,
+    /// Revisions allowed after the first draft (approval; default 2).
+    pub max_revisions: Option<S<u32>>,
+    /// The revision prompt (approval); sees `draft`, `comments`, `suggested`.
+    pub revise: Option<S<String>>,
+    /// How long a gate waits before its timeout path (`3d`).
+    pub deadline: Option<S<String>>,
+    /// What happens at the deadline: `approve`, `reject`, or steps.
+    pub on_timeout: Option<S<OnTimeoutSpec>>,
+    /// How many variations (choose; default 3).
+    pub n: Option<S<u32>>,
+    /// Section names (sections): a list, or a template giving a list.
+    pub outline: Option<S<OutlineSpec>>,
+    /// The step generating one section (sections); sees `section` and `previous`.
+    pub section: Option<S<Box<Self>>>,
+}
+
+/// `on_timeout: approve | reject | [steps]`.
+#[derive(Debug, Clone)]
+pub enum OnTimeoutSpec {
+    /// A decision taken for the human.
+    Action(String),
+    /// Steps to run instead.
+    Steps(Vec<StepSpec>),
+}
+
+impl<'de> Deserialize<'de> for OnTimeoutSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OnTimeoutSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("approve, reject, or a list of steps")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OnTimeoutSpec, E> {
+                Ok(OnTimeoutSpec::Action(v.to_owned()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<OnTimeoutSpec, A::Error> {
+                Vec::<StepSpec>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(OnTimeoutSpec::Steps)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `outline: [a, b]` or `outline: "{{ plan }}"`.
+#[derive(Debug, Clone)]
+pub enum OutlineSpec {
+    /// Literal names.
+    List(Vec<String>),
+    /// A template giving a list (or lines).
+    Template(String),
+}
+
+impl<'de> Deserialize<'de> for OutlineSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OutlineSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of section names, or a template giving one")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OutlineSpec, E> {
+                Ok(OutlineSpec::Template(v.to_owned()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<OutlineSpec, A::Error> {
+                Vec::<String>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(OutlineSpec::List)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

@@ -5,10 +5,14 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
-use super::spec::{AgentSpec, BranchArmSpec, ConditionSpec, InputType, StepSpec, WorkflowSpec};
+use super::spec::{
+    AgentSpec, BranchArmSpec, ConditionSpec, InputType, OnTimeoutSpec, OutlineSpec, StepSpec,
+    WorkflowSpec,
+};
 use super::{
-    Agent, Arm, BranchStep, Format, Input, LlmStep, Loc, ParallelBranches, ParallelStep, Step,
-    StepKind, TransformStep, Workflow,
+    Agent, ApprovalStep, Arm, BranchStep, ChooseStep, Format, Input, LlmStep, Loc, Outline,
+    ParallelBranches, ParallelStep, SectionsStep, Step, StepKind, Timeout, TimeoutAction,
+    TransformStep, Workflow,
 };
 use crate::component::{ComponentRef, ComponentRegistry};
 use crate::condition::Condition;
@@ -17,7 +21,19 @@ use crate::template::{Expr, Template, TemplateError};
 use crate::transform;
 
 /// Step kinds this version of spes runs.
-pub const STEP_KINDS: &[&str] = &["llm", "transform", "sequence", "branch", "parallel"];
+pub const STEP_KINDS: &[&str] = &[
+    "llm",
+    "transform",
+    "sequence",
+    "branch",
+    "parallel",
+    "approval",
+    "choose",
+    "sections",
+];
+
+/// The revision prompt an approval uses unless it sets `revise`.
+pub const DEFAULT_REVISE: &str = "Revise the text below to address the reviewer's feedback.\n\nText:\n{{ draft }}\n\nFeedback:\n{{ comments }}{% if suggested %}\n\nSuggested changes:\n{{ suggested }}{% endif %}\n\nAnswer with the revised text only.";
 
 /// What validation checks references against.
 #[derive(Debug, Clone, Copy)]
@@ -911,6 +927,9 @@ impl Validator<'_> {
                 }
             },
             "parallel" => StepKind::Parallel(self.parallel(&s, known, &path, kind_at)?),
+            "approval" => StepKind::Approval(Box::new(self.approval(&s, known, &path, kind_at)?)),
+            "choose" => StepKind::Choose(Box::new(self.choose(&s, known, &path, kind_at)?)),
+            "sections" => StepKind::Sections(Box::new(self.sections(&s, known, &path, kind_at)?)),
             "branch" => StepKind::Branch(self.branch(
                 s.condition,
                 s.then,
@@ -975,6 +994,15 @@ impl Validator<'_> {
             f("agents", s.agents.as_ref()),
             f("synthesize", s.synthesize.as_ref()),
             f("concurrency", s.concurrency.as_ref()),
+            f("show", s.show.as_ref()),
+            f("generate", s.generate.as_ref()),
+            f("max_revisions", s.max_revisions.as_ref()),
+            f("revise", s.revise.as_ref()),
+            f("deadline", s.deadline.as_ref()),
+            f("on_timeout", s.on_timeout.as_ref()),
+            f("n", s.n.as_ref()),
+            f("outline", s.outline.as_ref()),
+            f("section", s.section.as_ref()),
         ];
         let allowed: &[&str] = match kind {
             "llm" => &[
@@ -994,6 +1022,18 @@ impl Validator<'_> {
             "sequence" => &["steps"],
             "branch" => &["if", "then", "else", "branches"],
             "parallel" => &["steps", "agents", "task", "synthesize", "concurrency"],
+            "approval" => &[
+                "show",
+                "generate",
+                "max_revisions",
+                "revise",
+                "deadline",
+                "on_timeout",
+                "agent",
+                "provider",
+            ],
+            "choose" => &["generate", "n", "deadline", "on_timeout"],
+            "sections" => &["outline", "section", "deadline", "on_timeout"],
             _ => &[],
         };
         for (field, set, at) in fields {
@@ -1120,6 +1160,301 @@ impl Validator<'_> {
                 format
             },
             schema,
+        })
+    }
+
+    fn timeout(
+        &mut self,
+        s: &StepSpec,
+        known: &Known,
+        path: &str,
+        what: &str,
+    ) -> Option<Option<Timeout>> {
+        let after = match &s.deadline {
+            None => {
+                if let Some(t) = &s.on_timeout {
+                    self.err(
+                        "spes::workflow::missing_field",
+                        format!("{what}: `on_timeout` needs a `deadline`"),
+                        span(t),
+                        "add `deadline: 3d` (or 30m, 2h, ...)",
+                    );
+                    return None;
+                }
+                return Some(None);
+            }
+            Some(d) => match crate::duration::parse_duration(&d.value) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.err(
+                        "spes::workflow::bad_duration",
+                        format!("{what}: deadline {e}"),
+                        span(d),
+                        "write e.g. 30m, 2h or 3d",
+                    );
+                    return None;
+                }
+            },
+        };
+        let then = match s.on_timeout.as_ref().map(|t| (&t.value, span(t))) {
+            None => TimeoutAction::Reject,
+            Some((OnTimeoutSpec::Action(a), at)) => {
+                match a.as_str() {
+                    "approve" | "first" => TimeoutAction::Approve,
+                    "reject" => TimeoutAction::Reject,
+                    other => {
+                        self.err(
+                        "spes::workflow::bad_on_timeout",
+                        format!("{what}: on_timeout `{other}` is not approve, reject or a list of steps"),
+                        at,
+                        "write on_timeout: approve, on_timeout: reject, or a list of steps",
+                    );
+                        return None;
+                    }
+                }
+            }
+            Some((OnTimeoutSpec::Steps(steps), _)) => {
+                let mut k = known.clone();
+                let st = self.steps(steps.clone(), &mut k, &format!("{path}/timeout"), None);
+                TimeoutAction::Steps(st)
+            }
+        };
+        Some(Some(Timeout { after, then }))
+    }
+
+    /// Validates a nested step that must be an `llm` step (named `default` when unnamed).
+    fn nested_llm(
+        &mut self,
+        sy: &Spanned<Box<StepSpec>>,
+        default: &str,
+        known: &Known,
+        path: &str,
+        locals: &[&str],
+    ) -> Option<Box<LlmStep>> {
+        let mut k = known.clone();
+        for l in locals {
+            k.write(l);
+        }
+        let mut spec = (*sy.value).clone();
+        if spec.name.is_none() {
+            spec.name = Some(Spanned::new(default.to_owned(), sy.referenced, sy.defined));
+        }
+        let kind_ok = spec.kind.as_ref().is_none_or(|k| k.value == "llm");
+        if !kind_ok {
+            self.err(
+                "spes::workflow::nested_kind",
+                format!("step `{path}`: `{default}` must be an llm step"),
+                span(sy),
+                "give it kind: llm (or leave kind out) with a prompt or agent + task",
+            );
+            return None;
+        }
+        if spec.kind.is_none() {
+            spec.kind = Some(Spanned::new("llm".to_owned(), sy.referenced, sy.defined));
+        }
+        let mut names = HashSet::new();
+        match self.step(spec, &mut k, path, &mut names)?.kind {
+            StepKind::Llm(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    fn approval(
+        &mut self,
+        s: &StepSpec,
+        known: &mut Known,
+        path: &str,
+        kind_at: Sp,
+    ) -> Option<ApprovalStep> {
+        let what = format!("step `{path}`");
+        let generate = match &s.generate {
+            Some(g) => {
+                let mut spec = (*g.value).clone();
+                if spec.name.is_none() {
+                    spec.name = Some(Spanned::new("generate".to_owned(), g.referenced, g.defined));
+                }
+                let mut names = HashSet::new();
+                Some(Box::new(self.step(spec, known, path, &mut names)?))
+            }
+            None => None,
+        };
+        let show = match (&s.show, &generate) {
+            (Some(k), None) => {
+                let reads = [k.value.clone()];
+                self.check_reads(reads.iter(), span(k), known, &[], &what);
+                Some(k.value.clone())
+            }
+            (None, Some(_)) => None,
+            (Some(k), Some(_)) => {
+                self.err(
+                    "spes::workflow::approval_forms",
+                    format!(
+                        "{what}: give `show` (an existing key) or `generate` (a step), not both"
+                    ),
+                    span(k),
+                    "drop one of them",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.err(
+                    "spes::workflow::missing_field",
+                    format!("{what}: an approval needs `show: KEY` or a `generate` step"),
+                    kind_at,
+                    "add `show: report` (the key holding the text to approve)",
+                );
+                return None;
+            }
+        };
+        let revise_src = s.revise.clone().unwrap_or_else(|| {
+            Spanned::new(
+                DEFAULT_REVISE.to_owned(),
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            )
+        });
+        let revise = self.template(&revise_src, &what)?;
+        let reads: Vec<String> = revise.reads().iter().cloned().collect();
+        self.check_reads(
+            reads.iter(),
+            span(&revise_src),
+            known,
+            &["draft", "comments", "suggested", "revision"],
+            &what,
+        );
+        let agent = match &s.agent {
+            Some(a) => match self.agents.get(&a.value).cloned() {
+                Some(ag) => {
+                    self.check_agent_vars(&ag, span(a), known);
+                    Some(ag)
+                }
+                None => {
+                    self.unknown_agent(a);
+                    return None;
+                }
+            },
+            None => None,
+        };
+        if let Some(p) = &s.provider {
+            self.provider(p);
+        }
+        let timeout = self.timeout(s, known, path, &what)?;
+        Some(ApprovalStep {
+            show,
+            generate,
+            max_revisions: s.max_revisions.as_ref().map_or(2, |m| m.value),
+            revise,
+            agent,
+            provider: s.provider.as_ref().map(|p| p.value.clone()),
+            timeout,
+        })
+    }
+
+    fn choose(
+        &mut self,
+        s: &StepSpec,
+        known: &Known,
+        path: &str,
+        kind_at: Sp,
+    ) -> Option<ChooseStep> {
+        let what = format!("step `{path}`");
+        let Some(g) = &s.generate else {
+            self.err(
+                "spes::workflow::missing_field",
+                format!(
+                    "{what}: choose needs a `generate` step (an llm step run once per variation)"
+                ),
+                kind_at,
+                "add `generate: { kind: llm, prompt: \"...\" }`",
+            );
+            return None;
+        };
+        let generate = self.nested_llm(g, "generate", known, path, &[])?;
+        let n = s.n.as_ref().map_or(3, |n| n.value);
+        if !(2..=20).contains(&n) {
+            self.err(
+                "spes::workflow::bad_count",
+                format!("{what}: n = {n}; choose offers 2 to 20 variations"),
+                s.n.as_ref().and_then(span),
+                "pick n between 2 and 20",
+            );
+        }
+        let timeout = self.timeout(s, known, path, &what)?;
+        Some(ChooseStep {
+            generate,
+            n,
+            timeout,
+        })
+    }
+
+    fn sections(
+        &mut self,
+        s: &StepSpec,
+        known: &Known,
+        path: &str,
+        kind_at: Sp,
+    ) -> Option<SectionsStep> {
+        let what = format!("step `{path}`");
+        let outline = match s.outline.as_ref().map(|o| (&o.value, span(o))) {
+            Some((OutlineSpec::List(v), at)) => {
+                if v.is_empty() {
+                    self.err(
+                        "spes::workflow::no_steps",
+                        format!("{what}: `outline` is empty"),
+                        at,
+                        "name at least one section",
+                    );
+                }
+                Outline::List(v.clone())
+            }
+            Some((OutlineSpec::Template(t), at)) => {
+                let sp = Spanned::new(
+                    t.clone(),
+                    serde_saphyr::Location::UNKNOWN,
+                    serde_saphyr::Location::UNKNOWN,
+                );
+                let tpl = match Template::parse(t) {
+                    Ok(tpl) => tpl,
+                    Err(e) => {
+                        self.err(
+                            "spes::workflow::template_syntax",
+                            format!("{what}: {}", e.message),
+                            at,
+                            "fix the template",
+                        );
+                        return None;
+                    }
+                };
+                drop(sp);
+                let reads: Vec<String> = tpl.reads().iter().cloned().collect();
+                self.check_reads(reads.iter(), at, known, &[], &what);
+                Outline::Template(tpl)
+            }
+            None => {
+                self.err(
+                    "spes::workflow::missing_field",
+                    format!("{what}: sections needs an `outline` (a list of section names, or a template giving one)"),
+                    kind_at,
+                    "add `outline: [Introduction, Design, Risks]`",
+                );
+                return None;
+            }
+        };
+        let Some(sec) = &s.section else {
+            self.err(
+                "spes::workflow::missing_field",
+                format!("{what}: sections needs a `section` step (sees `section` and `previous`)"),
+                kind_at,
+                "add `section: { kind: llm, prompt: \"Write the {{ section }} section. So far: {{ previous }}\" }`",
+            );
+            return None;
+        };
+        let section = self.nested_llm(sec, "section", known, path, &["section", "previous"])?;
+        let timeout = self.timeout(s, known, path, &what)?;
+        Some(SectionsStep {
+            outline,
+            section,
+            timeout,
         })
     }
 

@@ -230,7 +230,7 @@ impl spes_llm::Provider for GatedProvider {
     }
     async fn complete(
         &self,
-        req: &spes_core::message::ChatRequest,
+        _req: &spes_core::message::ChatRequest,
         cx: &spes_llm::CallContext,
     ) -> Result<spes_core::message::ChatResponse, spes_llm::ProviderError> {
         if cx.step_key == "b" {
