@@ -1,0 +1,436 @@
+//! [`RunStore`] on SQLite: every write a `BEGIN IMMEDIATE` transaction on
+//! the writer connection, every read one statement on a reader.
+
+use async_trait::async_trait;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::row::{ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS, fmt_time, now};
+use super::{Fail, SqliteStore, error, row};
+use crate::{
+    Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
+    RunStatus, RunStore, StoreError,
+};
+
+/// The constraint that failed, if `e` is a constraint error.
+fn constraint(e: &sqlx::Error) -> Option<i32> {
+    error::code_of(e).filter(|c| c & 0xff == 19)
+}
+
+fn json(v: &serde_json::Value) -> Result<String, Fail> {
+    serde_json::to_string(v)
+        .map_err(|e| Fail::Store(StoreError::Backend(format!("cannot encode JSON: {e}"))))
+}
+
+fn no_run(id: &RunId) -> Fail {
+    Fail::Store(StoreError::NotFound(format!("no run {id}")))
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    fn describe(&self) -> String {
+        format!(
+            "sqlite://{} (WAL, synchronous={})",
+            self.path.display(),
+            self.opts.durability.pragma()
+        )
+    }
+
+    async fn create_run(&self, run: &NewRun) -> Result<()> {
+        let id = run.id.to_string();
+        let pins =
+            serde_json::to_string(&run.pins).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let inputs =
+            json(&run.inputs).map_err(|_| StoreError::Backend("cannot encode inputs".into()))?;
+        let (id, pins, inputs) = (&id, &pins, &inputs);
+        self.retry(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let existing = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(current) = existing {
+                return Err(Fail::Store(StoreError::Conflict {
+                    run: id.to_string(),
+                    current,
+                    expected: "absent (a new run)".into(),
+                }));
+            }
+            let t = fmt_time(now());
+            sqlx::query(
+                "INSERT INTO runs (id, workflow_name, workflow_path, workflow_hash, workflow_source, pins, inputs, \
+                 status, owner, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+            )
+            .bind(id)
+            .bind(&run.workflow_name)
+            .bind(&run.workflow_path)
+            .bind(&run.workflow_hash)
+            .bind(&run.workflow_source)
+            .bind(pins)
+            .bind(inputs)
+            .bind(run.status.as_str())
+            .bind(&run.owner)
+            .bind(&t)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn run(&self, id: &RunId) -> Result<Option<Run>> {
+        let id = &id.to_string();
+        self.retry(|| async move {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
+            )))
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await?;
+            row.as_ref().map(|r| self.run_from(r)).transpose()
+        })
+        .await
+    }
+
+    async fn find_run(&self, id_or_prefix: &str) -> Result<Run> {
+        let prefix: String = id_or_prefix
+            .trim()
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::NotFound(format!(
+                "no run `{id_or_prefix}`: give at least 4 hex digits of a run id"
+            )));
+        }
+        // Ids are lowercase hex, so every id starting with `prefix` sorts in
+        // [prefix, prefix + "g"): a range scan on the primary key.
+        let upper = &format!("{prefix}g");
+        let prefix = &prefix;
+        self.retry(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT 2"
+            )))
+            .bind(prefix)
+            .bind(upper)
+            .fetch_all(&self.readers)
+            .await?;
+            match rows.as_slice() {
+                [] => Err(Fail::Store(StoreError::NotFound(format!(
+                    "no run `{id_or_prefix}`"
+                )))),
+                [one] => self.run_from(one),
+                _ => {
+                    let count = sqlx::query_scalar::<_, i64>(
+                        "SELECT count(*) FROM runs WHERE id >= ?1 AND id < ?2",
+                    )
+                    .bind(prefix)
+                    .bind(upper)
+                    .fetch_one(&self.readers)
+                    .await?;
+                    Err(Fail::Store(StoreError::Ambiguous {
+                        prefix: id_or_prefix.to_owned(),
+                        count: usize::try_from(count).unwrap_or(usize::MAX),
+                    }))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>> {
+        self.retry(|| async move {
+            let rows = match status {
+                Some(s) => sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
+                )))
+                .bind(s.as_str())
+                .bind(limit),
+                None => sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?1"
+                )))
+                .bind(limit),
+            }
+            .fetch_all(&self.readers)
+            .await?;
+            rows.iter().map(|r| self.run_from(r)).collect()
+        })
+        .await
+    }
+
+    async fn transition(
+        &self,
+        id: &RunId,
+        from: &[RunStatus],
+        to: RunStatus,
+        patch: RunPatch,
+    ) -> Result<Run> {
+        let key = &id.to_string();
+        let output = &patch
+            .output
+            .as_ref()
+            .map(json)
+            .transpose()
+            .map_err(|_| StoreError::Backend("cannot encode output".into()))?;
+        let patch = &patch;
+        self.retry(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let current = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| no_run(id))?;
+            if !from.iter().any(|s| s.as_str() == current) {
+                return Err(Fail::Store(StoreError::Conflict {
+                    run: key.to_string(),
+                    current,
+                    expected: from
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                }));
+            }
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE runs SET status = ?2, updated_at = ?3, \
+                 output = CASE WHEN ?4 THEN ?5 ELSE output END, \
+                 error = CASE WHEN ?6 THEN ?7 ELSE error END, \
+                 owner = CASE WHEN ?8 THEN ?9 ELSE owner END \
+                 WHERE id = ?1 RETURNING {RUN_COLUMNS}"
+            )))
+            .bind(key)
+            .bind(to.as_str())
+            .bind(fmt_time(now()))
+            .bind(output.is_some())
+            .bind(output)
+            .bind(patch.error.is_some())
+            .bind(patch.error.clone().flatten())
+            .bind(patch.owner.is_some())
+            .bind(patch.owner.clone().flatten())
+            .fetch_one(&mut *tx)
+            .await?;
+            let run = self.run_from(&row)?;
+            tx.commit().await?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        id: &RunId,
+        key: &str,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Appended> {
+        let run_id = &id.to_string();
+        let payload =
+            &json(payload).map_err(|_| StoreError::Backend("cannot encode payload".into()))?;
+        self.retry(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            // One statement in the common case: insert unless the key is
+            // taken (then no row comes back and we read the winner).
+            let seq = sqlx::query_scalar::<_, i64>(
+                "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+                 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
+                 ON CONFLICT (run_id, key) DO NOTHING RETURNING seq",
+            )
+            .bind(run_id)
+            .bind(key)
+            .bind(kind)
+            .bind(payload)
+            .bind(fmt_time(now()))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| match constraint(&e) {
+                Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => no_run(id),
+                _ => Fail::Sql(e),
+            })?;
+            let Some(seq) = seq else {
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
+                )))
+                .bind(run_id)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                let entry = self.entry_from(&row)?;
+                tx.rollback().await?;
+                return Ok(Appended::Existing(entry));
+            };
+            tx.commit().await?;
+            Ok(Appended::New(seq))
+        })
+        .await
+    }
+
+    async fn entry(&self, id: &RunId, key: &str) -> Result<Option<Entry>> {
+        let run_id = &id.to_string();
+        self.retry(|| async move {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
+            )))
+            .bind(run_id)
+            .bind(key)
+            .fetch_optional(&self.readers)
+            .await?;
+            row.as_ref().map(|r| self.entry_from(r)).transpose()
+        })
+        .await
+    }
+
+    async fn entries(&self, id: &RunId) -> Result<Vec<Entry>> {
+        let run_id = &id.to_string();
+        self.retry(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 ORDER BY seq"
+            )))
+            .bind(run_id)
+            .fetch_all(&self.readers)
+            .await?;
+            rows.iter().map(|r| self.entry_from(r)).collect()
+        })
+        .await
+    }
+
+    async fn open_gate(&self, gate: &NewGate) -> Result<()> {
+        let run_id = &gate.run_id.to_string();
+        let request = &json(&gate.request)
+            .map_err(|_| StoreError::Backend("cannot encode request".into()))?;
+        let deadline = &gate.deadline.map(fmt_time);
+        self.retry(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query(
+                "INSERT INTO gates (run_id, key, kind, request, deadline, opened_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (run_id, key) DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(&gate.key)
+            .bind(&gate.kind)
+            .bind(request)
+            .bind(deadline)
+            .bind(fmt_time(now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match constraint(&e) {
+                Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => no_run(&gate.run_id),
+                _ => Fail::Sql(e),
+            })?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn decide_gate(
+        &self,
+        id: &RunId,
+        key: &str,
+        decision: &serde_json::Value,
+    ) -> Result<Decided> {
+        let run_id = &id.to_string();
+        let decision =
+            &json(decision).map_err(|_| StoreError::Backend("cannot encode decision".into()))?;
+        self.retry(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let gate = sqlx::query("SELECT decision, decided_at FROM gates WHERE run_id = ?1 AND key = ?2")
+                .bind(run_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Fail::Store(StoreError::NotFound(format!("no gate `{key}` in run {id}"))))?;
+            let first: Option<(String, String)> = match (gate.try_get("decision")?, gate.try_get("decided_at")?) {
+                (Some(d), Some(t)) => Some((d, t)),
+                _ => {
+                    // The journal is the truth: a decision already recorded
+                    // under the gate's key (say, answered interactively) wins.
+                    let entry = sqlx::query("SELECT payload, recorded_at FROM entries WHERE run_id = ?1 AND key = ?2")
+                        .bind(run_id)
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match entry {
+                        Some(e) => {
+                            let (d, t): (String, String) = (e.try_get("payload")?, e.try_get("recorded_at")?);
+                            sqlx::query("UPDATE gates SET decision = ?3, decided_at = ?4 WHERE run_id = ?1 AND key = ?2")
+                                .bind(run_id)
+                                .bind(key)
+                                .bind(&d)
+                                .bind(&t)
+                                .execute(&mut *tx)
+                                .await?;
+                            tx.commit().await?;
+                            return decided_already(self, &d, &t);
+                        }
+                        None => None,
+                    }
+                }
+            };
+            if let Some((d, t)) = first {
+                tx.rollback().await?;
+                return decided_already(self, &d, &t);
+            }
+            let t = fmt_time(now());
+            sqlx::query("UPDATE gates SET decision = ?3, decided_at = ?4 WHERE run_id = ?1 AND key = ?2")
+                .bind(run_id)
+                .bind(key)
+                .bind(decision)
+                .bind(&t)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+                 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, 'decision', ?3, ?4 FROM entries WHERE run_id = ?1",
+            )
+            .bind(run_id)
+            .bind(key)
+            .bind(decision)
+            .bind(&t)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Decided::Now)
+        })
+        .await
+    }
+
+    async fn gates(&self, filter: &GateFilter) -> Result<Vec<Gate>> {
+        let run_id = filter.run_id.map(|r| r.to_string());
+        let pending = if filter.pending_only {
+            " AND decided_at IS NULL"
+        } else {
+            ""
+        };
+        let by_run = if run_id.is_some() {
+            " AND run_id = ?1"
+        } else {
+            ""
+        };
+        let sql = &format!(
+            "SELECT {GATE_COLUMNS} FROM gates WHERE 1 = 1{by_run}{pending} ORDER BY opened_at, rowid"
+        );
+        let run_id = &run_id;
+        self.retry(|| async move {
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+            if let Some(r) = &run_id {
+                q = q.bind(r);
+            }
+            let rows = q.fetch_all(&self.readers).await?;
+            rows.iter().map(|r| self.gate_from(r)).collect()
+        })
+        .await
+    }
+}
+
+fn decided_already(store: &SqliteStore, decision: &str, at: &str) -> Result<Decided, Fail> {
+    let decision = serde_json::from_str(decision)
+        .map_err(|e| store.bad(row::BadRow(format!("decision: {e}"))))?;
+    let decided_at = chrono::DateTime::parse_from_rfc3339(at)
+        .map_err(|e| store.bad(row::BadRow(format!("decided_at: {e}"))))?
+        .with_timezone(&chrono::Utc);
+    Ok(Decided::Already {
+        decision,
+        decided_at,
+    })
+}

@@ -1,0 +1,678 @@
+//! The behaviours, one function each; see [`conformance!`](crate::conformance).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::sample_run;
+use crate::{
+    Appended, Decided, GateFilter, NewGate, NewRun, RunId, RunPatch, RunStatus, RunStore,
+    StoreError,
+};
+
+async fn created(store: &dyn RunStore) -> NewRun {
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    run
+}
+
+fn gate(run: RunId, key: &str) -> NewGate {
+    NewGate {
+        run_id: run,
+        key: key.into(),
+        kind: "approval".into(),
+        request: json!({"text": "Ship it?"}),
+        deadline: None,
+    }
+}
+
+/// Every field of a new run comes back as given.
+pub async fn create_then_get_returns_every_field(store: Arc<dyn RunStore>) {
+    let new = created(&*store).await;
+    let run = store.run(&new.id).await.unwrap().expect("created run");
+    assert_eq!(run.id, new.id);
+    assert_eq!(run.workflow_name, new.workflow_name);
+    assert_eq!(run.workflow_path, new.workflow_path);
+    assert_eq!(run.workflow_hash, new.workflow_hash);
+    assert_eq!(run.workflow_source, new.workflow_source);
+    assert_eq!(run.pins, new.pins);
+    assert_eq!(run.inputs, new.inputs);
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.owner, new.owner);
+    assert_eq!(run.output, None);
+    assert_eq!(run.error, None);
+    assert_eq!(run.created_at, run.updated_at);
+}
+
+/// Creating a run whose id exists fails and changes nothing.
+pub async fn create_with_an_existing_id_is_a_conflict(store: Arc<dyn RunStore>) {
+    let new = created(&*store).await;
+    let mut again = new.clone();
+    again.workflow_name = "other".into();
+    let err = store.create_run(&again).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        store.run(&new.id).await.unwrap().unwrap().workflow_name,
+        "triage"
+    );
+}
+
+/// An unknown id is `None`, not an error.
+pub async fn unknown_run_is_none(store: Arc<dyn RunStore>) {
+    assert_eq!(store.run(&RunId::new()).await.unwrap(), None);
+}
+
+/// A run is found by its full id (either spelling) or a unique prefix.
+pub async fn find_by_full_id_or_prefix(store: Arc<dyn RunStore>) {
+    let new = created(&*store).await;
+    let _other = created(&*store).await;
+    let full = new.id.to_string();
+    for query in [
+        full.clone(),
+        new.id.0.hyphenated().to_string(),
+        full.to_uppercase(),
+        full[..31].to_owned(),
+    ] {
+        assert_eq!(store.find_run(&query).await.unwrap().id, new.id, "{query}");
+    }
+}
+
+/// A prefix shared by several runs names how many.
+pub async fn find_with_an_ambiguous_prefix_is_ambiguous(store: Arc<dyn RunStore>) {
+    for n in 1..=3u128 {
+        let mut run = sample_run();
+        run.id = RunId(uuid::Uuid::from_u128(
+            0xabcd_ef00_0000_7000_8000_0000_0000_0000 | n,
+        ));
+        store.create_run(&run).await.unwrap();
+    }
+    match store.find_run("abcdef").await {
+        Err(StoreError::Ambiguous { prefix, count }) => {
+            assert_eq!(prefix, "abcdef");
+            assert_eq!(count, 3);
+        }
+        other => panic!("expected Ambiguous, got {other:?}"),
+    }
+    let one = store.find_run("abcdef0000007000800000000000000").await;
+    assert!(
+        matches!(one, Err(StoreError::Ambiguous { count: 3, .. })),
+        "{one:?}"
+    );
+    let exact = store
+        .find_run("abcdef00000070008000000000000002")
+        .await
+        .unwrap();
+    assert_eq!(exact.id.0.as_u128() & 0xff, 2);
+}
+
+/// No match, a non-hex query and a prefix under 4 characters are not found.
+pub async fn find_unknown_or_too_short_is_not_found(store: Arc<dyn RunStore>) {
+    let new = created(&*store).await;
+    let full = new.id.to_string();
+    for query in [&full[..3], "", "zzzz", "0000", "%%%%", "____"] {
+        let err = store.find_run(query).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound(_)), "{query}: {err:?}");
+    }
+}
+
+/// `list_runs` is newest first, honours the status filter and the limit.
+pub async fn list_is_newest_first_and_filters_by_status(store: Arc<dyn RunStore>) {
+    let mut ids = Vec::new();
+    for status in [
+        RunStatus::Waiting,
+        RunStatus::Running,
+        RunStatus::Waiting,
+        RunStatus::Completed,
+    ] {
+        let mut run = sample_run();
+        run.status = status;
+        store.create_run(&run).await.unwrap();
+        ids.push(run.id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all: Vec<_> = store
+        .list_runs(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(all, ids.iter().rev().copied().collect::<Vec<_>>());
+    let waiting: Vec<_> = store
+        .list_runs(Some(RunStatus::Waiting), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(waiting, vec![ids[2], ids[0]]);
+    assert_eq!(store.list_runs(None, 2).await.unwrap().len(), 2);
+    assert!(
+        store
+            .list_runs(Some(RunStatus::Failed), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A transition from an allowed status sets the status and the patch's
+/// fields and leaves the others.
+pub async fn transition_moves_status_and_applies_patch(store: Arc<dyn RunStore>) {
+    let new = created(&*store).await;
+    let patch = RunPatch {
+        error: Some(Some("provider down".into())),
+        owner: Some(None),
+        ..RunPatch::default()
+    };
+    let failed = store
+        .transition(&new.id, &[RunStatus::Running], RunStatus::Failed, patch)
+        .await
+        .unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some("provider down"));
+    assert_eq!(failed.owner, None);
+    assert!(failed.updated_at >= failed.created_at);
+    let patch = RunPatch {
+        output: Some(json!({"answer": 42})),
+        error: Some(None),
+        owner: None,
+    };
+    let done = store
+        .transition(
+            &new.id,
+            &[RunStatus::Running, RunStatus::Failed],
+            RunStatus::Completed,
+            patch,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.output, Some(json!({"answer": 42})));
+    assert_eq!(done.error, None);
+    assert_eq!(done.owner, None);
+    assert_eq!(store.run(&new.id).await.unwrap().unwrap(), done);
+}
+
+/// A compare-and-set that fails names the current status and writes nothing.
+pub async fn transition_from_another_status_is_a_conflict_naming_it(store: Arc<dyn RunStore>) {
+    let new = created(&*store).await;
+    let before = store.run(&new.id).await.unwrap().unwrap();
+    let patch = RunPatch {
+        output: Some(json!("x")),
+        ..RunPatch::default()
+    };
+    let err = store
+        .transition(
+            &new.id,
+            &[RunStatus::Waiting, RunStatus::Paused],
+            RunStatus::Running,
+            patch,
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::Conflict {
+            current, expected, ..
+        } => {
+            assert_eq!(current, "running");
+            assert!(
+                expected.contains("waiting") && expected.contains("paused"),
+                "{expected}"
+            );
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert!(err.to_string().contains("is running"), "{err}");
+    assert_eq!(store.run(&new.id).await.unwrap().unwrap(), before);
+    // The refused write left nothing half-done behind.
+    assert_eq!(
+        store
+            .append(&new.id, "after", "model", &json!(1))
+            .await
+            .unwrap(),
+        Appended::New(1)
+    );
+}
+
+/// Transitioning a run that does not exist is `NotFound`.
+pub async fn transition_of_unknown_run_is_not_found(store: Arc<dyn RunStore>) {
+    let err = store
+        .transition(
+            &RunId::new(),
+            &[RunStatus::Running],
+            RunStatus::Paused,
+            RunPatch::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+/// Ten tasks racing to move the same run out of `running`: one wins.
+pub async fn racing_transitions_exactly_one_wins(store: Arc<dyn RunStore>) {
+    let new = created(&*store).await;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let patch = RunPatch {
+                owner: Some(Some(format!("worker-{i}"))),
+                ..RunPatch::default()
+            };
+            tokio::spawn(async move {
+                store
+                    .transition(&new.id, &[RunStatus::Running], RunStatus::Paused, patch)
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict { current, .. }) => assert_eq!(current, "paused"),
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+/// The first append under a key wins; a second returns it untouched.
+pub async fn append_returns_new_then_existing_keeping_first_payload(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    let first = store
+        .append(&run.id, "step/a", "model", &json!({"text": "one"}))
+        .await
+        .unwrap();
+    assert_eq!(first, Appended::New(1));
+    let second = store
+        .append(&run.id, "step/a", "clock", &json!({"text": "two"}))
+        .await
+        .unwrap();
+    match second {
+        Appended::Existing(e) => {
+            assert_eq!(e.seq, 1);
+            assert_eq!(e.kind, "model");
+            assert_eq!(e.payload, json!({"text": "one"}));
+            assert_eq!(e.run_id, run.id);
+        }
+        Appended::New(_) => panic!("second append wrote a new entry"),
+    }
+    assert_eq!(store.entries(&run.id).await.unwrap().len(), 1);
+}
+
+/// Entries come back in commit order with seq 1, 2, 3, ...
+pub async fn entries_come_in_commit_order(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    // Keys deliberately not in lexical order.
+    let keys: Vec<String> = (0..50).map(|i| format!("k{}", (i * 37) % 50)).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let appended = store
+            .append(&run.id, key, "model", &json!(i))
+            .await
+            .unwrap();
+        assert_eq!(appended, Appended::New(i as i64 + 1));
+    }
+    let entries = store.entries(&run.id).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+        keys
+    );
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=50).collect::<Vec<_>>()
+    );
+    assert!(
+        entries
+            .windows(2)
+            .all(|w| w[0].recorded_at <= w[1].recorded_at)
+    );
+}
+
+/// Each run has its own journal, numbered from 1.
+pub async fn entries_of_runs_are_separate(store: Arc<dyn RunStore>) {
+    let a = created(&*store).await;
+    let b = created(&*store).await;
+    store
+        .append(&a.id, "x", "model", &json!("a1"))
+        .await
+        .unwrap();
+    store
+        .append(&a.id, "y", "model", &json!("a2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .append(&b.id, "x", "model", &json!("b1"))
+            .await
+            .unwrap(),
+        Appended::New(1)
+    );
+    assert_eq!(store.entries(&a.id).await.unwrap().len(), 2);
+    let b_entries = store.entries(&b.id).await.unwrap();
+    assert_eq!(b_entries.len(), 1);
+    assert_eq!(b_entries[0].payload, json!("b1"));
+    assert!(store.entries(&RunId::new()).await.unwrap().is_empty());
+}
+
+/// `entry` finds one entry by key; an unknown key is `None`.
+pub async fn entry_looks_up_by_key(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    store
+        .append(
+            &run.id,
+            "gather/map[17]/summarize#attempt2",
+            "model",
+            &json!({"n": 17}),
+        )
+        .await
+        .unwrap();
+    let e = store
+        .entry(&run.id, "gather/map[17]/summarize#attempt2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.payload, json!({"n": 17}));
+    assert_eq!(e.kind, "model");
+    assert_eq!(
+        store
+            .entry(&run.id, "gather/map[18]/summarize")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// Appending to a run that does not exist is `NotFound`.
+pub async fn append_to_unknown_run_is_not_found(store: Arc<dyn RunStore>) {
+    let err = store
+        .append(&RunId::new(), "k", "model", &json!(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    // The failed write left nothing half-done behind.
+    let run = created(&*store).await;
+    assert_eq!(
+        store
+            .append(&run.id, "k", "model", &json!(1))
+            .await
+            .unwrap(),
+        Appended::New(1)
+    );
+}
+
+/// Ten concurrent appends under one key: exactly one writes, the others
+/// get the winner's entry.
+pub async fn racing_appends_of_one_key_write_once(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.append(&run.id, "same", "model", &json!(i)).await })
+        })
+        .collect();
+    let mut new = 0;
+    let mut seen = Vec::new();
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Appended::New(seq) => {
+                assert_eq!(seq, 1);
+                new += 1;
+            }
+            Appended::Existing(e) => seen.push(e.payload),
+        }
+    }
+    assert_eq!(new, 1);
+    let stored = store.entries(&run.id).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(seen.iter().all(|p| *p == stored[0].payload));
+}
+
+/// Opening a gate twice keeps the first request.
+pub async fn open_gate_is_idempotent(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    store.open_gate(&gate(run.id, "review")).await.unwrap();
+    let mut again = gate(run.id, "review");
+    again.request = json!({"text": "changed"});
+    store.open_gate(&again).await.unwrap();
+    let gates = store.gates(&GateFilter::default()).await.unwrap();
+    assert_eq!(gates.len(), 1);
+    assert_eq!(gates[0].request, json!({"text": "Ship it?"}));
+    // Re-opening a decided gate changes nothing either.
+    store
+        .decide_gate(&run.id, "review", &json!({"approve": true}))
+        .await
+        .unwrap();
+    store.open_gate(&again).await.unwrap();
+    let gates = store.gates(&GateFilter::default()).await.unwrap();
+    assert_eq!(gates[0].decision, Some(json!({"approve": true})));
+}
+
+/// Opening a gate on a run that does not exist is `NotFound`.
+pub async fn open_gate_on_unknown_run_is_not_found(store: Arc<dyn RunStore>) {
+    let err = store.open_gate(&gate(RunId::new(), "g")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+/// The first decision is recorded; a second is refused with the first.
+pub async fn decide_once_then_already_with_first_decision(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    store.open_gate(&gate(run.id, "review")).await.unwrap();
+    let first = json!({"outcome": "approve", "by": "ana"});
+    assert_eq!(
+        store.decide_gate(&run.id, "review", &first).await.unwrap(),
+        Decided::Now
+    );
+    match store
+        .decide_gate(&run.id, "review", &json!({"outcome": "reject"}))
+        .await
+        .unwrap()
+    {
+        Decided::Already {
+            decision,
+            decided_at,
+        } => {
+            assert_eq!(decision, first);
+            let g = store.gates(&GateFilter::default()).await.unwrap().remove(0);
+            assert_eq!(g.decided_at, Some(decided_at));
+            assert_eq!(g.decision, Some(first));
+        }
+        Decided::Now => panic!("decided twice"),
+    }
+}
+
+/// Ten concurrent, different decisions: exactly one is recorded, the
+/// others see it.
+pub async fn racing_decides_exactly_one_wins(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    store.open_gate(&gate(run.id, "review")).await.unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let decision = if i % 2 == 0 {
+                json!({"approve": i})
+            } else {
+                json!({"reject": i})
+            };
+            tokio::spawn(async move {
+                (
+                    decision.clone(),
+                    store.decide_gate(&run.id, "review", &decision).await,
+                )
+            })
+        })
+        .collect();
+    let mut winner = None;
+    let mut seen = Vec::new();
+    for t in tasks {
+        let (mine, outcome) = t.await.unwrap();
+        match outcome.unwrap() {
+            Decided::Now => {
+                assert!(winner.is_none(), "two decisions won");
+                winner = Some(mine);
+            }
+            Decided::Already { decision, .. } => seen.push(decision),
+        }
+    }
+    let winner = winner.expect("one decision wins");
+    assert_eq!(seen.len(), 9);
+    assert!(seen.iter().all(|d| *d == winner));
+    let entries = store.entries(&run.id).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].payload, winner);
+}
+
+/// A gate that was never opened cannot be decided.
+pub async fn deciding_an_unopened_gate_is_not_found(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    let err = store
+        .decide_gate(&run.id, "nope", &json!(true))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(store.entries(&run.id).await.unwrap().is_empty());
+    let err = store
+        .decide_gate(&RunId::new(), "nope", &json!(true))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+/// The decision is also the journal entry under the gate's key.
+pub async fn decision_is_a_journal_entry(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    store
+        .append(&run.id, "draft", "model", &json!("text"))
+        .await
+        .unwrap();
+    store.open_gate(&gate(run.id, "review")).await.unwrap();
+    let decision = json!({"outcome": "revise", "comments": "shorter"});
+    store
+        .decide_gate(&run.id, "review", &decision)
+        .await
+        .unwrap();
+    let e = store
+        .entry(&run.id, "review")
+        .await
+        .unwrap()
+        .expect("decision entry");
+    assert_eq!(e.kind, "decision");
+    assert_eq!(e.payload, decision);
+    assert_eq!(e.seq, 2);
+    let g = store.gates(&GateFilter::default()).await.unwrap().remove(0);
+    assert_eq!(g.decided_at, Some(e.recorded_at));
+    // An append under the gate's key now finds the decision.
+    assert!(matches!(
+        store.append(&run.id, "review", "decision", &json!("late")).await.unwrap(),
+        Appended::Existing(x) if x.payload == decision
+    ));
+}
+
+/// `pending_only` and `run_id` narrow the gate list; oldest first.
+pub async fn pending_filter_lists_only_undecided_gates(store: Arc<dyn RunStore>) {
+    let a = created(&*store).await;
+    let b = created(&*store).await;
+    for (run, key) in [(a.id, "g1"), (a.id, "g2"), (b.id, "g3")] {
+        store.open_gate(&gate(run, key)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    store.decide_gate(&a.id, "g1", &json!("yes")).await.unwrap();
+    let keys = |gs: Vec<crate::Gate>| gs.into_iter().map(|g| g.key).collect::<Vec<_>>();
+    let all = store.gates(&GateFilter::default()).await.unwrap();
+    assert_eq!(keys(all), ["g1", "g2", "g3"]);
+    let pending = store
+        .gates(&GateFilter {
+            run_id: None,
+            pending_only: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys(pending), ["g2", "g3"]);
+    let a_pending = store
+        .gates(&GateFilter {
+            run_id: Some(a.id),
+            pending_only: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys(a_pending), ["g2"]);
+    let a_all = store
+        .gates(&GateFilter {
+            run_id: Some(a.id),
+            pending_only: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys(a_all), ["g1", "g2"]);
+}
+
+/// A gate keeps its kind, request and deadline (to the microsecond).
+pub async fn gate_keeps_request_and_deadline(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    let deadline = chrono::DateTime::parse_from_rfc3339("2031-05-06T07:08:09.123456Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let new = NewGate {
+        run_id: run.id,
+        key: "choose".into(),
+        kind: "choose".into(),
+        request: json!({"options": ["a", "b", "c"]}),
+        deadline: Some(deadline),
+    };
+    store.open_gate(&new).await.unwrap();
+    let g = store.gates(&GateFilter::default()).await.unwrap().remove(0);
+    assert_eq!(g.run_id, run.id);
+    assert_eq!(g.kind, "choose");
+    assert_eq!(g.request, new.request);
+    assert_eq!(g.deadline, Some(deadline));
+    assert_eq!(g.decision, None);
+    assert_eq!(g.decided_at, None);
+}
+
+/// JSON payloads come back exactly: unicode, braces, big numbers, nesting, scalars.
+pub async fn json_payloads_round_trip(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    let payloads = [
+        json!({"text": "héllo wörld ✓ 日本語 🦀", "template": "{{ not evaluated }} {braces}", "quote": "\"'\\", "nul": "a\u{0}b"}),
+        json!({"big": u64::MAX, "small": i64::MIN, "float": 1.0e300, "tiny": 5e-324, "tenth": 0.1}),
+        json!({"a": {"b": {"c": [1, [2, [3, {"d": null}]]], "e": true}}}),
+        json!("12"),
+        json!(12),
+        json!(null),
+        json!([]),
+        json!(""),
+    ];
+    for (i, p) in payloads.iter().enumerate() {
+        store
+            .append(&run.id, &format!("p{i}"), "model", p)
+            .await
+            .unwrap();
+    }
+    let entries = store.entries(&run.id).await.unwrap();
+    for (e, p) in entries.iter().zip(&payloads) {
+        assert_eq!(&e.payload, p, "{}", e.key);
+    }
+    let mut inputs = sample_run();
+    inputs.inputs = payloads[0].clone();
+    store.create_run(&inputs).await.unwrap();
+    assert_eq!(
+        store.run(&inputs.id).await.unwrap().unwrap().inputs,
+        payloads[0]
+    );
+}
+
+/// A 1 MB payload is stored and read back whole.
+pub async fn large_payload_round_trips(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    let text: String = "spes ✓ ".chars().cycle().take(1 << 20).collect();
+    let payload = json!({"output": text});
+    store
+        .append(&run.id, "big", "model", &payload)
+        .await
+        .unwrap();
+    let e = store.entry(&run.id, "big").await.unwrap().unwrap();
+    assert_eq!(e.payload, payload);
+    assert_eq!(store.entries(&run.id).await.unwrap()[0].payload, payload);
+}
