@@ -8,6 +8,7 @@
 //! - 4: the run was cancelled
 //! - 5: the run store is unusable (damaged, locked, newer schema, permissions)
 
+mod gates;
 mod init;
 mod progress;
 mod project;
@@ -65,9 +66,55 @@ enum Command {
         /// Run id (or a unique prefix).
         run: String,
     },
-    /// List, show and replay runs.
+    /// List, show and replay runs; list gates waiting for a human.
     #[command(subcommand)]
     Runs(runs::RunsCmd),
+    /// Approve at a human gate.
+    Approve {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// The gate (its id, or the end of it) when the run has several open.
+        #[arg(long)]
+        gate: Option<String>,
+        /// Comments recorded with the approval.
+        #[arg(long)]
+        comments: Option<String>,
+    },
+    /// Reject at a human gate.
+    Reject {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// The gate, when the run has several open.
+        #[arg(long)]
+        gate: Option<String>,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Ask for a revision at an approval or section gate.
+    Revise {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// The gate, when the run has several open.
+        #[arg(long)]
+        gate: Option<String>,
+        /// What should change.
+        #[arg(long)]
+        comments: String,
+        /// Suggested changes.
+        #[arg(long)]
+        suggest: Option<String>,
+    },
+    /// Pick variation N at a choose gate.
+    Choose {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// The variation, from 1.
+        n: u64,
+        /// The gate, when the run has several open.
+        #[arg(long)]
+        gate: Option<String>,
+    },
     /// Validate workflows, or draw them.
     #[command(subcommand)]
     Workflow(WorkflowCmd),
@@ -103,6 +150,12 @@ struct RunArgs {
     /// Run in memory only: no run record, no resume.
     #[arg(long)]
     no_store: bool,
+    /// Answer human gates here, reading stdin (the default when stdin and stderr are terminals).
+    #[arg(long, conflicts_with = "detach")]
+    interactive: bool,
+    /// Never ask here: a human gate suspends the run (answer later with `spes approve` etc.).
+    #[arg(long)]
+    detach: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -212,6 +265,51 @@ fn main() -> ExitCode {
                 cli.store.as_deref(),
                 &run,
                 true,
+            ))
+        }),
+        Command::Approve {
+            run,
+            gate,
+            comments,
+        } => runtime().and_then(|rt| {
+            rt.block_on(gates::answer(
+                cli.config.as_deref(),
+                cli.store.as_deref(),
+                &run,
+                gate.as_deref(),
+                gates::Answer::Approve { comments },
+            ))
+        }),
+        Command::Reject { run, gate, reason } => runtime().and_then(|rt| {
+            rt.block_on(gates::answer(
+                cli.config.as_deref(),
+                cli.store.as_deref(),
+                &run,
+                gate.as_deref(),
+                gates::Answer::Reject { reason },
+            ))
+        }),
+        Command::Revise {
+            run,
+            gate,
+            comments,
+            suggest,
+        } => runtime().and_then(|rt| {
+            rt.block_on(gates::answer(
+                cli.config.as_deref(),
+                cli.store.as_deref(),
+                &run,
+                gate.as_deref(),
+                gates::Answer::Revise { comments, suggest },
+            ))
+        }),
+        Command::Choose { run, n, gate } => runtime().and_then(|rt| {
+            rt.block_on(gates::answer(
+                cli.config.as_deref(),
+                cli.store.as_deref(),
+                &run,
+                gate.as_deref(),
+                gates::Answer::Choose { n },
             ))
         }),
         Command::Runs(c) => runtime()
@@ -367,7 +465,13 @@ async fn cmd_run(
         let text = read_text(Path::new(p), MAX_INPUT_FILE)?;
         inputs.insert(k.to_owned(), Value::String(text));
     }
-    let engine = build_engine(&project, args.provider.as_deref(), args.quiet, None)?;
+    let engine = build_engine(
+        &project,
+        args.provider.as_deref(),
+        args.quiet,
+        None,
+        interactive(args.interactive, args.detach),
+    )?;
     let started = std::time::Instant::now();
     let input_error = |m: String| {
         Failure::Input(Diagnostics::from(
@@ -412,6 +516,7 @@ pub(crate) fn build_engine(
     provider: Option<&str>,
     quiet: bool,
     capture: Option<spes_engine::Capture>,
+    interactive: bool,
 ) -> Result<Engine, Failure> {
     let default = project.default_provider(provider);
     let mut builder = Engine::builder()
@@ -420,6 +525,9 @@ pub(crate) fn build_engine(
         .observer(Arc::new(progress::Progress::new(quiet)));
     if let Some(c) = capture {
         builder = builder.capture(c);
+    }
+    if interactive {
+        builder = builder.reviewer(Arc::new(gates::TerminalReviewer::default()));
     }
     let providers = project.providers()?;
     if !providers.iter().any(|p| p.name() == default) {
@@ -445,6 +553,11 @@ pub(crate) fn build_engine(
         builder = builder.provider(p);
     }
     Ok(builder.build())
+}
+
+/// Whether human gates are answered here: forced by the flags, else when stdin and stderr are terminals.
+pub(crate) fn interactive(force: bool, detach: bool) -> bool {
+    force || (!detach && std::io::stdin().is_terminal() && std::io::stderr().is_terminal())
 }
 
 /// Reports how a run ended: the output on stdout, a summary on stderr, the exit code.

@@ -29,6 +29,12 @@ pub(crate) struct ResumeArgs {
     /// No progress on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Answer human gates here, reading stdin (the default on a terminal).
+    #[arg(long, conflicts_with = "detach")]
+    interactive: bool,
+    /// Never ask here: a human gate suspends the run again.
+    #[arg(long)]
+    detach: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -50,6 +56,8 @@ pub(crate) enum RunsCmd {
         #[arg(long)]
         prompts: bool,
     },
+    /// Gates waiting for a human, across runs.
+    Pending,
     /// Re-execute a finished run from its journal with zero model calls; exit 0 if the output is identical.
     Replay {
         /// Run id (or a unique prefix).
@@ -114,7 +122,13 @@ pub(crate) async fn resume(
     let project = Project::discover(config, &file)?;
     let (wf, _) = load_workflow(&project, &file)?;
     let source = source_of(&file)?;
-    let engine = build_engine(&project, args.provider.as_deref(), args.quiet, None)?;
+    let engine = build_engine(
+        &project,
+        args.provider.as_deref(),
+        args.quiet,
+        None,
+        crate::interactive(args.interactive, args.detach),
+    )?;
     let started = std::time::Instant::now();
     let end = engine
         .resume(store, &run, &wf, &source, args.allow_changes)
@@ -207,6 +221,7 @@ pub(crate) async fn runs(
             Ok(())
         }
         RunsCmd::Show { run, prompts } => show(config, store_url, &run, prompts).await,
+        RunsCmd::Pending => crate::gates::pending(config, store_url).await,
         RunsCmd::Replay { run, allow_changes } => {
             let (_, store, run) = find(config, store_url, &run).await?;
             if run.status != RunStatus::Completed {
@@ -223,7 +238,7 @@ pub(crate) async fn runs(
             {
                 return Err(Failure::Usage(d.to_string()));
             }
-            let engine = build_engine(&project, None, true, None)?;
+            let engine = build_engine(&project, None, true, None, false)?;
             let r = engine.replay(store, &run, &wf).await.map_err(run_error)?;
             if r.identical {
                 eprintln!(
@@ -407,7 +422,7 @@ async fn prompts_of(
             v.push((key.to_owned(), req.clone()));
         }
     });
-    let engine = build_engine(&project, None, true, Some(capture))?;
+    let engine = build_engine(&project, None, true, Some(capture), false)?;
     // Replays as far as the journal goes; an unfinished run stops at its frontier.
     let _ = engine.replay(store.clone(), run, &wf).await;
     let answers: std::collections::HashMap<String, String> = store
