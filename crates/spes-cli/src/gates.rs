@@ -197,7 +197,8 @@ pub(crate) async fn answer(
             }
         }
         None => {
-            let open: Vec<&Gate> = all.iter().filter(|x| x.decision.is_none()).collect();
+            let mut open: Vec<&Gate> = all.iter().filter(|x| x.decision.is_none()).collect();
+            open.sort_by(|a, b| a.key.cmp(&b.key));
             match open.as_slice() {
                 [one] => one,
                 [] => {

@@ -1,0 +1,292 @@
+//! Human gates through the real binary and a real SQLite store:
+//! detached runs answered by other processes, double answers, races.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const WF: &str = r#"name: signoff
+inputs: { topic: { type: string, required: true } }
+steps:
+  - { name: draft, kind: llm, prompt: "Draft about {{ topic }}", output: draft }
+  - name: reviews
+    kind: parallel
+    output: reviews
+    steps:
+      - { name: legal, kind: approval, show: draft }
+      - { name: tone, kind: approval, show: draft, max_revisions: 1 }
+  - { name: out, kind: transform, fn: template, input: "{{ reviews.legal.status }}/{{ reviews.tone.status }}: {{ reviews.tone.output }}", output: out }
+output: out
+"#;
+
+fn project() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("spes.toml"),
+        "[defaults]\nprovider = \"t\"\n[providers.t]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("a.yaml"),
+        "- { step: draft, reply: 'draft one' }\n- { step: revision1, reply: 'draft two' }\n- { default: echo }\n",
+    )
+    .unwrap();
+    std::fs::write(d.path().join("w.yaml"), WF).unwrap();
+    d
+}
+
+fn spes(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn run_id(dir: &Path) -> String {
+    let out = spes(dir, &["runs", "list"]);
+    text(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn detached_gates_are_answered_by_id_from_other_processes_then_resumed() {
+    let p = project();
+    let d = p.path();
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is waiting for a human at"),
+        "{}",
+        text(&out.stderr)
+    );
+    let id = run_id(d);
+    let pending = text(&spes(d, &["runs", "pending"]).stdout);
+    assert!(
+        pending.contains("reviews/legal/review0") && pending.contains("reviews/tone/review0"),
+        "{pending}"
+    );
+
+    // Two gates open: an answer without --gate is refused and names both.
+    let out = spes(d, &["approve", &id[..8]]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("has 2 open gates: reviews/legal/review0, reviews/tone/review0"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Answer each by id (the end of its key is enough).
+    let out = spes(
+        d,
+        &[
+            "revise",
+            &id,
+            "--gate",
+            "tone/review0",
+            "--comments",
+            "warmer",
+            "--suggest",
+            "say thanks",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = spes(d, &["approve", &id, "--gate", "reviews/legal/review0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A second answer to a decided gate is refused, showing the first.
+    let out = spes(
+        d,
+        &[
+            "reject",
+            &id,
+            "--gate",
+            "reviews/legal/review0",
+            "--reason",
+            "changed my mind",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("was already decided at"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("\"action\":\"approve\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A full restart: a fresh process resumes; the revision waits for its own review.
+    let out = spes(d, &["resume", &id]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("reviews/tone/review1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = spes(d, &["approve", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = spes(d, &["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "approved/approved: draft two\n");
+
+    let shown = text(&spes(d, &["runs", "show", &id]).stdout);
+    assert!(shown.contains("completed"), "{shown}");
+    assert!(shown.contains("\"comments\":\"warmer\""), "{shown}");
+}
+
+#[test]
+fn racing_approve_and_reject_processes_exactly_one_wins() {
+    let p = project();
+    let d = p.path().to_path_buf();
+    std::fs::write(
+        d.join("w.yaml"),
+        WF.replace(
+            "      - { name: tone, kind: approval, show: draft, max_revisions: 1 }\n",
+            "",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("w.yaml"),
+        std::fs::read_to_string(d.join("w.yaml")).unwrap().replace(
+            "{{ reviews.legal.status }}/{{ reviews.tone.status }}: {{ reviews.tone.output }}",
+            "{{ reviews.legal.status }}",
+        ),
+    )
+    .unwrap();
+    let out = spes(&d, &["run", "w.yaml", "-i", "topic=x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(&d);
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let args: Vec<String> = if i % 2 == 0 {
+                vec!["approve".into(), id.clone()]
+            } else {
+                vec![
+                    "reject".into(),
+                    id.clone(),
+                    "--reason".into(),
+                    format!("r{i}"),
+                ]
+            };
+            Command::new(env!("CARGO_BIN_EXE_spes"))
+                .current_dir(&d)
+                .args(&args)
+                .output_async()
+        })
+        .collect();
+    let results: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let winners = results.iter().filter(|o| o.status.success()).count();
+    assert_eq!(
+        winners,
+        1,
+        "{:?}",
+        results.iter().map(|o| text(&o.stderr)).collect::<Vec<_>>()
+    );
+    for o in results.iter().filter(|o| !o.status.success()) {
+        let e = text(&o.stderr);
+        assert!(
+            e.contains("already decided") || e.contains("no open gate"),
+            "{e}"
+        );
+        assert!(!e.contains("locked"), "{e}");
+    }
+    let out = spes(&d, &["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = text(&out.stdout);
+    assert!(status == "approved\n" || status == "rejected\n", "{status}");
+}
+
+trait SpawnOutput {
+    fn output_async(&mut self) -> std::process::Child;
+}
+
+impl SpawnOutput for Command {
+    fn output_async(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+#[test]
+fn choose_answers_are_checked_against_the_gate() {
+    let p = project();
+    let d = p.path();
+    std::fs::write(
+        d.join("w.yaml"),
+        "name: pick\nsteps:\n  - { name: tag, kind: choose, n: 3, generate: { prompt: 'a tagline' }, output: tag }\n  - { name: out, kind: transform, fn: template, input: '{{ tag.selected_index }}', output: out }\noutput: out\n",
+    )
+    .unwrap();
+    let out = spes(d, &["run", "w.yaml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    let out = spes(d, &["choose", &id, "4"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("offers variations 1 to 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = spes(d, &["revise", &id, "--comments", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("does not take `revise`"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(spes(d, &["choose", &id, "2"]).status.success());
+    let out = spes(d, &["resume", &id]);
+    assert_eq!(text(&out.stdout), "2\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn interactive_mode_reads_answers_from_stdin() {
+    use std::io::Write;
+    let p = project();
+    let d = p.path();
+    std::fs::write(
+        d.join("w.yaml"),
+        WF.replace("      - { name: legal, kind: approval, show: draft }\n", "")
+            .replace("{{ reviews.legal.status }}/", ""),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(d)
+        .args(["run", "w.yaml", "-i", "topic=x", "--interactive"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"v\nshorter\n\na\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "approved: draft two\n");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("── approval gate `reviews/tone/review0`") && err.contains("draft one"),
+        "{err}"
+    );
+}
