@@ -81,7 +81,14 @@ pub(crate) async fn open_store(
         return Err(Failure::Store(spes_store::StoreError::BadUrl(url)));
     };
     let path = project.rel(Path::new(path));
-    let store = SqliteStore::open(&path, SqliteOptions::default()).await?;
+    let mut opts = SqliteOptions::default();
+    if let Some(d) = &project.config.store.durability {
+        let d = d
+            .parse::<spes_store::sqlite::Durability>()
+            .map_err(|e| Failure::Usage(format!("[store] durability in spes.toml: {e}")))?;
+        opts = opts.with_durability(d);
+    }
+    let store = SqliteStore::open(&path, opts).await?;
     Ok(Arc::new(store))
 }
 

@@ -46,6 +46,10 @@ pub struct DefaultsSpec {
 pub struct StoreSpec {
     /// `sqlite://path` or `postgres://...`.
     pub url: Option<String>,
+    /// SQLite commit durability: `full` (default: each commit is fsynced and
+    /// survives a power loss) or `normal` (survives a killed process; the
+    /// last commits before a power loss may be lost; about 2x faster).
+    pub durability: Option<String>,
 }
 
 /// `[components]`.
@@ -249,6 +253,16 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
                 None => d,
             });
         }
+    }
+    if let Some(d) = &spec.store.durability
+        && !matches!(d.as_str(), "full" | "normal")
+    {
+        return Err(Diagnostic::error(
+            "spes::config::durability",
+            format!("[store] durability = \"{d}\" is not full or normal"),
+        )
+        .with_file(file)
+        .with_hint("full (default) fsyncs every commit; normal survives a killed process and is about twice as fast"));
     }
     if let Some(p) = &spec.defaults.provider
         && !spec.providers.contains_key(p)
