@@ -36,6 +36,17 @@ const CASES: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
+/// Examples with a human gate: (workflow, inputs, answers given with the CLI, a line the result must contain).
+const GATED: &[(&str, &[&str], &[&[&str]], &str)] = &[(
+    "release-signoff.yaml",
+    &["--input-file", "notes=inputs/release-notes.txt"],
+    &[
+        &["revise", "RUN", "--comments", "mention the cache size cap"],
+        &["approve", "RUN"],
+    ],
+    "it is now capped at 10,000 entries",
+)];
+
 #[test]
 fn every_example_is_listed_here() {
     let mut on_disk: Vec<String> = std::fs::read_dir(examples_dir().join("workflows"))
@@ -44,7 +55,11 @@ fn every_example_is_listed_here() {
         .filter(|n| n.ends_with(".yaml"))
         .collect();
     on_disk.sort();
-    let mut listed: Vec<String> = CASES.iter().map(|c| c.0.to_owned()).collect();
+    let mut listed: Vec<String> = CASES
+        .iter()
+        .map(|c| c.0.to_owned())
+        .chain(GATED.iter().map(|c| c.0.to_owned()))
+        .collect();
     listed.sort();
     assert_eq!(
         on_disk, listed,
@@ -55,7 +70,7 @@ fn every_example_is_listed_here() {
 #[test]
 fn every_example_validates() {
     let dir = examples_dir();
-    for (file, _, _) in CASES {
+    for file in CASES.iter().map(|c| c.0).chain(GATED.iter().map(|c| c.0)) {
         let out = Command::new(env!("CARGO_BIN_EXE_spes"))
             .current_dir(&dir)
             .args(["workflow", "validate", &format!("workflows/{file}")])
@@ -72,11 +87,13 @@ fn every_example_validates() {
 #[test]
 fn every_example_runs_offline() {
     let dir = examples_dir();
+    let tmp = tempfile::tempdir().unwrap();
     for (file, inputs, expected) in CASES {
         let out = Command::new(env!("CARGO_BIN_EXE_spes"))
             .current_dir(&dir)
             .env_remove("ANTHROPIC_API_KEY")
             .env_remove("OPENAI_API_KEY")
+            .args(["--store", &store_url(&tmp)])
             .args(["run", &format!("workflows/{file}")])
             .args(*inputs)
             .output()
@@ -98,7 +115,7 @@ fn every_example_runs_offline() {
 #[test]
 fn every_example_diagram_renders() {
     let dir = examples_dir();
-    for (file, _, _) in CASES {
+    for file in CASES.iter().map(|c| c.0).chain(GATED.iter().map(|c| c.0)) {
         let out = Command::new(env!("CARGO_BIN_EXE_spes"))
             .current_dir(&dir)
             .args([
@@ -114,5 +131,65 @@ fn every_example_diagram_renders() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.starts_with("flowchart TD\n"), "{file}: {text}");
         assert!(text.contains("--> done"), "{file}: {text}");
+    }
+}
+
+fn store_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("spes.db").display())
+}
+
+#[test]
+fn gated_examples_wait_for_a_human_then_finish() {
+    let dir = examples_dir();
+    for (file, inputs, answers, expected) in GATED {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store_url(&tmp);
+        let spes = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_spes"))
+                .current_dir(&dir)
+                .args(["--store", &store])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let mut args = vec!["run".to_owned(), format!("workflows/{file}")];
+        args.extend(inputs.iter().map(|s| (*s).to_owned()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut out = spes(&argv);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list = spes(&["runs", "list"]);
+        let id = String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        for answer in *answers {
+            let a: Vec<&str> = answer
+                .iter()
+                .map(|x| if *x == "RUN" { id.as_str() } else { *x })
+                .collect();
+            let r = spes(&a);
+            assert!(
+                r.status.success(),
+                "{file} {a:?}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            out = spes(&["resume", &id]);
+        }
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(expected), "{file}: {stdout}");
     }
 }
