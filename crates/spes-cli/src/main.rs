@@ -241,86 +241,56 @@ fn main() -> ExitCode {
             };
         }
     };
+    let config = cli.config.as_deref();
+    let store = cli.store.as_deref();
     let result = match cli.command {
-        Command::Run(args) => runtime()
-            .and_then(|rt| rt.block_on(cmd_run(cli.config.as_deref(), cli.store.as_deref(), args))),
-        Command::Resume(args) => runtime().and_then(|rt| {
-            rt.block_on(runs::resume(
-                cli.config.as_deref(),
-                cli.store.as_deref(),
-                args,
-            ))
-        }),
-        Command::Pause { run } => runtime().and_then(|rt| {
-            rt.block_on(runs::pause(
-                cli.config.as_deref(),
-                cli.store.as_deref(),
-                &run,
-                false,
-            ))
-        }),
-        Command::Cancel { run } => runtime().and_then(|rt| {
-            rt.block_on(runs::pause(
-                cli.config.as_deref(),
-                cli.store.as_deref(),
-                &run,
-                true,
-            ))
-        }),
+        Command::Run(args) => block(cmd_run(config, store, args)),
+        Command::Resume(args) => block(runs::resume(config, store, args)),
+        Command::Pause { run } => block(runs::pause(config, store, &run, false)),
+        Command::Cancel { run } => block(runs::pause(config, store, &run, true)),
         Command::Approve {
             run,
             gate,
             comments,
-        } => runtime().and_then(|rt| {
-            rt.block_on(gates::answer(
-                cli.config.as_deref(),
-                cli.store.as_deref(),
-                &run,
-                gate.as_deref(),
-                gates::Answer::Approve { comments },
-            ))
-        }),
-        Command::Reject { run, gate, reason } => runtime().and_then(|rt| {
-            rt.block_on(gates::answer(
-                cli.config.as_deref(),
-                cli.store.as_deref(),
-                &run,
-                gate.as_deref(),
-                gates::Answer::Reject { reason },
-            ))
-        }),
+        } => block(gates::answer(
+            config,
+            store,
+            &run,
+            gate.as_deref(),
+            gates::Answer::Approve { comments },
+        )),
+        Command::Reject { run, gate, reason } => block(gates::answer(
+            config,
+            store,
+            &run,
+            gate.as_deref(),
+            gates::Answer::Reject { reason },
+        )),
         Command::Revise {
             run,
             gate,
             comments,
             suggest,
-        } => runtime().and_then(|rt| {
-            rt.block_on(gates::answer(
-                cli.config.as_deref(),
-                cli.store.as_deref(),
-                &run,
-                gate.as_deref(),
-                gates::Answer::Revise { comments, suggest },
-            ))
-        }),
-        Command::Choose { run, n, gate } => runtime().and_then(|rt| {
-            rt.block_on(gates::answer(
-                cli.config.as_deref(),
-                cli.store.as_deref(),
-                &run,
-                gate.as_deref(),
-                gates::Answer::Choose { n },
-            ))
-        }),
-        Command::Runs(c) => runtime()
-            .and_then(|rt| rt.block_on(runs::runs(cli.config.as_deref(), cli.store.as_deref(), c))),
-        Command::Workflow(WorkflowCmd::Validate { files }) => {
-            cmd_validate(cli.config.as_deref(), &files)
-        }
+        } => block(gates::answer(
+            config,
+            store,
+            &run,
+            gate.as_deref(),
+            gates::Answer::Revise { comments, suggest },
+        )),
+        Command::Choose { run, n, gate } => block(gates::answer(
+            config,
+            store,
+            &run,
+            gate.as_deref(),
+            gates::Answer::Choose { n },
+        )),
+        Command::Runs(c) => block(runs::runs(config, store, c)),
+        Command::Workflow(WorkflowCmd::Validate { files }) => cmd_validate(config, &files),
         Command::Workflow(WorkflowCmd::Diagram { file, format }) => {
-            cmd_diagram(cli.config.as_deref(), &file, format)
+            cmd_diagram(config, &file, format)
         }
-        Command::Components(c) => cmd_components(cli.config.as_deref(), c),
+        Command::Components(c) => cmd_components(config, c),
         Command::Init { dir } => init::init(&dir),
     };
     match result {
@@ -352,6 +322,17 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs an async command, then closes the stores it opened (SQLite
+/// checkpoints its WAL into the main file when the last connection closes).
+fn block(f: impl std::future::Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let r = f.await;
+        runs::close_stores().await;
+        r
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {

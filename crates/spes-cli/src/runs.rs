@@ -88,8 +88,25 @@ pub(crate) async fn open_store(
             .map_err(|e| Failure::Usage(format!("[store] durability in spes.toml: {e}")))?;
         opts = opts.with_durability(d);
     }
-    let store = SqliteStore::open(&path, opts).await?;
-    Ok(Arc::new(store))
+    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path, opts).await?);
+    if let Ok(mut open) = OPEN.lock() {
+        open.push(store.clone());
+    }
+    Ok(store)
+}
+
+/// Stores opened by this process, closed when the command ends.
+static OPEN: Mutex<Vec<Arc<dyn RunStore>>> = Mutex::new(Vec::new());
+
+/// Closes every store this process opened.
+pub(crate) async fn close_stores() {
+    let stores: Vec<Arc<dyn RunStore>> = OPEN
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
+    for s in stores {
+        s.close().await;
+    }
 }
 
 /// The workflow file as a run pins it.

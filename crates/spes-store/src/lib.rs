@@ -123,4 +123,8 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 
     /// Gates, oldest first.
     async fn gates(&self, filter: &GateFilter) -> Result<Vec<Gate>>;
+
+    /// Closes the store's connections (SQLite checkpoints its WAL into the
+    /// main file when the last connection closes). Calls after this fail.
+    async fn close(&self) {}
 }

@@ -421,6 +421,10 @@ impl RunStore for SqliteStore {
         })
         .await
     }
+
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
 }
 
 fn decided_already(store: &SqliteStore, decision: &str, at: &str) -> Result<Decided, Fail> {

@@ -1,0 +1,382 @@
+//! Crash tests: the fake LLM server SIGKILLs `spes` when request k
+//! arrives (k drawn from a printed seed; `SPES_CRASH_SEED=N` replays a
+//! failure), the test checks the store, resumes, and repeats until the run
+//! completes. The result must be byte-identical to an uninterrupted run,
+//! with every committed model call made once.
+//!
+//! Each process life gets its own fake server (`spes.toml` is pointed at
+//! it before the life starts), so every request is attributed to the
+//! process that sent it, even one that reaches the server after its
+//! sender died.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "crash/harness.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use harness::{Lcg, Project, committed_model_keys, marker, seed, sigkill, wait};
+use spes_fake_llm::{FakeServer, RecordedRequest};
+use spes_store::{RunStatus, RunStore};
+
+/// A workflow and how its requests map to journal keys.
+struct Scenario {
+    name: &'static str,
+    yaml: String,
+    /// Prompt marker (`[s3]` at the start of the user message) -> journal key.
+    keys: BTreeMap<String, String>,
+    kills: usize,
+}
+
+impl Scenario {
+    fn calls(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn key_of(&self, r: &RecordedRequest) -> String {
+        let m = marker(&r.body)
+            .unwrap_or_else(|| panic!("request {} has no step marker: {}", r.n, r.raw_body));
+        self.keys
+            .get(&m)
+            .unwrap_or_else(|| panic!("request {} names unknown step `{m}`", r.n))
+            .clone()
+    }
+}
+
+fn chain(steps: usize, kills: usize) -> Scenario {
+    let mut yaml = String::from(
+        "name: crash_chain\ninputs:\n  topic: { type: string, default: rust }\nsteps:\n",
+    );
+    let mut keys = BTreeMap::new();
+    for i in 1..=steps {
+        let prev = if i == 1 {
+            "topic".to_owned()
+        } else {
+            format!("s{}", i - 1)
+        };
+        yaml.push_str(&format!(
+            "  - {{ name: s{i}, kind: llm, prompt: \"[s{i}] step {i} continues: {{{{ {prev} }}}}\", max_tokens: 64, output: s{i} }}\n"
+        ));
+        keys.insert(format!("s{i}"), format!("s{i}"));
+    }
+    Scenario {
+        name: "chain",
+        yaml,
+        keys,
+        kills,
+    }
+}
+
+fn fan_out(children: usize, kills: usize) -> Scenario {
+    let mut yaml = String::from(
+        "name: crash_fan\ninputs:\n  topic: { type: string, default: rust }\nsteps:\n  - name: fan\n    kind: parallel\n    steps:\n",
+    );
+    let mut keys = BTreeMap::new();
+    let mut join = String::from("[join] combine:");
+    for i in 1..=children {
+        let n = format!("p{i:02}");
+        yaml.push_str(&format!(
+            "      - {{ name: {n}, kind: llm, prompt: \"[{n}] point {i} about {{{{ topic }}}}\", max_tokens: 64, output: {n} }}\n"
+        ));
+        keys.insert(n.clone(), format!("fan/{n}"));
+        join.push_str(&format!(" {{{{ {n} }}}} |"));
+    }
+    yaml.push_str(&format!(
+        "  - {{ name: join, kind: llm, prompt: \"{join}\", max_tokens: 64, output: final }}\n"
+    ));
+    keys.insert("join".into(), "join".into());
+    Scenario {
+        name: "fan_out",
+        yaml,
+        keys,
+        kills,
+    }
+}
+
+/// One process life: its server (all its requests), what was committed
+/// when it started, and how it ended.
+struct Life {
+    server: FakeServer,
+    committed_before: BTreeSet<String>,
+    kill_at: Option<usize>,
+}
+
+/// Runs the workflow without interruption in its own project.
+async fn uninterrupted(s: &Scenario) -> (Vec<u8>, Vec<RecordedRequest>) {
+    let server = FakeServer::start().await.unwrap();
+    let project = Project::new(&s.yaml, &server.openai_base_url());
+    let exit = wait(project.spawn(&["run", "wf.yaml"])).await;
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "uninterrupted run failed:\n{}",
+        exit.stderr
+    );
+    assert_eq!(server.request_count(), s.calls(), "uninterrupted calls");
+    (exit.stdout, server.requests())
+}
+
+async fn crash_and_resume(s: &Scenario) {
+    let seed = seed();
+    println!(
+        "{}: seed {seed} (rerun with SPES_CRASH_SEED={seed})",
+        s.name
+    );
+    let mut rng = Lcg::new(seed, s.name);
+    let (expected_stdout, reference) = uninterrupted(s).await;
+
+    let mut project: Option<Project> = None;
+    let mut lives: Vec<Life> = Vec::new();
+    let mut run_id: Option<spes_store::RunId> = None;
+    let mut final_stdout = Vec::new();
+    let started = Instant::now();
+    loop {
+        assert!(
+            lives.len() <= s.kills,
+            "seed {seed}: more lives than kills + 1"
+        );
+        let server = FakeServer::start().await.unwrap();
+        let p = project.get_or_insert_with(|| Project::new(&s.yaml, &server.openai_base_url()));
+        p.point_at(&server.openai_base_url());
+
+        // What is committed now: no request may ask for it again.
+        let committed_before = match &run_id {
+            None => BTreeSet::new(),
+            Some(id) => {
+                let store = p.store().await;
+                let keys = committed_model_keys(&store, id).await;
+                store.close().await;
+                keys
+            }
+        };
+        let remaining = s.calls() - committed_before.len();
+        assert!(
+            remaining > 0,
+            "seed {seed}: nothing left to do, yet not completed"
+        );
+        let kills_left = s.kills - lives.len();
+        let kill_at = (kills_left > 0).then(|| {
+            // Spread the kills over the run: k in 1..=2*remaining/(kills_left+1).
+            let hi = (2 * remaining / (kills_left + 1)).clamp(1, remaining);
+            rng.range(1, hi)
+        });
+
+        let pid = Arc::new(AtomicU32::new(0));
+        let killed = Arc::new(AtomicBool::new(false));
+        if let Some(k) = kill_at {
+            let (pid, killed) = (pid.clone(), killed.clone());
+            server.on_request(move |n| {
+                if n != k {
+                    return;
+                }
+                // The child is started before it can send anything; its pid
+                // is stored right after spawn returns.
+                let t = Instant::now();
+                let mut p = pid.load(Ordering::SeqCst);
+                while p == 0 {
+                    assert!(t.elapsed() < Duration::from_secs(10), "no pid to kill");
+                    std::thread::yield_now();
+                    p = pid.load(Ordering::SeqCst);
+                }
+                // Flag first: the waiting test may see the death before kill(1) returns.
+                killed.store(true, Ordering::SeqCst);
+                sigkill(p);
+            });
+        }
+
+        let id_text = run_id.map(|i| i.to_string());
+        let args: Vec<&str> = match &id_text {
+            None => vec!["run", "wf.yaml"],
+            Some(id) => vec!["resume", id],
+        };
+        let child = p.spawn(&args);
+        let child_pid = child.id();
+        pid.store(child_pid, Ordering::SeqCst);
+        let exit = wait(child).await;
+
+        match kill_at {
+            Some(k) => {
+                assert!(
+                    killed.load(Ordering::SeqCst),
+                    "seed {seed}: life {} was to be killed at request {k} but ended first ({:?}):\n{}",
+                    lives.len() + 1,
+                    exit.status,
+                    exit.stderr
+                );
+                assert_eq!(
+                    exit.signal(),
+                    Some(9),
+                    "seed {seed}: life {} should have died of SIGKILL:\n{}",
+                    lives.len() + 1,
+                    exit.stderr
+                );
+                // The store survives the kill.
+                let store = p.store().await;
+                assert_eq!(
+                    store.integrity_check().await.unwrap(),
+                    "ok",
+                    "seed {seed}: integrity_check after kill {}",
+                    lives.len() + 1
+                );
+                let runs = store.list_runs(None, 10).await.unwrap();
+                assert_eq!(runs.len(), 1, "seed {seed}: one run in the store");
+                let run = &runs[0];
+                if let Some(id) = run_id {
+                    assert_eq!(run.id, id);
+                }
+                run_id = Some(run.id);
+                assert_eq!(
+                    run.status,
+                    RunStatus::Running,
+                    "seed {seed}: a killed run stays running"
+                );
+                let owner = run.owner.clone().unwrap_or_default();
+                assert!(
+                    owner.ends_with(&format!(":{child_pid}")),
+                    "seed {seed}: owner `{owner}` should be the killed process {child_pid}"
+                );
+                store.close().await;
+                println!(
+                    "  life {}: killed at request {k} of {remaining} outstanding ({} committed before)",
+                    lives.len() + 1,
+                    committed_before.len()
+                );
+            }
+            None => {
+                assert_eq!(
+                    exit.code(),
+                    Some(0),
+                    "seed {seed}: the last life should complete:\n{}",
+                    exit.stderr
+                );
+                println!(
+                    "  life {}: completed ({} committed before)",
+                    lives.len() + 1,
+                    committed_before.len()
+                );
+                final_stdout = exit.stdout;
+            }
+        }
+        lives.push(Life {
+            server,
+            committed_before,
+            kill_at,
+        });
+        if kill_at.is_none() {
+            break;
+        }
+    }
+    let p = project.unwrap();
+    let id = run_id.expect("a run id");
+
+    // 1. The output is byte-identical to an uninterrupted run.
+    assert_eq!(
+        String::from_utf8_lossy(&final_stdout),
+        String::from_utf8_lossy(&expected_stdout),
+        "seed {seed}: output differs from the uninterrupted run"
+    );
+    assert_eq!(final_stdout, expected_stdout, "seed {seed}: bytes differ");
+
+    // 2. Exactly one committed model call per step, and the run completed.
+    let store = p.store().await;
+    assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    let entries = store.entries(&id).await.unwrap();
+    let model: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.kind == "model")
+        .map(|e| e.key.as_str())
+        .collect();
+    assert_eq!(
+        model.len(),
+        s.calls(),
+        "seed {seed}: committed model entries: {model:?}"
+    );
+    let expected_keys: BTreeSet<&str> = s.keys.values().map(String::as_str).collect();
+    assert_eq!(
+        model.iter().copied().collect::<BTreeSet<_>>(),
+        expected_keys,
+        "seed {seed}"
+    );
+    let run = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed, "seed {seed}");
+    assert_eq!(store.list_runs(None, 10).await.unwrap().len(), 1);
+    store.close().await;
+
+    // 3. Requests, per life: never for a step committed when the life
+    //    started, at most once per step, and the same bytes every time.
+    let reference_bodies: BTreeMap<String, String> = reference
+        .iter()
+        .map(|r| (s.key_of(r), r.raw_body.clone()))
+        .collect();
+    let mut requests: BTreeMap<String, usize> = BTreeMap::new();
+    let mut in_flight_kills: BTreeMap<String, usize> = BTreeMap::new();
+    let mut landed = 0;
+    for (i, life) in lives.iter().enumerate() {
+        let reqs = life.server.requests();
+        let mut seen = BTreeSet::new();
+        for r in &reqs {
+            let key = s.key_of(r);
+            assert!(
+                !life.committed_before.contains(&key),
+                "seed {seed}: life {} requested `{key}`, committed before it started",
+                i + 1
+            );
+            assert!(
+                seen.insert(key.clone()),
+                "seed {seed}: life {} requested `{key}` twice",
+                i + 1
+            );
+            *requests.entry(key.clone()).or_default() += 1;
+            assert_eq!(
+                r.raw_body,
+                reference_bodies[&key],
+                "seed {seed}: life {} sent a different request for `{key}`",
+                i + 1
+            );
+        }
+        if life.kill_at.is_some() {
+            landed += 1;
+            // In flight when the kill landed: requested in this life and
+            // still not committed when the next life started.
+            let after = &lives[i + 1].committed_before;
+            assert!(
+                life.committed_before.is_subset(after),
+                "seed {seed}: a commit was lost"
+            );
+            for key in seen.iter().filter(|k| !after.contains(*k)) {
+                *in_flight_kills.entry(key.clone()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(landed, s.kills, "seed {seed}: every kill landed");
+    for key in s.keys.values() {
+        let n = requests.get(key).copied().unwrap_or(0);
+        let k = in_flight_kills.get(key).copied().unwrap_or(0);
+        assert!(n >= 1, "seed {seed}: `{key}` was never requested");
+        assert!(
+            n <= 1 + k,
+            "seed {seed}: `{key}` requested {n} times with {k} kills in flight"
+        );
+    }
+    let total: usize = requests.values().sum();
+    println!(
+        "{}: {} lives, {total} requests for {} steps, {:.1} s",
+        s.name,
+        lives.len(),
+        s.calls(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_of_10_survives_5_kills() {
+    crash_and_resume(&chain(10, 5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_fan_out_of_20_survives_5_kills() {
+    crash_and_resume(&fan_out(20, 5)).await;
+}
