@@ -37,7 +37,15 @@ const CASES: &[(&str, &[&str], &str)] = &[
 ];
 
 /// Examples with a human gate: (workflow, inputs, answers given with the CLI, a line the result must contain).
-const GATED: &[(&str, &[&str], &[&[&str]], &str)] = &[(
+/// (workflow, inputs, answers given with the CLI (`RUN` stands for the run id), a line the result must contain).
+type Gated = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static [&'static str]],
+    &'static str,
+);
+
+const GATED: &[Gated] = &[(
     "release-signoff.yaml",
     &["--input-file", "notes=inputs/release-notes.txt"],
     &[

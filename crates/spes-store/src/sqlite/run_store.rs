@@ -423,7 +423,7 @@ impl RunStore for SqliteStore {
     }
 
     async fn close(&self) {
-        SqliteStore::close(self).await;
+        Self::close(self).await;
     }
 }
 
