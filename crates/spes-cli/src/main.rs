@@ -43,7 +43,7 @@ struct Cli {
     /// spes.toml to use (default: the nearest one above the workflow or the working directory)
     #[arg(long, global = true, env = "SPES_CONFIG")]
     config: Option<PathBuf>,
-    /// Run store URL (default: [store] url in spes.toml, else sqlite://.spes/spes.db beside spes.toml)
+    /// Run store URL (default: the `[store]` url in spes.toml, else sqlite://.spes/spes.db beside spes.toml)
     #[arg(long, global = true, env = "SPES_STORE")]
     store: Option<String>,
     #[command(subcommand)]

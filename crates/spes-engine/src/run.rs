@@ -2,7 +2,7 @@
 //!
 //! Steps return `Result<_, Stop>`: a failure, or a reason to stop early
 //! without failing (a human gate to wait for, a pause, a cancel). Effects
-//! go through [`Exec::call`] and [`Exec::gate`], which consult the journal
+//! go through `Exec::call` and `Exec::gate`, which consult the journal
 //! first and record before the workflow sees a result.
 
 use std::collections::BTreeMap;
