@@ -1,0 +1,316 @@
+//! `cargo bench -p spes-engine --bench durable` (with
+//! `CARGO_TARGET_DIR=/work/bench-target` to stay off the debug builds):
+//! what durability costs, against a SQLite store in a temp dir and the
+//! scripted provider.
+//!
+//! 1. Journal commit cost per step: a durable 200-step chain minus the
+//!    same chain in memory, per step (µs), for each durability setting.
+//! 2. Resume of a run with 1,000 recorded steps (ms): the last step failed
+//!    on its first attempt; resume answers the 1,000 from the journal.
+//! 3. Store bytes per step for chains whose outputs are 100, 1,000 and
+//!    10,000 bytes while the context grows: linear in the output size,
+//!    and the same late in the run as early (no context copies, no prompts).
+//!
+//! Prints figures; asserts only that the runs did what they should.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_precision_loss,
+    missing_docs
+)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spes_core::component::ComponentRegistry;
+use spes_core::workflow::{ValidateEnv, Workflow, parse_workflow, validate};
+use spes_engine::{Engine, RunEnd, WorkflowSource};
+use spes_llm::ProviderErrorKind;
+use spes_llm::scripted::{Answer, Rule, ScriptedProvider};
+use spes_store::sqlite::{Durability, SqliteOptions, SqliteStore};
+use spes_store::{RunStatus, RunStore};
+
+/// A chain of `steps` llm steps, each prompt holding the previous output.
+fn chain(steps: usize) -> (Workflow, WorkflowSource) {
+    let mut yaml =
+        String::from("name: chain\ninputs:\n  topic: { type: string, default: rust }\nsteps:\n");
+    for i in 1..=steps {
+        let prev = if i == 1 {
+            "topic".to_owned()
+        } else {
+            format!("s{}", i - 1)
+        };
+        yaml.push_str(&format!(
+            "  - {{ name: s{i}, kind: llm, prompt: \"Step {i}: continue from {{{{ {prev} }}}}\", output: s{i} }}\n"
+        ));
+    }
+    let spec = parse_workflow("chain.yaml", &yaml).unwrap();
+    let reg = ComponentRegistry::from_components(vec![]);
+    let env = ValidateEnv {
+        components: &reg,
+        providers: None,
+    };
+    let wf = validate(spec, "chain.yaml", &yaml, &env).unwrap().0;
+    (
+        wf,
+        WorkflowSource {
+            path: "/bench/chain.yaml".into(),
+            text: yaml,
+        },
+    )
+}
+
+fn engine(rules: Vec<Rule>) -> Engine {
+    Engine::builder()
+        .provider(Arc::new(ScriptedProvider::new("bench", rules)))
+        .build()
+}
+
+fn replying(text: &str) -> Engine {
+    engine(vec![Rule::default(Answer::Reply(text.to_owned()))])
+}
+
+async fn open(dir: &Path, durability: Durability) -> Arc<SqliteStore> {
+    Arc::new(
+        SqliteStore::open(
+            &dir.join("spes.db"),
+            SqliteOptions::default().with_durability(durability),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// 1. Journal commit cost per step.
+async fn commit_cost() {
+    const STEPS: usize = 200;
+    const ROUNDS: usize = 7;
+    let (wf, source) = chain(STEPS);
+    let engine = replying("ok");
+    // Warm up.
+    for _ in 0..3 {
+        engine.run(&wf, BTreeMap::new()).await.unwrap();
+    }
+    let mut mem = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let out = engine.run(&wf, BTreeMap::new()).await.unwrap();
+        mem.push(t.elapsed());
+        assert_eq!(out.model_calls, STEPS as u64);
+    }
+    let mem = median(mem);
+    println!(
+        "in memory: {STEPS}-step chain {:.2} ms ({:.1} µs/step)",
+        ms(mem),
+        us(mem) / STEPS as f64
+    );
+    for durability in [Durability::Full, Durability::Normal] {
+        // The commit alone: RunStore::append of a model entry, 200 in a row.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), durability).await;
+        let (id, _) = engine
+            .start(store.clone(), &wf, &source, BTreeMap::new())
+            .await
+            .unwrap();
+        let payload = store.entries(&id).await.unwrap()[0].payload.clone();
+        let mut appends = Vec::new();
+        for round in 0..ROUNDS {
+            let t = Instant::now();
+            for i in 0..STEPS {
+                store
+                    .append(&id, &format!("bench/{round}/{i}"), "model", &payload)
+                    .await
+                    .unwrap();
+            }
+            appends.push(t.elapsed());
+        }
+        store.close().await;
+        println!(
+            "append:    RunStore::append alone {:.1} µs/entry · store {}",
+            us(median(appends)) / STEPS as f64,
+            store.describe()
+        );
+
+        let mut durable = Vec::new();
+        let mut describe = String::new();
+        for _ in 0..ROUNDS {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path(), durability).await;
+            describe = store.describe();
+            let t = Instant::now();
+            let (_, end) = engine
+                .start(store.clone(), &wf, &source, BTreeMap::new())
+                .await
+                .unwrap();
+            durable.push(t.elapsed());
+            assert!(matches!(end, RunEnd::Completed(ref o) if o.model_calls == STEPS as u64));
+            store.close().await;
+        }
+        let durable = median(durable);
+        let per_step = (us(durable) - us(mem)) / STEPS as f64;
+        println!(
+            "durable:   {STEPS}-step chain {:.2} ms; durable cost (commit + journal lookup + pause/cancel check) {per_step:.1} µs/step (target < 200 µs) · store {describe}",
+            ms(durable)
+        );
+    }
+}
+
+/// 2. Resume of a run with 1,000 recorded steps.
+async fn resume_cost() {
+    const RECORDED: usize = 1000;
+    const ROUNDS: usize = 5;
+    let (wf, source) = chain(RECORDED + 1);
+    let last = format!("s{}", RECORDED + 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), Durability::Full).await;
+    let describe = store.describe();
+    let mut resumes = Vec::new();
+    let mut reopen_and_resume = Vec::new();
+    for round in 0..ROUNDS {
+        // The last step fails on its first attempt: 1,000 steps recorded.
+        let failing = engine(vec![
+            Rule::step(
+                &last,
+                Answer::Error {
+                    kind: ProviderErrorKind::InvalidRequest,
+                    status: Some(400),
+                    retry_after: None,
+                    message: "bench: fail once".into(),
+                },
+            ),
+            Rule::default(Answer::Reply("ok".into())),
+        ]);
+        let (id, end) = failing
+            .start(store.clone(), &wf, &source, BTreeMap::new())
+            .await
+            .unwrap();
+        assert!(matches!(end, RunEnd::Failed(_)), "{end:?}");
+        assert_eq!(store.entries(&id).await.unwrap().len(), RECORDED);
+
+        let healthy = replying("ok");
+        // Odd rounds include opening the store, as a fresh `spes resume` does.
+        let reopen = round % 2 == 1;
+        if reopen {
+            store.close().await;
+        }
+        let t = Instant::now();
+        if reopen {
+            store = open(dir.path(), Durability::Full).await;
+        }
+        let st = store.clone();
+        let run = st.run(&id).await.unwrap().unwrap();
+        let end = healthy
+            .resume(st.clone(), &run, &wf, &source, false)
+            .await
+            .unwrap();
+        let took = t.elapsed();
+        match end {
+            RunEnd::Completed(o) => {
+                assert_eq!(o.replayed, RECORDED as u64);
+                assert_eq!(o.model_calls, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            st.run(&id).await.unwrap().unwrap().status,
+            RunStatus::Completed
+        );
+        if reopen {
+            reopen_and_resume.push(took);
+        } else {
+            resumes.push(took);
+        }
+    }
+    println!(
+        "resume of a run with {RECORDED} recorded steps: {:.1} ms (target < 100 ms); with opening the store: {:.1} ms · store {describe}",
+        ms(median(resumes)),
+        ms(median(reopen_and_resume))
+    );
+}
+
+/// Size of the store files (main file plus WAL, if any).
+fn store_bytes(dir: &Path) -> u64 {
+    ["spes.db", "spes.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// 3. Store bytes per step for growing contexts.
+async fn growth() {
+    const HALF: usize = 100;
+    println!(
+        "store growth (chains of {HALF} and {} steps; each prompt holds the previous output, the context holds all; \
+         file = SQLite main file + WAL after close, 4 KiB pages):",
+        2 * HALF
+    );
+    for size in [100usize, 1_000, 10_000] {
+        let text: String = "abcdefghij".repeat(size / 10);
+        let engine = replying(&text);
+        let mut sizes = Vec::new();
+        let mut journal = 0usize;
+        for steps in [HALF, 2 * HALF] {
+            let (wf, source) = chain(steps);
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path(), Durability::Normal).await;
+            let (id, end) = engine
+                .start(store.clone(), &wf, &source, BTreeMap::new())
+                .await
+                .unwrap();
+            assert!(matches!(end, RunEnd::Completed(_)));
+            journal = store
+                .entries(&id)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.key.len() + e.kind.len() + e.payload.to_string().len())
+                .sum::<usize>()
+                / steps;
+            // The last connection to close checkpoints the WAL into the file.
+            store.close().await;
+            sizes.push(store_bytes(dir.path()));
+        }
+        let first = sizes[0] as f64 / HALF as f64;
+        let second = (sizes[1] - sizes[0]) as f64 / HALF as f64;
+        println!(
+            "  output {size:>6} B: journal {journal:>6} B/step (output + {:>3} B); file {:>8} B after {HALF} steps, {:>8} B after {}: \
+             {first:>6.0} B/step over steps 1..{HALF}, {second:>6.0} B/step over steps {}..{}",
+            journal - size,
+            sizes[0],
+            sizes[1],
+            2 * HALF,
+            HALF + 1,
+            2 * HALF,
+        );
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        commit_cost().await;
+        resume_cost().await;
+        growth().await;
+    });
+}
