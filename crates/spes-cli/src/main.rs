@@ -121,6 +121,9 @@ enum Command {
     /// List, show and lint prompt components.
     #[command(subcommand)]
     Components(ComponentsCmd),
+    /// Which workflow pattern fits your requirements (the design reference's selector).
+    #[command(subcommand)]
+    Pattern(PatternCmd),
     /// Create a project that runs at once: spes.toml, components, workflows.
     Init {
         /// Directory to create (or fill, if empty).
@@ -156,6 +159,46 @@ struct RunArgs {
     /// Never ask here: a human gate suspends the run (answer later with `spes approve` etc.).
     #[arg(long)]
     detach: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum PatternCmd {
+    /// Suggest a pattern from requirement flags, with the reason and the spes step kinds to use.
+    Suggest {
+        /// Tasks that do not depend on each other.
+        #[arg(long)]
+        independent_tasks: bool,
+        /// Specialist perspectives are needed.
+        #[arg(long)]
+        specialized_roles: bool,
+        /// Output quality must meet a bar.
+        #[arg(long)]
+        quality_critical: bool,
+        /// The path depends on the input.
+        #[arg(long)]
+        need_decision: bool,
+        /// A coordinator delegates to sub-workflows.
+        #[arg(long)]
+        complex_coordination: bool,
+        /// A person must judge or approve.
+        #[arg(long)]
+        human_judgment: bool,
+        /// Calls may fail (rate limits, outages).
+        #[arg(long)]
+        unreliable_api: bool,
+        /// Several distinct phases.
+        #[arg(long)]
+        multi_phase: bool,
+        /// Runs for hours or days, or waits for people.
+        #[arg(long)]
+        long_running: bool,
+        /// Many similar items (documents, rows).
+        #[arg(long)]
+        many_items: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -292,6 +335,57 @@ fn main() -> ExitCode {
         }
         Command::Components(c) => cmd_components(config, c),
         Command::Init { dir } => init::init(&dir),
+        Command::Pattern(PatternCmd::Suggest {
+            independent_tasks,
+            specialized_roles,
+            quality_critical,
+            need_decision,
+            complex_coordination,
+            human_judgment,
+            unreliable_api,
+            multi_phase,
+            long_running,
+            many_items,
+            json,
+        }) => {
+            let r = spes_core::pattern::Requirements {
+                independent_tasks,
+                specialized_roles,
+                quality_critical,
+                need_decision,
+                complex_coordination,
+                human_judgment,
+                unreliable_api,
+                multi_phase,
+                long_running,
+                many_items,
+            };
+            let s = spes_core::pattern::suggest(&r);
+            if json {
+                out(&serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                let mut text = format!(
+                    "{}: {}
+  use: {}
+",
+                    s.primary.pattern.as_str(),
+                    s.primary.reason,
+                    s.primary.spes
+                );
+                for a in &s.also {
+                    text.push_str(&format!(
+                        "also {}: {}
+  use: {}
+",
+                        a.pattern.as_str(),
+                        a.reason,
+                        a.spes
+                    ));
+                }
+                out(&text);
+            }
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
