@@ -380,3 +380,29 @@ async fn chain_of_10_survives_5_kills() {
 async fn parallel_fan_out_of_20_survives_5_kills() {
     crash_and_resume(&fan_out(20, 5)).await;
 }
+
+/// A killed owner that its parent has not reaped yet (a zombie) is dead:
+/// resume must not refuse its run as "running in process ...".
+#[test]
+fn a_killed_unreaped_owner_is_dead() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("start sleep");
+    let pid = child.id();
+    let this = spes_engine::durable::this_owner();
+    let host = this.rsplit_once(':').unwrap().0;
+    let owner = format!("{host}:{pid}");
+    assert!(spes_engine::durable::owner_alive(&owner));
+    sigkill(pid);
+    let t = Instant::now();
+    while spes_engine::durable::owner_alive(&owner) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a killed process still counts as alive"
+        );
+        std::thread::yield_now();
+    }
+    child.wait().expect("reap");
+    assert!(!spes_engine::durable::owner_alive(&owner));
+}

@@ -77,9 +77,21 @@ pub fn owner_alive(owner: &str) -> bool {
         // Another machine: assume alive (leases arrive with multi-worker stores).
         return true;
     }
-    pid.parse::<u32>().is_ok_and(|p| {
-        p == std::process::id() || std::path::Path::new(&format!("/proc/{p}")).exists()
-    })
+    pid.parse::<u32>()
+        .is_ok_and(|p| p == std::process::id() || process_alive(p))
+}
+
+/// Whether `/proc` shows process `pid` as alive: a zombie (killed, not yet
+/// reaped by its parent) is dead, it will never write again.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `PID (COMM) STATE ...`; COMM may hold spaces and parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    }
 }
 
 /// Pins of every component the workflow resolved.
