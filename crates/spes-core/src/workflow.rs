@@ -40,6 +40,17 @@ pub struct Workflow {
     pub output: Option<String>,
     /// Every component the workflow resolved (for pinning and listings).
     pub components: Vec<Arc<Component>>,
+    /// Every sub-workflow file it uses, at any depth (for pinning).
+    pub children: Vec<ChildSource>,
+}
+
+/// A sub-workflow file, pinned by content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSource {
+    /// The file, as resolved.
+    pub path: String,
+    /// Hex SHA-256 of its text.
+    pub sha256: String,
 }
 
 /// A declared input.
@@ -129,6 +140,19 @@ pub enum StepKind {
     Choose(Box<ChooseStep>),
     /// A document generated section by section, each approved.
     Sections(Box<SectionsStep>),
+    /// Another workflow file, run with mapped inputs; its result is returned.
+    Workflow(Box<SubWorkflow>),
+}
+
+/// `kind: workflow` (§7 composition).
+#[derive(Debug, Clone)]
+pub struct SubWorkflow {
+    /// The file, as written.
+    pub path: String,
+    /// The validated child.
+    pub workflow: Arc<Workflow>,
+    /// Its inputs, as templates over the parent's context.
+    pub inputs: BTreeMap<String, Template>,
 }
 
 impl StepKind {
@@ -144,6 +168,7 @@ impl StepKind {
             Self::Approval(_) => "approval",
             Self::Choose(_) => "choose",
             Self::Sections(_) => "sections",
+            Self::Workflow(_) => "workflow",
         }
     }
 }
@@ -368,6 +393,7 @@ impl Workflow {
                             go(&format!("{key}/timeout"), st, out);
                         }
                     }
+                    StepKind::Workflow(w) => go(&key, &w.workflow.steps, out),
                     StepKind::Llm(_) | StepKind::Transform(_) => {}
                 }
             }

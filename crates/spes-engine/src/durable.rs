@@ -104,6 +104,11 @@ pub fn pins_of(wf: &Workflow) -> Vec<ComponentPin> {
             sha256: c.sha256.clone(),
             path: c.path.display().to_string(),
         })
+        .chain(wf.children.iter().map(|c| ComponentPin {
+            reference: format!("workflow:{}", c.path),
+            sha256: c.sha256.clone(),
+            path: c.path.clone(),
+        }))
         .collect()
 }
 
@@ -157,6 +162,18 @@ pub fn drift(run: &Run, wf: &Workflow, source: &WorkflowSource) -> Option<Drift>
         };
         let hit = match &step.kind {
             StepKind::Llm(l) => l.agent.as_deref().is_some_and(uses),
+            StepKind::Workflow(w) => {
+                let file = std::fs::canonicalize(&w.workflow.file)
+                    .map_or_else(|_| w.workflow.file.clone(), |p| p.display().to_string());
+                changed
+                    .iter()
+                    .any(|p| p.reference == format!("workflow:{file}"))
+                    || w.workflow.children.iter().any(|c| {
+                        changed
+                            .iter()
+                            .any(|p| p.reference == format!("workflow:{}", c.path))
+                    })
+            }
             StepKind::Parallel(p) => match &p.branches {
                 spes_core::workflow::ParallelBranches::Agents { agents, .. } => {
                     agents.iter().any(|a| uses(a))

@@ -355,6 +355,41 @@ impl<'e> Exec<'e> {
                     }),
                 }
             }
+            StepKind::Workflow(w) => {
+                // The child sees only its own inputs; its steps are keyed under this step.
+                let mut given = BTreeMap::new();
+                for (k, t) in &w.inputs {
+                    let v = t
+                        .eval(&self.ctx, None)
+                        .map_err(|e| fail(key, &s.loc, FailureKind::Template(e)))?;
+                    given.insert(k.clone(), v);
+                }
+                let ctx = bind_inputs(&w.workflow, given).map_err(|m| {
+                    fail(
+                        key,
+                        &s.loc,
+                        FailureKind::Config(format!("sub-workflow {}: {m}", w.path)),
+                    )
+                })?;
+                let mut child =
+                    Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone());
+                let r = child
+                    .steps(&w.workflow.steps, key.to_owned(), depth + 1)
+                    .await;
+                let value = w
+                    .workflow
+                    .result_key()
+                    .and_then(|k| child.ctx.get(k).cloned());
+                self.model_calls += child.model_calls;
+                self.replayed += child.replayed;
+                add_usage(&mut self.usage, &child.usage);
+                r?;
+                Ok(StepResult {
+                    value,
+                    note: Some(format!("workflow {}", w.path)),
+                    usage: None,
+                })
+            }
             StepKind::Approval(a) => self.approval(a, key, depth, &s.loc).await,
             StepKind::Choose(c) => self.choose(c, key, depth, &s.loc).await,
             StepKind::Sections(c) => self.sections(c, key, depth, &s.loc).await,

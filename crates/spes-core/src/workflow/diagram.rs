@@ -23,6 +23,7 @@ fn label(s: &Step) -> String {
         ),
         StepKind::Choose(c) => format!("choose · {} variations · human", c.n),
         StepKind::Sections(_) => "sections · human".to_owned(),
+        StepKind::Workflow(w) => format!("workflow · {}", w.path),
     };
     let out = s
         .output
@@ -74,6 +75,7 @@ pub fn text(wf: &Workflow) -> String {
                         go(std::slice::from_ref(g), depth + 1, out);
                     }
                 }
+                StepKind::Workflow(w) => go(&w.workflow.steps, depth + 1, out),
                 StepKind::Llm(_)
                 | StepKind::Transform(_)
                 | StepKind::Choose(_)
@@ -161,6 +163,18 @@ pub fn mermaid(wf: &Workflow) -> String {
                     ends
                 }
                 StepKind::Sequence(c) => self.steps(c, prev.to_vec()),
+                StepKind::Workflow(w) => {
+                    let _ = writeln!(
+                        self.out,
+                        "    subgraph sg{}[\"{}\"]",
+                        self.n + 1,
+                        esc(&label(s))
+                    );
+                    self.n += 1;
+                    let tail = self.steps(&w.workflow.steps, prev.to_vec());
+                    let _ = writeln!(self.out, "    end");
+                    tail
+                }
                 StepKind::Parallel(p) => {
                     let fork = self.id();
                     let _ = writeln!(

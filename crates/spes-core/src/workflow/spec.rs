@@ -32,6 +32,9 @@ pub struct WorkflowSpec {
     pub steps: Option<S<Vec<StepSpec>>>,
     /// Context key printed as the result (default: the last step's output).
     pub output: Option<S<String>>,
+    /// Reusable step definitions, used with `use: NAME`.
+    #[serde(default)]
+    pub definitions: BTreeMap<String, S<StepSpec>>,
 }
 
 /// The type of an input.
@@ -215,7 +218,7 @@ pub struct BranchArmSpec {
 
 /// One step, any kind. Fields that do not belong to the step's kind are
 /// reported by validation with their location.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     /// Unique among siblings; part of the step key.
@@ -252,6 +255,15 @@ pub struct StepSpec {
     pub format: Option<S<String>>,
     /// A JSON schema for the answer.
     pub schema: Option<S<serde_json::Value>>,
+
+    // --- composition ---
+    /// A reusable definition (from `definitions:`) this step instantiates.
+    #[serde(rename = "use")]
+    pub use_def: Option<S<String>>,
+    /// The sub-workflow file (`kind: workflow`), relative to this file.
+    pub path: Option<S<String>>,
+    /// The sub-workflow's inputs: `{ key: template }`.
+    pub inputs: Option<S<BTreeMap<String, S<String>>>>,
 
     // --- transform ---
     /// The function: json_parse, json_path, regex, length, count, split, join, lowercase, uppercase, trim, template.
@@ -360,5 +372,13 @@ impl<'de> Deserialize<'de> for OutlineSpec {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+impl StepSpec {
+    /// A step with no field set.
+    #[must_use]
+    pub fn empty() -> Self {
+        Self::default()
     }
 }

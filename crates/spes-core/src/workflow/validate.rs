@@ -30,6 +30,7 @@ pub const STEP_KINDS: &[&str] = &[
     "approval",
     "choose",
     "sections",
+    "workflow",
 ];
 
 /// The revision prompt an approval uses unless it sets `revise`.
@@ -57,7 +58,21 @@ pub fn validate(
     text: &str,
     env: &ValidateEnv<'_>,
 ) -> Result<(Workflow, Diagnostics), Diagnostics> {
+    validate_nested(spec, file, text, env, Vec::new())
+}
+
+/// Validates with the stack of files that include this one (cycle detection).
+fn validate_nested(
+    spec: WorkflowSpec,
+    file: &str,
+    text: &str,
+    env: &ValidateEnv<'_>,
+    stack: Vec<std::path::PathBuf>,
+) -> Result<(Workflow, Diagnostics), Diagnostics> {
     let mut v = Validator {
+        stack,
+        definitions: BTreeMap::new(),
+        children: Vec::new(),
         file: file.to_owned(),
         file_arc: Arc::from(file),
         text: Arc::new(text.to_owned()),
@@ -75,6 +90,8 @@ pub fn validate(
     }
     Ok((wf, v.diags))
 }
+
+mod compose;
 
 type Sp = Option<(usize, usize)>;
 
@@ -127,6 +144,12 @@ impl Known {
 }
 
 struct Validator<'a> {
+    /// Files that include this one, outermost first (cycle detection).
+    stack: Vec<std::path::PathBuf>,
+    /// Reusable step definitions (`definitions:`).
+    definitions: BTreeMap<String, Spanned<StepSpec>>,
+    /// Sub-workflow files used, at any depth.
+    children: Vec<super::ChildSource>,
     file: String,
     file_arc: Arc<str>,
     text: Arc<String>,
@@ -348,6 +371,7 @@ impl Validator<'_> {
                 "write MAJOR.MINOR.PATCH, e.g. 1.0.0",
             );
         }
+        self.definitions = spec.definitions;
         let mut known = Known::default();
         let mut inputs = Vec::new();
         for (iname, ispec) in spec.inputs {
@@ -450,6 +474,7 @@ impl Validator<'_> {
             steps,
             output,
             components: self.components.values().cloned().collect(),
+            children: self.children.clone(),
         }
     }
 
@@ -825,6 +850,7 @@ impl Validator<'_> {
         prefix: &str,
         names: &mut HashSet<String>,
     ) -> Option<Step> {
+        let s = self.expand_use(s, 0)?;
         let kind_at = s.kind.as_ref().and_then(span);
         let name_at = s.name.as_ref().and_then(span);
         let first_at = name_at.or(kind_at);
@@ -930,6 +956,9 @@ impl Validator<'_> {
             "approval" => StepKind::Approval(Box::new(self.approval(&s, known, &path, kind_at)?)),
             "choose" => StepKind::Choose(Box::new(self.choose(&s, known, &path, kind_at)?)),
             "sections" => StepKind::Sections(Box::new(self.sections(&s, known, &path, kind_at)?)),
+            "workflow" => {
+                StepKind::Workflow(Box::new(self.sub_workflow(&s, known, &path, kind_at)?))
+            }
             "branch" => StepKind::Branch(self.branch(
                 s.condition,
                 s.then,
@@ -1003,6 +1032,8 @@ impl Validator<'_> {
             f("n", s.n.as_ref()),
             f("outline", s.outline.as_ref()),
             f("section", s.section.as_ref()),
+            f("path", s.path.as_ref()),
+            f("inputs", s.inputs.as_ref()),
         ];
         let allowed: &[&str] = match kind {
             "llm" => &[
@@ -1034,6 +1065,7 @@ impl Validator<'_> {
             ],
             "choose" => &["generate", "n", "deadline", "on_timeout"],
             "sections" => &["outline", "section", "deadline", "on_timeout"],
+            "workflow" => &["path", "inputs"],
             _ => &[],
         };
         for (field, set, at) in fields {
