@@ -99,7 +99,7 @@ impl Exec<'_> {
     async fn recorded_decision(&self, key: &str, loc: &Loc) -> Result<Option<Value>, Stop> {
         match self
             .journal
-            .get(key)
+            .get_fresh(key)
             .await
             .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
         {

@@ -74,6 +74,11 @@ impl Effect {
 pub trait Journal: Send + Sync + std::fmt::Debug {
     /// The effect recorded under `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<Effect>, String>;
+    /// Like [`Journal::get`], but also sees entries another process
+    /// recorded since this journal was opened (gate decisions).
+    async fn get_fresh(&self, key: &str) -> Result<Option<Effect>, String> {
+        self.get(key).await
+    }
     /// Records an effect, durably, before returning. If another writer
     /// recorded an effect under the same key first, that one is returned
     /// (and must be used): the first commit wins.
@@ -181,10 +186,17 @@ impl StoreJournal {
 #[async_trait]
 impl Journal for StoreJournal {
     async fn get(&self, key: &str) -> Result<Option<Effect>, String> {
+        // Everything recorded before this journal was opened is loaded, and
+        // this process is the run's only executor (its owner): a miss means
+        // "not recorded". Gate decisions, which other processes record, are
+        // read with `get_fresh`.
+        Ok(self.cache.lock().ok().and_then(|c| c.get(key).cloned()))
+    }
+
+    async fn get_fresh(&self, key: &str) -> Result<Option<Effect>, String> {
         if let Some(e) = self.cache.lock().ok().and_then(|c| c.get(key).cloned()) {
             return Ok(Some(e));
         }
-        // Not loaded: another process may have recorded it since (a gate decision).
         match self
             .store
             .entry(&self.run, key)

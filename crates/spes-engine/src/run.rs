@@ -618,12 +618,12 @@ impl<'e> Exec<'e> {
         let Some(c) = &self.control else {
             return Ok(());
         };
-        let run = c
+        let status = c
             .store
-            .run(&c.run)
+            .status(&c.run)
             .await
             .map_err(|e| fail(key, loc, FailureKind::Journal(e.to_string())))?;
-        match run.map(|r| r.status) {
+        match status {
             Some(RunStatus::Paused) => Err(Stop::Paused),
             Some(RunStatus::Cancelled) => Err(Stop::Cancelled),
             _ => Ok(()),

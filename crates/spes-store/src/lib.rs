@@ -124,6 +124,11 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Gates, oldest first.
     async fn gates(&self, filter: &GateFilter) -> Result<Vec<Gate>>;
 
+    /// Only the run's status (cheaper than [`RunStore::run`]; checked before each model call).
+    async fn status(&self, id: &RunId) -> Result<Option<RunStatus>> {
+        Ok(self.run(id).await?.map(|r| r.status))
+    }
+
     /// Closes the store's connections (SQLite checkpoints its WAL into the
     /// main file when the last connection closes). Calls after this fail.
     async fn close(&self) {}

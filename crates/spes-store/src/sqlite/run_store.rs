@@ -92,6 +92,22 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn status(&self, id: &RunId) -> Result<Option<RunStatus>> {
+        let id = &id.to_string();
+        self.retry(|| async move {
+            let s = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.readers)
+                .await?;
+            s.map(|s| {
+                s.parse::<RunStatus>()
+                    .map_err(|e| Fail::Store(StoreError::Backend(e)))
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn find_run(&self, id_or_prefix: &str) -> Result<Run> {
         let prefix: String = id_or_prefix
             .trim()
