@@ -163,7 +163,7 @@ impl Template {
         if self.is_literal() {
             return Ok(self.source.to_string());
         }
-        let value = context_value(ctx, locals);
+        let value = context_value(&self.reads, ctx, locals);
         let t = env()
             .template_from_str(&self.source)
             .map_err(|e| TemplateError::from_mj(&e))?;
@@ -184,7 +184,7 @@ impl Template {
                     .compile_expression(expr)
                     .map_err(|e| TemplateError::from_mj(&e))?;
                 let v = e
-                    .eval(context_value(ctx, locals))
+                    .eval(context_value(&self.reads, ctx, locals))
                     .map_err(|e| explain(&self.reads, ctx, locals, &e))?;
                 serde_json::to_value(&v).map_err(|e| TemplateError {
                     message: format!("value cannot be converted to JSON: {e}"),
@@ -241,7 +241,7 @@ impl Expr {
         let e = env()
             .compile_expression(&self.source)
             .map_err(|e| TemplateError::from_mj(&e))?;
-        Ok(e.eval(context_value(ctx, locals))
+        Ok(e.eval(context_value(&self.reads, ctx, locals))
             .map_err(|e| explain(&self.reads, ctx, locals, &e))?
             .is_true())
     }
@@ -279,18 +279,17 @@ fn explain(
     err
 }
 
-fn context_value(ctx: &Context, locals: Option<&Context>) -> Value {
-    match locals {
-        None => Value::from(minijinja::value::Serde(ctx)),
-        Some(l) if l.is_empty() => Value::from(minijinja::value::Serde(ctx)),
-        Some(l) => {
-            let mut merged = ctx.clone();
-            for (k, v) in l {
-                merged.insert(k.clone(), v.clone());
-            }
-            Value::from(minijinja::value::Serde(&merged))
+/// The values a template reads, as a minijinja value. Only the keys the
+/// template names are converted (not the whole context), so rendering costs
+/// the size of what is read, however large the context grows.
+fn context_value(reads: &BTreeSet<String>, ctx: &Context, locals: Option<&Context>) -> Value {
+    let mut m = std::collections::BTreeMap::new();
+    for k in reads {
+        if let Some(v) = locals.and_then(|l| l.get(k)).or_else(|| ctx.get(k)) {
+            m.insert(k.as_str(), v);
         }
     }
+    Value::from(minijinja::value::Serde(&m))
 }
 
 /// `{{ expr }}` with nothing around it → `Some("expr")`.
