@@ -29,6 +29,8 @@ struct Scenario {
     /// Prompt marker (`[s3]` at the start of the user message) -> journal key.
     keys: BTreeMap<String, String>,
     kills: usize,
+    /// A human gate the run stops at (exit 3) until `spes approve` answers it.
+    gate: bool,
 }
 
 impl Scenario {
@@ -67,6 +69,7 @@ fn chain(steps: usize, kills: usize) -> Scenario {
         yaml,
         keys,
         kills,
+        gate: false,
     }
 }
 
@@ -93,7 +96,35 @@ fn fan_out(children: usize, kills: usize) -> Scenario {
         yaml,
         keys,
         kills,
+        gate: false,
     }
+}
+
+/// A 10-step chain with a human approval gate after step 5.
+fn chain_with_gate(kills: usize) -> Scenario {
+    let mut s = chain(10, kills);
+    s.name = "chain_with_gate";
+    let gate = "  - { name: signoff, kind: approval, show: s5, output: signoff }\n";
+    let at = s.yaml.find("  - { name: s6,").expect("a sixth step");
+    s.yaml.insert_str(at, gate);
+    s.gate = true;
+    s
+}
+
+/// Approves the run's open gate from another process.
+async fn approve(p: &Project) -> String {
+    let store = p.store().await;
+    let run = store.list_runs(None, 1).await.unwrap().remove(0);
+    store.close().await;
+    assert_eq!(
+        run.status,
+        RunStatus::Waiting,
+        "a run stopped at its gate is waiting"
+    );
+    let id = run.id.to_string();
+    let exit = wait(p.spawn(&["approve", &id])).await;
+    assert_eq!(exit.code(), Some(0), "approve failed:\n{}", exit.stderr);
+    id
 }
 
 /// One process life: its server (all its requests), what was committed
@@ -102,13 +133,25 @@ struct Life {
     server: FakeServer,
     committed_before: BTreeSet<String>,
     kill_at: Option<usize>,
+    /// Ended waiting at the human gate (not killed, not completed).
+    at_gate: bool,
 }
 
 /// Runs the workflow without interruption in its own project.
 async fn uninterrupted(s: &Scenario) -> (Vec<u8>, Vec<RecordedRequest>) {
     let server = FakeServer::start().await.unwrap();
     let project = Project::new(&s.yaml, &server.openai_base_url());
-    let exit = wait(project.spawn(&["run", "wf.yaml"])).await;
+    let mut exit = wait(project.spawn(&["run", "wf.yaml"])).await;
+    if s.gate {
+        assert_eq!(
+            exit.code(),
+            Some(3),
+            "the reference run waits at its gate:\n{}",
+            exit.stderr
+        );
+        let id = approve(&project).await;
+        exit = wait(project.spawn(&["resume", &id])).await;
+    }
     assert_eq!(
         exit.code(),
         Some(0),
@@ -134,8 +177,9 @@ async fn crash_and_resume(s: &Scenario) {
     let mut final_stdout = Vec::new();
     let started = Instant::now();
     loop {
+        let gate_lives = lives.iter().filter(|l| l.at_gate).count();
         assert!(
-            lives.len() <= s.kills,
+            lives.len() - gate_lives <= s.kills,
             "seed {seed}: more lives than kills + 1"
         );
         let server = FakeServer::start().await.unwrap();
@@ -157,7 +201,7 @@ async fn crash_and_resume(s: &Scenario) {
             remaining > 0,
             "seed {seed}: nothing left to do, yet not completed"
         );
-        let kills_left = s.kills - lives.len();
+        let kills_left = s.kills - (lives.len() - gate_lives);
         let kill_at = (kills_left > 0).then(|| {
             // Spread the kills over the run: k in 1..=2*remaining/(kills_left+1).
             let hi = (2 * remaining / (kills_left + 1)).clamp(1, remaining);
@@ -196,6 +240,25 @@ async fn crash_and_resume(s: &Scenario) {
         let child_pid = child.id();
         pid.store(child_pid, Ordering::SeqCst);
         let exit = wait(child).await;
+
+        // Stopped at the human gate before the kill could land: answer it
+        // from another process; the kill is tried again in the next life.
+        if s.gate && !killed.load(Ordering::SeqCst) && exit.code() == Some(3) {
+            let id = approve(p).await;
+            run_id = Some(id.parse().unwrap());
+            println!(
+                "  life {}: waited at the gate ({} committed before); approved",
+                lives.len() + 1,
+                committed_before.len()
+            );
+            lives.push(Life {
+                server,
+                committed_before,
+                kill_at: None,
+                at_gate: true,
+            });
+            continue;
+        }
 
         match kill_at {
             Some(k) => {
@@ -264,6 +327,7 @@ async fn crash_and_resume(s: &Scenario) {
             server,
             committed_before,
             kill_at,
+            at_gate: false,
         });
         if kill_at.is_none() {
             break;
@@ -374,6 +438,11 @@ async fn crash_and_resume(s: &Scenario) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_of_10_survives_5_kills() {
     crash_and_resume(&chain(10, 5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_with_a_human_gate_survives_5_kills() {
+    crash_and_resume(&chain_with_gate(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
