@@ -30,6 +30,11 @@ const CASES: &[(&str, &[&str], &str)] = &[
         "Acme (2024): 2 products: anvil, rocket skates; revenue 12.5 M USD",
     ),
     (
+        "composed-briefing.yaml",
+        &["--input-file", "notes=inputs/release-notes.txt"],
+        "(43 words)",
+    ),
+    (
         "triage.yaml",
         &["--input", "request=login throws a null pointer exception"],
         "[bug] Reproduce the null pointer in login",
