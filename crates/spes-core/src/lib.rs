@@ -7,6 +7,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod duration;
 pub mod message;
+pub mod policy;
 pub mod template;
 pub mod transform;
 pub mod workflow;
