@@ -73,7 +73,7 @@
 //!     agents: Default::default(), steps: vec![summarize], output: None, components: vec![],
 //! };
 //! // The main provider is down twice; the backup answers.
-//! let main = "- { step: summarize*, error: server_error }";
+//! let main = "- { step: summarize, error: server_error }";
 //! let backup = "- { step: 'summarize#fallback1', reply: 'short' }";
 //! let engine = Engine::builder()
 //!     .provider(Arc::new(ScriptedProvider::parse("main", "a.yaml", main).unwrap()))

@@ -3,6 +3,7 @@
 
 mod durable;
 mod gates;
+mod policy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
