@@ -57,6 +57,41 @@ impl Policies {
             && self.timeout.is_none()
     }
 
+    /// A short description for diagrams (empty when no policy is set), e.g.
+    /// ` · retry ×3 · breaker · degrade: best, basic · fallback: ollama, step transform · timeout 30s`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        use crate::duration::format_duration;
+        let mut parts = Vec::new();
+        if let Some(r) = &self.retry {
+            parts.push(format!(
+                "retry ×{}{}",
+                r.schedule.attempts,
+                if r.validate.is_some() {
+                    " + validate"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if let Some(b) = &self.circuit_breaker {
+            parts.push(match &b.name {
+                Some(n) => format!("breaker {n}"),
+                None => "breaker".to_owned(),
+            });
+        }
+        for (what, list) in [("degrade", &self.degrade), ("fallback", &self.fallback)] {
+            if !list.is_empty() {
+                let labels: Vec<String> = list.iter().map(Alternative::label).collect();
+                parts.push(format!("{what}: {}", labels.join(", ")));
+            }
+        }
+        if let Some(t) = self.timeout {
+            parts.push(format!("timeout {}", format_duration(t)));
+        }
+        parts.iter().map(|p| format!(" · {p}")).collect()
+    }
+
     /// Sets `retry`.
     #[must_use]
     pub fn with_retry(mut self, r: RetryPolicy) -> Self {

@@ -354,7 +354,10 @@ mod tests {
     use crate::policy::{Alternative, Backoff};
     use crate::workflow::{StepKind, ValidateEnv, Workflow, parse_workflow, validate};
 
-    fn check(yaml: &str) -> Result<Workflow, Vec<(String, (usize, usize), String)>> {
+    /// (code, (line, col), message | hint)
+    type Found = Vec<(String, (usize, usize), String)>;
+
+    fn check(yaml: &str) -> Result<Workflow, Found> {
         let reg = ComponentRegistry::from_components(vec![]);
         let providers = vec!["claude".to_owned(), "ollama".to_owned()];
         let env = ValidateEnv {
@@ -365,7 +368,7 @@ mod tests {
             d.0.iter()
                 .map(|d| {
                     (
-                        d.code.to_string(),
+                        d.code.to_owned(),
                         d.line_col.unwrap_or_default(),
                         d.message.clone(),
                     )
@@ -379,7 +382,7 @@ mod tests {
                     .filter(|d| d.severity == crate::Severity::Error)
                     .map(|d| {
                         (
-                            d.code.to_string(),
+                            d.code.to_owned(),
                             d.line_col.unwrap_or_default(),
                             format!("{} | {}", d.message, d.hint.clone().unwrap_or_default()),
                         )
