@@ -262,6 +262,18 @@ impl Exec<'_> {
             }
             let base = format!("{key}{}", alt.suffix);
             let (outcome, attempt) = if let Slot::Step(st) = alt.slot {
+                // Keyed `KEY#fallback2` whatever the alternative is called
+                // (validation names it so; a step built in Rust may not be).
+                let named;
+                let st = if st.name == format!("{}{}", s.name, alt.suffix) {
+                    st
+                } else {
+                    named = Step {
+                        name: format!("{}{}", s.name, alt.suffix),
+                        ..st.clone()
+                    };
+                    &named
+                };
                 match self.step(st, &prefix, depth + 1).await {
                     Ok(v) => (
                         Ok(StepResult {

@@ -404,3 +404,72 @@ steps:
     assert_eq!(keys, ["s/one", "s/two", "s#attempt2/one", "s#attempt2/two"]);
     assert!(journal.get("s#attempt2/two").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_crash_during_backoff_resumes_on_the_store_without_repeating_the_committed_attempt() {
+    use spes_engine::{RunEnd, WorkflowSource};
+    use spes_store::RunStore;
+    use spes_store::sqlite::{SqliteOptions, SqliteStore};
+
+    let yaml = one_step(
+        "retry: { attempts: 3, base: 200ms, jitter: false, validate: \"output == 'good'\" }",
+    );
+    let wf = workflow(&yaml);
+    let source = WorkflowSource {
+        path: "/tmp/policy.yaml".into(),
+        text: yaml.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(&dir.path().join("spes.db"), SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    // Attempt 1 answers "bad" (committed, rejected by validate); the process
+    // dies while retry waits before attempt 2.
+    let first = scripted("- { step: x, reply: bad }");
+    let engine = Engine::builder().provider(first.clone()).build();
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(50),
+        engine.start(store.clone(), &wf, &source, inputs(&[])),
+    )
+    .await;
+    assert!(crashed.is_err(), "the run was cut off during the backoff");
+    assert_eq!(calls_to(&first, "x"), 1);
+    let runs = store.list_runs(None, 10).await.unwrap();
+    let mut run = runs.first().unwrap().clone();
+    // The owning process is gone, as after a real crash (this test process lives on).
+    run.owner = None;
+    let keys: Vec<String> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["x"]);
+
+    let second = scripted("- { step: x, reply: good }");
+    let engine = Engine::builder().provider(second.clone()).build();
+    let end = engine
+        .resume(store.clone(), &run, &wf, &source, false)
+        .await
+        .unwrap();
+    let RunEnd::Completed(out) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(out.output, Some(json!("good")));
+    assert_eq!(
+        calls_to(&second, "x"),
+        1,
+        "attempt 1 replayed, only attempt 2 made"
+    );
+    let keys: Vec<String> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["x", "x#attempt2", "x#served"]);
+}
