@@ -209,3 +209,31 @@ impl Alternative {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_lists_what_is_set_in_composition_order() {
+        assert_eq!(Policies::default().describe(), "");
+        let p = Policies::default()
+            .with_retry(RetryPolicy::new(RetrySchedule::default().with_attempts(4)))
+            .with_circuit_breaker(BreakerPolicy {
+                name: Some("claude".into()),
+                config: BreakerConfig::default(),
+            })
+            .with_degrade(Alternative::Provider {
+                provider: None,
+                model: Some("small".into()),
+                label: None,
+            })
+            .with_fallback(Alternative::provider("ollama"))
+            .with_timeout(Duration::from_secs(30));
+        assert!(!p.is_empty());
+        assert_eq!(
+            p.describe(),
+            " · retry ×4 · breaker claude · degrade: small · fallback: ollama · timeout 30s"
+        );
+    }
+}

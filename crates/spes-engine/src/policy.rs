@@ -539,3 +539,34 @@ impl Exec<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn providers_see_retries_under_the_step_key() {
+        assert_eq!(provider_key("a/summary#attempt3"), "a/summary");
+        assert_eq!(
+            provider_key("summary#degrade2#attempt2"),
+            "summary#degrade2"
+        );
+        assert_eq!(provider_key("summary#fallback1"), "summary#fallback1");
+        assert_eq!(provider_key("s#attempt2/one"), "s#attempt2/one");
+        assert_eq!(provider_key("x#attempt"), "x#attempt");
+    }
+
+    #[test]
+    fn attempt_one_keeps_the_step_key() {
+        assert_eq!(attempt_key("x", 1), "x");
+        assert_eq!(attempt_key("x#degrade2", 3), "x#degrade2#attempt3");
+    }
+
+    #[test]
+    fn jitter_draws_are_in_the_unit_interval() {
+        for n in 0..100 {
+            let u = jitter_draw("k", n);
+            assert!((0.0..1.0).contains(&u), "{u}");
+        }
+    }
+}
