@@ -39,6 +39,11 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["--input", "request=login throws a null pointer exception"],
         "[bug] Reproduce the null pointer in login",
     ),
+    (
+        "resilient-summary.yaml",
+        &["--input-file", "text=inputs/release-notes.txt"],
+        "(summary: fallback1 via backup, attempt 1; title: the basic level)",
+    ),
 ];
 
 /// Examples with a human gate: (workflow, inputs, answers given with the CLI, a line the result must contain).

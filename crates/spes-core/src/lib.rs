@@ -8,6 +8,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod message;
 pub mod pattern;
+pub mod policy;
 pub mod template;
 pub mod transform;
 pub mod workflow;

@@ -119,6 +119,8 @@ pub struct Step {
     pub kind: StepKind,
     /// Where it was written.
     pub loc: Loc,
+    /// Error-recovery policies (`retry`, `fallback`, ...); empty by default.
+    pub policies: crate::policy::Policies,
 }
 
 /// The step kinds.

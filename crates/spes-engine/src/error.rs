@@ -26,6 +26,17 @@ pub enum FailureKind {
     /// The step names a provider that is not configured.
     #[error("{0}")]
     Config(String),
+    /// An attempt ran past the step's `timeout` policy.
+    #[error("timed out after {}", spes_core::duration::format_duration(*.0))]
+    Timeout(std::time::Duration),
+    /// A circuit breaker refused the call without making it.
+    #[error("circuit breaker `{name}` is open: the call was refused without reaching the provider (next try in {})", spes_core::duration::format_duration(*retry_after))]
+    CircuitOpen {
+        /// The breaker.
+        name: String,
+        /// Time left in its cool-down.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// A failed run: the step, its location and the cause.
@@ -46,7 +57,9 @@ impl EngineError {
     pub fn class(&self) -> ErrorClass {
         match &self.kind {
             FailureKind::Provider(p) => p.class(),
-            FailureKind::Journal(_) => ErrorClass::Transient,
+            FailureKind::Journal(_) | FailureKind::Timeout(_) | FailureKind::CircuitOpen { .. } => {
+                ErrorClass::Transient
+            }
             FailureKind::Template(_)
             | FailureKind::Transform(_)
             | FailureKind::Answer(_)
@@ -79,6 +92,12 @@ impl EngineError {
                 K::Truncated => Some("raise `max_tokens` on the step".into()),
                 _ => None,
             },
+            FailureKind::Timeout(_) => Some(
+                "raise the step's `timeout`, or add `retry:` / `fallback:` to the step".into(),
+            ),
+            FailureKind::CircuitOpen { .. } => Some(
+                "the provider failed repeatedly; after the cool-down one probe call is let through. Add `fallback:` to use another provider meanwhile".into(),
+            ),
             FailureKind::Template(t) if !t.missing.is_empty() => Some(format!(
                 "pass it with --input {}=... or write it with an earlier step's `output:`",
                 t.missing[0]

@@ -37,6 +37,7 @@ pub mod error;
 pub mod event;
 pub mod gate;
 pub mod journal;
+pub mod policy;
 pub mod run;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,7 @@ pub struct Engine {
     pub(crate) capture: Option<Capture>,
     pub(crate) reviewer: Option<Arc<dyn Reviewer>>,
     pub(crate) clock: Clock,
+    pub(crate) breakers: policy::Breakers,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -251,6 +253,7 @@ impl EngineBuilder {
             clock: self
                 .clock
                 .unwrap_or_else(|| Arc::new(|| chrono::Utc::now().timestamp_millis())),
+            breakers: policy::Breakers::default(),
         }
     }
 }

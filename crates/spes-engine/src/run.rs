@@ -114,7 +114,7 @@ pub(crate) struct Exec<'e> {
     pub(crate) usage: Usage,
 }
 
-fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
+pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
     Stop::Failed(EngineError {
         step: step.to_owned(),
         loc: loc.clone(),
@@ -195,7 +195,7 @@ impl<'e> Exec<'e> {
         add_usage(&mut self.usage, &child.usage);
     }
 
-    fn write(&mut self, key: &str, v: Value) {
+    pub(crate) fn write(&mut self, key: &str, v: Value) {
         self.ctx.insert(key.to_owned(), v);
         self.written.push(key.to_owned());
     }
@@ -303,6 +303,20 @@ impl<'e> Exec<'e> {
                 usage: None,
             });
         }
+        if s.policies.is_empty() {
+            self.step_body(s, key, depth).await
+        } else {
+            self.with_policies(s, key, depth).await
+        }
+    }
+
+    /// The step's own work (its `when` already decided).
+    pub(crate) async fn step_body(
+        &mut self,
+        s: &Step,
+        key: &str,
+        depth: usize,
+    ) -> Result<StepResult, Stop> {
         match &s.kind {
             StepKind::Llm(l) => self.llm(l, key, &s.loc).await,
             StepKind::Transform(t) => {
@@ -507,7 +521,12 @@ impl<'e> Exec<'e> {
         self.call(&provider, req, components, key, loc).await
     }
 
-    async fn condition(&mut self, c: &Condition, key: &str, loc: &Loc) -> Result<bool, Stop> {
+    pub(crate) async fn condition(
+        &mut self,
+        c: &Condition,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<bool, Stop> {
         match c
             .evaluate(&self.ctx, None)
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))?
@@ -652,7 +671,7 @@ impl<'e> Exec<'e> {
             return Ok(response);
         }
         self.check_control(key, loc).await?;
-        let mut cx = CallContext::for_step(key);
+        let mut cx = CallContext::for_step(crate::policy::provider_key(key));
         if self.engine.stream_deltas {
             let engine_obs = self.engine.observer.clone();
             let k = key.to_owned();
@@ -700,7 +719,12 @@ impl<'e> Exec<'e> {
         }
     }
 
-    async fn llm(&mut self, l: &LlmStep, key: &str, loc: &Loc) -> Result<StepResult, Stop> {
+    pub(crate) async fn llm(
+        &mut self,
+        l: &LlmStep,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<StepResult, Stop> {
         let user = l
             .prompt
             .render(&self.ctx, None)

@@ -353,6 +353,26 @@ fn cases() -> Vec<Case> {
         .code("spes::workflow::unknown_provider")
         .at("w.yaml:6:15"),
         wf(
+            "workflow: unknown provider in a fallback",
+            "name: w\nsteps:\n  - name: a\n    kind: llm\n    prompt: hi\n    fallback: [ { provider: tset } ]\n",
+        )
+        .code("spes::workflow::unknown_provider")
+        .at("w.yaml:6:29")
+        .also("did you mean `test`?"),
+        wf(
+            "workflow: retry on a transform",
+            "name: w\nsteps:\n  - { name: a, kind: transform, fn: trim, input: x, retry: { attempts: 2 } }\n",
+        )
+        .code("spes::workflow::policy_not_for_kind")
+        .at("w.yaml:3:60")
+        .also("only `fallback: [{ step: ... }]` applies"),
+        wf(
+            "workflow: retry base longer than max",
+            "name: w\nsteps:\n  - name: a\n    kind: llm\n    prompt: hi\n    retry: { base: 1m, max: 10s }\n",
+        )
+        .code("spes::workflow::bad_policy")
+        .at("w.yaml:6:20"),
+        wf(
             "workflow: temperature out of range",
             "name: w\nsteps:\n  - name: a\n    kind: llm\n    prompt: hi\n    temperature: 3.5\n",
         )

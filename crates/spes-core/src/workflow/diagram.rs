@@ -30,7 +30,7 @@ fn label(s: &Step) -> String {
         .as_ref()
         .map(|o| format!(" → {o}"))
         .unwrap_or_default();
-    format!("{} ({detail}){out}", s.name)
+    format!("{} ({detail}{}){out}", s.name, s.policies.describe())
 }
 
 /// An indented tree.

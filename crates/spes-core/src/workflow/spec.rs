@@ -9,6 +9,10 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
+pub mod policy;
+
+pub use policy::{AlternativeSpec, BreakerSpec, RetrySpec};
+
 /// A value and where it was written.
 pub type S<T> = Spanned<T>;
 
@@ -315,6 +319,18 @@ pub struct StepSpec {
     pub outline: Option<S<OutlineSpec>>,
     /// The step generating one section (sections); sees `section` and `previous`.
     pub section: Option<S<Box<Self>>>,
+
+    // --- policies (any kind that makes sense; see validate/policy.rs) ---
+    /// Retry attempts, backoff and answer validation.
+    pub retry: Option<S<RetrySpec>>,
+    /// Alternatives tried in order when the step gives up.
+    pub fallback: Option<S<Vec<AlternativeSpec>>>,
+    /// A circuit breaker shared by every run in the process.
+    pub circuit_breaker: Option<S<BreakerSpec>>,
+    /// Quality levels, best first.
+    pub degrade: Option<S<Vec<AlternativeSpec>>>,
+    /// Bound on each attempt's wall time (`30s`).
+    pub timeout: Option<S<String>>,
 }
 
 /// `on_timeout: approve | reject | [steps]`.

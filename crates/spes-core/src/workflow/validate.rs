@@ -20,6 +20,8 @@ use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
 use crate::template::{Expr, Template, TemplateError};
 use crate::transform;
 
+mod policy;
+
 /// Step kinds this version of spes runs.
 pub const STEP_KINDS: &[&str] = &[
     "llm",
@@ -926,6 +928,7 @@ impl Validator<'_> {
             .and_then(|w| self.condition(w, known, &format!("{what} `when`")));
         let loc = self.loc(first_at);
         let snapshot = known.clone();
+        let policies = self.policies(&s, kind_name, &snapshot, &path, &name);
         let step_kind = match kind_name {
             "llm" => StepKind::Llm(Box::new(self.llm(&s, known, &what, kind_at)?)),
             "transform" => StepKind::Transform(self.transform(&s, known, &what, kind_at)?),
@@ -973,6 +976,7 @@ impl Validator<'_> {
         if let Some(o) = &s.output {
             if is_key_name(&o.value) {
                 known.write(&o.value);
+                self.policy_writes(&policies, Some(&o.value), known);
             } else {
                 self.err(
                     "spes::workflow::bad_key",
@@ -993,6 +997,7 @@ impl Validator<'_> {
             when,
             kind: step_kind,
             loc,
+            policies,
         })
     }
 
@@ -1285,7 +1290,16 @@ impl Validator<'_> {
             spec.kind = Some(Spanned::new("llm".to_owned(), sy.referenced, sy.defined));
         }
         let mut names = HashSet::new();
-        match self.step(spec, &mut k, path, &mut names)?.kind {
+        let step = self.step(spec, &mut k, path, &mut names)?;
+        if !step.policies.is_empty() {
+            self.err(
+                "spes::workflow::policy_not_for_kind",
+                format!("step `{path}`: policies on `{default}` are not applied"),
+                span(sy),
+                "put retry/fallback/degrade/timeout on the enclosing step",
+            );
+        }
+        match step.kind {
             StepKind::Llm(l) => Some(l),
             _ => None,
         }
