@@ -7,6 +7,7 @@
 //! writes them. Each error points at file:line:column with a hint.
 
 pub mod diagram;
+pub mod pattern;
 pub mod spec;
 pub mod validate;
 
@@ -18,6 +19,9 @@ use crate::condition::Condition;
 use crate::template::Template;
 use crate::transform::TransformFn;
 
+pub use pattern::{
+    AgentChainStep, DebateStep, Examples, JudgeSees, QualityGateStep, RefineStep, SwitchStep,
+};
 pub use spec::InputType;
 pub use validate::{ValidateEnv, parse_workflow, validate};
 
@@ -129,6 +133,16 @@ pub enum StepKind {
     Choose(Box<ChooseStep>),
     /// A document generated section by section, each approved.
     Sections(Box<SectionsStep>),
+    /// A model classifies; the matching route runs.
+    Switch(Box<SwitchStep>),
+    /// Run, score, retry with feedback; the best attempt.
+    QualityGate(Box<QualityGateStep>),
+    /// Generate, evaluate, revise; the best iteration.
+    Refine(Box<RefineStep>),
+    /// Debaters argue in rounds; a judge decides.
+    Debate(Box<DebateStep>),
+    /// Agents in turn, each on the previous output (`sequence` with `agents`).
+    AgentChain(Box<AgentChainStep>),
 }
 
 impl StepKind {
@@ -144,6 +158,11 @@ impl StepKind {
             Self::Approval(_) => "approval",
             Self::Choose(_) => "choose",
             Self::Sections(_) => "sections",
+            Self::Switch(_) => "switch",
+            Self::QualityGate(_) => "quality_gate",
+            Self::Refine(_) => "refine",
+            Self::Debate(_) => "debate",
+            Self::AgentChain(_) => "sequence",
         }
     }
 }
@@ -368,7 +387,20 @@ impl Workflow {
                             go(&format!("{key}/timeout"), st, out);
                         }
                     }
-                    StepKind::Llm(_) | StepKind::Transform(_) => {}
+                    StepKind::Switch(sw) => {
+                        for (r, st) in &sw.routes {
+                            go(&format!("{key}/{r}"), st, out);
+                        }
+                        if let Some(d) = &sw.default {
+                            go(&format!("{key}/default"), d, out);
+                        }
+                    }
+                    StepKind::Llm(_)
+                    | StepKind::Transform(_)
+                    | StepKind::QualityGate(_)
+                    | StepKind::Refine(_)
+                    | StepKind::Debate(_)
+                    | StepKind::AgentChain(_) => {}
                 }
             }
         }

@@ -9,6 +9,10 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
+pub mod pattern;
+
+pub use pattern::{CheckItemSpec, CriterionSpec, EvaluatorSpec, ExamplesSpec, JudgeSpec};
+
 /// A value and where it was written.
 pub type S<T> = Spanned<T>;
 
@@ -303,6 +307,38 @@ pub struct StepSpec {
     pub outline: Option<S<OutlineSpec>>,
     /// The step generating one section (sections); sees `section` and `previous`.
     pub section: Option<S<Box<Self>>>,
+
+    // --- switch, quality_gate, refine, debate ---
+    /// The classifying llm step (switch).
+    pub classify: Option<S<Box<Self>>>,
+    /// Route name -> steps (switch).
+    pub routes: Option<S<BTreeMap<String, S<Vec<Self>>>>>,
+    /// Steps when no route matched (switch).
+    pub default: Option<S<Vec<Self>>>,
+    /// The llm step run on each attempt (quality_gate).
+    pub step: Option<S<Box<Self>>>,
+    /// How outputs are scored (quality_gate, refine).
+    pub evaluator: Option<S<EvaluatorSpec>>,
+    /// Score needed to stop, 0..1 (quality_gate, refine).
+    pub threshold: Option<S<f64>>,
+    /// Attempts in all (quality_gate; default 3).
+    pub max_attempts: Option<S<u32>>,
+    /// Appended to the prompt on a retry (quality_gate; template).
+    pub feedback: Option<S<String>>,
+    /// Iterations in all (refine; default 5).
+    pub max_iterations: Option<S<u32>>,
+    /// Good and bad examples (refine).
+    pub examples: Option<S<ExamplesSpec>>,
+    /// Debating agents (debate).
+    pub debaters: Option<S<Vec<String>>>,
+    /// The question debated (debate; template).
+    pub topic: Option<S<String>>,
+    /// Rounds counting the opening positions (debate; default 2).
+    pub rounds: Option<S<u32>>,
+    /// The judging agent (debate).
+    pub judge: Option<S<String>>,
+    /// `all`, `last` or `summary` (debate).
+    pub judge_sees: Option<S<String>>,
 }
 
 /// `on_timeout: approve | reject | [steps]`.
