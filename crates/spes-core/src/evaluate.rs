@@ -624,11 +624,11 @@ mod tests {
         assert_eq!(
             errs,
             vec![
-                "/: property `x` is not allowed",
                 "/score: above maximum",
                 "/tags: more than maxItems",
                 "/tags/1: expected string",
                 "/title: shorter than minLength",
+                "/: property `x` is not allowed",
             ]
         );
         assert_eq!(

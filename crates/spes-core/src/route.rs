@@ -3,13 +3,14 @@
 //! The reference routes to the first route whose name is a substring of the
 //! answer (`route_name.lower() in classification`), so `bug` matches
 //! "debugging", and the route declared first wins when several match. Here:
-//! 1. **Exact**: the answer, lowercased, trimmed of whitespace, quotes,
-//!    backticks and trailing punctuation, with spaces and hyphens read as
-//!    `_`, equals a route name (case-insensitive).
-//! 2. **Word**: otherwise a route name occurs in the answer as a whole word
-//!    (word characters are letters, digits and `_`; spaces and hyphens in the
-//!    answer also read as `_`). When several do, the longest name wins, then
-//!    the one that occurs first.
+//! Both the answer and the route names are read as lowercased words (runs
+//! of letters and digits; `_`, `-`, spaces, quotes and punctuation separate
+//! them, so `bug_fix`, "Bug fix." and `` `bug-fix` `` are the same words).
+//! 1. **Exact**: the answer's words are exactly a route name's words.
+//! 2. **Word**: otherwise a route name's words occur in the answer as
+//!    consecutive whole words. When several routes do, the one with more
+//!    words wins (`bug_fix` over `bug`), then the longer name, then the one
+//!    that occurs first.
 //! 3. Otherwise no route matched (the engine takes `default`).
 //!
 //! ```
@@ -52,54 +53,43 @@ impl RouteMatch {
     }
 }
 
-fn normalize(s: &str) -> String {
+/// Lowercased words: runs of letters and digits (`_`, `-`, spaces and
+/// punctuation all separate words).
+fn words(s: &str) -> Vec<String> {
     s.to_lowercase()
-        .chars()
-        .map(|c| if c == ' ' || c == '-' { '_' } else { c })
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
         .collect()
-}
-
-fn is_word(c: char) -> bool {
-    c.is_alphanumeric() || c == '_'
 }
 
 /// Matches `answer` to one of `routes` (names as declared); see the module docs.
 pub fn match_route<'r>(answer: &str, routes: impl IntoIterator<Item = &'r str>) -> RouteMatch {
-    let routes: Vec<&str> = routes.into_iter().collect();
-    let trimmed = answer
-        .trim()
-        .trim_matches(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '*'))
-        .trim_end_matches(['.', '!', ':', ';', ','])
-        .trim();
-    let label = normalize(trimmed);
-    if let Some(r) = routes.iter().find(|r| normalize(r) == label) {
+    let routes: Vec<(&str, Vec<String>)> = routes
+        .into_iter()
+        .map(|r| (r, words(r)))
+        .filter(|(_, w)| !w.is_empty())
+        .collect();
+    let said = words(answer);
+    if let Some((r, _)) = routes.iter().find(|(_, w)| *w == said) {
         return RouteMatch::Exact((*r).to_owned());
     }
-    let text = normalize(answer);
-    let mut best: Option<(usize, usize, &str)> = None; // (name len, position, route)
-    for r in &routes {
-        let name = normalize(r);
-        if name.is_empty() {
+    // (words in the name, characters in the name, position) of the best so far.
+    let mut best: Option<(usize, usize, usize, &str)> = None;
+    for (r, w) in &routes {
+        let Some(pos) = said.windows(w.len()).position(|win| win == w.as_slice()) else {
             continue;
-        }
-        let mut from = 0;
-        while let Some(pos) = text[from..].find(&name).map(|p| p + from) {
-            let before = text[..pos].chars().next_back();
-            let after = text[pos + name.len()..].chars().next();
-            if !before.is_some_and(is_word) && !after.is_some_and(is_word) {
-                let better = match best {
-                    None => true,
-                    Some((len, at, _)) => name.len() > len || (name.len() == len && pos < at),
-                };
-                if better {
-                    best = Some((name.len(), pos, r));
-                }
-                break;
-            }
-            from = pos + name.len().max(1);
+        };
+        let chars: usize = w.iter().map(String::len).sum();
+        let better = match best {
+            None => true,
+            Some((n, c, p, _)) => (w.len(), chars, std::cmp::Reverse(pos)) > (n, c, std::cmp::Reverse(p)),
+        };
+        if better {
+            best = Some((w.len(), chars, pos, r));
         }
     }
-    best.map_or(RouteMatch::None, |(_, _, r)| RouteMatch::Word(r.to_owned()))
+    best.map_or(RouteMatch::None, |(_, _, _, r)| RouteMatch::Word(r.to_owned()))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod durable;
 mod gates;
+mod patterns;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
