@@ -35,7 +35,9 @@ pub const DEFAULT_CRITERION_THRESHOLD: f64 = 0.7;
 /// Threshold of a quality gate or refine step that sets none (the reference's 0.8).
 pub const DEFAULT_THRESHOLD: f64 = 0.8;
 /// Names of the built-in checks.
-pub const CHECK_NAMES: &[&str] = &["contains", "regex", "length", "words", "lines", "json", "schema"];
+pub const CHECK_NAMES: &[&str] = &[
+    "contains", "regex", "length", "words", "lines", "json", "schema",
+];
 
 /// One built-in check.
 #[derive(Debug, Clone)]
@@ -219,18 +221,30 @@ fn schema_walk(schema: &Value, v: &Value, at: &str, out: &mut Vec<String>) {
     }
     if let Some(text) = v.as_str() {
         let n = text.chars().count() as u64;
-        if s.get("minLength").and_then(Value::as_u64).is_some_and(|m| n < m) {
+        if s.get("minLength")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| n < m)
+        {
             out.push(format!("{here}: shorter than minLength"));
         }
-        if s.get("maxLength").and_then(Value::as_u64).is_some_and(|m| n > m) {
+        if s.get("maxLength")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| n > m)
+        {
             out.push(format!("{here}: longer than maxLength"));
         }
     }
     if let Some(x) = v.as_f64() {
-        if s.get("minimum").and_then(Value::as_f64).is_some_and(|m| x < m) {
+        if s.get("minimum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| x < m)
+        {
             out.push(format!("{here}: below minimum"));
         }
-        if s.get("maximum").and_then(Value::as_f64).is_some_and(|m| x > m) {
+        if s.get("maximum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| x > m)
+        {
             out.push(format!("{here}: above maximum"));
         }
     }
@@ -257,10 +271,16 @@ fn schema_walk(schema: &Value, v: &Value, at: &str, out: &mut Vec<String>) {
     }
     if let Some(items) = v.as_array() {
         let n = items.len() as u64;
-        if s.get("minItems").and_then(Value::as_u64).is_some_and(|m| n < m) {
+        if s.get("minItems")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| n < m)
+        {
             out.push(format!("{here}: fewer than minItems"));
         }
-        if s.get("maxItems").and_then(Value::as_u64).is_some_and(|m| n > m) {
+        if s.get("maxItems")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| n > m)
+        {
             out.push(format!("{here}: more than maxItems"));
         }
         if let Some(is) = s.get("items") {
@@ -391,7 +411,10 @@ impl Evaluator {
             Self::Judge(_) => "judge".to_owned(),
             Self::Criteria(cs) => format!(
                 "criteria {}",
-                cs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                cs.iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -618,7 +641,10 @@ mod tests {
             }
         });
         let ok = Check::new(CheckKind::Schema(schema.clone()));
-        assert!(ok.run("```json\n{\"title\": \"abc\", \"tags\": [\"x\"]}\n```").passed);
+        assert!(
+            ok.run("```json\n{\"title\": \"abc\", \"tags\": [\"x\"]}\n```")
+                .passed
+        );
         let bad = serde_json::json!({"title": "ab", "tags": ["a", 1, "c"], "score": 2, "x": 1});
         let errs = schema_errors(&schema, &bad);
         assert_eq!(
@@ -653,9 +679,21 @@ mod tests {
         );
         let v = parse_verdict("Here you go: {\"score\": \"0.5\"} hope it helps").unwrap();
         assert!((v.score - 0.5).abs() < 1e-9);
-        assert!(parse_verdict("great work, 9/10").unwrap_err().contains("no JSON"));
-        assert!(parse_verdict("{\"score\": 7}").unwrap_err().contains("outside 0..1"));
-        assert!(parse_verdict("{\"feedback\": \"x\"}").unwrap_err().contains("numeric"));
+        assert!(
+            parse_verdict("great work, 9/10")
+                .unwrap_err()
+                .contains("no JSON")
+        );
+        assert!(
+            parse_verdict("{\"score\": 7}")
+                .unwrap_err()
+                .contains("outside 0..1")
+        );
+        assert!(
+            parse_verdict("{\"feedback\": \"x\"}")
+                .unwrap_err()
+                .contains("numeric")
+        );
     }
 
     #[test]
@@ -667,7 +705,11 @@ mod tests {
         );
         assert!((e.score - 0.9).abs() < 1e-9);
         assert!(!e.passed);
-        assert!(e.feedback.contains("- sources: 0.60 (needs >= 0.70)"), "{}", e.feedback);
+        assert!(
+            e.feedback.contains("- sources: 0.60 (needs >= 0.70)"),
+            "{}",
+            e.feedback
+        );
         let e = score_criteria(
             vec![cs("style", 0.8, 3.0, 0.7), cs("sources", 0.7, 1.0, 0.7)],
             0.75,

@@ -83,13 +83,17 @@ pub fn match_route<'r>(answer: &str, routes: impl IntoIterator<Item = &'r str>) 
         let chars: usize = w.iter().map(String::len).sum();
         let better = match best {
             None => true,
-            Some((n, c, p, _)) => (w.len(), chars, std::cmp::Reverse(pos)) > (n, c, std::cmp::Reverse(p)),
+            Some((n, c, p, _)) => {
+                (w.len(), chars, std::cmp::Reverse(pos)) > (n, c, std::cmp::Reverse(p))
+            }
         };
         if better {
             best = Some((w.len(), chars, pos, r));
         }
     }
-    best.map_or(RouteMatch::None, |(_, _, _, r)| RouteMatch::Word(r.to_owned()))
+    best.map_or(RouteMatch::None, |(_, _, _, r)| {
+        RouteMatch::Word(r.to_owned())
+    })
 }
 
 #[cfg(test)]
@@ -101,9 +105,18 @@ mod tests {
     #[test]
     fn exact_match_ignores_case_quotes_and_punctuation() {
         assert_eq!(match_route("  BUG\n", R), RouteMatch::Exact("bug".into()));
-        assert_eq!(match_route("`feature`.", R), RouteMatch::Exact("Feature".into()));
-        assert_eq!(match_route("bug fix", R), RouteMatch::Exact("bug_fix".into()));
-        assert_eq!(match_route("Bug-Fix!", R), RouteMatch::Exact("bug_fix".into()));
+        assert_eq!(
+            match_route("`feature`.", R),
+            RouteMatch::Exact("Feature".into())
+        );
+        assert_eq!(
+            match_route("bug fix", R),
+            RouteMatch::Exact("bug_fix".into())
+        );
+        assert_eq!(
+            match_route("Bug-Fix!", R),
+            RouteMatch::Exact("bug_fix".into())
+        );
     }
 
     #[test]

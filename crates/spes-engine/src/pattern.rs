@@ -16,7 +16,7 @@ mod evaluate;
 mod switch;
 
 use spes_core::message::{ChatRequest, ChatResponse, Message};
-use spes_core::workflow::{Loc, LlmStep};
+use spes_core::workflow::{LlmStep, Loc};
 
 use crate::error::FailureKind;
 use crate::run::{Exec, Stop, fail};

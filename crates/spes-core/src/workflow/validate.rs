@@ -1051,13 +1051,7 @@ impl Validator<'_> {
             "transform" => &["fn", "input", "args"],
             "sequence" => &["steps", "agents", "task"],
             "switch" => &["classify", "routes", "default"],
-            "quality_gate" => &[
-                "step",
-                "evaluator",
-                "threshold",
-                "max_attempts",
-                "feedback",
-            ],
+            "quality_gate" => &["step", "evaluator", "threshold", "max_attempts", "feedback"],
             "refine" => &[
                 "generate",
                 "evaluator",

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use futures::future::{BoxFuture, join_all};
 use serde_json::{Value, json};
-use spes_core::workflow::{Agent, DebateStep, JudgeSees, Loc};
 use spes_core::workflow::pattern::SUMMARY_CHARS;
+use spes_core::workflow::{Agent, DebateStep, JudgeSees, Loc};
 
 use crate::error::FailureKind;
 use crate::event::Event;

@@ -37,7 +37,9 @@ pub(crate) fn with_examples(task: &str, ex: &Examples) -> String {
             out.push_str(&format!("\n{}. {e}\n", i + 1));
         }
     }
-    out.push_str("\nNow complete the task, following the good examples and avoiding the bad examples.");
+    out.push_str(
+        "\nNow complete the task, following the good examples and avoiding the bad examples.",
+    );
     out
 }
 
@@ -83,7 +85,9 @@ impl Exec<'_> {
                 let outcomes: Vec<_> = cs.iter().map(|c| c.run(text)).collect();
                 score_checks(&outcomes, threshold)
             }
-            Evaluator::Judge(j) => score_verdict(&self.judge(j, text, &jkey, loc).await?, threshold),
+            Evaluator::Judge(j) => {
+                score_verdict(&self.judge(j, text, &jkey, loc).await?, threshold)
+            }
             Evaluator::Criteria(cs) => {
                 let mut scores = Vec::new();
                 for c in cs {
@@ -149,7 +153,11 @@ impl Exec<'_> {
             })),
             note: Some(format!(
                 "{} after {} {}; best {} scored {:.2}",
-                if passed { "passed" } else { "threshold not met" },
+                if passed {
+                    "passed"
+                } else {
+                    "threshold not met"
+                },
                 attempts.len(),
                 if attempts.len() == 1 {
                     item_field.to_owned()

@@ -79,22 +79,35 @@ async fn debate_makes_debaters_times_rounds_plus_one_calls_and_rebuttals_see_the
     assert_eq!(p.calls().len(), 10);
     assert!(keys(&p).contains(&"argue/round3/skeptic".to_owned()));
     // Round 1 is the topic itself; round 3 rebuts round 2 (not round 1).
-    assert_eq!(user_text(&p, "argue/round1/optimist"), "Should we ship dark mode?");
+    assert_eq!(
+        user_text(&p, "argue/round1/optimist"),
+        "Should we ship dark mode?"
+    );
     let r3 = user_text(&p, "argue/round3/skeptic");
-    assert!(r3.contains("Your position: S2: the patch is untested"), "{r3}");
+    assert!(
+        r3.contains("Your position: S2: the patch is untested"),
+        "{r3}"
+    );
     assert!(r3.contains("**optimist**: O2: billing is patched"), "{r3}");
     assert!(r3.contains("**pragmatist**: P2: test it first"), "{r3}");
     assert!(!r3.contains("S1"), "{r3}");
     // judge_sees: all -> every turn of every round in full.
     let j = user_text(&p, "argue/judge");
-    for t in ["O1: users want it", "S2: the patch is untested", "P3: agreed"] {
+    for t in [
+        "O1: users want it",
+        "S2: the patch is untested",
+        "P3: agreed",
+    ] {
         assert!(j.contains(t), "judge lacks {t}: {j}");
     }
     assert!(j.contains("### Round 1 (Positions)") && j.contains("### Round 3 (Rebuttals)"));
     let v = &out.context["verdict"];
     assert_eq!(v["judgment"], json!("Ship it, behind a flag."));
     assert_eq!(v["history"].as_array().unwrap().len(), 3);
-    assert_eq!(v["history"][1]["outputs"]["skeptic"], json!("S2: the patch is untested"));
+    assert_eq!(
+        v["history"][1]["outputs"]["skeptic"],
+        json!("S2: the patch is untested")
+    );
 }
 
 #[tokio::test]
@@ -106,23 +119,35 @@ async fn debate_judge_sees_only_the_last_round_or_a_summary_of_each_turn() {
     let p = scripted(&script);
     let engine = Engine::builder().provider(p.clone()).build();
     engine
-        .run(&workflow(&debate(2, "last", "optimist, skeptic")), inputs(&[("proposal", "x")]))
+        .run(
+            &workflow(&debate(2, "last", "optimist, skeptic")),
+            inputs(&[("proposal", "x")]),
+        )
         .await
         .unwrap();
     assert_eq!(p.calls().len(), 2 * 2 + 1);
     let j = user_text(&p, "argue/judge");
     assert!(!j.contains("OPEN-"), "last: round 1 is hidden: {j}");
-    assert!(j.contains("### Round 2 (Rebuttals)") && !j.contains("### Round 1"), "{j}");
+    assert!(
+        j.contains("### Round 2 (Rebuttals)") && !j.contains("### Round 1"),
+        "{j}"
+    );
 
     let p = scripted(&script);
     let engine = Engine::builder().provider(p.clone()).build();
     engine
-        .run(&workflow(&debate(2, "summary", "optimist, skeptic")), inputs(&[("proposal", "x")]))
+        .run(
+            &workflow(&debate(2, "summary", "optimist, skeptic")),
+            inputs(&[("proposal", "x")]),
+        )
         .await
         .unwrap();
     let j = user_text(&p, "argue/judge");
     let expected = format!("**optimist**: OPEN-{}...\n", "x".repeat(195));
-    assert!(j.contains(&expected), "summary cuts each turn to 200 chars: {j}");
+    assert!(
+        j.contains(&expected),
+        "summary cuts each turn to 200 chars: {j}"
+    );
     assert!(!j.contains(&long), "{j}");
 }
 
@@ -141,7 +166,10 @@ async fn debaters_speak_at_the_same_time() {
     let engine = Engine::builder().provider(p.clone()).build();
     let start = tokio::time::Instant::now();
     engine
-        .run(&workflow(&debate(2, "all", "optimist, skeptic")), inputs(&[("proposal", "x")]))
+        .run(
+            &workflow(&debate(2, "all", "optimist, skeptic")),
+            inputs(&[("proposal", "x")]),
+        )
         .await
         .unwrap();
     let took = start.elapsed().as_secs();
@@ -171,7 +199,12 @@ async fn switch_routes_by_classification_records_the_raw_label_and_falls_back_to
     let wf = workflow(SWITCH);
     let cases = [
         ("  Bug fix.\n", "bug_fix", "exact", "FIX"),
-        ("I think this is a feature request", "feature", "word", "DESIGN"),
+        (
+            "I think this is a feature request",
+            "feature",
+            "word",
+            "DESIGN",
+        ),
         ("debugging question", "", "default", "Please clarify: r"),
     ];
     for (label, route, how, plan) in cases {
@@ -182,9 +215,20 @@ async fn switch_routes_by_classification_records_the_raw_label_and_falls_back_to
         let engine = Engine::builder().provider(p.clone()).build();
         let out = engine.run(&wf, inputs(&[("request", "r")])).await.unwrap();
         let r = &out.context["routed"];
-        assert_eq!(r["classification"], json!(label), "the raw answer is recorded");
+        assert_eq!(
+            r["classification"],
+            json!(label),
+            "the raw answer is recorded"
+        );
         assert_eq!(r["matched"], json!(how), "{label}");
-        assert_eq!(r["route"], if route.is_empty() { Value::Null } else { json!(route) });
+        assert_eq!(
+            r["route"],
+            if route.is_empty() {
+                Value::Null
+            } else {
+                json!(route)
+            }
+        );
         assert_eq!(out.context["plan"], json!(plan));
         assert_eq!(r["output"], json!(plan));
         let c = user_text(&p, "route/classify");
@@ -268,9 +312,15 @@ async fn quality_gate_returns_the_best_attempt_after_max_attempts() {
     let a2 = user_text(&p, "draft/attempt2");
     assert!(a2.starts_with("Write a tagline for sync."), "{a2}");
     assert!(a2.contains("Previous attempt (quality: 0.4):\nT1"), "{a2}");
-    assert!(a2.contains("Feedback:\ntoo vague") && a2.contains("threshold of 0.9"), "{a2}");
+    assert!(
+        a2.contains("Feedback:\ntoo vague") && a2.contains("threshold of 0.9"),
+        "{a2}"
+    );
     let judge = user_text(&p, "draft/attempt1/judge");
-    assert!(judge.contains("short and concrete") && judge.contains("Text:\nT1"), "{judge}");
+    assert!(
+        judge.contains("short and concrete") && judge.contains("Text:\nT1"),
+        "{judge}"
+    );
 }
 
 #[tokio::test]
@@ -283,7 +333,10 @@ async fn quality_gate_stops_as_soon_as_the_threshold_is_met() {
         .unwrap();
     assert_eq!(out.model_calls, 4, "attempt 2 passes: no third attempt");
     let t = &out.context["tagline"];
-    assert_eq!((t["passed"].clone(), t["attempts"].clone()), (json!(true), json!(2)));
+    assert_eq!(
+        (t["passed"].clone(), t["attempts"].clone()),
+        (json!(true), json!(2))
+    );
     assert_eq!(t["output"], json!("T2"));
     assert!(!keys(&p).iter().any(|k| k.contains("attempt3")));
 }
@@ -297,7 +350,9 @@ async fn a_malformed_judge_answer_fails_the_step_clearly() {
         .run(&workflow(&gate(2, "0.8")), inputs(&[("topic", "x")]))
         .await
         .unwrap_err();
-    let RunError::Step(e) = err else { panic!("{err}") };
+    let RunError::Step(e) = err else {
+        panic!("{err}")
+    };
     assert_eq!(e.step, "draft/attempt1/judge");
     assert!(matches!(e.kind, FailureKind::Answer(_)));
     assert!(e.kind.to_string().contains("no JSON"), "{}", e.kind);
@@ -333,18 +388,39 @@ async fn refine_stops_at_the_threshold_and_puts_examples_in_every_prompt() {
         .run(&workflow(REFINE), inputs(&[("topic", "spes")]))
         .await
         .unwrap();
-    assert_eq!(out.model_calls, 2, "checks need no calls; iteration 2 passes");
+    assert_eq!(
+        out.model_calls, 2,
+        "checks need no calls; iteration 2 passes"
+    );
     let b = &out.context["blurb"];
-    assert_eq!((b["passed"].clone(), b["iterations"].clone()), (json!(true), json!(2)));
+    assert_eq!(
+        (b["passed"].clone(), b["iterations"].clone()),
+        (json!(true), json!(2))
+    );
     assert_eq!(b["output"], json!("A durable tool that runs offline."));
     assert_eq!(b["history"][0]["score"], json!(0.0));
     assert_eq!(b["history"][1]["improved"], json!(true));
     let first = user_text(&p, "blurb/iteration1");
-    assert!(first.starts_with("Task: Describe spes in one paragraph."), "{first}");
-    assert!(first.contains("Good Examples (follow these patterns):\n\n1. Runs offline, journals every call."), "{first}");
-    assert!(first.contains("Bad Examples (avoid these patterns):\n\n1. The best tool ever!!!"), "{first}");
+    assert!(
+        first.starts_with("Task: Describe spes in one paragraph."),
+        "{first}"
+    );
+    assert!(
+        first.contains(
+            "Good Examples (follow these patterns):\n\n1. Runs offline, journals every call."
+        ),
+        "{first}"
+    );
+    assert!(
+        first.contains("Bad Examples (avoid these patterns):\n\n1. The best tool ever!!!"),
+        "{first}"
+    );
     let second = user_text(&p, "blurb/iteration2");
-    assert!(second.contains("Good Examples") && second.contains("Previous Attempt (Iteration 1):\nA tool."), "{second}");
+    assert!(
+        second.contains("Good Examples")
+            && second.contains("Previous Attempt (Iteration 1):\nA tool."),
+        "{second}"
+    );
     assert!(second.contains("- fails: contains \"offline\""), "{second}");
 }
 
@@ -360,8 +436,15 @@ async fn refine_returns_the_best_iteration_when_none_passes() {
         .await
         .unwrap();
     let b = &out.context["blurb"];
-    assert_eq!((b["passed"].clone(), b["iterations"].clone()), (json!(false), json!(4)));
-    assert_eq!(b["best"], json!(1), "half the checks pass on iteration 1 only");
+    assert_eq!(
+        (b["passed"].clone(), b["iterations"].clone()),
+        (json!(false), json!(4))
+    );
+    assert_eq!(
+        b["best"],
+        json!(1),
+        "half the checks pass on iteration 1 only"
+    );
     assert_eq!(b["score"], json!(0.5));
 }
 
@@ -411,10 +494,16 @@ async fn weighted_criteria_fail_on_one_criterion_under_its_own_threshold() {
     assert_eq!(h1["criteria"][1]["name"], json!("sources"));
     assert_eq!(h1["criteria"][1]["passed"], json!(false));
     let a2 = user_text(&p, "draft/attempt2");
-    assert!(a2.contains("- sources: 0.50 (needs >= 0.90): no citations"), "{a2}");
+    assert!(
+        a2.contains("- sources: 0.50 (needs >= 0.90): no citations"),
+        "{a2}"
+    );
     assert!(!a2.contains("- accuracy"), "{a2}");
     // Attempt 2 passes every criterion: (3*0.8 + 0.9 + 1)/5 = 0.86.
-    assert_eq!((d["passed"].clone(), d["best"].clone()), (json!(true), json!(2)));
+    assert_eq!(
+        (d["passed"].clone(), d["best"].clone()),
+        (json!(true), json!(2))
+    );
     assert_eq!(d["score"], json!(0.86));
     assert!(keys(&p).contains(&"draft/attempt2/judge/sources".to_owned()));
 }
@@ -448,7 +537,10 @@ async fn a_sequence_of_agents_hands_each_the_previous_output() {
     assert_eq!(out.context["notes"]["outputs"]["editor"], json!("E1"));
     assert_eq!(user_text(&p, "pass/writer"), "Write release notes: b");
     let e = user_text(&p, "pass/editor");
-    assert!(e.contains("Task: Write release notes: b") && e.contains("Previous output (writer):\nW1"), "{e}");
+    assert!(
+        e.contains("Task: Write release notes: b") && e.contains("Previous output (writer):\nW1"),
+        "{e}"
+    );
     assert!(user_text(&p, "pass/writer.2").contains("Previous output (editor):\nE1"));
 }
 
@@ -499,7 +591,10 @@ async fn crash_and_resume(yaml: &str, input: (&str, &str), script: &str, fail_at
         .into_iter()
         .map(|e| e.key)
         .collect();
-    assert!(!committed.is_empty(), "some calls were committed before the crash");
+    assert!(
+        !committed.is_empty(),
+        "some calls were committed before the crash"
+    );
 
     let fixed = scripted(script);
     let end = Engine::builder()
@@ -515,8 +610,16 @@ async fn crash_and_resume(yaml: &str, input: (&str, &str), script: &str, fail_at
     for k in &committed {
         assert!(!again.contains(k), "{k} was called again on resume");
     }
-    assert!(again.iter().any(|k| k.ends_with(fail_at.trim_start_matches("*/"))), "{again:?}");
-    assert_eq!(out.output, whole.output, "resumed output equals an uninterrupted run");
+    assert!(
+        again
+            .iter()
+            .any(|k| k.ends_with(fail_at.trim_start_matches("*/"))),
+        "{again:?}"
+    );
+    assert_eq!(
+        out.output, whole.output,
+        "resumed output equals an uninterrupted run"
+    );
     assert_eq!(out.context, whole.context);
     assert_eq!(out.replayed as usize, committed.len());
 }
@@ -545,7 +648,13 @@ async fn switch_resumes_after_a_crash_in_the_route() {
 
 #[tokio::test]
 async fn quality_gate_resumes_after_a_crash_in_a_judge_call() {
-    crash_and_resume(&gate(3, "0.9"), ("topic", "t"), GATE_SCRIPT, "attempt2/judge").await;
+    crash_and_resume(
+        &gate(3, "0.9"),
+        ("topic", "t"),
+        GATE_SCRIPT,
+        "attempt2/judge",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -640,17 +749,67 @@ steps:
     agents: [a]
 "#;
     let errs = errors(yaml);
-    has(&errs, "spes::workflow::unknown_agent", "unknown agent `nobody`", 9);
+    has(
+        &errs,
+        "spes::workflow::unknown_agent",
+        "unknown agent `nobody`",
+        9,
+    );
     has(&errs, "spes::workflow::unknown_key", "reads `missing`", 10);
-    has(&errs, "spes::workflow::bad_judge_sees", "judge_sees `everything`", 12);
-    has(&errs, "spes::workflow::no_steps", "route `bug` has no steps", 17);
-    has(&errs, "spes::workflow::unknown_check", "unknown check `contain` | did you mean `contains`?", 21);
-    has(&errs, "spes::workflow::bad_threshold", "threshold 1.5 is outside 0..1", 22);
-    has(&errs, "spes::workflow::bad_weight", "weight 0 must be above 0", 28);
-    has(&errs, "spes::workflow::unknown_agent", "unknown agent `ghost`", 28);
-    has(&errs, "spes::workflow::bad_count", "max_iterations must be at least 1", 29);
-    has(&errs, "spes::workflow::field_not_for_kind", "`rounds` does not apply to a `refine` step", 30);
-    has(&errs, "spes::workflow::missing_field", "needs both `agents` and `task`", 33);
+    has(
+        &errs,
+        "spes::workflow::bad_judge_sees",
+        "judge_sees `everything`",
+        12,
+    );
+    has(
+        &errs,
+        "spes::workflow::no_steps",
+        "route `bug` has no steps",
+        17,
+    );
+    has(
+        &errs,
+        "spes::workflow::unknown_check",
+        "unknown check `contain` | did you mean `contains`?",
+        21,
+    );
+    has(
+        &errs,
+        "spes::workflow::bad_threshold",
+        "threshold 1.5 is outside 0..1",
+        22,
+    );
+    has(
+        &errs,
+        "spes::workflow::bad_weight",
+        "weight 0 must be above 0",
+        28,
+    );
+    has(
+        &errs,
+        "spes::workflow::unknown_agent",
+        "unknown agent `ghost`",
+        28,
+    );
+    has(
+        &errs,
+        "spes::workflow::bad_count",
+        "max_iterations must be at least 1",
+        29,
+    );
+    has(
+        &errs,
+        "spes::workflow::field_not_for_kind",
+        "`rounds` does not apply to a `refine` step",
+        30,
+    );
+    has(
+        &errs,
+        "spes::workflow::missing_field",
+        "needs both `agents` and `task`",
+        33,
+    );
 }
 
 #[test]
@@ -675,10 +834,25 @@ steps:
     topic: t
 "#;
     let errs = errors(yaml);
-    has(&errs, "spes::workflow::nested_kind", "`step` must be an llm step", 6);
+    has(
+        &errs,
+        "spes::workflow::nested_kind",
+        "`step` must be an llm step",
+        6,
+    );
     has(&errs, "spes::workflow::bad_evaluator", "exactly one of", 7);
-    has(&errs, "spes::workflow::missing_field", "needs `classify`", 9);
+    has(
+        &errs,
+        "spes::workflow::missing_field",
+        "needs `classify`",
+        9,
+    );
     has(&errs, "spes::workflow::bad_check", "`words` takes", 14);
-    has(&errs, "spes::workflow::bad_count", "at least 2 different debaters", 17);
+    has(
+        &errs,
+        "spes::workflow::bad_count",
+        "at least 2 different debaters",
+        17,
+    );
     has(&errs, "spes::workflow::missing_field", "needs `judge`", 16);
 }

@@ -13,12 +13,12 @@ use crate::evaluate::{
     Evaluator, Judge, Measure,
 };
 use crate::template::Template;
+use crate::workflow::Agent;
 use crate::workflow::pattern::{
     AgentChainStep, DEFAULT_GATE_FEEDBACK, DebateStep, Examples, JudgeSees, QualityGateStep,
     RefineStep, SwitchStep,
 };
 use crate::workflow::spec::{CheckItemSpec, EvaluatorSpec, JudgeSpec, StepSpec};
-use crate::workflow::Agent;
 
 /// Locals a quality gate's `feedback` template sees.
 const FEEDBACK_LOCALS: &[&str] = &["previous", "score", "feedback", "attempt", "threshold"];
@@ -75,7 +75,13 @@ impl Validator<'_> {
         }
     }
 
-    fn at_least_one(&mut self, v: Option<&Spanned<u32>>, field: &str, default: u32, what: &str) -> u32 {
+    fn at_least_one(
+        &mut self,
+        v: Option<&Spanned<u32>>,
+        field: &str,
+        default: u32,
+        what: &str,
+    ) -> u32 {
         match v {
             Some(n) if n.value == 0 => {
                 self.err(
@@ -159,7 +165,12 @@ impl Validator<'_> {
                 );
             }
             let mut k = before.clone();
-            let st = self.steps(steps.value.clone(), &mut k, &format!("{path}/{name}"), span(steps));
+            let st = self.steps(
+                steps.value.clone(),
+                &mut k,
+                &format!("{path}/{name}"),
+                span(steps),
+            );
             outcomes.push(k);
             routes.push((name.clone(), st));
         }
@@ -443,12 +454,21 @@ impl Validator<'_> {
         }
     }
 
-    fn evaluator(&mut self, e: &Spanned<EvaluatorSpec>, known: &Known, what: &str) -> Option<Evaluator> {
+    fn evaluator(
+        &mut self,
+        e: &Spanned<EvaluatorSpec>,
+        known: &Known,
+        what: &str,
+    ) -> Option<Evaluator> {
         let ev = &e.value;
-        let set = [ev.checks.is_some(), ev.judge.is_some(), ev.criteria.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let set = [
+            ev.checks.is_some(),
+            ev.judge.is_some(),
+            ev.criteria.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if set != 1 {
             self.err(
                 "spes::workflow::bad_evaluator",
@@ -474,7 +494,10 @@ impl Validator<'_> {
             for c in &cs.value {
                 out.push(self.check_item(c, what));
             }
-            return out.into_iter().collect::<Option<Vec<_>>>().map(Evaluator::Checks);
+            return out
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .map(Evaluator::Checks);
         }
         if let Some(j) = &ev.judge {
             return self.judge_spec(j, known, what).map(Evaluator::Judge);
@@ -495,7 +518,9 @@ impl Validator<'_> {
         for c in &cs.value {
             let at = span(c);
             let name = match &c.value.name {
-                Some(n) if is_step_name(&n.value) && names.insert(n.value.clone()) => n.value.clone(),
+                Some(n) if is_step_name(&n.value) && names.insert(n.value.clone()) => {
+                    n.value.clone()
+                }
                 Some(n) => {
                     self.err(
                         "spes::workflow::bad_criterion",
@@ -588,7 +613,10 @@ impl Validator<'_> {
         if c.value.len() != 1 {
             self.err(
                 "spes::workflow::bad_check",
-                format!("{what}: a check has exactly one key (found {})", c.value.len()),
+                format!(
+                    "{what}: a check has exactly one key (found {})",
+                    c.value.len()
+                ),
                 at,
                 format!("checks: {}", CHECK_NAMES.join(", ")),
             );
@@ -626,7 +654,10 @@ impl Validator<'_> {
                 Value::String(s) => CheckKind::Contains(s.clone()),
                 _ => return bad(self, "a string"),
             },
-            "regex" => match v.as_str().map(|p| regex::RegexBuilder::new(p).size_limit(1 << 20).build()) {
+            "regex" => match v
+                .as_str()
+                .map(|p| regex::RegexBuilder::new(p).size_limit(1 << 20).build())
+            {
                 Some(Ok(re)) => CheckKind::Regex(re),
                 Some(Err(e)) => {
                     self.err(
@@ -645,7 +676,12 @@ impl Validator<'_> {
                     "words" => CheckKind::Words { min, max },
                     _ => CheckKind::Lines { min, max },
                 },
-                None => return bad(self, "`{ min: N, max: M }` (whole numbers, min <= max, at least one)"),
+                None => {
+                    return bad(
+                        self,
+                        "`{ min: N, max: M }` (whole numbers, min <= max, at least one)",
+                    );
+                }
             },
             "json" => match v {
                 Value::Bool(true) => CheckKind::Json,
