@@ -387,14 +387,14 @@ pub enum Evaluator {
 
 impl Evaluator {
     /// The threshold used when the step sets none: the weighted mean of the
-    /// criteria's thresholds, else [`DEFAULT_THRESHOLD`].
+    /// criteria's thresholds (to 4 decimals), else [`DEFAULT_THRESHOLD`].
     #[must_use]
     pub fn default_threshold(&self) -> f64 {
         match self {
             Self::Criteria(cs) => {
                 let w: f64 = cs.iter().map(|c| c.weight).sum();
                 if w > 0.0 {
-                    cs.iter().map(|c| c.weight * c.threshold).sum::<f64>() / w
+                    round4(cs.iter().map(|c| c.weight * c.threshold).sum::<f64>() / w)
                 } else {
                     DEFAULT_THRESHOLD
                 }

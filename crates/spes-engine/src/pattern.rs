@@ -5,7 +5,7 @@
 //!
 //! | kind | keys |
 //! |---|---|
-//! | switch | `KEY/classify`, then the route's steps under `KEY/ROUTE` (or `KEY/default`) |
+//! | switch | `KEY/classify` (or the classify step's `name`), then the route's steps under `KEY/ROUTE` (or `KEY/default`) |
 //! | quality_gate | `KEY/attemptN`, its judge `KEY/attemptN/judge` or `KEY/attemptN/judge/CRITERION` |
 //! | refine | `KEY/iterationN`, `KEY/iterationN/judge[/CRITERION]` |
 //! | debate | `KEY/roundR/DEBATER`, `KEY/judge` |

@@ -251,6 +251,7 @@ impl Switch {
     pub fn new(classify: &str) -> Result<Self, TemplateError> {
         Ok(Self(SwitchStep {
             classify: Box::new(llm_step(classify)?),
+            classify_name: "classify".to_owned(),
             routes: Vec::new(),
             default: None,
         }))

@@ -23,7 +23,10 @@ fn label(s: &Step) -> String {
         ),
         StepKind::Choose(c) => format!("choose · {} variations · human", c.n),
         StepKind::Sections(_) => "sections · human".to_owned(),
-        StepKind::Switch(_) => "switch · classify".to_owned(),
+        StepKind::Switch(sw) => sw.classify.agent.as_ref().map_or_else(
+            || "switch · classify".to_owned(),
+            |a| format!("switch · classify by {}", a.name),
+        ),
         StepKind::QualityGate(q) => format!(
             "quality_gate · {} ≥ {} · {} attempts",
             q.evaluator.describe(),

@@ -17,6 +17,8 @@ pub const DEFAULT_GATE_FEEDBACK: &str = "\n\nPrevious attempt (quality: {{ score
 pub struct SwitchStep {
     /// The classifying llm step; the route names are appended to its prompt.
     pub classify: Box<LlmStep>,
+    /// The classifying call's name in the step key (`KEY/classify` unless it sets `name`).
+    pub classify_name: String,
     /// Routes in name order.
     pub routes: Vec<(String, Vec<Step>)>,
     /// When no route matched; `None` gives the explicit no-match result.

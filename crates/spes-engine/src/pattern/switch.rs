@@ -21,7 +21,7 @@ impl Exec<'_> {
             self.prompt_of(&sw.classify, key, loc)?,
             names.join(", ")
         );
-        let ckey = join_key(key, "classify");
+        let ckey = join_key(key, &sw.classify_name);
         let raw = self.llm_as(&sw.classify, user, &ckey, loc).await?.text;
         let m = match_route(&raw, names.iter().copied());
         let (route, how, steps, prefix) = match &m {

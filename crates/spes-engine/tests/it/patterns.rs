@@ -856,3 +856,37 @@ steps:
     );
     has(&errs, "spes::workflow::missing_field", "needs `judge`", 16);
 }
+
+#[test]
+fn diagrams_show_routes_and_pattern_settings() {
+    let text = spes_core::workflow::diagram::text(&workflow(SWITCH));
+    assert!(
+        text.contains(
+            "- route (switch · classify) → routed\n  ? bug_fix\n    - fix (llm) → plan\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("  ? default\n    - ask (transform · template) → plan\n"),
+        "{text}"
+    );
+    let m = spes_core::workflow::diagram::mermaid(&workflow(SWITCH));
+    assert!(m.contains("n1 -->|\"feature\"| n3"), "{m}");
+    let d = spes_core::workflow::diagram::text(&workflow(&debate(3, "last", "optimist, skeptic")));
+    assert!(
+        d.contains(
+            "argue (debate · optimist vs skeptic · 3 rounds · judge chair sees last) → verdict"
+        ),
+        "{d}"
+    );
+    let q = spes_core::workflow::diagram::text(&workflow(CRITERIA));
+    assert!(
+        q.contains("draft (quality_gate · criteria accuracy, sources, length ≥ 0.74 · 2 attempts)"),
+        "{q}"
+    );
+    let c = spes_core::workflow::diagram::text(&workflow(CHAIN));
+    assert!(
+        c.contains("pass (sequence · writer → editor → writer) → notes"),
+        "{c}"
+    );
+}

@@ -126,6 +126,11 @@ impl Validator<'_> {
             return None;
         };
         let classify = self.nested_llm(c, "classify", known, path, &[]);
+        let classify_name = c
+            .value
+            .name
+            .as_ref()
+            .map_or_else(|| "classify".to_owned(), |n| n.value.clone());
         let Some(routes_spec) = &s.routes else {
             self.missing(
                 &what,
@@ -148,12 +153,12 @@ impl Validator<'_> {
         let mut outcomes = Vec::new();
         let mut routes = Vec::new();
         for (name, steps) in &routes_spec.value {
-            if !is_step_name(name) || name == "default" || name == "classify" {
+            if !is_step_name(name) || name == "default" || *name == classify_name {
                 self.err(
                     "spes::workflow::bad_step_name",
                     format!("{what}: route name `{name}` is not allowed"),
                     span(steps),
-                    "route names use letters, digits, _ - . (not `default` or `classify`); they are parts of step keys",
+                    "route names use letters, digits, _ - . (not `default` or the classify step's name); they are parts of step keys",
                 );
             }
             if steps.value.is_empty() {
@@ -194,6 +199,7 @@ impl Validator<'_> {
         *known = Known::join(&before, &outcomes);
         Some(SwitchStep {
             classify: classify?,
+            classify_name,
             routes,
             default,
         })
