@@ -76,7 +76,7 @@ pub enum CheckKind {
     },
     /// The text is valid JSON (a ```json fence is tolerated).
     Json,
-    /// The text is JSON valid against this schema (the subset in [`schema_errors`]).
+    /// The text is JSON valid against this JSON Schema (see [`schema_errors`]).
     Schema(Value),
 }
 
@@ -168,127 +168,30 @@ fn parse_json(text: &str) -> Result<Value, String> {
         .map_err(|e| format!("not JSON: {e}"))
 }
 
-/// Validates `v` against a JSON Schema subset: `type` (one or a list),
-/// `enum`, `const`, `required`, `properties`, `additionalProperties: false`,
-/// `items` (one schema), `minItems`/`maxItems`, `minLength`/`maxLength`,
-/// `minimum`/`maximum`. Other keywords are ignored (listed in FORMAT.md).
-/// Returns every violation with its JSON pointer.
+/// Validates `v` against a JSON Schema (drafts 4 to 2020-12, by the
+/// `jsonschema` crate; no remote references are fetched). Returns every
+/// violation with the JSON pointer of the value at fault (`/` for the root).
 #[must_use]
 pub fn schema_errors(schema: &Value, v: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    schema_walk(schema, v, "", &mut out);
-    out
-}
-
-fn type_ok(t: &str, v: &Value) -> bool {
-    match t {
-        "object" => v.is_object(),
-        "array" => v.is_array(),
-        "string" => v.is_string(),
-        "number" => v.is_number(),
-        "integer" => v.as_i64().is_some() || v.as_u64().is_some(),
-        "boolean" => v.is_boolean(),
-        "null" => v.is_null(),
-        _ => false,
+    match jsonschema::validator_for(schema) {
+        Err(e) => vec![format!("the schema is invalid: {e}")],
+        Ok(validator) => validator
+            .iter_errors(v)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                let at = if at.is_empty() { "/".to_owned() } else { at };
+                format!("{at}: {e}")
+            })
+            .collect(),
     }
 }
 
-fn schema_walk(schema: &Value, v: &Value, at: &str, out: &mut Vec<String>) {
-    let Some(s) = schema.as_object() else {
-        return;
-    };
-    let here = if at.is_empty() { "/" } else { at };
-    if let Some(t) = s.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(t) => vec![t.as_str()],
-            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
-        if !types.is_empty() && !types.iter().any(|t| type_ok(t, v)) {
-            out.push(format!("{here}: expected {}", types.join(" or ")));
-            return;
-        }
-    }
-    if let Some(Value::Array(options)) = s.get("enum")
-        && !options.contains(v)
-    {
-        out.push(format!("{here}: not one of the allowed values"));
-    }
-    if let Some(c) = s.get("const")
-        && c != v
-    {
-        out.push(format!("{here}: must be {c}"));
-    }
-    if let Some(text) = v.as_str() {
-        let n = text.chars().count() as u64;
-        if s.get("minLength")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| n < m)
-        {
-            out.push(format!("{here}: shorter than minLength"));
-        }
-        if s.get("maxLength")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| n > m)
-        {
-            out.push(format!("{here}: longer than maxLength"));
-        }
-    }
-    if let Some(x) = v.as_f64() {
-        if s.get("minimum")
-            .and_then(Value::as_f64)
-            .is_some_and(|m| x < m)
-        {
-            out.push(format!("{here}: below minimum"));
-        }
-        if s.get("maximum")
-            .and_then(Value::as_f64)
-            .is_some_and(|m| x > m)
-        {
-            out.push(format!("{here}: above maximum"));
-        }
-    }
-    if let Some(obj) = v.as_object() {
-        if let Some(Value::Array(req)) = s.get("required") {
-            for k in req.iter().filter_map(Value::as_str) {
-                if !obj.contains_key(k) {
-                    out.push(format!("{here}: missing required property `{k}`"));
-                }
-            }
-        }
-        let props = s.get("properties").and_then(Value::as_object);
-        for (k, val) in obj {
-            let child = format!("{at}/{k}");
-            match props.and_then(|p| p.get(k)) {
-                Some(ps) => schema_walk(ps, val, &child, out),
-                None => {
-                    if s.get("additionalProperties") == Some(&Value::Bool(false)) {
-                        out.push(format!("{here}: property `{k}` is not allowed"));
-                    }
-                }
-            }
-        }
-    }
-    if let Some(items) = v.as_array() {
-        let n = items.len() as u64;
-        if s.get("minItems")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| n < m)
-        {
-            out.push(format!("{here}: fewer than minItems"));
-        }
-        if s.get("maxItems")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| n > m)
-        {
-            out.push(format!("{here}: more than maxItems"));
-        }
-        if let Some(is) = s.get("items") {
-            for (i, item) in items.iter().enumerate() {
-                schema_walk(is, item, &format!("{at}/{i}"), out);
-            }
-        }
-    }
+/// Why `schema` is not a usable JSON Schema, if it is not.
+#[must_use]
+pub fn schema_problem(schema: &Value) -> Option<String> {
+    jsonschema::validator_for(schema)
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// An LLM judge: a rubric and who answers.
@@ -631,7 +534,7 @@ mod tests {
     }
 
     #[test]
-    fn schema_subset_reports_each_violation() {
+    fn schema_check_reports_each_violation_with_its_pointer() {
         let schema = serde_json::json!({
             "type": "object", "required": ["title", "tags"], "additionalProperties": false,
             "properties": {
@@ -646,24 +549,26 @@ mod tests {
                 .passed
         );
         let bad = serde_json::json!({"title": "ab", "tags": ["a", 1, "c"], "score": 2, "x": 1});
-        let errs = schema_errors(&schema, &bad);
-        assert_eq!(
-            errs,
-            vec![
-                "/score: above maximum",
-                "/tags: more than maxItems",
-                "/tags/1: expected string",
-                "/title: shorter than minLength",
-                "/: property `x` is not allowed",
-            ]
+        let mut at: Vec<String> = schema_errors(&schema, &bad)
+            .iter()
+            .map(|e| e.split(':').next().unwrap_or_default().to_owned())
+            .collect();
+        at.sort();
+        assert_eq!(at, vec!["/", "/score", "/tags", "/tags/1", "/title"]);
+        let missing = schema_errors(&schema, &serde_json::json!({}));
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert!(missing[0].contains("title") || missing[1].contains("title"));
+        let failed = ok.run("{\"title\": 5, \"tags\": []}");
+        assert!(!failed.passed);
+        assert!(
+            failed
+                .detail
+                .starts_with("JSON matching the schema (/title: "),
+            "{}",
+            failed.detail
         );
-        assert_eq!(
-            schema_errors(&schema, &serde_json::json!({})),
-            vec![
-                "/: missing required property `title`",
-                "/: missing required property `tags`"
-            ]
-        );
+        assert!(schema_problem(&serde_json::json!({"type": 12})).is_some());
+        assert!(schema_problem(&schema).is_none());
     }
 
     #[test]

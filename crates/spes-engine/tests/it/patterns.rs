@@ -832,8 +832,18 @@ steps:
     kind: debate
     debaters: []
     topic: t
+  - name: q3
+    kind: refine
+    generate: { prompt: "x" }
+    evaluator: { checks: [ { schema: { type: 12 } } ] }
 "#;
     let errs = errors(yaml);
+    has(
+        &errs,
+        "spes::workflow::bad_schema",
+        "not a valid JSON Schema",
+        22,
+    );
     has(
         &errs,
         "spes::workflow::nested_kind",

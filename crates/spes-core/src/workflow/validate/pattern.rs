@@ -694,7 +694,18 @@ impl Validator<'_> {
                 _ => return bad(self, "`true`"),
             },
             "schema" => match v {
-                Value::Object(_) => CheckKind::Schema(v.clone()),
+                Value::Object(_) => {
+                    if let Some(problem) = crate::evaluate::schema_problem(v) {
+                        self.err(
+                            "spes::workflow::bad_schema",
+                            format!("{what}: the schema is not a valid JSON Schema: {problem}"),
+                            at,
+                            "write an inline JSON Schema, e.g. { type: object, required: [title] }",
+                        );
+                        return None;
+                    }
+                    CheckKind::Schema(v.clone())
+                }
                 _ => return bad(self, "an inline JSON Schema object"),
             },
             other => {
