@@ -15,10 +15,13 @@ mod debate;
 mod evaluate;
 mod switch;
 
+use std::time::Instant;
+
 use spes_core::message::{ChatRequest, ChatResponse, Message};
 use spes_core::workflow::{LlmStep, Loc};
 
 use crate::error::FailureKind;
+use crate::event::Event;
 use crate::run::{Exec, Stop, fail};
 
 impl Exec<'_> {
@@ -29,8 +32,55 @@ impl Exec<'_> {
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))
     }
 
-    /// Calls an llm step's agent/provider with `user` as the user message.
+    /// Progress: a call inside a pattern started.
+    pub(crate) fn call_started(&self, key: &str, depth: usize) -> Instant {
+        self.engine.emit(&Event::StepStarted {
+            key: key.to_owned(),
+            kind: "llm",
+            depth: depth + 1,
+        });
+        Instant::now()
+    }
+
+    /// Progress: a call inside a pattern finished (or failed).
+    pub(crate) fn call_finished<T>(
+        &self,
+        key: &str,
+        depth: usize,
+        start: Instant,
+        r: &Result<T, Stop>,
+    ) {
+        self.engine.emit(&Event::StepFinished {
+            key: key.to_owned(),
+            kind: "llm",
+            depth: depth + 1,
+            elapsed: start.elapsed(),
+            error: match r {
+                Err(Stop::Failed(e)) => Some(e.kind.to_string()),
+                _ => None,
+            },
+            note: None,
+            usage: None,
+        });
+    }
+
+    /// Calls an llm step's agent/provider with `user` as the user message
+    /// (progress events at `depth + 1`).
     pub(crate) async fn llm_as(
+        &mut self,
+        l: &LlmStep,
+        user: String,
+        key: &str,
+        depth: usize,
+        loc: &Loc,
+    ) -> Result<ChatResponse, Stop> {
+        let start = self.call_started(key, depth);
+        let r = self.llm_call(l, user, key, loc).await;
+        self.call_finished(key, depth, start, &r);
+        r
+    }
+
+    async fn llm_call(
         &mut self,
         l: &LlmStep,
         user: String,

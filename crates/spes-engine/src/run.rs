@@ -359,10 +359,10 @@ impl<'e> Exec<'e> {
             StepKind::Choose(c) => self.choose(c, key, depth, &s.loc).await,
             StepKind::Sections(c) => self.sections(c, key, depth, &s.loc).await,
             StepKind::Switch(sw) => self.switch(sw, key, depth, &s.loc).await,
-            StepKind::QualityGate(q) => self.quality_gate(q, key, &s.loc).await,
-            StepKind::Refine(r) => self.refine(r, key, &s.loc).await,
+            StepKind::QualityGate(q) => self.quality_gate(q, key, depth, &s.loc).await,
+            StepKind::Refine(r) => self.refine(r, key, depth, &s.loc).await,
             StepKind::Debate(d) => self.debate(d, key, depth, &s.loc).await,
-            StepKind::AgentChain(c) => self.agent_chain(c, key, &s.loc).await,
+            StepKind::AgentChain(c) => self.agent_chain(c, key, depth, &s.loc).await,
             StepKind::Parallel(p) => {
                 let results = self
                     .parallel_branches(&p.branches, p.concurrency, key, depth, &s.loc)

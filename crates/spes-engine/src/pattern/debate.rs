@@ -154,10 +154,11 @@ impl<'e> Exec<'e> {
             history.push((round, kind, names.iter().cloned().zip(texts).collect()));
         }
         let task = judge_task(&topic, &history, d.judge_sees);
-        let judgment = self
-            .agent_call(&d.judge, task, &join_key(key, "judge"), loc)
-            .await?
-            .text;
+        let jkey = join_key(key, "judge");
+        let start = self.call_started(&jkey, depth);
+        let r = self.agent_call(&d.judge, task, &jkey, loc).await;
+        self.call_finished(&jkey, depth, start, &r);
+        let judgment = r?.text;
         let rounds: Vec<Value> = history
             .iter()
             .map(|(r, kind, turns)| {

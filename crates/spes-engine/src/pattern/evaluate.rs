@@ -49,6 +49,20 @@ impl Exec<'_> {
         j: &Judge,
         text: &str,
         key: &str,
+        depth: usize,
+        loc: &Loc,
+    ) -> Result<spes_core::evaluate::Verdict, Stop> {
+        let start = self.call_started(key, depth);
+        let r = self.judge_call(j, text, key, loc).await;
+        self.call_finished(key, depth, start, &r);
+        r
+    }
+
+    async fn judge_call(
+        &mut self,
+        j: &Judge,
+        text: &str,
+        key: &str,
         loc: &Loc,
     ) -> Result<spes_core::evaluate::Verdict, Stop> {
         let rubric = j
@@ -77,6 +91,7 @@ impl Exec<'_> {
         threshold: f64,
         text: &str,
         key: &str,
+        depth: usize,
         loc: &Loc,
     ) -> Result<Evaluation, Stop> {
         let jkey = join_key(key, "judge");
@@ -86,7 +101,7 @@ impl Exec<'_> {
                 score_checks(&outcomes, threshold)
             }
             Evaluator::Judge(j) => {
-                score_verdict(&self.judge(j, text, &jkey, loc).await?, threshold)
+                score_verdict(&self.judge(j, text, &jkey, depth, loc).await?, threshold)
             }
             Evaluator::Criteria(cs) => {
                 let mut scores = Vec::new();
@@ -97,7 +112,9 @@ impl Exec<'_> {
                             (if o.passed { 1.0 } else { 0.0 }, o.detail)
                         }
                         Measure::Judge(j) => {
-                            let v = self.judge(j, text, &join_key(&jkey, &c.name), loc).await?;
+                            let v = self
+                                .judge(j, text, &join_key(&jkey, &c.name), depth, loc)
+                                .await?;
                             (v.score, v.feedback)
                         }
                     };
@@ -175,6 +192,7 @@ impl Exec<'_> {
         &mut self,
         q: &QualityGateStep,
         key: &str,
+        depth: usize,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
         let base = self.prompt_of(&q.step, key, loc)?;
@@ -197,9 +215,9 @@ impl Exec<'_> {
                 }
             };
             let akey = join_key(key, &format!("attempt{i}"));
-            let output = self.llm_as(&q.step, user, &akey, loc).await?.text;
+            let output = self.llm_as(&q.step, user, &akey, depth, loc).await?.text;
             let eval = self
-                .evaluate(&q.evaluator, q.threshold, &output, &akey, loc)
+                .evaluate(&q.evaluator, q.threshold, &output, &akey, depth, loc)
                 .await?;
             let passed = eval.passed;
             attempts.push(Attempt { output, eval });
@@ -214,6 +232,7 @@ impl Exec<'_> {
         &mut self,
         r: &RefineStep,
         key: &str,
+        depth: usize,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
         let initial = with_examples(&self.prompt_of(&r.generate, key, loc)?, &r.examples);
@@ -229,9 +248,12 @@ impl Exec<'_> {
                 ),
             };
             let ikey = join_key(key, &format!("iteration{i}"));
-            let output = self.llm_as(&r.generate, user, &ikey, loc).await?.text;
+            let output = self
+                .llm_as(&r.generate, user, &ikey, depth, loc)
+                .await?
+                .text;
             let eval = self
-                .evaluate(&r.evaluator, r.threshold, &output, &ikey, loc)
+                .evaluate(&r.evaluator, r.threshold, &output, &ikey, depth, loc)
                 .await?;
             let passed = eval.passed;
             attempts.push(Attempt { output, eval });

@@ -22,7 +22,10 @@ impl Exec<'_> {
             names.join(", ")
         );
         let ckey = join_key(key, &sw.classify_name);
-        let raw = self.llm_as(&sw.classify, user, &ckey, loc).await?.text;
+        let raw = self
+            .llm_as(&sw.classify, user, &ckey, depth, loc)
+            .await?
+            .text;
         let m = match_route(&raw, names.iter().copied());
         let (route, how, steps, prefix) = match &m {
             RouteMatch::Exact(r) | RouteMatch::Word(r) => {
@@ -59,6 +62,7 @@ impl Exec<'_> {
         &mut self,
         c: &AgentChainStep,
         key: &str,
+        depth: usize,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
         let task = c
@@ -74,10 +78,11 @@ impl Exec<'_> {
                     "Task: {task}\n\nPrevious output ({who}):\n{text}\n\nBuild on the previous output to complete the task."
                 ),
             };
-            let text = self
-                .agent_call(agent, user, &join_key(key, name), loc)
-                .await?
-                .text;
+            let k = join_key(key, name);
+            let start = self.call_started(&k, depth);
+            let r = self.agent_call(agent, user, &k, loc).await;
+            self.call_finished(&k, depth, start, &r);
+            let text = r?.text;
             outputs.insert(name.clone(), Value::String(text.clone()));
             previous = Some((agent.name.clone(), text));
         }

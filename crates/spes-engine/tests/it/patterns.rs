@@ -834,10 +834,16 @@ steps:
     topic: t
   - name: q3
     kind: refine
-    generate: { prompt: "x" }
+    generate: { prompt: "x", output: draft }
     evaluator: { checks: [ { schema: { type: 12 } } ] }
 "#;
     let errs = errors(yaml);
+    has(
+        &errs,
+        "spes::workflow::nested_output",
+        "the `generate` step's `output: draft` is never written",
+        21,
+    );
     has(
         &errs,
         "spes::workflow::bad_schema",

@@ -97,6 +97,21 @@ impl Validator<'_> {
         }
     }
 
+    /// A nested llm step's own `output` would never be written: say so.
+    fn no_nested_output(&mut self, sy: &Spanned<Box<StepSpec>>, field: &str, what: &str) {
+        if let Some(o) = &sy.value.output {
+            self.err(
+                "spes::workflow::nested_output",
+                format!(
+                    "{what}: the `{field}` step's `output: {}` is never written",
+                    o.value
+                ),
+                span(o),
+                "remove it and read the pattern step's own `output` (e.g. `{{ name.output }}`)",
+            );
+        }
+    }
+
     fn missing(&mut self, what: &str, field: &str, kind: &str, at: Sp, hint: &str) {
         self.err(
             "spes::workflow::missing_field",
@@ -125,6 +140,7 @@ impl Validator<'_> {
             );
             return None;
         };
+        self.no_nested_output(c, "classify", &what);
         let classify = self.nested_llm(c, "classify", known, path, &[]);
         let classify_name = c
             .value
@@ -224,6 +240,7 @@ impl Validator<'_> {
             );
             return None;
         };
+        self.no_nested_output(st, "step", &what);
         let step = self.nested_llm(st, "step", known, path, &[]);
         let evaluator = self.evaluator_of(s, known, &what, kind_at, "quality_gate");
         let threshold = match &s.threshold {
@@ -267,6 +284,7 @@ impl Validator<'_> {
             );
             return None;
         };
+        self.no_nested_output(g, "generate", &what);
         let generate = self.nested_llm(g, "generate", known, path, &[]);
         let evaluator = self.evaluator_of(s, known, &what, kind_at, "refine");
         let threshold = match &s.threshold {
