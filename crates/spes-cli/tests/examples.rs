@@ -44,6 +44,31 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["--input-file", "text=inputs/release-notes.txt"],
         "(summary: fallback1 via backup, attempt 1; title: the basic level)",
     ),
+    (
+        "debate.yaml",
+        &["--input", "proposal=split checkout out of the monolith"],
+        "Verdict after 2 rounds: Split out checkout only, behind the existing gateway",
+    ),
+    (
+        "switch-triage.yaml",
+        &["--input", "request=login throws a null pointer exception"],
+        "[bug_fix, exact match of \"Bug fix.\"] Add a null check on the session lookup",
+    ),
+    (
+        "quality-gate.yaml",
+        &["--input", "product=spes, a durable prompt workflow engine"],
+        "Prompt workflows that never repeat a finished call. (attempt 2 of 2, score 0.9333)",
+    ),
+    (
+        "refine.yaml",
+        &["--input-file", "notes=inputs/release-notes.txt"],
+        "no action is needed from you. [iteration 2, passed]",
+    ),
+    (
+        "writer-editor.yaml",
+        &["--input-file", "text=inputs/release-notes.txt"],
+        "Version 4.2 now ships Friday at 10:00 UTC",
+    ),
 ];
 
 /// Examples with a human gate: (workflow, inputs, answers given with the CLI, a line the result must contain).

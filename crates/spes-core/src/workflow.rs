@@ -7,6 +7,7 @@
 //! writes them. Each error points at file:line:column with a hint.
 
 pub mod diagram;
+pub mod pattern;
 pub mod spec;
 pub mod validate;
 
@@ -18,6 +19,9 @@ use crate::condition::Condition;
 use crate::template::Template;
 use crate::transform::TransformFn;
 
+pub use pattern::{
+    AgentChainStep, DebateStep, Examples, JudgeSees, QualityGateStep, RefineStep, SwitchStep,
+};
 pub use spec::InputType;
 pub use validate::{ValidateEnv, parse_workflow, validate};
 
@@ -144,6 +148,16 @@ pub enum StepKind {
     Sections(Box<SectionsStep>),
     /// Another workflow file, run with mapped inputs; its result is returned.
     Workflow(Box<SubWorkflow>),
+    /// A model classifies; the matching route runs.
+    Switch(Box<SwitchStep>),
+    /// Run, score, retry with feedback; the best attempt.
+    QualityGate(Box<QualityGateStep>),
+    /// Generate, evaluate, revise; the best iteration.
+    Refine(Box<RefineStep>),
+    /// Debaters argue in rounds; a judge decides.
+    Debate(Box<DebateStep>),
+    /// Agents in turn, each on the previous output (`sequence` with `agents`).
+    AgentChain(Box<AgentChainStep>),
 }
 
 /// `kind: workflow` (§7 composition).
@@ -171,6 +185,11 @@ impl StepKind {
             Self::Choose(_) => "choose",
             Self::Sections(_) => "sections",
             Self::Workflow(_) => "workflow",
+            Self::Switch(_) => "switch",
+            Self::QualityGate(_) => "quality_gate",
+            Self::Refine(_) => "refine",
+            Self::Debate(_) => "debate",
+            Self::AgentChain(_) => "sequence",
         }
     }
 }
@@ -396,7 +415,20 @@ impl Workflow {
                         }
                     }
                     StepKind::Workflow(w) => go(&key, &w.workflow.steps, out),
-                    StepKind::Llm(_) | StepKind::Transform(_) => {}
+                    StepKind::Switch(sw) => {
+                        for (r, st) in &sw.routes {
+                            go(&format!("{key}/{r}"), st, out);
+                        }
+                        if let Some(d) = &sw.default {
+                            go(&format!("{key}/default"), d, out);
+                        }
+                    }
+                    StepKind::Llm(_)
+                    | StepKind::Transform(_)
+                    | StepKind::QualityGate(_)
+                    | StepKind::Refine(_)
+                    | StepKind::Debate(_)
+                    | StepKind::AgentChain(_) => {}
                 }
             }
         }

@@ -64,7 +64,7 @@ impl From<EngineError> for Stop {
 impl Stop {
     /// Combines the stops of parallel children: a failure wins, then
     /// cancel, pause, and suspensions add up.
-    fn merge(stops: Vec<Self>) -> Option<Self> {
+    pub(crate) fn merge(stops: Vec<Self>) -> Option<Self> {
         let mut gates = Vec::new();
         let (mut paused, mut cancelled, mut failed) = (false, false, None);
         for s in stops {
@@ -145,7 +145,7 @@ pub(crate) struct StepResult {
 }
 
 impl StepResult {
-    fn value(value: Option<Value>) -> Self {
+    pub(crate) fn value(value: Option<Value>) -> Self {
         Self {
             value,
             note: None,
@@ -174,7 +174,7 @@ impl<'e> Exec<'e> {
     }
 
     /// A child execution for a parallel branch: same journal, a copy of the context.
-    fn fork(&self) -> Self {
+    pub(crate) fn fork(&self) -> Self {
         Self::new(
             self.engine,
             self.ctx.clone(),
@@ -184,7 +184,7 @@ impl<'e> Exec<'e> {
     }
 
     /// Takes a finished child's writes and counters.
-    fn absorb(&mut self, child: Exec<'_>) {
+    pub(crate) fn absorb(&mut self, child: Exec<'_>) {
         for k in child.written {
             if let Some(v) = child.ctx.get(&k) {
                 self.write(&k, v.clone());
@@ -407,6 +407,11 @@ impl<'e> Exec<'e> {
             StepKind::Approval(a) => self.approval(a, key, depth, &s.loc).await,
             StepKind::Choose(c) => self.choose(c, key, depth, &s.loc).await,
             StepKind::Sections(c) => self.sections(c, key, depth, &s.loc).await,
+            StepKind::Switch(sw) => self.switch(sw, key, depth, &s.loc).await,
+            StepKind::QualityGate(q) => self.quality_gate(q, key, depth, &s.loc).await,
+            StepKind::Refine(r) => self.refine(r, key, depth, &s.loc).await,
+            StepKind::Debate(d) => self.debate(d, key, depth, &s.loc).await,
+            StepKind::AgentChain(c) => self.agent_chain(c, key, depth, &s.loc).await,
             StepKind::Parallel(p) => {
                 let results = self
                     .parallel_branches(&p.branches, p.concurrency, key, depth, &s.loc)
@@ -509,7 +514,7 @@ impl<'e> Exec<'e> {
         }
     }
 
-    async fn agent_call(
+    pub(crate) async fn agent_call(
         &mut self,
         agent: &Arc<Agent>,
         task: String,

@@ -42,7 +42,7 @@ fn unknown_step_kind() {
     assert_eq!(
         stderr_of(&p, &["workflow", "validate", "w.yaml"]),
         "w.yaml:4:11: error[spes::workflow::unknown_step_kind]: step `a`: unknown step kind `lmm`
-  hint: did you mean `llm`? Step kinds: llm, transform, sequence, branch, parallel, approval, choose, sections, workflow
+  hint: did you mean `llm`? Step kinds: llm, transform, sequence, branch, parallel, approval, choose, sections, workflow, switch, quality_gate, refine, debate
 "
     );
 }
@@ -115,6 +115,31 @@ fn input_without_equals() {
         stderr_of(&p, &["run", "w.yaml", "--input", "text"]),
         "error[spes::input::syntax]: --input `text` must look like KEY=VALUE
   hint: write --input name=value, e.g. --input text=hello
+"
+    );
+}
+
+#[test]
+fn unknown_evaluator_check() {
+    let p = Project::new();
+    p.write(
+        "w.yaml",
+        "name: w
+steps:
+  - name: gate
+    kind: quality_gate
+    step: { prompt: hi }
+    evaluator: { checks: [ { word: { min: 3 } } ] }
+    threshold: 1.2
+",
+    );
+    assert_eq!(
+        stderr_of(&p, &["workflow", "validate", "w.yaml"]),
+        "w.yaml:6:28: error[spes::workflow::unknown_check]: step `gate`: unknown check `word`
+  hint: did you mean `words`? Checks: contains, regex, length, words, lines, json, schema
+w.yaml:7:16: error[spes::workflow::bad_threshold]: step `gate`: threshold 1.2 is outside 0..1
+  hint: scores run from 0 (worst) to 1 (best); write e.g. 0.8
+2 errors
 "
     );
 }

@@ -24,6 +24,41 @@ fn label(s: &Step) -> String {
         StepKind::Choose(c) => format!("choose · {} variations · human", c.n),
         StepKind::Sections(_) => "sections · human".to_owned(),
         StepKind::Workflow(w) => format!("workflow · {}", w.path),
+        StepKind::Switch(sw) => sw.classify.agent.as_ref().map_or_else(
+            || "switch · classify".to_owned(),
+            |a| format!("switch · classify by {}", a.name),
+        ),
+        StepKind::QualityGate(q) => format!(
+            "quality_gate · {} ≥ {} · {} attempts",
+            q.evaluator.describe(),
+            q.threshold,
+            q.max_attempts
+        ),
+        StepKind::Refine(r) => format!(
+            "refine · {} ≥ {} · {} iterations",
+            r.evaluator.describe(),
+            r.threshold,
+            r.max_iterations
+        ),
+        StepKind::Debate(d) => format!(
+            "debate · {} · {} rounds · judge {} sees {}",
+            d.debaters
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" vs "),
+            d.rounds,
+            d.judge.name,
+            d.judge_sees.as_str()
+        ),
+        StepKind::AgentChain(c) => format!(
+            "sequence · {}",
+            c.agents
+                .iter()
+                .map(|(_, a)| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ),
     };
     let out = s
         .output
@@ -76,10 +111,24 @@ pub fn text(wf: &Workflow) -> String {
                     }
                 }
                 StepKind::Workflow(w) => go(&w.workflow.steps, depth + 1, out),
+                StepKind::Switch(sw) => {
+                    for (r, st) in &sw.routes {
+                        let _ = writeln!(out, "{pad}  ? {r}");
+                        go(st, depth + 2, out);
+                    }
+                    if let Some(d) = &sw.default {
+                        let _ = writeln!(out, "{pad}  ? default");
+                        go(d, depth + 2, out);
+                    }
+                }
                 StepKind::Llm(_)
                 | StepKind::Transform(_)
                 | StepKind::Choose(_)
-                | StepKind::Sections(_) => {}
+                | StepKind::Sections(_)
+                | StepKind::QualityGate(_)
+                | StepKind::Refine(_)
+                | StepKind::Debate(_)
+                | StepKind::AgentChain(_) => {}
             }
         }
     }
@@ -174,6 +223,47 @@ pub fn mermaid(wf: &Workflow) -> String {
                     let tail = self.steps(&w.workflow.steps, prev.to_vec());
                     let _ = writeln!(self.out, "    end");
                     tail
+                }
+                StepKind::Switch(sw) => {
+                    let id = self.id();
+                    let _ = writeln!(
+                        self.out,
+                        "    {id}{{\"{}\"}}",
+                        esc(&format!("{} (switch)", s.name))
+                    );
+                    self.link(prev, &id, None);
+                    let mut ends = Vec::new();
+                    let arms = sw
+                        .routes
+                        .iter()
+                        .map(|(r, st)| (r.as_str(), st))
+                        .chain(sw.default.iter().map(|d| ("default", d)));
+                    for (r, st) in arms {
+                        let first = self.out.len();
+                        let tail = self.steps(st, vec![id.clone()]);
+                        let edge = format!("    {id} --> ");
+                        if let Some(pos) = self.out[first..].find(&edge) {
+                            let at = first + pos;
+                            self.out.replace_range(
+                                at..at + edge.len(),
+                                &format!("    {id} -->|\"{}\"| ", esc(r)),
+                            );
+                        }
+                        ends.extend(tail);
+                    }
+                    if sw.default.is_none() {
+                        ends.push(id);
+                    }
+                    ends
+                }
+                StepKind::QualityGate(_)
+                | StepKind::Refine(_)
+                | StepKind::Debate(_)
+                | StepKind::AgentChain(_) => {
+                    let id = self.id();
+                    let _ = writeln!(self.out, "    {id}[\"{}\"]", esc(&label(s)));
+                    self.link(prev, &id, None);
+                    vec![id]
                 }
                 StepKind::Parallel(p) => {
                     let fork = self.id();

@@ -12,6 +12,9 @@ use serde_saphyr::Spanned;
 pub mod policy;
 
 pub use policy::{AlternativeSpec, BreakerSpec, RetrySpec};
+pub mod pattern;
+
+pub use pattern::{CheckItemSpec, CriterionSpec, EvaluatorSpec, ExamplesSpec, JudgeSpec};
 
 /// A value and where it was written.
 pub type S<T> = Spanned<T>;
@@ -331,6 +334,37 @@ pub struct StepSpec {
     pub degrade: Option<S<Vec<AlternativeSpec>>>,
     /// Bound on each attempt's wall time (`30s`).
     pub timeout: Option<S<String>>,
+    // --- switch, quality_gate, refine, debate ---
+    /// The classifying llm step (switch).
+    pub classify: Option<S<Box<Self>>>,
+    /// Route name -> steps (switch).
+    pub routes: Option<S<BTreeMap<String, S<Vec<Self>>>>>,
+    /// Steps when no route matched (switch).
+    pub default: Option<S<Vec<Self>>>,
+    /// The llm step run on each attempt (quality_gate).
+    pub step: Option<S<Box<Self>>>,
+    /// How outputs are scored (quality_gate, refine).
+    pub evaluator: Option<S<EvaluatorSpec>>,
+    /// Score needed to stop, 0..1 (quality_gate, refine).
+    pub threshold: Option<S<f64>>,
+    /// Attempts in all (quality_gate; default 3).
+    pub max_attempts: Option<S<u32>>,
+    /// Appended to the prompt on a retry (quality_gate; template).
+    pub feedback: Option<S<String>>,
+    /// Iterations in all (refine; default 5).
+    pub max_iterations: Option<S<u32>>,
+    /// Good and bad examples (refine).
+    pub examples: Option<S<ExamplesSpec>>,
+    /// Debating agents (debate).
+    pub debaters: Option<S<Vec<String>>>,
+    /// The question debated (debate; template).
+    pub topic: Option<S<String>>,
+    /// Rounds counting the opening positions (debate; default 2).
+    pub rounds: Option<S<u32>>,
+    /// The judging agent (debate).
+    pub judge: Option<S<String>>,
+    /// `all`, `last` or `summary` (debate).
+    pub judge_sees: Option<S<String>>,
 }
 
 /// `on_timeout: approve | reject | [steps]`.

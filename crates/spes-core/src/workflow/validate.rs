@@ -20,6 +20,7 @@ use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
 use crate::template::{Expr, Template, TemplateError};
 use crate::transform;
 
+mod pattern;
 mod policy;
 
 /// Step kinds this version of spes runs.
@@ -33,6 +34,10 @@ pub const STEP_KINDS: &[&str] = &[
     "choose",
     "sections",
     "workflow",
+    "switch",
+    "quality_gate",
+    "refine",
+    "debate",
 ];
 
 /// The revision prompt an approval uses unless it sets `revise`.
@@ -932,6 +937,15 @@ impl Validator<'_> {
         let step_kind = match kind_name {
             "llm" => StepKind::Llm(Box::new(self.llm(&s, known, &what, kind_at)?)),
             "transform" => StepKind::Transform(self.transform(&s, known, &what, kind_at)?),
+            "sequence" if s.agents.is_some() || s.task.is_some() => {
+                StepKind::AgentChain(Box::new(self.agent_chain(&s, known, &path, kind_at)?))
+            }
+            "switch" => StepKind::Switch(Box::new(self.switch(&s, known, &path, kind_at)?)),
+            "quality_gate" => {
+                StepKind::QualityGate(Box::new(self.quality_gate(&s, known, &path, kind_at)?))
+            }
+            "refine" => StepKind::Refine(Box::new(self.refine(&s, known, &path, kind_at)?)),
+            "debate" => StepKind::Debate(Box::new(self.debate(&s, known, &path, kind_at)?)),
             "sequence" => match s.steps {
                 Some(ch) if !ch.value.is_empty() => {
                     StepKind::Sequence(self.steps(ch.value, known, &path, kind_at))
@@ -1039,6 +1053,21 @@ impl Validator<'_> {
             f("section", s.section.as_ref()),
             f("path", s.path.as_ref()),
             f("inputs", s.inputs.as_ref()),
+            f("classify", s.classify.as_ref()),
+            f("routes", s.routes.as_ref()),
+            f("default", s.default.as_ref()),
+            f("step", s.step.as_ref()),
+            f("evaluator", s.evaluator.as_ref()),
+            f("threshold", s.threshold.as_ref()),
+            f("max_attempts", s.max_attempts.as_ref()),
+            f("feedback", s.feedback.as_ref()),
+            f("max_iterations", s.max_iterations.as_ref()),
+            f("examples", s.examples.as_ref()),
+            f("debaters", s.debaters.as_ref()),
+            f("topic", s.topic.as_ref()),
+            f("rounds", s.rounds.as_ref()),
+            f("judge", s.judge.as_ref()),
+            f("judge_sees", s.judge_sees.as_ref()),
         ];
         let allowed: &[&str] = match kind {
             "llm" => &[
@@ -1055,7 +1084,17 @@ impl Validator<'_> {
                 "schema",
             ],
             "transform" => &["fn", "input", "args"],
-            "sequence" => &["steps"],
+            "sequence" => &["steps", "agents", "task"],
+            "switch" => &["classify", "routes", "default"],
+            "quality_gate" => &["step", "evaluator", "threshold", "max_attempts", "feedback"],
+            "refine" => &[
+                "generate",
+                "evaluator",
+                "threshold",
+                "max_iterations",
+                "examples",
+            ],
+            "debate" => &["debaters", "topic", "rounds", "judge", "judge_sees"],
             "branch" => &["if", "then", "else", "branches"],
             "parallel" => &["steps", "agents", "task", "synthesize", "concurrency"],
             "approval" => &[

@@ -4,6 +4,7 @@
 mod compose;
 mod durable;
 mod gates;
+mod patterns;
 mod policy;
 
 use std::collections::BTreeMap;
