@@ -7,6 +7,7 @@
 //! writes them. Each error points at file:line:column with a hint.
 
 pub mod diagram;
+pub mod orchestration;
 pub mod spec;
 pub mod validate;
 
@@ -18,6 +19,9 @@ use crate::condition::Condition;
 use crate::template::Template;
 use crate::transform::TransformFn;
 
+pub use orchestration::{
+    FanOutStep, MapStep, OnError, PipelineStep, ReduceStep, SagaAction, SagaStep, ScatterGatherStep,
+};
 pub use spec::InputType;
 pub use validate::{ValidateEnv, parse_workflow, validate};
 
@@ -129,6 +133,18 @@ pub enum StepKind {
     Choose(Box<ChooseStep>),
     /// A document generated section by section, each approved.
     Sections(Box<SectionsStep>),
+    /// One step per item of a list, bounded, results in input order.
+    Map(Box<MapStep>),
+    /// One step over a whole list.
+    Reduce(Box<ReduceStep>),
+    /// Different workers on one input, then an aggregate.
+    FanOut(Box<FanOutStep>),
+    /// Steps with compensations, undone in reverse on failure.
+    Saga(Box<SagaStep>),
+    /// Stages, each fed the previous output.
+    Pipeline(Box<PipelineStep>),
+    /// Sources side by side under a time limit, then a gather.
+    ScatterGather(Box<ScatterGatherStep>),
 }
 
 impl StepKind {
@@ -144,6 +160,12 @@ impl StepKind {
             Self::Approval(_) => "approval",
             Self::Choose(_) => "choose",
             Self::Sections(_) => "sections",
+            Self::Map(_) => "map",
+            Self::Reduce(_) => "reduce",
+            Self::FanOut(_) => "fan_out",
+            Self::Saga(_) => "saga",
+            Self::Pipeline(_) => "pipeline",
+            Self::ScatterGather(_) => "scatter_gather",
         }
     }
 }
@@ -369,6 +391,35 @@ impl Workflow {
                         }
                     }
                     StepKind::Llm(_) | StepKind::Transform(_) => {}
+                    StepKind::Map(m) => {
+                        go(&format!("{key}/map[*]"), std::slice::from_ref(&m.step), out)
+                    }
+                    StepKind::Reduce(r) => go(&key, std::slice::from_ref(&r.step), out),
+                    StepKind::FanOut(f) => {
+                        go(&key, &f.workers, out);
+                        if let Some(a) = &f.aggregate {
+                            go(&key, std::slice::from_ref(a), out);
+                        }
+                    }
+                    StepKind::Saga(sg) => {
+                        for a in &sg.actions {
+                            go(&key, std::slice::from_ref(&a.step), out);
+                            if let Some(c) = &a.compensate {
+                                go(
+                                    &format!("{key}/{}", a.step.name),
+                                    std::slice::from_ref(c),
+                                    out,
+                                );
+                            }
+                        }
+                    }
+                    StepKind::Pipeline(p) => go(&key, &p.stages, out),
+                    StepKind::ScatterGather(g) => {
+                        go(&key, &g.sources, out);
+                        if let Some(a) = &g.gather {
+                            go(&key, std::slice::from_ref(a), out);
+                        }
+                    }
                 }
             }
         }

@@ -26,6 +26,10 @@ pub enum FailureKind {
     /// The step names a provider that is not configured.
     #[error("{0}")]
     Config(String),
+    /// A saga step failed and at least one compensation failed too: the
+    /// saga's effects are only partly undone.
+    #[error("{0}")]
+    Compensation(String),
 }
 
 /// A failed run: the step, its location and the cause.
@@ -50,7 +54,8 @@ impl EngineError {
             FailureKind::Template(_)
             | FailureKind::Transform(_)
             | FailureKind::Answer(_)
-            | FailureKind::Config(_) => ErrorClass::Terminal,
+            | FailureKind::Config(_)
+            | FailureKind::Compensation(_) => ErrorClass::Terminal,
         }
     }
 

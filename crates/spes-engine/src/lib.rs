@@ -37,6 +37,8 @@ pub mod error;
 pub mod event;
 pub mod gate;
 pub mod journal;
+mod pattern;
+pub mod patterns;
 pub mod run;
 
 use std::collections::BTreeMap;

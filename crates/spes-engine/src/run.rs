@@ -64,7 +64,7 @@ impl From<EngineError> for Stop {
 impl Stop {
     /// Combines the stops of parallel children: a failure wins, then
     /// cancel, pause, and suspensions add up.
-    fn merge(stops: Vec<Self>) -> Option<Self> {
+    pub(crate) fn merge(stops: Vec<Self>) -> Option<Self> {
         let mut gates = Vec::new();
         let (mut paused, mut cancelled, mut failed) = (false, false, None);
         for s in stops {
@@ -145,7 +145,7 @@ pub(crate) struct StepResult {
 }
 
 impl StepResult {
-    fn value(value: Option<Value>) -> Self {
+    pub(crate) fn value(value: Option<Value>) -> Self {
         Self {
             value,
             note: None,
@@ -174,7 +174,7 @@ impl<'e> Exec<'e> {
     }
 
     /// A child execution for a parallel branch: same journal, a copy of the context.
-    fn fork(&self) -> Self {
+    pub(crate) fn fork(&self) -> Self {
         Self::new(
             self.engine,
             self.ctx.clone(),
@@ -184,7 +184,7 @@ impl<'e> Exec<'e> {
     }
 
     /// Takes a finished child's writes and counters.
-    fn absorb(&mut self, child: Exec<'_>) {
+    pub(crate) fn absorb(&mut self, child: Exec<'_>) {
         for k in child.written {
             if let Some(v) = child.ctx.get(&k) {
                 self.write(&k, v.clone());
@@ -195,7 +195,7 @@ impl<'e> Exec<'e> {
         add_usage(&mut self.usage, &child.usage);
     }
 
-    fn write(&mut self, key: &str, v: Value) {
+    pub(crate) fn write(&mut self, key: &str, v: Value) {
         self.ctx.insert(key.to_owned(), v);
         self.written.push(key.to_owned());
     }
@@ -358,6 +358,12 @@ impl<'e> Exec<'e> {
             StepKind::Approval(a) => self.approval(a, key, depth, &s.loc).await,
             StepKind::Choose(c) => self.choose(c, key, depth, &s.loc).await,
             StepKind::Sections(c) => self.sections(c, key, depth, &s.loc).await,
+            StepKind::Map(m) => self.map(m, s.output.as_deref(), key, depth, &s.loc).await,
+            StepKind::Reduce(r) => self.reduce(r, key, depth, &s.loc).await,
+            StepKind::FanOut(f) => self.fan_out(f, key, depth, &s.loc).await,
+            StepKind::Saga(sg) => self.saga(sg, s.output.as_deref(), key, depth, &s.loc).await,
+            StepKind::Pipeline(p) => self.pipeline(p, key, depth, &s.loc).await,
+            StepKind::ScatterGather(g) => self.scatter_gather(g, key, depth, &s.loc).await,
             StepKind::Parallel(p) => {
                 let results = self
                     .parallel_branches(&p.branches, p.concurrency, key, depth, &s.loc)
@@ -380,7 +386,7 @@ impl<'e> Exec<'e> {
     /// Runs the branches side by side (at most `limit` at once); results in
     /// declared order. Every branch runs to its end even when a sibling
     /// fails, so that finished work is committed before the run stops.
-    async fn parallel_branches(
+    pub(crate) async fn parallel_branches(
         &mut self,
         branches: &ParallelBranches,
         limit: Option<usize>,

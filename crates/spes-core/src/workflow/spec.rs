@@ -303,6 +303,41 @@ pub struct StepSpec {
     pub outline: Option<S<OutlineSpec>>,
     /// The step generating one section (sections); sees `section` and `previous`.
     pub section: Option<S<Box<Self>>>,
+
+    // --- orchestration: map, reduce, fan_out, saga, pipeline, scatter_gather ---
+    /// The context key holding the list (map, reduce).
+    pub over: Option<S<String>>,
+    /// The item's name in the item step's templates (map; default `item`).
+    #[serde(rename = "as")]
+    pub item_as: Option<S<String>>,
+    /// What a failed item does (map): `fail_fast`, `skip` or `collect`.
+    pub on_error: Option<S<String>>,
+    /// The step run per item (map) or once over the list (reduce).
+    pub step: Option<S<Box<Self>>>,
+    /// Named workers run side by side on the same context (fan_out).
+    pub workers: Option<S<Vec<WorkerSpec>>>,
+    /// The step over the workers' results (fan_out; sees `results`).
+    pub aggregate: Option<S<Box<Self>>>,
+    /// The step undoing this one when a later saga step fails (inside a saga).
+    pub compensate: Option<S<Box<Self>>>,
+    /// Stages run in order, each seeing the previous output as `input` (pipeline).
+    pub stages: Option<S<Vec<Self>>>,
+    /// Steps queried side by side (scatter_gather).
+    pub sources: Option<S<Vec<Self>>>,
+    /// How long scatter_gather waits for its sources (`30s`).
+    pub timeout: Option<S<String>>,
+    /// The step over what arrived (scatter_gather; sees `results`, `timed_out`, `failed`).
+    pub gather: Option<S<Box<Self>>>,
+}
+
+/// One `{ name, step }` worker of a fan_out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSpec {
+    /// The worker's name: its key in `results` and in the step key.
+    pub name: S<String>,
+    /// What it does.
+    pub step: S<Box<StepSpec>>,
 }
 
 /// `on_timeout: approve | reject | [steps]`.
