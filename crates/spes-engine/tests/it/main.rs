@@ -3,6 +3,7 @@
 
 mod durable;
 mod gates;
+mod orchestration;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
