@@ -89,7 +89,20 @@ fn main() {
         let items: Vec<Value> = (0..ITEMS).map(|i| json!(format!("document {i}"))).collect();
         println!("map-reduce over {ITEMS} items, fake server at 200 ms, OpenAI adapter (no streaming)");
         println!("  N     wall      limit     ratio   calls  peak RSS");
-        for n in [8usize, 64, 256] {
+        // SPES_BENCH_N=64,256 and SPES_BENCH_REPEAT=3 narrow or repeat the runs.
+        let ns: Vec<usize> = std::env::var("SPES_BENCH_N")
+            .ok()
+            .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![8, 64, 256]);
+        let repeat: usize = std::env::var("SPES_BENCH_REPEAT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let runs: Vec<usize> = ns
+            .iter()
+            .flat_map(|&n| std::iter::repeat_n(n, repeat))
+            .collect();
+        for n in runs {
             let w = wf(&map_reduce_yaml(n));
             let inputs = [("items".to_owned(), Value::Array(items.clone()))]
                 .into_iter()

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
-use spes_core::workflow::{Loc, MapStep, OnError, ReduceStep};
+use spes_core::workflow::{Loc, MapStep, OnError, ReduceStep, Step, StepKind};
 
 use crate::run::{Exec, StepResult, Stop};
 
@@ -36,6 +36,10 @@ impl<'e> Exec<'e> {
     ) -> Result<StepResult, Stop> {
         let items = self.list_at(&m.over, key, loc)?;
         let stopped = AtomicBool::new(false);
+        // Each item gets its own copy of the context; the list itself is
+        // left out of it when the item step cannot read it (otherwise N
+        // items would copy N elements each).
+        let strip = !may_read(&m.step, &m.over);
         let this = &*self;
         // Boxed up front (cheap: nothing runs, nothing is cloned until an
         // item starts); the boxes keep the stream's future type nameable.
@@ -64,7 +68,11 @@ impl<'e> Exec<'e> {
                             Err(s) => return (i, Item::Ran(this.fork(), Err(s))),
                         }
                     }
-                    let mut child = this.fork();
+                    let mut child = if strip {
+                        this.fork_without(&m.over)
+                    } else {
+                        this.fork()
+                    };
                     child.ctx.insert(m.item_as.clone(), item.clone());
                     child.ctx.insert("index".into(), json!(i));
                     let mut r = child.step(&m.step, &prefix, depth + 1).await;
@@ -189,5 +197,27 @@ impl<'e> Exec<'e> {
             note: Some(format!("over {n} items")),
             usage: None,
         })
+    }
+}
+
+/// Whether `step` may read context key `key` (conservative: true unless
+/// it is a plain llm or transform step whose templates do not name it).
+fn may_read(step: &Step, key: &str) -> bool {
+    if step.when.is_some() {
+        return true;
+    }
+    match &step.kind {
+        StepKind::Llm(l) => {
+            l.prompt.reads().contains(key)
+                || l.system.as_ref().is_some_and(|t| t.reads().contains(key))
+                || l.agent.as_ref().is_some_and(|a| {
+                    a.vars.values().any(|t| t.reads().contains(key))
+                        || a.components
+                            .iter()
+                            .any(|c| c.variables.iter().any(|v| v.name == key))
+                })
+        }
+        StepKind::Transform(t) => t.input.reads().contains(key),
+        _ => true,
     }
 }

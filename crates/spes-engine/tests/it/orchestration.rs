@@ -669,3 +669,22 @@ async fn a_map_resumes_on_a_sqlite_store_without_repeating_items() {
     assert_eq!(k, ["m/map[1]/sum", "r/combine"]);
     assert_eq!(out.output, Some(json!("Combine: S a, S b, S c")));
 }
+
+#[tokio::test]
+async fn an_item_step_can_read_the_whole_list() {
+    let wf = workflow(
+        r#"
+name: w
+inputs: { items: { type: list, required: true } }
+steps:
+  - name: m
+    kind: map
+    over: items
+    step: { name: t, kind: transform, fn: template, input: "{{ item }} of {{ items | length }}" }
+    output: out
+"#,
+    );
+    let engine = Engine::builder().provider(scripted("- { default: echo }")).build();
+    let out = engine.run(&wf, list_input(&["a", "b"])).await.unwrap();
+    assert_eq!(out.output, Some(json!(["a of 2", "b of 2"])));
+}
