@@ -44,7 +44,10 @@ const CASES: &[(&str, &[&str], &str)] = &[
     ),
     (
         "fan-out.yaml",
-        &["--input", "code=fn find_user(n: &str) { db.query(format!(\"... {n}\")) }"],
+        &[
+            "--input",
+            "code=fn find_user(n: &str) { db.query(format!(\"... {n}\")) }",
+        ],
         "1. [security] SQL injection in `find_user`",
     ),
     (

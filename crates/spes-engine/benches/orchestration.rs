@@ -13,11 +13,13 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 use spes_core::component::ComponentRegistry;
 use spes_core::workflow::{ValidateEnv, Workflow, parse_workflow, validate};
 use spes_engine::Engine;
 use spes_fake_llm::FakeServer;
+use spes_llm::Provider;
 use spes_llm::http::HttpProviderConfig;
 use spes_llm::openai::OpenAiProvider;
 
@@ -85,6 +87,7 @@ fn main() {
             )
             .unwrap(),
         );
+        let raw = provider.clone();
         let engine = Engine::builder().provider(provider).build();
         let items: Vec<Value> = (0..ITEMS).map(|i| json!(format!("document {i}"))).collect();
         println!("map-reduce over {ITEMS} items, fake server at 200 ms, OpenAI adapter (no streaming)");
@@ -103,6 +106,30 @@ fn main() {
             .flat_map(|&n| std::iter::repeat_n(n, repeat))
             .collect();
         for n in runs {
+            // Baseline: the same 1,001 calls straight through the adapter
+            // (no engine), to tell engine overhead from HTTP + fake server cost.
+            let t = Instant::now();
+            let futs = (0..ITEMS).map(|i| {
+                let p = raw.clone();
+                async move {
+                    let req = spes_core::message::ChatRequest::user(format!("Summarise document {i}"));
+                    p.complete(&req, &spes_llm::CallContext::for_step("raw")).await.unwrap()
+                }
+            });
+            let _: Vec<_> = futures::stream::iter(futs)
+                .buffer_unordered(n)
+                .collect()
+                .await;
+            let req = spes_core::message::ChatRequest::user("Combine");
+            raw.complete(&req, &spes_llm::CallContext::for_step("raw"))
+                .await
+                .unwrap();
+            let raw_wall = t.elapsed().as_secs_f64();
+            let limit = (ITEMS.div_ceil(n)) as f64 * 0.2 + 0.2;
+            println!(
+                "  {n:<4}  {raw_wall:>6.3} s  {limit:>6.3} s  {:>5.3}×  (adapter alone, no engine)",
+                raw_wall / limit
+            );
             let w = wf(&map_reduce_yaml(n));
             let inputs = [("items".to_owned(), Value::Array(items.clone()))]
                 .into_iter()

@@ -55,8 +55,8 @@ use std::time::Duration;
 
 use spes_core::template::{Template, TemplateError};
 use spes_core::workflow::{
-    FanOutStep, Format, Input, InputType, LlmStep, Loc, MapStep, OnError, PipelineStep,
-    ReduceStep, SagaAction, SagaStep, ScatterGatherStep, Step, StepKind, TransformStep, Workflow,
+    FanOutStep, Format, Input, InputType, LlmStep, Loc, MapStep, OnError, PipelineStep, ReduceStep,
+    SagaAction, SagaStep, ScatterGatherStep, Step, StepKind, TransformStep, Workflow,
     orchestration::DEFAULT_MAP_CONCURRENCY,
 };
 

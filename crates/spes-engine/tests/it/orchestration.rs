@@ -684,7 +684,9 @@ steps:
     output: out
 "#,
     );
-    let engine = Engine::builder().provider(scripted("- { default: echo }")).build();
+    let engine = Engine::builder()
+        .provider(scripted("- { default: echo }"))
+        .build();
     let out = engine.run(&wf, list_input(&["a", "b"])).await.unwrap();
     assert_eq!(out.output, Some(json!(["a of 2", "b of 2"])));
 }
