@@ -22,7 +22,7 @@ enum Item<'e> {
     /// A failure recorded by an earlier execution (skip/collect).
     RecordedFailure(String),
     /// Ran (or replayed) now.
-    Ran(Exec<'e>, Result<Option<Value>, Stop>),
+    Ran(Box<Exec<'e>>, Result<Option<Value>, Stop>),
 }
 
 impl<'e> Exec<'e> {
@@ -65,7 +65,7 @@ impl<'e> Exec<'e> {
                                 return (i, Item::RecordedFailure(msg));
                             }
                             Ok(None) => {}
-                            Err(s) => return (i, Item::Ran(this.fork(), Err(s))),
+                            Err(s) => return (i, Item::Ran(Box::new(this.fork()), Err(s))),
                         }
                     }
                     let mut child = if strip {
@@ -87,7 +87,7 @@ impl<'e> Exec<'e> {
                             }
                         }
                     }
-                    (i, Item::Ran(child, r))
+                    (i, Item::Ran(Box::new(child), r))
                 }) as BoxFuture<'_, (usize, Item<'e>)>
             })
             .collect();

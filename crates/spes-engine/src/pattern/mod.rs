@@ -27,14 +27,14 @@ pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
 
 impl<'e> Exec<'e> {
     /// A fork whose context lacks `key` (which the child never reads).
-    pub(crate) fn fork_without(&self, key: &str) -> Exec<'e> {
+    pub(crate) fn fork_without(&self, key: &str) -> Self {
         let ctx = self
             .ctx
             .iter()
             .filter(|(k, _)| k.as_str() != key)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone())
+        Self::new(self.engine, ctx, self.journal.clone(), self.control.clone())
     }
 
     /// Takes a child's counters (not its context writes).
