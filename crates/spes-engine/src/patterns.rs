@@ -194,6 +194,42 @@ pub fn fan_out(name: &str, workers: Vec<Step>, aggregate: Option<Step>) -> Step 
 /// A `saga`: (step, compensation) pairs; on failure the completed steps'
 /// compensations run in reverse order (they see `error` and `failed_step`).
 /// Name compensations `compensate` to get the YAML keys (`SAGA/STEP/compensate`).
+///
+/// ```
+/// use std::sync::Arc;
+/// use spes_engine::Engine;
+/// use spes_engine::patterns::{self, StepExt, WorkflowBuilder};
+/// use spes_llm::scripted::ScriptedProvider;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let wf = WorkflowBuilder::new("trip")
+///     .step(
+///         patterns::saga(
+///             "book",
+///             vec![
+///                 (
+///                     patterns::llm("flight", "Book a flight")?.output("flight"),
+///                     Some(patterns::llm("compensate", "Cancel {{ flight }}")?),
+///                 ),
+///                 (patterns::llm("hotel", "Book a hotel")?, None),
+///             ],
+///         )
+///         .output("booking"),
+///     )
+///     .build();
+/// let script = "- { step: book/hotel, error: invalid_request }\n- { default: echo }";
+/// let provider = Arc::new(ScriptedProvider::parse("test", "answers.yaml", script)?);
+/// let engine = Engine::builder().provider(provider.clone()).build();
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// let out = rt.block_on(engine.run(&wf, Default::default()))?;
+/// let booking = out.output.unwrap_or_default();
+/// assert_eq!(booking["status"], "compensated");
+/// assert_eq!(booking["compensations"][0]["status"], "compensated");
+/// let keys: Vec<String> = provider.calls().into_iter().map(|(k, _)| k).collect();
+/// assert_eq!(keys, ["book/flight", "book/hotel", "book/flight/compensate"]);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use]
 pub fn saga(name: &str, actions: Vec<(Step, Option<Step>)>) -> Step {
     step(

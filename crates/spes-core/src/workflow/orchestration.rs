@@ -131,3 +131,89 @@ pub struct ScatterGatherStep {
     /// result is `{ results, timed_out, failed }`.
     pub gather: Option<Box<Step>>,
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use crate::component::ComponentRegistry;
+    use crate::workflow::{ValidateEnv, diagram, parse_workflow, validate};
+
+    const ALL: &str = r#"
+name: all
+inputs: { xs: { type: list, required: true } }
+steps:
+  - name: m
+    kind: map
+    over: xs
+    concurrency: 3
+    on_error: collect
+    step: { kind: llm, prompt: "{{ item }}" }
+    output: ys
+  - { name: r, kind: reduce, over: ys, step: { kind: llm, prompt: "{{ items }}" }, output: z }
+  - name: f
+    kind: fan_out
+    workers: [ { name: w1, step: { kind: llm, prompt: "{{ z }}" } } ]
+    aggregate: { kind: llm, prompt: "{{ results }}" }
+  - name: s
+    kind: saga
+    steps:
+      - { name: a, kind: llm, prompt: hi, compensate: { kind: llm, prompt: "undo {{ error }}" } }
+  - name: p
+    kind: pipeline
+    input: "{{ z }}"
+    stages: [ { name: one, kind: llm, prompt: "{{ input }}" } ]
+  - name: g
+    kind: scatter_gather
+    timeout: 2s
+    sources: [ { name: a, kind: llm, prompt: hi } ]
+    gather: { kind: llm, prompt: "{{ results }} {{ timed_out }} {{ failed }}" }
+"#;
+
+    fn all() -> crate::workflow::Workflow {
+        let spec = parse_workflow("all.yaml", ALL).unwrap();
+        let reg = ComponentRegistry::from_components(vec![]);
+        let env = ValidateEnv {
+            components: &reg,
+            providers: None,
+        };
+        validate(spec, "all.yaml", ALL, &env)
+            .unwrap_or_else(|d| panic!("{}", d.render_plain()))
+            .0
+    }
+
+    #[test]
+    fn every_orchestration_kind_is_walked_with_its_keys() {
+        let wf = all();
+        let keys: Vec<String> = wf.walk().into_iter().map(|(k, _)| k).collect();
+        for k in [
+            "m/map[*]/item",
+            "r/reduce",
+            "f/w1",
+            "f/aggregate",
+            "s/a",
+            "s/a/compensate",
+            "p/one",
+            "g/a",
+            "g/gather",
+        ] {
+            assert!(keys.contains(&k.to_owned()), "{k} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn diagrams_show_every_orchestration_kind() {
+        let wf = all();
+        let text = diagram::text(&wf);
+        assert!(
+            text.contains("- m (map over xs · 3 at once · on_error collect) → ys"),
+            "{text}"
+        );
+        assert!(text.contains("- g (scatter_gather · timeout 2s)"), "{text}");
+        assert!(text.contains("↺ undo:"), "{text}");
+        let m = diagram::mermaid(&wf);
+        assert!(m.contains("-.->|on failure|"), "{m}");
+        assert!(m.contains("\"f (fan_out · 1 workers)\""), "{m}");
+        assert!(m.contains("\"p (pipeline · 1 stages)\""), "{m}");
+    }
+}

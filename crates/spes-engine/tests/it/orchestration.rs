@@ -690,3 +690,48 @@ steps:
     let out = engine.run(&wf, list_input(&["a", "b"])).await.unwrap();
     assert_eq!(out.output, Some(json!(["a of 2", "b of 2"])));
 }
+
+#[tokio::test]
+async fn a_saga_resumes_on_a_sqlite_store_from_its_journaled_failure_point() {
+    use spes_engine::{RunEnd, WorkflowSource};
+    use spes_store::sqlite::{SqliteOptions, SqliteStore};
+    use spes_store::{RunStatus, RunStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(&dir.path().join("spes.db"), SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let wf = workflow(SAGA);
+    let src = WorkflowSource {
+        path: "/tmp/saga.yaml".into(),
+        text: SAGA.into(),
+    };
+    let broken = scripted(
+        "- { step: book/car, error: invalid_request }\n- { step: flight/compensate, error: server_error }\n- { default: echo }",
+    );
+    let (id, end) = Engine::builder()
+        .provider(broken)
+        .build()
+        .start(store.clone(), &wf, &src, inputs(&[]))
+        .await
+        .unwrap();
+    let RunEnd::Failed(e) = end else {
+        panic!("{end:?}")
+    };
+    assert!(matches!(e.kind, FailureKind::Compensation(_)));
+    let run = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    let fixed = scripted("- { default: echo }");
+    let end = Engine::builder()
+        .provider(fixed.clone())
+        .build()
+        .resume(store.clone(), &run, &wf, &src, false)
+        .await
+        .unwrap();
+    let RunEnd::Completed(out) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(keys(&fixed), ["book/flight/compensate"]);
+    assert_eq!(out.output.unwrap()["status"], "compensated");
+}
