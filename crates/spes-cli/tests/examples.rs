@@ -69,6 +69,37 @@ const CASES: &[(&str, &[&str], &str)] = &[
         &["--input-file", "text=inputs/release-notes.txt"],
         "Version 4.2 now ships Friday at 10:00 UTC",
     ),
+    (
+        "map-reduce.yaml",
+        &[
+            "--input",
+            r#"docs=["Q3 report", "Churn analysis", "A very long appendix", "Support review"]"#,
+        ],
+        "Overview: growth came from subscriptions",
+    ),
+    (
+        "fan-out.yaml",
+        &[
+            "--input",
+            "code=fn find_user(n: &str) { db.query(format!(\"... {n}\")) }",
+        ],
+        "1. [security] SQL injection in `find_user`",
+    ),
+    (
+        "saga.yaml",
+        &["--input", "release=spes 1.4"],
+        "Launch compensated (publish failed); undone: draft_post=compensated, reserve_slot=compensated",
+    ),
+    (
+        "pipeline.yaml",
+        &["--input", "notes=startup 30% faster; config reload"],
+        "Faster startup; config reloads live, no restart needed.",
+    ),
+    (
+        "scatter-gather.yaml",
+        &["--input", "question=How do I rotate API keys?"],
+        "The forum did not answer in time.",
+    ),
 ];
 
 /// Examples with a human gate: (workflow, inputs, answers given with the CLI, a line the result must contain).

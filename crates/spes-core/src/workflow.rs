@@ -7,6 +7,7 @@
 //! writes them. Each error points at file:line:column with a hint.
 
 pub mod diagram;
+pub mod orchestration;
 pub mod pattern;
 pub mod spec;
 pub mod validate;
@@ -19,6 +20,9 @@ use crate::condition::Condition;
 use crate::template::Template;
 use crate::transform::TransformFn;
 
+pub use orchestration::{
+    FanOutStep, MapStep, OnError, PipelineStep, ReduceStep, SagaAction, SagaStep, ScatterGatherStep,
+};
 pub use pattern::{
     AgentChainStep, DebateStep, Examples, JudgeSees, QualityGateStep, RefineStep, SwitchStep,
 };
@@ -158,6 +162,18 @@ pub enum StepKind {
     Debate(Box<DebateStep>),
     /// Agents in turn, each on the previous output (`sequence` with `agents`).
     AgentChain(Box<AgentChainStep>),
+    /// One step per item of a list, bounded, results in input order.
+    Map(Box<MapStep>),
+    /// One step over a whole list.
+    Reduce(Box<ReduceStep>),
+    /// Different workers on one input, then an aggregate.
+    FanOut(Box<FanOutStep>),
+    /// Steps with compensations, undone in reverse on failure.
+    Saga(Box<SagaStep>),
+    /// Stages, each fed the previous output.
+    Pipeline(Box<PipelineStep>),
+    /// Sources side by side under a time limit, then a gather.
+    ScatterGather(Box<ScatterGatherStep>),
 }
 
 /// `kind: workflow` (§7 composition).
@@ -190,6 +206,12 @@ impl StepKind {
             Self::Refine(_) => "refine",
             Self::Debate(_) => "debate",
             Self::AgentChain(_) => "sequence",
+            Self::Map(_) => "map",
+            Self::Reduce(_) => "reduce",
+            Self::FanOut(_) => "fan_out",
+            Self::Saga(_) => "saga",
+            Self::Pipeline(_) => "pipeline",
+            Self::ScatterGather(_) => "scatter_gather",
         }
     }
 }
@@ -429,6 +451,35 @@ impl Workflow {
                     | StepKind::Refine(_)
                     | StepKind::Debate(_)
                     | StepKind::AgentChain(_) => {}
+                    StepKind::Map(m) => {
+                        go(&format!("{key}/map[*]"), std::slice::from_ref(&m.step), out)
+                    }
+                    StepKind::Reduce(r) => go(&key, std::slice::from_ref(&r.step), out),
+                    StepKind::FanOut(f) => {
+                        go(&key, &f.workers, out);
+                        if let Some(a) = &f.aggregate {
+                            go(&key, std::slice::from_ref(a), out);
+                        }
+                    }
+                    StepKind::Saga(sg) => {
+                        for a in &sg.actions {
+                            go(&key, std::slice::from_ref(&a.step), out);
+                            if let Some(c) = &a.compensate {
+                                go(
+                                    &format!("{key}/{}", a.step.name),
+                                    std::slice::from_ref(c),
+                                    out,
+                                );
+                            }
+                        }
+                    }
+                    StepKind::Pipeline(p) => go(&key, &p.stages, out),
+                    StepKind::ScatterGather(g) => {
+                        go(&key, &g.sources, out);
+                        if let Some(a) = &g.gather {
+                            go(&key, std::slice::from_ref(a), out);
+                        }
+                    }
                 }
             }
         }

@@ -37,6 +37,10 @@ pub enum FailureKind {
         /// Time left in its cool-down.
         retry_after: std::time::Duration,
     },
+    /// A saga step failed and at least one compensation failed too: the
+    /// saga's effects are only partly undone.
+    #[error("{0}")]
+    Compensation(String),
 }
 
 /// A failed run: the step, its location and the cause.
@@ -63,7 +67,8 @@ impl EngineError {
             FailureKind::Template(_)
             | FailureKind::Transform(_)
             | FailureKind::Answer(_)
-            | FailureKind::Config(_) => ErrorClass::Terminal,
+            | FailureKind::Config(_)
+            | FailureKind::Compensation(_) => ErrorClass::Terminal,
         }
     }
 

@@ -67,7 +67,7 @@ pub(crate) enum GateOutcome {
 
 impl Exec<'_> {
     /// A journaled clock read.
-    async fn clock(&mut self, key: &str, loc: &Loc) -> Result<i64, Stop> {
+    pub(crate) async fn clock(&mut self, key: &str, loc: &Loc) -> Result<i64, Stop> {
         if let Some(Effect::Clock { at_ms }) = self
             .journal
             .get(key)

@@ -412,6 +412,12 @@ impl<'e> Exec<'e> {
             StepKind::Refine(r) => self.refine(r, key, depth, &s.loc).await,
             StepKind::Debate(d) => self.debate(d, key, depth, &s.loc).await,
             StepKind::AgentChain(c) => self.agent_chain(c, key, depth, &s.loc).await,
+            StepKind::Map(m) => self.map(m, s.output.as_deref(), key, depth, &s.loc).await,
+            StepKind::Reduce(r) => self.reduce(r, key, depth, &s.loc).await,
+            StepKind::FanOut(f) => self.fan_out(f, key, depth, &s.loc).await,
+            StepKind::Saga(sg) => self.saga(sg, s.output.as_deref(), key, depth, &s.loc).await,
+            StepKind::Pipeline(p) => self.pipeline(p, key, depth, &s.loc).await,
+            StepKind::ScatterGather(g) => self.scatter_gather(g, key, depth, &s.loc).await,
             StepKind::Parallel(p) => {
                 let results = self
                     .parallel_branches(&p.branches, p.concurrency, key, depth, &s.loc)
@@ -434,7 +440,7 @@ impl<'e> Exec<'e> {
     /// Runs the branches side by side (at most `limit` at once); results in
     /// declared order. Every branch runs to its end even when a sibling
     /// fails, so that finished work is committed before the run stops.
-    async fn parallel_branches(
+    pub(crate) async fn parallel_branches(
         &mut self,
         branches: &ParallelBranches,
         limit: Option<usize>,

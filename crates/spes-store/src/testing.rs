@@ -4,7 +4,7 @@
 //! `#[tokio::test]` per behaviour, each with a fresh store from the
 //! factory you give it:
 //!
-//! ```ignore
+//! ```text
 //! spes_store::conformance!(sqlite, async || {
 //!     let dir = tempfile::tempdir().unwrap();
 //!     let store = SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).await.unwrap();

@@ -294,6 +294,50 @@ fn cases() -> Vec<Case> {
         .code("spes::workflow::field_not_for_kind")
         .at("w.yaml:6:9"),
         wf(
+            "orchestration: unknown on_error policy",
+            "name: w\ninputs: { xs: { type: list } }\nsteps:\n  - name: m\n    kind: map\n    over: xs\n    on_error: ignore\n    step: { kind: llm, prompt: \"{{ item }}\" }\n",
+        )
+        .code("spes::workflow::bad_on_error")
+        .at("w.yaml:7:15")
+        .also("fail_fast"),
+        wf(
+            "orchestration: map over a key nothing wrote",
+            "name: w\nsteps:\n  - name: m\n    kind: map\n    over: questions\n    step: { kind: llm, prompt: \"{{ item }}\" }\n",
+        )
+        .code("spes::workflow::unknown_key")
+        .at("w.yaml:5:11"),
+        wf(
+            "orchestration: item step reads the default name after `as`",
+            "name: w\ninputs: { xs: { type: list } }\nsteps:\n  - name: m\n    kind: map\n    over: xs\n    as: doc\n    step: { kind: llm, prompt: \"{{ item }}\" }\n",
+        )
+        .code("spes::workflow::unknown_key")
+        .at("w.yaml:8:32")
+        .also("keys known here: doc, index, xs"),
+        wf(
+            "orchestration: compensate outside a saga",
+            "name: w\nsteps:\n  - name: a\n    kind: llm\n    prompt: hi\n    compensate: { kind: llm, prompt: undo }\n",
+        )
+        .code("spes::workflow::field_not_for_kind")
+        .at("w.yaml:6:17")
+        .also("kind: saga"),
+        wf(
+            "orchestration: scatter_gather with a bad timeout",
+            "name: w\nsteps:\n  - name: g\n    kind: scatter_gather\n    timeout: soon\n    sources: [ { name: a, kind: llm, prompt: hi } ]\n",
+        )
+        .code("spes::workflow::bad_duration")
+        .at("w.yaml:5:14"),
+        wf(
+            "orchestration: pipeline's first stage reads input without one",
+            "name: w\nsteps:\n  - name: p\n    kind: pipeline\n    stages:\n      - { name: a, kind: llm, prompt: \"{{ input }}\" }\n",
+        )
+        .code("spes::workflow::unknown_key"),
+        wf(
+            "orchestration: map without a step",
+            "name: w\ninputs: { xs: { type: list } }\nsteps:\n  - name: m\n    kind: map\n    over: xs\n",
+        )
+        .code("spes::workflow::missing_field")
+        .at("w.yaml:5:11"),
+        wf(
             "workflow: key read before written",
             "name: w\nsteps:\n  - name: a\n    kind: llm\n    prompt: \"Summarise {{ text }}\"\n",
         )

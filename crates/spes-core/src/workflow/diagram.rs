@@ -59,6 +59,20 @@ fn label(s: &Step) -> String {
                 .collect::<Vec<_>>()
                 .join(" → ")
         ),
+        StepKind::Map(m) => format!(
+            "map over {} · {} at once · on_error {}",
+            m.over,
+            m.concurrency,
+            m.on_error.as_str()
+        ),
+        StepKind::Reduce(r) => format!("reduce over {}", r.over),
+        StepKind::FanOut(f) => format!("fan_out · {} workers", f.workers.len()),
+        StepKind::Saga(_) => "saga".to_owned(),
+        StepKind::Pipeline(p) => format!("pipeline · {} stages", p.stages.len()),
+        StepKind::ScatterGather(g) => format!(
+            "scatter_gather · timeout {}",
+            crate::duration::format_duration(g.timeout)
+        ),
     };
     let out = s
         .output
@@ -129,6 +143,30 @@ pub fn text(wf: &Workflow) -> String {
                 | StepKind::Refine(_)
                 | StepKind::Debate(_)
                 | StepKind::AgentChain(_) => {}
+                StepKind::Map(m) => go(std::slice::from_ref(&m.step), depth + 1, out),
+                StepKind::Reduce(r) => go(std::slice::from_ref(&r.step), depth + 1, out),
+                StepKind::FanOut(f) => {
+                    go(&f.workers, depth + 1, out);
+                    if let Some(a) = &f.aggregate {
+                        go(std::slice::from_ref(a), depth + 1, out);
+                    }
+                }
+                StepKind::Saga(sg) => {
+                    for a in &sg.actions {
+                        go(std::slice::from_ref(&a.step), depth + 1, out);
+                        if let Some(c) = &a.compensate {
+                            let _ = writeln!(out, "{pad}    ↺ undo:");
+                            go(std::slice::from_ref(c), depth + 3, out);
+                        }
+                    }
+                }
+                StepKind::Pipeline(p) => go(&p.stages, depth + 1, out),
+                StepKind::ScatterGather(g) => {
+                    go(&g.sources, depth + 1, out);
+                    if let Some(a) = &g.gather {
+                        go(std::slice::from_ref(a), depth + 1, out);
+                    }
+                }
             }
         }
     }
@@ -307,6 +345,61 @@ pub fn mermaid(wf: &Workflow) -> String {
                     let _ = writeln!(self.out, "    {id}[[\"{}\"]]", esc(&label(s)));
                     self.link(&tail, &id, None);
                     vec![id]
+                }
+                StepKind::Map(_)
+                | StepKind::Reduce(_)
+                | StepKind::FanOut(_)
+                | StepKind::Saga(_)
+                | StepKind::Pipeline(_)
+                | StepKind::ScatterGather(_) => {
+                    let head = self.id();
+                    let _ = writeln!(self.out, "    {head}{{{{\"{}\"}}}}", esc(&label(s)));
+                    self.link(prev, &head, None);
+                    let from = vec![head.clone()];
+                    match &s.kind {
+                        StepKind::Map(m) => self.step(&m.step, &from),
+                        StepKind::Reduce(r) => self.step(&r.step, &from),
+                        StepKind::Pipeline(p) => self.steps(&p.stages, from),
+                        StepKind::Saga(sg) => {
+                            let mut prev = from;
+                            for a in &sg.actions {
+                                prev = self.step(&a.step, &prev);
+                                if let Some(c) = &a.compensate {
+                                    let id = self.id();
+                                    let _ = writeln!(
+                                        self.out,
+                                        "    {id}[\"{}\"]",
+                                        esc(&format!("undo: {}", label(c)))
+                                    );
+                                    for p in &prev {
+                                        let _ = writeln!(self.out, "    {p} -.->|on failure| {id}");
+                                    }
+                                }
+                            }
+                            prev
+                        }
+                        StepKind::FanOut(f) => {
+                            let mut ends = Vec::new();
+                            for w in &f.workers {
+                                ends.extend(self.step(w, &from));
+                            }
+                            match &f.aggregate {
+                                Some(a) => self.step(a, &ends),
+                                None => ends,
+                            }
+                        }
+                        StepKind::ScatterGather(g) => {
+                            let mut ends = Vec::new();
+                            for w in &g.sources {
+                                ends.extend(self.step(w, &from));
+                            }
+                            match &g.gather {
+                                Some(a) => self.step(a, &ends),
+                                None => ends,
+                            }
+                        }
+                        _ => from,
+                    }
                 }
                 StepKind::Approval(_) | StepKind::Choose(_) | StepKind::Sections(_) => {
                     let id = self.id();

@@ -332,7 +332,7 @@ pub struct StepSpec {
     pub circuit_breaker: Option<S<BreakerSpec>>,
     /// Quality levels, best first.
     pub degrade: Option<S<Vec<AlternativeSpec>>>,
-    /// Bound on each attempt's wall time (`30s`).
+    /// Bound on each attempt's wall time (`30s`); for `scatter_gather`, how long it waits for its sources.
     pub timeout: Option<S<String>>,
     // --- switch, quality_gate, refine, debate ---
     /// The classifying llm step (switch).
@@ -341,7 +341,7 @@ pub struct StepSpec {
     pub routes: Option<S<BTreeMap<String, S<Vec<Self>>>>>,
     /// Steps when no route matched (switch).
     pub default: Option<S<Vec<Self>>>,
-    /// The llm step run on each attempt (quality_gate).
+    /// The llm step run on each attempt (quality_gate), per item (map) or once over the list (reduce).
     pub step: Option<S<Box<Self>>>,
     /// How outputs are scored (quality_gate, refine).
     pub evaluator: Option<S<EvaluatorSpec>>,
@@ -365,6 +365,36 @@ pub struct StepSpec {
     pub judge: Option<S<String>>,
     /// `all`, `last` or `summary` (debate).
     pub judge_sees: Option<S<String>>,
+    // --- orchestration: map, reduce, fan_out, saga, pipeline, scatter_gather ---
+    /// The context key holding the list (map, reduce).
+    pub over: Option<S<String>>,
+    /// The item's name in the item step's templates (map; default `item`).
+    #[serde(rename = "as")]
+    pub item_as: Option<S<String>>,
+    /// What a failed item does (map): `fail_fast`, `skip` or `collect`.
+    pub on_error: Option<S<String>>,
+    /// Named workers run side by side on the same context (fan_out).
+    pub workers: Option<S<Vec<WorkerSpec>>>,
+    /// The step over the workers' results (fan_out; sees `results`).
+    pub aggregate: Option<S<Box<Self>>>,
+    /// The step undoing this one when a later saga step fails (inside a saga).
+    pub compensate: Option<S<Box<Self>>>,
+    /// Stages run in order, each seeing the previous output as `input` (pipeline).
+    pub stages: Option<S<Vec<Self>>>,
+    /// Steps queried side by side (scatter_gather).
+    pub sources: Option<S<Vec<Self>>>,
+    /// The step over what arrived (scatter_gather; sees `results`, `timed_out`, `failed`).
+    pub gather: Option<S<Box<Self>>>,
+}
+
+/// One `{ name, step }` worker of a fan_out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSpec {
+    /// The worker's name: its key in `results` and in the step key.
+    pub name: S<String>,
+    /// What it does.
+    pub step: S<Box<StepSpec>>,
 }
 
 /// `on_timeout: approve | reject | [steps]`.

@@ -20,6 +20,7 @@ use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
 use crate::template::{Expr, Template, TemplateError};
 use crate::transform;
 
+mod orchestration;
 mod pattern;
 mod policy;
 
@@ -38,6 +39,12 @@ pub const STEP_KINDS: &[&str] = &[
     "quality_gate",
     "refine",
     "debate",
+    "map",
+    "reduce",
+    "fan_out",
+    "saga",
+    "pipeline",
+    "scatter_gather",
 ];
 
 /// The revision prompt an approval uses unless it sets `revise`.
@@ -985,7 +992,7 @@ impl Validator<'_> {
                 &path,
                 kind_at,
             )?),
-            _ => return None,
+            other => orchestration::orchestration_kind(self, other, &s, known, &path, kind_at)?,
         };
         if let Some(o) = &s.output {
             if is_key_name(&o.value) {
@@ -1068,6 +1075,15 @@ impl Validator<'_> {
             f("rounds", s.rounds.as_ref()),
             f("judge", s.judge.as_ref()),
             f("judge_sees", s.judge_sees.as_ref()),
+            f("over", s.over.as_ref()),
+            f("as", s.item_as.as_ref()),
+            f("on_error", s.on_error.as_ref()),
+            f("workers", s.workers.as_ref()),
+            f("aggregate", s.aggregate.as_ref()),
+            f("compensate", s.compensate.as_ref()),
+            f("stages", s.stages.as_ref()),
+            f("sources", s.sources.as_ref()),
+            f("gather", s.gather.as_ref()),
         ];
         let allowed: &[&str] = match kind {
             "llm" => &[
@@ -1110,6 +1126,12 @@ impl Validator<'_> {
             "choose" => &["generate", "n", "deadline", "on_timeout"],
             "sections" => &["outline", "section", "deadline", "on_timeout"],
             "workflow" => &["path", "inputs"],
+            "map" => &["over", "as", "concurrency", "on_error", "step"],
+            "reduce" => &["over", "step"],
+            "fan_out" => &["workers", "aggregate", "concurrency"],
+            "saga" => &["steps"],
+            "pipeline" => &["stages", "input"],
+            "scatter_gather" => &["sources", "timeout", "gather"],
             _ => &[],
         };
         for (field, set, at) in fields {
@@ -1118,10 +1140,14 @@ impl Validator<'_> {
                     "spes::workflow::field_not_for_kind",
                     format!("{what}: `{field}` does not apply to a `{kind}` step"),
                     at,
-                    format!(
-                        "a `{kind}` step takes: name, kind, output, when, description, {}",
-                        allowed.join(", ")
-                    ),
+                    if field == "compensate" {
+                        "`compensate` undoes a step of a saga: put this step under a `kind: saga` step's `steps`".to_owned()
+                    } else {
+                        format!(
+                            "a `{kind}` step takes: name, kind, output, when, description, {}",
+                            allowed.join(", ")
+                        )
+                    },
                 );
             }
         }

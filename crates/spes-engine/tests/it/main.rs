@@ -4,6 +4,7 @@
 mod compose;
 mod durable;
 mod gates;
+mod orchestration;
 mod patterns;
 mod policy;
 

@@ -99,7 +99,8 @@ impl Validator<'_> {
                 );
             }
         }
-        if let Some(t) = &s.timeout {
+        // For scatter_gather, `timeout` is its gathering window, not a policy.
+        if let Some(t) = s.timeout.as_ref().filter(|_| kind != "scatter_gather") {
             if gate || pure {
                 self.policy_not_for_kind(
                     &what,

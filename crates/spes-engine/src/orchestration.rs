@@ -1,0 +1,128 @@
+//! Orchestration patterns (§9 of the reference) as methods of the
+//! interpreter: `map`, `reduce`, `fan_out`, `saga`, `pipeline`,
+//! `scatter_gather`. Every effect inside goes through the journal under a
+//! stable key; the decisions these patterns take on their own (a saga's
+//! failure point, what a scatter-gather kept) are journaled too, so a
+//! resumed run takes the same path.
+
+mod flow;
+mod map;
+mod saga;
+mod scatter_gather;
+
+use serde_json::Value;
+use spes_core::workflow::Loc;
+
+use crate::error::{EngineError, FailureKind};
+use crate::journal::Effect;
+use crate::run::{Exec, Stop};
+
+pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
+    Stop::Failed(EngineError {
+        step: step.to_owned(),
+        loc: loc.clone(),
+        kind,
+    })
+}
+
+impl<'e> Exec<'e> {
+    /// A fork whose context lacks `key` (which the child never reads).
+    pub(crate) fn fork_without(&self, key: &str) -> Self {
+        let ctx = self
+            .ctx
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Self::new(self.engine, ctx, self.journal.clone(), self.control.clone())
+    }
+
+    /// Takes a child's counters (not its context writes).
+    pub(crate) fn absorb_counters(&mut self, child: &Exec<'_>) {
+        self.model_calls += child.model_calls;
+        self.replayed += child.replayed;
+        self.usage.input_tokens += child.usage.input_tokens;
+        self.usage.output_tokens += child.usage.output_tokens;
+        self.usage.cache_read_tokens += child.usage.cache_read_tokens;
+        self.usage.cache_write_tokens += child.usage.cache_write_tokens;
+    }
+
+    /// The decision recorded under `key`, if any.
+    pub(crate) async fn decision_at(&self, key: &str, loc: &Loc) -> Result<Option<Value>, Stop> {
+        match self
+            .journal
+            .get(key)
+            .await
+            .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
+        {
+            Some(Effect::Decision { decision }) => Ok(Some(decision)),
+            Some(other) => Err(fail(
+                key,
+                loc,
+                FailureKind::Journal(format!(
+                    "expected a decision entry here, found a {} entry",
+                    other.kind()
+                )),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a decision (the first commit under `key` wins and is returned).
+    pub(crate) async fn record_decision(
+        &self,
+        key: &str,
+        decision: Value,
+        loc: &Loc,
+    ) -> Result<Value, Stop> {
+        match self
+            .journal
+            .record(key, Effect::Decision { decision })
+            .await
+            .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
+        {
+            Effect::Decision { decision } => Ok(decision),
+            other => Err(fail(
+                key,
+                loc,
+                FailureKind::Journal(format!(
+                    "expected a decision entry here, found a {} entry",
+                    other.kind()
+                )),
+            )),
+        }
+    }
+
+    /// The list under context key `over`.
+    pub(crate) fn list_at(&self, over: &str, key: &str, loc: &Loc) -> Result<Vec<Value>, Stop> {
+        match self.ctx.get(over) {
+            Some(Value::Array(a)) => Ok(a.clone()),
+            Some(other) => Err(fail(
+                key,
+                loc,
+                FailureKind::Answer(format!(
+                    "`{over}` holds {}, not a list; make the step that writes it produce a list (e.g. transform fn: split or json_parse)",
+                    kind_of(other)
+                )),
+            )),
+            None => Err(fail(
+                key,
+                loc,
+                FailureKind::Answer(format!(
+                    "`{over}` is not set (the step writing it was skipped?)"
+                )),
+            )),
+        }
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
