@@ -60,6 +60,7 @@ async fn handle(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
+    let _in_flight = InFlight::enter(shared);
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let user_text = last_user_text(&json);
     let recorded = RecordedRequest {
@@ -411,4 +412,22 @@ fn body_of(
         Some((Ok::<Bytes, io::Error>(frame), st))
     });
     Body::from_stream(stream)
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        use std::sync::atomic::Ordering;
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

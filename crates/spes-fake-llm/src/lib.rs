@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     script: Mutex<Script>,
     requests: Mutex<Vec<RecordedRequest>>,
     count: AtomicUsize,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) max_in_flight: AtomicUsize,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -198,6 +200,8 @@ impl FakeServer {
             script: Mutex::new(Script::default()),
             requests: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
             shutdown: rx,
         });
         let app = router(Arc::clone(&shared));
@@ -289,6 +293,14 @@ impl FakeServer {
         self.shared.count.load(Ordering::SeqCst)
     }
 
+    /// The most requests that were being handled at the same time (from
+    /// arrival until the handler answered: for a non-streaming answer that
+    /// includes the scripted latency). `reset` clears it.
+    #[must_use]
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// How many queued answers are left.
     #[must_use]
     pub fn pending(&self) -> usize {
@@ -301,6 +313,7 @@ impl FakeServer {
         lock(&self.shared.script).queue.clear();
         lock(&self.shared.script).rules.clear();
         lock(&self.shared.requests).clear();
+        self.shared.max_in_flight.store(0, Ordering::SeqCst);
     }
 }
 

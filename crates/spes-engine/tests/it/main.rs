@@ -3,6 +3,7 @@
 
 mod compose;
 mod durable;
+mod fake_server;
 mod gates;
 mod orchestration;
 mod patterns;
