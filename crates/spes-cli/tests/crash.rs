@@ -100,6 +100,27 @@ fn fan_out(children: usize, kills: usize) -> Scenario {
     }
 }
 
+/// A map over `items` topics (4 at a time) and a reduce over the answers.
+fn map_reduce(items: usize, kills: usize) -> Scenario {
+    let topics: Vec<String> = (0..items).map(|i| format!("\"topic {i}\"")).collect();
+    let yaml = format!(
+        "name: crash_map\ninputs:\n  topics: {{ type: list, default: [{}] }}\nsteps:\n  - name: gather\n    kind: map\n    over: topics\n    as: t\n    concurrency: 4\n    step: {{ name: answer, kind: llm, prompt: \"[m{{{{ index }}}}] facts about {{{{ t }}}}\", max_tokens: 64 }}\n    output: answers\n  - name: sum\n    kind: reduce\n    over: answers\n    step: {{ name: combine, kind: llm, prompt: \"[reduce] {{{{ items | join(' | ') }}}}\", max_tokens: 64 }}\n    output: final\noutput: final\n",
+        topics.join(", ")
+    );
+    let mut keys = BTreeMap::new();
+    for i in 0..items {
+        keys.insert(format!("m{i}"), format!("gather/map[{i}]/answer"));
+    }
+    keys.insert("reduce".into(), "sum/combine".into());
+    Scenario {
+        name: "map_reduce",
+        yaml,
+        keys,
+        kills,
+        gate: false,
+    }
+}
+
 /// A 10-step chain with a human approval gate after step 5.
 fn chain_with_gate(kills: usize) -> Scenario {
     let mut s = chain(10, kills);
@@ -443,6 +464,11 @@ async fn chain_of_10_survives_5_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_with_a_human_gate_survives_5_kills() {
     crash_and_resume(&chain_with_gate(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_reduce_of_20_items_survives_5_kills() {
+    crash_and_resume(&map_reduce(20, 5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
