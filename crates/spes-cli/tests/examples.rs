@@ -30,6 +30,11 @@ const CASES: &[(&str, &[&str], &str)] = &[
         "Acme (2024): 2 products: anvil, rocket skates; revenue 12.5 M USD",
     ),
     (
+        "research.yaml",
+        &["--input", "topic=remote work and productivity"],
+        "(analysis: iteration 2 of 2, score 1.0; 3 research questions)",
+    ),
+    (
         "composed-briefing.yaml",
         &["--input-file", "notes=inputs/release-notes.txt"],
         "(43 words)",
