@@ -244,9 +244,9 @@ impl RunStore for SqliteStore {
         let payload =
             &json(payload).map_err(|_| StoreError::Backend("cannot encode payload".into()))?;
         self.retry(|| async move {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-            // One statement in the common case: insert unless the key is
-            // taken (then no row comes back and we read the winner).
+            // One statement, one round trip, its own transaction (autocommit):
+            // insert unless the key is taken. The sequence number is computed
+            // inside the same statement, under SQLite's write lock.
             let seq = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
                  SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
@@ -257,25 +257,23 @@ impl RunStore for SqliteStore {
             .bind(kind)
             .bind(payload)
             .bind(fmt_time(now()))
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.writer)
             .await
             .map_err(|e| match constraint(&e) {
                 Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => no_run(id),
                 _ => Fail::Sql(e),
             })?;
             let Some(seq) = seq else {
+                // The key was taken: the first commit wins; entries never change.
                 let row = sqlx::query(AssertSqlSafe(format!(
                     "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
                 )))
                 .bind(run_id)
                 .bind(key)
-                .fetch_one(&mut *tx)
+                .fetch_one(&self.writer)
                 .await?;
-                let entry = self.entry_from(&row)?;
-                tx.rollback().await?;
-                return Ok(Appended::Existing(entry));
+                return Ok(Appended::Existing(self.entry_from(&row)?));
             };
-            tx.commit().await?;
             Ok(Appended::New(seq))
         })
         .await
