@@ -23,7 +23,10 @@ async fn map_keeps_input_order_and_the_server_never_sees_more_than_the_limit() {
             FakeResponse::echo().with_latency(Duration::from_millis(60 - 2 * i)),
         );
     }
-    let cfg = HttpProviderConfig::new("fake").with_base_url(server.openai_base_url()).with_model("m").with_stream(false);
+    let cfg = HttpProviderConfig::new("fake")
+        .with_base_url(server.openai_base_url())
+        .with_model("m")
+        .with_stream(false);
     let provider: Arc<dyn Provider> = Arc::new(OpenAiProvider::new(cfg).unwrap());
     let engine = Engine::builder().provider(provider).build();
     let items: Vec<String> = (0..24).map(|i| format!("doc{i}")).collect();
@@ -43,9 +46,22 @@ output: out
     let wf = workflow(yaml);
     let inputs = [("docs".to_owned(), json!(items))].into_iter().collect();
     let out = engine.run(&wf, inputs).await.unwrap();
-    let got: Vec<String> = out.output.unwrap().as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
-    let want: Vec<String> = (0..24).map(|i| format!("echo: item {i:02}: doc{i}")).collect();
+    let got: Vec<String> = out
+        .output
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = (0..24)
+        .map(|i| format!("echo: item {i:02}: doc{i}"))
+        .collect();
     assert_eq!(got, want, "results in input order");
     assert_eq!(server.request_count(), 24);
-    assert_eq!(server.max_in_flight(), 4, "the server saw at most (and reached) the concurrency limit");
+    assert_eq!(
+        server.max_in_flight(),
+        4,
+        "the server saw at most (and reached) the concurrency limit"
+    );
 }
