@@ -31,6 +31,9 @@ struct Scenario {
     kills: usize,
     /// A human gate the run stops at (exit 3) until `spes approve` answers it.
     gate: bool,
+    /// Requests name their step in the `x-spes-step` header (patterns whose
+    /// prompts the engine builds); `keys` is then learned from the reference run.
+    by_header: bool,
 }
 
 impl Scenario {
@@ -39,6 +42,12 @@ impl Scenario {
     }
 
     fn key_of(&self, r: &RecordedRequest) -> String {
+        if self.by_header {
+            return r
+                .header("x-spes-step")
+                .unwrap_or_else(|| panic!("request {} has no x-spes-step header", r.n))
+                .to_owned();
+        }
         let m = marker(&r.body)
             .unwrap_or_else(|| panic!("request {} has no step marker: {}", r.n, r.raw_body));
         self.keys
@@ -70,6 +79,7 @@ fn chain(steps: usize, kills: usize) -> Scenario {
         keys,
         kills,
         gate: false,
+        by_header: false,
     }
 }
 
@@ -97,6 +107,7 @@ fn fan_out(children: usize, kills: usize) -> Scenario {
         keys,
         kills,
         gate: false,
+        by_header: false,
     }
 }
 
@@ -118,6 +129,7 @@ fn map_reduce(items: usize, kills: usize) -> Scenario {
         keys,
         kills,
         gate: false,
+        by_header: false,
     }
 }
 
@@ -158,6 +170,18 @@ struct Life {
     at_gate: bool,
 }
 
+/// A pattern scenario: its step keys come from the `x-spes-step` header.
+fn pattern(name: &'static str, yaml: &str, kills: usize) -> Scenario {
+    Scenario {
+        name,
+        yaml: yaml.to_owned(),
+        keys: BTreeMap::new(),
+        kills,
+        gate: false,
+        by_header: true,
+    }
+}
+
 /// Runs the workflow without interruption in its own project.
 async fn uninterrupted(s: &Scenario) -> (Vec<u8>, Vec<RecordedRequest>) {
     let server = FakeServer::start().await.unwrap();
@@ -179,11 +203,33 @@ async fn uninterrupted(s: &Scenario) -> (Vec<u8>, Vec<RecordedRequest>) {
         "uninterrupted run failed:\n{}",
         exit.stderr
     );
-    assert_eq!(server.request_count(), s.calls(), "uninterrupted calls");
+    if !s.by_header {
+        assert_eq!(server.request_count(), s.calls(), "uninterrupted calls");
+    }
     (exit.stdout, server.requests())
 }
 
 async fn crash_and_resume(s: &Scenario) {
+    let mut learned;
+    let s = if s.by_header {
+        let (_, reference) = uninterrupted(s).await;
+        learned = Scenario {
+            keys: BTreeMap::new(),
+            yaml: s.yaml.clone(),
+            ..*s
+        };
+        for r in &reference {
+            let k = learned.key_of(r);
+            assert!(
+                learned.keys.insert(k.clone(), k.clone()).is_none(),
+                "{}: `{k}` requested twice in an uninterrupted run",
+                s.name
+            );
+        }
+        &learned
+    } else {
+        s
+    };
     let seed = seed();
     println!(
         "{}: seed {seed} (rerun with SPES_CRASH_SEED={seed})",
@@ -474,6 +520,99 @@ async fn map_reduce_of_20_items_survives_5_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_fan_out_of_20_survives_5_kills() {
     crash_and_resume(&fan_out(20, 5)).await;
+}
+
+const DEBATE_YAML: &str = r#"name: crash_debate
+agents: { pro: { role: pro }, con: { role: con }, judge: { role: judge } }
+steps:
+  - { name: argue, kind: debate, debaters: [pro, con], topic: "Should we split the monolith?", rounds: 3, judge: judge, output: verdict }
+output: verdict
+"#;
+
+const SWITCH_YAML: &str = r#"name: crash_switch
+inputs: { request: { type: string, default: "login throws a null pointer" } }
+steps:
+  - name: route
+    kind: switch
+    classify: { prompt: "bug_fix: {{ request }}" }
+    routes:
+      bug_fix:
+        - { name: fix, kind: llm, prompt: "fix {{ request }}", output: fix }
+        - { name: test, kind: llm, prompt: "test for {{ request }}", output: test }
+      feature:
+        - { name: design, kind: llm, prompt: "design {{ request }}", output: design }
+    output: routed
+output: routed
+"#;
+
+const ITERATE_YAML: &str = r#"name: crash_iterate
+inputs: { topic: { type: string, default: caching } }
+steps:
+  - name: gate
+    kind: quality_gate
+    step: { kind: llm, prompt: "A slogan about {{ topic }}" }
+    evaluator: { checks: [ { contains: "never-present" }, { words: { min: 2 } } ] }
+    threshold: 1
+    max_attempts: 3
+    output: slogan
+  - name: polish
+    kind: refine
+    generate: { kind: llm, prompt: "A blurb about {{ topic }}" }
+    evaluator: { checks: [ { contains: "never-present" } ] }
+    threshold: 1
+    max_iterations: 3
+    output: blurb
+  - { name: out, kind: transform, fn: template, input: "{{ slogan.output }} | {{ blurb.output }}", output: out }
+output: out
+"#;
+
+const ORCH_YAML: &str = r#"name: crash_orch
+inputs: { code: { type: string, default: "fn main() {}" } }
+steps:
+  - name: review
+    kind: fan_out
+    workers:
+      - { name: sec, step: { name: r, kind: llm, prompt: "security review of {{ code }}" } }
+      - { name: perf, step: { name: r, kind: llm, prompt: "perf review of {{ code }}" } }
+      - { name: style, step: { name: r, kind: llm, prompt: "style review of {{ code }}" } }
+    aggregate: { name: combine, kind: llm, prompt: "combine {{ results.sec }} / {{ results.perf }} / {{ results.style }}" }
+    output: review
+  - name: polish
+    kind: pipeline
+    input: "{{ review }}"
+    stages:
+      - { name: draft, kind: llm, prompt: "draft: {{ input }}" }
+      - { name: edit, kind: llm, prompt: "edit: {{ input }}" }
+      - { name: title, kind: llm, prompt: "title: {{ input }}" }
+    output: polished
+  - name: launch
+    kind: saga
+    steps:
+      - { name: reserve, kind: llm, prompt: "reserve a slot for {{ polished }}", compensate: { name: release, kind: llm, prompt: "release the slot" } }
+      - { name: post, kind: llm, prompt: "post {{ polished }}", compensate: { name: unpost, kind: llm, prompt: "delete the post" } }
+      - { name: announce, kind: llm, prompt: "announce {{ polished }}" }
+    output: launched
+output: launched
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debate_survives_3_kills() {
+    crash_and_resume(&pattern("debate", DEBATE_YAML, 3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_survives_2_kills() {
+    crash_and_resume(&pattern("switch", SWITCH_YAML, 2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quality_gate_and_refine_survive_4_kills() {
+    crash_and_resume(&pattern("quality_gate_refine", ITERATE_YAML, 4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_pipeline_and_saga_survive_5_kills() {
+    crash_and_resume(&pattern("fan_out_pipeline_saga", ORCH_YAML, 5)).await;
 }
 
 /// A killed owner that its parent has not reaped yet (a zombie) is dead:

@@ -116,6 +116,9 @@ pub struct ProviderSpec {
     pub max_tokens: Option<u32>,
     /// Stream responses (server-sent events). Default: true for HTTP providers.
     pub stream: Option<bool>,
+    /// Send each call's step key in an `x-spes-step` request header (for
+    /// tracing through proxies and gateways). Default: false.
+    pub step_header: Option<bool>,
     /// Timeouts.
     #[serde(default)]
     pub timeouts: TimeoutsSpec,

@@ -143,6 +143,10 @@ impl AnthropicProvider {
             .post(self.url.clone())
             .headers(self.headers.clone())
             .json(&body);
+        let rb = match reqwest::header::HeaderValue::from_str(&cx.step_key) {
+            Ok(v) if self.cfg.step_header => rb.header("x-spes-step", v),
+            _ => rb,
+        };
         let sent = http::execute(
             name,
             rb,

@@ -47,6 +47,8 @@ pub struct HttpProviderConfig {
     pub stream: bool,
     /// Connect, first-byte and idle timeouts.
     pub timeouts: Timeouts,
+    /// Send the step key in an `x-spes-step` header.
+    pub step_header: bool,
 }
 
 impl HttpProviderConfig {
@@ -61,7 +63,15 @@ impl HttpProviderConfig {
             max_tokens: None,
             stream: true,
             timeouts: Timeouts::default(),
+            step_header: false,
         }
+    }
+
+    /// Sends the step key in an `x-spes-step` header.
+    #[must_use]
+    pub fn with_step_header(mut self, on: bool) -> Self {
+        self.step_header = on;
+        self
     }
 
     /// Sets the default model.
@@ -166,6 +176,7 @@ impl HttpProviderConfig {
             max_tokens: spec.max_tokens,
             stream: spec.stream.unwrap_or(true),
             timeouts,
+            step_header: spec.step_header.unwrap_or(false),
         })
     }
 }

@@ -144,6 +144,10 @@ impl OpenAiProvider {
             .post(self.url.clone())
             .headers(self.headers.clone())
             .json(&body);
+        let rb = match reqwest::header::HeaderValue::from_str(&cx.step_key) {
+            Ok(v) if self.cfg.step_header => rb.header("x-spes-step", v),
+            _ => rb,
+        };
         let sent = http::execute(
             name,
             rb,

@@ -38,7 +38,7 @@ impl Project {
         self.write(
             "spes.toml",
             &format!(
-                "[defaults]\nprovider = \"remote\"\n\n[providers.remote]\nkind = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"m\"\n"
+                "[defaults]\nprovider = \"remote\"\n\n[providers.remote]\nkind = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"m\"\nstep_header = true\n"
             ),
         );
     }
