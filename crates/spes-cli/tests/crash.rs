@@ -34,6 +34,8 @@ struct Scenario {
     /// Requests name their step in the `x-spes-step` header (patterns whose
     /// prompts the engine builds); `keys` is then learned from the reference run.
     by_header: bool,
+    /// Other files the workflow needs (sub-workflows), written beside it.
+    files: Vec<(&'static str, String)>,
 }
 
 impl Scenario {
@@ -80,6 +82,7 @@ fn chain(steps: usize, kills: usize) -> Scenario {
         kills,
         gate: false,
         by_header: false,
+        files: Vec::new(),
     }
 }
 
@@ -108,6 +111,7 @@ fn fan_out(children: usize, kills: usize) -> Scenario {
         kills,
         gate: false,
         by_header: false,
+        files: Vec::new(),
     }
 }
 
@@ -130,6 +134,7 @@ fn map_reduce(items: usize, kills: usize) -> Scenario {
         kills,
         gate: false,
         by_header: false,
+        files: Vec::new(),
     }
 }
 
@@ -179,6 +184,7 @@ fn pattern(name: &'static str, yaml: &str, kills: usize) -> Scenario {
         kills,
         gate: false,
         by_header: true,
+        files: Vec::new(),
     }
 }
 
@@ -186,6 +192,9 @@ fn pattern(name: &'static str, yaml: &str, kills: usize) -> Scenario {
 async fn uninterrupted(s: &Scenario) -> (Vec<u8>, Vec<RecordedRequest>) {
     let server = FakeServer::start().await.unwrap();
     let project = Project::new(&s.yaml, &server.openai_base_url());
+    for (name, text) in &s.files {
+        project.write(name, text);
+    }
     let mut exit = wait(project.spawn(&["run", "wf.yaml"])).await;
     if s.gate {
         assert_eq!(
@@ -216,6 +225,7 @@ async fn crash_and_resume(s: &Scenario) {
         learned = Scenario {
             keys: BTreeMap::new(),
             yaml: s.yaml.clone(),
+            files: s.files.clone(),
             ..*s
         };
         for r in &reference {
@@ -250,7 +260,13 @@ async fn crash_and_resume(s: &Scenario) {
             "seed {seed}: more lives than kills + 1"
         );
         let server = FakeServer::start().await.unwrap();
-        let p = project.get_or_insert_with(|| Project::new(&s.yaml, &server.openai_base_url()));
+        let p = project.get_or_insert_with(|| {
+            let p = Project::new(&s.yaml, &server.openai_base_url());
+            for (name, text) in &s.files {
+                p.write(name, text);
+            }
+            p
+        });
         p.point_at(&server.openai_base_url());
 
         // What is committed now: no request may ask for it again.
@@ -613,6 +629,73 @@ async fn quality_gate_and_refine_survive_4_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_pipeline_and_saga_survive_5_kills() {
     crash_and_resume(&pattern("fan_out_pipeline_saga", ORCH_YAML, 5)).await;
+}
+
+const MISC_YAML: &str = r#"name: crash_misc
+inputs: { text: { type: string, default: "the cache grows without bound" } }
+agents: { writer: { role: writer }, editor: { role: editor }, checker: { role: checker } }
+steps:
+  - name: chain
+    kind: sequence
+    agents: [writer, editor, checker]
+    task: "Release note about {{ text }}"
+    output: note
+  - name: urgent
+    kind: branch
+    branches:
+      - { name: yes, if: { ask: "Is this urgent? {{ text }}" }, steps: [ { name: page, kind: llm, prompt: "page on-call about {{ text }}", output: action } ] }
+    else:
+      - { name: ticket, kind: llm, prompt: "file a ticket about {{ text }}", output: action }
+  - name: child
+    kind: workflow
+    path: child.yaml
+    inputs: { topic: "{{ text }}" }
+    output: child
+  - name: safe
+    kind: llm
+    prompt: "a summary of {{ note }} and {{ child }}"
+    retry: { attempts: 3, backoff: constant, base: 10ms }
+    timeout: 30s
+    degrade: [ { provider: remote } ]
+    output: summary
+output: summary
+"#;
+
+const CHILD_YAML: &str = r#"name: child
+inputs: { topic: { type: string, required: true } }
+steps:
+  - { name: one, kind: llm, prompt: "first on {{ topic }}", output: one }
+  - { name: two, kind: llm, prompt: "second on {{ one }}", output: two }
+output: two
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sequence_ask_branch_sub_workflow_and_policies_survive_5_kills() {
+    let mut s = pattern("sequence_branch_workflow_policies", MISC_YAML, 5);
+    s.files.push(("child.yaml", CHILD_YAML.to_owned()));
+    crash_and_resume(&s).await;
+}
+
+const SCATTER_YAML: &str = r#"name: crash_sg
+inputs: { code: { type: string, default: "fn main() {}" } }
+steps:
+  - name: ask
+    kind: scatter_gather
+    sources:
+      - { name: docs, kind: llm, prompt: "docs about {{ code }}" }
+      - { name: forum, kind: llm, prompt: "forum about {{ code }}" }
+      - { name: issues, kind: llm, prompt: "issues about {{ code }}" }
+    timeout: 60s
+    gather: { name: merge, kind: llm, prompt: "merge {{ results.docs }} / {{ results.forum }} / {{ results.issues }}" }
+    output: asked
+output: asked
+"#;
+
+/// The window (60 s) is far longer than the run: every source arrives, so
+/// the output is deterministic; the window's start is journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scatter_gather_survives_3_kills() {
+    crash_and_resume(&pattern("scatter_gather", SCATTER_YAML, 3)).await;
 }
 
 /// A killed owner that its parent has not reaped yet (a zombie) is dead:
