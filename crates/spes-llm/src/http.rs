@@ -20,8 +20,10 @@ use futures::{Stream, StreamExt};
 use reqwest::header::HeaderMap;
 use reqwest::{Client, RequestBuilder, Response, Url};
 use spes_core::config::{ProviderKind, ProviderSpec, Timeouts};
+use spes_core::message::ChatResponse;
 
 use crate::error::{ProviderError, ProviderErrorKind};
+use crate::provider::CallContext;
 use crate::secret::SecretString;
 
 /// Largest successful response body read (non-streaming).
@@ -556,6 +558,39 @@ pub(crate) struct Sent {
     pub(crate) request_id: Option<String>,
     /// The body is `text/event-stream`.
     pub(crate) is_sse: bool,
+}
+
+/// Adds the `x-spes-step` header when the provider is configured to send it.
+pub(crate) fn with_step_header(
+    rb: RequestBuilder,
+    cfg: &HttpProviderConfig,
+    cx: &CallContext,
+) -> RequestBuilder {
+    match reqwest::header::HeaderValue::from_str(&cx.step_key) {
+        Ok(v) if cfg.step_header => rb.header("x-spes-step", v),
+        _ => rb,
+    }
+}
+
+/// Stamps a finished call with its request id and latency, and logs it.
+pub(crate) fn finish_call(
+    name: &str,
+    out: Result<ChatResponse, ProviderError>,
+    request_id: Option<String>,
+    started: std::time::Instant,
+) -> Result<ChatResponse, ProviderError> {
+    let mut out = out.map_err(|e| e.with_request_id(request_id.clone()))?;
+    out.request_id = request_id;
+    out.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::debug!(
+        provider = name,
+        model = out.model.as_deref(),
+        request_id = out.request_id.as_deref(),
+        latency_ms = out.latency_ms,
+        output_tokens = out.usage.output_tokens,
+        "model call finished"
+    );
+    Ok(out)
 }
 
 /// Sends the request; turns a non-success status into a classified error

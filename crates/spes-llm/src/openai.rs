@@ -144,10 +144,7 @@ impl OpenAiProvider {
             .post(self.url.clone())
             .headers(self.headers.clone())
             .json(&body);
-        let rb = match reqwest::header::HeaderValue::from_str(&cx.step_key) {
-            Ok(v) if self.cfg.step_header => rb.header("x-spes-step", v),
-            _ => rb,
-        };
+        let rb = http::with_step_header(rb, &self.cfg, cx);
         let sent = http::execute(
             name,
             rb,
@@ -158,23 +155,12 @@ impl OpenAiProvider {
         )
         .await?;
         let request_id = sent.request_id.clone();
-        let mut out = if sent.is_sse {
+        let out = if sent.is_sse {
             self.read_stream(sent, cx).await
         } else {
             self.read_json(sent, cx).await
-        }
-        .map_err(|e| e.with_request_id(request_id.clone()))?;
-        out.request_id = request_id;
-        out.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        tracing::debug!(
-            provider = name,
-            model = out.model.as_deref(),
-            request_id = out.request_id.as_deref(),
-            latency_ms = out.latency_ms,
-            output_tokens = out.usage.output_tokens,
-            "model call finished"
-        );
-        Ok(out)
+        };
+        http::finish_call(name, out, request_id, started)
     }
 
     async fn read_json(&self, sent: Sent, cx: &CallContext) -> Result<ChatResponse, ProviderError> {
