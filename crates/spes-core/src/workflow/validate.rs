@@ -90,6 +90,9 @@ fn validate_nested(
         file: file.to_owned(),
         file_arc: Arc::from(file),
         text: Arc::new(text.to_owned()),
+        line_starts: std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
         env: *env,
         diags: Diagnostics::default(),
         components: BTreeMap::new(),
@@ -160,6 +163,8 @@ impl Known {
 struct Validator<'a> {
     /// Files that include this one, outermost first (cycle detection).
     stack: Vec<std::path::PathBuf>,
+    /// Byte offset where each line of the file starts (for step locations).
+    line_starts: Vec<usize>,
     /// Reusable step definitions (`definitions:`).
     definitions: BTreeMap<String, Spanned<StepSpec>>,
     /// Sub-workflow files used, at any depth.
@@ -240,7 +245,19 @@ impl Validator<'_> {
     }
 
     fn loc(&self, at: Sp) -> Loc {
-        let (line, col) = at.map_or((0, 0), |(o, _)| line_col_of(&self.text, o));
+        // Binary search over line starts: every step has a location, so a
+        // scan from the top of the file per step would be quadratic.
+        let (line, col) = at.map_or((0, 0), |(o, _)| {
+            let o = o.min(self.text.len());
+            let line = self.line_starts.partition_point(|&start| start <= o);
+            let start = self
+                .line_starts
+                .get(line.saturating_sub(1))
+                .copied()
+                .unwrap_or(0);
+            let col = self.text.get(start..o).map_or(1, |t| t.chars().count() + 1);
+            (line, col)
+        });
         Loc {
             file: self.file_arc.clone(),
             line,
@@ -939,8 +956,9 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|w| self.condition(w, known, &format!("{what} `when`")));
         let loc = self.loc(first_at);
-        let snapshot = known.clone();
-        let policies = self.policies(&s, kind_name, &snapshot, &path, &name);
+        // Only a `when` step needs the keys as they were before it.
+        let snapshot = when.is_some().then(|| known.clone());
+        let policies = self.policies(&s, kind_name, known, &path, &name);
         let step_kind = match kind_name {
             "llm" => StepKind::Llm(Box::new(self.llm(&s, known, &what, kind_at)?)),
             "transform" => StepKind::Transform(self.transform(&s, known, &what, kind_at)?),
@@ -1007,7 +1025,7 @@ impl Validator<'_> {
                 );
             }
         }
-        if when.is_some() {
+        if let Some(snapshot) = snapshot {
             // A skipped step writes nothing: its writes are only "maybe".
             let after = known.clone();
             *known = Known::join(&snapshot, &[after, snapshot.clone()]);
