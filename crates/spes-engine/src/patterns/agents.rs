@@ -126,7 +126,8 @@ fn llm_step(prompt: &str) -> Result<LlmStep, TemplateError> {
     })
 }
 
-fn step(name: &str, kind: StepKind) -> Step {
+/// A bare step (no output, condition or policies); shared by the pattern builders.
+pub(super) fn step(name: &str, kind: StepKind) -> Step {
     Step {
         name: name.to_owned(),
         output: None,

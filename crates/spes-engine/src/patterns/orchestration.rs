@@ -55,10 +55,12 @@ use std::time::Duration;
 
 use spes_core::template::{Template, TemplateError};
 use spes_core::workflow::{
-    FanOutStep, Input, InputType, Loc, MapStep, OnError, PipelineStep, ReduceStep, SagaAction,
-    SagaStep, ScatterGatherStep, Step, StepKind, TransformStep, Workflow,
+    FanOutStep, Input, InputType, MapStep, OnError, PipelineStep, ReduceStep, SagaAction, SagaStep,
+    ScatterGatherStep, Step, StepKind, TransformStep, Workflow,
     orchestration::DEFAULT_MAP_CONCURRENCY,
 };
+
+use super::agents::step;
 
 /// Sets the context key a step writes.
 pub trait StepExt {
@@ -71,17 +73,6 @@ impl StepExt for Step {
     fn output(mut self, key: &str) -> Step {
         self.output = Some(key.to_owned());
         self
-    }
-}
-
-fn step(name: &str, kind: StepKind) -> Step {
-    Step {
-        name: name.to_owned(),
-        output: None,
-        when: None,
-        kind,
-        loc: Loc::default(),
-        policies: Default::default(),
     }
 }
 
