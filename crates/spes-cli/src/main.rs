@@ -8,6 +8,7 @@
 //! - 4: the run was cancelled
 //! - 5: the run store is unusable (damaged, locked, newer schema, permissions)
 
+mod doctor;
 mod gates;
 mod init;
 mod progress;
@@ -129,6 +130,8 @@ enum Command {
         /// Directory to create (or fill, if empty).
         dir: PathBuf,
     },
+    /// Which providers are usable, the key variables they want, where the local model is.
+    Doctor,
 }
 
 #[derive(clap::Args, Debug)]
@@ -335,6 +338,7 @@ fn main() -> ExitCode {
         }
         Command::Components(c) => cmd_components(config, c),
         Command::Init { dir } => init::init(&dir),
+        Command::Doctor => block(doctor::doctor(config, store)),
         Command::Pattern(PatternCmd::Suggest {
             independent_tasks,
             specialized_roles,
@@ -594,10 +598,12 @@ pub(crate) fn build_engine(
     interactive: bool,
 ) -> Result<Engine, Failure> {
     let default = project.default_provider(provider);
+    let progress = progress::Progress::new(quiet);
     let mut builder = Engine::builder()
         .default_provider(default.clone())
         .default_model(project.config.defaults.model.clone())
-        .observer(Arc::new(progress::Progress::new(quiet)));
+        .stream_deltas(progress.wants_deltas())
+        .observer(Arc::new(progress));
     if let Some(c) = capture {
         builder = builder.capture(c);
     }

@@ -1,6 +1,7 @@
 //! Progress on stderr: one line per finished step (✓/✗, elapsed), a live
 //! line for the running step on terminals.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,16 +11,25 @@ use spes_engine::{Event, Observer};
 pub(crate) struct Progress {
     tty: bool,
     quiet: bool,
-    state: Mutex<()>,
+    /// The streamed text of running llm steps (its tail), by step key.
+    state: Mutex<HashMap<String, String>>,
 }
+
+/// How much streamed text the live line shows.
+const LIVE_CHARS: usize = 60;
 
 impl Progress {
     pub(crate) fn new(quiet: bool) -> Self {
         Self {
             tty: std::io::stderr().is_terminal(),
             quiet,
-            state: Mutex::new(()),
+            state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether streamed text is shown (the engine only streams when asked).
+    pub(crate) fn wants_deltas(&self) -> bool {
+        self.tty && !self.quiet
     }
 }
 
@@ -39,9 +49,30 @@ impl Observer for Progress {
         if self.quiet {
             return;
         }
-        let _guard = self.state.lock();
+        let mut live = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut err = std::io::stderr().lock();
         match event {
+            Event::Delta { key, text } if self.tty => {
+                let tail = live.entry(key.clone()).or_default();
+                tail.push_str(text);
+                let n = tail.chars().count();
+                if n > LIVE_CHARS {
+                    let cut = tail
+                        .char_indices()
+                        .nth(n - LIVE_CHARS)
+                        .map_or(0, |(i, _)| i);
+                    tail.drain(..cut);
+                }
+                let shown: String = tail
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                let _ = write!(err, "\r\x1b[2K… {key}  \x1b[2m{shown}\x1b[0m");
+                let _ = err.flush();
+            }
             Event::StepStarted { key, kind, depth } if self.tty && matches!(*kind, "llm") => {
                 let _ = write!(err, "\r\x1b[2K{}… {key}", "  ".repeat(*depth));
                 let _ = err.flush();
@@ -54,6 +85,7 @@ impl Observer for Progress {
                 note,
                 ..
             } => {
+                live.remove(key);
                 let pad = "  ".repeat(*depth);
                 let note = note
                     .as_ref()

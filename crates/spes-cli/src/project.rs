@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use spes_core::component::ComponentRegistry;
-use spes_core::config::{ConfigSpec, ProviderKind, parse_config};
+use spes_core::config::{ConfigSpec, ProviderKind, ProviderSpec, parse_config};
 use spes_core::{Diagnostic, Diagnostics};
 use spes_llm::Provider;
 use spes_llm::scripted::ScriptedProvider;
@@ -171,8 +171,7 @@ impl Project {
                     .api_key_env
                     .as_ref()
                     .is_some_and(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty())),
-                ProviderKind::Scripted => true,
-                ProviderKind::Local => false,
+                ProviderKind::Scripted | ProviderKind::Local => true,
             };
             if usable {
                 return name.clone();
@@ -197,11 +196,56 @@ impl Project {
                     )
                 }
                 ProviderKind::Anthropic | ProviderKind::Openai => crate::http_provider(name, spec)?,
-                ProviderKind::Local => continue,
+                ProviderKind::Local => match self.local_provider(name, Some(spec)) {
+                    Some(p) => p,
+                    None => continue,
+                },
             };
             out.push(p);
         }
+        // `local` is always there (the offline default), unless a
+        // configured provider took the name. It loads nothing until used.
+        if !out.iter().any(|p| p.name() == "local")
+            && let Some(p) = self.local_provider("local", None)
+        {
+            out.push(p);
+        }
         Ok(out)
+    }
+
+    /// The settings of the local provider `spec` (the default model when `None`).
+    #[cfg(feature = "local")]
+    pub(crate) fn local_config(&self, spec: Option<&ProviderSpec>) -> spes_local::LocalConfig {
+        match spec {
+            Some(spec) => {
+                let mut c = spes_local::LocalConfig::from_spec(spec, &self.dir);
+                if let Some(p) = &spec.model_path {
+                    c.model_path = self.rel(p);
+                }
+                c
+            }
+            None => spes_local::LocalConfig::default_model(),
+        }
+    }
+
+    #[cfg(feature = "local")]
+    #[allow(clippy::unnecessary_wraps)]
+    fn local_provider(&self, name: &str, spec: Option<&ProviderSpec>) -> Option<Arc<dyn Provider>> {
+        Some(Arc::new(spes_local::LocalProvider::new(
+            name,
+            self.local_config(spec),
+        )))
+    }
+
+    /// Built without the `local` feature: there is no embedded model.
+    #[cfg(not(feature = "local"))]
+    #[allow(clippy::unused_self)]
+    fn local_provider(
+        &self,
+        _name: &str,
+        _spec: Option<&ProviderSpec>,
+    ) -> Option<Arc<dyn Provider>> {
+        None
     }
 
     /// Names of configured providers (for validation).

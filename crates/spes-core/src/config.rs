@@ -130,6 +130,10 @@ pub struct ProviderSpec {
     pub threads: Option<u32>,
     /// Context window in tokens (local provider).
     pub context: Option<u32>,
+    /// Generations at once, each with its own context (local provider).
+    pub slots: Option<u32>,
+    /// Sampling seed for temperatures above 0 (local provider).
+    pub seed: Option<u32>,
 }
 
 /// Timeouts as written (`"5s"`); see [`Timeouts`] for the parsed values.

@@ -1,0 +1,193 @@
+//! `spes doctor`: which providers are usable, which key variables they
+//! want (names only, never values), where the local model is, and whether
+//! the run store opens.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use spes_core::config::{ProviderKind, ProviderSpec};
+
+use crate::Failure;
+use crate::project::Project;
+
+/// One row of the provider table.
+struct Row {
+    name: String,
+    kind: &'static str,
+    ready: bool,
+    detail: String,
+}
+
+fn key_set(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty())
+}
+
+fn http_row(name: &str, spec: &ProviderSpec) -> Row {
+    let default_var = match spec.kind {
+        ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+        _ => "OPENAI_API_KEY",
+    };
+    let var = spec.api_key_env.as_deref();
+    let (ready, detail) = match var {
+        Some(v) if key_set(v) => (true, format!("key from ${v} (set)")),
+        Some(v) => (false, format!("wants its key in ${v}, which is not set")),
+        // An OpenAI-compatible local server (Ollama, vLLM) may need no key.
+        None if spec.base_url.is_some() => (true, "no key configured (api_key_env)".into()),
+        None => (
+            false,
+            format!("no api_key_env; set api_key_env = \"{default_var}\" in spes.toml"),
+        ),
+    };
+    let where_ = spec
+        .base_url
+        .as_deref()
+        .map(|u| format!(" · {u}"))
+        .unwrap_or_default();
+    Row {
+        name: name.to_owned(),
+        kind: spec.kind.as_str(),
+        ready,
+        detail: format!("{detail}{where_}"),
+    }
+}
+
+#[cfg(feature = "local")]
+fn local_row(project: &Project, name: &str, spec: Option<&ProviderSpec>) -> Row {
+    let c = project.local_config(spec);
+    let path = c.model_path.display();
+    let (ready, state) = match std::fs::metadata(&c.model_path) {
+        Ok(m) if m.is_file() => match spes_local::gguf::probe(&c.model_path) {
+            Ok(info) => (
+                true,
+                format!(
+                    "{path} ({:.0} MB, {}, {})",
+                    m.len() as f64 / 1e6,
+                    info.architecture
+                        .as_deref()
+                        .unwrap_or("unknown architecture"),
+                    info.name.as_deref().unwrap_or("unnamed"),
+                ),
+            ),
+            Err(e) => (false, format!("{path}: {e}")),
+        },
+        _ if c.is_default_model => (
+            false,
+            format!("{path} is missing; fetch it with scripts/fetch-model.sh"),
+        ),
+        _ => (false, format!("{path} is missing; check model_path")),
+    };
+    Row {
+        name: name.to_owned(),
+        kind: "local",
+        ready,
+        detail: format!(
+            "{state} · context {} · threads {} · slots {}",
+            c.context, c.threads, c.slots
+        ),
+    }
+}
+
+#[cfg(not(feature = "local"))]
+fn local_row(_project: &Project, name: &str, _spec: Option<&ProviderSpec>) -> Row {
+    Row {
+        name: name.to_owned(),
+        kind: "local",
+        ready: false,
+        detail: "this spes was built without the `local` feature".into(),
+    }
+}
+
+/// Runs `spes doctor`.
+pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result<(), Failure> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let project = Project::discover(config, &cwd)?;
+    let mut rows = Vec::new();
+    for (name, spec) in &project.config.providers {
+        rows.push(match spec.kind {
+            ProviderKind::Anthropic | ProviderKind::Openai => http_row(name, spec),
+            ProviderKind::Scripted => {
+                let script = spec.script.as_deref().unwrap_or(Path::new("answers.yaml"));
+                let path = project.rel(script);
+                Row {
+                    name: name.clone(),
+                    kind: "scripted",
+                    ready: path.is_file(),
+                    detail: if path.is_file() {
+                        path.display().to_string()
+                    } else {
+                        format!("{} is missing", path.display())
+                    },
+                }
+            }
+            ProviderKind::Local => local_row(&project, name, Some(spec)),
+        });
+    }
+    if !project.config.providers.contains_key("local") {
+        rows.push(local_row(&project, "local", None));
+    }
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "project   {}",
+        project.config_path.as_ref().map_or_else(
+            || format!("{} (no spes.toml: defaults)", project.dir.display()),
+            |p| p.display().to_string()
+        )
+    );
+    let default = project.default_provider(None);
+    let default_ready = rows.iter().any(|r| r.name == default && r.ready);
+    let _ = writeln!(
+        out,
+        "default   {default}{}",
+        if default_ready {
+            ""
+        } else {
+            " (not usable: see below)"
+        }
+    );
+    let url = store
+        .map(str::to_owned)
+        .or_else(|| project.config.store.url.clone())
+        .unwrap_or_else(|| "sqlite://.spes/spes.db".into());
+    let fresh = url
+        .strip_prefix("sqlite://")
+        .map(|p| project.rel(Path::new(p)))
+        .filter(|p| !p.exists());
+    let store_line = match fresh {
+        // Opening would create it; doctor only looks.
+        Some(p) => format!(
+            "{} (not created yet: the first run creates it)",
+            p.display()
+        ),
+        None => match crate::runs::open_store(&project, store).await {
+            Ok(s) => s.describe(),
+            Err(Failure::Store(e)) => format!("unusable: {e}"),
+            Err(Failure::Usage(m)) => format!("unusable: {m}"),
+            Err(_) => "unusable".into(),
+        },
+    };
+    let _ = writeln!(out, "store     {store_line}");
+    let _ = writeln!(out, "\nproviders:");
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "  {} {:width$}  {:9}  {}",
+            if r.ready { "✓" } else { "✗" },
+            r.name,
+            r.kind,
+            r.detail,
+        );
+    }
+    let _ = writeln!(out, "\nkey variables (names only; values are never shown):");
+    for var in ["ANTHROPIC_API_KEY", "OPENAI_API_KEY"] {
+        let _ = writeln!(
+            out,
+            "  {var:18} {}",
+            if key_set(var) { "set" } else { "not set" }
+        );
+    }
+    print!("{out}");
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The embedded model end to end through `spes`: the offline default, a
+//! degrade from a failing remote provider to `local`, and a crash after a
+//! local call whose resume does not run the model again.
+//! Needs the default model (`scripts/fetch-model.sh`; `scripts/test.sh` fetches it).
+#![cfg(feature = "local")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "crash/harness.rs"]
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use harness::{Project, sigkill, wait};
+use spes_fake_llm::{FakeResponse, FakeServer};
+use spes_store::{RunStatus, RunStore};
+
+const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+fn model_path() -> std::path::PathBuf {
+    let p = spes_local::default_model_path();
+    assert!(
+        p.is_file(),
+        "the default model is not at {}; run scripts/fetch-model.sh (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+const CHAIN: &str = r#"name: local_chain
+inputs:
+  text: { type: string, default: "The release adds offline runs, faster resumes and clearer errors." }
+steps:
+  - { name: summary, kind: llm, prompt: "Summarise in one sentence: {{ text }}", max_tokens: 32, output: summary }
+  - { name: title, kind: llm, prompt: "Write a short title for: {{ summary }}", max_tokens: 12, output: title }
+output: title
+"#;
+
+#[tokio::test]
+async fn with_no_provider_and_no_key_workflows_run_on_the_local_model() {
+    model_path();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wf.yaml"), CHAIN).unwrap();
+    // No spes.toml at all: no provider configured, no key in the environment.
+    let run = |args: &[&str]| {
+        let out = harness::spes_command(dir.path(), args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "spes {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let first = run(&["run", "wf.yaml", "--json"]);
+    let ctx: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let title = ctx["title"].as_str().unwrap();
+    let summary = ctx["summary"].as_str().unwrap();
+    assert!(
+        !title.trim().is_empty() && !summary.trim().is_empty(),
+        "{ctx}"
+    );
+    // Greedy: the same run gives the same text.
+    let again = run(&["run", "wf.yaml", "--json"]);
+    let ctx2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(ctx["title"], ctx2["title"]);
+    // The journal records the local model like any provider's answer.
+    let store = spes_store::sqlite::SqliteStore::open(
+        &dir.path().join(".spes/spes.db"),
+        spes_store::sqlite::SqliteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let runs = store.list_runs(None, 10).await.unwrap();
+    let entries = store.entries(&runs[0].id).await.unwrap();
+    let models: Vec<_> = entries.iter().filter(|e| e.kind == "model").collect();
+    assert_eq!(models.len(), 2);
+    for e in models {
+        assert_eq!(e.payload["response"]["model"], MODEL, "{}", e.payload);
+        assert!(
+            e.payload["response"]["usage"]["output_tokens"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_model_file_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wf.yaml"), CHAIN).unwrap();
+    let out = harness::spes_command(dir.path(), &["run", "wf.yaml", "--no-store"])
+        .env("SPES_MODEL_DIR", dir.path().join("no-models-here"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found"), "{err}");
+    assert!(err.contains("scripts/fetch-model.sh"), "{err}");
+}
+
+#[tokio::test]
+async fn a_failing_remote_provider_degrades_to_local() {
+    model_path();
+    let server = FakeServer::start().await.unwrap();
+    server.set_default(FakeResponse::server_error());
+    let wf = r#"name: degrade_to_local
+steps:
+  - name: answer
+    kind: llm
+    prompt: "Name one planet."
+    max_tokens: 12
+    retry: { attempts: 2, base: 10ms, jitter: false }
+    degrade: [ { provider: remote, name: remote }, { provider: local, name: offline model } ]
+    output: answer
+output: answer
+"#;
+    let p = Project::new(wf, &server.openai_base_url());
+    let exit = wait(p.spawn(&["run", "wf.yaml", "--json"])).await;
+    assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
+    let ctx: serde_json::Value = serde_json::from_slice(&exit.stdout).unwrap();
+    assert!(!ctx["answer"].as_str().unwrap().trim().is_empty(), "{ctx}");
+    assert_eq!(ctx["answer_served_by"]["by"], "degrade2", "{ctx}");
+    assert_eq!(ctx["answer_served_by"]["degraded"], true);
+    // The remote level was really tried, with its retry, before local served.
+    assert_eq!(server.request_count(), 2);
+    let store = p.store().await;
+    let run = &store.list_runs(None, 1).await.unwrap()[0];
+    let served = store
+        .entry(&run.id, "answer#degrade2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        served.payload["response"]["model"], MODEL,
+        "{}",
+        served.payload
+    );
+}
+
+#[tokio::test]
+async fn a_finished_local_call_is_not_repeated_after_a_crash() {
+    let model = model_path();
+    let server = FakeServer::start().await.unwrap();
+    server.set_default(FakeResponse::text("a remote answer"));
+    let wf = r#"name: local_then_remote
+steps:
+  - { name: draft, kind: llm, provider: local, prompt: "Write one sentence about rivers.", max_tokens: 24, output: draft }
+  - { name: polish, kind: llm, prompt: "Polish: {{ draft }}", output: polished }
+output: polished
+"#;
+    let p = Project::new(wf, &server.openai_base_url());
+    let toml = |model_path: &str| {
+        format!(
+            "[defaults]\nprovider = \"remote\"\n\n[providers.remote]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n\n[providers.local]\nkind = \"local\"\nmodel_path = \"{model_path}\"\ncontext = 1024\n",
+            server.openai_base_url()
+        )
+    };
+    p.write("spes.toml", &toml(&model.display().to_string()));
+
+    // The remote call (after the local one) kills the process.
+    let pid = Arc::new(AtomicU32::new(0));
+    let hook_pid = Arc::clone(&pid);
+    server.on_request(move |n| {
+        if n != 1 {
+            return;
+        }
+        let t = Instant::now();
+        let mut p = hook_pid.load(Ordering::SeqCst);
+        while p == 0 {
+            assert!(t.elapsed() < Duration::from_secs(10), "no pid to kill");
+            std::thread::yield_now();
+            p = hook_pid.load(Ordering::SeqCst);
+        }
+        sigkill(p);
+    });
+    let child = p.spawn(&["run", "wf.yaml"]);
+    pid.store(child.id(), Ordering::SeqCst);
+    let exit = wait(child).await;
+    assert_eq!(exit.signal(), Some(9), "expected a kill: {}", exit.stderr);
+
+    let store = p.store().await;
+    let run = store.list_runs(None, 1).await.unwrap().remove(0);
+    let draft = store
+        .entry(&run.id, "draft")
+        .await
+        .unwrap()
+        .expect("draft committed before the kill");
+    assert_eq!(draft.payload["response"]["model"], MODEL);
+    assert!(store.entry(&run.id, "polish").await.unwrap().is_none());
+    store.close().await;
+
+    // Resume with the model file gone: only a replay of `draft` can succeed.
+    p.write("spes.toml", &toml("/nonexistent/model.gguf"));
+    let exit = wait(p.spawn(&["resume", &run.id.to_string()])).await;
+    assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
+    assert_eq!(exit.stdout_text().trim(), "a remote answer");
+    let store = p.store().await;
+    let after = store.entry(&run.id, "draft").await.unwrap().unwrap();
+    assert_eq!(
+        after, draft,
+        "the local answer is the one committed before the crash"
+    );
+    let polish = server.last_request().unwrap();
+    let draft_text = draft.payload["response"]["text"].as_str().unwrap();
+    let first_word = draft_text.split_whitespace().next().unwrap();
+    assert!(
+        polish.raw_body.contains(first_word),
+        "the resumed remote call is built on the recorded local answer"
+    );
+    assert_eq!(
+        store.run(&run.id).await.unwrap().unwrap().status,
+        RunStatus::Completed
+    );
+}
+
+#[tokio::test]
+async fn on_a_terminal_the_progress_line_streams_the_local_answer() {
+    model_path();
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("this test needs `script` (util-linux) to give spes a terminal");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wf.yaml"), CHAIN).unwrap();
+    let spes = env!("CARGO_BIN_EXE_spes");
+    // `script` runs spes on a pseudo-terminal and copies what it printed.
+    let log = dir.path().join("tty.log");
+    let status = std::process::Command::new("script")
+        .current_dir(dir.path())
+        .args(["-qec", &format!("{spes} run wf.yaml --no-store")])
+        .arg(&log)
+        .env_remove("SPES_CONFIG")
+        .env_remove("SPES_PROVIDER")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    // Several live redraws of the summary step, each longer than the last.
+    let live: Vec<&str> = text
+        .split("\r\x1b[2K")
+        .filter(|l| l.starts_with("… summary  "))
+        .collect();
+    assert!(live.len() > 3, "no streamed progress: {text:?}");
+    assert!(text.contains("✓\x1b[0m summary"), "{text:?}");
+}

@@ -1,0 +1,374 @@
+//! Loading a GGUF model once per process, and one generation on it.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use spes_core::message::{ChatRequest, Role, StopReason};
+
+use crate::gguf::{self, GgufInfo, ProbeError};
+use crate::text::{Pushed, TextBuilder};
+
+/// Why a model could not be loaded or run. The provider turns these into
+/// [`spes_llm::ProviderError`]s.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The model file is not there.
+    #[error("model file {} not found{}", path.display(), fix_hint(*default))]
+    Missing {
+        /// The path looked at.
+        path: PathBuf,
+        /// Whether it is the default model's place.
+        default: bool,
+    },
+    /// The file is there but is not a usable GGUF file.
+    #[error("{}: {source}", path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ProbeError,
+    },
+    /// llama.cpp refused the file.
+    #[error(
+        "llama.cpp could not load {} (GGUF v{}, architecture `{}`): the architecture is not supported by this build of llama.cpp, or the file is damaged",
+        path.display(), info.version, info.architecture.as_deref().unwrap_or("unknown")
+    )]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// Its header.
+        info: GgufInfo,
+    },
+    /// llama.cpp could not make a context (memory for the KV cache).
+    #[error(
+        "could not create a context of {context} tokens for {} (its KV cache needs about {kv_mib} MiB): not enough memory; lower `context` in spes.toml",
+        path.display()
+    )]
+    Context {
+        /// The file.
+        path: PathBuf,
+        /// Requested context size in tokens.
+        context: u32,
+        /// Estimated KV cache size.
+        kv_mib: u64,
+    },
+    /// The prompt does not fit the context window.
+    #[error(
+        "the prompt is {prompt} tokens but the context window is {context}; shorten the prompt or raise `context` in spes.toml"
+    )]
+    ContextOverflow {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Context size.
+        context: u32,
+    },
+    /// The backend failed (chat template, decoding).
+    #[error("{0}")]
+    Backend(String),
+}
+
+fn fix_hint(default: bool) -> &'static str {
+    if default {
+        "; fetch the default model with `scripts/fetch-model.sh` (from the spes repository), or set `model_path` under [providers.local] in spes.toml"
+    } else {
+        "; check `model_path` in spes.toml (relative paths start at the project directory)"
+    }
+}
+
+/// Settings for one generation.
+#[derive(Debug, Clone)]
+pub(crate) struct Sampling {
+    pub(crate) max_tokens: u32,
+    pub(crate) temperature: f32,
+    pub(crate) seed: u32,
+}
+
+/// What one generation produced.
+#[derive(Debug)]
+pub(crate) struct Generated {
+    pub(crate) text: String,
+    pub(crate) stop: StopReason,
+    pub(crate) prompt_tokens: usize,
+    pub(crate) output_tokens: usize,
+    /// Time to process the prompt (until the first token could be sampled).
+    pub(crate) prompt_time: Duration,
+    /// Time from the first to the last sampled token.
+    pub(crate) gen_time: Duration,
+}
+
+/// A model loaded into memory. Lives for the rest of the process (models
+/// are cached by path; see [`load`]), so contexts can borrow it for
+/// `'static` and be kept between calls.
+pub(crate) struct Model {
+    pub(crate) path: PathBuf,
+    pub(crate) info: GgufInfo,
+    pub(crate) llama: &'static LlamaModel,
+    template: LlamaChatTemplate,
+    pub(crate) load_time: Duration,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend() -> Result<&'static LlamaBackend, LocalError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp logs to stderr by default; route it to `tracing`
+            // (silent unless the embedding program installs a subscriber).
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| LocalError::Backend(format!("llama.cpp backend: {e}")))
+}
+
+/// Creating contexts concurrently is unsound in llama.cpp (it may write to
+/// the model); every context is made under this lock.
+static CONTEXT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Loads the model at `path`, or returns the copy this process already
+/// loaded. Blocking (call it off the async runtime).
+pub(crate) fn load(path: &Path, is_default: bool) -> Result<Arc<Model>, LocalError> {
+    static MODELS: OnceLock<Mutex<HashMap<PathBuf, Arc<Model>>>> = OnceLock::new();
+    let models = MODELS.get_or_init(Mutex::default);
+    let key = std::fs::canonicalize(path).map_err(|_| LocalError::Missing {
+        path: path.to_path_buf(),
+        default: is_default,
+    })?;
+    // Held across the load: a second caller waits for the first copy
+    // instead of loading another.
+    let mut cache = models
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(m) = cache.get(&key) {
+        return Ok(Arc::clone(m));
+    }
+    let info = gguf::probe(&key).map_err(|source| LocalError::BadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let backend = backend()?;
+    let started = Instant::now();
+    let llama =
+        LlamaModel::load_from_file(backend, &key, &LlamaModelParams::default()).map_err(|_| {
+            LocalError::Unsupported {
+                path: path.to_path_buf(),
+                info: info.clone(),
+            }
+        })?;
+    let load_time = started.elapsed();
+    // A model without a chat template gets ChatML, the most common one.
+    let template = llama
+        .chat_template(None)
+        .or_else(|_| LlamaChatTemplate::new("chatml"))
+        .map_err(|e| LocalError::Backend(format!("chat template: {e}")))?;
+    let model = Arc::new(Model {
+        path: path.to_path_buf(),
+        info,
+        llama: Box::leak(Box::new(llama)),
+        template,
+        load_time,
+    });
+    cache.insert(key, Arc::clone(&model));
+    Ok(model)
+}
+
+/// Context settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ContextSettings {
+    pub(crate) context: u32,
+    pub(crate) threads: u32,
+    pub(crate) threads_batch: u32,
+}
+
+impl Model {
+    /// A new inference context (KV cache) on this model.
+    pub(crate) fn new_context(
+        &self,
+        s: ContextSettings,
+    ) -> Result<LlamaContext<'static>, LocalError> {
+        let backend = backend()?;
+        let n_batch = s.context.min(2048);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(s.context))
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch.min(512))
+            .with_n_threads(i32::try_from(s.threads).unwrap_or(i32::MAX))
+            .with_n_threads_batch(i32::try_from(s.threads_batch).unwrap_or(i32::MAX));
+        let _guard = CONTEXT_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.llama
+            .new_context(backend, params)
+            .map_err(|_| LocalError::Context {
+                path: self.path.clone(),
+                context: s.context,
+                kv_mib: self.kv_bytes(s.context) >> 20,
+            })
+    }
+
+    /// Estimated KV cache size for `context` tokens at f16.
+    fn kv_bytes(&self, context: u32) -> u64 {
+        let m = self.llama;
+        let head_dim = u64::try_from(m.n_embd()).unwrap_or(0) / u64::from(m.n_head().max(1));
+        let kv_dim = head_dim * u64::from(m.n_head_kv());
+        u64::from(m.n_layer()) * u64::from(context) * kv_dim * 2 * 2
+    }
+
+    /// The prompt text for a request, through the model's chat template.
+    pub(crate) fn prompt(&self, req: &ChatRequest) -> Result<String, LocalError> {
+        let mut chat = Vec::with_capacity(req.messages.len() + 1);
+        let msg = |role: &str, content: &str| {
+            LlamaChatMessage::new(role.to_owned(), content.to_owned())
+                .map_err(|e| LocalError::Backend(format!("chat message: {e}")))
+        };
+        if let Some(system) = &req.system {
+            chat.push(msg("system", system)?);
+        }
+        for m in &req.messages {
+            let role = match m.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            chat.push(msg(role, &m.content)?);
+        }
+        self.llama
+            .apply_chat_template(&self.template, &chat, true)
+            .map_err(|e| LocalError::Backend(format!("chat template: {e}")))
+    }
+
+    /// Runs one generation on `ctx` (its KV cache is cleared first).
+    /// `on_text` receives text as it becomes final; `cancelled` stops the
+    /// loop between tokens.
+    pub(crate) fn generate(
+        &self,
+        ctx: &mut LlamaContext<'static>,
+        prompt: &str,
+        sampling: &Sampling,
+        stop: &[String],
+        cancelled: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generated, LocalError> {
+        let started = Instant::now();
+        ctx.clear_kv_cache();
+        let vocab = self.llama.vocab();
+        let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+        let n_ctx = ctx.n_ctx();
+        let n_ctx_usize = usize::try_from(n_ctx).unwrap_or(usize::MAX);
+        if tokens.len() >= n_ctx_usize {
+            return Err(LocalError::ContextOverflow {
+                prompt: tokens.len(),
+                context: n_ctx,
+            });
+        }
+        let n_batch = usize::try_from(ctx.n_batch()).unwrap_or(512).max(1);
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        let backend_err =
+            |what: &str, e: &dyn std::fmt::Display| LocalError::Backend(format!("{what}: {e}"));
+        // The prompt, in batches; only the last token's logits are needed.
+        let Some(last) = tokens.len().checked_sub(1) else {
+            return Err(LocalError::Backend("the prompt has no tokens".into()));
+        };
+        for (c, chunk) in tokens.chunks(n_batch).enumerate() {
+            batch.clear();
+            for (j, &tok) in chunk.iter().enumerate() {
+                let i = c * n_batch + j;
+                let pos = i32::try_from(i).map_err(|e| backend_err("position", &e))?;
+                batch
+                    .add(tok, pos, &[0], i == last)
+                    .map_err(|e| backend_err("batch", &e))?;
+            }
+            ctx.decode(&mut batch)
+                .map_err(|e| backend_err("prompt decode", &e))?;
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(LocalError::Backend("cancelled".into()));
+            }
+        }
+        let prompt_time = started.elapsed();
+        let gen_started = Instant::now();
+
+        let mut sampler = if sampling.temperature <= 0.0 {
+            LlamaSampler::greedy()
+        } else {
+            LlamaSampler::chain_simple([
+                LlamaSampler::top_k(40),
+                LlamaSampler::top_p(0.95, 1),
+                LlamaSampler::temp(sampling.temperature),
+                LlamaSampler::dist(sampling.seed),
+            ])
+        };
+        let mut out = TextBuilder::new(stop);
+        let mut piece = Vec::with_capacity(32);
+        let mut pos = tokens.len();
+        let mut produced = 0usize;
+        let max = usize::try_from(sampling.max_tokens).unwrap_or(usize::MAX);
+        let stop_reason = loop {
+            if produced >= max || pos >= n_ctx_usize {
+                break StopReason::MaxTokens;
+            }
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(LocalError::Backend("cancelled".into()));
+            }
+            let tok = sampler.sample(ctx, batch.n_tokens() - 1);
+            if vocab.is_eog(tok) {
+                break StopReason::EndTurn;
+            }
+            produced += 1;
+            piece.clear();
+            vocab.token_to_piece_into(tok, &mut piece, false, None);
+            match out.push(&piece) {
+                Pushed::Delta(d) => {
+                    if !d.is_empty() {
+                        on_text(d);
+                    }
+                }
+                Pushed::Stopped(d) => {
+                    if !d.is_empty() {
+                        on_text(d);
+                    }
+                    break StopReason::StopSequence;
+                }
+            }
+            batch.clear();
+            let p = i32::try_from(pos).map_err(|e| backend_err("position", &e))?;
+            batch
+                .add(tok, p, &[0], true)
+                .map_err(|e| backend_err("batch", &e))?;
+            ctx.decode(&mut batch)
+                .map_err(|e| backend_err("decode", &e))?;
+            pos += 1;
+        };
+        if stop_reason != StopReason::StopSequence {
+            let rest = out.finish();
+            if !rest.is_empty() {
+                on_text(rest);
+            }
+        }
+        Ok(Generated {
+            text: out.into_text(),
+            stop: stop_reason,
+            prompt_tokens: tokens.len(),
+            output_tokens: produced,
+            prompt_time,
+            gen_time: gen_started.elapsed(),
+        })
+    }
+}

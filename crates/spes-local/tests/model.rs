@@ -1,0 +1,231 @@
+//! The local provider on the real default model (SmolLM2-135M-Instruct).
+//! `scripts/test.sh` fetches it first (`scripts/fetch-model.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::{Arc, Mutex};
+
+use spes_core::message::{ChatRequest, StopReason};
+use spes_llm::{CallContext, Provider, ProviderErrorKind};
+use spes_local::{LocalConfig, LocalProvider, default_model_path};
+
+fn model_config() -> LocalConfig {
+    let path = default_model_path();
+    assert!(
+        path.is_file(),
+        "the default model is not at {}; run scripts/fetch-model.sh (scripts/test.sh does)",
+        path.display()
+    );
+    LocalConfig {
+        context: 1024,
+        ..LocalConfig::default_model()
+    }
+}
+
+fn request(text: &str, max_tokens: u32) -> ChatRequest {
+    let mut r = ChatRequest::user(text);
+    r.max_tokens = Some(max_tokens);
+    r
+}
+
+#[tokio::test]
+async fn greedy_generation_is_real_deterministic_and_bounded() {
+    let p = LocalProvider::new("local", model_config());
+    let req = request("Write one sentence about the sea.", 24);
+    let a = p.complete(&req, &CallContext::for_step("a")).await.unwrap();
+    let b = p.complete(&req, &CallContext::for_step("b")).await.unwrap();
+    assert!(!a.text.trim().is_empty(), "empty answer: {a:?}");
+    assert_eq!(a.text, b.text, "greedy decoding must repeat itself");
+    assert!(a.usage.output_tokens <= 24, "{:?}", a.usage);
+    assert!(a.usage.output_tokens > 0);
+    assert!(a.usage.input_tokens > 5, "{:?}", a.usage);
+    assert_eq!(a.model.as_deref(), Some("SmolLM2-135M-Instruct.Q4_1"));
+
+    // A tight max_tokens cuts the answer and says so.
+    let short = p
+        .complete(
+            &request("Write a long story about a dragon.", 3),
+            &CallContext::for_step("c"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(short.usage.output_tokens, 3);
+    assert_eq!(short.stop_reason, StopReason::MaxTokens);
+    assert!(a.text.len() > short.text.len());
+}
+
+#[tokio::test]
+async fn sampling_with_a_seed_repeats_itself() {
+    let c = LocalConfig {
+        seed: 7,
+        ..model_config()
+    };
+    let p = LocalProvider::new("local", c);
+    let mut req = request("Name three fruits.", 16);
+    req.temperature = Some(0.9);
+    let a = p.complete(&req, &CallContext::for_step("a")).await.unwrap();
+    let b = p.complete(&req, &CallContext::for_step("b")).await.unwrap();
+    assert!(!a.text.trim().is_empty());
+    assert_eq!(a.text, b.text, "same seed, same temperature, same answer");
+}
+
+#[tokio::test]
+async fn streams_deltas_that_join_into_the_answer() {
+    let p = LocalProvider::new("local", model_config());
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&seen);
+    let cx = CallContext {
+        step_key: "s".into(),
+        on_delta: Some(Arc::new(move |d: &str| {
+            sink.lock().unwrap().push(d.to_owned())
+        })),
+    };
+    let r = p
+        .complete(&request("Say hello to the world.", 20), &cx)
+        .await
+        .unwrap();
+    let deltas = seen.lock().unwrap().clone();
+    assert!(deltas.len() > 1, "expected several deltas: {deltas:?}");
+    assert_eq!(deltas.concat(), r.text);
+}
+
+#[tokio::test]
+async fn a_stop_sequence_ends_the_answer_before_it() {
+    let p = LocalProvider::new("local", model_config());
+    let req = request("Count from one to ten in words, separated by commas.", 40);
+    let full = p.complete(&req, &CallContext::for_step("a")).await.unwrap();
+    // Stop at a piece of the greedy answer's second half: the rerun must
+    // end just before its first occurrence.
+    let mid = full.text.len() / 2;
+    let start = (mid..full.text.len())
+        .find(|&i| full.text.is_char_boundary(i) && full.text[i..].chars().count() >= 3)
+        .expect("a long enough answer");
+    let stop: String = full.text[start..].chars().take(3).collect();
+    let cut = full.text.find(&stop).unwrap();
+    let mut with_stop = req.clone();
+    with_stop.stop = vec![stop.clone()];
+    let seen = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&seen);
+    let cx = CallContext {
+        step_key: "b".into(),
+        on_delta: Some(Arc::new(move |d: &str| sink.lock().unwrap().push_str(d))),
+    };
+    let r = p.complete(&with_stop, &cx).await.unwrap();
+    assert_eq!(
+        r.stop_reason,
+        StopReason::StopSequence,
+        "stop {stop:?} in {:?}",
+        full.text
+    );
+    assert_eq!(r.text, full.text[..cut]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        r.text,
+        "the stop sequence is never streamed"
+    );
+}
+
+#[tokio::test]
+async fn a_prompt_longer_than_the_context_is_an_overflow_error() {
+    let c = LocalConfig {
+        context: 64,
+        ..model_config()
+    };
+    let p = LocalProvider::new("local", c);
+    // llama.cpp rounds small contexts up (to 256 tokens today): far past that.
+    let long = "word ".repeat(2000);
+    let e = p
+        .complete(&request(&long, 8), &CallContext::for_step("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ProviderErrorKind::ContextOverflow, "{e}");
+    assert!(e.to_string().contains("context window is"), "{e}");
+    // The provider still works afterwards.
+    let ok = p
+        .complete(&request("Hi", 4), &CallContext::for_step("y"))
+        .await
+        .unwrap();
+    assert!(!ok.text.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_one_model_and_queue_for_slots() {
+    let p = Arc::new(LocalProvider::new("local", model_config()));
+    let q = LocalProvider::new("other", model_config());
+    // Two providers on one file: one load.
+    assert_eq!(p.load().await.unwrap(), q.load().await.unwrap());
+    let reqs = ["Name a colour.", "Name an animal.", "Name a city."];
+    let alone: Vec<String> = {
+        let mut v = Vec::new();
+        for r in reqs {
+            v.push(
+                p.complete(&request(r, 12), &CallContext::for_step("a"))
+                    .await
+                    .unwrap()
+                    .text,
+            );
+        }
+        v
+    };
+    let together = futures_join(&p, &reqs).await;
+    assert_eq!(
+        alone, together,
+        "concurrency must not change greedy answers"
+    );
+}
+
+async fn futures_join(p: &Arc<LocalProvider>, reqs: &[&str]) -> Vec<String> {
+    let handles: Vec<_> = reqs
+        .iter()
+        .map(|r| {
+            let p = Arc::clone(p);
+            let req = request(r, 12);
+            tokio::spawn(async move { p.complete(&req, &CallContext::for_step("c")).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap().unwrap().text);
+    }
+    out
+}
+
+#[tokio::test]
+async fn load_errors_name_the_problem_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = LocalProvider::new(
+        "local",
+        LocalConfig {
+            is_default_model: true,
+            ..LocalConfig::new(dir.path().join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        },
+    );
+    let e = missing
+        .complete(&request("hi", 4), &CallContext::for_step("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ProviderErrorKind::Config);
+    assert!(e.to_string().contains("not found"), "{e}");
+    assert!(e.to_string().contains("scripts/fetch-model.sh"), "{e}");
+
+    let text = dir.path().join("notes.gguf");
+    std::fs::write(&text, "just some text, not a model").unwrap();
+    let e = LocalProvider::new("local", LocalConfig::new(&text))
+        .load()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not a GGUF model file"), "{e}");
+
+    let alien = dir.path().join("alien.gguf");
+    std::fs::write(
+        &alien,
+        spes_local::gguf::minimal_header(&[("general.architecture", "nonesuch")]),
+    )
+    .unwrap();
+    let e = LocalProvider::new("local", LocalConfig::new(&alien))
+        .load()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("architecture `nonesuch`"), "{e}");
+    assert!(e.to_string().contains("not supported"), "{e}");
+}
