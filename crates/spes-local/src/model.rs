@@ -191,6 +191,14 @@ pub(crate) fn load(path: &Path, is_default: bool) -> Result<Arc<Model>, LocalErr
     Ok(model)
 }
 
+/// Memory available to new allocations (Linux `MemAvailable`), if known.
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Context settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ContextSettings {
@@ -213,16 +221,21 @@ impl Model {
             .with_n_ubatch(n_batch.min(512))
             .with_n_threads(i32::try_from(s.threads).unwrap_or(i32::MAX))
             .with_n_threads_batch(i32::try_from(s.threads_batch).unwrap_or(i32::MAX));
+        let too_big = || LocalError::Context {
+            path: self.path.clone(),
+            context: s.context,
+            kv_mib: self.kv_bytes(s.context) >> 20,
+        };
+        // Refuse at once what cannot fit: llama.cpp would try (slowly) first.
+        if mem_available().is_some_and(|avail| self.kv_bytes(s.context) > avail) {
+            return Err(too_big());
+        }
         let _guard = CONTEXT_LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.llama
             .new_context(backend, params)
-            .map_err(|_| LocalError::Context {
-                path: self.path.clone(),
-                context: s.context,
-                kv_mib: self.kv_bytes(s.context) >> 20,
-            })
+            .map_err(|_| too_big())
     }
 
     /// Estimated KV cache size for `context` tokens at f16.

@@ -229,3 +229,21 @@ async fn load_errors_name_the_problem_and_the_fix() {
     assert!(e.to_string().contains("architecture `nonesuch`"), "{e}");
     assert!(e.to_string().contains("not supported"), "{e}");
 }
+
+#[tokio::test]
+async fn a_context_too_large_for_memory_is_a_clear_error() {
+    // 2^28 tokens: a KV cache of terabytes, which no machine here has.
+    let c = LocalConfig {
+        context: 1 << 28,
+        ..model_config()
+    };
+    let p = LocalProvider::new("local", c);
+    let e = p
+        .complete(&request("Hi", 4), &CallContext::for_step("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ProviderErrorKind::Config, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("not enough memory"), "{msg}");
+    assert!(msg.contains("lower `context`"), "{msg}");
+}
