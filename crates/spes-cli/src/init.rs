@@ -12,7 +12,10 @@ const FILES: &[(&str, &str)] = &[
 [defaults]
 # Steps and agents that name no provider use this one. `offline` answers from
 # answers.yaml, so the project runs with no API key. To use a real model:
+#   provider = "local"    the embedded model, offline (scripts/fetch-model.sh
+#                         in the spes repository fetches it; `spes doctor` shows where)
 #   export ANTHROPIC_API_KEY=...   and set provider = "claude"
+# Or pass --provider local (or claude) to `spes run`.
 provider = "offline"
 
 [providers.offline]

@@ -37,8 +37,9 @@ use spes_core::message::ChatRequest;
 use spes_llm::{CallContext, Provider};
 use spes_local::{LocalConfig, LocalProvider, default_model_path};
 
-const PROMPT: &str = "Summarise in two sentences why the sky is blue, for a curious ten-year-old who likes science and asks many questions.";
-const GEN_TOKENS: u32 = 128;
+/// About 300 prompt tokens (a passage to work on) asking for a long answer.
+const PROMPT: &str = "Read this passage.\n\nThe harbour town woke before dawn. Fishing boats slid out past the breakwater while the bakery on the quay lit its ovens, and the smell of bread drifted over the water. By six the market stalls were up: crates of mackerel and crab, baskets of apples from the hill farms, rope, nets, paint and tar for the boats. The harbour master walked the length of the pier as he had for thirty years, counting moorings, noting which boats had not come back from the night and which had come back heavy. In winter the storms closed the harbour for days at a time, and the town lived on what it had salted and stored; in summer visitors doubled its size, and the old sail loft became a gallery. The school at the top of the hill taught forty children, most of whom would leave for the cities, and some of whom would come back. The lifeboat station, rebuilt after the great storm, kept its crew of volunteers: a teacher, two fishermen, the baker's son and a retired nurse, who trained every Thursday evening whatever the weather.\n\nNow write a long, detailed essay of at least five paragraphs about life in this town through the seasons: the work, the people, the weather and the sea.";
+const GEN_TOKENS: u32 = 256;
 const ROUNDS: usize = 5;
 const CONTEXT: u32 = 2048;
 
@@ -265,7 +266,7 @@ fn main() {
     println!(
         "local model bench: {} · prompt \"{}…\" · greedy, {GEN_TOKENS} tokens max · context {CONTEXT} · best of {ROUNDS}",
         path.file_name().unwrap().to_string_lossy(),
-        &PROMPT[..30]
+        &PROMPT[..18]
     );
     println!("default threads here: {}", spes_local::default_threads());
     println!(
