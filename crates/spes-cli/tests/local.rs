@@ -250,3 +250,67 @@ async fn on_a_terminal_the_progress_line_streams_the_local_answer() {
     assert!(live.len() > 3, "no streamed progress: {text:?}");
     assert!(text.contains("✓\x1b[0m summary"), "{text:?}");
 }
+
+#[test]
+fn doctor_shows_usable_providers_key_names_and_the_model_never_a_key() {
+    let model = model_path();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("spes.toml"),
+        "[providers.claude]\nkind = \"anthropic\"\napi_key_env = \"SPES_DOCTOR_KEY\"\n\n[providers.gpt]\nkind = \"openai\"\napi_key_env = \"SPES_DOCTOR_MISSING\"\n",
+    )
+    .unwrap();
+    let canary = "sk-canary-0123456789-doctor";
+    let out = harness::spes_command(dir.path(), &["doctor"])
+        .env("SPES_DOCTOR_KEY", canary)
+        .env_remove("SPES_DOCTOR_MISSING")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let all = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains(canary), "a key value was printed: {all}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with("  ") && l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {text}"))
+            .to_owned()
+    };
+    let claude = line("claude");
+    assert!(
+        claude.starts_with("  ✓") && claude.contains("$SPES_DOCTOR_KEY (set)"),
+        "{text}"
+    );
+    let gpt = line("gpt");
+    assert!(
+        gpt.starts_with("  ✗") && gpt.contains("$SPES_DOCTOR_MISSING, which is not set"),
+        "{text}"
+    );
+    let local = line("local");
+    assert!(
+        local.starts_with("  ✓") && local.contains(&model.display().to_string()),
+        "{local}"
+    );
+    assert!(local.contains("llama"), "the GGUF architecture: {local}");
+    // The key is set, so `claude` is the default.
+    assert!(text.contains("default   claude"), "{text}");
+
+    // Without the model file, doctor says how to get it.
+    let out = harness::spes_command(dir.path(), &["doctor"])
+        .env("SPES_MODEL_DIR", dir.path().join("empty"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("default   local (not usable: see below)"),
+        "{text}"
+    );
+    let local = text
+        .lines()
+        .find(|l| l.starts_with("  ") && l.contains(" local "))
+        .unwrap();
+    assert!(
+        local.starts_with("  ✗") && local.contains("scripts/fetch-model.sh"),
+        "{local}"
+    );
+}
