@@ -299,15 +299,7 @@ async fn crash_and_resume(s: &Scenario) {
                 if n != k {
                     return;
                 }
-                // The child is started before it can send anything; its pid
-                // is stored right after spawn returns.
-                let t = Instant::now();
-                let mut p = pid.load(Ordering::SeqCst);
-                while p == 0 {
-                    assert!(t.elapsed() < Duration::from_secs(10), "no pid to kill");
-                    std::thread::yield_now();
-                    p = pid.load(Ordering::SeqCst);
-                }
+                let p = harness::spawned_pid(&pid);
                 // Flag first: the waiting test may see the death before kill(1) returns.
                 killed.store(true, Ordering::SeqCst);
                 sigkill(p);

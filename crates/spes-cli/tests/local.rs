@@ -10,7 +10,6 @@ mod harness;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use harness::{Project, sigkill, wait};
 use spes_fake_llm::{FakeResponse, FakeServer};
@@ -166,14 +165,7 @@ output: polished
         if n != 1 {
             return;
         }
-        let t = Instant::now();
-        let mut p = hook_pid.load(Ordering::SeqCst);
-        while p == 0 {
-            assert!(t.elapsed() < Duration::from_secs(10), "no pid to kill");
-            std::thread::yield_now();
-            p = hook_pid.load(Ordering::SeqCst);
-        }
-        sigkill(p);
+        sigkill(harness::spawned_pid(&hook_pid));
     });
     let child = p.spawn(&["run", "wf.yaml"]);
     pid.store(child.id(), Ordering::SeqCst);

@@ -168,6 +168,20 @@ pub(crate) fn sigkill(pid: u32) {
     assert!(status.success(), "kill -9 {pid} failed");
 }
 
+/// The pid a test stores in `pid` right after spawning the child (a
+/// request can reach the fake server before that store is seen).
+pub(crate) fn spawned_pid(pid: &std::sync::atomic::AtomicU32) -> u32 {
+    use std::sync::atomic::Ordering;
+    let t = std::time::Instant::now();
+    let mut p = pid.load(Ordering::SeqCst);
+    while p == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no pid to kill");
+        std::thread::yield_now();
+        p = pid.load(Ordering::SeqCst);
+    }
+    p
+}
+
 /// Keys of the model calls committed to the journal of `run`.
 pub(crate) async fn committed_model_keys(
     store: &SqliteStore,
