@@ -7,6 +7,8 @@
 //! - Temperature 0 (the default) is greedy decoding: the same prompt gives
 //!   the same answer, run after run. Above 0, sampling uses the configured
 //!   seed.
+//! - A request's JSON schema becomes a grammar (llama.cpp's converter) that
+//!   masks every token breaking it: the answer is valid JSON of that shape.
 //! - Generation stops at an end-of-generation token, a stop sequence (never
 //!   streamed, never in the answer) or `max_tokens`.
 //! - Usage (prompt and output tokens) and latency are reported like a

@@ -73,6 +73,9 @@ pub enum LocalError {
         /// Context size.
         context: u32,
     },
+    /// The request's JSON schema cannot be turned into a grammar.
+    #[error("the step's JSON schema cannot be enforced by the local model: {0}")]
+    Schema(String),
     /// The backend failed (chat template, decoding).
     #[error("{0}")]
     Backend(String),
@@ -92,6 +95,14 @@ pub(crate) struct Sampling {
     pub(crate) max_tokens: u32,
     pub(crate) temperature: f32,
     pub(crate) seed: u32,
+    /// A GBNF grammar the answer must follow (from the request's JSON schema).
+    pub(crate) grammar: Option<String>,
+}
+
+/// The GBNF grammar for a JSON schema (llama.cpp's own converter).
+pub(crate) fn schema_grammar(schema: &serde_json::Value) -> Result<String, LocalError> {
+    llama_cpp_2::json_schema_to_grammar(&schema.to_string())
+        .map_err(|e| LocalError::Schema(e.to_string()))
 }
 
 /// What one generation produced.
@@ -318,7 +329,7 @@ impl Model {
         let prompt_time = started.elapsed();
         let gen_started = Instant::now();
 
-        let mut sampler = if sampling.temperature <= 0.0 {
+        let pick = if sampling.temperature <= 0.0 {
             LlamaSampler::greedy()
         } else {
             LlamaSampler::chain_simple([
@@ -327,6 +338,15 @@ impl Model {
                 LlamaSampler::temp(sampling.temperature),
                 LlamaSampler::dist(sampling.seed),
             ])
+        };
+        let mut sampler = match &sampling.grammar {
+            // The grammar masks every token that would break the schema.
+            Some(g) => LlamaSampler::chain_simple([
+                LlamaSampler::grammar(self.llama, g, "root")
+                    .map_err(|e| LocalError::Schema(e.to_string()))?,
+                pick,
+            ]),
+            None => pick,
         };
         let mut out = TextBuilder::new(stop);
         let mut piece = Vec::with_capacity(32);

@@ -207,6 +207,7 @@ impl LocalProvider {
     fn error(&self, e: &LocalError) -> ProviderError {
         let kind = match e {
             LocalError::ContextOverflow { .. } => ProviderErrorKind::ContextOverflow,
+            LocalError::Schema(_) => ProviderErrorKind::InvalidRequest,
             _ => ProviderErrorKind::Config,
         };
         ProviderError::new(&self.name, kind, e.to_string()).with_provider_type("local")
@@ -270,10 +271,17 @@ impl Provider for LocalProvider {
             threads: self.config.threads,
             threads_batch: self.config.threads_batch,
         };
+        let grammar = req
+            .json_schema
+            .as_ref()
+            .map(model::schema_grammar)
+            .transpose()
+            .map_err(|e| self.error(&e))?;
         let sampling = Sampling {
             max_tokens: req.max_tokens.unwrap_or(self.config.max_tokens),
             temperature: req.temperature.unwrap_or(0.0),
             seed: self.config.seed,
+            grammar,
         };
         let stop = req.stop.clone();
         let on_delta = cx.on_delta.clone();

@@ -247,3 +247,34 @@ async fn a_context_too_large_for_memory_is_a_clear_error() {
     assert!(msg.contains("not enough memory"), "{msg}");
     assert!(msg.contains("lower `context`"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_json_schema_constrains_the_answer_to_valid_json() {
+    let p = LocalProvider::new("local", model_config());
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "label": { "type": "string", "enum": ["bug", "feature", "question"] },
+            "urgent": { "type": "boolean" }
+        },
+        "required": ["label", "urgent"],
+        "additionalProperties": false
+    });
+    let mut req = request(
+        "Classify this ticket: 'The login page crashes with a null pointer exception.'",
+        64,
+    );
+    req.json_schema = Some(schema);
+    let r = p
+        .complete(&req, &CallContext::for_step("classify"))
+        .await
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&r.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", r.text));
+    assert!(
+        ["bug", "feature", "question"].contains(&v["label"].as_str().unwrap()),
+        "{v}"
+    );
+    assert!(v["urgent"].is_boolean(), "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+}
