@@ -112,6 +112,8 @@ pub(crate) struct Exec<'e> {
     pub(crate) model_calls: u64,
     pub(crate) replayed: u64,
     pub(crate) usage: Usage,
+    /// Map items go to the shared work queue (a run executed by `spes worker`).
+    pub(crate) dist: Option<Arc<crate::worker::Dist>>,
 }
 
 pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
@@ -170,17 +172,20 @@ impl<'e> Exec<'e> {
             model_calls: 0,
             replayed: 0,
             usage: Usage::default(),
+            dist: None,
         }
     }
 
     /// A child execution for a parallel branch: same journal, a copy of the context.
     pub(crate) fn fork(&self) -> Self {
-        Self::new(
+        let mut e = Self::new(
             self.engine,
             self.ctx.clone(),
             self.journal.clone(),
             self.control.clone(),
-        )
+        );
+        e.dist = self.dist.clone();
+        e
     }
 
     /// Takes a finished child's writes and counters.
@@ -644,7 +649,7 @@ impl<'e> Exec<'e> {
     }
 
     /// Stops at once if the run was paused or cancelled by someone else.
-    async fn check_control(&self, key: &str, loc: &Loc) -> Result<(), Stop> {
+    pub(crate) async fn check_control(&self, key: &str, loc: &Loc) -> Result<(), Stop> {
         let Some(c) = &self.control else {
             return Ok(());
         };

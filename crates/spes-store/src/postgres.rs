@@ -67,6 +67,7 @@ pub type ConnectionHook = Arc<dyn Fn(&ConnectionEvent) + Send + Sync>;
 pub struct PostgresOptions {
     max_connections: u32,
     retry_for: Duration,
+    idle_in_transaction: Duration,
     on_connection: Option<ConnectionHook>,
 }
 
@@ -84,6 +85,7 @@ impl Default for PostgresOptions {
         Self {
             max_connections: 10,
             retry_for: Duration::from_secs(60),
+            idle_in_transaction: Duration::from_secs(5),
             on_connection: None,
         }
     }
@@ -102,6 +104,17 @@ impl PostgresOptions {
     #[must_use]
     pub fn with_retry_for(mut self, d: Duration) -> Self {
         self.retry_for = d;
+        self
+    }
+
+    /// How long the server lets a session sit idle inside a transaction
+    /// before it ends the session (`idle_in_transaction_session_timeout`,
+    /// default 5 s). spes's transactions last milliseconds; a process
+    /// frozen inside one (SIGSTOP, a debugger, a VM pause) would otherwise
+    /// hold its row locks, and with them its tasks, forever.
+    #[must_use]
+    pub fn with_idle_in_transaction_timeout(mut self, d: Duration) -> Self {
+        self.idle_in_transaction = d.max(Duration::from_millis(100));
         self
     }
 
@@ -177,7 +190,11 @@ impl PostgresStore {
         let shown = redact(url);
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::BadUrl(format!("{shown} ({e})")))?
-            .application_name("spes");
+            .application_name("spes")
+            .options([(
+                "idle_in_transaction_session_timeout",
+                format!("{}ms", opts.idle_in_transaction.as_millis()),
+            )]);
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(Duration::from_secs(5))

@@ -78,7 +78,12 @@ impl TestSchema {
 impl Drop for TestSchema {
     fn drop(&mut self) {
         let server = self.server.clone();
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        // A test that failed may leave a process holding locks: give up
+        // rather than wait forever (the schema then stays behind).
+        let sql = format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            self.name
+        );
         // Drop may run inside a runtime: do the blocking work on a thread of its own.
         let done = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
