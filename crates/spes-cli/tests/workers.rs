@@ -412,3 +412,181 @@ async fn a_worker_needs_a_shared_store() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("spes worker needs a shared store"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_share_one_circuit_breaker_per_provider() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let (sa, sb) = (
+        FakeServer::start().await.unwrap(),
+        FakeServer::start().await.unwrap(),
+    );
+    // The provider is down behind both workers.
+    sa.set_default(spes_fake_llm::FakeResponse::server_error());
+    sb.set_default(spes_fake_llm::FakeResponse::server_error());
+    let submit = Dir::new(&sa.openai_base_url());
+    let topics: Vec<String> = (0..20).map(|i| format!("\"t{i}\"")).collect();
+    submit.write(
+        "wf.yaml",
+        &format!(
+            "name: down\ninputs:\n  topics: {{ type: list, default: [{}] }}\nsteps:\n  - name: gather\n    kind: map\n    over: topics\n    on_error: collect\n    step: {{ name: answer, kind: llm, prompt: \"about {{{{ item }}}}\", max_tokens: 8, circuit_breaker: {{ failures: 3, cooldown: 60s }} }}\n    output: answers\noutput: answers\n",
+            topics.join(", ")
+        ),
+    );
+    let (da, db) = (
+        Dir::new(&sa.openai_base_url()),
+        Dir::new(&sb.openai_base_url()),
+    );
+    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+    let a = da.worker(schema.url(), "worker-a", 1, 5.0);
+    let b = db.worker(schema.url(), "worker-b", 1, 5.0);
+    let _guards = (KillOnDrop(a.id()), KillOnDrop(b.id()));
+    completed(&store, &run, Duration::from_secs(60)).await;
+    let calls = sa.request_count() + sb.request_count();
+    // Shared: three failures in a row open the one breaker (a fourth call
+    // may have been admitted by the other worker meanwhile). Each worker
+    // with its own breaker would have made three calls: six.
+    assert!(
+        (3..=4).contains(&calls),
+        "{calls} calls reached the provider (A {}, B {})",
+        sa.request_count(),
+        sb.request_count()
+    );
+    let (state, _) = store
+        .queue()
+        .unwrap()
+        .shared_state("breaker:remote")
+        .await
+        .unwrap()
+        .expect("the breaker's shared state");
+    assert!(state.get("open_until_ms").is_some(), "{state}");
+    let answers = store.run(&run).await.unwrap().unwrap().output.unwrap();
+    assert_eq!(answers.as_array().map(Vec::len), Some(20));
+    for (child, dir) in [(a, &da), (b, &db)] {
+        signal(child.id(), "TERM");
+        assert_eq!(wait(child).await.code(), Some(0), "{}", dir.log());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_continues_a_run_whose_gate_was_answered() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let server = FakeServer::start().await.unwrap();
+    let submit = Dir::new(&server.openai_base_url());
+    submit.write(
+        "wf.yaml",
+        "name: gated\ninputs:\n  topic: { type: string, default: rust }\nsteps:\n  - { name: draft, kind: llm, prompt: \"draft about {{ topic }}\", max_tokens: 8, output: draft }\n  - { name: review, kind: approval, show: draft }\n  - { name: out, kind: transform, fn: uppercase, input: \"{{ draft }}\", output: out }\noutput: out\n",
+    );
+    let w = Dir::new(&server.openai_base_url());
+    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+    let child = w.worker(schema.url(), "worker-g", 2, 5.0);
+    let _guard = KillOnDrop(child.id());
+    until(
+        "the run to wait at its gate",
+        Duration::from_secs(30),
+        || async {
+            (store.status(&run).await.ok().flatten() == Some(spes_store::RunStatus::Waiting))
+                .then_some(())
+        },
+    )
+    .await;
+    // Answered from anywhere (here: another directory, the same store).
+    let out = submit
+        .command(&["approve", &run.to_string(), "--store", schema.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    completed(&store, &run, Duration::from_secs(30)).await;
+    assert_eq!(
+        store.run(&run).await.unwrap().unwrap().output,
+        Some(serde_json::json!("ECHO: DRAFT ABOUT RUST"))
+    );
+    assert_eq!(
+        server.request_count(),
+        1,
+        "the draft was not asked for again"
+    );
+    let listed = submit
+        .command(&["runs", "list", "--store", schema.url()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&run.short()),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    signal(child.id(), "TERM");
+    assert_eq!(wait(child).await.code(), Some(0), "{}", w.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_honour_a_providers_retry_after_together() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let (sa, sb) = (
+        FakeServer::start().await.unwrap(),
+        FakeServer::start().await.unwrap(),
+    );
+    sa.set_latency(Duration::from_millis(20));
+    sb.set_latency(Duration::from_millis(20));
+    // A's first call is told to come back in 3 s; everything else answers.
+    sa.push(spes_fake_llm::FakeResponse::rate_limited(Some("3")));
+    let arrivals: Arc<Mutex<Vec<(char, Instant)>>> = Arc::default();
+    for (name, server) in [('a', &sa), ('b', &sb)] {
+        let log = arrivals.clone();
+        server.on_request(move |_| log.lock().unwrap().push((name, Instant::now())));
+    }
+    let submit = Dir::new(&sa.openai_base_url());
+    let topics: Vec<String> = (0..30).map(|i| format!("\"t{i}\"")).collect();
+    submit.write(
+        "wf.yaml",
+        &format!(
+            "name: limited\ninputs:\n  topics: {{ type: list, default: [{}] }}\nsteps:\n  - name: gather\n    kind: map\n    over: topics\n    step: {{ name: answer, kind: llm, prompt: \"about {{{{ item }}}}\", max_tokens: 8, retry: {{ attempts: 3, base: 100ms, max: 10s }} }}\n    output: answers\noutput: answers\n",
+            topics.join(", ")
+        ),
+    );
+    let (da, db) = (
+        Dir::new(&sa.openai_base_url()),
+        Dir::new(&sb.openai_base_url()),
+    );
+    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+    let a = da.worker(schema.url(), "worker-a", 1, 10.0);
+    let b = db.worker(schema.url(), "worker-b", 1, 10.0);
+    let _guards = (KillOnDrop(a.id()), KillOnDrop(b.id()));
+    completed(&store, &run, Duration::from_secs(60)).await;
+    let arrivals = arrivals.lock().unwrap().clone();
+    let limited_at = arrivals
+        .iter()
+        .find(|(w, _)| *w == 'a')
+        .map(|(_, t)| *t)
+        .expect("A made a call");
+    let (from, to) = (
+        limited_at + Duration::from_millis(300),
+        limited_at + Duration::from_millis(2700),
+    );
+    let during: Vec<&(char, Instant)> = arrivals
+        .iter()
+        .filter(|(_, t)| *t > from && *t < to)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "{} calls reached the provider while it had asked to wait",
+        during.len()
+    );
+    assert!(
+        arrivals.len() >= 31,
+        "30 items and the limited call: {}",
+        arrivals.len()
+    );
+    let answers = store.run(&run).await.unwrap().unwrap().output.unwrap();
+    assert_eq!(answers.as_array().map(Vec::len), Some(30));
+    for (child, dir) in [(a, &da), (b, &db)] {
+        signal(child.id(), "TERM");
+        assert_eq!(wait(child).await.code(), Some(0), "{}", dir.log());
+    }
+}

@@ -699,10 +699,27 @@ impl<'e> Exec<'e> {
             }));
         }
         let request_hash = request_hash(&req);
-        let response = provider
-            .complete(&req, &cx)
-            .await
-            .map_err(|e| fail(key, loc, FailureKind::Provider(e)))?;
+        // Workers on a shared store honour a provider's `retry-after` together.
+        self.engine
+            .breakers
+            .rate_limit_wait(provider.name(), (self.engine.clock)())
+            .await;
+        let response = match provider.complete(&req, &cx).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.kind == spes_llm::ProviderErrorKind::RateLimited
+                    && let Some(wait) = e.retry_after
+                {
+                    let until = (self.engine.clock)()
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                    self.engine
+                        .breakers
+                        .rate_limited(provider.name(), until)
+                        .await;
+                }
+                return Err(fail(key, loc, FailureKind::Provider(e)));
+            }
+        };
         let effect = Effect::Model {
             provider: provider.name().to_owned(),
             model: req

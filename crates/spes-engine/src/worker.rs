@@ -21,6 +21,8 @@
 //! past it, cut off from the database) changes nothing, and the
 //! heartbeat stops its task as soon as it learns of the loss.
 //!
+//! Circuit breakers are kept in the store, shared by every worker on it.
+//!
 //! Each worker runs at most `concurrency` item tasks and, separately, at
 //! most `concurrency` run tasks at once (a run task mostly waits for its
 //! items, so it does not take an item's slot).
@@ -331,6 +333,8 @@ pub struct Worker {
     opts: WorkerOptions,
     held: Mutex<HashMap<i64, (Lease, AbortHandle)>>,
     contexts: Mutex<HashMap<(RunId, String), Arc<Context>>>,
+    /// Runs whose items this worker executes (what items read never changes).
+    runs: Mutex<HashMap<RunId, Arc<Run>>>,
     runs_done: AtomicU64,
     items_done: AtomicU64,
     lost: AtomicU64,
@@ -361,6 +365,8 @@ impl Worker {
                 store.describe()
             )));
         }
+        // Circuit breakers: one state per breaker for every worker on the store.
+        engine.breakers().share(store.clone());
         Ok(Arc::new(Self {
             engine,
             store,
@@ -368,6 +374,7 @@ impl Worker {
             opts,
             held: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
+            runs: Mutex::new(HashMap::new()),
             runs_done: AtomicU64::new(0),
             items_done: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -702,18 +709,41 @@ impl Worker {
         let lease = &task.lease;
         let p: ItemPayload = serde_json::from_value(task.payload.clone())
             .map_err(|e| Leave::Retry(format!("item payload: {e}")))?;
-        let run = self
+        let status = self
             .store
-            .run(&task.run_id)
+            .status(&task.run_id)
             .await?
             .ok_or_else(|| Leave::Retry(format!("run {} is gone", task.run_id)))?;
+        let cached = self
+            .runs
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&task.run_id).cloned());
+        let run = match cached {
+            Some(r) => r,
+            None => {
+                let r = Arc::new(
+                    self.store
+                        .run(&task.run_id)
+                        .await?
+                        .ok_or_else(|| Leave::Retry(format!("run {} is gone", task.run_id)))?,
+                );
+                if let Ok(mut c) = self.runs.lock() {
+                    if c.len() >= 256 {
+                        c.clear();
+                    }
+                    c.insert(task.run_id, r.clone());
+                }
+                r
+            }
+        };
         let stopped = |what: &str| ItemFailure {
             step: task.key.clone(),
             message: format!("the run was {what}"),
             transient: true,
         };
-        if run.status != RunStatus::Running {
-            let f = serde_json::to_string(&stopped(run.status.as_str())).unwrap_or_default();
+        if status != RunStatus::Running {
+            let f = serde_json::to_string(&stopped(status.as_str())).unwrap_or_default();
             q.finish_item(lease, &run.id, None, Some(&f)).await?;
             return Ok(());
         }

@@ -264,6 +264,7 @@ impl PostgresStore {
                 .transpose()?
                 .unwrap_or(0);
             if version > schema::SUPPORTED {
+                tx.rollback().await?;
                 return Err(Fail::Store(StoreError::NewerSchema {
                     path: self.shown.clone(),
                     found: version,

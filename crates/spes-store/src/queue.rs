@@ -175,4 +175,17 @@ pub trait TaskQueue: Send + Sync {
 
     /// The run's journal entries whose keys start with `prefix`, in commit order.
     async fn entries_under(&self, run: &RunId, prefix: &str) -> Result<Vec<Entry>>;
+
+    /// A state every worker shares (a circuit breaker's), with its version.
+    async fn shared_state(&self, key: &str) -> Result<Option<(serde_json::Value, i64)>>;
+
+    /// Writes a shared state if its version is still `expected` (`None`:
+    /// it must not exist yet). False when another writer came first: read
+    /// again and decide again.
+    async fn put_shared_state(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        expected: Option<i64>,
+    ) -> Result<bool>;
 }

@@ -371,6 +371,19 @@ impl TaskQueue for PostgresStore {
         .await
     }
 
+    async fn shared_state(&self, key: &str) -> Result<Option<(serde_json::Value, i64)>> {
+        self.read_shared(key).await
+    }
+
+    async fn put_shared_state(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        expected: Option<i64>,
+    ) -> Result<bool> {
+        self.write_shared(key, value, expected).await
+    }
+
     async fn entries_under(&self, run: &RunId, prefix: &str) -> Result<Vec<Entry>> {
         let run_id = &run.to_string();
         let upper = &prefix_upper(prefix);
@@ -387,6 +400,63 @@ impl TaskQueue for PostgresStore {
                 .iter()
                 .map(|r| row::entry(&self.shown, r))
                 .collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
+impl PostgresStore {
+    async fn read_shared(&self, key: &str) -> Result<Option<(serde_json::Value, i64)>> {
+        self.retry(|| async move {
+            let row = sqlx::query("SELECT value, version FROM shared_state WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+            match row {
+                None => Ok(None),
+                Some(r) => {
+                    let v: String = r.try_get("value")?;
+                    let value = serde_json::from_str(&v).map_err(|e| {
+                        Fail::Store(StoreError::Corrupt {
+                            path: self.shown.clone(),
+                            reason: format!("shared state `{key}`: {e}"),
+                        })
+                    })?;
+                    Ok(Some((value, r.try_get("version")?)))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn write_shared(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        expected: Option<i64>,
+    ) -> Result<bool> {
+        let v = &row::json(value)?;
+        self.retry(|| async move {
+            let n = match expected {
+                None => sqlx::query(
+                    "INSERT INTO shared_state (key, value, version) VALUES ($1, $2, 1) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(key)
+                .bind(v)
+                .execute(&self.pool)
+                .await?,
+                Some(version) => sqlx::query(
+                    "UPDATE shared_state SET value = $2, version = version + 1, updated_at = now() \
+                     WHERE key = $1 AND version = $3",
+                )
+                .bind(key)
+                .bind(v)
+                .bind(version)
+                .execute(&self.pool)
+                .await?,
+            }
+            .rows_affected();
+            Ok(n == 1)
         })
         .await
     }

@@ -84,6 +84,15 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_ready ON tasks (kind, id) WHERE state = 'ready';
 CREATE INDEX tasks_leased ON tasks (kind, lease_expires_at) WHERE state = 'claimed';
 "#,
+    // 2: small states shared by every worker (circuit breakers), changed by compare-and-set.
+    r#"
+CREATE TABLE shared_state (
+    key        TEXT COLLATE "C" PRIMARY KEY,
+    value      TEXT NOT NULL,
+    version    BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"#,
 ];
 
 /// The newest schema version this build understands.

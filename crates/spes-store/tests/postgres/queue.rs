@@ -320,3 +320,39 @@ async fn deciding_a_gate_readies_a_waiting_queued_run() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].lease.epoch, 2);
 }
+
+#[tokio::test]
+async fn shared_state_is_compare_and_set() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let q = store.queue().unwrap();
+    assert_eq!(q.shared_state("breaker:x").await.unwrap(), None);
+    assert!(
+        q.put_shared_state("breaker:x", &json!({"closed": 1}), None)
+            .await
+            .unwrap()
+    );
+    // A second creator loses.
+    assert!(
+        !q.put_shared_state("breaker:x", &json!({"closed": 9}), None)
+            .await
+            .unwrap()
+    );
+    let (v, version) = q.shared_state("breaker:x").await.unwrap().unwrap();
+    assert_eq!((v, version), (json!({"closed": 1}), 1));
+    assert!(
+        q.put_shared_state("breaker:x", &json!({"closed": 2}), Some(1))
+            .await
+            .unwrap()
+    );
+    // A writer that read version 1 is refused.
+    assert!(
+        !q.put_shared_state("breaker:x", &json!({"closed": 0}), Some(1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        q.shared_state("breaker:x").await.unwrap().unwrap(),
+        (json!({"closed": 2}), 2)
+    );
+}
