@@ -590,3 +590,48 @@ async fn workers_honour_a_providers_retry_after_together() {
         assert_eq!(wait(child).await.code(), Some(0), "{}", dir.log());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_gives_the_leases_back_at_once() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let (slow, fast) = (
+        FakeServer::start().await.unwrap(),
+        FakeServer::start().await.unwrap(),
+    );
+    // A's calls hang far past the test; its lease is long.
+    slow.set_latency(Duration::from_secs(60));
+    let submit = Dir::new(&fast.openai_base_url());
+    submit.write("wf.yaml", &map_yaml(10));
+    let (da, db) = (
+        Dir::new(&slow.openai_base_url()),
+        Dir::new(&fast.openai_base_url()),
+    );
+    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+    let a = da.worker(schema.url(), "worker-a", 4, 60.0);
+    let _ga = KillOnDrop(a.id());
+    until(
+        "A to hold four items in flight",
+        Duration::from_secs(30),
+        || async { (slow.request_count() >= 4).then_some(()) },
+    )
+    .await;
+    signal(a.id(), "TERM");
+    let exit = wait(a).await;
+    assert_eq!(exit.code(), Some(0), "{}", da.log());
+    // Given back at once: nothing is left claimed by A (no lease had to run out).
+    assert_eq!(
+        holds_nothing(&store, "worker-a").await,
+        Some(()),
+        "{}",
+        da.log()
+    );
+    assert!(da.log().contains("tasks given back"), "{}", da.log());
+    let b = db.worker(schema.url(), "worker-b", 4, 60.0);
+    let _gb = KillOnDrop(b.id());
+    // Well within A's 60 s lease: B did not wait for it to run out.
+    completed(&store, &run, Duration::from_secs(30)).await;
+    check_store(&store, &run, 10).await;
+    signal(b.id(), "TERM");
+    assert_eq!(wait(b).await.code(), Some(0), "{}", db.log());
+}

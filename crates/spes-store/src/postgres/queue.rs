@@ -251,20 +251,32 @@ impl TaskQueue for PostgresStore {
         let payload = payload.as_ref();
         self.retry(|| async move {
             let mut tx = self.pool.begin().await?;
-            fence(&mut tx, lease, true).await?;
+            // The fence and the end of the task in one statement: it
+            // changes the row only while the lease holds, and keeps it
+            // locked until the commit.
+            let held = sqlx::query_scalar::<_, i64>(
+                "UPDATE tasks SET state = $4, error = $5, owner = NULL, lease_expires_at = NULL, \
+                 updated_at = now() WHERE id = $1 AND owner = $2 AND epoch = $3 AND state = 'claimed' \
+                 AND lease_expires_at > clock_timestamp() RETURNING id",
+            )
+            .bind(lease.task)
+            .bind(&lease.owner)
+            .bind(lease.epoch)
+            .bind(if error.is_some() { "failed" } else { "done" })
+            .bind(error)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                tx.rollback().await?;
+                return Err(Fail::Store(StoreError::Fenced {
+                    task: lease.task,
+                    epoch: lease.epoch,
+                }));
+            }
             if let (Some(e), Some(p)) = (entry, payload) {
                 lock_run(&mut tx, run).await?;
                 append_locked(&mut tx, &self.shown, run, &e.key, &e.kind, p).await?;
             }
-            sqlx::query(
-                "UPDATE tasks SET state = $2, error = $3, owner = NULL, lease_expires_at = NULL, \
-                 updated_at = now() WHERE id = $1",
-            )
-            .bind(lease.task)
-            .bind(if error.is_some() { "failed" } else { "done" })
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
             tx.commit().await?;
             Ok(())
         })
