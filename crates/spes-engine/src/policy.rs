@@ -661,6 +661,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shared_breaker_states_round_trip() {
+        for state in [
+            BreakerState::Closed { failures: 3 },
+            BreakerState::Open { until_ms: 5 },
+            BreakerState::HalfOpen { since_ms: 7 },
+        ] {
+            assert_eq!(decode(&encode(state)).state(), state);
+        }
+        assert_eq!(
+            decode(&serde_json::json!({})).state(),
+            BreakerState::Closed { failures: 0 }
+        );
+    }
+
+    #[test]
     fn providers_see_retries_under_the_step_key() {
         assert_eq!(provider_key("a/summary#attempt3"), "a/summary");
         assert_eq!(

@@ -97,7 +97,7 @@ impl<'e> Exec<'e> {
             return Ok(());
         };
         let journal_err = |e: String| fail(key, loc, FailureKind::Journal(e));
-        let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(e.to_string()));
+        let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(journal::message(&e)));
         let prefix = format!("{key}/map[");
         self.journal.refresh(&prefix).await.map_err(journal_err)?;
         let ctx_key = format!("{key}#ctx");
@@ -709,11 +709,7 @@ impl Worker {
         let lease = &task.lease;
         let p: ItemPayload = serde_json::from_value(task.payload.clone())
             .map_err(|e| Leave::Retry(format!("item payload: {e}")))?;
-        let status = self
-            .store
-            .status(&task.run_id)
-            .await?
-            .ok_or_else(|| Leave::Retry(format!("run {} is gone", task.run_id)))?;
+        let status = task.run_status;
         let cached = self
             .runs
             .lock()

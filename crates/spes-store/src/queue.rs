@@ -72,6 +72,8 @@ pub struct Task {
     pub key: String,
     /// What the item needs (opaque to the store).
     pub payload: serde_json::Value,
+    /// The run's status when the task was claimed.
+    pub run_status: RunStatus,
 }
 
 /// An item task to enqueue.
@@ -173,8 +175,9 @@ pub trait TaskQueue: Send + Sync {
     /// Where the items of a run whose keys start with `prefix` stand.
     async fn item_progress(&self, run: &RunId, prefix: &str) -> Result<ItemProgress>;
 
-    /// The run's journal entries whose keys start with `prefix`, in commit order.
-    async fn entries_under(&self, run: &RunId, prefix: &str) -> Result<Vec<Entry>>;
+    /// The run's journal entries whose keys start with one of `prefixes`,
+    /// in commit order (one query).
+    async fn entries_under(&self, run: &RunId, prefixes: &[&str]) -> Result<Vec<Entry>>;
 
     /// A state every worker shares (a circuit breaker's), with its version.
     async fn shared_state(&self, key: &str) -> Result<Option<(serde_json::Value, i64)>>;

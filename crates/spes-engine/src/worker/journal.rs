@@ -22,7 +22,7 @@ pub(crate) struct FencedJournal {
 /// The message of a fenced write (the worker stops the task on it).
 pub(crate) const LEASE_LOST: &str = "lease lost";
 
-fn message(e: &StoreError) -> String {
+pub(crate) fn message(e: &StoreError) -> String {
     match e {
         StoreError::Fenced { .. } => format!("{LEASE_LOST}: {e}"),
         other => other.to_string(),
@@ -44,11 +44,8 @@ impl FencedJournal {
                 let q = store
                     .queue()
                     .ok_or_else(|| "the store has no work queue".to_owned())?;
-                let mut all = Vec::new();
-                for p in ps {
-                    all.extend(q.entries_under(&run, p).await.map_err(|e| message(&e))?);
-                }
-                all
+                let ps: Vec<&str> = ps.iter().map(String::as_str).collect();
+                q.entries_under(&run, &ps).await.map_err(|e| message(&e))?
             }
         };
         let mut cache = HashMap::with_capacity(entries.len());
@@ -123,7 +120,7 @@ impl Journal for FencedJournal {
             .queue()
             .ok_or_else(|| "the store has no work queue".to_owned())?;
         let entries = q
-            .entries_under(&self.run, prefix)
+            .entries_under(&self.run, &[prefix])
             .await
             .map_err(|e| message(&e))?;
         let mut parsed = Vec::with_capacity(entries.len());

@@ -57,6 +57,7 @@ fn task_from(shown: &str, owner: &str, r: &sqlx::postgres::PgRow) -> Result<Task
     let run: String = r.try_get("run_id")?;
     let kind: String = r.try_get("kind")?;
     let payload: String = r.try_get("payload")?;
+    let status: String = r.try_get("run_status")?;
     Ok(Task {
         lease: Lease {
             task: r.try_get("id")?,
@@ -76,6 +77,9 @@ fn task_from(shown: &str, owner: &str, r: &sqlx::postgres::PgRow) -> Result<Task
                 reason: format!("task payload: {e}"),
             })
         })?,
+        run_status: status
+            .parse()
+            .map_err(|e: String| Fail::Store(StoreError::Backend(e)))?,
     })
 }
 
@@ -175,7 +179,8 @@ impl TaskQueue for PostgresStore {
                     "UPDATE tasks t SET state = 'claimed', owner = $1, epoch = t.epoch + 1, \
                      lease_expires_at = clock_timestamp() + $4 * interval '1 millisecond', updated_at = now() \
                      FROM (SELECT id FROM tasks WHERE kind = $2 AND {which} LIMIT $3 FOR UPDATE SKIP LOCKED) p \
-                     WHERE t.id = p.id RETURNING t.id, t.run_id, t.kind, t.key, t.payload, t.epoch"
+                     WHERE t.id = p.id RETURNING t.id, t.run_id, t.kind, t.key, t.payload, t.epoch, \
+                     (SELECT r.status FROM runs r WHERE r.id = t.run_id) AS run_status"
                 )))
                 .bind(owner)
                 .bind(kind.as_str())
@@ -396,18 +401,31 @@ impl TaskQueue for PostgresStore {
         self.write_shared(key, value, expected).await
     }
 
-    async fn entries_under(&self, run: &RunId, prefix: &str) -> Result<Vec<Entry>> {
+    async fn entries_under(&self, run: &RunId, prefixes: &[&str]) -> Result<Vec<Entry>> {
+        if prefixes.is_empty() {
+            return Ok(Vec::new());
+        }
         let run_id = &run.to_string();
-        let upper = &prefix_upper(prefix);
+        // One key range per prefix, OR-ed: each is a range scan of the
+        // (run_id, key) index.
+        let ranges: Vec<String> = (0..prefixes.len())
+            .map(|i| format!("(key >= ${} AND key < ${})", 2 * i + 2, 2 * i + 3))
+            .collect();
+        let sql = &format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = $1 AND ({}) ORDER BY seq",
+            ranges.join(" OR ")
+        );
+        let bounds: Vec<(String, String)> = prefixes
+            .iter()
+            .map(|p| ((*p).to_owned(), prefix_upper(p)))
+            .collect();
+        let bounds = &bounds;
         self.retry(|| async move {
-            let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = $1 AND key >= $2 AND key < $3 ORDER BY seq"
-            )))
-            .bind(run_id)
-            .bind(prefix)
-            .bind(upper)
-            .fetch_all(&self.pool)
-            .await?;
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str())).bind(run_id);
+            for (lo, hi) in bounds {
+                q = q.bind(lo).bind(hi);
+            }
+            let rows = q.fetch_all(&self.pool).await?;
             Ok(rows
                 .iter()
                 .map(|r| row::entry(&self.shown, r))

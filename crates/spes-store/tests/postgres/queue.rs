@@ -47,6 +47,7 @@ async fn a_queued_run_is_claimed_by_exactly_one_worker() {
     assert_eq!(task.run_id, run.id);
     assert_eq!(task.kind, TaskKind::Run);
     assert_eq!(task.lease.epoch, 1);
+    assert_eq!(task.run_status, RunStatus::Pending);
     assert!(
         q.claim("c", TaskKind::Run, 5, LEASE)
             .await
@@ -259,7 +260,7 @@ async fn finishing_an_item_writes_its_result_with_the_task() {
     assert_eq!(p.open, 1);
     assert_eq!(p.done, 1);
     assert_eq!(p.failed, vec![("m/map[1]".to_owned(), "boom".to_owned())]);
-    let under = q.entries_under(&run.id, "m/map[").await.unwrap();
+    let under = q.entries_under(&run.id, &["m/map["]).await.unwrap();
     assert_eq!(under.len(), 1);
     assert_eq!(under[0].key, "m/map[0]#result");
     // Enqueuing again retries the failed item only.
