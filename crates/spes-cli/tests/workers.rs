@@ -635,3 +635,48 @@ async fn sigterm_gives_the_leases_back_at_once() {
     signal(b.id(), "TERM");
     assert_eq!(wait(b).await.code(), Some(0), "{}", db.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_worker_wakes_on_new_work_before_its_poll() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let server = FakeServer::start().await.unwrap();
+    let submit = Dir::new(&server.openai_base_url());
+    submit.write(
+        "wf.yaml",
+        "name: quick\ninputs:\n  x: { type: string, default: hi }\nsteps:\n  - { name: up, kind: transform, fn: uppercase, input: \"{{ x }}\", output: up }\noutput: up\n",
+    );
+    // The worker's sessions carry a name of their own, to find its LISTEN.
+    let app = format!("wake_{}", &schema.name()[10..]);
+    let url = format!("{}&application_name={app}", schema.url());
+    let w = Dir::new(&server.openai_base_url());
+    let child = w
+        .command(&["worker", "--store", &url, "--poll-ms", "10000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    until("the worker to listen", Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(&app)
+        .fetch_one(store.pool())
+        .await
+        .ok()?;
+        (n > 0).then_some(())
+    })
+    .await;
+    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+    let queued = Instant::now();
+    // Far sooner than the 10 s poll: the enqueue's NOTIFY woke the worker.
+    completed(&store, &run, Duration::from_secs(5)).await;
+    assert!(queued.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        store.run(&run).await.unwrap().unwrap().output,
+        Some(serde_json::json!("HI"))
+    );
+    signal(child.id(), "TERM");
+    assert_eq!(wait(child).await.code(), Some(0));
+}

@@ -445,10 +445,19 @@ impl Worker {
             if claimed > 0 && !busy && !failed {
                 continue;
             }
+            let idle = async {
+                if failed {
+                    tokio::time::sleep(pause).await;
+                } else {
+                    // Woken by new work (LISTEN/NOTIFY on PostgreSQL), or
+                    // the poll that also sweeps expired leases.
+                    self.queue().wait_for_work(pause).await;
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = tasks.join_next(), if !tasks.is_empty() => {}
-                () = tokio::time::sleep(pause) => {}
+                () = idle => {}
             }
         }
         heartbeat.abort();

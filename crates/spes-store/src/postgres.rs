@@ -133,7 +133,14 @@ pub struct PostgresStore {
     opts: PostgresOptions,
     /// Since when operations fail to reach the server, if they do.
     down: Mutex<Option<Instant>>,
+    /// LISTENs on [`WAKE_CHANNEL`] for idle workers (connected on first use).
+    listener: tokio::sync::Mutex<Option<sqlx::postgres::PgListener>>,
 }
+
+/// The channel a transaction that makes a task ready notifies (`pg_notify`,
+/// delivered at its commit), so idle workers wake at once instead of at
+/// their next poll.
+pub(crate) const WAKE_CHANNEL: &str = "spes_tasks";
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,13 +195,16 @@ impl PostgresStore {
     /// for [`PostgresOptions::with_retry_for`].
     pub async fn connect(url: &str, opts: PostgresOptions) -> Result<Self> {
         let shown = redact(url);
-        let connect = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::BadUrl(format!("{shown} ({e})")))?
-            .application_name("spes")
-            .options([(
-                "idle_in_transaction_session_timeout",
-                format!("{}ms", opts.idle_in_transaction.as_millis()),
-            )]);
+        let mut connect = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::BadUrl(format!("{shown} ({e})")))?;
+        // `?application_name=` in the URL names the sessions; else "spes".
+        if connect.get_application_name().is_none() {
+            connect = connect.application_name("spes");
+        }
+        let connect = connect.options([(
+            "idle_in_transaction_session_timeout",
+            format!("{}ms", opts.idle_in_transaction.as_millis()),
+        )]);
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -204,6 +214,7 @@ impl PostgresStore {
             shown,
             opts,
             down: Mutex::new(None),
+            listener: tokio::sync::Mutex::new(None),
         };
         store.migrate().await?;
         Ok(store)
@@ -335,6 +346,40 @@ impl PostgresStore {
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 Err(Fail::Sql(e)) => return Err(error::map(&self.shown, &e)),
+            }
+        }
+    }
+
+    /// Waits up to `max` for a notification on [`WAKE_CHANNEL`].
+    async fn wait_for_wake(&self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        let mut guard = self.listener.lock().await;
+        if guard.is_none() {
+            let connected = async {
+                let mut l = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                l.listen(WAKE_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            match tokio::time::timeout(max, connected).await {
+                Ok(Ok(l)) => *guard = Some(l),
+                // No listener now (the server is down?): plain polling.
+                _ => {
+                    drop(guard);
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
+            }
+        }
+        if let Some(l) = guard.as_mut() {
+            match tokio::time::timeout_at(deadline, l.try_recv()).await {
+                // A notification, or the timeout: either way, look for work.
+                Ok(Ok(Some(_))) | Err(_) => {}
+                // The connection was lost (and will be re-established), or failed.
+                Ok(Ok(None) | Err(_)) => {
+                    *guard = None;
+                    drop(guard);
+                    tokio::time::sleep_until(deadline).await;
+                }
             }
         }
     }

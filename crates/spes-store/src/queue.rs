@@ -179,6 +179,12 @@ pub trait TaskQueue: Send + Sync {
     /// in commit order (one query).
     async fn entries_under(&self, run: &RunId, prefixes: &[&str]) -> Result<Vec<Entry>>;
 
+    /// Waits at most `max` for new work (a task made ready anywhere); may
+    /// return early without any. The default just sleeps.
+    async fn wait_for_work(&self, max: Duration) {
+        tokio::time::sleep(max).await;
+    }
+
     /// A state every worker shares (a circuit breaker's), with its version.
     async fn shared_state(&self, key: &str) -> Result<Option<(serde_json::Value, i64)>>;
 

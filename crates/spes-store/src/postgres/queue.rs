@@ -83,6 +83,15 @@ fn task_from(shown: &str, owner: &str, r: &sqlx::postgres::PgRow) -> Result<Task
     })
 }
 
+/// Wakes idle workers when this transaction commits.
+pub(super) async fn notify(conn: &mut PgConnection) -> Result<(), Fail> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(super::WAKE_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Readies the run task of `run` (creating it if needed).
 async fn ready_run_task(conn: &mut PgConnection, run: &RunId) -> Result<(), Fail> {
     sqlx::query(
@@ -93,7 +102,7 @@ async fn ready_run_task(conn: &mut PgConnection, run: &RunId) -> Result<(), Fail
     .bind(run.to_string())
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    notify(conn).await
 }
 
 #[async_trait]
@@ -148,6 +157,7 @@ impl TaskQueue for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
             }
+            notify(&mut tx).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -333,14 +343,18 @@ impl TaskQueue for PostgresStore {
 
     async fn release_all(&self, owner: &str) -> Result<u64> {
         self.retry(|| async move {
-            Ok(sqlx::query(
+            let mut tx = self.pool.begin().await?;
+            let n = sqlx::query(
                 "UPDATE tasks SET state = 'ready', owner = NULL, lease_expires_at = NULL, updated_at = now() \
                  WHERE owner = $1 AND state = 'claimed'",
             )
             .bind(owner)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
-            .rows_affected())
+            .rows_affected();
+            notify(&mut tx).await?;
+            tx.commit().await?;
+            Ok(n)
         })
         .await
     }
@@ -386,6 +400,10 @@ impl TaskQueue for PostgresStore {
             Ok(p)
         })
         .await
+    }
+
+    async fn wait_for_work(&self, max: Duration) {
+        self.wait_for_wake(max).await;
     }
 
     async fn shared_state(&self, key: &str) -> Result<Option<(serde_json::Value, i64)>> {

@@ -380,6 +380,7 @@ impl RunStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
             // A queued run waiting for this decision becomes runnable again.
+            super::queue::notify(&mut tx).await?;
             sqlx::query(
                 "UPDATE tasks SET state = 'ready', owner = NULL, lease_expires_at = NULL, updated_at = now() \
                  WHERE run_id = $1 AND key = '' AND state = 'done' \
