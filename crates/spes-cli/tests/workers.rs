@@ -680,3 +680,54 @@ async fn an_idle_worker_wakes_on_new_work_before_its_poll() {
     signal(child.id(), "TERM");
     assert_eq!(wait(child).await.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sub_workflow_runs_as_a_task_of_its_own() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let server = FakeServer::start().await.unwrap();
+    let submit = Dir::new(&server.openai_base_url());
+    submit.write(
+        "child.yaml",
+        "name: child\ninputs: { topic: { type: string, required: true } }\nsteps:\n  - { name: one, kind: llm, prompt: \"first on {{ topic }}\", output: one }\n  - { name: two, kind: llm, prompt: \"second on {{ one }}\", output: two }\noutput: two\n",
+    );
+    submit.write(
+        "wf.yaml",
+        "name: parent\ninputs: { text: { type: string, default: caches } }\nsteps:\n  - { name: child, kind: workflow, path: child.yaml, inputs: { topic: \"{{ text }}\" }, output: child }\n  - { name: last, kind: llm, prompt: \"sum up {{ child }}\", output: last }\noutput: last\n",
+    );
+    let w = Dir::new(&server.openai_base_url());
+    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+    let child = w.worker(schema.url(), "worker-s", 2, 5.0);
+    let _guard = KillOnDrop(child.id());
+    completed(&store, &run, Duration::from_secs(30)).await;
+    assert_eq!(
+        store.run(&run).await.unwrap().unwrap().output,
+        Some(serde_json::json!(
+            "echo: sum up echo: second on echo: first on caches"
+        ))
+    );
+    let task: (String, String) =
+        sqlx::query_as("SELECT kind, state FROM tasks WHERE run_id = $1 AND key = 'child'")
+            .bind(run.to_string())
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        task,
+        ("item".to_owned(), "done".to_owned()),
+        "the sub-workflow's task"
+    );
+    let keys: BTreeSet<String> = store
+        .entries(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    for k in ["child/one", "child/two", "child#result", "last"] {
+        assert!(keys.contains(k), "{k} not in {keys:?}");
+    }
+    assert_eq!(server.request_count(), 3, "each call once");
+    signal(child.id(), "TERM");
+    assert_eq!(wait(child).await.code(), Some(0), "{}", w.log());
+}

@@ -7,6 +7,7 @@
 
 mod flow;
 mod map;
+pub(crate) use map::distributable;
 mod saga;
 mod scatter_gather;
 

@@ -390,6 +390,21 @@ impl<'e> Exec<'e> {
                         FailureKind::Config(format!("sub-workflow {}: {m}", w.path)),
                     )
                 })?;
+                // On a shared store, a worker executes the sub-workflow as a task of its own.
+                if let Some(d) = self.dist.clone()
+                    && d.flows.contains(key)
+                    && w.workflow
+                        .steps
+                        .iter()
+                        .all(crate::orchestration::distributable)
+                {
+                    let value = self.subflow_remote(&d, key, ctx, depth, &s.loc).await?;
+                    return Ok(StepResult {
+                        value,
+                        note: Some(format!("workflow {} (in a worker)", w.path)),
+                        usage: None,
+                    });
+                }
                 let mut child =
                     Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone());
                 let r = child

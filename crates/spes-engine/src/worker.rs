@@ -57,8 +57,20 @@ pub(crate) struct Dist {
     pub(crate) lease: Lease,
     /// Keys of the workflow's map steps that may be distributed.
     pub(crate) maps: HashSet<String>,
+    /// Keys of the workflow's sub-workflow steps that may be distributed.
+    pub(crate) flows: HashSet<String>,
     /// How often the map looks at its items' progress.
     pub(crate) poll: Duration,
+}
+
+/// What a sub-workflow task carries.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct FlowPayload {
+    /// The sub-workflow step's key.
+    workflow: String,
+    /// Its bound inputs.
+    ctx: serde_json::Map<String, Value>,
+    depth: usize,
 }
 
 /// What an item task carries.
@@ -176,6 +188,81 @@ impl<'e> Exec<'e> {
             }
         }
         Ok(())
+    }
+
+    /// Hands a sub-workflow (at `key`, with its bound inputs `ctx`) to the
+    /// workers as one task and waits for its result.
+    pub(crate) async fn subflow_remote(
+        &mut self,
+        d: &Dist,
+        key: &str,
+        ctx: Context,
+        depth: usize,
+        loc: &Loc,
+    ) -> Result<Option<Value>, Stop> {
+        let journal_err = |e: String| fail(key, loc, FailureKind::Journal(e));
+        let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(journal::message(&e)));
+        let Some(q) = d.store.queue() else {
+            return Err(journal_err("the store has no work queue".into()));
+        };
+        let result_key = format!("{key}#result");
+        self.journal
+            .refresh(&result_key)
+            .await
+            .map_err(journal_err)?;
+        if let Some(Effect::Item { value }) =
+            self.journal.get(&result_key).await.map_err(journal_err)?
+        {
+            return Ok(Some(value).filter(|v| !v.is_null()));
+        }
+        let payload = serde_json::to_value(FlowPayload {
+            workflow: key.to_owned(),
+            ctx,
+            depth,
+        })
+        .map_err(|e| journal_err(e.to_string()))?;
+        q.enqueue_items(
+            &d.lease,
+            &d.run,
+            &[NewItem {
+                key: key.to_owned(),
+                payload,
+            }],
+        )
+        .await
+        .map_err(store_err)?;
+        loop {
+            match q.task_state(&d.run, key).await.map_err(store_err)? {
+                Some((state, _)) if state == "done" => break,
+                Some((state, error)) if state == "failed" => {
+                    let e = error.unwrap_or_default();
+                    let f: ItemFailure = serde_json::from_str(&e).unwrap_or(ItemFailure {
+                        step: key.to_owned(),
+                        message: e,
+                        transient: false,
+                    });
+                    return Err(Stop::Failed(EngineError {
+                        step: f.step,
+                        loc: loc.clone(),
+                        kind: FailureKind::Remote {
+                            message: f.message,
+                            transient: f.transient,
+                        },
+                    }));
+                }
+                _ => {}
+            }
+            self.check_control(key, loc).await?;
+            tokio::time::sleep(d.poll).await;
+        }
+        self.journal
+            .refresh(&result_key)
+            .await
+            .map_err(journal_err)?;
+        match self.journal.get(&result_key).await.map_err(journal_err)? {
+            Some(Effect::Item { value }) => Ok(Some(value).filter(|v| !v.is_null())),
+            _ => Err(journal_err(format!("`{result_key}` is not recorded"))),
+        }
     }
 
     /// Executes item `index` of map `m` (at `key`) in this execution's
@@ -620,12 +707,15 @@ impl Worker {
         let journal = FencedJournal::open(self.store.clone(), run.id, lease.clone(), None)
             .await
             .map_err(Leave::from_journal)?;
-        let maps = wf
-            .walk()
-            .into_iter()
-            .filter(|(_, s)| matches!(s.kind, StepKind::Map(_)))
-            .map(|(k, _)| k)
-            .collect();
+        let walk = wf.walk();
+        let keys_of = |want: fn(&StepKind) -> bool| -> HashSet<String> {
+            walk.iter()
+                .filter(|(_, s)| want(&s.kind))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        let maps = keys_of(|k| matches!(k, StepKind::Map(_)));
+        let flows = keys_of(|k| matches!(k, StepKind::Workflow(_)));
         let ctx = match &run.inputs {
             Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),
@@ -644,6 +734,7 @@ impl Worker {
             run: run.id,
             lease: lease.clone(),
             maps,
+            flows,
             poll: self.opts.poll.min(Duration::from_millis(100)),
         }));
         let result = exec.run_workflow(&wf).await;
@@ -714,6 +805,9 @@ impl Worker {
     }
 
     async fn execute_item(&self, task: &Task) -> Result<(), Leave> {
+        if task.payload.get("workflow").is_some() {
+            return self.execute_flow(task).await;
+        }
         let q = self.queue();
         let lease = &task.lease;
         let p: ItemPayload = serde_json::from_value(task.payload.clone())
@@ -821,6 +915,103 @@ impl Worker {
                     _ => "suspended",
                 };
                 let f = serde_json::to_string(&stopped(what)).unwrap_or_default();
+                q.finish_item(lease, &run.id, None, Some(&f)).await?;
+            }
+        }
+        self.items_done.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Worker {
+    /// Executes a sub-workflow task: its steps under its key in the run's
+    /// journal, its result recorded with the end of the task.
+    async fn execute_flow(&self, task: &Task) -> Result<(), Leave> {
+        let q = self.queue();
+        let lease = &task.lease;
+        let p: FlowPayload = serde_json::from_value(task.payload.clone())
+            .map_err(|e| Leave::Retry(format!("sub-workflow payload: {e}")))?;
+        if task.run_status != RunStatus::Running {
+            let f = serde_json::to_string(&ItemFailure {
+                step: task.key.clone(),
+                message: format!("the run was {}", task.run_status),
+                transient: true,
+            })
+            .unwrap_or_default();
+            q.finish_item(lease, &task.run_id, None, Some(&f)).await?;
+            return Ok(());
+        }
+        let run = self
+            .store
+            .run(&task.run_id)
+            .await?
+            .ok_or_else(|| Leave::Retry(format!("run {} is gone", task.run_id)))?;
+        let wf = self.workflow(&run).await.map_err(Leave::Retry)?;
+        let walk = wf.walk();
+        let Some(child) = walk.iter().find_map(|(k, s)| match &s.kind {
+            StepKind::Workflow(w) if *k == p.workflow => Some(w),
+            _ => None,
+        }) else {
+            return Err(Leave::Retry(format!(
+                "no sub-workflow step `{}` in the workflow",
+                p.workflow
+            )));
+        };
+        let journal = FencedJournal::open(
+            self.store.clone(),
+            run.id,
+            lease.clone(),
+            Some(&[format!("{}/", task.key), format!("{}#", task.key)]),
+        )
+        .await
+        .map_err(Leave::from_journal)?;
+        let mut exec = Exec::new(
+            &self.engine,
+            p.ctx,
+            Arc::new(journal),
+            Some(Control {
+                store: self.store.clone(),
+                run: run.id,
+            }),
+        );
+        let r = exec
+            .steps_at(&child.workflow.steps, p.workflow.clone(), p.depth + 1)
+            .await;
+        match r {
+            Ok(_) => {
+                let value = child
+                    .workflow
+                    .result_key()
+                    .and_then(|k| exec.ctx.get(k).cloned())
+                    .unwrap_or(Value::Null);
+                let payload = serde_json::to_value(Effect::Item { value })
+                    .map_err(|e| Leave::Retry(e.to_string()))?;
+                let entry = FinalEntry {
+                    key: format!("{}#result", task.key),
+                    kind: "item".into(),
+                    payload,
+                };
+                q.finish_item(lease, &run.id, Some(&entry), None).await?;
+            }
+            Err(Stop::Failed(e)) => {
+                if let FailureKind::Journal(msg) = &e.kind {
+                    return Err(Leave::from_journal(msg.clone()));
+                }
+                let f = serde_json::to_string(&ItemFailure {
+                    step: e.step.clone(),
+                    message: e.kind.to_string(),
+                    transient: e.class() == spes_llm::ErrorClass::Transient,
+                })
+                .unwrap_or_default();
+                q.finish_item(lease, &run.id, None, Some(&f)).await?;
+            }
+            Err(_) => {
+                let f = serde_json::to_string(&ItemFailure {
+                    step: task.key.clone(),
+                    message: "the run was stopped".into(),
+                    transient: true,
+                })
+                .unwrap_or_default();
                 q.finish_item(lease, &run.id, None, Some(&f)).await?;
             }
         }

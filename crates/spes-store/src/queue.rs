@@ -175,6 +175,10 @@ pub trait TaskQueue: Send + Sync {
     /// Where the items of a run whose keys start with `prefix` stand.
     async fn item_progress(&self, run: &RunId, prefix: &str) -> Result<ItemProgress>;
 
+    /// The state (`ready`, `claimed`, `done`, `failed`) and error of the
+    /// run's task under exactly `key`, if there is one.
+    async fn task_state(&self, run: &RunId, key: &str) -> Result<Option<(String, Option<String>)>>;
+
     /// The run's journal entries whose keys start with one of `prefixes`,
     /// in commit order (one query).
     async fn entries_under(&self, run: &RunId, prefixes: &[&str]) -> Result<Vec<Entry>>;

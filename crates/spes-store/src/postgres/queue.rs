@@ -402,6 +402,22 @@ impl TaskQueue for PostgresStore {
         .await
     }
 
+    async fn task_state(&self, run: &RunId, key: &str) -> Result<Option<(String, Option<String>)>> {
+        let run_id = &run.to_string();
+        self.retry(|| async move {
+            let row = sqlx::query("SELECT state, error FROM tasks WHERE run_id = $1 AND key = $2")
+                .bind(run_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(match row {
+                Some(r) => Some((r.try_get("state")?, r.try_get("error")?)),
+                None => None,
+            })
+        })
+        .await
+    }
+
     async fn wait_for_work(&self, max: Duration) {
         self.wait_for_wake(max).await;
     }
