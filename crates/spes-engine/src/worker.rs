@@ -14,7 +14,9 @@
 //!   journal, and its result (`KEY/map[INDEX]#result`) together with the
 //!   end of its task, in one transaction. The map then collects the
 //!   results from the journal in input order, and the rest of the run
-//!   (the reduce) continues where the run is held: it runs once.
+//!   (the reduce) continues where the run is held: it runs once. A
+//!   sub-workflow step is an item task too (keyed by its step, its bound
+//!   inputs in the payload, its result `KEY#result`).
 //!
 //! Every write of a task is fenced by its lease (owner and epoch checked
 //! in the write's own transaction): a worker that lost its lease (paused

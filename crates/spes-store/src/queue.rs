@@ -44,7 +44,7 @@ pub struct Lease {
 pub enum TaskKind {
     /// Execute (or continue) a whole run.
     Run,
-    /// Execute one map item of a run (the run's parent task waits for it).
+    /// Execute one map item or one sub-workflow of a run (the run's task waits for it).
     Item,
 }
 
