@@ -181,8 +181,9 @@ async fn two_workers_one_killed_every_item_committed_once() {
     let k = killed.clone();
     p.a_server.on_request(move |n| {
         if n == kill_at {
-            harness::sigkill(a_pid);
+            // The time first: the test may see A dead before this hook returns.
             *k.lock().unwrap() = Some(Instant::now());
+            harness::sigkill(a_pid);
         }
     });
     let b = p.b_dir.worker(p.url(), "worker-b", 8, LEASE_S);

@@ -29,7 +29,9 @@
 //! most `concurrency` run tasks at once (a run task mostly waits for its
 //! items, so it does not take an item's slot).
 
+mod flow;
 mod journal;
+mod remote;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -39,272 +41,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::{AbortHandle, abortable};
-use serde_json::{Value, json};
+use serde_json::Value;
 use spes_core::template::Context;
-use spes_core::workflow::{Loc, MapStep, OnError, StepKind, Workflow};
-use spes_store::queue::{FinalEntry, Lease, NewItem, Task, TaskKind, TaskQueue};
+use spes_core::workflow::{OnError, StepKind, Workflow};
+use spes_store::queue::{FinalEntry, Lease, Task, TaskKind, TaskQueue};
 use spes_store::{Run, RunId, RunPatch, RunStatus, RunStore, StoreError};
 
 pub(crate) use self::journal::FencedJournal;
+pub(crate) use self::remote::Dist;
+use self::remote::{ItemFailure, ItemPayload};
 use crate::Engine;
-use crate::error::{EngineError, FailureKind};
+use crate::error::FailureKind;
 use crate::journal::Effect;
-use crate::run::{Control, Exec, Stop, fail};
-
-/// What a run executed by a worker needs to hand its map items to other workers.
-#[derive(Debug)]
-pub(crate) struct Dist {
-    pub(crate) store: Arc<dyn RunStore>,
-    pub(crate) run: RunId,
-    pub(crate) lease: Lease,
-    /// Keys of the workflow's map steps that may be distributed.
-    pub(crate) maps: HashSet<String>,
-    /// Keys of the workflow's sub-workflow steps that may be distributed.
-    pub(crate) flows: HashSet<String>,
-    /// How often the map looks at its items' progress.
-    pub(crate) poll: Duration,
-}
-
-/// What a sub-workflow task carries.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct FlowPayload {
-    /// The sub-workflow step's key.
-    workflow: String,
-    /// Its bound inputs.
-    ctx: serde_json::Map<String, Value>,
-    depth: usize,
-}
-
-/// What an item task carries.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct ItemPayload {
-    /// The map step's key.
-    map: String,
-    index: usize,
-    item: Value,
-    depth: usize,
-}
-
-/// How an item failed, as its task keeps it.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct ItemFailure {
-    step: String,
-    message: String,
-    transient: bool,
-}
-
-impl<'e> Exec<'e> {
-    /// Hands the items of a map to the workers and waits until none is
-    /// open; the caller then collects their results from the journal.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn map_remote(
-        &mut self,
-        d: &Dist,
-        m: &MapStep,
-        key: &str,
-        items: &[Value],
-        strip: bool,
-        depth: usize,
-        loc: &Loc,
-    ) -> Result<(), Stop> {
-        let Some(q) = d.store.queue() else {
-            return Ok(());
-        };
-        let journal_err = |e: String| fail(key, loc, FailureKind::Journal(e));
-        let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(journal::message(&e)));
-        let prefix = format!("{key}/map[");
-        self.journal.refresh(&prefix).await.map_err(journal_err)?;
-        let ctx_key = format!("{key}#ctx");
-        if self.decision_at(&ctx_key, loc).await?.is_none() {
-            let ctx: serde_json::Map<String, Value> = self
-                .ctx
-                .iter()
-                .filter(|(k, _)| !strip || k.as_str() != m.over)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            self.record_decision(&ctx_key, Value::Object(ctx), loc)
-                .await?;
-        }
-        let mut new = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let p = format!("{key}/map[{i}]");
-            let result = self
-                .journal
-                .get(&format!("{p}#result"))
-                .await
-                .map_err(journal_err)?;
-            let error = self
-                .journal
-                .get(&format!("{p}#error"))
-                .await
-                .map_err(journal_err)?;
-            if result.is_some() || error.is_some() {
-                continue;
-            }
-            let payload = serde_json::to_value(ItemPayload {
-                map: key.to_owned(),
-                index: i,
-                item: item.clone(),
-                depth,
-            })
-            .map_err(|e| journal_err(e.to_string()))?;
-            new.push(NewItem { key: p, payload });
-        }
-        if !new.is_empty() {
-            q.enqueue_items(&d.lease, &d.run, &new)
-                .await
-                .map_err(store_err)?;
-        }
-        let progress = loop {
-            let p = q.item_progress(&d.run, &prefix).await.map_err(store_err)?;
-            if p.open == 0 {
-                break p;
-            }
-            self.check_control(key, loc).await?;
-            tokio::time::sleep(d.poll).await;
-        };
-        self.journal.refresh(&prefix).await.map_err(journal_err)?;
-        if m.on_error == OnError::FailFast {
-            let first = progress
-                .failed
-                .iter()
-                .filter_map(|(k, e)| {
-                    let i: usize = k.strip_prefix(&prefix)?.strip_suffix(']')?.parse().ok()?;
-                    Some((i, e))
-                })
-                .min_by_key(|(i, _)| *i);
-            if let Some((i, e)) = first {
-                let f: ItemFailure = serde_json::from_str(e).unwrap_or(ItemFailure {
-                    step: format!("{key}/map[{i}]"),
-                    message: e.clone(),
-                    transient: false,
-                });
-                return Err(Stop::Failed(EngineError {
-                    step: f.step,
-                    loc: loc.clone(),
-                    kind: FailureKind::Remote {
-                        message: f.message,
-                        transient: f.transient,
-                    },
-                }));
-            }
-        }
-        Ok(())
-    }
-
-    /// Hands a sub-workflow (at `key`, with its bound inputs `ctx`) to the
-    /// workers as one task and waits for its result.
-    pub(crate) async fn subflow_remote(
-        &mut self,
-        d: &Dist,
-        key: &str,
-        ctx: Context,
-        depth: usize,
-        loc: &Loc,
-    ) -> Result<Option<Value>, Stop> {
-        let journal_err = |e: String| fail(key, loc, FailureKind::Journal(e));
-        let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(journal::message(&e)));
-        let Some(q) = d.store.queue() else {
-            return Err(journal_err("the store has no work queue".into()));
-        };
-        let result_key = format!("{key}#result");
-        self.journal
-            .refresh(&result_key)
-            .await
-            .map_err(journal_err)?;
-        if let Some(Effect::Item { value }) =
-            self.journal.get(&result_key).await.map_err(journal_err)?
-        {
-            return Ok(Some(value).filter(|v| !v.is_null()));
-        }
-        let payload = serde_json::to_value(FlowPayload {
-            workflow: key.to_owned(),
-            ctx,
-            depth,
-        })
-        .map_err(|e| journal_err(e.to_string()))?;
-        q.enqueue_items(
-            &d.lease,
-            &d.run,
-            &[NewItem {
-                key: key.to_owned(),
-                payload,
-            }],
-        )
-        .await
-        .map_err(store_err)?;
-        loop {
-            match q.task_state(&d.run, key).await.map_err(store_err)? {
-                Some((state, _)) if state == "done" => break,
-                Some((state, error)) if state == "failed" => {
-                    let e = error.unwrap_or_default();
-                    let f: ItemFailure = serde_json::from_str(&e).unwrap_or(ItemFailure {
-                        step: key.to_owned(),
-                        message: e,
-                        transient: false,
-                    });
-                    return Err(Stop::Failed(EngineError {
-                        step: f.step,
-                        loc: loc.clone(),
-                        kind: FailureKind::Remote {
-                            message: f.message,
-                            transient: f.transient,
-                        },
-                    }));
-                }
-                _ => {}
-            }
-            self.check_control(key, loc).await?;
-            tokio::time::sleep(d.poll).await;
-        }
-        self.journal
-            .refresh(&result_key)
-            .await
-            .map_err(journal_err)?;
-        match self.journal.get(&result_key).await.map_err(journal_err)? {
-            Some(Effect::Item { value }) => Ok(Some(value).filter(|v| !v.is_null())),
-            _ => Err(journal_err(format!("`{result_key}` is not recorded"))),
-        }
-    }
-
-    /// Executes item `index` of map `m` (at `key`) in this execution's
-    /// context, as a worker does for an item task. A failure under
-    /// `skip`/`collect` is journaled as the item's `#error`, as the map
-    /// itself does.
-    pub(crate) async fn run_item(
-        &self,
-        m: &MapStep,
-        key: &str,
-        index: usize,
-        item: Value,
-        depth: usize,
-        loc: &Loc,
-    ) -> Result<Option<Value>, Stop> {
-        let prefix = format!("{key}/map[{index}]");
-        if m.on_error != OnError::FailFast
-            && let Some(d) = self.decision_at(&format!("{prefix}#error"), loc).await?
-        {
-            let msg = d
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("failed")
-                .to_owned();
-            return Err(fail(&prefix, loc, FailureKind::Answer(msg)));
-        }
-        let mut child = self.fork();
-        child.ctx.insert(m.item_as.clone(), item);
-        child.ctx.insert("index".into(), json!(index));
-        let r = child.step(&m.step, &prefix, depth + 1).await;
-        if let Err(Stop::Failed(e)) = &r
-            && m.on_error != OnError::FailFast
-        {
-            let d = json!({ "error": e.kind.to_string() });
-            self.record_decision(&format!("{prefix}#error"), d, loc)
-                .await?;
-        }
-        r
-    }
-}
+use crate::run::{Control, Exec, Stop};
 
 /// Finds the workflow a run executes (on this machine) for a worker.
 #[async_trait]
@@ -925,106 +674,9 @@ impl Worker {
     }
 }
 
-impl Worker {
-    /// Executes a sub-workflow task: its steps under its key in the run's
-    /// journal, its result recorded with the end of the task.
-    async fn execute_flow(&self, task: &Task) -> Result<(), Leave> {
-        let q = self.queue();
-        let lease = &task.lease;
-        let p: FlowPayload = serde_json::from_value(task.payload.clone())
-            .map_err(|e| Leave::Retry(format!("sub-workflow payload: {e}")))?;
-        if task.run_status != RunStatus::Running {
-            let f = serde_json::to_string(&ItemFailure {
-                step: task.key.clone(),
-                message: format!("the run was {}", task.run_status),
-                transient: true,
-            })
-            .unwrap_or_default();
-            q.finish_item(lease, &task.run_id, None, Some(&f)).await?;
-            return Ok(());
-        }
-        let run = self
-            .store
-            .run(&task.run_id)
-            .await?
-            .ok_or_else(|| Leave::Retry(format!("run {} is gone", task.run_id)))?;
-        let wf = self.workflow(&run).await.map_err(Leave::Retry)?;
-        let walk = wf.walk();
-        let Some(child) = walk.iter().find_map(|(k, s)| match &s.kind {
-            StepKind::Workflow(w) if *k == p.workflow => Some(w),
-            _ => None,
-        }) else {
-            return Err(Leave::Retry(format!(
-                "no sub-workflow step `{}` in the workflow",
-                p.workflow
-            )));
-        };
-        let journal = FencedJournal::open(
-            self.store.clone(),
-            run.id,
-            lease.clone(),
-            Some(&[format!("{}/", task.key), format!("{}#", task.key)]),
-        )
-        .await
-        .map_err(Leave::from_journal)?;
-        let mut exec = Exec::new(
-            &self.engine,
-            p.ctx,
-            Arc::new(journal),
-            Some(Control {
-                store: self.store.clone(),
-                run: run.id,
-            }),
-        );
-        let r = exec
-            .steps_at(&child.workflow.steps, p.workflow.clone(), p.depth + 1)
-            .await;
-        match r {
-            Ok(_) => {
-                let value = child
-                    .workflow
-                    .result_key()
-                    .and_then(|k| exec.ctx.get(k).cloned())
-                    .unwrap_or(Value::Null);
-                let payload = serde_json::to_value(Effect::Item { value })
-                    .map_err(|e| Leave::Retry(e.to_string()))?;
-                let entry = FinalEntry {
-                    key: format!("{}#result", task.key),
-                    kind: "item".into(),
-                    payload,
-                };
-                q.finish_item(lease, &run.id, Some(&entry), None).await?;
-            }
-            Err(Stop::Failed(e)) => {
-                if let FailureKind::Journal(msg) = &e.kind {
-                    return Err(Leave::from_journal(msg.clone()));
-                }
-                let f = serde_json::to_string(&ItemFailure {
-                    step: e.step.clone(),
-                    message: e.kind.to_string(),
-                    transient: e.class() == spes_llm::ErrorClass::Transient,
-                })
-                .unwrap_or_default();
-                q.finish_item(lease, &run.id, None, Some(&f)).await?;
-            }
-            Err(_) => {
-                let f = serde_json::to_string(&ItemFailure {
-                    step: task.key.clone(),
-                    message: "the run was stopped".into(),
-                    transient: true,
-                })
-                .unwrap_or_default();
-                q.finish_item(lease, &run.id, None, Some(&f)).await?;
-            }
-        }
-        self.items_done.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 /// Why a task ended without finishing.
 #[derive(Debug)]
-enum Leave {
+pub(super) enum Leave {
     /// Its lease was lost: another worker has it; change nothing.
     Fenced,
     /// A store problem: give it back to be taken again.
