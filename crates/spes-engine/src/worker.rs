@@ -170,6 +170,9 @@ pub struct Worker {
     loader: Arc<dyn WorkflowLoader>,
     opts: WorkerOptions,
     held: Mutex<HashMap<i64, (Lease, AbortHandle)>>,
+    /// Finished items wait here to be committed together (see `committer`).
+    commits: tokio::sync::mpsc::UnboundedSender<Commit>,
+    commit_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Commit>>>,
     contexts: Mutex<HashMap<(RunId, String), Arc<Context>>>,
     /// Runs whose items this worker executes (what items read never changes).
     runs: Mutex<HashMap<RunId, Arc<Run>>>,
@@ -178,6 +181,15 @@ pub struct Worker {
     lost: AtomicU64,
     running_runs: AtomicUsize,
     running_items: AtomicUsize,
+}
+
+/// A finished item waiting to be committed.
+#[derive(Debug)]
+struct Commit {
+    run: RunId,
+    lease: Lease,
+    entry: FinalEntry,
+    reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
 }
 
 /// Decrements a counter when dropped (a task ended or was aborted).
@@ -205,7 +217,10 @@ impl Worker {
         }
         // Circuit breakers: one state per breaker for every worker on the store.
         engine.breakers().share(store.clone());
+        let (commits, commit_queue) = tokio::sync::mpsc::unbounded_channel();
         Ok(Arc::new(Self {
+            commits,
+            commit_queue: Mutex::new(Some(commit_queue)),
             engine,
             store,
             loader,
@@ -238,6 +253,7 @@ impl Worker {
     /// flight and gives their leases back at once.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> WorkerStats {
         let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat());
+        let committer = tokio::spawn(Arc::clone(&self).committer());
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         let mut pause = self.opts.poll;
@@ -299,6 +315,7 @@ impl Worker {
             }
         }
         heartbeat.abort();
+        committer.abort();
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         let released = self
@@ -344,6 +361,67 @@ impl Worker {
             // Aborted: the lease was lost or the worker stops.
             let _ = fut.await;
         });
+    }
+
+    /// Commits a finished item's result with the end of its task, batched
+    /// with the other items finishing meanwhile (one transaction, one
+    /// commit: the run's journal is numbered under its row lock, so one
+    /// commit per item would serialize every item of a map on it).
+    async fn commit(&self, run: RunId, lease: Lease, entry: FinalEntry) -> Result<(), Leave> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commits
+            .send(Commit {
+                run,
+                lease,
+                entry,
+                reply,
+            })
+            .map_err(|_| Leave::Retry("the worker is stopping".into()))?;
+        match answer.await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(Leave::Fenced),
+            Ok(Err(e)) => Err(Leave::Retry(e)),
+            Err(_) => Err(Leave::Retry("the worker is stopping".into())),
+        }
+    }
+
+    /// Takes what finished items wait to commit, a batch at a time.
+    async fn committer(self: Arc<Self>) {
+        let Some(mut rx) = self.commit_queue.lock().ok().and_then(|mut q| q.take()) else {
+            return;
+        };
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 64 {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            let mut by_run: HashMap<RunId, Vec<Commit>> = HashMap::new();
+            for c in batch {
+                by_run.entry(c.run).or_default().push(c);
+            }
+            for (run, group) in by_run {
+                let items: Vec<(Lease, FinalEntry)> = group
+                    .iter()
+                    .map(|c| (c.lease.clone(), c.entry.clone()))
+                    .collect();
+                match self.queue().finish_items(&run, &items).await {
+                    Ok(held) => {
+                        for (c, h) in group.into_iter().zip(held) {
+                            let _ = c.reply.send(Ok(h));
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for c in group {
+                            let _ = c.reply.send(Err(msg.clone()));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     async fn heartbeat(self: Arc<Self>) {
@@ -640,7 +718,7 @@ impl Worker {
                     kind: "item".into(),
                     payload,
                 };
-                q.finish_item(lease, &run.id, Some(&entry), None).await?;
+                self.commit(run.id, lease.clone(), entry).await?;
             }
             Err(Stop::Failed(e)) => {
                 if let FailureKind::Journal(msg) = &e.kind {

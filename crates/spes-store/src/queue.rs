@@ -155,6 +155,23 @@ pub trait TaskQueue: Send + Sync {
         error: Option<&str>,
     ) -> Result<()>;
 
+    /// Ends several item tasks of one run as done, each with its result
+    /// entry, in one transaction (one commit for all of them). Returns,
+    /// per item, whether its lease held: a fenced item changes nothing.
+    async fn finish_items(&self, run: &RunId, items: &[(Lease, FinalEntry)]) -> Result<Vec<bool>> {
+        let mut held = Vec::with_capacity(items.len());
+        for (lease, entry) in items {
+            held.push(
+                match self.finish_item(lease, run, Some(entry), None).await {
+                    Ok(()) => true,
+                    Err(crate::StoreError::Fenced { .. }) => false,
+                    Err(e) => return Err(e),
+                },
+            );
+        }
+        Ok(held)
+    }
+
     /// Ends a run task: [`RunStore::transition`](crate::RunStore::transition)
     /// and the task done, in one transaction, while `lease` holds.
     async fn finish_run(

@@ -298,6 +298,69 @@ impl TaskQueue for PostgresStore {
         .await
     }
 
+    async fn finish_items(&self, run: &RunId, items: &[(Lease, FinalEntry)]) -> Result<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = items.iter().map(|(l, _)| l.task).collect();
+        let owners: Vec<String> = items.iter().map(|(l, _)| l.owner.clone()).collect();
+        let epochs: Vec<i64> = items.iter().map(|(l, _)| l.epoch).collect();
+        let payloads = items
+            .iter()
+            .map(|(_, e)| row::json(&e.payload))
+            .collect::<Result<Vec<_>>>()?;
+        let run_id = &run.to_string();
+        let (ids, owners, epochs, payloads) = (&ids, &owners, &epochs, &payloads);
+        let held = self
+            .retry(|| async move {
+                let mut tx = self.pool.begin().await?;
+                // The fences and the ends of the tasks in one statement.
+                let held: Vec<i64> = sqlx::query_scalar(
+                    "UPDATE tasks t SET state = 'done', error = NULL, owner = NULL, lease_expires_at = NULL, \
+                     updated_at = now() FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS x(id, owner, epoch) \
+                     WHERE t.id = x.id AND t.owner = x.owner AND t.epoch = x.epoch AND t.state = 'claimed' \
+                     AND t.lease_expires_at > clock_timestamp() RETURNING t.id",
+                )
+                .bind(ids)
+                .bind(owners)
+                .bind(epochs)
+                .fetch_all(&mut *tx)
+                .await?;
+                if !held.is_empty() {
+                    let mut keys = Vec::new();
+                    let mut kinds = Vec::new();
+                    let mut values = Vec::new();
+                    for ((l, e), p) in items.iter().zip(payloads) {
+                        if held.contains(&l.task) {
+                            keys.push(e.key.clone());
+                            kinds.push(e.kind.clone());
+                            values.push(p.clone());
+                        }
+                    }
+                    lock_run(&mut tx, run).await?;
+                    // Numbered after the run's last entry, in batch order,
+                    // skipping keys already there (first commit wins).
+                    sqlx::query(
+                        "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+                         SELECT $1, m.mx + row_number() OVER (ORDER BY x.ord), x.key, x.kind, x.payload, clock_timestamp() \
+                         FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS x(key, kind, payload, ord) \
+                         CROSS JOIN (SELECT COALESCE(MAX(seq), 0) AS mx FROM entries WHERE run_id = $1) m \
+                         WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.run_id = $1 AND e.key = x.key)",
+                    )
+                    .bind(run_id)
+                    .bind(&keys)
+                    .bind(&kinds)
+                    .bind(&values)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(held)
+            })
+            .await?;
+        Ok(items.iter().map(|(l, _)| held.contains(&l.task)).collect())
+    }
+
     async fn finish_run(
         &self,
         lease: &Lease,

@@ -357,3 +357,65 @@ async fn shared_state_is_compare_and_set() {
         (json!({"closed": 2}), 2)
     );
 }
+
+#[tokio::test]
+async fn items_finish_together_in_one_commit_fenced_ones_excluded() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let run = queued(&store).await;
+    let q = store.queue().unwrap();
+    let parent = q
+        .claim("p", TaskKind::Run, 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    q.append_fenced(&parent.lease, &run.id, "m#ctx", "decision", &json!({}))
+        .await
+        .unwrap();
+    let items: Vec<NewItem> = (0..4)
+        .map(|i| NewItem {
+            key: format!("m/map[{i}]"),
+            payload: json!(i),
+        })
+        .collect();
+    q.enqueue_items(&parent.lease, &run.id, &items)
+        .await
+        .unwrap();
+    let got = q.claim("w", TaskKind::Item, 4, LEASE).await.unwrap();
+    let mut batch: Vec<(spes_store::queue::Lease, FinalEntry)> = got
+        .iter()
+        .map(|t| {
+            (
+                t.lease.clone(),
+                FinalEntry {
+                    key: format!("{}#result", t.key),
+                    kind: "item".into(),
+                    payload: json!({"type": "item", "value": t.payload}),
+                },
+            )
+        })
+        .collect();
+    // One holder is stale (a zombie's epoch).
+    batch[2].0.epoch += 7;
+    let held = q.finish_items(&run.id, &batch).await.unwrap();
+    assert_eq!(held, vec![true, true, false, true]);
+    let entries = store.entries(&run.id).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(
+        entries.iter().filter(|e| e.kind == "item").count(),
+        3,
+        "the fenced item wrote nothing"
+    );
+    let p = q.item_progress(&run.id, "m/map[").await.unwrap();
+    assert_eq!((p.open, p.done), (1, 3));
+    // The next append follows on without a gap.
+    assert_eq!(
+        q.append_fenced(&parent.lease, &run.id, "after", "model", &json!(1))
+            .await
+            .unwrap(),
+        Appended::New(5)
+    );
+}
