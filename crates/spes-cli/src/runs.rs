@@ -154,6 +154,11 @@ pub(crate) async fn resume(
     args: ResumeArgs,
 ) -> Result<(), Failure> {
     let (_, store, run) = find(config, store_url, &args.run).await?;
+    // A run queued for workers is resumed by queueing it again: executing
+    // it here as well could race a worker that takes it.
+    if crate::worker::requeue(&store, &run, args.quiet).await? {
+        return Ok(());
+    }
     let file = PathBuf::from(&run.workflow_path);
     // The workflow's own project (its spes.toml) decides providers and components.
     let project = Project::discover(config, &file)?;

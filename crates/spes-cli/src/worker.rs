@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use spes_core::workflow::Workflow;
 use spes_engine::worker::{Worker, WorkerOptions, WorkflowLoader};
 use spes_store::postgres::{ConnectionEvent, PostgresOptions, PostgresStore};
-use spes_store::{NewRun, Run, RunId, RunStatus, RunStore};
+use spes_store::{NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
 
 use crate::project::Project;
 use crate::{Failure, build_engine, load_workflow};
@@ -216,5 +216,61 @@ pub(crate) async fn enqueue(
         );
     }
     crate::out(&id.to_string());
+    Ok(true)
+}
+
+/// Whether `run` was queued for workers (it has a run task in a shared store).
+pub(crate) async fn is_queued(store: &Arc<dyn RunStore>, run: &RunId) -> Result<bool, Failure> {
+    let Some(q) = store.queue() else {
+        return Ok(false);
+    };
+    Ok(q.task_state(run, "").await?.is_some())
+}
+
+/// `spes resume` of a run queued for workers: back to `pending` (error
+/// cleared) with its task ready, for a worker to continue. False when the
+/// run is not a queued one (it is resumed here, as usual).
+pub(crate) async fn requeue(
+    store: &Arc<dyn RunStore>,
+    run: &Run,
+    quiet: bool,
+) -> Result<bool, Failure> {
+    let Some(q) = store.queue() else {
+        return Ok(false);
+    };
+    if !is_queued(store, &run.id).await? {
+        return Ok(false);
+    }
+    if matches!(run.status, RunStatus::Completed | RunStatus::Cancelled) {
+        return Err(Failure::Usage(format!(
+            "run {} is {}; there is nothing to resume",
+            run.id, run.status
+        )));
+    }
+    if matches!(
+        run.status,
+        RunStatus::Failed | RunStatus::Paused | RunStatus::Waiting
+    ) {
+        store
+            .transition(
+                &run.id,
+                &[run.status],
+                RunStatus::Pending,
+                RunPatch {
+                    error: Some(None),
+                    owner: Some(None),
+                    ..RunPatch::default()
+                },
+            )
+            .await?;
+    }
+    q.enqueue_run(&run.id).await?;
+    if !quiet {
+        eprintln!(
+            "run {} queued again on {}; a `spes worker` continues it (finished steps are not repeated)",
+            run.id,
+            store.describe()
+        );
+    }
     Ok(true)
 }

@@ -732,3 +732,47 @@ async fn a_sub_workflow_runs_as_a_task_of_its_own() {
     signal(child.id(), "TERM");
     assert_eq!(wait(child).await.code(), Some(0), "{}", w.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resuming_a_failed_queued_run_queues_it_for_the_workers() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let server = FakeServer::start().await.unwrap();
+    // The first call is refused for good (a terminal error): the run fails.
+    server.push(spes_fake_llm::FakeResponse::error(400));
+    let submit = Dir::new(&server.openai_base_url());
+    submit.write(
+        "wf.yaml",
+        "name: once\ninputs:\n  topic: { type: string, default: rust }\nsteps:\n  - { name: say, kind: llm, prompt: \"say {{ topic }}\", max_tokens: 8, output: said }\noutput: said\n",
+    );
+    let w = Dir::new(&server.openai_base_url());
+    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+    let child = w.worker(schema.url(), "worker-r", 2, 5.0);
+    let _guard = KillOnDrop(child.id());
+    until("the run to fail", Duration::from_secs(30), || async {
+        (store.status(&run).await.ok().flatten() == Some(spes_store::RunStatus::Failed))
+            .then_some(())
+    })
+    .await;
+    let out = submit
+        .command(&["resume", &run.to_string(), "--store", schema.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("queued again"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    completed(&store, &run, Duration::from_secs(30)).await;
+    let done = store.run(&run).await.unwrap().unwrap();
+    assert_eq!(done.output, Some(serde_json::json!("echo: say rust")));
+    assert_eq!(done.error, None);
+    assert_eq!(server.request_count(), 2);
+    signal(child.id(), "TERM");
+    assert_eq!(wait(child).await.code(), Some(0), "{}", w.log());
+}
