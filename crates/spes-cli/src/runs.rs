@@ -77,6 +77,19 @@ pub(crate) async fn open_store(
         .map(str::to_owned)
         .or_else(|| project.config.store.url.clone())
         .unwrap_or_else(|| "sqlite://.spes/spes.db".into());
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store: Arc<dyn RunStore> = Arc::new(
+            spes_store::postgres::PostgresStore::connect(
+                &url,
+                spes_store::postgres::PostgresOptions::default(),
+            )
+            .await?,
+        );
+        if let Ok(mut open) = OPEN.lock() {
+            open.push(store.clone());
+        }
+        return Ok(store);
+    }
     let Some(path) = url.strip_prefix("sqlite://") else {
         return Err(Failure::Store(spes_store::StoreError::BadUrl(url)));
     };
@@ -141,6 +154,11 @@ pub(crate) async fn resume(
     args: ResumeArgs,
 ) -> Result<(), Failure> {
     let (_, store, run) = find(config, store_url, &args.run).await?;
+    // A run queued for workers is resumed by queueing it again: executing
+    // it here as well could race a worker that takes it.
+    if crate::worker::requeue(&store, &run, args.quiet).await? {
+        return Ok(());
+    }
     let file = PathBuf::from(&run.workflow_path);
     // The workflow's own project (its spes.toml) decides providers and components.
     let project = Project::discover(config, &file)?;

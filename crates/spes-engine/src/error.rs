@@ -37,6 +37,15 @@ pub enum FailureKind {
         /// Time left in its cool-down.
         retry_after: std::time::Duration,
     },
+    /// A map item failed in a worker (`spes worker`): its error as that
+    /// worker saw it.
+    #[error("{message}")]
+    Remote {
+        /// The error.
+        message: String,
+        /// Whether it was transient there.
+        transient: bool,
+    },
     /// A saga step failed and at least one compensation failed too: the
     /// saga's effects are only partly undone.
     #[error("{0}")]
@@ -69,6 +78,13 @@ impl EngineError {
             | FailureKind::Answer(_)
             | FailureKind::Config(_)
             | FailureKind::Compensation(_) => ErrorClass::Terminal,
+            FailureKind::Remote { transient, .. } => {
+                if *transient {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Terminal
+                }
+            }
         }
     }
 

@@ -43,6 +43,12 @@ pub enum Effect {
         /// Milliseconds since the epoch.
         at_ms: i64,
     },
+    /// The result of a map item that a worker executed (`spes worker`),
+    /// recorded with the end of its task.
+    Item {
+        /// The item step's value.
+        value: serde_json::Value,
+    },
 }
 
 impl Effect {
@@ -53,6 +59,7 @@ impl Effect {
             Self::Model { .. } => "model",
             Self::Decision { .. } => "decision",
             Self::Clock { .. } => "clock",
+            Self::Item { .. } => "item",
         }
     }
 
@@ -83,6 +90,12 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// recorded an effect under the same key first, that one is returned
     /// (and must be used): the first commit wins.
     async fn record(&self, key: &str, effect: Effect) -> Result<Effect, String>;
+    /// Reloads the entries whose keys start with `prefix` (written by
+    /// other workers: map items). A journal that only this process writes
+    /// has nothing to do.
+    async fn refresh(&self, _prefix: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// An in-memory journal (one process; nothing survives it).

@@ -42,6 +42,7 @@ mod pattern;
 pub mod patterns;
 pub mod policy;
 pub mod run;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::fmt;

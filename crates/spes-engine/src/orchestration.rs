@@ -7,6 +7,7 @@
 
 mod flow;
 mod map;
+pub(crate) use map::distributable;
 mod saga;
 mod scatter_gather;
 
@@ -34,7 +35,9 @@ impl<'e> Exec<'e> {
             .filter(|(k, _)| k.as_str() != key)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        Self::new(self.engine, ctx, self.journal.clone(), self.control.clone())
+        let mut e = Self::new(self.engine, ctx, self.journal.clone(), self.control.clone());
+        e.dist = self.dist.clone();
+        e
     }
 
     /// Takes a child's counters (not its context writes).

@@ -103,20 +103,131 @@ use crate::error::{EngineError, FailureKind};
 use crate::journal::Effect;
 use crate::run::{Exec, StepResult, Stop, fail};
 
-/// Circuit breakers shared by every run of an engine, keyed by name.
+/// Circuit breakers shared by every run of an engine, keyed by name; and,
+/// once [`Breakers::share`]d through a store with a work queue, by every
+/// worker on that store (each transition a compare-and-set there).
 #[derive(Debug, Clone, Default)]
-pub struct Breakers(Arc<Mutex<HashMap<String, Breaker>>>);
+pub struct Breakers {
+    local: Arc<Mutex<HashMap<String, Breaker>>>,
+    shared: Arc<std::sync::OnceLock<Arc<dyn spes_store::RunStore>>>,
+}
+
+/// A breaker's state as the shared store keeps it.
+fn encode(s: BreakerState) -> serde_json::Value {
+    match s {
+        BreakerState::Closed { failures } => serde_json::json!({ "closed": failures }),
+        BreakerState::Open { until_ms } => serde_json::json!({ "open_until_ms": until_ms }),
+        BreakerState::HalfOpen { since_ms } => serde_json::json!({ "probe_since_ms": since_ms }),
+    }
+}
+
+fn decode(v: &serde_json::Value) -> Breaker {
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_i64);
+    let state = if let Some(until_ms) = n("open_until_ms") {
+        BreakerState::Open { until_ms }
+    } else if let Some(since_ms) = n("probe_since_ms") {
+        BreakerState::HalfOpen { since_ms }
+    } else {
+        BreakerState::Closed {
+            failures: n("closed").and_then(|f| u32::try_from(f).ok()).unwrap_or(0),
+        }
+    };
+    Breaker::from(state)
+}
 
 impl Breakers {
     fn with<R>(&self, name: &str, f: impl FnOnce(&mut Breaker) -> R) -> Option<R> {
-        let mut map = self.0.lock().ok()?;
+        let mut map = self.local.lock().ok()?;
         Some(f(map.entry(name.to_owned()).or_default()))
     }
 
-    /// The state of breaker `name`, if it was ever used.
+    /// From now on, keep the breakers in `store` (one with a work queue), so
+    /// that every worker on it sees the same state: ten workers do not
+    /// hammer a provider that is down ten times over. Without a queue, or
+    /// when already shared, nothing changes.
+    pub fn share(&self, store: Arc<dyn spes_store::RunStore>) {
+        if store.queue().is_some() {
+            let _ = self.shared.set(store);
+        }
+    }
+
+    /// Applies a transition: on the shared state (read, decide, compare and
+    /// set; again when another worker came first), else in this process.
+    /// A store that fails falls back to this process's breaker.
+    pub(crate) async fn update<R>(&self, name: &str, f: impl Fn(&mut Breaker) -> R) -> Option<R> {
+        let q = self.shared.get().and_then(|s| s.queue());
+        if let Some(q) = q {
+            let key = format!("breaker:{name}");
+            for _ in 0..20 {
+                let Ok(current) = q.shared_state(&key).await else {
+                    break;
+                };
+                let mut b = current.as_ref().map(|(v, _)| decode(v)).unwrap_or_default();
+                let before = b.state();
+                let r = f(&mut b);
+                let after = b.state();
+                let written = before == after
+                    || q.put_shared_state(&key, &encode(after), current.map(|(_, v)| v))
+                        .await
+                        .unwrap_or(false);
+                if written {
+                    if let Ok(mut map) = self.local.lock() {
+                        map.insert(name.to_owned(), b);
+                    }
+                    return Some(r);
+                }
+            }
+        }
+        self.with(name, f)
+    }
+
+    /// On a shared store: waits while `provider` has asked any worker to
+    /// back off (a 429 with `retry-after`), at most a minute.
+    pub(crate) async fn rate_limit_wait(&self, provider: &str, now_ms: i64) {
+        let Some(q) = self.shared.get().and_then(|s| s.queue()) else {
+            return;
+        };
+        if let Ok(Some((v, _))) = q.shared_state(&format!("ratelimit:{provider}")).await
+            && let Some(until) = v.get("until_ms").and_then(serde_json::Value::as_i64)
+            && until > now_ms
+        {
+            let ms = u64::try_from((until - now_ms).min(60_000)).unwrap_or(0);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
+
+    /// On a shared store: tells every worker that `provider` asked for no
+    /// calls before `until_ms` (kept if a later time is already there).
+    pub(crate) async fn rate_limited(&self, provider: &str, until_ms: i64) {
+        let Some(q) = self.shared.get().and_then(|s| s.queue()) else {
+            return;
+        };
+        let key = format!("ratelimit:{provider}");
+        for _ in 0..5 {
+            let Ok(current) = q.shared_state(&key).await else {
+                return;
+            };
+            let known = current
+                .as_ref()
+                .and_then(|(v, _)| v.get("until_ms").and_then(serde_json::Value::as_i64));
+            if known.is_some_and(|k| k >= until_ms) {
+                return;
+            }
+            let v = serde_json::json!({ "until_ms": until_ms });
+            if q.put_shared_state(&key, &v, current.map(|(_, ver)| ver))
+                .await
+                .unwrap_or(true)
+            {
+                return;
+            }
+        }
+    }
+
+    /// The state of breaker `name`, if it was ever used (here; a shared
+    /// breaker as this process last saw it).
     #[must_use]
     pub fn state(&self, name: &str) -> Option<BreakerState> {
-        self.0.lock().ok()?.get(name).map(Breaker::state)
+        self.local.lock().ok()?.get(name).map(Breaker::state)
     }
 }
 
@@ -422,7 +533,8 @@ impl Exec<'_> {
             admission = self
                 .engine
                 .breakers
-                .with(name, |b| b.allow(cfg, now))
+                .update(name, |b| b.allow(cfg, now))
+                .await
                 .unwrap_or(Admission::Call);
             if let Admission::Refused { retry_after } = admission {
                 let e = EngineError {
@@ -452,12 +564,16 @@ impl Exec<'_> {
             match &result {
                 // The provider answered (perhaps that the request was bad): it is up.
                 Ok(_) | Err(Stop::Failed(_)) if !transient => {
-                    self.engine.breakers.with(name, |b| b.on_success(admission));
+                    self.engine
+                        .breakers
+                        .update(name, |b| b.on_success(admission))
+                        .await;
                 }
                 Err(Stop::Failed(_)) => {
                     self.engine
                         .breakers
-                        .with(name, |b| b.on_failure(cfg, admission, now));
+                        .update(name, |b| b.on_failure(cfg, admission, now))
+                        .await;
                 }
                 // Suspended, paused, cancelled: no verdict (a lost probe is replaced later).
                 _ => {}
@@ -543,6 +659,21 @@ impl Exec<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_breaker_states_round_trip() {
+        for state in [
+            BreakerState::Closed { failures: 3 },
+            BreakerState::Open { until_ms: 5 },
+            BreakerState::HalfOpen { since_ms: 7 },
+        ] {
+            assert_eq!(decode(&encode(state)).state(), state);
+        }
+        assert_eq!(
+            decode(&serde_json::json!({})).state(),
+            BreakerState::Closed { failures: 0 }
+        );
+    }
 
     #[test]
     fn providers_see_retries_under_the_step_key() {

@@ -112,6 +112,8 @@ pub(crate) struct Exec<'e> {
     pub(crate) model_calls: u64,
     pub(crate) replayed: u64,
     pub(crate) usage: Usage,
+    /// Map items go to the shared work queue (a run executed by `spes worker`).
+    pub(crate) dist: Option<Arc<crate::worker::Dist>>,
 }
 
 pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
@@ -170,17 +172,20 @@ impl<'e> Exec<'e> {
             model_calls: 0,
             replayed: 0,
             usage: Usage::default(),
+            dist: None,
         }
     }
 
     /// A child execution for a parallel branch: same journal, a copy of the context.
     pub(crate) fn fork(&self) -> Self {
-        Self::new(
+        let mut e = Self::new(
             self.engine,
             self.ctx.clone(),
             self.journal.clone(),
             self.control.clone(),
-        )
+        );
+        e.dist = self.dist.clone();
+        e
     }
 
     /// Takes a finished child's writes and counters.
@@ -385,6 +390,21 @@ impl<'e> Exec<'e> {
                         FailureKind::Config(format!("sub-workflow {}: {m}", w.path)),
                     )
                 })?;
+                // On a shared store, a worker executes the sub-workflow as a task of its own.
+                if let Some(d) = self.dist.clone()
+                    && d.flows.contains(key)
+                    && w.workflow
+                        .steps
+                        .iter()
+                        .all(crate::orchestration::distributable)
+                {
+                    let value = self.subflow_remote(&d, key, ctx, depth, &s.loc).await?;
+                    return Ok(StepResult {
+                        value,
+                        note: Some(format!("workflow {} (in a worker)", w.path)),
+                        usage: None,
+                    });
+                }
                 let mut child =
                     Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone());
                 let r = child
@@ -644,7 +664,7 @@ impl<'e> Exec<'e> {
     }
 
     /// Stops at once if the run was paused or cancelled by someone else.
-    async fn check_control(&self, key: &str, loc: &Loc) -> Result<(), Stop> {
+    pub(crate) async fn check_control(&self, key: &str, loc: &Loc) -> Result<(), Stop> {
         let Some(c) = &self.control else {
             return Ok(());
         };
@@ -694,10 +714,27 @@ impl<'e> Exec<'e> {
             }));
         }
         let request_hash = request_hash(&req);
-        let response = provider
-            .complete(&req, &cx)
-            .await
-            .map_err(|e| fail(key, loc, FailureKind::Provider(e)))?;
+        // Workers on a shared store honour a provider's `retry-after` together.
+        self.engine
+            .breakers
+            .rate_limit_wait(provider.name(), (self.engine.clock)())
+            .await;
+        let response = match provider.complete(&req, &cx).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.kind == spes_llm::ProviderErrorKind::RateLimited
+                    && let Some(wait) = e.retry_after
+                {
+                    let until = (self.engine.clock)()
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                    self.engine
+                        .breakers
+                        .rate_limited(provider.name(), until)
+                        .await;
+                }
+                return Err(fail(key, loc, FailureKind::Provider(e)));
+            }
+        };
         let effect = Effect::Model {
             provider: provider.name().to_owned(),
             model: req

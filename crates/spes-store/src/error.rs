@@ -68,8 +68,26 @@ pub enum StoreError {
         supported: i64,
     },
     /// A store URL spes does not understand.
-    #[error("unsupported store URL `{0}`; use sqlite://PATH (or postgres://... once available)")]
+    #[error("unsupported store URL `{0}`; use sqlite://PATH or postgres://USER@HOST/DB")]
     BadUrl(String),
+    /// The database server cannot be reached (down, restarting, refusing
+    /// connections) and did not come back within the retry budget.
+    #[error("{what} is unavailable: {reason}")]
+    Unavailable {
+        /// The server (its URL without password).
+        what: String,
+        /// The last error.
+        reason: String,
+    },
+    /// A write was refused because the task's lease is no longer held by
+    /// this worker (it expired and another worker may have taken the task).
+    #[error("lease on task {task} lost (epoch {epoch}): another worker owns it now")]
+    Fenced {
+        /// The task.
+        task: i64,
+        /// The epoch this worker held.
+        epoch: i64,
+    },
     /// Anything else from the database.
     #[error("store error: {0}")]
     Backend(String),
@@ -95,6 +113,9 @@ impl StoreError {
             }
             Self::NewerSchema { .. } => "upgrade spes, or use another --store".into(),
             Self::Ambiguous { .. } => "`spes runs list` shows full ids".into(),
+            Self::Unavailable { .. } => {
+                "check that the database server runs and accepts connections; spes retries with backoff".into()
+            }
             _ => return None,
         })
     }
@@ -102,6 +123,9 @@ impl StoreError {
     /// True when trying again may help (busy database, I/O hiccup).
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Locked { .. } | Self::Backend(_))
+        matches!(
+            self,
+            Self::Locked { .. } | Self::Backend(_) | Self::Unavailable { .. }
+        )
     }
 }

@@ -43,6 +43,8 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod postgres;
+pub mod queue;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -55,6 +57,20 @@ pub use types::{
     Appended, ComponentPin, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Run, RunId,
     RunPatch, RunStatus,
 };
+
+/// Opens the store named by `url`: `sqlite://PATH` (relative paths as
+/// given) or `postgres://...`.
+pub async fn open_url(url: &str) -> Result<std::sync::Arc<dyn RunStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(
+            postgres::PostgresStore::connect(url, postgres::PostgresOptions::default()).await?,
+        ))
+    } else {
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::open_url(url, sqlite::SqliteOptions::default()).await?,
+        ))
+    }
+}
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -127,6 +143,12 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Only the run's status (cheaper than [`RunStore::run`]; checked before each model call).
     async fn status(&self, id: &RunId) -> Result<Option<RunStatus>> {
         Ok(self.run(id).await?.map(|r| r.status))
+    }
+
+    /// The shared work queue, for stores that many workers can share
+    /// (PostgreSQL); `None` for single-machine stores.
+    fn queue(&self) -> Option<&dyn queue::TaskQueue> {
+        None
     }
 
     /// Closes the store's connections (SQLite checkpoints its WAL into the

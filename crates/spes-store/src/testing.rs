@@ -126,3 +126,4 @@ pub fn sample_run() -> crate::NewRun {
 }
 
 pub mod cases;
+pub mod postgres;

@@ -122,6 +122,13 @@ impl Default for Breaker {
     }
 }
 
+impl From<BreakerState> for Breaker {
+    /// A breaker in `state` (one kept outside the process, in a shared store).
+    fn from(state: BreakerState) -> Self {
+        Self { state }
+    }
+}
+
 fn ms_until(now: i64, then: i64) -> Duration {
     Duration::from_millis(u64::try_from(then.saturating_sub(now)).unwrap_or(0))
 }

@@ -23,6 +23,8 @@ enum Item<'e> {
     RecordedFailure(String),
     /// Ran (or replayed) now.
     Ran(Box<Exec<'e>>, Result<Option<Value>, Stop>),
+    /// Executed by a worker (`spes worker`): its recorded result.
+    Recorded(Value),
 }
 
 impl<'e> Exec<'e> {
@@ -40,6 +42,16 @@ impl<'e> Exec<'e> {
         // left out of it when the item step cannot read it (otherwise N
         // items would copy N elements each).
         let strip = !may_read(&m.step, &m.over);
+        // On a shared store, workers execute the items; what follows then
+        // only collects their recorded results.
+        let remote = match self.dist.clone() {
+            Some(d) if d.maps.contains(key) && distributable(&m.step) => {
+                self.map_remote(&d, m, key, &items, strip, depth, loc)
+                    .await?;
+                true
+            }
+            _ => false,
+        };
         let this = &*self;
         // Boxed up front (cheap: nothing runs, nothing is cloned until an
         // item starts); the boxes keep the stream's future type nameable.
@@ -66,6 +78,22 @@ impl<'e> Exec<'e> {
                             }
                             Ok(None) => {}
                             Err(s) => return (i, Item::Ran(Box::new(this.fork()), Err(s))),
+                        }
+                    }
+                    if remote {
+                        match this.journal.get(&format!("{prefix}#result")).await {
+                            Ok(Some(crate::journal::Effect::Item { value })) => {
+                                return (i, Item::Recorded(value));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                let s = crate::run::fail(
+                                    key,
+                                    loc,
+                                    crate::error::FailureKind::Journal(e),
+                                );
+                                return (i, Item::Ran(Box::new(this.fork()), Err(s)));
+                            }
                         }
                     }
                     let mut child = if strip {
@@ -109,6 +137,10 @@ impl<'e> Exec<'e> {
                     continue;
                 }
                 Item::RecordedFailure(msg) => msg,
+                Item::Recorded(v) => {
+                    results.push(v);
+                    continue;
+                }
                 Item::Ran(child, r) => {
                     self.absorb_counters(&child);
                     match r {
@@ -197,6 +229,20 @@ impl<'e> Exec<'e> {
             note: Some(format!("over {n} items")),
             usage: None,
         })
+    }
+}
+
+/// Whether a map's item step may run in another worker: no human gate,
+/// no nested orchestration (those run where their parent runs).
+pub(crate) fn distributable(step: &Step) -> bool {
+    match &step.kind {
+        StepKind::Llm(_) | StepKind::Transform(_) => true,
+        StepKind::Sequence(c) => c.iter().all(distributable),
+        StepKind::Branch(b) => {
+            b.arms.iter().all(|a| a.steps.iter().all(distributable))
+                && b.otherwise.iter().flatten().all(distributable)
+        }
+        _ => false,
     }
 }
 

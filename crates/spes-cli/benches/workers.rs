@@ -1,0 +1,192 @@
+//! `cargo bench -p spes-cli --bench workers`: throughput of `spes worker`
+//! processes sharing one PostgreSQL store, over one run whose map has
+//! 10,000 small items (a `transform`, so no model is the bottleneck and
+//! what is measured is the queue: claim, load, commit).
+//!
+//! For 1, 2 and 4 workers (concurrency 8 each) it prints items per second
+//! and the worker time per item (wall time x workers / items); then one
+//! worker with concurrency 1 over fewer items, whose time per item is the
+//! whole serial claim + journal load + result commit round.
+//!
+//! Needs PostgreSQL at `SPES_TEST_POSTGRES_URL` (see `scripts/postgres.sh`).
+//! `SPES_BENCH_ITEMS=N` changes the item count. Prints figures; asserts
+//! only that every run completes with every item.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spes_store::testing::postgres::TestSchema;
+use spes_store::{RunId, RunStatus, RunStore};
+
+fn workflow() -> &'static str {
+    "name: bench\ninputs:\n  items: { type: list, required: true }\nsteps:\n  - name: each\n    kind: map\n    over: items\n    concurrency: 8\n    step: { name: up, kind: transform, fn: uppercase, input: \"{{ item }}\" }\n    output: out\noutput: out\n"
+}
+
+struct Project {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+}
+
+impl Project {
+    fn new(items: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::write(
+            root.join("spes.toml"),
+            "[defaults]\nprovider = \"test\"\n\n[providers.test]\nkind = \"scripted\"\nscript = \"answers.yaml\"\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("answers.yaml"), "[]\n").unwrap();
+        std::fs::write(root.join("wf.yaml"), workflow()).unwrap();
+        let list: Vec<String> = (0..items).map(|i| format!("item {i}")).collect();
+        std::fs::write(
+            root.join("items.json"),
+            serde_json::to_string(&list).unwrap(),
+        )
+        .unwrap();
+        Self { _dir: dir, root }
+    }
+
+    fn spes(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_spes"));
+        c.current_dir(&self.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .env_remove("SPES_STORE")
+            .env_remove("SPES_CONFIG");
+        c
+    }
+}
+
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Seconds from enqueue to completion of one run of `items` items.
+async fn measure(workers: usize, concurrency: usize, items: usize) -> Duration {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let p = Project::new(items);
+    let url = schema.url().to_owned();
+    let mut ws = Workers(Vec::new());
+    for w in 0..workers {
+        ws.0.push(
+            p.spes(&[
+                "worker",
+                "--store",
+                &url,
+                "--id",
+                &format!("bench-{w}"),
+                "--concurrency",
+                &concurrency.to_string(),
+                "--poll-ms",
+                "20",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        );
+    }
+    // Workers are up once each has connected (its session shows in the server).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT pid) FROM pg_stat_activity WHERE application_name = 'spes'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if n > i64::try_from(workers).unwrap() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let out = p
+        .spes(&[
+            "run",
+            "wf.yaml",
+            "--detach",
+            "--quiet",
+            "--store",
+            &url,
+            "--input-file",
+            "items=items.json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: RunId = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    loop {
+        match store.status(&run).await.unwrap() {
+            Some(RunStatus::Completed) => break,
+            Some(RunStatus::Failed) => {
+                panic!("{:?}", store.run(&run).await.unwrap().unwrap().error)
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let elapsed = started.elapsed();
+    let output = store.run(&run).await.unwrap().unwrap().output.unwrap();
+    assert_eq!(output.as_array().map(Vec::len), Some(items));
+    assert_eq!(
+        output[items - 1],
+        serde_json::json!(format!("ITEM {}", items - 1))
+    );
+    drop(ws);
+    elapsed
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let items: usize = std::env::var("SPES_BENCH_ITEMS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    println!(
+        "workers bench: one run, a map of {items} transform items, PostgreSQL at {}",
+        spes_store::postgres::redact(&spes_store::testing::postgres::server_url())
+    );
+    println!(
+        "{:>8} {:>12} {:>10} {:>10} {:>22}",
+        "workers", "concurrency", "seconds", "items/s", "worker ms per item"
+    );
+    for workers in [1, 2, 4] {
+        let d = measure(workers, 8, items).await;
+        let s = d.as_secs_f64();
+        println!(
+            "{workers:>8} {:>12} {s:>10.2} {:>10.0} {:>22.2}",
+            8,
+            items as f64 / s,
+            s * 1000.0 * workers as f64 / items as f64
+        );
+    }
+    let serial = (items / 20).max(50);
+    let d = measure(1, 1, serial).await;
+    let s = d.as_secs_f64();
+    println!(
+        "{:>8} {:>12} {s:>10.2} {:>10.0} {:>22.2}   <- {serial} items one at a time: the whole claim + load + commit round per item",
+        1,
+        1,
+        serial as f64 / s,
+        s * 1000.0 / serial as f64
+    );
+}

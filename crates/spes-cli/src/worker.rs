@@ -1,0 +1,276 @@
+//! `spes worker`: one of many workers sharing a PostgreSQL store, and
+//! `spes run --detach` on such a store (the run is queued for them).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use spes_core::workflow::Workflow;
+use spes_engine::worker::{Worker, WorkerOptions, WorkflowLoader};
+use spes_store::postgres::{ConnectionEvent, PostgresOptions, PostgresStore};
+use spes_store::{NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
+
+use crate::project::Project;
+use crate::{Failure, build_engine, load_workflow};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct WorkerArgs {
+    /// Most map items (and, separately, runs) this worker executes at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds a claim lasts without a heartbeat; a worker that stops
+    /// renewing loses its tasks to another after this.
+    #[arg(long, default_value_t = 10.0)]
+    lease: f64,
+    /// Milliseconds an idle worker waits before looking for work again.
+    #[arg(long, default_value_t = 100)]
+    poll_ms: u64,
+    /// This worker's id in the store (default host:pid:random).
+    #[arg(long)]
+    id: Option<String>,
+}
+
+/// Loads a run's workflow from its file on this machine; refuses a file
+/// that changed since the run started.
+#[derive(Debug)]
+struct Loader {
+    config: Option<PathBuf>,
+    cache: std::sync::Mutex<std::collections::HashMap<RunId, Arc<Workflow>>>,
+}
+
+#[async_trait]
+impl WorkflowLoader for Loader {
+    async fn load(&self, run: &Run) -> Result<Arc<Workflow>, String> {
+        if let Some(wf) = self.cache.lock().ok().and_then(|c| c.get(&run.id).cloned()) {
+            return Ok(wf);
+        }
+        let file = PathBuf::from(&run.workflow_path);
+        let project = Project::discover(self.config.as_deref(), &file).map_err(describe)?;
+        let source = crate::runs::source_of(&file).map_err(describe)?;
+        if source.hash() != run.workflow_hash {
+            return Err(format!(
+                "the workflow file {} on this worker differs from the one the run started with",
+                file.display()
+            ));
+        }
+        let (wf, _) = load_workflow(&project, &file).map_err(describe)?;
+        let wf = Arc::new(wf);
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= 256 {
+                c.clear();
+            }
+            c.insert(run.id, wf.clone());
+        }
+        Ok(wf)
+    }
+}
+
+fn describe(f: Failure) -> String {
+    match f {
+        Failure::Input(d) => d.render_plain(),
+        Failure::Run(e) => e.to_string(),
+        Failure::Usage(m) | Failure::Stopped(_, m) => m,
+        Failure::Store(e) => e.to_string(),
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%H:%M:%S%.3f").to_string()
+}
+
+/// Opens a `postgres://` store with a hook that logs lost and restored connections.
+async fn open_shared(url: &str, lease: Duration) -> Result<Arc<dyn RunStore>, Failure> {
+    let opts = PostgresOptions::default()
+        .with_max_connections(20)
+        // A worker frozen inside a transaction must not keep its row locks
+        // (and so its tasks) past its lease.
+        .with_idle_in_transaction_timeout(
+            lease.clamp(Duration::from_millis(500), Duration::from_secs(5)),
+        )
+        .with_on_connection(Arc::new(|e: &ConnectionEvent| match e {
+            ConnectionEvent::Lost { reason } => {
+                eprintln!(
+                    "{} worker: database unavailable ({reason}); reconnecting with backoff",
+                    now()
+                );
+            }
+            ConnectionEvent::Restored { after } => {
+                eprintln!(
+                    "{} worker: reconnected to the database after {:.1}s",
+                    now(),
+                    after.as_secs_f64()
+                );
+            }
+            _ => {}
+        }));
+    let store = PostgresStore::connect(url, opts).await?;
+    Ok(Arc::new(store))
+}
+
+pub(crate) async fn worker(
+    config: Option<&Path>,
+    store_url: Option<&str>,
+    args: WorkerArgs,
+) -> Result<(), Failure> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let project = Project::discover(config, &cwd)?;
+    let url = store_url
+        .map(str::to_owned)
+        .or_else(|| project.config.store.url.clone())
+        .unwrap_or_default();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Failure::Usage(format!(
+            "spes worker needs a shared store: --store postgres://USER@HOST/DB (got `{}`)",
+            if url.is_empty() { "none" } else { url.as_str() }
+        )));
+    }
+    let lease = Duration::from_secs_f64(args.lease.max(0.3));
+    let store = open_shared(&url, lease).await?;
+    let engine = Arc::new(build_engine(&project, None, true, None, false)?);
+    let mut opts = WorkerOptions::default()
+        .with_concurrency(args.concurrency)
+        .with_lease(lease)
+        .with_poll(Duration::from_millis(args.poll_ms))
+        .with_log(Arc::new(|line: &str| eprintln!("{} worker: {line}", now())));
+    if let Some(id) = args.id {
+        opts = opts.with_id(id);
+    }
+    let id = opts.id().to_owned();
+    let loader = Arc::new(Loader {
+        config: config.map(Path::to_path_buf),
+        cache: std::sync::Mutex::default(),
+    });
+    let worker = Worker::new(engine, store.clone(), loader, opts)?;
+    eprintln!(
+        "{} worker {id}: taking work from {} (concurrency {}, lease {}s)",
+        now(),
+        store.describe(),
+        args.concurrency,
+        args.lease
+    );
+    let stats = worker.run(shutdown()).await;
+    eprintln!(
+        "{} worker {id}: stopped; {} runs, {} items done, {} leases lost, {} tasks given back",
+        now(),
+        stats.runs,
+        stats.items,
+        stats.lost,
+        stats.released
+    );
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `spes run --detach` on a store with a work queue: records the run as
+/// pending with its task ready, prints its id, and returns.
+pub(crate) async fn enqueue(
+    store: &Arc<dyn RunStore>,
+    wf: &Workflow,
+    source: &spes_engine::WorkflowSource,
+    ctx: spes_core::template::Context,
+    quiet: bool,
+) -> Result<bool, Failure> {
+    let Some(q) = store.queue() else {
+        return Ok(false);
+    };
+    let id = RunId::new();
+    q.create_queued_run(&NewRun {
+        id,
+        workflow_name: wf.name.clone(),
+        workflow_path: source.path.clone(),
+        workflow_hash: source.hash(),
+        workflow_source: source.text.clone(),
+        pins: spes_engine::durable::pins_of(wf),
+        inputs: serde_json::Value::Object(ctx),
+        status: RunStatus::Pending,
+        owner: None,
+    })
+    .await?;
+    if !quiet {
+        eprintln!(
+            "run {id} queued on {}; a `spes worker` executes it (`spes runs show {id}`)",
+            store.describe()
+        );
+    }
+    crate::out(&id.to_string());
+    Ok(true)
+}
+
+/// Whether `run` was queued for workers (it has a run task in a shared store).
+pub(crate) async fn is_queued(store: &Arc<dyn RunStore>, run: &RunId) -> Result<bool, Failure> {
+    let Some(q) = store.queue() else {
+        return Ok(false);
+    };
+    Ok(q.task_state(run, "").await?.is_some())
+}
+
+/// `spes resume` of a run queued for workers: back to `pending` (error
+/// cleared) with its task ready, for a worker to continue. False when the
+/// run is not a queued one (it is resumed here, as usual).
+pub(crate) async fn requeue(
+    store: &Arc<dyn RunStore>,
+    run: &Run,
+    quiet: bool,
+) -> Result<bool, Failure> {
+    let Some(q) = store.queue() else {
+        return Ok(false);
+    };
+    if !is_queued(store, &run.id).await? {
+        return Ok(false);
+    }
+    if matches!(run.status, RunStatus::Completed | RunStatus::Cancelled) {
+        return Err(Failure::Usage(format!(
+            "run {} is {}; there is nothing to resume",
+            run.id, run.status
+        )));
+    }
+    if matches!(
+        run.status,
+        RunStatus::Failed | RunStatus::Paused | RunStatus::Waiting
+    ) {
+        store
+            .transition(
+                &run.id,
+                &[run.status],
+                RunStatus::Pending,
+                RunPatch {
+                    error: Some(None),
+                    owner: Some(None),
+                    ..RunPatch::default()
+                },
+            )
+            .await?;
+    }
+    q.enqueue_run(&run.id).await?;
+    if !quiet {
+        eprintln!(
+            "run {} queued again on {}; a `spes worker` continues it (finished steps are not repeated)",
+            run.id,
+            store.describe()
+        );
+    }
+    Ok(true)
+}

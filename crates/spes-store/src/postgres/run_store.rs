@@ -1,0 +1,492 @@
+//! [`RunStore`] on PostgreSQL: every write one transaction; appends to a
+//! run take the run's row lock first, so that sequence numbers follow
+//! commit order without gaps.
+
+use async_trait::async_trait;
+use sqlx::{AssertSqlSafe, PgConnection, Row};
+
+use super::row::{self, ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS};
+use super::{Fail, PostgresStore, error};
+use crate::{
+    Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
+    RunStatus, RunStore, StoreError,
+};
+
+pub(super) fn no_run(id: &RunId) -> Fail {
+    Fail::Store(StoreError::NotFound(format!("no run {id}")))
+}
+
+/// Locks the run's row for the rest of the transaction; `NotFound` if absent.
+pub(super) async fn lock_run(conn: &mut PgConnection, id: &RunId) -> Result<String, Fail> {
+    sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = $1 FOR UPDATE")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| no_run(id))
+}
+
+/// Appends inside a transaction that holds the run's row lock.
+pub(super) async fn append_locked(
+    conn: &mut PgConnection,
+    shown: &str,
+    id: &RunId,
+    key: &str,
+    kind: &str,
+    payload: &str,
+) -> Result<Appended, Fail> {
+    let run_id = id.to_string();
+    let seq = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, clock_timestamp() FROM entries WHERE run_id = $1 \
+         ON CONFLICT (run_id, key) DO NOTHING RETURNING seq",
+    )
+    .bind(&run_id)
+    .bind(key)
+    .bind(kind)
+    .bind(payload)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match seq {
+        Some(seq) => Ok(Appended::New(seq)),
+        None => {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = $1 AND key = $2"
+            )))
+            .bind(&run_id)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(Appended::Existing(row::entry(shown, &row)?))
+        }
+    }
+}
+
+/// Applies a compare-and-set transition inside a transaction.
+pub(super) async fn transition_in(
+    conn: &mut PgConnection,
+    shown: &str,
+    id: &RunId,
+    from: &[RunStatus],
+    to: RunStatus,
+    patch: &RunPatch,
+    output: Option<&String>,
+) -> Result<Run, Fail> {
+    let current = lock_run(conn, id).await?;
+    if !from.iter().any(|s| s.as_str() == current) {
+        return Err(Fail::Store(StoreError::Conflict {
+            run: id.to_string(),
+            current,
+            expected: from
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "),
+        }));
+    }
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE runs SET status = $2, updated_at = clock_timestamp(), \
+         output = CASE WHEN $3 THEN $4 ELSE output END, \
+         error = CASE WHEN $5 THEN $6 ELSE error END, \
+         owner = CASE WHEN $7 THEN $8 ELSE owner END \
+         WHERE id = $1 RETURNING {RUN_COLUMNS}"
+    )))
+    .bind(id.to_string())
+    .bind(to.as_str())
+    .bind(output.is_some())
+    .bind(output)
+    .bind(patch.error.is_some())
+    .bind(patch.error.clone().flatten())
+    .bind(patch.owner.is_some())
+    .bind(patch.owner.clone().flatten())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row::run(shown, &row)?)
+}
+
+#[async_trait]
+impl RunStore for PostgresStore {
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    async fn create_run(&self, run: &NewRun) -> Result<()> {
+        let pins =
+            serde_json::to_string(&run.pins).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let inputs = row::json(&run.inputs)?;
+        let (pins, inputs) = (&pins, &inputs);
+        self.retry(|| async move {
+            let mut conn = self.pool.acquire().await?;
+            insert_run(&mut conn, run, pins, inputs).await
+        })
+        .await
+    }
+
+    async fn run(&self, id: &RunId) -> Result<Option<Run>> {
+        let id = &id.to_string();
+        self.retry(|| async move {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+            )))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|r| row::run(&self.shown, &r)).transpose()?)
+        })
+        .await
+    }
+
+    async fn status(&self, id: &RunId) -> Result<Option<RunStatus>> {
+        let id = &id.to_string();
+        self.retry(|| async move {
+            let s = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            s.map(|s| {
+                s.parse::<RunStatus>()
+                    .map_err(|e| Fail::Store(StoreError::Backend(e)))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn find_run(&self, id_or_prefix: &str) -> Result<Run> {
+        let prefix: String = id_or_prefix
+            .trim()
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::NotFound(format!(
+                "no run `{id_or_prefix}`: give at least 4 hex digits of a run id"
+            )));
+        }
+        let upper = &format!("{prefix}g");
+        let prefix = &prefix;
+        self.retry(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 2"
+            )))
+            .bind(prefix)
+            .bind(upper)
+            .fetch_all(&self.pool)
+            .await?;
+            match rows.as_slice() {
+                [] => Err(Fail::Store(StoreError::NotFound(format!(
+                    "no run `{id_or_prefix}`"
+                )))),
+                [one] => Ok(row::run(&self.shown, one)?),
+                _ => {
+                    let count = sqlx::query_scalar::<_, i64>(
+                        "SELECT count(*) FROM runs WHERE id >= $1 AND id < $2",
+                    )
+                    .bind(prefix)
+                    .bind(upper)
+                    .fetch_one(&self.pool)
+                    .await?;
+                    Err(Fail::Store(StoreError::Ambiguous {
+                        prefix: id_or_prefix.to_owned(),
+                        count: usize::try_from(count).unwrap_or(usize::MAX),
+                    }))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>> {
+        self.retry(|| async move {
+            let rows = match status {
+                Some(s) => sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = $1 ORDER BY created_at DESC, ord DESC LIMIT $2"
+                )))
+                .bind(s.as_str())
+                .bind(i64::from(limit)),
+                None => sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, ord DESC LIMIT $1"
+                )))
+                .bind(i64::from(limit)),
+            }
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| row::run(&self.shown, r))
+                .collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn transition(
+        &self,
+        id: &RunId,
+        from: &[RunStatus],
+        to: RunStatus,
+        patch: RunPatch,
+    ) -> Result<Run> {
+        let output = patch.output.as_ref().map(row::json).transpose()?;
+        let (patch, output) = (&patch, output.as_ref());
+        self.retry(|| async move {
+            let mut tx = self.pool.begin().await?;
+            let run = transition_in(&mut tx, &self.shown, id, from, to, patch, output).await?;
+            tx.commit().await?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        id: &RunId,
+        key: &str,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Appended> {
+        let payload = &row::json(payload)?;
+        self.retry(|| async move {
+            let mut tx = self.pool.begin().await?;
+            lock_run(&mut tx, id).await?;
+            let a = append_locked(&mut tx, &self.shown, id, key, kind, payload).await?;
+            tx.commit().await?;
+            Ok(a)
+        })
+        .await
+    }
+
+    async fn entry(&self, id: &RunId, key: &str) -> Result<Option<Entry>> {
+        let run_id = &id.to_string();
+        self.retry(|| async move {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = $1 AND key = $2"
+            )))
+            .bind(run_id)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|r| row::entry(&self.shown, &r)).transpose()?)
+        })
+        .await
+    }
+
+    async fn entries(&self, id: &RunId) -> Result<Vec<Entry>> {
+        let run_id = &id.to_string();
+        self.retry(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = $1 ORDER BY seq"
+            )))
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| row::entry(&self.shown, r))
+                .collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn open_gate(&self, gate: &NewGate) -> Result<()> {
+        let run_id = &gate.run_id.to_string();
+        let request = &row::json(&gate.request)?;
+        self.retry(|| async move {
+            sqlx::query(
+                "INSERT INTO gates (run_id, key, kind, request, deadline, opened_at) \
+                 VALUES ($1, $2, $3, $4, $5, clock_timestamp()) ON CONFLICT (run_id, key) DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(&gate.key)
+            .bind(&gate.kind)
+            .bind(request)
+            .bind(gate.deadline)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if error::code_of(&e).as_deref() == Some(error::FOREIGN_KEY_VIOLATION) {
+                    no_run(&gate.run_id)
+                } else {
+                    Fail::Sql(e)
+                }
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn decide_gate(
+        &self,
+        id: &RunId,
+        key: &str,
+        decision: &serde_json::Value,
+    ) -> Result<Decided> {
+        let run_id = &id.to_string();
+        let decision = &row::json(decision)?;
+        self.retry(|| async move {
+            let mut tx = self.pool.begin().await?;
+            // Lock order everywhere: the run's task, then the run.
+            sqlx::query("SELECT id FROM tasks WHERE run_id = $1 AND key = '' FOR UPDATE")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            lock_run(&mut tx, id).await?;
+            let gate = sqlx::query(
+                "SELECT decision, decided_at FROM gates WHERE run_id = $1 AND key = $2 FOR UPDATE",
+            )
+            .bind(run_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                Fail::Store(StoreError::NotFound(format!("no gate `{key}` in run {id}")))
+            })?;
+            let first: (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+                (gate.try_get("decision")?, gate.try_get("decided_at")?);
+            if let (Some(d), Some(t)) = first {
+                tx.rollback().await?;
+                return decided_already(&self.shown, &d, t);
+            }
+            // The journal is the truth: a decision already recorded under
+            // the gate's key (answered interactively) wins.
+            let entry = sqlx::query("SELECT payload, recorded_at FROM entries WHERE run_id = $1 AND key = $2")
+                .bind(run_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(e) = entry {
+                let (d, t): (String, chrono::DateTime<chrono::Utc>) =
+                    (e.try_get("payload")?, e.try_get("recorded_at")?);
+                sqlx::query("UPDATE gates SET decision = $3, decided_at = $4 WHERE run_id = $1 AND key = $2")
+                    .bind(run_id)
+                    .bind(key)
+                    .bind(&d)
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                return decided_already(&self.shown, &d, t);
+            }
+            let appended = append_locked(&mut tx, &self.shown, id, key, "decision", decision).await?;
+            let Appended::New(_) = appended else {
+                return Err(Fail::Store(StoreError::Backend("decision entry raced".into())));
+            };
+            sqlx::query(
+                "UPDATE gates SET decision = $3, decided_at = e.recorded_at FROM entries e \
+                 WHERE gates.run_id = $1 AND gates.key = $2 AND e.run_id = $1 AND e.key = $2",
+            )
+            .bind(run_id)
+            .bind(key)
+            .bind(decision)
+            .execute(&mut *tx)
+            .await?;
+            // A queued run waiting for this decision becomes runnable again.
+            super::queue::notify(&mut tx).await?;
+            sqlx::query(
+                "UPDATE tasks SET state = 'ready', owner = NULL, lease_expires_at = NULL, updated_at = now() \
+                 WHERE run_id = $1 AND key = '' AND state = 'done' \
+                 AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND status = 'waiting')",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Decided::Now)
+        })
+        .await
+    }
+
+    async fn gates(&self, filter: &GateFilter) -> Result<Vec<Gate>> {
+        let run_id = filter.run_id.map(|r| r.to_string());
+        let pending = if filter.pending_only {
+            " AND decided_at IS NULL"
+        } else {
+            ""
+        };
+        let by_run = if run_id.is_some() {
+            " AND run_id = $1"
+        } else {
+            ""
+        };
+        let sql = &format!(
+            "SELECT {GATE_COLUMNS} FROM gates WHERE TRUE{by_run}{pending} ORDER BY opened_at, ord"
+        );
+        let run_id = &run_id;
+        self.retry(|| async move {
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+            if let Some(r) = run_id {
+                q = q.bind(r);
+            }
+            let rows = q.fetch_all(&self.pool).await?;
+            Ok(rows
+                .iter()
+                .map(|r| row::gate(&self.shown, r))
+                .collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    fn queue(&self) -> Option<&dyn crate::queue::TaskQueue> {
+        Some(self)
+    }
+
+    async fn close(&self) {
+        Self::close(self).await;
+    }
+}
+
+/// Inserts a run; a taken id is a conflict naming the existing run's status.
+pub(super) async fn insert_run(
+    conn: &mut PgConnection,
+    run: &NewRun,
+    pins: &str,
+    inputs: &str,
+) -> Result<(), Fail> {
+    let id = run.id.to_string();
+    let inserted = sqlx::query(
+        "INSERT INTO runs (id, workflow_name, workflow_path, workflow_hash, workflow_source, pins, inputs, \
+         status, owner, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now()) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(&run.workflow_name)
+    .bind(&run.workflow_path)
+    .bind(&run.workflow_hash)
+    .bind(&run.workflow_source)
+    .bind(pins)
+    .bind(inputs)
+    .bind(run.status.as_str())
+    .bind(&run.owner)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let current = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = $1")
+            .bind(&id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or_else(|| "gone".into());
+        return Err(Fail::Store(StoreError::Conflict {
+            run: id,
+            current,
+            expected: "absent (a new run)".into(),
+        }));
+    }
+    Ok(())
+}
+
+fn decided_already(
+    shown: &str,
+    decision: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Decided, Fail> {
+    let decision = serde_json::from_str(decision).map_err(|e| {
+        Fail::Store(StoreError::Corrupt {
+            path: shown.to_owned(),
+            reason: format!("decision: {e}"),
+        })
+    })?;
+    Ok(Decided::Already {
+        decision,
+        decided_at: at,
+    })
+}

@@ -1,0 +1,96 @@
+//! The conformance suite on PostgreSQL, plus what only a shared server
+//! does: migrations run once by racing processes, a newer schema refused,
+//! and the work queue (claims, leases, fencing).
+//!
+//! Needs a server: `SPES_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); `scripts/postgres.sh` starts one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+#[path = "postgres/queue.rs"]
+mod queue;
+
+use std::sync::Arc;
+
+use spes_store::postgres::{PostgresOptions, PostgresStore};
+use spes_store::testing::postgres::TestSchema;
+use spes_store::{RunStore, StoreError};
+
+spes_store::conformance!(postgres_conformance, spes_store::testing::postgres::fixture);
+
+#[tokio::test]
+async fn racing_openers_migrate_once() {
+    let schema = TestSchema::new().await;
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = schema.url().to_owned();
+            tokio::spawn(
+                async move { PostgresStore::connect(&url, PostgresOptions::default()).await },
+            )
+        })
+        .collect();
+    for o in opens {
+        let store = o.await.unwrap().unwrap();
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            PostgresStore::supported_schema_version()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_left_alone() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let newer = PostgresStore::supported_schema_version() + 1;
+    sqlx::query("UPDATE spes_meta SET version = $1")
+        .bind(newer)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let err = PostgresStore::connect(schema.url(), PostgresOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found, .. } if found == newer),
+        "{err:?}"
+    );
+    assert_eq!(store.schema_version().await.unwrap(), newer);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_after_the_retry_budget() {
+    // A port nothing listens on (the kernel refuses the connection).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("postgres://u:hunter2@127.0.0.1:{port}/x");
+    let started = std::time::Instant::now();
+    let err = PostgresStore::connect(
+        &url,
+        PostgresOptions::default().with_retry_for(std::time::Duration::from_millis(300)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert!(err.is_transient());
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn open_url_picks_the_backend() {
+    let schema = TestSchema::new().await;
+    let store: Arc<dyn RunStore> = spes_store::open_url(schema.url()).await.unwrap();
+    assert!(
+        store.describe().starts_with("postgres://"),
+        "{}",
+        store.describe()
+    );
+    assert!(store.queue().is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = spes_store::open_url(&format!("sqlite://{}/s.db", dir.path().display()))
+        .await
+        .unwrap();
+    assert!(sqlite.queue().is_none());
+}
