@@ -25,6 +25,33 @@ impl RunId {
     }
 }
 
+impl RunId {
+    /// The id range `[low, high)` holding every id that starts with
+    /// `id_or_prefix` (dashes and case ignored): ids are lowercase hex, so
+    /// the prefix followed by `g` sorts after all of them, and a lookup is
+    /// a range scan on the primary key. Used by the backends' `find_run`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::NotFound`] when the prefix is shorter than 4
+    /// hex digits, longer than an id, or not hex.
+    pub(crate) fn prefix_range(id_or_prefix: &str) -> Result<(String, String), crate::StoreError> {
+        let prefix: String = id_or_prefix
+            .trim()
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(crate::StoreError::NotFound(format!(
+                "no run `{id_or_prefix}`: give at least 4 hex digits of a run id"
+            )));
+        }
+        let upper = format!("{prefix}g");
+        Ok((prefix, upper))
+    }
+}
+
 impl Default for RunId {
     fn default() -> Self {
         Self::new()

@@ -152,19 +152,8 @@ impl RunStore for PostgresStore {
     }
 
     async fn find_run(&self, id_or_prefix: &str) -> Result<Run> {
-        let prefix: String = id_or_prefix
-            .trim()
-            .chars()
-            .filter(|c| *c != '-')
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if prefix.len() < 4 || prefix.len() > 32 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(StoreError::NotFound(format!(
-                "no run `{id_or_prefix}`: give at least 4 hex digits of a run id"
-            )));
-        }
-        let upper = &format!("{prefix}g");
-        let prefix = &prefix;
+        let (prefix, upper) = RunId::prefix_range(id_or_prefix)?;
+        let (prefix, upper) = (&prefix, &upper);
         self.retry(|| async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 2"
