@@ -414,6 +414,65 @@ async fn a_worker_needs_a_shared_store() {
     assert!(err.contains("spes worker needs a shared store"), "{err}");
 }
 
+/// A workflow mapping one llm step over `n` topics; `map_extra` adds lines
+/// to the map step, `policy` adds fields to the llm step.
+fn topic_map(name: &str, n: usize, map_extra: &str, policy: &str) -> String {
+    let topics: Vec<String> = (0..n).map(|i| format!("\"t{i}\"")).collect();
+    format!(
+        "name: {name}\ninputs:\n  topics: {{ type: list, default: [{}] }}\nsteps:\n  - name: gather\n    kind: map\n    over: topics\n{map_extra}    step: {{ name: answer, kind: llm, prompt: \"about {{{{ item }}}}\", max_tokens: 8, {policy} }}\n    output: answers\noutput: answers\n",
+        topics.join(", ")
+    )
+}
+
+/// Two workers of concurrency 1 on one queued run: A behind server `sa`,
+/// B behind `sb`.
+struct TwoWorkers {
+    run: RunId,
+    workers: [(std::process::Child, Dir); 2],
+    /// Kill both if the test fails before [`TwoWorkers::stop`].
+    _guards: [KillOnDrop; 2],
+}
+
+impl TwoWorkers {
+    /// Queues `wf`, starts the workers with a lease of `lease` s and waits
+    /// until the run completes.
+    async fn run(
+        schema: &TestSchema,
+        store: &PostgresStore,
+        (sa, sb): (&FakeServer, &FakeServer),
+        wf: &str,
+        lease: f64,
+    ) -> Self {
+        let submit = Dir::new(&sa.openai_base_url());
+        submit.write("wf.yaml", wf);
+        let (da, db) = (
+            Dir::new(&sa.openai_base_url()),
+            Dir::new(&sb.openai_base_url()),
+        );
+        let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+        let a = da.worker(schema.url(), "worker-a", 1, lease);
+        let b = db.worker(schema.url(), "worker-b", 1, lease);
+        let two = Self {
+            run,
+            _guards: [KillOnDrop(a.id()), KillOnDrop(b.id())],
+            workers: [(a, da), (b, db)],
+        };
+        completed(store, &two.run, Duration::from_secs(60)).await;
+        two
+    }
+
+    /// SIGTERM to both: each must stop cleanly (exit 0).
+    async fn stop(self) {
+        let Self {
+            workers, _guards, ..
+        } = self;
+        for (child, dir) in workers {
+            signal(child.id(), "TERM");
+            assert_eq!(wait(child).await.code(), Some(0), "{}", dir.log());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_share_one_circuit_breaker_per_provider() {
     let schema = TestSchema::new().await;
@@ -425,24 +484,14 @@ async fn workers_share_one_circuit_breaker_per_provider() {
     // The provider is down behind both workers.
     sa.set_default(spes_fake_llm::FakeResponse::server_error());
     sb.set_default(spes_fake_llm::FakeResponse::server_error());
-    let submit = Dir::new(&sa.openai_base_url());
-    let topics: Vec<String> = (0..20).map(|i| format!("\"t{i}\"")).collect();
-    submit.write(
-        "wf.yaml",
-        &format!(
-            "name: down\ninputs:\n  topics: {{ type: list, default: [{}] }}\nsteps:\n  - name: gather\n    kind: map\n    over: topics\n    on_error: collect\n    step: {{ name: answer, kind: llm, prompt: \"about {{{{ item }}}}\", max_tokens: 8, circuit_breaker: {{ failures: 3, cooldown: 60s }} }}\n    output: answers\noutput: answers\n",
-            topics.join(", ")
-        ),
+    let wf = topic_map(
+        "down",
+        20,
+        "    on_error: collect\n",
+        "circuit_breaker: { failures: 3, cooldown: 60s }",
     );
-    let (da, db) = (
-        Dir::new(&sa.openai_base_url()),
-        Dir::new(&sb.openai_base_url()),
-    );
-    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
-    let a = da.worker(schema.url(), "worker-a", 1, 5.0);
-    let b = db.worker(schema.url(), "worker-b", 1, 5.0);
-    let _guards = (KillOnDrop(a.id()), KillOnDrop(b.id()));
-    completed(&store, &run, Duration::from_secs(60)).await;
+    let two = TwoWorkers::run(&schema, &store, (&sa, &sb), &wf, 5.0).await;
+    let run = two.run;
     let calls = sa.request_count() + sb.request_count();
     // Shared: three failures in a row open the one breaker (a fourth call
     // may have been admitted by the other worker meanwhile). Each worker
@@ -463,10 +512,7 @@ async fn workers_share_one_circuit_breaker_per_provider() {
     assert!(state.get("open_until_ms").is_some(), "{state}");
     let answers = store.run(&run).await.unwrap().unwrap().output.unwrap();
     assert_eq!(answers.as_array().map(Vec::len), Some(20));
-    for (child, dir) in [(a, &da), (b, &db)] {
-        signal(child.id(), "TERM");
-        assert_eq!(wait(child).await.code(), Some(0), "{}", dir.log());
-    }
+    two.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -542,24 +588,14 @@ async fn workers_honour_a_providers_retry_after_together() {
         let log = arrivals.clone();
         server.on_request(move |_| log.lock().unwrap().push((name, Instant::now())));
     }
-    let submit = Dir::new(&sa.openai_base_url());
-    let topics: Vec<String> = (0..30).map(|i| format!("\"t{i}\"")).collect();
-    submit.write(
-        "wf.yaml",
-        &format!(
-            "name: limited\ninputs:\n  topics: {{ type: list, default: [{}] }}\nsteps:\n  - name: gather\n    kind: map\n    over: topics\n    step: {{ name: answer, kind: llm, prompt: \"about {{{{ item }}}}\", max_tokens: 8, retry: {{ attempts: 3, base: 100ms, max: 10s }} }}\n    output: answers\noutput: answers\n",
-            topics.join(", ")
-        ),
+    let wf = topic_map(
+        "limited",
+        30,
+        "",
+        "retry: { attempts: 3, base: 100ms, max: 10s }",
     );
-    let (da, db) = (
-        Dir::new(&sa.openai_base_url()),
-        Dir::new(&sb.openai_base_url()),
-    );
-    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
-    let a = da.worker(schema.url(), "worker-a", 1, 10.0);
-    let b = db.worker(schema.url(), "worker-b", 1, 10.0);
-    let _guards = (KillOnDrop(a.id()), KillOnDrop(b.id()));
-    completed(&store, &run, Duration::from_secs(60)).await;
+    let two = TwoWorkers::run(&schema, &store, (&sa, &sb), &wf, 10.0).await;
+    let run = two.run;
     let arrivals = arrivals.lock().unwrap().clone();
     let limited_at = arrivals
         .iter()
@@ -586,10 +622,7 @@ async fn workers_honour_a_providers_retry_after_together() {
     );
     let answers = store.run(&run).await.unwrap().unwrap().output.unwrap();
     assert_eq!(answers.as_array().map(Vec::len), Some(30));
-    for (child, dir) in [(a, &da), (b, &db)] {
-        signal(child.id(), "TERM");
-        assert_eq!(wait(child).await.code(), Some(0), "{}", dir.log());
-    }
+    two.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
