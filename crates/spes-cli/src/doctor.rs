@@ -188,6 +188,6 @@ pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result
             if key_set(var) { "set" } else { "not set" }
         );
     }
-    print!("{out}");
+    crate::term::out(&out);
     Ok(())
 }

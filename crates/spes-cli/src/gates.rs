@@ -2,6 +2,7 @@
 //! reject | revise | choose`, and the interactive reviewer used when spes
 //! runs in a terminal.
 
+use crate::term::say;
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -128,7 +129,7 @@ pub(crate) async fn pending(config: Option<&Path>, store_url: Option<&str>) -> R
         })
         .await?;
     if gates.is_empty() {
-        eprintln!("no gate is waiting for a human");
+        say!("no gate is waiting for a human");
         return Ok(());
     }
     let mut s = String::new();
@@ -236,14 +237,17 @@ pub(crate) async fn answer(
     {
         Decided::Now => {
             if crate::worker::is_queued(&store, &run.id).await? {
-                eprintln!(
+                say!(
                     "recorded at gate `{}` of run {}; a `spes worker` continues it",
-                    chosen.key, run.id
+                    chosen.key,
+                    run.id
                 );
             } else {
-                eprintln!(
+                say!(
                     "recorded at gate `{}` of run {}; `spes resume {}` continues it",
-                    chosen.key, run.id, run.id
+                    chosen.key,
+                    run.id,
+                    run.id
                 );
             }
             Ok(())
@@ -299,7 +303,7 @@ fn interact(gate: &GateRequest) -> Option<Value> {
             let _ = writeln!(head, "[{}] {}", i + 1, v.as_str().unwrap_or_default());
         }
     }
-    eprint!("{head}");
+    crate::term::say_partial(&head);
     let actions: Vec<&str> = gate
         .request
         .get("actions")
@@ -322,7 +326,7 @@ fn interact(gate: &GateRequest) -> Option<Value> {
                 Ok(k) if (1..=n).contains(&k) => {
                     return Some(json!({ "action": "choose", "choice": k, "by": "terminal" }));
                 }
-                _ => eprintln!("answer a number from 1 to {n}, or r"),
+                _ => say!("answer a number from 1 to {n}, or r"),
             }
             continue;
         }
@@ -347,7 +351,7 @@ fn interact(gate: &GateRequest) -> Option<Value> {
                     json!({ "action": "revise", "comments": comments, "suggest": suggest, "by": "terminal" }),
                 );
             }
-            _ => eprintln!("answer a, r{}", if revise { " or v" } else { "" }),
+            _ => say!("answer a, r{}", if revise { " or v" } else { "" }),
         }
     }
 }

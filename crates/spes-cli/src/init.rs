@@ -1,5 +1,6 @@
 //! `spes init DIR`: a project that runs at once.
 
+use crate::term::say;
 use std::path::Path;
 
 use crate::Failure;
@@ -144,9 +145,9 @@ pub(crate) fn init(dir: &Path) -> Result<(), Failure> {
         std::fs::write(&path, text)
             .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
     }
-    eprintln!("Created a spes project in {}. Try:", dir.display());
-    eprintln!("  cd {}", dir.display());
-    eprintln!("  spes run workflows/summarize.yaml --input text=\"$(cat some-notes.txt)\"");
-    eprintln!("  spes workflow diagram workflows/summarize.yaml --format text");
+    say!("Created a spes project in {}. Try:", dir.display());
+    say!("  cd {}", dir.display());
+    say!("  spes run workflows/summarize.yaml --input text=\"$(cat some-notes.txt)\"");
+    say!("  spes workflow diagram workflows/summarize.yaml --format text");
     Ok(())
 }

@@ -14,6 +14,7 @@ mod init;
 mod progress;
 mod project;
 mod runs;
+mod term;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ use spes_engine::{Engine, EngineError, RunError};
 use spes_llm::{CallContext, Provider, ProviderError};
 
 use crate::project::{Project, read_text};
+use crate::term::{out, out_data, out_json, say};
 
 /// Largest `--input-file` spes reads.
 const MAX_INPUT_FILE: usize = 16 << 20;
@@ -371,7 +373,7 @@ fn main() -> ExitCode {
             };
             let s = spes_core::pattern::suggest(&r);
             if json {
-                out(&serde_json::to_string_pretty(&s).unwrap_or_default());
+                out_json(&serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
                 let mut text = format!(
                     "{}: {}
@@ -403,24 +405,24 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Usage(m)) => {
-            eprintln!("error: {m}");
+            say!("error: {m}");
             ExitCode::from(2)
         }
         Err(Failure::Store(e)) => {
-            eprintln!("error: {e}");
+            say!("error: {e}");
             if let Some(h) = e.hint() {
-                eprintln!("  hint: {h}");
+                say!("  hint: {h}");
             }
             ExitCode::from(5)
         }
         Err(Failure::Stopped(code, m)) => {
-            eprintln!("{m}");
+            say!("{m}");
             ExitCode::from(code)
         }
         Err(Failure::Run(e)) => {
-            eprintln!("error: {e}");
+            say!("error: {e}");
             if let Some(h) = e.hint() {
-                eprintln!("  hint: {h}");
+                say!("  hint: {h}");
             }
             ExitCode::from(1)
         }
@@ -451,33 +453,28 @@ pub(crate) fn print_diagnostics(d: &Diagnostics) {
     let fancy = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut err = std::io::stderr().lock();
     for diag in &d.0 {
-        if fancy && diag.span.is_some() {
+        // A file or message holding control characters is shown plain
+        // (escaped): miette would print its snippet raw.
+        let clean = [
+            Some(diag.message.as_str()),
+            diag.hint.as_deref(),
+            diag.label.as_deref(),
+            diag.file.as_deref(),
+            diag.source_text(),
+        ]
+        .into_iter()
+        .flatten()
+        .all(|t| matches!(term::escape(t), std::borrow::Cow::Borrowed(_)));
+        if fancy && clean && diag.span.is_some() {
             let report = miette::Report::new(NamedDiagnostic::from(diag.clone()));
             let _ = writeln!(err, "{report:?}");
         } else {
-            let _ = writeln!(err, "{}", diag.render_plain());
+            let _ = writeln!(err, "{}", term::escape(&diag.render_plain()));
         }
     }
     let errors = d.0.iter().filter(|x| x.severity == Severity::Error).count();
     if errors > 1 {
         let _ = writeln!(err, "{errors} errors");
-    }
-}
-
-/// Prints to stdout; a closed pipe (`| head`) is not an error.
-pub(crate) fn out(text: &str) {
-    let mut o = std::io::stdout().lock();
-    let r = o.write_all(text.as_bytes()).and_then(|()| {
-        if text.ends_with('\n') {
-            Ok(())
-        } else {
-            o.write_all(b"\n")
-        }
-    });
-    if let Err(e) = r
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        eprintln!("error: cannot write output: {e}");
     }
 }
 
@@ -667,7 +664,7 @@ pub(crate) fn finish(
     match end {
         RunEnd::Completed(outcome) => {
             if !quiet {
-                eprintln!(
+                say!(
                     "{} done in {} · {} model call{}{} · {}→{} tokens{}",
                     wf.name,
                     progress::fmt_elapsed(started.elapsed()),
@@ -684,14 +681,14 @@ pub(crate) fn finish(
                 );
             }
             if json {
-                out(
+                out_json(
                     &serde_json::to_string_pretty(&Value::Object(outcome.context))
                         .unwrap_or_default(),
                 );
             } else {
                 match outcome.output {
-                    Some(Value::String(s)) => out(&s),
-                    Some(v) => out(&serde_json::to_string_pretty(&v).unwrap_or_default()),
+                    Some(Value::String(s)) => out_data(&s),
+                    Some(v) => out_json(&serde_json::to_string_pretty(&v).unwrap_or_default()),
                     None => {}
                 }
             }
@@ -699,7 +696,7 @@ pub(crate) fn finish(
         }
         RunEnd::Failed(e) => {
             if let Some(i) = id {
-                eprintln!(
+                say!(
                     "{run} failed; fix the cause and `spes resume {i}` (finished steps are not repeated)"
                 );
             }
@@ -738,7 +735,7 @@ fn cmd_validate(config: Option<&Path>, files: &[PathBuf]) -> Result<(), Failure>
             Ok((wf, warnings)) => {
                 ok += 1;
                 all.0.extend(warnings.0);
-                eprintln!("✓ {} ({}): {} steps", f.display(), wf.name, wf.walk().len());
+                say!("✓ {} ({}): {} steps", f.display(), wf.name, wf.walk().len());
             }
             Err(Failure::Input(d)) => all.0.extend(d.0),
             Err(other) => return Err(other),
@@ -751,7 +748,7 @@ fn cmd_validate(config: Option<&Path>, files: &[PathBuf]) -> Result<(), Failure>
         print_diagnostics(&all);
     }
     if ok > 1 {
-        eprintln!("{ok} workflows valid");
+        say!("{ok} workflows valid");
     }
     Ok(())
 }
@@ -862,7 +859,7 @@ fn cmd_components(config: Option<&Path>, cmd: ComponentsCmd) -> Result<(), Failu
                 print_diagnostics(&d);
             }
             let (reg, _) = spes_core::component::ComponentRegistry::load(&roots);
-            eprintln!("✓ {} components, no errors", reg.len());
+            say!("✓ {} components, no errors", reg.len());
             Ok(())
         }
     }

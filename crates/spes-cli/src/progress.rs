@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use spes_engine::{Event, Observer};
 
+use crate::term::escape;
+
 pub(crate) struct Progress {
     tty: bool,
     quiet: bool,
@@ -70,11 +72,12 @@ impl Observer for Progress {
                     .chars()
                     .map(|c| if c.is_control() { ' ' } else { c })
                     .collect();
+                let (key, shown) = (escape(key), escape(&shown));
                 let _ = write!(err, "\r\x1b[2K… {key}  \x1b[2m{shown}\x1b[0m");
                 let _ = err.flush();
             }
             Event::StepStarted { key, kind, depth } if self.tty && matches!(*kind, "llm") => {
-                let _ = write!(err, "\r\x1b[2K{}… {key}", "  ".repeat(*depth));
+                let _ = write!(err, "\r\x1b[2K{}… {}", "  ".repeat(*depth), escape(key));
                 let _ = err.flush();
             }
             Event::StepFinished {
@@ -89,8 +92,10 @@ impl Observer for Progress {
                 let pad = "  ".repeat(*depth);
                 let note = note
                     .as_ref()
-                    .map(|n| format!("  ({n})"))
+                    .map(|n| format!("  ({})", escape(n)))
                     .unwrap_or_default();
+                let key = escape(key);
+                let error = error.as_deref().map(escape);
                 if self.tty {
                     let _ = write!(err, "\r\x1b[2K");
                     match error {

@@ -20,57 +20,20 @@ pub(crate) struct Project {
     pub(crate) config: ConfigSpec,
 }
 
-/// Reads a user file with a size cap, naming the file on error.
+/// Reads a user file with a size cap, naming the file on error (only
+/// regular files: a FIFO or a device is refused without blocking).
 pub(crate) fn read_text(path: &Path, max: usize) -> Result<String, Failure> {
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|e| {
+    spes_core::fs::read_text(path, max as u64).map_err(|e| {
+        let code = match &e {
+            spes_core::fs::ReadError::TooLarge { .. } => "spes::io::too_large",
+            spes_core::fs::ReadError::NotUtf8 { .. } => "spes::io::not_utf8",
+            _ => "spes::io::read",
+        };
         Failure::Input(Diagnostics::from(
-            Diagnostic::error("spes::io::read", format!("cannot read {shown}: {e}"))
+            Diagnostic::error(code, format!("cannot read {shown}: {e}"))
                 .with_file(shown.clone())
-                .with_hint("check the path"),
-        ))
-    })?;
-    if meta.is_dir() {
-        return Err(Failure::Input(Diagnostics::from(
-            Diagnostic::error(
-                "spes::io::read",
-                format!("{shown} is a directory, not a file"),
-            )
-            .with_file(shown)
-            .with_hint("name a file inside it"),
-        )));
-    }
-    if meta.len() > max as u64 {
-        return Err(Failure::Input(Diagnostics::from(
-            Diagnostic::error(
-                "spes::io::too_large",
-                format!(
-                    "{shown} is {} bytes; spes reads at most {} here",
-                    meta.len(),
-                    max
-                ),
-            )
-            .with_file(shown)
-            .with_hint("this does not look like a spes file; check the path"),
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| {
-        Failure::Input(Diagnostics::from(
-            Diagnostic::error("spes::io::read", format!("cannot read {shown}: {e}"))
-                .with_file(shown.clone()),
-        ))
-    })?;
-    String::from_utf8(bytes).map_err(|e| {
-        Failure::Input(Diagnostics::from(
-            Diagnostic::error(
-                "spes::io::not_utf8",
-                format!(
-                    "{shown} is not UTF-8 text (byte {})",
-                    e.utf8_error().valid_up_to()
-                ),
-            )
-            .with_file(shown)
-            .with_hint("save the file as UTF-8"),
+                .with_hint(e.hint()),
         ))
     })
 }

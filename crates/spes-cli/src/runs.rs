@@ -1,5 +1,6 @@
 //! `spes resume | pause | cancel` and `spes runs list | show | replay`.
 
+use crate::term::say;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -214,7 +215,7 @@ pub(crate) async fn pause(
     let updated = store
         .transition(&run.id, from, to, RunPatch::default())
         .await?;
-    eprintln!(
+    say!(
         "run {} is {}{}",
         updated.id,
         updated.status,
@@ -283,9 +284,10 @@ pub(crate) async fn runs(
             let engine = build_engine(&project, None, true, None, false)?;
             let r = engine.replay(store, &run, &wf).await.map_err(run_error)?;
             if r.identical {
-                eprintln!(
+                say!(
                     "✓ replayed run {} from its journal ({} recorded effects, 0 model calls): output identical",
-                    run.id, r.replayed
+                    run.id,
+                    r.replayed
                 );
                 Ok(())
             } else {

@@ -1,6 +1,7 @@
 //! `spes worker`: one of many workers sharing a PostgreSQL store, and
 //! `spes run --detach` on such a store (the run is queued for them).
 
+use crate::term::say;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,13 +91,13 @@ async fn open_shared(url: &str, lease: Duration) -> Result<Arc<dyn RunStore>, Fa
         )
         .with_on_connection(Arc::new(|e: &ConnectionEvent| match e {
             ConnectionEvent::Lost { reason } => {
-                eprintln!(
+                say!(
                     "{} worker: database unavailable ({reason}); reconnecting with backoff",
                     now()
                 );
             }
             ConnectionEvent::Restored { after } => {
-                eprintln!(
+                say!(
                     "{} worker: reconnected to the database after {:.1}s",
                     now(),
                     after.as_secs_f64()
@@ -132,7 +133,7 @@ pub(crate) async fn worker(
         .with_concurrency(args.concurrency)
         .with_lease(lease)
         .with_poll(Duration::from_millis(args.poll_ms))
-        .with_log(Arc::new(|line: &str| eprintln!("{} worker: {line}", now())));
+        .with_log(Arc::new(|line: &str| say!("{} worker: {line}", now())));
     if let Some(id) = args.id {
         opts = opts.with_id(id);
     }
@@ -142,7 +143,7 @@ pub(crate) async fn worker(
         cache: std::sync::Mutex::default(),
     });
     let worker = Worker::new(engine, store.clone(), loader, opts)?;
-    eprintln!(
+    say!(
         "{} worker {id}: taking work from {} (concurrency {}, lease {}s)",
         now(),
         store.describe(),
@@ -150,7 +151,7 @@ pub(crate) async fn worker(
         args.lease
     );
     let stats = worker.run(shutdown()).await;
-    eprintln!(
+    say!(
         "{} worker {id}: stopped; {} runs, {} items done, {} leases lost, {} tasks given back",
         now(),
         stats.runs,
@@ -210,7 +211,7 @@ pub(crate) async fn enqueue(
     })
     .await?;
     if !quiet {
-        eprintln!(
+        say!(
             "run {id} queued on {}; a `spes worker` executes it (`spes runs show {id}`)",
             store.describe()
         );
@@ -266,7 +267,7 @@ pub(crate) async fn requeue(
     }
     q.enqueue_run(&run.id).await?;
     if !quiet {
-        eprintln!(
+        say!(
             "run {} queued again on {}; a `spes worker` continues it (finished steps are not repeated)",
             run.id,
             store.describe()

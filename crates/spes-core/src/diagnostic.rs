@@ -166,6 +166,12 @@ impl Diagnostic {
         })
     }
 
+    /// The file's text, when it is known.
+    #[must_use]
+    pub fn source_text(&self) -> Option<&str> {
+        self.source.as_deref().map(String::as_str)
+    }
+
     /// Plain rendering: `file:line:col: error[code]: message` then `  hint: ...`.
     #[must_use]
     pub fn render_plain(&self) -> String {

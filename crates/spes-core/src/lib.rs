@@ -7,6 +7,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod duration;
 pub mod evaluate;
+pub mod fs;
 pub mod message;
 pub mod pattern;
 pub mod policy;

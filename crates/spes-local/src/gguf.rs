@@ -5,7 +5,6 @@
 //! not a GGUF file at all, a truncated download, an unsupported GGUF
 //! version, or an architecture this build of llama.cpp does not know.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
 
@@ -51,7 +50,11 @@ const MAX_STRING: u64 = 16 << 20;
 /// [`ProbeError`] when the file is unreadable, not GGUF, of an unknown
 /// version, or damaged.
 pub fn probe(path: &Path) -> Result<GgufInfo, ProbeError> {
-    let mut r = BufReader::new(File::open(path)?);
+    let file = spes_core::fs::open_regular(path).map_err(|e| match e {
+        spes_core::fs::ReadError::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
+    })?;
+    let mut r = BufReader::new(file);
     let mut magic = [0u8; 4];
     read_exact(&mut r, &mut magic)?;
     if &magic != MAGIC {

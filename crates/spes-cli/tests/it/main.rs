@@ -5,3 +5,4 @@ mod cli;
 mod common;
 mod malformed;
 mod rendering;
+mod terminal;

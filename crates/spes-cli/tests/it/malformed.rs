@@ -13,6 +13,8 @@ enum Content {
     /// A sparse file of this many bytes (fast to create, never read in full).
     Sparse(u64),
     Dir,
+    /// A named pipe that no one ever writes.
+    Fifo,
 }
 
 struct Case {
@@ -90,6 +92,18 @@ inputs:
   text: { type: string, required: true }
 steps:
   - { name: a, kind: llm, prompt: \"Say {{ text }}\", output: a }
+";
+
+/// A workflow whose sub-workflow is a device.
+const SUB_ZERO_WF: &str = "name: w
+steps:
+  - { name: sub, kind: workflow, path: /dev/zero }
+";
+
+/// A workflow whose sub-workflow is a FIFO no one writes.
+const SUB_FIFO_WF: &str = "name: w
+steps:
+  - { name: sub, kind: workflow, path: pipe.yaml }
 ";
 
 /// A valid workflow with typed inputs, for `--input` errors.
@@ -526,6 +540,51 @@ fn cases() -> Vec<Case> {
         .code("spes::io::too_large")
         .at("big.yaml")
         .also("is 104857600 bytes"),
+        // Files that are not regular are refused without reading or blocking.
+        case(
+            "sub-workflow path is /dev/zero",
+            vec![("w.yaml", t(SUB_ZERO_WF))],
+            &["workflow", "validate", "w.yaml"],
+        )
+        .code("spes::workflow::sub_workflow")
+        .also("a character device, not a regular file"),
+        case(
+            "sub-workflow path is a FIFO",
+            vec![("pipe.yaml", Content::Fifo), ("w.yaml", t(SUB_FIFO_WF))],
+            &["workflow", "validate", "w.yaml"],
+        )
+        .code("spes::workflow::sub_workflow")
+        .also("a FIFO, not a regular file"),
+        case(
+            "workflow given as a FIFO",
+            vec![("w.yaml", Content::Fifo)],
+            &["workflow", "validate", "w.yaml"],
+        )
+        .code("spes::io::read")
+        .at("w.yaml")
+        .also("a FIFO"),
+        case(
+            "--input-file is a FIFO",
+            vec![("w.yaml", t(GOOD_WF)), ("in.txt", Content::Fifo)],
+            &["run", "w.yaml", "--input-file", "text=in.txt"],
+        )
+        .code("spes::io::read")
+        .at("in.txt")
+        .also("a FIFO, not a regular file"),
+        case(
+            "--input-file is /dev/zero",
+            vec![("w.yaml", t(GOOD_WF))],
+            &["run", "w.yaml", "--input-file", "text=/dev/zero"],
+        )
+        .code("spes::io::read")
+        .at("/dev/zero")
+        .also("a character device"),
+        toml(
+            "scripted provider's script is /dev/zero",
+            "[providers.s]\nkind = \"scripted\"\nscript = \"/dev/zero\"\n",
+        )
+        .code("spes::io::read")
+        .at("/dev/zero"),
         wf(
             "10,000 nested flow sequences",
             &format!("name: w\nsteps: {}\n", "[".repeat(10_000)),
@@ -595,6 +654,15 @@ fn check(c: &Case) -> Result<(), String> {
             }
             Content::Dir => {
                 std::fs::create_dir_all(p.path().join(rel)).map_err(|e| e.to_string())?
+            }
+            Content::Fifo => {
+                let made = std::process::Command::new("mkfifo")
+                    .arg(p.path().join(rel))
+                    .status()
+                    .map_err(|e| e.to_string())?;
+                if !made.success() {
+                    return Err(format!("mkfifo failed for {rel}"));
+                }
             }
         }
     }

@@ -2,7 +2,6 @@
 //! and version; resolution of references; the linter.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use semver::Version;
@@ -252,31 +251,15 @@ pub fn lint(roots: &[PathBuf]) -> Diagnostics {
 
 /// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8.
 fn read_capped(path: &Path) -> Result<String, Diagnostic> {
-    let unreadable = |e: std::io::Error| {
-        Diagnostic::error(code::UNREADABLE, format!("cannot read component file: {e}"))
-            .with_hint("check that the file exists and is readable")
-    };
-    let file = std::fs::File::open(path).map_err(unreadable)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(unreadable)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Diagnostic::error(
+    use crate::fs::ReadError;
+    crate::fs::read_text(path, MAX_FILE_BYTES).map_err(|e| match e {
+        ReadError::TooLarge { .. } => Diagnostic::error(
             code::TOO_LARGE,
             format!("component file is larger than the {MAX_FILE_BYTES}-byte limit"),
         )
-        .with_hint("split it into smaller components"));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        Diagnostic::error(
-            code::UNREADABLE,
-            format!(
-                "component file is not UTF-8 (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-        .with_hint("save the file as UTF-8")
+        .with_hint("split it into smaller components"),
+        e => Diagnostic::error(code::UNREADABLE, format!("cannot read component file: {e}"))
+            .with_hint(e.hint()),
     })
 }
 

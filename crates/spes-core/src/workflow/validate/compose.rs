@@ -232,14 +232,7 @@ fn chain(stack: &[PathBuf]) -> String {
 }
 
 fn read_capped(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if meta.len() > crate::yaml::MAX_YAML_BYTES as u64 {
-        return Err(format!(
-            "{} bytes is more than a workflow may have",
-            meta.len()
-        ));
-    }
-    std::fs::read_to_string(path).map_err(|e| e.to_string())
+    crate::fs::read_text(path, crate::yaml::MAX_YAML_BYTES as u64).map_err(|e| e.to_string())
 }
 
 /// A step spec with every field empty, shaped like `s` (for "no other field" checks).
