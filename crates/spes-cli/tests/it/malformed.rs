@@ -528,6 +528,21 @@ fn cases() -> Vec<Case> {
         )
         .code("spes::input::invalid")
         .also("must be JSON"),
+        // ---------------- counts past their bounds ----------------
+        wf(
+            "refine: max_iterations 1000000",
+            "name: w\nsteps:\n  - name: r\n    kind: refine\n    generate: { kind: llm, prompt: hi }\n    evaluator: { checks: [{ words: { min: 1 } }] }\n    max_iterations: 1000000\n    output: r\n",
+        )
+        .code("spes::workflow::bad_count")
+        .at("w.yaml:7:21")
+        .also("at most 100 is allowed"),
+        wf(
+            "map: concurrency 100000",
+            "name: w\ninputs:\n  xs: { type: list, default: [] }\nsteps:\n  - name: m\n    kind: map\n    over: xs\n    concurrency: 100000\n    step: { name: t, kind: transform, fn: trim, input: \"{{ item }}\" }\n    output: m\n",
+        )
+        .code("spes::workflow::bad_concurrency")
+        .at("w.yaml:8:18")
+        .also("at most 1024 is allowed"),
         // ---------------- hostile files ----------------
         wf("YAML bomb (billion laughs)", &yaml_bomb())
             .code("spes::yaml::budget")

@@ -47,6 +47,19 @@ pub const STEP_KINDS: &[&str] = &[
     "scatter_gather",
 ];
 
+/// The most items (or branches, or workers) a step may keep in flight.
+pub const MAX_CONCURRENCY: u32 = 1024;
+
+/// The most a count field may say: bounds what one step may cost in memory
+/// and time (`refine` with `max_iterations: 1000000` grew to 800 MB).
+#[must_use]
+pub fn max_count(field: &str) -> u32 {
+    match field {
+        "rounds" => 20,
+        _ => 100,
+    }
+}
+
 /// The revision prompt an approval uses unless it sets `revise`.
 pub const DEFAULT_REVISE: &str = "Revise the text below to address the reviewer's feedback.\n\nText:\n{{ draft }}\n\nFeedback:\n{{ comments }}{% if suggested %}\n\nSuggested changes:\n{{ suggested }}{% endif %}\n\nAnswer with the revised text only.";
 
@@ -1723,6 +1736,18 @@ impl Validator<'_> {
                     format!("{what}: concurrency must be at least 1"),
                     span(c),
                     "remove it to run all at once",
+                );
+                None
+            }
+            Some(c) if c.value > MAX_CONCURRENCY => {
+                self.err(
+                    "spes::workflow::bad_concurrency",
+                    format!(
+                        "{what}: concurrency = {}; at most {MAX_CONCURRENCY} is allowed",
+                        c.value
+                    ),
+                    span(c),
+                    format!("pick a concurrency between 1 and {MAX_CONCURRENCY}"),
                 );
                 None
             }

@@ -102,6 +102,22 @@ impl Validator<'_> {
                 );
                 None
             }
+            Some(c) if c.value > super::MAX_CONCURRENCY => {
+                self.err(
+                    "spes::workflow::bad_concurrency",
+                    format!(
+                        "{what}: concurrency = {}; at most {} is allowed",
+                        c.value,
+                        super::MAX_CONCURRENCY
+                    ),
+                    span(c),
+                    format!(
+                        "pick a concurrency between 1 and {}",
+                        super::MAX_CONCURRENCY
+                    ),
+                );
+                None
+            }
             Some(c) => Some(usize::try_from(c.value).ok()),
             None => Some(None),
         }

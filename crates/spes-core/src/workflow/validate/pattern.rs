@@ -82,6 +82,7 @@ impl Validator<'_> {
         default: u32,
         what: &str,
     ) -> u32 {
+        let most = super::max_count(field);
         match v {
             Some(n) if n.value == 0 => {
                 self.err(
@@ -89,6 +90,15 @@ impl Validator<'_> {
                     format!("{what}: {field} must be at least 1"),
                     span(n),
                     format!("remove it for the default ({default})"),
+                );
+                default
+            }
+            Some(n) if n.value > most => {
+                self.err(
+                    "spes::workflow::bad_count",
+                    format!("{what}: {field} = {}; at most {most} is allowed", n.value),
+                    span(n),
+                    format!("pick {field} between 1 and {most} (the default is {default})"),
                 );
                 default
             }
