@@ -146,7 +146,7 @@ struct RunArgs {
     /// An input value: --input topic="rust"
     #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
     inputs: Vec<String>,
-    /// An input read from a file: --input-file text=notes.md
+    /// An input read from a file: --input-file text=notes.md (`-` reads stdin)
     #[arg(long = "input-file", value_name = "KEY=PATH")]
     input_files: Vec<String>,
     /// Provider used by steps and agents that name none.
@@ -478,6 +478,28 @@ pub(crate) fn print_diagnostics(d: &Diagnostics) {
     }
 }
 
+/// Reads standard input (`--input-file KEY=-`), at most `max` bytes, as UTF-8.
+fn read_stdin(max: usize) -> Result<String, Failure> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
+    if bytes.len() > max {
+        return Err(Failure::Usage(format!(
+            "standard input is larger than the {max}-byte limit of an input file"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Failure::Usage(format!(
+            "standard input is not UTF-8 text (byte {} is invalid)",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
 /// Loads and validates a workflow.
 pub(crate) fn load_workflow(
     project: &Project,
@@ -543,7 +565,11 @@ async fn cmd_run(
     }
     for i in &args.input_files {
         let (k, p) = split_kv(i, "--input-file")?;
-        let text = read_text(Path::new(p), MAX_INPUT_FILE)?;
+        let text = if p == "-" {
+            read_stdin(MAX_INPUT_FILE)?
+        } else {
+            read_text(Path::new(p), MAX_INPUT_FILE)?
+        };
         inputs.insert(k.to_owned(), Value::String(text));
     }
     let engine = build_engine(

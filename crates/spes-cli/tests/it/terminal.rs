@@ -142,3 +142,26 @@ fn a_closed_stderr_or_stdout_never_panics() {
     let s = with_closed("stdout", &["workflow", "diagram", "w.yaml"], &p);
     assert_eq!(s.code(), Some(0));
 }
+
+#[test]
+fn an_input_file_dash_reads_stdin() {
+    let p = Project::new();
+    p.write("w.yaml", WF);
+    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_spes"));
+    let out = cmd
+        .current_dir(p.path())
+        .args(["run", "w.yaml", "--no-store", "--input-file", "text=-"])
+        .env_remove("SPES_CONFIG")
+        .env_remove("SPES_PROVIDER")
+        .write_stdin("from a pipe")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The scripted provider echoes the prompt.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Say from a pipe"));
+}
