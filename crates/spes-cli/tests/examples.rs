@@ -116,15 +116,39 @@ type Gated = (
     &'static str,
 );
 
-const GATED: &[Gated] = &[(
-    "release-signoff.yaml",
-    &["--input-file", "notes=inputs/release-notes.txt"],
-    &[
-        &["revise", "RUN", "--comments", "mention the cache size cap"],
-        &["approve", "RUN"],
-    ],
-    "it is now capped at 10,000 entries",
-)];
+const GATED: &[Gated] = &[
+    (
+        "release-signoff.yaml",
+        &["--input-file", "notes=inputs/release-notes.txt"],
+        &[
+            &["revise", "RUN", "--comments", "mention the cache size cap"],
+            &["approve", "RUN"],
+        ],
+        "it is now capped at 10,000 entries",
+    ),
+    (
+        "tagline-choice.yaml",
+        &["--input", "product=spes"],
+        &[&["choose", "RUN", "2"]],
+        "chosen variation 2 of 3: Durable prompts, offline by default.",
+    ),
+    (
+        "design-doc.yaml",
+        &["--input", "feature=durable runs"],
+        &[
+            &["approve", "RUN"],
+            &[
+                "revise",
+                "RUN",
+                "--comments",
+                "say when the entry is committed",
+            ],
+            &["approve", "RUN"],
+            &["approve", "RUN"],
+        ],
+        "complete: Problem, Proposal, Risks",
+    ),
+];
 
 #[test]
 fn every_example_is_listed_here() {
@@ -144,6 +168,22 @@ fn every_example_is_listed_here() {
         on_disk, listed,
         "add new examples to CASES in tests/examples.rs"
     );
+}
+
+#[test]
+fn every_step_kind_has_an_example() {
+    let mut text = String::new();
+    for e in std::fs::read_dir(examples_dir().join("workflows")).unwrap() {
+        text.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
+    }
+    let missing: Vec<&str> = spes_core::workflow::validate::STEP_KINDS
+        .iter()
+        .copied()
+        .filter(|k| {
+            !text.contains(&format!("kind: {k}\n")) && !text.contains(&format!("kind: {k},"))
+        })
+        .collect();
+    assert!(missing.is_empty(), "no example uses kind {missing:?}");
 }
 
 #[test]
