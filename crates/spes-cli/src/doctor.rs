@@ -97,7 +97,7 @@ fn local_row(_project: &Project, name: &str, _spec: Option<&ProviderSpec>) -> Ro
     }
 }
 
-/// Runs `spes doctor`.
+/// Runs `spes doctor`; exit 1 when the default provider is not usable.
 pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result<(), Failure> {
     let cwd = std::env::current_dir().unwrap_or_default();
     let project = Project::discover(config, &cwd)?;
@@ -189,5 +189,13 @@ pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result
         );
     }
     crate::term::out(&out);
-    Ok(())
+    if default_ready {
+        Ok(())
+    } else {
+        // Scripts (`spes doctor && spes run ...`) learn it from the exit code.
+        Err(Failure::Stopped(
+            1,
+            format!("the default provider `{default}` is not usable (see above)"),
+        ))
+    }
 }

@@ -23,7 +23,7 @@ const LIVE_CHARS: usize = 60;
 impl Progress {
     pub(crate) fn new(quiet: bool) -> Self {
         Self {
-            tty: std::io::stderr().is_terminal(),
+            tty: std::io::stderr().is_terminal() && !plain_terminal(),
             quiet,
             state: Mutex::new(HashMap::new()),
         }
@@ -33,6 +33,13 @@ impl Progress {
     pub(crate) fn wants_deltas(&self) -> bool {
         self.tty && !self.quiet
     }
+}
+
+/// `NO_COLOR` (any value) or `TERM=dumb`: no colours, no redrawn live line,
+/// plain lines as when stderr is not a terminal.
+fn plain_terminal() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("TERM").is_some_and(|t| t == "dumb")
 }
 
 pub(crate) fn fmt_elapsed(d: Duration) -> String {

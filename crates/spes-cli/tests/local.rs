@@ -297,6 +297,16 @@ fn doctor_shows_usable_providers_key_names_and_the_model_never_a_key() {
         text.contains("default   local (not usable: see below)"),
         "{text}"
     );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unusable default fails doctor"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the default provider `local` is not usable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let local = text
         .lines()
         .find(|l| l.starts_with("  ") && l.contains(" local "))

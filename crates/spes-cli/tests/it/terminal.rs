@@ -165,3 +165,41 @@ fn an_input_file_dash_reads_stdin() {
     // The scripted provider echoes the prompt.
     assert!(String::from_utf8_lossy(&out.stdout).contains("Say from a pipe"));
 }
+
+/// What `spes run` printed on a pseudo-terminal (through `script`) with
+/// the given environment.
+fn on_a_terminal(p: &Project, env: &[(&str, &str)]) -> String {
+    let log = p.path().join("tty.log");
+    let spes = env!("CARGO_BIN_EXE_spes");
+    let mut cmd = std::process::Command::new("script");
+    cmd.current_dir(p.path())
+        .args([
+            "-qec",
+            &format!("{spes} run w.yaml --no-store --input text=hi"),
+        ])
+        .arg(&log)
+        .env_remove("SPES_CONFIG")
+        .env_remove("SPES_PROVIDER")
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    assert!(cmd.status().unwrap().success());
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn no_color_and_a_dumb_terminal_get_plain_lines() {
+    let p = Project::new();
+    p.write("w.yaml", WF);
+    let coloured = on_a_terminal(&p, &[]);
+    assert!(coloured.contains("\u{1b}[32m✓\u{1b}[0m a"), "{coloured:?}");
+    for env in [[("NO_COLOR", "1")], [("TERM", "dumb")]] {
+        let plain = on_a_terminal(&p, &env);
+        assert!(plain.contains("✓ a "), "{env:?}: {plain:?}");
+        assert!(!plain.contains('\u{1b}'), "{env:?}: {plain:?}");
+    }
+}
