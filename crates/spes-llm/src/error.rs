@@ -32,13 +32,28 @@ pub enum ProviderErrorKind {
     Truncated,
     /// The prompt does not fit the model's context window.
     ContextOverflow,
+    /// The request is larger than the provider accepts at all (Anthropic's
+    /// 413 `request_too_large`, OpenAI's 429 "Request too large ... must be
+    /// reduced"): waiting does not help.
+    RequestTooLarge,
+    /// The answer is larger than the provider's `max_response_bytes`.
+    ResponseTooLarge,
+    /// The account has no credit or quota left (OpenAI `insufficient_quota`,
+    /// HTTP 402, Anthropic `billing_error` or "credit balance is too low").
+    Billing,
+    /// The model declined to answer (OpenAI `refusal`, Anthropic
+    /// `stop_reason: "refusal"`); the message carries the model's text.
+    Refused,
     /// 400 / 422: the request is malformed or unsupported.
     InvalidRequest,
     /// 401 / 403: missing or wrong key, or no permission.
     Authentication,
     /// 404: unknown model or endpoint.
     NotFound,
-    /// The provider answered something spes cannot parse.
+    /// The provider answered something spes cannot parse, or a success
+    /// that carries no answer (`{}`, an error object with status 200, no
+    /// content). Transient: such an answer is never journaled, and asking
+    /// again usually gets a proper one.
     BadResponse,
     /// A scripted provider had no answer for this request, or another configuration problem.
     Config,
@@ -54,13 +69,17 @@ impl ProviderErrorKind {
             | Self::Server
             | Self::Timeout
             | Self::Connect
-            | Self::StreamBroken => ErrorClass::Transient,
+            | Self::StreamBroken
+            | Self::BadResponse => ErrorClass::Transient,
             Self::Truncated
             | Self::ContextOverflow
+            | Self::RequestTooLarge
+            | Self::ResponseTooLarge
+            | Self::Billing
+            | Self::Refused
             | Self::InvalidRequest
             | Self::Authentication
             | Self::NotFound
-            | Self::BadResponse
             | Self::Config => ErrorClass::Terminal,
         }
     }
@@ -77,6 +96,10 @@ impl ProviderErrorKind {
             Self::StreamBroken => "stream_broken",
             Self::Truncated => "truncated",
             Self::ContextOverflow => "context_overflow",
+            Self::RequestTooLarge => "request_too_large",
+            Self::ResponseTooLarge => "response_too_large",
+            Self::Billing => "billing",
+            Self::Refused => "refused",
             Self::InvalidRequest => "invalid_request",
             Self::Authentication => "authentication",
             Self::NotFound => "not_found",
@@ -84,6 +107,27 @@ impl ProviderErrorKind {
             Self::Config => "config",
         }
     }
+
+    /// Every kind, in declaration order (for exhaustive tests and docs).
+    pub const ALL: [Self; 17] = [
+        Self::RateLimited,
+        Self::Overloaded,
+        Self::Server,
+        Self::Timeout,
+        Self::Connect,
+        Self::StreamBroken,
+        Self::Truncated,
+        Self::ContextOverflow,
+        Self::RequestTooLarge,
+        Self::ResponseTooLarge,
+        Self::Billing,
+        Self::Refused,
+        Self::InvalidRequest,
+        Self::Authentication,
+        Self::NotFound,
+        Self::BadResponse,
+        Self::Config,
+    ];
 
     /// Parses [`Self::as_str`] names.
     #[must_use]
@@ -97,6 +141,10 @@ impl ProviderErrorKind {
             "stream_broken" => Self::StreamBroken,
             "truncated" => Self::Truncated,
             "context_overflow" => Self::ContextOverflow,
+            "request_too_large" => Self::RequestTooLarge,
+            "response_too_large" => Self::ResponseTooLarge,
+            "billing" => Self::Billing,
+            "refused" => Self::Refused,
             "invalid_request" => Self::InvalidRequest,
             "authentication" => Self::Authentication,
             "not_found" => Self::NotFound,
@@ -182,5 +230,33 @@ impl ProviderError {
     pub fn with_retry_after(mut self, d: Option<Duration>) -> Self {
         self.retry_after = d;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_its_name() {
+        for k in ProviderErrorKind::ALL {
+            assert_eq!(ProviderErrorKind::parse(k.as_str()), Some(k), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn new_kinds_have_the_documented_classes() {
+        use ProviderErrorKind as K;
+        for k in [
+            K::Refused,
+            K::Billing,
+            K::RequestTooLarge,
+            K::ResponseTooLarge,
+        ] {
+            assert_eq!(k.class(), ErrorClass::Terminal, "{k:?}");
+        }
+        assert_eq!(K::BadResponse.class(), ErrorClass::Transient);
+        assert_eq!(K::Refused.as_str(), "refused");
+        assert_eq!(K::Billing.as_str(), "billing");
     }
 }

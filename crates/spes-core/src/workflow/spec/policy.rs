@@ -55,7 +55,10 @@ impl<'de> Deserialize<'de> for RetrySpec {
                     Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
                 }
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RetrySpec, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RetrySpec, A::Error> {
                 let t = RetryTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
                 Ok(RetrySpec {
                     attempts: t.attempts,
