@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub use spes_core::policy::GiveUp;
+
 /// Whether trying again can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
@@ -160,7 +162,7 @@ impl ProviderErrorKind {
 /// The message never contains an API key: adapters build it from the
 /// response body and their own words only.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{provider}: {kind_name}{status_part}: {message}", kind_name = kind.as_str(), status_part = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+#[error("{provider}: {kind_name}{status_part}: {message}{gave_up_part}", kind_name = kind.as_str(), status_part = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default(), gave_up_part = gave_up.map(|g| format!(" ({g})")).unwrap_or_default())]
 #[non_exhaustive]
 pub struct ProviderError {
     /// The configured provider name.
@@ -177,6 +179,10 @@ pub struct ProviderError {
     pub request_id: Option<String>,
     /// How long the provider asked us to wait (`retry-after`).
     pub retry_after: Option<Duration>,
+    /// Why the engine's retry policy stopped retrying this error, when it
+    /// was retried (or would have been, but for a `retry-after` longer
+    /// than the policy's `max`).
+    pub gave_up: Option<GiveUp>,
 }
 
 impl ProviderError {
@@ -195,6 +201,7 @@ impl ProviderError {
             message: message.into(),
             request_id: None,
             retry_after: None,
+            gave_up: None,
         }
     }
 
