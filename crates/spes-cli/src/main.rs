@@ -635,6 +635,9 @@ pub(crate) fn build_engine(
     let mut builder = Engine::builder()
         .default_provider(default.clone())
         .default_model(project.config.defaults.model.clone())
+        .retry_defaults(spes_engine::policy::RetryDefaults::from_config(
+            &project.config,
+        ))
         .stream_deltas(progress.wants_deltas())
         .observer(Arc::new(progress));
     if let Some(c) = capture {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::diagnostic::Diagnostic;
 use crate::duration::parse_duration;
+use crate::policy::{Backoff, RetrySchedule};
 
 /// The parsed `spes.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -38,6 +39,103 @@ pub struct DefaultsSpec {
     pub provider: Option<String>,
     /// Model used when neither step, agent nor provider names one.
     pub model: Option<String>,
+    /// Retry of transient provider errors for llm steps that set no
+    /// `retry:` and whose provider sets none: `"none"`, or a table like a
+    /// step's `retry` (`{ attempts = 3, base = "1s", max = "30s" }`).
+    /// Default: 3 attempts (2 retries) for HTTP providers.
+    pub retry: Option<RetryConfig>,
+}
+
+/// `retry` in `spes.toml` (`[defaults]` or `[providers.NAME]`): `"none"`
+/// or a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RetryConfig {
+    /// `"none"`: no retry.
+    Word(String),
+    /// The schedule's fields, each optional.
+    Table(RetryTable),
+}
+
+/// `retry = { attempts = 3, backoff = "exponential", base = "1s", max = "30s", jitter = true }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryTable {
+    /// Attempts in all, the first try included (default 3).
+    pub attempts: Option<u32>,
+    /// `exponential` (default) or `constant`.
+    pub backoff: Option<String>,
+    /// First delay (default 1s).
+    pub base: Option<String>,
+    /// Largest delay and longest honoured `retry-after` (default 30s).
+    pub max: Option<String>,
+    /// Spread delays (default true).
+    pub jitter: Option<bool>,
+}
+
+impl RetryConfig {
+    /// The schedule, or `None` for `"none"`.
+    ///
+    /// # Errors
+    ///
+    /// A message for an unknown word, 0 attempts, an unknown backoff, an
+    /// unparsable duration or a base longer than max.
+    pub fn schedule(&self) -> Result<Option<RetrySchedule>, String> {
+        let t = match self {
+            Self::Word(w) if w == "none" => return Ok(None),
+            Self::Word(w) => {
+                return Err(format!(
+                    "retry = \"{w}\" is not \"none\" or a table such as {{ attempts = 3 }}"
+                ));
+            }
+            Self::Table(t) => t,
+        };
+        let mut s = RetrySchedule::default();
+        if let Some(a) = t.attempts {
+            if a == 0 {
+                return Err("retry attempts must be at least 1 (it counts the first try)".into());
+            }
+            s.attempts = a;
+        }
+        if let Some(b) = &t.backoff {
+            s.backoff = Backoff::parse(b)
+                .ok_or_else(|| format!("retry backoff `{b}` is not exponential or constant"))?;
+        }
+        if let Some(b) = &t.base {
+            s.base = parse_duration(b).map_err(|e| format!("retry base {e}"))?;
+        }
+        if let Some(m) = &t.max {
+            s.max = parse_duration(m).map_err(|e| format!("retry max {e}"))?;
+        }
+        if s.base > s.max {
+            return Err("retry base is longer than max (max defaults to 30s)".into());
+        }
+        if let Some(j) = t.jitter {
+            s.jitter = j;
+        }
+        Ok(Some(s))
+    }
+}
+
+/// Which field carries `max_tokens` in an OpenAI-compatible request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    /// `max_tokens` (Ollama, vLLM, llama.cpp server and most compatible servers).
+    MaxTokens,
+    /// `max_completion_tokens` (OpenAI's API; its reasoning models accept only this).
+    MaxCompletionTokens,
+}
+
+impl MaxTokensField {
+    /// The JSON field name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxTokens => "max_tokens",
+            Self::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
 }
 
 /// `[store]`.
@@ -114,6 +212,15 @@ pub struct ProviderSpec {
     pub base_url: Option<String>,
     /// Default `max_tokens`.
     pub max_tokens: Option<u32>,
+    /// OpenAI-compatible providers: the request field that carries
+    /// `max_tokens`. Default: `max_completion_tokens` for OpenAI's own API
+    /// (no `base_url`, or host `api.openai.com`), `max_tokens` elsewhere.
+    pub max_tokens_field: Option<MaxTokensField>,
+    /// Largest answer read, in bytes, streamed or not (default 32 MiB).
+    pub max_response_bytes: Option<u64>,
+    /// Retry of transient errors for llm steps on this provider that set no
+    /// `retry:` (as `[defaults] retry`; this one wins).
+    pub retry: Option<RetryConfig>,
     /// Stream responses (server-sent events). Default: true for HTTP providers.
     pub stream: Option<bool>,
     /// Send each call's step key in an `x-spes-step` request header (for
@@ -146,10 +253,12 @@ pub struct TimeoutsSpec {
     pub first_byte: Option<String>,
     /// Longest silence allowed between two chunks of a streamed response.
     pub idle: Option<String>,
+    /// Longest a whole call may take, from sending the request to the last
+    /// byte of the answer (default 10m).
+    pub total: Option<String>,
 }
 
-/// Parsed timeouts. There is deliberately no total timeout: a healthy long
-/// stream is never cut.
+/// Parsed timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// Connect timeout.
@@ -158,6 +267,8 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// Idle timeout between chunks.
     pub idle: Duration,
+    /// Deadline of the whole call (a stream that keeps dripping is cut here).
+    pub total: Duration,
 }
 
 impl Default for Timeouts {
@@ -166,6 +277,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             first_byte: Duration::from_secs(120),
             idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
         }
     }
 }
@@ -183,6 +295,7 @@ impl TimeoutsSpec {
             connect: get(&self.connect, d.connect, "connect")?,
             first_byte: get(&self.first_byte, d.first_byte, "first_byte")?,
             idle: get(&self.idle, d.idle, "idle")?,
+            total: get(&self.total, d.total, "total")?,
         })
     }
 }
@@ -218,6 +331,7 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
                 ("connect", &t.connect),
                 ("first_byte", &t.first_byte),
                 ("idle", &t.idle),
+                ("total", &t.total),
             ]
             .into_iter()
             .find(|(_, v)| v.as_deref().is_some_and(|s| parse_duration(s).is_err()))
@@ -228,6 +342,27 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
                 file,
                 text,
                 &["providers", name, "timeouts", bad],
+            ));
+        }
+        if let Some(Err(e)) = p.retry.as_ref().map(RetryConfig::schedule) {
+            return Err(located(
+                Diagnostic::error("spes::config::retry", format!("[providers.{name}] {e}"))
+                    .with_hint("write retry = \"none\" or retry = { attempts = 3, base = \"1s\", max = \"30s\" }"),
+                file,
+                text,
+                &["providers", name, "retry"],
+            ));
+        }
+        if p.max_response_bytes == Some(0) {
+            return Err(located(
+                Diagnostic::error(
+                    "spes::config::max_response_bytes",
+                    format!("[providers.{name}] max_response_bytes = 0 refuses every answer"),
+                )
+                .with_hint("leave it out (32 MiB) or give a positive size in bytes"),
+                file,
+                text,
+                &["providers", name, "max_response_bytes"],
             ));
         }
         if p.kind == ProviderKind::Scripted && p.script.is_none() {
@@ -260,6 +395,16 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
                 None => d,
             });
         }
+    }
+    if let Some(Err(e)) = spec.defaults.retry.as_ref().map(RetryConfig::schedule) {
+        return Err(located(
+            Diagnostic::error("spes::config::retry", format!("[defaults] {e}")).with_hint(
+                "write retry = \"none\" or retry = { attempts = 3, base = \"1s\", max = \"30s\" }",
+            ),
+            file,
+            text,
+            &["defaults", "retry"],
+        ));
     }
     if let Some(d) = &spec.store.durability
         && !matches!(d.as_str(), "full" | "normal")
@@ -313,5 +458,65 @@ fn located(d: Diagnostic, file: &str, text: &str, path: &[&str]) -> Diagnostic {
     match span_of(text, path) {
         Some((off, len)) => d.with_source(file, text).with_span(off, len),
         None => d.with_file(file),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_defaults_and_provider_settings_parse() {
+        let c = parse_config(
+            "spes.toml",
+            r#"
+            [defaults]
+            retry = { attempts = 5, base = "10ms", max = "1s", jitter = false }
+            [providers.gpt]
+            kind = "openai"
+            retry = "none"
+            max_tokens_field = "max_tokens"
+            max_response_bytes = 1000
+            timeouts = { total = "2m" }
+            "#,
+        )
+        .unwrap();
+        let d = c.defaults.retry.unwrap().schedule().unwrap().unwrap();
+        assert_eq!(d.attempts, 5);
+        assert_eq!(d.base, Duration::from_millis(10));
+        assert!(!d.jitter);
+        let p = &c.providers["gpt"];
+        assert_eq!(p.retry.as_ref().unwrap().schedule().unwrap(), None);
+        assert_eq!(p.max_tokens_field, Some(MaxTokensField::MaxTokens));
+        assert_eq!(p.max_response_bytes, Some(1000));
+        let t = p.timeouts.parse().unwrap();
+        assert_eq!(t.total, Duration::from_secs(120));
+        assert_eq!(Timeouts::default().total, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn bad_retry_settings_are_located_diagnostics() {
+        for (toml, needle) in [
+            ("[defaults]\nretry = \"never\"\n", "is not \"none\""),
+            ("[defaults]\nretry = { attempts = 0 }\n", "at least 1"),
+            (
+                "[providers.a]\nkind = \"openai\"\nretry = { base = \"1m\", max = \"1s\" }\n",
+                "longer than max",
+            ),
+            (
+                "[providers.a]\nkind = \"openai\"\nmax_response_bytes = 0\n",
+                "refuses every answer",
+            ),
+        ] {
+            let d = parse_config("spes.toml", toml).unwrap_err();
+            assert!(d.to_string().contains(needle), "{toml}: {d}");
+        }
+        let d = parse_config(
+            "spes.toml",
+            "[providers.a]\nkind = \"openai\"\nmax_tokens_field = \"tokens\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(d.code, "spes::config::syntax", "{d}");
     }
 }

@@ -65,8 +65,16 @@ pub struct ChatRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
     /// A JSON schema the answer must follow (structured output), if any.
+    /// Adapters ask the provider for it natively (OpenAI `response_format`
+    /// `json_schema`, an Anthropic forced tool call, a grammar locally).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_schema: Option<serde_json::Value>,
+    /// The step asked for JSON (`format: json`). Without `json_schema`,
+    /// adapters use the provider's JSON mode (OpenAI `response_format`
+    /// `json_object`; an instruction on Anthropic). With `json_schema`,
+    /// the schema says more and wins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub json: bool,
 }
 
 impl ChatRequest {

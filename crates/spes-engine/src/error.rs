@@ -1,7 +1,9 @@
 //! Engine errors: which step failed, where it was written, and why.
 
+use spes_core::duration::format_duration;
 use spes_core::template::TemplateError;
 use spes_core::workflow::Loc;
+use spes_llm::error::GiveUp;
 use spes_llm::{ErrorClass, ProviderError};
 
 /// Why a step failed.
@@ -98,15 +100,38 @@ impl EngineError {
                     "check the API key variable configured for provider `{}` in spes.toml (api_key_env)",
                     p.provider
                 )),
+                K::Billing => Some(format!(
+                    "the account behind provider `{}` has no credit or quota left: add credit or raise the limit in the provider's billing settings (the key itself was accepted)",
+                    p.provider
+                )),
+                K::Refused => Some(
+                    "the model declined this request: rephrase the prompt, or add `fallback:` with another model".into(),
+                ),
+                K::RequestTooLarge => Some(
+                    "the request is larger than the provider accepts at all, so waiting will not help: shorten the input, or split the work (e.g. a `map` over parts)".into(),
+                ),
+                K::ResponseTooLarge => Some(format!(
+                    "lower the step's `max_tokens`, or raise max_response_bytes in [providers.{}] if such answers are expected",
+                    p.provider
+                )),
                 K::RateLimited
                 | K::Overloaded
                 | K::Server
                 | K::Timeout
                 | K::Connect
-                | K::StreamBroken => Some(
-                    "this is transient; run again, or add `retry:` / `fallback:` to the step"
+                | K::StreamBroken
+                | K::BadResponse => Some(match p.gave_up {
+                    Some(GiveUp::RetryAfterTooLong { asked, max }) => format!(
+                        "the provider asked to wait {}, longer than the retry `max` of {}: raise `max` in the step's `retry:` (or `retry` in spes.toml), run again later, or add `fallback:`",
+                        format_duration(asked),
+                        format_duration(max)
+                    ),
+                    Some(GiveUp::Exhausted { attempts }) if attempts > 1 => format!(
+                        "this is transient and all {attempts} attempts failed: run again later, raise `attempts` in the step's `retry:`, or add `fallback:`"
+                    ),
+                    _ => "this is transient; run again, or add `retry:` / `fallback:` to the step"
                         .into(),
-                ),
+                }),
                 K::ContextOverflow => {
                     Some("shorten the prompt or pick a model with a larger context".into())
                 }

@@ -70,6 +70,7 @@ pub struct Engine {
     pub(crate) reviewer: Option<Arc<dyn Reviewer>>,
     pub(crate) clock: Clock,
     pub(crate) breakers: policy::Breakers,
+    pub(crate) retry_defaults: policy::RetryDefaults,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -173,6 +174,7 @@ pub struct EngineBuilder {
     capture: Option<Capture>,
     reviewer: Option<Arc<dyn Reviewer>>,
     clock: Option<Clock>,
+    retry_defaults: policy::RetryDefaults,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -243,6 +245,14 @@ impl EngineBuilder {
         self
     }
 
+    /// The retry of llm steps that set no `retry:` (default: 3 attempts
+    /// for `anthropic` and `openai` providers, none for others).
+    #[must_use]
+    pub fn retry_defaults(mut self, r: policy::RetryDefaults) -> Self {
+        self.retry_defaults = r;
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
@@ -258,6 +268,7 @@ impl EngineBuilder {
                 .clock
                 .unwrap_or_else(|| Arc::new(|| chrono::Utc::now().timestamp_millis())),
             breakers: policy::Breakers::default(),
+            retry_defaults: self.retry_defaults,
         }
     }
 }

@@ -21,6 +21,18 @@
 //! first slot: slots whose calls were committed (an answer that failed
 //! `validate`) replay, failed ones are tried again, with a fresh retry budget.
 //!
+//! **Default retry.** An `llm` step that sets no `retry:` still retries
+//! transient provider errors (429, 5xx, 529, broken streams, timeouts,
+//! connect errors, malformed answers), as the official SDKs do: with the
+//! schedule [`RetryDefaults`] gives for its provider (a provider's `retry`
+//! in `spes.toml`, else `[defaults] retry`, else, for HTTP providers
+//! (`anthropic`, `openai`), 3 attempts with exponential backoff from 1s,
+//! jitter, and `retry-after` honoured up to 30s). `retry: none` on the step
+//! (or `retry = "none"` in spes.toml) turns it off. Attempts are keyed and
+//! journaled exactly as under an explicit `retry:`; only `KEY#served` is
+//! left out when attempt 1 served (its answer, under `KEY`, replays by
+//! itself), so a step that succeeds at once journals what it did before.
+//!
 //! **Served by.** A step with `fallback` or `degrade` and an `output` also
 //! writes `<output>_served_by`: `{ by: "step" | "degrade2" | "fallback1",
 //! label, attempt, degraded }` (`degraded`: anything but the first choice
@@ -86,14 +98,15 @@
 //! assert_eq!(out.context["summary_served_by"]["by"], "fallback1");
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
+use spes_core::config::{ConfigSpec, RetryConfig};
 use spes_core::policy::{
-    Admission, Alternative, Breaker, BreakerPolicy, BreakerState, Failure, NextRetry, Policies,
-    RetrySchedule, next_retry,
+    Admission, Alternative, Breaker, BreakerPolicy, BreakerState, Failure, GiveUp, NextRetry,
+    Policies, RetrySchedule, next_retry,
 };
 use spes_core::workflow::{Step, StepKind};
 use spes_llm::ErrorClass;
@@ -239,6 +252,64 @@ impl Engine {
     }
 }
 
+/// The retry of `llm` steps that set no `retry:` (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct RetryDefaults {
+    /// `[defaults] retry`: `Some(None)` is `"none"`.
+    pub defaults: Option<Option<RetrySchedule>>,
+    /// `[providers.NAME] retry`, by provider name: `None` is `"none"`.
+    pub providers: BTreeMap<String, Option<RetrySchedule>>,
+}
+
+impl RetryDefaults {
+    /// The settings of a `spes.toml` (already validated by `parse_config`;
+    /// a setting that does not parse is left out).
+    #[must_use]
+    pub fn from_config(c: &ConfigSpec) -> Self {
+        let parse = |r: &RetryConfig| r.schedule().ok();
+        Self {
+            defaults: c.defaults.retry.as_ref().and_then(parse),
+            providers: c
+                .providers
+                .iter()
+                .filter_map(|(name, p)| Some((name.clone(), parse(p.retry.as_ref()?)?)))
+                .collect(),
+        }
+    }
+
+    /// The schedule for calls to provider `name` of `kind` (`None`: no retry).
+    #[must_use]
+    pub fn for_provider(&self, name: &str, kind: Option<&str>) -> Option<RetrySchedule> {
+        let s = match (self.providers.get(name).copied(), self.defaults) {
+            (Some(s), _) | (None, Some(s)) => s,
+            (None, None) => {
+                matches!(kind, Some("anthropic" | "openai")).then(RetrySchedule::default)
+            }
+        };
+        s.filter(|s| s.attempts > 1)
+    }
+}
+
+impl Engine {
+    /// The default retry of `s`: an llm step without `retry:`, on a
+    /// provider whose default retries.
+    pub(crate) fn default_retry(&self, s: &Step) -> Option<RetrySchedule> {
+        let StepKind::Llm(l) = &s.kind else {
+            return None;
+        };
+        if s.policies.retry.is_some() {
+            return None;
+        }
+        let name = l
+            .provider
+            .clone()
+            .or_else(|| l.agent.as_ref().and_then(|a| a.provider.clone()))
+            .unwrap_or_else(|| self.default_provider.clone());
+        let kind = self.providers.get(&name).map(|p| p.kind());
+        self.retry_defaults.for_provider(&name, kind)
+    }
+}
+
 /// What one slot runs.
 enum Slot<'s> {
     /// The step as written.
@@ -351,12 +422,16 @@ impl Exec<'_> {
     ) -> Result<StepResult, Stop> {
         let p = &s.policies;
         let alts = alternatives(s, p);
-        let schedule = p
-            .retry
-            .as_ref()
-            .map_or_else(|| RetrySchedule::default().with_attempts(1), |r| r.schedule);
+        let default_retry = self.engine.default_retry(s);
+        let schedule = p.retry.as_ref().map_or_else(
+            || default_retry.unwrap_or_else(|| RetrySchedule::default().with_attempts(1)),
+            |r| r.schedule,
+        );
         let served_key = format!("{key}#served");
         let record_served = alts.len() > 1 || schedule.attempts > 1;
+        // Only the default retry in play: attempt 1's answer replays by
+        // itself, so `#served` is written only when a retry served.
+        let lazy_served = p.retry.is_none() && alts.len() == 1;
         let served = if record_served {
             self.recorded_slot(&served_key, s, key).await?
         } else {
@@ -404,7 +479,7 @@ impl Exec<'_> {
             };
             match outcome {
                 Ok(mut r) => {
-                    if record_served && served.is_none() {
+                    if record_served && served.is_none() && !(lazy_served && attempt == 1) {
                         let decision =
                             json!({ "alternative": idx, "attempt": attempt, "by": alt.by });
                         self.journal
@@ -505,6 +580,15 @@ impl Exec<'_> {
                 }
                 NextRetry::GiveUp(why) => {
                     tracing::info!(step = base, %why, "retry gave up");
+                    let mut err = err;
+                    let retried =
+                        schedule.attempts > 1 || matches!(why, GiveUp::RetryAfterTooLong { .. });
+                    if let FailureKind::Provider(pe) = &mut err.kind
+                        && retried
+                        && why != GiveUp::Terminal
+                    {
+                        pe.gave_up = Some(why);
+                    }
                     return Ok((Err(err), attempt));
                 }
             }

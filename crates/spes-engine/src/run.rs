@@ -308,7 +308,7 @@ impl<'e> Exec<'e> {
                 usage: None,
             });
         }
-        if s.policies.is_empty() {
+        if s.policies.is_empty() && self.engine.default_retry(s).is_none() {
             self.step_body(s, key, depth).await
         } else {
             self.with_policies(s, key, depth).await

@@ -10,12 +10,25 @@
 //! - `system`, `messages`, `temperature`, `stop_sequences`;
 //! - `stream: true` when streaming.
 //!
-//! **Structured output.** A request's `json_schema` is not sent as an API
-//! parameter (Anthropic's structured-output parameter has changed shape
-//! across betas); instead an instruction carrying the schema is appended to
-//! the system text: "Respond with a single JSON value, and nothing else,
-//! that conforms to this JSON Schema: ...". The engine validates the answer
-//! against the schema either way.
+//! **Structured output.** A request's `json_schema` becomes a forced tool
+//! call, the documented way to get structured output from the Messages
+//! API: `tools: [{"name": "structured_answer", "description": ...,
+//! "input_schema": SCHEMA}]` and `tool_choice: {"type": "tool", "name":
+//! "structured_answer"}`. Anthropic requires an object `input_schema`, so a
+//! schema whose `type` is not `object` is sent wrapped as `{"type":
+//! "object", "properties": {"value": SCHEMA}, "required": ["value"]}`. The
+//! tool call's `input` (streamed as `input_json_delta`, or not) is the
+//! answer: its JSON text, unwrapped. A request that asks for JSON without a
+//! schema (Anthropic has no JSON mode) gets an instruction appended to its
+//! system text: "Respond with a single JSON value and nothing else: no
+//! prose, no code fences."; the engine checks the answer parses.
+//!
+//! **Well-formed answers only.** A 200 must be a `message` (`type:
+//! "message"`) with a `content` list that is not empty or a `stop_reason`;
+//! `{}`, an error object with status 200, or a stream without
+//! `message_start` are a transient `bad_response`, never an answer.
+//! `stop_reason: "refusal"` is a terminal `refused` error carrying the
+//! model's text; `max_tokens` is reported as it is.
 //!
 //! The answer's text is the concatenation of its text blocks; usage keeps
 //! `cache_read_input_tokens` and `cache_creation_input_tokens`; the
@@ -26,8 +39,6 @@ mod wire;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use eventsource_stream::Eventsource as _;
-use futures::StreamExt as _;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Client, Url};
 use spes_core::message::{ChatRequest, ChatResponse, Usage};
@@ -36,7 +47,10 @@ use crate::error::{ProviderError, ProviderErrorKind};
 use crate::http::{self, HttpProviderConfig, Sent};
 use crate::provider::{CallContext, Provider};
 
-use self::wire::{ContentBlock, Delta, MessagesRequest, MessagesResponse, StreamEvent};
+use self::wire::{
+    ContentBlock, Delta, MessagesRequest, MessagesResponse, StartBlock, StreamEvent, TOOL_NAME,
+    ToolShape,
+};
 
 /// The public API.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -155,31 +169,71 @@ impl AnthropicProvider {
         .await?;
         let request_id = sent.request_id.clone();
         let out = if sent.is_sse {
-            self.read_stream(sent, cx).await
+            self.read_stream(sent, req, cx).await
         } else {
-            self.read_json(sent, cx).await
+            self.read_json(sent, req, cx).await
         };
         http::finish_call(name, out, request_id, started)
     }
 
-    async fn read_json(&self, sent: Sent, cx: &CallContext) -> Result<ChatResponse, ProviderError> {
+    async fn read_json(
+        &self,
+        sent: Sent,
+        req: &ChatRequest,
+        cx: &CallContext,
+    ) -> Result<ChatResponse, ProviderError> {
         let name = self.cfg.name.as_str();
         let body = http::read_body(
             name,
             sent.resp,
             self.cfg.timeouts.idle,
-            http::MAX_BODY_BYTES,
+            self.cfg.max_response_bytes,
         )
         .await?;
         let r: MessagesResponse = http::parse_json(name, &body)?;
-        let text: String = r
-            .content
-            .iter()
-            .filter_map(|b| match b {
-                ContentBlock::Text { text } => Some(text.as_str()),
-                ContentBlock::Other => None,
-            })
-            .collect();
+        let bad = |why: String| ProviderError::new(name, ProviderErrorKind::BadResponse, why);
+        if let Some(err) = &r.error {
+            return Err(bad(format!(
+                "the provider answered 200 with an error instead of a message: {}",
+                err.describe()
+            )));
+        }
+        if r.kind.as_deref() != Some("message") {
+            return Err(bad(match &r.kind {
+                Some(k) => format!("the 200 response is a `{k}`, not a `message`"),
+                None => "the 200 response is not a message (it has no `type`)".to_owned(),
+            }));
+        }
+        let Some(content) = r.content else {
+            return Err(bad("the message has no `content`".to_owned()));
+        };
+        if content.is_empty() && r.stop_reason.is_none() {
+            return Err(bad(
+                "the message has empty `content` and no `stop_reason`".to_owned()
+            ));
+        }
+        let mut text = String::new();
+        let mut tool_input = None;
+        for b in content {
+            match b {
+                ContentBlock::Text { text: t } => text.push_str(&t),
+                ContentBlock::ToolUse { name: n, input } if n == TOOL_NAME => {
+                    tool_input.get_or_insert(input);
+                }
+                ContentBlock::ToolUse { .. } | ContentBlock::Other => {}
+            }
+        }
+        if r.stop_reason.as_deref() == Some("refusal") {
+            return Err(refused(name, &text));
+        }
+        let mut stop = r.stop_reason;
+        if let (Some(schema), Some(input)) = (&req.json_schema, tool_input) {
+            text = wire::tool_answer(input, wire::tool_shape(schema));
+            // The forced call is the whole answer.
+            if stop.as_deref() == Some("tool_use") {
+                stop = Some("end_turn".to_owned());
+            }
+        }
         if let Some(sink) = &cx.on_delta
             && !text.is_empty()
         {
@@ -189,7 +243,7 @@ impl AnthropicProvider {
         r.usage.merge_into(&mut usage);
         Ok(ChatResponse {
             text,
-            stop_reason: wire::stop_reason(r.stop_reason.as_deref()),
+            stop_reason: wire::stop_reason(stop.as_deref()),
             usage,
             model: r.model,
             request_id: None,
@@ -200,35 +254,47 @@ impl AnthropicProvider {
     async fn read_stream(
         &self,
         sent: Sent,
+        req: &ChatRequest,
         cx: &CallContext,
     ) -> Result<ChatResponse, ProviderError> {
         let name = self.cfg.name.as_str();
-        let mut events =
-            std::pin::pin!(http::idle_stream(sent.resp, self.cfg.timeouts.idle).eventsource());
+        let mut events = http::SseReader::new(
+            name,
+            sent.resp,
+            self.cfg.timeouts.idle,
+            self.cfg.max_response_bytes,
+        );
+        let shape = req.json_schema.as_ref().map(wire::tool_shape);
         let mut text = String::new();
+        let mut tool_blocks: Vec<u32> = Vec::new();
+        let mut tool_json: Option<String> = None;
         let mut usage = Usage::default();
         let mut model = None;
         let mut stop = None;
+        let mut started = false;
         let mut finished = false;
         while let Some(ev) = events.next().await {
-            let ev = ev.map_err(|e| http::sse_error(name, e))?;
+            let ev = ev?;
             if ev.data.trim().is_empty() {
                 continue;
             }
-            let parsed: StreamEvent = serde_json::from_str(&ev.data).map_err(|e| {
-                ProviderError::new(
-                    name,
-                    ProviderErrorKind::BadResponse,
-                    format!("cannot parse the `{}` stream event: {e}", ev.event),
-                )
-            })?;
+            let parsed: StreamEvent = http::parse_event(name, &ev)?;
             match parsed {
                 StreamEvent::MessageStart { message } => {
+                    started = true;
                     model = message.model;
                     message.usage.merge_into(&mut usage);
                 }
+                StreamEvent::ContentBlockStart {
+                    index,
+                    content_block: StartBlock::ToolUse { name: n },
+                } if n == TOOL_NAME && shape.is_some() && tool_blocks.is_empty() => {
+                    tool_blocks.push(index);
+                    tool_json.get_or_insert_with(String::new);
+                }
                 StreamEvent::ContentBlockDelta {
-                    delta: Delta::TextDelta { text: t },
+                    delta: Delta::Text { text: t },
+                    ..
                 } => {
                     if let Some(sink) = &cx.on_delta
                         && !t.is_empty()
@@ -236,6 +302,20 @@ impl AnthropicProvider {
                         sink(&t);
                     }
                     text.push_str(&t);
+                }
+                StreamEvent::ContentBlockDelta {
+                    index,
+                    delta: Delta::InputJson { partial_json },
+                } if tool_blocks.contains(&index) => {
+                    if let Some(j) = &mut tool_json {
+                        j.push_str(&partial_json);
+                    }
+                    if shape == Some(ToolShape::Direct)
+                        && let Some(sink) = &cx.on_delta
+                        && !partial_json.is_empty()
+                    {
+                        sink(&partial_json);
+                    }
                 }
                 StreamEvent::MessageDelta { delta, usage: u } => {
                     if delta.stop_reason.is_some() {
@@ -256,7 +336,9 @@ impl AnthropicProvider {
                     e.provider_type = error.kind;
                     return Err(e);
                 }
-                StreamEvent::ContentBlockDelta { .. } | StreamEvent::Other => {}
+                StreamEvent::ContentBlockStart { .. }
+                | StreamEvent::ContentBlockDelta { .. }
+                | StreamEvent::Other => {}
             }
         }
         if !finished {
@@ -265,6 +347,37 @@ impl AnthropicProvider {
                 ProviderErrorKind::StreamBroken,
                 "the stream ended before `message_stop`",
             ));
+        }
+        if !started {
+            return Err(ProviderError::new(
+                name,
+                ProviderErrorKind::BadResponse,
+                "the stream ended without a `message_start`",
+            ));
+        }
+        if stop.as_deref() == Some("refusal") {
+            return Err(refused(name, &text));
+        }
+        if let (Some(shape), Some(j)) = (shape, tool_json) {
+            // A complete input is re-serialized as the non-streamed one is;
+            // one cut by max_tokens is kept as it came.
+            let j = if j.trim().is_empty() {
+                "{}".to_owned()
+            } else {
+                j
+            };
+            text = match serde_json::from_str::<serde_json::Value>(&j) {
+                Ok(v) => wire::tool_answer(v, shape),
+                Err(_) => j,
+            };
+            if shape == ToolShape::Wrapped
+                && let Some(sink) = &cx.on_delta
+            {
+                sink(&text);
+            }
+            if stop.as_deref() == Some("tool_use") {
+                stop = Some("end_turn".to_owned());
+            }
         }
         Ok(ChatResponse {
             text,
@@ -275,6 +388,20 @@ impl AnthropicProvider {
             latency_ms: 0,
         })
     }
+}
+
+/// The terminal error for `stop_reason: "refusal"`, carrying the model's words.
+fn refused(name: &str, text: &str) -> ProviderError {
+    let text = text.trim();
+    ProviderError::new(
+        name,
+        ProviderErrorKind::Refused,
+        if text.is_empty() {
+            "the model refused to answer (stop_reason: refusal) and gave no text".to_owned()
+        } else {
+            format!("the model refused to answer: {text}")
+        },
+    )
 }
 
 fn parse_error(body: &[u8]) -> Option<(Option<String>, String)> {
@@ -305,7 +432,7 @@ impl Provider for AnthropicProvider {
         req: &ChatRequest,
         cx: &CallContext,
     ) -> Result<ChatResponse, ProviderError> {
-        self.call(req, cx)
+        http::with_deadline(&self.cfg.name, &self.cfg.timeouts, self.call(req, cx))
             .await
             .map_err(|e| http::redact(e, self.cfg.api_key.as_ref()))
     }

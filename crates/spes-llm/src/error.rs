@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub use spes_core::policy::GiveUp;
+
 /// Whether trying again can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
@@ -32,13 +34,28 @@ pub enum ProviderErrorKind {
     Truncated,
     /// The prompt does not fit the model's context window.
     ContextOverflow,
+    /// The request is larger than the provider accepts at all (Anthropic's
+    /// 413 `request_too_large`, OpenAI's 429 "Request too large ... must be
+    /// reduced"): waiting does not help.
+    RequestTooLarge,
+    /// The answer is larger than the provider's `max_response_bytes`.
+    ResponseTooLarge,
+    /// The account has no credit or quota left (OpenAI `insufficient_quota`,
+    /// HTTP 402, Anthropic `billing_error` or "credit balance is too low").
+    Billing,
+    /// The model declined to answer (OpenAI `refusal`, Anthropic
+    /// `stop_reason: "refusal"`); the message carries the model's text.
+    Refused,
     /// 400 / 422: the request is malformed or unsupported.
     InvalidRequest,
     /// 401 / 403: missing or wrong key, or no permission.
     Authentication,
     /// 404: unknown model or endpoint.
     NotFound,
-    /// The provider answered something spes cannot parse.
+    /// The provider answered something spes cannot parse, or a success
+    /// that carries no answer (`{}`, an error object with status 200, no
+    /// content). Transient: such an answer is never journaled, and asking
+    /// again usually gets a proper one.
     BadResponse,
     /// A scripted provider had no answer for this request, or another configuration problem.
     Config,
@@ -54,13 +71,17 @@ impl ProviderErrorKind {
             | Self::Server
             | Self::Timeout
             | Self::Connect
-            | Self::StreamBroken => ErrorClass::Transient,
+            | Self::StreamBroken
+            | Self::BadResponse => ErrorClass::Transient,
             Self::Truncated
             | Self::ContextOverflow
+            | Self::RequestTooLarge
+            | Self::ResponseTooLarge
+            | Self::Billing
+            | Self::Refused
             | Self::InvalidRequest
             | Self::Authentication
             | Self::NotFound
-            | Self::BadResponse
             | Self::Config => ErrorClass::Terminal,
         }
     }
@@ -77,6 +98,10 @@ impl ProviderErrorKind {
             Self::StreamBroken => "stream_broken",
             Self::Truncated => "truncated",
             Self::ContextOverflow => "context_overflow",
+            Self::RequestTooLarge => "request_too_large",
+            Self::ResponseTooLarge => "response_too_large",
+            Self::Billing => "billing",
+            Self::Refused => "refused",
             Self::InvalidRequest => "invalid_request",
             Self::Authentication => "authentication",
             Self::NotFound => "not_found",
@@ -84,6 +109,27 @@ impl ProviderErrorKind {
             Self::Config => "config",
         }
     }
+
+    /// Every kind, in declaration order (for exhaustive tests and docs).
+    pub const ALL: [Self; 17] = [
+        Self::RateLimited,
+        Self::Overloaded,
+        Self::Server,
+        Self::Timeout,
+        Self::Connect,
+        Self::StreamBroken,
+        Self::Truncated,
+        Self::ContextOverflow,
+        Self::RequestTooLarge,
+        Self::ResponseTooLarge,
+        Self::Billing,
+        Self::Refused,
+        Self::InvalidRequest,
+        Self::Authentication,
+        Self::NotFound,
+        Self::BadResponse,
+        Self::Config,
+    ];
 
     /// Parses [`Self::as_str`] names.
     #[must_use]
@@ -97,6 +143,10 @@ impl ProviderErrorKind {
             "stream_broken" => Self::StreamBroken,
             "truncated" => Self::Truncated,
             "context_overflow" => Self::ContextOverflow,
+            "request_too_large" => Self::RequestTooLarge,
+            "response_too_large" => Self::ResponseTooLarge,
+            "billing" => Self::Billing,
+            "refused" => Self::Refused,
             "invalid_request" => Self::InvalidRequest,
             "authentication" => Self::Authentication,
             "not_found" => Self::NotFound,
@@ -112,7 +162,7 @@ impl ProviderErrorKind {
 /// The message never contains an API key: adapters build it from the
 /// response body and their own words only.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{provider}: {kind_name}{status_part}: {message}", kind_name = kind.as_str(), status_part = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+#[error("{provider}: {kind_name}{status_part}: {message}{gave_up_part}", kind_name = kind.as_str(), status_part = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default(), gave_up_part = gave_up.map(|g| format!(" ({g})")).unwrap_or_default())]
 #[non_exhaustive]
 pub struct ProviderError {
     /// The configured provider name.
@@ -129,6 +179,10 @@ pub struct ProviderError {
     pub request_id: Option<String>,
     /// How long the provider asked us to wait (`retry-after`).
     pub retry_after: Option<Duration>,
+    /// Why the engine's retry policy stopped retrying this error, when it
+    /// was retried (or would have been, but for a `retry-after` longer
+    /// than the policy's `max`).
+    pub gave_up: Option<GiveUp>,
 }
 
 impl ProviderError {
@@ -147,6 +201,7 @@ impl ProviderError {
             message: message.into(),
             request_id: None,
             retry_after: None,
+            gave_up: None,
         }
     }
 
@@ -182,5 +237,33 @@ impl ProviderError {
     pub fn with_retry_after(mut self, d: Option<Duration>) -> Self {
         self.retry_after = d;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_its_name() {
+        for k in ProviderErrorKind::ALL {
+            assert_eq!(ProviderErrorKind::parse(k.as_str()), Some(k), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn new_kinds_have_the_documented_classes() {
+        use ProviderErrorKind as K;
+        for k in [
+            K::Refused,
+            K::Billing,
+            K::RequestTooLarge,
+            K::ResponseTooLarge,
+        ] {
+            assert_eq!(k.class(), ErrorClass::Terminal, "{k:?}");
+        }
+        assert_eq!(K::BadResponse.class(), ErrorClass::Transient);
+        assert_eq!(K::Refused.as_str(), "refused");
+        assert_eq!(K::Billing.as_str(), "billing");
     }
 }

@@ -7,10 +7,17 @@
 //! - `connect`: reqwest's connect timeout;
 //! - `first_byte`: from sending the request until the response headers;
 //! - `idle`: the longest silence between two chunks of the body (streamed
-//!   or not).
+//!   or not);
+//! - `total`: the deadline of the whole call (default 10 minutes), so that
+//!   a stream that keeps dripping bytes cannot hold a step for ever.
 //!
-//! There is no total timeout: a healthy stream that keeps sending is never
-//! cut, however long the answer.
+//! Bodies, streamed or not, are read up to `max_response_bytes` (default
+//! 32 MiB); a larger answer is a terminal `response_too_large` error.
+//!
+//! **Redirects are not followed.** A provider call that is answered with a
+//! 3xx fails with a terminal `config` error naming the `Location` (without
+//! its query): following it would send the request, with its API key
+//! header (`x-api-key`, `Authorization`), to wherever the redirect points.
 
 use std::error::Error as StdError;
 use std::time::{Duration, SystemTime};
@@ -19,15 +26,17 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::header::HeaderMap;
 use reqwest::{Client, RequestBuilder, Response, Url};
-use spes_core::config::{ProviderKind, ProviderSpec, Timeouts};
+use spes_core::config::{MaxTokensField, ProviderKind, ProviderSpec, Timeouts};
 use spes_core::message::ChatResponse;
 
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::provider::CallContext;
 use crate::secret::SecretString;
+use crate::sse::{SseDecoder, SseEvent};
 
-/// Largest successful response body read (non-streaming).
-pub(crate) const MAX_BODY_BYTES: usize = 32 << 20;
+/// Largest answer read, streamed or not, unless the provider sets
+/// `max_response_bytes`.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 << 20;
 /// Largest error body read.
 pub(crate) const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
@@ -51,6 +60,11 @@ pub struct HttpProviderConfig {
     pub timeouts: Timeouts,
     /// Send the step key in an `x-spes-step` header.
     pub step_header: bool,
+    /// Largest answer read, in bytes, streamed or not.
+    pub max_response_bytes: usize,
+    /// OpenAI-compatible providers: the field that carries `max_tokens`;
+    /// `None` picks by base URL (see [`crate::openai`]).
+    pub max_tokens_field: Option<MaxTokensField>,
 }
 
 impl HttpProviderConfig {
@@ -66,7 +80,23 @@ impl HttpProviderConfig {
             stream: true,
             timeouts: Timeouts::default(),
             step_header: false,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_tokens_field: None,
         }
+    }
+
+    /// Sets the largest answer read, in bytes.
+    #[must_use]
+    pub fn with_max_response_bytes(mut self, n: usize) -> Self {
+        self.max_response_bytes = n.max(1);
+        self
+    }
+
+    /// Sets the field that carries `max_tokens` (OpenAI-compatible providers).
+    #[must_use]
+    pub fn with_max_tokens_field(mut self, f: MaxTokensField) -> Self {
+        self.max_tokens_field = Some(f);
+        self
     }
 
     /// Sends the step key in an `x-spes-step` header.
@@ -179,14 +209,22 @@ impl HttpProviderConfig {
             stream: spec.stream.unwrap_or(true),
             timeouts,
             step_header: spec.step_header.unwrap_or(false),
+            max_response_bytes: spec
+                .max_response_bytes
+                .map_or(DEFAULT_MAX_RESPONSE_BYTES, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX).max(1)
+                }),
+            max_tokens_field: spec.max_tokens_field,
         })
     }
 }
 
-/// One client per provider: keep-alive pool, connect timeout, no total
-/// timeout.
+/// One client per provider: keep-alive pool, connect timeout, no
+/// redirects (see the module docs); the total deadline is applied around
+/// each call.
 pub(crate) fn build_client(name: &str, t: &Timeouts) -> Result<Client, ProviderError> {
     Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(t.connect)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(60))
@@ -376,6 +414,137 @@ pub(crate) fn idle_stream(
     })
 }
 
+/// The error for an answer over `max_response_bytes`.
+pub(crate) fn too_large(name: &str, limit: usize) -> ProviderError {
+    ProviderError::new(
+        name,
+        ProviderErrorKind::ResponseTooLarge,
+        format!(
+            "the answer is larger than max_response_bytes = {limit} bytes; \
+             raise [providers.{name}] max_response_bytes if such answers are expected"
+        ),
+    )
+}
+
+/// A streamed body decoded into server-sent events, read under the idle
+/// timeout and up to `limit` bytes in all.
+pub(crate) struct SseReader {
+    name: String,
+    body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>,
+    decoder: SseDecoder,
+    ready: std::collections::VecDeque<SseEvent>,
+    scratch: Vec<SseEvent>,
+    received: usize,
+    limit: usize,
+    ended: bool,
+}
+
+impl SseReader {
+    pub(crate) fn new(name: &str, resp: Response, idle: Duration, limit: usize) -> Self {
+        Self {
+            name: name.to_owned(),
+            body: Box::pin(idle_stream(resp, idle)),
+            decoder: SseDecoder::new(),
+            ready: std::collections::VecDeque::new(),
+            scratch: Vec::new(),
+            received: 0,
+            limit,
+            ended: false,
+        }
+    }
+
+    /// The next event; `None` at the end of the body.
+    pub(crate) async fn next(&mut self) -> Option<Result<SseEvent, ProviderError>> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(Ok(e));
+            }
+            if self.ended {
+                return None;
+            }
+            let not_utf8 = |_| {
+                ProviderError::new(
+                    &self.name,
+                    ProviderErrorKind::BadResponse,
+                    "the event stream is not UTF-8",
+                )
+            };
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    self.received = self.received.saturating_add(chunk.len());
+                    if self.received > self.limit {
+                        self.ended = true;
+                        return Some(Err(too_large(&self.name, self.limit)));
+                    }
+                    if let Err(e) = self.decoder.push(&chunk, &mut self.scratch) {
+                        self.ended = true;
+                        return Some(Err(not_utf8(e)));
+                    }
+                }
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Some(Err(e.into_provider_error(&self.name)));
+                }
+                None => {
+                    self.ended = true;
+                    if let Err(e) = self.decoder.finish(&mut self.scratch) {
+                        return Some(Err(not_utf8(e)));
+                    }
+                }
+            }
+            self.ready.extend(self.scratch.drain(..));
+        }
+    }
+}
+
+/// Parses one event's JSON payload: a payload cut short (a stream that
+/// ended inside an event) is a broken stream, anything else unparsable a
+/// bad response.
+pub(crate) fn parse_event<T: serde::de::DeserializeOwned>(
+    name: &str,
+    ev: &SseEvent,
+) -> Result<T, ProviderError> {
+    serde_json::from_str(&ev.data).map_err(|e| {
+        let what = if ev.event.is_empty() {
+            "a stream chunk".to_owned()
+        } else {
+            format!("the `{}` stream event", ev.event)
+        };
+        if e.is_eof() {
+            ProviderError::new(
+                name,
+                ProviderErrorKind::StreamBroken,
+                format!("the stream broke off inside {what}: {e}"),
+            )
+        } else {
+            ProviderError::new(
+                name,
+                ProviderErrorKind::BadResponse,
+                format!("cannot parse {what}: {e}"),
+            )
+        }
+    })
+}
+
+/// Runs a whole call under the total deadline.
+pub(crate) async fn with_deadline<T>(
+    name: &str,
+    t: &Timeouts,
+    call: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    match tokio::time::timeout(t.total, call).await {
+        Ok(r) => r,
+        Err(_) => Err(ProviderError::new(
+            name,
+            ProviderErrorKind::Timeout,
+            format!(
+                "the call did not finish within the total deadline of {} (timeouts.total)",
+                spes_core::duration::format_duration(t.total)
+            ),
+        )),
+    }
+}
+
 /// Reads a whole body under the idle timeout, up to `limit` bytes.
 pub(crate) async fn read_body(
     name: &str,
@@ -388,11 +557,7 @@ pub(crate) async fn read_body(
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| e.into_provider_error(name))?;
         if out.len() + chunk.len() > limit {
-            return Err(ProviderError::new(
-                name,
-                ProviderErrorKind::BadResponse,
-                format!("the response body is larger than {limit} bytes"),
-            ));
+            return Err(too_large(name, limit));
         }
         out.extend_from_slice(&chunk);
     }
@@ -401,7 +566,8 @@ pub(crate) async fn read_body(
 
 /// The kind of an HTTP failure (`status`), or of an error event inside a
 /// stream (`status` is `None`), from the provider's error type/code and
-/// message. Matching on provider text happens here and only here.
+/// message. Status and codes decide first; the message text is read only
+/// through [`text_hint`], here and nowhere else.
 pub(crate) fn classify(
     status: Option<u16>,
     provider_type: Option<&str>,
@@ -409,50 +575,78 @@ pub(crate) fn classify(
 ) -> ProviderErrorKind {
     use ProviderErrorKind as K;
     let t = provider_type.unwrap_or("");
-    if t == "overloaded_error" {
-        return K::Overloaded;
+    let client_side = status.is_none_or(|s| (400..500).contains(&s));
+    match t {
+        "overloaded_error" => return K::Overloaded,
+        "context_length_exceeded" | "string_above_max_length" if client_side => {
+            return K::ContextOverflow;
+        }
+        "request_too_large" if client_side => return K::RequestTooLarge,
+        "insufficient_quota"
+        | "billing_hard_limit_reached"
+        | "billing_not_active"
+        | "billing_error"
+            if client_side =>
+        {
+            return K::Billing;
+        }
+        _ => {}
     }
-    if is_context_overflow(t, message) && status.is_none_or(|s| (400..500).contains(&s)) {
-        return K::ContextOverflow;
-    }
+    let hint = || text_hint(message);
     match status {
-        Some(429) if t == "insufficient_quota" => K::Authentication,
-        Some(429) => K::RateLimited,
+        Some(402) => K::Billing,
+        Some(413) => K::RequestTooLarge,
+        // OpenAI says "Request too large ... must be reduced" with the
+        // rate-limit code: waiting cannot help.
+        Some(429) => match hint() {
+            Some(h @ (K::RequestTooLarge | K::Billing)) => h,
+            _ => K::RateLimited,
+        },
         Some(503 | 529) => K::Overloaded,
         Some(408) => K::Timeout,
         Some(500..=599) => K::Server,
         Some(401 | 403) => K::Authentication,
         Some(404) => K::NotFound,
-        Some(400..=499) => K::InvalidRequest,
+        Some(400..=499) => hint().unwrap_or(K::InvalidRequest),
         Some(_) => K::BadResponse,
         None => match t {
             "rate_limit_error" | "rate_limit_exceeded" => K::RateLimited,
             "authentication_error" | "permission_error" | "invalid_api_key" => K::Authentication,
             "not_found_error" | "model_not_found" => K::NotFound,
-            "invalid_request_error" => K::InvalidRequest,
+            "invalid_request_error" => hint().unwrap_or(K::InvalidRequest),
+            "timeout_error" => K::Timeout,
             _ => K::Server,
         },
     }
 }
 
-fn is_context_overflow(provider_type: &str, message: &str) -> bool {
-    if matches!(
-        provider_type,
-        "context_length_exceeded" | "request_too_large" | "string_above_max_length"
-    ) {
-        return true;
-    }
+/// What a client-side error's message says, when its status and code do
+/// not: the one place where provider text is matched.
+fn text_hint(message: &str) -> Option<ProviderErrorKind> {
+    use ProviderErrorKind as K;
     let m = message.to_ascii_lowercase();
-    [
+    let any = |ps: &[&str]| ps.iter().any(|p| m.contains(p));
+    if any(&[
+        "request too large",
+        "must be reduced in order to run",
+        "request exceeds the maximum",
+    ]) {
+        return Some(K::RequestTooLarge);
+    }
+    if any(&[
         "prompt is too long",
         "context length",
         "context_length",
         "context window",
         "maximum context",
         "context size",
-    ]
-    .iter()
-    .any(|p| m.contains(p))
+    ]) {
+        return Some(K::ContextOverflow);
+    }
+    if any(&["exceeded your current quota", "credit balance is too low"]) {
+        return Some(K::Billing);
+    }
+    None
 }
 
 /// How long the provider asked us to wait: `retry-after-ms`, then
@@ -606,6 +800,28 @@ pub(crate) async fn execute(
     let resp = send(name, rb, t, url).await?;
     let status = resp.status();
     let request_id = header_str(resp.headers(), request_id_header);
+    if status.is_redirection() {
+        let to = header_str(resp.headers(), "location").map_or_else(
+            || "nowhere (no Location header)".to_owned(),
+            |l| {
+                url.join(&l)
+                    .map_or_else(|_| "an unusable Location".to_owned(), |u| display_url(&u))
+            },
+        );
+        return Err(ProviderError::new(
+            name,
+            ProviderErrorKind::Config,
+            format!(
+                "{} answered {} with a redirect to {to}; spes does not follow redirects \
+                 of provider calls (the API key would go with them): set \
+                 [providers.{name}] base_url to the address that serves the API",
+                display_url(url),
+                status.as_u16()
+            ),
+        )
+        .with_status(status.as_u16())
+        .with_request_id(request_id));
+    }
     if !status.is_success() {
         let wait = retry_after(resp.headers(), SystemTime::now());
         // A body that breaks off still leaves us the status.
@@ -633,27 +849,6 @@ pub(crate) async fn execute(
         request_id,
         is_sse,
     })
-}
-
-/// An error from the SSE decoder.
-pub(crate) fn sse_error(
-    name: &str,
-    e: eventsource_stream::EventStreamError<BodyError>,
-) -> ProviderError {
-    use eventsource_stream::EventStreamError as E;
-    match e {
-        E::Transport(b) => b.into_provider_error(name),
-        E::Utf8(e) => ProviderError::new(
-            name,
-            ProviderErrorKind::BadResponse,
-            format!("the event stream is not UTF-8: {e}"),
-        ),
-        E::Parser(e) => ProviderError::new(
-            name,
-            ProviderErrorKind::BadResponse,
-            format!("the event stream is malformed: {e}"),
-        ),
-    }
 }
 
 /// Replaces any occurrence of the key in an error's text (defence in
@@ -733,17 +928,80 @@ mod tests {
         );
         assert_eq!(
             classify(Some(413), Some("request_too_large"), "x"),
-            K::ContextOverflow
+            K::RequestTooLarge
         );
         assert_eq!(classify(Some(400), None, "bad"), K::InvalidRequest);
         assert_eq!(classify(None, Some("overloaded_error"), "x"), K::Overloaded);
         assert_eq!(classify(None, Some("api_error"), "x"), K::Server);
         assert_eq!(
             classify(Some(429), Some("insufficient_quota"), "x"),
-            K::Authentication
+            K::Billing
         );
         // A 5xx that mentions context is still a server error.
         assert_eq!(classify(Some(500), None, "context length"), K::Server);
+    }
+
+    #[test]
+    fn classifies_billing_and_request_too_large() {
+        // OpenAI's documented 429 bodies: the code decides, then the text.
+        assert_eq!(
+            classify(
+                Some(429),
+                Some("rate_limit_exceeded"),
+                "Request too large for gpt-4o in organization org-x on tokens per min (TPM): \
+                 Limit 30000, Requested 50000. The input or output tokens must be reduced in \
+                 order to run successfully."
+            ),
+            K::RequestTooLarge
+        );
+        assert_eq!(
+            classify(
+                Some(429),
+                Some("rate_limit_exceeded"),
+                "Rate limit reached for gpt-4 on requests per min (RPM): Limit 3. You can \
+                 increase your rate limit by adding a payment method at \
+                 https://platform.openai.com/account/billing."
+            ),
+            K::RateLimited
+        );
+        assert_eq!(
+            classify(
+                Some(429),
+                None,
+                "You exceeded your current quota, please check your plan and billing details."
+            ),
+            K::Billing
+        );
+        assert_eq!(
+            classify(Some(429), Some("billing_hard_limit_reached"), "x"),
+            K::Billing
+        );
+        // Anthropic: 402 billing_error, and the 400 low-credit message.
+        assert_eq!(classify(Some(402), Some("billing_error"), "x"), K::Billing);
+        assert_eq!(classify(Some(402), None, "x"), K::Billing);
+        assert_eq!(
+            classify(
+                Some(400),
+                Some("invalid_request_error"),
+                "Your credit balance is too low to access the Anthropic API."
+            ),
+            K::Billing
+        );
+        assert_eq!(classify(Some(413), None, "x"), K::RequestTooLarge);
+        assert_eq!(
+            classify(None, Some("invalid_request_error"), "prompt is too long"),
+            K::ContextOverflow
+        );
+        // Codes win over text; 5xx never become client-side kinds.
+        assert_eq!(
+            classify(Some(500), Some("insufficient_quota"), "x"),
+            K::Server
+        );
+        assert_eq!(
+            classify(Some(400), Some("context_length_exceeded"), "quota"),
+            K::ContextOverflow
+        );
+        assert_eq!(classify(Some(302), None, "x"), K::BadResponse);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! - streams (SSE) or not, per the provider's `stream` setting (default
 //!   on); both modes give the same [`ChatResponse`]
 //!   for the same answer, and streamed text goes to [`CallContext::on_delta`];
-//! - applies three timeouts (connect, first byte, idle between chunks) and
-//!   no total timeout (see [`http`]);
+//! - applies four timeouts (connect, first byte, idle between chunks, and
+//!   a total deadline) and a size cap on answers, streamed or not, and
+//!   follows no redirects (see [`http`]);
 //! - classifies every failure into a [`ProviderErrorKind`], keeping the
 //!   status, the provider's error type and message, the request id and
 //!   `retry-after`;
@@ -63,6 +64,7 @@ pub mod provider;
 pub mod registry;
 pub mod scripted;
 pub mod secret;
+mod sse;
 
 pub use anthropic::AnthropicProvider;
 pub use error::{ErrorClass, ProviderError, ProviderErrorKind};

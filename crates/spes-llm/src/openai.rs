@@ -7,33 +7,41 @@
 //!
 //! - `model`: the request's, else the provider's default (one is required);
 //! - `messages`: the system text first, as a `system` message;
-//! - `max_tokens`: the request's, else the provider's, else omitted. We
-//!   send `max_tokens` rather than OpenAI's newer `max_completion_tokens`
-//!   because Ollama, vLLM and llama.cpp understand only the former and
-//!   OpenAI still accepts it for chat models;
+//! - the token limit (the request's, else the provider's, else omitted) as
+//!   `max_completion_tokens` for OpenAI's own API (no `base_url`, or host
+//!   `api.openai.com`: its reasoning models refuse `max_tokens`) and as
+//!   `max_tokens` for every other server (Ollama, vLLM and llama.cpp know
+//!   only that one); `max_tokens_field` in `spes.toml` overrides the choice;
 //! - `temperature`, `stop`;
-//! - `response_format: {"type": "json_schema", "json_schema": {"name":
-//!   "response", "schema": ..., "strict": false}}` when the request carries
-//!   a JSON schema. `strict` is off because strict mode rejects schemas
-//!   outside OpenAI's subset (every property required, no additional
-//!   properties); the engine validates the answer either way;
+//! - `response_format`: `{"type": "json_schema", "json_schema": {"name":
+//!   "response", "schema": ..., "strict": S}}` when the request carries a
+//!   JSON schema, where `S` is true exactly when OpenAI's strict mode
+//!   accepts the schema (an object root; every object lists all its
+//!   properties in `required` and sets `additionalProperties: false`);
+//!   `{"type": "json_object"}` when the request asks for JSON without a
+//!   schema (and then, if no message mentions JSON, which OpenAI requires,
+//!   the system text gains "Respond with a single JSON value.");
 //! - `stream: true` and `stream_options: {"include_usage": true}` when
 //!   streaming, so that streamed answers report usage too.
 //!
-//! `finish_reason` maps `stop` to `EndTurn` (stop sequences included: the
-//! API does not tell them apart) and `length` to `MaxTokens`; usage keeps
-//! `prompt_tokens_details.cached_tokens`; the `x-request-id` header becomes
-//! [`ChatResponse::request_id`].
+//! Only choice index 0 is read (a server that returns `n > 1` choices, or
+//! interleaves them in a stream, gives the first). A 200 whose choice 0 has
+//! no `content`, no `refusal` and no `tool_calls` (or that has no choice,
+//! or is an error object) is a transient `bad_response`, never an answer.
+//! A `refusal` (streamed or not) is a terminal `refused` error carrying the
+//! model's text. `finish_reason` maps `stop` to `EndTurn` (stop sequences
+//! included: the API does not tell them apart) and `length` to
+//! `MaxTokens`; usage keeps `prompt_tokens_details.cached_tokens`; the
+//! `x-request-id` header becomes [`ChatResponse::request_id`].
 
 mod wire;
 
 use std::time::Instant;
 
 use async_trait::async_trait;
-use eventsource_stream::Eventsource as _;
-use futures::StreamExt as _;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{Client, Url};
+use spes_core::config::MaxTokensField;
 use spes_core::message::{ChatRequest, ChatResponse, Usage};
 
 use crate::error::{ProviderError, ProviderErrorKind};
@@ -51,6 +59,7 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub struct OpenAiProvider {
     cfg: HttpProviderConfig,
     url: Url,
+    max_tokens_field: MaxTokensField,
     headers: HeaderMap,
     client: Client,
 }
@@ -79,9 +88,17 @@ impl OpenAiProvider {
             headers.insert(AUTHORIZATION, v);
         }
         let client = http::build_client(&cfg.name, &cfg.timeouts)?;
+        let max_tokens_field = cfg.max_tokens_field.unwrap_or_else(|| {
+            if url.host_str() == Some("api.openai.com") {
+                MaxTokensField::MaxCompletionTokens
+            } else {
+                MaxTokensField::MaxTokens
+            }
+        });
         Ok(Self {
             cfg,
             url,
+            max_tokens_field,
             headers,
             client,
         })
@@ -91,6 +108,12 @@ impl OpenAiProvider {
     #[must_use]
     pub fn config(&self) -> &HttpProviderConfig {
         &self.cfg
+    }
+
+    /// The field that carries `max_tokens` (configured, or picked by base URL).
+    #[must_use]
+    pub fn max_tokens_field(&self) -> MaxTokensField {
+        self.max_tokens_field
     }
 
     /// The JSON body sent for `req` (for tests and `--dry-run` displays).
@@ -126,6 +149,7 @@ impl OpenAiProvider {
             req,
             model,
             req.max_tokens.or(self.cfg.max_tokens),
+            self.max_tokens_field,
             self.cfg.stream,
         )
     }
@@ -169,18 +193,36 @@ impl OpenAiProvider {
             name,
             sent.resp,
             self.cfg.timeouts.idle,
-            http::MAX_BODY_BYTES,
+            self.cfg.max_response_bytes,
         )
         .await?;
         let r: Completion = http::parse_json(name, &body)?;
-        let Some(choice) = r.choices.into_iter().next() else {
-            return Err(ProviderError::new(
-                name,
-                ProviderErrorKind::BadResponse,
-                "the response has no choices",
+        let bad = |why: String| ProviderError::new(name, ProviderErrorKind::BadResponse, why);
+        if let Some(err) = &r.error
+            && r.choices.is_empty()
+        {
+            let (kind, message) = wire::error_parts(err)
+                .unwrap_or_else(|| (None, "an error object without a message".to_owned()));
+            return Err(bad(format!(
+                "the provider answered 200 with an error instead of a completion: {}{message}",
+                kind.map(|k| format!("{k}: ")).unwrap_or_default()
+            )));
+        }
+        let Some(choice) = r.choices.into_iter().find(|c| c.index.unwrap_or(0) == 0) else {
+            return Err(bad("the response has no choice 0".to_owned()));
+        };
+        let Some(message) = choice.message else {
+            return Err(bad("the response's choice 0 has no message".to_owned()));
+        };
+        if let Some(refusal) = message.refusal.filter(|r| !r.trim().is_empty()) {
+            return Err(refused(name, &refusal));
+        }
+        let has_tools = message.tool_calls.as_ref().is_some_and(|t| !t.is_empty());
+        let Some(text) = message.content.or_else(|| has_tools.then(String::new)) else {
+            return Err(bad(
+                "the response's choice 0 has no content, refusal or tool calls".to_owned(),
             ));
         };
-        let text = choice.message.content.unwrap_or_default();
         if let Some(sink) = &cx.on_delta
             && !text.is_empty()
         {
@@ -202,15 +244,22 @@ impl OpenAiProvider {
         cx: &CallContext,
     ) -> Result<ChatResponse, ProviderError> {
         let name = self.cfg.name.as_str();
-        let mut events =
-            std::pin::pin!(http::idle_stream(sent.resp, self.cfg.timeouts.idle).eventsource());
+        let mut events = http::SseReader::new(
+            name,
+            sent.resp,
+            self.cfg.timeouts.idle,
+            self.cfg.max_response_bytes,
+        );
         let mut text = String::new();
+        let mut refusal = String::new();
+        let mut saw_content = false;
+        let mut saw_tools = false;
         let mut usage = Usage::default();
         let mut model = None;
         let mut finish: Option<String> = None;
         let mut done = false;
         while let Some(ev) = events.next().await {
-            let ev = ev.map_err(|e| http::sse_error(name, e))?;
+            let ev = ev?;
             let data = ev.data.trim();
             if data.is_empty() {
                 continue;
@@ -219,13 +268,7 @@ impl OpenAiProvider {
                 done = true;
                 break;
             }
-            let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
-                ProviderError::new(
-                    name,
-                    ProviderErrorKind::BadResponse,
-                    format!("cannot parse a stream chunk: {e}"),
-                )
-            })?;
+            let chunk: Chunk = http::parse_event(name, &ev)?;
             if let Some(err) = &chunk.error {
                 let (kind, message) = wire::error_parts(err)
                     .unwrap_or_else(|| (None, "error object in the stream".to_owned()));
@@ -243,12 +286,26 @@ impl OpenAiProvider {
             if let Some(u) = chunk.usage {
                 usage = u.into();
             }
-            if let Some(choice) = chunk.choices.into_iter().next() {
-                if let Some(t) = choice.delta.content.filter(|t| !t.is_empty()) {
-                    if let Some(sink) = &cx.on_delta {
-                        sink(&t);
+            // Choice 0 only: other choices of an `n > 1` stream are not ours.
+            for choice in chunk
+                .choices
+                .into_iter()
+                .filter(|c| c.index.unwrap_or(0) == 0)
+            {
+                if let Some(t) = choice.delta.content {
+                    saw_content = true;
+                    if !t.is_empty() {
+                        if let Some(sink) = &cx.on_delta {
+                            sink(&t);
+                        }
+                        text.push_str(&t);
                     }
-                    text.push_str(&t);
+                }
+                if let Some(r) = choice.delta.refusal {
+                    refusal.push_str(&r);
+                }
+                if choice.delta.tool_calls.is_some_and(|t| !t.is_empty()) {
+                    saw_tools = true;
                 }
                 if choice.finish_reason.is_some() {
                     finish = choice.finish_reason;
@@ -264,6 +321,16 @@ impl OpenAiProvider {
                 "the stream ended before a finish_reason or `[DONE]`",
             ));
         }
+        if !refusal.trim().is_empty() {
+            return Err(refused(name, &refusal));
+        }
+        if !saw_content && !saw_tools {
+            return Err(ProviderError::new(
+                name,
+                ProviderErrorKind::BadResponse,
+                "the stream carried no content, refusal or tool calls for choice 0",
+            ));
+        }
         Ok(ChatResponse {
             text,
             stop_reason: wire::stop_reason(finish.as_deref()),
@@ -273,6 +340,15 @@ impl OpenAiProvider {
             latency_ms: 0,
         })
     }
+}
+
+/// The terminal error for a refusal, carrying the model's words.
+fn refused(name: &str, text: &str) -> ProviderError {
+    ProviderError::new(
+        name,
+        ProviderErrorKind::Refused,
+        format!("the model refused to answer: {}", text.trim()),
+    )
 }
 
 fn parse_error(body: &[u8]) -> Option<(Option<String>, String)> {
@@ -299,7 +375,7 @@ impl Provider for OpenAiProvider {
         req: &ChatRequest,
         cx: &CallContext,
     ) -> Result<ChatResponse, ProviderError> {
-        self.call(req, cx)
+        http::with_deadline(&self.cfg.name, &self.cfg.timeouts, self.call(req, cx))
             .await
             .map_err(|e| http::redact(e, self.cfg.api_key.as_ref()))
     }

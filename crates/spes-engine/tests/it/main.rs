@@ -8,6 +8,7 @@ mod gates;
 mod orchestration;
 mod patterns;
 mod policy;
+mod provider_retry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

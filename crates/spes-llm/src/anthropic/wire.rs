@@ -2,6 +2,7 @@
 //! `spes_core::message`.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use spes_core::message::{ChatRequest, Role, StopReason, Usage};
 
 /// `POST /v1/messages` body.
@@ -16,6 +17,10 @@ pub(crate) struct MessagesRequest<'a> {
     pub(crate) temperature: Option<f32>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub(crate) stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) stream: bool,
 }
@@ -26,20 +31,71 @@ pub(crate) struct WireMessage<'a> {
     pub(crate) content: &'a str,
 }
 
-/// The instruction appended to the system text when the request carries a
-/// JSON schema (see the module docs of [`crate::anthropic`]).
-pub(crate) fn schema_instruction(schema: &serde_json::Value) -> String {
-    format!(
-        "Respond with a single JSON value, and nothing else, that conforms to this JSON Schema:\n{schema}"
-    )
+/// The tool the model is made to call when the request carries a schema.
+pub(crate) const TOOL_NAME: &str = "structured_answer";
+
+/// The instruction appended to the system text when the request asks for
+/// JSON without a schema (Anthropic has no JSON mode).
+pub(crate) const JSON_INSTRUCTION: &str =
+    "Respond with a single JSON value and nothing else: no prose, no code fences.";
+
+/// How a schema is sent as the forced tool's `input_schema`, which
+/// Anthropic requires to be an object: an object schema as it is, any
+/// other wrapped as `{"value": schema}` (and unwrapped from the answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ToolShape {
+    /// The step's schema is the tool's input schema.
+    Direct,
+    /// The step's schema is the tool input's `value` property.
+    Wrapped,
+}
+
+pub(crate) fn tool_shape(schema: &Value) -> ToolShape {
+    if schema.get("type") == Some(&Value::String("object".into())) {
+        ToolShape::Direct
+    } else {
+        ToolShape::Wrapped
+    }
+}
+
+/// The answer text of the forced tool's `input`: its JSON, unwrapped.
+pub(crate) fn tool_answer(input: Value, shape: ToolShape) -> String {
+    let v = match (shape, input) {
+        (ToolShape::Wrapped, Value::Object(mut m)) if m.contains_key("value") => {
+            m.remove("value").unwrap_or(Value::Null)
+        }
+        (_, v) => v,
+    };
+    v.to_string()
 }
 
 impl<'a> MessagesRequest<'a> {
     pub(crate) fn new(req: &'a ChatRequest, model: &'a str, max_tokens: u32, stream: bool) -> Self {
-        let system = match (&req.system, &req.json_schema) {
-            (s, None) => s.clone(),
-            (None, Some(schema)) => Some(schema_instruction(schema)),
-            (Some(s), Some(schema)) => Some(format!("{s}\n\n{}", schema_instruction(schema))),
+        let system = match (&req.system, req.json && req.json_schema.is_none()) {
+            (s, false) => s.clone(),
+            (None, true) => Some(JSON_INSTRUCTION.to_owned()),
+            (Some(s), true) => Some(format!("{s}\n\n{JSON_INSTRUCTION}")),
+        };
+        let (tools, tool_choice) = match &req.json_schema {
+            None => (None, None),
+            Some(schema) => {
+                let input_schema = match tool_shape(schema) {
+                    ToolShape::Direct => schema.clone(),
+                    ToolShape::Wrapped => json!({
+                        "type": "object",
+                        "properties": {"value": schema},
+                        "required": ["value"],
+                    }),
+                };
+                (
+                    Some(vec![json!({
+                        "name": TOOL_NAME,
+                        "description": "Give your answer as this tool's input, which must conform to its input schema.",
+                        "input_schema": input_schema,
+                    })]),
+                    Some(json!({"type": "tool", "name": TOOL_NAME})),
+                )
+            }
         };
         Self {
             model,
@@ -58,6 +114,8 @@ impl<'a> MessagesRequest<'a> {
                 .collect(),
             temperature: req.temperature,
             stop_sequences: &req.stop,
+            tools,
+            tool_choice,
             stream,
         }
     }
@@ -93,14 +151,19 @@ impl WireUsage {
 /// The non-streaming response.
 #[derive(Debug, Deserialize)]
 pub(crate) struct MessagesResponse {
+    #[serde(rename = "type", default)]
+    pub(crate) kind: Option<String>,
     #[serde(default)]
     pub(crate) model: Option<String>,
     #[serde(default)]
-    pub(crate) content: Vec<ContentBlock>,
+    pub(crate) content: Option<Vec<ContentBlock>>,
     #[serde(default)]
     pub(crate) stop_reason: Option<String>,
     #[serde(default)]
     pub(crate) usage: WireUsage,
+    /// `{"type": "error", "error": {...}}` answered with status 200.
+    #[serde(default)]
+    pub(crate) error: Option<WireError>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +171,11 @@ pub(crate) struct MessagesResponse {
 pub(crate) enum ContentBlock {
     Text {
         text: String,
+    },
+    ToolUse {
+        name: String,
+        #[serde(default)]
+        input: Value,
     },
     #[serde(other)]
     Other,
@@ -120,7 +188,14 @@ pub(crate) enum StreamEvent {
     MessageStart {
         message: StreamMessage,
     },
+    ContentBlockStart {
+        #[serde(default)]
+        index: u32,
+        content_block: StartBlock,
+    },
     ContentBlockDelta {
+        #[serde(default)]
+        index: u32,
         delta: Delta,
     },
     MessageDelta {
@@ -144,12 +219,24 @@ pub(crate) struct StreamMessage {
     pub(crate) usage: WireUsage,
 }
 
+/// The block a `content_block_start` opens.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum StartBlock {
+    ToolUse {
+        name: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum Delta {
-    TextDelta {
-        text: String,
-    },
+    #[serde(rename = "text_delta")]
+    Text { text: String },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: String },
     #[serde(other)]
     Other,
 }
@@ -166,12 +253,24 @@ pub(crate) struct ErrorBody {
     pub(crate) error: WireError,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct WireError {
     #[serde(rename = "type", default)]
     pub(crate) kind: Option<String>,
     #[serde(default)]
     pub(crate) message: Option<String>,
+}
+
+impl WireError {
+    /// `type: message`, for error texts.
+    pub(crate) fn describe(&self) -> String {
+        match (&self.kind, &self.message) {
+            (Some(k), Some(m)) => format!("{k}: {m}"),
+            (Some(k), None) => k.clone(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => "an error without a message".to_owned(),
+        }
+    }
 }
 
 /// Anthropic's `stop_reason` as spes names it.

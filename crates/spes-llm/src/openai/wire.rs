@@ -1,8 +1,11 @@
 //! The OpenAI Chat Completions JSON, and conversions to and from
 //! `spes_core::message`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
+use spes_core::config::MaxTokensField;
 use spes_core::message::{ChatRequest, Role, StopReason, Usage};
 
 /// `POST /chat/completions` body.
@@ -13,11 +16,13 @@ pub(crate) struct CompletionRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) temperature: Option<f32>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub(crate) stop: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) response_format: Option<ResponseFormat<'a>>,
+    pub(crate) response_format: Option<Value>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -27,21 +32,7 @@ pub(crate) struct CompletionRequest<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct WireMessage<'a> {
     pub(crate) role: &'static str,
-    pub(crate) content: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct ResponseFormat<'a> {
-    #[serde(rename = "type")]
-    pub(crate) kind: &'static str,
-    pub(crate) json_schema: JsonSchemaFormat<'a>,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct JsonSchemaFormat<'a> {
-    pub(crate) name: &'static str,
-    pub(crate) schema: &'a Value,
-    pub(crate) strict: bool,
+    pub(crate) content: Cow<'a, str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,41 +40,122 @@ pub(crate) struct StreamOptions {
     pub(crate) include_usage: bool,
 }
 
+/// The system text added in JSON mode when no message mentions JSON
+/// (OpenAI refuses `json_object` requests whose messages never say "JSON").
+pub(crate) const JSON_MODE_INSTRUCTION: &str = "Respond with a single JSON value.";
+
+/// The name under which the step's schema is sent.
+pub(crate) const SCHEMA_NAME: &str = "response";
+
+/// Whether OpenAI's strict structured outputs accept `schema`: the root
+/// is an object, and every object in it lists all its properties in
+/// `required` and sets `additionalProperties: false`.
+pub(crate) fn strict_compatible(schema: &Value) -> bool {
+    fn objects_ok(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => {
+                let is_object = m.get("type").is_some_and(|t| {
+                    t == "object"
+                        || t.as_array()
+                            .is_some_and(|a| a.iter().any(|x| x == "object"))
+                }) || m.contains_key("properties");
+                if is_object {
+                    if m.get("additionalProperties") != Some(&Value::Bool(false)) {
+                        return false;
+                    }
+                    let props = m.get("properties").and_then(Value::as_object);
+                    let required: Vec<&str> = m
+                        .get("required")
+                        .and_then(Value::as_array)
+                        .map(|r| r.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    if let Some(props) = props
+                        && !props.keys().all(|k| required.contains(&k.as_str()))
+                    {
+                        return false;
+                    }
+                }
+                m.iter().all(|(k, v)| match k.as_str() {
+                    // Keywords whose values are data, not schemas.
+                    "enum" | "const" | "default" | "examples" | "required" | "description"
+                    | "title" => true,
+                    _ => objects_ok(v),
+                })
+            }
+            Value::Array(a) => a.iter().all(objects_ok),
+            _ => true,
+        }
+    }
+    schema.get("type") == Some(&Value::String("object".into())) && objects_ok(schema)
+}
+
+/// `response_format` for a request: the schema (strict when it allows),
+/// else JSON mode when JSON was asked for, else none.
+pub(crate) fn response_format(req: &ChatRequest) -> Option<Value> {
+    match &req.json_schema {
+        Some(schema) => Some(json!({
+            "type": "json_schema",
+            "json_schema": {
+                "name": SCHEMA_NAME,
+                "schema": schema,
+                "strict": strict_compatible(schema),
+            },
+        })),
+        None if req.json => Some(json!({"type": "json_object"})),
+        None => None,
+    }
+}
+
 impl<'a> CompletionRequest<'a> {
     pub(crate) fn new(
         req: &'a ChatRequest,
         model: &'a str,
         max_tokens: Option<u32>,
+        field: MaxTokensField,
         stream: bool,
     ) -> Self {
-        let system = req.system.as_deref().map(|s| WireMessage {
-            role: "system",
-            content: s,
-        });
+        let mentions_json = req
+            .system
+            .as_deref()
+            .into_iter()
+            .chain(req.messages.iter().map(|m| m.content.as_str()))
+            .any(|t| t.to_ascii_lowercase().contains("json"));
+        let system: Option<Cow<'a, str>> = match req.system.as_deref() {
+            _ if req.json && req.json_schema.is_none() && !mentions_json => {
+                Some(match req.system.as_deref() {
+                    Some(s) => Cow::Owned(format!("{s}\n\n{JSON_MODE_INSTRUCTION}")),
+                    None => Cow::Borrowed(JSON_MODE_INSTRUCTION),
+                })
+            }
+            Some(s) => Some(Cow::Borrowed(s)),
+            None => None,
+        };
         let messages = system
+            .map(|content| WireMessage {
+                role: "system",
+                content,
+            })
             .into_iter()
             .chain(req.messages.iter().map(|m| WireMessage {
                 role: match m.role {
                     Role::User => "user",
                     Role::Assistant => "assistant",
                 },
-                content: &m.content,
+                content: Cow::Borrowed(m.content.as_str()),
             }))
             .collect();
+        let (max_tokens, max_completion_tokens) = match field {
+            MaxTokensField::MaxTokens => (max_tokens, None),
+            MaxTokensField::MaxCompletionTokens => (None, max_tokens),
+        };
         Self {
             model,
             messages,
             max_tokens,
+            max_completion_tokens,
             temperature: req.temperature,
             stop: &req.stop,
-            response_format: req.json_schema.as_ref().map(|schema| ResponseFormat {
-                kind: "json_schema",
-                json_schema: JsonSchemaFormat {
-                    name: "response",
-                    schema,
-                    strict: false,
-                },
-            }),
+            response_format: response_format(req),
             stream,
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
@@ -131,11 +203,17 @@ pub(crate) struct Completion {
     pub(crate) choices: Vec<Choice>,
     #[serde(default)]
     pub(crate) usage: Option<WireUsage>,
+    /// An error object answered with status 200 (some proxies do).
+    #[serde(default)]
+    pub(crate) error: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct Choice {
-    pub(crate) message: ChoiceMessage,
+    #[serde(default)]
+    pub(crate) index: Option<u32>,
+    #[serde(default)]
+    pub(crate) message: Option<ChoiceMessage>,
     #[serde(default)]
     pub(crate) finish_reason: Option<String>,
 }
@@ -144,6 +222,10 @@ pub(crate) struct Choice {
 pub(crate) struct ChoiceMessage {
     #[serde(default)]
     pub(crate) content: Option<String>,
+    #[serde(default)]
+    pub(crate) refusal: Option<String>,
+    #[serde(default)]
+    pub(crate) tool_calls: Option<Vec<Value>>,
 }
 
 /// One streamed chunk (or an error object in the stream).
@@ -162,6 +244,8 @@ pub(crate) struct Chunk {
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChunkChoice {
     #[serde(default)]
+    pub(crate) index: Option<u32>,
+    #[serde(default)]
     pub(crate) delta: ChunkDelta,
     #[serde(default)]
     pub(crate) finish_reason: Option<String>,
@@ -171,6 +255,10 @@ pub(crate) struct ChunkChoice {
 pub(crate) struct ChunkDelta {
     #[serde(default)]
     pub(crate) content: Option<String>,
+    #[serde(default)]
+    pub(crate) refusal: Option<String>,
+    #[serde(default)]
+    pub(crate) tool_calls: Option<Vec<Value>>,
 }
 
 /// Type (the `code` when it is a string, else the `type`) and message of

@@ -313,4 +313,56 @@ async fn openai_insufficient_quota_is_not_retried() {
     );
     let e = fails(Api::OpenAi, &server, true, relaxed()).await;
     assert_eq!(e.class(), ErrorClass::Terminal);
+    assert_eq!(e.kind, K::Billing);
+    assert_eq!(e.kind.as_str(), "billing");
+}
+
+#[tokio::test]
+async fn billing_errors_of_both_providers_are_billing() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(FakeResponse::error(400).with_error_message(
+        "Your credit balance is too low to access the Anthropic API. \
+         Please go to Plans & Billing to upgrade or purchase credits.",
+    ));
+    server.push(FakeResponse::error(402).with_error_type("billing_error"));
+    for _ in 0..2 {
+        let e = fails(Api::Anthropic, &server, false, relaxed()).await;
+        assert_eq!(e.kind, K::Billing, "{e}");
+        assert_eq!(e.class(), ErrorClass::Terminal);
+    }
+    server.push(
+        FakeResponse::error(429)
+            .with_error_code("insufficient_quota")
+            .with_error_message(
+                "You exceeded your current quota, please check your plan and billing details.",
+            ),
+    );
+    let e = fails(Api::OpenAi, &server, false, relaxed()).await;
+    assert_eq!(e.kind, K::Billing, "{e}");
+}
+
+#[tokio::test]
+async fn request_too_large_is_terminal_on_both_providers() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(
+        FakeResponse::error(429)
+            .with_error_code("rate_limit_exceeded")
+            .with_retry_after("20")
+            .with_error_message(
+                "Request too large for gpt-4o in organization org-abc on tokens per min (TPM): \
+                 Limit 30000, Requested 50000. The input or output tokens must be reduced in \
+                 order to run successfully.",
+            ),
+    );
+    let e = fails(Api::OpenAi, &server, true, relaxed()).await;
+    assert_eq!(e.kind, K::RequestTooLarge, "{e}");
+    assert_eq!(e.class(), ErrorClass::Terminal);
+    server.push(
+        FakeResponse::error(413)
+            .with_error_type("request_too_large")
+            .with_error_message("Request exceeds the maximum allowed number of bytes."),
+    );
+    let e = fails(Api::Anthropic, &server, true, relaxed()).await;
+    assert_eq!(e.kind, K::RequestTooLarge, "{e}");
+    assert_eq!(e.kind.as_str(), "request_too_large");
 }

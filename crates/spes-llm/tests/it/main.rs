@@ -4,7 +4,9 @@
 
 mod errors;
 mod parity;
+mod raw;
 mod registry;
 mod requests;
 mod secrets;
 mod support;
+mod wire;

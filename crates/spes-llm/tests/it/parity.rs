@@ -141,6 +141,7 @@ async fn a_healthy_stream_longer_than_the_idle_timeout_is_not_cut() {
         connect: Duration::from_secs(5),
         first_byte: Duration::from_secs(5),
         idle: Duration::from_millis(200),
+        total: Duration::from_secs(60),
     };
     for api in [Api::Anthropic, Api::OpenAi] {
         let server = FakeServer::start().await.unwrap();

@@ -20,6 +20,7 @@ fn full_request() -> ChatRequest {
         temperature: Some(0.5),
         stop: vec!["END".to_owned()],
         json_schema: None,
+        json: false,
     }
 }
 
@@ -85,32 +86,6 @@ async fn anthropic_max_tokens_falls_back_to_the_provider_setting() {
         p.request_body(&ChatRequest::user("Hi")).unwrap()["max_tokens"],
         77
     );
-}
-
-#[tokio::test]
-async fn anthropic_json_schema_becomes_a_system_instruction() {
-    let req = ChatRequest {
-        json_schema: Some(schema()),
-        ..ChatRequest::user("Name a colour.")
-    };
-    let mut with_system = req.clone();
-    with_system.system = Some("Be brief.".to_owned());
-    let instruction = format!(
-        "Respond with a single JSON value, and nothing else, that conforms to this JSON Schema:\n{}",
-        schema()
-    );
-    let r = sent(Api::Anthropic, false, &req).await;
-    assert_eq!(
-        r.body,
-        json!({
-            "model": "claude-test",
-            "max_tokens": 1024,
-            "system": instruction,
-            "messages": [{"role": "user", "content": "Name a colour."}],
-        })
-    );
-    let r = sent(Api::Anthropic, false, &with_system).await;
-    assert_eq!(r.body["system"], format!("Be brief.\n\n{instruction}"));
 }
 
 #[tokio::test]

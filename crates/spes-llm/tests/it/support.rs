@@ -36,6 +36,7 @@ pub(crate) fn relaxed() -> Timeouts {
         connect: Duration::from_secs(5),
         first_byte: Duration::from_secs(20),
         idle: Duration::from_secs(20),
+        total: Duration::from_secs(60),
     }
 }
 
@@ -45,6 +46,7 @@ pub(crate) fn short() -> Timeouts {
         connect: Duration::from_secs(5),
         first_byte: Duration::from_millis(200),
         idle: Duration::from_millis(200),
+        total: Duration::from_secs(60),
     }
 }
 

@@ -163,6 +163,9 @@ impl Validator<'_> {
         what: &str,
     ) -> Option<RetryPolicy> {
         let mut sch = RetrySchedule::default();
+        if r.off {
+            return Some(RetryPolicy::new(sch.with_attempts(1)));
+        }
         if let Some(a) = &r.attempts {
             if a.value == 0 {
                 self.err(
@@ -444,6 +447,18 @@ steps:
             }
             Alternative::Provider { .. } => panic!("expected a step"),
         }
+    }
+
+    #[test]
+    fn retry_none_is_one_attempt_and_a_wrong_word_is_refused() {
+        let wf = check("name: w\nsteps:\n  - { name: a, kind: llm, prompt: hi, retry: none }\n")
+            .unwrap();
+        let r = wf.steps[0].policies.retry.as_ref().unwrap();
+        assert_eq!(r.schedule.attempts, 1);
+        assert!(r.validate.is_none());
+        let e = check("name: w\nsteps:\n  - { name: a, kind: llm, prompt: hi, retry: never }\n")
+            .unwrap_err();
+        assert!(format!("{e:?}").contains("none"), "{e:?}");
     }
 
     #[test]
