@@ -6,3 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PROPTEST_CASES="${CASES:-100000}"
 cargo test --release -p spes-core --test props
+cargo test --release -p spes-llm --lib sse::

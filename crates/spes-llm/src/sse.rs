@@ -351,4 +351,66 @@ data: [DONE]\n\n";
         assert!(st.scanned <= len, "scanned {}", st.scanned);
         assert!(st.copied <= 2 * len, "copied {}", st.copied);
     }
+
+    /// SSE-shaped bytes: field names, separators, line ends of every kind,
+    /// a byte-order mark, multi-byte text, and arbitrary bytes.
+    fn sse_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let atom = prop_oneof![
+            Just(b"data: ".to_vec()),
+            Just(b"data:".to_vec()),
+            Just(b"event: delta".to_vec()),
+            Just(b": comment".to_vec()),
+            Just(b"id: 7".to_vec()),
+            Just(b"retry: 10".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\n\n".to_vec()),
+            Just("\u{feff}".as_bytes().to_vec()),
+            Just("{\"t\":\"é✓\"}".as_bytes().to_vec()),
+            "[ -~]{0,8}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..4),
+        ];
+        prop::collection::vec(atom, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Arbitrary bytes in arbitrary chunks: never a panic, the same
+        /// events (or the same UTF-8 error) however the bytes are split,
+        /// and work linear in the bytes.
+        #[test]
+        fn any_bytes_in_any_chunks(bytes in sse_bytes(), cuts in proptest::collection::vec(0usize..64, 0..8)) {
+            let whole = {
+                let mut d = SseDecoder::new();
+                let mut out = Vec::new();
+                d.push(&bytes, &mut out).and_then(|()| d.finish(&mut out)).map(|()| out)
+            };
+            let mut d = SseDecoder::new();
+            let mut out = Vec::new();
+            let mut rest: &[u8] = &bytes;
+            let mut split = Ok(());
+            for c in cuts {
+                let c = c.min(rest.len());
+                split = split.and_then(|()| d.push(&rest[..c], &mut out));
+                rest = &rest[c..];
+            }
+            split = split.and_then(|()| d.push(rest, &mut out)).and_then(|()| d.finish(&mut out));
+            let len = bytes.len() as u64;
+            let st = d.stats();
+            proptest::prop_assert!(st.scanned <= len + 8, "scanned {} of {len}", st.scanned);
+            proptest::prop_assert!(st.copied <= 2 * len + 8, "copied {} of {len}", st.copied);
+            if let Ok(whole) = whole {
+                proptest::prop_assert_eq!(split.map(|()| out), Ok(whole));
+            } else {
+                proptest::prop_assert!(split.is_err());
+            }
+        }
+    }
 }
