@@ -220,6 +220,46 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn claim_run(
+        &self,
+        id: &RunId,
+        from: RunStatus,
+        expected_owner: Option<&str>,
+        owner: &str,
+    ) -> Result<Run> {
+        let key = &id.to_string();
+        self.retry(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let row = sqlx::query("SELECT status, owner FROM runs WHERE id = ?1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| no_run(id))?;
+            let (status, current): (String, Option<String>) =
+                (row.try_get("status")?, row.try_get("owner")?);
+            if status != from.as_str() || current.as_deref() != expected_owner {
+                return Err(Fail::Store(StoreError::Claimed {
+                    run: key.clone(),
+                    status,
+                    owner: current,
+                }));
+            }
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE runs SET status = 'running', owner = ?2, error = NULL, updated_at = ?3 \
+                 WHERE id = ?1 RETURNING {RUN_COLUMNS}"
+            )))
+            .bind(key)
+            .bind(owner)
+            .bind(fmt_time(now()))
+            .fetch_one(&mut *tx)
+            .await?;
+            let run = self.run_from(&row)?;
+            tx.commit().await?;
+            Ok(run)
+        })
+        .await
+    }
+
     async fn append(
         &self,
         id: &RunId,
