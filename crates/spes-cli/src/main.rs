@@ -6,7 +6,11 @@
 //! - 2: bad input: command-line usage, an invalid workflow, component, `spes.toml`, `--input`
 //! - 3: the run is waiting for a human or paused; it continues with `spes resume`
 //! - 4: the run was cancelled
-//! - 5: the run store is unusable (damaged, locked, newer schema, permissions)
+//! - 5: the run store is unusable (damaged, locked, newer schema, permissions), or it did not
+//!   commit a step's journal entry (disk full, I/O error, read-only, lock held past its budget):
+//!   the run stopped at that step (error class `store`), earlier steps intact; `spes resume` continues
+//! - 6: the run is held by another live process (`spes resume` of a run another `spes` executes);
+//!   the message names the owner
 
 mod doctor;
 mod gates;
@@ -265,6 +269,8 @@ pub(crate) enum Failure {
     Usage(String),
     /// The store is unusable: exit 5.
     Store(spes_store::StoreError),
+    /// Another live process holds the run: exit 6.
+    Busy(String),
     /// A run stopped without failing (waiting, paused: 3; cancelled: 4).
     Stopped(u8, String),
 }
@@ -273,6 +279,9 @@ impl From<spes_store::StoreError> for Failure {
     fn from(e: spes_store::StoreError) -> Self {
         match e {
             spes_store::StoreError::NotFound(m) => Self::Usage(m),
+            spes_store::StoreError::Claimed { .. } => Self::Busy(format!(
+                "{e}; it is executed by another process, so this one does nothing"
+            )),
             spes_store::StoreError::Ambiguous { .. } | spes_store::StoreError::Conflict { .. } => {
                 Self::Usage(e.to_string())
             }
@@ -415,6 +424,10 @@ fn main() -> ExitCode {
             }
             ExitCode::from(5)
         }
+        Err(Failure::Busy(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(6)
+        }
         Err(Failure::Stopped(code, m)) => {
             say!("{m}");
             ExitCode::from(code)
@@ -424,7 +437,8 @@ fn main() -> ExitCode {
             if let Some(h) = e.hint() {
                 say!("  hint: {h}");
             }
-            ExitCode::from(1)
+            // A store that did not commit stopped the run: class `store`.
+            ExitCode::from(if e.is_store() { 5 } else { 1 })
         }
     }
 }

@@ -71,7 +71,7 @@ fn describe(f: Failure) -> String {
     match f {
         Failure::Input(d) => d.render_plain(),
         Failure::Run(e) => e.to_string(),
-        Failure::Usage(m) | Failure::Stopped(_, m) => m,
+        Failure::Usage(m) | Failure::Busy(m) | Failure::Stopped(_, m) => m,
         Failure::Store(e) => e.to_string(),
     }
 }

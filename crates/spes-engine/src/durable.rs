@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use spes_core::workflow::{StepKind, Workflow};
 use spes_store::{ComponentPin, NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
 
-use crate::journal::{Effect, Journal, StoreJournal};
+use crate::journal::{Effect, Journal, RecordError, StoreJournal};
 use crate::run::{Control, Exec, RunOutcome, Stop};
 use crate::{Engine, EngineError, RunError, bind_inputs};
 
@@ -312,8 +312,10 @@ impl Journal for ReplayJournal {
             )),
         }
     }
-    async fn record(&self, key: &str, _effect: Effect) -> Result<Effect, String> {
-        Err(format!("replay would record a new effect at `{key}`"))
+    async fn record(&self, key: &str, _effect: Effect) -> Result<Effect, RecordError> {
+        Err(RecordError::Other(format!(
+            "replay would record a new effect at `{key}`"
+        )))
     }
 }
 
@@ -374,7 +376,7 @@ impl Engine {
                 "{d}; resuming could mix old and new behaviour (use --allow-changes to resume anyway)"
             )));
         }
-        let from: Vec<RunStatus> = match run.status {
+        match run.status {
             RunStatus::Completed | RunStatus::Cancelled => {
                 return Err(RunError::Refused(format!(
                     "run {} is {}; there is nothing to resume",
@@ -385,26 +387,20 @@ impl Engine {
                 if let Some(o) = &run.owner
                     && owner_alive(o)
                 {
-                    return Err(RunError::Refused(format!(
-                        "run {} is running in process {o}",
-                        run.id
-                    )));
+                    return Err(RunError::Store(spes_store::StoreError::Claimed {
+                        run: run.id.to_string(),
+                        status: run.status.to_string(),
+                        owner: Some(o.clone()),
+                    }));
                 }
-                vec![RunStatus::Running]
             }
-            s => vec![s],
-        };
+            _ => {}
+        }
+        // Compare-and-set on (status, owner) as read: of two resumes of
+        // the same run, one takes it; the other is refused here, before
+        // any model call, naming the owner.
         store
-            .transition(
-                &run.id,
-                &from,
-                RunStatus::Running,
-                RunPatch {
-                    error: Some(None),
-                    owner: Some(Some(this_owner())),
-                    ..RunPatch::default()
-                },
-            )
+            .claim_run(&run.id, run.status, run.owner.as_deref(), &this_owner())
             .await?;
         let ctx = match &run.inputs {
             Value::Object(m) => m.clone(),
@@ -463,6 +459,25 @@ impl Engine {
                     .await?;
                 RunEnd::Failed(e)
             }
+            Err(Stop::Store(e)) => {
+                // The store refused a commit: record the failure if it
+                // still can (a full disk may take this small update; if
+                // not, the run stays `running` under this process, which
+                // ends now, so `spes resume` may take it over).
+                let _ = store
+                    .transition(
+                        &id,
+                        &running,
+                        RunStatus::Failed,
+                        RunPatch {
+                            error: Some(Some(e.to_string())),
+                            owner: clear_owner,
+                            ..RunPatch::default()
+                        },
+                    )
+                    .await;
+                RunEnd::Failed(e)
+            }
             Err(Stop::Suspended(gates)) => {
                 store
                     .transition(
@@ -511,7 +526,7 @@ impl Engine {
                     replayed: o.replayed,
                 })
             }
-            Err(Stop::Failed(e)) => Err(RunError::Step(e)),
+            Err(Stop::Failed(e) | Stop::Store(e)) => Err(RunError::Step(e)),
             Err(Stop::Suspended(g)) => Err(RunError::Refused(format!(
                 "replay reached gate `{}`, which the run never decided",
                 g.join("`, `")

@@ -25,6 +25,13 @@ pub enum FailureKind {
     /// The journal could not be read or written.
     #[error("journal: {0}")]
     Journal(String),
+    /// The run store did not commit this step's journal entry (a full
+    /// disk, an I/O error, a read-only file, a lock held past its budget):
+    /// the run stopped here, every earlier entry intact. Error class
+    /// `store` (`spes` exits 5); `spes resume` continues once the cause is
+    /// fixed.
+    #[error("the run store did not commit this step: {0}")]
+    Store(String),
     /// The step names a provider that is not configured.
     #[error("{0}")]
     Config(String),
@@ -72,9 +79,10 @@ impl EngineError {
     pub fn class(&self) -> ErrorClass {
         match &self.kind {
             FailureKind::Provider(p) => p.class(),
-            FailureKind::Journal(_) | FailureKind::Timeout(_) | FailureKind::CircuitOpen { .. } => {
-                ErrorClass::Transient
-            }
+            FailureKind::Journal(_)
+            | FailureKind::Store(_)
+            | FailureKind::Timeout(_)
+            | FailureKind::CircuitOpen { .. } => ErrorClass::Transient,
             FailureKind::Template(_)
             | FailureKind::Transform(_)
             | FailureKind::Answer(_)
@@ -88,6 +96,13 @@ impl EngineError {
                 }
             }
         }
+    }
+
+    /// True when the run stopped because the store did not commit
+    /// (error class `store`), not because the step failed.
+    #[must_use]
+    pub fn is_store(&self) -> bool {
+        matches!(self.kind, FailureKind::Store(_))
     }
 
     /// A hint for the user, where one helps.
@@ -138,6 +153,9 @@ impl EngineError {
                 K::Truncated => Some("raise `max_tokens` on the step".into()),
                 _ => None,
             },
+            FailureKind::Store(_) => Some(
+                "free disk space (or fix the store's file permissions or server), then `spes resume` the run: committed steps are not repeated".into(),
+            ),
             FailureKind::Timeout(_) => Some(
                 "raise the step's `timeout`, or add `retry:` / `fallback:` to the step".into(),
             ),

@@ -85,7 +85,7 @@ impl Exec<'_> {
                 },
             )
             .await
-            .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
+            .map_err(|e| e.stop(key, loc))?
         {
             Effect::Clock { at_ms } => Ok(at_ms),
             _ => Err(fail(
@@ -152,7 +152,7 @@ impl Exec<'_> {
                 .journal
                 .record(key, Effect::Decision { decision: d })
                 .await
-                .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?;
+                .map_err(|e| e.stop(key, loc))?;
             return match winner {
                 Effect::Decision { decision } => Ok(outcome_of(decision)),
                 _ => Err(fail(

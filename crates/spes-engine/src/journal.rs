@@ -76,6 +76,44 @@ impl Effect {
     }
 }
 
+/// Why [`Journal::record`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The run store did not commit the entry (a full disk, an I/O error,
+    /// a read-only file, a lock held past its budget, a server that went
+    /// away): the run stops at this step, whatever its policies say, and
+    /// the effect's result is not used.
+    #[error("{0}")]
+    Store(String),
+    /// Anything else (an effect that cannot be encoded, a lost lease, an
+    /// entry of another kind under the key).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for RecordError {
+    fn from(m: String) -> Self {
+        Self::Other(m)
+    }
+}
+
+impl RecordError {
+    /// How a step that met this error stops: a store failure stops the
+    /// run ([`crate::run::Stop::Store`]), anything else fails the step.
+    pub(crate) fn stop(self, step: &str, loc: &spes_core::workflow::Loc) -> crate::run::Stop {
+        let e = |kind| crate::EngineError {
+            step: step.to_owned(),
+            loc: loc.clone(),
+            kind,
+        };
+        match self {
+            Self::Store(m) => crate::run::Stop::Store(e(crate::error::FailureKind::Store(m))),
+            Self::Other(m) => crate::run::Stop::Failed(e(crate::error::FailureKind::Journal(m))),
+        }
+    }
+}
+
 /// Where effects are recorded.
 #[async_trait]
 pub trait Journal: Send + Sync + std::fmt::Debug {
@@ -88,8 +126,9 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     }
     /// Records an effect, durably, before returning. If another writer
     /// recorded an effect under the same key first, that one is returned
-    /// (and must be used): the first commit wins.
-    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, String>;
+    /// (and must be used): the first commit wins. Returns only after the
+    /// entry is committed; a commit that failed is [`RecordError::Store`].
+    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, RecordError>;
     /// Reloads the entries whose keys start with `prefix` (written by
     /// other workers: map items). A journal that only this process writes
     /// has nothing to do.
@@ -133,11 +172,11 @@ impl Journal for MemoryJournal {
             .map_err(|_| "journal lock poisoned".to_owned())
     }
 
-    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, String> {
+    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, RecordError> {
         let mut e = self
             .entries
             .lock()
-            .map_err(|_| "journal lock poisoned".to_owned())?;
+            .map_err(|_| RecordError::Other("journal lock poisoned".to_owned()))?;
         Ok(e.entry(key.to_owned()).or_insert(effect).clone())
     }
 }
@@ -225,13 +264,13 @@ impl Journal for StoreJournal {
         }
     }
 
-    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, String> {
+    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, RecordError> {
         let payload = serde_json::to_value(&effect).map_err(|e| e.to_string())?;
         let winner = match self
             .store
             .append(&self.run, key, effect.kind(), &payload)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| RecordError::Store(e.to_string()))?
         {
             Appended::New(_) => effect,
             Appended::Existing(entry) => Effect::from_entry(&entry.kind, &entry.payload)?,

@@ -130,7 +130,7 @@ impl Engine {
             .await
         {
             Ok(o) => Ok(o),
-            Err(run::Stop::Failed(e)) => Err(RunError::Step(e)),
+            Err(run::Stop::Failed(e) | run::Stop::Store(e)) => Err(RunError::Step(e)),
             Err(run::Stop::Suspended(gates)) => Err(RunError::NeedsStore(format!(
                 "gate `{}` waits for a human; runs with gates need a store (spes run keeps one in .spes/)",
                 gates.join("`, `")

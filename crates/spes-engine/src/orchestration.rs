@@ -82,7 +82,7 @@ impl<'e> Exec<'e> {
             .journal
             .record(key, Effect::Decision { decision })
             .await
-            .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
+            .map_err(|e| e.stop(key, loc))?
         {
             Effect::Decision { decision } => Ok(decision),
             other => Err(fail(

@@ -485,7 +485,7 @@ impl Exec<'_> {
                         self.journal
                             .record(&served_key, Effect::Decision { decision })
                             .await
-                            .map_err(|e| fail(key, &s.loc, FailureKind::Journal(e)))?;
+                            .map_err(|e| e.stop(key, &s.loc))?;
                     }
                     let degraded = idx > 0;
                     if let Some(out) = &s.output

@@ -47,6 +47,10 @@ pub struct RunOutcome {
 pub(crate) enum Stop {
     /// A step failed.
     Failed(EngineError),
+    /// The store did not commit a step's journal entry: the run stops,
+    /// past every policy (a retry or fallback would pay for calls it
+    /// cannot record).
+    Store(EngineError),
     /// Gates wait for a human (their keys).
     Suspended(Vec<String>),
     /// Someone paused the run.
@@ -67,8 +71,14 @@ impl Stop {
     pub(crate) fn merge(stops: Vec<Self>) -> Option<Self> {
         let mut gates = Vec::new();
         let (mut paused, mut cancelled, mut failed) = (false, false, None);
+        let mut store = None;
         for s in stops {
             match s {
+                Self::Store(e) => {
+                    if store.is_none() {
+                        store = Some(e);
+                    }
+                }
                 Self::Failed(e) => {
                     if failed.is_none() {
                         failed = Some(e);
@@ -78,6 +88,9 @@ impl Stop {
                 Self::Paused => paused = true,
                 Self::Cancelled => cancelled = true,
             }
+        }
+        if let Some(e) = store {
+            return Some(Self::Store(e));
         }
         if let Some(e) = failed {
             return Some(Self::Failed(e));
@@ -276,7 +289,7 @@ impl<'e> Exec<'e> {
                 }
                 Err(stop) => {
                     let (error, note) = match &stop {
-                        Stop::Failed(e) => (Some(e.kind.to_string()), None),
+                        Stop::Failed(e) | Stop::Store(e) => (Some(e.kind.to_string()), None),
                         Stop::Suspended(_) => (None, Some("waiting for a human".to_owned())),
                         Stop::Paused => (None, Some("paused".to_owned())),
                         Stop::Cancelled => (None, Some("cancelled".to_owned())),
@@ -749,7 +762,7 @@ impl<'e> Exec<'e> {
             .journal
             .record(key, effect)
             .await
-            .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?;
+            .map_err(|e| e.stop(key, loc))?;
         self.model_calls += 1;
         match winner {
             Effect::Model { response, .. } => {

@@ -569,6 +569,9 @@ impl Worker {
         let result = exec.run_workflow(&wf).await;
         let running = [RunStatus::Running];
         let (to, patch) = match result {
+            // The store did not commit: give the task back (the journal
+            // answers what was committed when it is taken again).
+            Err(Stop::Store(e)) => return Err(Leave::Retry(e.to_string())),
             Ok(outcome) => (
                 RunStatus::Completed,
                 RunPatch {
@@ -737,6 +740,7 @@ impl Worker {
                     q.finish_item(lease, &run.id, None, None).await?;
                 }
             }
+            Err(Stop::Store(e)) => return Err(Leave::Retry(e.to_string())),
             Err(other) => {
                 let what = match other {
                     Stop::Paused => "paused",

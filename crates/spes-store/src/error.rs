@@ -25,6 +25,17 @@ pub enum StoreError {
         /// What the caller expected.
         expected: String,
     },
+    /// A run was taken by another process first (a compare-and-set on its
+    /// status and owner failed).
+    #[error("run {run} is {status}{}", owner.as_ref().map(|o| format!(" under {o}")).unwrap_or_default())]
+    Claimed {
+        /// Run id.
+        run: String,
+        /// Its status now.
+        status: String,
+        /// Who holds it now, if anyone.
+        owner: Option<String>,
+    },
     /// The file is not a spes store (not SQLite, truncated, or garbage).
     #[error("{path} is not a usable spes store: {reason}")]
     NotAStore {

@@ -105,6 +105,20 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         patch: RunPatch,
     ) -> Result<Run>;
 
+    /// Takes a run over for the process `owner`: moves it to `running`
+    /// owned by `owner` only if it still has the status `from` and the
+    /// owner `expected_owner` that the caller read (compare-and-set on
+    /// both, in one transaction). Of two processes claiming the same run,
+    /// one wins; the other gets [`StoreError::Claimed`] naming the run's
+    /// status and owner now. The error is cleared.
+    async fn claim_run(
+        &self,
+        id: &RunId,
+        from: RunStatus,
+        expected_owner: Option<&str>,
+        owner: &str,
+    ) -> Result<Run>;
+
     /// Appends a journal entry under `key`, committed before returning.
     /// If an entry with that key exists, nothing is written and the
     /// existing entry is returned.

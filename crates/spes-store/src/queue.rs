@@ -132,7 +132,12 @@ pub trait TaskQueue: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<Task>>;
 
-    /// Extends the leases still held; returns the tasks whose lease was lost.
+    /// Extends the leases still held; returns the tasks whose lease was
+    /// lost: taken over by another claim (a newer epoch) or expired while
+    /// still claimed. A task that its holder ended meanwhile (finished,
+    /// failed or given back under the same epoch) is not lost: a
+    /// heartbeat that read its lease just before the end must not report
+    /// it, nor abort the task that ended it.
     async fn renew(&self, leases: &[Lease], lease: Duration) -> Result<Vec<i64>>;
 
     /// [`RunStore::append`](crate::RunStore::append), only while `lease` holds.

@@ -31,6 +31,7 @@ mod schema;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{
@@ -89,6 +90,8 @@ pub struct SqliteOptions {
     lock_wait: Duration,
     quick_check_on_open: bool,
     readers: u32,
+    max_pages: Option<u32>,
+    checkpoint_every: u64,
 }
 
 impl Default for SqliteOptions {
@@ -99,6 +102,8 @@ impl Default for SqliteOptions {
             lock_wait: Duration::from_secs(15),
             quick_check_on_open: true,
             readers: 4,
+            max_pages: None,
+            checkpoint_every: CHECKPOINT_EVERY,
         }
     }
 }
@@ -144,6 +149,24 @@ impl SqliteOptions {
         self
     }
 
+    /// Caps the database at this many pages (`PRAGMA max_page_count`;
+    /// 4 KiB pages): a write that would grow it further fails as if the
+    /// disk were full. Default: no cap.
+    #[must_use]
+    pub fn with_max_pages(mut self, pages: u32) -> Self {
+        self.max_pages = Some(pages.max(1));
+        self
+    }
+
+    /// Every this many journal commits the writer runs a passive WAL
+    /// checkpoint itself (default 1,000; 0: never), beside SQLite's own
+    /// automatic checkpoints, so the WAL stays bounded in a long run.
+    #[must_use]
+    pub fn with_checkpoint_every(mut self, commits: u64) -> Self {
+        self.checkpoint_every = commits;
+        self
+    }
+
     /// The durability setting.
     #[must_use]
     pub fn durability(&self) -> Durability {
@@ -158,6 +181,8 @@ pub struct SqliteStore {
     opts: SqliteOptions,
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Journal commits since the last explicit checkpoint.
+    commits: AtomicU64,
 }
 
 /// Why one attempt failed: a database error (maybe worth retrying) or a
@@ -205,6 +230,49 @@ where
     }
 }
 
+/// `PRAGMA journal_size_limit`: the WAL is truncated to this after a
+/// checkpoint lets it restart.
+const JOURNAL_SIZE_LIMIT: u64 = 16 << 20;
+
+/// Journal commits between two explicit passive checkpoints (default).
+const CHECKPOINT_EVERY: u64 = 1000;
+
+/// Creates `dir` (and its parents) if missing; a directory created here
+/// is made 0700 whatever the umask (it will hold every prompt and answer).
+/// An existing directory is left as it is.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    set_mode(dir, 0o700)
+}
+
+/// Creates the database file, empty and 0600 whatever the umask; one that
+/// another process created meanwhile is left alone.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(path) {
+        Ok(_) => set_mode(path, 0o600),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// What a read-only look at an existing file found.
 struct Probe {
     version: i64,
@@ -220,7 +288,7 @@ impl SqliteStore {
     pub async fn open(path: &Path, opts: SqliteOptions) -> Result<Self> {
         let path = std::path::absolute(path).map_err(|e| error::map_io(path, &e))?;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| match error::map_io(dir, &e) {
+            private_dir(dir).map_err(|e| match error::map_io(dir, &e) {
                 denied @ StoreError::PermissionDenied { .. } => denied,
                 _ => StoreError::NotAStore {
                     path: path.display().to_string(),
@@ -230,17 +298,29 @@ impl SqliteStore {
         }
         let probe = match schema::inspect(&path)? {
             schema::FileState::Database => Some(probe(&path, &opts).await?),
-            schema::FileState::Missing | schema::FileState::Empty => None,
+            schema::FileState::Missing => {
+                // Created here, 0600 whatever the umask: SQLite gives the
+                // -wal and -shm files it creates the database file's mode.
+                private_file(&path).map_err(|e| error::map_io(&path, &e))?;
+                None
+            }
+            schema::FileState::Empty => None,
         };
 
-        let base = SqliteConnectOptions::new()
+        let mut base = SqliteConnectOptions::new()
             .filename(&path)
             .foreign_keys(true)
             .busy_timeout(opts.busy_timeout)
-            .synchronous(match opts.durability {
-                Durability::Full => SqliteSynchronous::Full,
-                Durability::Normal => SqliteSynchronous::Normal,
-            });
+            // A checkpointed WAL is cut back to this size when it restarts
+            // (by default SQLite keeps the file at its largest).
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string());
+        if let Some(pages) = opts.max_pages {
+            base = base.pragma("max_page_count", pages.to_string());
+        }
+        let base = base.synchronous(match opts.durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        });
         let writer_opts = base
             .clone()
             .create_if_missing(true)
@@ -271,6 +351,7 @@ impl SqliteStore {
             opts,
             writer,
             readers,
+            commits: AtomicU64::new(0),
         };
         if probe.is_none_or(|p| p.version < schema::SUPPORTED) {
             store.migrate().await?;
@@ -379,6 +460,26 @@ impl SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    /// Counts a journal commit; every `checkpoint_every` commits, runs a
+    /// passive checkpoint (it copies what no reader still needs into the
+    /// database file and never waits for a lock). SQLite's automatic
+    /// checkpoint does the same after a commit that leaves the WAL over
+    /// 1,000 pages, but skips it when that commit's connection is busy;
+    /// this makes the bound explicit. Failures are ignored: the next one
+    /// tries again, and nothing is lost by a WAL that is not yet copied.
+    async fn committed(&self) {
+        let every = self.opts.checkpoint_every;
+        if every == 0 {
+            return;
+        }
+        let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % every == 0 {
+            let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_all(&self.writer)
+                .await;
+        }
     }
 
     /// A `BadRow` becomes [`StoreError::Corrupt`]: the file holds data this

@@ -67,6 +67,8 @@ macro_rules! conformance {
                 transition_from_another_status_is_a_conflict_naming_it,
                 transition_of_unknown_run_is_not_found,
                 racing_transitions_exactly_one_wins,
+                claim_checks_status_and_owner,
+                racing_claims_of_a_dead_owners_run_exactly_one_wins,
                 append_returns_new_then_existing_keeping_first_payload,
                 entries_come_in_commit_order,
                 entries_of_runs_are_separate,

@@ -499,3 +499,184 @@ async fn permission_probe_child() {
         probe_permissions(&paths).await;
     }
 }
+
+// ---- issue 11: commit means committed, private files, bounded WAL ----
+
+/// A commit that SQLite refuses at COMMIT time (a deferred foreign key a
+/// trigger violates, the same path a full disk or an I/O error takes when
+/// the WAL is written) is an error, and the entry is not there. In
+/// autocommit, `INSERT ... RETURNING` handed its row back before that
+/// commit and the failure was lost.
+#[tokio::test]
+async fn a_commit_that_fails_is_reported_and_leaves_nothing() {
+    let (_dir, path) = temp();
+    let store = open(&path).await.unwrap();
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    assert_eq!(
+        store
+            .append(&run.id, "before", "model", &json!(1))
+            .await
+            .unwrap(),
+        Appended::New(1)
+    );
+    let mut conn = raw(&path).await;
+    sqlx::raw_sql(
+        "CREATE TABLE boom_parent (id INTEGER PRIMARY KEY); \
+         CREATE TABLE boom (p INTEGER REFERENCES boom_parent (id) DEFERRABLE INITIALLY DEFERRED); \
+         CREATE TRIGGER boom_at_commit AFTER INSERT ON entries WHEN NEW.key = 'boom' \
+         BEGIN INSERT INTO boom VALUES (42); END;",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let err = store
+        .append(&run.id, "boom", "model", &json!(2))
+        .await
+        .expect_err("a failed commit must not look committed");
+    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+    let keys: Vec<String> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(
+        keys,
+        ["before"],
+        "the failed entry is absent, the earlier one intact"
+    );
+    // The writer is usable again afterwards.
+    assert_eq!(
+        store
+            .append(&run.id, "after", "model", &json!(3))
+            .await
+            .unwrap(),
+        Appended::New(2)
+    );
+}
+
+/// `max_page_count` makes the store full: the append fails with an error
+/// that says so, and every earlier entry stays readable.
+#[tokio::test]
+async fn a_full_store_refuses_appends_and_keeps_earlier_entries() {
+    let (_dir, path) = temp();
+    let store = SqliteStore::open(&path, SqliteOptions::default().with_max_pages(40))
+        .await
+        .unwrap();
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    let text = "x".repeat(2000);
+    let mut stored = 0;
+    let err = loop {
+        match store
+            .append(
+                &run.id,
+                &format!("s{stored}"),
+                "model",
+                &json!({ "t": text }),
+            )
+            .await
+        {
+            Ok(a) => {
+                stored += 1;
+                assert_eq!(a, Appended::New(stored));
+                assert!(stored < 1000, "the page cap never bit");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(stored > 3, "some entries fit first ({stored})");
+    assert!(err.to_string().contains("disk is full"), "{err}");
+    assert!(err.is_transient(), "a full disk may be freed: {err:?}");
+    let entries = store.entries(&run.id).await.unwrap();
+    assert_eq!(entries.len(), usize::try_from(stored).unwrap());
+    assert_eq!(store.integrity_check().await.unwrap(), "ok");
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// `.spes/` is created 0700, the database and its -wal/-shm 0600 (the
+/// CLI test `the_store_is_private_under_umask_000` checks the same under
+/// a permissive umask).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_store_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let spes = dir.path().join("project/.spes");
+    let path = spes.join("spes.db");
+    let store = open(&path).await.unwrap();
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    store
+        .append(&run.id, "a", "model", &json!(1))
+        .await
+        .unwrap();
+    assert_eq!(mode(&spes), 0o700, ".spes/");
+    assert_eq!(mode(&path), 0o600, "spes.db");
+    for suffix in ["-wal", "-shm"] {
+        let side = spes.join(format!("spes.db{suffix}"));
+        assert!(side.exists(), "{suffix} exists while the store is open");
+        assert_eq!(mode(&side), 0o600, "spes.db{suffix}");
+    }
+    store.close().await;
+}
+
+/// Over thousands of commits with readers reading all along, the WAL file
+/// stays bounded (checkpoints happen and the file is cut back).
+#[tokio::test]
+async fn the_wal_stays_bounded_over_thousands_of_commits() {
+    let (_dir, path) = temp();
+    let store = Arc::new(
+        SqliteStore::open(
+            &path,
+            SqliteOptions::default().with_durability(Durability::Normal),
+        )
+        .await
+        .unwrap(),
+    );
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    let wal = path.with_file_name("spes.db-wal");
+    let text = "y".repeat(3000);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.status(&run.id).await.unwrap();
+                store.entry(&run.id, "k10").await.unwrap();
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+            reads
+        })
+    };
+    let mut largest = 0;
+    for i in 0..4000 {
+        store
+            .append(&run.id, &format!("k{i}"), "model", &json!({ "t": text }))
+            .await
+            .unwrap();
+        if i % 100 == 0 {
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.await.unwrap();
+    assert!(reads > 0);
+    let db = std::fs::metadata(&path).unwrap().len();
+    println!(
+        "4000 commits of 3 KB: WAL at most {largest} bytes, database {db} bytes, {reads} reads"
+    );
+    // 4000 x 3 KB = 12 MB of entries; without checkpoints the WAL would hold all of it.
+    assert!(db > 8 << 20, "the entries reached the database file: {db}");
+    assert!(largest < 24 << 20, "the WAL grew to {largest} bytes");
+}

@@ -38,6 +38,9 @@ impl<'e> Exec<'e> {
     ) -> Result<StepResult, Stop> {
         let items = self.list_at(&m.over, key, loc)?;
         let stopped = AtomicBool::new(false);
+        // The store refused a commit: no further item starts (it would pay
+        // for calls it cannot record), whatever `on_error` says.
+        let store_down = AtomicBool::new(false);
         // Each item gets its own copy of the context; the list itself is
         // left out of it when the item step cannot read it (otherwise N
         // items would copy N elements each).
@@ -60,8 +63,11 @@ impl<'e> Exec<'e> {
             .enumerate()
             .map(|(i, item)| {
                 let stopped = &stopped;
+                let store_down = &store_down;
                 Box::pin(async move {
-                    if m.on_error == OnError::FailFast && stopped.load(Ordering::SeqCst) {
+                    if (m.on_error == OnError::FailFast && stopped.load(Ordering::SeqCst))
+                        || store_down.load(Ordering::SeqCst)
+                    {
                         return (i, Item::NotStarted);
                     }
                     let prefix = format!("{key}/map[{i}]");
@@ -104,6 +110,9 @@ impl<'e> Exec<'e> {
                     child.ctx.insert(m.item_as.clone(), item.clone());
                     child.ctx.insert("index".into(), json!(i));
                     let mut r = child.step(&m.step, &prefix, depth + 1).await;
+                    if let Err(Stop::Store(_)) = &r {
+                        store_down.store(true, Ordering::SeqCst);
+                    }
                     if let Err(Stop::Failed(e)) = &r {
                         stopped.store(true, Ordering::SeqCst);
                         if m.on_error != OnError::FailFast {

@@ -96,6 +96,7 @@ impl Worker {
                 .unwrap_or_default();
                 q.finish_item(lease, &run.id, None, Some(&f)).await?;
             }
+            Err(Stop::Store(e)) => return Err(Leave::Retry(e.to_string())),
             Err(_) => {
                 let f = serde_json::to_string(&ItemFailure {
                     step: task.key.clone(),

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use spes_store::queue::Lease;
 use spes_store::{Appended, Entry, RunId, RunStore, StoreError};
 
-use crate::journal::{Effect, Journal};
+use crate::journal::{Effect, Journal, RecordError};
 
 /// A run's journal as one task (the whole run, or one map item) sees it:
 /// it loads what it needs up front, and records only while its lease holds.
@@ -96,7 +96,7 @@ impl Journal for FencedJournal {
         }
     }
 
-    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, String> {
+    async fn record(&self, key: &str, effect: Effect) -> Result<Effect, RecordError> {
         let q = self
             .store
             .queue()
@@ -105,8 +105,10 @@ impl Journal for FencedJournal {
         let winner = match q
             .append_fenced(&self.lease, &self.run, key, effect.kind(), &payload)
             .await
-            .map_err(|e| message(&e))?
-        {
+            .map_err(|e| match e {
+                StoreError::Fenced { .. } => RecordError::Other(message(&e)),
+                other => RecordError::Store(message(&other)),
+            })? {
             Appended::New(_) => effect,
             Appended::Existing(entry) => Effect::from_entry(&entry.kind, &entry.payload)?,
         };

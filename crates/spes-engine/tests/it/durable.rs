@@ -247,3 +247,125 @@ impl spes_llm::Provider for GatedProvider {
         })
     }
 }
+
+// ---- issue 11: a commit the store refuses stops the run there ----
+
+/// A chain of `n` steps with long answers and a retry policy on every step
+/// (which must not retry a store failure).
+fn long_chain(n: usize) -> (String, String) {
+    let mut yaml = String::from(
+        "name: long\ninputs: { topic: { type: string, required: true } }\nsteps:\n",
+    );
+    let mut script = String::new();
+    for i in 1..=n {
+        yaml.push_str(&format!(
+            "  - {{ name: s{i}, kind: llm, prompt: \"[s{i}] {{{{ topic }}}}\", output: s{i}, retry: {{ attempts: 3, base: 1ms }} }}\n"
+        ));
+        script.push_str(&format!("- {{ step: s{i}, reply: \"{}\" }}\n", "z".repeat(3000)));
+    }
+    (yaml, script)
+}
+
+/// Checks a run that a refused commit stopped: the error is of class
+/// store at the first unrecorded step, earlier entries are intact, and no
+/// call was made after (or repeated for) the failed commit.
+async fn stopped_by_the_store(
+    store: &Arc<dyn RunStore>,
+    provider: &spes_llm::scripted::ScriptedProvider,
+    id: spes_store::RunId,
+    end: RunEnd,
+) -> usize {
+    let RunEnd::Failed(e) = end else {
+        panic!("expected a failed run, got {end:?}")
+    };
+    assert!(e.is_store(), "error class store: {e}");
+    assert!(
+        e.to_string().contains("did not commit"),
+        "the message says so: {e}"
+    );
+    let keys: Vec<String> = store
+        .entries(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "model")
+        .map(|e| e.key)
+        .collect();
+    let k = keys.len();
+    let prefix: Vec<String> = (1..=k).map(|i| format!("s{i}")).collect();
+    assert_eq!(keys, prefix, "earlier entries intact");
+    // Either the model call's entry failed to commit (the call was made,
+    // its answer not used), or the policy's `#served` record after it.
+    let calls = provider.calls().len();
+    if e.step == format!("s{}", k + 1) {
+        assert_eq!(calls, k + 1, "no retry, no later step");
+    } else {
+        assert_eq!(e.step, format!("s{k}"), "stopped at the failed commit");
+        assert_eq!(calls, k, "no later step");
+    }
+    k
+}
+
+#[tokio::test]
+async fn a_full_sqlite_store_stops_the_run_at_the_step_it_cannot_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(
+            &dir.path().join("spes.db"),
+            SqliteOptions::default().with_max_pages(48),
+        )
+        .await
+        .unwrap(),
+    );
+    let (yaml, script) = long_chain(60);
+    let wf = workflow(&yaml);
+    let p = scripted(&script);
+    let engine = Engine::builder().provider(p.clone()).build();
+    let (id, end) = engine
+        .start(store.clone(), &wf, &source(&yaml), inputs(&[("topic", "t")]))
+        .await
+        .unwrap();
+    let k = stopped_by_the_store(&store, &p, id, end).await;
+    assert!(k > 2 && k < 60, "the store filled mid-run ({k})");
+}
+
+#[tokio::test]
+async fn a_postgres_commit_that_fails_stops_the_run_at_that_step() {
+    let schema = spes_store::testing::postgres::TestSchema::new().await;
+    let pg = spes_store::postgres::PostgresStore::connect(
+        schema.url(),
+        spes_store::postgres::PostgresOptions::default(),
+    )
+    .await
+    .unwrap();
+    // A deferred constraint trigger refuses the entry of s3 at COMMIT time
+    // (after the INSERT succeeded): the commit's own result must be seen.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(schema.url())
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_s3() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.key = 's3' THEN RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER refuse_s3_at_commit AFTER INSERT ON entries \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_s3();",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let store: Arc<dyn RunStore> = Arc::new(pg);
+    let (yaml, script) = long_chain(6);
+    let wf = workflow(&yaml);
+    let p = scripted(&script);
+    let engine = Engine::builder().provider(p.clone()).build();
+    let (id, end) = engine
+        .start(store.clone(), &wf, &source(&yaml), inputs(&[("topic", "t")]))
+        .await
+        .unwrap();
+    assert_eq!(stopped_by_the_store(&store, &p, id, end).await, 2);
+    let run = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed, "the failure is recorded");
+    assert!(
+        run.error.unwrap_or_default().contains("refused at commit"),
+        "naming the cause"
+    );
+}

@@ -216,23 +216,29 @@ impl TaskQueue for PostgresStore {
         let owners: Vec<String> = leases.iter().map(|l| l.owner.clone()).collect();
         let (ids, epochs, owners) = (&ids, &epochs, &owners);
         let ms = millis(lease);
-        let kept = self
-            .retry(|| async move {
-                Ok(sqlx::query_scalar::<_, i64>(
-                    "UPDATE tasks t SET lease_expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
-                     FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS x(id, epoch, owner) \
-                     WHERE t.id = x.id AND t.epoch = x.epoch AND t.owner = x.owner AND t.state = 'claimed' \
-                     AND t.lease_expires_at > clock_timestamp() RETURNING t.id",
-                )
-                .bind(ids)
-                .bind(epochs)
-                .bind(owners)
-                .bind(ms)
-                .fetch_all(&self.pool)
-                .await?)
-            })
-            .await?;
-        Ok(ids.iter().copied().filter(|i| !kept.contains(i)).collect())
+        // Renewed: still claimed by this owner and epoch. Ended: the same
+        // epoch, no longer claimed (its holder finished or released it;
+        // only the epoch's holder can). Anything else is lost.
+        self.retry(|| async move {
+            Ok(sqlx::query_scalar::<_, i64>(
+                "WITH renewed AS ( \
+                   UPDATE tasks t SET lease_expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
+                   FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS x(id, epoch, owner) \
+                   WHERE t.id = x.id AND t.epoch = x.epoch AND t.owner = x.owner AND t.state = 'claimed' \
+                   AND t.lease_expires_at > clock_timestamp() RETURNING t.id) \
+                 SELECT x.id FROM unnest($1::bigint[], $2::bigint[]) AS x(id, epoch) \
+                 WHERE x.id NOT IN (SELECT id FROM renewed) \
+                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = x.id AND t.epoch = x.epoch \
+                                 AND t.state <> 'claimed')",
+            )
+            .bind(ids)
+            .bind(epochs)
+            .bind(owners)
+            .bind(ms)
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await
     }
 
     async fn append_fenced(

@@ -226,6 +226,56 @@ impl RunStore for PostgresStore {
         .await
     }
 
+    async fn claim_run(
+        &self,
+        id: &RunId,
+        from: RunStatus,
+        expected_owner: Option<&str>,
+        owner: &str,
+    ) -> Result<Run> {
+        self.retry(|| async move {
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query("SELECT status, owner FROM runs WHERE id = $1 FOR UPDATE")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| no_run(id))?;
+            let (status, current): (String, Option<String>) =
+                (row.try_get("status")?, row.try_get("owner")?);
+            let ours = status == RunStatus::Running.as_str() && current.as_deref() == Some(owner);
+            if ours {
+                // A retry after a commit whose answer was lost: it is ours.
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+                )))
+                .bind(id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                return Ok(row::run(&self.shown, &row)?);
+            }
+            if status != from.as_str() || current.as_deref() != expected_owner {
+                return Err(Fail::Store(StoreError::Claimed {
+                    run: id.to_string(),
+                    status,
+                    owner: current,
+                }));
+            }
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE runs SET status = 'running', owner = $2, error = NULL, \
+                 updated_at = clock_timestamp() WHERE id = $1 RETURNING {RUN_COLUMNS}"
+            )))
+            .bind(id.to_string())
+            .bind(owner)
+            .fetch_one(&mut *tx)
+            .await?;
+            let run = row::run(&self.shown, &row)?;
+            tx.commit().await?;
+            Ok(run)
+        })
+        .await
+    }
+
     async fn append(
         &self,
         id: &RunId,

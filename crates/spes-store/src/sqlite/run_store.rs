@@ -220,6 +220,46 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn claim_run(
+        &self,
+        id: &RunId,
+        from: RunStatus,
+        expected_owner: Option<&str>,
+        owner: &str,
+    ) -> Result<Run> {
+        let key = &id.to_string();
+        self.retry(|| async move {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let row = sqlx::query("SELECT status, owner FROM runs WHERE id = ?1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| no_run(id))?;
+            let (status, current): (String, Option<String>) =
+                (row.try_get("status")?, row.try_get("owner")?);
+            if status != from.as_str() || current.as_deref() != expected_owner {
+                return Err(Fail::Store(StoreError::Claimed {
+                    run: key.clone(),
+                    status,
+                    owner: current,
+                }));
+            }
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE runs SET status = 'running', owner = ?2, error = NULL, updated_at = ?3 \
+                 WHERE id = ?1 RETURNING {RUN_COLUMNS}"
+            )))
+            .bind(key)
+            .bind(owner)
+            .bind(fmt_time(now()))
+            .fetch_one(&mut *tx)
+            .await?;
+            let run = self.run_from(&row)?;
+            tx.commit().await?;
+            Ok(run)
+        })
+        .await
+    }
+
     async fn append(
         &self,
         id: &RunId,
@@ -231,9 +271,12 @@ impl RunStore for SqliteStore {
         let payload =
             &json(payload).map_err(|_| StoreError::Backend("cannot encode payload".into()))?;
         self.retry(|| async move {
-            // One statement, one round trip, its own transaction (autocommit):
-            // insert unless the key is taken. The sequence number is computed
-            // inside the same statement, under SQLite's write lock.
+            // An explicit transaction whose COMMIT is checked: in
+            // autocommit, `INSERT ... RETURNING` hands its row back before
+            // the implicit commit, and a commit that then fails (a full
+            // disk, an I/O error) would go unseen. The sequence number is
+            // computed inside the insert, under the write lock.
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let seq = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
                  SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
@@ -244,7 +287,7 @@ impl RunStore for SqliteStore {
             .bind(kind)
             .bind(payload)
             .bind(fmt_time(now()))
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| match constraint(&e) {
                 Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => no_run(id),
@@ -257,10 +300,13 @@ impl RunStore for SqliteStore {
                 )))
                 .bind(run_id)
                 .bind(key)
-                .fetch_one(&self.writer)
+                .fetch_one(&mut *tx)
                 .await?;
+                tx.rollback().await?;
                 return Ok(Appended::Existing(self.entry_from(&row)?));
             };
+            tx.commit().await?;
+            self.committed().await;
             Ok(Appended::New(seq))
         })
         .await

@@ -279,6 +279,85 @@ pub async fn racing_transitions_exactly_one_wins(store: Arc<dyn RunStore>) {
     assert_eq!(won, 1);
 }
 
+/// `claim_run` takes a run only from the status and owner the caller read:
+/// a different owner (or status) is `Claimed`, naming them.
+pub async fn claim_checks_status_and_owner(store: Arc<dyn RunStore>) {
+    let new = created(&*store).await; // running under host:42
+    let err = store
+        .claim_run(&new.id, RunStatus::Running, Some("host:7"), "me:1")
+        .await
+        .unwrap_err();
+    match err {
+        StoreError::Claimed { status, owner, .. } => {
+            assert_eq!(status, "running");
+            assert_eq!(owner.as_deref(), Some("host:42"));
+        }
+        e => panic!("expected Claimed, got {e:?}"),
+    }
+    let err = store
+        .claim_run(&new.id, RunStatus::Failed, Some("host:42"), "me:1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Claimed { .. }), "{err:?}");
+    store
+        .transition(
+            &new.id,
+            &[RunStatus::Running],
+            RunStatus::Failed,
+            RunPatch {
+                error: Some(Some("boom".into())),
+                owner: Some(None),
+                ..RunPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let run = store
+        .claim_run(&new.id, RunStatus::Failed, None, "me:1")
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.owner.as_deref(), Some("me:1"));
+    assert_eq!(run.error, None, "the old error is cleared");
+    let err = store
+        .claim_run(&new.id, RunStatus::Failed, None, "other:2")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Claimed { owner: Some(o), .. } if o == "me:1"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("under me:1"), "{err}");
+}
+
+/// Ten processes claiming a run whose owner died, all having read the
+/// same (status, owner): exactly one takes it (running -> running is a
+/// change of owner, so a status-only compare-and-set would let all in).
+pub async fn racing_claims_of_a_dead_owners_run_exactly_one_wins(store: Arc<dyn RunStore>) {
+    let new = created(&*store).await;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .claim_run(&new.id, RunStatus::Running, Some("host:42"), &format!("w:{i}"))
+                    .await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => winners.push(r.owner.unwrap()),
+            Err(StoreError::Claimed { owner, .. }) => assert!(owner.is_some()),
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let run = store.run(&new.id).await.unwrap().unwrap();
+    assert_eq!(run.owner, Some(winners.remove(0)));
+}
+
 /// The first append under a key wins; a second returns it untouched.
 pub async fn append_returns_new_then_existing_keeping_first_payload(store: Arc<dyn RunStore>) {
     let run = created(&*store).await;

@@ -419,3 +419,75 @@ async fn items_finish_together_in_one_commit_fenced_ones_excluded() {
         Appended::New(5)
     );
 }
+
+/// Issue 11, item 10 (lease losses reported by a healthy lone worker):
+/// the heartbeat reads the leases it holds, an item finishes meanwhile,
+/// then the renewal runs. The finished task is not renewed, and the old
+/// `renew` called it lost, so the worker aborted the task that had just
+/// committed (before it counted itself done) and logged a lost lease.
+/// A task ended under the renewing epoch is not lost; one taken over by
+/// another claim, or expired, still is.
+#[tokio::test]
+async fn renew_does_not_report_a_task_its_holder_just_finished() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let run = queued(&store).await;
+    let q = store.queue().unwrap();
+    let parent = q
+        .claim("p", TaskKind::Run, 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let items: Vec<NewItem> = (0..4)
+        .map(|i| NewItem {
+            key: format!("m/map[{i}]"),
+            payload: json!(i),
+        })
+        .collect();
+    q.enqueue_items(&parent.lease, &run.id, &items)
+        .await
+        .unwrap();
+    let got = q.claim("w", TaskKind::Item, 4, LEASE).await.unwrap();
+    assert_eq!(got.len(), 4);
+    // The heartbeat's snapshot of held leases is taken here...
+    let snapshot: Vec<_> = got.iter().map(|t| t.lease.clone()).collect();
+    // ...then item 0 commits with its task, item 1 fails, item 2 is given back.
+    let entry = FinalEntry {
+        key: "m/map[0]#result".into(),
+        kind: "item".into(),
+        payload: json!({"value": 0}),
+    };
+    assert_eq!(
+        q.finish_items(&run.id, &[(got[0].lease.clone(), entry)])
+            .await
+            .unwrap(),
+        [true]
+    );
+    q.finish_item(&got[1].lease, &run.id, None, Some("boom"))
+        .await
+        .unwrap();
+    q.release(&got[2].lease).await.unwrap();
+    let lost = q.renew(&snapshot, LEASE).await.unwrap();
+    assert!(lost.is_empty(), "ended tasks reported lost: {lost:?}");
+
+    // A real loss is still reported: item 3's lease expires and another
+    // worker claims it.
+    let short = q.renew(&snapshot[3..], Duration::from_millis(1)).await.unwrap();
+    assert!(short.is_empty());
+    let t = std::time::Instant::now();
+    let taken = loop {
+        let got = q.claim("other", TaskKind::Item, 4, LEASE).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "never reclaimed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // The released item 2 is ready again and may be taken too; item 3 must be.
+    assert!(taken.iter().any(|t| t.lease.task == got[3].lease.task));
+    let mut lost = q.renew(&snapshot, LEASE).await.unwrap();
+    lost.sort_unstable();
+    let mut taken: Vec<i64> = taken.iter().map(|t| t.lease.task).collect();
+    taken.sort_unstable();
+    assert_eq!(lost, taken, "the tasks another worker took are lost, no others");
+}
