@@ -612,6 +612,7 @@ pub(crate) fn build_engine(
     let mut builder = Engine::builder()
         .default_provider(default.clone())
         .default_model(project.config.defaults.model.clone())
+        .default_repair(project.config.defaults.repair)
         .stream_deltas(progress.wants_deltas())
         .observer(Arc::new(progress));
     if let Some(c) = capture {

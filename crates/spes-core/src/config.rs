@@ -38,6 +38,10 @@ pub struct DefaultsSpec {
     pub provider: Option<String>,
     /// Model used when neither step, agent nor provider names one.
     pub model: Option<String>,
+    /// Repair attempts of llm steps that set no `repair` (default 1): how
+    /// many times an answer that is not what the step asked for is sent back
+    /// to the model with its problems.
+    pub repair: Option<u32>,
 }
 
 /// `[store]`.

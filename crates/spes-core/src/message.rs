@@ -67,6 +67,9 @@ pub struct ChatRequest {
     /// A JSON schema the answer must follow (structured output), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_schema: Option<serde_json::Value>,
+    /// The step asked for a JSON answer (`format: json`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub json: bool,
 }
 
 impl ChatRequest {

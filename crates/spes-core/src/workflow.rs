@@ -50,9 +50,11 @@ pub struct Workflow {
     pub components: Vec<Arc<Component>>,
     /// Every sub-workflow file it uses, at any depth (for pinning).
     pub children: Vec<ChildSource>,
+    /// Every schema file its steps name, at any depth (for pinning).
+    pub schemas: Vec<ChildSource>,
 }
 
-/// A sub-workflow file, pinned by content hash.
+/// A file a workflow uses (a sub-workflow, a schema), pinned by content hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildSource {
     /// The file, as resolved.
@@ -246,8 +248,43 @@ pub struct LlmStep {
     pub stop: Vec<String>,
     /// Text or JSON.
     pub format: Format,
-    /// JSON schema for the answer.
-    pub schema: Option<serde_json::Value>,
+    /// JSON Schema the answer must follow (inline, or read from a file).
+    pub schema: Option<crate::answer::AnswerSchema>,
+    /// How many times an answer that is not what the step asked for is sent
+    /// back to the model with its problems (`None`: the engine's default,
+    /// `[defaults] repair`, else 1).
+    pub repair: Option<u32>,
+    /// What an answer cut at `max_tokens` does (`None`: `fail` for JSON,
+    /// `warn` for text).
+    pub on_truncation: Option<crate::answer::OnTruncation>,
+}
+
+impl LlmStep {
+    /// A plain call: `prompt` as the user message, every other setting unset.
+    #[must_use]
+    pub fn new(prompt: Template) -> Self {
+        Self {
+            prompt,
+            agent: None,
+            system: None,
+            provider: None,
+            model: None,
+            temperature: None,
+            max_tokens: None,
+            stop: Vec::new(),
+            format: Format::Text,
+            schema: None,
+            repair: None,
+            on_truncation: None,
+        }
+    }
+
+    /// What an answer cut at `max_tokens` does.
+    #[must_use]
+    pub fn truncation(&self) -> crate::answer::OnTruncation {
+        self.on_truncation
+            .unwrap_or_else(|| crate::answer::OnTruncation::default_for(self.format))
+    }
 }
 
 /// A pure transform.

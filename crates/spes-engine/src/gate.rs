@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
-use spes_core::message::{ChatRequest, Message};
+use spes_core::message::ChatRequest;
 use spes_core::template::Context;
 use spes_core::workflow::{
     ApprovalStep, ChooseStep, LlmStep, Loc, Outline, SectionsStep, Timeout, TimeoutAction,
@@ -230,6 +230,8 @@ impl Exec<'_> {
             stop: Vec::new(),
             format: spes_core::workflow::Format::Text,
             schema: None,
+            repair: None,
+            on_truncation: None,
         });
         let (p, comps) =
             self.prepare(agent.map(AsRef::as_ref), shim.as_ref(), &mut req, key, loc)?;
@@ -249,19 +251,10 @@ impl Exec<'_> {
             .prompt
             .render(&self.ctx, Some(locals))
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
-        let mut req = ChatRequest {
-            messages: vec![Message::user(format!("{user}{suffix}"))],
-            stop: l.stop.clone(),
-            ..ChatRequest::default()
-        };
-        let saved = self.ctx.clone();
-        for (k, v) in locals {
-            self.ctx.insert(k.clone(), v.clone());
-        }
-        let prepared = self.prepare(l.agent.as_deref(), Some(l), &mut req, key, loc);
-        self.ctx = saved;
-        let (p, comps) = prepared?;
-        Ok(self.call(&p, req, comps, key, loc).await?.text)
+        let a = self
+            .answer(l, format!("{user}{suffix}"), Some(locals), key, loc)
+            .await?;
+        Ok(a.text().to_owned())
     }
 
     pub(crate) async fn approval(

@@ -70,6 +70,7 @@ pub struct Engine {
     pub(crate) reviewer: Option<Arc<dyn Reviewer>>,
     pub(crate) clock: Clock,
     pub(crate) breakers: policy::Breakers,
+    pub(crate) default_repair: u32,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -173,6 +174,7 @@ pub struct EngineBuilder {
     capture: Option<Capture>,
     reviewer: Option<Arc<dyn Reviewer>>,
     clock: Option<Clock>,
+    default_repair: Option<u32>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -243,6 +245,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Repair attempts of llm steps that set no `repair` (`[defaults] repair`;
+    /// default 1).
+    #[must_use]
+    pub fn default_repair(mut self, n: Option<u32>) -> Self {
+        self.default_repair = n;
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
@@ -258,6 +268,9 @@ impl EngineBuilder {
                 .clock
                 .unwrap_or_else(|| Arc::new(|| chrono::Utc::now().timestamp_millis())),
             breakers: policy::Breakers::default(),
+            default_repair: self
+                .default_repair
+                .unwrap_or(spes_core::answer::DEFAULT_REPAIR),
         }
     }
 }

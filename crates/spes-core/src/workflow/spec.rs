@@ -260,8 +260,13 @@ pub struct StepSpec {
     pub stop: Option<S<Vec<String>>>,
     /// `text` (default) or `json` (the answer is parsed as JSON).
     pub format: Option<S<String>>,
-    /// A JSON schema for the answer.
+    /// A JSON Schema for the answer: inline, or a file path relative to the workflow.
     pub schema: Option<S<serde_json::Value>>,
+    /// How many times an answer that is not what the step asked for is sent
+    /// back to the model with its problems (default 1, or `[defaults] repair`).
+    pub repair: Option<S<u32>>,
+    /// What an answer cut at `max_tokens` does: `fail` or `warn`.
+    pub on_truncation: Option<S<String>>,
 
     // --- composition ---
     /// A reusable definition (from `definitions:`) this step instantiates.

@@ -14,6 +14,7 @@ use super::{
     ParallelBranches, ParallelStep, SectionsStep, Step, StepKind, Timeout, TimeoutAction,
     TransformStep, Workflow,
 };
+use crate::answer::{AnswerSchema, OnTruncation};
 use crate::component::{ComponentRef, ComponentRegistry};
 use crate::condition::Condition;
 use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
@@ -87,6 +88,7 @@ fn validate_nested(
         stack,
         definitions: BTreeMap::new(),
         children: Vec::new(),
+        schemas: Vec::new(),
         file: file.to_owned(),
         file_arc: Arc::from(file),
         text: Arc::new(text.to_owned()),
@@ -169,6 +171,8 @@ struct Validator<'a> {
     definitions: BTreeMap<String, Spanned<StepSpec>>,
     /// Sub-workflow files used, at any depth.
     children: Vec<super::ChildSource>,
+    /// Schema files used, at any depth.
+    schemas: Vec<super::ChildSource>,
     file: String,
     file_arc: Arc<str>,
     text: Arc<String>,
@@ -176,6 +180,35 @@ struct Validator<'a> {
     diags: Diagnostics,
     components: BTreeMap<String, Arc<crate::component::Component>>,
     agents: BTreeMap<String, Arc<Agent>>,
+}
+
+/// Reads a user file of at most `cap` bytes; refuses anything but a regular
+/// file (a FIFO or a device could block or never end).
+// A private helper until the shared bounded reader of spes-core lands.
+fn read_bounded(path: &std::path::Path, cap: u64) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if meta.len() > cap {
+        return Err(format!(
+            "{} bytes is more than the {cap} a schema file may have",
+            meta.len()
+        ));
+    }
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    if !f.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let mut text = String::new();
+    f.take(cap + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > cap {
+        return Err(format!("more than the {cap} bytes a schema file may have"));
+    }
+    Ok(text)
 }
 
 fn is_key_name(s: &str) -> bool {
@@ -506,6 +539,7 @@ impl Validator<'_> {
             output,
             components: self.components.values().cloned().collect(),
             children: self.children.clone(),
+            schemas: self.schemas.clone(),
         }
     }
 
@@ -1056,6 +1090,8 @@ impl Validator<'_> {
             f("stop", s.stop.as_ref()),
             f("format", s.format.as_ref()),
             f("schema", s.schema.as_ref()),
+            f("repair", s.repair.as_ref()),
+            f("on_truncation", s.on_truncation.as_ref()),
             f("fn", s.func.as_ref()),
             f("input", s.input.as_ref()),
             f("args", s.args.as_ref()),
@@ -1116,6 +1152,8 @@ impl Validator<'_> {
                 "stop",
                 "format",
                 "schema",
+                "repair",
+                "on_truncation",
             ],
             "transform" => &["fn", "input", "args"],
             "sequence" => &["steps", "agents", "task"],
@@ -1264,7 +1302,28 @@ impl Validator<'_> {
                 "remove it or give a positive number",
             );
         }
-        let schema = s.schema.as_ref().map(|x| x.value.clone());
+        let schema = match &s.schema {
+            Some(x) => Some(self.answer_schema(x, what)?),
+            None => None,
+        };
+        let on_truncation = match s
+            .on_truncation
+            .as_ref()
+            .map(|f| (f.value.as_str(), span(f)))
+        {
+            None => None,
+            Some(("fail", _)) => Some(OnTruncation::Fail),
+            Some(("warn", _)) => Some(OnTruncation::Warn),
+            Some((other, at)) => {
+                self.err(
+                    "spes::workflow::bad_on_truncation",
+                    format!("{what}: unknown on_truncation `{other}`"),
+                    at,
+                    "use `on_truncation: fail` (repair, then fail) or `on_truncation: warn` (keep the cut answer, marked)",
+                );
+                None
+            }
+        };
         Some(LlmStep {
             prompt,
             agent,
@@ -1280,7 +1339,92 @@ impl Validator<'_> {
                 format
             },
             schema,
+            repair: s.repair.as_ref().map(|r| r.value),
+            on_truncation,
         })
+    }
+
+    /// An llm step's `schema`: inline, or a file relative to this workflow
+    /// (read bounded, pinned with the run's hashes). Checked as a JSON Schema.
+    fn answer_schema(
+        &mut self,
+        x: &Spanned<serde_json::Value>,
+        what: &str,
+    ) -> Option<AnswerSchema> {
+        let at = span(x);
+        let (value, file) = match &x.value {
+            serde_json::Value::String(path) => {
+                let base = std::path::Path::new(&self.file)
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                let full = base.join(path);
+                let shown = full.display().to_string();
+                let text = match read_bounded(&full, crate::answer::MAX_SCHEMA_BYTES) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.err(
+                            "spes::workflow::schema_file",
+                            format!("{what}: cannot read the schema file {shown}: {e}"),
+                            at,
+                            "give a path relative to this workflow file, or write the schema inline",
+                        );
+                        return None;
+                    }
+                };
+                let parsed = if full.extension().is_some_and(|e| {
+                    e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml")
+                }) {
+                    crate::yaml::parse_yaml::<serde_json::Value>(
+                        &shown,
+                        &text,
+                        "spes::workflow::schema_file",
+                    )
+                    .map_err(|d| d.message.clone())
+                } else {
+                    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string())
+                };
+                let value = match parsed {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.err(
+                            "spes::workflow::schema_file",
+                            format!("{what}: the schema file {shown} is not valid JSON: {e}"),
+                            at,
+                            "a schema file holds one JSON Schema object (JSON, or YAML for .yaml/.yml)",
+                        );
+                        return None;
+                    }
+                };
+                let canonical = std::fs::canonicalize(&full).unwrap_or(full);
+                let resolved = canonical.display().to_string();
+                let pin = super::ChildSource {
+                    path: resolved.clone(),
+                    sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+                };
+                if !self.schemas.contains(&pin) {
+                    self.schemas.push(pin);
+                }
+                (value, Some((resolved, shown)))
+            }
+            v => (v.clone(), None),
+        };
+        match AnswerSchema::new(value) {
+            Ok(s) => Some(match file {
+                Some((resolved, _)) => s.from_file(resolved),
+                None => s,
+            }),
+            Err(problem) => {
+                let whose = file.map_or_else(String::new, |(_, shown)| format!(" in {shown}"));
+                self.err(
+                    "spes::workflow::bad_schema",
+                    format!("{what}: the schema{whose} is not a valid JSON Schema: {problem}"),
+                    at,
+                    "write a JSON Schema object, e.g. { type: object, required: [title], properties: { title: { type: string } } }, or a path to a file holding one",
+                );
+                None
+            }
+        }
     }
 
     fn timeout(

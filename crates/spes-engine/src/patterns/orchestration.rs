@@ -268,6 +268,7 @@ impl WorkflowBuilder {
                 output: None,
                 components: Vec::new(),
                 children: Vec::new(),
+                schemas: Vec::new(),
             },
         }
     }
