@@ -28,6 +28,11 @@ pub fn parse_yaml<T: DeserializeOwned>(
     }
     let mut opts = serde_saphyr::Options::default();
     opts.with_snippet = false;
+    // YAML 1.2 core schema: only true/false (any case) are booleans, so
+    // `y`, `n`, `yes`, `no`, `on`, `off` in values are strings (a schema's
+    // `required: [y, n]` stays two names) and are refused where a boolean
+    // is expected, never silently turned into one.
+    opts.strict_booleans = true;
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = 48;
     budget.max_nodes = 200_000;
