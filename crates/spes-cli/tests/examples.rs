@@ -116,15 +116,58 @@ type Gated = (
     &'static str,
 );
 
-const GATED: &[Gated] = &[(
-    "release-signoff.yaml",
-    &["--input-file", "notes=inputs/release-notes.txt"],
-    &[
-        &["revise", "RUN", "--comments", "mention the cache size cap"],
-        &["approve", "RUN"],
-    ],
-    "it is now capped at 10,000 entries",
-)];
+const GATED: &[Gated] = &[
+    (
+        "release-signoff.yaml",
+        &["--input-file", "notes=inputs/release-notes.txt"],
+        &[
+            &["revise", "RUN", "--comments", "mention the cache size cap"],
+            &["approve", "RUN"],
+        ],
+        "it is now capped at 10,000 entries",
+    ),
+    (
+        "slogan-choice.yaml",
+        &["--input", "product=spes"],
+        &[&["choose", "RUN", "2"]],
+        "Chosen slogan (2 of 3): Resume anywhere; pay for every token once.",
+    ),
+    (
+        "design-note.yaml",
+        &["--input", "topic=journal every model call"],
+        &[&["approve", "RUN"], &["approve", "RUN"], &["approve", "RUN"]],
+        "complete: Context, Decision, Risks",
+    ),
+];
+
+#[test]
+fn the_examples_use_every_step_kind() {
+    let dir = examples_dir();
+    let mut used = std::collections::BTreeSet::new();
+    for file in CASES.iter().map(|c| c.0).chain(GATED.iter().map(|c| c.0)) {
+        let text = std::fs::read_to_string(dir.join("workflows").join(file)).unwrap();
+        for line in text.lines() {
+            let mut rest = line;
+            while let Some(i) = rest.find("kind: ") {
+                rest = &rest[i + "kind: ".len()..];
+                let kind: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                used.insert(kind);
+            }
+        }
+    }
+    let missing: Vec<&str> = spes_core::workflow::validate::STEP_KINDS
+        .iter()
+        .copied()
+        .filter(|k| !used.contains(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no example uses these step kinds: {missing:?}"
+    );
+}
 
 #[test]
 fn every_example_is_listed_here() {

@@ -348,11 +348,12 @@ pub struct ChooseStep {
     pub timeout: Option<Timeout>,
 }
 
-/// Where section names come from.
+/// Where sections come from.
 #[derive(Debug, Clone)]
 pub enum Outline {
-    /// Literal names.
-    List(Vec<String>),
+    /// Literal sections: names (strings), or objects with a `name` and any
+    /// fields the section step reads (`{{ section.prompt }}`).
+    List(Vec<serde_json::Value>),
     /// A template giving a list (or text, one name per line).
     Template(Template),
 }
@@ -400,6 +401,31 @@ pub struct BranchStep {
     pub arms: Vec<Arm>,
     /// When none matched; `None` records the explicit no-match result.
     pub otherwise: Option<Vec<Step>>,
+}
+
+/// The context key where a branch step records the arm it took:
+/// `<name>_taken`, characters that cannot be in a key replaced by `_`.
+#[must_use]
+pub fn taken_key(step: &str) -> String {
+    let name: String = step
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect();
+    format!("{name}_taken")
+}
+
+/// The name of an outline item: the string itself, or an object's `name`.
+#[must_use]
+pub fn section_name(item: &serde_json::Value) -> Option<String> {
+    match item {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => match o.get("name") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            _ => None,
+        },
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 /// One arm.

@@ -344,27 +344,43 @@ impl<'e> Exec<'e> {
                 Ok(StepResult::value(v))
             }
             StepKind::Branch(b) => {
+                let mut taken = None;
                 for (i, arm) in b.arms.iter().enumerate() {
                     if self
                         .condition(&arm.condition, &format!("{key}#if{}", i + 1), &s.loc)
                         .await?
                     {
-                        let v = self
-                            .steps(&arm.steps, join_key(key, &arm.name), depth + 1)
-                            .await?;
-                        return Ok(StepResult {
-                            value: v,
-                            note: Some(format!("took {}", arm.name)),
-                            usage: None,
-                        });
+                        taken = Some((arm.name.as_str(), &arm.steps, join_key(key, &arm.name)));
+                        break;
                     }
                 }
-                match &b.otherwise {
-                    Some(o) => {
-                        let v = self.steps(o, join_key(key, "else"), depth + 1).await?;
+                if taken.is_none()
+                    && let Some(o) = &b.otherwise
+                {
+                    taken = Some(("else", o, join_key(key, "else")));
+                }
+                let arm = taken.as_ref().map(|(n, _, _)| *n);
+                // The arm taken is part of the context and of the journal
+                // (`runs show` lists it), before its steps run.
+                self.write(&taken_key(&s.name), arm.map_or(Value::Null, Value::from));
+                let tkey = format!("{key}#taken");
+                if !matches!(self.journal.get(&tkey).await, Ok(Some(_))) {
+                    self.journal
+                        .record(
+                            &tkey,
+                            Effect::Decision {
+                                decision: serde_json::json!({ "taken": arm }),
+                            },
+                        )
+                        .await
+                        .map_err(|e| fail(key, &s.loc, FailureKind::Journal(e)))?;
+                }
+                match taken {
+                    Some((name, steps, prefix)) => {
+                        let v = self.steps(steps, prefix, depth + 1).await?;
                         Ok(StepResult {
                             value: v,
-                            note: Some("took else".into()),
+                            note: Some(format!("took {name}")),
                             usage: None,
                         })
                     }
@@ -435,7 +451,10 @@ impl<'e> Exec<'e> {
             StepKind::AgentChain(c) => self.agent_chain(c, key, depth, &s.loc).await,
             StepKind::Map(m) => self.map(m, s.output.as_deref(), key, depth, &s.loc).await,
             StepKind::Reduce(r) => self.reduce(r, key, depth, &s.loc).await,
-            StepKind::FanOut(f) => self.fan_out(f, key, depth, &s.loc).await,
+            StepKind::FanOut(f) => {
+                self.fan_out(f, s.output.as_deref(), key, depth, &s.loc)
+                    .await
+            }
             StepKind::Saga(sg) => self.saga(sg, s.output.as_deref(), key, depth, &s.loc).await,
             StepKind::Pipeline(p) => self.pipeline(p, key, depth, &s.loc).await,
             StepKind::ScatterGather(g) => self.scatter_gather(g, key, depth, &s.loc).await,
@@ -446,6 +465,10 @@ impl<'e> Exec<'e> {
                 match &p.synthesize {
                     None => Ok(StepResult::value(Some(results))),
                     Some(sy) => {
+                        // The workers' own results stay in the context beside the synthesis.
+                        if let Some(out) = &s.output {
+                            self.write(&format!("{out}_results"), results.clone());
+                        }
                         let mut child = self.fork();
                         child.ctx.insert("results".into(), results);
                         let v = child.step(sy, key, depth + 1).await;
@@ -955,6 +978,12 @@ impl Answer {
     pub(crate) fn text(&self) -> &str {
         &self.response.text
     }
+}
+
+/// The context key recording which arm a branch step took: `<name>_taken`
+/// (characters that cannot be in a key become `_`).
+pub(crate) fn taken_key(step: &str) -> String {
+    spes_core::workflow::taken_key(step)
 }
 
 /// The journal key of an llm step's attempt: `KEY`, then `KEY#repair1`...

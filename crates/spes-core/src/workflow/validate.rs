@@ -21,6 +21,8 @@ use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
 use crate::template::{Expr, Template, TemplateError};
 use crate::transform;
 
+#[cfg(test)]
+mod answer_tests;
 mod orchestration;
 mod pattern;
 mod policy;
@@ -792,6 +794,14 @@ impl Validator<'_> {
                     }
                     (None, false) => String::new(),
                 };
+                if chk.substring && chk.keyword.is_none() {
+                    self.err(
+                        "spes::workflow::bad_condition",
+                        format!("{what}: `substring` only applies to `keyword`"),
+                        at,
+                        "remove `substring`",
+                    );
+                }
                 if chk.agent.is_some() && chk.ask.is_none() {
                     self.err(
                         "spes::workflow::bad_condition",
@@ -807,7 +817,11 @@ impl Validator<'_> {
                             v.iter().map(|s| s.to_lowercase()).collect()
                         }
                     };
-                    Condition::Keyword { words, key }
+                    Condition::Keyword {
+                        words,
+                        key,
+                        substring: chk.substring,
+                    }
                 } else if let Some(r) = &chk.length {
                     if let (Some(a), Some(b)) = (r.min, r.max)
                         && a > b
@@ -1046,6 +1060,16 @@ impl Validator<'_> {
             )?),
             other => orchestration::orchestration_kind(self, other, &s, known, &path, kind_at)?,
         };
+        if matches!(step_kind, StepKind::Branch(_)) {
+            known.write(&super::taken_key(&name));
+        }
+        if let (StepKind::Parallel(p), Some(o)) = (&step_kind, &s.output)
+            && p.synthesize.is_some()
+            && is_key_name(&o.value)
+        {
+            // The workers' own results stay beside the synthesis.
+            known.write(&format!("{}_results", o.value));
+        }
         if let Some(o) = &s.output {
             if is_key_name(&o.value) {
                 known.write(&o.value);
@@ -1184,7 +1208,7 @@ impl Validator<'_> {
             "workflow" => &["path", "inputs"],
             "map" => &["over", "as", "concurrency", "on_error", "step"],
             "reduce" => &["over", "step"],
-            "fan_out" => &["workers", "aggregate", "concurrency"],
+            "fan_out" => &["workers", "aggregate", "concurrency", "on_error"],
             "saga" => &["steps"],
             "pipeline" => &["stages", "input"],
             "scatter_gather" => &["sources", "timeout", "gather"],
@@ -1678,6 +1702,19 @@ impl Validator<'_> {
                         "name at least one section",
                     );
                 }
+                for (i, item) in v.iter().enumerate() {
+                    if crate::workflow::section_name(item).is_none() {
+                        self.err(
+                            "spes::workflow::bad_outline",
+                            format!(
+                                "{what}: outline item {} is neither a section name nor an object with a `name`",
+                                i + 1
+                            ),
+                            at,
+                            "write `outline: [Intro, Design]` or `outline: [{ name: Intro, prompt: \"...\" }]`",
+                        );
+                    }
+                }
                 Outline::List(v.clone())
             }
             Some((OutlineSpec::Template(t), at)) => {
@@ -1723,6 +1760,47 @@ impl Validator<'_> {
             return None;
         };
         let section = self.nested_llm(sec, "section", known, path, &["section", "previous"])?;
+        // What the section step reads of `section` must be in every item.
+        if let Outline::List(items) = &outline {
+            let mut fields: Vec<String> = section
+                .prompt
+                .nested_reads()
+                .into_iter()
+                .chain(
+                    section
+                        .system
+                        .as_ref()
+                        .map(Template::nested_reads)
+                        .unwrap_or_default(),
+                )
+                .filter_map(|r| {
+                    r.strip_prefix("section.")
+                        .map(|f| f.split('.').next().unwrap_or(f).to_owned())
+                })
+                .collect();
+            fields.sort();
+            fields.dedup();
+            for (i, item) in items.iter().enumerate() {
+                for f in &fields {
+                    let has = match item {
+                        serde_json::Value::Object(o) => o.contains_key(f),
+                        _ => false,
+                    };
+                    if !has {
+                        self.err(
+                            "spes::workflow::outline_field",
+                            format!(
+                                "{what}: the section step reads `section.{f}`, but outline item {} (`{}`) has no `{f}`",
+                                i + 1,
+                                crate::workflow::section_name(item).unwrap_or_default()
+                            ),
+                            s.outline.as_ref().and_then(span),
+                            format!("give every outline item a `{f}`: {{ name: ..., {f}: ... }}"),
+                        );
+                    }
+                }
+            }
+        }
         let timeout = self.timeout(s, known, path, &what)?;
         Some(SectionsStep {
             outline,
