@@ -361,3 +361,33 @@ async fn workflow_validate_points_at_a_bad_or_missing_schema_file() {
     assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
     assert_eq!(server.request_count(), 0);
 }
+
+#[tokio::test]
+async fn the_branch_arm_taken_is_in_the_context_and_in_runs_show() {
+    let server = FakeServer::start().await.unwrap();
+    let wf = r#"name: route
+inputs: { text: { type: string, default: "please decode this" } }
+steps:
+  - name: kind
+    kind: branch
+    branches:
+      - { name: code, if: { keyword: code, in: text }, steps: [ { name: c, kind: transform, fn: template, input: "code", output: r } ] }
+    else: [ { name: o, kind: transform, fn: template, input: "other", output: r } ]
+  - { name: out, kind: transform, fn: template, input: "{{ r }} ({{ kind_taken }})", output: out }
+output: out
+"#;
+    let p = project(&server, Wire::OpenAi, false, wf);
+    let exit = spes(&p, &["run", "wf.yaml", "--json"]).await;
+    assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
+    let ctx: Value = serde_json::from_slice(&exit.stdout).unwrap();
+    assert_eq!(ctx["out"], "other (else)", "\"decode\" is not the word `code`");
+    let id = run_id(&p).await;
+    let shown = spes(&p, &["runs", "show", &id]).await.stdout_text();
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("kind#taken") && l.contains(r#"decision {"taken":"else"}"#)),
+        "{shown}"
+    );
+    assert_eq!(server.request_count(), 0);
+}

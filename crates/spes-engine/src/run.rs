@@ -851,7 +851,11 @@ impl<'e> Exec<'e> {
         let (provider, components) = prepared?;
         let repairs = l.repair.unwrap_or(self.engine.default_repair);
         let on_truncation = l.truncation();
-        let first = req.messages.clone();
+        // A repair request is this one plus two messages; kept without the
+        // schema, which is cloned again only when a repair is sent.
+        let schema = req.json_schema.take();
+        let shell = req.clone();
+        req.json_schema = schema;
         let mut usage = Usage::default();
         let (mut made, mut attempt) = (0u32, 0u32);
         let mut last: Vec<Violation> = Vec::new();
@@ -881,7 +885,7 @@ impl<'e> Exec<'e> {
             }
             let before = self.model_calls;
             let resp = self
-                .call(&provider, req.clone(), components.clone(), &akey, loc)
+                .call(&provider, req, components.clone(), &akey, loc)
                 .await?;
             if self.model_calls > before {
                 made += 1;
@@ -913,7 +917,8 @@ impl<'e> Exec<'e> {
                         problems = problems.len(),
                         "the answer is not what the step asked for"
                     );
-                    req.messages.clone_from(&first);
+                    req = shell.clone();
+                    req.json_schema = l.schema.as_ref().map(|s| s.value().clone());
                     req.messages.push(Message::assistant(resp.text));
                     req.messages
                         .push(Message::user(repair_prompt(&problems, l.format)));

@@ -79,7 +79,7 @@ fn repair_and_on_truncation_are_read_and_checked() {
     )
     .unwrap_err();
     assert_eq!(e[0].0, "spes::workflow::bad_on_truncation");
-    assert_eq!(e[0].1, (3, 56));
+    assert_eq!(e[0].1, (3, 53));
     let e = check(
         "w.yaml",
         "name: w\nsteps:\n  - { name: a, kind: transform, fn: trim, input: x, repair: 2 }\n",
@@ -123,7 +123,7 @@ fn a_schema_file_is_read_relative_to_the_workflow_and_pinned() {
         )
         .unwrap_err();
         assert_eq!(e[0].0, "spes::workflow::schema_file", "{e:?}");
-        assert_eq!(e[0].1, (3, 50), "{e:?}");
+        assert_eq!(e[0].1, (3, 46), "{e:?}");
         assert!(e[0].2.contains(want), "{e:?}");
     }
 }
