@@ -380,7 +380,10 @@ output: out
     let exit = spes(&p, &["run", "wf.yaml", "--json"]).await;
     assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
     let ctx: Value = serde_json::from_slice(&exit.stdout).unwrap();
-    assert_eq!(ctx["out"], "other (else)", "\"decode\" is not the word `code`");
+    assert_eq!(
+        ctx["out"], "other (else)",
+        "\"decode\" is not the word `code`"
+    );
     let id = run_id(&p).await;
     let shown = spes(&p, &["runs", "show", &id]).await.stdout_text();
     assert!(

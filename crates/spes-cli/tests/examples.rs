@@ -135,7 +135,11 @@ const GATED: &[Gated] = &[
     (
         "design-note.yaml",
         &["--input", "topic=journal every model call"],
-        &[&["approve", "RUN"], &["approve", "RUN"], &["approve", "RUN"]],
+        &[
+            &["approve", "RUN"],
+            &["approve", "RUN"],
+            &["approve", "RUN"],
+        ],
         "complete: Context, Decision, Risks",
     ),
 ];

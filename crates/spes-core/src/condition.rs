@@ -243,7 +243,10 @@ mod tests {
             substring,
         };
         let holds = |c: Condition| c.evaluate(&ctx, None).unwrap() == Outcome::Decided(true);
-        assert!(!holds(kw("code", false)), "\"decode\" does not mention code");
+        assert!(
+            !holds(kw("code", false)),
+            "\"decode\" does not mention code"
+        );
         assert!(holds(kw("code", true)));
         assert!(holds(kw("decode", false)));
         assert!(holds(kw("out of stock", false)));

@@ -409,7 +409,13 @@ pub struct BranchStep {
 pub fn taken_key(step: &str) -> String {
     let name: String = step
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{name}_taken")
 }

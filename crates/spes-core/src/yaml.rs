@@ -190,7 +190,10 @@ mod tests {
         let e = parse_yaml::<T>("f.yaml", "name: x\nrequired: yes\n", "spes::test").unwrap_err();
         assert_eq!(e.code, "spes::yaml::not_a_boolean");
         assert_eq!(e.line_col.map(|(l, _)| l), Some(2), "{e:?}");
-        assert!(e.hint.as_deref().unwrap().contains("write true or false"), "{e:?}");
+        assert!(
+            e.hint.as_deref().unwrap().contains("write true or false"),
+            "{e:?}"
+        );
         let ok = parse_yaml::<T>("f.yaml", "name: x\nrequired: TRUE\n", "spes::test").unwrap();
         assert!(ok.required);
     }

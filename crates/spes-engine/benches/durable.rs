@@ -367,7 +367,13 @@ async fn answer_check_cost() {
     for _ in 0..ROUNDS {
         let t = Instant::now();
         for _ in 0..100 {
-            let v = check_answer(Format::Json, Some(&compiled), OnTruncation::Fail, &answer, false);
+            let v = check_answer(
+                Format::Json,
+                Some(&compiled),
+                OnTruncation::Fail,
+                &answer,
+                false,
+            );
             assert!(matches!(v, Verdict::Valid(_)));
         }
         alone.push(t.elapsed() / 100);

@@ -491,7 +491,11 @@ You are a senior software architect with deep experience in {{ domain }}.
 
     #[test]
     fn yaml_1_1_booleans_are_text_or_refused_in_frontmatter() {
-        let (c, _) = parse_component("c.md", &GOOD.replace("default: web services", "default: no")).unwrap();
+        let (c, _) = parse_component(
+            "c.md",
+            &GOOD.replace("default: web services", "default: no"),
+        )
+        .unwrap();
         assert_eq!(c.variables[0].default.as_deref(), Some("no"));
         let text = GOOD.replace("    default: web services", "    required: yes");
         let e = errors(&text);

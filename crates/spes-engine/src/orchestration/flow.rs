@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use serde_json::{Value, json};
 use futures::StreamExt as _;
+use serde_json::{Value, json};
 use spes_core::workflow::{FanOutStep, Loc, OnError, ParallelBranches, PipelineStep};
 
 use super::fail;
@@ -109,7 +109,12 @@ impl Exec<'_> {
                                     loc,
                                 )
                                 .await?;
-                            Some(d.get("error").and_then(Value::as_str).unwrap_or("failed").to_owned())
+                            Some(
+                                d.get("error")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("failed")
+                                    .to_owned(),
+                            )
                         }
                         Err(other) => {
                             stops.push(other);

@@ -26,7 +26,9 @@ steps:
 output: out
 "#;
     let wf = workflow(yaml);
-    let engine = Engine::builder().provider(scripted("- { default: echo }")).build();
+    let engine = Engine::builder()
+        .provider(scripted("- { default: echo }"))
+        .build();
     for (text, want) in [
         ("please decode this", "substring arm via loose"),
         ("the code fails", "code arm via code"),
@@ -61,7 +63,9 @@ steps:
     output: views
 "#;
     let wf = workflow(yaml);
-    let engine = Engine::builder().provider(scripted("- { default: echo }")).build();
+    let engine = Engine::builder()
+        .provider(scripted("- { default: echo }"))
+        .build();
     let out = engine.run(&wf, Default::default()).await.unwrap();
     assert_eq!(out.context["views"], json!("Merge"));
     assert_eq!(
@@ -103,7 +107,13 @@ async fn fan_out_skips_or_collects_failed_workers_and_replays_the_failure() {
             .unwrap();
         let mut got: Value = serde_json::from_str(out.context["review"].as_str().unwrap()).unwrap();
         if policy == "collect" {
-            assert!(got["style"]["error"].as_str().unwrap().contains("invalid_request"), "{got}");
+            assert!(
+                got["style"]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("invalid_request"),
+                "{got}"
+            );
             got["style"]["error"] = json!("x");
         }
         assert_eq!(got, want, "{policy}");
@@ -159,8 +169,14 @@ steps:
         out.context["doc"]["document"],
         json!("Intro: Say hello.\n\nDesign: Explain it.")
     );
-    assert_eq!(out.context["doc"]["completed_sections"], json!(["Intro", "Design"]));
-    assert_eq!(reviewer.0.lock().unwrap()[1].request["section"], json!("Design"));
+    assert_eq!(
+        out.context["doc"]["completed_sections"],
+        json!(["Intro", "Design"])
+    );
+    assert_eq!(
+        reviewer.0.lock().unwrap()[1].request["section"],
+        json!("Design")
+    );
     // An item without the field the prompt reads is refused when validating.
     let bad = yaml.replace(r#"{ name: Design, prompt: "Explain it." }"#, "Design");
     let spec = spes_core::workflow::parse_workflow("wf.yaml", &bad).unwrap();
@@ -172,7 +188,10 @@ steps:
     let e = spes_core::workflow::validate(spec, "wf.yaml", &bad, &env).unwrap_err();
     let text = e.render_plain();
     assert!(text.contains("spes::workflow::outline_field"), "{text}");
-    assert!(text.contains("outline item 2 (`Design`) has no `prompt`"), "{text}");
+    assert!(
+        text.contains("outline item 2 (`Design`) has no `prompt`"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -216,7 +235,10 @@ steps:
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("(after 1 attempt): /n: \"three\" is not of type \"integer\""), "{e}");
+    assert!(
+        e.contains("(after 1 attempt): /n: \"three\" is not of type \"integer\""),
+        "{e}"
+    );
     assert_eq!(p0.calls().len(), 1);
     // Replay: exact, no call.
     let again = engine
@@ -243,7 +265,9 @@ steps:
     output: blurb
 "#;
     let wf = workflow(yaml);
-    let p = scripted("- { step: blurb/attempt1, reply: short }\n- { step: blurb/attempt2, reply: 'a much longer blurb than before' }");
+    let p = scripted(
+        "- { step: blurb/attempt1, reply: short }\n- { step: blurb/attempt2, reply: 'a much longer blurb than before' }",
+    );
     let out = Engine::builder()
         .provider(p)
         .build()
@@ -264,5 +288,8 @@ steps:
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("the score expression gave 7, not a number from 0 to 1"), "{e}");
+    assert!(
+        e.contains("the score expression gave 7, not a number from 0 to 1"),
+        "{e}"
+    );
 }

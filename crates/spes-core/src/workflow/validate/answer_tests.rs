@@ -24,7 +24,9 @@ fn check(file: &str, yaml: &str) -> Result<Workflow, Vec<(String, (usize, usize)
             .collect::<Vec<_>>()
     };
     let spec = parse_workflow(file, yaml).map_err(found)?;
-    validate(spec, file, yaml, &env).map(|(w, _)| w).map_err(found)
+    validate(spec, file, yaml, &env)
+        .map(|(w, _)| w)
+        .map_err(found)
 }
 
 fn llm(wf: &Workflow) -> &LlmStep {
@@ -119,7 +121,9 @@ fn a_schema_file_is_read_relative_to_the_workflow_and_pinned() {
     for (name, want) in [("big.json", "more than"), ("bad.json", "not valid JSON")] {
         let e = check(
             &file,
-            &format!("name: w\nsteps:\n  - {{ name: a, kind: llm, prompt: p, schema: schemas/{name} }}\n"),
+            &format!(
+                "name: w\nsteps:\n  - {{ name: a, kind: llm, prompt: p, schema: schemas/{name} }}\n"
+            ),
         )
         .unwrap_err();
         assert_eq!(e[0].0, "spes::workflow::schema_file", "{e:?}");
