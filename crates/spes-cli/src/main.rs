@@ -652,6 +652,7 @@ pub(crate) fn build_engine(
         .retry_defaults(spes_engine::policy::RetryDefaults::from_config(
             &project.config,
         ))
+        .default_repair(project.config.defaults.repair)
         .stream_deltas(progress.wants_deltas())
         .observer(Arc::new(progress));
     if let Some(c) = capture {

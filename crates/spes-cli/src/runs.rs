@@ -360,10 +360,13 @@ async fn show(
         run.updated_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
     );
     for p in &run.pins {
+        let what = match p.reference.strip_prefix("schema:") {
+            Some(file) => format!("schema {file}"),
+            None => format!("component {}", p.reference),
+        };
         let _ = writeln!(
             s,
-            "  component {} (sha256 {})",
-            p.reference,
+            "  {what} (sha256 {})",
             &p.sha256[..12.min(p.sha256.len())]
         );
     }
@@ -388,7 +391,7 @@ async fn show(
                 tin += response.usage.input_tokens;
                 tout += response.usage.output_tokens;
                 format!(
-                    "{provider}/{} · {}→{} tok · {} ms{}",
+                    "{provider}/{} · {}→{} tok · {} ms{}{}",
                     model.unwrap_or_default(),
                     response.usage.input_tokens,
                     response.usage.output_tokens,
@@ -397,6 +400,11 @@ async fn show(
                         String::new()
                     } else {
                         format!(" · {}", components.join(", "))
+                    },
+                    if response.stop_reason == spes_core::message::StopReason::MaxTokens {
+                        " · ⚠ truncated (stopped at max_tokens)"
+                    } else {
+                        ""
                     }
                 )
             }

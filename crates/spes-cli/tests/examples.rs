@@ -148,6 +148,16 @@ const GATED: &[Gated] = &[
         ],
         "complete: Problem, Proposal, Risks",
     ),
+    (
+        "design-note.yaml",
+        &["--input", "topic=journal every model call"],
+        &[
+            &["approve", "RUN"],
+            &["approve", "RUN"],
+            &["approve", "RUN"],
+        ],
+        "complete: Context, Decision, Risks",
+    ),
 ];
 
 #[test]

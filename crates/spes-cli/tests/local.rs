@@ -316,3 +316,128 @@ fn doctor_shows_usable_providers_key_names_and_the_model_never_a_key() {
         "{local}"
     );
 }
+
+/// `spes ARGS` in `dir` (no spes.toml: the local model), awaited.
+fn local_spes(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    harness::spes_command(dir, args).output().unwrap()
+}
+
+fn entry_keys(dir: &std::path::Path) -> Vec<String> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        rt.block_on(async {
+            let store = spes_store::sqlite::SqliteStore::open(
+                &dir.join(".spes/spes.db"),
+                spes_store::sqlite::SqliteOptions::default(),
+            )
+            .await
+            .unwrap();
+            let run = &store.list_runs(None, 1).await.unwrap()[0];
+            store
+                .entries(&run.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect()
+        })
+    })
+}
+
+fn last_run(dir: &std::path::Path) -> String {
+    let out = local_spes(dir, &["runs", "list"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_answer_against_its_schema_file_fails_with_pointers_and_a_relaxed_schema_resumes() {
+    model_path();
+    let dir = tempfile::tempdir().unwrap();
+    // The grammar cannot enforce `multipleOf`; the check after the answer does.
+    std::fs::write(
+        dir.path().join("legs.json"),
+        r#"{ "type": "object", "required": ["n"], "properties": { "n": { "type": "integer", "multipleOf": 2 } } }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("wf.yaml"),
+        "name: legs\nsteps:\n  - { name: count, kind: llm, prompt: 'How many legs has a spider? JSON: {\"n\": N}', schema: legs.json, max_tokens: 24, output: legs }\noutput: legs\n",
+    )
+    .unwrap();
+    let out = local_spes(dir.path(), &["run", "wf.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("invalid_output"), "{err}");
+    assert!(
+        err.contains("/n: ") && err.contains("is not a multiple of 2"),
+        "{err}"
+    );
+    assert_eq!(entry_keys(dir.path()), ["count", "count#repair1"]);
+    // The schema file is pinned: an edit refuses resume...
+    std::fs::write(
+        dir.path().join("legs.json"),
+        r#"{ "type": "object", "required": ["n"], "properties": { "n": { "type": "integer" } } }"#,
+    )
+    .unwrap();
+    let id = last_run(dir.path());
+    let refused = local_spes(dir.path(), &["resume", &id]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_ne!(refused.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("the schema file") && err.contains("legs.json"),
+        "{err}"
+    );
+    // ...unless changes are allowed: the recorded answer now passes, no new call.
+    let done = local_spes(dir.path(), &["resume", &id, "--allow-changes", "--json"]);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let ctx: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert!(ctx["legs"]["n"].is_i64(), "{ctx}");
+    assert_eq!(entry_keys(dir.path()), ["count", "count#repair1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_json_answer_cut_at_max_tokens_fails_and_resume_with_more_tokens_asks_again() {
+    model_path();
+    let dir = tempfile::tempdir().unwrap();
+    let wf = "name: cut\nsteps:\n  - name: pick\n    kind: llm\n    prompt: Write the word red two times as a JSON array.\n    schema: { type: array, items: { type: string }, maxItems: 3 }\n    max_tokens: 8\n    output: v\noutput: v\n";
+    std::fs::write(dir.path().join("wf.yaml"), wf).unwrap();
+    let out = local_spes(dir.path(), &["run", "wf.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("invalid_output") && err.contains("/: the answer was cut off at max_tokens"),
+        "{err}"
+    );
+    assert!(err.contains("raise the step's `max_tokens`"), "{err}");
+    assert_eq!(entry_keys(dir.path()), ["pick", "pick#repair1"]);
+    std::fs::write(
+        dir.path().join("wf.yaml"),
+        wf.replace("max_tokens: 8", "max_tokens: 64"),
+    )
+    .unwrap();
+    let id = last_run(dir.path());
+    let done = local_spes(dir.path(), &["resume", &id, "--allow-changes", "--json"]);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let ctx: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    let items = ctx["v"].as_array().unwrap();
+    assert!(!items.is_empty() && items.len() <= 3, "{ctx}");
+    // The recorded attempts replayed; the model was asked again.
+    let keys = entry_keys(dir.path());
+    assert_eq!(keys[..2], ["pick", "pick#repair1"]);
+    assert!(keys.len() >= 3, "{keys:?}");
+}

@@ -11,12 +11,16 @@ use crate::workflow::Agent;
 pub enum Condition {
     /// A minijinja expression, true by Jinja truthiness.
     Expr(Expr),
-    /// The text under `key` contains any of the words (case-insensitive).
+    /// The text under `key` contains any of the words (case-insensitive),
+    /// as whole words ("decode" does not mention "code"), or anywhere with
+    /// `substring`.
     Keyword {
-        /// Lowercased words.
+        /// Lowercased words (a keyword may be several words: "out of stock").
         words: Vec<String>,
         /// Context key.
         key: String,
+        /// Match anywhere, not only whole words (`substring: true`).
+        substring: bool,
     },
     /// The text under `key` has between `min` and `max` characters (inclusive).
     Length {
@@ -91,6 +95,21 @@ fn text_of(ctx: &Context, locals: Option<&Context>, key: &str) -> Result<String,
     })
 }
 
+/// Whether `word` occurs in `text` as whole words: the characters around
+/// the occurrence are not letters or digits (both already lowercased).
+#[must_use]
+pub fn mentions_word(text: &str, word: &str) -> bool {
+    if word.is_empty() {
+        return false;
+    }
+    let is_word = |c: char| c.is_alphanumeric();
+    text.match_indices(word).any(|(i, m)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + m.len()..].chars().next();
+        !before.is_some_and(is_word) && !after.is_some_and(is_word)
+    })
+}
+
 impl Condition {
     /// Evaluates without side effects; `ask` yields [`Outcome::NeedsModel`].
     pub fn evaluate(
@@ -100,9 +119,19 @@ impl Condition {
     ) -> Result<Outcome, TemplateError> {
         Ok(match self {
             Self::Expr(e) => Outcome::Decided(e.is_true(ctx, locals)?),
-            Self::Keyword { words, key } => {
+            Self::Keyword {
+                words,
+                key,
+                substring,
+            } => {
                 let t = text_of(ctx, locals, key)?.to_lowercase();
-                Outcome::Decided(words.iter().any(|w| t.contains(w.as_str())))
+                Outcome::Decided(words.iter().any(|w| {
+                    if *substring {
+                        t.contains(w.as_str())
+                    } else {
+                        mentions_word(&t, w)
+                    }
+                }))
             }
             Self::Length { min, max, key } => {
                 let n = text_of(ctx, locals, key)?.chars().count() as u64;
@@ -138,7 +167,15 @@ impl Condition {
     pub fn describe(&self) -> String {
         match self {
             Self::Expr(e) => e.source().to_owned(),
-            Self::Keyword { words, key } => format!("{key} mentions {}", words.join("|")),
+            Self::Keyword {
+                words,
+                key,
+                substring,
+            } => format!(
+                "{key} {} {}",
+                if *substring { "contains" } else { "mentions" },
+                words.join("|")
+            ),
             Self::Length { min, max, key } => format!(
                 "len({key}) in {}..{}",
                 min.map(|m| m.to_string()).unwrap_or_default(),
@@ -166,6 +203,7 @@ mod tests {
         let kw = Condition::Keyword {
             words: vec!["login".into()],
             key: "text".into(),
+            substring: false,
         };
         assert_eq!(kw.evaluate(&ctx, None).unwrap(), Outcome::Decided(true));
         let len = Condition::Length {
@@ -185,11 +223,37 @@ mod tests {
         let missing = Condition::Keyword {
             words: vec![],
             key: "nope".into(),
+            substring: false,
         };
         assert_eq!(
             missing.evaluate(&ctx, None).unwrap_err().missing,
             vec!["nope".to_owned()]
         );
+    }
+
+    #[test]
+    fn keywords_match_whole_words_unless_substring_is_asked_for() {
+        let ctx = json!({"text": "Please decode this; it's out of stock."})
+            .as_object()
+            .unwrap()
+            .clone();
+        let kw = |w: &str, substring| Condition::Keyword {
+            words: vec![w.into()],
+            key: "text".into(),
+            substring,
+        };
+        let holds = |c: Condition| c.evaluate(&ctx, None).unwrap() == Outcome::Decided(true);
+        assert!(
+            !holds(kw("code", false)),
+            "\"decode\" does not mention code"
+        );
+        assert!(holds(kw("code", true)));
+        assert!(holds(kw("decode", false)));
+        assert!(holds(kw("out of stock", false)));
+        assert!(holds(kw("it", false)), "an apostrophe separates words");
+        assert!(!holds(kw("stoc", false)));
+        assert!(mentions_word("naïve café", "café"));
+        assert!(!mentions_word("cafés", "café"));
     }
 
     #[test]

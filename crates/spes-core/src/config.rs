@@ -39,6 +39,10 @@ pub struct DefaultsSpec {
     pub provider: Option<String>,
     /// Model used when neither step, agent nor provider names one.
     pub model: Option<String>,
+    /// Repair attempts of llm steps that set no `repair` (default 1): how
+    /// many times an answer that is not what the step asked for is sent back
+    /// to the model with its problems.
+    pub repair: Option<u32>,
     /// Retry of transient provider errors for llm steps that set no
     /// `retry:` and whose provider sets none: `"none"`, or a table like a
     /// step's `retry` (`{ attempts = 3, base = "1s", max = "30s" }`).

@@ -262,6 +262,36 @@ pub enum Measure {
     Check(Check),
     /// An LLM judge.
     Judge(Judge),
+    /// A graded score: an expression over the context and `output` (the
+    /// text scored) giving a number in 0..1 (`"{{ 1 if output | length > 200 else 0.3 }}"`).
+    Score(Template),
+}
+
+/// Evaluates a graded `score` expression on `text`: a number (or numeric
+/// text) in 0..1, else an error saying what it gave.
+pub fn graded_score(
+    t: &Template,
+    ctx: &crate::template::Context,
+    text: &str,
+) -> Result<f64, crate::template::TemplateError> {
+    let mut locals = crate::template::Context::new();
+    locals.insert("output".into(), Value::String(text.to_owned()));
+    let v = t.eval(ctx, Some(&locals))?;
+    let n = match &v {
+        Value::Number(n) => n.as_f64(),
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(crate::template::TemplateError {
+            message: format!("the score expression gave {v}, not a number from 0 to 1"),
+            range: None,
+            line: None,
+            missing: Vec::new(),
+        }),
+    }
 }
 
 /// One weighted criterion.

@@ -1,6 +1,7 @@
 //! spes core: components, templates, workflow specs, conditions and policies.
 //! No I/O beyond reading the user's files; no clock, no network.
 
+pub mod answer;
 pub mod component;
 pub mod condition;
 pub mod config;

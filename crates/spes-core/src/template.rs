@@ -152,6 +152,16 @@ impl Template {
         &self.reads
     }
 
+    /// Variables the template reads with their attribute paths
+    /// (`section.prompt`), for checks of what a local value must hold.
+    #[must_use]
+    pub fn nested_reads(&self) -> BTreeSet<String> {
+        env()
+            .template_from_str(&self.source)
+            .map(|t| t.undeclared_variables(true).into_iter().collect())
+            .unwrap_or_default()
+    }
+
     /// True when the template contains no template syntax at all.
     #[must_use]
     pub fn is_literal(&self) -> bool {

@@ -50,9 +50,11 @@ pub struct Workflow {
     pub components: Vec<Arc<Component>>,
     /// Every sub-workflow file it uses, at any depth (for pinning).
     pub children: Vec<ChildSource>,
+    /// Every schema file its steps name, at any depth (for pinning).
+    pub schemas: Vec<ChildSource>,
 }
 
-/// A sub-workflow file, pinned by content hash.
+/// A file a workflow uses (a sub-workflow, a schema), pinned by content hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildSource {
     /// The file, as resolved.
@@ -246,8 +248,43 @@ pub struct LlmStep {
     pub stop: Vec<String>,
     /// Text or JSON.
     pub format: Format,
-    /// JSON schema for the answer.
-    pub schema: Option<serde_json::Value>,
+    /// JSON Schema the answer must follow (inline, or read from a file).
+    pub schema: Option<crate::answer::AnswerSchema>,
+    /// How many times an answer that is not what the step asked for is sent
+    /// back to the model with its problems (`None`: the engine's default,
+    /// `[defaults] repair`, else 1).
+    pub repair: Option<u32>,
+    /// What an answer cut at `max_tokens` does (`None`: `fail` for JSON,
+    /// `warn` for text).
+    pub on_truncation: Option<crate::answer::OnTruncation>,
+}
+
+impl LlmStep {
+    /// A plain call: `prompt` as the user message, every other setting unset.
+    #[must_use]
+    pub fn new(prompt: Template) -> Self {
+        Self {
+            prompt,
+            agent: None,
+            system: None,
+            provider: None,
+            model: None,
+            temperature: None,
+            max_tokens: None,
+            stop: Vec::new(),
+            format: Format::Text,
+            schema: None,
+            repair: None,
+            on_truncation: None,
+        }
+    }
+
+    /// What an answer cut at `max_tokens` does.
+    #[must_use]
+    pub fn truncation(&self) -> crate::answer::OnTruncation {
+        self.on_truncation
+            .unwrap_or_else(|| crate::answer::OnTruncation::default_for(self.format))
+    }
 }
 
 /// A pure transform.
@@ -311,11 +348,12 @@ pub struct ChooseStep {
     pub timeout: Option<Timeout>,
 }
 
-/// Where section names come from.
+/// Where sections come from.
 #[derive(Debug, Clone)]
 pub enum Outline {
-    /// Literal names.
-    List(Vec<String>),
+    /// Literal sections: names (strings), or objects with a `name` and any
+    /// fields the section step reads (`{{ section.prompt }}`).
+    List(Vec<serde_json::Value>),
     /// A template giving a list (or text, one name per line).
     Template(Template),
 }
@@ -363,6 +401,37 @@ pub struct BranchStep {
     pub arms: Vec<Arm>,
     /// When none matched; `None` records the explicit no-match result.
     pub otherwise: Option<Vec<Step>>,
+}
+
+/// The context key where a branch step records the arm it took:
+/// `<name>_taken`, characters that cannot be in a key replaced by `_`.
+#[must_use]
+pub fn taken_key(step: &str) -> String {
+    let name: String = step
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{name}_taken")
+}
+
+/// The name of an outline item: the string itself, or an object's `name`.
+#[must_use]
+pub fn section_name(item: &serde_json::Value) -> Option<String> {
+    match item {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => match o.get("name") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            _ => None,
+        },
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 /// One arm.

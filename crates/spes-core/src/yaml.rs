@@ -28,6 +28,11 @@ pub fn parse_yaml<T: DeserializeOwned>(
     }
     let mut opts = serde_saphyr::Options::default();
     opts.with_snippet = false;
+    // YAML 1.2 core schema: only true/false (any case) are booleans, so
+    // `y`, `n`, `yes`, `no`, `on`, `off` in values are strings (a schema's
+    // `required: [y, n]` stays two names) and are refused where a boolean
+    // is expected, never silently turned into one.
+    opts.strict_booleans = true;
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = 48;
     budget.max_nodes = 200_000;
@@ -92,6 +97,12 @@ fn clean_message(raw: &str) -> String {
 }
 
 fn classify(message: &str, code: &'static str) -> (&'static str, Option<String>) {
+    if message.contains("invalid boolean") {
+        return (
+            "spes::yaml::not_a_boolean",
+            Some("YAML 1.2: only true and false are booleans (yes, no, on, off, y, n are text); write true or false".to_owned()),
+        );
+    }
     if message.contains("unknown field") {
         let hint = message
             .find("expected one of")
@@ -136,4 +147,54 @@ fn classify(message: &str, code: &'static str) -> (&'static str, Option<String>)
         );
     }
     (code, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn yaml_1_1_booleans_are_strings_in_values() {
+        let v: Value = parse_yaml(
+            "f.yaml",
+            "required: [y, n, on, yes, off, No, Y, OFF]\nflag: true\nother: False\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "required": ["y", "n", "on", "yes", "off", "No", "Y", "OFF"],
+                "flag": true,
+                "other": false
+            })
+        );
+        // Keys too: `properties: { n: ... }` names a property `n`.
+        let v: BTreeMap<String, Value> = parse_yaml("f.yaml", "n: 1\ny: 2\n", "x").unwrap();
+        assert_eq!(v.keys().collect::<Vec<_>>(), ["n", "y"]);
+    }
+
+    #[test]
+    fn a_yaml_1_1_boolean_where_a_boolean_is_expected_is_refused_at_its_line() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct T {
+            name: String,
+            required: bool,
+        }
+        let e = parse_yaml::<T>("f.yaml", "name: x\nrequired: yes\n", "spes::test").unwrap_err();
+        assert_eq!(e.code, "spes::yaml::not_a_boolean");
+        assert_eq!(e.line_col.map(|(l, _)| l), Some(2), "{e:?}");
+        assert!(
+            e.hint.as_deref().unwrap().contains("write true or false"),
+            "{e:?}"
+        );
+        let ok = parse_yaml::<T>("f.yaml", "name: x\nrequired: TRUE\n", "spes::test").unwrap();
+        assert!(ok.required);
+    }
 }

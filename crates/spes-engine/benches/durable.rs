@@ -10,6 +10,10 @@
 //! 3. Store bytes per step for chains whose outputs are 100, 1,000 and
 //!    10,000 bytes while the context grows: linear in the output size,
 //!    and the same late in the run as early (no context copies, no prompts).
+//! 4. Answer checking: a chain whose steps ask for JSON under a
+//!    50-property schema and get a 10 KB answer, minus the same chain
+//!    taking the answer as text, per step (µs; target < 100 µs); and the
+//!    check alone (`check_answer`: parse + validate).
 //!
 //! Prints figures; asserts only that the runs did what they should.
 #![allow(
@@ -302,6 +306,103 @@ async fn growth() {
     }
 }
 
+/// 4. What checking a 10 KB JSON answer against a 50-property schema adds per step.
+async fn answer_check_cost() {
+    use spes_core::answer::{AnswerSchema, OnTruncation, Verdict, check_answer};
+    use spes_core::workflow::Format;
+    const STEPS: usize = 200;
+    const ROUNDS: usize = 7;
+    const PROPS: usize = 50;
+    let mut props = serde_json::Map::new();
+    let mut answer = serde_json::Map::new();
+    for i in 0..PROPS {
+        props.insert(
+            format!("p{i}"),
+            serde_json::json!({ "type": "string", "minLength": 1, "maxLength": 400 }),
+        );
+        answer.insert(format!("p{i}"), serde_json::json!("x".repeat(196)));
+    }
+    let required: Vec<String> = (0..PROPS).map(|i| format!("p{i}")).collect();
+    let schema = serde_json::json!({
+        "type": "object", "required": required, "properties": props, "additionalProperties": false
+    });
+    let answer = serde_json::Value::Object(answer).to_string();
+    assert!((9_500..=11_000).contains(&answer.len()), "{}", answer.len());
+    // `extra`: what the step asks of its answer (nothing: text).
+    let build = |extra: &str| {
+        let mut yaml = String::from("name: checked\nsteps:\n");
+        for i in 1..=STEPS {
+            yaml.push_str(&format!(
+                "  - {{ name: s{i}, kind: llm, prompt: \"Step {i}\"{extra}, output: s{i} }}\n"
+            ));
+        }
+        let spec = parse_workflow("checked.yaml", &yaml).unwrap();
+        let reg = ComponentRegistry::from_components(vec![]);
+        let env = ValidateEnv {
+            components: &reg,
+            providers: None,
+        };
+        validate(spec, "checked.yaml", &yaml, &env).unwrap().0
+    };
+    let text = build("");
+    let json = build(", format: json");
+    let checked = build(&format!(", schema: {schema}"));
+    let engine = replying(&answer);
+    let time = |wf: &Workflow| {
+        let mut runs = Vec::new();
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            let out = futures_lite_block(&engine, wf);
+            runs.push(t.elapsed());
+            assert_eq!(out, STEPS as u64);
+        }
+        median(runs)
+    };
+    // Warm up, then measure each.
+    let _ = (time(&text), time(&json), time(&checked));
+    let (t_text, t_json, t_checked) = (time(&text), time(&json), time(&checked));
+    let per_step = |a: Duration, b: Duration| (us(a) - us(b)) / STEPS as f64;
+    let compiled = AnswerSchema::new(schema).unwrap();
+    let mut alone = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for _ in 0..100 {
+            let v = check_answer(
+                Format::Json,
+                Some(&compiled),
+                OnTruncation::Fail,
+                &answer,
+                false,
+            );
+            assert!(matches!(v, Verdict::Valid(_)));
+        }
+        alone.push(t.elapsed() / 100);
+    }
+    println!(
+        "answers:   {STEPS}-step chains, {} B JSON answers: as text {:.2} ms; format: json {:.2} ms; under a {PROPS}-property schema {:.2} ms",
+        answer.len(),
+        ms(t_text),
+        ms(t_json),
+        ms(t_checked),
+    );
+    println!(
+        "           the schema check adds {:.1} µs/step (target < 100 µs); check_answer alone (parse + validate) {:.1} µs; JSON in the context instead of text {:.1} µs/step",
+        per_step(t_checked, t_json),
+        us(median(alone)),
+        per_step(t_json, t_text),
+    );
+}
+
+/// Runs `wf` in memory to its end on the current runtime; its model calls.
+fn futures_lite_block(engine: &Engine, wf: &Workflow) -> u64 {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current()
+            .block_on(engine.run(wf, BTreeMap::new()))
+            .unwrap()
+            .model_calls
+    })
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -312,5 +413,6 @@ fn main() {
         commit_cost().await;
         resume_cost().await;
         growth().await;
+        answer_check_cost().await;
     });
 }

@@ -109,6 +109,11 @@ pub fn pins_of(wf: &Workflow) -> Vec<ComponentPin> {
             sha256: c.sha256.clone(),
             path: c.path.clone(),
         }))
+        .chain(wf.schemas.iter().map(|c| ComponentPin {
+            reference: format!("schema:{}", c.path),
+            sha256: c.sha256.clone(),
+            path: c.path.clone(),
+        }))
         .collect()
 }
 
@@ -160,8 +165,14 @@ pub fn drift(run: &Run, wf: &Workflow, source: &WorkflowSource) -> Option<Drift>
                 .iter()
                 .any(|c| bases.contains(&c.reference().split('@').next().unwrap_or_default()))
         };
+        let schema_changed = |l: &spes_core::workflow::LlmStep| {
+            l.schema
+                .as_ref()
+                .and_then(|s| s.file.as_deref())
+                .is_some_and(|f| changed.iter().any(|p| p.reference == format!("schema:{f}")))
+        };
         let hit = match &step.kind {
-            StepKind::Llm(l) => l.agent.as_deref().is_some_and(uses),
+            StepKind::Llm(l) => l.agent.as_deref().is_some_and(uses) || schema_changed(l),
             StepKind::Workflow(w) => {
                 let file = std::fs::canonicalize(&w.workflow.file)
                     .map_or_else(|_| w.workflow.file.clone(), |p| p.display().to_string());
@@ -185,11 +196,23 @@ pub fn drift(run: &Run, wf: &Workflow, source: &WorkflowSource) -> Option<Drift>
         hit.then_some(key)
     });
     Some(Drift {
-        what: format!(
-            "component{} {} changed since the run started",
-            if names.len() == 1 { "" } else { "s" },
-            names.join(", ")
-        ),
+        what: if names.iter().all(|n| n.starts_with("schema:")) {
+            let files: Vec<&str> = names
+                .iter()
+                .map(|n| n.trim_start_matches("schema:"))
+                .collect();
+            format!(
+                "the schema file{} {} changed since the run started",
+                if files.len() == 1 { "" } else { "s" },
+                files.join(", ")
+            )
+        } else {
+            format!(
+                "component{} {} changed since the run started",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            )
+        },
         first_step,
     })
 }

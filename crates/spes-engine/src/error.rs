@@ -59,6 +59,33 @@ pub enum FailureKind {
     /// saga's effects are only partly undone.
     #[error("{0}")]
     Compensation(String),
+    /// The answer is not what the step asked for (not JSON, against its
+    /// schema, or cut at `max_tokens`), still after every repair attempt.
+    #[error("{}", invalid_output_text(problems, *attempts))]
+    InvalidOutput {
+        /// Each problem of the last answer, with its JSON pointer.
+        problems: Vec<spes_core::answer::Violation>,
+        /// Answers asked for in all (the first and the repairs).
+        attempts: u32,
+    },
+}
+
+fn invalid_output_text(problems: &[spes_core::answer::Violation], attempts: u32) -> String {
+    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    format!(
+        "invalid_output: the answer is not what the step asked for (after {attempts} attempt{}): {}",
+        if attempts == 1 { "" } else { "s" },
+        list.join("; ")
+    )
+}
+
+impl FailureKind {
+    /// Whether this is an answer cut at `max_tokens` (and nothing else wrong).
+    #[must_use]
+    pub fn is_truncation_only(&self) -> bool {
+        matches!(self, Self::InvalidOutput { problems, .. }
+            if problems.iter().all(|p| p.message == spes_core::answer::TRUNCATED))
+    }
 }
 
 /// A failed run: the step, its location and the cause.
@@ -86,6 +113,7 @@ impl EngineError {
             FailureKind::Template(_)
             | FailureKind::Transform(_)
             | FailureKind::Answer(_)
+            | FailureKind::InvalidOutput { .. }
             | FailureKind::Config(_)
             | FailureKind::Compensation(_) => ErrorClass::Terminal,
             FailureKind::Remote { transient, .. } => {
@@ -162,6 +190,16 @@ impl EngineError {
             FailureKind::CircuitOpen { .. } => Some(
                 "the provider failed repeatedly; after the cool-down one probe call is let through. Add `fallback:` to use another provider meanwhile".into(),
             ),
+            FailureKind::InvalidOutput { problems, .. } => {
+                let cut = problems
+                    .iter()
+                    .any(|p| p.message == spes_core::answer::TRUNCATED);
+                Some(if cut {
+                    "raise the step's `max_tokens` (or `repair:`), then `spes resume RUN --allow-changes`: recorded answers replay and the model is asked again".into()
+                } else {
+                    "raise the step's `repair:` (or make the prompt say what the schema wants), then `spes resume RUN`: recorded answers replay and the model is asked again".into()
+                })
+            }
             FailureKind::Template(t) if !t.missing.is_empty() => Some(format!(
                 "pass it with --input {}=... or write it with an earlier step's `output:`",
                 t.missing[0]

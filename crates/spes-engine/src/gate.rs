@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
-use spes_core::message::{ChatRequest, Message};
+use spes_core::message::ChatRequest;
 use spes_core::template::Context;
 use spes_core::workflow::{
     ApprovalStep, ChooseStep, LlmStep, Loc, Outline, SectionsStep, Timeout, TimeoutAction,
@@ -230,6 +230,8 @@ impl Exec<'_> {
             stop: Vec::new(),
             format: spes_core::workflow::Format::Text,
             schema: None,
+            repair: None,
+            on_truncation: None,
         });
         let (p, comps) =
             self.prepare(agent.map(AsRef::as_ref), shim.as_ref(), &mut req, key, loc)?;
@@ -249,19 +251,10 @@ impl Exec<'_> {
             .prompt
             .render(&self.ctx, Some(locals))
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
-        let mut req = ChatRequest {
-            messages: vec![Message::user(format!("{user}{suffix}"))],
-            stop: l.stop.clone(),
-            ..ChatRequest::default()
-        };
-        let saved = self.ctx.clone();
-        for (k, v) in locals {
-            self.ctx.insert(k.clone(), v.clone());
-        }
-        let prepared = self.prepare(l.agent.as_deref(), Some(l), &mut req, key, loc);
-        self.ctx = saved;
-        let (p, comps) = prepared?;
-        Ok(self.call(&p, req, comps, key, loc).await?.text)
+        let a = self
+            .answer(l, format!("{user}{suffix}"), Some(locals), key, loc)
+            .await?;
+        Ok(a.text().to_owned())
     }
 
     pub(crate) async fn approval(
@@ -442,25 +435,30 @@ impl Exec<'_> {
         depth: usize,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
-        let names: Vec<String> = match &s.outline {
+        let items: Vec<Value> = match &s.outline {
             Outline::List(v) => v.clone(),
             Outline::Template(t) => match t
                 .eval(&self.ctx, None)
                 .map_err(|e| fail(key, loc, FailureKind::Template(e)))?
             {
                 Value::Array(a) => a
-                    .iter()
-                    .map(|v| as_text(Some(v)))
-                    .filter(|x| !x.trim().is_empty())
+                    .into_iter()
+                    .filter(|v| !as_text(Some(v)).trim().is_empty())
                     .collect(),
                 other => as_text(Some(&other))
                     .lines()
                     .map(str::trim)
                     .filter(|x| !x.is_empty())
-                    .map(str::to_owned)
+                    .map(|x| Value::String(x.to_owned()))
                     .collect(),
             },
         };
+        // A section is a name, or an object with a `name` (and whatever its
+        // prompt reads: `{{ section.prompt }}`).
+        let names: Vec<String> = items
+            .iter()
+            .map(|v| spes_core::workflow::section_name(v).unwrap_or_else(|| as_text(Some(v))))
+            .collect();
         let mut done_sections: Vec<(String, String)> = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let skey = join_key(key, &format!("s{}", i + 1));
@@ -470,7 +468,13 @@ impl Exec<'_> {
                 .collect::<Vec<_>>()
                 .join("\n\n");
             let mut locals = Context::new();
-            locals.insert("section".into(), Value::String(name.clone()));
+            locals.insert(
+                "section".into(),
+                match &items[i] {
+                    v @ Value::Object(_) => v.clone(),
+                    _ => Value::String(name.clone()),
+                },
+            );
             locals.insert("previous".into(), Value::String(previous.clone()));
             let mut text = self.llm_with(&s.section, &locals, "", &skey, loc).await?;
             let mut approved = false;

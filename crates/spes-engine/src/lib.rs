@@ -71,6 +71,7 @@ pub struct Engine {
     pub(crate) clock: Clock,
     pub(crate) breakers: policy::Breakers,
     pub(crate) retry_defaults: policy::RetryDefaults,
+    pub(crate) default_repair: u32,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -175,6 +176,7 @@ pub struct EngineBuilder {
     reviewer: Option<Arc<dyn Reviewer>>,
     clock: Option<Clock>,
     retry_defaults: policy::RetryDefaults,
+    default_repair: Option<u32>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -253,6 +255,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Repair attempts of llm steps that set no `repair` (`[defaults] repair`;
+    /// default 1).
+    #[must_use]
+    pub fn default_repair(mut self, n: Option<u32>) -> Self {
+        self.default_repair = n;
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
@@ -269,6 +279,9 @@ impl EngineBuilder {
                 .unwrap_or_else(|| Arc::new(|| chrono::Utc::now().timestamp_millis())),
             breakers: policy::Breakers::default(),
             retry_defaults: self.retry_defaults,
+            default_repair: self
+                .default_repair
+                .unwrap_or(spes_core::answer::DEFAULT_REPAIR),
         }
     }
 }

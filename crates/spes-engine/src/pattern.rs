@@ -17,7 +17,7 @@ mod switch;
 
 use std::time::Instant;
 
-use spes_core::message::{ChatRequest, ChatResponse, Message};
+use spes_core::message::ChatResponse;
 use spes_core::workflow::{LlmStep, Loc};
 
 use crate::error::FailureKind;
@@ -87,13 +87,6 @@ impl Exec<'_> {
         key: &str,
         loc: &Loc,
     ) -> Result<ChatResponse, Stop> {
-        let mut req = ChatRequest {
-            messages: vec![Message::user(user)],
-            stop: l.stop.clone(),
-            ..ChatRequest::default()
-        };
-        let (provider, components) =
-            self.prepare(l.agent.as_deref(), Some(l), &mut req, key, loc)?;
-        self.call(&provider, req, components, key, loc).await
+        Ok(self.answer(l, user, None, key, loc).await?.response)
     }
 }

@@ -67,7 +67,7 @@
 //!         prompt: Template::parse("Summarize: {{ text }}").unwrap(),
 //!         agent: None, system: None, provider: None, model: None,
 //!         temperature: None, max_tokens: None, stop: vec![],
-//!         format: Format::Text, schema: None,
+//!         format: Format::Text, schema: None, repair: None, on_truncation: None,
 //!     })),
 //!     loc: Loc::default(),
 //!     policies: Policies::default()
@@ -82,7 +82,7 @@
 //!         name: "text".into(), ty: spes_core::workflow::InputType::String,
 //!         required: true, default: None, description: None,
 //!     }],
-//!     agents: Default::default(), steps: vec![summarize], output: None, components: vec![], children: vec![],
+//!     agents: Default::default(), steps: vec![summarize], output: None, components: vec![], children: vec![], schemas: vec![],
 //! };
 //! // The main provider is down twice; the backup answers.
 //! let main = "- { step: summarize, error: server_error }";
@@ -370,10 +370,17 @@ fn alternatives<'s>(s: &'s Step, p: &'s Policies) -> Vec<Alt<'s>> {
 /// look the same to the provider (`summary#attempt3` → `summary`), as they
 /// would to a real API; degrade levels and fallbacks keep their suffix.
 pub(crate) fn provider_key(key: &str) -> &str {
-    match key.rsplit_once("#attempt") {
-        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
-        _ => key,
+    let mut key = key;
+    // Repairs of an answer (`#repairN`) look like retries too.
+    for suffix in ["#repair", "#attempt"] {
+        if let Some((base, n)) = key.rsplit_once(suffix)
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+        {
+            key = base;
+        }
     }
+    key
 }
 
 fn attempt_key(base: &str, attempt: u32) -> String {

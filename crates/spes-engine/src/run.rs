@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use spes_core::answer::{Verdict, Violation, check_answer, repair_prompt};
 use spes_core::condition::{Condition, Outcome, parse_yes_no};
 use spes_core::message::{ChatRequest, ChatResponse, Message, StopReason, Usage};
 use spes_core::template::Context;
@@ -356,27 +357,43 @@ impl<'e> Exec<'e> {
                 Ok(StepResult::value(v))
             }
             StepKind::Branch(b) => {
+                let mut taken = None;
                 for (i, arm) in b.arms.iter().enumerate() {
                     if self
                         .condition(&arm.condition, &format!("{key}#if{}", i + 1), &s.loc)
                         .await?
                     {
-                        let v = self
-                            .steps(&arm.steps, join_key(key, &arm.name), depth + 1)
-                            .await?;
-                        return Ok(StepResult {
-                            value: v,
-                            note: Some(format!("took {}", arm.name)),
-                            usage: None,
-                        });
+                        taken = Some((arm.name.as_str(), &arm.steps, join_key(key, &arm.name)));
+                        break;
                     }
                 }
-                match &b.otherwise {
-                    Some(o) => {
-                        let v = self.steps(o, join_key(key, "else"), depth + 1).await?;
+                if taken.is_none()
+                    && let Some(o) = &b.otherwise
+                {
+                    taken = Some(("else", o, join_key(key, "else")));
+                }
+                let arm = taken.as_ref().map(|(n, _, _)| *n);
+                // The arm taken is part of the context and of the journal
+                // (`runs show` lists it), before its steps run.
+                self.write(&taken_key(&s.name), arm.map_or(Value::Null, Value::from));
+                let tkey = format!("{key}#taken");
+                if !matches!(self.journal.get(&tkey).await, Ok(Some(_))) {
+                    self.journal
+                        .record(
+                            &tkey,
+                            Effect::Decision {
+                                decision: serde_json::json!({ "taken": arm }),
+                            },
+                        )
+                        .await
+                        .map_err(|e| e.stop(key, &s.loc))?;
+                }
+                match taken {
+                    Some((name, steps, prefix)) => {
+                        let v = self.steps(steps, prefix, depth + 1).await?;
                         Ok(StepResult {
                             value: v,
-                            note: Some("took else".into()),
+                            note: Some(format!("took {name}")),
                             usage: None,
                         })
                     }
@@ -447,7 +464,10 @@ impl<'e> Exec<'e> {
             StepKind::AgentChain(c) => self.agent_chain(c, key, depth, &s.loc).await,
             StepKind::Map(m) => self.map(m, s.output.as_deref(), key, depth, &s.loc).await,
             StepKind::Reduce(r) => self.reduce(r, key, depth, &s.loc).await,
-            StepKind::FanOut(f) => self.fan_out(f, key, depth, &s.loc).await,
+            StepKind::FanOut(f) => {
+                self.fan_out(f, s.output.as_deref(), key, depth, &s.loc)
+                    .await
+            }
             StepKind::Saga(sg) => self.saga(sg, s.output.as_deref(), key, depth, &s.loc).await,
             StepKind::Pipeline(p) => self.pipeline(p, key, depth, &s.loc).await,
             StepKind::ScatterGather(g) => self.scatter_gather(g, key, depth, &s.loc).await,
@@ -458,6 +478,10 @@ impl<'e> Exec<'e> {
                 match &p.synthesize {
                     None => Ok(StepResult::value(Some(results))),
                     Some(sy) => {
+                        // The workers' own results stay in the context beside the synthesis.
+                        if let Some(out) = &s.output {
+                            self.write(&format!("{out}_results"), results.clone());
+                        }
                         let mut child = self.fork();
                         child.ctx.insert("results".into(), results);
                         let v = child.step(sy, key, depth + 1).await;
@@ -790,64 +814,202 @@ impl<'e> Exec<'e> {
             .prompt
             .render(&self.ctx, None)
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
+        let a = self.answer(l, user, None, key, loc).await?;
+        let note = a.note();
+        Ok(StepResult {
+            value: Some(a.value),
+            note: Some(note),
+            usage: (!a.replayed).then_some(a.usage),
+        })
+    }
+
+    /// Asks an llm step's model for an answer to `user` (with `locals`
+    /// visible to its agent's variables and system text) and checks it
+    /// against what the step asked for (`format`, `schema`, truncation).
+    ///
+    /// An answer that is not what was asked for is sent back with its
+    /// problems (the answer as an assistant message, then a user message
+    /// listing them), up to `repair` times. Attempt *n* is journaled under
+    /// `KEY` (n = 1), then `KEY#repair{n-1}`. Recorded attempts replay
+    /// first, so a replay of a served step is exact; then each execution
+    /// may make up to `1 + repair` new calls, so a resumed run whose step
+    /// failed asks the model again instead of replaying the failure.
+    pub(crate) async fn answer(
+        &mut self,
+        l: &LlmStep,
+        user: String,
+        locals: Option<&Context>,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<Answer, Stop> {
         let mut req = ChatRequest {
             messages: vec![Message::user(user)],
             stop: l.stop.clone(),
-            json_schema: l.schema.clone(),
+            json_schema: l.schema.as_ref().map(|s| s.value().clone()),
+            json: l.format == Format::Json,
             ..ChatRequest::default()
         };
-        let (provider, components) =
-            self.prepare(l.agent.as_deref(), Some(l), &mut req, key, loc)?;
-        let before = self.model_calls;
-        let resp = self.call(&provider, req, components, key, loc).await?;
-        let replayed = self.model_calls == before;
-        let value = match l.format {
-            Format::Text => Value::String(resp.text.clone()),
-            Format::Json => {
-                if resp.stop_reason == StopReason::MaxTokens {
+        let prepared = match locals {
+            Some(locals) => {
+                let saved = self.ctx.clone();
+                for (k, v) in locals {
+                    self.ctx.insert(k.clone(), v.clone());
+                }
+                let p = self.prepare(l.agent.as_deref(), Some(l), &mut req, key, loc);
+                self.ctx = saved;
+                p
+            }
+            None => self.prepare(l.agent.as_deref(), Some(l), &mut req, key, loc),
+        };
+        let (provider, components) = prepared?;
+        let repairs = l.repair.unwrap_or(self.engine.default_repair);
+        let on_truncation = l.truncation();
+        // A repair request is this one plus two messages; kept without the
+        // schema, which is cloned again only when a repair is sent.
+        let schema = req.json_schema.take();
+        let shell = req.clone();
+        req.json_schema = schema;
+        let mut usage = Usage::default();
+        let (mut made, mut attempt) = (0u32, 0u32);
+        let mut last: Vec<Violation> = Vec::new();
+        loop {
+            let akey = repair_key(key, attempt);
+            // The budget counts calls made by this execution: recorded
+            // attempts replay for free, so a resumed run asks again.
+            if made > repairs {
+                let recorded = matches!(
+                    self.journal.get(&akey).await.map_err(|e| fail(
+                        key,
+                        loc,
+                        FailureKind::Journal(e)
+                    ))?,
+                    Some(Effect::Model { .. })
+                );
+                if !recorded {
                     return Err(fail(
                         key,
                         loc,
-                        FailureKind::Provider(spes_llm::ProviderError::new(
-                            provider.name(),
-                            spes_llm::ProviderErrorKind::Truncated,
-                            "the JSON answer was cut off by max_tokens",
-                        )),
+                        FailureKind::InvalidOutput {
+                            problems: last,
+                            attempts: attempt,
+                        },
                     ));
                 }
-                serde_json::from_str(spes_core::transform::strip_code_fence(&resp.text)).map_err(
-                    |e| {
-                        fail(
-                            key,
-                            loc,
-                            FailureKind::Answer(format!(
-                                "the answer is not valid JSON ({e}); it starts: {:?}",
-                                resp.text.chars().take(80).collect::<String>()
-                            )),
-                        )
-                    },
-                )?
             }
-        };
-        let note = if replayed {
+            let before = self.model_calls;
+            let resp = self
+                .call(&provider, req, components.clone(), &akey, loc)
+                .await?;
+            if self.model_calls > before {
+                made += 1;
+                add_usage(&mut usage, &resp.usage);
+            }
+            let truncated = resp.stop_reason == StopReason::MaxTokens;
+            match check_answer(
+                l.format,
+                l.schema.as_ref(),
+                on_truncation,
+                &resp.text,
+                truncated,
+            ) {
+                Verdict::Valid(value) => {
+                    return Ok(Answer {
+                        value,
+                        provider: provider.name().to_owned(),
+                        replayed: made == 0,
+                        attempts: attempt + 1,
+                        truncated,
+                        usage,
+                        response: resp,
+                    });
+                }
+                Verdict::Invalid(problems) => {
+                    tracing::info!(
+                        step = key,
+                        attempt = attempt + 1,
+                        problems = problems.len(),
+                        "the answer is not what the step asked for"
+                    );
+                    req = shell.clone();
+                    req.json_schema = l.schema.as_ref().map(|s| s.value().clone());
+                    req.messages.push(Message::assistant(resp.text));
+                    req.messages
+                        .push(Message::user(repair_prompt(&problems, l.format)));
+                    last = problems;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// An llm step's checked answer.
+pub(crate) struct Answer {
+    /// The value for the context: the text, or the parsed JSON.
+    pub(crate) value: Value,
+    /// The provider that answered.
+    pub(crate) provider: String,
+    /// Every attempt came from the journal.
+    pub(crate) replayed: bool,
+    /// Which attempt served (1: the first answer; 2: after one repair).
+    pub(crate) attempts: u32,
+    /// It stopped at `max_tokens` (kept under `on_truncation: warn`).
+    pub(crate) truncated: bool,
+    /// Usage of the calls made (not replayed).
+    pub(crate) usage: Usage,
+    /// The answer that served.
+    pub(crate) response: ChatResponse,
+}
+
+impl Answer {
+    /// The progress note: provider, model and tokens (or replayed), repairs, truncation.
+    pub(crate) fn note(&self) -> String {
+        let mut note = if self.replayed {
             "replayed from journal".to_owned()
         } else {
             format!(
                 "{}{} · {}→{} tok",
-                provider.name(),
-                resp.model
+                self.provider,
+                self.response
+                    .model
                     .as_deref()
                     .map(|m| format!("/{m}"))
                     .unwrap_or_default(),
-                resp.usage.input_tokens,
-                resp.usage.output_tokens
+                self.usage.input_tokens,
+                self.usage.output_tokens
             )
         };
-        Ok(StepResult {
-            value: Some(value),
-            note: Some(note),
-            usage: (!replayed).then_some(resp.usage),
-        })
+        if self.attempts > 1 {
+            let n = self.attempts - 1;
+            note.push_str(&format!(
+                " · repaired after {n} invalid answer{}",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        if self.truncated {
+            note.push_str(" · ⚠ truncated at max_tokens");
+        }
+        note
+    }
+
+    /// The answer's text.
+    pub(crate) fn text(&self) -> &str {
+        &self.response.text
+    }
+}
+
+/// The context key recording which arm a branch step took: `<name>_taken`
+/// (characters that cannot be in a key become `_`).
+pub(crate) fn taken_key(step: &str) -> String {
+    spes_core::workflow::taken_key(step)
+}
+
+/// The journal key of an llm step's attempt: `KEY`, then `KEY#repair1`...
+pub(crate) fn repair_key(key: &str, attempt: u32) -> String {
+    if attempt == 0 {
+        key.to_owned()
+    } else {
+        format!("{key}#repair{attempt}")
     }
 }
 

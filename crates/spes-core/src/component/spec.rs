@@ -133,7 +133,8 @@ pub fn parse_component(
                 .into(),
         );
     }
-    let options = serde_saphyr::options! { with_snippet: false };
+    // YAML 1.2 booleans, as in workflow files (yaml.rs): `default: no` is text.
+    let options = serde_saphyr::options! { with_snippet: false, strict_booleans: true };
     let spec: ComponentSpec = serde_saphyr::from_str_with_options(parts.yaml, options)
         .map_err(|e| Diagnostics::from(yaml_error(&src, &e)))?;
     validate(&src, spec, &parts)
@@ -486,6 +487,20 @@ You are a senior software architect with deep experience in {{ domain }}.
 
     fn warnings(text: &str) -> String {
         parse_component("c.md", text).unwrap().1.render_plain()
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_text_or_refused_in_frontmatter() {
+        let (c, _) = parse_component(
+            "c.md",
+            &GOOD.replace("default: web services", "default: no"),
+        )
+        .unwrap();
+        assert_eq!(c.variables[0].default.as_deref(), Some("no"));
+        let text = GOOD.replace("    default: web services", "    required: yes");
+        let e = errors(&text);
+        assert!(e.contains("c.md:9:"), "{e}");
+        assert!(e.contains("invalid boolean"), "{e}");
     }
 
     #[test]

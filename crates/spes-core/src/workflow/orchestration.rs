@@ -91,6 +91,9 @@ pub struct FanOutStep {
     pub aggregate: Option<Box<Step>>,
     /// Most workers at once (`None`: all).
     pub concurrency: Option<usize>,
+    /// What a failed worker does: fail the step (after every worker
+    /// finished), be left out of `results`, or leave `{ error }` in place.
+    pub on_error: OnError,
 }
 
 /// One forward step of a saga and what undoes it.

@@ -152,6 +152,9 @@ pub struct CheckSpec {
     /// Negates the check.
     #[serde(default)]
     pub not: bool,
+    /// `keyword` matches anywhere in the text, not only whole words.
+    #[serde(default)]
+    pub substring: bool,
 }
 
 /// A string or a list of strings.
@@ -260,8 +263,13 @@ pub struct StepSpec {
     pub stop: Option<S<Vec<String>>>,
     /// `text` (default) or `json` (the answer is parsed as JSON).
     pub format: Option<S<String>>,
-    /// A JSON schema for the answer.
+    /// A JSON Schema for the answer: inline, or a file path relative to the workflow.
     pub schema: Option<S<serde_json::Value>>,
+    /// How many times an answer that is not what the step asked for is sent
+    /// back to the model with its problems (default 1, or `[defaults] repair`).
+    pub repair: Option<S<u32>>,
+    /// What an answer cut at `max_tokens` does: `fail` or `warn`.
+    pub on_truncation: Option<S<String>>,
 
     // --- composition ---
     /// A reusable definition (from `definitions:`) this step instantiates.
@@ -426,11 +434,11 @@ impl<'de> Deserialize<'de> for OnTimeoutSpec {
     }
 }
 
-/// `outline: [a, b]` or `outline: "{{ plan }}"`.
+/// `outline: [a, b]`, `outline: [{ name: a, prompt: ... }]` or `outline: "{{ plan }}"`.
 #[derive(Debug, Clone)]
 pub enum OutlineSpec {
-    /// Literal names.
-    List(Vec<String>),
+    /// Literal sections: names, or objects with a `name` and any fields.
+    List(Vec<serde_json::Value>),
     /// A template giving a list (or lines).
     Template(String),
 }
@@ -447,7 +455,7 @@ impl<'de> Deserialize<'de> for OutlineSpec {
                 Ok(OutlineSpec::Template(v.to_owned()))
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<OutlineSpec, A::Error> {
-                Vec::<String>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                Vec::<serde_json::Value>::deserialize(de::value::SeqAccessDeserializer::new(seq))
                     .map(OutlineSpec::List)
             }
         }

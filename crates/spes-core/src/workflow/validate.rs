@@ -14,12 +14,15 @@ use super::{
     ParallelBranches, ParallelStep, SectionsStep, Step, StepKind, Timeout, TimeoutAction,
     TransformStep, Workflow,
 };
+use crate::answer::{AnswerSchema, OnTruncation};
 use crate::component::{ComponentRef, ComponentRegistry};
 use crate::condition::Condition;
 use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
 use crate::template::{Expr, Template, TemplateError};
 use crate::transform;
 
+#[cfg(test)]
+mod answer_tests;
 mod orchestration;
 mod pattern;
 mod policy;
@@ -100,6 +103,7 @@ fn validate_nested(
         stack,
         definitions: BTreeMap::new(),
         children: Vec::new(),
+        schemas: Vec::new(),
         file: file.to_owned(),
         file_arc: Arc::from(file),
         text: Arc::new(text.to_owned()),
@@ -182,6 +186,8 @@ struct Validator<'a> {
     definitions: BTreeMap<String, Spanned<StepSpec>>,
     /// Sub-workflow files used, at any depth.
     children: Vec<super::ChildSource>,
+    /// Schema files used, at any depth.
+    schemas: Vec<super::ChildSource>,
     file: String,
     file_arc: Arc<str>,
     text: Arc<String>,
@@ -189,6 +195,35 @@ struct Validator<'a> {
     diags: Diagnostics,
     components: BTreeMap<String, Arc<crate::component::Component>>,
     agents: BTreeMap<String, Arc<Agent>>,
+}
+
+/// Reads a user file of at most `cap` bytes; refuses anything but a regular
+/// file (a FIFO or a device could block or never end).
+// A private helper until the shared bounded reader of spes-core lands.
+fn read_bounded(path: &std::path::Path, cap: u64) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if meta.len() > cap {
+        return Err(format!(
+            "{} bytes is more than the {cap} a schema file may have",
+            meta.len()
+        ));
+    }
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    if !f.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let mut text = String::new();
+    f.take(cap + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > cap {
+        return Err(format!("more than the {cap} bytes a schema file may have"));
+    }
+    Ok(text)
 }
 
 fn is_key_name(s: &str) -> bool {
@@ -519,6 +554,7 @@ impl Validator<'_> {
             output,
             components: self.components.values().cloned().collect(),
             children: self.children.clone(),
+            schemas: self.schemas.clone(),
         }
     }
 
@@ -771,6 +807,14 @@ impl Validator<'_> {
                     }
                     (None, false) => String::new(),
                 };
+                if chk.substring && chk.keyword.is_none() {
+                    self.err(
+                        "spes::workflow::bad_condition",
+                        format!("{what}: `substring` only applies to `keyword`"),
+                        at,
+                        "remove `substring`",
+                    );
+                }
                 if chk.agent.is_some() && chk.ask.is_none() {
                     self.err(
                         "spes::workflow::bad_condition",
@@ -786,7 +830,11 @@ impl Validator<'_> {
                             v.iter().map(|s| s.to_lowercase()).collect()
                         }
                     };
-                    Condition::Keyword { words, key }
+                    Condition::Keyword {
+                        words,
+                        key,
+                        substring: chk.substring,
+                    }
                 } else if let Some(r) = &chk.length {
                     if let (Some(a), Some(b)) = (r.min, r.max)
                         && a > b
@@ -1025,6 +1073,16 @@ impl Validator<'_> {
             )?),
             other => orchestration::orchestration_kind(self, other, &s, known, &path, kind_at)?,
         };
+        if matches!(step_kind, StepKind::Branch(_)) {
+            known.write(&super::taken_key(&name));
+        }
+        if let (StepKind::Parallel(p), Some(o)) = (&step_kind, &s.output)
+            && p.synthesize.is_some()
+            && is_key_name(&o.value)
+        {
+            // The workers' own results stay beside the synthesis.
+            known.write(&format!("{}_results", o.value));
+        }
         if let Some(o) = &s.output {
             if is_key_name(&o.value) {
                 known.write(&o.value);
@@ -1069,6 +1127,8 @@ impl Validator<'_> {
             f("stop", s.stop.as_ref()),
             f("format", s.format.as_ref()),
             f("schema", s.schema.as_ref()),
+            f("repair", s.repair.as_ref()),
+            f("on_truncation", s.on_truncation.as_ref()),
             f("fn", s.func.as_ref()),
             f("input", s.input.as_ref()),
             f("args", s.args.as_ref()),
@@ -1129,6 +1189,8 @@ impl Validator<'_> {
                 "stop",
                 "format",
                 "schema",
+                "repair",
+                "on_truncation",
             ],
             "transform" => &["fn", "input", "args"],
             "sequence" => &["steps", "agents", "task"],
@@ -1159,7 +1221,7 @@ impl Validator<'_> {
             "workflow" => &["path", "inputs"],
             "map" => &["over", "as", "concurrency", "on_error", "step"],
             "reduce" => &["over", "step"],
-            "fan_out" => &["workers", "aggregate", "concurrency"],
+            "fan_out" => &["workers", "aggregate", "concurrency", "on_error"],
             "saga" => &["steps"],
             "pipeline" => &["stages", "input"],
             "scatter_gather" => &["sources", "timeout", "gather"],
@@ -1277,7 +1339,28 @@ impl Validator<'_> {
                 "remove it or give a positive number",
             );
         }
-        let schema = s.schema.as_ref().map(|x| x.value.clone());
+        let schema = match &s.schema {
+            Some(x) => Some(self.answer_schema(x, what)?),
+            None => None,
+        };
+        let on_truncation = match s
+            .on_truncation
+            .as_ref()
+            .map(|f| (f.value.as_str(), span(f)))
+        {
+            None => None,
+            Some(("fail", _)) => Some(OnTruncation::Fail),
+            Some(("warn", _)) => Some(OnTruncation::Warn),
+            Some((other, at)) => {
+                self.err(
+                    "spes::workflow::bad_on_truncation",
+                    format!("{what}: unknown on_truncation `{other}`"),
+                    at,
+                    "use `on_truncation: fail` (repair, then fail) or `on_truncation: warn` (keep the cut answer, marked)",
+                );
+                None
+            }
+        };
         Some(LlmStep {
             prompt,
             agent,
@@ -1293,7 +1376,92 @@ impl Validator<'_> {
                 format
             },
             schema,
+            repair: s.repair.as_ref().map(|r| r.value),
+            on_truncation,
         })
+    }
+
+    /// An llm step's `schema`: inline, or a file relative to this workflow
+    /// (read bounded, pinned with the run's hashes). Checked as a JSON Schema.
+    fn answer_schema(
+        &mut self,
+        x: &Spanned<serde_json::Value>,
+        what: &str,
+    ) -> Option<AnswerSchema> {
+        let at = span(x);
+        let (value, file) = match &x.value {
+            serde_json::Value::String(path) => {
+                let base = std::path::Path::new(&self.file)
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                let full = base.join(path);
+                let shown = full.display().to_string();
+                let text = match read_bounded(&full, crate::answer::MAX_SCHEMA_BYTES) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.err(
+                            "spes::workflow::schema_file",
+                            format!("{what}: cannot read the schema file {shown}: {e}"),
+                            at,
+                            "give a path relative to this workflow file, or write the schema inline",
+                        );
+                        return None;
+                    }
+                };
+                let parsed = if full.extension().is_some_and(|e| {
+                    e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml")
+                }) {
+                    crate::yaml::parse_yaml::<serde_json::Value>(
+                        &shown,
+                        &text,
+                        "spes::workflow::schema_file",
+                    )
+                    .map_err(|d| d.message.clone())
+                } else {
+                    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string())
+                };
+                let value = match parsed {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.err(
+                            "spes::workflow::schema_file",
+                            format!("{what}: the schema file {shown} is not valid JSON: {e}"),
+                            at,
+                            "a schema file holds one JSON Schema object (JSON, or YAML for .yaml/.yml)",
+                        );
+                        return None;
+                    }
+                };
+                let canonical = std::fs::canonicalize(&full).unwrap_or(full);
+                let resolved = canonical.display().to_string();
+                let pin = super::ChildSource {
+                    path: resolved.clone(),
+                    sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+                };
+                if !self.schemas.contains(&pin) {
+                    self.schemas.push(pin);
+                }
+                (value, Some((resolved, shown)))
+            }
+            v => (v.clone(), None),
+        };
+        match AnswerSchema::new(value) {
+            Ok(s) => Some(match file {
+                Some((resolved, _)) => s.from_file(resolved),
+                None => s,
+            }),
+            Err(problem) => {
+                let whose = file.map_or_else(String::new, |(_, shown)| format!(" in {shown}"));
+                self.err(
+                    "spes::workflow::bad_schema",
+                    format!("{what}: the schema{whose} is not a valid JSON Schema: {problem}"),
+                    at,
+                    "write a JSON Schema object, e.g. { type: object, required: [title], properties: { title: { type: string } } }, or a path to a file holding one",
+                );
+                None
+            }
+        }
     }
 
     fn timeout(
@@ -1547,6 +1715,19 @@ impl Validator<'_> {
                         "name at least one section",
                     );
                 }
+                for (i, item) in v.iter().enumerate() {
+                    if crate::workflow::section_name(item).is_none() {
+                        self.err(
+                            "spes::workflow::bad_outline",
+                            format!(
+                                "{what}: outline item {} is neither a section name nor an object with a `name`",
+                                i + 1
+                            ),
+                            at,
+                            "write `outline: [Intro, Design]` or `outline: [{ name: Intro, prompt: \"...\" }]`",
+                        );
+                    }
+                }
                 Outline::List(v.clone())
             }
             Some((OutlineSpec::Template(t), at)) => {
@@ -1592,6 +1773,47 @@ impl Validator<'_> {
             return None;
         };
         let section = self.nested_llm(sec, "section", known, path, &["section", "previous"])?;
+        // What the section step reads of `section` must be in every item.
+        if let Outline::List(items) = &outline {
+            let mut fields: Vec<String> = section
+                .prompt
+                .nested_reads()
+                .into_iter()
+                .chain(
+                    section
+                        .system
+                        .as_ref()
+                        .map(Template::nested_reads)
+                        .unwrap_or_default(),
+                )
+                .filter_map(|r| {
+                    r.strip_prefix("section.")
+                        .map(|f| f.split('.').next().unwrap_or(f).to_owned())
+                })
+                .collect();
+            fields.sort();
+            fields.dedup();
+            for (i, item) in items.iter().enumerate() {
+                for f in &fields {
+                    let has = match item {
+                        serde_json::Value::Object(o) => o.contains_key(f),
+                        _ => false,
+                    };
+                    if !has {
+                        self.err(
+                            "spes::workflow::outline_field",
+                            format!(
+                                "{what}: the section step reads `section.{f}`, but outline item {} (`{}`) has no `{f}`",
+                                i + 1,
+                                crate::workflow::section_name(item).unwrap_or_default()
+                            ),
+                            s.outline.as_ref().and_then(span),
+                            format!("give every outline item a `{f}`: {{ name: ..., {f}: ... }}"),
+                        );
+                    }
+                }
+            }
+        }
         let timeout = self.timeout(s, known, path, &what)?;
         Some(SectionsStep {
             outline,

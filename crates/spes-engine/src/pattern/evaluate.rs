@@ -117,6 +117,11 @@ impl Exec<'_> {
                                 .await?;
                             (v.score, v.feedback)
                         }
+                        Measure::Score(t) => {
+                            let score = spes_core::evaluate::graded_score(t, &self.ctx, text)
+                                .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
+                            (score, format!("graded {score}"))
+                        }
                     };
                     scores.push(CriterionScore {
                         name: c.name.clone(),

@@ -123,6 +123,8 @@ fn llm_step(prompt: &str) -> Result<LlmStep, TemplateError> {
         stop: Vec::new(),
         format: Format::Text,
         schema: None,
+        repair: None,
+        on_truncation: None,
     })
 }
 
@@ -175,6 +177,7 @@ pub async fn run_step(
         output: Some("result".to_owned()),
         components: Vec::new(),
         children: Vec::new(),
+        schemas: Vec::new(),
     };
     let out = engine.run(&wf, inputs).await?;
     Ok(out.output.unwrap_or(Value::Null))

@@ -160,6 +160,7 @@ pub fn fan_out(name: &str, workers: Vec<Step>, aggregate: Option<Step>) -> Step 
             workers,
             aggregate: aggregate.map(Box::new),
             concurrency: None,
+            on_error: spes_core::workflow::OnError::FailFast,
         })),
     )
 }
@@ -268,6 +269,7 @@ impl WorkflowBuilder {
                 output: None,
                 components: Vec::new(),
                 children: Vec::new(),
+                schemas: Vec::new(),
             },
         }
     }

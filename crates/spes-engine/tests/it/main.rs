@@ -1,6 +1,7 @@
 //! Engine behaviour on the scripted provider.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod answers;
 mod compose;
 mod durable;
 mod fake_server;
@@ -248,14 +249,20 @@ output: n
         .provider(scripted("- { step: facts, reply: 'sure! here' }"))
         .build();
     let err = bad.run(&wf, BTreeMap::new()).await.unwrap_err().to_string();
-    assert!(err.contains("the answer is not valid JSON"), "{err}");
+    assert!(
+        err.contains("invalid_output: the answer is not what the step asked for (after 2 attempts): /: not valid JSON"),
+        "{err}"
+    );
     let cut = Engine::builder()
         .provider(scripted(
             "- { step: facts, reply: '{\"n\":', stop_reason: max_tokens }",
         ))
         .build();
     let err = cut.run(&wf, BTreeMap::new()).await.unwrap_err().to_string();
-    assert!(err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("/: the answer was cut off at max_tokens"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -47,6 +47,8 @@ pub struct CriterionSpec {
     pub judge: Option<S<JudgeSpec>>,
     /// Measured by a check.
     pub check: Option<S<CheckItemSpec>>,
+    /// Measured by a graded expression giving 0..1 (sees `output`).
+    pub score: Option<S<String>>,
 }
 
 /// `examples: { good: [...], bad: [...] }`.

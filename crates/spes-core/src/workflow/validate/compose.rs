@@ -215,6 +215,11 @@ impl Validator<'_> {
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
         });
         self.children.extend(child.children.iter().cloned());
+        for pin in &child.schemas {
+            if !self.schemas.contains(pin) {
+                self.schemas.push(pin.clone());
+            }
+        }
         Some(SubWorkflow {
             path: p.value.clone(),
             workflow: Arc::new(child),

@@ -281,10 +281,32 @@ impl Validator<'_> {
             None => None,
         };
         let concurrency = self.concurrency_of(s, &what)?;
+        let on_error = match &s.on_error {
+            None => OnError::default(),
+            Some(o) => {
+                if let Some(p) = OnError::parse(&o.value) {
+                    p
+                } else {
+                    self.err(
+                        "spes::workflow::bad_on_error",
+                        format!("{what}: on_error `{}` is not a policy", o.value),
+                        span(o),
+                        "write on_error: fail_fast (a failed worker fails the step), skip (leave failed workers out, listed in <output>_errors) or collect (keep { error } in place)",
+                    );
+                    return None;
+                }
+            }
+        };
+        if on_error != OnError::FailFast
+            && let Some(o) = &s.output
+        {
+            known.write(&format!("{}_errors", o.value));
+        }
         Some(FanOutStep {
             workers,
             aggregate,
             concurrency,
+            on_error,
         })
     }
 

@@ -598,13 +598,16 @@ impl Validator<'_> {
                 }),
                 None => DEFAULT_CRITERION_THRESHOLD,
             };
-            let measure = match (&c.value.judge, &c.value.check) {
-                (Some(j), None) => self.judge_spec(j, known, &cw).map(Measure::Judge),
-                (None, Some(ch)) => self.check_item(ch, &cw).map(Measure::Check),
+            let measure = match (&c.value.judge, &c.value.check, &c.value.score) {
+                (Some(j), None, None) => self.judge_spec(j, known, &cw).map(Measure::Judge),
+                (None, Some(ch), None) => self.check_item(ch, &cw).map(Measure::Check),
+                (None, None, Some(sc)) => self
+                    .template_reading(sc, known, &["output"], &cw)
+                    .map(Measure::Score),
                 _ => {
                     self.err(
                         "spes::workflow::bad_criterion",
-                        format!("{cw}: give exactly one of `judge` or `check`"),
+                        format!("{cw}: give exactly one of `judge`, `check` or `score`"),
                         at,
                         "e.g. `judge: { agent: critic, rubric: \"...\" }` or `check: { words: { min: 100 } }`",
                     );

@@ -1,0 +1,295 @@
+//! What steps hand on: keyword conditions on whole words and the arm taken,
+//! parallel synthesis beside the workers' results, fan_out `on_error`,
+//! sections with object outline items; and the repair loop on the scripted
+//! provider (keys, messages, replay).
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use spes_engine::{Effect, Engine, GateRequest, Journal, MemoryJournal, Reviewer};
+
+use crate::{inputs, scripted, workflow};
+
+#[tokio::test]
+async fn keywords_match_whole_words_and_the_arm_taken_is_recorded() {
+    let yaml = r#"
+name: route
+inputs: { text: { type: string, required: true } }
+steps:
+  - name: kind
+    kind: branch
+    branches:
+      - { name: code, if: { keyword: [code, bug], in: text }, steps: [ { name: c, kind: transform, fn: template, input: "code arm", output: r } ] }
+      - { name: loose, if: { keyword: code, in: text, substring: true }, steps: [ { name: l, kind: transform, fn: template, input: "substring arm", output: r } ] }
+    else: [ { name: o, kind: transform, fn: template, input: "other", output: r } ]
+  - { name: out, kind: transform, fn: template, input: "{{ r }} via {{ kind_taken }}", output: out }
+output: out
+"#;
+    let wf = workflow(yaml);
+    let engine = Engine::builder()
+        .provider(scripted("- { default: echo }"))
+        .build();
+    for (text, want) in [
+        ("please decode this", "substring arm via loose"),
+        ("the code fails", "code arm via code"),
+        ("a Bug!", "code arm via code"),
+        ("all fine", "other via else"),
+    ] {
+        let journal = Arc::new(MemoryJournal::default());
+        let out = engine
+            .run_with_journal(&wf, inputs(&[("text", text)]), journal.clone())
+            .await
+            .unwrap();
+        assert_eq!(out.output, Some(json!(want)), "{text}");
+        // The arm taken is journaled too (`runs show` lists it).
+        let Some(Effect::Decision { decision }) = journal.get("kind#taken").await.unwrap() else {
+            panic!("no kind#taken entry")
+        };
+        assert_eq!(decision["taken"], out.context["kind_taken"]);
+    }
+}
+
+#[tokio::test]
+async fn a_parallel_synthesis_keeps_the_workers_results_beside_it() {
+    let yaml = r#"
+name: par
+steps:
+  - name: views
+    kind: parallel
+    steps:
+      - { name: zeta, kind: llm, prompt: "Z view" }
+      - { name: alpha, kind: llm, prompt: "A view" }
+    synthesize: { name: merge, kind: llm, prompt: "Merge" }
+    output: views
+"#;
+    let wf = workflow(yaml);
+    let engine = Engine::builder()
+        .provider(scripted("- { default: echo }"))
+        .build();
+    let out = engine.run(&wf, Default::default()).await.unwrap();
+    assert_eq!(out.context["views"], json!("Merge"));
+    assert_eq!(
+        out.context["views_results"],
+        json!({ "zeta": "Z view", "alpha": "A view" })
+    );
+}
+
+const FAN: &str = r#"
+name: fan
+steps:
+  - name: review
+    kind: fan_out
+    on_error: ON_ERROR
+    workers:
+      - { name: security, step: { kind: llm, prompt: "Security" } }
+      - { name: style, step: { kind: llm, prompt: "Style" } }
+    aggregate: { kind: transform, fn: template, input: "{{ results | tojson }}" }
+    output: review
+"#;
+
+#[tokio::test]
+async fn fan_out_skips_or_collects_failed_workers_and_replays_the_failure() {
+    let script = "- { step: review/style, error: invalid_request }\n- { default: echo }";
+    for (policy, want) in [
+        ("skip", json!({ "security": "Security" })),
+        (
+            "collect",
+            json!({ "security": "Security", "style": { "error": "x" } }),
+        ),
+    ] {
+        let wf = workflow(&FAN.replace("ON_ERROR", policy));
+        let p = scripted(script);
+        let engine = Engine::builder().provider(p.clone()).build();
+        let journal = Arc::new(MemoryJournal::default());
+        let out = engine
+            .run_with_journal(&wf, Default::default(), journal.clone())
+            .await
+            .unwrap();
+        let mut got: Value = serde_json::from_str(out.context["review"].as_str().unwrap()).unwrap();
+        if policy == "collect" {
+            assert!(
+                got["style"]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("invalid_request"),
+                "{got}"
+            );
+            got["style"]["error"] = json!("x");
+        }
+        assert_eq!(got, want, "{policy}");
+        let errors = out.context["review_errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0]["worker"], "style");
+        // A replay reports the same failure without asking again.
+        let calls = p.calls().len();
+        let again = engine
+            .run_with_journal(&wf, Default::default(), journal)
+            .await
+            .unwrap();
+        assert_eq!(again.context["review_errors"], out.context["review_errors"]);
+        assert_eq!(p.calls().len(), calls, "{policy}: nothing asked again");
+    }
+    // fail_fast (the default) fails the step.
+    let wf = workflow(&FAN.replace("    on_error: ON_ERROR\n", ""));
+    let engine = Engine::builder().provider(scripted(script)).build();
+    assert!(engine.run(&wf, Default::default()).await.is_err());
+}
+
+struct ApproveAll(Mutex<Vec<GateRequest>>);
+
+#[async_trait::async_trait]
+impl Reviewer for ApproveAll {
+    async fn review(&self, gate: &GateRequest) -> Option<Value> {
+        self.0.lock().unwrap().push(gate.clone());
+        Some(json!({ "action": "approve" }))
+    }
+}
+
+#[tokio::test]
+async fn sections_take_object_items_whose_fields_the_prompt_reads() {
+    let yaml = r#"
+name: doc
+steps:
+  - name: doc
+    kind: sections
+    outline:
+      - { name: Intro, prompt: "Say hello." }
+      - { name: Design, prompt: "Explain it." }
+    section: { kind: llm, prompt: "{{ section.name }}: {{ section.prompt }}" }
+    output: doc
+"#;
+    let wf = workflow(yaml);
+    let reviewer = Arc::new(ApproveAll(Mutex::default()));
+    let engine = Engine::builder()
+        .provider(scripted("- { default: echo }"))
+        .reviewer(reviewer.clone())
+        .build();
+    let out = engine.run(&wf, Default::default()).await.unwrap();
+    assert_eq!(
+        out.context["doc"]["document"],
+        json!("Intro: Say hello.\n\nDesign: Explain it.")
+    );
+    assert_eq!(
+        out.context["doc"]["completed_sections"],
+        json!(["Intro", "Design"])
+    );
+    assert_eq!(
+        reviewer.0.lock().unwrap()[1].request["section"],
+        json!("Design")
+    );
+    // An item without the field the prompt reads is refused when validating.
+    let bad = yaml.replace(r#"{ name: Design, prompt: "Explain it." }"#, "Design");
+    let spec = spes_core::workflow::parse_workflow("wf.yaml", &bad).unwrap();
+    let reg = spes_core::component::ComponentRegistry::from_components(vec![]);
+    let env = spes_core::workflow::ValidateEnv {
+        components: &reg,
+        providers: None,
+    };
+    let e = spes_core::workflow::validate(spec, "wf.yaml", &bad, &env).unwrap_err();
+    let text = e.render_plain();
+    assert!(text.contains("spes::workflow::outline_field"), "{text}");
+    assert!(
+        text.contains("outline item 2 (`Design`) has no `prompt`"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_repair_is_journaled_under_its_own_key_and_replays_exactly() {
+    let yaml = r#"
+name: j
+steps:
+  - name: facts
+    kind: llm
+    prompt: "facts"
+    schema: { type: object, required: [n], properties: { n: { type: integer } } }
+    output: facts
+"#;
+    let wf = workflow(yaml);
+    let p = scripted("- { step: facts, replies: ['{\"n\": \"three\"}', '{\"n\": 3}'] }");
+    let engine = Engine::builder().provider(p.clone()).build();
+    let journal = Arc::new(MemoryJournal::default());
+    let out = engine
+        .run_with_journal(&wf, Default::default(), journal.clone())
+        .await
+        .unwrap();
+    assert_eq!(out.context["facts"], json!({ "n": 3 }));
+    let mut keys: Vec<String> = journal.entries().into_keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["facts", "facts#repair1"]);
+    let calls = p.calls();
+    assert_eq!(calls.len(), 2);
+    let (step, second) = &calls[1];
+    assert_eq!(step, "facts", "the provider sees the step's own key");
+    assert_eq!(second.messages.len(), 3);
+    assert_eq!(second.messages[1].content, "{\"n\": \"three\"}");
+    assert!(second.json, "format: json asks for JSON");
+    assert!(second.json_schema.is_some());
+    // `repair: 0` fails at once, with the pointer.
+    let wf0 = workflow(&yaml.replace("    output: facts", "    repair: 0\n    output: facts"));
+    let p0 = scripted("- { step: facts, reply: '{\"n\": \"three\"}' }");
+    let e = Engine::builder()
+        .provider(p0.clone())
+        .build()
+        .run(&wf0, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("(after 1 attempt): /n: \"three\" is not of type \"integer\""),
+        "{e}"
+    );
+    assert_eq!(p0.calls().len(), 1);
+    // Replay: exact, no call.
+    let again = engine
+        .run_with_journal(&wf, Default::default(), journal)
+        .await
+        .unwrap();
+    assert_eq!(again.context["facts"], json!({ "n": 3 }));
+    assert_eq!((again.model_calls, again.replayed), (0, 2));
+}
+
+#[tokio::test]
+async fn a_graded_score_expression_is_a_criterion() {
+    let yaml = r#"
+name: graded
+steps:
+  - name: blurb
+    kind: quality_gate
+    step: { kind: llm, prompt: "Write a blurb" }
+    evaluator:
+      criteria:
+        - { name: length, weight: 1, threshold: 0.5, score: "{{ 0.7 if output | length > 20 else 0.3 }}" }
+    threshold: 0.5
+    max_attempts: 2
+    output: blurb
+"#;
+    let wf = workflow(yaml);
+    let p = scripted(
+        "- { step: blurb/attempt1, reply: short }\n- { step: blurb/attempt2, reply: 'a much longer blurb than before' }",
+    );
+    let out = Engine::builder()
+        .provider(p)
+        .build()
+        .run(&wf, Default::default())
+        .await
+        .unwrap();
+    let b = &out.context["blurb"];
+    assert_eq!(b["attempts"], json!(2), "{b}");
+    assert_eq!(b["history"][0]["score"], json!(0.3), "{b}");
+    assert_eq!(b["score"], json!(0.7), "{b}");
+    assert_eq!(b["passed"], json!(true));
+    // A score outside 0..1 fails the step, saying what it gave.
+    let bad = workflow(&yaml.replace("0.7 if output | length > 20", "7 if output | length > 2"));
+    let e = Engine::builder()
+        .provider(scripted("- { default: echo }"))
+        .build()
+        .run(&bad, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the score expression gave 7, not a number from 0 to 1"),
+        "{e}"
+    );
+}
