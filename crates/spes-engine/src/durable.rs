@@ -335,6 +335,9 @@ impl Journal for ReplayJournal {
             )),
         }
     }
+    async fn peek(&self, key: &str) -> Result<Option<Effect>, String> {
+        self.0.get(key).await
+    }
     async fn record(&self, key: &str, _effect: Effect) -> Result<Effect, RecordError> {
         Err(RecordError::Other(format!(
             "replay would record a new effect at `{key}`"

@@ -119,6 +119,12 @@ impl RecordError {
 pub trait Journal: Send + Sync + std::fmt::Debug {
     /// The effect recorded under `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<Effect>, String>;
+    /// Like [`Journal::get`], for a key that may rightly be absent (a
+    /// decision written only in some runs, such as `KEY#served` under the
+    /// default retry): a replay answers `None` instead of an error.
+    async fn peek(&self, key: &str) -> Result<Option<Effect>, String> {
+        self.get(key).await
+    }
     /// Like [`Journal::get`], but also sees entries another process
     /// recorded since this journal was opened (gate decisions).
     async fn get_fresh(&self, key: &str) -> Result<Option<Effect>, String> {

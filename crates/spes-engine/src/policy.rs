@@ -540,7 +540,7 @@ impl Exec<'_> {
     ) -> Result<Option<(usize, u32)>, Stop> {
         let got = self
             .journal
-            .get(served_key)
+            .peek(served_key)
             .await
             .map_err(|e| fail(key, &s.loc, FailureKind::Journal(e)))?;
         Ok(match got {

@@ -437,9 +437,26 @@ async fn a_crash_during_backoff_resumes_on_the_store_without_repeating_the_commi
     assert!(crashed.is_err(), "the run was cut off during the backoff");
     assert_eq!(calls_to(&first, "x"), 1);
     let runs = store.list_runs(None, 10).await.unwrap();
-    let mut run = runs.first().unwrap().clone();
-    // The owning process is gone, as after a real crash (this test process lives on).
-    run.owner = None;
+    let run = runs.first().unwrap().clone();
+    // The owning process is gone, as after a real crash: this test process
+    // lives on, so the run is handed to a process that has exited.
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let me = spes_engine::durable::this_owner();
+    let host = me.rsplit_once(':').unwrap().0;
+    let run = store
+        .claim_run(
+            &run.id,
+            spes_store::RunStatus::Running,
+            run.owner.as_deref(),
+            &format!("{host}:{dead}"),
+        )
+        .await
+        .unwrap();
     let keys: Vec<String> = store
         .entries(&run.id)
         .await
