@@ -13,7 +13,7 @@ fn project(dir: &Path, kind: &str, base_url: &str, stream: bool) {
     std::fs::write(
         dir.join("spes.toml"),
         format!(
-            "[defaults]\nprovider = \"remote\"\n\n[providers.remote]\nkind = \"{kind}\"\nmodel = \"m1\"\nbase_url = \"{base_url}\"\napi_key_env = \"SPES_CANARY_KEY\"\nstream = {stream}\ntimeouts = {{ connect = \"2s\", first_byte = \"500ms\", idle = \"500ms\" }}\n"
+            "[defaults]\nprovider = \"remote\"\nretry = {{ base = \"1ms\", max = \"10ms\" }}\n\n[providers.remote]\nkind = \"{kind}\"\nmodel = \"m1\"\nbase_url = \"{base_url}\"\napi_key_env = \"SPES_CANARY_KEY\"\nstream = {stream}\ntimeouts = {{ connect = \"2s\", first_byte = \"500ms\", idle = \"500ms\" }}\n"
         ),
     )
     .unwrap();
@@ -83,6 +83,19 @@ async fn canary_key_never_leaks() {
             Some(FakeResponse::context_overflow()),
             1,
         ),
+        (
+            "billing",
+            Some(FakeResponse::error(402).with_error_message(format!("no credit for {CANARY}"))),
+            1,
+        ),
+        (
+            "redirect",
+            Some(FakeResponse::error(307).with_header(
+                "location",
+                format!("http://127.0.0.1:9/{CANARY}?k={CANARY}"),
+            )),
+            1,
+        ),
     ];
     for (kind, base) in [
         ("anthropic", server.url()),
@@ -94,7 +107,10 @@ async fn canary_key_never_leaks() {
                 project(dir.path(), kind, &base, stream);
                 server.reset();
                 if let Some(r) = response {
-                    server.push(r.clone());
+                    // Every attempt of the default retry (3, 1ms apart) sees it.
+                    for _ in 0..3 {
+                        server.push(r.clone());
+                    }
                 }
                 let d = dir.path().to_path_buf();
                 let (rc, stdout, stderr) =

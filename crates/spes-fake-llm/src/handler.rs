@@ -109,6 +109,22 @@ async fn handle(
     let r = plan.response;
     let end = match &r.fault {
         Some(Fault::Error(e)) => return error_response(dialect, e, &rid),
+        Some(Fault::Raw {
+            status,
+            content_type,
+            body,
+        }) => {
+            let mut resp = Response::new(Body::from(body.clone()));
+            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(content_type) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&rid) {
+                h.insert(dialect.request_id_header(), v);
+            }
+            return resp;
+        }
         Some(Fault::Hang) => {
             wait_shutdown(shared.shutdown()).await;
             return json_response(StatusCode::SERVICE_UNAVAILABLE, None, &Value::Null);

@@ -69,6 +69,17 @@ pub enum Fault {
     /// `event: error`, OpenAI `data: {"error": ...}`) and end. Non-streaming:
     /// answer with the HTTP error.
     ErrorEventAfter(usize, FakeError),
+    /// Answer exactly this, whatever was asked: a status, a content type and
+    /// a body (a success that is not an answer, a refusal, a tool call, a
+    /// hand-written event stream).
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// The `content-type` header.
+        content_type: String,
+        /// The body, verbatim.
+        body: String,
+    },
 }
 
 /// One scripted answer. Build it with the constructors and `with_*` setters.
@@ -219,6 +230,25 @@ impl FakeResponse {
             fault: Some(Fault::ErrorEventAfter(chunks, e)),
             ..Self::text(text)
         }
+    }
+
+    /// Answers `body` verbatim with `status` and `content_type`.
+    #[must_use]
+    pub fn raw(status: u16, content_type: impl Into<String>, body: impl Into<String>) -> Self {
+        Self {
+            fault: Some(Fault::Raw {
+                status,
+                content_type: content_type.into(),
+                body: body.into(),
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// A 200 JSON answer of exactly `body`.
+    #[must_use]
+    pub fn raw_json(body: &serde_json::Value) -> Self {
+        Self::raw(200, "application/json", body.to_string())
     }
 
     /// Sets why the model stops.

@@ -274,8 +274,14 @@ impl ScriptedProvider {
             }
         } else {
             let e = s.error.unwrap_or_default();
-            let kind = ProviderErrorKind::parse(&e)
-                .ok_or_else(|| rule_error(file, i, format!("unknown error `{e}`; use rate_limited, overloaded, server_error, timeout, stream_broken, truncated, context_overflow, invalid_request, authentication, not_found")))?;
+            let kind = ProviderErrorKind::parse(&e).ok_or_else(|| {
+                let names: Vec<&str> = ProviderErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+                rule_error(
+                    file,
+                    i,
+                    format!("unknown error `{e}`; use one of: {}", names.join(", ")),
+                )
+            })?;
             let retry_after = s
                 .retry_after
                 .as_deref()

@@ -267,3 +267,66 @@ async fn billing_and_refusals_reach_the_user_with_their_own_hints() {
     assert!(hint.contains("credit or quota"), "{hint}");
     assert!(!hint.contains("api_key_env"), "{hint}");
 }
+
+#[tokio::test]
+async fn a_malformed_success_is_retried_and_never_journaled_as_an_answer() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(FakeResponse::raw_json(&json!({})));
+    server.push(FakeResponse::text("ok"));
+    let engine = Engine::builder().provider(anthropic(&server)).build();
+    let wf = workflow(&one_step(""));
+    let journal = Arc::new(MemoryJournal::default());
+    let out = engine
+        .run_with_journal(&wf, inputs(&[]), journal.clone())
+        .await
+        .unwrap();
+    assert_eq!(out.output, Some(json!("ok")));
+    assert_eq!(server.request_count(), 2);
+    assert!(
+        journal.get("x").await.unwrap().is_none(),
+        "`{{}}` was journaled"
+    );
+
+    // Without retry it fails the step, transient, and leaves nothing to replay.
+    let server = FakeServer::start().await.unwrap();
+    server.push(FakeResponse::raw_json(&json!({
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null}, "finish_reason": "stop"}]
+    })));
+    let engine = Engine::builder().provider(openai(&server)).build();
+    let journal = Arc::new(MemoryJournal::default());
+    let e = engine
+        .run_with_journal(
+            &workflow(&one_step("    retry: none\n")),
+            inputs(&[]),
+            journal.clone(),
+        )
+        .await
+        .unwrap_err();
+    let (e, p) = provider_error(e);
+    assert_eq!(p.kind, ProviderErrorKind::BadResponse, "{e}");
+    assert_eq!(e.class(), spes_llm::ErrorClass::Transient);
+    assert!(journal.entries().is_empty());
+}
+
+#[tokio::test]
+async fn a_refusal_fails_the_step_at_once_with_the_models_words() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(FakeResponse::raw_json(&json!({
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": "I can't help with that."}, "finish_reason": "stop"}]
+    })));
+    server.push(FakeResponse::text("never asked"));
+    let engine = Engine::builder().provider(openai(&server)).build();
+    let journal = Arc::new(MemoryJournal::default());
+    let (e, p) = provider_error(
+        engine
+            .run_with_journal(&workflow(&one_step("")), inputs(&[]), journal.clone())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(server.request_count(), 1, "a refusal is terminal");
+    assert_eq!(p.kind, ProviderErrorKind::Refused);
+    assert!(e.to_string().contains("refused"), "{e}");
+    assert!(e.to_string().contains("I can't help with that."), "{e}");
+    assert!(e.hint().unwrap().contains("declined"));
+    assert!(journal.entries().is_empty());
+}

@@ -176,3 +176,45 @@ fn bad_base_urls_are_config_errors() {
     assert_eq!(e.kind, K::Config);
     assert!(e.message.contains("base_url"), "{e}");
 }
+
+#[test]
+fn provider_tables_set_the_cap_the_deadline_and_the_max_tokens_field() {
+    let cfg = spes_core::config::parse_config(
+        "spes.toml",
+        r#"
+        [providers.proxy]
+        kind = "openai"
+        base_url = "http://127.0.0.1:9/v1"
+        max_response_bytes = 4096
+        max_tokens_field = "max_completion_tokens"
+        timeouts = { total = "90s" }
+        "#,
+    )
+    .unwrap();
+    let c = spes_llm::HttpProviderConfig::from_spec("proxy", &cfg.providers["proxy"], &|_| None)
+        .unwrap();
+    assert_eq!(c.max_response_bytes, 4096);
+    assert_eq!(
+        c.max_tokens_field,
+        Some(spes_core::config::MaxTokensField::MaxCompletionTokens)
+    );
+    assert_eq!(c.timeouts.total, std::time::Duration::from_secs(90));
+    let p = spes_llm::OpenAiProvider::new(c).unwrap();
+    let body = p
+        .request_body(&spes_core::message::ChatRequest {
+            model: Some("o3".into()),
+            max_tokens: Some(5),
+            ..spes_core::message::ChatRequest::user("hi")
+        })
+        .unwrap();
+    assert_eq!(body["max_completion_tokens"], 5);
+    // Defaults: 32 MiB and 10 minutes.
+    let d = spes_core::config::parse_config(
+        "spes.toml",
+        "[providers.o]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+    )
+    .unwrap();
+    let c = spes_llm::HttpProviderConfig::from_spec("o", &d.providers["o"], &|_| None).unwrap();
+    assert_eq!(c.max_response_bytes, 32 << 20);
+    assert_eq!(c.timeouts.total, std::time::Duration::from_secs(600));
+}
