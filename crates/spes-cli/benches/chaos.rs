@@ -269,9 +269,27 @@ async fn check_journal_and_calls(
     let run: spes_store::RunId = id.parse().map_err(|_| "bad run id".to_owned())?;
     let keys = harness::committed_model_keys(&store, &run).await;
     store.close().await;
+    async fn store_entries(dir: &Path, run: &spes_store::RunId) -> Vec<String> {
+        let store = SqliteStore::open(&dir.join(".spes/spes.db"), SqliteOptions::default())
+            .await
+            .unwrap();
+        let all = store
+            .entries(run)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{}:{}", e.kind, e.key))
+            .collect();
+        store.close().await;
+        all
+    }
     for i in 1..=STEPS {
-        if !keys.contains(&format!("s{i}")) {
-            return Err(format!("chain {n}: the journal lacks step s{i}"));
+        // Served by attempt 1 (`sN`) or, after a fault, by a retry (`sN#attemptK`).
+        let step = format!("s{i}");
+        let prefix = format!("s{i}#attempt");
+        if !keys.iter().any(|k| *k == step || k.starts_with(&prefix)) {
+            let all: Vec<String> = store_entries(dir, &run).await;
+            return Err(format!("chain {n}: the journal lacks step s{i}: {all:?}"));
         }
     }
     // Successful answers per step: requests answered healthily and not
