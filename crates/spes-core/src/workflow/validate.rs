@@ -1404,7 +1404,7 @@ impl Validator<'_> {
                         &text,
                         "spes::workflow::schema_file",
                     )
-                    .map_err(|d| d.message.clone())
+                    .map_err(|d| d.message)
                 } else {
                     serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string())
                 };

@@ -20,6 +20,7 @@ fn full_request() -> ChatRequest {
         temperature: Some(0.5),
         stop: vec!["END".to_owned()],
         json_schema: None,
+        json: false,
     }
 }
 
