@@ -104,6 +104,7 @@ fn validate_nested(
         definitions: BTreeMap::new(),
         children: Vec::new(),
         schemas: Vec::new(),
+        compiled_schemas: std::collections::HashMap::new(),
         file: file.to_owned(),
         file_arc: Arc::from(file),
         text: Arc::new(text.to_owned()),
@@ -188,6 +189,8 @@ struct Validator<'a> {
     children: Vec<super::ChildSource>,
     /// Schema files used, at any depth.
     schemas: Vec<super::ChildSource>,
+    /// Schemas compiled so far (by file and value): compiled once each.
+    compiled_schemas: std::collections::HashMap<String, AnswerSchema>,
     file: String,
     file_arc: Arc<str>,
     text: Arc<String>,
@@ -1417,7 +1420,7 @@ impl Validator<'_> {
                         &text,
                         "spes::workflow::schema_file",
                     )
-                    .map_err(|d| d.message.clone())
+                    .map_err(|d| d.message)
                 } else {
                     serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string())
                 };
@@ -1446,7 +1449,17 @@ impl Validator<'_> {
             }
             v => (v.clone(), None),
         };
-        match AnswerSchema::new(value) {
+        // Identical schemas (a file or a definition used by many steps)
+        // are compiled once and share their validator.
+        let cache_key = format!(
+            "{}\u{0}{}",
+            file.as_ref().map_or("", |(r, _)| r.as_str()),
+            value
+        );
+        if let Some(done) = self.compiled_schemas.get(&cache_key) {
+            return Some(done.clone());
+        }
+        let compiled = match AnswerSchema::new(value) {
             Ok(s) => Some(match file {
                 Some((resolved, _)) => s.from_file(resolved),
                 None => s,
@@ -1461,7 +1474,11 @@ impl Validator<'_> {
                 );
                 None
             }
+        };
+        if let Some(c) = &compiled {
+            self.compiled_schemas.insert(cache_key, c.clone());
         }
+        compiled
     }
 
     fn timeout(

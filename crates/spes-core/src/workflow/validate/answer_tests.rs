@@ -5,7 +5,10 @@ use crate::answer::OnTruncation;
 use crate::component::ComponentRegistry;
 use crate::workflow::{Format, LlmStep, StepKind, ValidateEnv, Workflow, parse_workflow, validate};
 
-fn check(file: &str, yaml: &str) -> Result<Workflow, Vec<(String, (usize, usize), String)>> {
+/// (code, (line, col), message | hint)
+type Found = Vec<(String, (usize, usize), String)>;
+
+fn check(file: &str, yaml: &str) -> Result<Workflow, Found> {
     let reg = ComponentRegistry::from_components(vec![]);
     let env = ValidateEnv {
         components: &reg,
