@@ -204,29 +204,7 @@ struct Validator<'a> {
 /// file (a FIFO or a device could block or never end).
 // A private helper until the shared bounded reader of spes-core lands.
 fn read_bounded(path: &std::path::Path, cap: u64) -> Result<String, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".to_owned());
-    }
-    if meta.len() > cap {
-        return Err(format!(
-            "{} bytes is more than the {cap} a schema file may have",
-            meta.len()
-        ));
-    }
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    if !f.metadata().map_err(|e| e.to_string())?.is_file() {
-        return Err("not a regular file".to_owned());
-    }
-    let mut text = String::new();
-    f.take(cap + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| e.to_string())?;
-    if text.len() as u64 > cap {
-        return Err(format!("more than the {cap} bytes a schema file may have"));
-    }
-    Ok(text)
+    crate::fs::read_text(path, cap).map_err(|e| e.to_string())
 }
 
 fn is_key_name(s: &str) -> bool {
