@@ -253,15 +253,17 @@ impl spes_llm::Provider for GatedProvider {
 /// A chain of `n` steps with long answers and a retry policy on every step
 /// (which must not retry a store failure).
 fn long_chain(n: usize) -> (String, String) {
-    let mut yaml = String::from(
-        "name: long\ninputs: { topic: { type: string, required: true } }\nsteps:\n",
-    );
+    let mut yaml =
+        String::from("name: long\ninputs: { topic: { type: string, required: true } }\nsteps:\n");
     let mut script = String::new();
     for i in 1..=n {
         yaml.push_str(&format!(
             "  - {{ name: s{i}, kind: llm, prompt: \"[s{i}] {{{{ topic }}}}\", output: s{i}, retry: {{ attempts: 3, base: 1ms }} }}\n"
         ));
-        script.push_str(&format!("- {{ step: s{i}, reply: \"{}\" }}\n", "z".repeat(3000)));
+        script.push_str(&format!(
+            "- {{ step: s{i}, reply: \"{}\" }}\n",
+            "z".repeat(3000)
+        ));
     }
     (yaml, script)
 }
@@ -322,7 +324,12 @@ async fn a_full_sqlite_store_stops_the_run_at_the_step_it_cannot_commit() {
     let p = scripted(&script);
     let engine = Engine::builder().provider(p.clone()).build();
     let (id, end) = engine
-        .start(store.clone(), &wf, &source(&yaml), inputs(&[("topic", "t")]))
+        .start(
+            store.clone(),
+            &wf,
+            &source(&yaml),
+            inputs(&[("topic", "t")]),
+        )
         .await
         .unwrap();
     let k = stopped_by_the_store(&store, &p, id, end).await;
@@ -358,7 +365,12 @@ async fn a_postgres_commit_that_fails_stops_the_run_at_that_step() {
     let p = scripted(&script);
     let engine = Engine::builder().provider(p.clone()).build();
     let (id, end) = engine
-        .start(store.clone(), &wf, &source(&yaml), inputs(&[("topic", "t")]))
+        .start(
+            store.clone(),
+            &wf,
+            &source(&yaml),
+            inputs(&[("topic", "t")]),
+        )
         .await
         .unwrap();
     assert_eq!(stopped_by_the_store(&store, &p, id, end).await, 2);

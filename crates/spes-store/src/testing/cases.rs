@@ -340,7 +340,12 @@ pub async fn racing_claims_of_a_dead_owners_run_exactly_one_wins(store: Arc<dyn 
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 store
-                    .claim_run(&new.id, RunStatus::Running, Some("host:42"), &format!("w:{i}"))
+                    .claim_run(
+                        &new.id,
+                        RunStatus::Running,
+                        Some("host:42"),
+                        &format!("w:{i}"),
+                    )
                     .await
             })
         })

@@ -472,7 +472,10 @@ async fn renew_does_not_report_a_task_its_holder_just_finished() {
 
     // A real loss is still reported: item 3's lease expires and another
     // worker claims it.
-    let short = q.renew(&snapshot[3..], Duration::from_millis(1)).await.unwrap();
+    let short = q
+        .renew(&snapshot[3..], Duration::from_millis(1))
+        .await
+        .unwrap();
     assert!(short.is_empty());
     let t = std::time::Instant::now();
     let taken = loop {
@@ -489,5 +492,8 @@ async fn renew_does_not_report_a_task_its_holder_just_finished() {
     lost.sort_unstable();
     let mut taken: Vec<i64> = taken.iter().map(|t| t.lease.task).collect();
     taken.sort_unstable();
-    assert_eq!(lost, taken, "the tasks another worker took are lost, no others");
+    assert_eq!(
+        lost, taken,
+        "the tasks another worker took are lost, no others"
+    );
 }
