@@ -437,9 +437,21 @@ async fn a_crash_during_backoff_resumes_on_the_store_without_repeating_the_commi
     assert!(crashed.is_err(), "the run was cut off during the backoff");
     assert_eq!(calls_to(&first, "x"), 1);
     let runs = store.list_runs(None, 10).await.unwrap();
-    let mut run = runs.first().unwrap().clone();
-    // The owning process is gone, as after a real crash (this test process lives on).
-    run.owner = None;
+    // The owning process is gone, as after a real crash (this test process
+    // lives on): its claim is cleared in the store, since resume takes the
+    // run by compare-and-set on the owner it reads.
+    let run = store
+        .transition(
+            &runs.first().unwrap().id,
+            &[spes_store::RunStatus::Running],
+            spes_store::RunStatus::Running,
+            spes_store::RunPatch {
+                owner: Some(None),
+                ..spes_store::RunPatch::default()
+            },
+        )
+        .await
+        .unwrap();
     let keys: Vec<String> = store
         .entries(&run.id)
         .await
