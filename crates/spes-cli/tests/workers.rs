@@ -809,3 +809,70 @@ async fn resuming_a_failed_queued_run_queues_it_for_the_workers() {
     signal(child.id(), "TERM");
     assert_eq!(wait(child).await.code(), Some(0), "{}", w.log());
 }
+
+/// Issue 11, item 10: a healthy worker alone on the store never loses a
+/// lease. With a 1.5 s lease (a heartbeat every 500 ms) over 3,000 tiny
+/// `transform` items finishing fast, the old heartbeat read a lease, the
+/// item committed and ended its task, and the renewal then called that
+/// task lost: it aborted the task before it counted itself done and logged
+/// "lease lost" (store test `renew_does_not_report_a_task_its_holder_just_finished`
+/// shows the cause). A renewal racing the finishing transaction itself
+/// misreported too (its snapshot showed the task still claimed). No task
+/// was ever claimed twice: nothing was taken from a live holder. Now: 0
+/// lost, and "items done" counts every item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_healthy_worker_loses_no_lease() {
+    const ITEMS: usize = 3000;
+    let schema = TestSchema::new().await;
+    let url = schema.url().to_owned();
+    let store = PostgresStore::connect(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let server = FakeServer::start().await.unwrap();
+    let dir = Dir::new(&server.openai_base_url());
+    let list: Vec<String> = (0..ITEMS).map(|i| format!("\"item {i}\"")).collect();
+    dir.write(
+        "wf.yaml",
+        &format!(
+            "name: tiny\ninputs:\n  items: {{ type: list, default: [{}] }}\nsteps:\n  - name: each\n    kind: map\n    over: items\n    concurrency: 16\n    step: {{ name: up, kind: transform, fn: uppercase, input: \"{{{{ item }}}}\" }}\n    output: out\noutput: out\n",
+            list.join(", ")
+        ),
+    );
+    let run = dir.enqueue("wf.yaml", &url, &[]);
+    let worker = dir.worker(&url, "lone", 16, 1.5);
+    let pid = worker.id();
+    let _guard = KillOnDrop(pid);
+    completed(&store, &run, Duration::from_secs(240)).await;
+    signal(pid, "TERM");
+    let exit = wait(worker).await;
+    assert_eq!(exit.code(), Some(0), "worker stopped cleanly");
+    let log = dir.log();
+    let reclaimed = scalar(
+        &store,
+        "SELECT count(*) FROM tasks WHERE run_id = $1 AND epoch > 1",
+        &run,
+    )
+    .await;
+    // Not taken from a live holder: no task was ever claimed twice. The
+    // losses were misreports by the heartbeat's renewal.
+    assert_eq!(reclaimed, 0, "tasks claimed more than once");
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("items done"))
+        .unwrap_or_else(|| panic!("no stats line in the worker log:\n{log}"));
+    assert!(
+        last.contains(&format!(" {ITEMS} items done, 0 leases lost")),
+        "{last}\n(lease lines: {:?})",
+        log.lines()
+            .filter(|l| l.contains("lease"))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let results = scalar(
+        &store,
+        "SELECT count(DISTINCT key) FROM entries WHERE run_id = $1 AND kind = 'item'",
+        &run,
+    )
+    .await;
+    assert_eq!(results, i64::try_from(ITEMS).unwrap());
+}

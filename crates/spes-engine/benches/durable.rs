@@ -172,7 +172,109 @@ async fn commit_cost() {
             "durable:   {STEPS}-step chain {:.2} ms; durable cost (commit + journal lookup + pause/cancel check) {per_step:.1} µs/step (target < 200 µs) · store {describe}",
             ms(durable)
         );
+        let bare = bare_sqlite_commit(durability).await;
+        println!(
+            "bare:      one synchronous SQLite commit (BEGIN IMMEDIATE; INSERT; COMMIT, WAL, synchronous={}) {bare:.1} µs · durable step costs {:.2}x a bare commit (target <= 1.5x)",
+            durability.pragma(),
+            per_step / bare
+        );
     }
+    postgres_cost(&wf, &source, &engine, mem).await;
+}
+
+/// The median of a bare commit loop on a raw SQLite connection: what one
+/// durable write cannot go below on this disk.
+async fn bare_sqlite_commit(durability: Durability) -> f64 {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("bare.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(match durability {
+            Durability::Full => sqlx::sqlite::SqliteSynchronous::Full,
+            _ => sqlx::sqlite::SqliteSynchronous::Normal,
+        });
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let payload = "x".repeat(200);
+    let mut times = Vec::new();
+    for i in 0..1000 {
+        let t = Instant::now();
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t VALUES (?1, ?2)")
+            .bind(format!("k{i}"))
+            .bind(&payload)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+        times.push(t.elapsed());
+    }
+    us(median(times))
+}
+
+/// The same chain on PostgreSQL (`SPES_TEST_POSTGRES_URL`, skipped with a
+/// line when no server answers), beside a bare commit loop on one connection.
+async fn postgres_cost(wf: &Workflow, source: &WorkflowSource, engine: &Engine, mem: Duration) {
+    use sqlx::Connection;
+    const STEPS: usize = 200;
+    let url = spes_store::testing::postgres::server_url();
+    if sqlx::PgConnection::connect(&url).await.is_err() {
+        println!("postgres:  skipped (no server at {url}; see scripts/postgres.sh)");
+        return;
+    }
+    let schema = spes_store::testing::postgres::TestSchema::new().await;
+    let store: Arc<dyn RunStore> = Arc::new(
+        spes_store::postgres::PostgresStore::connect(
+            schema.url(),
+            spes_store::postgres::PostgresOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let mut durable = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (_, end) = engine
+            .start(store.clone(), wf, source, BTreeMap::new())
+            .await
+            .unwrap();
+        durable.push(t.elapsed());
+        assert!(matches!(end, RunEnd::Completed(ref o) if o.model_calls == STEPS as u64));
+    }
+    let per_step = (us(median(durable)) - us(mem)) / STEPS as f64;
+    let mut conn = sqlx::PgConnection::connect(schema.url()).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE bare (k TEXT PRIMARY KEY, v TEXT)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let payload = "x".repeat(200);
+    let mut times = Vec::new();
+    for i in 0..1000 {
+        let t = Instant::now();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("INSERT INTO bare VALUES ($1, $2)")
+            .bind(format!("k{i}"))
+            .bind(&payload)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        times.push(t.elapsed());
+    }
+    let bare = us(median(times));
+    println!(
+        "postgres:  durable cost {per_step:.1} µs/step · bare commit (BEGIN; INSERT; COMMIT) {bare:.1} µs · {:.2}x a bare commit (target <= 1.5x) · store {}",
+        per_step / bare,
+        store.describe()
+    );
 }
 
 /// 2. Resume of a run with 1,000 recorded steps.

@@ -475,7 +475,7 @@ impl SqliteStore {
             return;
         }
         let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % every == 0 {
+        if n.is_multiple_of(every) {
             let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                 .fetch_all(&self.writer)
                 .await;

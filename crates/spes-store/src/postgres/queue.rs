@@ -218,23 +218,39 @@ impl TaskQueue for PostgresStore {
         let ms = millis(lease);
         // Renewed: still claimed by this owner and epoch. Ended: the same
         // epoch, no longer claimed (its holder finished or released it;
-        // only the epoch's holder can). Anything else is lost.
+        // only the epoch's holder can). Anything else is lost. Two
+        // statements: the second takes a new snapshot, so it sees the end
+        // of a task whose finishing transaction the UPDATE waited for (in
+        // one statement, its snapshot would still show the task claimed).
         self.retry(|| async move {
-            Ok(sqlx::query_scalar::<_, i64>(
-                "WITH renewed AS ( \
-                   UPDATE tasks t SET lease_expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
-                   FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS x(id, epoch, owner) \
-                   WHERE t.id = x.id AND t.epoch = x.epoch AND t.owner = x.owner AND t.state = 'claimed' \
-                   AND t.lease_expires_at > clock_timestamp() RETURNING t.id) \
-                 SELECT x.id FROM unnest($1::bigint[], $2::bigint[]) AS x(id, epoch) \
-                 WHERE x.id NOT IN (SELECT id FROM renewed) \
-                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = x.id AND t.epoch = x.epoch \
-                                 AND t.state <> 'claimed')",
+            let renewed = sqlx::query_scalar::<_, i64>(
+                "UPDATE tasks t SET lease_expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS x(id, epoch, owner) \
+                 WHERE t.id = x.id AND t.epoch = x.epoch AND t.owner = x.owner AND t.state = 'claimed' \
+                 AND t.lease_expires_at > clock_timestamp() RETURNING t.id",
             )
             .bind(ids)
             .bind(epochs)
             .bind(owners)
             .bind(ms)
+            .fetch_all(&self.pool)
+            .await?;
+            let (rest, rest_epochs): (Vec<i64>, Vec<i64>) = ids
+                .iter()
+                .zip(epochs)
+                .filter(|(i, _)| !renewed.contains(i))
+                .map(|(i, e)| (*i, *e))
+                .unzip();
+            if rest.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(sqlx::query_scalar::<_, i64>(
+                "SELECT x.id FROM unnest($1::bigint[], $2::bigint[]) AS x(id, epoch) \
+                 WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = x.id AND t.epoch = x.epoch \
+                                   AND t.state <> 'claimed')",
+            )
+            .bind(&rest)
+            .bind(&rest_epochs)
             .fetch_all(&self.pool)
             .await?)
         })
