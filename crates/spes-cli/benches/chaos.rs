@@ -95,7 +95,7 @@ impl Drop for Tmpfs {
 }
 
 /// Fills the disk (a filler file up to ENOSPC) and empties it at random.
-fn disk_toggler(root: PathBuf, seed: u64, stop: Arc<AtomicBool>, fills: Arc<AtomicUsize>) {
+fn disk_toggler(root: &Path, seed: u64, stop: &AtomicBool, fills: &AtomicUsize) {
     use std::io::Write as _;
     let mut rng = Lcg::new(seed, "disk");
     let filler = root.join("filler");
@@ -104,12 +104,12 @@ fn disk_toggler(root: PathBuf, seed: u64, stop: Arc<AtomicBool>, fills: Arc<Atom
         std::thread::sleep(Duration::from_millis(rng.range(20, 300) as u64));
         if filler.exists() {
             let _ = std::fs::remove_file(&filler);
-        } else if rng.range(0, 2) == 0 {
-            if let Ok(mut f) = std::fs::File::create(&filler) {
-                while f.write_all(&chunk).is_ok() {}
-                let _ = f.sync_all();
-                fills.fetch_add(1, Ordering::SeqCst);
-            }
+        } else if rng.range(0, 2) == 0
+            && let Ok(mut f) = std::fs::File::create(&filler)
+        {
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.sync_all();
+            fills.fetch_add(1, Ordering::SeqCst);
         }
     }
     let _ = std::fs::remove_file(&filler);
@@ -353,7 +353,7 @@ async fn soak() {
     let (root, toggler) = match &tmpfs {
         Some(t) => {
             let (root, stop, fills) = (t.0.clone(), stop.clone(), fills.clone());
-            let h = std::thread::spawn(move || disk_toggler(root, seed, stop, fills));
+            let h = std::thread::spawn(move || disk_toggler(&root, seed, &stop, &fills));
             (t.0.clone(), Some(h))
         }
         None => {
