@@ -425,7 +425,7 @@ fn main() -> ExitCode {
             ExitCode::from(5)
         }
         Err(Failure::Busy(m)) => {
-            eprintln!("error: {m}");
+            say!("error: {m}");
             ExitCode::from(6)
         }
         Err(Failure::Stopped(code, m)) => {
