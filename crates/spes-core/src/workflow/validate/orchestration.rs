@@ -91,6 +91,24 @@ impl Validator<'_> {
         Some(over.value.clone())
     }
 
+    /// A step's `on_error` policy (default fail_fast); `hint` says what
+    /// each policy means for this kind.
+    fn on_error_of(&mut self, s: &StepSpec, what: &str, hint: &str) -> Option<OnError> {
+        let Some(o) = &s.on_error else {
+            return Some(OnError::default());
+        };
+        let parsed = OnError::parse(&o.value);
+        if parsed.is_none() {
+            self.err(
+                "spes::workflow::bad_on_error",
+                format!("{what}: on_error `{}` is not a policy", o.value),
+                span(o),
+                hint,
+            );
+        }
+        parsed
+    }
+
     fn concurrency_of(&mut self, s: &StepSpec, what: &str) -> Option<Option<usize>> {
         match &s.concurrency {
             Some(c) if c.value == 0 => {
@@ -146,22 +164,7 @@ impl Validator<'_> {
             None => "item".to_owned(),
         };
         let concurrency = self.concurrency_of(s, &what)?;
-        let on_error = match &s.on_error {
-            None => OnError::default(),
-            Some(o) => {
-                if let Some(p) = OnError::parse(&o.value) {
-                    p
-                } else {
-                    self.err(
-                        "spes::workflow::bad_on_error",
-                        format!("{what}: on_error `{}` is not a policy", o.value),
-                        span(o),
-                        "write on_error: fail_fast (stop at the first failure), skip (leave failed items out, listed in <output>_errors) or collect (keep { error } in place)",
-                    );
-                    return None;
-                }
-            }
-        };
+        let on_error = self.on_error_of(s, &what, "write on_error: fail_fast (stop at the first failure), skip (leave failed items out, listed in <output>_errors) or collect (keep { error } in place)")?;
         let Some(st) = &s.step else {
             self.orch_missing(
                 &what,
@@ -281,22 +284,7 @@ impl Validator<'_> {
             None => None,
         };
         let concurrency = self.concurrency_of(s, &what)?;
-        let on_error = match &s.on_error {
-            None => OnError::default(),
-            Some(o) => {
-                if let Some(p) = OnError::parse(&o.value) {
-                    p
-                } else {
-                    self.err(
-                        "spes::workflow::bad_on_error",
-                        format!("{what}: on_error `{}` is not a policy", o.value),
-                        span(o),
-                        "write on_error: fail_fast (a failed worker fails the step), skip (leave failed workers out, listed in <output>_errors) or collect (keep { error } in place)",
-                    );
-                    return None;
-                }
-            }
-        };
+        let on_error = self.on_error_of(s, &what, "write on_error: fail_fast (a failed worker fails the step), skip (leave failed workers out, listed in <output>_errors) or collect (keep { error } in place)")?;
         if on_error != OnError::FailFast
             && let Some(o) = &s.output
         {
