@@ -17,11 +17,16 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use spes_core::component::ComponentRegistry;
 use spes_core::workflow::{ValidateEnv, Workflow, parse_workflow, validate};
-use spes_engine::Engine;
+use spes_engine::{Engine, RunEnd, WorkflowSource};
 use spes_fake_llm::FakeServer;
 use spes_llm::Provider;
 use spes_llm::http::HttpProviderConfig;
 use spes_llm::openai::OpenAiProvider;
+use spes_store::RunStore;
+use spes_store::postgres::{PostgresOptions, PostgresStore};
+use spes_store::sqlite::{SqliteOptions, SqliteStore};
+use spes_store::testing::postgres::TestSchema;
+use sqlx::Connection as _;
 
 const ITEMS: usize = 1000;
 
@@ -89,6 +94,7 @@ fn main() {
         );
         let raw = provider.clone();
         let engine = Engine::builder().provider(provider).build();
+        let pg_url = spes_store::testing::postgres::server_url();
         let items: Vec<Value> = (0..ITEMS).map(|i| json!(format!("document {i}"))).collect();
         println!("map-reduce over {ITEMS} items, fake server at 200 ms, OpenAI adapter (no streaming)");
         println!("  N     wall      limit     ratio   calls  peak RSS");
@@ -131,13 +137,14 @@ fn main() {
                 raw_wall / limit
             );
             let w = wf(&map_reduce_yaml(n));
-            let inputs = [("items".to_owned(), Value::Array(items.clone()))]
-                .into_iter()
-                .collect();
+            let inputs: std::collections::BTreeMap<String, Value> =
+                [("items".to_owned(), Value::Array(items.clone()))]
+                    .into_iter()
+                    .collect();
             reset_peak();
             let before = server.request_count();
             let t = Instant::now();
-            let out = engine.run(&w, inputs).await.unwrap();
+            let out = engine.run(&w, inputs.clone()).await.unwrap();
             let wall = t.elapsed().as_secs_f64();
             let calls = server.request_count() - before;
             assert_eq!(calls, ITEMS + 1);
@@ -148,6 +155,48 @@ fn main() {
                 wall / limit,
                 peak_rss_mib()
             );
+            // The same run, durable: every answer committed to a store
+            // before the workflow sees it (appends that finish together
+            // share a commit).
+            let source = WorkflowSource {
+                path: "/bench/map-reduce.yaml".into(),
+                text: map_reduce_yaml(n),
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let sqlite: Arc<dyn RunStore> = Arc::new(
+                SqliteStore::open(&dir.path().join("spes.db"), SqliteOptions::default())
+                    .await
+                    .unwrap(),
+            );
+            let mut stores = vec![("SQLite, synchronous=FULL", sqlite)];
+            let pg_schema = match sqlx::PgConnection::connect(&pg_url).await {
+                Ok(_) => Some(TestSchema::new().await),
+                Err(_) => None,
+            };
+            if let Some(schema) = &pg_schema {
+                let pg = PostgresStore::connect(schema.url(), PostgresOptions::default())
+                    .await
+                    .unwrap();
+                stores.push(("PostgreSQL", Arc::new(pg)));
+            }
+            for (what, store) in stores {
+                let before = server.request_count();
+                let t = Instant::now();
+                let (id, end) = engine
+                    .start(store.clone(), &w, &source, inputs.clone())
+                    .await
+                    .unwrap();
+                let wall = t.elapsed().as_secs_f64();
+                let calls = server.request_count() - before;
+                assert!(matches!(end, RunEnd::Completed(_)), "{end:?}");
+                assert_eq!(calls, ITEMS + 1);
+                assert_eq!(store.entries(&id).await.unwrap().len(), ITEMS + 1);
+                println!(
+                    "  {n:<4}  {wall:>6.3} s  {limit:>6.3} s  {:>5.3}×  {calls}   durable ({what})",
+                    wall / limit,
+                );
+                store.close().await;
+            }
         }
 
         let steps = 10_000usize;

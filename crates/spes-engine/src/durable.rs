@@ -445,10 +445,7 @@ impl Engine {
         let journal = StoreJournal::open(store.clone(), id)
             .await
             .map_err(RunError::Refused)?;
-        let control = Control {
-            store: store.clone(),
-            run: id,
-        };
+        let control = Control::new(store.clone(), id);
         let result = Exec::new(self, ctx, Arc::new(journal), Some(control))
             .run_workflow(wf)
             .await;

@@ -114,6 +114,48 @@ type Branch<'e> = (Exec<'e>, Result<Option<Value>, Stop>);
 pub(crate) struct Control {
     pub(crate) store: Arc<dyn RunStore>,
     pub(crate) run: RunId,
+    /// The run's status as last read, and when: read beside each journal
+    /// commit, so that the check before the next model call need not wait
+    /// for a read of its own.
+    seen: Arc<std::sync::Mutex<Option<(RunStatus, std::time::Instant)>>>,
+}
+
+/// How old a status reading may be for the check before a model call to
+/// use it instead of reading again.
+const STATUS_FRESH: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Control {
+    pub(crate) fn new(store: Arc<dyn RunStore>, run: RunId) -> Self {
+        Self {
+            store,
+            run,
+            seen: Arc::default(),
+        }
+    }
+
+    /// The run's status now: a reading at most [`STATUS_FRESH`] old, or a
+    /// new one.
+    async fn status(&self) -> Result<Option<RunStatus>, spes_store::StoreError> {
+        let cached = self
+            .seen
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .filter(|(_, at)| at.elapsed() < STATUS_FRESH);
+        if let Some((status, _)) = cached {
+            return Ok(Some(status));
+        }
+        self.read_status().await
+    }
+
+    /// Reads the run's status and remembers it.
+    async fn read_status(&self) -> Result<Option<RunStatus>, spes_store::StoreError> {
+        let status = self.store.status(&self.run).await?;
+        if let (Some(st), Ok(mut seen)) = (status, self.seen.lock()) {
+            *seen = Some((st, std::time::Instant::now()));
+        }
+        Ok(status)
+    }
 }
 
 pub(crate) struct Exec<'e> {
@@ -706,8 +748,7 @@ impl<'e> Exec<'e> {
             return Ok(());
         };
         let status = c
-            .store
-            .status(&c.run)
+            .status()
             .await
             .map_err(|e| fail(key, loc, FailureKind::Journal(e.to_string())))?;
         match status {
@@ -782,11 +823,14 @@ impl<'e> Exec<'e> {
             components,
             response,
         };
-        let winner = self
-            .journal
-            .record(key, effect)
-            .await
-            .map_err(|e| e.stop(key, loc))?;
+        // The run's status is read beside the commit (another connection,
+        // off the commit's path), for the check before the next call.
+        let (winner, _) = tokio::join!(self.journal.record(key, effect), async {
+            if let Some(c) = &self.control {
+                let _ = c.read_status().await;
+            }
+        });
+        let winner = winner.map_err(|e| e.stop(key, loc))?;
         self.model_calls += 1;
         match winner {
             Effect::Model { response, .. } => {

@@ -553,10 +553,7 @@ impl Worker {
             &self.engine,
             ctx,
             Arc::new(journal),
-            Some(Control {
-                store: self.store.clone(),
-                run: run.id,
-            }),
+            Some(Control::new(self.store.clone(), run.id)),
         );
         exec.dist = Some(Arc::new(Dist {
             store: self.store.clone(),
@@ -702,10 +699,7 @@ impl Worker {
             &self.engine,
             (*ctx).clone(),
             Arc::new(journal),
-            Some(Control {
-                store: self.store.clone(),
-                run: run.id,
-            }),
+            Some(Control::new(self.store.clone(), run.id)),
         );
         let r = exec
             .run_item(m, &p.map, p.index, p.item, p.depth, loc)

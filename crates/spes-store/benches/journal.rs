@@ -238,6 +238,7 @@ fn main() {
         for durability in [Durability::Full, Durability::Normal] {
             commit_cost(durability, 2000).await;
         }
+        commit_breakdown(1000).await;
         resume_read(1000).await;
         println!("bytes on disk per entry (200 entries each, WAL checkpointed):");
         println!("  payload JSON bytes | file bytes/entry | overhead");
@@ -261,4 +262,84 @@ async fn sqlite_version() -> String {
         .fetch_one(&mut c)
         .await
         .unwrap()
+}
+
+/// Where an append's time goes, on one raw connection (no pool, no
+/// store): a bare commit of a small row, then the store's own INSERT into
+/// its own schema, then a status read.
+async fn commit_breakdown(n: usize) {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spes.db");
+    let st = store(&path, Durability::Full).await;
+    let run = sample_run();
+    st.create_run(&run).await.unwrap();
+    st.close().await;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .foreign_keys(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE bare (k TEXT PRIMARY KEY, v TEXT)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let payload = serde_json::to_string(&step_payload(0)).unwrap();
+    let id = run.id.to_string();
+    let mut bare = Vec::new();
+    let mut same = Vec::new();
+    let mut status = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO bare VALUES (?1, ?2)")
+            .bind(format!("k{i}"))
+            .bind(&payload)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::raw_sql("COMMIT").execute(&mut c).await.unwrap();
+        bare.push(t.elapsed());
+        let t = Instant::now();
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
+             ON CONFLICT (run_id, key) DO NOTHING RETURNING seq",
+        )
+        .bind(&id)
+        .bind(format!("raw/{i}"))
+        .bind("model")
+        .bind(&payload)
+        .bind("2026-01-01T00:00:00Z")
+        .fetch_optional(&mut c)
+        .await
+        .unwrap();
+        sqlx::raw_sql("COMMIT").execute(&mut c).await.unwrap();
+        same.push(t.elapsed());
+        let t = Instant::now();
+        sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
+            .bind(&id)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        status.push(t.elapsed());
+    }
+    for v in [&mut bare, &mut same, &mut status] {
+        v.sort();
+    }
+    println!(
+        "breakdown (FULL, one raw connection, p50): bare commit of a {} B row {:.1} µs; the journal's INSERT in its schema {:.1} µs; a status read {:.1} µs",
+        payload.len(),
+        micros(percentile(&bare, 0.5)),
+        micros(percentile(&same, 0.5)),
+        micros(percentile(&status, 0.5)),
+    );
 }

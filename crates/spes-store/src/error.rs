@@ -1,7 +1,7 @@
 //! Store errors: distinct and clear for every way a store can be unusable.
 
 /// What went wrong with the store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// No such run, gate or entry.

@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod group;
 pub mod postgres;
 pub mod queue;
 pub mod sqlite;

@@ -135,6 +135,8 @@ pub struct PostgresStore {
     down: Mutex<Option<Instant>>,
     /// LISTENs on [`WAKE_CHANNEL`] for idle workers (connected on first use).
     listener: tokio::sync::Mutex<Option<sqlx::postgres::PgListener>>,
+    /// Appends waiting to be committed together.
+    appends: crate::group::Appends,
 }
 
 /// The channel a transaction that makes a task ready notifies (`pg_notify`,
@@ -207,6 +209,10 @@ impl PostgresStore {
         )]);
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
+            // No ping before each use (a round trip per operation): a
+            // connection that died is found by the operation itself, whose
+            // connection error `retry` answers with a fresh connection.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(connect);
         let store = Self {
@@ -215,6 +221,7 @@ impl PostgresStore {
             opts,
             down: Mutex::new(None),
             listener: tokio::sync::Mutex::new(None),
+            appends: crate::group::Appends::new(crate::group::MAX_BATCH),
         };
         store.migrate().await?;
         Ok(store)
@@ -230,6 +237,14 @@ impl PostgresStore {
     #[must_use]
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Journal transactions committed (or tried) by this handle so far:
+    /// appends that arrive together share one, so under concurrency this
+    /// is smaller than the number of appends.
+    #[must_use]
+    pub fn journal_transactions(&self) -> u64 {
+        self.appends.batches()
     }
 
     /// Closes every connection. Operations after this fail.

@@ -183,6 +183,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// Journal commits since the last explicit checkpoint.
     commits: AtomicU64,
+    /// Appends waiting to be committed together.
+    appends: crate::group::Appends,
 }
 
 /// Why one attempt failed: a database error (maybe worth retrying) or a
@@ -352,6 +354,7 @@ impl SqliteStore {
             writer,
             readers,
             commits: AtomicU64::new(0),
+            appends: crate::group::Appends::new(crate::group::MAX_BATCH),
         };
         if probe.is_none_or(|p| p.version < schema::SUPPORTED) {
             store.migrate().await?;
@@ -374,6 +377,14 @@ impl SqliteStore {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Journal transactions committed (or tried) by this handle so far:
+    /// appends that arrive together share one, so under concurrency this
+    /// is smaller than the number of appends.
+    #[must_use]
+    pub fn journal_transactions(&self) -> u64 {
+        self.appends.batches()
     }
 
     /// The options it was opened with.

@@ -74,6 +74,7 @@ macro_rules! conformance {
                 entries_of_runs_are_separate,
                 entry_looks_up_by_key,
                 append_to_unknown_run_is_not_found,
+                concurrent_appends_all_land_and_a_missing_run_fails_alone,
                 racing_appends_of_one_key_write_once,
                 open_gate_is_idempotent,
                 open_gate_on_unknown_run_is_not_found,

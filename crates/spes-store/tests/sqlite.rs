@@ -680,3 +680,88 @@ async fn the_wal_stays_bounded_over_thousands_of_commits() {
     assert!(db > 8 << 20, "the entries reached the database file: {db}");
     assert!(largest < 24 << 20, "the WAL grew to {largest} bytes");
 }
+
+/// Group commit: appends that arrive together share transactions (100
+/// concurrent appends take far fewer than 100 commits, and all land),
+/// while appends made one after another commit alone, each at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_commits_sequential_ones_do_not() {
+    let (_dir, path) = temp();
+    let store = Arc::new(open(&path).await.unwrap());
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    for i in 0..10 {
+        store
+            .append(&run.id, &format!("seq/{i}"), "model", &json!(i))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.journal_transactions(), 10);
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(&run.id, &format!("map/{i}"), "model", &json!(i))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Ok(Appended::New(_))));
+    }
+    let shared = store.journal_transactions() - 10;
+    assert!(shared < 50, "100 concurrent appends took {shared} commits");
+    assert_eq!(store.entries(&run.id).await.unwrap().len(), 110);
+}
+
+/// A full store under concurrent appends: every append either lands or
+/// fails with the full disk's error (a batch that cannot commit fails each
+/// of its appends); nothing is reported written that is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_under_concurrent_appends_reports_every_loss() {
+    let (_dir, path) = temp();
+    let store = Arc::new(
+        SqliteStore::open(&path, SqliteOptions::default().with_max_pages(40))
+            .await
+            .unwrap(),
+    );
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    let text = "x".repeat(2000);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (store, text) = (store.clone(), text.clone());
+            tokio::spawn(async move {
+                store
+                    .append(&run.id, &format!("map/{i}"), "model", &json!({ "t": text }))
+                    .await
+            })
+        })
+        .collect();
+    let mut landed = std::collections::BTreeSet::new();
+    let mut full = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(Appended::New(_)) => {
+                landed.insert(format!("map/{i}"));
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("disk is full"), "{e}");
+                full += 1;
+            }
+            Ok(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(full > 0, "the page cap never bit");
+    assert!(!landed.is_empty(), "some appends fit first");
+    let stored: std::collections::BTreeSet<String> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(stored, landed);
+    assert_eq!(store.integrity_check().await.unwrap(), "ok");
+}

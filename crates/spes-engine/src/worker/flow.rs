@@ -60,10 +60,7 @@ impl Worker {
             &self.engine,
             p.ctx,
             Arc::new(journal),
-            Some(Control {
-                store: self.store.clone(),
-                run: run.id,
-            }),
+            Some(Control::new(self.store.clone(), run.id)),
         );
         let r = exec
             .steps_at(&child.workflow.steps, p.workflow.clone(), p.depth + 1)

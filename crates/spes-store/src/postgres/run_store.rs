@@ -7,6 +7,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::row::{self, ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS};
 use super::{Fail, PostgresStore, error};
+use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
     RunStatus, RunStore, StoreError,
@@ -283,15 +284,16 @@ impl RunStore for PostgresStore {
         kind: &str,
         payload: &serde_json::Value,
     ) -> Result<Appended> {
-        let payload = &row::json(payload)?;
-        self.retry(|| async move {
-            let mut tx = self.pool.begin().await?;
-            lock_run(&mut tx, id).await?;
-            let a = append_locked(&mut tx, &self.shown, id, key, kind, payload).await?;
-            tx.commit().await?;
-            Ok(a)
-        })
-        .await
+        let req = AppendReq {
+            run: *id,
+            key: key.to_owned(),
+            kind: kind.to_owned(),
+            payload: row::json(payload)?,
+        };
+        // Appends that arrive together share one transaction (one commit).
+        self.appends
+            .submit(req, |batch| self.commit_appends(batch))
+            .await
     }
 
     async fn entry(&self, id: &RunId, key: &str) -> Result<Option<Entry>> {
@@ -528,4 +530,68 @@ fn decided_already(
         decision,
         decided_at: at,
     })
+}
+
+impl PostgresStore {
+    /// Commits a batch of appends in one transaction and answers each. An
+    /// append to a run that does not exist fails the batch's transaction:
+    /// then each append is tried alone, so that only it fails.
+    async fn commit_appends(&self, batch: Vec<Pending<AppendReq, Result<Appended>>>) {
+        let reqs: Vec<&AppendReq> = batch.iter().map(|p| &*p.input).collect();
+        let outcome =
+            match self.retry(|| self.append_batch(&reqs)).await {
+                Err(StoreError::NotFound(_)) if reqs.len() > 1 => {
+                    let mut outs = Vec::with_capacity(reqs.len());
+                    for r in &reqs {
+                        let one = [*r];
+                        outs.push(self.retry(|| self.append_batch(&one)).await.and_then(
+                            |mut v| {
+                                v.pop().ok_or_else(|| {
+                                    StoreError::Backend("an append got no answer".into())
+                                })
+                            },
+                        ));
+                    }
+                    Ok(outs)
+                }
+                other => other.map(|v| v.into_iter().map(Ok).collect()),
+            };
+        answer_appends(batch, outcome);
+    }
+
+    /// One transaction for `reqs`: three round trips whatever their
+    /// number beyond the inserts. The runs' row locks are taken by the
+    /// `BEGIN` itself, in id order (two processes committing batches never
+    /// deadlock), so that sequence numbers follow commit order.
+    async fn append_batch(&self, reqs: &[&AppendReq]) -> Result<Vec<Appended>, Fail> {
+        let mut runs: Vec<RunId> = reqs.iter().map(|r| r.run).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        // A run id prints as 32 hex digits: safe to quote as it is.
+        let ids = runs
+            .iter()
+            .map(|r| format!("'{r}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut tx = self
+            .pool
+            .begin_with(AssertSqlSafe(format!(
+                "BEGIN; SELECT 1 FROM runs WHERE id IN ({ids}) ORDER BY id FOR UPDATE"
+            )))
+            .await?;
+        let mut outs = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            match append_locked(&mut tx, &self.shown, &r.run, &r.key, &r.kind, &r.payload).await {
+                Ok(a) => outs.push(a),
+                Err(Fail::Sql(e))
+                    if error::code_of(&e).as_deref() == Some(error::FOREIGN_KEY_VIOLATION) =>
+                {
+                    return Err(no_run(&r.run));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        Ok(outs)
+    }
 }

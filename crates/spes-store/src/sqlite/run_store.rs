@@ -6,6 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::row::{ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS, fmt_time, now};
 use super::{Fail, SqliteStore, error, row};
+use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
     RunStatus, RunStore, StoreError,
@@ -267,49 +268,18 @@ impl RunStore for SqliteStore {
         kind: &str,
         payload: &serde_json::Value,
     ) -> Result<Appended> {
-        let run_id = &id.to_string();
         let payload =
-            &json(payload).map_err(|_| StoreError::Backend("cannot encode payload".into()))?;
-        self.retry(|| async move {
-            // An explicit transaction whose COMMIT is checked: in
-            // autocommit, `INSERT ... RETURNING` hands its row back before
-            // the implicit commit, and a commit that then fails (a full
-            // disk, an I/O error) would go unseen. The sequence number is
-            // computed inside the insert, under the write lock.
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-            let seq = sqlx::query_scalar::<_, i64>(
-                "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
-                 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
-                 ON CONFLICT (run_id, key) DO NOTHING RETURNING seq",
-            )
-            .bind(run_id)
-            .bind(key)
-            .bind(kind)
-            .bind(payload)
-            .bind(fmt_time(now()))
-            .fetch_optional(&mut *tx)
+            json(payload).map_err(|_| StoreError::Backend("cannot encode payload".into()))?;
+        let req = AppendReq {
+            run: *id,
+            key: key.to_owned(),
+            kind: kind.to_owned(),
+            payload,
+        };
+        // Appends that arrive together share one transaction (one fsync).
+        self.appends
+            .submit(req, |batch| self.commit_appends(batch))
             .await
-            .map_err(|e| match constraint(&e) {
-                Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => no_run(id),
-                _ => Fail::Sql(e),
-            })?;
-            let Some(seq) = seq else {
-                // The key was taken: the first commit wins; entries never change.
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
-                )))
-                .bind(run_id)
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.rollback().await?;
-                return Ok(Appended::Existing(self.entry_from(&row)?));
-            };
-            tx.commit().await?;
-            self.committed().await;
-            Ok(Appended::New(seq))
-        })
-        .await
     }
 
     async fn entry(&self, id: &RunId, key: &str) -> Result<Option<Entry>> {
@@ -484,4 +454,78 @@ fn decided_already(store: &SqliteStore, decision: &str, at: &str) -> Result<Deci
         decision,
         decided_at,
     })
+}
+
+impl SqliteStore {
+    /// Commits a batch of appends in one `BEGIN IMMEDIATE` transaction
+    /// whose COMMIT is checked, and answers each. In autocommit, `INSERT
+    /// ... RETURNING` would hand its row back before the implicit commit,
+    /// and a commit that then failed (a full disk, an I/O error) would go
+    /// unseen. A failed transaction fails every append in it; an append
+    /// to a run that does not exist fails alone.
+    async fn commit_appends(&self, batch: Vec<Pending<AppendReq, Result<Appended>>>) {
+        let reqs: Vec<&AppendReq> = batch.iter().map(|p| &*p.input).collect();
+        let reqs = &reqs;
+        let outcome = self
+            .retry(|| async move {
+                let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+                let mut outs = Vec::with_capacity(reqs.len());
+                let at = fmt_time(now());
+                for r in reqs {
+                    outs.push(self.append_in(&mut tx, r, &at).await?);
+                }
+                tx.commit().await?;
+                Ok(outs)
+            })
+            .await;
+        if let Ok(outs) = &outcome
+            && outs.iter().any(|o| matches!(o, Ok(Appended::New(_))))
+        {
+            self.committed().await;
+        }
+        answer_appends(batch, outcome);
+    }
+
+    /// One append inside the batch's transaction. The sequence number is
+    /// computed inside the insert, under the write lock.
+    async fn append_in(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        r: &AppendReq,
+        at: &str,
+    ) -> Result<Result<Appended>, Fail> {
+        let run_id = r.run.to_string();
+        let seq = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
+             ON CONFLICT (run_id, key) DO NOTHING RETURNING seq",
+        )
+        .bind(&run_id)
+        .bind(&r.key)
+        .bind(&r.kind)
+        .bind(&r.payload)
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await;
+        match seq {
+            Ok(Some(seq)) => Ok(Ok(Appended::New(seq))),
+            // The key was taken: the first commit wins; entries never change.
+            Ok(None) => {
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
+                )))
+                .bind(&run_id)
+                .bind(&r.key)
+                .fetch_one(&mut *tx)
+                .await?;
+                Ok(Ok(Appended::Existing(self.entry_from(&row)?)))
+            }
+            // A failed constraint undoes this statement only; the
+            // transaction goes on for the rest of the batch.
+            Err(e) if constraint(&e) == Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => {
+                Ok(Err(StoreError::NotFound(format!("no run {}", r.run))))
+            }
+            Err(e) => Err(Fail::Sql(e)),
+        }
+    }
 }

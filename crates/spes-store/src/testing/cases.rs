@@ -469,6 +469,52 @@ pub async fn entry_looks_up_by_key(store: Arc<dyn RunStore>) {
     );
 }
 
+/// Appends that arrive together (map items, parallel branches) all land,
+/// each run's sequence numbers stay gapless, and an append to a missing
+/// run among them fails alone.
+pub async fn concurrent_appends_all_land_and_a_missing_run_fails_alone(store: Arc<dyn RunStore>) {
+    let runs = [
+        created(&*store).await,
+        created(&*store).await,
+        created(&*store).await,
+    ];
+    let missing = RunId::new();
+    let mut tasks = Vec::new();
+    for i in 0..120usize {
+        let (st, run) = (store.clone(), runs[i % 3].id);
+        tasks.push(tokio::spawn(async move {
+            st.append(&run, &format!("map/{i}"), "model", &json!({ "i": i }))
+                .await
+        }));
+        if i % 12 == 0 {
+            let st = store.clone();
+            tasks.push(tokio::spawn(async move {
+                st.append(&missing, "lost", "model", &json!(i)).await
+            }));
+        }
+    }
+    let mut new = 0;
+    let mut not_found = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Appended::New(_)) => new += 1,
+            Err(StoreError::NotFound(_)) => not_found += 1,
+            other => panic!("unexpected append outcome: {other:?}"),
+        }
+    }
+    assert_eq!((new, not_found), (120, 10));
+    for run in &runs {
+        let entries = store.entries(&run.id).await.unwrap();
+        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "run {}", run.id);
+        for e in &entries {
+            let i: usize = e.key.strip_prefix("map/").unwrap().parse().unwrap();
+            assert_eq!(e.payload, json!({ "i": i }));
+            assert_eq!(runs[i % 3].id, run.id);
+        }
+    }
+}
+
 /// Appending to a run that does not exist is `NotFound`.
 pub async fn append_to_unknown_run_is_not_found(store: Arc<dyn RunStore>) {
     let err = store
