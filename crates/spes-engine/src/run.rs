@@ -118,6 +118,8 @@ pub(crate) struct Control {
     /// commit, so that the check before the next model call need not wait
     /// for a read of its own.
     seen: Arc<std::sync::Mutex<Option<(RunStatus, std::time::Instant)>>>,
+    /// Held while a read is in flight.
+    reading: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How old a status reading may be for the check before a model call to
@@ -130,26 +132,29 @@ impl Control {
             store,
             run,
             seen: Arc::default(),
+            reading: Arc::default(),
         }
     }
 
-    /// The run's status now: a reading at most [`STATUS_FRESH`] old, or a
-    /// new one.
-    async fn status(&self) -> Result<Option<RunStatus>, spes_store::StoreError> {
-        let cached = self
-            .seen
+    fn fresh(&self) -> Option<RunStatus> {
+        self.seen
             .lock()
             .ok()
             .and_then(|s| *s)
-            .filter(|(_, at)| at.elapsed() < STATUS_FRESH);
-        if let Some((status, _)) = cached {
-            return Ok(Some(status));
-        }
-        self.read_status().await
+            .filter(|(_, at)| at.elapsed() < STATUS_FRESH)
+            .map(|(status, _)| status)
     }
 
-    /// Reads the run's status and remembers it.
-    async fn read_status(&self) -> Result<Option<RunStatus>, spes_store::StoreError> {
+    /// The run's status now: a reading at most [`STATUS_FRESH`] old, or a
+    /// new one. Concurrent callers (map items, branches) share one read.
+    async fn status(&self) -> Result<Option<RunStatus>, spes_store::StoreError> {
+        if let Some(status) = self.fresh() {
+            return Ok(Some(status));
+        }
+        let _one = self.reading.lock().await;
+        if let Some(status) = self.fresh() {
+            return Ok(Some(status));
+        }
         let status = self.store.status(&self.run).await?;
         if let (Some(st), Ok(mut seen)) = (status, self.seen.lock()) {
             *seen = Some((st, std::time::Instant::now()));
@@ -824,10 +829,11 @@ impl<'e> Exec<'e> {
             response,
         };
         // The run's status is read beside the commit (another connection,
-        // off the commit's path), for the check before the next call.
+        // off the commit's path) unless a fresh reading exists, for the
+        // check before the next call.
         let (winner, _) = tokio::join!(self.journal.record(key, effect), async {
             if let Some(c) = &self.control {
-                let _ = c.read_status().await;
+                let _ = c.status().await;
             }
         });
         let winner = winner.map_err(|e| e.stop(key, loc))?;

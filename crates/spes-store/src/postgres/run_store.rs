@@ -579,19 +579,102 @@ impl PostgresStore {
                 "BEGIN; SELECT 1 FROM runs WHERE id IN ({ids}) ORDER BY id FOR UPDATE"
             )))
             .await?;
-        let mut outs = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            match append_locked(&mut tx, &self.shown, &r.run, &r.key, &r.kind, &r.payload).await {
-                Ok(a) => outs.push(a),
-                Err(Fail::Sql(e))
-                    if error::code_of(&e).as_deref() == Some(error::FOREIGN_KEY_VIOLATION) =>
-                {
-                    return Err(no_run(&r.run));
-                }
-                Err(e) => return Err(e),
+        let outs = match reqs {
+            [r] => append_locked(&mut tx, &self.shown, &r.run, &r.key, &r.kind, &r.payload)
+                .await
+                .map(|a| vec![a]),
+            _ => insert_many(&mut tx, &self.shown, reqs).await,
+        };
+        let outs = match outs {
+            Ok(a) => a,
+            Err(Fail::Sql(e))
+                if error::code_of(&e).as_deref() == Some(error::FOREIGN_KEY_VIOLATION) =>
+            {
+                // Which run is missing is found when each is tried alone.
+                return Err(no_run(&reqs[0].run));
             }
-        }
+            Err(e) => return Err(e),
+        };
         tx.commit().await?;
         Ok(outs)
     }
+}
+
+/// Inserts many entries in one statement (one round trip), inside a
+/// transaction that holds their runs' row locks. Sequence numbers follow
+/// the requests' order within each run; a key already recorded (or given
+/// twice) is not written again and comes back as the entry there.
+async fn insert_many(
+    tx: &mut PgConnection,
+    shown: &str,
+    reqs: &[&AppendReq],
+) -> Result<Vec<Appended>, Fail> {
+    use std::collections::HashMap;
+    let runs: Vec<String> = reqs.iter().map(|r| r.run.to_string()).collect();
+    let keys: Vec<&str> = reqs.iter().map(|r| r.key.as_str()).collect();
+    let kinds: Vec<&str> = reqs.iter().map(|r| r.kind.as_str()).collect();
+    let payloads: Vec<&str> = reqs.iter().map(|r| r.payload.as_str()).collect();
+    let rows = sqlx::query(
+        "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+             WITH ORDINALITY AS t(run_id, key, kind, payload, ord)), \
+         fresh AS (SELECT DISTINCT ON (run_id, key) run_id, key, kind, payload, ord FROM input i \
+             WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.run_id = i.run_id AND e.key = i.key) \
+             ORDER BY run_id, key, ord), \
+         numbered AS (SELECT f.run_id, f.key, f.kind, f.payload, \
+             COALESCE((SELECT MAX(seq) FROM entries e WHERE e.run_id = f.run_id), 0) \
+             + row_number() OVER (PARTITION BY f.run_id ORDER BY f.ord) AS seq FROM fresh f) \
+         INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+         SELECT run_id, seq, key, kind, payload, clock_timestamp() FROM numbered ORDER BY run_id, seq \
+         ON CONFLICT (run_id, key) DO NOTHING RETURNING run_id, key, seq",
+    )
+    .bind(&runs)
+    .bind(&keys)
+    .bind(&kinds)
+    .bind(&payloads)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut written: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let run: String = r.try_get("run_id")?;
+        let key: String = r.try_get("key")?;
+        written.insert((run, key), r.try_get("seq")?);
+    }
+    // The first request for a key gets its new entry; the others (and keys
+    // recorded before) get the entry as it is.
+    let mut outs: Vec<Option<Appended>> = Vec::with_capacity(reqs.len());
+    let mut missing: Vec<usize> = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        match written.remove(&(runs[i].clone(), r.key.clone())) {
+            Some(seq) => outs.push(Some(Appended::New(seq))),
+            None => {
+                outs.push(None);
+                missing.push(i);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let m_runs: Vec<&str> = missing.iter().map(|&i| runs[i].as_str()).collect();
+        let m_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+        let found = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE (run_id, key) IN \
+             (SELECT * FROM unnest($1::text[], $2::text[]))"
+        )))
+        .bind(&m_runs)
+        .bind(&m_keys)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut by_key: HashMap<(String, String), Entry> = HashMap::with_capacity(found.len());
+        for r in &found {
+            let e = row::entry(shown, r)?;
+            by_key.insert((e.run_id.to_string(), e.key.clone()), e);
+        }
+        for i in missing {
+            let e = by_key
+                .get(&(runs[i].clone(), reqs[i].key.clone()))
+                .cloned()
+                .ok_or_else(|| no_run(&reqs[i].run))?;
+            outs[i] = Some(Appended::Existing(e));
+        }
+    }
+    Ok(outs.into_iter().flatten().collect())
 }
