@@ -114,9 +114,9 @@ type Branch<'e> = (Exec<'e>, Result<Option<Value>, Stop>);
 pub(crate) struct Control {
     pub(crate) store: Arc<dyn RunStore>,
     pub(crate) run: RunId,
-    /// The run's status as last read, and when: read beside each journal
-    /// commit, so that the check before the next model call need not wait
-    /// for a read of its own.
+    /// The run's status as last read, and when the read started: read
+    /// beside each journal commit, so that the check before the next model
+    /// call need not wait for a read of its own.
     seen: Arc<std::sync::Mutex<Option<(RunStatus, std::time::Instant)>>>,
     /// Held while a read is in flight.
     reading: Arc<tokio::sync::Mutex<()>>,
@@ -155,9 +155,26 @@ impl Control {
         if let Some(status) = self.fresh() {
             return Ok(Some(status));
         }
+        self.read().await
+    }
+
+    /// Reads the status unless a read started at or after `since` (when a
+    /// model call returned): a pause made while the call was in flight is
+    /// then seen by the check before the next call. Commits that finish
+    /// together share one read.
+    async fn refresh_after(&self, since: std::time::Instant) {
+        let _one = self.reading.lock().await;
+        let seen = self.seen.lock().ok().and_then(|s| *s);
+        if seen.is_none_or(|(_, at)| at < since) {
+            let _ = self.read().await;
+        }
+    }
+
+    async fn read(&self) -> Result<Option<RunStatus>, spes_store::StoreError> {
+        let started = std::time::Instant::now();
         let status = self.store.status(&self.run).await?;
         if let (Some(st), Ok(mut seen)) = (status, self.seen.lock()) {
-            *seen = Some((st, std::time::Instant::now()));
+            *seen = Some((st, started));
         }
         Ok(status)
     }
@@ -829,11 +846,11 @@ impl<'e> Exec<'e> {
             response,
         };
         // The run's status is read beside the commit (another connection,
-        // off the commit's path) unless a fresh reading exists, for the
-        // check before the next call.
-        let (winner, _) = tokio::join!(self.journal.record(key, effect), async {
+        // off the commit's path), for the check before the next call.
+        let returned = std::time::Instant::now();
+        let (winner, ()) = tokio::join!(self.journal.record(key, effect), async {
             if let Some(c) = &self.control {
-                let _ = c.status().await;
+                c.refresh_after(returned).await;
             }
         });
         let winner = winner.map_err(|e| e.stop(key, loc))?;
