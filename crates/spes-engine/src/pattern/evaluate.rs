@@ -82,7 +82,7 @@ impl Exec<'_> {
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
         let mut req = ChatRequest::user(judge_prompt(&rubric, text));
         let (provider, components) = self.prepare(j.agent.as_deref(), None, &mut req, key, loc)?;
-        let answer = self.call(&provider, req, components, key, loc).await?.text;
+        let answer = self.call(&provider, &req, components, key, loc).await?.text;
         parse_verdict(&answer).map_err(|e| {
             fail(
                 key,

@@ -203,6 +203,47 @@ steps:
     assert_eq!(keys_of(&out.context["person"]), ["zeta", "alpha", "mid"]);
 }
 
+#[tokio::test]
+async fn the_request_hash_is_the_sha256_of_the_request_sent_and_stable_across_runs() {
+    use sha2::{Digest, Sha256};
+    let yaml = r#"
+name: hashed
+steps:
+  - name: person
+    kind: llm
+    prompt: "Who?"
+    schema: { type: object, required: [name], properties: { name: { type: string } } }
+    output: person
+"#;
+    let wf = workflow(yaml);
+    let mut hashes = Vec::new();
+    for _ in 0..2 {
+        // Invalid, then repaired: two requests, the second with two more messages.
+        let p = scripted(r#"- { step: person, replies: ['{"age": 1}', '{"name": "Ada"}'] }"#);
+        let engine = Engine::builder().provider(p.clone()).build();
+        let journal = Arc::new(MemoryJournal::default());
+        engine
+            .run_with_journal(&wf, Default::default(), journal.clone())
+            .await
+            .unwrap();
+        let mut run = Vec::new();
+        for (key, (_, sent)) in ["person", "person#repair1"].iter().zip(p.calls()) {
+            let Some(Effect::Model { request_hash, .. }) = journal.get(key).await.unwrap() else {
+                panic!("no model entry under {key}")
+            };
+            let want = hex::encode(Sha256::digest(serde_json::to_vec(&sent).unwrap()));
+            assert_eq!(request_hash, want, "{key}");
+            run.push(request_hash);
+        }
+        assert_ne!(run[0], run[1]);
+        hashes.push(run);
+    }
+    assert_eq!(
+        hashes[0], hashes[1],
+        "the same requests hash the same in every run"
+    );
+}
+
 const FAN: &str = r#"
 name: fan
 steps:
