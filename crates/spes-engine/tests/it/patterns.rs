@@ -546,6 +546,12 @@ async fn quality_gate_around_a_parallel_fails_once_then_passes() {
     );
     // The branches' own context stays inside the attempt.
     assert!(out.context.get("attempt").is_none() && out.context.get("feedback").is_none());
+    // The diagram shows the wrapped step under the gate.
+    let d = spes_core::workflow::diagram::text(&workflow(GATE_PARALLEL));
+    assert!(
+        d.contains("3 attempts) → review\n  - step (parallel)\n    - pro (llm)\n"),
+        "{d}"
+    );
 }
 
 #[tokio::test]
