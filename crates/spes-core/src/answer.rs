@@ -41,7 +41,7 @@ pub const MAX_SCHEMA_BYTES: u64 = 1 << 20;
 /// is then a walk over it, not a compile per call).
 #[derive(Clone)]
 pub struct AnswerSchema {
-    value: Value,
+    value: Arc<Value>,
     validator: Arc<jsonschema::Validator>,
     /// The file it was read from (resolved path), when it was not inline.
     pub file: Option<String>,
@@ -65,7 +65,7 @@ impl AnswerSchema {
         }
         let validator = jsonschema::validator_for(&value).map_err(|e| e.to_string())?;
         Ok(Self {
-            value,
+            value: Arc::new(value),
             validator: Arc::new(validator),
             file: None,
         })
@@ -82,6 +82,13 @@ impl AnswerSchema {
     #[must_use]
     pub fn value(&self) -> &Value {
         &self.value
+    }
+
+    /// The schema for a request: shared, not copied (a request per call
+    /// and per repair would otherwise copy every keyword).
+    #[must_use]
+    pub fn shared(&self) -> Arc<Value> {
+        Arc::clone(&self.value)
     }
 
     /// Every way `v` breaks the schema, each with the JSON pointer of the

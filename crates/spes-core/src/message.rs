@@ -3,6 +3,8 @@
 //! Adapters convert these to and from their wire formats; the engine and the
 //! journal only ever see these types.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Who said a message.
@@ -67,8 +69,9 @@ pub struct ChatRequest {
     /// A JSON schema the answer must follow (structured output), if any.
     /// Adapters ask the provider for it natively (OpenAI `response_format`
     /// `json_schema`, an Anthropic forced tool call, a grammar locally).
+    /// Shared: every request of a step points at the step's one copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json_schema: Option<serde_json::Value>,
+    pub json_schema: Option<Arc<serde_json::Value>>,
     /// The step asked for JSON (`format: json`). Without `json_schema`,
     /// adapters use the provider's JSON mode (OpenAI `response_format`
     /// `json_object`; an instruction on Anthropic). With `json_schema`,

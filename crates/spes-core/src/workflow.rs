@@ -514,6 +514,18 @@ impl Workflow {
                             go(&format!("{key}/default"), d, out);
                         }
                     }
+                    // A wrapped step that is not an llm step runs once per
+                    // attempt (`KEY/attemptN/NAME`).
+                    StepKind::QualityGate(q) if !matches!(q.step.kind, StepKind::Llm(_)) => go(
+                        &format!("{key}/attempt*"),
+                        std::slice::from_ref(&q.step),
+                        out,
+                    ),
+                    StepKind::Refine(r) if !matches!(r.generate.kind, StepKind::Llm(_)) => go(
+                        &format!("{key}/iteration*"),
+                        std::slice::from_ref(&r.generate),
+                        out,
+                    ),
                     StepKind::Llm(_)
                     | StepKind::Transform(_)
                     | StepKind::QualityGate(_)

@@ -516,10 +516,25 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `cargo bench -p spes-engine --bench durable -- answers` runs one part
+    // (commit, resume, growth, answers); no name runs them all.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |p: &str| parts.is_empty() || parts.iter().any(|a| a == p);
     rt.block_on(async {
-        commit_cost().await;
-        resume_cost().await;
-        growth().await;
-        answer_check_cost().await;
+        if wanted("commit") {
+            commit_cost().await;
+        }
+        if wanted("resume") {
+            resume_cost().await;
+        }
+        if wanted("growth") {
+            growth().await;
+        }
+        if wanted("answers") {
+            answer_check_cost().await;
+        }
     });
 }

@@ -235,7 +235,7 @@ impl Exec<'_> {
         });
         let (p, comps) =
             self.prepare(agent.map(AsRef::as_ref), shim.as_ref(), &mut req, key, loc)?;
-        Ok(self.call(&p, req, comps, key, loc).await?.text)
+        Ok(self.call(&p, &req, comps, key, loc).await?.text)
     }
 
     /// Runs an llm step with extra local variables and a suffix on its prompt.

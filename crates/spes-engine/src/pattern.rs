@@ -6,8 +6,8 @@
 //! | kind | keys |
 //! |---|---|
 //! | switch | `KEY/classify` (or the classify step's `name`), then the route's steps under `KEY/ROUTE` (or `KEY/default`) |
-//! | quality_gate | `KEY/attemptN`, its judge `KEY/attemptN/judge` or `KEY/attemptN/judge/CRITERION` |
-//! | refine | `KEY/iterationN`, `KEY/iterationN/judge[/CRITERION]` |
+//! | quality_gate | `KEY/attemptN` (a wrapped step of another kind: under `KEY/attemptN/NAME`), its judge `KEY/attemptN/judge` or `KEY/attemptN/judge/CRITERION` |
+//! | refine | `KEY/iterationN` (another kind: under `KEY/iterationN/NAME`), `KEY/iterationN/judge[/CRITERION]` |
 //! | debate | `KEY/roundR/DEBATER`, `KEY/judge` |
 //! | sequence of agents | `KEY/AGENT` (`KEY/AGENT.2` for a second turn) |
 

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use spes_core::answer::{Verdict, Violation, check_answer, repair_prompt};
+use spes_core::answer::{AnswerSchema, Verdict, Violation, check_answer, repair_prompt};
 use spes_core::condition::{Condition, Outcome, parse_yes_no};
 use spes_core::message::{ChatRequest, ChatResponse, Message, StopReason, Usage};
 use spes_core::template::Context;
@@ -650,7 +650,7 @@ impl<'e> Exec<'e> {
     ) -> Result<ChatResponse, Stop> {
         let mut req = ChatRequest::user(task);
         let (provider, components) = self.prepare(Some(agent), None, &mut req, key, loc)?;
-        self.call(&provider, req, components, key, loc).await
+        self.call(&provider, &req, components, key, loc).await
     }
 
     pub(crate) async fn condition(
@@ -671,7 +671,7 @@ impl<'e> Exec<'e> {
                 req.temperature = Some(0.0);
                 let (provider, components) =
                     self.prepare(agent.as_deref(), None, &mut req, key, loc)?;
-                let resp = self.call(&provider, req, components, key, loc).await?;
+                let resp = self.call(&provider, &req, components, key, loc).await?;
                 Ok(parse_yes_no(&resp.text) != negate)
             }
         }
@@ -784,13 +784,13 @@ impl<'e> Exec<'e> {
     pub(crate) async fn call(
         &mut self,
         provider: &Arc<dyn Provider>,
-        req: ChatRequest,
+        req: &ChatRequest,
         components: Vec<String>,
         key: &str,
         loc: &Loc,
     ) -> Result<ChatResponse, Stop> {
         if let Some(cap) = &self.engine.capture {
-            cap(key, &req);
+            cap(key, req);
         }
         if let Some(Effect::Model { response, .. }) = self
             .journal
@@ -813,13 +813,13 @@ impl<'e> Exec<'e> {
                 });
             }));
         }
-        let request_hash = request_hash(&req);
+        let request_hash = request_hash(req);
         // Workers on a shared store honour a provider's `retry-after` together.
         self.engine
             .breakers
             .rate_limit_wait(provider.name(), (self.engine.clock)())
             .await;
-        let response = match provider.complete(&req, &cx).await {
+        let response = match provider.complete(req, &cx).await {
             Ok(r) => r,
             Err(e) => {
                 if e.kind == spes_llm::ProviderErrorKind::RateLimited
@@ -912,7 +912,7 @@ impl<'e> Exec<'e> {
         let mut req = ChatRequest {
             messages: vec![Message::user(user)],
             stop: l.stop.clone(),
-            json_schema: l.schema.as_ref().map(|s| s.value().clone()),
+            json_schema: l.schema.as_ref().map(AnswerSchema::shared),
             json: l.format == Format::Json,
             ..ChatRequest::default()
         };
@@ -931,11 +931,8 @@ impl<'e> Exec<'e> {
         let (provider, components) = prepared?;
         let repairs = l.repair.unwrap_or(self.engine.default_repair);
         let on_truncation = l.truncation();
-        // A repair request is this one plus two messages; kept without the
-        // schema, which is cloned again only when a repair is sent.
-        let schema = req.json_schema.take();
-        let shell = req.clone();
-        req.json_schema = schema;
+        // A repair request is this one plus two messages.
+        let asked = req.messages.len();
         let mut usage = Usage::default();
         let (mut made, mut attempt) = (0u32, 0u32);
         let mut last: Vec<Violation> = Vec::new();
@@ -965,7 +962,7 @@ impl<'e> Exec<'e> {
             }
             let before = self.model_calls;
             let resp = self
-                .call(&provider, req, components.clone(), &akey, loc)
+                .call(&provider, &req, components.clone(), &akey, loc)
                 .await?;
             if self.model_calls > before {
                 made += 1;
@@ -997,8 +994,7 @@ impl<'e> Exec<'e> {
                         problems = problems.len(),
                         "the answer is not what the step asked for"
                     );
-                    req = shell.clone();
-                    req.json_schema = l.schema.as_ref().map(|s| s.value().clone());
+                    req.messages.truncate(asked);
                     req.messages.push(Message::assistant(resp.text));
                     req.messages
                         .push(Message::user(repair_prompt(&problems, l.format)));
@@ -1080,11 +1076,24 @@ pub(crate) fn repair_key(key: &str, attempt: u32) -> String {
     }
 }
 
-/// SHA-256 over the request as sent (stable JSON).
+/// SHA-256 over the request as sent (stable JSON), serialized straight
+/// into the hash (no copy of the request's text is made).
 #[must_use]
 pub fn request_hash(req: &ChatRequest) -> String {
-    let bytes = serde_json::to_vec(req).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new());
+    // Serializing plain data into a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut h, req);
+    hex::encode(h.0.finalize())
 }
 
 /// Checks and converts `--input` values against the declared inputs.

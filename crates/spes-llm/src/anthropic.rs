@@ -264,7 +264,7 @@ impl AnthropicProvider {
             self.cfg.timeouts.idle,
             self.cfg.max_response_bytes,
         );
-        let shape = req.json_schema.as_ref().map(wire::tool_shape);
+        let shape = req.json_schema.as_deref().map(wire::tool_shape);
         let mut text = String::new();
         let mut tool_blocks: Vec<u32> = Vec::new();
         let mut tool_json: Option<String> = None;

@@ -273,7 +273,7 @@ impl Provider for LocalProvider {
         };
         let grammar = req
             .json_schema
-            .as_ref()
+            .as_deref()
             .map(model::schema_grammar)
             .transpose()
             .map_err(|e| self.error(&e))?;

@@ -264,7 +264,7 @@ async fn a_json_schema_constrains_the_answer_to_valid_json() {
         "Classify this ticket: 'The login page crashes with a null pointer exception.'",
         64,
     );
-    req.json_schema = Some(schema);
+    req.json_schema = Some(schema.into());
     let r = p
         .complete(&req, &CallContext::for_step("classify"))
         .await

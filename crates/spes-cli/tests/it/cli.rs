@@ -112,6 +112,24 @@ fn json_run_prints_inputs_and_outputs() {
     assert_eq!(obj["summary"], SUMMARY);
     assert_eq!(obj["title"], TITLE);
     assert_eq!(obj["report"], format!("# {TITLE}\n\n{SUMMARY}"));
+    // The context in the order it was written: inputs, then each step.
+    let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["text", "summary", "title", "report"]);
+}
+
+#[test]
+fn a_parallel_result_prints_in_declared_order() {
+    let p = Project::new();
+    p.write(
+        "order.yaml",
+        "name: order\nsteps:\n  - name: views\n    kind: parallel\n    steps:\n      - { name: zeta, kind: llm, prompt: Z }\n      - { name: alpha, kind: llm, prompt: A }\n      - { name: mid, kind: llm, prompt: M }\n    output: views\n",
+    );
+    let run = p.spes(["run", "order.yaml", "-q", "--no-store"]);
+    run.expect_code(0);
+    assert_eq!(
+        run.stdout(),
+        "{\n  \"zeta\": \"Z\",\n  \"alpha\": \"A\",\n  \"mid\": \"M\"\n}\n"
+    );
 }
 
 #[test]

@@ -135,6 +135,12 @@ pub fn text(wf: &Workflow) -> String {
                         go(d, depth + 2, out);
                     }
                 }
+                StepKind::QualityGate(q) if !matches!(q.step.kind, StepKind::Llm(_)) => {
+                    go(std::slice::from_ref(&q.step), depth + 1, out);
+                }
+                StepKind::Refine(r) if !matches!(r.generate.kind, StepKind::Llm(_)) => {
+                    go(std::slice::from_ref(&r.generate), depth + 1, out);
+                }
                 StepKind::Llm(_)
                 | StepKind::Transform(_)
                 | StepKind::Choose(_)

@@ -28,15 +28,19 @@ pub struct SwitchStep {
 /// `quality_gate`: run, score, retry with feedback (§3 `execute_quality_gate`).
 #[derive(Debug, Clone)]
 pub struct QualityGateStep {
-    /// The llm step run on each attempt.
-    pub step: Box<LlmStep>,
+    /// The step run on each attempt: an llm step (the feedback is appended
+    /// to its prompt; its call is keyed `KEY/attemptN`), or a step of any
+    /// other kind (run under `KEY/attemptN/NAME`, seeing the locals
+    /// `attempt` and `feedback`).
+    pub step: Box<Step>,
     /// How attempts are scored.
     pub evaluator: Evaluator,
     /// Score needed to stop (0..1).
     pub threshold: f64,
     /// Attempts in all, counting the first (>= 1).
     pub max_attempts: u32,
-    /// Appended to the step's prompt on a retry.
+    /// Appended to an llm step's prompt on a retry (another kind sees it
+    /// rendered as the local `feedback`).
     pub feedback: Template,
 }
 
@@ -52,15 +56,18 @@ pub struct Examples {
 /// `refine`: generate, evaluate, revise with feedback (§4 `refine`).
 #[derive(Debug, Clone)]
 pub struct RefineStep {
-    /// The llm step giving the first prompt.
-    pub generate: Box<LlmStep>,
+    /// The step run on each iteration: an llm step (its prompt is the first
+    /// prompt; its call is keyed `KEY/iterationN`), or a step of any other
+    /// kind (run under `KEY/iterationN/NAME`, seeing the locals `iteration`
+    /// and `feedback`).
+    pub generate: Box<Step>,
     /// How iterations are scored.
     pub evaluator: Evaluator,
     /// Score needed to stop (0..1).
     pub threshold: f64,
     /// Iterations in all, counting the first (>= 1).
     pub max_iterations: u32,
-    /// Examples placed in every prompt.
+    /// Examples placed in every prompt (an llm `generate` only).
     pub examples: Examples,
 }
 

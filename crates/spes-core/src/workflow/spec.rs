@@ -314,7 +314,7 @@ pub struct StepSpec {
     // --- human in the loop: approval, choose, sections ---
     /// The context key whose text a reviewer approves (approval).
     pub show: Option<S<String>>,
-    /// A step producing the draft (approval) or the variations (choose).
+    /// A step producing the draft (approval), the variations (choose) or each iteration (refine; any kind).
     pub generate: Option<S<Box<Self>>>,
     /// Revisions allowed after the first draft (approval; default 2).
     pub max_revisions: Option<S<u32>>,
@@ -349,7 +349,7 @@ pub struct StepSpec {
     pub routes: Option<S<BTreeMap<String, S<Vec<Self>>>>>,
     /// Steps when no route matched (switch).
     pub default: Option<S<Vec<Self>>>,
-    /// The llm step run on each attempt (quality_gate), per item (map) or once over the list (reduce).
+    /// The step run on each attempt (quality_gate; any kind), per item (map) or once over the list (reduce).
     pub step: Option<S<Box<Self>>>,
     /// How outputs are scored (quality_gate, refine).
     pub evaluator: Option<S<EvaluatorSpec>>,

@@ -1527,6 +1527,21 @@ impl Validator<'_> {
         path: &str,
         locals: &[&str],
     ) -> Option<Box<LlmStep>> {
+        match self.nested_llm_step(sy, default, known, path, locals)?.kind {
+            StepKind::Llm(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// [`Self::nested_llm`], keeping the step around the llm step (its name and location).
+    fn nested_llm_step(
+        &mut self,
+        sy: &Spanned<Box<StepSpec>>,
+        default: &str,
+        known: &Known,
+        path: &str,
+        locals: &[&str],
+    ) -> Option<Step> {
         let mut k = known.clone();
         for l in locals {
             k.write(l);
@@ -1558,10 +1573,7 @@ impl Validator<'_> {
                 "put retry/fallback/degrade/timeout on the enclosing step",
             );
         }
-        match step.kind {
-            StepKind::Llm(l) => Some(l),
-            _ => None,
-        }
+        matches!(step.kind, StepKind::Llm(_)).then_some(step)
     }
 
     fn approval(

@@ -8,15 +8,26 @@ use spes_core::evaluate::{
 };
 use spes_core::message::ChatRequest;
 use spes_core::template::Context;
-use spes_core::workflow::{Examples, Loc, QualityGateStep, RefineStep};
+use spes_core::workflow::{Examples, Loc, QualityGateStep, RefineStep, Step, StepKind};
 
 use crate::error::FailureKind;
 use crate::run::{Exec, StepResult, Stop, fail, join_key};
 
 /// One scored attempt.
 struct Attempt {
-    output: String,
+    /// The wrapped step's result (an llm step's: its text).
+    output: Value,
+    /// What was scored: the text, or the result's JSON.
+    text: String,
     eval: Evaluation,
+}
+
+/// The text an evaluator scores: a string as it is, any other value as JSON.
+fn scored_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The prompt block with good and bad examples (the reference's `refine_with_examples`).
@@ -71,7 +82,7 @@ impl Exec<'_> {
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
         let mut req = ChatRequest::user(judge_prompt(&rubric, text));
         let (provider, components) = self.prepare(j.agent.as_deref(), None, &mut req, key, loc)?;
-        let answer = self.call(&provider, req, components, key, loc).await?.text;
+        let answer = self.call(&provider, &req, components, key, loc).await?.text;
         parse_verdict(&answer).map_err(|e| {
             fail(
                 key,
@@ -153,7 +164,7 @@ impl Exec<'_> {
                 let mut h = a.eval.to_json();
                 if let Some(o) = h.as_object_mut() {
                     o.insert(item_field.into(), json!(i + 1));
-                    o.insert("output".into(), json!(a.output));
+                    o.insert("output".into(), a.output.clone());
                     if item_field == "iteration" {
                         let improved = i == 0 || a.eval.score > attempts[i - 1].eval.score;
                         o.insert("improved".into(), json!(improved));
@@ -169,7 +180,7 @@ impl Exec<'_> {
                 "passed": passed,
                 count_field: attempts.len(),
                 "best": idx + 1,
-                "output": best.map(|b| b.output.clone()).unwrap_or_default(),
+                "output": best.map(|b| b.output.clone()).unwrap_or(Value::Null),
                 "score": round4(score),
                 "history": history,
             })),
@@ -193,6 +204,27 @@ impl Exec<'_> {
         }
     }
 
+    /// Runs a wrapped step that is not an llm step once: under
+    /// `PREFIX/NAME` (`KEY/attemptN/NAME`), in a fork whose context adds
+    /// `counter` (= `n`) and `feedback`. Only its counters come back (its
+    /// own writes stay inside the attempt, as validation assumes).
+    async fn wrapped_run(
+        &mut self,
+        step: &Step,
+        prefix: &str,
+        depth: usize,
+        counter: &str,
+        n: u32,
+        feedback: String,
+    ) -> Result<Value, Stop> {
+        let mut child = self.fork();
+        child.ctx.insert(counter.into(), json!(n));
+        child.ctx.insert("feedback".into(), Value::String(feedback));
+        let r = child.step(step, prefix, depth + 1).await;
+        self.absorb_counters(&child);
+        Ok(r?.unwrap_or(Value::Null))
+    }
+
     pub(crate) async fn quality_gate(
         &mut self,
         q: &QualityGateStep,
@@ -200,32 +232,48 @@ impl Exec<'_> {
         depth: usize,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
-        let base = self.prompt_of(&q.step, key, loc)?;
+        let llm = match &q.step.kind {
+            StepKind::Llm(l) => Some(l.as_ref()),
+            _ => None,
+        };
+        let base = match llm {
+            Some(l) => self.prompt_of(l, key, loc)?,
+            None => String::new(),
+        };
         let mut attempts: Vec<Attempt> = Vec::new();
         for i in 1..=q.max_attempts {
-            let user = match attempts.last() {
-                None => base.clone(),
+            let feedback = match attempts.last() {
+                None => String::new(),
                 Some(prev) => {
                     let mut locals = Context::new();
-                    locals.insert("previous".into(), json!(prev.output));
+                    locals.insert("previous".into(), json!(prev.text));
                     locals.insert("score".into(), json!(round4(prev.eval.score)));
                     locals.insert("feedback".into(), json!(prev.eval.feedback));
                     locals.insert("attempt".into(), json!(i));
                     locals.insert("threshold".into(), json!(q.threshold));
-                    let fb = q
-                        .feedback
+                    q.feedback
                         .render(&self.ctx, Some(&locals))
-                        .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
-                    format!("{base}{fb}")
+                        .map_err(|e| fail(key, loc, FailureKind::Template(e)))?
                 }
             };
             let akey = join_key(key, &format!("attempt{i}"));
-            let output = self.llm_as(&q.step, user, &akey, depth, loc).await?.text;
+            let output = match llm {
+                Some(l) => Value::String(
+                    self.llm_as(l, format!("{base}{feedback}"), &akey, depth, loc)
+                        .await?
+                        .text,
+                ),
+                None => {
+                    self.wrapped_run(&q.step, &akey, depth, "attempt", i, feedback)
+                        .await?
+                }
+            };
+            let text = scored_text(&output);
             let eval = self
-                .evaluate(&q.evaluator, q.threshold, &output, &akey, depth, loc)
+                .evaluate(&q.evaluator, q.threshold, &text, &akey, depth, loc)
                 .await?;
             let passed = eval.passed;
-            attempts.push(Attempt { output, eval });
+            attempts.push(Attempt { output, text, eval });
             if passed {
                 break;
             }
@@ -240,28 +288,43 @@ impl Exec<'_> {
         depth: usize,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
-        let initial = with_examples(&self.prompt_of(&r.generate, key, loc)?, &r.examples);
+        let llm = match &r.generate.kind {
+            StepKind::Llm(l) => Some(l.as_ref()),
+            _ => None,
+        };
+        let initial = match llm {
+            Some(l) => with_examples(&self.prompt_of(l, key, loc)?, &r.examples),
+            None => String::new(),
+        };
         let mut attempts: Vec<Attempt> = Vec::new();
         for i in 1..=r.max_iterations {
-            let user = match attempts.last() {
-                None => initial.clone(),
+            let feedback = match attempts.last() {
+                None => String::new(),
                 Some(prev) => format!(
-                    "{initial}\n\nPrevious Attempt (Iteration {}):\n{}\n\nFeedback:\n{}\n\nPlease revise the output to address the feedback and improve quality.",
+                    "\n\nPrevious Attempt (Iteration {}):\n{}\n\nFeedback:\n{}\n\nPlease revise the output to address the feedback and improve quality.",
                     i - 1,
-                    prev.output,
+                    prev.text,
                     prev.eval.feedback
                 ),
             };
             let ikey = join_key(key, &format!("iteration{i}"));
-            let output = self
-                .llm_as(&r.generate, user, &ikey, depth, loc)
-                .await?
-                .text;
+            let output = match llm {
+                Some(l) => Value::String(
+                    self.llm_as(l, format!("{initial}{feedback}"), &ikey, depth, loc)
+                        .await?
+                        .text,
+                ),
+                None => {
+                    self.wrapped_run(&r.generate, &ikey, depth, "iteration", i, feedback)
+                        .await?
+                }
+            };
+            let text = scored_text(&output);
             let eval = self
-                .evaluate(&r.evaluator, r.threshold, &output, &ikey, depth, loc)
+                .evaluate(&r.evaluator, r.threshold, &text, &ikey, depth, loc)
                 .await?;
             let passed = eval.passed;
-            attempts.push(Attempt { output, eval });
+            attempts.push(Attempt { output, text, eval });
             if passed {
                 break;
             }

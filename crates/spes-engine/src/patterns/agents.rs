@@ -67,6 +67,15 @@
 //! let v = rt.block_on(refine.run(&engine, "blurb", inputs.clone())).unwrap();
 //! assert_eq!((v["passed"].clone(), v["iterations"].clone()), (json!(true), json!(1)));
 //!
+//! // Any step can be gated: a fan_out whose worker reads the attempt number.
+//! let worker = patterns::transform("a", "template", "v{{ attempt }}").unwrap();
+//! let v2 = Evaluator::Checks(vec![Check::new(CheckKind::Contains("v2".into()))]);
+//! let gate = QualityGate::around(patterns::fan_out("fan", vec![worker], None), v2)
+//!     .unwrap()
+//!     .threshold(1.0);
+//! let v = rt.block_on(gate.run(&engine, "versions", inputs.clone())).unwrap();
+//! assert_eq!((v["attempts"].clone(), v["output"].clone()), (json!(2), json!({ "a": "v2" })));
+//!
 //! // Agents in turn, each on the previous output.
 //! let seq = AgentSequence::new(vec![patterns::agent("writer"), patterns::agent("editor")], "Notes on {{ q }}")
 //!     .unwrap();
@@ -181,6 +190,18 @@ pub async fn run_step(
     };
     let out = engine.run(&wf, inputs).await?;
     Ok(out.output.unwrap_or(Value::Null))
+}
+
+/// A wrapped step that is not an llm step is keyed `KEY/attemptN/NAME`,
+/// beside the judge's `KEY/attemptN/judge`.
+fn wrapped_name(s: &Step) -> Result<(), RunError> {
+    if s.name == "judge" && !matches!(s.kind, StepKind::Llm(_)) {
+        return Err(RunError::Input(
+            "the wrapped step may not be named `judge` (the evaluator's judge is journaled there)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn unit(x: f64, what: &str) -> Result<(), RunError> {
@@ -305,8 +326,20 @@ pub struct QualityGate(QualityGateStep);
 impl QualityGate {
     /// Threshold from the evaluator (0.8 unless criteria say otherwise), 3 attempts.
     pub fn new(prompt: &str, evaluator: Evaluator) -> Result<Self, TemplateError> {
+        Self::around(
+            step("step", StepKind::Llm(Box::new(llm_step(prompt)?))),
+            evaluator,
+        )
+    }
+
+    /// Wraps any step (a [`fan_out`](crate::patterns::fan_out), a
+    /// pipeline, ...). A step that is not an llm step runs under
+    /// `KEY/attemptN/NAME` and sees `attempt` and `feedback` (the rendered
+    /// feedback template; empty on the first attempt); its result is scored
+    /// as text (a string) or as JSON.
+    pub fn around(step: Step, evaluator: Evaluator) -> Result<Self, TemplateError> {
         Ok(Self(QualityGateStep {
-            step: Box::new(llm_step(prompt)?),
+            step: Box::new(step),
             threshold: evaluator.default_threshold(),
             evaluator,
             max_attempts: 3,
@@ -352,6 +385,7 @@ impl QualityGate {
         if self.0.max_attempts == 0 {
             return Err(RunError::Input("max_attempts must be at least 1".into()));
         }
+        wrapped_name(&self.0.step)?;
         run_step(engine, self.into_step(name), inputs).await
     }
 }
@@ -363,13 +397,24 @@ pub struct Refine(RefineStep);
 impl Refine {
     /// Threshold from the evaluator, 5 iterations, no examples.
     pub fn new(prompt: &str, evaluator: Evaluator) -> Result<Self, TemplateError> {
-        Ok(Self(RefineStep {
-            generate: Box::new(llm_step(prompt)?),
+        Ok(Self::around(
+            step("generate", StepKind::Llm(Box::new(llm_step(prompt)?))),
+            evaluator,
+        ))
+    }
+
+    /// Wraps any step: one that is not an llm step runs under
+    /// `KEY/iterationN/NAME` and sees `iteration` and `feedback` (the
+    /// previous iteration and its feedback; empty on the first).
+    #[must_use]
+    pub fn around(generate: Step, evaluator: Evaluator) -> Self {
+        Self(RefineStep {
+            generate: Box::new(generate),
             threshold: evaluator.default_threshold(),
             evaluator,
             max_iterations: 5,
             examples: Examples::default(),
-        }))
+        })
     }
 
     /// Score needed (0..1).
@@ -409,6 +454,15 @@ impl Refine {
         unit(self.0.threshold, "threshold")?;
         if self.0.max_iterations == 0 {
             return Err(RunError::Input("max_iterations must be at least 1".into()));
+        }
+        wrapped_name(&self.0.generate)?;
+        let examples = &self.0.examples;
+        if (!examples.good.is_empty() || !examples.bad.is_empty())
+            && !matches!(self.0.generate.kind, StepKind::Llm(_))
+        {
+            return Err(RunError::Input(
+                "examples go into an llm generate step's prompt; write them into the wrapped step's prompts".into(),
+            ));
         }
         run_step(engine, self.into_step(name), inputs).await
     }

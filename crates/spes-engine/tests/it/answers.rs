@@ -74,6 +74,176 @@ steps:
     );
 }
 
+/// Three branches declared out of alphabetical order; `SYNTH` is replaced
+/// by a `synthesize` line or nothing, `OVER` by the key the loop reads.
+const DECLARED: &str = r#"
+name: order
+steps:
+  - name: views
+    kind: parallel
+    steps:
+      - { name: zeta, kind: llm, prompt: "Z" }
+      - { name: alpha, kind: llm, prompt: "A" }
+      - { name: mid, kind: llm, prompt: "M" }
+SYNTH    output: views
+  - { name: list, kind: transform, fn: template, input: "{% for k, v in OVER | items %}{{ k }}={{ v }};{% endfor %}", output: list }
+"#;
+
+/// The keys of an object, in the order it iterates.
+fn keys_of(v: &Value) -> Vec<&str> {
+    v.as_object().unwrap().keys().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn parallel_results_keep_the_declared_order_with_and_without_a_synthesis() {
+    let synth = "    synthesize: { name: merge, kind: llm, prompt: \"{% for k in results %}{{ k }},{% endfor %} {{ results | tojson }}\" }\n";
+    for (synth, over, results) in [
+        ("", "views", "views"),
+        (synth, "views_results", "views_results"),
+    ] {
+        let wf = workflow(&DECLARED.replace("SYNTH", synth).replace("OVER", over));
+        let p = scripted("- { default: echo }");
+        let engine = Engine::builder().provider(p.clone()).build();
+        let journal = Arc::new(MemoryJournal::default());
+        let out = engine
+            .run_with_journal(&wf, Default::default(), journal.clone())
+            .await
+            .unwrap();
+        let r = &out.context[results];
+        assert_eq!(keys_of(r), ["zeta", "alpha", "mid"], "{synth}");
+        assert_eq!(
+            serde_json::to_string(r).unwrap(),
+            r#"{"zeta":"Z","alpha":"A","mid":"M"}"#
+        );
+        assert_eq!(out.context["list"], json!("zeta=Z;alpha=A;mid=M;"));
+        if !synth.is_empty() {
+            assert_eq!(
+                out.context["views"],
+                json!(r#"zeta,alpha,mid, {"zeta": "Z", "alpha": "A", "mid": "M"}"#)
+            );
+        }
+        // A replay from the journal builds the same order.
+        let again = engine
+            .run_with_journal(&wf, Default::default(), journal)
+            .await
+            .unwrap();
+        assert_eq!(again.model_calls, 0);
+        assert_eq!(
+            serde_json::to_string(&again.context).unwrap(),
+            serde_json::to_string(&out.context).unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn fan_out_results_keep_the_declared_order_whatever_on_error() {
+    let yaml = r#"
+name: fan
+steps:
+  - name: review
+    kind: fan_out
+ON_ERROR    workers:
+      - { name: zeta, step: { kind: llm, prompt: "Z" } }
+      - { name: alpha, step: { kind: llm, prompt: "A" } }
+      - { name: mid, step: { kind: llm, prompt: "M" } }
+AGG    output: review
+"#;
+    let agg = "    aggregate: { kind: transform, fn: template, input: \"{% for k, v in results | items %}{{ k }}={{ v }};{% endfor %}\" }\n";
+    for on_error in ["", "    on_error: skip\n", "    on_error: collect\n"] {
+        let p = scripted("- { default: echo }");
+        let engine = Engine::builder().provider(p).build();
+        let plain = workflow(&yaml.replace("ON_ERROR", on_error).replace("AGG", ""));
+        let out = engine.run(&plain, Default::default()).await.unwrap();
+        assert_eq!(
+            keys_of(&out.context["review"]),
+            ["zeta", "alpha", "mid"],
+            "{on_error}"
+        );
+        let aggregated = workflow(&yaml.replace("ON_ERROR", on_error).replace("AGG", agg));
+        let out = engine.run(&aggregated, Default::default()).await.unwrap();
+        assert_eq!(
+            out.context["review"],
+            json!("zeta=Z;alpha=A;mid=M;"),
+            "{on_error}"
+        );
+    }
+    // A failed worker collected in place keeps its place.
+    let p = scripted("- { step: review/alpha, error: invalid_request }\n- { default: echo }");
+    let engine = Engine::builder().provider(p).build();
+    let wf = workflow(
+        &yaml
+            .replace("ON_ERROR", "    on_error: collect\n")
+            .replace("AGG", ""),
+    );
+    let out = engine.run(&wf, Default::default()).await.unwrap();
+    assert_eq!(keys_of(&out.context["review"]), ["zeta", "alpha", "mid"]);
+    assert!(out.context["review"]["alpha"]["error"].is_string());
+}
+
+#[tokio::test]
+async fn a_schema_is_sent_as_written_and_a_json_answer_keeps_its_order() {
+    let yaml = r#"
+name: shape
+steps:
+  - name: person
+    kind: llm
+    prompt: "Who?"
+    schema: { type: object, required: [zeta, alpha], properties: { zeta: { type: integer }, alpha: { type: integer } } }
+    output: person
+"#;
+    let p = scripted(r#"- { step: person, reply: '{"zeta": 1, "alpha": 2, "mid": 3}' }"#);
+    let engine = Engine::builder().provider(p.clone()).build();
+    let out = engine
+        .run(&workflow(yaml), Default::default())
+        .await
+        .unwrap();
+    let sent = p.calls()[0].1.json_schema.clone().unwrap();
+    assert_eq!(keys_of(&sent), ["type", "required", "properties"]);
+    assert_eq!(keys_of(&sent["properties"]), ["zeta", "alpha"]);
+    assert_eq!(keys_of(&out.context["person"]), ["zeta", "alpha", "mid"]);
+}
+
+#[tokio::test]
+async fn the_request_hash_is_the_sha256_of_the_request_sent_and_stable_across_runs() {
+    use sha2::{Digest, Sha256};
+    let yaml = r#"
+name: hashed
+steps:
+  - name: person
+    kind: llm
+    prompt: "Who?"
+    schema: { type: object, required: [name], properties: { name: { type: string } } }
+    output: person
+"#;
+    let wf = workflow(yaml);
+    let mut hashes = Vec::new();
+    for _ in 0..2 {
+        // Invalid, then repaired: two requests, the second with two more messages.
+        let p = scripted(r#"- { step: person, replies: ['{"age": 1}', '{"name": "Ada"}'] }"#);
+        let engine = Engine::builder().provider(p.clone()).build();
+        let journal = Arc::new(MemoryJournal::default());
+        engine
+            .run_with_journal(&wf, Default::default(), journal.clone())
+            .await
+            .unwrap();
+        let mut run = Vec::new();
+        for (key, (_, sent)) in ["person", "person#repair1"].iter().zip(p.calls()) {
+            let Some(Effect::Model { request_hash, .. }) = journal.get(key).await.unwrap() else {
+                panic!("no model entry under {key}")
+            };
+            let want = hex::encode(Sha256::digest(serde_json::to_vec(&sent).unwrap()));
+            assert_eq!(request_hash, want, "{key}");
+            run.push(request_hash);
+        }
+        assert_ne!(run[0], run[1]);
+        hashes.push(run);
+    }
+    assert_eq!(
+        hashes[0], hashes[1],
+        "the same requests hash the same in every run"
+    );
+}
+
 const FAN: &str = r#"
 name: fan
 steps:

@@ -159,3 +159,91 @@ fn composition_errors_point_at_the_problem() {
     .unwrap();
     assert!(load(d, "r.yaml").unwrap_err().contains("cannot read"));
 }
+
+const GATED_CHILD: &str = r#"
+name: gated
+inputs: { doc: { type: string, required: true } }
+steps:
+  - name: gate
+    kind: quality_gate
+    step:
+      name: brief
+      kind: workflow
+      path: child.yaml
+      inputs: { text: "{{ doc }}{{ feedback }}", style: "try {{ attempt }}" }
+    evaluator: { checks: [ { contains: SHORT } ] }
+    output: gate
+output: gate
+"#;
+
+#[tokio::test]
+async fn a_quality_gate_around_a_sub_workflow_retries_it_and_resumes_without_repeating_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("child.yaml"), CHILD).unwrap();
+    std::fs::write(dir.path().join("gated.yaml"), GATED_CHILD).unwrap();
+    let wf = load(dir.path(), "gated.yaml").unwrap();
+    let keys: Vec<String> = wf.walk().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "gate",
+            "gate/attempt*/brief",
+            "gate/attempt*/brief/sum",
+            "gate/attempt*/brief/shout"
+        ]
+    );
+    assert_eq!(wf.children.len(), 1, "the child file is pinned");
+    let script = "- { step: attempt1/brief/sum, reply: 'a long version' }\n- { step: attempt2/brief/sum, reply: 'short' }";
+
+    // The second attempt fails at its model call; the first is committed.
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let source = WorkflowSource {
+        path: dir.path().join("gated.yaml").display().to_string(),
+        text: GATED_CHILD.into(),
+    };
+    let broken = scripted(&format!(
+        "- {{ step: attempt2/brief/sum, error: invalid_request }}\n{script}"
+    ));
+    let (id, end) = Engine::builder()
+        .provider(broken)
+        .build()
+        .start(store.clone(), &wf, &source, inputs(&[("doc", "d")]))
+        .await
+        .unwrap();
+    let RunEnd::Failed(e) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(e.step, "gate/attempt2/brief/sum");
+    let run = store.run(&id).await.unwrap().unwrap();
+    let fixed = scripted(script);
+    let end = Engine::builder()
+        .provider(fixed.clone())
+        .build()
+        .resume(store.clone(), &run, &wf, &source, false)
+        .await
+        .unwrap();
+    let RunEnd::Completed(out) = end else {
+        panic!("{end:?}")
+    };
+    let asked: Vec<String> = fixed.calls().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(asked, ["gate/attempt2/brief/sum"], "attempt 1 replays");
+    let gate = out.output.unwrap();
+    assert_eq!(
+        (gate["passed"].clone(), gate["attempts"].clone()),
+        (json!(true), json!(2))
+    );
+    assert_eq!(gate["output"], json!("SHORT"));
+    assert_eq!(gate["history"][0]["output"], json!("A LONG VERSION"));
+    // The child got the attempt and the gate's feedback through its inputs.
+    let second = &fixed.calls()[0].1.messages[0].content;
+    assert!(
+        second.starts_with(
+            "Summarise (try 2): d\n\nPrevious attempt (quality: 0.0):\nA LONG VERSION"
+        ),
+        "{second}"
+    );
+}

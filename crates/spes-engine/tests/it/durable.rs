@@ -104,6 +104,60 @@ async fn a_failed_run_resumes_without_repeating_finished_calls() {
 }
 
 #[tokio::test]
+async fn parallel_results_come_back_from_the_store_in_declared_order() {
+    const PAR: &str = r#"
+name: par
+steps:
+  - name: views
+    kind: parallel
+    steps:
+      - { name: zeta, kind: llm, prompt: "Z" }
+      - { name: alpha, kind: llm, prompt: "A" }
+      - { name: mid, kind: llm, prompt: "M" }
+    output: views
+  - { name: check, kind: llm, prompt: "ok?", output: check }
+output: views
+"#;
+    const WANT: &str = r#"{"zeta":"Z","alpha":"A","mid":"M"}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let wf = workflow(PAR);
+    // The step after the parallel fails once: the branches are committed.
+    let broken = scripted("- { step: check, error: invalid_request }\n- { default: echo }");
+    let (id, end) = Engine::builder()
+        .provider(broken)
+        .build()
+        .start(store.clone(), &wf, &source(PAR), inputs(&[]))
+        .await
+        .unwrap();
+    assert!(matches!(end, RunEnd::Failed(_)), "{end:?}");
+    let run = store.run(&id).await.unwrap().unwrap();
+    let fixed = scripted("- { default: echo }");
+    let end = Engine::builder()
+        .provider(fixed.clone())
+        .build()
+        .resume(store.clone(), &run, &wf, &source(PAR), false)
+        .await
+        .unwrap();
+    let RunEnd::Completed(out) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(fixed.calls().len(), 1, "only `check` is asked again");
+    assert_eq!(serde_json::to_string(&out.output).unwrap(), WANT);
+    // The recorded output and a replay of it keep the order too.
+    let run = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(serde_json::to_string(&run.output).unwrap(), WANT);
+    let r = Engine::builder()
+        .provider(scripted("- { default: error }"))
+        .build()
+        .replay(store.clone(), &run, &wf)
+        .await
+        .unwrap();
+    assert!(r.identical);
+    assert_eq!(serde_json::to_string(&r.output).unwrap(), WANT);
+}
+
+#[tokio::test]
 async fn resume_refuses_a_changed_workflow_and_names_the_first_differing_step() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir).await;

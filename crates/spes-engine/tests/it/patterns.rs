@@ -448,6 +448,277 @@ async fn refine_returns_the_best_iteration_when_none_passes() {
     assert_eq!(b["score"], json!(0.5));
 }
 
+// ---- quality_gate and refine around steps of other kinds ----
+
+/// A quality gate around a `parallel`: the branches read `attempt` and
+/// `feedback`; a check and a judge score the branches' results as JSON.
+const GATE_PARALLEL: &str = r#"
+name: gate_par
+inputs: { topic: { type: string, required: true } }
+agents:
+  critic: { role: grades }
+steps:
+  - name: review
+    kind: quality_gate
+    step:
+      kind: parallel
+      steps:
+        - { name: pro, kind: llm, prompt: "Pros of {{ topic }}.{{ feedback }}" }
+        - { name: con, kind: llm, prompt: "Cons of {{ topic }} (attempt {{ attempt }})." }
+    evaluator:
+      criteria:
+        - { name: risks, weight: 1, threshold: 1, check: { contains: "risk" } }
+        - { name: balance, weight: 1, threshold: 0.5, judge: { agent: critic, rubric: "balanced" } }
+    max_attempts: 3
+    output: review
+  - { name: after, kind: transform, fn: template, input: "{{ review.output.con }}", output: after }
+"#;
+
+const GATE_PARALLEL_SCRIPT: &str = r#"
+- { step: attempt1/step/pro, reply: "fast" }
+- { step: attempt1/step/con, reply: "none" }
+- { step: attempt2/step/pro, reply: "faster" }
+- { step: attempt2/step/con, reply: "a migration risk" }
+- { step: attempt1/judge/balance, reply: '{"score": 0.9, "feedback": "fine"}' }
+- { step: attempt2/judge/balance, reply: '{"score": 0.8, "feedback": "fine"}' }
+"#;
+
+#[tokio::test]
+async fn quality_gate_around_a_parallel_fails_once_then_passes() {
+    let p = scripted(GATE_PARALLEL_SCRIPT);
+    let engine = Engine::builder().provider(p.clone()).build();
+    let out = engine
+        .run(&workflow(GATE_PARALLEL), inputs(&[("topic", "sync")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&p),
+        [
+            "review/attempt1/judge/balance",
+            "review/attempt1/step/con",
+            "review/attempt1/step/pro",
+            "review/attempt2/judge/balance",
+            "review/attempt2/step/con",
+            "review/attempt2/step/pro",
+        ]
+    );
+    let r = &out.context["review"];
+    assert_eq!(
+        (
+            r["passed"].clone(),
+            r["attempts"].clone(),
+            r["best"].clone()
+        ),
+        (json!(true), json!(2), json!(2))
+    );
+    // The result is the parallel's own value, in declared order.
+    assert_eq!(
+        serde_json::to_string(&r["output"]).unwrap(),
+        r#"{"pro":"faster","con":"a migration risk"}"#
+    );
+    assert_eq!(
+        r["history"][0]["output"],
+        json!({ "pro": "fast", "con": "none" })
+    );
+    assert_eq!(r["history"][0]["passed"], json!(false));
+    assert_eq!(out.context["after"], json!("a migration risk"));
+    // The branches see the attempt and the gate's feedback (which quotes
+    // the previous attempt as JSON); the judge scores the JSON too.
+    assert_eq!(user_text(&p, "review/attempt1/step/pro"), "Pros of sync.");
+    assert_eq!(
+        user_text(&p, "review/attempt2/step/con"),
+        "Cons of sync (attempt 2)."
+    );
+    let second = user_text(&p, "review/attempt2/step/pro");
+    assert!(
+        second.starts_with("Pros of sync.\n\nPrevious attempt (quality: ")
+            && second.contains(r#"{"pro":"fast","con":"none"}"#)
+            && second.contains("risks"),
+        "{second}"
+    );
+    let judge = user_text(&p, "review/attempt1/judge/balance");
+    assert!(
+        judge.contains(
+            r#"Text:
+{"pro":"fast","con":"none"}"#
+        ),
+        "{judge}"
+    );
+    // The branches' own context stays inside the attempt.
+    assert!(out.context.get("attempt").is_none() && out.context.get("feedback").is_none());
+    // The diagram shows the wrapped step under the gate.
+    let d = spes_core::workflow::diagram::text(&workflow(GATE_PARALLEL));
+    assert!(
+        d.contains("3 attempts) → review\n  - step (parallel)\n    - pro (llm)\n"),
+        "{d}"
+    );
+}
+
+#[tokio::test]
+async fn quality_gate_around_a_parallel_resumes_without_new_model_calls() {
+    crash_and_resume(
+        GATE_PARALLEL,
+        ("topic", "t"),
+        GATE_PARALLEL_SCRIPT,
+        "attempt2/step/con",
+    )
+    .await;
+    crash_and_resume(
+        GATE_PARALLEL,
+        ("topic", "t"),
+        GATE_PARALLEL_SCRIPT,
+        "attempt2/judge/balance",
+    )
+    .await;
+}
+
+/// A refine around a sequence (an llm step, then a transform) and around
+/// a pure transform.
+const REFINE_SEQUENCE: &str = r#"
+name: refine_seq
+inputs: { topic: { type: string, required: true } }
+steps:
+  - name: blurb
+    kind: refine
+    generate:
+      name: write
+      kind: sequence
+      steps:
+        - { name: draft, kind: llm, prompt: "Describe {{ topic }}.{{ feedback }}", output: draft }
+        - { name: tidy, kind: transform, fn: trim, input: "{{ draft }}" }
+    evaluator: { checks: [ { contains: offline } ] }
+    threshold: 1
+    max_iterations: 3
+    output: blurb
+  - name: version
+    kind: refine
+    generate: { kind: transform, fn: template, input: "v{{ iteration }}" }
+    evaluator: { checks: [ { contains: v2 } ] }
+    output: version
+"#;
+
+const REFINE_SEQUENCE_SCRIPT: &str = r#"
+- { step: iteration1/write/draft, reply: "  A tool.  " }
+- { step: iteration2/write/draft, reply: " Runs offline. " }
+"#;
+
+#[tokio::test]
+async fn refine_around_steps_that_are_not_llm_steps() {
+    let p = scripted(REFINE_SEQUENCE_SCRIPT);
+    let out = Engine::builder()
+        .provider(p.clone())
+        .build()
+        .run(&workflow(REFINE_SEQUENCE), inputs(&[("topic", "spes")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.model_calls, 2,
+        "checks need no calls; iteration 2 passes"
+    );
+    let b = &out.context["blurb"];
+    assert_eq!(
+        (b["passed"].clone(), b["iterations"].clone()),
+        (json!(true), json!(2))
+    );
+    assert_eq!(b["output"], json!("Runs offline."));
+    assert_eq!(b["history"][0]["output"], json!("A tool."));
+    assert_eq!(b["history"][1]["improved"], json!(true));
+    assert_eq!(
+        user_text(&p, "blurb/iteration1/write/draft"),
+        "Describe spes."
+    );
+    let second = user_text(&p, "blurb/iteration2/write/draft");
+    assert!(
+        second.starts_with(
+            "Describe spes.\n\nPrevious Attempt (Iteration 1):\nA tool.\n\nFeedback:\n"
+        ) && second
+            .ends_with("Please revise the output to address the feedback and improve quality."),
+        "{second}"
+    );
+    assert!(
+        out.context.get("draft").is_none(),
+        "inner writes stay inside"
+    );
+    // A pure step needs no model: the counter alone changes its result.
+    let v = &out.context["version"];
+    assert_eq!(
+        (
+            v["passed"].clone(),
+            v["iterations"].clone(),
+            v["output"].clone()
+        ),
+        (json!(true), json!(2), json!("v2"))
+    );
+}
+
+#[tokio::test]
+async fn refine_around_a_sequence_resumes_without_new_model_calls() {
+    crash_and_resume(
+        REFINE_SEQUENCE,
+        ("topic", "spes"),
+        REFINE_SEQUENCE_SCRIPT,
+        "iteration2/write/draft",
+    )
+    .await;
+}
+
+#[test]
+fn a_wrapped_step_is_validated_where_it_is_written() {
+    let yaml = r#"
+name: bad
+agents:
+  a: { role: x }
+steps:
+  - name: q
+    kind: quality_gate
+    step:
+      kind: parallel
+      steps:
+        - { name: one, kind: llm, agent: ghost, task: "x" }
+        - { name: two, kind: llm, prompt: "{{ nowhere }} {{ attempt }}" }
+    evaluator: { checks: [ { contains: x } ] }
+  - name: r
+    kind: refine
+    generate: { kind: transform, fn: template, input: "{{ iteration }}" }
+    evaluator: { checks: [ { contains: x } ] }
+    examples: { good: ["g"] }
+  - name: j
+    kind: quality_gate
+    step: { name: judge, kind: sequence, steps: [ { name: s, kind: llm, prompt: "x" } ] }
+    evaluator: { checks: [ { contains: x } ] }
+  - name: l
+    kind: quality_gate
+    step: { prompt: "{{ feedback }}" }
+    evaluator: { checks: [ { contains: x } ] }
+"#;
+    let errs = errors(yaml);
+    has(
+        &errs,
+        "spes::workflow::unknown_agent",
+        "unknown agent `ghost`",
+        11,
+    );
+    has(&errs, "spes::workflow::unknown_key", "reads `nowhere`", 12);
+    assert!(
+        !errs.iter().any(|(_, m, _)| m.contains("reads `attempt`")),
+        "{errs:#?}"
+    );
+    has(
+        &errs,
+        "spes::workflow::field_not_for_kind",
+        "`examples` go into an llm `generate` step's prompt, and this one is a `transform` step",
+        18,
+    );
+    has(
+        &errs,
+        "spes::workflow::bad_step_name",
+        "the `step` step may not be named `judge`",
+        21,
+    );
+    // An llm step gets the feedback appended to its prompt: it has no `feedback` to read.
+    has(&errs, "spes::workflow::unknown_key", "reads `feedback`", 25);
+}
+
 const CRITERIA: &str = r#"
 name: criteria
 inputs: { topic: { type: string, required: true } }
@@ -849,12 +1120,6 @@ steps:
         "spes::workflow::bad_schema",
         "not a valid JSON Schema",
         22,
-    );
-    has(
-        &errs,
-        "spes::workflow::nested_kind",
-        "`step` must be an llm step",
-        6,
     );
     has(&errs, "spes::workflow::bad_evaluator", "exactly one of", 7);
     has(

@@ -80,7 +80,7 @@ impl<'a> MessagesRequest<'a> {
             None => (None, None),
             Some(schema) => {
                 let input_schema = match tool_shape(schema) {
-                    ToolShape::Direct => schema.clone(),
+                    ToolShape::Direct => Value::clone(schema),
                     ToolShape::Wrapped => json!({
                         "type": "object",
                         "properties": {"value": schema},

@@ -91,7 +91,7 @@ async fn anthropic_max_tokens_falls_back_to_the_provider_setting() {
 #[tokio::test]
 async fn openai_streaming_request_body_and_headers() {
     let req = ChatRequest {
-        json_schema: Some(schema()),
+        json_schema: Some(schema().into()),
         ..full_request()
     };
     let r = sent(Api::OpenAi, true, &req).await;

@@ -616,7 +616,7 @@ async fn openai_response_format_is_strict_only_where_the_schema_allows() {
         (json!({"type": "array", "items": {"type": "string"}}), false),
     ] {
         let req = ChatRequest {
-            json_schema: Some(schema.clone()),
+            json_schema: Some(schema.clone().into()),
             json: true,
             ..ChatRequest::user("Name a colour.")
         };
@@ -669,7 +669,7 @@ async fn anthropic_schema_becomes_a_forced_tool_call() {
         "end_turn",
     ));
     let req = ChatRequest {
-        json_schema: Some(loose_schema()),
+        json_schema: Some(loose_schema().into()),
         json: true,
         ..ChatRequest::user("Name a colour.")
     };
@@ -684,7 +684,7 @@ async fn anthropic_schema_becomes_a_forced_tool_call() {
     // A non-object schema is wrapped in an object with one `value`.
     let list = json!({"type": "array", "items": {"type": "string"}});
     let req = ChatRequest {
-        json_schema: Some(list.clone()),
+        json_schema: Some(list.clone().into()),
         ..ChatRequest::user("Name colours.")
     };
     let body = sent_body(Api::Anthropic, &req, ok.clone()).await;
@@ -710,7 +710,7 @@ async fn anthropic_schema_becomes_a_forced_tool_call() {
 async fn anthropic_tool_input_is_the_answer_streamed_or_not() {
     let s = RawServer::start().await;
     let req = ChatRequest {
-        json_schema: Some(loose_schema()),
+        json_schema: Some(loose_schema().into()),
         json: true,
         ..ChatRequest::user("Name a colour.")
     };
@@ -739,7 +739,7 @@ async fn anthropic_tool_input_is_the_answer_streamed_or_not() {
     }
     // Wrapped schemas are unwrapped.
     let req = ChatRequest {
-        json_schema: Some(json!({"type": "array", "items": {"type": "string"}})),
+        json_schema: Some(json!({"type": "array", "items": {"type": "string"}}).into()),
         ..ChatRequest::user("Name colours.")
     };
     s.push(Raw::json(&anthropic_message(
@@ -765,7 +765,7 @@ async fn anthropic_tool_input_is_the_answer_streamed_or_not() {
         "max_tokens",
     ))));
     let req = ChatRequest {
-        json_schema: Some(loose_schema()),
+        json_schema: Some(loose_schema().into()),
         ..ChatRequest::user("Name a colour.")
     };
     let r = call(on(Api::Anthropic, &s, true).as_ref(), &req)

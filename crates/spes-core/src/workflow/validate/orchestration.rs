@@ -37,7 +37,7 @@ fn merge_side_by_side(before: &Known, arms: Vec<Known>, certain: bool) -> Known 
 
 impl Validator<'_> {
     /// A nested step (named `default` when unnamed) with extra locals.
-    fn nested_step(
+    pub(super) fn nested_step(
         &mut self,
         sy: &Spanned<Box<StepSpec>>,
         default: &str,

@@ -13,12 +13,12 @@ use crate::evaluate::{
     Evaluator, Judge, Measure,
 };
 use crate::template::Template;
-use crate::workflow::Agent;
 use crate::workflow::pattern::{
     AgentChainStep, DEFAULT_GATE_FEEDBACK, DebateStep, Examples, JudgeSees, QualityGateStep,
     RefineStep, SwitchStep,
 };
 use crate::workflow::spec::{CheckItemSpec, EvaluatorSpec, JudgeSpec, StepSpec};
+use crate::workflow::{Agent, Step, StepKind};
 
 /// Locals a quality gate's `feedback` template sees.
 const FEEDBACK_LOCALS: &[&str] = &["previous", "score", "feedback", "attempt", "threshold"];
@@ -246,12 +246,12 @@ impl Validator<'_> {
                 "step",
                 "quality_gate",
                 kind_at,
-                "add `step: { kind: llm, prompt: \"...\" }` (run on every attempt)",
+                "add `step: { kind: llm, prompt: \"...\" }` (run on every attempt; any step kind may be wrapped)",
             );
             return None;
         };
         self.no_nested_output(st, "step", &what);
-        let step = self.nested_llm(st, "step", known, path, &[]);
+        let step = self.wrapped(st, "step", known, path, "attempt");
         let evaluator = self.evaluator_of(s, known, &what, kind_at, "quality_gate");
         let threshold = match &s.threshold {
             Some(t) => self.unit_interval(t, "threshold", &what),
@@ -295,7 +295,7 @@ impl Validator<'_> {
             return None;
         };
         self.no_nested_output(g, "generate", &what);
-        let generate = self.nested_llm(g, "generate", known, path, &[]);
+        let generate = self.wrapped(g, "generate", known, path, "iteration");
         let evaluator = self.evaluator_of(s, known, &what, kind_at, "refine");
         let threshold = match &s.threshold {
             Some(t) => self.unit_interval(t, "threshold", &what),
@@ -315,6 +315,19 @@ impl Validator<'_> {
                 bad: e.value.bad.clone(),
             })
             .unwrap_or_default();
+        if let (Some(e), Some(g)) = (&s.examples, &generate)
+            && !matches!(g.kind, StepKind::Llm(_))
+        {
+            self.err(
+                "spes::workflow::field_not_for_kind",
+                format!(
+                    "{what}: `examples` go into an llm `generate` step's prompt, and this one is a `{}` step",
+                    g.kind.name()
+                ),
+                span(e),
+                "remove `examples`, or write them into the prompts inside the `generate` step",
+            );
+        }
         Some(RefineStep {
             generate: generate?,
             evaluator: evaluator?,
@@ -322,6 +335,47 @@ impl Validator<'_> {
             max_iterations,
             examples,
         })
+    }
+
+    /// The step a `quality_gate` (`field` = `step`) or `refine` (`generate`)
+    /// runs each time. An llm step (the default kind) gets the feedback
+    /// appended to its prompt and is keyed `KEY/{counter}N`; any other kind
+    /// runs under `KEY/{counter}N/NAME` and sees the locals `counter`
+    /// (`attempt` or `iteration`) and `feedback`.
+    fn wrapped(
+        &mut self,
+        sy: &Spanned<Box<StepSpec>>,
+        field: &str,
+        known: &Known,
+        path: &str,
+        counter: &str,
+    ) -> Option<Box<Step>> {
+        // The kind decides the form, so a `use:` is expanded first.
+        let spec = self.expand_use((*sy.value).clone(), 0)?;
+        if spec.kind.as_ref().is_none_or(|k| k.value == "llm") {
+            let sy = Spanned::new(Box::new(spec), sy.referenced, sy.defined);
+            return self
+                .nested_llm_step(&sy, field, known, path, &[])
+                .map(Box::new);
+        }
+        if let Some(n) = spec.name.as_ref().filter(|n| n.value == "judge") {
+            self.err(
+                "spes::workflow::bad_step_name",
+                format!("step `{path}`: the `{field}` step may not be named `judge`"),
+                span(n),
+                format!("`{path}/{counter}N/judge` is where the evaluator's judge is journaled; pick another name"),
+            );
+            return None;
+        }
+        let sy = Spanned::new(Box::new(spec), sy.referenced, sy.defined);
+        self.nested_step(
+            &sy,
+            field,
+            known,
+            &format!("{path}/{counter}*"),
+            &[counter, "feedback"],
+        )
+        .map(Box::new)
     }
 
     /// `debate`.
