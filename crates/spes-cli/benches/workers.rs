@@ -30,15 +30,19 @@ struct Project {
 
 impl Project {
     fn new(items: usize) -> Self {
+        Self::with(
+            "[defaults]\nprovider = \"test\"\n\n[providers.test]\nkind = \"scripted\"\nscript = \"answers.yaml\"\n",
+            workflow(),
+            items,
+        )
+    }
+
+    fn with(toml: &str, wf: &str, items: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(dir.path()).unwrap();
-        std::fs::write(
-            root.join("spes.toml"),
-            "[defaults]\nprovider = \"test\"\n\n[providers.test]\nkind = \"scripted\"\nscript = \"answers.yaml\"\n",
-        )
-        .unwrap();
+        std::fs::write(root.join("spes.toml"), toml).unwrap();
         std::fs::write(root.join("answers.yaml"), "[]\n").unwrap();
-        std::fs::write(root.join("wf.yaml"), workflow()).unwrap();
+        std::fs::write(root.join("wf.yaml"), wf).unwrap();
         let list: Vec<String> = (0..items).map(|i| format!("item {i}")).collect();
         std::fs::write(
             root.join("items.json"),
@@ -76,9 +80,25 @@ impl Drop for Workers {
 
 /// Seconds from enqueue to completion of one run of `items` items.
 async fn measure(workers: usize, concurrency: usize, items: usize) -> Duration {
+    let p = Project::new(items);
+    let (elapsed, output) = run_on_workers(&p, workers, concurrency).await;
+    assert_eq!(output.as_array().map(Vec::len), Some(items));
+    assert_eq!(
+        output[items - 1],
+        serde_json::json!(format!("ITEM {}", items - 1))
+    );
+    elapsed
+}
+
+/// Starts `workers` workers on a fresh schema, runs `p`'s workflow on them
+/// (detached) and returns the time from enqueue to completion and the output.
+async fn run_on_workers(
+    p: &Project,
+    workers: usize,
+    concurrency: usize,
+) -> (Duration, serde_json::Value) {
     let schema = TestSchema::new().await;
     let store = schema.store().await;
-    let p = Project::new(items);
     let url = schema.url().to_owned();
     let mut ws = Workers(Vec::new());
     for w in 0..workers {
@@ -146,13 +166,36 @@ async fn measure(workers: usize, concurrency: usize, items: usize) -> Duration {
     }
     let elapsed = started.elapsed();
     let output = store.run(&run).await.unwrap().unwrap().output.unwrap();
-    assert_eq!(output.as_array().map(Vec::len), Some(items));
-    assert_eq!(
-        output[items - 1],
-        serde_json::json!(format!("ITEM {}", items - 1))
-    );
     drop(ws);
-    elapsed
+    (elapsed, output)
+}
+
+/// Map-reduce of 1,000 model calls against the in-repo fake server at
+/// 200 ms (OpenAI adapter), map concurrency 64, on `workers` workers of
+/// concurrency 64: wall time against the limit ceil(1000/64) x 0.2 s + 0.2 s.
+async fn map_reduce(workers: usize) {
+    const ITEMS: usize = 1000;
+    const N: usize = 64;
+    let server = spes_fake_llm::FakeServer::start().await.unwrap();
+    server.set_latency(Duration::from_millis(200));
+    let toml = format!(
+        "[defaults]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"bench\"\nstream = false\n",
+        server.openai_base_url()
+    );
+    let wf = format!(
+        "name: bench-map-reduce\ninputs:\n  items: {{ type: list, required: true }}\nsteps:\n  - name: m\n    kind: map\n    over: items\n    concurrency: {N}\n    step: {{ name: summarize, kind: llm, prompt: \"Summarise {{{{ item }}}}\" }}\n    output: sums\n  - name: r\n    kind: reduce\n    over: sums\n    step: {{ name: combine, kind: llm, prompt: \"Combine {{{{ items | length }}}} summaries\" }}\n    output: overview\noutput: sums\n"
+    );
+    let p = Project::with(&toml, &wf, ITEMS);
+    let before = server.request_count();
+    let (elapsed, output) = run_on_workers(&p, workers, N).await;
+    assert_eq!(output.as_array().map(Vec::len), Some(ITEMS));
+    assert_eq!(server.request_count() - before, ITEMS + 1);
+    let limit = ITEMS.div_ceil(N) as f64 * 0.2 + 0.2;
+    let s = elapsed.as_secs_f64();
+    println!(
+        "map-reduce, {ITEMS} model calls at 200 ms, N = {N}, {workers} worker(s): {s:.3} s against a limit of {limit:.3} s: {:.3}x (target <= 1.10x)",
+        s / limit
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -178,6 +221,9 @@ async fn main() {
             items as f64 / s,
             s * 1000.0 * workers as f64 / items as f64
         );
+    }
+    for workers in [1, 2] {
+        map_reduce(workers).await;
     }
     let serial = (items / 20).max(50);
     let d = measure(1, 1, serial).await;
