@@ -34,6 +34,16 @@ pub(crate) struct AppendReq {
     pub(crate) payload: String,
 }
 
+/// A journal append made only while a task's lease holds.
+#[derive(Debug)]
+pub(crate) struct FencedReq {
+    pub(crate) lease: crate::queue::Lease,
+    pub(crate) append: AppendReq,
+}
+
+/// The group-commit queue of fenced appends (workers).
+pub(crate) type FencedAppends = GroupCommit<FencedReq, crate::Result<crate::Appended>>;
+
 /// The group-commit queue of journal appends.
 pub(crate) type Appends = GroupCommit<AppendReq, crate::Result<crate::Appended>>;
 
@@ -42,8 +52,8 @@ pub(crate) const MAX_BATCH: usize = 256;
 
 /// Answers every append of a batch: each its own outcome, or all the
 /// transaction's error.
-pub(crate) fn answer_appends(
-    batch: Vec<Pending<AppendReq, crate::Result<crate::Appended>>>,
+pub(crate) fn answer_appends<I>(
+    batch: Vec<Pending<I, crate::Result<crate::Appended>>>,
     outcome: crate::Result<Vec<crate::Result<crate::Appended>>>,
 ) {
     match outcome {

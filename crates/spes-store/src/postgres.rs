@@ -137,6 +137,8 @@ pub struct PostgresStore {
     listener: tokio::sync::Mutex<Option<sqlx::postgres::PgListener>>,
     /// Appends waiting to be committed together.
     appends: crate::group::Appends,
+    /// Workers' fenced appends waiting to be committed together.
+    fenced: crate::group::FencedAppends,
 }
 
 /// The channel a transaction that makes a task ready notifies (`pg_notify`,
@@ -222,6 +224,7 @@ impl PostgresStore {
             down: Mutex::new(None),
             listener: tokio::sync::Mutex::new(None),
             appends: crate::group::Appends::new(crate::group::MAX_BATCH),
+            fenced: crate::group::FencedAppends::new(crate::group::MAX_BATCH),
         };
         store.migrate().await?;
         Ok(store)
@@ -244,7 +247,7 @@ impl PostgresStore {
     /// is smaller than the number of appends.
     #[must_use]
     pub fn journal_transactions(&self) -> u64 {
-        self.appends.batches()
+        self.appends.batches() + self.fenced.batches()
     }
 
     /// Closes every connection. Operations after this fail.

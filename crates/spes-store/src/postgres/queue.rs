@@ -19,8 +19,9 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::row::{self, ENTRY_COLUMNS};
-use super::run_store::{append_locked, insert_run, lock_run, transition_in};
+use super::run_store::{append_locked, insert_many, insert_run, lock_run, transition_in};
 use super::{Fail, PostgresStore};
+use crate::group::{AppendReq, FencedReq, Pending};
 use crate::queue::{FinalEntry, ItemProgress, Lease, NewItem, Task, TaskKind, TaskQueue};
 use crate::{Appended, Entry, NewRun, Result, Run, RunId, RunPatch, RunStatus, StoreError};
 
@@ -265,16 +266,19 @@ impl TaskQueue for PostgresStore {
         kind: &str,
         payload: &serde_json::Value,
     ) -> Result<Appended> {
-        let payload = &row::json(payload)?;
-        self.retry(|| async move {
-            let mut tx = self.pool.begin().await?;
-            fence(&mut tx, lease, false).await?;
-            lock_run(&mut tx, run).await?;
-            let a = append_locked(&mut tx, &self.shown, run, key, kind, payload).await?;
-            tx.commit().await?;
-            Ok(a)
-        })
-        .await
+        let req = FencedReq {
+            lease: lease.clone(),
+            append: AppendReq {
+                run: *run,
+                key: key.to_owned(),
+                kind: kind.to_owned(),
+                payload: row::json(payload)?,
+            },
+        };
+        // The items a worker runs side by side share one transaction.
+        self.fenced
+            .submit(req, |batch| self.commit_fenced(batch))
+            .await
     }
 
     async fn finish_item(
@@ -616,4 +620,87 @@ fn prefix_upper(prefix: &str) -> String {
     // Keys are text: appending the largest scalar value bounds every
     // continuation (byte order of UTF-8 is code point order).
     format!("{prefix}\u{10FFFF}")
+}
+
+impl PostgresStore {
+    /// Commits a batch of fenced appends in one transaction: the leases
+    /// are checked (and their tasks locked) by one statement, then the
+    /// runs are locked (task, then run, as everywhere), then the appends
+    /// whose lease holds are written; the others are [`StoreError::Fenced`].
+    /// An append to a missing run fails the batch; then each is tried alone.
+    async fn commit_fenced(&self, batch: Vec<Pending<FencedReq, Result<Appended>>>) {
+        let reqs: Vec<&FencedReq> = batch.iter().map(|p| &*p.input).collect();
+        let outcome =
+            match self.retry(|| self.fenced_batch(&reqs)).await {
+                Err(StoreError::NotFound(_)) if reqs.len() > 1 => {
+                    let mut outs = Vec::with_capacity(reqs.len());
+                    for r in &reqs {
+                        let one = [*r];
+                        outs.push(self.retry(|| self.fenced_batch(&one)).await.and_then(
+                            |mut v| {
+                                v.pop().unwrap_or_else(|| {
+                                    Err(StoreError::Backend("an append got no answer".into()))
+                                })
+                            },
+                        ));
+                    }
+                    Ok(outs)
+                }
+                other => other,
+            };
+        crate::group::answer_appends(batch, outcome);
+    }
+
+    async fn fenced_batch(&self, reqs: &[&FencedReq]) -> Result<Vec<Result<Appended>>, Fail> {
+        let mut tx = self.pool.begin().await?;
+        let tasks: Vec<i64> = reqs.iter().map(|r| r.lease.task).collect();
+        let owners: Vec<&str> = reqs.iter().map(|r| r.lease.owner.as_str()).collect();
+        let epochs: Vec<i64> = reqs.iter().map(|r| r.lease.epoch).collect();
+        let held: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE (id, owner, epoch) IN \
+             (SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])) \
+             AND state = 'claimed' AND lease_expires_at > clock_timestamp() ORDER BY id FOR SHARE",
+        )
+        .bind(&tasks)
+        .bind(&owners)
+        .bind(&epochs)
+        .fetch_all(&mut *tx)
+        .await?;
+        let holds = |r: &FencedReq| held.contains(&r.lease.task);
+        let live: Vec<&AppendReq> = reqs
+            .iter()
+            .filter(|r| holds(r))
+            .map(|r| &r.append)
+            .collect();
+        let mut runs: Vec<RunId> = live.iter().map(|r| r.run).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        for run in &runs {
+            lock_run(&mut tx, run).await?;
+        }
+        let written = match live.as_slice() {
+            [] => Vec::new(),
+            [r] => vec![
+                append_locked(&mut tx, &self.shown, &r.run, &r.key, &r.kind, &r.payload).await?,
+            ],
+            _ => insert_many(&mut tx, &self.shown, &live).await?,
+        };
+        tx.commit().await?;
+        let mut written = written.into_iter();
+        Ok(reqs
+            .iter()
+            .map(|r| {
+                if holds(r) {
+                    written
+                        .next()
+                        .ok_or_else(|| StoreError::Backend("an append got no answer".into()))
+                } else {
+                    Err(StoreError::Fenced {
+                        task: r.lease.task,
+                        epoch: r.lease.epoch,
+                    })
+                }
+            })
+            .collect())
+    }
 }

@@ -604,7 +604,7 @@ impl PostgresStore {
 /// transaction that holds their runs' row locks. Sequence numbers follow
 /// the requests' order within each run; a key already recorded (or given
 /// twice) is not written again and comes back as the entry there.
-async fn insert_many(
+pub(super) async fn insert_many(
     tx: &mut PgConnection,
     shown: &str,
     reqs: &[&AppendReq],

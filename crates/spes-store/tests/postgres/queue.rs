@@ -497,3 +497,72 @@ async fn renew_does_not_report_a_task_its_holder_just_finished() {
         "the tasks another worker took are lost, no others"
     );
 }
+
+/// Fenced appends that arrive together (the model answers of items a
+/// worker runs side by side) share transactions; an append whose lease is
+/// stale is refused alone, and the others land with gapless numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fenced_appends_share_commits_a_stale_one_alone_is_refused() {
+    let schema = TestSchema::new().await;
+    let store = std::sync::Arc::new(schema.store().await);
+    let run = queued(&*store).await;
+    let q = store.queue().unwrap();
+    let parent = q
+        .claim("p", TaskKind::Run, 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let items: Vec<NewItem> = (0..60)
+        .map(|i| NewItem {
+            key: format!("m/map[{i}]"),
+            payload: json!(i),
+        })
+        .collect();
+    q.enqueue_items(&parent.lease, &run.id, &items)
+        .await
+        .unwrap();
+    let got = q.claim("w", TaskKind::Item, 60, LEASE).await.unwrap();
+    assert_eq!(got.len(), 60);
+    let before = store.journal_transactions();
+    let tasks: Vec<_> = got
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let store = store.clone();
+            let mut lease = t.lease.clone();
+            if i == 7 {
+                lease.epoch += 3; // a zombie's epoch
+            }
+            tokio::spawn(async move {
+                let q = store.queue().unwrap();
+                q.append_fenced(
+                    &lease,
+                    &run.id,
+                    &format!("{}/llm", t.key),
+                    "model",
+                    &json!(i),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut fenced = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Appended::New(_)) => {}
+            Err(StoreError::Fenced { .. }) => fenced += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(fenced, 1);
+    let txs = store.journal_transactions() - before;
+    assert!(txs < 30, "60 concurrent fenced appends took {txs} commits");
+    let seqs: Vec<i64> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=59).collect::<Vec<_>>());
+}
