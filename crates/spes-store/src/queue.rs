@@ -107,7 +107,8 @@ pub struct FinalEntry {
     pub payload: serde_json::Value,
 }
 
-/// The work queue. Every method is one transaction.
+/// The work queue. Every method is one transaction (concurrent
+/// `append_fenced` calls of one process may share theirs).
 #[async_trait]
 pub trait TaskQueue: Send + Sync {
     /// Creates a run (normally `Pending`) and its run task, ready, at once.
