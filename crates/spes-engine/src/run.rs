@@ -896,7 +896,9 @@ impl<'e> Exec<'e> {
     ///
     /// An answer that is not what was asked for is sent back with its
     /// problems (the answer as an assistant message, then a user message
-    /// listing them), up to `repair` times. Attempt *n* is journaled under
+    /// listing them), up to `repair` times; each repair request carries the
+    /// earlier rejected answers too (the last eight), so a deterministic
+    /// model is not sent the same request twice. Attempt *n* is journaled under
     /// `KEY` (n = 1), then `KEY#repair{n-1}`. Recorded attempts replay
     /// first, so a replay of a served step is exact; then each execution
     /// may make up to `1 + repair` new calls, so a resumed run whose step
@@ -931,7 +933,7 @@ impl<'e> Exec<'e> {
         let (provider, components) = prepared?;
         let repairs = l.repair.unwrap_or(self.engine.default_repair);
         let on_truncation = l.truncation();
-        // A repair request is this one plus two messages.
+        // A repair request is this one plus two messages per rejected answer.
         let asked = req.messages.len();
         let mut usage = Usage::default();
         let (mut made, mut attempt) = (0u32, 0u32);
@@ -994,7 +996,12 @@ impl<'e> Exec<'e> {
                         problems = problems.len(),
                         "the answer is not what the step asked for"
                     );
-                    req.messages.truncate(asked);
+                    // The conversation keeps the last few rejected answers
+                    // with their problems: a deterministic model (greedy
+                    // decoding) asked the same request again answers the same.
+                    if req.messages.len() >= asked + 2 * REPAIR_TURNS_KEPT {
+                        req.messages.drain(asked..asked + 2);
+                    }
                     req.messages.push(Message::assistant(resp.text));
                     req.messages
                         .push(Message::user(repair_prompt(&problems, l.format)));
@@ -1005,6 +1012,9 @@ impl<'e> Exec<'e> {
         }
     }
 }
+
+/// Rejected answers (each with its problems) a repair request carries at most.
+const REPAIR_TURNS_KEPT: usize = 8;
 
 /// An llm step's checked answer.
 pub(crate) struct Answer {

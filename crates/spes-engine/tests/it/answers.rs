@@ -365,6 +365,43 @@ steps:
 }
 
 #[tokio::test]
+async fn each_repair_keeps_the_earlier_rejected_answers_so_no_two_requests_are_alike() {
+    let yaml = r#"
+name: j
+steps:
+  - name: n
+    kind: llm
+    prompt: "count"
+    schema: { type: integer, multipleOf: 2 }
+    repair: 6
+    output: n
+"#;
+    let wf = workflow(yaml);
+    // A deterministic model that keeps its answer, then gives in.
+    let p = scripted("- { step: n, replies: ['7', '7', '7', '7', '7', '7', '8'] }");
+    let engine = Engine::builder().provider(p.clone()).build();
+    let out = engine.run(&wf, Default::default()).await.unwrap();
+    assert_eq!(out.context["n"], json!(8));
+    let calls = p.calls();
+    assert_eq!(calls.len(), 7);
+    let lens: Vec<usize> = calls.iter().map(|(_, r)| r.messages.len()).collect();
+    // The question, then two messages per rejected answer.
+    assert_eq!(lens, [1, 3, 5, 7, 9, 11, 13]);
+    let hashes: std::collections::HashSet<String> = calls
+        .iter()
+        .map(|(_, r)| spes_engine::run::request_hash(r))
+        .collect();
+    assert_eq!(hashes.len(), 7, "every attempt sends a different request");
+    assert!(
+        calls[6].1.messages[12]
+            .content
+            .contains("7 is not a multiple of 2"),
+        "{:?}",
+        calls[6].1.messages
+    );
+}
+
+#[tokio::test]
 async fn a_repair_is_journaled_under_its_own_key_and_replays_exactly() {
     let yaml = r#"
 name: j
