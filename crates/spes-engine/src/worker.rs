@@ -257,16 +257,23 @@ impl Worker {
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         let mut pause = self.opts.poll;
+        // Run tasks are looked for at most once a poll while items keep the
+        // worker busy (items are looked for whenever a slot frees).
+        let mut runs_looked: Option<tokio::time::Instant> = None;
         loop {
             while tasks.try_join_next().is_some() {}
             let n = self.opts.concurrency;
             let free_runs = n.saturating_sub(self.running_runs.load(Ordering::SeqCst));
             let free_items = n.saturating_sub(self.running_items.load(Ordering::SeqCst));
+            let look_for_runs = runs_looked.is_none_or(|t| t.elapsed() >= self.opts.poll);
             let mut claimed = 0;
             let mut failed = false;
             for (kind, free) in [(TaskKind::Item, free_items), (TaskKind::Run, free_runs)] {
-                if free == 0 {
+                if free == 0 || (kind == TaskKind::Run && !look_for_runs) {
                     continue;
+                }
+                if kind == TaskKind::Run {
+                    runs_looked = Some(tokio::time::Instant::now());
                 }
                 match self
                     .queue()
@@ -308,6 +315,11 @@ impl Worker {
                     self.queue().wait_for_work(pause).await;
                 }
             };
+            // Waking (or a finished task) looks for runs again at once when
+            // the worker has no item to do.
+            if self.running_items.load(Ordering::SeqCst) == 0 {
+                runs_looked = None;
+            }
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = tasks.join_next(), if !tasks.is_empty() => {}
@@ -687,14 +699,17 @@ impl Worker {
             )));
         };
         let ctx = self.item_context(&run.id, &p.map).await?;
-        let journal = FencedJournal::open(
-            self.store.clone(),
-            run.id,
-            lease.clone(),
-            Some(&[format!("{}/", task.key), format!("{}#", task.key)]),
-        )
-        .await
-        .map_err(Leave::from_journal)?;
+        // An item with nothing journaled under its key when claimed (the
+        // usual case) starts empty: no read.
+        let prefixes = if task.journaled {
+            vec![format!("{}/", task.key), format!("{}#", task.key)]
+        } else {
+            Vec::new()
+        };
+        let journal =
+            FencedJournal::open(self.store.clone(), run.id, lease.clone(), Some(&prefixes))
+                .await
+                .map_err(Leave::from_journal)?;
         let exec = Exec::new(
             &self.engine,
             (*ctx).clone(),

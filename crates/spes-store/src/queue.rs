@@ -74,6 +74,13 @@ pub struct Task {
     pub payload: serde_json::Value,
     /// The run's status when the task was claimed.
     pub run_status: RunStatus,
+    /// Whether the run's journal held an entry under the task's key
+    /// (`KEY/...` or `KEY#...`; any entry for a run task) when it was
+    /// claimed. `false` lets an item start with an empty journal instead
+    /// of reading it. An entry that another writer commits under the key
+    /// after the claim is still found: the journal's first-commit-wins
+    /// append gives it back in place of the new one.
+    pub journaled: bool,
 }
 
 /// An item task to enqueue.
@@ -197,6 +204,13 @@ pub trait TaskQueue: Send + Sync {
 
     /// Where the items of a run whose keys start with `prefix` stand.
     async fn item_progress(&self, run: &RunId, prefix: &str) -> Result<ItemProgress>;
+
+    /// Whether any item of the run whose key starts with `prefix` is still
+    /// open (ready or claimed): [`item_progress`](Self::item_progress)'s
+    /// `open > 0`, without counting.
+    async fn items_open(&self, run: &RunId, prefix: &str) -> Result<bool> {
+        Ok(self.item_progress(run, prefix).await?.open > 0)
+    }
 
     /// The state (`ready`, `claimed`, `done`, `failed`) and error of the
     /// run's task under exactly `key`, if there is one.

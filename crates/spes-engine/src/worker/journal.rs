@@ -31,7 +31,8 @@ pub(crate) fn message(e: &StoreError) -> String {
 
 impl FencedJournal {
     /// Opens the journal of `run`, loading every entry (`prefixes` = None)
-    /// or only those under the given key prefixes.
+    /// or only those under the given key prefixes (`Some(&[])`: none, for
+    /// a task that had no entry when it was claimed).
     pub(crate) async fn open(
         store: Arc<dyn RunStore>,
         run: RunId,
@@ -40,6 +41,7 @@ impl FencedJournal {
     ) -> Result<Self, String> {
         let entries: Vec<Entry> = match prefixes {
             None => store.entries(&run).await.map_err(|e| message(&e))?,
+            Some([]) => Vec::new(),
             Some(ps) => {
                 let q = store
                     .queue()

@@ -119,14 +119,12 @@ impl<'e> Exec<'e> {
                 .await
                 .map_err(store_err)?;
         }
-        let progress = loop {
-            let p = q.item_progress(&d.run, &prefix).await.map_err(store_err)?;
-            if p.open == 0 {
-                break p;
-            }
+        // Waits with a cheap look (is any item open?), then counts once.
+        while q.items_open(&d.run, &prefix).await.map_err(store_err)? {
             self.check_control(key, loc).await?;
             tokio::time::sleep(d.poll).await;
-        };
+        }
+        let progress = q.item_progress(&d.run, &prefix).await.map_err(store_err)?;
         self.journal.refresh(&prefix).await.map_err(journal_err)?;
         if m.on_error == OnError::FailFast {
             let first = progress

@@ -81,6 +81,7 @@ fn task_from(shown: &str, owner: &str, r: &sqlx::postgres::PgRow) -> Result<Task
         run_status: status
             .parse()
             .map_err(|e: String| Fail::Store(StoreError::Backend(e)))?,
+        journaled: r.try_get("journaled")?,
     })
 }
 
@@ -191,7 +192,12 @@ impl TaskQueue for PostgresStore {
                      lease_expires_at = clock_timestamp() + $4 * interval '1 millisecond', updated_at = now() \
                      FROM (SELECT id FROM tasks WHERE kind = $2 AND {which} LIMIT $3 FOR UPDATE SKIP LOCKED) p \
                      WHERE t.id = p.id RETURNING t.id, t.run_id, t.kind, t.key, t.payload, t.epoch, \
-                     (SELECT r.status FROM runs r WHERE r.id = t.run_id) AS run_status"
+                     (SELECT r.status FROM runs r WHERE r.id = t.run_id) AS run_status, \
+                     (t.key = '' AND EXISTS (SELECT 1 FROM entries e WHERE e.run_id = t.run_id)) \
+                     OR EXISTS (SELECT 1 FROM entries e WHERE e.run_id = t.run_id \
+                       AND e.key >= t.key || '#' AND e.key < t.key || '$') \
+                     OR EXISTS (SELECT 1 FROM entries e WHERE e.run_id = t.run_id \
+                       AND e.key >= t.key || '/' AND e.key < t.key || '0') AS journaled"
                 )))
                 .bind(owner)
                 .bind(kind.as_str())
@@ -247,8 +253,8 @@ impl TaskQueue for PostgresStore {
             }
             Ok(sqlx::query_scalar::<_, i64>(
                 "SELECT x.id FROM unnest($1::bigint[], $2::bigint[]) AS x(id, epoch) \
-                 WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = x.id AND t.epoch = x.epoch \
-                                   AND t.state <> 'claimed')",
+                 WHERE (SELECT 1 FROM tasks t WHERE t.id = x.id AND t.epoch = x.epoch \
+                        AND t.state <> 'claimed') IS NULL",
             )
             .bind(&rest)
             .bind(&rest_epochs)
@@ -365,13 +371,17 @@ impl TaskQueue for PostgresStore {
                     }
                     lock_run(&mut tx, run).await?;
                     // Numbered after the run's last entry, in batch order,
-                    // skipping keys already there (first commit wins).
+                    // skipping keys already there (first commit wins). The
+                    // key check is a scalar subquery, not `NOT EXISTS`: that
+                    // would be planned as an anti-join that may read every
+                    // entry of the run (seen with no statistics: quadratic
+                    // over a map); a subquery is one index lookup per key.
                     sqlx::query(
                         "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
                          SELECT $1, m.mx + row_number() OVER (ORDER BY x.ord), x.key, x.kind, x.payload, clock_timestamp() \
                          FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS x(key, kind, payload, ord) \
                          CROSS JOIN (SELECT COALESCE(MAX(seq), 0) AS mx FROM entries WHERE run_id = $1) m \
-                         WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.run_id = $1 AND e.key = x.key)",
+                         WHERE (SELECT 1 FROM entries e WHERE e.run_id = $1 AND e.key = x.key) IS NULL",
                     )
                     .bind(run_id)
                     .bind(&keys)
@@ -487,6 +497,24 @@ impl TaskQueue for PostgresStore {
                 }
             }
             Ok(p)
+        })
+        .await
+    }
+
+    async fn items_open(&self, run: &RunId, prefix: &str) -> Result<bool> {
+        let run_id = &run.to_string();
+        let upper = &prefix_upper(prefix);
+        self.retry(|| async move {
+            // The partial index `tasks_open`: the first open item ends it.
+            Ok(sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE run_id = $1 AND key >= $2 AND key < $3 \
+                 AND kind = 'item' AND state IN ('ready','claimed'))",
+            )
+            .bind(run_id)
+            .bind(prefix)
+            .bind(upper)
+            .fetch_one(&self.pool)
+            .await?)
         })
         .await
     }

@@ -603,7 +603,9 @@ impl PostgresStore {
 /// Inserts many entries in one statement (one round trip), inside a
 /// transaction that holds their runs' row locks. Sequence numbers follow
 /// the requests' order within each run; a key already recorded (or given
-/// twice) is not written again and comes back as the entry there.
+/// twice) is not written again and comes back as the entry there. (The
+/// key check is a scalar subquery, one index lookup per key: a `NOT
+/// EXISTS` may be planned as an anti-join reading the run's whole journal.)
 pub(super) async fn insert_many(
     tx: &mut PgConnection,
     shown: &str,
@@ -618,7 +620,7 @@ pub(super) async fn insert_many(
         "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
              WITH ORDINALITY AS t(run_id, key, kind, payload, ord)), \
          fresh AS (SELECT DISTINCT ON (run_id, key) run_id, key, kind, payload, ord FROM input i \
-             WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.run_id = i.run_id AND e.key = i.key) \
+             WHERE (SELECT 1 FROM entries e WHERE e.run_id = i.run_id AND e.key = i.key) IS NULL \
              ORDER BY run_id, key, ord), \
          numbered AS (SELECT f.run_id, f.key, f.kind, f.payload, \
              COALESCE((SELECT MAX(seq) FROM entries e WHERE e.run_id = f.run_id), 0) \

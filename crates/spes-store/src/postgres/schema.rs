@@ -93,6 +93,10 @@ CREATE TABLE shared_state (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 "#,
+    // 3: the open items of a map found without counting its finished ones.
+    r#"
+CREATE INDEX tasks_open ON tasks (run_id, key) WHERE state IN ('ready','claimed');
+"#,
 ];
 
 /// The newest schema version this build understands.

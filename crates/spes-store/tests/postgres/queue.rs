@@ -278,6 +278,66 @@ async fn finishing_an_item_writes_its_result_with_the_task() {
 }
 
 #[tokio::test]
+async fn a_claim_says_whether_the_journal_holds_the_task_s_keys_and_open_items_are_seen_without_counting()
+ {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let run = queued(&store).await;
+    let q = store.queue().unwrap();
+    let parent = q
+        .claim("p", TaskKind::Run, 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!parent.journaled, "a new run has no entry");
+    // Entries under item 1 (a step) and item 2 (its result), and one under
+    // item 10, whose key starts with item 1's but is not under it.
+    for key in [
+        "m/map[1]/step",
+        "m/map[2]#result",
+        "m/map[10]/step",
+        "m#ctx",
+    ] {
+        store
+            .append(&run.id, key, "decision", &json!({"decision": 1}))
+            .await
+            .unwrap();
+    }
+    let items: Vec<NewItem> = (0..4)
+        .map(|i| NewItem {
+            key: format!("m/map[{i}]"),
+            payload: json!(i),
+        })
+        .collect();
+    q.enqueue_items(&parent.lease, &run.id, &items)
+        .await
+        .unwrap();
+    assert!(q.items_open(&run.id, "m/map[").await.unwrap());
+    assert!(!q.items_open(&run.id, "n/map[").await.unwrap());
+    let got = q.claim("w", TaskKind::Item, 4, LEASE).await.unwrap();
+    let journaled: Vec<(&str, bool)> = got.iter().map(|t| (t.key.as_str(), t.journaled)).collect();
+    assert_eq!(
+        journaled,
+        [
+            ("m/map[0]", false),
+            ("m/map[1]", true),
+            ("m/map[2]", true),
+            ("m/map[3]", false)
+        ]
+    );
+    for t in &got {
+        q.finish_item(&t.lease, &run.id, None, None).await.unwrap();
+    }
+    assert!(!q.items_open(&run.id, "m/map[").await.unwrap());
+    let p = q.item_progress(&run.id, "m/map[").await.unwrap();
+    assert_eq!((p.open, p.done), (0, 4));
+    // The run task, claimed again, sees its journal.
+    q.release(&parent.lease).await.unwrap();
+    let again = q.claim("p", TaskKind::Run, 1, LEASE).await.unwrap();
+    assert!(again[0].journaled);
+}
+
+#[tokio::test]
 async fn deciding_a_gate_readies_a_waiting_queued_run() {
     let schema = TestSchema::new().await;
     let store = schema.store().await;
