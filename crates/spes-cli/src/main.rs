@@ -36,6 +36,7 @@ use spes_core::diagnostic::NamedDiagnostic;
 use spes_core::message::{ChatRequest, ChatResponse};
 use spes_core::workflow::{ValidateEnv, Workflow, diagram, parse_workflow, validate};
 use spes_core::{Diagnostics, Severity};
+use spes_engine::ops::Decision;
 use spes_engine::{Engine, EngineError, RunError};
 use spes_llm::{CallContext, Provider, ProviderError};
 
@@ -87,6 +88,9 @@ enum Command {
         /// Comments recorded with the approval.
         #[arg(long)]
         comments: Option<String>,
+        /// Who decides (recorded and shown; default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        by: Option<String>,
     },
     /// Reject at a human gate.
     Reject {
@@ -98,6 +102,9 @@ enum Command {
         /// Why (recorded).
         #[arg(long)]
         reason: String,
+        /// Who decides (recorded and shown; default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        by: Option<String>,
     },
     /// Ask for a revision at an approval or section gate.
     Revise {
@@ -112,6 +119,9 @@ enum Command {
         /// Suggested changes.
         #[arg(long)]
         suggest: Option<String>,
+        /// Who decides (recorded and shown; default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        by: Option<String>,
     },
     /// Pick variation N at a choose gate.
     Choose {
@@ -122,6 +132,9 @@ enum Command {
         /// The gate, when the run has several open.
         #[arg(long)]
         gate: Option<String>,
+        /// Who decides (recorded and shown; default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        by: Option<String>,
     },
     /// Validate workflows, or draw them.
     #[command(subcommand)]
@@ -275,6 +288,15 @@ pub(crate) enum Failure {
     Stopped(u8, String),
 }
 
+impl From<spes_engine::ops::OpError> for Failure {
+    fn from(e: spes_engine::ops::OpError) -> Self {
+        match e {
+            spes_engine::ops::OpError::Store(s) => s.into(),
+            spes_engine::ops::OpError::Refused(m) => Self::Usage(m),
+        }
+    }
+}
+
 impl From<spes_store::StoreError> for Failure {
     fn from(e: spes_store::StoreError) -> Self {
         match e {
@@ -313,38 +335,54 @@ fn main() -> ExitCode {
             run,
             gate,
             comments,
+            by,
         } => block(gates::answer(
             config,
             store,
             &run,
             gate.as_deref(),
-            gates::Answer::Approve { comments },
+            Decision::Approve {
+                comments: comments.unwrap_or_default(),
+            },
+            by,
         )),
-        Command::Reject { run, gate, reason } => block(gates::answer(
+        Command::Reject {
+            run,
+            gate,
+            reason,
+            by,
+        } => block(gates::answer(
             config,
             store,
             &run,
             gate.as_deref(),
-            gates::Answer::Reject { reason },
+            Decision::Reject { reason },
+            by,
         )),
         Command::Revise {
             run,
             gate,
             comments,
             suggest,
+            by,
         } => block(gates::answer(
             config,
             store,
             &run,
             gate.as_deref(),
-            gates::Answer::Revise { comments, suggest },
+            Decision::Revise {
+                comments,
+                suggest: suggest.unwrap_or_default(),
+            },
+            by,
         )),
-        Command::Choose { run, n, gate } => block(gates::answer(
+        Command::Choose { run, n, gate, by } => block(gates::answer(
             config,
             store,
             &run,
             gate.as_deref(),
-            gates::Answer::Choose { n },
+            Decision::Choose { n },
+            by,
         )),
         Command::Runs(c) => block(runs::runs(config, store, c)),
         Command::Workflow(WorkflowCmd::Validate { files }) => cmd_validate(config, &files),

@@ -9,7 +9,7 @@ use serde_json::Value;
 use spes_core::message::ChatRequest;
 use spes_engine::{Effect, RunError, WorkflowSource};
 use spes_store::sqlite::{SqliteOptions, SqliteStore};
-use spes_store::{Run, RunPatch, RunStatus, RunStore};
+use spes_store::{Run, RunStatus, RunStore};
 
 use crate::project::{Project, read_text};
 use crate::{Failure, build_engine, finish, load_workflow, out};
@@ -194,39 +194,25 @@ pub(crate) async fn pause(
     run: &str,
     cancel: bool,
 ) -> Result<(), Failure> {
-    let (_, store, run) = find(config, store_url, run).await?;
-    let (from, to): (&[RunStatus], RunStatus) = if cancel {
-        (
-            &[
-                RunStatus::Pending,
-                RunStatus::Running,
-                RunStatus::Waiting,
-                RunStatus::Paused,
-                RunStatus::Failed,
-            ],
-            RunStatus::Cancelled,
-        )
+    let project = Project::discover(config, &cwd())?;
+    let store = open_store(&project, store_url).await?;
+    let c = if cancel {
+        spes_engine::ops::cancel(store.as_ref(), run).await?
     } else {
-        (
-            &[RunStatus::Pending, RunStatus::Running, RunStatus::Waiting],
-            RunStatus::Paused,
-        )
+        spes_engine::ops::pause(store.as_ref(), run).await?
     };
-    let updated = store
-        .transition(&run.id, from, to, RunPatch::default())
-        .await?;
-    say!(
-        "run {} is {}{}",
-        updated.id,
-        updated.status,
-        if cancel {
-            ""
-        } else if run.status == RunStatus::Running {
-            " (it stops before its next model call; `spes resume` continues it)"
-        } else {
-            " (`spes resume` continues it)"
+    let note = if cancel {
+        match c.closed.len() {
+            0 => String::new(),
+            1 => format!(" (its gate `{}` is closed)", c.closed[0]),
+            n => format!(" (its {n} open gates are closed)"),
         }
-    );
+    } else if c.before.status == RunStatus::Running {
+        " (it stops before its next model call; `spes resume` continues it)".to_owned()
+    } else {
+        " (`spes resume` continues it)".to_owned()
+    };
+    say!("run {} is {}{note}", c.after.id, c.after.status);
     Ok(())
 }
 

@@ -122,7 +122,7 @@ fn detached_gates_are_answered_by_id_from_other_processes_then_resumed() {
         text(&out.stderr)
     );
     assert!(
-        text(&out.stderr).contains("\"action\":\"approve\""),
+        text(&out.stderr).contains(": approve by "),
         "{}",
         text(&out.stderr)
     );
@@ -289,4 +289,105 @@ fn interactive_mode_reads_answers_from_stdin() {
         err.contains("── approval gate `reviews/tone/review0`") && err.contains("draft one"),
         "{err}"
     );
+}
+
+#[test]
+fn cancel_closes_the_gates_and_a_later_answer_is_refused_naming_it() {
+    let p = project();
+    let d = p.path();
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    let out = spes(d, &["cancel", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is cancelled (its 2 open gates are closed)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pending = spes(d, &["runs", "pending"]);
+    assert!(
+        text(&pending.stderr).contains("no gate is waiting for a human"),
+        "{}{}",
+        text(&pending.stdout),
+        text(&pending.stderr)
+    );
+    assert!(
+        !text(&pending.stdout).contains(&id),
+        "{}",
+        text(&pending.stdout)
+    );
+    let out = spes(d, &["approve", &id, "--gate", "legal/review0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("gate `reviews/legal/review0` is closed: the run was cancelled"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).contains("spes resume"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = spes(d, &["resume", &id]);
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[test]
+fn who_decided_is_recorded_from_as_and_shown() {
+    let p = project();
+    let d = p.path();
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    let out = spes(
+        d,
+        &["approve", &id, "--gate", "legal/review0", "--as", "ada"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("(by ada)"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Without --as: the operating-system user.
+    let out = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(d)
+        .args(["approve", &id, "--gate", "tone/review0"])
+        .env("USER", "grace")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&spes(d, &["runs", "show", &id]).stdout);
+    assert!(shown.contains("\"by\":\"ada\""), "{shown}");
+    assert!(shown.contains("\"by\":\"grace\""), "{shown}");
+}
+
+#[test]
+fn a_passed_deadline_decides_at_the_next_command_and_a_late_answer_is_refused() {
+    let p = project();
+    let d = p.path();
+    std::fs::write(
+        d.join("t.yaml"),
+        "name: timed\nsteps:\n  - { name: draft, kind: llm, prompt: 'Draft', output: draft }\n  - { name: review, kind: approval, show: draft, deadline: 1s, on_timeout: approve, output: r }\n  - { name: out, kind: transform, fn: template, input: '{{ r.status }} timed_out={{ r.timed_out | tojson }}', output: out }\noutput: out\n",
+    )
+    .unwrap();
+    let out = spes(d, &["run", "t.yaml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    // The deadline passes with no process running.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let out = spes(d, &["reject", &id, "--reason", "too late"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("gate `review/review0` was decided by its deadline")
+            && text(&out.stderr).contains("(approve); a late answer is not taken"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = spes(d, &["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "approved timed_out=true\n");
+    let shown = text(&spes(d, &["runs", "show", &id]).stdout);
+    assert!(shown.contains("\"by\":\"deadline\""), "{shown}");
 }

@@ -126,7 +126,7 @@ impl Exec<'_> {
         loc: &Loc,
     ) -> Result<GateOutcome, Stop> {
         if let Some(d) = self.recorded_decision(key, loc).await? {
-            return Ok(outcome_of(d));
+            return Ok(self.outcome(d));
         }
         let deadline_ms = match timeout {
             Some(t) => {
@@ -135,6 +135,19 @@ impl Exec<'_> {
             }
             None => None,
         };
+        let then = match timeout.map(|t| &t.then) {
+            Some(TimeoutAction::Approve) => "approve",
+            Some(TimeoutAction::Steps(_)) => "timeout",
+            _ => "reject",
+        };
+        // The gate carries its timeout decision, so that whoever sees the
+        // deadline pass (a worker, the next command) can decide it.
+        let mut request = request;
+        if timeout.is_some()
+            && let Value::Object(m) = &mut request
+        {
+            m.insert("on_timeout".into(), Value::from(then));
+        }
         let gate_req = GateRequest {
             key: key.to_owned(),
             kind: kind.to_owned(),
@@ -154,7 +167,7 @@ impl Exec<'_> {
                 .await
                 .map_err(|e| e.stop(key, loc))?;
             return match winner {
-                Effect::Decision { decision } => Ok(outcome_of(decision)),
+                Effect::Decision { decision } => Ok(self.outcome(decision)),
                 _ => Err(fail(
                     key,
                     loc,
@@ -178,12 +191,7 @@ impl Exec<'_> {
         let decision = if let Some(deadline) = deadline_ms
             && (self.engine.clock)() >= deadline
         {
-            let then = match timeout.map(|t| &t.then) {
-                Some(TimeoutAction::Approve) => "approve",
-                Some(TimeoutAction::Steps(_)) => "timeout",
-                _ => "reject",
-            };
-            Some(json!({ "action": then, "timeout": true, "by": "deadline" }))
+            Some(crate::ops::deadline_decision(then))
         } else if let Some(reviewer) = self.engine.reviewer.clone() {
             reviewer.review(&gate_req).await
         } else {
@@ -199,13 +207,23 @@ impl Exec<'_> {
                 Decided::Now => d,
                 Decided::Already { decision, .. } => decision,
             };
-            return Ok(outcome_of(first));
+            return Ok(self.outcome(first));
         }
         // Someone may have answered while we were opening the gate.
         if let Some(d) = self.recorded_decision(key, loc).await? {
-            return Ok(outcome_of(d));
+            return Ok(self.outcome(d));
         }
         Err(Stop::Suspended(vec![key.to_owned()]))
+    }
+
+    /// What a decision means for the gate step; counts deadline decisions.
+    fn outcome(&mut self, d: Value) -> GateOutcome {
+        if d.get("by").and_then(Value::as_str) == Some("deadline")
+            || d.get("timeout").and_then(Value::as_bool) == Some(true)
+        {
+            self.deadlines += 1;
+        }
+        outcome_of(d)
     }
 
     /// Renders and sends a prompt to a provider (revisions), through the journal.

@@ -37,6 +37,7 @@ pub mod error;
 pub mod event;
 pub mod gate;
 pub mod journal;
+pub mod ops;
 mod orchestration;
 mod pattern;
 pub mod patterns;

@@ -192,6 +192,9 @@ pub(crate) struct Exec<'e> {
     pub(crate) usage: Usage,
     /// Map items go to the shared work queue (a run executed by `spes worker`).
     pub(crate) dist: Option<Arc<crate::worker::Dist>>,
+    /// Gate decisions made by a deadline seen by this execution (a gate
+    /// step's result says `timed_out` when one of its own was).
+    pub(crate) deadlines: u32,
 }
 
 pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
@@ -251,6 +254,7 @@ impl<'e> Exec<'e> {
             replayed: 0,
             usage: Usage::default(),
             dist: None,
+            deadlines: 0,
         }
     }
 
@@ -518,9 +522,24 @@ impl<'e> Exec<'e> {
                     usage: None,
                 })
             }
-            StepKind::Approval(a) => self.approval(a, key, depth, &s.loc).await,
-            StepKind::Choose(c) => self.choose(c, key, depth, &s.loc).await,
-            StepKind::Sections(c) => self.sections(c, key, depth, &s.loc).await,
+            StepKind::Approval(_) | StepKind::Choose(_) | StepKind::Sections(_) => {
+                // Whether a deadline decided (any of) the step's gates.
+                let before = self.deadlines;
+                let mut r = match &s.kind {
+                    StepKind::Approval(a) => self.approval(a, key, depth, &s.loc).await,
+                    StepKind::Choose(c) => self.choose(c, key, depth, &s.loc).await,
+                    StepKind::Sections(c) => self.sections(c, key, depth, &s.loc).await,
+                    _ => unreachable!("matched above"),
+                };
+                if let Ok(StepResult {
+                    value: Some(Value::Object(m)),
+                    ..
+                }) = &mut r
+                {
+                    m.insert("timed_out".into(), Value::Bool(self.deadlines > before));
+                }
+                r
+            }
             StepKind::Switch(sw) => self.switch(sw, key, depth, &s.loc).await,
             StepKind::QualityGate(q) => self.quality_gate(q, key, depth, &s.loc).await,
             StepKind::Refine(r) => self.refine(r, key, depth, &s.loc).await,

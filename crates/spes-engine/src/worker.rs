@@ -254,6 +254,7 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> WorkerStats {
         let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat());
         let committer = tokio::spawn(Arc::clone(&self).committer());
+        let deadlines = tokio::spawn(Arc::clone(&self).deadlines());
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         let mut pause = self.opts.poll;
@@ -328,6 +329,7 @@ impl Worker {
         }
         heartbeat.abort();
         committer.abort();
+        deadlines.abort();
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         let released = self
@@ -432,6 +434,28 @@ impl Worker {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Decides the gates whose deadline passed (twice a second), so a run
+    /// waiting for a human goes on without one: deciding readies its task.
+    async fn deadlines(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(DEADLINE_TICK).await;
+            let now = chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, (self.engine.clock)())
+                .single()
+                .unwrap_or_else(chrono::Utc::now);
+            match crate::ops::apply_deadlines(self.store.as_ref(), None, now).await {
+                Ok(fired) => {
+                    for f in fired {
+                        self.log(&format!(
+                            "gate `{}` of run {}: its deadline passed ({})",
+                            f.gate, f.run, f.action
+                        ));
+                    }
+                }
+                Err(e) => self.log(&format!("applying gate deadlines failed: {e}")),
             }
         }
     }
@@ -764,6 +788,9 @@ impl Worker {
         Ok(())
     }
 }
+
+/// How often a worker looks for gate deadlines that passed.
+const DEADLINE_TICK: Duration = Duration::from_millis(500);
 
 /// Why a task ended without finishing.
 #[derive(Debug)]
