@@ -659,7 +659,7 @@ async fn cmd_run(
     let source = runs::source_of(&args.file)?;
     if args.detach && store.queue().is_some() {
         let ctx = spes_engine::bind_inputs(&wf, inputs).map_err(input_error)?;
-        worker::enqueue(&store, &wf, &source, ctx, args.quiet).await?;
+        worker::enqueue(&store, &wf, &source, ctx, engine.run_settings(), args.quiet).await?;
         return Ok(());
     }
     let (id, end) = engine

@@ -155,6 +155,7 @@ pub(crate) async fn resume(
     args: ResumeArgs,
 ) -> Result<(), Failure> {
     let (_, store, run) = find(config, store_url, &args.run).await?;
+    spes_engine::ops::apply_deadlines(store.as_ref(), Some(&run.id), chrono::Utc::now()).await?;
     // A run queued for workers is resumed by queueing it again: executing
     // it here as well could race a worker that takes it.
     if crate::worker::requeue(&store, &run, args.quiet).await? {
@@ -165,9 +166,13 @@ pub(crate) async fn resume(
     let project = Project::discover(config, &file)?;
     let (wf, _) = load_workflow(&project, &file)?;
     let source = source_of(&file)?;
+    // The provider the run was started with, unless another is asked for
+    // (which the engine refuses without --allow-changes).
     let engine = build_engine(
         &project,
-        args.provider.as_deref(),
+        args.provider
+            .as_deref()
+            .or(run.settings.provider.as_deref()),
         args.quiet,
         None,
         crate::interactive(args.interactive, args.detach),
@@ -269,6 +274,15 @@ pub(crate) async fn runs(
             }
             let engine = build_engine(&project, None, true, None, false)?;
             let r = engine.replay(store, &run, &wf).await.map_err(run_error)?;
+            if let Some(step) = &r.request_changed {
+                return Err(Failure::Stopped(
+                    1,
+                    format!(
+                        "✗ replayed run {}: step `{step}` would now send another request than the one recorded (its prompt or settings changed since the run); its recorded answer no longer fits it",
+                        run.id
+                    ),
+                ));
+            }
             if r.identical {
                 say!(
                     "✓ replayed run {} from its journal ({} recorded effects, 0 model calls): output identical",
@@ -320,6 +334,8 @@ async fn show(
     prompts: bool,
 ) -> Result<(), Failure> {
     let (_, store, run) = find(config, store_url, run_ref).await?;
+    // A deadline that passed is applied before anything is shown.
+    spes_engine::ops::apply_deadlines(store.as_ref(), Some(&run.id), chrono::Utc::now()).await?;
     let entries = store.entries(&run.id).await?;
     let gates = store
         .gates(&spes_store::GateFilter {
@@ -345,6 +361,28 @@ async fn show(
         "  updated:  {}",
         run.updated_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
     );
+    if let Some(p) = &run.settings.provider {
+        let _ = writeln!(s, "  provider: {p} (pinned: a resume uses it)");
+    }
+    if let Value::Object(m) = &run.inputs {
+        for (k, v) in m {
+            let shown = match v {
+                Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            let one_line: String = shown.split_whitespace().collect::<Vec<_>>().join(" ");
+            let cut = if one_line.chars().count() > 80 {
+                format!(
+                    "{}… ({} chars)",
+                    one_line.chars().take(80).collect::<String>(),
+                    shown.chars().count()
+                )
+            } else {
+                one_line
+            };
+            let _ = writeln!(s, "  input {k}: {cut}");
+        }
+    }
     for p in &run.pins {
         let what = match p.reference.strip_prefix("schema:") {
             Some(file) => format!("schema {file}"),

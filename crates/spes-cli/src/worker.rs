@@ -192,6 +192,7 @@ pub(crate) async fn enqueue(
     wf: &Workflow,
     source: &spes_engine::WorkflowSource,
     ctx: spes_core::template::Context,
+    settings: spes_store::RunSettings,
     quiet: bool,
 ) -> Result<bool, Failure> {
     let Some(q) = store.queue() else {
@@ -208,6 +209,7 @@ pub(crate) async fn enqueue(
         inputs: serde_json::Value::Object(ctx),
         status: RunStatus::Pending,
         owner: None,
+        settings,
     })
     .await?;
     if !quiet {

@@ -359,6 +359,7 @@ fn who_decided_is_recorded_from_as_and_shown() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&spes(d, &["runs", "show", &id]).stdout);
+    assert!(shown.contains("  input topic: x\n"), "{shown}");
     assert!(shown.contains("\"by\":\"ada\""), "{shown}");
     assert!(shown.contains("\"by\":\"grace\""), "{shown}");
 }
@@ -390,4 +391,99 @@ fn a_passed_deadline_decides_at_the_next_command_and_a_late_answer_is_refused() 
     assert_eq!(text(&out.stdout), "approved timed_out=true\n");
     let shown = text(&spes(d, &["runs", "show", &id]).stdout);
     assert!(shown.contains("\"by\":\"deadline\""), "{shown}");
+}
+
+#[test]
+fn a_run_keeps_the_provider_it_was_started_with() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::write(
+        d.join("spes.toml"),
+        "[defaults]\nprovider = \"b\"\n[providers.a]\nkind = \"scripted\"\nscript = \"a.yaml\"\n[providers.b]\nkind = \"scripted\"\nscript = \"b.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("a.yaml"),
+        "- { prompt_contains: '', reply: 'from a' }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("b.yaml"),
+        "- { prompt_contains: '', reply: 'from b' }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("w.yaml"),
+        "name: pinned\nsteps:\n  - { name: first, kind: llm, prompt: 'one', output: one }\n  - { name: review, kind: approval, show: one }\n  - { name: last, kind: llm, prompt: 'two', output: two }\n  - { name: out, kind: transform, fn: template, input: '{{ one }} / {{ two }}', output: out }\noutput: out\n",
+    )
+    .unwrap();
+    let out = spes(d, &["run", "w.yaml", "--provider", "a", "--detach"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    assert!(spes(d, &["approve", &id]).status.success());
+    // Resumed without the flag: still provider a (the project default is b).
+    let out = spes(d, &["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from a / from a\n");
+    let shown = text(&spes(d, &["runs", "show", &id]).stdout);
+    assert!(shown.contains("  provider: a (pinned"), "{shown}");
+
+    // Another provider on resume is refused, naming the pinned one...
+    let out = spes(d, &["run", "w.yaml", "--provider", "a", "--detach"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    assert!(spes(d, &["approve", &id]).status.success());
+    let out = spes(d, &["resume", &id, "--provider", "b"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("was started with provider `a`, not `b`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // ...unless changes are allowed.
+    let out = spes(d, &["resume", &id, "--provider", "b", "--allow-changes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from a / from b\n");
+}
+
+#[test]
+fn replay_names_the_first_step_whose_prompt_changed() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::write(
+        d.join("spes.toml"),
+        "[defaults]\nprovider = \"t\"\n[providers.t]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("a.yaml"),
+        "- { prompt_contains: '', reply: 'same answer' }\n",
+    )
+    .unwrap();
+    let wf = "name: r\nsteps:\n  - { name: one, kind: llm, prompt: 'first', output: a }\n  - { name: two, kind: llm, prompt: 'second', output: b }\noutput: b\n";
+    std::fs::write(d.join("w.yaml"), wf).unwrap();
+    let out = spes(d, &["run", "w.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = run_id(d);
+    let out = spes(d, &["runs", "replay", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("output identical"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The second prompt changes; the answers (and so the output) would not.
+    std::fs::write(
+        d.join("w.yaml"),
+        wf.replace("'second'", "'second, reworded'"),
+    )
+    .unwrap();
+    let out = spes(d, &["runs", "replay", &id, "--allow-changes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("step `two` would now send another request than the one recorded"),
+        "{}",
+        text(&out.stderr)
+    );
 }

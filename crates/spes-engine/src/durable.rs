@@ -356,6 +356,9 @@ pub struct Replay {
     pub identical: bool,
     /// Effects answered from the journal.
     pub replayed: u64,
+    /// The first model call whose recorded request differs from the one
+    /// the workflow would send now (a prompt changed since the run).
+    pub request_changed: Option<String>,
 }
 
 impl Engine {
@@ -380,6 +383,7 @@ impl Engine {
                 inputs: Value::Object(ctx.clone()),
                 status: RunStatus::Running,
                 owner: Some(this_owner()),
+                settings: self.run_settings(),
             })
             .await?;
         let end = self.execute(store, id, wf, ctx).await?;
@@ -400,6 +404,16 @@ impl Engine {
         if !allow_drift && let Some(d) = drift(run, wf, source) {
             return Err(RunError::Refused(format!(
                 "{d}; resuming could mix old and new behaviour (use --allow-changes to resume anyway)"
+            )));
+        }
+        // The provider the run was started with, unless changes are allowed.
+        if let Some(p) = &run.settings.provider
+            && *p != self.default_provider
+            && !allow_drift
+        {
+            return Err(RunError::Refused(format!(
+                "run {} was started with provider `{p}`, not `{}`; resume it with `--provider {p}`, or pass --allow-changes to use `{}`",
+                run.id, self.default_provider, self.default_provider
             )));
         }
         match run.status {
@@ -547,6 +561,7 @@ impl Engine {
                     output: o.output,
                     recorded: run.output.clone(),
                     replayed: o.replayed,
+                    request_changed: o.request_changed,
                 })
             }
             Err(Stop::Failed(e) | Stop::Store(e)) => Err(RunError::Step(e)),

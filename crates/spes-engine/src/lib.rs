@@ -106,6 +106,44 @@ impl Engine {
         self.providers.keys().map(String::as_str)
     }
 
+    /// The provider of steps and agents that name none.
+    #[must_use]
+    pub fn default_provider_name(&self) -> &str {
+        &self.default_provider
+    }
+
+    /// What a run started by this engine pins besides its files and inputs.
+    #[must_use]
+    pub fn run_settings(&self) -> spes_store::RunSettings {
+        spes_store::RunSettings {
+            provider: Some(self.default_provider.clone()),
+        }
+    }
+
+    /// This engine as a run pinned with `settings` needs it: the same
+    /// providers, breakers and observers, with the run's default provider.
+    /// `None` when this engine already fits.
+    #[must_use]
+    pub fn pinned(&self, settings: &spes_store::RunSettings) -> Option<Engine> {
+        let p = settings.provider.as_ref()?;
+        if *p == self.default_provider {
+            return None;
+        }
+        Some(Engine {
+            providers: self.providers.clone(),
+            default_provider: p.clone(),
+            default_model: self.default_model.clone(),
+            observer: self.observer.clone(),
+            stream_deltas: self.stream_deltas,
+            capture: self.capture.clone(),
+            reviewer: self.reviewer.clone(),
+            clock: self.clock.clone(),
+            breakers: self.breakers.clone(),
+            retry_defaults: self.retry_defaults.clone(),
+            default_repair: self.default_repair,
+        })
+    }
+
     /// Runs `wf` with inputs (bound against its declared inputs here) to
     /// completion, with a fresh in-memory journal.
     pub async fn run(

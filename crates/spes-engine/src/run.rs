@@ -41,6 +41,10 @@ pub struct RunOutcome {
     pub replayed: u64,
     /// Total token usage of calls made.
     pub usage: Usage,
+    /// The first model call (its key) answered from the journal whose
+    /// recorded request differs from the one this execution would send
+    /// (its prompt, model or settings changed since it was recorded).
+    pub request_changed: Option<String>,
 }
 
 /// Why a run stopped before its end.
@@ -195,6 +199,8 @@ pub(crate) struct Exec<'e> {
     /// Gate decisions made by a deadline seen by this execution (a gate
     /// step's result says `timed_out` when one of its own was).
     pub(crate) deadlines: u32,
+    /// The first replayed model call whose request differs from the recorded one.
+    pub(crate) changed: Option<String>,
 }
 
 pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
@@ -255,6 +261,7 @@ impl<'e> Exec<'e> {
             usage: Usage::default(),
             dist: None,
             deadlines: 0,
+            changed: None,
         }
     }
 
@@ -280,6 +287,9 @@ impl<'e> Exec<'e> {
         self.model_calls += child.model_calls;
         self.replayed += child.replayed;
         add_usage(&mut self.usage, &child.usage);
+        if self.changed.is_none() {
+            self.changed = child.changed;
+        }
     }
 
     pub(crate) fn write(&mut self, key: &str, v: Value) {
@@ -296,6 +306,7 @@ impl<'e> Exec<'e> {
             model_calls: self.model_calls,
             replayed: self.replayed,
             usage: self.usage,
+            request_changed: self.changed,
         })
     }
 
@@ -811,13 +822,20 @@ impl<'e> Exec<'e> {
         if let Some(cap) = &self.engine.capture {
             cap(key, req);
         }
-        if let Some(Effect::Model { response, .. }) = self
+        if let Some(Effect::Model {
+            response,
+            request_hash: recorded,
+            ..
+        }) = self
             .journal
             .get(key)
             .await
             .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
         {
             self.replayed += 1;
+            if self.changed.is_none() && !recorded.is_empty() && recorded != request_hash(req) {
+                self.changed = Some(key.to_owned());
+            }
             return Ok(response);
         }
         self.check_control(key, loc).await?;

@@ -585,8 +585,10 @@ impl Worker {
             Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),
         };
+        // The provider the run was started with.
+        let pinned = self.engine.pinned(&run.settings);
         let mut exec = Exec::new(
-            &self.engine,
+            pinned.as_ref().unwrap_or(&self.engine),
             ctx,
             Arc::new(journal),
             Some(Control::new(self.store.clone(), run.id)),
@@ -734,8 +736,9 @@ impl Worker {
             FencedJournal::open(self.store.clone(), run.id, lease.clone(), Some(&prefixes))
                 .await
                 .map_err(Leave::from_journal)?;
+        let pinned = self.engine.pinned(&run.settings);
         let exec = Exec::new(
-            &self.engine,
+            pinned.as_ref().unwrap_or(&self.engine),
             (*ctx).clone(),
             Arc::new(journal),
             Some(Control::new(self.store.clone(), run.id)),

@@ -177,6 +177,19 @@ pub struct NewRun {
     pub status: RunStatus,
     /// Who is executing it (`host:pid`), if anyone.
     pub owner: Option<String>,
+    /// What it was started with beyond its files and inputs (pinned).
+    pub settings: RunSettings,
+}
+
+/// What a run was started with beyond its workflow, components and inputs:
+/// pinned with the run, so that a resume (anywhere, by any worker) uses
+/// the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// The provider of steps and agents that name none, as chosen at start
+    /// (`--provider`, `SPES_PROVIDER`, or the project's default then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// A stored run.
@@ -196,6 +209,8 @@ pub struct Run {
     pub pins: Vec<ComponentPin>,
     /// Inputs.
     pub inputs: serde_json::Value,
+    /// What it was started with beyond its files and inputs (pinned).
+    pub settings: RunSettings,
     /// Status.
     pub status: RunStatus,
     /// The result, once completed.
