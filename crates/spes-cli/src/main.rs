@@ -11,6 +11,8 @@
 //!   the run stopped at that step (error class `store`), earlier steps intact; `spes resume` continues
 //! - 6: the run is held by another live process (`spes resume` of a run another `spes` executes);
 //!   the message names the owner
+//! - 130: interrupted (Ctrl-C): the run is given back (shown `interrupted`); `spes resume`
+//!   continues it. A second Ctrl-C exits at once.
 
 mod doctor;
 mod gates;
@@ -485,11 +487,46 @@ fn main() -> ExitCode {
 /// checkpoints its WAL into the main file when the last connection closes).
 fn block(f: impl std::future::Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
     let rt = runtime()?;
-    rt.block_on(async {
+    let r = rt.block_on(async {
         let r = f.await;
         runs::close_stores().await;
         r
-    })
+    });
+    // A terminal reviewer may still wait on stdin (after Ctrl-C): don't wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    r
+}
+
+/// Executes a run here (`f`); on Ctrl-C stops it, gives the runs this
+/// process holds back (shown `interrupted`, taken over by a resume at
+/// once) and says how to resume: exit 130. A second Ctrl-C exits at once.
+pub(crate) async fn interruptible<T>(
+    store: &Arc<dyn spes_store::RunStore>,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, Failure> {
+    tokio::select! {
+        r = f => Ok(r),
+        _ = tokio::signal::ctrl_c() => {
+            tokio::spawn(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            });
+            let ids = spes_engine::ops::release_own_runs(store.as_ref()).await?;
+            let lines: Vec<String> = ids
+                .iter()
+                .map(|id| {
+                    format!(
+                        "run {id} interrupted; `spes resume {id}` continues it (finished steps are not repeated)"
+                    )
+                })
+                .collect();
+            Err(Failure::Stopped(
+                130,
+                if lines.is_empty() { "interrupted".into() } else { lines.join("\n") },
+            ))
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -662,9 +699,8 @@ async fn cmd_run(
         worker::enqueue(&store, &wf, &source, ctx, engine.run_settings(), args.quiet).await?;
         return Ok(());
     }
-    let (id, end) = engine
-        .start(store, &wf, &source, inputs)
-        .await
+    let (id, end) = interruptible(&store, engine.start(store.clone(), &wf, &source, inputs))
+        .await?
         .map_err(|e| match e {
             RunError::Input(m) => input_error(m),
             RunError::Step(s) => Failure::Run(s),

@@ -178,10 +178,12 @@ pub(crate) async fn resume(
         crate::interactive(args.interactive, args.detach),
     )?;
     let started = std::time::Instant::now();
-    let end = engine
-        .resume(store, &run, &wf, &source, args.allow_changes)
-        .await
-        .map_err(run_error)?;
+    let end = crate::interruptible(
+        &store,
+        engine.resume(store.clone(), &run, &wf, &source, args.allow_changes),
+    )
+    .await?
+    .map_err(run_error)?;
     finish(&wf, Some(run.id), end, started, args.quiet, args.json)
 }
 
@@ -245,7 +247,7 @@ pub(crate) async fn runs(
             for r in &runs {
                 rows.push([
                     r.id.to_string(),
-                    r.status.to_string(),
+                    spes_engine::ops::shown_status(r),
                     r.workflow_name.clone(),
                     r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                     r.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -344,7 +346,13 @@ async fn show(
         })
         .await?;
     let mut s = String::new();
-    let _ = writeln!(s, "run {}  {}  {}", run.id, run.workflow_name, run.status);
+    let _ = writeln!(
+        s,
+        "run {}  {}  {}",
+        run.id,
+        run.workflow_name,
+        spes_engine::ops::shown_status(&run)
+    );
     let _ = writeln!(
         s,
         "  workflow: {} (sha256 {})",

@@ -437,3 +437,47 @@ pub fn default_reviewer() -> String {
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
         .unwrap_or_else(|| "unknown".to_owned())
 }
+
+/// The status a front door shows for `run`: its stored status, except
+/// that a `running` run with no live owner shows as `interrupted` (its
+/// process was stopped with Ctrl-C, killed, or crashed; a resume takes it
+/// over). An owner on another machine is taken to be alive.
+#[must_use]
+pub fn shown_status(run: &Run) -> String {
+    if run.status == RunStatus::Running {
+        match &run.owner {
+            None => return "interrupted".into(),
+            Some(o) if !crate::durable::owner_alive(o) => return "interrupted".into(),
+            Some(_) => {}
+        }
+    }
+    run.status.to_string()
+}
+
+/// Gives back the runs this process executes (status `running`, owner
+/// this process) when it is interrupted (Ctrl-C): each stays `running`
+/// with no owner, which front doors show as `interrupted` and a resume
+/// takes over at once. Returns their ids.
+pub async fn release_own_runs(store: &dyn RunStore) -> Result<Vec<RunId>, StoreError> {
+    let me = crate::durable::this_owner();
+    let mut released = Vec::new();
+    for r in store.list_runs(Some(RunStatus::Running), 1000).await? {
+        if r.owner.as_deref() != Some(me.as_str()) {
+            continue;
+        }
+        // Owned by this live process: no one else may take it meanwhile.
+        store
+            .transition(
+                &r.id,
+                &[RunStatus::Running],
+                RunStatus::Running,
+                RunPatch {
+                    owner: Some(None),
+                    ..RunPatch::default()
+                },
+            )
+            .await?;
+        released.push(r.id);
+    }
+    Ok(released)
+}
