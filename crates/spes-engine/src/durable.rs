@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use spes_core::workflow::{StepKind, Workflow};
 use spes_store::{ComponentPin, NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
 
-use crate::journal::{Effect, Journal, RecordError, StoreJournal};
+use crate::journal::{Effect, Journal, JournalError, RecordError, StoreJournal};
 use crate::run::{Control, Exec, RunOutcome, Stop};
 use crate::{Engine, EngineError, RunError, bind_inputs};
 
@@ -327,21 +327,19 @@ struct ReplayJournal(StoreJournal);
 
 #[async_trait]
 impl Journal for ReplayJournal {
-    async fn get(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn get(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         match self.0.get(key).await? {
             Some(e) => Ok(Some(e)),
-            None => Err(format!(
+            None => Err(JournalError::Mismatch(format!(
                 "replay needs an effect at `{key}` that the journal does not have (the workflow or its inputs took a different path)"
-            )),
+            ))),
         }
     }
-    async fn peek(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn peek(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         self.0.get(key).await
     }
     async fn record(&self, key: &str, _effect: Effect) -> Result<Effect, RecordError> {
-        Err(RecordError::Other(format!(
-            "replay would record a new effect at `{key}`"
-        )))
+        Err(JournalError::Mismatch(format!("replay would record a new effect at `{key}`")).into())
     }
 }
 
@@ -458,7 +456,7 @@ impl Engine {
     ) -> Result<RunEnd, RunError> {
         let journal = StoreJournal::open(store.clone(), id)
             .await
-            .map_err(RunError::Refused)?;
+            .map_err(|e| RunError::Refused(e.to_string()))?;
         let control = Control::new(store.clone(), id);
         let result = Exec::new(self, ctx, Arc::new(journal), Some(control))
             .run_workflow(wf)
@@ -544,7 +542,7 @@ impl Engine {
     ) -> Result<Replay, RunError> {
         let journal = StoreJournal::open(store.clone(), run.id)
             .await
-            .map_err(RunError::Refused)?;
+            .map_err(|e| RunError::Refused(e.to_string()))?;
         let ctx = match &run.inputs {
             Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),

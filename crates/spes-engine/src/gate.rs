@@ -23,7 +23,7 @@ use spes_core::workflow::{
 use spes_store::{Decided, NewGate};
 
 use crate::error::FailureKind;
-use crate::journal::Effect;
+use crate::journal::{Effect, JournalError};
 use crate::run::{Exec, StepResult, Stop, join_key};
 
 /// What a human is asked.
@@ -91,7 +91,7 @@ impl Exec<'_> {
             _ => Err(fail(
                 key,
                 loc,
-                FailureKind::Journal("clock entry expected".into()),
+                FailureKind::Journal(JournalError::Mismatch("clock entry expected".into())),
             )),
         }
     }
@@ -107,10 +107,10 @@ impl Exec<'_> {
             Some(other) => Err(fail(
                 key,
                 loc,
-                FailureKind::Journal(format!(
+                FailureKind::Journal(JournalError::Mismatch(format!(
                     "expected a decision at this gate, found a {} entry",
                     other.kind()
-                )),
+                ))),
             )),
             None => Ok(None),
         }
@@ -171,7 +171,7 @@ impl Exec<'_> {
                 _ => Err(fail(
                     key,
                     loc,
-                    FailureKind::Journal("decision expected".into()),
+                    FailureKind::Journal(JournalError::Mismatch("decision expected".into())),
                 )),
             };
         };
@@ -185,7 +185,7 @@ impl Exec<'_> {
                 deadline: deadline_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
             })
             .await
-            .map_err(|e| fail(key, loc, FailureKind::Journal(e.to_string())))?;
+            .map_err(|e| fail(key, loc, FailureKind::Journal(JournalError::from_store(&e))))?;
         // The deadline first: a gate whose time is up takes its timeout path,
         // even if a reviewer is at hand.
         let decision = if let Some(deadline) = deadline_ms
@@ -202,7 +202,7 @@ impl Exec<'_> {
                 .store
                 .decide_gate(&control.run, key, &d)
                 .await
-                .map_err(|e| fail(key, loc, FailureKind::Journal(e.to_string())))?;
+                .map_err(|e| fail(key, loc, FailureKind::Journal(JournalError::from_store(&e))))?;
             let first = match outcome {
                 Decided::Now => d,
                 Decided::Already { decision, .. } => decision,

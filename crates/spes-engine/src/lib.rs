@@ -57,7 +57,7 @@ pub use durable::{RunEnd, WorkflowSource};
 pub use error::{EngineError, FailureKind};
 pub use event::{Event, NoObserver, Observer};
 pub use gate::{GateRequest, Reviewer};
-pub use journal::{Effect, Journal, MemoryJournal, StoreJournal};
+pub use journal::{Effect, Journal, JournalError, MemoryJournal, StoreJournal};
 pub use run::{RunOutcome, bind_inputs};
 
 /// Runs workflows. Cheap to share; one per process is typical.
@@ -124,12 +124,12 @@ impl Engine {
     /// providers, breakers and observers, with the run's default provider.
     /// `None` when this engine already fits.
     #[must_use]
-    pub fn pinned(&self, settings: &spes_store::RunSettings) -> Option<Engine> {
+    pub fn pinned(&self, settings: &spes_store::RunSettings) -> Option<Self> {
         let p = settings.provider.as_ref()?;
         if *p == self.default_provider {
             return None;
         }
-        Some(Engine {
+        Some(Self {
             providers: self.providers.clone(),
             default_provider: p.clone(),
             default_model: self.default_model.clone(),

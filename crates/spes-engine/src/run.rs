@@ -799,10 +799,13 @@ impl<'e> Exec<'e> {
         let Some(c) = &self.control else {
             return Ok(());
         };
-        let status = c
-            .status()
-            .await
-            .map_err(|e| fail(key, loc, FailureKind::Journal(e.to_string())))?;
+        let status = c.status().await.map_err(|e| {
+            fail(
+                key,
+                loc,
+                FailureKind::Journal(crate::journal::JournalError::from_store(&e)),
+            )
+        })?;
         match status {
             Some(RunStatus::Paused) => Err(Stop::Paused),
             Some(RunStatus::Cancelled) => Err(Stop::Cancelled),
@@ -822,21 +825,36 @@ impl<'e> Exec<'e> {
         if let Some(cap) = &self.engine.capture {
             cap(key, req);
         }
-        if let Some(Effect::Model {
-            response,
-            request_hash: recorded,
-            ..
-        }) = self
+        match self
             .journal
             .get(key)
             .await
             .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
         {
-            self.replayed += 1;
-            if self.changed.is_none() && !recorded.is_empty() && recorded != request_hash(req) {
-                self.changed = Some(key.to_owned());
+            Some(Effect::Model {
+                response,
+                request_hash: recorded,
+                ..
+            }) => {
+                self.replayed += 1;
+                if self.changed.is_none() && !recorded.is_empty() && recorded != request_hash(req) {
+                    self.changed = Some(key.to_owned());
+                }
+                return Ok(response);
             }
-            return Ok(response);
+            // Something else under this key (the workflow changed under the
+            // run): no call is made that could not be recorded.
+            Some(other) => {
+                return Err(fail(
+                    key,
+                    loc,
+                    FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
+                        "the journal holds a {} entry under this key, not a model call",
+                        other.kind()
+                    ))),
+                ));
+            }
+            None => {}
         }
         self.check_control(key, loc).await?;
         let mut cx = CallContext::for_step(crate::policy::provider_key(key));
@@ -900,10 +918,10 @@ impl<'e> Exec<'e> {
             other => Err(fail(
                 key,
                 loc,
-                FailureKind::Journal(format!(
+                FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
                     "the journal holds a {} entry under this key, not a model call",
                     other.kind()
-                )),
+                ))),
             )),
         }
     }

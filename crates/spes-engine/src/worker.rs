@@ -52,7 +52,7 @@ pub(crate) use self::remote::Dist;
 use self::remote::{ItemFailure, ItemPayload};
 use crate::Engine;
 use crate::error::FailureKind;
-use crate::journal::Effect;
+use crate::journal::{Effect, JournalError};
 use crate::run::{Control, Exec, Stop};
 
 /// Finds the workflow a run executes (on this machine) for a worker.
@@ -490,6 +490,7 @@ impl Worker {
 
     async fn execute(&self, task: Task) {
         let lease = task.lease.clone();
+        let (task_kind, run_id, key) = (task.kind, task.run_id, task.key.clone());
         let outcome = match task.kind {
             TaskKind::Run => self.execute_run(&task).await,
             TaskKind::Item => self.execute_item(&task).await,
@@ -502,6 +503,44 @@ impl Worker {
                     "task {} fenced (epoch {}): its late write changed nothing; task stopped",
                     lease.task, lease.epoch
                 ));
+            }
+            Err(Leave::Fail(why)) => {
+                // Taken again, it would fail the same way: fail it here.
+                self.log(&format!("task {} failed: {why}", lease.task));
+                let ended = match task_kind {
+                    TaskKind::Run => self
+                        .queue()
+                        .finish_run(
+                            &lease,
+                            &run_id,
+                            &[RunStatus::Running, RunStatus::Pending, RunStatus::Waiting],
+                            RunStatus::Failed,
+                            RunPatch {
+                                error: Some(Some(why)),
+                                owner: Some(None),
+                                ..RunPatch::default()
+                            },
+                        )
+                        .await
+                        .map(|_| ()),
+                    TaskKind::Item => {
+                        let f = serde_json::to_string(&ItemFailure {
+                            step: key,
+                            message: why,
+                            transient: false,
+                        })
+                        .unwrap_or_default();
+                        self.queue()
+                            .finish_item(&lease, &run_id, None, Some(&f))
+                            .await
+                    }
+                };
+                if let Err(e) = ended {
+                    self.log(&format!(
+                        "failing task {} failed ({e}); its lease expires",
+                        lease.task
+                    ));
+                }
             }
             Err(Leave::Retry(why)) => {
                 // A store problem: give the task back (after a pause, so
@@ -656,12 +695,13 @@ impl Worker {
             .entry(run, &format!("{map}#ctx"))
             .await?
             .ok_or_else(|| Leave::Retry(format!("the context of map `{map}` is not recorded")))?;
-        let ctx = match Effect::from_entry(&entry.kind, &entry.payload).map_err(Leave::Retry)? {
-            Effect::Decision {
-                decision: Value::Object(m),
-            } => Arc::new(m),
-            _ => return Err(Leave::Retry(format!("`{map}#ctx` is not a context"))),
-        };
+        let ctx =
+            match Effect::from_entry(&entry.kind, &entry.payload).map_err(Leave::from_journal)? {
+                Effect::Decision {
+                    decision: Value::Object(m),
+                } => Arc::new(m),
+                _ => return Err(Leave::Retry(format!("`{map}#ctx` is not a context"))),
+            };
         if let Ok(mut c) = self.contexts.lock() {
             if c.len() >= 64 {
                 c.clear();
@@ -802,14 +842,18 @@ pub(super) enum Leave {
     Fenced,
     /// A store problem: give it back to be taken again.
     Retry(String),
+    /// A problem that taking it again would meet again (a journal that
+    /// holds something else than the workflow expects, a damaged entry):
+    /// the task fails, naming it.
+    Fail(String),
 }
 
 impl Leave {
-    fn from_journal(m: String) -> Self {
-        if m.starts_with(journal::LEASE_LOST) {
-            Self::Fenced
-        } else {
-            Self::Retry(m)
+    fn from_journal(e: JournalError) -> Self {
+        match e {
+            JournalError::Fenced(_) => Self::Fenced,
+            JournalError::Unavailable(m) => Self::Retry(m),
+            other => Self::Fail(other.to_string()),
         }
     }
 }
@@ -819,6 +863,29 @@ impl From<StoreError> for Leave {
         match e {
             StoreError::Fenced { .. } => Self::Fenced,
             other => Self::Retry(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_problem_that_would_recur_fails_the_task_instead_of_giving_it_back() {
+        assert!(matches!(
+            Leave::from_journal(JournalError::Fenced("x".into())),
+            Leave::Fenced
+        ));
+        assert!(matches!(
+            Leave::from_journal(JournalError::Unavailable("db away".into())),
+            Leave::Retry(m) if m == "db away"
+        ));
+        for e in [
+            JournalError::Mismatch("a decision where a model call was".into()),
+            JournalError::Corrupt("bad json".into()),
+        ] {
+            assert!(matches!(Leave::from_journal(e), Leave::Fail(_)));
         }
     }
 }
