@@ -13,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use spes_core::lifecycle::{self, RunEvent};
 use spes_core::workflow::{StepKind, Workflow};
 use spes_store::{ComponentPin, NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
 
@@ -414,25 +415,24 @@ impl Engine {
                 run.id, self.default_provider, self.default_provider
             )));
         }
-        match run.status {
-            RunStatus::Completed | RunStatus::Cancelled => {
-                return Err(RunError::Refused(format!(
-                    "run {} is {}; there is nothing to resume",
-                    run.id, run.status
-                )));
-            }
-            RunStatus::Running => {
-                if let Some(o) = &run.owner
-                    && owner_alive(o)
-                {
-                    return Err(RunError::Store(spes_store::StoreError::Claimed {
-                        run: run.id.to_string(),
-                        status: run.status.to_string(),
-                        owner: Some(o.clone()),
-                    }));
-                }
-            }
-            _ => {}
+        if run.status.is_final() {
+            return Err(RunError::Refused(format!(
+                "run {} is {}; there is nothing to resume",
+                run.id, run.status
+            )));
+        }
+        lifecycle::next(run.status, RunEvent::Resume)
+            .map_err(|m| RunError::Refused(format!("run {}: {m}", run.id)))?;
+        // A running run may be taken over only once its owner is gone.
+        if run.status == RunStatus::Running
+            && let Some(o) = &run.owner
+            && owner_alive(o)
+        {
+            return Err(RunError::Store(spes_store::StoreError::Claimed {
+                run: run.id.to_string(),
+                status: run.status.to_string(),
+                owner: Some(o.clone()),
+            }));
         }
         // Compare-and-set on (status, owner) as read: of two resumes of
         // the same run, one takes it; the other is refused here, before
@@ -461,15 +461,14 @@ impl Engine {
         let result = Exec::new(self, ctx, Arc::new(journal), Some(control))
             .run_workflow(wf)
             .await;
-        let running = [RunStatus::Running];
         let clear_owner = Some(None);
         Ok(match result {
             Ok(outcome) => {
                 store
                     .transition(
                         &id,
-                        &running,
-                        RunStatus::Completed,
+                        RunEvent::Complete.from(),
+                        RunEvent::Complete.to(),
                         RunPatch {
                             output: Some(outcome.output.clone().unwrap_or(Value::Null)),
                             owner: clear_owner,
@@ -483,8 +482,8 @@ impl Engine {
                 store
                     .transition(
                         &id,
-                        &running,
-                        RunStatus::Failed,
+                        RunEvent::Fail.from(),
+                        RunEvent::Fail.to(),
                         RunPatch {
                             error: Some(Some(e.to_string())),
                             owner: clear_owner,
@@ -502,8 +501,8 @@ impl Engine {
                 let _ = store
                     .transition(
                         &id,
-                        &running,
-                        RunStatus::Failed,
+                        RunEvent::Fail.from(),
+                        RunEvent::Fail.to(),
                         RunPatch {
                             error: Some(Some(e.to_string())),
                             owner: clear_owner,
@@ -517,8 +516,8 @@ impl Engine {
                 store
                     .transition(
                         &id,
-                        &running,
-                        RunStatus::Waiting,
+                        RunEvent::Suspend.from(),
+                        RunEvent::Suspend.to(),
                         RunPatch {
                             owner: clear_owner,
                             ..RunPatch::default()

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use spes_core::lifecycle::{self, RunEvent};
 use spes_store::{
     Decided, Gate, GateFilter, Run, RunId, RunPatch, RunStatus, RunStore, StoreError,
 };
@@ -368,25 +369,27 @@ pub struct Changed {
     pub closed: Vec<String>,
 }
 
-/// Statuses a run may be paused from.
-pub const PAUSABLE: &[RunStatus] = &[RunStatus::Pending, RunStatus::Running, RunStatus::Waiting];
-
-/// Statuses a run may be cancelled from.
-pub const CANCELLABLE: &[RunStatus] = &[
-    RunStatus::Pending,
-    RunStatus::Running,
-    RunStatus::Waiting,
-    RunStatus::Paused,
-    RunStatus::Failed,
-];
+/// Applies `event` to `run` through the lifecycle: refused in words when
+/// the run's status does not allow it, else a compare-and-set in the store
+/// (which refuses if another process changed the status meanwhile).
+pub async fn apply(
+    store: &dyn RunStore,
+    run: &Run,
+    event: RunEvent,
+    patch: RunPatch,
+) -> Result<Run, OpError> {
+    lifecycle::next(run.status, event)
+        .map_err(|m| OpError::Refused(format!("run {}: {m}", run.id)))?;
+    Ok(store
+        .transition(&run.id, event.from(), event.to(), patch)
+        .await?)
+}
 
 /// Pauses `run` (an id or unique prefix): it stops before its next model
 /// call; a resume continues it.
 pub async fn pause(store: &dyn RunStore, run: &str) -> Result<Changed, OpError> {
     let before = store.find_run(run).await?;
-    let after = store
-        .transition(&before.id, PAUSABLE, RunStatus::Paused, RunPatch::default())
-        .await?;
+    let after = apply(store, &before, RunEvent::Pause, RunPatch::default()).await?;
     Ok(Changed {
         before,
         after,
@@ -398,14 +401,7 @@ pub async fn pause(store: &dyn RunStore, run: &str) -> Result<Changed, OpError> 
 /// pending list, and an answer to one is refused, naming the cancel.
 pub async fn cancel(store: &dyn RunStore, run: &str) -> Result<Changed, OpError> {
     let before = store.find_run(run).await?;
-    let after = store
-        .transition(
-            &before.id,
-            CANCELLABLE,
-            RunStatus::Cancelled,
-            RunPatch::default(),
-        )
-        .await?;
+    let after = apply(store, &before, RunEvent::Cancel, RunPatch::default()).await?;
     let open = store
         .gates(&GateFilter {
             run_id: Some(before.id),
@@ -466,11 +462,12 @@ pub async fn release_own_runs(store: &dyn RunStore) -> Result<Vec<RunId>, StoreE
             continue;
         }
         // Owned by this live process: no one else may take it meanwhile.
+        let ev = RunEvent::Release;
         store
             .transition(
                 &r.id,
-                &[RunStatus::Running],
-                RunStatus::Running,
+                ev.from(),
+                ev.to(),
                 RunPatch {
                     owner: Some(None),
                     ..RunPatch::default()

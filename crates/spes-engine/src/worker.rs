@@ -42,6 +42,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::{AbortHandle, abortable};
 use serde_json::Value;
+use spes_core::lifecycle::{self, RunEvent};
 use spes_core::template::Context;
 use spes_core::workflow::{OnError, StepKind, Workflow};
 use spes_store::queue::{FinalEntry, Lease, Task, TaskKind, TaskQueue};
@@ -513,8 +514,8 @@ impl Worker {
                         .finish_run(
                             &lease,
                             &run_id,
-                            &[RunStatus::Running, RunStatus::Pending, RunStatus::Waiting],
-                            RunStatus::Failed,
+                            RunEvent::Abandon.from(),
+                            RunEvent::Abandon.to(),
                             RunPatch {
                                 error: Some(Some(why)),
                                 owner: Some(None),
@@ -570,10 +571,7 @@ impl Worker {
             .run(&task.run_id)
             .await?
             .ok_or_else(|| Leave::Retry(format!("run {} is gone", task.run_id)))?;
-        if matches!(
-            run.status,
-            RunStatus::Completed | RunStatus::Cancelled | RunStatus::Paused | RunStatus::Failed
-        ) {
+        if lifecycle::next(run.status, RunEvent::Take).is_err() {
             // Nothing to do (a user paused, cancelled or resumed it elsewhere).
             q.finish_item(lease, &run.id, None, None).await?;
             return Ok(());
@@ -584,8 +582,8 @@ impl Worker {
                 q.finish_run(
                     lease,
                     &run.id,
-                    &[run.status],
-                    RunStatus::Failed,
+                    RunEvent::Abandon.from(),
+                    RunEvent::Abandon.to(),
                     RunPatch {
                         error: Some(Some(why)),
                         owner: Some(None),
@@ -599,8 +597,8 @@ impl Worker {
         self.store
             .transition(
                 &run.id,
-                &[RunStatus::Pending, RunStatus::Waiting, RunStatus::Running],
-                RunStatus::Running,
+                RunEvent::Take.from(),
+                RunEvent::Take.to(),
                 RunPatch {
                     error: Some(None),
                     owner: Some(Some(self.opts.id.clone())),
@@ -641,13 +639,12 @@ impl Worker {
             poll: self.opts.poll.min(Duration::from_millis(100)),
         }));
         let result = exec.run_workflow(&wf).await;
-        let running = [RunStatus::Running];
-        let (to, patch) = match result {
+        let (event, patch) = match result {
             // The store did not commit: give the task back (the journal
             // answers what was committed when it is taken again).
             Err(Stop::Store(e)) => return Err(Leave::Retry(e.to_string())),
             Ok(outcome) => (
-                RunStatus::Completed,
+                RunEvent::Complete,
                 RunPatch {
                     output: Some(outcome.output.unwrap_or(Value::Null)),
                     owner: Some(None),
@@ -659,7 +656,7 @@ impl Worker {
                     return Err(Leave::from_journal(m.clone()));
                 }
                 (
-                    RunStatus::Failed,
+                    RunEvent::Fail,
                     RunPatch {
                         error: Some(Some(e.to_string())),
                         owner: Some(None),
@@ -668,7 +665,7 @@ impl Worker {
                 )
             }
             Err(Stop::Suspended(_)) => (
-                RunStatus::Waiting,
+                RunEvent::Suspend,
                 RunPatch {
                     owner: Some(None),
                     ..RunPatch::default()
@@ -679,7 +676,8 @@ impl Worker {
                 return Ok(());
             }
         };
-        q.finish_run(lease, &run.id, &running, to, patch).await?;
+        q.finish_run(lease, &run.id, event.from(), event.to(), patch)
+            .await?;
         self.runs_done.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
