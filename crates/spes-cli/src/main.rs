@@ -624,7 +624,7 @@ pub(crate) fn load_workflow(
     }
 }
 
-fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), Failure> {
+pub(crate) fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), Failure> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim(), v)),
         _ => Err(Failure::Input(Diagnostics::from(

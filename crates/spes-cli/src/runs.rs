@@ -67,6 +67,25 @@ pub(crate) enum RunsCmd {
         #[arg(long, default_value_t = true)]
         allow_changes: bool,
     },
+    /// Start a new run from RUN's journal up to a step: the steps before it
+    /// answer from the record, STEP and what follows run anew on the
+    /// current files (time travel).
+    Fork {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// The top-level step to execute again (and everything after it).
+        #[arg(long)]
+        at: String,
+        /// An input to change: --input topic="rust" (the others are the run's).
+        #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
+        inputs: Vec<String>,
+        /// Print the whole context as JSON instead of the result.
+        #[arg(long)]
+        json: bool,
+        /// No progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }
 
 /// The store URL: `--store`, else `[store] url`, else `.spes/spes.db` beside spes.toml.
@@ -258,6 +277,42 @@ pub(crate) async fn runs(
         }
         RunsCmd::Show { run, prompts } => show(config, store_url, &run, prompts).await,
         RunsCmd::Pending => crate::gates::pending(config, store_url).await,
+        RunsCmd::Fork {
+            run,
+            at,
+            inputs,
+            json,
+            quiet,
+        } => {
+            let (_, store, run) = find(config, store_url, &run).await?;
+            let file = PathBuf::from(&run.workflow_path);
+            let project = Project::discover(config, &file)?;
+            let (wf, _) = load_workflow(&project, &file)?;
+            let source = source_of(&file)?;
+            let mut given = std::collections::BTreeMap::new();
+            for i in &inputs {
+                let (k, v) = crate::split_kv(i, "--input")?;
+                given.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            let engine = build_engine(
+                &project,
+                run.settings.provider.as_deref(),
+                quiet,
+                None,
+                false,
+            )?;
+            let started = std::time::Instant::now();
+            let (id, end) = crate::interruptible(
+                &store,
+                engine.fork(store.clone(), &run, &wf, &source, &at, given),
+            )
+            .await?
+            .map_err(run_error)?;
+            if !quiet {
+                say!("run {id} forked from run {} at step `{at}`", run.id);
+            }
+            finish(&wf, Some(id), end, started, quiet, json)
+        }
         RunsCmd::Replay { run, allow_changes } => {
             let (_, store, run) = find(config, store_url, &run).await?;
             if run.status != RunStatus::Completed {

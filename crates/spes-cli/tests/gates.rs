@@ -487,3 +487,51 @@ fn replay_names_the_first_step_whose_prompt_changed() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn fork_reuses_the_steps_before_and_runs_the_rest_on_the_current_files() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::write(
+        d.join("spes.toml"),
+        "[defaults]\nprovider = \"t\"\n[providers.t]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("a.yaml"),
+        "- { step: one, replies: ['first answer', 'NEW first answer'] }\n- { default: echo }\n",
+    )
+    .unwrap();
+    let wf = "name: f\ninputs: { topic: { type: string, required: true } }\nsteps:\n  - { name: one, kind: llm, prompt: 'about {{ topic }}', output: a }\n  - { name: two, kind: llm, prompt: 'B: {{ a }} / {{ topic }}', output: b }\noutput: b\n";
+    std::fs::write(d.join("w.yaml"), wf).unwrap();
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "B: first answer / x\n");
+    let id = run_id(d);
+    // The second step's prompt changes; fork there with another topic.
+    std::fs::write(d.join("w.yaml"), wf.replace("'B: ", "'B2: ")).unwrap();
+    let out = spes(d, &["runs", "fork", &id, "--at", "two", "-i", "topic=y"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Step one answered from the record (no second call: its reply would
+    // be the script's second one); step two ran anew on the new text.
+    assert_eq!(text(&out.stdout), "B2: first answer / y\n");
+    assert!(
+        text(&out.stderr).contains(&format!("forked from run {id} at step `two`")),
+        "{}",
+        text(&out.stderr)
+    );
+    // The original run is untouched; the fork is a run of its own.
+    let listed = text(&spes(d, &["runs", "list"]).stdout);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("completed")).count(),
+        2,
+        "{listed}"
+    );
+    let out = spes(d, &["runs", "fork", &id, "--at", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("has no top-level step `nope`; its steps: one, two"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -531,6 +531,67 @@ impl Engine {
         })
     }
 
+    /// Forks `run` at step `at` (a top-level step of `wf`, the workflow as
+    /// it is now): a new run, pinned to the current files, whose journal
+    /// starts with every entry of the steps before `at` (their model
+    /// calls, decisions and clock reads answer at once); `at` and what
+    /// follows execute anew. `inputs` override the run's inputs by name
+    /// (earlier steps keep their recorded answers). Returns the new run.
+    pub async fn fork(
+        &self,
+        store: Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        at: &str,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<(RunId, RunEnd), RunError> {
+        let Some(idx) = wf.steps.iter().position(|s| s.name == at) else {
+            return Err(RunError::Refused(format!(
+                "workflow `{}` has no top-level step `{at}`; its steps: {}",
+                wf.name,
+                wf.steps
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let before: std::collections::HashSet<&str> =
+            wf.steps[..idx].iter().map(|s| s.name.as_str()).collect();
+        let mut given: BTreeMap<String, Value> = match &run.inputs {
+            Value::Object(m) => m.clone().into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        given.extend(inputs);
+        let ctx = bind_inputs(wf, given).map_err(RunError::Input)?;
+        let entries = store.entries(&run.id).await?;
+        let id = RunId::new();
+        store
+            .create_run(&NewRun {
+                id,
+                workflow_name: wf.name.clone(),
+                workflow_path: source.path.clone(),
+                workflow_hash: source.hash(),
+                workflow_source: source.text.clone(),
+                pins: pins_of(wf),
+                inputs: Value::Object(ctx.clone()),
+                status: RunStatus::Running,
+                owner: Some(this_owner()),
+                settings: self.run_settings(),
+            })
+            .await?;
+        for e in entries {
+            // A step's entries are keyed by its name, then `/` or `#`.
+            let step = e.key.split(['/', '#']).next().unwrap_or(e.key.as_str());
+            if before.contains(step) {
+                store.append(&id, &e.key, &e.kind, &e.payload).await?;
+            }
+        }
+        let end = self.execute(store, id, wf, ctx).await?;
+        Ok((id, end))
+    }
+
     /// Re-executes a finished run from its journal with zero model calls
     /// and reports whether the output is identical.
     pub async fn replay(
