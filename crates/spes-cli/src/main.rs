@@ -678,19 +678,13 @@ async fn cmd_run(
         ))
     };
     if args.no_store {
-        let outcome = engine.run(&wf, inputs).await.map_err(|e| match e {
-            RunError::Input(m) => input_error(m),
-            RunError::Step(s) => Failure::Run(s),
-            other => Failure::Usage(other.to_string()),
-        })?;
-        return finish(
-            &wf,
-            None,
-            spes_engine::RunEnd::Completed(outcome),
-            started,
-            args.quiet,
-            args.json,
-        );
+        let end = match engine.run(&wf, inputs).await {
+            Ok(outcome) => spes_engine::RunEnd::Completed(outcome),
+            Err(RunError::Step(s)) => spes_engine::RunEnd::Failed(s),
+            Err(RunError::Input(m)) => return Err(input_error(m)),
+            Err(other) => return Err(Failure::Usage(other.to_string())),
+        };
+        return finish(&wf, None, end, started, args.quiet, args.json);
     }
     let store = runs::open_store(&project, store_url).await?;
     let source = runs::source_of(&args.file)?;
@@ -707,6 +701,10 @@ async fn cmd_run(
             RunError::Store(s) => Failure::from(s),
             other => Failure::Usage(other.to_string()),
         })?;
+    // Detached and stopped at a gate: the run id on stdout, for scripts.
+    if args.detach && !args.json && matches!(end, spes_engine::RunEnd::Waiting(_)) {
+        out_data(&id.to_string());
+    }
     finish(&wf, Some(id), end, started, args.quiet, args.json)
 }
 
@@ -779,6 +777,10 @@ pub(crate) fn finish(
     let run = id
         .map(|i| format!("run {i}"))
         .unwrap_or_else(|| "run".into());
+    if json {
+        // One shape in every outcome (docs/FORMAT.md, "--json").
+        out_json(&serde_json::to_string_pretty(&run_json(id, &end)).unwrap_or_default());
+    }
     match end {
         RunEnd::Completed(outcome) => {
             if !quiet {
@@ -798,12 +800,7 @@ pub(crate) fn finish(
                     id.map(|i| format!(" · run {i}")).unwrap_or_default()
                 );
             }
-            if json {
-                out_json(
-                    &serde_json::to_string_pretty(&Value::Object(outcome.context))
-                        .unwrap_or_default(),
-                );
-            } else {
+            if !json {
                 match outcome.output {
                     Some(Value::String(s)) => out_data(&s),
                     Some(v) => out_json(&serde_json::to_string_pretty(&v).unwrap_or_default()),
@@ -842,6 +839,82 @@ pub(crate) fn finish(
         )),
         RunEnd::Cancelled => Err(Failure::Stopped(4, format!("{run} was cancelled"))),
     }
+}
+
+/// Version of the `--json` shape of `run`, `resume` and `runs fork`.
+const RUN_JSON_SCHEMA: u32 = 1;
+
+/// What `--json` prints for a run that ended (or stopped) with `end`.
+fn run_json(id: Option<spes_store::RunId>, end: &spes_engine::RunEnd) -> Value {
+    use spes_engine::RunEnd;
+    let (status, output, usage, gates, error, context) = match end {
+        RunEnd::Completed(o) => (
+            "completed",
+            o.output.clone().unwrap_or(Value::Null),
+            serde_json::json!({
+                "input_tokens": o.usage.input_tokens,
+                "output_tokens": o.usage.output_tokens,
+                "model_calls": o.model_calls,
+                "replayed": o.replayed,
+            }),
+            Vec::new(),
+            Value::Null,
+            Value::Object(o.context.clone()),
+        ),
+        RunEnd::Failed(e) => (
+            "failed",
+            Value::Null,
+            Value::Null,
+            Vec::new(),
+            serde_json::json!({
+                "step": e.step,
+                "message": e.to_string(),
+                "class": if e.is_store() {
+                    "store"
+                } else if e.class() == spes_llm::ErrorClass::Transient {
+                    "transient"
+                } else {
+                    "terminal"
+                },
+                "hint": e.hint(),
+            }),
+            Value::Null,
+        ),
+        RunEnd::Waiting(g) => (
+            "waiting",
+            Value::Null,
+            Value::Null,
+            g.clone(),
+            Value::Null,
+            Value::Null,
+        ),
+        RunEnd::Paused => (
+            "paused",
+            Value::Null,
+            Value::Null,
+            Vec::new(),
+            Value::Null,
+            Value::Null,
+        ),
+        RunEnd::Cancelled => (
+            "cancelled",
+            Value::Null,
+            Value::Null,
+            Vec::new(),
+            Value::Null,
+            Value::Null,
+        ),
+    };
+    serde_json::json!({
+        "schema": RUN_JSON_SCHEMA,
+        "run_id": id.map(|i| i.to_string()),
+        "status": status,
+        "output": output,
+        "usage": usage,
+        "gates": gates,
+        "error": error,
+        "context": context,
+    })
 }
 
 fn cmd_validate(config: Option<&Path>, files: &[PathBuf]) -> Result<(), Failure> {

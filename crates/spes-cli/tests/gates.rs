@@ -535,3 +535,36 @@ fn fork_reuses_the_steps_before_and_runs_the_rest_on_the_current_files() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn json_has_one_shape_in_every_outcome_and_detach_prints_the_run_id() {
+    let p = project();
+    let d = p.path();
+    // Stopped at the gates (exit 3): still JSON on stdout.
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x", "--json", "--detach"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = run_id(d);
+    assert_eq!(v["run_id"], serde_json::json!(id));
+    assert_eq!(v["status"], "waiting");
+    assert_eq!(
+        v["gates"],
+        serde_json::json!(["reviews/legal/review0", "reviews/tone/review0"])
+    );
+    assert!(v["error"].is_null() && v["output"].is_null());
+    // Without --json, a detached run stopped at a gate prints its id.
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=y", "--detach"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout).trim(), run_id(d));
+    // A failed run: the error, classed.
+    std::fs::write(d.join("bad.yaml"), "name: bad\nsteps:\n  - { name: s, kind: transform, fn: json_parse, input: 'not json', output: o }\n").unwrap();
+    let out = spes(d, &["run", "bad.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["error"]["step"].as_str()),
+        (Some("failed"), Some("s"))
+    );
+    assert_eq!(v["error"]["class"], "terminal");
+    assert!(v["run_id"].is_string());
+}
