@@ -132,6 +132,41 @@ impl Observer for Progress {
                     }
                 }
             }
+            Event::Retrying {
+                key,
+                attempt,
+                delay,
+                error,
+            } => {
+                if self.tty {
+                    let _ = write!(err, "\r\x1b[2K");
+                }
+                let _ = writeln!(
+                    err,
+                    "  ↻ {}: attempt {attempt} in {} ({})",
+                    escape(key),
+                    fmt_elapsed(*delay),
+                    escape(error)
+                );
+            }
+            Event::FallingBack {
+                key,
+                from,
+                to,
+                error,
+            } => {
+                if self.tty {
+                    let _ = write!(err, "\r\x1b[2K");
+                }
+                let _ = writeln!(
+                    err,
+                    "  ↪ {}: {} gave up ({}); trying {}",
+                    escape(key),
+                    escape(from),
+                    escape(error),
+                    escape(to)
+                );
+            }
             _ => {}
         }
     }

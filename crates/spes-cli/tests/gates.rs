@@ -568,3 +568,37 @@ fn json_has_one_shape_in_every_outcome_and_detach_prints_the_run_id() {
     assert_eq!(v["error"]["class"], "terminal");
     assert!(v["run_id"].is_string());
 }
+
+#[test]
+fn progress_shows_retries_and_fallbacks_as_they_happen() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::write(
+        d.join("spes.toml"),
+        "[defaults]\nprovider = \"a\"\n[providers.a]\nkind = \"scripted\"\nscript = \"a.yaml\"\n[providers.b]\nkind = \"scripted\"\nscript = \"b.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("a.yaml"),
+        "- { step: s, error: server_error, times: 5 }\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("b.yaml"), "- { prompt_contains: hi, reply: 'from b' }\n").unwrap();
+    std::fs::write(
+        d.join("w.yaml"),
+        "name: p\nsteps:\n  - name: s\n    kind: llm\n    prompt: hi\n    retry: { attempts: 2, base: 1ms, jitter: false }\n    fallback: [{ provider: b }]\n    output: s\noutput: s\n",
+    )
+    .unwrap();
+    let out = spes(d, &["run", "w.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from b\n");
+    let err = text(&out.stderr);
+    let retry = err.find("↻ s: attempt 2 in 1ms (").expect(&err);
+    let fallback = err.find("↪ s: step (").expect(&err);
+    let done = err.find("✓ s").expect(&err);
+    assert!(retry < fallback && fallback < done, "{err}");
+    assert!(
+        err.contains("gave up (") && err.contains("); trying fallback1 ("),
+        "{err}"
+    );
+}

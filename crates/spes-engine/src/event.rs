@@ -41,6 +41,29 @@ pub enum Event {
         /// Text.
         text: String,
     },
+    /// A step's attempt failed and the step is tried again after `delay`.
+    Retrying {
+        /// Step key.
+        key: String,
+        /// The attempt about to be made (2 for the first retry).
+        attempt: u32,
+        /// The wait before it (at least what a provider's `retry-after` asked).
+        delay: Duration,
+        /// Why the last attempt failed.
+        error: String,
+    },
+    /// An alternative of a step gave up; the next one (`fallback`,
+    /// `degrade`) is tried.
+    FallingBack {
+        /// Step key.
+        key: String,
+        /// The alternative that gave up.
+        from: String,
+        /// The one tried next.
+        to: String,
+        /// Why it gave up.
+        error: String,
+    },
 }
 
 /// Receives events. Must be cheap: it is called on the run's task.

@@ -518,6 +518,14 @@ impl Exec<'_> {
                 }
                 Err(e) => {
                     tracing::info!(step = key, by = %alt.by, error = %e, "alternative gave up");
+                    if let Some(next) = alts.get(idx + 1) {
+                        self.engine.emit(&crate::Event::FallingBack {
+                            key: key.to_owned(),
+                            from: format!("{} ({})", alt.by, alt.label),
+                            to: format!("{} ({})", next.by, next.label),
+                            error: e.kind.to_string(),
+                        });
+                    }
                     last = Some(e);
                 }
             }
@@ -582,6 +590,12 @@ impl Exec<'_> {
                     let recorded = self.journal.get(&next).await.ok().flatten().is_some();
                     if !recorded {
                         tracing::info!(step = base, attempt, ?delay, error = %err, "retrying");
+                        self.engine.emit(&crate::Event::Retrying {
+                            key: base.to_owned(),
+                            attempt,
+                            delay,
+                            error: err.kind.to_string(),
+                        });
                         tokio::time::sleep(delay).await;
                     }
                 }
