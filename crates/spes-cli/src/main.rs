@@ -45,8 +45,18 @@ use crate::term::{out, out_data, out_json, say};
 /// Largest `--input-file` spes reads.
 const MAX_INPUT_FILE: usize = 16 << 20;
 
+/// `spes --version`: the version, the git commit it was built from and the cargo features.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SPES_GIT_COMMIT"),
+    "; features: ",
+    env!("SPES_FEATURES"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "spes", version, about = "Durable LLM prompt workflows: components, patterns, providers", long_about = None)]
+#[command(name = "spes", version = VERSION, about = "Durable LLM prompt workflows: components, patterns, providers", long_about = None)]
 struct Cli {
     /// spes.toml to use (default: the nearest one above the workflow or the working directory)
     #[arg(long, global = true, env = "SPES_CONFIG")]
@@ -54,6 +64,12 @@ struct Cli {
     /// Run store URL (default: the `[store]` url in spes.toml, else sqlite://.spes/spes.db beside spes.toml)
     #[arg(long, global = true, env = "SPES_STORE")]
     store: Option<String>,
+    /// Colours and the live progress line: `auto` (on a terminal, unless `NO_COLOR` is set or `TERM=dumb`), `always`, `never`
+    #[arg(long, global = true, value_enum, default_value_t = term::ColorChoice::Auto)]
+    color: term::ColorChoice,
+    /// Format of log lines on stderr (their level comes from `RUST_LOG`; default: warnings only)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -141,6 +157,35 @@ enum Command {
     Doctor,
     /// Take runs and map items from a shared PostgreSQL store, as one of many workers.
     Worker(worker::WorkerArgs),
+    /// Print a shell completion script: `spes completions bash > /etc/bash_completion.d/spes`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `spes man > spes.1`.
+    Man,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Log lines on stderr: the level from `RUST_LOG` (default `warn`), text or JSON.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Its own report of a failed write is an `eprintln!`, which panics
+        // on a closed stderr (in whatever thread logged).
+        .log_internal_errors(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(term::color_stderr()).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 #[derive(clap::Args, Debug)]
@@ -302,6 +347,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    term::set_color(cli.color);
+    init_logging(cli.log_format);
+    tracing::debug!(command = ?cli.command, "spes {VERSION}");
     let config = cli.config.as_deref();
     let store = cli.store.as_deref();
     let result = match cli.command {
@@ -355,6 +403,27 @@ fn main() -> ExitCode {
         Command::Init { dir } => init::init(&dir),
         Command::Doctor => block(doctor::doctor(config, store)),
         Command::Worker(args) => block(worker::worker(config, store, args)),
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "spes",
+                &mut buf,
+            );
+            out(&String::from_utf8_lossy(&buf));
+            Ok(())
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut buf) {
+                Ok(()) => {
+                    out(&String::from_utf8_lossy(&buf));
+                    Ok(())
+                }
+                Err(e) => Err(Failure::Usage(format!("cannot render the man page: {e}"))),
+            }
+        }
         Command::Pattern(PatternCmd::Suggest {
             independent_tasks,
             specialized_roles,
@@ -464,7 +533,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// Prints diagnostics: graphical with snippets on a terminal, plain otherwise.
 pub(crate) fn print_diagnostics(d: &Diagnostics) {
-    let fancy = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let fancy = term::color_stderr();
     let mut err = std::io::stderr().lock();
     for diag in &d.0 {
         // A file or message holding control characters is shown plain

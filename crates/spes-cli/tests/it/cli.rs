@@ -39,12 +39,31 @@ fn in_dir(dir: &std::path::Path, args: &[&str]) -> crate::common::Run {
 }
 
 #[test]
-fn version_prints_the_version() {
+fn version_prints_the_version_commit_and_features() {
     let run = Project::empty().spes(["--version"]);
     run.expect_code(0);
+    // The commit this checkout is at (build.rs asks git the same question).
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    let features = if cfg!(feature = "local") {
+        "default, local"
+    } else {
+        "none"
+    };
     assert_eq!(
         run.stdout().trim(),
-        format!("spes {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "spes {} (commit {commit}; features: {features})",
+            env!("CARGO_PKG_VERSION")
+        )
     );
 }
 
