@@ -148,9 +148,10 @@ enum Command {
     /// Which workflow pattern fits your requirements (the design reference's selector).
     #[command(subcommand)]
     Pattern(PatternCmd),
-    /// Create a project that runs at once: spes.toml, components, workflows.
+    /// Create a project that runs at once: spes.toml, components, workflows, notes.md, .gitignore.
     Init {
-        /// Directory to create (or fill, if empty).
+        /// Directory to create or fill (default: the current one); no existing file is overwritten.
+        #[arg(default_value = ".")]
         dir: PathBuf,
     },
     /// Which providers are usable, the key variables they want, where the local model is.

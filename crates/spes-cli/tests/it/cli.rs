@@ -152,17 +152,34 @@ fn a_parallel_result_prints_in_declared_order() {
 }
 
 #[test]
-fn init_refuses_a_non_empty_directory() {
+fn init_never_overwrites_a_file() {
     let p = Project::empty();
     p.write("proj/keep.txt", "mine");
+    p.write("proj/workflows/summarize.yaml", "my own");
     let run = p.spes(["init", "proj"]);
     run.expect_code(2);
-    assert!(run.stderr().contains("not empty"), "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains("already has workflows/summarize.yaml"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("proj/workflows/summarize.yaml")).unwrap(),
+        "my own"
+    );
+    // Nothing was written.
+    assert!(!p.path().join("proj/spes.toml").exists());
+    assert!(!p.path().join("proj/.gitignore").exists());
+    // Files init does not write are no obstacle.
+    std::fs::remove_file(p.path().join("proj/workflows/summarize.yaml")).unwrap();
+    p.spes(["init", "proj"]).expect_code(0);
     assert_eq!(
         std::fs::read_to_string(p.path().join("proj/keep.txt")).unwrap(),
         "mine"
     );
-    assert!(!p.path().join("proj/spes.toml").exists());
+    // A second init is refused: everything is there.
+    p.spes(["init", "proj"]).expect_code(2);
 }
 
 #[test]

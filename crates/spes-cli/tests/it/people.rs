@@ -174,3 +174,171 @@ fn rust_log_with_json_format_writes_json_lines_on_stderr() {
     assert!(err.contains(" DEBUG spes: "), "{err}");
     assert!(!err.contains('\u{1b}'), "{err}");
 }
+
+/// The commands of the README's tour: each line of the first `sh` block
+/// after "## A tour", without its comment, and the exit code its comment
+/// announces (`# exit 3: ...`), else 0.
+fn tour() -> Vec<(String, i32)> {
+    let readme = include_str!("../../../../README.md");
+    let start = readme.find("## A tour").expect("a tour section");
+    let block = &readme[start..];
+    let block = &block[block.find("```sh\n").expect("an sh block") + 6..];
+    let block = &block[..block.find("```").expect("the block's end")];
+    let mut out = Vec::new();
+    for line in block.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (cmd, comment) = match line.find("  #") {
+            Some(i) => (line[..i].trim(), line[i + 3..].trim()),
+            None => (line, ""),
+        };
+        let code = comment
+            .strip_prefix("exit ")
+            .and_then(|r| r.split(':').next())
+            .map_or(0, |n| n.trim().parse().expect("exit N"));
+        out.push((cmd.to_owned(), code));
+    }
+    out
+}
+
+#[test]
+fn the_readme_tour_runs_as_written_on_a_fresh_project() {
+    let tour = tour();
+    assert!(tour.len() >= 20, "{tour:?}");
+    assert!(
+        tour[0]
+            .0
+            .starts_with("spes init my-project && cd my-project")
+    );
+    let parent = Project::empty();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_spes"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cwd = parent.path().to_owned();
+    let mut seen = std::collections::BTreeSet::new();
+    for (cmd, code) in &tour {
+        // `RUN` is the newest run (`spes runs list` shows the newest first).
+        let cmd = if cmd.contains("RUN") {
+            let list = std::process::Command::new(env!("CARGO_BIN_EXE_spes"))
+                .args(["runs", "list"])
+                .current_dir(&cwd)
+                .output()
+                .unwrap();
+            let list = String::from_utf8_lossy(&list.stdout).into_owned();
+            let id = list
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no run for `{cmd}`: {list}"))
+                .to_owned();
+            cmd.replace("RUN", &id)
+        } else {
+            cmd.clone()
+        };
+        let out = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .current_dir(&cwd)
+            .env("PATH", &path)
+            .env("NO_COLOR", "1")
+            .env_remove("SPES_CONFIG")
+            .env_remove("SPES_PROVIDER")
+            .env_remove("SPES_STORE")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(*code),
+            "`{cmd}`\n--- stdout\n{}\n--- stderr\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(dir) = cmd.split("&& cd ").nth(1) {
+            cwd = cwd.join(dir.trim());
+        }
+        seen.insert(cmd.split_whitespace().nth(1).unwrap_or_default().to_owned());
+    }
+    // The tour ends with the last run cancelled, the first one approved.
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_spes"))
+        .args(["runs", "list"])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert_eq!(
+        list.lines().nth(1).unwrap().split_whitespace().nth(1),
+        Some("cancelled"),
+        "{list}"
+    );
+    assert_eq!(
+        list.lines().filter(|l| l.contains("completed")).count(),
+        4,
+        "{list}"
+    );
+    for sub in [
+        "init",
+        "run",
+        "workflow",
+        "components",
+        "runs",
+        "revise",
+        "approve",
+        "resume",
+        "pause",
+        "cancel",
+    ] {
+        assert!(seen.contains(sub), "the tour lost `spes {sub}`: {seen:?}");
+    }
+}
+
+#[test]
+fn init_without_a_directory_fills_the_current_one_and_ignores_the_store() {
+    let p = Project::empty();
+    p.write("README.md", "mine\n");
+    p.write(".gitignore", "target/\n*.log");
+    let run = p.spes(["init"]);
+    run.expect_code(0);
+    assert!(p.path().join("spes.toml").is_file());
+    assert!(p.path().join("notes.md").is_file());
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("README.md")).unwrap(),
+        "mine\n"
+    );
+    // Appended (after the missing newline), the rest kept.
+    assert_eq!(
+        std::fs::read_to_string(p.path().join(".gitignore")).unwrap(),
+        "target/\n*.log\n.spes/\n"
+    );
+    p.spes([
+        "run",
+        "workflows/summarize.yaml",
+        "--input-file",
+        "text=notes.md",
+    ])
+    .expect_code(0);
+    assert!(p.path().join(".spes/spes.db").is_file());
+
+    // A .gitignore that already ignores the store is left alone.
+    let q = Project::empty();
+    q.write(".gitignore", "/.spes\n");
+    q.spes(["init", "."]).expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(q.path().join(".gitignore")).unwrap(),
+        "/.spes\n"
+    );
+    // A fresh directory gets one with just the store.
+    let r = Project::empty();
+    r.spes(["init", "proj"]).expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(r.path().join("proj/.gitignore")).unwrap(),
+        ".spes/\n"
+    );
+}
