@@ -146,15 +146,7 @@ pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result
             " (not usable: see below)"
         }
     );
-    let url = store
-        .map(str::to_owned)
-        .or_else(|| project.config.store.url.clone())
-        .unwrap_or_else(|| "sqlite://.spes/spes.db".into());
-    let fresh = url
-        .strip_prefix("sqlite://")
-        .map(|p| project.rel(Path::new(p)))
-        .filter(|p| !p.exists());
-    let store_line = match fresh {
+    let store_line = match project.missing_store(store) {
         // Opening would create it; doctor only looks.
         Some(p) => format!(
             "{} (not created yet: the first run creates it)",

@@ -191,7 +191,7 @@ fn init_logging(format: LogFormat) {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// The workflow file.
+    /// The workflow file (`-` reads it from standard input).
     file: PathBuf,
     /// An input value: --input topic="rust"
     #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
@@ -264,7 +264,7 @@ enum PatternCmd {
 enum WorkflowCmd {
     /// Check workflows without calling any model.
     Validate {
-        /// Workflow files.
+        /// Workflow files (`-` reads one from standard input).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -395,7 +395,10 @@ fn main() -> ExitCode {
             gate.as_deref(),
             gates::Answer::Choose { n },
         )),
-        Command::Runs(c) => block(runs::runs(config, store, c)),
+        Command::Runs(c) => match without_store(config, store, &c) {
+            Some(r) => r,
+            None => block(runs::runs(config, store, c)),
+        },
         Command::Workflow(WorkflowCmd::Validate { files }) => cmd_validate(config, &files),
         Command::Workflow(WorkflowCmd::Diagram { file, format }) => {
             cmd_diagram(config, &file, format)
@@ -513,6 +516,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// The read-only `runs` commands where there is no store yet: there are
+/// no runs, and looking creates no file. `None`: run the command.
+fn without_store(
+    config: Option<&Path>,
+    store: Option<&str>,
+    cmd: &runs::RunsCmd,
+) -> Option<Result<(), Failure>> {
+    use runs::RunsCmd;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let project = match Project::discover(config, &cwd) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    let path = project.missing_store(store)?;
+    let none = format!(
+        "there are no runs here yet ({} does not exist; `spes run` creates it)",
+        path.display()
+    );
+    match cmd {
+        RunsCmd::List { status, .. } => Some(
+            status
+                .as_deref()
+                .map(str::parse::<spes_store::RunStatus>)
+                .transpose()
+                .map_err(Failure::Usage)
+                .map(|_| say!("{none}")),
+        ),
+        RunsCmd::Pending => {
+            say!("no gate is waiting for a human: {none}");
+            Some(Ok(()))
+        }
+        RunsCmd::Show { run, .. } | RunsCmd::Replay { run, .. } => {
+            Some(Err(Failure::Usage(format!("no run `{run}`: {none}"))))
+        }
+    }
+}
+
 /// Runs an async command, then closes the stores it opened (SQLite
 /// checkpoints its WAL into the main file when the last connection closes).
 fn block(f: impl std::future::Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
@@ -562,8 +602,9 @@ pub(crate) fn print_diagnostics(d: &Diagnostics) {
     }
 }
 
-/// Reads standard input (`--input-file KEY=-`), at most `max` bytes, as UTF-8.
-fn read_stdin(max: usize) -> Result<String, Failure> {
+/// Reads standard input (`--input-file KEY=-`, a workflow `-`), at most
+/// `max` bytes (the limit of `what`), as UTF-8.
+fn read_stdin(max: usize, what: &str) -> Result<String, Failure> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::io::stdin()
@@ -573,7 +614,7 @@ fn read_stdin(max: usize) -> Result<String, Failure> {
         .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
     if bytes.len() > max {
         return Err(Failure::Usage(format!(
-            "standard input is larger than the {max}-byte limit of an input file"
+            "standard input is larger than the {max}-byte limit of {what}"
         )));
     }
     String::from_utf8(bytes).map_err(|e| {
@@ -584,13 +625,40 @@ fn read_stdin(max: usize) -> Result<String, Failure> {
     })
 }
 
-/// Loads and validates a workflow.
+/// Whether a workflow path means standard input (`spes run -`).
+pub(crate) fn is_stdin(file: &Path) -> bool {
+    file == Path::new("-")
+}
+
+/// The workflow read from standard input, once per process (validation and
+/// the run's pinned source see the same text).
+static STDIN_WORKFLOW: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A workflow file's text; `-` reads standard input, bounded like a file.
+pub(crate) fn read_workflow(file: &Path) -> Result<String, Failure> {
+    if !is_stdin(file) {
+        return read_text(file, spes_core::yaml::MAX_YAML_BYTES);
+    }
+    if let Some(t) = STDIN_WORKFLOW.get() {
+        return Ok(t.clone());
+    }
+    let text = read_stdin(spes_core::yaml::MAX_YAML_BYTES, "a workflow file")?;
+    Ok(STDIN_WORKFLOW.get_or_init(|| text).clone())
+}
+
+/// Loads and validates a workflow (`-`: from standard input, its relative
+/// paths resolved from the working directory).
 pub(crate) fn load_workflow(
     project: &Project,
     file: &Path,
 ) -> Result<(Workflow, Diagnostics), Failure> {
-    let text = read_text(file, spes_core::yaml::MAX_YAML_BYTES)?;
-    let shown = file.display().to_string();
+    let text = read_workflow(file)?;
+    // `<stdin>` has no directory: relative paths inside resolve from the working directory.
+    let shown = if is_stdin(file) {
+        "<stdin>".to_owned()
+    } else {
+        file.display().to_string()
+    };
     let spec = parse_workflow(&shown, &text).map_err(Failure::Input)?;
     let (components, comp_diags) = project.components();
     let names = project.provider_names();
@@ -649,8 +717,13 @@ async fn cmd_run(
     }
     for i in &args.input_files {
         let (k, p) = split_kv(i, "--input-file")?;
+        if p == "-" && is_stdin(&args.file) {
+            return Err(Failure::Usage(format!(
+                "--input-file {k}=- and the workflow `-` both want standard input; give one of them a file"
+            )));
+        }
         let text = if p == "-" {
-            read_stdin(MAX_INPUT_FILE)?
+            read_stdin(MAX_INPUT_FILE, "an input file")?
         } else {
             read_text(Path::new(p), MAX_INPUT_FILE)?
         };

@@ -11,7 +11,7 @@ use spes_engine::{Effect, RunError, WorkflowSource};
 use spes_store::sqlite::{SqliteOptions, SqliteStore};
 use spes_store::{Run, RunPatch, RunStatus, RunStore};
 
-use crate::project::{Project, read_text};
+use crate::project::Project;
 use crate::{Failure, build_engine, finish, load_workflow, out};
 
 #[derive(clap::Args, Debug)]
@@ -125,7 +125,7 @@ pub(crate) async fn close_stores() {
 
 /// The workflow file as a run pins it.
 pub(crate) fn source_of(file: &Path) -> Result<WorkflowSource, Failure> {
-    let text = read_text(file, spes_core::yaml::MAX_YAML_BYTES)?;
+    let text = crate::read_workflow(file)?;
     let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     Ok(WorkflowSource {
         path: path.display().to_string(),

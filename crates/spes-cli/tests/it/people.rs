@@ -342,3 +342,148 @@ fn init_without_a_directory_fills_the_current_one_and_ignores_the_store() {
         ".spes/\n"
     );
 }
+
+#[test]
+fn read_only_commands_never_create_a_store() {
+    for p in [Project::empty(), Project::new()] {
+        let list = p.spes(["runs", "list"]);
+        list.expect_code(0);
+        assert!(
+            list.stderr().contains("there are no runs here yet"),
+            "{}",
+            list.stderr()
+        );
+        assert!(list.stdout().is_empty(), "{}", list.stdout());
+        let pending = p.spes(["runs", "pending"]);
+        pending.expect_code(0);
+        assert!(
+            pending.stderr().contains("no gate is waiting"),
+            "{}",
+            pending.stderr()
+        );
+        for cmd in ["show", "replay"] {
+            let run = p.spes(["runs", cmd, "0123abcd"]);
+            run.expect_code(2);
+            assert!(
+                run.stderr()
+                    .contains("no run `0123abcd`: there are no runs here yet"),
+                "{cmd}: {}",
+                run.stderr()
+            );
+        }
+        // A bad status is still a usage error.
+        p.spes(["runs", "list", "--status", "bogus"]).expect_code(2);
+        // An explicit store that does not exist is not created either.
+        p.spes(["runs", "list", "--store", "sqlite://elsewhere.db"])
+            .expect_code(0);
+        assert!(!p.path().join(".spes").exists());
+        assert!(!p.path().join("elsewhere.db").exists());
+        let left: Vec<_> = std::fs::read_dir(p.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().contains("db"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    // Once a run made the store, the same commands read it.
+    let p = Project::new();
+    p.write("w.yaml", WF);
+    p.spes(["run", "w.yaml", "--input", "text=hi"])
+        .expect_code(0);
+    let list = p.spes(["runs", "list"]);
+    list.expect_code(0);
+    assert!(list.stdout().contains("completed"), "{}", list.stdout());
+}
+
+/// `spes ARGS` in `p` with `stdin` on standard input.
+fn with_stdin(p: &Project, args: &[&str], stdin: impl Into<Vec<u8>>) -> std::process::Output {
+    assert_cmd::Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(p.path())
+        .args(args)
+        .env_remove("SPES_CONFIG")
+        .env_remove("SPES_PROVIDER")
+        .env("NO_COLOR", "1")
+        .write_stdin(stdin.into())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_workflow_dash_is_read_from_stdin_with_paths_from_the_working_directory() {
+    let p = Project::new();
+    // A schema path relative to the working directory (there is no workflow file).
+    p.write(
+        "schemas/answer.json",
+        r#"{ "type": "object", "required": ["ok"] }"#,
+    );
+    p.write("answers.yaml", "- { step: a, reply: '{\"ok\": true}' }\n");
+    let wf = "name: piped\nsteps:\n  - { name: a, kind: llm, prompt: hi, format: json, schema: schemas/answer.json, output: a }\noutput: a\n";
+    let out = with_stdin(&p, &["workflow", "validate", "-"], wf);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(piped)"));
+    let out = with_stdin(&p, &["run", "-"], wf);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result, serde_json::json!({ "ok": true }));
+    // The run is recorded like any other.
+    let list = p.spes(["runs", "list"]);
+    assert!(list.stdout().contains("piped"), "{}", list.stdout());
+    // ...with `-` as its workflow: a replay reads it from stdin again.
+    let id = list
+        .stdout()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = with_stdin(&p, &["runs", "replay", &id], wf);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("output identical"));
+
+    // From a subdirectory the schema is not found: paths are from the working directory.
+    p.write("sub/.keep", "");
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(p.path().join("sub"))
+        .args(["workflow", "validate", "-"])
+        .env("NO_COLOR", "1")
+        .write_stdin(wf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("<stdin>") && err.contains("schemas/answer.json"),
+        "{err}"
+    );
+
+    // Bounded like a workflow file (4 MiB).
+    let huge = format!("name: big\n# {}\n", "x".repeat(5 << 20));
+    let out = with_stdin(&p, &["workflow", "validate", "-"], huge);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("larger than"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Stdin cannot be both the workflow and an input.
+    let out = with_stdin(&p, &["run", "-", "--input-file", "text=-"], wf);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("both want standard input"));
+}
