@@ -729,6 +729,7 @@ async fn cmd_run(
         };
         inputs.insert(k.to_owned(), Value::String(text));
     }
+    refuse_empty_required(&wf, &inputs)?;
     let engine = build_engine(
         &project,
         args.provider.as_deref(),
@@ -777,6 +778,39 @@ async fn cmd_run(
             other => Failure::Usage(other.to_string()),
         })?;
     finish(&wf, Some(id), end, started, args.quiet, args.json)
+}
+
+/// A required input given as an empty (or blank) text: `--input text=` is
+/// almost always a shell variable that was not set, so it is refused.
+fn refuse_empty_required(wf: &Workflow, inputs: &BTreeMap<String, Value>) -> Result<(), Failure> {
+    let empty: Vec<spes_core::Diagnostic> = wf
+        .inputs
+        .iter()
+        .filter(|i| i.required)
+        .filter(|i| {
+            inputs
+                .get(&i.name)
+                .is_some_and(|v| v.as_str().is_some_and(|s| s.trim().is_empty()))
+        })
+        .map(|i| {
+            spes_core::Diagnostic::error(
+                "spes::input::empty",
+                format!(
+                    "required input `{}` of workflow `{}` is empty",
+                    i.name, wf.name
+                ),
+            )
+            .with_hint(format!(
+                "give it a value: --input {}=... or --input-file {}=PATH",
+                i.name, i.name
+            ))
+        })
+        .collect();
+    if empty.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Input(Diagnostics(empty)))
+    }
 }
 
 /// Builds an engine with every configured provider.

@@ -487,3 +487,37 @@ fn a_workflow_dash_is_read_from_stdin_with_paths_from_the_working_directory() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("both want standard input"));
 }
+
+#[test]
+fn an_empty_required_input_is_refused_naming_it() {
+    let p = Project::new();
+    p.write(
+        "w.yaml",
+        "name: w\ninputs:\n  text: { type: string, required: true }\n  note: { type: string }\nsteps:\n  - { name: a, kind: llm, prompt: \"Say {{ text }} {{ note }}\", output: a }\n",
+    );
+    for value in ["text=", "text=  "] {
+        let run = p.spes(["run", "w.yaml", "--input", value]);
+        run.expect_code(2);
+        assert!(
+            run.stderr()
+                .contains("required input `text` of workflow `w` is empty"),
+            "{}",
+            run.stderr()
+        );
+        assert!(
+            run.stderr().contains("--input text=..."),
+            "{}",
+            run.stderr()
+        );
+    }
+    p.write("empty.txt", "");
+    let run = p.spes(["run", "w.yaml", "--input-file", "text=empty.txt"]);
+    run.expect_code(2);
+    assert!(run.stderr().contains("`text`"), "{}", run.stderr());
+    // Nothing was recorded.
+    assert!(!p.path().join(".spes").exists());
+    // An optional input may be empty.
+    let run = p.spes(["run", "w.yaml", "--input", "text=hi", "--input", "note="]);
+    run.expect_code(0);
+    assert_eq!(run.stdout().trim_end(), "Say hi");
+}
