@@ -53,7 +53,7 @@ mod types;
 
 use async_trait::async_trait;
 
-pub use error::StoreError;
+pub use error::{Candidate, MAX_CANDIDATES, StoreError};
 pub use types::{
     Appended, ComponentPin, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Run, RunId,
     RunPatch, RunStatus,

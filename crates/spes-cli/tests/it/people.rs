@@ -521,3 +521,38 @@ fn an_empty_required_input_is_refused_naming_it() {
     run.expect_code(0);
     assert_eq!(run.stdout().trim_end(), "Say hi");
 }
+
+#[test]
+fn an_ambiguous_run_prefix_lists_the_candidates() {
+    let p = Project::new();
+    p.write("w.yaml", WF);
+    p.write(
+        "v.yaml",
+        "name: v\nsteps:\n  - { name: a, kind: llm, prompt: hi, output: a }\n",
+    );
+    p.spes(["run", "w.yaml", "--input", "text=hi"])
+        .expect_code(0);
+    p.spes(["run", "v.yaml"]).expect_code(0);
+    let list = p.spes(["runs", "list"]).stdout();
+    let ids: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    // Version-7 ids made a moment apart share their leading (time) digits.
+    let common = ids[0]
+        .chars()
+        .zip(ids[1].chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(common >= 4, "{ids:?}");
+    let prefix = &ids[0][..common];
+    let run = p.spes(["runs", "show", prefix]);
+    run.expect_code(2);
+    let err = run.stderr();
+    assert!(err.contains(&format!("`{prefix}` matches 2 runs")), "{err}");
+    for (id, wf) in [(ids[0], "v"), (ids[1], "w")] {
+        assert!(err.contains(&format!("{id}  {wf}  completed")), "{err}");
+    }
+}

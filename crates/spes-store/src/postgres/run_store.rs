@@ -7,6 +7,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::row::{self, ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS};
 use super::{Fail, PostgresStore, error};
+use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
@@ -157,7 +158,7 @@ impl RunStore for PostgresStore {
         let (prefix, upper) = (&prefix, &upper);
         self.retry(|| async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 2"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT {MAX_CANDIDATES}"
             )))
             .bind(prefix)
             .bind(upper)
@@ -169,6 +170,15 @@ impl RunStore for PostgresStore {
                 )))),
                 [one] => Ok(row::run(&self.shown, one)?),
                 _ => {
+                    let mut candidates = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        let run = row::run(&self.shown, r)?;
+                        candidates.push(crate::error::Candidate {
+                            id: run.id.to_string(),
+                            workflow: run.workflow_name,
+                            status: run.status.to_string(),
+                        });
+                    }
                     let count = sqlx::query_scalar::<_, i64>(
                         "SELECT count(*) FROM runs WHERE id >= $1 AND id < $2",
                     )
@@ -179,6 +189,7 @@ impl RunStore for PostgresStore {
                     Err(Fail::Store(StoreError::Ambiguous {
                         prefix: id_or_prefix.to_owned(),
                         count: usize::try_from(count).unwrap_or(usize::MAX),
+                        candidates,
                     }))
                 }
             }

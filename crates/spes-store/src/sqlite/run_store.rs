@@ -6,6 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::row::{ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS, fmt_time, now};
 use super::{Fail, SqliteStore, error, row};
+use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
@@ -114,7 +115,7 @@ impl RunStore for SqliteStore {
         let (prefix, upper) = (&prefix, &upper);
         self.retry(|| async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT 2"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT {MAX_CANDIDATES}"
             )))
             .bind(prefix)
             .bind(upper)
@@ -126,6 +127,15 @@ impl RunStore for SqliteStore {
                 )))),
                 [one] => self.run_from(one),
                 _ => {
+                    let mut candidates = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        let run = self.run_from(r)?;
+                        candidates.push(crate::error::Candidate {
+                            id: run.id.to_string(),
+                            workflow: run.workflow_name,
+                            status: run.status.to_string(),
+                        });
+                    }
                     let count = sqlx::query_scalar::<_, i64>(
                         "SELECT count(*) FROM runs WHERE id >= ?1 AND id < ?2",
                     )
@@ -136,6 +146,7 @@ impl RunStore for SqliteStore {
                     Err(Fail::Store(StoreError::Ambiguous {
                         prefix: id_or_prefix.to_owned(),
                         count: usize::try_from(count).unwrap_or(usize::MAX),
+                        candidates,
                     }))
                 }
             }

@@ -80,9 +80,52 @@ pub async fn find_by_full_id_or_prefix(store: Arc<dyn RunStore>) {
     }
 }
 
-/// A prefix shared by several runs names how many.
+/// A prefix shared by several runs names how many, and lists them (the
+/// first [`crate::MAX_CANDIDATES`] in id order) with workflow and status.
 pub async fn find_with_an_ambiguous_prefix_is_ambiguous(store: Arc<dyn RunStore>) {
     for n in 1..=3u128 {
+        let mut run = sample_run();
+        run.id = RunId(uuid::Uuid::from_u128(
+            0xabcd_ef00_0000_7000_8000_0000_0000_0000 | n,
+        ));
+        if n == 2 {
+            run.status = RunStatus::Waiting;
+        }
+        store.create_run(&run).await.unwrap();
+    }
+    match store.find_run("abcdef").await {
+        Err(e @ StoreError::Ambiguous { .. }) => {
+            let StoreError::Ambiguous {
+                prefix,
+                count,
+                candidates,
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(prefix, "abcdef");
+            assert_eq!(*count, 3);
+            let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
+            assert_eq!(
+                ids,
+                [
+                    "abcdef00000070008000000000000001",
+                    "abcdef00000070008000000000000002",
+                    "abcdef00000070008000000000000003"
+                ]
+            );
+            assert!(candidates.iter().all(|c| c.workflow == "triage"));
+            assert_eq!(candidates[1].status, "waiting");
+            let shown = e.to_string();
+            assert!(
+                shown.contains("abcdef00000070008000000000000002  triage  waiting"),
+                "{shown}"
+            );
+        }
+        other => panic!("expected Ambiguous, got {other:?}"),
+    }
+    // More than fit: the first ten, and how many more.
+    for n in 4..=12u128 {
         let mut run = sample_run();
         run.id = RunId(uuid::Uuid::from_u128(
             0xabcd_ef00_0000_7000_8000_0000_0000_0000 | n,
@@ -90,15 +133,22 @@ pub async fn find_with_an_ambiguous_prefix_is_ambiguous(store: Arc<dyn RunStore>
         store.create_run(&run).await.unwrap();
     }
     match store.find_run("abcdef").await {
-        Err(StoreError::Ambiguous { prefix, count }) => {
-            assert_eq!(prefix, "abcdef");
-            assert_eq!(count, 3);
+        Err(e @ StoreError::Ambiguous { .. }) => {
+            let StoreError::Ambiguous {
+                count, candidates, ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(*count, 12);
+            assert_eq!(candidates.len(), crate::MAX_CANDIDATES);
+            assert!(e.to_string().ends_with("... and 2 more"), "{e}");
         }
         other => panic!("expected Ambiguous, got {other:?}"),
     }
     let one = store.find_run("abcdef0000007000800000000000000").await;
     assert!(
-        matches!(one, Err(StoreError::Ambiguous { count: 3, .. })),
+        matches!(one, Err(StoreError::Ambiguous { count: 12, .. })),
         "{one:?}"
     );
     let exact = store
