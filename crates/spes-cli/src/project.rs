@@ -100,6 +100,20 @@ impl Project {
             .filter(|p| !p.exists())
     }
 
+    /// Options of a `postgres://` store: `[store] connect_timeout`.
+    pub(crate) fn postgres_options(
+        &self,
+    ) -> Result<spes_store::postgres::PostgresOptions, Failure> {
+        let mut opts = spes_store::postgres::PostgresOptions::default();
+        if let Some(t) = &self.config.store.connect_timeout {
+            let d = spes_core::duration::parse_duration(t).map_err(|e| {
+                Failure::Usage(format!("[store] connect_timeout in spes.toml: {e}"))
+            })?;
+            opts = opts.with_connect_timeout(d);
+        }
+        Ok(opts)
+    }
+
     pub(crate) fn rel(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             return p.to_path_buf();

@@ -80,11 +80,7 @@ pub(crate) async fn open_store(
         .unwrap_or_else(|| "sqlite://.spes/spes.db".into());
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store: Arc<dyn RunStore> = Arc::new(
-            spes_store::postgres::PostgresStore::connect(
-                &url,
-                spes_store::postgres::PostgresOptions::default(),
-            )
-            .await?,
+            spes_store::postgres::PostgresStore::connect(&url, project.postgres_options()?).await?,
         );
         if let Ok(mut open) = OPEN.lock() {
             open.push(store.clone());

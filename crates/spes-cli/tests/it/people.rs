@@ -556,3 +556,83 @@ fn an_ambiguous_run_prefix_lists_the_candidates() {
         assert!(err.contains(&format!("{id}  {wf}  completed")), "{err}");
     }
 }
+
+/// A TCP server that accepts connections and never answers (a hung
+/// PostgreSQL, a firewall that lets the handshake through).
+fn silent_server() -> (u16, std::sync::mpsc::Sender<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        loop {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => {
+                    // Poll for the stop signal while waiting for connections.
+                    if stopped
+                        .recv_timeout(std::time::Duration::from_millis(20))
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (port, stop)
+}
+
+#[test]
+fn a_postgres_server_that_never_answers_fails_within_the_connect_timeout() {
+    let (port, stop) = silent_server();
+    let p = Project::new();
+    let url = format!("postgres://spes:hunter2@127.0.0.1:{port}/spes");
+    let shown = format!("postgres://spes@127.0.0.1:{port}/spes");
+    // The default: 5 s.
+    let run = p.spes(["runs", "list", "--store", &url]);
+    run.expect_code(5);
+    let err = run.stderr();
+    assert!(err.contains(&shown), "{err}");
+    assert!(err.contains("within the 5s connect timeout"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(
+        run.elapsed >= std::time::Duration::from_secs(5)
+            && run.elapsed < std::time::Duration::from_secs(15),
+        "{:?}",
+        run.elapsed
+    );
+    // `[store] connect_timeout` in spes.toml.
+    p.write(
+        "spes.toml",
+        format!(
+            "{}\n[store]\nurl = \"{url}\"\nconnect_timeout = \"1s\"\n",
+            crate::common::SPES_TOML
+        ),
+    );
+    let run = p.spes(["runs", "list"]);
+    run.expect_code(5);
+    assert!(
+        run.stderr().contains("within the 1s connect timeout"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.elapsed < std::time::Duration::from_secs(5),
+        "{:?}",
+        run.elapsed
+    );
+    let _ = stop.send(());
+    // A bad duration is a config error.
+    p.write(
+        "spes.toml",
+        format!(
+            "{}\n[store]\nconnect_timeout = \"soon\"\n",
+            crate::common::SPES_TOML
+        ),
+    );
+    let run = p.spes(["runs", "list"]);
+    run.expect_code(2);
+    assert!(run.stderr().contains("connect_timeout"), "{}", run.stderr());
+}
