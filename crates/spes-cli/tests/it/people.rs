@@ -636,3 +636,97 @@ fn a_postgres_server_that_never_answers_fails_within_the_connect_timeout() {
     run.expect_code(2);
     assert!(run.stderr().contains("connect_timeout"), "{}", run.stderr());
 }
+
+/// An HTTP server that answers every request with 404 (any status counts).
+fn answering_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    port
+}
+
+/// A port where nothing listens (bound, then closed).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn doctor_checks_that_each_base_url_answers() {
+    let up = answering_server();
+    let down = closed_port();
+    let (silent, stop) = silent_server();
+    let p = Project::empty();
+    let toml = |default: &str| {
+        format!(
+            "[defaults]\nprovider = \"{default}\"\n\n\
+             [providers.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{up}/v1\"\n\n\
+             [providers.down]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{down}/v1\"\n\n\
+             [providers.silent]\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:{silent}\"\napi_key_env = \"SPES_DOCTOR_KEY\"\n"
+        )
+    };
+    let row = |out: &str, name: &str| {
+        out.lines()
+            .find(|l| l.starts_with("  ") && l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {out}"))
+            .to_owned()
+    };
+    p.write("spes.toml", toml("up"));
+    let key = "sk-doctor-canary-5f1e";
+    let run = |p: &Project| {
+        let started = std::time::Instant::now();
+        let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_spes"))
+            .current_dir(p.path())
+            .arg("doctor")
+            .env("SPES_DOCTOR_KEY", key)
+            .env("NO_COLOR", "1")
+            .env_remove("SPES_CONFIG")
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+    let (out, elapsed) = run(&p);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains(key), "a key value was printed: {all}");
+    let r = row(&text, "up");
+    assert!(
+        r.starts_with("  ✓") && r.contains("answers: HTTP 404"),
+        "{r}"
+    );
+    let r = row(&text, "down");
+    assert!(r.starts_with("  ✗") && r.contains("does not answer"), "{r}");
+    assert!(r.to_lowercase().contains("refused"), "{r}");
+    let r = row(&text, "silent");
+    assert!(
+        r.starts_with("  ✗") && r.contains("no answer within 3s"),
+        "{r}"
+    );
+    // The checks run at once: one timeout, not one per provider.
+    assert!(elapsed < std::time::Duration::from_secs(8), "{elapsed:?}");
+
+    // A default provider that does not answer fails doctor.
+    for default in ["down", "silent"] {
+        p.write("spes.toml", toml(default));
+        let (out, _) = run(&p);
+        assert_eq!(out.status.code(), Some(1), "default {default}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains(&format!("the default provider `{default}` is not usable")),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = stop.send(());
+}
