@@ -17,6 +17,7 @@ mod gates;
 mod init;
 mod progress;
 mod project;
+mod prune;
 mod runs;
 mod term;
 mod worker;
@@ -516,8 +517,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The read-only `runs` commands where there is no store yet: there are
-/// no runs, and looking creates no file. `None`: run the command.
+/// The read-only `runs` commands (and `prune`) where there is no store
+/// yet: there are no runs, and looking creates no file. `None`: run the command.
 fn without_store(
     config: Option<&Path>,
     store: Option<&str>,
@@ -550,6 +551,7 @@ fn without_store(
         RunsCmd::Show { run, .. } | RunsCmd::Replay { run, .. } => {
             Some(Err(Failure::Usage(format!("no run `{run}`: {none}"))))
         }
+        RunsCmd::Prune(args) => Some(args.check().map(|_| say!("nothing to prune: {none}"))),
     }
 }
 

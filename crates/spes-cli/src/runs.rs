@@ -67,6 +67,8 @@ pub(crate) enum RunsCmd {
         #[arg(long, default_value_t = true)]
         allow_changes: bool,
     },
+    /// Delete finished runs (completed, failed, cancelled) older than a duration, with their journals and gates.
+    Prune(crate::prune::PruneArgs),
 }
 
 /// The store URL: `--store`, else `[store] url`, else `.spes/spes.db` beside spes.toml.
@@ -261,6 +263,7 @@ pub(crate) async fn runs(
         }
         RunsCmd::Show { run, prompts } => show(config, store_url, &run, prompts).await,
         RunsCmd::Pending => crate::gates::pending(config, store_url).await,
+        RunsCmd::Prune(args) => crate::prune::prune(config, store_url, args).await,
         RunsCmd::Replay { run, allow_changes } => {
             let (_, store, run) = find(config, store_url, &run).await?;
             if run.status != RunStatus::Completed {

@@ -730,3 +730,101 @@ fn doctor_checks_that_each_base_url_answers() {
     }
     let _ = stop.send(());
 }
+
+#[test]
+fn runs_prune_deletes_old_finished_runs_only() {
+    let p = Project::new();
+    // Nothing to prune where there is no store, and none is made.
+    let run = p.spes(["runs", "prune", "--older-than", "30d"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr().contains("nothing to prune"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!p.path().join(".spes").exists());
+
+    p.write("w.yaml", WF);
+    p.write(
+        "gate.yaml",
+        "name: gated\nsteps:\n  - { name: a, kind: llm, prompt: hi, output: a }\n  - { name: ok, kind: approval, show: a, output: ok }\n",
+    );
+    p.spes(["run", "w.yaml", "--input", "text=hi"])
+        .expect_code(0);
+    p.spes(["run", "gate.yaml", "--detach"]).expect_code(3);
+    let ids = |p: &Project| -> Vec<(String, String)> {
+        p.spes(["runs", "list"])
+            .stdout()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next().unwrap().to_owned(), f.next().unwrap().to_owned())
+            })
+            .collect()
+    };
+    let before = ids(&p);
+    assert_eq!(before.len(), 2);
+    let completed = before
+        .iter()
+        .find(|(_, s)| s == "completed")
+        .unwrap()
+        .0
+        .clone();
+
+    // Nothing is 30 days old.
+    let run = p.spes(["runs", "prune", "--older-than", "30d"]);
+    run.expect_code(0);
+    assert!(run.stdout().is_empty());
+    assert!(
+        run.stderr().contains("deleted 0 finished runs"),
+        "{}",
+        run.stderr()
+    );
+    // A dry run names the completed run only, and deletes nothing.
+    let run = p.spes(["runs", "prune", "--older-than", "0s", "--dry-run"]);
+    run.expect_code(0);
+    assert_eq!(run.stdout().trim(), completed);
+    assert!(
+        run.stderr().contains("would be deleted"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(ids(&p), before);
+    // Unfinished statuses cannot be pruned.
+    let run = p.spes(["runs", "prune", "--older-than", "0s", "--status", "waiting"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr().contains("only finished runs are pruned"),
+        "{}",
+        run.stderr()
+    );
+    p.spes(["runs", "prune", "--older-than", "soon"])
+        .expect_code(2);
+    // Delete: the completed run and its journal go, the waiting run stays.
+    let run = p.spes([
+        "runs",
+        "prune",
+        "--older-than",
+        "0s",
+        "--status",
+        "completed",
+    ]);
+    run.expect_code(0);
+    assert_eq!(run.stdout().trim(), completed);
+    assert!(
+        run.stderr().contains("deleted 1 finished run "),
+        "{}",
+        run.stderr()
+    );
+    let after = ids(&p);
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].1, "waiting");
+    p.spes(["runs", "show", &completed]).expect_code(2);
+    let pending = p.spes(["runs", "pending"]);
+    assert!(
+        pending.stdout().contains(&after[0].0),
+        "{}",
+        pending.stdout()
+    );
+}

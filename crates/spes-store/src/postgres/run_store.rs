@@ -197,6 +197,40 @@ impl RunStore for PostgresStore {
         .await
     }
 
+    async fn prune_runs(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        statuses: &[RunStatus],
+        dry_run: bool,
+    ) -> Result<Vec<RunId>> {
+        let wanted: Vec<String> = crate::prunable(statuses)
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted = &wanted;
+        let ids = self
+            .retry(|| async move {
+                let sql = if dry_run {
+                    "SELECT id FROM runs WHERE status = ANY($1) AND updated_at < $2 ORDER BY id"
+                } else {
+                    // Entries, gates and tasks go with their run (ON DELETE CASCADE).
+                    "DELETE FROM runs WHERE status = ANY($1) AND updated_at < $2 RETURNING id"
+                };
+                let mut ids = sqlx::query_scalar::<_, String>(sql)
+                    .bind(wanted)
+                    .bind(before)
+                    .fetch_all(&self.pool)
+                    .await?;
+                ids.sort();
+                Ok(ids)
+            })
+            .await?;
+        crate::parse_ids(ids)
+    }
+
     async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>> {
         self.retry(|| async move {
             let rows = match status {

@@ -154,6 +154,50 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn prune_runs(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        statuses: &[RunStatus],
+        dry_run: bool,
+    ) -> Result<Vec<RunId>> {
+        let wanted = crate::prunable(statuses);
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Fixed words from `RunStatus::as_str`, never user text.
+        let list = wanted
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cutoff = fmt_time(before);
+        let (list, cutoff) = (&list, &cutoff);
+        let ids = self
+            .retry(|| async move {
+                let ids = if dry_run {
+                    sqlx::query_scalar::<_, String>(AssertSqlSafe(format!(
+                        "SELECT id FROM runs WHERE status IN ({list}) AND updated_at < ?1 ORDER BY id"
+                    )))
+                    .bind(cutoff)
+                    .fetch_all(&self.readers)
+                    .await?
+                } else {
+                    // Entries and gates go with their run (ON DELETE CASCADE).
+                    let mut ids = sqlx::query_scalar::<_, String>(AssertSqlSafe(format!(
+                        "DELETE FROM runs WHERE status IN ({list}) AND updated_at < ?1 RETURNING id"
+                    )))
+                    .bind(cutoff)
+                    .fetch_all(&self.writer)
+                    .await?;
+                    ids.sort();
+                    ids
+                };
+                Ok(ids)
+            })
+            .await?;
+        crate::parse_ids(ids)
+    }
+
     async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>> {
         self.retry(|| async move {
             let rows = match status {
