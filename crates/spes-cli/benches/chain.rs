@@ -146,6 +146,73 @@ fn main() {
         median(whole).as_secs_f64() * 1e3
     );
 
+    // Validation stays linear: a 10,000-step chain parsed and validated.
+    let big = {
+        let mut y =
+            String::from("name: big\ninputs:\n  topic: { type: string, default: rust }\nsteps:\n");
+        for i in 1..=10_000 {
+            let prev = if i == 1 {
+                "topic".to_owned()
+            } else {
+                format!("s{}", i - 1)
+            };
+            y.push_str(&format!(
+                "  - {{ name: s{i}, kind: llm, prompt: \"Step {i}: continue from {{{{ {prev} }}}}\", output: s{i} }}\n"
+            ));
+        }
+        y
+    };
+    let reg = ComponentRegistry::from_components(vec![]);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let spec = parse_workflow("big.yaml", &big).unwrap();
+        let env = ValidateEnv {
+            components: &reg,
+            providers: None,
+        };
+        std::hint::black_box(validate(spec, "big.yaml", &big, &env).unwrap());
+        times.push(t.elapsed());
+    }
+    println!(
+        "validate a 10,000-step workflow ({} KB): {:.1} ms (median of 5)  (target < 100 ms)",
+        big.len() / 1024,
+        median(times).as_secs_f64() * 1e3
+    );
+    // A whole `spes run` of a one-step workflow against the fake server at 0 ms.
+    let one = rt.block_on(FakeServer::start()).unwrap();
+    one.set_default(FakeResponse::text("ok"));
+    let dir1 = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir1.path().join("spes.toml"),
+        format!(
+            "[defaults]\nprovider = \"f\"\n[providers.f]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n",
+            one.openai_base_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir1.path().join("one.yaml"),
+        "name: one\nsteps:\n  - { name: s, kind: llm, prompt: hi, output: s }\n",
+    )
+    .unwrap();
+    let mut whole1 = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        let s = Command::new(bin)
+            .current_dir(dir1.path())
+            .args(["run", "one.yaml", "--quiet"])
+            .env("OPENAI_API_KEY", "sk-bench")
+            .output()
+            .unwrap();
+        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+        whole1.push(t.elapsed());
+    }
+    println!(
+        "spes run of a one-step workflow against the fake server at 0 ms (whole process): {:.2} ms (median of 40)  (target < 10 ms)",
+        median(whole1).as_secs_f64() * 1e3
+    );
+
     // 3. HTTP: engine + OpenAI adapter against the fake server vs a bare keep-alive loop.
     let server = rt.block_on(FakeServer::start()).unwrap();
     server.set_default(FakeResponse::text("ok"));

@@ -8,95 +8,14 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use serde_json::Value;
+use spes_engine::ops::{self, Decision};
 use spes_engine::{GateRequest, Reviewer};
-use spes_store::{Decided, Gate, GateFilter};
+use spes_store::Gate;
 
 use crate::project::Project;
 use crate::runs::open_store;
 use crate::{Failure, out};
-
-/// What a human answers.
-#[derive(Debug, Clone)]
-pub(crate) enum Answer {
-    Approve {
-        comments: Option<String>,
-    },
-    Reject {
-        reason: String,
-    },
-    Revise {
-        comments: String,
-        suggest: Option<String>,
-    },
-    Choose {
-        n: u64,
-    },
-}
-
-impl Answer {
-    fn to_json(&self) -> Value {
-        match self {
-            Self::Approve { comments } => {
-                json!({ "action": "approve", "comments": comments.clone().unwrap_or_default(), "by": "cli" })
-            }
-            Self::Reject { reason } => {
-                json!({ "action": "reject", "comments": reason, "by": "cli" })
-            }
-            Self::Revise { comments, suggest } => {
-                json!({ "action": "revise", "comments": comments, "suggest": suggest.clone().unwrap_or_default(), "by": "cli" })
-            }
-            Self::Choose { n } => json!({ "action": "choose", "choice": n, "by": "cli" }),
-        }
-    }
-
-    fn fits(&self, gate: &Gate) -> Result<(), String> {
-        let actions: Vec<&str> = gate
-            .request
-            .get("actions")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let (name, ok) = match self {
-            Self::Approve { .. } => (
-                "approve",
-                actions.contains(&"approve") || gate.kind == "choose",
-            ),
-            Self::Reject { .. } => ("reject", true),
-            Self::Revise { .. } => ("revise", actions.contains(&"revise")),
-            Self::Choose { n } => {
-                let count = gate
-                    .request
-                    .get("variations")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len) as u64;
-                if gate.kind != "choose" {
-                    return Err(format!(
-                        "gate `{}` is an {} gate; `choose` answers choose gates",
-                        gate.key, gate.kind
-                    ));
-                }
-                if *n == 0 || *n > count {
-                    return Err(format!(
-                        "gate `{}` offers variations 1 to {count}",
-                        gate.key
-                    ));
-                }
-                ("choose", true)
-            }
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "gate `{}` ({}) does not take `{name}`; it takes: {}",
-                gate.key,
-                gate.kind,
-                actions.join(", ")
-            ))
-        }
-    }
-}
 
 fn preview(gate: &Gate) -> String {
     let text = gate
@@ -122,12 +41,7 @@ fn preview(gate: &Gate) -> String {
 pub(crate) async fn pending(config: Option<&Path>, store_url: Option<&str>) -> Result<(), Failure> {
     let project = Project::discover(config, &std::env::current_dir().unwrap_or_default())?;
     let store = open_store(&project, store_url).await?;
-    let gates = store
-        .gates(&GateFilter {
-            run_id: None,
-            pending_only: true,
-        })
-        .await?;
+    let gates = ops::pending(store.as_ref(), None, chrono::Utc::now()).await?;
     if gates.is_empty() {
         say!("no gate is waiting for a human");
         return Ok(());
@@ -151,117 +65,34 @@ pub(crate) async fn pending(config: Option<&Path>, store_url: Option<&str>) -> R
     Ok(())
 }
 
-/// Records an answer at one gate of a run.
+/// Records an answer at one gate of a run (the rules: `spes_engine::ops::decide`).
 pub(crate) async fn answer(
     config: Option<&Path>,
     store_url: Option<&str>,
     run: &str,
     gate: Option<&str>,
-    answer: Answer,
+    decision: Decision,
+    by: Option<String>,
 ) -> Result<(), Failure> {
     let project = Project::discover(config, &std::env::current_dir().unwrap_or_default())?;
     let store = open_store(&project, store_url).await?;
-    let run = store.find_run(run).await?;
-    let all = store
-        .gates(&GateFilter {
-            run_id: Some(run.id),
-            pending_only: false,
-        })
-        .await?;
-    let chosen: &Gate = match gate {
-        Some(g) => {
-            let matches: Vec<&Gate> = all
-                .iter()
-                .filter(|x| x.key == g || x.key.ends_with(&format!("/{g}")))
-                .collect();
-            match matches.as_slice() {
-                [one] => one,
-                [] => {
-                    return Err(Failure::Usage(format!(
-                        "run {} has no gate `{g}`; its gates: {}",
-                        run.id,
-                        all.iter()
-                            .map(|x| x.key.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-                many => {
-                    return Err(Failure::Usage(format!(
-                        "`{g}` matches several gates: {}; give the whole id",
-                        many.iter()
-                            .map(|x| x.key.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
-        }
-        None => {
-            let mut open: Vec<&Gate> = all.iter().filter(|x| x.decision.is_none()).collect();
-            open.sort_by(|a, b| a.key.cmp(&b.key));
-            match open.as_slice() {
-                [one] => one,
-                [] => {
-                    return Err(Failure::Usage(match all.last() {
-                        Some(last) => format!(
-                            "run {} has no open gate; `{}` was already decided: {}",
-                            run.id,
-                            last.key,
-                            last.decision
-                                .as_ref()
-                                .map(Value::to_string)
-                                .unwrap_or_default()
-                        ),
-                        None => format!("run {} has no gate waiting for a human", run.id),
-                    }));
-                }
-                many => {
-                    return Err(Failure::Usage(format!(
-                        "run {} has {} open gates: {}; pick one with --gate",
-                        run.id,
-                        many.len(),
-                        many.iter()
-                            .map(|x| x.key.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
-        }
-    };
-    answer.fits(chosen).map_err(Failure::Usage)?;
-    match store
-        .decide_gate(&run.id, &chosen.key, &answer.to_json())
-        .await?
-    {
-        Decided::Now => {
-            if crate::worker::is_queued(&store, &run.id).await? {
-                say!(
-                    "recorded at gate `{}` of run {}; a `spes worker` continues it",
-                    chosen.key,
-                    run.id
-                );
-            } else {
-                say!(
-                    "recorded at gate `{}` of run {}; `spes resume {}` continues it",
-                    chosen.key,
-                    run.id,
-                    run.id
-                );
-            }
-            Ok(())
-        }
-        Decided::Already {
-            decision,
-            decided_at,
-        } => Err(Failure::Usage(format!(
-            "gate `{}` of run {} was already decided at {}: {decision}",
-            chosen.key,
-            run.id,
-            decided_at.format("%Y-%m-%d %H:%M:%S UTC")
-        ))),
+    let by = by.unwrap_or_else(ops::default_reviewer);
+    let r = ops::decide(&store, run, gate, &decision, &by, chrono::Utc::now()).await?;
+    if r.queued {
+        say!(
+            "recorded at gate `{}` of run {} (by {by}); a `spes worker` continues it",
+            r.gate,
+            r.run
+        );
+    } else {
+        say!(
+            "recorded at gate `{}` of run {} (by {by}); `spes resume {}` continues it",
+            r.gate,
+            r.run,
+            r.run
+        );
     }
+    Ok(())
 }
 
 /// Asks on the terminal (stderr for questions, stdin for answers).
@@ -304,6 +135,7 @@ fn interact(gate: &GateRequest) -> Option<Value> {
         }
     }
     crate::term::say_partial(&head);
+    let by = ops::default_reviewer();
     let actions: Vec<&str> = gate
         .request
         .get("actions")
@@ -319,12 +151,14 @@ fn interact(gate: &GateRequest) -> Option<Value> {
                 .map_or(0, Vec::len);
             let a = ask_line(&format!("pick 1-{n}, or r to reject: "))?;
             if a == "r" {
-                let reason = ask_line("reason: ")?;
-                return Some(json!({ "action": "reject", "comments": reason, "by": "terminal" }));
+                match confirm_reject()? {
+                    Some(reason) => return Some(Decision::Reject { reason }.to_json(&by)),
+                    None => continue,
+                }
             }
             match a.parse::<usize>() {
                 Ok(k) if (1..=n).contains(&k) => {
-                    return Some(json!({ "action": "choose", "choice": k, "by": "terminal" }));
+                    return Some(Decision::Choose { n: k as u64 }.to_json(&by));
                 }
                 _ => say!("answer a number from 1 to {n}, or r"),
             }
@@ -338,22 +172,34 @@ fn interact(gate: &GateRequest) -> Option<Value> {
         })?;
         match a.as_str() {
             "a" | "approve" | "y" | "yes" => {
-                return Some(json!({ "action": "approve", "comments": "", "by": "terminal" }));
+                return Some(
+                    Decision::Approve {
+                        comments: String::new(),
+                    }
+                    .to_json(&by),
+                );
             }
             "r" | "reject" | "n" | "no" => {
-                let reason = ask_line("reason: ")?;
-                return Some(json!({ "action": "reject", "comments": reason, "by": "terminal" }));
+                if let Some(reason) = confirm_reject()? {
+                    return Some(Decision::Reject { reason }.to_json(&by));
+                }
             }
             "v" | "revise" if revise => {
                 let comments = ask_line("what should change: ")?;
                 let suggest = ask_line("suggested changes (optional): ")?;
-                return Some(
-                    json!({ "action": "revise", "comments": comments, "suggest": suggest, "by": "terminal" }),
-                );
+                return Some(Decision::Revise { comments, suggest }.to_json(&by));
             }
             _ => say!("answer a, r{}", if revise { " or v" } else { "" }),
         }
     }
+}
+
+/// Asks why, then for a confirmation (a reject may end the run): the
+/// reason, or `None` when the reviewer does not confirm.
+fn confirm_reject() -> Option<Option<String>> {
+    let reason = ask_line("reason: ")?;
+    let sure = ask_line("reject? [y/N]: ")?;
+    Some(matches!(sure.as_str(), "y" | "Y" | "yes").then_some(reason))
 }
 
 #[async_trait]

@@ -11,6 +11,8 @@
 //!   the run stopped at that step (error class `store`), earlier steps intact; `spes resume` continues
 //! - 6: the run is held by another live process (`spes resume` of a run another `spes` executes);
 //!   the message names the owner
+//! - 130: interrupted (Ctrl-C): the run is given back (shown `interrupted`); `spes resume`
+//!   continues it. A second Ctrl-C exits at once.
 
 mod doctor;
 mod gates;
@@ -37,6 +39,7 @@ use spes_core::diagnostic::NamedDiagnostic;
 use spes_core::message::{ChatRequest, ChatResponse};
 use spes_core::workflow::{ValidateEnv, Workflow, diagram, parse_workflow, validate};
 use spes_core::{Diagnostics, Severity};
+use spes_engine::ops::Decision;
 use spes_engine::{Engine, EngineError, RunError};
 use spes_llm::{CallContext, Provider, ProviderError};
 
@@ -104,6 +107,9 @@ enum Command {
         /// Comments recorded with the approval.
         #[arg(long)]
         comments: Option<String>,
+        /// Who decides (recorded and shown; default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        by: Option<String>,
     },
     /// Reject at a human gate.
     Reject {
@@ -115,6 +121,9 @@ enum Command {
         /// Why (recorded).
         #[arg(long)]
         reason: String,
+        /// Who decides (recorded and shown; default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        by: Option<String>,
     },
     /// Ask for a revision at an approval or section gate.
     Revise {
@@ -129,6 +138,9 @@ enum Command {
         /// Suggested changes.
         #[arg(long)]
         suggest: Option<String>,
+        /// Who decides (recorded and shown; default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        by: Option<String>,
     },
     /// Pick variation N at a choose gate.
     Choose {
@@ -139,6 +151,9 @@ enum Command {
         /// The gate, when the run has several open.
         #[arg(long)]
         gate: Option<String>,
+        /// Who decides (recorded and shown; default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        by: Option<String>,
     },
     /// Validate workflows, or draw them.
     #[command(subcommand)]
@@ -322,6 +337,15 @@ pub(crate) enum Failure {
     Stopped(u8, String),
 }
 
+impl From<spes_engine::ops::OpError> for Failure {
+    fn from(e: spes_engine::ops::OpError) -> Self {
+        match e {
+            spes_engine::ops::OpError::Store(s) => s.into(),
+            spes_engine::ops::OpError::Refused(m) => Self::Usage(m),
+        }
+    }
+}
+
 impl From<spes_store::StoreError> for Failure {
     fn from(e: spes_store::StoreError) -> Self {
         match e {
@@ -363,38 +387,54 @@ fn main() -> ExitCode {
             run,
             gate,
             comments,
+            by,
         } => block(gates::answer(
             config,
             store,
             &run,
             gate.as_deref(),
-            gates::Answer::Approve { comments },
+            Decision::Approve {
+                comments: comments.unwrap_or_default(),
+            },
+            by,
         )),
-        Command::Reject { run, gate, reason } => block(gates::answer(
+        Command::Reject {
+            run,
+            gate,
+            reason,
+            by,
+        } => block(gates::answer(
             config,
             store,
             &run,
             gate.as_deref(),
-            gates::Answer::Reject { reason },
+            Decision::Reject { reason },
+            by,
         )),
         Command::Revise {
             run,
             gate,
             comments,
             suggest,
+            by,
         } => block(gates::answer(
             config,
             store,
             &run,
             gate.as_deref(),
-            gates::Answer::Revise { comments, suggest },
+            Decision::Revise {
+                comments,
+                suggest: suggest.unwrap_or_default(),
+            },
+            by,
         )),
-        Command::Choose { run, n, gate } => block(gates::answer(
+        Command::Choose { run, n, gate, by } => block(gates::answer(
             config,
             store,
             &run,
             gate.as_deref(),
-            gates::Answer::Choose { n },
+            Decision::Choose { n },
+            by,
         )),
         Command::Runs(c) => match without_store(config, store, &c) {
             Some(r) => r,
@@ -517,8 +557,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The read-only `runs` commands (and `prune`) where there is no store
-/// yet: there are no runs, and looking creates no file. `None`: run the command.
+/// The `runs` commands that read existing runs (and `prune`, `fork`) where
+/// there is no store yet: there are no runs, and looking creates no file.
+/// `None`: run the command.
 fn without_store(
     config: Option<&Path>,
     store: Option<&str>,
@@ -548,7 +589,7 @@ fn without_store(
             say!("no gate is waiting for a human: {none}");
             Some(Ok(()))
         }
-        RunsCmd::Show { run, .. } | RunsCmd::Replay { run, .. } => {
+        RunsCmd::Show { run, .. } | RunsCmd::Replay { run, .. } | RunsCmd::Fork { run, .. } => {
             Some(Err(Failure::Usage(format!("no run `{run}`: {none}"))))
         }
         RunsCmd::Prune(args) => Some(args.check().map(|_| say!("nothing to prune: {none}"))),
@@ -559,11 +600,46 @@ fn without_store(
 /// checkpoints its WAL into the main file when the last connection closes).
 fn block(f: impl std::future::Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
     let rt = runtime()?;
-    rt.block_on(async {
+    let r = rt.block_on(async {
         let r = f.await;
         runs::close_stores().await;
         r
-    })
+    });
+    // A terminal reviewer may still wait on stdin (after Ctrl-C): don't wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    r
+}
+
+/// Executes a run here (`f`); on Ctrl-C stops it, gives the runs this
+/// process holds back (shown `interrupted`, taken over by a resume at
+/// once) and says how to resume: exit 130. A second Ctrl-C exits at once.
+pub(crate) async fn interruptible<T>(
+    store: &Arc<dyn spes_store::RunStore>,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, Failure> {
+    tokio::select! {
+        r = f => Ok(r),
+        _ = tokio::signal::ctrl_c() => {
+            tokio::spawn(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            });
+            let ids = spes_engine::ops::release_own_runs(store.as_ref()).await?;
+            let lines: Vec<String> = ids
+                .iter()
+                .map(|id| {
+                    format!(
+                        "run {id} interrupted; `spes resume {id}` continues it (finished steps are not repeated)"
+                    )
+                })
+                .collect();
+            Err(Failure::Stopped(
+                130,
+                if lines.is_empty() { "interrupted".into() } else { lines.join("\n") },
+            ))
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -689,7 +765,7 @@ pub(crate) fn load_workflow(
     }
 }
 
-fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), Failure> {
+pub(crate) fn split_kv<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str), Failure> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim(), v)),
         _ => Err(Failure::Input(Diagnostics::from(
@@ -749,36 +825,33 @@ async fn cmd_run(
         ))
     };
     if args.no_store {
-        let outcome = engine.run(&wf, inputs).await.map_err(|e| match e {
-            RunError::Input(m) => input_error(m),
-            RunError::Step(s) => Failure::Run(s),
-            other => Failure::Usage(other.to_string()),
-        })?;
-        return finish(
-            &wf,
-            None,
-            spes_engine::RunEnd::Completed(outcome),
-            started,
-            args.quiet,
-            args.json,
-        );
+        let end = match engine.run(&wf, inputs).await {
+            Ok(outcome) => spes_engine::RunEnd::Completed(outcome),
+            Err(RunError::Step(s)) => spes_engine::RunEnd::Failed(s),
+            Err(RunError::Input(m)) => return Err(input_error(m)),
+            Err(other) => return Err(Failure::Usage(other.to_string())),
+        };
+        return finish(&wf, None, end, started, args.quiet, args.json);
     }
     let store = runs::open_store(&project, store_url).await?;
     let source = runs::source_of(&args.file)?;
     if args.detach && store.queue().is_some() {
         let ctx = spes_engine::bind_inputs(&wf, inputs).map_err(input_error)?;
-        worker::enqueue(&store, &wf, &source, ctx, args.quiet).await?;
+        worker::enqueue(&store, &wf, &source, ctx, engine.run_settings(), args.quiet).await?;
         return Ok(());
     }
-    let (id, end) = engine
-        .start(store, &wf, &source, inputs)
-        .await
+    let (id, end) = interruptible(&store, engine.start(store.clone(), &wf, &source, inputs))
+        .await?
         .map_err(|e| match e {
             RunError::Input(m) => input_error(m),
             RunError::Step(s) => Failure::Run(s),
             RunError::Store(s) => Failure::from(s),
             other => Failure::Usage(other.to_string()),
         })?;
+    // Detached and stopped at a gate: the run id on stdout, for scripts.
+    if args.detach && !args.json && matches!(end, spes_engine::RunEnd::Waiting(_)) {
+        out_data(&id.to_string());
+    }
     finish(&wf, Some(id), end, started, args.quiet, args.json)
 }
 
@@ -884,6 +957,10 @@ pub(crate) fn finish(
     let run = id
         .map(|i| format!("run {i}"))
         .unwrap_or_else(|| "run".into());
+    if json {
+        // One shape in every outcome (docs/FORMAT.md, "--json").
+        out_json(&serde_json::to_string_pretty(&run_json(id, &end)).unwrap_or_default());
+    }
     match end {
         RunEnd::Completed(outcome) => {
             if !quiet {
@@ -903,12 +980,7 @@ pub(crate) fn finish(
                     id.map(|i| format!(" · run {i}")).unwrap_or_default()
                 );
             }
-            if json {
-                out_json(
-                    &serde_json::to_string_pretty(&Value::Object(outcome.context))
-                        .unwrap_or_default(),
-                );
-            } else {
+            if !json {
                 match outcome.output {
                     Some(Value::String(s)) => out_data(&s),
                     Some(v) => out_json(&serde_json::to_string_pretty(&v).unwrap_or_default()),
@@ -947,6 +1019,82 @@ pub(crate) fn finish(
         )),
         RunEnd::Cancelled => Err(Failure::Stopped(4, format!("{run} was cancelled"))),
     }
+}
+
+/// Version of the `--json` shape of `run`, `resume` and `runs fork`.
+const RUN_JSON_SCHEMA: u32 = 1;
+
+/// What `--json` prints for a run that ended (or stopped) with `end`.
+fn run_json(id: Option<spes_store::RunId>, end: &spes_engine::RunEnd) -> Value {
+    use spes_engine::RunEnd;
+    let (status, output, usage, gates, error, context) = match end {
+        RunEnd::Completed(o) => (
+            "completed",
+            o.output.clone().unwrap_or(Value::Null),
+            serde_json::json!({
+                "input_tokens": o.usage.input_tokens,
+                "output_tokens": o.usage.output_tokens,
+                "model_calls": o.model_calls,
+                "replayed": o.replayed,
+            }),
+            Vec::new(),
+            Value::Null,
+            Value::Object(o.context.clone()),
+        ),
+        RunEnd::Failed(e) => (
+            "failed",
+            Value::Null,
+            Value::Null,
+            Vec::new(),
+            serde_json::json!({
+                "step": e.step,
+                "message": e.to_string(),
+                "class": if e.is_store() {
+                    "store"
+                } else if e.class() == spes_llm::ErrorClass::Transient {
+                    "transient"
+                } else {
+                    "terminal"
+                },
+                "hint": e.hint(),
+            }),
+            Value::Null,
+        ),
+        RunEnd::Waiting(g) => (
+            "waiting",
+            Value::Null,
+            Value::Null,
+            g.clone(),
+            Value::Null,
+            Value::Null,
+        ),
+        RunEnd::Paused => (
+            "paused",
+            Value::Null,
+            Value::Null,
+            Vec::new(),
+            Value::Null,
+            Value::Null,
+        ),
+        RunEnd::Cancelled => (
+            "cancelled",
+            Value::Null,
+            Value::Null,
+            Vec::new(),
+            Value::Null,
+            Value::Null,
+        ),
+    };
+    serde_json::json!({
+        "schema": RUN_JSON_SCHEMA,
+        "run_id": id.map(|i| i.to_string()),
+        "status": status,
+        "output": output,
+        "usage": usage,
+        "gates": gates,
+        "error": error,
+        "context": context,
+    })
 }
 
 fn cmd_validate(config: Option<&Path>, files: &[PathBuf]) -> Result<(), Failure> {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use spes_core::message::ChatRequest;
 use spes_engine::{Effect, RunError, WorkflowSource};
 use spes_store::sqlite::{SqliteOptions, SqliteStore};
-use spes_store::{Run, RunPatch, RunStatus, RunStore};
+use spes_store::{Run, RunStatus, RunStore};
 
 use crate::project::Project;
 use crate::{Failure, build_engine, finish, load_workflow, out};
@@ -69,6 +69,25 @@ pub(crate) enum RunsCmd {
     },
     /// Delete finished runs (completed, failed, cancelled) older than a duration, with their journals and gates.
     Prune(crate::prune::PruneArgs),
+    /// Start a new run from RUN's journal up to a step: the steps before it
+    /// answer from the record, STEP and what follows run anew on the
+    /// current files (time travel).
+    Fork {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// The top-level step to execute again (and everything after it).
+        #[arg(long)]
+        at: String,
+        /// An input to change: --input topic="rust" (the others are the run's).
+        #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
+        inputs: Vec<String>,
+        /// Print the whole context as JSON instead of the result.
+        #[arg(long)]
+        json: bool,
+        /// No progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }
 
 /// The store URL: `--store`, else `[store] url`, else `.spes/spes.db` beside spes.toml.
@@ -153,6 +172,7 @@ pub(crate) async fn resume(
     args: ResumeArgs,
 ) -> Result<(), Failure> {
     let (_, store, run) = find(config, store_url, &args.run).await?;
+    spes_engine::ops::apply_deadlines(store.as_ref(), Some(&run.id), chrono::Utc::now()).await?;
     // A run queued for workers is resumed by queueing it again: executing
     // it here as well could race a worker that takes it.
     if crate::worker::requeue(&store, &run, args.quiet).await? {
@@ -163,18 +183,24 @@ pub(crate) async fn resume(
     let project = Project::discover(config, &file)?;
     let (wf, _) = load_workflow(&project, &file)?;
     let source = source_of(&file)?;
+    // The provider the run was started with, unless another is asked for
+    // (which the engine refuses without --allow-changes).
     let engine = build_engine(
         &project,
-        args.provider.as_deref(),
+        args.provider
+            .as_deref()
+            .or(run.settings.provider.as_deref()),
         args.quiet,
         None,
         crate::interactive(args.interactive, args.detach),
     )?;
     let started = std::time::Instant::now();
-    let end = engine
-        .resume(store, &run, &wf, &source, args.allow_changes)
-        .await
-        .map_err(run_error)?;
+    let end = crate::interruptible(
+        &store,
+        engine.resume(store.clone(), &run, &wf, &source, args.allow_changes),
+    )
+    .await?
+    .map_err(run_error)?;
     finish(&wf, Some(run.id), end, started, args.quiet, args.json)
 }
 
@@ -192,39 +218,25 @@ pub(crate) async fn pause(
     run: &str,
     cancel: bool,
 ) -> Result<(), Failure> {
-    let (_, store, run) = find(config, store_url, run).await?;
-    let (from, to): (&[RunStatus], RunStatus) = if cancel {
-        (
-            &[
-                RunStatus::Pending,
-                RunStatus::Running,
-                RunStatus::Waiting,
-                RunStatus::Paused,
-                RunStatus::Failed,
-            ],
-            RunStatus::Cancelled,
-        )
+    let project = Project::discover(config, &cwd())?;
+    let store = open_store(&project, store_url).await?;
+    let c = if cancel {
+        spes_engine::ops::cancel(store.as_ref(), run).await?
     } else {
-        (
-            &[RunStatus::Pending, RunStatus::Running, RunStatus::Waiting],
-            RunStatus::Paused,
-        )
+        spes_engine::ops::pause(store.as_ref(), run).await?
     };
-    let updated = store
-        .transition(&run.id, from, to, RunPatch::default())
-        .await?;
-    say!(
-        "run {} is {}{}",
-        updated.id,
-        updated.status,
-        if cancel {
-            ""
-        } else if run.status == RunStatus::Running {
-            " (it stops before its next model call; `spes resume` continues it)"
-        } else {
-            " (`spes resume` continues it)"
+    let note = if cancel {
+        match c.closed.len() {
+            0 => String::new(),
+            1 => format!(" (its gate `{}` is closed)", c.closed[0]),
+            n => format!(" (its {n} open gates are closed)"),
         }
-    );
+    } else if c.before.status == RunStatus::Running {
+        " (it stops before its next model call; `spes resume` continues it)".to_owned()
+    } else {
+        " (`spes resume` continues it)".to_owned()
+    };
+    say!("run {} is {}{note}", c.after.id, c.after.status);
     Ok(())
 }
 
@@ -252,7 +264,7 @@ pub(crate) async fn runs(
             for r in &runs {
                 rows.push([
                     r.id.to_string(),
-                    r.status.to_string(),
+                    spes_engine::ops::shown_status(r),
                     r.workflow_name.clone(),
                     r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                     r.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -264,6 +276,42 @@ pub(crate) async fn runs(
         RunsCmd::Show { run, prompts } => show(config, store_url, &run, prompts).await,
         RunsCmd::Pending => crate::gates::pending(config, store_url).await,
         RunsCmd::Prune(args) => crate::prune::prune(config, store_url, args).await,
+        RunsCmd::Fork {
+            run,
+            at,
+            inputs,
+            json,
+            quiet,
+        } => {
+            let (_, store, run) = find(config, store_url, &run).await?;
+            let file = PathBuf::from(&run.workflow_path);
+            let project = Project::discover(config, &file)?;
+            let (wf, _) = load_workflow(&project, &file)?;
+            let source = source_of(&file)?;
+            let mut given = std::collections::BTreeMap::new();
+            for i in &inputs {
+                let (k, v) = crate::split_kv(i, "--input")?;
+                given.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            let engine = build_engine(
+                &project,
+                run.settings.provider.as_deref(),
+                quiet,
+                None,
+                false,
+            )?;
+            let started = std::time::Instant::now();
+            let (id, end) = crate::interruptible(
+                &store,
+                engine.fork(store.clone(), &run, &wf, &source, &at, given),
+            )
+            .await?
+            .map_err(run_error)?;
+            if !quiet {
+                say!("run {id} forked from run {} at step `{at}`", run.id);
+            }
+            finish(&wf, Some(id), end, started, quiet, json)
+        }
         RunsCmd::Replay { run, allow_changes } => {
             let (_, store, run) = find(config, store_url, &run).await?;
             if run.status != RunStatus::Completed {
@@ -282,6 +330,15 @@ pub(crate) async fn runs(
             }
             let engine = build_engine(&project, None, true, None, false)?;
             let r = engine.replay(store, &run, &wf).await.map_err(run_error)?;
+            if let Some(step) = &r.request_changed {
+                return Err(Failure::Stopped(
+                    1,
+                    format!(
+                        "✗ replayed run {}: step `{step}` would now send another request than the one recorded (its prompt or settings changed since the run); its recorded answer no longer fits it",
+                        run.id
+                    ),
+                ));
+            }
             if r.identical {
                 say!(
                     "✓ replayed run {} from its journal ({} recorded effects, 0 model calls): output identical",
@@ -333,6 +390,8 @@ async fn show(
     prompts: bool,
 ) -> Result<(), Failure> {
     let (_, store, run) = find(config, store_url, run_ref).await?;
+    // A deadline that passed is applied before anything is shown.
+    spes_engine::ops::apply_deadlines(store.as_ref(), Some(&run.id), chrono::Utc::now()).await?;
     let entries = store.entries(&run.id).await?;
     let gates = store
         .gates(&spes_store::GateFilter {
@@ -341,7 +400,13 @@ async fn show(
         })
         .await?;
     let mut s = String::new();
-    let _ = writeln!(s, "run {}  {}  {}", run.id, run.workflow_name, run.status);
+    let _ = writeln!(
+        s,
+        "run {}  {}  {}",
+        run.id,
+        run.workflow_name,
+        spes_engine::ops::shown_status(&run)
+    );
     let _ = writeln!(
         s,
         "  workflow: {} (sha256 {})",
@@ -358,6 +423,28 @@ async fn show(
         "  updated:  {}",
         run.updated_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
     );
+    if let Some(p) = &run.settings.provider {
+        let _ = writeln!(s, "  provider: {p} (pinned: a resume uses it)");
+    }
+    if let Value::Object(m) = &run.inputs {
+        for (k, v) in m {
+            let shown = match v {
+                Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            let one_line: String = shown.split_whitespace().collect::<Vec<_>>().join(" ");
+            let cut = if one_line.chars().count() > 80 {
+                format!(
+                    "{}… ({} chars)",
+                    one_line.chars().take(80).collect::<String>(),
+                    shown.chars().count()
+                )
+            } else {
+                one_line
+            };
+            let _ = writeln!(s, "  input {k}: {cut}");
+        }
+    }
     for p in &run.pins {
         let what = match p.reference.strip_prefix("schema:") {
             Some(file) => format!("schema {file}"),

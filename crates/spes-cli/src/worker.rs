@@ -192,6 +192,7 @@ pub(crate) async fn enqueue(
     wf: &Workflow,
     source: &spes_engine::WorkflowSource,
     ctx: spes_core::template::Context,
+    settings: spes_store::RunSettings,
     quiet: bool,
 ) -> Result<bool, Failure> {
     let Some(q) = store.queue() else {
@@ -208,6 +209,7 @@ pub(crate) async fn enqueue(
         inputs: serde_json::Value::Object(ctx),
         status: RunStatus::Pending,
         owner: None,
+        settings,
     })
     .await?;
     if !quiet {
@@ -242,28 +244,27 @@ pub(crate) async fn requeue(
     if !is_queued(store, &run.id).await? {
         return Ok(false);
     }
-    if matches!(run.status, RunStatus::Completed | RunStatus::Cancelled) {
+    if run.status.is_final() {
         return Err(Failure::Usage(format!(
             "run {} is {}; there is nothing to resume",
             run.id, run.status
         )));
     }
-    if matches!(
-        run.status,
-        RunStatus::Failed | RunStatus::Paused | RunStatus::Waiting
-    ) {
-        store
-            .transition(
-                &run.id,
-                &[run.status],
-                RunStatus::Pending,
-                RunPatch {
-                    error: Some(None),
-                    owner: Some(None),
-                    ..RunPatch::default()
-                },
-            )
-            .await?;
+    // A stopped run goes back to the workers; a pending or running one is
+    // theirs already (its task is made ready below).
+    let requeue = spes_core::lifecycle::RunEvent::Requeue;
+    if spes_core::lifecycle::next(run.status, requeue).is_ok() {
+        spes_engine::ops::apply(
+            store.as_ref(),
+            run,
+            requeue,
+            RunPatch {
+                error: Some(None),
+                owner: Some(None),
+                ..RunPatch::default()
+            },
+        )
+        .await?;
     }
     q.enqueue_run(&run.id).await?;
     if !quiet {

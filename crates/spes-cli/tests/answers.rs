@@ -92,7 +92,7 @@ async fn repaired_on_the_second_attempt(wire: Wire, stream: bool) {
     let p = project(&server, wire, stream, WF);
     let exit = spes(&p, &["run", "wf.yaml", "--json"]).await;
     assert_eq!(exit.code(), Some(0), "{wire:?}: {}", exit.stderr);
-    let ctx: Value = serde_json::from_slice(&exit.stdout).unwrap();
+    let ctx: Value = serde_json::from_slice::<Value>(&exit.stdout).unwrap()["context"].clone();
     assert_eq!(ctx["person"], json!({ "name": "Ada", "age": 40 }), "{ctx}");
     assert!(
         exit.stderr.contains("repaired after 1 invalid answer"),
@@ -189,7 +189,7 @@ async fn a_persisting_violation_fails_then_resume_asks_again(wire: Wire, stream:
     assert_eq!(server.request_count(), 2, "a refused resume asks nothing");
     let done = spes(&p, &["resume", &id, "--allow-changes", "--json"]).await;
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
-    let ctx: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let ctx: Value = serde_json::from_slice::<Value>(&done.stdout).unwrap()["context"].clone();
     assert_eq!(ctx["person"], json!({ "name": "Ada", "age": 40 }));
     let reqs = server.requests();
     assert_eq!(reqs.len(), 3);
@@ -266,7 +266,7 @@ async fn an_edited_schema_file_refuses_resume_unless_changes_are_allowed() {
     let done = spes(&p, &["resume", &id, "--allow-changes", "--json"]).await;
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
     // The recorded answer now passes: no new call.
-    let ctx: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let ctx: Value = serde_json::from_slice::<Value>(&done.stdout).unwrap()["context"].clone();
     assert_eq!(ctx["person"], json!({ "name": "Ada", "age": "forty" }));
     assert_eq!(server.request_count(), 2);
 }
@@ -284,7 +284,7 @@ output: summary
     let p = project(&server, wire, stream, wf);
     let exit = spes(&p, &["run", "wf.yaml", "--json"]).await;
     assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
-    let ctx: Value = serde_json::from_slice(&exit.stdout).unwrap();
+    let ctx: Value = serde_json::from_slice::<Value>(&exit.stdout).unwrap()["context"].clone();
     assert_eq!(ctx["summary"], "The release adds offline runs and");
     assert!(
         exit.stderr.contains("✓ summary") && exit.stderr.contains("truncated at max_tokens"),
@@ -382,7 +382,7 @@ output: out
     let p = project(&server, Wire::OpenAi, false, wf);
     let exit = spes(&p, &["run", "wf.yaml", "--json"]).await;
     assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
-    let ctx: Value = serde_json::from_slice(&exit.stdout).unwrap();
+    let ctx: Value = serde_json::from_slice::<Value>(&exit.stdout).unwrap()["context"].clone();
     assert_eq!(
         ctx["out"], "other (else)",
         "\"decode\" is not the word `code`"

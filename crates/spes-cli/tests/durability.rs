@@ -74,6 +74,18 @@ async fn two_concurrent_resumes_execute_a_run_once() {
     );
     let done_before = store.entries(&run.id).await.unwrap().len();
     store.close().await;
+    // Shown as interrupted, not as a live run.
+    let listed = wait(project.spawn(&["runs", "list"])).await;
+    assert!(
+        listed
+            .stdout_text()
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .contains("interrupted"),
+        "{}",
+        listed.stdout_text()
+    );
     let before = server.request_count();
 
     // Slow answers, so that the two resumes overlap for the whole run.
@@ -115,6 +127,69 @@ async fn two_concurrent_resumes_execute_a_run_once() {
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(store.entries(&run.id).await.unwrap().len(), STEPS);
     store.close().await;
+}
+
+/// Ctrl-C (SIGINT) mid-run: the run is given back at once (shown
+/// `interrupted`, owner cleared), exit 130 with how to resume; the resume
+/// takes it over (no dead-owner wait) and repeats no finished step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_marks_the_run_interrupted_and_says_how_to_resume() {
+    const STEPS: usize = 6;
+    let server = FakeServer::start().await.unwrap();
+    let project = Project::new(&chain(STEPS, "go"), &server.openai_base_url());
+    let pid = Arc::new(AtomicU32::new(0));
+    {
+        let pid = pid.clone();
+        server.on_request(move |n| {
+            if n == 3 {
+                let p = harness::spawned_pid(&pid);
+                let ok = std::process::Command::new("kill")
+                    .args(["-INT", &p.to_string()])
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "kill -INT {p}");
+            }
+        });
+    }
+    let child = project.spawn(&["run", "wf.yaml"]);
+    pid.store(child.id(), Ordering::SeqCst);
+    let exit = wait(child).await;
+    server.on_request(|_| {});
+    assert_eq!(exit.code(), Some(130), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains("interrupted; `spes resume "),
+        "{}",
+        exit.stderr
+    );
+    let store = project.store().await;
+    let run = store.list_runs(None, 1).await.unwrap().remove(0);
+    assert_eq!(
+        (run.status, run.owner.as_deref()),
+        (RunStatus::Running, None)
+    );
+    let done_before = store.entries(&run.id).await.unwrap().len();
+    assert!(
+        (2..STEPS).contains(&done_before),
+        "{done_before} steps committed"
+    );
+    store.close().await;
+    let listed = wait(project.spawn(&["runs", "list"])).await;
+    assert!(
+        listed.stdout_text().contains("interrupted"),
+        "{}",
+        listed.stdout_text()
+    );
+    let resumed = wait(project.spawn(&["resume", &run.id.to_string()])).await;
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    let per_step = calls_per_step(&server);
+    // Only a step in flight at the Ctrl-C may have been asked for twice.
+    let dup: Vec<_> = per_step.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dup.len() <= 1 && dup.iter().all(|(_, n)| **n == 2),
+        "{dup:?}"
+    );
+    assert_eq!(per_step.len(), STEPS);
 }
 
 /// The store lives on a tmpfs that fills mid-run: the run stops at the

@@ -122,7 +122,7 @@ fn detached_gates_are_answered_by_id_from_other_processes_then_resumed() {
         text(&out.stderr)
     );
     assert!(
-        text(&out.stderr).contains("\"action\":\"approve\""),
+        text(&out.stderr).contains(": approve by "),
         "{}",
         text(&out.stderr)
     );
@@ -289,4 +289,282 @@ fn interactive_mode_reads_answers_from_stdin() {
         err.contains("── approval gate `reviews/tone/review0`") && err.contains("draft one"),
         "{err}"
     );
+}
+
+#[test]
+fn cancel_closes_the_gates_and_a_later_answer_is_refused_naming_it() {
+    let p = project();
+    let d = p.path();
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    let out = spes(d, &["cancel", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is cancelled (its 2 open gates are closed)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pending = spes(d, &["runs", "pending"]);
+    assert!(
+        text(&pending.stderr).contains("no gate is waiting for a human"),
+        "{}{}",
+        text(&pending.stdout),
+        text(&pending.stderr)
+    );
+    assert!(
+        !text(&pending.stdout).contains(&id),
+        "{}",
+        text(&pending.stdout)
+    );
+    let out = spes(d, &["approve", &id, "--gate", "legal/review0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("gate `reviews/legal/review0` is closed: the run was cancelled"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).contains("spes resume"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = spes(d, &["resume", &id]);
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[test]
+fn who_decided_is_recorded_from_as_and_shown() {
+    let p = project();
+    let d = p.path();
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    let out = spes(
+        d,
+        &["approve", &id, "--gate", "legal/review0", "--as", "ada"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("(by ada)"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Without --as: the operating-system user.
+    let out = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(d)
+        .args(["approve", &id, "--gate", "tone/review0"])
+        .env("USER", "grace")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&spes(d, &["runs", "show", &id]).stdout);
+    assert!(shown.contains("  input topic: x\n"), "{shown}");
+    assert!(shown.contains("\"by\":\"ada\""), "{shown}");
+    assert!(shown.contains("\"by\":\"grace\""), "{shown}");
+}
+
+#[test]
+fn a_passed_deadline_decides_at_the_next_command_and_a_late_answer_is_refused() {
+    let p = project();
+    let d = p.path();
+    std::fs::write(
+        d.join("t.yaml"),
+        "name: timed\nsteps:\n  - { name: draft, kind: llm, prompt: 'Draft', output: draft }\n  - { name: review, kind: approval, show: draft, deadline: 1s, on_timeout: approve, output: r }\n  - { name: out, kind: transform, fn: template, input: '{{ r.status }} timed_out={{ r.timed_out | tojson }}', output: out }\noutput: out\n",
+    )
+    .unwrap();
+    let out = spes(d, &["run", "t.yaml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    // The deadline passes with no process running.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let out = spes(d, &["reject", &id, "--reason", "too late"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("gate `review/review0` was decided by its deadline")
+            && text(&out.stderr).contains("(approve); a late answer is not taken"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = spes(d, &["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "approved timed_out=true\n");
+    let shown = text(&spes(d, &["runs", "show", &id]).stdout);
+    assert!(shown.contains("\"by\":\"deadline\""), "{shown}");
+}
+
+#[test]
+fn a_run_keeps_the_provider_it_was_started_with() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::write(
+        d.join("spes.toml"),
+        "[defaults]\nprovider = \"b\"\n[providers.a]\nkind = \"scripted\"\nscript = \"a.yaml\"\n[providers.b]\nkind = \"scripted\"\nscript = \"b.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("a.yaml"),
+        "- { prompt_contains: '', reply: 'from a' }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("b.yaml"),
+        "- { prompt_contains: '', reply: 'from b' }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("w.yaml"),
+        "name: pinned\nsteps:\n  - { name: first, kind: llm, prompt: 'one', output: one }\n  - { name: review, kind: approval, show: one }\n  - { name: last, kind: llm, prompt: 'two', output: two }\n  - { name: out, kind: transform, fn: template, input: '{{ one }} / {{ two }}', output: out }\noutput: out\n",
+    )
+    .unwrap();
+    let out = spes(d, &["run", "w.yaml", "--provider", "a", "--detach"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    assert!(spes(d, &["approve", &id]).status.success());
+    // Resumed without the flag: still provider a (the project default is b).
+    let out = spes(d, &["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from a / from a\n");
+    let shown = text(&spes(d, &["runs", "show", &id]).stdout);
+    assert!(shown.contains("  provider: a (pinned"), "{shown}");
+
+    // Another provider on resume is refused, naming the pinned one...
+    let out = spes(d, &["run", "w.yaml", "--provider", "a", "--detach"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = run_id(d);
+    assert!(spes(d, &["approve", &id]).status.success());
+    let out = spes(d, &["resume", &id, "--provider", "b"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("was started with provider `a`, not `b`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // ...unless changes are allowed.
+    let out = spes(d, &["resume", &id, "--provider", "b", "--allow-changes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from a / from b\n");
+}
+
+#[test]
+fn replay_names_the_first_step_whose_prompt_changed() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::write(
+        d.join("spes.toml"),
+        "[defaults]\nprovider = \"t\"\n[providers.t]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("a.yaml"),
+        "- { prompt_contains: '', reply: 'same answer' }\n",
+    )
+    .unwrap();
+    let wf = "name: r\nsteps:\n  - { name: one, kind: llm, prompt: 'first', output: a }\n  - { name: two, kind: llm, prompt: 'second', output: b }\noutput: b\n";
+    std::fs::write(d.join("w.yaml"), wf).unwrap();
+    let out = spes(d, &["run", "w.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = run_id(d);
+    let out = spes(d, &["runs", "replay", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("output identical"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The second prompt changes; the answers (and so the output) would not.
+    std::fs::write(
+        d.join("w.yaml"),
+        wf.replace("'second'", "'second, reworded'"),
+    )
+    .unwrap();
+    let out = spes(d, &["runs", "replay", &id, "--allow-changes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("step `two` would now send another request than the one recorded"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn fork_reuses_the_steps_before_and_runs_the_rest_on_the_current_files() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::write(
+        d.join("spes.toml"),
+        "[defaults]\nprovider = \"t\"\n[providers.t]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("a.yaml"),
+        "- { step: one, replies: ['first answer', 'NEW first answer'] }\n- { default: echo }\n",
+    )
+    .unwrap();
+    let wf = "name: f\ninputs: { topic: { type: string, required: true } }\nsteps:\n  - { name: one, kind: llm, prompt: 'about {{ topic }}', output: a }\n  - { name: two, kind: llm, prompt: 'B: {{ a }} / {{ topic }}', output: b }\noutput: b\n";
+    std::fs::write(d.join("w.yaml"), wf).unwrap();
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "B: first answer / x\n");
+    let id = run_id(d);
+    // The second step's prompt changes; fork there with another topic.
+    std::fs::write(d.join("w.yaml"), wf.replace("'B: ", "'B2: ")).unwrap();
+    let out = spes(d, &["runs", "fork", &id, "--at", "two", "-i", "topic=y"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Step one answered from the record (no second call: its reply would
+    // be the script's second one); step two ran anew on the new text.
+    assert_eq!(text(&out.stdout), "B2: first answer / y\n");
+    assert!(
+        text(&out.stderr).contains(&format!("forked from run {id} at step `two`")),
+        "{}",
+        text(&out.stderr)
+    );
+    // The original run is untouched; the fork is a run of its own.
+    let listed = text(&spes(d, &["runs", "list"]).stdout);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("completed")).count(),
+        2,
+        "{listed}"
+    );
+    let out = spes(d, &["runs", "fork", &id, "--at", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("has no top-level step `nope`; its steps: one, two"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn json_has_one_shape_in_every_outcome_and_detach_prints_the_run_id() {
+    let p = project();
+    let d = p.path();
+    // Stopped at the gates (exit 3): still JSON on stdout.
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x", "--json", "--detach"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = run_id(d);
+    assert_eq!(v["run_id"], serde_json::json!(id));
+    assert_eq!(v["status"], "waiting");
+    assert_eq!(
+        v["gates"],
+        serde_json::json!(["reviews/legal/review0", "reviews/tone/review0"])
+    );
+    assert!(v["error"].is_null() && v["output"].is_null());
+    // Without --json, a detached run stopped at a gate prints its id.
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=y", "--detach"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout).trim(), run_id(d));
+    // A failed run: the error, classed.
+    std::fs::write(d.join("bad.yaml"), "name: bad\nsteps:\n  - { name: s, kind: transform, fn: json_parse, input: 'not json', output: o }\n").unwrap();
+    let out = spes(d, &["run", "bad.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["error"]["step"].as_str()),
+        (Some("failed"), Some("s"))
+    );
+    assert_eq!(v["error"]["class"], "terminal");
+    assert!(v["run_id"].is_string());
 }

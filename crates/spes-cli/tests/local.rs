@@ -52,7 +52,8 @@ async fn with_no_provider_and_no_key_workflows_run_on_the_local_model() {
         out
     };
     let first = run(&["run", "wf.yaml", "--json"]);
-    let ctx: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let ctx: serde_json::Value =
+        serde_json::from_slice::<serde_json::Value>(&first.stdout).unwrap()["context"].clone();
     let title = ctx["title"].as_str().unwrap();
     let summary = ctx["summary"].as_str().unwrap();
     assert!(
@@ -61,7 +62,8 @@ async fn with_no_provider_and_no_key_workflows_run_on_the_local_model() {
     );
     // Greedy: the same run gives the same text.
     let again = run(&["run", "wf.yaml", "--json"]);
-    let ctx2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let ctx2: serde_json::Value =
+        serde_json::from_slice::<serde_json::Value>(&again.stdout).unwrap()["context"].clone();
     assert_eq!(ctx["title"], ctx2["title"]);
     // The journal records the local model like any provider's answer.
     let store = spes_store::sqlite::SqliteStore::open(
@@ -118,7 +120,8 @@ output: answer
     let p = Project::new(wf, &server.openai_base_url());
     let exit = wait(p.spawn(&["run", "wf.yaml", "--json"])).await;
     assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
-    let ctx: serde_json::Value = serde_json::from_slice(&exit.stdout).unwrap();
+    let ctx: serde_json::Value =
+        serde_json::from_slice::<serde_json::Value>(&exit.stdout).unwrap()["context"].clone();
     assert!(!ctx["answer"].as_str().unwrap().trim().is_empty(), "{ctx}");
     assert_eq!(ctx["answer_served_by"]["by"], "degrade2", "{ctx}");
     assert_eq!(ctx["answer_served_by"]["degraded"], true);
@@ -400,7 +403,8 @@ async fn a_local_answer_against_its_schema_file_fails_with_pointers_and_a_relaxe
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    let ctx: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    let ctx: serde_json::Value =
+        serde_json::from_slice::<serde_json::Value>(&done.stdout).unwrap()["context"].clone();
     assert!(ctx["legs"]["n"].is_i64(), "{ctx}");
     assert_eq!(entry_keys(dir.path()), ["count", "count#repair1"]);
 }
@@ -433,7 +437,8 @@ async fn a_local_json_answer_cut_at_max_tokens_fails_and_resume_with_more_tokens
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    let ctx: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    let ctx: serde_json::Value =
+        serde_json::from_slice::<serde_json::Value>(&done.stdout).unwrap()["context"].clone();
     let items = ctx["v"].as_array().unwrap();
     assert!(!items.is_empty() && items.len() <= 3, "{ctx}");
     // The recorded attempts replayed; the model was asked again.

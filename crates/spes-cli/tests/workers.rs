@@ -572,6 +572,49 @@ async fn a_worker_continues_a_run_whose_gate_was_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_applies_a_gate_deadline_with_no_human_and_continues_the_run() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let server = FakeServer::start().await.unwrap();
+    let submit = Dir::new(&server.openai_base_url());
+    submit.write(
+        "wf.yaml",
+        "name: timed\nsteps:\n  - { name: draft, kind: llm, prompt: \"draft\", max_tokens: 8, output: draft }\n  - { name: review, kind: approval, show: draft, deadline: 1s, on_timeout: approve, output: r }\n  - { name: out, kind: transform, fn: template, input: \"{{ r.status }} {{ r.timed_out | tojson }}\", output: out }\noutput: out\n",
+    );
+    let w = Dir::new(&server.openai_base_url());
+    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+    let child = w.worker(schema.url(), "worker-d", 2, 5.0);
+    let _guard = KillOnDrop(child.id());
+    // Nobody answers: the worker decides at the deadline and goes on.
+    completed(&store, &run, Duration::from_secs(30)).await;
+    assert_eq!(
+        store.run(&run).await.unwrap().unwrap().output,
+        Some(serde_json::json!("approved true"))
+    );
+    let gate = &store
+        .gates(&spes_store::GateFilter {
+            run_id: Some(run),
+            pending_only: false,
+        })
+        .await
+        .unwrap()[0];
+    let d = gate.decision.as_ref().unwrap();
+    assert_eq!(
+        (d["by"].as_str(), d["action"].as_str()),
+        (Some("deadline"), Some("approve"))
+    );
+    // Decided soon after the deadline (the workers look twice a second;
+    // the bound leaves room for a loaded machine).
+    let lag = gate.decided_at.unwrap() - gate.deadline.unwrap();
+    assert!(
+        lag >= chrono::TimeDelta::zero() && lag < chrono::TimeDelta::milliseconds(2000),
+        "decided {lag} after the deadline"
+    );
+    signal(child.id(), "TERM");
+    assert_eq!(wait(child).await.code(), Some(0), "{}", w.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_honour_a_providers_retry_after_together() {
     let schema = TestSchema::new().await;
     let store = schema.store().await;

@@ -9,6 +9,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod evaluate;
 pub mod fs;
+pub mod lifecycle;
 pub mod message;
 pub mod pattern;
 pub mod policy;

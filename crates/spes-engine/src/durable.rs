@@ -13,10 +13,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use spes_core::lifecycle::{self, RunEvent};
 use spes_core::workflow::{StepKind, Workflow};
 use spes_store::{ComponentPin, NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
 
-use crate::journal::{Effect, Journal, RecordError, StoreJournal};
+use crate::journal::{Effect, Journal, JournalError, RecordError, StoreJournal};
 use crate::run::{Control, Exec, RunOutcome, Stop};
 use crate::{Engine, EngineError, RunError, bind_inputs};
 
@@ -327,21 +328,19 @@ struct ReplayJournal(StoreJournal);
 
 #[async_trait]
 impl Journal for ReplayJournal {
-    async fn get(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn get(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         match self.0.get(key).await? {
             Some(e) => Ok(Some(e)),
-            None => Err(format!(
+            None => Err(JournalError::Mismatch(format!(
                 "replay needs an effect at `{key}` that the journal does not have (the workflow or its inputs took a different path)"
-            )),
+            ))),
         }
     }
-    async fn peek(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn peek(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         self.0.get(key).await
     }
     async fn record(&self, key: &str, _effect: Effect) -> Result<Effect, RecordError> {
-        Err(RecordError::Other(format!(
-            "replay would record a new effect at `{key}`"
-        )))
+        Err(JournalError::Mismatch(format!("replay would record a new effect at `{key}`")).into())
     }
 }
 
@@ -356,6 +355,9 @@ pub struct Replay {
     pub identical: bool,
     /// Effects answered from the journal.
     pub replayed: u64,
+    /// The first model call whose recorded request differs from the one
+    /// the workflow would send now (a prompt changed since the run).
+    pub request_changed: Option<String>,
 }
 
 impl Engine {
@@ -380,6 +382,7 @@ impl Engine {
                 inputs: Value::Object(ctx.clone()),
                 status: RunStatus::Running,
                 owner: Some(this_owner()),
+                settings: self.run_settings(),
             })
             .await?;
         let end = self.execute(store, id, wf, ctx).await?;
@@ -402,25 +405,34 @@ impl Engine {
                 "{d}; resuming could mix old and new behaviour (use --allow-changes to resume anyway)"
             )));
         }
-        match run.status {
-            RunStatus::Completed | RunStatus::Cancelled => {
-                return Err(RunError::Refused(format!(
-                    "run {} is {}; there is nothing to resume",
-                    run.id, run.status
-                )));
-            }
-            RunStatus::Running => {
-                if let Some(o) = &run.owner
-                    && owner_alive(o)
-                {
-                    return Err(RunError::Store(spes_store::StoreError::Claimed {
-                        run: run.id.to_string(),
-                        status: run.status.to_string(),
-                        owner: Some(o.clone()),
-                    }));
-                }
-            }
-            _ => {}
+        // The provider the run was started with, unless changes are allowed.
+        if let Some(p) = &run.settings.provider
+            && *p != self.default_provider
+            && !allow_drift
+        {
+            return Err(RunError::Refused(format!(
+                "run {} was started with provider `{p}`, not `{}`; resume it with `--provider {p}`, or pass --allow-changes to use `{}`",
+                run.id, self.default_provider, self.default_provider
+            )));
+        }
+        if run.status.is_final() {
+            return Err(RunError::Refused(format!(
+                "run {} is {}; there is nothing to resume",
+                run.id, run.status
+            )));
+        }
+        lifecycle::next(run.status, RunEvent::Resume)
+            .map_err(|m| RunError::Refused(format!("run {}: {m}", run.id)))?;
+        // A running run may be taken over only once its owner is gone.
+        if run.status == RunStatus::Running
+            && let Some(o) = &run.owner
+            && owner_alive(o)
+        {
+            return Err(RunError::Store(spes_store::StoreError::Claimed {
+                run: run.id.to_string(),
+                status: run.status.to_string(),
+                owner: Some(o.clone()),
+            }));
         }
         // Compare-and-set on (status, owner) as read: of two resumes of
         // the same run, one takes it; the other is refused here, before
@@ -444,20 +456,19 @@ impl Engine {
     ) -> Result<RunEnd, RunError> {
         let journal = StoreJournal::open(store.clone(), id)
             .await
-            .map_err(RunError::Refused)?;
+            .map_err(|e| RunError::Refused(e.to_string()))?;
         let control = Control::new(store.clone(), id);
         let result = Exec::new(self, ctx, Arc::new(journal), Some(control))
             .run_workflow(wf)
             .await;
-        let running = [RunStatus::Running];
         let clear_owner = Some(None);
         Ok(match result {
             Ok(outcome) => {
                 store
                     .transition(
                         &id,
-                        &running,
-                        RunStatus::Completed,
+                        RunEvent::Complete.from(),
+                        RunEvent::Complete.to(),
                         RunPatch {
                             output: Some(outcome.output.clone().unwrap_or(Value::Null)),
                             owner: clear_owner,
@@ -471,8 +482,8 @@ impl Engine {
                 store
                     .transition(
                         &id,
-                        &running,
-                        RunStatus::Failed,
+                        RunEvent::Fail.from(),
+                        RunEvent::Fail.to(),
                         RunPatch {
                             error: Some(Some(e.to_string())),
                             owner: clear_owner,
@@ -490,8 +501,8 @@ impl Engine {
                 let _ = store
                     .transition(
                         &id,
-                        &running,
-                        RunStatus::Failed,
+                        RunEvent::Fail.from(),
+                        RunEvent::Fail.to(),
                         RunPatch {
                             error: Some(Some(e.to_string())),
                             owner: clear_owner,
@@ -505,8 +516,8 @@ impl Engine {
                 store
                     .transition(
                         &id,
-                        &running,
-                        RunStatus::Waiting,
+                        RunEvent::Suspend.from(),
+                        RunEvent::Suspend.to(),
                         RunPatch {
                             owner: clear_owner,
                             ..RunPatch::default()
@@ -520,6 +531,67 @@ impl Engine {
         })
     }
 
+    /// Forks `run` at step `at` (a top-level step of `wf`, the workflow as
+    /// it is now): a new run, pinned to the current files, whose journal
+    /// starts with every entry of the steps before `at` (their model
+    /// calls, decisions and clock reads answer at once); `at` and what
+    /// follows execute anew. `inputs` override the run's inputs by name
+    /// (earlier steps keep their recorded answers). Returns the new run.
+    pub async fn fork(
+        &self,
+        store: Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        at: &str,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<(RunId, RunEnd), RunError> {
+        let Some(idx) = wf.steps.iter().position(|s| s.name == at) else {
+            return Err(RunError::Refused(format!(
+                "workflow `{}` has no top-level step `{at}`; its steps: {}",
+                wf.name,
+                wf.steps
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let before: std::collections::HashSet<&str> =
+            wf.steps[..idx].iter().map(|s| s.name.as_str()).collect();
+        let mut given: BTreeMap<String, Value> = match &run.inputs {
+            Value::Object(m) => m.clone().into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        given.extend(inputs);
+        let ctx = bind_inputs(wf, given).map_err(RunError::Input)?;
+        let entries = store.entries(&run.id).await?;
+        let id = RunId::new();
+        store
+            .create_run(&NewRun {
+                id,
+                workflow_name: wf.name.clone(),
+                workflow_path: source.path.clone(),
+                workflow_hash: source.hash(),
+                workflow_source: source.text.clone(),
+                pins: pins_of(wf),
+                inputs: Value::Object(ctx.clone()),
+                status: RunStatus::Running,
+                owner: Some(this_owner()),
+                settings: self.run_settings(),
+            })
+            .await?;
+        for e in entries {
+            // A step's entries are keyed by its name, then `/` or `#`.
+            let step = e.key.split(['/', '#']).next().unwrap_or(e.key.as_str());
+            if before.contains(step) {
+                store.append(&id, &e.key, &e.kind, &e.payload).await?;
+            }
+        }
+        let end = self.execute(store, id, wf, ctx).await?;
+        Ok((id, end))
+    }
+
     /// Re-executes a finished run from its journal with zero model calls
     /// and reports whether the output is identical.
     pub async fn replay(
@@ -530,7 +602,7 @@ impl Engine {
     ) -> Result<Replay, RunError> {
         let journal = StoreJournal::open(store.clone(), run.id)
             .await
-            .map_err(RunError::Refused)?;
+            .map_err(|e| RunError::Refused(e.to_string()))?;
         let ctx = match &run.inputs {
             Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),
@@ -547,6 +619,7 @@ impl Engine {
                     output: o.output,
                     recorded: run.output.clone(),
                     replayed: o.replayed,
+                    request_changed: o.request_changed,
                 })
             }
             Err(Stop::Failed(e) | Stop::Store(e)) => Err(RunError::Step(e)),

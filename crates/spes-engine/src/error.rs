@@ -22,9 +22,11 @@ pub enum FailureKind {
     /// The model's answer did not have the required shape.
     #[error("{0}")]
     Answer(String),
-    /// The journal could not be read or written.
+    /// The journal could not be read or written (typed: a lost lease or
+    /// an unavailable store is transient; a mismatch or a damaged entry
+    /// is terminal).
     #[error("journal: {0}")]
-    Journal(String),
+    Journal(crate::journal::JournalError),
     /// The run store did not commit this step's journal entry (a full
     /// disk, an I/O error, a read-only file, a lock held past its budget):
     /// the run stopped here, every earlier entry intact. Error class
@@ -106,10 +108,10 @@ impl EngineError {
     pub fn class(&self) -> ErrorClass {
         match &self.kind {
             FailureKind::Provider(p) => p.class(),
-            FailureKind::Journal(_)
-            | FailureKind::Store(_)
-            | FailureKind::Timeout(_)
-            | FailureKind::CircuitOpen { .. } => ErrorClass::Transient,
+            FailureKind::Journal(j) => j.class(),
+            FailureKind::Store(_) | FailureKind::Timeout(_) | FailureKind::CircuitOpen { .. } => {
+                ErrorClass::Transient
+            }
             FailureKind::Template(_)
             | FailureKind::Transform(_)
             | FailureKind::Answer(_)

@@ -23,7 +23,7 @@ use spes_core::workflow::{
 use spes_store::{Decided, NewGate};
 
 use crate::error::FailureKind;
-use crate::journal::Effect;
+use crate::journal::{Effect, JournalError};
 use crate::run::{Exec, StepResult, Stop, join_key};
 
 /// What a human is asked.
@@ -91,7 +91,7 @@ impl Exec<'_> {
             _ => Err(fail(
                 key,
                 loc,
-                FailureKind::Journal("clock entry expected".into()),
+                FailureKind::Journal(JournalError::Mismatch("clock entry expected".into())),
             )),
         }
     }
@@ -107,10 +107,10 @@ impl Exec<'_> {
             Some(other) => Err(fail(
                 key,
                 loc,
-                FailureKind::Journal(format!(
+                FailureKind::Journal(JournalError::Mismatch(format!(
                     "expected a decision at this gate, found a {} entry",
                     other.kind()
-                )),
+                ))),
             )),
             None => Ok(None),
         }
@@ -126,7 +126,7 @@ impl Exec<'_> {
         loc: &Loc,
     ) -> Result<GateOutcome, Stop> {
         if let Some(d) = self.recorded_decision(key, loc).await? {
-            return Ok(outcome_of(d));
+            return Ok(self.outcome(d));
         }
         let deadline_ms = match timeout {
             Some(t) => {
@@ -135,6 +135,19 @@ impl Exec<'_> {
             }
             None => None,
         };
+        let then = match timeout.map(|t| &t.then) {
+            Some(TimeoutAction::Approve) => "approve",
+            Some(TimeoutAction::Steps(_)) => "timeout",
+            _ => "reject",
+        };
+        // The gate carries its timeout decision, so that whoever sees the
+        // deadline pass (a worker, the next command) can decide it.
+        let mut request = request;
+        if timeout.is_some()
+            && let Value::Object(m) = &mut request
+        {
+            m.insert("on_timeout".into(), Value::from(then));
+        }
         let gate_req = GateRequest {
             key: key.to_owned(),
             kind: kind.to_owned(),
@@ -154,11 +167,11 @@ impl Exec<'_> {
                 .await
                 .map_err(|e| e.stop(key, loc))?;
             return match winner {
-                Effect::Decision { decision } => Ok(outcome_of(decision)),
+                Effect::Decision { decision } => Ok(self.outcome(decision)),
                 _ => Err(fail(
                     key,
                     loc,
-                    FailureKind::Journal("decision expected".into()),
+                    FailureKind::Journal(JournalError::Mismatch("decision expected".into())),
                 )),
             };
         };
@@ -172,18 +185,13 @@ impl Exec<'_> {
                 deadline: deadline_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
             })
             .await
-            .map_err(|e| fail(key, loc, FailureKind::Journal(e.to_string())))?;
+            .map_err(|e| fail(key, loc, FailureKind::Journal(JournalError::from_store(&e))))?;
         // The deadline first: a gate whose time is up takes its timeout path,
         // even if a reviewer is at hand.
         let decision = if let Some(deadline) = deadline_ms
             && (self.engine.clock)() >= deadline
         {
-            let then = match timeout.map(|t| &t.then) {
-                Some(TimeoutAction::Approve) => "approve",
-                Some(TimeoutAction::Steps(_)) => "timeout",
-                _ => "reject",
-            };
-            Some(json!({ "action": then, "timeout": true, "by": "deadline" }))
+            Some(crate::ops::deadline_decision(then))
         } else if let Some(reviewer) = self.engine.reviewer.clone() {
             reviewer.review(&gate_req).await
         } else {
@@ -194,18 +202,28 @@ impl Exec<'_> {
                 .store
                 .decide_gate(&control.run, key, &d)
                 .await
-                .map_err(|e| fail(key, loc, FailureKind::Journal(e.to_string())))?;
+                .map_err(|e| fail(key, loc, FailureKind::Journal(JournalError::from_store(&e))))?;
             let first = match outcome {
                 Decided::Now => d,
                 Decided::Already { decision, .. } => decision,
             };
-            return Ok(outcome_of(first));
+            return Ok(self.outcome(first));
         }
         // Someone may have answered while we were opening the gate.
         if let Some(d) = self.recorded_decision(key, loc).await? {
-            return Ok(outcome_of(d));
+            return Ok(self.outcome(d));
         }
         Err(Stop::Suspended(vec![key.to_owned()]))
+    }
+
+    /// What a decision means for the gate step; counts deadline decisions.
+    fn outcome(&mut self, d: Value) -> GateOutcome {
+        if d.get("by").and_then(Value::as_str) == Some("deadline")
+            || d.get("timeout").and_then(Value::as_bool) == Some(true)
+        {
+            self.deadlines += 1;
+        }
+        outcome_of(d)
     }
 
     /// Renders and sends a prompt to a provider (revisions), through the journal.

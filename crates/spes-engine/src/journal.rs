@@ -65,14 +65,65 @@ impl Effect {
 
     /// Reads a stored entry back. Gate decisions are stored by the store
     /// itself (kind `decision`, payload = the decision).
-    pub fn from_entry(kind: &str, payload: &serde_json::Value) -> Result<Self, String> {
+    pub fn from_entry(kind: &str, payload: &serde_json::Value) -> Result<Self, JournalError> {
         if kind == "decision" && payload.get("type").is_none() {
             return Ok(Self::Decision {
                 decision: payload.clone(),
             });
         }
-        serde_json::from_value(payload.clone())
-            .map_err(|e| format!("journal entry of kind `{kind}` cannot be read: {e}"))
+        serde_json::from_value(payload.clone()).map_err(|e| {
+            JournalError::Corrupt(format!(
+                "journal entry of kind `{kind}` cannot be read: {e}"
+            ))
+        })
+    }
+}
+
+/// Why a journal could not answer or record: typed, so that what may pass
+/// (a store away for a moment, a lease lost to another worker) is told
+/// from what will not (a journal that holds something else than the
+/// workflow expects, an entry that cannot be read back).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The task's lease was lost: another worker has it; this execution
+    /// must change nothing more. Transient (the new holder goes on).
+    #[error("lease lost: {0}")]
+    Fenced(String),
+    /// The store could not be read now (a connection lost, a lock held
+    /// too long). Transient: a retry or a later resume may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The journal holds something else under a key than this execution
+    /// expects (the workflow changed under the run; a replay that would
+    /// record). Terminal: asking again gives the same answer.
+    #[error("journal mismatch: {0}")]
+    Mismatch(String),
+    /// An entry cannot be read back (bad JSON, an unknown kind).
+    /// Terminal.
+    #[error("damaged journal entry: {0}")]
+    Corrupt(String),
+}
+
+impl JournalError {
+    /// Transient (a retry, a later resume or another worker may succeed) or terminal.
+    #[must_use]
+    pub fn class(&self) -> spes_llm::ErrorClass {
+        match self {
+            Self::Fenced(_) | Self::Unavailable(_) => spes_llm::ErrorClass::Transient,
+            Self::Mismatch(_) | Self::Corrupt(_) => spes_llm::ErrorClass::Terminal,
+        }
+    }
+
+    /// A store that failed a read: [`JournalError::Fenced`] for a lost
+    /// lease, else [`JournalError::Unavailable`].
+    #[must_use]
+    pub fn from_store(e: &spes_store::StoreError) -> Self {
+        match e {
+            spes_store::StoreError::Fenced { .. } => Self::Fenced(e.to_string()),
+            spes_store::StoreError::Corrupt { .. } => Self::Corrupt(e.to_string()),
+            other => Self::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -86,15 +137,15 @@ pub enum RecordError {
     /// the effect's result is not used.
     #[error("{0}")]
     Store(String),
-    /// Anything else (an effect that cannot be encoded, a lost lease, an
-    /// entry of another kind under the key).
+    /// The journal refused it (a lost lease, an entry of another kind
+    /// under the key, an effect that cannot be encoded).
     #[error("{0}")]
-    Other(String),
+    Journal(JournalError),
 }
 
-impl From<String> for RecordError {
-    fn from(m: String) -> Self {
-        Self::Other(m)
+impl From<JournalError> for RecordError {
+    fn from(e: JournalError) -> Self {
+        Self::Journal(e)
     }
 }
 
@@ -109,7 +160,7 @@ impl RecordError {
         };
         match self {
             Self::Store(m) => crate::run::Stop::Store(e(crate::error::FailureKind::Store(m))),
-            Self::Other(m) => crate::run::Stop::Failed(e(crate::error::FailureKind::Journal(m))),
+            Self::Journal(j) => crate::run::Stop::Failed(e(crate::error::FailureKind::Journal(j))),
         }
     }
 }
@@ -118,16 +169,16 @@ impl RecordError {
 #[async_trait]
 pub trait Journal: Send + Sync + std::fmt::Debug {
     /// The effect recorded under `key`, if any.
-    async fn get(&self, key: &str) -> Result<Option<Effect>, String>;
+    async fn get(&self, key: &str) -> Result<Option<Effect>, JournalError>;
     /// Like [`Journal::get`], for a key that may rightly be absent (a
     /// decision written only in some runs, such as `KEY#served` under the
     /// default retry): a replay answers `None` instead of an error.
-    async fn peek(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn peek(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         self.get(key).await
     }
     /// Like [`Journal::get`], but also sees entries another process
     /// recorded since this journal was opened (gate decisions).
-    async fn get_fresh(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn get_fresh(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         self.get(key).await
     }
     /// Records an effect, durably, before returning. If another writer
@@ -138,7 +189,7 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// Reloads the entries whose keys start with `prefix` (written by
     /// other workers: map items). A journal that only this process writes
     /// has nothing to do.
-    async fn refresh(&self, _prefix: &str) -> Result<(), String> {
+    async fn refresh(&self, _prefix: &str) -> Result<(), JournalError> {
         Ok(())
     }
 }
@@ -171,18 +222,18 @@ impl MemoryJournal {
 
 #[async_trait]
 impl Journal for MemoryJournal {
-    async fn get(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn get(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         self.entries
             .lock()
             .map(|e| e.get(key).cloned())
-            .map_err(|_| "journal lock poisoned".to_owned())
+            .map_err(|_| JournalError::Unavailable("journal lock poisoned".to_owned()))
     }
 
     async fn record(&self, key: &str, effect: Effect) -> Result<Effect, RecordError> {
         let mut e = self
             .entries
             .lock()
-            .map_err(|_| RecordError::Other("journal lock poisoned".to_owned()))?;
+            .map_err(|_| JournalError::Unavailable("journal lock poisoned".to_owned()))?;
         Ok(e.entry(key.to_owned()).or_insert(effect).clone())
     }
 }
@@ -198,9 +249,13 @@ pub struct StoreJournal {
 
 impl StoreJournal {
     /// Opens the journal of `run`, loading what is recorded.
-    pub async fn open(store: Arc<dyn RunStore>, run: RunId) -> Result<Self, String> {
+    pub async fn open(store: Arc<dyn RunStore>, run: RunId) -> Result<Self, JournalError> {
         let mut cache = HashMap::new();
-        for e in store.entries(&run).await.map_err(|e| e.to_string())? {
+        for e in store
+            .entries(&run)
+            .await
+            .map_err(|e| JournalError::from_store(&e))?
+        {
             cache.insert(e.key.clone(), Effect::from_entry(&e.kind, &e.payload)?);
         }
         Ok(Self {
@@ -243,7 +298,7 @@ impl StoreJournal {
 
 #[async_trait]
 impl Journal for StoreJournal {
-    async fn get(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn get(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         // Everything recorded before this journal was opened is loaded, and
         // this process is the run's only executor (its owner): a miss means
         // "not recorded". Gate decisions, which other processes record, are
@@ -251,7 +306,7 @@ impl Journal for StoreJournal {
         Ok(self.cache.lock().ok().and_then(|c| c.get(key).cloned()))
     }
 
-    async fn get_fresh(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn get_fresh(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         if let Some(e) = self.cache.lock().ok().and_then(|c| c.get(key).cloned()) {
             return Ok(Some(e));
         }
@@ -259,7 +314,7 @@ impl Journal for StoreJournal {
             .store
             .entry(&self.run, key)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| JournalError::from_store(&e))?
         {
             Some(entry) => {
                 let effect = Effect::from_entry(&entry.kind, &entry.payload)?;
@@ -271,7 +326,8 @@ impl Journal for StoreJournal {
     }
 
     async fn record(&self, key: &str, effect: Effect) -> Result<Effect, RecordError> {
-        let payload = serde_json::to_value(&effect).map_err(|e| e.to_string())?;
+        let payload = serde_json::to_value(&effect)
+            .map_err(|e| JournalError::Corrupt(format!("the effect cannot be encoded: {e}")))?;
         let winner = match self
             .store
             .append(&self.run, key, effect.kind(), &payload)

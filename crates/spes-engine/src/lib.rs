@@ -37,6 +37,7 @@ pub mod error;
 pub mod event;
 pub mod gate;
 pub mod journal;
+pub mod ops;
 mod orchestration;
 mod pattern;
 pub mod patterns;
@@ -56,7 +57,7 @@ pub use durable::{RunEnd, WorkflowSource};
 pub use error::{EngineError, FailureKind};
 pub use event::{Event, NoObserver, Observer};
 pub use gate::{GateRequest, Reviewer};
-pub use journal::{Effect, Journal, MemoryJournal, StoreJournal};
+pub use journal::{Effect, Journal, JournalError, MemoryJournal, StoreJournal};
 pub use run::{RunOutcome, bind_inputs};
 
 /// Runs workflows. Cheap to share; one per process is typical.
@@ -103,6 +104,44 @@ impl Engine {
     /// Provider names.
     pub fn provider_names(&self) -> impl Iterator<Item = &str> {
         self.providers.keys().map(String::as_str)
+    }
+
+    /// The provider of steps and agents that name none.
+    #[must_use]
+    pub fn default_provider_name(&self) -> &str {
+        &self.default_provider
+    }
+
+    /// What a run started by this engine pins besides its files and inputs.
+    #[must_use]
+    pub fn run_settings(&self) -> spes_store::RunSettings {
+        spes_store::RunSettings {
+            provider: Some(self.default_provider.clone()),
+        }
+    }
+
+    /// This engine as a run pinned with `settings` needs it: the same
+    /// providers, breakers and observers, with the run's default provider.
+    /// `None` when this engine already fits.
+    #[must_use]
+    pub fn pinned(&self, settings: &spes_store::RunSettings) -> Option<Self> {
+        let p = settings.provider.as_ref()?;
+        if *p == self.default_provider {
+            return None;
+        }
+        Some(Self {
+            providers: self.providers.clone(),
+            default_provider: p.clone(),
+            default_model: self.default_model.clone(),
+            observer: self.observer.clone(),
+            stream_deltas: self.stream_deltas,
+            capture: self.capture.clone(),
+            reviewer: self.reviewer.clone(),
+            clock: self.clock.clone(),
+            breakers: self.breakers.clone(),
+            retry_defaults: self.retry_defaults.clone(),
+            default_repair: self.default_repair,
+        })
     }
 
     /// Runs `wf` with inputs (bound against its declared inputs here) to

@@ -62,10 +62,10 @@ impl<'e> Exec<'e> {
             Some(other) => Err(fail(
                 key,
                 loc,
-                FailureKind::Journal(format!(
+                FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
                     "expected a decision entry here, found a {} entry",
                     other.kind()
-                )),
+                ))),
             )),
             None => Ok(None),
         }
@@ -88,10 +88,10 @@ impl<'e> Exec<'e> {
             other => Err(fail(
                 key,
                 loc,
-                FailureKind::Journal(format!(
+                FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
                     "expected a decision entry here, found a {} entry",
                     other.kind()
-                )),
+                ))),
             )),
         }
     }

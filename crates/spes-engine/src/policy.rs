@@ -525,9 +525,9 @@ impl Exec<'_> {
         Err(Stop::Failed(last.unwrap_or_else(|| EngineError {
             step: key.to_owned(),
             loc: s.loc.clone(),
-            kind: FailureKind::Journal(format!(
+            kind: FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
                 "`{served_key}` names an alternative this step does not have"
-            )),
+            ))),
         })))
     }
 

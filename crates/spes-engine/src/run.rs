@@ -41,6 +41,10 @@ pub struct RunOutcome {
     pub replayed: u64,
     /// Total token usage of calls made.
     pub usage: Usage,
+    /// The first model call (its key) answered from the journal whose
+    /// recorded request differs from the one this execution would send
+    /// (its prompt, model or settings changed since it was recorded).
+    pub request_changed: Option<String>,
 }
 
 /// Why a run stopped before its end.
@@ -192,6 +196,11 @@ pub(crate) struct Exec<'e> {
     pub(crate) usage: Usage,
     /// Map items go to the shared work queue (a run executed by `spes worker`).
     pub(crate) dist: Option<Arc<crate::worker::Dist>>,
+    /// Gate decisions made by a deadline seen by this execution (a gate
+    /// step's result says `timed_out` when one of its own was).
+    pub(crate) deadlines: u32,
+    /// The first replayed model call whose request differs from the recorded one.
+    pub(crate) changed: Option<String>,
 }
 
 pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
@@ -251,6 +260,8 @@ impl<'e> Exec<'e> {
             replayed: 0,
             usage: Usage::default(),
             dist: None,
+            deadlines: 0,
+            changed: None,
         }
     }
 
@@ -276,6 +287,9 @@ impl<'e> Exec<'e> {
         self.model_calls += child.model_calls;
         self.replayed += child.replayed;
         add_usage(&mut self.usage, &child.usage);
+        if self.changed.is_none() {
+            self.changed = child.changed;
+        }
     }
 
     pub(crate) fn write(&mut self, key: &str, v: Value) {
@@ -292,6 +306,7 @@ impl<'e> Exec<'e> {
             model_calls: self.model_calls,
             replayed: self.replayed,
             usage: self.usage,
+            request_changed: self.changed,
         })
     }
 
@@ -518,9 +533,24 @@ impl<'e> Exec<'e> {
                     usage: None,
                 })
             }
-            StepKind::Approval(a) => self.approval(a, key, depth, &s.loc).await,
-            StepKind::Choose(c) => self.choose(c, key, depth, &s.loc).await,
-            StepKind::Sections(c) => self.sections(c, key, depth, &s.loc).await,
+            StepKind::Approval(_) | StepKind::Choose(_) | StepKind::Sections(_) => {
+                // Whether a deadline decided (any of) the step's gates.
+                let before = self.deadlines;
+                let mut r = match &s.kind {
+                    StepKind::Approval(a) => self.approval(a, key, depth, &s.loc).await,
+                    StepKind::Choose(c) => self.choose(c, key, depth, &s.loc).await,
+                    StepKind::Sections(c) => self.sections(c, key, depth, &s.loc).await,
+                    _ => unreachable!("matched above"),
+                };
+                if let Ok(StepResult {
+                    value: Some(Value::Object(m)),
+                    ..
+                }) = &mut r
+                {
+                    m.insert("timed_out".into(), Value::Bool(self.deadlines > before));
+                }
+                r
+            }
             StepKind::Switch(sw) => self.switch(sw, key, depth, &s.loc).await,
             StepKind::QualityGate(q) => self.quality_gate(q, key, depth, &s.loc).await,
             StepKind::Refine(r) => self.refine(r, key, depth, &s.loc).await,
@@ -769,10 +799,13 @@ impl<'e> Exec<'e> {
         let Some(c) = &self.control else {
             return Ok(());
         };
-        let status = c
-            .status()
-            .await
-            .map_err(|e| fail(key, loc, FailureKind::Journal(e.to_string())))?;
+        let status = c.status().await.map_err(|e| {
+            fail(
+                key,
+                loc,
+                FailureKind::Journal(crate::journal::JournalError::from_store(&e)),
+            )
+        })?;
         match status {
             Some(RunStatus::Paused) => Err(Stop::Paused),
             Some(RunStatus::Cancelled) => Err(Stop::Cancelled),
@@ -792,14 +825,36 @@ impl<'e> Exec<'e> {
         if let Some(cap) = &self.engine.capture {
             cap(key, req);
         }
-        if let Some(Effect::Model { response, .. }) = self
+        match self
             .journal
             .get(key)
             .await
             .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
         {
-            self.replayed += 1;
-            return Ok(response);
+            Some(Effect::Model {
+                response,
+                request_hash: recorded,
+                ..
+            }) => {
+                self.replayed += 1;
+                if self.changed.is_none() && !recorded.is_empty() && recorded != request_hash(req) {
+                    self.changed = Some(key.to_owned());
+                }
+                return Ok(response);
+            }
+            // Something else under this key (the workflow changed under the
+            // run): no call is made that could not be recorded.
+            Some(other) => {
+                return Err(fail(
+                    key,
+                    loc,
+                    FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
+                        "the journal holds a {} entry under this key, not a model call",
+                        other.kind()
+                    ))),
+                ));
+            }
+            None => {}
         }
         self.check_control(key, loc).await?;
         let mut cx = CallContext::for_step(crate::policy::provider_key(key));
@@ -863,10 +918,10 @@ impl<'e> Exec<'e> {
             other => Err(fail(
                 key,
                 loc,
-                FailureKind::Journal(format!(
+                FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
                     "the journal holds a {} entry under this key, not a model call",
                     other.kind()
-                )),
+                ))),
             )),
         }
     }

@@ -42,6 +42,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::{AbortHandle, abortable};
 use serde_json::Value;
+use spes_core::lifecycle::{self, RunEvent};
 use spes_core::template::Context;
 use spes_core::workflow::{OnError, StepKind, Workflow};
 use spes_store::queue::{FinalEntry, Lease, Task, TaskKind, TaskQueue};
@@ -52,7 +53,7 @@ pub(crate) use self::remote::Dist;
 use self::remote::{ItemFailure, ItemPayload};
 use crate::Engine;
 use crate::error::FailureKind;
-use crate::journal::Effect;
+use crate::journal::{Effect, JournalError};
 use crate::run::{Control, Exec, Stop};
 
 /// Finds the workflow a run executes (on this machine) for a worker.
@@ -254,6 +255,7 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> WorkerStats {
         let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat());
         let committer = tokio::spawn(Arc::clone(&self).committer());
+        let deadlines = tokio::spawn(Arc::clone(&self).deadlines());
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         let mut pause = self.opts.poll;
@@ -328,6 +330,7 @@ impl Worker {
         }
         heartbeat.abort();
         committer.abort();
+        deadlines.abort();
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         let released = self
@@ -436,6 +439,28 @@ impl Worker {
         }
     }
 
+    /// Decides the gates whose deadline passed (twice a second), so a run
+    /// waiting for a human goes on without one: deciding readies its task.
+    async fn deadlines(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(DEADLINE_TICK).await;
+            let now = chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, (self.engine.clock)())
+                .single()
+                .unwrap_or_else(chrono::Utc::now);
+            match crate::ops::apply_deadlines(self.store.as_ref(), None, now).await {
+                Ok(fired) => {
+                    for f in fired {
+                        self.log(&format!(
+                            "gate `{}` of run {}: its deadline passed ({})",
+                            f.gate, f.run, f.action
+                        ));
+                    }
+                }
+                Err(e) => self.log(&format!("applying gate deadlines failed: {e}")),
+            }
+        }
+    }
+
     async fn heartbeat(self: Arc<Self>) {
         let every = self.opts.lease / 3;
         loop {
@@ -466,6 +491,7 @@ impl Worker {
 
     async fn execute(&self, task: Task) {
         let lease = task.lease.clone();
+        let (task_kind, run_id, key) = (task.kind, task.run_id, task.key.clone());
         let outcome = match task.kind {
             TaskKind::Run => self.execute_run(&task).await,
             TaskKind::Item => self.execute_item(&task).await,
@@ -478,6 +504,44 @@ impl Worker {
                     "task {} fenced (epoch {}): its late write changed nothing; task stopped",
                     lease.task, lease.epoch
                 ));
+            }
+            Err(Leave::Fail(why)) => {
+                // Taken again, it would fail the same way: fail it here.
+                self.log(&format!("task {} failed: {why}", lease.task));
+                let ended = match task_kind {
+                    TaskKind::Run => self
+                        .queue()
+                        .finish_run(
+                            &lease,
+                            &run_id,
+                            RunEvent::Abandon.from(),
+                            RunEvent::Abandon.to(),
+                            RunPatch {
+                                error: Some(Some(why)),
+                                owner: Some(None),
+                                ..RunPatch::default()
+                            },
+                        )
+                        .await
+                        .map(|_| ()),
+                    TaskKind::Item => {
+                        let f = serde_json::to_string(&ItemFailure {
+                            step: key,
+                            message: why,
+                            transient: false,
+                        })
+                        .unwrap_or_default();
+                        self.queue()
+                            .finish_item(&lease, &run_id, None, Some(&f))
+                            .await
+                    }
+                };
+                if let Err(e) = ended {
+                    self.log(&format!(
+                        "failing task {} failed ({e}); its lease expires",
+                        lease.task
+                    ));
+                }
             }
             Err(Leave::Retry(why)) => {
                 // A store problem: give the task back (after a pause, so
@@ -507,10 +571,7 @@ impl Worker {
             .run(&task.run_id)
             .await?
             .ok_or_else(|| Leave::Retry(format!("run {} is gone", task.run_id)))?;
-        if matches!(
-            run.status,
-            RunStatus::Completed | RunStatus::Cancelled | RunStatus::Paused | RunStatus::Failed
-        ) {
+        if lifecycle::next(run.status, RunEvent::Take).is_err() {
             // Nothing to do (a user paused, cancelled or resumed it elsewhere).
             q.finish_item(lease, &run.id, None, None).await?;
             return Ok(());
@@ -521,8 +582,8 @@ impl Worker {
                 q.finish_run(
                     lease,
                     &run.id,
-                    &[run.status],
-                    RunStatus::Failed,
+                    RunEvent::Abandon.from(),
+                    RunEvent::Abandon.to(),
                     RunPatch {
                         error: Some(Some(why)),
                         owner: Some(None),
@@ -536,8 +597,8 @@ impl Worker {
         self.store
             .transition(
                 &run.id,
-                &[RunStatus::Pending, RunStatus::Waiting, RunStatus::Running],
-                RunStatus::Running,
+                RunEvent::Take.from(),
+                RunEvent::Take.to(),
                 RunPatch {
                     error: Some(None),
                     owner: Some(Some(self.opts.id.clone())),
@@ -561,8 +622,10 @@ impl Worker {
             Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),
         };
+        // The provider the run was started with.
+        let pinned = self.engine.pinned(&run.settings);
         let mut exec = Exec::new(
-            &self.engine,
+            pinned.as_ref().unwrap_or(&self.engine),
             ctx,
             Arc::new(journal),
             Some(Control::new(self.store.clone(), run.id)),
@@ -576,13 +639,12 @@ impl Worker {
             poll: self.opts.poll.min(Duration::from_millis(100)),
         }));
         let result = exec.run_workflow(&wf).await;
-        let running = [RunStatus::Running];
-        let (to, patch) = match result {
+        let (event, patch) = match result {
             // The store did not commit: give the task back (the journal
             // answers what was committed when it is taken again).
             Err(Stop::Store(e)) => return Err(Leave::Retry(e.to_string())),
             Ok(outcome) => (
-                RunStatus::Completed,
+                RunEvent::Complete,
                 RunPatch {
                     output: Some(outcome.output.unwrap_or(Value::Null)),
                     owner: Some(None),
@@ -594,7 +656,7 @@ impl Worker {
                     return Err(Leave::from_journal(m.clone()));
                 }
                 (
-                    RunStatus::Failed,
+                    RunEvent::Fail,
                     RunPatch {
                         error: Some(Some(e.to_string())),
                         owner: Some(None),
@@ -603,7 +665,7 @@ impl Worker {
                 )
             }
             Err(Stop::Suspended(_)) => (
-                RunStatus::Waiting,
+                RunEvent::Suspend,
                 RunPatch {
                     owner: Some(None),
                     ..RunPatch::default()
@@ -614,7 +676,8 @@ impl Worker {
                 return Ok(());
             }
         };
-        q.finish_run(lease, &run.id, &running, to, patch).await?;
+        q.finish_run(lease, &run.id, event.from(), event.to(), patch)
+            .await?;
         self.runs_done.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -630,12 +693,13 @@ impl Worker {
             .entry(run, &format!("{map}#ctx"))
             .await?
             .ok_or_else(|| Leave::Retry(format!("the context of map `{map}` is not recorded")))?;
-        let ctx = match Effect::from_entry(&entry.kind, &entry.payload).map_err(Leave::Retry)? {
-            Effect::Decision {
-                decision: Value::Object(m),
-            } => Arc::new(m),
-            _ => return Err(Leave::Retry(format!("`{map}#ctx` is not a context"))),
-        };
+        let ctx =
+            match Effect::from_entry(&entry.kind, &entry.payload).map_err(Leave::from_journal)? {
+                Effect::Decision {
+                    decision: Value::Object(m),
+                } => Arc::new(m),
+                _ => return Err(Leave::Retry(format!("`{map}#ctx` is not a context"))),
+            };
         if let Ok(mut c) = self.contexts.lock() {
             if c.len() >= 64 {
                 c.clear();
@@ -710,8 +774,9 @@ impl Worker {
             FencedJournal::open(self.store.clone(), run.id, lease.clone(), Some(&prefixes))
                 .await
                 .map_err(Leave::from_journal)?;
+        let pinned = self.engine.pinned(&run.settings);
         let exec = Exec::new(
-            &self.engine,
+            pinned.as_ref().unwrap_or(&self.engine),
             (*ctx).clone(),
             Arc::new(journal),
             Some(Control::new(self.store.clone(), run.id)),
@@ -765,6 +830,9 @@ impl Worker {
     }
 }
 
+/// How often a worker looks for gate deadlines that passed.
+const DEADLINE_TICK: Duration = Duration::from_millis(500);
+
 /// Why a task ended without finishing.
 #[derive(Debug)]
 pub(super) enum Leave {
@@ -772,14 +840,18 @@ pub(super) enum Leave {
     Fenced,
     /// A store problem: give it back to be taken again.
     Retry(String),
+    /// A problem that taking it again would meet again (a journal that
+    /// holds something else than the workflow expects, a damaged entry):
+    /// the task fails, naming it.
+    Fail(String),
 }
 
 impl Leave {
-    fn from_journal(m: String) -> Self {
-        if m.starts_with(journal::LEASE_LOST) {
-            Self::Fenced
-        } else {
-            Self::Retry(m)
+    fn from_journal(e: JournalError) -> Self {
+        match e {
+            JournalError::Fenced(_) => Self::Fenced,
+            JournalError::Unavailable(m) => Self::Retry(m),
+            other => Self::Fail(other.to_string()),
         }
     }
 }
@@ -789,6 +861,29 @@ impl From<StoreError> for Leave {
         match e {
             StoreError::Fenced { .. } => Self::Fenced,
             other => Self::Retry(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_problem_that_would_recur_fails_the_task_instead_of_giving_it_back() {
+        assert!(matches!(
+            Leave::from_journal(JournalError::Fenced("x".into())),
+            Leave::Fenced
+        ));
+        assert!(matches!(
+            Leave::from_journal(JournalError::Unavailable("db away".into())),
+            Leave::Retry(m) if m == "db away"
+        ));
+        for e in [
+            JournalError::Mismatch("a decision where a model call was".into()),
+            JournalError::Corrupt("bad json".into()),
+        ] {
+            assert!(matches!(Leave::from_journal(e), Leave::Fail(_)));
         }
     }
 }

@@ -29,6 +29,7 @@
 //!     inputs: serde_json::json!({"text": "login throws NPE"}),
 //!     status: RunStatus::Running,
 //!     owner: None,
+//!     settings: Default::default(),
 //! };
 //! store.create_run(&run).await?;
 //! let result = serde_json::json!({"label": "bug"});
@@ -56,7 +57,7 @@ use async_trait::async_trait;
 pub use error::{Candidate, MAX_CANDIDATES, StoreError};
 pub use types::{
     Appended, ComponentPin, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Run, RunId,
-    RunPatch, RunStatus,
+    RunPatch, RunSettings, RunStatus,
 };
 
 /// Opens the store named by `url`: `sqlite://PATH` (relative paths as

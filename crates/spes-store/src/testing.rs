@@ -126,6 +126,9 @@ pub fn sample_run() -> crate::NewRun {
         inputs: serde_json::json!({"text": "login throws NPE"}),
         status: crate::RunStatus::Running,
         owner: Some("host:42".into()),
+        settings: crate::RunSettings {
+            provider: Some("openai".into()),
+        },
     }
 }
 

@@ -71,79 +71,7 @@ impl FromStr for RunId {
     }
 }
 
-/// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    /// Created, not started.
-    Pending,
-    /// A process is executing it.
-    Running,
-    /// Suspended until a human answers a gate (or a child finishes); no process holds it.
-    Waiting,
-    /// Paused by a user; `resume` continues it.
-    Paused,
-    /// Finished with an output.
-    Completed,
-    /// Stopped by an error; `resume` retries from the failed step.
-    Failed,
-    /// Stopped by a user; final.
-    Cancelled,
-}
-
-impl RunStatus {
-    /// Every status.
-    pub const ALL: [Self; 7] = [
-        Self::Pending,
-        Self::Running,
-        Self::Waiting,
-        Self::Paused,
-        Self::Completed,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    /// Lowercase name.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Waiting => "waiting",
-            Self::Paused => "paused",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// True for completed and cancelled (nothing more will happen).
-    #[must_use]
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Completed | Self::Cancelled)
-    }
-}
-
-impl fmt::Display for RunStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RunStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|x| x.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown status `{s}`; one of: {}",
-                    Self::ALL.map(Self::as_str).join(", ")
-                )
-            })
-    }
-}
+pub use spes_core::lifecycle::RunStatus;
 
 /// A component a run resolved, pinned by content hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +105,19 @@ pub struct NewRun {
     pub status: RunStatus,
     /// Who is executing it (`host:pid`), if anyone.
     pub owner: Option<String>,
+    /// What it was started with beyond its files and inputs (pinned).
+    pub settings: RunSettings,
+}
+
+/// What a run was started with beyond its workflow, components and inputs:
+/// pinned with the run, so that a resume (anywhere, by any worker) uses
+/// the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// The provider of steps and agents that name none, as chosen at start
+    /// (`--provider`, `SPES_PROVIDER`, or the project's default then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// A stored run.
@@ -196,6 +137,8 @@ pub struct Run {
     pub pins: Vec<ComponentPin>,
     /// Inputs.
     pub inputs: serde_json::Value,
+    /// What it was started with beyond its files and inputs (pinned).
+    pub settings: RunSettings,
     /// Status.
     pub status: RunStatus,
     /// The result, once completed.

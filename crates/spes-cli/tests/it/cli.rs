@@ -126,7 +126,26 @@ fn json_run_prints_inputs_and_outputs() {
     );
     run.expect_code(0);
     let v: Value = serde_json::from_str(&run.stdout()).expect("stdout is JSON");
-    let obj = v.as_object().expect("a JSON object");
+    // One shape in every outcome: run id, status, output, usage, gates, error, context.
+    let top: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        top,
+        [
+            "schema", "run_id", "status", "output", "usage", "gates", "error", "context"
+        ]
+    );
+    assert_eq!(
+        (v["schema"].as_u64(), v["status"].as_str()),
+        (Some(1), Some("completed"))
+    );
+    assert_eq!(v["run_id"].as_str().map(str::len), Some(32));
+    assert_eq!(v["output"], format!("# {TITLE}\n\n{SUMMARY}"));
+    assert_eq!(v["usage"]["model_calls"], 2);
+    assert_eq!(
+        (v["gates"].as_array().map(Vec::len), v["error"].is_null()),
+        (Some(0), true)
+    );
+    let obj = v["context"].as_object().expect("a JSON object");
     assert_eq!(obj["text"], "notes");
     assert_eq!(obj["summary"], SUMMARY);
     assert_eq!(obj["title"], TITLE);

@@ -266,7 +266,8 @@ fn the_readme_tour_runs_as_written_on_a_fresh_project() {
         }
         seen.insert(cmd.split_whitespace().nth(1).unwrap_or_default().to_owned());
     }
-    // The tour ends with the last run cancelled, the first one approved.
+    // The tour ends with the last run cancelled; three runs, a fork and the
+    // approved review completed.
     let list = std::process::Command::new(env!("CARGO_BIN_EXE_spes"))
         .args(["runs", "list"])
         .current_dir(&cwd)
@@ -280,7 +281,7 @@ fn the_readme_tour_runs_as_written_on_a_fresh_project() {
     );
     assert_eq!(
         list.lines().filter(|l| l.contains("completed")).count(),
-        4,
+        5,
         "{list}"
     );
     for sub in [

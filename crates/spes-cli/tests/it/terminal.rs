@@ -83,7 +83,7 @@ fn answers_and_inputs_reach_the_terminal_escaped() {
     ]);
     json.expect_code(0);
     let v: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
-    assert_eq!(v["a"], HOSTILE);
+    assert_eq!(v["context"]["a"], HOSTILE);
 }
 
 #[test]

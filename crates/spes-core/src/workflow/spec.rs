@@ -36,7 +36,7 @@ pub struct WorkflowSpec {
     #[serde(default)]
     pub agents: BTreeMap<String, S<AgentSpec>>,
     /// The steps, run in order.
-    pub steps: Option<S<Vec<StepSpec>>>,
+    pub steps: Option<S<Vec<Box<StepSpec>>>>,
     /// Context key printed as the result (default: the last step's output).
     pub output: Option<S<String>>,
     /// Reusable step definitions, used with `use: NAME`.
@@ -291,7 +291,7 @@ pub struct StepSpec {
 
     // --- sequence / branch ---
     /// Child steps.
-    pub steps: Option<S<Vec<Self>>>,
+    pub steps: Option<S<Vec<Box<Self>>>>,
     /// Branch shorthand: one condition.
     #[serde(rename = "if")]
     pub condition: Option<S<ConditionSpec>>,

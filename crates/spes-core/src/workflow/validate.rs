@@ -21,6 +21,25 @@ use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
 use crate::template::{Expr, Template, TemplateError};
 use crate::transform;
 
+/// A step spec held by value or boxed (a workflow's and a sequence's
+/// steps are boxed: a spec is large, and a long list of them would be
+/// copied as it grows).
+trait IntoSpec {
+    fn into_spec(self) -> StepSpec;
+}
+
+impl IntoSpec for StepSpec {
+    fn into_spec(self) -> StepSpec {
+        self
+    }
+}
+
+impl IntoSpec for Box<StepSpec> {
+    fn into_spec(self) -> StepSpec {
+        *self
+    }
+}
+
 #[cfg(test)]
 mod answer_tests;
 mod orchestration;
@@ -699,9 +718,9 @@ impl Validator<'_> {
         }
     }
 
-    fn steps(
+    fn steps<T: IntoSpec>(
         &mut self,
-        specs: Vec<StepSpec>,
+        specs: Vec<T>,
         known: &mut Known,
         prefix: &str,
         _at: Sp,
@@ -709,7 +728,7 @@ impl Validator<'_> {
         let mut names = HashSet::new();
         let mut out = Vec::new();
         for s in specs {
-            if let Some(step) = self.step(s, known, prefix, &mut names) {
+            if let Some(step) = self.step(s.into_spec(), known, prefix, &mut names) {
                 out.push(step);
             }
         }
@@ -1874,7 +1893,7 @@ impl Validator<'_> {
                 let mut after = before.clone();
                 for child in &children.value {
                     let mut k = before.clone();
-                    if let Some(st) = self.step(child.clone(), &mut k, path, &mut names) {
+                    if let Some(st) = self.step((**child).clone(), &mut k, path, &mut names) {
                         out.push(st);
                     }
                     for w in k.definite.difference(&before.definite) {

@@ -56,8 +56,9 @@ impl Worker {
         )
         .await
         .map_err(Leave::from_journal)?;
+        let pinned = self.engine.pinned(&run.settings);
         let mut exec = Exec::new(
-            &self.engine,
+            pinned.as_ref().unwrap_or(&self.engine),
             p.ctx,
             Arc::new(journal),
             Some(Control::new(self.store.clone(), run.id)),

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use spes_store::queue::Lease;
 use spes_store::{Appended, Entry, RunId, RunStore, StoreError};
 
-use crate::journal::{Effect, Journal, RecordError};
+use crate::journal::{Effect, Journal, JournalError, RecordError};
 
 /// A run's journal as one task (the whole run, or one map item) sees it:
 /// it loads what it needs up front, and records only while its lease holds.
@@ -19,14 +19,13 @@ pub(crate) struct FencedJournal {
     cache: Mutex<HashMap<String, Effect>>,
 }
 
-/// The message of a fenced write (the worker stops the task on it).
-pub(crate) const LEASE_LOST: &str = "lease lost";
+/// A store error as the journal reports it (a lost lease is `Fenced`).
+pub(crate) fn typed(e: &StoreError) -> JournalError {
+    JournalError::from_store(e)
+}
 
-pub(crate) fn message(e: &StoreError) -> String {
-    match e {
-        StoreError::Fenced { .. } => format!("{LEASE_LOST}: {e}"),
-        other => other.to_string(),
-    }
+fn no_queue() -> JournalError {
+    JournalError::Unavailable("the store has no work queue".to_owned())
 }
 
 impl FencedJournal {
@@ -38,16 +37,14 @@ impl FencedJournal {
         run: RunId,
         lease: Lease,
         prefixes: Option<&[String]>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, JournalError> {
         let entries: Vec<Entry> = match prefixes {
-            None => store.entries(&run).await.map_err(|e| message(&e))?,
+            None => store.entries(&run).await.map_err(|e| typed(&e))?,
             Some([]) => Vec::new(),
             Some(ps) => {
-                let q = store
-                    .queue()
-                    .ok_or_else(|| "the store has no work queue".to_owned())?;
+                let q = store.queue().ok_or_else(no_queue)?;
                 let ps: Vec<&str> = ps.iter().map(String::as_str).collect();
-                q.entries_under(&run, &ps).await.map_err(|e| message(&e))?
+                q.entries_under(&run, &ps).await.map_err(|e| typed(&e))?
             }
         };
         let mut cache = HashMap::with_capacity(entries.len());
@@ -75,11 +72,11 @@ impl FencedJournal {
 
 #[async_trait]
 impl Journal for FencedJournal {
-    async fn get(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn get(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         Ok(self.cached(key))
     }
 
-    async fn get_fresh(&self, key: &str) -> Result<Option<Effect>, String> {
+    async fn get_fresh(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         if let Some(e) = self.cached(key) {
             return Ok(Some(e));
         }
@@ -87,7 +84,7 @@ impl Journal for FencedJournal {
             .store
             .entry(&self.run, key)
             .await
-            .map_err(|e| message(&e))?
+            .map_err(|e| typed(&e))?
         {
             Some(entry) => {
                 let effect = Effect::from_entry(&entry.kind, &entry.payload)?;
@@ -99,17 +96,15 @@ impl Journal for FencedJournal {
     }
 
     async fn record(&self, key: &str, effect: Effect) -> Result<Effect, RecordError> {
-        let q = self
-            .store
-            .queue()
-            .ok_or_else(|| "the store has no work queue".to_owned())?;
-        let payload = serde_json::to_value(&effect).map_err(|e| e.to_string())?;
+        let q = self.store.queue().ok_or_else(no_queue)?;
+        let payload = serde_json::to_value(&effect)
+            .map_err(|e| JournalError::Corrupt(format!("the effect cannot be encoded: {e}")))?;
         let winner = match q
             .append_fenced(&self.lease, &self.run, key, effect.kind(), &payload)
             .await
             .map_err(|e| match e {
-                StoreError::Fenced { .. } => RecordError::Other(message(&e)),
-                other => RecordError::Store(message(&other)),
+                StoreError::Fenced { .. } => RecordError::Journal(typed(&e)),
+                other => RecordError::Store(other.to_string()),
             })? {
             Appended::New(_) => effect,
             Appended::Existing(entry) => Effect::from_entry(&entry.kind, &entry.payload)?,
@@ -118,15 +113,12 @@ impl Journal for FencedJournal {
         Ok(winner)
     }
 
-    async fn refresh(&self, prefix: &str) -> Result<(), String> {
-        let q = self
-            .store
-            .queue()
-            .ok_or_else(|| "the store has no work queue".to_owned())?;
+    async fn refresh(&self, prefix: &str) -> Result<(), JournalError> {
+        let q = self.store.queue().ok_or_else(no_queue)?;
         let entries = q
             .entries_under(&self.run, &[prefix])
             .await
-            .map_err(|e| message(&e))?;
+            .map_err(|e| typed(&e))?;
         let mut parsed = Vec::with_capacity(entries.len());
         for e in entries {
             parsed.push((e.key, Effect::from_entry(&e.kind, &e.payload)?));

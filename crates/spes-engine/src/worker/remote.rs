@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::journal;
 use crate::error::{EngineError, FailureKind};
-use crate::journal::Effect;
+use crate::journal::{Effect, JournalError};
 use crate::run::{Exec, Stop, fail};
 
 /// What a run executed by a worker needs to hand its map items to other workers.
@@ -74,8 +74,8 @@ impl<'e> Exec<'e> {
         let Some(q) = d.store.queue() else {
             return Ok(());
         };
-        let journal_err = |e: String| fail(key, loc, FailureKind::Journal(e));
-        let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(journal::message(&e)));
+        let journal_err = |e: JournalError| fail(key, loc, FailureKind::Journal(e));
+        let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(journal::typed(&e)));
         let prefix = format!("{key}/map[");
         self.journal.refresh(&prefix).await.map_err(journal_err)?;
         let ctx_key = format!("{key}#ctx");
@@ -111,7 +111,7 @@ impl<'e> Exec<'e> {
                 item: item.clone(),
                 depth,
             })
-            .map_err(|e| journal_err(e.to_string()))?;
+            .map_err(|e| journal_err(JournalError::Corrupt(e.to_string())))?;
             new.push(NewItem { key: p, payload });
         }
         if !new.is_empty() {
@@ -164,10 +164,12 @@ impl<'e> Exec<'e> {
         depth: usize,
         loc: &Loc,
     ) -> Result<Option<Value>, Stop> {
-        let journal_err = |e: String| fail(key, loc, FailureKind::Journal(e));
-        let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(journal::message(&e)));
+        let journal_err = |e: JournalError| fail(key, loc, FailureKind::Journal(e));
+        let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(journal::typed(&e)));
         let Some(q) = d.store.queue() else {
-            return Err(journal_err("the store has no work queue".into()));
+            return Err(journal_err(JournalError::Unavailable(
+                "the store has no work queue".into(),
+            )));
         };
         let result_key = format!("{key}#result");
         self.journal
@@ -184,7 +186,7 @@ impl<'e> Exec<'e> {
             ctx,
             depth,
         })
-        .map_err(|e| journal_err(e.to_string()))?;
+        .map_err(|e| journal_err(JournalError::Corrupt(e.to_string())))?;
         q.enqueue_items(
             &d.lease,
             &d.run,
@@ -225,7 +227,9 @@ impl<'e> Exec<'e> {
             .map_err(journal_err)?;
         match self.journal.get(&result_key).await.map_err(journal_err)? {
             Some(Effect::Item { value }) => Ok(Some(value).filter(|v| !v.is_null())),
-            _ => Err(journal_err(format!("`{result_key}` is not recorded"))),
+            _ => Err(journal_err(JournalError::Mismatch(format!(
+                "`{result_key}` is not recorded"
+            )))),
         }
     }
 

@@ -254,7 +254,11 @@ async fn a_paused_run_stops_before_its_next_call_and_resumes() {
     assert_eq!(run.status, RunStatus::Paused);
     // b finished before the pause was seen: it is committed; c was not called.
     assert_eq!(store.entries(&id2).await.unwrap().len(), 2);
-    let p = scripted("- { default: echo }");
+    // The resume uses the provider the run was started with (by name).
+    let p = Arc::new(
+        spes_llm::scripted::ScriptedProvider::parse("gated", "answers.yaml", "- { default: echo }")
+            .unwrap(),
+    );
     let engine = Engine::builder().provider(p.clone()).build();
     let end = engine
         .resume(store.clone(), &run, &wf, &source(CHAIN3), false)

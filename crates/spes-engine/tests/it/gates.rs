@@ -419,3 +419,174 @@ steps:
     assert_eq!(out.context["doc"]["failed_at"], json!("Design"));
     assert_eq!(out.context["doc"]["completed_sections"], json!(["Intro"]));
 }
+
+/// A whole gate flow through the engine's API alone (what every front door
+/// calls): start, list what waits, decide with a reviewer's name, resume;
+/// a cancel that closes the gates; a deadline applied without a human.
+#[tokio::test]
+async fn a_gate_flow_through_the_engine_api_alone() {
+    use chrono::{TimeZone, Utc};
+    use spes_engine::ops::{self, Decision, OpError};
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(&dir).await;
+    let yaml = APPROVE.replace(
+        "max_revisions: 2,",
+        "max_revisions: 2, deadline: 1h, on_timeout: approve,",
+    );
+    let wf = workflow(&yaml);
+    let t0: i64 = 1_800_000_000_000;
+    let at = |ms: i64| -> spes_engine::Clock { Arc::new(move || ms) };
+    let now = |ms: i64| Utc.timestamp_millis_opt(ms).unwrap();
+    let engine = Engine::builder()
+        .provider(scripted("- { default: echo }"))
+        .clock(at(t0))
+        .build();
+    async fn start(
+        e: &Engine,
+        st: &Arc<dyn RunStore>,
+        wf: &spes_core::workflow::Workflow,
+        yaml: &str,
+    ) -> spes_store::RunId {
+        let (id, end) = e
+            .start(st.clone(), wf, &source(yaml), inputs(&[("topic", "x")]))
+            .await
+            .unwrap();
+        assert!(matches!(end, RunEnd::Waiting(_)), "{end:?}");
+        id
+    }
+
+    // 1. Decided by a named reviewer, then resumed.
+    let a = start(&engine, &st, &wf, &yaml).await;
+    let waiting = ops::pending(st.as_ref(), None, now(t0)).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].key, "review/review0");
+    assert_eq!(waiting[0].request["on_timeout"], json!("approve"));
+    // An answer the gate does not take is refused, naming what it takes.
+    let e = ops::decide(
+        &st,
+        &a.to_string(),
+        None,
+        &Decision::Choose { n: 1 },
+        "ada",
+        now(t0),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, OpError::Refused(ref m) if m.contains("`choose` answers choose gates")),
+        "{e}"
+    );
+    let r = ops::decide(
+        &st,
+        &a.to_string()[..8],
+        None,
+        &Decision::Approve {
+            comments: "fine".into(),
+        },
+        "ada",
+        now(t0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.run, r.gate.as_str(), r.queued),
+        (a, "review/review0", false)
+    );
+    let gate = &st
+        .gates(&GateFilter {
+            run_id: Some(a),
+            pending_only: false,
+        })
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        gate.decision,
+        Some(json!({ "action": "approve", "comments": "fine", "by": "ada" }))
+    );
+    let run = st.run(&a).await.unwrap().unwrap();
+    let RunEnd::Completed(out) = engine
+        .resume(st.clone(), &run, &wf, &source(&yaml), false)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(out.context["final"]["timed_out"], json!(false));
+
+    // 2. Cancelled: the gate is closed and leaves the pending list.
+    let b = start(&engine, &st, &wf, &yaml).await;
+    let c = ops::cancel(st.as_ref(), &b.to_string()).await.unwrap();
+    assert_eq!(c.after.status, RunStatus::Cancelled);
+    assert_eq!(c.closed, ["review/review0"]);
+    assert!(
+        ops::pending(st.as_ref(), Some(&b), now(t0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = ops::decide(
+        &st,
+        &b.to_string(),
+        None,
+        &Decision::Approve {
+            comments: String::new(),
+        },
+        "ada",
+        now(t0),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, OpError::Refused(ref m) if m.contains("is closed: the run was cancelled")),
+        "{e}"
+    );
+    // A cancelled run cannot be paused.
+    assert!(ops::pause(st.as_ref(), &b.to_string()).await.is_err());
+
+    // 3. The deadline passes: applied without a human, exactly once; a
+    //    late answer is refused; the result says it timed out.
+    let d = start(&engine, &st, &wf, &yaml).await;
+    assert!(
+        ops::apply_deadlines(st.as_ref(), None, now(t0 + 3_599_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let fired = ops::apply_deadlines(st.as_ref(), None, now(t0 + 3_600_000))
+        .await
+        .unwrap();
+    assert_eq!(fired.len(), 1);
+    assert_eq!((fired[0].run, fired[0].action.as_str()), (d, "approve"));
+    assert!(
+        ops::apply_deadlines(st.as_ref(), None, now(t0 + 3_700_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = ops::decide(
+        &st,
+        &d.to_string(),
+        None,
+        &Decision::Reject {
+            reason: "late".into(),
+        },
+        "ada",
+        now(t0 + 3_700_000),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, OpError::Refused(ref m) if m.contains("was decided by its deadline")),
+        "{e}"
+    );
+    let run = st.run(&d).await.unwrap().unwrap();
+    let RunEnd::Completed(out) = engine
+        .resume(st.clone(), &run, &wf, &source(&yaml), false)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(out.context["final"]["status"], json!("approved"));
+    assert_eq!(out.context["final"]["timed_out"], json!(true));
+}

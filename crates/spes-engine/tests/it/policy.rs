@@ -490,3 +490,53 @@ async fn a_crash_during_backoff_resumes_on_the_store_without_repeating_the_commi
         .collect();
     assert_eq!(keys, ["x", "x#attempt2", "x#served"]);
 }
+
+/// A journal that holds something else under a step's key than the step
+/// expects (here a gate decision where an llm step now stands: the
+/// workflow changed under the run) is a terminal `Mismatch`: `retry` does
+/// not try again under fresh keys, no model is called, and the error names
+/// what the journal holds.
+#[tokio::test]
+async fn a_journal_mismatch_is_terminal_and_not_retried() {
+    let wf = workflow(&one_step("retry: { attempts: 3, base: 1ms }"));
+    let p = scripted("- { step: x, reply: fresh }");
+    let engine = Engine::builder().provider(p.clone()).build();
+    let journal = Arc::new(MemoryJournal::default());
+    journal
+        .record(
+            "x",
+            Effect::Decision {
+                decision: json!({ "action": "approve" }),
+            },
+        )
+        .await
+        .unwrap();
+    let e = step_error(
+        engine
+            .run_with_journal(&wf, inputs(&[]), journal)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(
+            e.kind,
+            FailureKind::Journal(spes_engine::JournalError::Mismatch(_))
+        ),
+        "{e}"
+    );
+    assert_eq!(e.class(), spes_llm::ErrorClass::Terminal);
+    assert!(
+        e.to_string()
+            .contains("journal mismatch: the journal holds a decision entry under this key"),
+        "{e}"
+    );
+    assert_eq!(
+        p.calls().len(),
+        0,
+        "no model call: {e} {:?}",
+        p.calls()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.messages.len()))
+            .collect::<Vec<_>>()
+    );
+}

@@ -8,7 +8,7 @@ use crate::{ComponentPin, Entry, Gate, Run, RunId, RunStatus, StoreError};
 
 /// Columns of a run, in order.
 pub(super) const RUN_COLUMNS: &str = "id, workflow_name, workflow_path, workflow_hash, workflow_source, pins, inputs, \
-     status, output, error, owner, created_at, updated_at";
+     settings, status, output, error, owner, created_at, updated_at";
 
 /// Columns of an entry.
 pub(super) const ENTRY_COLUMNS: &str = "run_id, seq, key, kind, payload, recorded_at";
@@ -50,6 +50,7 @@ pub(super) fn run(shown: &str, r: &PgRow) -> Result<Run, StoreError> {
     let id: String = get(r, "id")?;
     let pins: String = get(r, "pins")?;
     let inputs: String = get(r, "inputs")?;
+    let settings: String = get(r, "settings")?;
     let status: String = get(r, "status")?;
     let output: Option<String> = get(r, "output")?;
     Ok(Run {
@@ -60,6 +61,7 @@ pub(super) fn run(shown: &str, r: &PgRow) -> Result<Run, StoreError> {
         workflow_source: get(r, "workflow_source")?,
         pins: parse_json::<Vec<ComponentPin>>(shown, "pins", &pins)?,
         inputs: parse_json(shown, "inputs", &inputs)?,
+        settings: parse_json(shown, "settings", &settings)?,
         status: status.parse::<RunStatus>().map_err(|e| bad(shown, e))?,
         output: output
             .as_deref()

@@ -530,7 +530,7 @@ pub(super) async fn insert_run(
     let id = run.id.to_string();
     let inserted = sqlx::query(
         "INSERT INTO runs (id, workflow_name, workflow_path, workflow_hash, workflow_source, pins, inputs, \
-         status, owner, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now()) \
+         status, owner, created_at, updated_at, settings) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now(), $10) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&id)
@@ -542,6 +542,10 @@ pub(super) async fn insert_run(
     .bind(inputs)
     .bind(run.status.as_str())
     .bind(&run.owner)
+    .bind(
+        serde_json::to_string(&run.settings)
+            .map_err(|e| Fail::Store(StoreError::Backend(e.to_string())))?,
+    )
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -97,6 +97,10 @@ CREATE TABLE shared_state (
     r#"
 CREATE INDEX tasks_open ON tasks (run_id, key) WHERE state IN ('ready','claimed');
 "#,
+    // 4: what a run was started with beyond its files and inputs.
+    r#"
+ALTER TABLE runs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+"#,
 ];
 
 /// The newest schema version this build understands.

@@ -50,6 +50,7 @@ pub(super) struct RunRow {
     workflow_source: String,
     pins: String,
     inputs: String,
+    settings: String,
     status: String,
     output: Option<String>,
     error: Option<String>,
@@ -60,7 +61,7 @@ pub(super) struct RunRow {
 
 /// Columns of [`RunRow`], in order.
 pub(super) const RUN_COLUMNS: &str = "id, workflow_name, workflow_path, workflow_hash, workflow_source, pins, inputs, \
-     status, output, error, owner, created_at, updated_at";
+     settings, status, output, error, owner, created_at, updated_at";
 
 impl RunRow {
     pub(super) fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
@@ -72,6 +73,7 @@ impl RunRow {
             workflow_source: row.try_get("workflow_source")?,
             pins: row.try_get("pins")?,
             inputs: row.try_get("inputs")?,
+            settings: row.try_get("settings")?,
             status: row.try_get("status")?,
             output: row.try_get("output")?,
             error: row.try_get("error")?,
@@ -93,6 +95,7 @@ impl TryFrom<RunRow> for Run {
             workflow_source: r.workflow_source,
             pins: parse_json::<Vec<ComponentPin>>("pins", &r.pins)?,
             inputs: parse_json("inputs", &r.inputs)?,
+            settings: parse_json("settings", &r.settings)?,
             status: r.status.parse::<RunStatus>().map_err(BadRow)?,
             output: r
                 .output

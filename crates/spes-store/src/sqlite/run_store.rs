@@ -43,7 +43,9 @@ impl RunStore for SqliteStore {
             serde_json::to_string(&run.pins).map_err(|e| StoreError::Backend(e.to_string()))?;
         let inputs =
             json(&run.inputs).map_err(|_| StoreError::Backend("cannot encode inputs".into()))?;
-        let (id, pins, inputs) = (&id, &pins, &inputs);
+        let settings =
+            serde_json::to_string(&run.settings).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let (id, pins, inputs, settings) = (&id, &pins, &inputs, &settings);
         self.retry(|| async move {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let existing = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
@@ -60,7 +62,7 @@ impl RunStore for SqliteStore {
             let t = fmt_time(now());
             sqlx::query(
                 "INSERT INTO runs (id, workflow_name, workflow_path, workflow_hash, workflow_source, pins, inputs, \
-                 status, owner, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                 status, owner, created_at, updated_at, settings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
             )
             .bind(id)
             .bind(&run.workflow_name)
@@ -72,6 +74,7 @@ impl RunStore for SqliteStore {
             .bind(run.status.as_str())
             .bind(&run.owner)
             .bind(&t)
+            .bind(settings)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

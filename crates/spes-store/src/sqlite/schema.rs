@@ -62,6 +62,10 @@ CREATE TABLE gates (
 );
 CREATE INDEX gates_pending ON gates (opened_at) WHERE decided_at IS NULL;
 ",
+    // 2: what a run was started with beyond its files and inputs.
+    r"
+ALTER TABLE runs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';  -- JSON
+",
 ];
 
 /// The newest schema version this build understands.

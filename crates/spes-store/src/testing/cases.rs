@@ -39,6 +39,7 @@ pub async fn create_then_get_returns_every_field(store: Arc<dyn RunStore>) {
     assert_eq!(run.workflow_hash, new.workflow_hash);
     assert_eq!(run.workflow_source, new.workflow_source);
     assert_eq!(run.pins, new.pins);
+    assert_eq!(run.settings, new.settings);
     assert_eq!(run.inputs, new.inputs);
     assert_eq!(run.status, RunStatus::Running);
     assert_eq!(run.owner, new.owner);

@@ -328,7 +328,7 @@ impl Validator<'_> {
         let mut names = HashSet::new();
         let mut actions = Vec::new();
         for child in &steps.value {
-            let mut spec = child.clone();
+            let mut spec = (**child).clone();
             let compensate = spec.compensate.take();
             let Some(step) = self.step(spec, known, path, &mut names) else {
                 continue;
