@@ -1,9 +1,10 @@
 //! `spes doctor`: which providers are usable, which key variables they
-//! want (names only, never values), where the local model is, and whether
-//! the run store opens.
+//! want (names only, never values), whether each configured `base_url`
+//! answers, where the local model is, and whether the run store opens.
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use spes_core::config::{ProviderKind, ProviderSpec};
 
@@ -97,6 +98,64 @@ fn local_row(_project: &Project, name: &str, _spec: Option<&ProviderSpec>) -> Ro
     }
 }
 
+/// How long doctor waits for a provider's `base_url` to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Asks each configured `base_url` (all at once, [`ANSWER_TIMEOUT`] each)
+/// whether it answers: any HTTP status counts; a refused connection, a
+/// timeout or a TLS failure makes the provider not usable. No key is sent.
+async fn check_base_urls(project: &Project, rows: &mut [Row]) {
+    let client = reqwest::Client::builder()
+        .connect_timeout(ANSWER_TIMEOUT)
+        .timeout(ANSWER_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build();
+    let Ok(client) = client else { return };
+    let mut checks = tokio::task::JoinSet::new();
+    for (name, spec) in &project.config.providers {
+        if !matches!(spec.kind, ProviderKind::Anthropic | ProviderKind::Openai) {
+            continue;
+        }
+        let Some(url) = spec.base_url.clone() else {
+            continue;
+        };
+        let (client, name) = (client.clone(), name.clone());
+        checks.spawn(async move {
+            let answer = match client.get(&url).send().await {
+                Ok(r) => Ok(r.status().as_u16()),
+                Err(e) if e.is_timeout() => {
+                    Err(format!("no answer within {}s", ANSWER_TIMEOUT.as_secs()))
+                }
+                Err(e) => Err(cause(&e)),
+            };
+            (name, answer)
+        });
+    }
+    while let Some(Ok((name, answer))) = checks.join_next().await {
+        if let Some(row) = rows.iter_mut().find(|r| r.name == name) {
+            match answer {
+                Ok(status) => {
+                    let _ = write!(row.detail, " (answers: HTTP {status})");
+                }
+                Err(why) => {
+                    row.ready = false;
+                    let _ = write!(row.detail, " does not answer: {why}");
+                }
+            }
+        }
+    }
+}
+
+/// The innermost cause of an HTTP error (`Connection refused`), which
+/// says more than reqwest's "error sending request".
+fn cause(e: &reqwest::Error) -> String {
+    let mut last: &dyn std::error::Error = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
 /// Runs `spes doctor`; exit 1 when the default provider is not usable.
 pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result<(), Failure> {
     let cwd = std::env::current_dir().unwrap_or_default();
@@ -125,6 +184,7 @@ pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result
     if !project.config.providers.contains_key("local") {
         rows.push(local_row(&project, "local", None));
     }
+    check_base_urls(&project, &mut rows).await;
 
     let mut out = String::new();
     let _ = writeln!(
@@ -146,15 +206,7 @@ pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result
             " (not usable: see below)"
         }
     );
-    let url = store
-        .map(str::to_owned)
-        .or_else(|| project.config.store.url.clone())
-        .unwrap_or_else(|| "sqlite://.spes/spes.db".into());
-    let fresh = url
-        .strip_prefix("sqlite://")
-        .map(|p| project.rel(Path::new(p)))
-        .filter(|p| !p.exists());
-    let store_line = match fresh {
+    let store_line = match project.missing_store(store) {
         // Opening would create it; doctor only looks.
         Some(p) => format!(
             "{} (not created yet: the first run creates it)",

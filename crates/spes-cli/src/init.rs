@@ -1,4 +1,4 @@
-//! `spes init DIR`: a project that runs at once.
+//! `spes init [DIR]`: a project that runs at once (DIR defaults to `.`).
 
 use crate::term::say;
 use std::path::Path;
@@ -121,20 +121,67 @@ output: report
 - default: echo
 "##,
     ),
+    (
+        "workflows/review.yaml",
+        r##"name: review
+description: Summarise a text, then a human signs the summary off (or asks for a revision).
+version: 1.0.0
+inputs:
+  text: { type: string, required: true, description: the text to summarise }
+agents:
+  editor:
+    role: editor
+    persona: persona/editor@^1
+    instruction: instruction/summarize@^1
+steps:
+  - name: summary
+    kind: llm
+    agent: editor
+    task: "{{ text }}"
+    output: summary
+  - name: signoff
+    kind: approval
+    show: summary
+    agent: editor
+    max_revisions: 2
+    output: signoff
+  - name: result
+    kind: transform
+    fn: template
+    input: "{{ signoff.status }} after {{ signoff.revisions }} revision(s):\n{{ signoff.output }}"
+    output: result
+output: result
+"##,
+    ),
+    (
+        "notes.md",
+        r##"# Release sync, Tuesday
+
+- Load tests on the release candidate found a memory leak in the cache.
+- Decision: the release moves from Wednesday to Friday.
+- The fix is merged; a second load test run passed overnight.
+- Docs and the changelog are ready; support has been told.
+"##,
+    ),
 ];
 
+/// The line `.gitignore` gets: the run store lives in `.spes/`.
+const IGNORE: &str = ".spes/";
+
 pub(crate) fn init(dir: &Path) -> Result<(), Failure> {
-    if dir.exists() {
-        let non_empty = std::fs::read_dir(dir)
-            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", dir.display())))?
-            .next()
-            .is_some();
-        if non_empty {
-            return Err(Failure::Usage(format!(
-                "{} is not empty; spes init fills only a new or empty directory",
-                dir.display()
-            )));
-        }
+    // Never clobber: refuse before writing anything if a file init would
+    // write is there already (other files, `.git` and `.gitignore` stay).
+    let taken: Vec<&str> = FILES
+        .iter()
+        .map(|(rel, _)| *rel)
+        .filter(|rel| dir.join(rel).exists())
+        .collect();
+    if !taken.is_empty() {
+        return Err(Failure::Usage(format!(
+            "{} already has {}; spes init never overwrites a file",
+            dir.display(),
+            taken.join(", ")
+        )));
     }
     for (rel, text) in FILES {
         let path = dir.join(rel);
@@ -142,12 +189,55 @@ pub(crate) fn init(dir: &Path) -> Result<(), Failure> {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", parent.display())))?;
         }
-        std::fs::write(&path, text)
+        // `create_new`: a file that appeared since the check is not overwritten.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
             .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
     }
-    say!("Created a spes project in {}. Try:", dir.display());
-    say!("  cd {}", dir.display());
-    say!("  spes run workflows/summarize.yaml --input text=\"$(cat some-notes.txt)\"");
+    ignore_store(&dir.join(".gitignore"))?;
+    let shown = dir.display().to_string();
+    if shown == "." {
+        say!("Created a spes project here. Try:");
+    } else {
+        say!("Created a spes project in {shown}. Try:");
+        say!("  cd {shown}");
+    }
+    say!("  spes run workflows/summarize.yaml --input-file text=notes.md");
     say!("  spes workflow diagram workflows/summarize.yaml --format text");
     Ok(())
+}
+
+/// Makes `.gitignore` ignore `.spes/`: created with that line, or the line
+/// appended to an existing file that lacks it (nothing else changes).
+fn ignore_store(path: &Path) -> Result<(), Failure> {
+    let fail = |e: std::io::Error| Failure::Usage(format!("cannot write {}: {e}", path.display()));
+    let existing = match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(fail(e)),
+    };
+    let Some(existing) = existing else {
+        return std::fs::write(path, format!("{IGNORE}\n")).map_err(fail);
+    };
+    let text = String::from_utf8_lossy(&existing);
+    let covered = text
+        .lines()
+        .map(str::trim)
+        .any(|l| matches!(l, ".spes" | ".spes/" | "/.spes" | "/.spes/"));
+    if covered {
+        return Ok(());
+    }
+    let sep = if existing.is_empty() || existing.ends_with(b"\n") {
+        ""
+    } else {
+        "\n"
+    };
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{sep}{IGNORE}\n").as_bytes()))
+        .map_err(fail)
 }

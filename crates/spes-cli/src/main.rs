@@ -19,6 +19,7 @@ mod gates;
 mod init;
 mod progress;
 mod project;
+mod prune;
 mod runs;
 mod term;
 mod worker;
@@ -48,8 +49,18 @@ use crate::term::{out, out_data, out_json, say};
 /// Largest `--input-file` spes reads.
 const MAX_INPUT_FILE: usize = 16 << 20;
 
+/// `spes --version`: the version, the git commit it was built from and the cargo features.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SPES_GIT_COMMIT"),
+    "; features: ",
+    env!("SPES_FEATURES"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "spes", version, about = "Durable LLM prompt workflows: components, patterns, providers", long_about = None)]
+#[command(name = "spes", version = VERSION, about = "Durable LLM prompt workflows: components, patterns, providers", long_about = None)]
 struct Cli {
     /// spes.toml to use (default: the nearest one above the workflow or the working directory)
     #[arg(long, global = true, env = "SPES_CONFIG")]
@@ -57,6 +68,12 @@ struct Cli {
     /// Run store URL (default: the `[store]` url in spes.toml, else sqlite://.spes/spes.db beside spes.toml)
     #[arg(long, global = true, env = "SPES_STORE")]
     store: Option<String>,
+    /// Colours and the live progress line: `auto` (on a terminal, unless `NO_COLOR` is set or `TERM=dumb`), `always`, `never`
+    #[arg(long, global = true, value_enum, default_value_t = term::ColorChoice::Auto)]
+    color: term::ColorChoice,
+    /// Format of log lines on stderr (their level comes from `RUST_LOG`; default: warnings only)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -147,20 +164,50 @@ enum Command {
     /// Which workflow pattern fits your requirements (the design reference's selector).
     #[command(subcommand)]
     Pattern(PatternCmd),
-    /// Create a project that runs at once: spes.toml, components, workflows.
+    /// Create a project that runs at once: spes.toml, components, workflows, notes.md, .gitignore.
     Init {
-        /// Directory to create (or fill, if empty).
+        /// Directory to create or fill (default: the current one); no existing file is overwritten.
+        #[arg(default_value = ".")]
         dir: PathBuf,
     },
     /// Which providers are usable, the key variables they want, where the local model is.
     Doctor,
     /// Take runs and map items from a shared PostgreSQL store, as one of many workers.
     Worker(worker::WorkerArgs),
+    /// Print a shell completion script: `spes completions bash > /etc/bash_completion.d/spes`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `spes man > spes.1`.
+    Man,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Log lines on stderr: the level from `RUST_LOG` (default `warn`), text or JSON.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Its own report of a failed write is an `eprintln!`, which panics
+        // on a closed stderr (in whatever thread logged).
+        .log_internal_errors(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(term::color_stderr()).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// The workflow file.
+    /// The workflow file (`-` reads it from standard input).
     file: PathBuf,
     /// An input value: --input topic="rust"
     #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
@@ -233,7 +280,7 @@ enum PatternCmd {
 enum WorkflowCmd {
     /// Check workflows without calling any model.
     Validate {
-        /// Workflow files.
+        /// Workflow files (`-` reads one from standard input).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -326,6 +373,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    term::set_color(cli.color);
+    init_logging(cli.log_format);
+    tracing::debug!(command = ?cli.command, "spes {VERSION}");
     let config = cli.config.as_deref();
     let store = cli.store.as_deref();
     let result = match cli.command {
@@ -386,7 +436,10 @@ fn main() -> ExitCode {
             Decision::Choose { n },
             by,
         )),
-        Command::Runs(c) => block(runs::runs(config, store, c)),
+        Command::Runs(c) => match without_store(config, store, &c) {
+            Some(r) => r,
+            None => block(runs::runs(config, store, c)),
+        },
         Command::Workflow(WorkflowCmd::Validate { files }) => cmd_validate(config, &files),
         Command::Workflow(WorkflowCmd::Diagram { file, format }) => {
             cmd_diagram(config, &file, format)
@@ -395,6 +448,27 @@ fn main() -> ExitCode {
         Command::Init { dir } => init::init(&dir),
         Command::Doctor => block(doctor::doctor(config, store)),
         Command::Worker(args) => block(worker::worker(config, store, args)),
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "spes",
+                &mut buf,
+            );
+            out(&String::from_utf8_lossy(&buf));
+            Ok(())
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut buf) {
+                Ok(()) => {
+                    out(&String::from_utf8_lossy(&buf));
+                    Ok(())
+                }
+                Err(e) => Err(Failure::Usage(format!("cannot render the man page: {e}"))),
+            }
+        }
         Command::Pattern(PatternCmd::Suggest {
             independent_tasks,
             specialized_roles,
@@ -483,6 +557,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `runs` commands that read existing runs (and `prune`, `fork`) where
+/// there is no store yet: there are no runs, and looking creates no file.
+/// `None`: run the command.
+fn without_store(
+    config: Option<&Path>,
+    store: Option<&str>,
+    cmd: &runs::RunsCmd,
+) -> Option<Result<(), Failure>> {
+    use runs::RunsCmd;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let project = match Project::discover(config, &cwd) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    let path = project.missing_store(store)?;
+    let none = format!(
+        "there are no runs here yet ({} does not exist; `spes run` creates it)",
+        path.display()
+    );
+    match cmd {
+        RunsCmd::List { status, .. } => Some(
+            status
+                .as_deref()
+                .map(str::parse::<spes_store::RunStatus>)
+                .transpose()
+                .map_err(Failure::Usage)
+                .map(|_| say!("{none}")),
+        ),
+        RunsCmd::Pending => {
+            say!("no gate is waiting for a human: {none}");
+            Some(Ok(()))
+        }
+        RunsCmd::Show { run, .. } | RunsCmd::Replay { run, .. } | RunsCmd::Fork { run, .. } => {
+            Some(Err(Failure::Usage(format!("no run `{run}`: {none}"))))
+        }
+        RunsCmd::Prune(args) => Some(args.check().map(|_| say!("nothing to prune: {none}"))),
+    }
+}
+
 /// Runs an async command, then closes the stores it opened (SQLite
 /// checkpoints its WAL into the main file when the last connection closes).
 fn block(f: impl std::future::Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
@@ -539,7 +652,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// Prints diagnostics: graphical with snippets on a terminal, plain otherwise.
 pub(crate) fn print_diagnostics(d: &Diagnostics) {
-    let fancy = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let fancy = term::color_stderr();
     let mut err = std::io::stderr().lock();
     for diag in &d.0 {
         // A file or message holding control characters is shown plain
@@ -567,8 +680,9 @@ pub(crate) fn print_diagnostics(d: &Diagnostics) {
     }
 }
 
-/// Reads standard input (`--input-file KEY=-`), at most `max` bytes, as UTF-8.
-fn read_stdin(max: usize) -> Result<String, Failure> {
+/// Reads standard input (`--input-file KEY=-`, a workflow `-`), at most
+/// `max` bytes (the limit of `what`), as UTF-8.
+fn read_stdin(max: usize, what: &str) -> Result<String, Failure> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::io::stdin()
@@ -578,7 +692,7 @@ fn read_stdin(max: usize) -> Result<String, Failure> {
         .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
     if bytes.len() > max {
         return Err(Failure::Usage(format!(
-            "standard input is larger than the {max}-byte limit of an input file"
+            "standard input is larger than the {max}-byte limit of {what}"
         )));
     }
     String::from_utf8(bytes).map_err(|e| {
@@ -589,13 +703,40 @@ fn read_stdin(max: usize) -> Result<String, Failure> {
     })
 }
 
-/// Loads and validates a workflow.
+/// Whether a workflow path means standard input (`spes run -`).
+pub(crate) fn is_stdin(file: &Path) -> bool {
+    file == Path::new("-")
+}
+
+/// The workflow read from standard input, once per process (validation and
+/// the run's pinned source see the same text).
+static STDIN_WORKFLOW: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A workflow file's text; `-` reads standard input, bounded like a file.
+pub(crate) fn read_workflow(file: &Path) -> Result<String, Failure> {
+    if !is_stdin(file) {
+        return read_text(file, spes_core::yaml::MAX_YAML_BYTES);
+    }
+    if let Some(t) = STDIN_WORKFLOW.get() {
+        return Ok(t.clone());
+    }
+    let text = read_stdin(spes_core::yaml::MAX_YAML_BYTES, "a workflow file")?;
+    Ok(STDIN_WORKFLOW.get_or_init(|| text).clone())
+}
+
+/// Loads and validates a workflow (`-`: from standard input, its relative
+/// paths resolved from the working directory).
 pub(crate) fn load_workflow(
     project: &Project,
     file: &Path,
 ) -> Result<(Workflow, Diagnostics), Failure> {
-    let text = read_text(file, spes_core::yaml::MAX_YAML_BYTES)?;
-    let shown = file.display().to_string();
+    let text = read_workflow(file)?;
+    // `<stdin>` has no directory: relative paths inside resolve from the working directory.
+    let shown = if is_stdin(file) {
+        "<stdin>".to_owned()
+    } else {
+        file.display().to_string()
+    };
     let spec = parse_workflow(&shown, &text).map_err(Failure::Input)?;
     let (components, comp_diags) = project.components();
     let names = project.provider_names();
@@ -654,13 +795,19 @@ async fn cmd_run(
     }
     for i in &args.input_files {
         let (k, p) = split_kv(i, "--input-file")?;
+        if p == "-" && is_stdin(&args.file) {
+            return Err(Failure::Usage(format!(
+                "--input-file {k}=- and the workflow `-` both want standard input; give one of them a file"
+            )));
+        }
         let text = if p == "-" {
-            read_stdin(MAX_INPUT_FILE)?
+            read_stdin(MAX_INPUT_FILE, "an input file")?
         } else {
             read_text(Path::new(p), MAX_INPUT_FILE)?
         };
         inputs.insert(k.to_owned(), Value::String(text));
     }
+    refuse_empty_required(&wf, &inputs)?;
     let engine = build_engine(
         &project,
         args.provider.as_deref(),
@@ -706,6 +853,39 @@ async fn cmd_run(
         out_data(&id.to_string());
     }
     finish(&wf, Some(id), end, started, args.quiet, args.json)
+}
+
+/// A required input given as an empty (or blank) text: `--input text=` is
+/// almost always a shell variable that was not set, so it is refused.
+fn refuse_empty_required(wf: &Workflow, inputs: &BTreeMap<String, Value>) -> Result<(), Failure> {
+    let empty: Vec<spes_core::Diagnostic> = wf
+        .inputs
+        .iter()
+        .filter(|i| i.required)
+        .filter(|i| {
+            inputs
+                .get(&i.name)
+                .is_some_and(|v| v.as_str().is_some_and(|s| s.trim().is_empty()))
+        })
+        .map(|i| {
+            spes_core::Diagnostic::error(
+                "spes::input::empty",
+                format!(
+                    "required input `{}` of workflow `{}` is empty",
+                    i.name, wf.name
+                ),
+            )
+            .with_hint(format!(
+                "give it a value: --input {}=... or --input-file {}=PATH",
+                i.name, i.name
+            ))
+        })
+        .collect();
+    if empty.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Input(Diagnostics(empty)))
+    }
 }
 
 /// Builds an engine with every configured provider.

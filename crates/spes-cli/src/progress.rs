@@ -1,8 +1,9 @@
 //! Progress on stderr: one line per finished step (✓/✗, elapsed), a live
-//! line for the running step on terminals.
+//! line for the running step on terminals. `--color`, `NO_COLOR` and
+//! `TERM=dumb` decide colours and the live line (see [`crate::term`]).
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,7 +12,10 @@ use spes_engine::{Event, Observer};
 use crate::term::escape;
 
 pub(crate) struct Progress {
+    /// A live line for the running step (redrawn in place).
     tty: bool,
+    /// Coloured marks.
+    color: bool,
     quiet: bool,
     /// The streamed text of running llm steps (its tail), by step key.
     state: Mutex<HashMap<String, String>>,
@@ -23,7 +27,8 @@ const LIVE_CHARS: usize = 60;
 impl Progress {
     pub(crate) fn new(quiet: bool) -> Self {
         Self {
-            tty: std::io::stderr().is_terminal() && !plain_terminal(),
+            tty: crate::term::live_stderr(),
+            color: crate::term::color_stderr(),
             quiet,
             state: Mutex::new(HashMap::new()),
         }
@@ -33,13 +38,6 @@ impl Progress {
     pub(crate) fn wants_deltas(&self) -> bool {
         self.tty && !self.quiet
     }
-}
-
-/// `NO_COLOR` (any value) or `TERM=dumb`: no colours, no redrawn live line,
-/// plain lines as when stderr is not a terminal.
-fn plain_terminal() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
-        || std::env::var_os("TERM").is_some_and(|t| t == "dumb")
 }
 
 pub(crate) fn fmt_elapsed(d: Duration) -> String {
@@ -105,6 +103,8 @@ impl Observer for Progress {
                 let error = error.as_deref().map(escape);
                 if self.tty {
                     let _ = write!(err, "\r\x1b[2K");
+                }
+                if self.color {
                     match error {
                         None => {
                             let _ = writeln!(

@@ -83,6 +83,37 @@ impl Project {
         })
     }
 
+    /// The store URL: `--store`, else `[store] url`, else `.spes/spes.db` beside spes.toml.
+    pub(crate) fn store_url(&self, explicit: Option<&str>) -> String {
+        explicit
+            .map(str::to_owned)
+            .or_else(|| self.config.store.url.clone())
+            .unwrap_or_else(|| "sqlite://.spes/spes.db".into())
+    }
+
+    /// The SQLite file of the store when it does not exist yet: opening
+    /// the store would create it, so commands that only look do not.
+    pub(crate) fn missing_store(&self, explicit: Option<&str>) -> Option<PathBuf> {
+        self.store_url(explicit)
+            .strip_prefix("sqlite://")
+            .map(|p| self.rel(Path::new(p)))
+            .filter(|p| !p.exists())
+    }
+
+    /// Options of a `postgres://` store: `[store] connect_timeout`.
+    pub(crate) fn postgres_options(
+        &self,
+    ) -> Result<spes_store::postgres::PostgresOptions, Failure> {
+        let mut opts = spes_store::postgres::PostgresOptions::default();
+        if let Some(t) = &self.config.store.connect_timeout {
+            let d = spes_core::duration::parse_duration(t).map_err(|e| {
+                Failure::Usage(format!("[store] connect_timeout in spes.toml: {e}"))
+            })?;
+            opts = opts.with_connect_timeout(d);
+        }
+        Ok(opts)
+    }
+
     pub(crate) fn rel(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             return p.to_path_buf();

@@ -11,7 +11,7 @@ use spes_engine::{Effect, RunError, WorkflowSource};
 use spes_store::sqlite::{SqliteOptions, SqliteStore};
 use spes_store::{Run, RunStatus, RunStore};
 
-use crate::project::{Project, read_text};
+use crate::project::Project;
 use crate::{Failure, build_engine, finish, load_workflow, out};
 
 #[derive(clap::Args, Debug)]
@@ -67,6 +67,8 @@ pub(crate) enum RunsCmd {
         #[arg(long, default_value_t = true)]
         allow_changes: bool,
     },
+    /// Delete finished runs (completed, failed, cancelled) older than a duration, with their journals and gates.
+    Prune(crate::prune::PruneArgs),
     /// Start a new run from RUN's journal up to a step: the steps before it
     /// answer from the record, STEP and what follows run anew on the
     /// current files (time travel).
@@ -99,11 +101,7 @@ pub(crate) async fn open_store(
         .unwrap_or_else(|| "sqlite://.spes/spes.db".into());
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store: Arc<dyn RunStore> = Arc::new(
-            spes_store::postgres::PostgresStore::connect(
-                &url,
-                spes_store::postgres::PostgresOptions::default(),
-            )
-            .await?,
+            spes_store::postgres::PostgresStore::connect(&url, project.postgres_options()?).await?,
         );
         if let Ok(mut open) = OPEN.lock() {
             open.push(store.clone());
@@ -144,7 +142,7 @@ pub(crate) async fn close_stores() {
 
 /// The workflow file as a run pins it.
 pub(crate) fn source_of(file: &Path) -> Result<WorkflowSource, Failure> {
-    let text = read_text(file, spes_core::yaml::MAX_YAML_BYTES)?;
+    let text = crate::read_workflow(file)?;
     let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     Ok(WorkflowSource {
         path: path.display().to_string(),
@@ -277,6 +275,7 @@ pub(crate) async fn runs(
         }
         RunsCmd::Show { run, prompts } => show(config, store_url, &run, prompts).await,
         RunsCmd::Pending => crate::gates::pending(config, store_url).await,
+        RunsCmd::Prune(args) => crate::prune::prune(config, store_url, args).await,
         RunsCmd::Fork {
             run,
             at,

@@ -14,6 +14,69 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+
+/// `--color`: whether stderr gets colours (and, on a terminal, the live line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ColorChoice {
+    /// Colours on a terminal, unless `NO_COLOR` is set or `TERM=dumb`.
+    Auto,
+    /// Colours even in a file or pipe, and despite `NO_COLOR`.
+    Always,
+    /// Plain text.
+    Never,
+}
+
+static COLOR: OnceLock<ColorChoice> = OnceLock::new();
+
+/// Records `--color` (once, at start).
+pub(crate) fn set_color(c: ColorChoice) {
+    let _ = COLOR.set(c);
+    if c == ColorChoice::Always {
+        // miette decides colours by itself; `always` forces them.
+        let _ = miette::set_hook(Box::new(|_| {
+            Box::new(
+                miette::MietteHandlerOpts::new()
+                    .color(true)
+                    .unicode(true)
+                    .force_graphical(true)
+                    .build(),
+            )
+        }));
+    }
+}
+
+fn choice() -> ColorChoice {
+    COLOR.get().copied().unwrap_or(ColorChoice::Auto)
+}
+
+/// `NO_COLOR` (any non-empty value) or `TERM=dumb`: no colours, no redrawn
+/// live line, plain lines as when stderr is not a terminal.
+fn plain_terminal() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("TERM").is_some_and(|t| t == "dumb")
+}
+
+/// Whether stderr is a terminal that takes colours and redrawn lines.
+fn styled_terminal() -> bool {
+    std::io::stderr().is_terminal() && !plain_terminal()
+}
+
+/// Whether text on stderr is coloured: `--color always`, or `auto` on a
+/// terminal without `NO_COLOR`/`TERM=dumb`.
+pub(crate) fn color_stderr() -> bool {
+    match choice() {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => styled_terminal(),
+    }
+}
+
+/// Whether progress redraws a live line for the running step: only on a
+/// terminal that takes it, and not under `--color never`.
+pub(crate) fn live_stderr() -> bool {
+    choice() != ColorChoice::Never && styled_terminal()
+}
 
 /// Whether `c` must not reach a terminal raw.
 fn dangerous(c: char) -> bool {

@@ -152,6 +152,9 @@ pub struct StoreSpec {
     /// survives a power loss) or `normal` (survives a killed process; the
     /// last commits before a power loss may be lost; about 2x faster).
     pub durability: Option<String>,
+    /// How long opening a `postgres://` store waits for a connection
+    /// (`"5s"` by default), e.g. `"10s"`.
+    pub connect_timeout: Option<String>,
 }
 
 /// `[components]`.
@@ -419,6 +422,16 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
         )
         .with_file(file)
         .with_hint("full (default) fsyncs every commit; normal survives a killed process and is about twice as fast"));
+    }
+    if let Some(t) = &spec.store.connect_timeout
+        && let Err(e) = crate::duration::parse_duration(t)
+    {
+        return Err(Diagnostic::error(
+            "spes::config::connect_timeout",
+            format!("[store] connect_timeout = \"{t}\": {e}"),
+        )
+        .with_file(file)
+        .with_hint("write a duration such as \"5s\" or \"500ms\""));
     }
     if let Some(p) = &spec.defaults.provider
         && !spec.providers.contains_key(p)

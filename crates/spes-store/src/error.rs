@@ -1,5 +1,31 @@
 //! Store errors: distinct and clear for every way a store can be unusable.
 
+/// How many matching runs [`StoreError::Ambiguous`] lists.
+pub const MAX_CANDIDATES: usize = 10;
+
+/// A run that an ambiguous prefix matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its full id.
+    pub id: String,
+    /// Its workflow's name.
+    pub workflow: String,
+    /// Its status.
+    pub status: String,
+}
+
+fn list_candidates(c: &[Candidate], count: usize) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    for x in c {
+        let _ = write!(s, "\n  {}  {}  {}", x.id, x.workflow, x.status);
+    }
+    if count > c.len() {
+        let _ = write!(s, "\n  ... and {} more", count - c.len());
+    }
+    s
+}
+
 /// What went wrong with the store.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -8,12 +34,14 @@ pub enum StoreError {
     #[error("{0}")]
     NotFound(String),
     /// A run-id prefix matches several runs.
-    #[error("`{prefix}` matches {count} runs; give more of the id")]
+    #[error("`{prefix}` matches {count} runs; give more of the id:{}", list_candidates(candidates, *count))]
     Ambiguous {
         /// The prefix given.
         prefix: String,
         /// How many runs match.
         count: usize,
+        /// The first of them (at most [`MAX_CANDIDATES`]), in id order.
+        candidates: Vec<Candidate>,
     },
     /// A compare-and-set failed: the run is in another status.
     #[error("run {run} is {current}, not {expected}")]

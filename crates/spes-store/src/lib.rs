@@ -54,7 +54,7 @@ mod types;
 
 use async_trait::async_trait;
 
-pub use error::StoreError;
+pub use error::{Candidate, MAX_CANDIDATES, StoreError};
 pub use types::{
     Appended, ComponentPin, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Run, RunId,
     RunPatch, RunSettings, RunStatus,
@@ -72,6 +72,31 @@ pub async fn open_url(url: &str) -> Result<std::sync::Arc<dyn RunStore>> {
             sqlite::SqliteStore::open_url(url, sqlite::SqliteOptions::default()).await?,
         ))
     }
+}
+
+/// The statuses [`RunStore::prune_runs`] deletes: the finished ones in
+/// `statuses`, or all finished ones when it is empty.
+#[must_use]
+pub fn prunable(statuses: &[RunStatus]) -> Vec<RunStatus> {
+    const FINISHED: [RunStatus; 3] = [
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+    FINISHED
+        .into_iter()
+        .filter(|s| statuses.is_empty() || statuses.contains(s))
+        .collect()
+}
+
+/// Run ids as read back from a store.
+pub(crate) fn parse_ids(ids: Vec<String>) -> Result<Vec<RunId>> {
+    ids.into_iter()
+        .map(|s| {
+            s.parse::<RunId>()
+                .map_err(|e| StoreError::Backend(format!("run id `{s}`: {e}")))
+        })
+        .collect()
 }
 
 /// Result of store operations.
@@ -155,6 +180,26 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 
     /// Gates, oldest first.
     async fn gates(&self, filter: &GateFilter) -> Result<Vec<Gate>>;
+
+    /// Deletes finished runs (`completed`, `failed`, `cancelled`; `statuses`
+    /// narrows them, and unfinished statuses in it are ignored) last updated
+    /// before `before`, with their journal entries and gates, in one
+    /// statement; returns their ids in id order. With `dry_run` nothing is
+    /// deleted: the ids are those that would be. `pending`, `running`,
+    /// `waiting` and `paused` runs are never deleted. Stores that cannot
+    /// delete say so with [`StoreError::Backend`].
+    async fn prune_runs(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        statuses: &[RunStatus],
+        dry_run: bool,
+    ) -> Result<Vec<RunId>> {
+        let _ = (before, statuses, dry_run);
+        Err(StoreError::Backend(format!(
+            "{} cannot prune runs",
+            self.describe()
+        )))
+    }
 
     /// Only the run's status (cheaper than [`RunStore::run`]; checked before each model call).
     async fn status(&self, id: &RunId) -> Result<Option<RunStatus>> {

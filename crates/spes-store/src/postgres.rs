@@ -62,12 +62,16 @@ pub enum ConnectionEvent {
 /// Hears about [`ConnectionEvent`]s.
 pub type ConnectionHook = Arc<dyn Fn(&ConnectionEvent) + Send + Sync>;
 
+/// The default of [`PostgresOptions::with_connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Settings of a [`PostgresStore`]. `Default` plus `with_*` setters.
 #[derive(Clone)]
 pub struct PostgresOptions {
     max_connections: u32,
     retry_for: Duration,
     idle_in_transaction: Duration,
+    connect_timeout: Duration,
     on_connection: Option<ConnectionHook>,
 }
 
@@ -76,6 +80,7 @@ impl std::fmt::Debug for PostgresOptions {
         f.debug_struct("PostgresOptions")
             .field("max_connections", &self.max_connections)
             .field("retry_for", &self.retry_for)
+            .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +91,7 @@ impl Default for PostgresOptions {
             max_connections: 10,
             retry_for: Duration::from_secs(60),
             idle_in_transaction: Duration::from_secs(5),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             on_connection: None,
         }
     }
@@ -115,6 +121,16 @@ impl PostgresOptions {
     #[must_use]
     pub fn with_idle_in_transaction_timeout(mut self, d: Duration) -> Self {
         self.idle_in_transaction = d.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How long [`PostgresStore::connect`] waits for its first connection
+    /// (default 5 s): a server that refuses, or a host that accepts and
+    /// never answers, is then [`StoreError::Unavailable`] naming the URL.
+    /// Later operations retry for [`PostgresOptions::with_retry_for`].
+    #[must_use]
+    pub fn with_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d.max(Duration::from_millis(100));
         self
     }
 
@@ -226,8 +242,49 @@ impl PostgresStore {
             appends: crate::group::Appends::new(crate::group::MAX_BATCH),
             fenced: crate::group::FencedAppends::new(crate::group::MAX_BATCH),
         };
+        store.first_connection().await?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Waits for one connection, for at most the connect timeout, trying
+    /// again while the server refuses; a final error (bad password, no such
+    /// database) is reported at once.
+    async fn first_connection(&self) -> Result<()> {
+        let limit = self.opts.connect_timeout;
+        let start = Instant::now();
+        let mut last: Option<String> = None;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let left = limit.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable {
+                    what: self.shown.clone(),
+                    reason: format!(
+                        "no connection within the {}s connect timeout ({})",
+                        limit.as_secs_f64(),
+                        last.as_deref()
+                            .unwrap_or("the server accepted but did not answer")
+                    ),
+                });
+            }
+            // A connection of its own (not the pool's, which would retry
+            // by itself and hide why): refused, reset, or a final error.
+            let opts = self.pool.connect_options();
+            match tokio::time::timeout(left, sqlx::ConnectOptions::connect(&*opts)).await {
+                Ok(Ok(conn)) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                    return Ok(());
+                }
+                Ok(Err(e)) if error::is_transient(&e) => {
+                    last = Some(e.to_string());
+                    tokio::time::sleep(pause.min(limit.saturating_sub(start.elapsed()))).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Ok(Err(e)) => return Err(error::map(&self.shown, &e)),
+                Err(_) => {}
+            }
+        }
     }
 
     /// The URL, without password.

@@ -86,6 +86,7 @@ macro_rules! conformance {
                 gate_keeps_request_and_deadline,
                 json_payloads_round_trip,
                 large_payload_round_trips,
+                prune_deletes_only_old_finished_runs_with_their_journal_and_gates,
             );
         }
     };

@@ -39,12 +39,31 @@ fn in_dir(dir: &std::path::Path, args: &[&str]) -> crate::common::Run {
 }
 
 #[test]
-fn version_prints_the_version() {
+fn version_prints_the_version_commit_and_features() {
     let run = Project::empty().spes(["--version"]);
     run.expect_code(0);
+    // The commit this checkout is at (build.rs asks git the same question).
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    let features = if cfg!(feature = "local") {
+        "default, local"
+    } else {
+        "none"
+    };
     assert_eq!(
         run.stdout().trim(),
-        format!("spes {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "spes {} (commit {commit}; features: {features})",
+            env!("CARGO_PKG_VERSION")
+        )
     );
 }
 
@@ -152,17 +171,34 @@ fn a_parallel_result_prints_in_declared_order() {
 }
 
 #[test]
-fn init_refuses_a_non_empty_directory() {
+fn init_never_overwrites_a_file() {
     let p = Project::empty();
     p.write("proj/keep.txt", "mine");
+    p.write("proj/workflows/summarize.yaml", "my own");
     let run = p.spes(["init", "proj"]);
     run.expect_code(2);
-    assert!(run.stderr().contains("not empty"), "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains("already has workflows/summarize.yaml"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("proj/workflows/summarize.yaml")).unwrap(),
+        "my own"
+    );
+    // Nothing was written.
+    assert!(!p.path().join("proj/spes.toml").exists());
+    assert!(!p.path().join("proj/.gitignore").exists());
+    // Files init does not write are no obstacle.
+    std::fs::remove_file(p.path().join("proj/workflows/summarize.yaml")).unwrap();
+    p.spes(["init", "proj"]).expect_code(0);
     assert_eq!(
         std::fs::read_to_string(p.path().join("proj/keep.txt")).unwrap(),
         "mine"
     );
-    assert!(!p.path().join("proj/spes.toml").exists());
+    // A second init is refused: everything is there.
+    p.spes(["init", "proj"]).expect_code(2);
 }
 
 #[test]

@@ -4,5 +4,6 @@
 mod cli;
 mod common;
 mod malformed;
+mod people;
 mod rendering;
 mod terminal;

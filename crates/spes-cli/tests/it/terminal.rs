@@ -113,6 +113,7 @@ fn with_closed(stream: &str, args: &[&str], p: &Project) -> std::process::ExitSt
         .args(args)
         .env_remove("SPES_CONFIG")
         .env_remove("SPES_PROVIDER")
+        .env("RUST_LOG", "debug")
         .stdin(Stdio::null());
     if stream == "stderr" {
         cmd.stderr(writer).stdout(Stdio::null());
@@ -136,6 +137,22 @@ fn a_closed_stderr_or_stdout_never_panics() {
     // Progress lines to a closed stderr: the run still completes.
     let s = with_closed("stderr", &["run", "w.yaml", "--input", "text=hi"], &p);
     assert_eq!(s.code(), Some(0));
+    // Log lines to a closed stderr, from every thread (the SQLite one too).
+    for format in ["text", "json"] {
+        let s = with_closed(
+            "stderr",
+            &[
+                "--log-format",
+                format,
+                "run",
+                "w.yaml",
+                "--input",
+                "text=hi",
+            ],
+            &p,
+        );
+        assert_eq!(s.code(), Some(0), "--log-format {format}");
+    }
     // A report to a closed stdout (`| head` that has quit): exit 0.
     let s = with_closed("stdout", &["runs", "list"], &p);
     assert_eq!(s.code(), Some(0));
@@ -169,13 +186,18 @@ fn an_input_file_dash_reads_stdin() {
 /// What `spes run` printed on a pseudo-terminal (through `script`) with
 /// the given environment.
 fn on_a_terminal(p: &Project, env: &[(&str, &str)]) -> String {
+    on_a_terminal_with(p, env, "")
+}
+
+/// [`on_a_terminal`] with global flags before `run` (`--color never`).
+pub(crate) fn on_a_terminal_with(p: &Project, env: &[(&str, &str)], flags: &str) -> String {
     let log = p.path().join("tty.log");
     let spes = env!("CARGO_BIN_EXE_spes");
     let mut cmd = std::process::Command::new("script");
     cmd.current_dir(p.path())
         .args([
             "-qec",
-            &format!("{spes} run w.yaml --no-store --input text=hi"),
+            &format!("{spes} {flags} run w.yaml --no-store --input text=hi"),
         ])
         .arg(&log)
         .env_remove("SPES_CONFIG")

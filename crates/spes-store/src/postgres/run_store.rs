@@ -7,6 +7,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::row::{self, ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS};
 use super::{Fail, PostgresStore, error};
+use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
@@ -157,7 +158,7 @@ impl RunStore for PostgresStore {
         let (prefix, upper) = (&prefix, &upper);
         self.retry(|| async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 2"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT {MAX_CANDIDATES}"
             )))
             .bind(prefix)
             .bind(upper)
@@ -169,6 +170,15 @@ impl RunStore for PostgresStore {
                 )))),
                 [one] => Ok(row::run(&self.shown, one)?),
                 _ => {
+                    let mut candidates = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        let run = row::run(&self.shown, r)?;
+                        candidates.push(crate::error::Candidate {
+                            id: run.id.to_string(),
+                            workflow: run.workflow_name,
+                            status: run.status.to_string(),
+                        });
+                    }
                     let count = sqlx::query_scalar::<_, i64>(
                         "SELECT count(*) FROM runs WHERE id >= $1 AND id < $2",
                     )
@@ -179,11 +189,46 @@ impl RunStore for PostgresStore {
                     Err(Fail::Store(StoreError::Ambiguous {
                         prefix: id_or_prefix.to_owned(),
                         count: usize::try_from(count).unwrap_or(usize::MAX),
+                        candidates,
                     }))
                 }
             }
         })
         .await
+    }
+
+    async fn prune_runs(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        statuses: &[RunStatus],
+        dry_run: bool,
+    ) -> Result<Vec<RunId>> {
+        let wanted: Vec<String> = crate::prunable(statuses)
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted = &wanted;
+        let ids = self
+            .retry(|| async move {
+                let sql = if dry_run {
+                    "SELECT id FROM runs WHERE status = ANY($1) AND updated_at < $2 ORDER BY id"
+                } else {
+                    // Entries, gates and tasks go with their run (ON DELETE CASCADE).
+                    "DELETE FROM runs WHERE status = ANY($1) AND updated_at < $2 RETURNING id"
+                };
+                let mut ids = sqlx::query_scalar::<_, String>(sql)
+                    .bind(wanted)
+                    .bind(before)
+                    .fetch_all(&self.pool)
+                    .await?;
+                ids.sort();
+                Ok(ids)
+            })
+            .await?;
+        crate::parse_ids(ids)
     }
 
     async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>> {

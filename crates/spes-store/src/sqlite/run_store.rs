@@ -6,6 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::row::{ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS, fmt_time, now};
 use super::{Fail, SqliteStore, error, row};
+use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
@@ -117,7 +118,7 @@ impl RunStore for SqliteStore {
         let (prefix, upper) = (&prefix, &upper);
         self.retry(|| async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT 2"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT {MAX_CANDIDATES}"
             )))
             .bind(prefix)
             .bind(upper)
@@ -129,6 +130,15 @@ impl RunStore for SqliteStore {
                 )))),
                 [one] => self.run_from(one),
                 _ => {
+                    let mut candidates = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        let run = self.run_from(r)?;
+                        candidates.push(crate::error::Candidate {
+                            id: run.id.to_string(),
+                            workflow: run.workflow_name,
+                            status: run.status.to_string(),
+                        });
+                    }
                     let count = sqlx::query_scalar::<_, i64>(
                         "SELECT count(*) FROM runs WHERE id >= ?1 AND id < ?2",
                     )
@@ -139,11 +149,56 @@ impl RunStore for SqliteStore {
                     Err(Fail::Store(StoreError::Ambiguous {
                         prefix: id_or_prefix.to_owned(),
                         count: usize::try_from(count).unwrap_or(usize::MAX),
+                        candidates,
                     }))
                 }
             }
         })
         .await
+    }
+
+    async fn prune_runs(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        statuses: &[RunStatus],
+        dry_run: bool,
+    ) -> Result<Vec<RunId>> {
+        let wanted = crate::prunable(statuses);
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Fixed words from `RunStatus::as_str`, never user text.
+        let list = wanted
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cutoff = fmt_time(before);
+        let (list, cutoff) = (&list, &cutoff);
+        let ids = self
+            .retry(|| async move {
+                let ids = if dry_run {
+                    sqlx::query_scalar::<_, String>(AssertSqlSafe(format!(
+                        "SELECT id FROM runs WHERE status IN ({list}) AND updated_at < ?1 ORDER BY id"
+                    )))
+                    .bind(cutoff)
+                    .fetch_all(&self.readers)
+                    .await?
+                } else {
+                    // Entries and gates go with their run (ON DELETE CASCADE).
+                    let mut ids = sqlx::query_scalar::<_, String>(AssertSqlSafe(format!(
+                        "DELETE FROM runs WHERE status IN ({list}) AND updated_at < ?1 RETURNING id"
+                    )))
+                    .bind(cutoff)
+                    .fetch_all(&self.writer)
+                    .await?;
+                    ids.sort();
+                    ids
+                };
+                Ok(ids)
+            })
+            .await?;
+        crate::parse_ids(ids)
     }
 
     async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>> {

@@ -81,9 +81,52 @@ pub async fn find_by_full_id_or_prefix(store: Arc<dyn RunStore>) {
     }
 }
 
-/// A prefix shared by several runs names how many.
+/// A prefix shared by several runs names how many, and lists them (the
+/// first [`crate::MAX_CANDIDATES`] in id order) with workflow and status.
 pub async fn find_with_an_ambiguous_prefix_is_ambiguous(store: Arc<dyn RunStore>) {
     for n in 1..=3u128 {
+        let mut run = sample_run();
+        run.id = RunId(uuid::Uuid::from_u128(
+            0xabcd_ef00_0000_7000_8000_0000_0000_0000 | n,
+        ));
+        if n == 2 {
+            run.status = RunStatus::Waiting;
+        }
+        store.create_run(&run).await.unwrap();
+    }
+    match store.find_run("abcdef").await {
+        Err(e @ StoreError::Ambiguous { .. }) => {
+            let StoreError::Ambiguous {
+                prefix,
+                count,
+                candidates,
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(prefix, "abcdef");
+            assert_eq!(*count, 3);
+            let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
+            assert_eq!(
+                ids,
+                [
+                    "abcdef00000070008000000000000001",
+                    "abcdef00000070008000000000000002",
+                    "abcdef00000070008000000000000003"
+                ]
+            );
+            assert!(candidates.iter().all(|c| c.workflow == "triage"));
+            assert_eq!(candidates[1].status, "waiting");
+            let shown = e.to_string();
+            assert!(
+                shown.contains("abcdef00000070008000000000000002  triage  waiting"),
+                "{shown}"
+            );
+        }
+        other => panic!("expected Ambiguous, got {other:?}"),
+    }
+    // More than fit: the first ten, and how many more.
+    for n in 4..=12u128 {
         let mut run = sample_run();
         run.id = RunId(uuid::Uuid::from_u128(
             0xabcd_ef00_0000_7000_8000_0000_0000_0000 | n,
@@ -91,15 +134,22 @@ pub async fn find_with_an_ambiguous_prefix_is_ambiguous(store: Arc<dyn RunStore>
         store.create_run(&run).await.unwrap();
     }
     match store.find_run("abcdef").await {
-        Err(StoreError::Ambiguous { prefix, count }) => {
-            assert_eq!(prefix, "abcdef");
-            assert_eq!(count, 3);
+        Err(e @ StoreError::Ambiguous { .. }) => {
+            let StoreError::Ambiguous {
+                count, candidates, ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(*count, 12);
+            assert_eq!(candidates.len(), crate::MAX_CANDIDATES);
+            assert!(e.to_string().ends_with("... and 2 more"), "{e}");
         }
         other => panic!("expected Ambiguous, got {other:?}"),
     }
     let one = store.find_run("abcdef0000007000800000000000000").await;
     assert!(
-        matches!(one, Err(StoreError::Ambiguous { count: 3, .. })),
+        matches!(one, Err(StoreError::Ambiguous { count: 12, .. })),
         "{one:?}"
     );
     let exact = store
@@ -806,4 +856,91 @@ pub async fn large_payload_round_trips(store: Arc<dyn RunStore>) {
     let e = store.entry(&run.id, "big").await.unwrap().unwrap();
     assert_eq!(e.payload, payload);
     assert_eq!(store.entries(&run.id).await.unwrap()[0].payload, payload);
+}
+
+/// `prune_runs` deletes finished runs older than the cutoff (narrowed by
+/// status) with their journal and gates; a dry run deletes nothing; runs
+/// that are not finished are never deleted.
+pub async fn prune_deletes_only_old_finished_runs_with_their_journal_and_gates(
+    store: Arc<dyn RunStore>,
+) {
+    let mut ids = std::collections::BTreeMap::new();
+    for status in [
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Waiting,
+        RunStatus::Paused,
+    ] {
+        let mut run = sample_run();
+        run.status = status;
+        store.create_run(&run).await.unwrap();
+        store
+            .append(&run.id, "a", "llm", &json!({"text": "x"}))
+            .await
+            .unwrap();
+        store
+            .open_gate(&crate::NewGate {
+                run_id: run.id,
+                key: "g".into(),
+                kind: "approval".into(),
+                request: json!({}),
+                deadline: None,
+            })
+            .await
+            .unwrap();
+        ids.insert(status.as_str(), run.id);
+    }
+    let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let earlier = chrono::Utc::now() - chrono::Duration::hours(1);
+    // Nothing is older than an hour.
+    assert!(
+        store
+            .prune_runs(earlier, &[], false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A dry run names the finished ones and deletes nothing.
+    let mut finished = vec![ids["completed"], ids["failed"], ids["cancelled"]];
+    finished.sort_by_key(ToString::to_string);
+    assert_eq!(store.prune_runs(later, &[], true).await.unwrap(), finished);
+    assert!(store.run(&ids["completed"]).await.unwrap().is_some());
+    // Unfinished statuses asked for are ignored.
+    let only = store
+        .prune_runs(
+            later,
+            &[RunStatus::Completed, RunStatus::Running, RunStatus::Waiting],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(only, vec![ids["completed"]]);
+    assert!(store.run(&ids["completed"]).await.unwrap().is_none());
+    assert!(store.entries(&ids["completed"]).await.unwrap().is_empty());
+    let gates = store
+        .gates(&crate::GateFilter {
+            run_id: Some(ids["completed"]),
+            pending_only: false,
+        })
+        .await
+        .unwrap();
+    assert!(gates.is_empty(), "{gates:?}");
+    // The rest of the finished ones; the others stay, journal and gates intact.
+    let rest = store.prune_runs(later, &[], false).await.unwrap();
+    let mut expect = vec![ids["failed"], ids["cancelled"]];
+    expect.sort_by_key(ToString::to_string);
+    assert_eq!(rest, expect);
+    for status in ["pending", "running", "waiting", "paused"] {
+        let id = ids[status];
+        assert_eq!(
+            store.run(&id).await.unwrap().map(|r| r.status.as_str()),
+            Some(status)
+        );
+        assert_eq!(store.entries(&id).await.unwrap().len(), 1, "{status}");
+    }
+    let left = store.list_runs(None, 100).await.unwrap();
+    assert_eq!(left.len(), 4);
 }
