@@ -583,7 +583,11 @@ fn progress_shows_retries_and_fallbacks_as_they_happen() {
         "- { step: s, error: server_error, times: 5 }\n",
     )
     .unwrap();
-    std::fs::write(d.join("b.yaml"), "- { prompt_contains: hi, reply: 'from b' }\n").unwrap();
+    std::fs::write(
+        d.join("b.yaml"),
+        "- { prompt_contains: hi, reply: 'from b' }\n",
+    )
+    .unwrap();
     std::fs::write(
         d.join("w.yaml"),
         "name: p\nsteps:\n  - name: s\n    kind: llm\n    prompt: hi\n    retry: { attempts: 2, base: 1ms, jitter: false }\n    fallback: [{ provider: b }]\n    output: s\noutput: s\n",
