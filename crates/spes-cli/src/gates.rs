@@ -38,10 +38,24 @@ fn preview(gate: &Gate) -> String {
     }
 }
 
-pub(crate) async fn pending(config: Option<&Path>, store_url: Option<&str>) -> Result<(), Failure> {
+pub(crate) async fn pending(
+    config: Option<&Path>,
+    store_url: Option<&str>,
+    json: bool,
+) -> Result<(), Failure> {
     let project = Project::discover(config, &std::env::current_dir().unwrap_or_default())?;
     let store = open_store(&project, store_url).await?;
     let gates = ops::pending(store.as_ref(), None, chrono::Utc::now()).await?;
+    if json {
+        let list: Vec<Value> = gates.iter().map(crate::runs::gate_json).collect();
+        crate::term::out_json(
+            &serde_json::to_string_pretty(
+                &serde_json::json!({ "schema": crate::runs::LIST_JSON_SCHEMA, "gates": list }),
+            )
+            .unwrap_or_default(),
+        );
+        return Ok(());
+    }
     if gates.is_empty() {
         say!("no gate is waiting for a human");
         return Ok(());

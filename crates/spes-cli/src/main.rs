@@ -577,16 +577,32 @@ fn without_store(
         path.display()
     );
     match cmd {
-        RunsCmd::List { status, .. } => Some(
+        RunsCmd::List { status, json, .. } => Some(
             status
                 .as_deref()
                 .map(str::parse::<spes_store::RunStatus>)
                 .transpose()
                 .map_err(Failure::Usage)
-                .map(|_| say!("{none}")),
+                .map(|_| {
+                    if *json {
+                        out_json(&format!(
+                            "{{\n  \"schema\": {},\n  \"runs\": []\n}}",
+                            runs::LIST_JSON_SCHEMA
+                        ));
+                    } else {
+                        say!("{none}");
+                    }
+                }),
         ),
-        RunsCmd::Pending => {
-            say!("no gate is waiting for a human: {none}");
+        RunsCmd::Pending { json } => {
+            if *json {
+                out_json(&format!(
+                    "{{\n  \"schema\": {},\n  \"gates\": []\n}}",
+                    runs::LIST_JSON_SCHEMA
+                ));
+            } else {
+                say!("no gate is waiting for a human: {none}");
+            }
             Some(Ok(()))
         }
         RunsCmd::Show { run, .. } | RunsCmd::Replay { run, .. } | RunsCmd::Fork { run, .. } => {

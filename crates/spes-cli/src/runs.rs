@@ -48,6 +48,9 @@ pub(crate) enum RunsCmd {
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Print JSON: `{ schema, runs: [{ id, status, workflow, workflow_path, created_at, updated_at, error }] }`.
+        #[arg(long)]
+        json: bool,
     },
     /// A run's timeline: steps, durations, providers, tokens.
     Show {
@@ -56,9 +59,16 @@ pub(crate) enum RunsCmd {
         /// Also show each model call's rendered prompt and its answer (re-rendered from the journal; no model is called).
         #[arg(long)]
         prompts: bool,
+        /// Print JSON: `{ schema, run: {...}, entries: [...], gates: [...] }`.
+        #[arg(long, conflicts_with = "prompts")]
+        json: bool,
     },
     /// Gates waiting for a human, across runs.
-    Pending,
+    Pending {
+        /// Print JSON: `{ schema, gates: [{ run_id, key, kind, opened_at, deadline, request }] }`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-execute a finished run from its journal with zero model calls; exit 0 if the output is identical.
     Replay {
         /// Run id (or a unique prefix).
@@ -246,7 +256,11 @@ pub(crate) async fn runs(
     cmd: RunsCmd,
 ) -> Result<(), Failure> {
     match cmd {
-        RunsCmd::List { status, limit } => {
+        RunsCmd::List {
+            status,
+            limit,
+            json,
+        } => {
             let project = Project::discover(config, &cwd())?;
             let store = open_store(&project, store_url).await?;
             let status = status
@@ -254,6 +268,16 @@ pub(crate) async fn runs(
                 .transpose()
                 .map_err(Failure::Usage)?;
             let runs = store.list_runs(status, limit).await?;
+            if json {
+                let list: Vec<Value> = runs.iter().map(run_summary_json).collect();
+                crate::term::out_json(
+                    &serde_json::to_string_pretty(
+                        &serde_json::json!({ "schema": LIST_JSON_SCHEMA, "runs": list }),
+                    )
+                    .unwrap_or_default(),
+                );
+                return Ok(());
+            }
             let mut rows = vec![[
                 "RUN".to_owned(),
                 "STATUS".to_owned(),
@@ -273,8 +297,14 @@ pub(crate) async fn runs(
             out(&table(&rows));
             Ok(())
         }
-        RunsCmd::Show { run, prompts } => show(config, store_url, &run, prompts).await,
-        RunsCmd::Pending => crate::gates::pending(config, store_url).await,
+        RunsCmd::Show { run, prompts, json } => {
+            if json {
+                show_json(config, store_url, &run).await
+            } else {
+                show(config, store_url, &run, prompts).await
+            }
+        }
+        RunsCmd::Pending { json } => crate::gates::pending(config, store_url, json).await,
         RunsCmd::Prune(args) => crate::prune::prune(config, store_url, args).await,
         RunsCmd::Fork {
             run,
@@ -381,6 +411,101 @@ fn table(rows: &[[String; 5]]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// Version of the `--json` shapes of `runs list`, `runs show` and `runs pending`.
+pub(crate) const LIST_JSON_SCHEMA: u32 = 1;
+
+/// A run as `runs list --json` lists it.
+fn run_summary_json(r: &spes_store::Run) -> Value {
+    serde_json::json!({
+        "id": r.id.to_string(),
+        "status": spes_engine::ops::shown_status(r),
+        "workflow": r.workflow_name,
+        "workflow_path": r.workflow_path,
+        "created_at": r.created_at.to_rfc3339(),
+        "updated_at": r.updated_at.to_rfc3339(),
+        "error": r.error,
+    })
+}
+
+/// A gate as the `--json` outputs show it.
+pub(crate) fn gate_json(g: &spes_store::Gate) -> Value {
+    serde_json::json!({
+        "run_id": g.run_id.to_string(),
+        "key": g.key,
+        "kind": g.kind,
+        "opened_at": g.opened_at.to_rfc3339(),
+        "deadline": g.deadline.map(|d| d.to_rfc3339()),
+        "request": g.request,
+        "decision": g.decision,
+        "decided_at": g.decided_at.map(|d| d.to_rfc3339()),
+    })
+}
+
+/// `runs show --json`: the run, its journal and its gates.
+async fn show_json(
+    config: Option<&Path>,
+    store_url: Option<&str>,
+    run_ref: &str,
+) -> Result<(), Failure> {
+    let (_, store, run) = find(config, store_url, run_ref).await?;
+    spes_engine::ops::apply_deadlines(store.as_ref(), Some(&run.id), chrono::Utc::now()).await?;
+    let run = store.run(&run.id).await?.unwrap_or(run);
+    let entries = store.entries(&run.id).await?;
+    let gates = store
+        .gates(&spes_store::GateFilter {
+            run_id: Some(run.id),
+            pending_only: false,
+        })
+        .await?;
+    let mut summary = run_summary_json(&run);
+    if let Value::Object(m) = &mut summary {
+        m.insert(
+            "workflow_hash".into(),
+            Value::from(run.workflow_hash.clone()),
+        );
+        m.insert("inputs".into(), run.inputs.clone());
+        m.insert("output".into(), run.output.clone().unwrap_or(Value::Null));
+        m.insert(
+            "owner".into(),
+            run.owner.clone().map_or(Value::Null, Value::from),
+        );
+        m.insert(
+            "provider".into(),
+            run.settings
+                .provider
+                .clone()
+                .map_or(Value::Null, Value::from),
+        );
+        m.insert(
+            "pins".into(),
+            serde_json::to_value(&run.pins).unwrap_or(Value::Null),
+        );
+    }
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "seq": e.seq,
+                "key": e.key,
+                "kind": e.kind,
+                "recorded_at": e.recorded_at.to_rfc3339(),
+                "payload": e.payload,
+            })
+        })
+        .collect();
+    let gates: Vec<Value> = gates.iter().map(gate_json).collect();
+    crate::term::out_json(
+        &serde_json::to_string_pretty(&serde_json::json!({
+            "schema": LIST_JSON_SCHEMA,
+            "run": summary,
+            "entries": entries,
+            "gates": gates,
+        }))
+        .unwrap_or_default(),
+    );
+    Ok(())
 }
 
 async fn show(

@@ -606,3 +606,45 @@ fn progress_shows_retries_and_fallbacks_as_they_happen() {
         "{err}"
     );
 }
+
+#[test]
+fn runs_list_show_and_pending_print_json_for_programs() {
+    let p = project();
+    let d = p.path();
+    let out = spes(d, &["run", "w.yaml", "-i", "topic=x", "--detach"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = spes(d, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let list = json(&["runs", "list", "--json"]);
+    assert_eq!(list["schema"], 1);
+    assert_eq!(list["runs"][0]["id"], serde_json::json!(id));
+    assert_eq!(list["runs"][0]["status"], "waiting");
+    assert_eq!(list["runs"][0]["workflow"], "signoff");
+    let pending = json(&["runs", "pending", "--json"]);
+    let keys: Vec<&str> = pending["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["reviews/legal/review0", "reviews/tone/review0"]);
+    assert_eq!(pending["gates"][0]["run_id"], serde_json::json!(id));
+    assert_eq!(pending["gates"][0]["request"]["text"], "draft one");
+    let shown = json(&["runs", "show", &id, "--json"]);
+    assert_eq!(shown["run"]["inputs"]["topic"], "x");
+    assert_eq!(shown["run"]["provider"], "t");
+    assert_eq!(shown["entries"][0]["key"], "draft");
+    assert_eq!(shown["gates"].as_array().map(Vec::len), Some(2));
+    // Where there is no store: empty lists, and no store is created.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("spes.toml"), "").unwrap();
+    let out = spes(empty.path(), &["runs", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({ "schema": 1, "runs": [] }));
+    assert!(!empty.path().join(".spes").exists());
+}
