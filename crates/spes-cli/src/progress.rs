@@ -137,37 +137,41 @@ impl Observer for Progress {
                 attempt,
                 delay,
                 error,
-            } => {
-                if self.tty {
-                    let _ = write!(err, "\r\x1b[2K");
-                }
-                let _ = writeln!(
-                    err,
-                    "  ↻ {}: attempt {attempt} in {} ({})",
+            } => self.policy_line(
+                &mut err,
+                &format!(
+                    "↻ {}: attempt {attempt} in {} ({})",
                     escape(key),
                     fmt_elapsed(*delay),
                     escape(error)
-                );
-            }
+                ),
+            ),
             Event::FallingBack {
                 key,
                 from,
                 to,
                 error,
-            } => {
-                if self.tty {
-                    let _ = write!(err, "\r\x1b[2K");
-                }
-                let _ = writeln!(
-                    err,
-                    "  ↪ {}: {} gave up ({}); trying {}",
+            } => self.policy_line(
+                &mut err,
+                &format!(
+                    "↪ {}: {} gave up ({}); trying {}",
                     escape(key),
                     escape(from),
                     escape(error),
                     escape(to)
-                );
-            }
+                ),
+            ),
             _ => {}
         }
+    }
+}
+
+impl Progress {
+    /// A retry or fallback line, clearing a live line first.
+    fn policy_line(&self, err: &mut impl Write, line: &str) {
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K");
+        }
+        let _ = writeln!(err, "  {line}");
     }
 }

@@ -372,21 +372,33 @@ impl Engine {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
         let id = RunId::new();
         store
-            .create_run(&NewRun {
-                id,
-                workflow_name: wf.name.clone(),
-                workflow_path: source.path.clone(),
-                workflow_hash: source.hash(),
-                workflow_source: source.text.clone(),
-                pins: pins_of(wf),
-                inputs: Value::Object(ctx.clone()),
-                status: RunStatus::Running,
-                owner: Some(this_owner()),
-                settings: self.run_settings(),
-            })
+            .create_run(&self.new_run(id, wf, source, &ctx))
             .await?;
         let end = self.execute(store, id, wf, ctx).await?;
         Ok((id, end))
+    }
+
+    /// A run of `wf` that this process executes at once, pinned to the
+    /// files and settings it starts with.
+    fn new_run(
+        &self,
+        id: RunId,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        ctx: &spes_core::template::Context,
+    ) -> NewRun {
+        NewRun {
+            id,
+            workflow_name: wf.name.clone(),
+            workflow_path: source.path.clone(),
+            workflow_hash: source.hash(),
+            workflow_source: source.text.clone(),
+            pins: pins_of(wf),
+            inputs: Value::Object(ctx.clone()),
+            status: RunStatus::Running,
+            owner: Some(this_owner()),
+            settings: self.run_settings(),
+        }
     }
 
     /// Resumes a run that is failed, paused, waiting, pending, or running
@@ -568,18 +580,7 @@ impl Engine {
         let entries = store.entries(&run.id).await?;
         let id = RunId::new();
         store
-            .create_run(&NewRun {
-                id,
-                workflow_name: wf.name.clone(),
-                workflow_path: source.path.clone(),
-                workflow_hash: source.hash(),
-                workflow_source: source.text.clone(),
-                pins: pins_of(wf),
-                inputs: Value::Object(ctx.clone()),
-                status: RunStatus::Running,
-                owner: Some(this_owner()),
-                settings: self.run_settings(),
-            })
+            .create_run(&self.new_run(id, wf, source, &ctx))
             .await?;
         for e in entries {
             // A step's entries are keyed by its name, then `/` or `#`.
