@@ -747,20 +747,40 @@ pub(crate) fn load_workflow(
     file: &Path,
 ) -> Result<(Workflow, Diagnostics), Failure> {
     let text = read_workflow(file)?;
+    validate_text(project, file, &text)
+}
+
+/// Loads and validates a workflow and returns the text it validated as the
+/// run's source: the file is read once, so the hash a run pins belongs to
+/// the text that was validated (a file edited in between cannot slip in).
+pub(crate) fn load_with_source(
+    project: &Project,
+    file: &Path,
+) -> Result<(Workflow, Diagnostics, spes_engine::WorkflowSource), Failure> {
+    let text = read_workflow(file)?;
+    let (wf, warnings) = validate_text(project, file, &text)?;
+    Ok((wf, warnings, runs::source_from(file, text)))
+}
+
+fn validate_text(
+    project: &Project,
+    file: &Path,
+    text: &str,
+) -> Result<(Workflow, Diagnostics), Failure> {
     // `<stdin>` has no directory: relative paths inside resolve from the working directory.
     let shown = if is_stdin(file) {
         "<stdin>".to_owned()
     } else {
         file.display().to_string()
     };
-    let spec = parse_workflow(&shown, &text).map_err(Failure::Input)?;
+    let spec = parse_workflow(&shown, text).map_err(Failure::Input)?;
     let (components, comp_diags) = project.components();
     let names = project.provider_names();
     let env = ValidateEnv {
         components: &components,
         providers: Some(&names),
     };
-    match validate(spec, &shown, &text, &env) {
+    match validate(spec, &shown, text, &env) {
         Ok((wf, warnings)) => Ok((wf, warnings)),
         Err(mut errs) => {
             // Component files that failed to load explain "unknown component" errors.
@@ -800,7 +820,7 @@ async fn cmd_run(
     args: RunArgs,
 ) -> Result<(), Failure> {
     let project = Project::discover(config, &args.file)?;
-    let (wf, warnings) = load_workflow(&project, &args.file)?;
+    let (wf, warnings, source) = load_with_source(&project, &args.file)?;
     if !warnings.is_empty() && !args.quiet {
         print_diagnostics(&warnings);
     }
@@ -850,7 +870,6 @@ async fn cmd_run(
         return finish(&wf, None, end, started, args.quiet, args.json);
     }
     let store = runs::open_store(&project, store_url).await?;
-    let source = runs::source_of(&args.file)?;
     if args.detach && store.queue().is_some() {
         let ctx = spes_engine::bind_inputs(&wf, inputs).map_err(input_error)?;
         worker::enqueue(&store, &wf, &source, ctx, engine.run_settings(), args.quiet).await?;

@@ -12,7 +12,7 @@ use spes_store::sqlite::{SqliteOptions, SqliteStore};
 use spes_store::{Run, RunStatus, RunStore};
 
 use crate::project::Project;
-use crate::{Failure, build_engine, finish, load_workflow, out};
+use crate::{Failure, build_engine, finish, out};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct ResumeArgs {
@@ -151,13 +151,13 @@ pub(crate) async fn close_stores() {
 }
 
 /// The workflow file as a run pins it.
-pub(crate) fn source_of(file: &Path) -> Result<WorkflowSource, Failure> {
-    let text = crate::read_workflow(file)?;
+/// The source of a run from the text read from `file`.
+pub(crate) fn source_from(file: &Path, text: String) -> WorkflowSource {
     let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    Ok(WorkflowSource {
+    WorkflowSource {
         path: path.display().to_string(),
         text,
-    })
+    }
 }
 
 fn cwd() -> PathBuf {
@@ -191,8 +191,7 @@ pub(crate) async fn resume(
     let file = PathBuf::from(&run.workflow_path);
     // The workflow's own project (its spes.toml) decides providers and components.
     let project = Project::discover(config, &file)?;
-    let (wf, _) = load_workflow(&project, &file)?;
-    let source = source_of(&file)?;
+    let (wf, _, source) = crate::load_with_source(&project, &file)?;
     // The provider the run was started with, unless another is asked for
     // (which the engine refuses without --allow-changes).
     let engine = build_engine(
@@ -316,8 +315,7 @@ pub(crate) async fn runs(
             let (_, store, run) = find(config, store_url, &run).await?;
             let file = PathBuf::from(&run.workflow_path);
             let project = Project::discover(config, &file)?;
-            let (wf, _) = load_workflow(&project, &file)?;
-            let source = source_of(&file)?;
+            let (wf, _, source) = crate::load_with_source(&project, &file)?;
             let mut given = std::collections::BTreeMap::new();
             for i in &inputs {
                 let (k, v) = crate::split_kv(i, "--input")?;
@@ -352,10 +350,8 @@ pub(crate) async fn runs(
             }
             let file = PathBuf::from(&run.workflow_path);
             let project = Project::discover(config, &file)?;
-            let (wf, _) = load_workflow(&project, &file)?;
-            if !allow_changes
-                && let Some(d) = spes_engine::durable::drift(&run, &wf, &source_of(&file)?)
-            {
+            let (wf, _, source) = crate::load_with_source(&project, &file)?;
+            if !allow_changes && let Some(d) = spes_engine::durable::drift(&run, &wf, &source) {
                 return Err(Failure::Usage(d.to_string()));
             }
             let engine = build_engine(&project, None, true, None, false)?;
@@ -670,9 +666,9 @@ async fn prompts_of(
 ) -> Result<String, Failure> {
     let file = PathBuf::from(&run.workflow_path);
     let project = Project::discover(config, &file)?;
-    let (wf, _) = load_workflow(&project, &file)?;
+    let (wf, _, source) = crate::load_with_source(&project, &file)?;
     let mut s = String::from("prompts (re-rendered from the journal; no model was called):\n");
-    if let Some(d) = spes_engine::durable::drift(run, &wf, &source_of(&file)?) {
+    if let Some(d) = spes_engine::durable::drift(run, &wf, &source) {
         let _ = writeln!(
             s,
             "  note: {d}; the prompts below are rendered by the current files"

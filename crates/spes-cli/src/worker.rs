@@ -13,7 +13,7 @@ use spes_store::postgres::{ConnectionEvent, PostgresOptions, PostgresStore};
 use spes_store::{NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
 
 use crate::project::Project;
-use crate::{Failure, build_engine, load_workflow};
+use crate::{Failure, build_engine};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct WorkerArgs {
@@ -48,14 +48,13 @@ impl WorkflowLoader for Loader {
         }
         let file = PathBuf::from(&run.workflow_path);
         let project = Project::discover(self.config.as_deref(), &file).map_err(describe)?;
-        let source = crate::runs::source_of(&file).map_err(describe)?;
+        let (wf, _, source) = crate::load_with_source(&project, &file).map_err(describe)?;
         if source.hash() != run.workflow_hash {
             return Err(format!(
                 "the workflow file {} on this worker differs from the one the run started with",
                 file.display()
             ));
         }
-        let (wf, _) = load_workflow(&project, &file).map_err(describe)?;
         let wf = Arc::new(wf);
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= 256 {
