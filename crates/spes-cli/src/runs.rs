@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use spes_core::message::ChatRequest;
 use spes_engine::{Effect, RunError, WorkflowSource};
-use spes_store::sqlite::{SqliteOptions, SqliteStore};
 use spes_store::{Run, RunStatus, RunStore};
 
 use crate::project::Project;
@@ -109,27 +108,22 @@ pub(crate) async fn open_store(
         .map(str::to_owned)
         .or_else(|| project.config.store.url.clone())
         .unwrap_or_else(|| "sqlite://.spes/spes.db".into());
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store: Arc<dyn RunStore> = Arc::new(
-            spes_store::postgres::PostgresStore::connect(&url, project.postgres_options()?).await?,
-        );
-        if let Ok(mut open) = OPEN.lock() {
-            open.push(store.clone());
-        }
-        return Ok(store);
-    }
-    let Some(path) = url.strip_prefix("sqlite://") else {
-        return Err(Failure::Store(spes_store::StoreError::BadUrl(url)));
+    // A relative SQLite path is relative to the project (spes.toml's directory).
+    let url = match url.strip_prefix("sqlite://") {
+        Some(path) => format!("sqlite://{}", project.rel(Path::new(path)).display()),
+        None => url,
     };
-    let path = project.rel(Path::new(path));
-    let mut opts = SqliteOptions::default();
+    let mut opts = spes_store::OpenOptions {
+        postgres: project.postgres_options()?,
+        ..spes_store::OpenOptions::default()
+    };
     if let Some(d) = &project.config.store.durability {
         let d = d
             .parse::<spes_store::sqlite::Durability>()
             .map_err(|e| Failure::Usage(format!("[store] durability in spes.toml: {e}")))?;
-        opts = opts.with_durability(d);
+        opts.sqlite = opts.sqlite.with_durability(d);
     }
-    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path, opts).await?);
+    let store = spes_store::open_url_with(&url, &opts).await?;
     if let Ok(mut open) = OPEN.lock() {
         open.push(store.clone());
     }

@@ -61,17 +61,39 @@ pub use types::{
 };
 
 /// Opens the store named by `url`: `sqlite://PATH` (relative paths as
-/// given) or `postgres://...`.
+/// given) or `postgres://...`, with default options.
 pub async fn open_url(url: &str) -> Result<std::sync::Arc<dyn RunStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(
-            postgres::PostgresStore::connect(url, postgres::PostgresOptions::default()).await?,
-        ))
-    } else {
-        Ok(std::sync::Arc::new(
-            sqlite::SqliteStore::open_url(url, sqlite::SqliteOptions::default()).await?,
-        ))
+    open_url_with(url, &OpenOptions::default()).await
+}
+
+/// How [`open_url_with`] opens a store: each backend's options.
+#[derive(Clone, Default)]
+pub struct OpenOptions {
+    /// For `sqlite://` URLs.
+    pub sqlite: sqlite::SqliteOptions,
+    /// For `postgres://` URLs.
+    pub postgres: postgres::PostgresOptions,
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("sqlite", &self.sqlite)
+            .finish_non_exhaustive()
     }
+}
+
+/// Opens the store named by `url` (`sqlite://PATH` or `postgres://...`)
+/// with `opts`: the one place a URL chooses a backend.
+pub async fn open_url_with(url: &str, opts: &OpenOptions) -> Result<std::sync::Arc<dyn RunStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(
+            postgres::PostgresStore::connect(url, opts.postgres.clone()).await?,
+        ));
+    }
+    Ok(std::sync::Arc::new(
+        sqlite::SqliteStore::open_url(url, opts.sqlite.clone()).await?,
+    ))
 }
 
 /// The statuses [`RunStore::prune_runs`] deletes: the finished ones in
