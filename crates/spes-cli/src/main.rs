@@ -871,8 +871,22 @@ async fn cmd_run(
     }
     let store = runs::open_store(&project, store_url).await?;
     if args.detach && store.queue().is_some() {
-        let ctx = spes_engine::bind_inputs(&wf, inputs).map_err(input_error)?;
-        worker::enqueue(&store, &wf, &source, ctx, engine.run_settings(), args.quiet).await?;
+        // Queued for the workers: the run id on stdout, nothing runs here.
+        let id = engine
+            .enqueue(&store, &wf, &source, inputs)
+            .await
+            .map_err(|e| match e {
+                RunError::Input(m) => input_error(m),
+                RunError::Store(s) => Failure::from(s),
+                other => Failure::Usage(other.to_string()),
+            })?;
+        if !args.quiet {
+            say!(
+                "run {id} queued on {}; a `spes worker` executes it (`spes runs show {id}`)",
+                store.describe()
+            );
+        }
+        out(&id.to_string());
         return Ok(());
     }
     let (id, end) = interruptible(&store, engine.start(store.clone(), &wf, &source, inputs))

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use spes_core::workflow::Workflow;
 use spes_engine::worker::{Worker, WorkerOptions, WorkflowLoader};
 use spes_store::postgres::{ConnectionEvent, PostgresOptions, PostgresStore};
-use spes_store::{NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
+use spes_store::{Run, RunId, RunPatch, RunStore};
 
 use crate::project::Project;
 use crate::{Failure, build_engine};
@@ -182,43 +182,6 @@ async fn shutdown() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// `spes run --detach` on a store with a work queue: records the run as
-/// pending with its task ready, prints its id, and returns.
-pub(crate) async fn enqueue(
-    store: &Arc<dyn RunStore>,
-    wf: &Workflow,
-    source: &spes_engine::WorkflowSource,
-    ctx: spes_core::template::Context,
-    settings: spes_store::RunSettings,
-    quiet: bool,
-) -> Result<bool, Failure> {
-    let Some(q) = store.queue() else {
-        return Ok(false);
-    };
-    let id = RunId::new();
-    q.create_queued_run(&NewRun {
-        id,
-        workflow_name: wf.name.clone(),
-        workflow_path: source.path.clone(),
-        workflow_hash: source.hash(),
-        workflow_source: source.text.clone(),
-        pins: spes_engine::durable::pins_of(wf),
-        inputs: serde_json::Value::Object(ctx),
-        status: RunStatus::Pending,
-        owner: None,
-        settings,
-    })
-    .await?;
-    if !quiet {
-        say!(
-            "run {id} queued on {}; a `spes worker` executes it (`spes runs show {id}`)",
-            store.describe()
-        );
-    }
-    crate::out(&id.to_string());
-    Ok(true)
 }
 
 /// Whether `run` was queued for workers (it has a run task in a shared store).

@@ -378,6 +378,31 @@ impl Engine {
         Ok((id, end))
     }
 
+    /// Queues a run for the workers of a shared store (`Pending`, its run
+    /// task ready), pinned like [`Engine::start`]'s; nothing executes here.
+    /// `RunError::Refused` when the store has no work queue.
+    pub async fn enqueue(
+        &self,
+        store: &Arc<dyn RunStore>,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<RunId, RunError> {
+        let Some(q) = store.queue() else {
+            return Err(RunError::Refused(format!(
+                "{} has no work queue; workers need a postgres:// store",
+                store.describe()
+            )));
+        };
+        let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
+        let id = RunId::new();
+        let mut run = self.new_run(id, wf, source, &ctx);
+        run.status = RunStatus::Pending;
+        run.owner = None;
+        q.create_queued_run(&run).await?;
+        Ok(id)
+    }
+
     /// A run of `wf` that this process executes at once, pinned to the
     /// files and settings it starts with.
     fn new_run(
