@@ -74,6 +74,9 @@ struct Cli {
     /// Format of log lines on stderr (their level comes from `RUST_LOG`; default: warnings only)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Progress as JSON Lines on stderr (one object per event, `event` names it) instead of progress lines
+    #[arg(long, global = true)]
+    events: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -375,6 +378,9 @@ fn main() -> ExitCode {
     };
     term::set_color(cli.color);
     init_logging(cli.log_format);
+    if cli.events {
+        progress::set_events();
+    }
     tracing::debug!(command = ?cli.command, "spes {VERSION}");
     let config = cli.config.as_deref();
     let store = cli.store.as_deref();

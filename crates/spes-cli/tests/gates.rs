@@ -648,3 +648,58 @@ fn runs_list_show_and_pending_print_json_for_programs() {
     assert_eq!(v, serde_json::json!({ "schema": 1, "runs": [] }));
     assert!(!empty.path().join(".spes").exists());
 }
+
+#[test]
+fn events_stream_progress_as_json_lines_on_stderr() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::write(
+        d.join("spes.toml"),
+        "[defaults]\nprovider = \"a\"\n[providers.a]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("a.yaml"),
+        "- { step: one, error: server_error, times: 1 }\n- { default: echo }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("w.yaml"),
+        "name: e\nsteps:\n  - { name: one, kind: llm, prompt: \"hi\\u001b[2J\", retry: { attempts: 2, base: 1ms, jitter: false }, output: a }\n  - { name: two, kind: transform, fn: uppercase, input: '{{ a }}', output: b }\noutput: b\n",
+    )
+    .unwrap();
+    let out = spes(d, &["run", "w.yaml", "--events"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains('\u{1b}'),
+        "no raw escape reaches the terminal: {err:?}"
+    );
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap(),
+                e["key"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("step_started", "one"),
+            ("retrying", "one"),
+            ("step_finished", "one"),
+            ("step_started", "two"),
+            ("step_finished", "two"),
+        ],
+        "{err}"
+    );
+    assert_eq!(events[1]["attempt"], 2);
+    assert!(events[2]["error"].is_null() && events[2]["elapsed_ms"].is_u64());
+}
