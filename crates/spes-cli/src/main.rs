@@ -286,6 +286,9 @@ enum WorkflowCmd {
         /// Workflow files (`-` reads one from standard input).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Print JSON: `{ schema, valid, workflows: [{ file, name, steps }], diagnostics: [...] }` (exit code as without).
+        #[arg(long)]
+        json: bool,
     },
     /// Draw a workflow.
     Diagram {
@@ -446,7 +449,9 @@ fn main() -> ExitCode {
             Some(r) => r,
             None => block(runs::runs(config, store, c)),
         },
-        Command::Workflow(WorkflowCmd::Validate { files }) => cmd_validate(config, &files),
+        Command::Workflow(WorkflowCmd::Validate { files, json }) => {
+            cmd_validate(config, &files, json)
+        }
         Command::Workflow(WorkflowCmd::Diagram { file, format }) => {
             cmd_diagram(config, &file, format)
         }
@@ -549,7 +554,9 @@ fn main() -> ExitCode {
             ExitCode::from(6)
         }
         Err(Failure::Stopped(code, m)) => {
-            say!("{m}");
+            if !m.is_empty() {
+                say!("{m}");
+            }
             ExitCode::from(code)
         }
         Err(Failure::Run(e)) => {
@@ -1152,20 +1159,43 @@ fn run_json(id: Option<spes_store::RunId>, end: &spes_engine::RunEnd) -> Value {
     })
 }
 
-fn cmd_validate(config: Option<&Path>, files: &[PathBuf]) -> Result<(), Failure> {
+fn cmd_validate(config: Option<&Path>, files: &[PathBuf], json: bool) -> Result<(), Failure> {
     let mut all = Diagnostics::default();
     let mut ok = 0;
+    let mut valid = Vec::new();
     for f in files {
         let project = Project::discover(config, f)?;
         match load_workflow(&project, f) {
             Ok((wf, warnings)) => {
                 ok += 1;
                 all.0.extend(warnings.0);
-                say!("✓ {} ({}): {} steps", f.display(), wf.name, wf.walk().len());
+                let steps = wf.walk().len();
+                if !json {
+                    say!("✓ {} ({}): {steps} steps", f.display(), wf.name);
+                }
+                valid.push(serde_json::json!({
+                    "file": f.display().to_string(),
+                    "name": wf.name,
+                    "steps": steps,
+                }));
             }
             Err(Failure::Input(d)) => all.0.extend(d.0),
             Err(other) => return Err(other),
         }
+    }
+    if json {
+        let doc = serde_json::json!({
+            "schema": 1,
+            "valid": !all.has_errors(),
+            "workflows": valid,
+            "diagnostics": all.0.iter().map(spes_core::Diagnostic::to_json).collect::<Vec<_>>(),
+        });
+        out_json(&serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return if all.has_errors() {
+            Err(Failure::Stopped(2, String::new()))
+        } else {
+            Ok(())
+        };
     }
     if all.has_errors() {
         return Err(Failure::Input(all));

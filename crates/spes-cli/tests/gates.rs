@@ -703,3 +703,35 @@ fn events_stream_progress_as_json_lines_on_stderr() {
     assert_eq!(events[1]["attempt"], 2);
     assert!(events[2]["error"].is_null() && events[2]["elapsed_ms"].is_u64());
 }
+
+#[test]
+fn workflow_validate_json_lists_the_workflows_and_diagnostics_with_positions() {
+    let p = project();
+    let d = p.path();
+    std::fs::write(
+        d.join("bad.yaml"),
+        "name: bad\nsteps:\n  - { name: a, kind: llm, prompt: '{{ nope }}' }\n",
+    )
+    .unwrap();
+    let out = spes(d, &["workflow", "validate", "w.yaml", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["schema"].as_u64(), v["valid"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(v["workflows"][0]["name"], "signoff");
+    let out = spes(d, &["workflow", "validate", "w.yaml", "bad.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    let e = &v["diagnostics"][0];
+    assert_eq!(
+        (e["severity"].as_str(), e["file"].as_str()),
+        (Some("error"), Some("bad.yaml"))
+    );
+    assert!(e["code"].as_str().unwrap().starts_with("spes::"), "{e}");
+    assert_eq!(e["line"], 3, "{e}");
+    assert!(e["column"].as_u64().unwrap() > 1, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("nope"), "{e}");
+}

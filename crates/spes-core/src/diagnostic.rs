@@ -43,6 +43,28 @@ pub struct Diagnostic {
     pub label: Option<String>,
 }
 
+impl Diagnostic {
+    /// The diagnostic as JSON for programs (front doors print and send this
+    /// shape): `{ severity, code, message, hint, file, line, column, label }`
+    /// (line and column 1-based; null when unknown).
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "severity": match self.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            },
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+            "file": self.file,
+            "line": self.line_col.map(|(l, _)| l),
+            "column": self.line_col.map(|(_, c)| c),
+            "label": self.label,
+        })
+    }
+}
+
 impl fmt::Debug for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Diagnostic")
