@@ -313,11 +313,17 @@ enum ComponentsCmd {
         /// Only this kind.
         #[arg(long)]
         kind: Option<String>,
+        /// Print JSON: `{ schema, components: [{ reference, kind, name, version, description, file, tags }] }`.
+        #[arg(long)]
+        json: bool,
     },
     /// Show one component: metadata and text.
     Show {
         /// A reference: kind/name, kind/name@^1.2, kind/name@1.2.0
         reference: String,
+        /// Print JSON: the list fields plus `variables` and `body`.
+        #[arg(long)]
+        json: bool,
     },
     /// Check component files for problems.
     Lint {
@@ -1219,14 +1225,41 @@ fn cmd_diagram(config: Option<&Path>, file: &Path, format: DiagramFormat) -> Res
     Ok(())
 }
 
+/// A component as the `--json` outputs list it.
+fn component_json(c: &spes_core::component::Component) -> Value {
+    serde_json::json!({
+        "reference": c.reference(),
+        "kind": c.kind,
+        "name": c.name,
+        "version": c.version.to_string(),
+        "description": c.description,
+        "file": c.path.display().to_string(),
+        "tags": c.tags,
+    })
+}
+
 fn cmd_components(config: Option<&Path>, cmd: ComponentsCmd) -> Result<(), Failure> {
     let cwd = std::env::current_dir().unwrap_or_default();
     let project = Project::discover(config, &cwd)?;
     match cmd {
-        ComponentsCmd::List { kind } => {
+        ComponentsCmd::List { kind, json } => {
             let (reg, diags) = project.components();
             if diags.has_errors() {
                 print_diagnostics(&diags);
+            }
+            if json {
+                let list: Vec<Value> = reg
+                    .list()
+                    .filter(|c| kind.as_ref().is_none_or(|k| &c.kind == k))
+                    .map(component_json)
+                    .collect();
+                out_json(
+                    &serde_json::to_string_pretty(
+                        &serde_json::json!({ "schema": 1, "components": list }),
+                    )
+                    .unwrap_or_default(),
+                );
+                return Ok(());
             }
             let mut rows = vec![[
                 "KIND".to_owned(),
@@ -1264,7 +1297,7 @@ fn cmd_components(config: Option<&Path>, cmd: ComponentsCmd) -> Result<(), Failu
             out(&s);
             Ok(())
         }
-        ComponentsCmd::Show { reference } => {
+        ComponentsCmd::Show { reference, json } => {
             let r = ComponentRef::parse(&reference).map_err(|e| {
                 Failure::Usage(format!(
                     "`{reference}` is not a component reference: {e} (write kind/name@^1.2)"
@@ -1272,6 +1305,28 @@ fn cmd_components(config: Option<&Path>, cmd: ComponentsCmd) -> Result<(), Failu
             })?;
             let (reg, _) = project.components();
             let c = reg.resolve(&r).map_err(|d| Failure::Input(d.into()))?;
+            if json {
+                let mut v = component_json(c);
+                if let Value::Object(m) = &mut v {
+                    m.insert(
+                        "variables".into(),
+                        c.variables
+                            .iter()
+                            .map(|x| {
+                                serde_json::json!({
+                                    "name": x.name,
+                                    "required": x.required,
+                                    "default": x.default,
+                                    "description": x.description,
+                                })
+                            })
+                            .collect(),
+                    );
+                    m.insert("body".into(), Value::from(c.body.clone()));
+                }
+                out_json(&serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
             let mut s = format!(
                 "{}\n  file: {}\n  description: {}\n",
                 c.reference(),

@@ -735,3 +735,34 @@ fn workflow_validate_json_lists_the_workflows_and_diagnostics_with_positions() {
     assert!(e["column"].as_u64().unwrap() > 1, "{e}");
     assert!(e["message"].as_str().unwrap().contains("nope"), "{e}");
 }
+
+#[test]
+fn components_list_and_show_print_json() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    assert!(spes(d, &["init"]).status.success());
+    let out = spes(d, &["components", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v["components"].as_array().unwrap();
+    assert!(!list.is_empty(), "{v}");
+    let first = &list[0];
+    for k in [
+        "reference",
+        "kind",
+        "name",
+        "version",
+        "description",
+        "file",
+        "tags",
+    ] {
+        assert!(first.get(k).is_some(), "{k} in {first}");
+    }
+    let r = first["reference"].as_str().unwrap();
+    let out = spes(d, &["components", "show", r, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["reference"], first["reference"]);
+    assert!(c["body"].as_str().is_some_and(|b| !b.is_empty()), "{c}");
+    assert!(c["variables"].is_array());
+}
