@@ -336,12 +336,6 @@ pub(crate) async fn runs(
         }
         RunsCmd::Replay { run, allow_changes } => {
             let (_, store, run) = find(config, store_url, &run).await?;
-            if run.status != RunStatus::Completed {
-                return Err(Failure::Usage(format!(
-                    "run {} is {}; only completed runs can be replayed",
-                    run.id, run.status
-                )));
-            }
             let file = PathBuf::from(&run.workflow_path);
             let project = Project::discover(config, &file)?;
             let (wf, _, source) = crate::load_with_source(&project, &file)?;

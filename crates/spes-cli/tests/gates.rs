@@ -331,6 +331,14 @@ fn cancel_closes_the_gates_and_a_later_answer_is_refused_naming_it() {
     );
     let out = spes(d, &["resume", &id]);
     assert_ne!(out.status.code(), Some(0));
+    // Only a completed run replays (the engine's rule).
+    let out = spes(d, &["runs", "replay", &id]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is cancelled; only completed runs can be replayed"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -626,6 +626,12 @@ impl Engine {
         run: &Run,
         wf: &Workflow,
     ) -> Result<Replay, RunError> {
+        if run.status != RunStatus::Completed {
+            return Err(RunError::Refused(format!(
+                "run {} is {}; only completed runs can be replayed",
+                run.id, run.status
+            )));
+        }
         let journal = StoreJournal::open(store.clone(), run.id)
             .await
             .map_err(|e| RunError::Refused(e.to_string()))?;
