@@ -157,7 +157,11 @@ fn cause(e: &reqwest::Error) -> String {
 }
 
 /// Runs `spes doctor`; exit 1 when the default provider is not usable.
-pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result<(), Failure> {
+pub(crate) async fn doctor(
+    config: Option<&Path>,
+    store: Option<&str>,
+    json: bool,
+) -> Result<(), Failure> {
     let cwd = std::env::current_dir().unwrap_or_default();
     let project = Project::discover(config, &cwd)?;
     let mut rows = Vec::new();
@@ -219,6 +223,34 @@ pub(crate) async fn doctor(config: Option<&Path>, store: Option<&str>) -> Result
             Err(_) => "unusable".into(),
         },
     };
+    if json {
+        let providers: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!({ "name": r.name, "kind": r.kind, "ready": r.ready, "detail": r.detail }))
+            .collect();
+        let keys: serde_json::Map<String, serde_json::Value> =
+            ["ANTHROPIC_API_KEY", "OPENAI_API_KEY"]
+                .iter()
+                .map(|v| ((*v).to_owned(), serde_json::Value::Bool(key_set(v))))
+                .collect();
+        crate::term::out_json(
+            &serde_json::to_string_pretty(&serde_json::json!({
+                "schema": 1,
+                "project": project.config_path.as_ref().map(|p| p.display().to_string()),
+                "default_provider": default,
+                "default_ready": default_ready,
+                "store": store_line,
+                "providers": providers,
+                "keys_set": keys,
+            }))
+            .unwrap_or_default(),
+        );
+        return if default_ready {
+            Ok(())
+        } else {
+            Err(Failure::Stopped(1, String::new()))
+        };
+    }
     let _ = writeln!(out, "store     {store_line}");
     let _ = writeln!(out, "\nproviders:");
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);

@@ -174,7 +174,11 @@ enum Command {
         dir: PathBuf,
     },
     /// Which providers are usable, the key variables they want, where the local model is.
-    Doctor,
+    Doctor {
+        /// Print JSON: `{ schema, project, default_provider, default_ready, store, providers: [{ name, kind, ready, detail }], keys_set }`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take runs and map items from a shared PostgreSQL store, as one of many workers.
     Worker(worker::WorkerArgs),
     /// Print a shell completion script: `spes completions bash > /etc/bash_completion.d/spes`.
@@ -463,7 +467,7 @@ fn main() -> ExitCode {
         }
         Command::Components(c) => cmd_components(config, c),
         Command::Init { dir } => init::init(&dir),
-        Command::Doctor => block(doctor::doctor(config, store)),
+        Command::Doctor { json } => block(doctor::doctor(config, store, json)),
         Command::Worker(args) => block(worker::worker(config, store, args)),
         Command::Completions { shell } => {
             let mut buf = Vec::new();

@@ -774,3 +774,46 @@ fn components_list_and_show_print_json() {
     assert!(c["body"].as_str().is_some_and(|b| !b.is_empty()), "{c}");
     assert!(c["variables"].is_array());
 }
+
+#[test]
+fn doctor_json_says_which_providers_are_usable_and_never_a_key() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::write(
+        d.join("spes.toml"),
+        "[defaults]\nprovider = \"t\"\n[providers.t]\nkind = \"scripted\"\nscript = \"a.yaml\"\n[providers.o]\nkind = \"openai\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("a.yaml"), "- { default: echo }\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(d)
+        .args(["doctor", "--json"])
+        .env("OPENAI_API_KEY", "sk-canary-doctor-json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let raw = text(&out.stdout);
+    assert!(!raw.contains("sk-canary"), "{raw}");
+    let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        (v["default_provider"].as_str(), v["default_ready"].as_bool()),
+        (Some("t"), Some(true))
+    );
+    assert_eq!(v["keys_set"]["OPENAI_API_KEY"], true);
+    let t = v["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "t")
+        .unwrap();
+    assert_eq!(
+        (t["kind"].as_str(), t["ready"].as_bool()),
+        (Some("scripted"), Some(true))
+    );
+    // An unusable default: exit 1, still JSON.
+    std::fs::remove_file(d.join("a.yaml")).unwrap();
+    let out = spes(d, &["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["default_ready"], false);
+}
