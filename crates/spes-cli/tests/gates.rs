@@ -47,6 +47,19 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Writes a spes.toml whose providers are all scripted (`NAME` reads
+/// `NAME.yaml`, written with the given script), `default` first choice.
+fn scripted(d: &Path, default: &str, providers: &[(&str, &str)]) {
+    let mut toml = format!("[defaults]\nprovider = \"{default}\"\n");
+    for (name, script) in providers {
+        toml.push_str(&format!(
+            "[providers.{name}]\nkind = \"scripted\"\nscript = \"{name}.yaml\"\n"
+        ));
+        std::fs::write(d.join(format!("{name}.yaml")), script).unwrap();
+    }
+    std::fs::write(d.join("spes.toml"), toml).unwrap();
+}
+
 fn run_id(dir: &Path) -> String {
     let out = spes(dir, &["runs", "list"]);
     text(&out.stdout)
@@ -405,21 +418,14 @@ fn a_passed_deadline_decides_at_the_next_command_and_a_late_answer_is_refused() 
 fn a_run_keeps_the_provider_it_was_started_with() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    std::fs::write(
-        d.join("spes.toml"),
-        "[defaults]\nprovider = \"b\"\n[providers.a]\nkind = \"scripted\"\nscript = \"a.yaml\"\n[providers.b]\nkind = \"scripted\"\nscript = \"b.yaml\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("a.yaml"),
-        "- { prompt_contains: '', reply: 'from a' }\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("b.yaml"),
-        "- { prompt_contains: '', reply: 'from b' }\n",
-    )
-    .unwrap();
+    scripted(
+        d,
+        "b",
+        &[
+            ("a", "- { prompt_contains: '', reply: 'from a' }\n"),
+            ("b", "- { prompt_contains: '', reply: 'from b' }\n"),
+        ],
+    );
     std::fs::write(
         d.join("w.yaml"),
         "name: pinned\nsteps:\n  - { name: first, kind: llm, prompt: 'one', output: one }\n  - { name: review, kind: approval, show: one }\n  - { name: last, kind: llm, prompt: 'two', output: two }\n  - { name: out, kind: transform, fn: template, input: '{{ one }} / {{ two }}', output: out }\noutput: out\n",
@@ -458,16 +464,11 @@ fn a_run_keeps_the_provider_it_was_started_with() {
 fn replay_names_the_first_step_whose_prompt_changed() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    std::fs::write(
-        d.join("spes.toml"),
-        "[defaults]\nprovider = \"t\"\n[providers.t]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("a.yaml"),
-        "- { prompt_contains: '', reply: 'same answer' }\n",
-    )
-    .unwrap();
+    scripted(
+        d,
+        "t",
+        &[("t", "- { prompt_contains: '', reply: 'same answer' }\n")],
+    );
     let wf = "name: r\nsteps:\n  - { name: one, kind: llm, prompt: 'first', output: a }\n  - { name: two, kind: llm, prompt: 'second', output: b }\noutput: b\n";
     std::fs::write(d.join("w.yaml"), wf).unwrap();
     let out = spes(d, &["run", "w.yaml"]);
@@ -500,16 +501,14 @@ fn replay_names_the_first_step_whose_prompt_changed() {
 fn fork_reuses_the_steps_before_and_runs_the_rest_on_the_current_files() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    std::fs::write(
-        d.join("spes.toml"),
-        "[defaults]\nprovider = \"t\"\n[providers.t]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("a.yaml"),
-        "- { step: one, replies: ['first answer', 'NEW first answer'] }\n- { default: echo }\n",
-    )
-    .unwrap();
+    scripted(
+        d,
+        "t",
+        &[(
+            "t",
+            "- { step: one, replies: ['first answer', 'NEW first answer'] }\n- { default: echo }\n",
+        )],
+    );
     let wf = "name: f\ninputs: { topic: { type: string, required: true } }\nsteps:\n  - { name: one, kind: llm, prompt: 'about {{ topic }}', output: a }\n  - { name: two, kind: llm, prompt: 'B: {{ a }} / {{ topic }}', output: b }\noutput: b\n";
     std::fs::write(d.join("w.yaml"), wf).unwrap();
     let out = spes(d, &["run", "w.yaml", "-i", "topic=x"]);
@@ -581,21 +580,14 @@ fn json_has_one_shape_in_every_outcome_and_detach_prints_the_run_id() {
 fn progress_shows_retries_and_fallbacks_as_they_happen() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    std::fs::write(
-        d.join("spes.toml"),
-        "[defaults]\nprovider = \"a\"\n[providers.a]\nkind = \"scripted\"\nscript = \"a.yaml\"\n[providers.b]\nkind = \"scripted\"\nscript = \"b.yaml\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("a.yaml"),
-        "- { step: s, error: server_error, times: 5 }\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("b.yaml"),
-        "- { prompt_contains: hi, reply: 'from b' }\n",
-    )
-    .unwrap();
+    scripted(
+        d,
+        "a",
+        &[
+            ("a", "- { step: s, error: server_error, times: 5 }\n"),
+            ("b", "- { prompt_contains: hi, reply: 'from b' }\n"),
+        ],
+    );
     std::fs::write(
         d.join("w.yaml"),
         "name: p\nsteps:\n  - name: s\n    kind: llm\n    prompt: hi\n    retry: { attempts: 2, base: 1ms, jitter: false }\n    fallback: [{ provider: b }]\n    output: s\noutput: s\n",
@@ -661,16 +653,14 @@ fn runs_list_show_and_pending_print_json_for_programs() {
 fn events_stream_progress_as_json_lines_on_stderr() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    std::fs::write(
-        d.join("spes.toml"),
-        "[defaults]\nprovider = \"a\"\n[providers.a]\nkind = \"scripted\"\nscript = \"a.yaml\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("a.yaml"),
-        "- { step: one, error: server_error, times: 1 }\n- { default: echo }\n",
-    )
-    .unwrap();
+    scripted(
+        d,
+        "a",
+        &[(
+            "a",
+            "- { step: one, error: server_error, times: 1 }\n- { default: echo }\n",
+        )],
+    );
     std::fs::write(
         d.join("w.yaml"),
         "name: e\nsteps:\n  - { name: one, kind: llm, prompt: \"hi\\u001b[2J\", retry: { attempts: 2, base: 1ms, jitter: false }, output: a }\n  - { name: two, kind: transform, fn: uppercase, input: '{{ a }}', output: b }\noutput: b\n",
