@@ -357,21 +357,82 @@ fn last_run(dir: &std::path::Path) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_local_answer_against_its_schema_file_fails_with_pointers_and_a_relaxed_schema_resumes() {
-    model_path();
-    let dir = tempfile::tempdir().unwrap();
-    // The grammar cannot enforce `multipleOf`; the check after the answer does.
+/// The spider's legs as JSON, checked against `legs.json`: an even `n`.
+/// The grammar cannot enforce `multipleOf`; the check after the answer does.
+fn legs_project(dir: &std::path::Path, repair: u32) {
     std::fs::write(
-        dir.path().join("legs.json"),
+        dir.join("legs.json"),
         r#"{ "type": "object", "required": ["n"], "properties": { "n": { "type": "integer", "multipleOf": 2 } } }"#,
     )
     .unwrap();
     std::fs::write(
-        dir.path().join("wf.yaml"),
-        "name: legs\nsteps:\n  - { name: count, kind: llm, prompt: 'How many legs has a spider? JSON: {\"n\": N}', schema: legs.json, max_tokens: 24, output: legs }\noutput: legs\n",
+        dir.join("wf.yaml"),
+        format!("name: legs\nsteps:\n  - {{ name: count, kind: llm, prompt: 'How many legs has a spider? JSON: {{\"n\": N}}', schema: legs.json, max_tokens: 24, repair: {repair}, output: legs }}\noutput: legs\n"),
     )
     .unwrap();
+}
+
+/// The recorded answers' `n`, attempt by attempt.
+fn recorded_legs(dir: &std::path::Path) -> Vec<i64> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        rt.block_on(async {
+            let store = spes_store::sqlite::SqliteStore::open(
+                &dir.join(".spes/spes.db"),
+                spes_store::sqlite::SqliteOptions::default(),
+            )
+            .await
+            .unwrap();
+            let run = &store.list_runs(None, 1).await.unwrap()[0];
+            store
+                .entries(&run.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| {
+                    let text = e.payload["response"]["text"].as_str().unwrap().to_owned();
+                    serde_json::from_str::<serde_json::Value>(&text).unwrap()["n"]
+                        .as_i64()
+                        .unwrap()
+                })
+                .collect()
+        })
+    })
+}
+
+/// A schema violation on `local` repaired on the second attempt: the
+/// repair request carries the rejected answer, and the local sampler never
+/// gives a rejected answer again (greedy decoding would repeat it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_schema_violation_is_repaired_on_the_second_attempt() {
+    model_path();
+    let dir = tempfile::tempdir().unwrap();
+    legs_project(dir.path(), 1);
+    let out = local_spes(dir.path(), &["run", "wf.yaml", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("repaired after 1 invalid answer"), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = doc["context"]["legs"]["n"].as_i64().unwrap();
+    assert_eq!(n % 2, 0, "{doc}");
+    assert_eq!(entry_keys(dir.path()), ["count", "count#repair1"]);
+    let legs = recorded_legs(dir.path());
+    assert_ne!(
+        legs[0] % 2,
+        0,
+        "the first answer was the invalid one: {legs:?}"
+    );
+    assert_eq!(legs[1], n);
+}
+
+/// With no repair allowed the violation fails the run with its pointer;
+/// the schema file is pinned (an edit refuses resume); raising `repair`
+/// lets `spes resume` ask the model again, and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_violation_that_persists_fails_with_pointers_and_resume_with_a_repair_completes() {
+    model_path();
+    let dir = tempfile::tempdir().unwrap();
+    legs_project(dir.path(), 0);
     let out = local_spes(dir.path(), &["run", "wf.yaml"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -380,14 +441,15 @@ async fn a_local_answer_against_its_schema_file_fails_with_pointers_and_a_relaxe
         err.contains("/n: ") && err.contains("is not a multiple of 2"),
         "{err}"
     );
-    assert_eq!(entry_keys(dir.path()), ["count", "count#repair1"]);
-    // The schema file is pinned: an edit refuses resume...
+    assert_eq!(entry_keys(dir.path()), ["count"]);
+    let id = last_run(dir.path());
+    // The schema file is pinned: an edit refuses resume.
+    let pinned = std::fs::read(dir.path().join("legs.json")).unwrap();
     std::fs::write(
         dir.path().join("legs.json"),
         r#"{ "type": "object", "required": ["n"], "properties": { "n": { "type": "integer" } } }"#,
     )
     .unwrap();
-    let id = last_run(dir.path());
     let refused = local_spes(dir.path(), &["resume", &id]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_ne!(refused.status.code(), Some(0), "{err}");
@@ -395,7 +457,9 @@ async fn a_local_answer_against_its_schema_file_fails_with_pointers_and_a_relaxe
         err.contains("the schema file") && err.contains("legs.json"),
         "{err}"
     );
-    // ...unless changes are allowed: the recorded answer now passes, no new call.
+    // The schema back as it was, one repair allowed: resume asks again.
+    std::fs::write(dir.path().join("legs.json"), pinned).unwrap();
+    legs_project(dir.path(), 1);
     let done = local_spes(dir.path(), &["resume", &id, "--allow-changes", "--json"]);
     assert_eq!(
         done.status.code(),
@@ -405,7 +469,7 @@ async fn a_local_answer_against_its_schema_file_fails_with_pointers_and_a_relaxe
     );
     let ctx: serde_json::Value =
         serde_json::from_slice::<serde_json::Value>(&done.stdout).unwrap()["context"].clone();
-    assert!(ctx["legs"]["n"].is_i64(), "{ctx}");
+    assert_eq!(ctx["legs"]["n"].as_i64().unwrap() % 2, 0, "{ctx}");
     assert_eq!(entry_keys(dir.path()), ["count", "count#repair1"]);
 }
 

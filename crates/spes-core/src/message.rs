@@ -78,6 +78,12 @@ pub struct ChatRequest {
     /// the schema says more and wins.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub json: bool,
+    /// Answers already rejected for this request (a repair asks again).
+    /// A provider that samples the answer itself (`local`) steers away from
+    /// giving one of them again; remote providers see them in the
+    /// conversation. Not part of the request as sent or hashed.
+    #[serde(skip)]
+    pub avoid: Vec<String>,
 }
 
 impl ChatRequest {

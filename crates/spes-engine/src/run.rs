@@ -1057,6 +1057,7 @@ impl<'e> Exec<'e> {
                     if req.messages.len() >= asked + 2 * REPAIR_TURNS_KEPT {
                         req.messages.drain(asked..asked + 2);
                     }
+                    req.avoid.push(resp.text.clone());
                     req.messages.push(Message::assistant(resp.text));
                     req.messages
                         .push(Message::user(repair_prompt(&problems, l.format)));

@@ -97,6 +97,8 @@ pub(crate) struct Sampling {
     pub(crate) seed: u32,
     /// A GBNF grammar the answer must follow (from the request's JSON schema).
     pub(crate) grammar: Option<String>,
+    /// Answers already rejected (a repair): the generation gives none of them.
+    pub(crate) avoid: Vec<String>,
 }
 
 /// The GBNF grammar for a JSON schema (llama.cpp's own converter).
@@ -328,7 +330,37 @@ impl Model {
         }
         let prompt_time = started.elapsed();
         let gen_started = Instant::now();
+        let first = batch.n_tokens() - 1;
+        let mut run = Decoding {
+            ctx,
+            batch: &mut batch,
+            vocab: &vocab,
+            n_ctx: n_ctx_usize,
+            max: usize::try_from(sampling.max_tokens).unwrap_or(usize::MAX),
+            stop,
+            cancelled,
+        };
+        let (text, stop_reason, produced) = if sampling.avoid.is_empty() {
+            let mut sampler = self.sampler(sampling, sampling.seed)?;
+            run.decode(tokens.len(), first, on_text, &mut |ctx, idx, _| {
+                Ok(sampler.sample(ctx, idx))
+            })?
+        } else {
+            self.avoiding(&mut run, &tokens, first, sampling, on_text)?
+        };
+        Ok(Generated {
+            text,
+            stop: stop_reason,
+            prompt_tokens: tokens.len(),
+            output_tokens: produced,
+            prompt_time,
+            gen_time: gen_started.elapsed(),
+        })
+    }
 
+    /// The sampler for one generation: the grammar (when the request has a
+    /// schema), then greedy or seeded sampling.
+    fn sampler(&self, sampling: &Sampling, seed: u32) -> Result<LlamaSampler, LocalError> {
         let pick = if sampling.temperature <= 0.0 {
             LlamaSampler::greedy()
         } else {
@@ -336,37 +368,216 @@ impl Model {
                 LlamaSampler::top_k(40),
                 LlamaSampler::top_p(0.95, 1),
                 LlamaSampler::temp(sampling.temperature),
-                LlamaSampler::dist(sampling.seed),
+                LlamaSampler::dist(seed),
             ])
         };
-        let mut sampler = match &sampling.grammar {
+        Ok(match &sampling.grammar {
             // The grammar masks every token that would break the schema.
-            Some(g) => LlamaSampler::chain_simple([
-                LlamaSampler::grammar(self.llama, g, "root")
-                    .map_err(|e| LocalError::Schema(e.to_string()))?,
-                pick,
-            ]),
+            Some(g) => LlamaSampler::chain_simple([self.grammar(g)?, pick]),
             None => pick,
-        };
-        let mut out = TextBuilder::new(stop);
+        })
+    }
+
+    fn grammar(&self, g: &str) -> Result<LlamaSampler, LocalError> {
+        LlamaSampler::grammar(self.llama, g, "root").map_err(|e| LocalError::Schema(e.to_string()))
+    }
+
+    /// A generation that gives none of `sampling.avoid` (answers a repair
+    /// rejected): the same model asked again would give the same answer.
+    /// Greedy decoding is searched: an attempt that repeats a rejected
+    /// answer is decoded again from the position where the model was least
+    /// sure (the smallest logit margin not tried yet), taking the runner-up
+    /// token there. Sampled decoding tries the next seeds. At most
+    /// [`AVOID_ATTEMPTS`] attempts; the last one is the answer whatever it
+    /// is. Text is shown once, when the answer is settled.
+    fn avoiding(
+        &self,
+        run: &mut Decoding<'_, '_>,
+        tokens: &[llama_cpp_2::token::LlamaToken],
+        first: i32,
+        sampling: &Sampling,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<(String, StopReason, usize), LocalError> {
+        use llama_cpp_2::token::LlamaToken;
+        let greedy = sampling.temperature <= 0.0;
+        let mut forced: Vec<(usize, LlamaToken)> = Vec::new();
+        let mut tried: Vec<(usize, LlamaToken)> = Vec::new();
+        let mut idx = first;
+        let mut quiet = |_: &str| {};
+        let mut last = None;
+        for attempt in 0..AVOID_ATTEMPTS {
+            if attempt > 0 {
+                idx = run.rewind(tokens)?;
+            }
+            let mut choices: Vec<Choice> = Vec::new();
+            let got = if greedy {
+                let mut grammar = sampling
+                    .grammar
+                    .as_deref()
+                    .map(|g| self.grammar(g))
+                    .transpose()?;
+                let forced = &forced;
+                let choices = &mut choices;
+                run.decode(tokens.len(), idx, &mut quiet, &mut |ctx, idx, at| {
+                    let mut arr = ctx.token_data_array_ith(idx);
+                    if let Some(g) = grammar.as_mut() {
+                        arr.apply_sampler(g);
+                    }
+                    let (best, second) = best_two(&arr.data);
+                    let Some((best, best_logit)) = best else {
+                        return Err(LocalError::Backend("no token is allowed here".into()));
+                    };
+                    let tok = forced
+                        .iter()
+                        .find(|(i, _)| *i == at)
+                        .map_or(best, |&(_, t)| t);
+                    // The runner-up to what was taken, and how close it was.
+                    let alt = if tok == best {
+                        second
+                    } else {
+                        Some((best, best_logit))
+                    };
+                    choices.push(Choice {
+                        at,
+                        alt: alt.map(|(t, l)| (t, best_logit - l)),
+                    });
+                    if let Some(g) = grammar.as_mut() {
+                        g.accept(tok);
+                    }
+                    Ok(tok)
+                })?
+            } else {
+                let mut sampler = self.sampler(sampling, sampling.seed.wrapping_add(attempt))?;
+                run.decode(tokens.len(), idx, &mut quiet, &mut |ctx, idx, _| {
+                    Ok(sampler.sample(ctx, idx))
+                })?
+            };
+            let repeats = sampling.avoid.iter().any(|a| same_answer(a, &got.0));
+            last = Some(got);
+            if !repeats {
+                break;
+            }
+            if greedy {
+                // Branch where the model was least sure, among branches not taken.
+                let next = choices
+                    .iter()
+                    .filter_map(|c| c.alt.map(|(t, m)| (c.at, t, m)))
+                    .filter(|(at, t, _)| !tried.contains(&(*at, *t)))
+                    .min_by(|a, b| a.2.total_cmp(&b.2));
+                let Some((at, tok, _)) = next else { break };
+                forced.retain(|(i, _)| *i < at);
+                forced.push((at, tok));
+                tried.push((at, tok));
+            }
+        }
+        let got = last.ok_or_else(|| LocalError::Backend("no attempt was made".into()))?;
+        if !got.0.is_empty() {
+            on_text(&got.0);
+        }
+        Ok(got)
+    }
+}
+
+/// Attempts a generation that must avoid rejected answers makes at most.
+const AVOID_ATTEMPTS: u32 = 12;
+
+/// At one generated position: the runner-up token and its logit margin
+/// below the best.
+struct Choice {
+    at: usize,
+    alt: Option<(llama_cpp_2::token::LlamaToken, f32)>,
+}
+
+/// A token and its logit.
+type Scored = (llama_cpp_2::token::LlamaToken, f32);
+
+/// The two allowed tokens with the highest logits (a grammar marks the
+/// others with negative infinity).
+fn best_two(data: &[llama_cpp_2::token::data::LlamaTokenData]) -> (Option<Scored>, Option<Scored>) {
+    let mut best: Option<Scored> = None;
+    let mut second = None;
+    for d in data {
+        let l = d.logit();
+        if !l.is_finite() {
+            continue;
+        }
+        match best {
+            Some((_, b)) if l <= b => {
+                if second.is_none_or(|(_, s)| l > s) {
+                    second = Some((d.id(), l));
+                }
+            }
+            _ => {
+                second = best;
+                best = Some((d.id(), l));
+            }
+        }
+    }
+    (best, second)
+}
+
+/// Two answers are the same when their trimmed texts are, or when both are
+/// JSON with equal values (a repeat with other spacing is still a repeat).
+pub(crate) fn same_answer(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim(), b.trim());
+    if a == b {
+        return true;
+    }
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// The decoding loop's state after the prompt: the context, its batch, and
+/// the limits of one generation.
+struct Decoding<'c, 'a> {
+    ctx: &'c mut LlamaContext<'static>,
+    batch: &'c mut LlamaBatch<'a>,
+    vocab: &'c llama_cpp_2::vocab::LlamaVocab<'static>,
+    n_ctx: usize,
+    max: usize,
+    stop: &'c [String],
+    cancelled: &'c AtomicBool,
+}
+
+/// Picks the token at a position: `(context, logits index, tokens produced so far)`.
+type Pick<'p> = dyn FnMut(&LlamaContext<'static>, i32, usize) -> Result<llama_cpp_2::token::LlamaToken, LocalError>
+    + 'p;
+
+impl Decoding<'_, '_> {
+    /// Generates from position `pos` (the prompt's length), the next
+    /// token's logits at batch index `idx`, until an end of turn, a stop
+    /// sequence, `max` tokens or the context's end.
+    fn decode(
+        &mut self,
+        mut pos: usize,
+        mut idx: i32,
+        on_text: &mut dyn FnMut(&str),
+        pick: &mut Pick<'_>,
+    ) -> Result<(String, StopReason, usize), LocalError> {
+        let backend_err =
+            |what: &str, e: &dyn std::fmt::Display| LocalError::Backend(format!("{what}: {e}"));
+        let mut out = TextBuilder::new(self.stop);
         let mut piece = Vec::with_capacity(32);
-        let mut pos = tokens.len();
         let mut produced = 0usize;
-        let max = usize::try_from(sampling.max_tokens).unwrap_or(usize::MAX);
         let stop_reason = loop {
-            if produced >= max || pos >= n_ctx_usize {
+            if produced >= self.max || pos >= self.n_ctx {
                 break StopReason::MaxTokens;
             }
-            if cancelled.load(Ordering::Relaxed) {
+            if self.cancelled.load(Ordering::Relaxed) {
                 return Err(LocalError::Backend("cancelled".into()));
             }
-            let tok = sampler.sample(ctx, batch.n_tokens() - 1);
-            if vocab.is_eog(tok) {
+            let tok = pick(self.ctx, idx, produced)?;
+            if self.vocab.is_eog(tok) {
                 break StopReason::EndTurn;
             }
             produced += 1;
             piece.clear();
-            vocab.token_to_piece_into(tok, &mut piece, false, None);
+            self.vocab.token_to_piece_into(tok, &mut piece, false, None);
             match out.push(&piece) {
                 Pushed::Delta(d) => {
                     if !d.is_empty() {
@@ -380,13 +591,15 @@ impl Model {
                     break StopReason::StopSequence;
                 }
             }
-            batch.clear();
+            self.batch.clear();
             let p = i32::try_from(pos).map_err(|e| backend_err("position", &e))?;
-            batch
+            self.batch
                 .add(tok, p, &[0], true)
                 .map_err(|e| backend_err("batch", &e))?;
-            ctx.decode(&mut batch)
+            self.ctx
+                .decode(self.batch)
                 .map_err(|e| backend_err("decode", &e))?;
+            idx = self.batch.n_tokens() - 1;
             pos += 1;
         };
         if stop_reason != StopReason::StopSequence {
@@ -395,13 +608,28 @@ impl Model {
                 on_text(rest);
             }
         }
-        Ok(Generated {
-            text: out.into_text(),
-            stop: stop_reason,
-            prompt_tokens: tokens.len(),
-            output_tokens: produced,
-            prompt_time,
-            gen_time: gen_started.elapsed(),
-        })
+        Ok((out.into_text(), stop_reason, produced))
+    }
+
+    /// Forgets everything generated after the prompt and decodes the
+    /// prompt's last token again (its logits start the next attempt).
+    /// Returns the logits index.
+    fn rewind(&mut self, tokens: &[llama_cpp_2::token::LlamaToken]) -> Result<i32, LocalError> {
+        let backend_err =
+            |what: &str, e: &dyn std::fmt::Display| LocalError::Backend(format!("{what}: {e}"));
+        let last = tokens.len() - 1;
+        let at = u32::try_from(last).map_err(|e| backend_err("position", &e))?;
+        self.ctx
+            .clear_kv_cache_seq(Some(0), Some(at), None)
+            .map_err(|e| backend_err("cache", &e))?;
+        self.batch.clear();
+        let p = i32::try_from(last).map_err(|e| backend_err("position", &e))?;
+        self.batch
+            .add(tokens[last], p, &[0], true)
+            .map_err(|e| backend_err("batch", &e))?;
+        self.ctx
+            .decode(self.batch)
+            .map_err(|e| backend_err("decode", &e))?;
+        Ok(self.batch.n_tokens() - 1)
     }
 }

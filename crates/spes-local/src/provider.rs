@@ -282,6 +282,7 @@ impl Provider for LocalProvider {
             temperature: req.temperature.unwrap_or(0.0),
             seed: self.config.seed,
             grammar,
+            avoid: req.avoid.clone(),
         };
         let stop = req.stop.clone();
         let on_delta = cx.on_delta.clone();

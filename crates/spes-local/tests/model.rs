@@ -278,3 +278,54 @@ async fn a_json_schema_constrains_the_answer_to_valid_json() {
     assert!(v["urgent"].is_boolean(), "{v}");
     assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
 }
+
+/// A request that lists its answers as rejected (`avoid`, a repair) gets
+/// another answer, greedy or sampled, still within the grammar; the other
+/// answer is shown once (one delta: the text is settled before it shows).
+#[tokio::test]
+async fn a_request_avoiding_its_answer_gets_another_within_the_grammar() {
+    let p = LocalProvider::new("local", model_config());
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": { "label": { "type": "string", "enum": ["bug", "feature", "question"] } },
+        "required": ["label"],
+        "additionalProperties": false
+    });
+    for temperature in [None, Some(0.9)] {
+        let mut req = request("Classify: 'The app crashes on start.' Answer as JSON.", 32);
+        req.json_schema = Some(schema.clone().into());
+        req.temperature = temperature;
+        let first = p.complete(&req, &CallContext::for_step("a")).await.unwrap();
+        let label = |t: &str| {
+            serde_json::from_str::<serde_json::Value>(t).unwrap_or_else(|e| panic!("{e}: {t:?}"))
+                ["label"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let a = label(&first.text);
+        // The same answer with other spacing is the same answer.
+        req.avoid = vec![format!(" {{ \"label\" : \"{a}\" }} ")];
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = Arc::clone(&seen);
+        let cx = CallContext {
+            step_key: "b".into(),
+            on_delta: Some(Arc::new(move |d: &str| {
+                sink.lock().unwrap().push(d.to_owned())
+            })),
+        };
+        let second = p.complete(&req, &cx).await.unwrap();
+        let b = label(&second.text);
+        assert_ne!(
+            a, b,
+            "{temperature:?}: {:?} then {:?}",
+            first.text, second.text
+        );
+        assert_eq!(seen.lock().unwrap().concat(), second.text);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // Without `avoid`, the first answer again (nothing else changed).
+        req.avoid.clear();
+        let again = p.complete(&req, &CallContext::for_step("c")).await.unwrap();
+        assert_eq!(again.text, first.text);
+    }
+}

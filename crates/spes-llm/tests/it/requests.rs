@@ -21,6 +21,7 @@ fn full_request() -> ChatRequest {
         stop: vec!["END".to_owned()],
         json_schema: None,
         json: false,
+        avoid: Vec::new(),
     }
 }
 
