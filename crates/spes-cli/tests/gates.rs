@@ -625,15 +625,20 @@ fn runs_list_show_and_pending_print_json_for_programs() {
     assert_eq!(list["runs"][0]["status"], "waiting");
     assert_eq!(list["runs"][0]["workflow"], "signoff");
     let pending = json(&["runs", "pending", "--json"]);
-    let keys: Vec<&str> = pending["gates"]
+    // Two parallel branches opened their gates at the same moment: the
+    // inbox lists them in the order they were opened, either one first.
+    let mut keys: Vec<&str> = pending["gates"]
         .as_array()
         .unwrap()
         .iter()
         .map(|g| g["key"].as_str().unwrap())
         .collect();
+    keys.sort_unstable();
     assert_eq!(keys, ["reviews/legal/review0", "reviews/tone/review0"]);
-    assert_eq!(pending["gates"][0]["run_id"], serde_json::json!(id));
-    assert_eq!(pending["gates"][0]["request"]["text"], "draft one");
+    for g in pending["gates"].as_array().unwrap() {
+        assert_eq!(g["run_id"], serde_json::json!(id));
+        assert_eq!(g["request"]["text"], "draft one");
+    }
     let shown = json(&["runs", "show", &id, "--json"]);
     assert_eq!(shown["run"]["inputs"]["topic"], "x");
     assert_eq!(shown["run"]["provider"], "t");

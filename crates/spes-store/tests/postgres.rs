@@ -139,3 +139,75 @@ async fn concurrent_appends_share_commits_sequential_ones_do_not() {
         .collect();
     assert_eq!(seqs, (1..=110).collect::<Vec<_>>());
 }
+
+/// Migration 5 seeds each run's `last_seq` from its journal: a store made
+/// by the version before goes on numbering after its last entry.
+#[tokio::test]
+async fn a_journal_from_schema_4_goes_on_numbering_after_migration() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let run = spes_store::testing::sample_run();
+    store.create_run(&run).await.unwrap();
+    for i in 0..3 {
+        store
+            .append(&run.id, &format!("s{i}"), "model", &serde_json::json!(i))
+            .await
+            .unwrap();
+    }
+    // Back to version 4: no counter column.
+    sqlx::raw_sql("ALTER TABLE runs DROP COLUMN last_seq; UPDATE spes_meta SET version = 4")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let migrated = schema.store().await;
+    assert_eq!(
+        migrated.schema_version().await.unwrap(),
+        PostgresStore::supported_schema_version()
+    );
+    let next = migrated
+        .append(&run.id, "s3", "model", &serde_json::json!(3))
+        .await
+        .unwrap();
+    assert!(matches!(next, spes_store::Appended::New(4)), "{next:?}");
+}
+
+/// Two processes (two pools: no shared group commit) append the same key
+/// at once: one records it, the other gets that entry back, and the
+/// numbering has no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_appends_of_one_key_from_two_pools_record_it_once() {
+    let schema = TestSchema::new().await;
+    let (a, b) = (
+        Arc::new(schema.store().await),
+        Arc::new(schema.store().await),
+    );
+    let run = spes_store::testing::sample_run();
+    a.create_run(&run).await.unwrap();
+    for round in 0..20 {
+        let key = format!("k{round}");
+        let (va, vb) = (serde_json::json!("a"), serde_json::json!("b"));
+        let (ra, rb) = tokio::join!(
+            a.append(&run.id, &key, "model", &va),
+            b.append(&run.id, &key, "model", &vb),
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let news = [&ra, &rb]
+            .iter()
+            .filter(|x| matches!(x, spes_store::Appended::New(_)))
+            .count();
+        assert_eq!(news, 1, "round {round}: {ra:?} {rb:?}");
+    }
+    let seqs: Vec<i64> = a
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    let next = b
+        .append(&run.id, "after", "model", &serde_json::json!(0))
+        .await
+        .unwrap();
+    assert!(matches!(next, spes_store::Appended::New(21)), "{next:?}");
+}

@@ -370,18 +370,21 @@ impl TaskQueue for PostgresStore {
                         }
                     }
                     lock_run(&mut tx, run).await?;
-                    // Numbered after the run's last entry, in batch order,
+                    // Numbered after the run's `last_seq`, in batch order,
                     // skipping keys already there (first commit wins). The
                     // key check is a scalar subquery, not `NOT EXISTS`: that
                     // would be planned as an anti-join that may read every
                     // entry of the run (seen with no statistics: quadratic
                     // over a map); a subquery is one index lookup per key.
                     sqlx::query(
-                        "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+                        "WITH ins AS (INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
                          SELECT $1, m.mx + row_number() OVER (ORDER BY x.ord), x.key, x.kind, x.payload, clock_timestamp() \
                          FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS x(key, kind, payload, ord) \
-                         CROSS JOIN (SELECT COALESCE(MAX(seq), 0) AS mx FROM entries WHERE run_id = $1) m \
-                         WHERE (SELECT 1 FROM entries e WHERE e.run_id = $1 AND e.key = x.key) IS NULL",
+                         CROSS JOIN (SELECT last_seq AS mx FROM runs WHERE id = $1) m \
+                         WHERE (SELECT 1 FROM entries e WHERE e.run_id = $1 AND e.key = x.key) IS NULL \
+                         RETURNING seq) \
+                         UPDATE runs SET last_seq = (SELECT MAX(seq) FROM ins) \
+                         WHERE id = $1 AND EXISTS (SELECT 1 FROM ins)",
                     )
                     .bind(run_id)
                     .bind(&keys)

@@ -27,7 +27,19 @@ pub(super) async fn lock_run(conn: &mut PgConnection, id: &RunId) -> Result<Stri
         .ok_or_else(|| no_run(id))
 }
 
-/// Appends inside a transaction that holds the run's row lock.
+/// `23505 unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// Appends one entry in one statement: the run's `last_seq` counter is
+/// bumped (which takes the run's row lock until the commit, so that
+/// sequence numbers follow commit order without gaps) only when the key is
+/// new, and the entry is inserted with the new number. Run alone it is one
+/// autocommit round trip; inside a transaction that holds the run's lock
+/// it is one statement of it. Two racing appends of one key: the second
+/// waits for the first's lock, then its insert hits the unique key and the
+/// whole statement (its bump included) is undone; the entry recorded first
+/// comes back. (`fetch_all`, not `fetch_optional`: the answer is read to
+/// the end, so that a failed commit is an error, never a lost one.)
 pub(super) async fn append_locked(
     conn: &mut PgConnection,
     shown: &str,
@@ -38,29 +50,33 @@ pub(super) async fn append_locked(
 ) -> Result<Appended, Fail> {
     let run_id = id.to_string();
     let seq = sqlx::query_scalar::<_, i64>(
-        "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
-         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, clock_timestamp() FROM entries WHERE run_id = $1 \
-         ON CONFLICT (run_id, key) DO NOTHING RETURNING seq",
+        "WITH bump AS (UPDATE runs SET last_seq = last_seq + 1 WHERE id = $1 \
+             AND (SELECT 1 FROM entries e WHERE e.run_id = $1 AND e.key = $2) IS NULL \
+             RETURNING last_seq) \
+         INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+         SELECT $1, last_seq, $2, $3, $4, clock_timestamp() FROM bump RETURNING seq",
     )
     .bind(&run_id)
     .bind(key)
     .bind(kind)
     .bind(payload)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .fetch_all(&mut *conn)
+    .await;
     match seq {
-        Some(seq) => Ok(Appended::New(seq)),
-        None => {
-            let row = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = $1 AND key = $2"
-            )))
-            .bind(&run_id)
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await?;
-            Ok(Appended::Existing(row::entry(shown, &row)?))
-        }
+        Ok(v) if !v.is_empty() => return Ok(Appended::New(v[0])),
+        Ok(_) => {}
+        Err(e) if error::code_of(&e).as_deref() == Some(UNIQUE_VIOLATION) => {}
+        Err(e) => return Err(e.into()),
     }
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = $1 AND key = $2"
+    )))
+    .bind(&run_id)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| no_run(id))?;
+    Ok(Appended::Existing(row::entry(shown, &row)?))
 }
 
 /// Applies a compare-and-set transition inside a transaction.
@@ -613,6 +629,13 @@ impl PostgresStore {
     /// `BEGIN` itself, in id order (two processes committing batches never
     /// deadlock), so that sequence numbers follow commit order.
     async fn append_batch(&self, reqs: &[&AppendReq]) -> Result<Vec<Appended>, Fail> {
+        if let [r] = reqs {
+            // One entry: one autocommit statement, one round trip.
+            let mut conn = self.pool.acquire().await?;
+            return append_locked(&mut conn, &self.shown, &r.run, &r.key, &r.kind, &r.payload)
+                .await
+                .map(|a| vec![a]);
+        }
         let mut runs: Vec<RunId> = reqs.iter().map(|r| r.run).collect();
         runs.sort_unstable();
         runs.dedup();
@@ -628,13 +651,7 @@ impl PostgresStore {
                 "BEGIN; SELECT 1 FROM runs WHERE id IN ({ids}) ORDER BY id FOR UPDATE"
             )))
             .await?;
-        let outs = match reqs {
-            [r] => append_locked(&mut tx, &self.shown, &r.run, &r.key, &r.kind, &r.payload)
-                .await
-                .map(|a| vec![a]),
-            _ => insert_many(&mut tx, &self.shown, reqs).await,
-        };
-        let outs = match outs {
+        let outs = match insert_many(&mut tx, &self.shown, reqs).await {
             Ok(a) => a,
             Err(Fail::Sql(e))
                 if error::code_of(&e).as_deref() == Some(error::FOREIGN_KEY_VIOLATION) =>
@@ -651,7 +668,8 @@ impl PostgresStore {
 
 /// Inserts many entries in one statement (one round trip), inside a
 /// transaction that holds their runs' row locks. Sequence numbers follow
-/// the requests' order within each run; a key already recorded (or given
+/// the requests' order within each run, after each run's `last_seq`, which
+/// the same statement moves on; a key already recorded (or given
 /// twice) is not written again and comes back as the entry there. (The
 /// key check is a scalar subquery, one index lookup per key: a `NOT
 /// EXISTS` may be planned as an anti-join reading the run's whole journal.)
@@ -672,11 +690,14 @@ pub(super) async fn insert_many(
              WHERE (SELECT 1 FROM entries e WHERE e.run_id = i.run_id AND e.key = i.key) IS NULL \
              ORDER BY run_id, key, ord), \
          numbered AS (SELECT f.run_id, f.key, f.kind, f.payload, \
-             COALESCE((SELECT MAX(seq) FROM entries e WHERE e.run_id = f.run_id), 0) \
-             + row_number() OVER (PARTITION BY f.run_id ORDER BY f.ord) AS seq FROM fresh f) \
-         INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
-         SELECT run_id, seq, key, kind, payload, clock_timestamp() FROM numbered ORDER BY run_id, seq \
-         ON CONFLICT (run_id, key) DO NOTHING RETURNING run_id, key, seq",
+             COALESCE((SELECT r.last_seq FROM runs r WHERE r.id = f.run_id), 0) \
+             + row_number() OVER (PARTITION BY f.run_id ORDER BY f.ord) AS seq FROM fresh f), \
+         ins AS (INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+             SELECT run_id, seq, key, kind, payload, clock_timestamp() FROM numbered ORDER BY run_id, seq \
+             RETURNING run_id, key, seq), \
+         bump AS (UPDATE runs r SET last_seq = m.mx \
+             FROM (SELECT run_id, MAX(seq) AS mx FROM ins GROUP BY run_id) m WHERE r.id = m.run_id) \
+         SELECT run_id, key, seq FROM ins",
     )
     .bind(&runs)
     .bind(&keys)

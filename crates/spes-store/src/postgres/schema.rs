@@ -101,6 +101,13 @@ CREATE INDEX tasks_open ON tasks (run_id, key) WHERE state IN ('ready','claimed'
     r#"
 ALTER TABLE runs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
 "#,
+    // 5: the number of a run's last journal entry, kept on the run, so that
+    // an append is one statement (one round trip) that bumps it under the
+    // run's row lock.
+    r#"
+ALTER TABLE runs ADD COLUMN last_seq BIGINT NOT NULL DEFAULT 0;
+UPDATE runs SET last_seq = COALESCE((SELECT MAX(seq) FROM entries e WHERE e.run_id = runs.id), 0);
+"#,
 ];
 
 /// The newest schema version this build understands.
