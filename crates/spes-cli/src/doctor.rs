@@ -224,27 +224,29 @@ pub(crate) async fn doctor(
         },
     };
     if json {
-        let providers: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| serde_json::json!({ "name": r.name, "kind": r.kind, "ready": r.ready, "detail": r.detail }))
-            .collect();
-        let keys: serde_json::Map<String, serde_json::Value> =
-            ["ANTHROPIC_API_KEY", "OPENAI_API_KEY"]
+        crate::term::out_doc(&spes_engine::view::DoctorDoc {
+            schema: spes_engine::view::VERSION,
+            project: project
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            default_provider: default.clone(),
+            default_ready,
+            store: store_line,
+            providers: rows
                 .iter()
-                .map(|v| ((*v).to_owned(), serde_json::Value::Bool(key_set(v))))
-                .collect();
-        crate::term::out_json(
-            &serde_json::to_string_pretty(&serde_json::json!({
-                "schema": 1,
-                "project": project.config_path.as_ref().map(|p| p.display().to_string()),
-                "default_provider": default,
-                "default_ready": default_ready,
-                "store": store_line,
-                "providers": providers,
-                "keys_set": keys,
-            }))
-            .unwrap_or_default(),
-        );
+                .map(|r| spes_engine::view::ProviderStatus {
+                    name: r.name.clone(),
+                    kind: r.kind.to_owned(),
+                    ready: r.ready,
+                    detail: r.detail.clone(),
+                })
+                .collect(),
+            keys_set: ["ANTHROPIC_API_KEY", "OPENAI_API_KEY"]
+                .iter()
+                .map(|v| ((*v).to_owned(), key_set(v)))
+                .collect(),
+        });
         return if default_ready {
             Ok(())
         } else {

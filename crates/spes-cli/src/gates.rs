@@ -47,13 +47,10 @@ pub(crate) async fn pending(
     let store = open_store(&project, store_url).await?;
     let gates = ops::pending(store.as_ref(), None, chrono::Utc::now()).await?;
     if json {
-        let list: Vec<Value> = gates.iter().map(crate::runs::gate_json).collect();
-        crate::term::out_json(
-            &serde_json::to_string_pretty(
-                &serde_json::json!({ "schema": crate::runs::LIST_JSON_SCHEMA, "gates": list }),
-            )
-            .unwrap_or_default(),
-        );
+        crate::term::out_doc(&spes_engine::view::GateList {
+            schema: spes_engine::view::VERSION,
+            gates: gates.iter().map(spes_engine::view::GateView::of).collect(),
+        });
         return Ok(());
     }
     if gates.is_empty() {

@@ -30,18 +30,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use spes_core::component::{ComponentRef, lint};
-use spes_core::config::ProviderSpec;
 use spes_core::diagnostic::NamedDiagnostic;
-use spes_core::message::{ChatRequest, ChatResponse};
 use spes_core::workflow::{ValidateEnv, Workflow, diagram, parse_workflow, validate};
 use spes_core::{Diagnostics, Severity};
 use spes_engine::ops::Decision;
 use spes_engine::{Engine, EngineError, RunError};
-use spes_llm::{CallContext, Provider, ProviderError};
 
 use crate::project::{Project, read_text};
 use crate::term::{out, out_data, out_json, say};
@@ -188,6 +184,11 @@ enum Command {
     },
     /// Print the man page (roff): `spes man > spes.1`.
     Man,
+    /// Print the JSON Schema of a `--json` output (`spes schema run`); with no name, list them.
+    Schema {
+        /// The output: run, runs-list, runs-show, runs-pending, workflow-validate, components-list, components-show, doctor, pattern-suggest, event.
+        name: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -480,6 +481,26 @@ fn main() -> ExitCode {
             out(&String::from_utf8_lossy(&buf));
             Ok(())
         }
+        Command::Schema { name } => {
+            let all = spes_engine::view::schemas();
+            match name {
+                None => {
+                    let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+                    out(&format!("{}\n", names.join("\n")));
+                    Ok(())
+                }
+                Some(n) => match all.iter().find(|(k, _)| *k == n) {
+                    Some((_, schema)) => {
+                        crate::term::out_doc(schema);
+                        Ok(())
+                    }
+                    None => Err(Failure::Usage(format!(
+                        "no output is called `{n}`; the outputs: {}",
+                        all.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                    ))),
+                },
+            }
+        }
         Command::Man => {
             let mut buf = Vec::new();
             match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut buf) {
@@ -517,7 +538,7 @@ fn main() -> ExitCode {
             };
             let s = spes_core::pattern::suggest(&r);
             if json {
-                out_json(&serde_json::to_string_pretty(&s).unwrap_or_default());
+                crate::term::out_doc(&spes_engine::view::SuggestionDoc::of(&s));
             } else {
                 let mut text = format!(
                     "{}: {}
@@ -608,10 +629,10 @@ fn without_store(
                 .map_err(Failure::Usage)
                 .map(|_| {
                     if *json {
-                        out_json(&format!(
-                            "{{\n  \"schema\": {},\n  \"runs\": []\n}}",
-                            runs::LIST_JSON_SCHEMA
-                        ));
+                        crate::term::out_doc(&spes_engine::view::RunList {
+                            schema: spes_engine::view::VERSION,
+                            runs: Vec::new(),
+                        });
                     } else {
                         say!("{none}");
                     }
@@ -619,10 +640,10 @@ fn without_store(
         ),
         RunsCmd::Pending { json } => {
             if *json {
-                out_json(&format!(
-                    "{{\n  \"schema\": {},\n  \"gates\": []\n}}",
-                    runs::LIST_JSON_SCHEMA
-                ));
+                crate::term::out_doc(&spes_engine::view::GateList {
+                    schema: spes_engine::view::VERSION,
+                    gates: Vec::new(),
+                });
             } else {
                 say!("no gate is waiting for a human: {none}");
             }
@@ -1031,7 +1052,7 @@ pub(crate) fn finish(
         .unwrap_or_else(|| "run".into());
     if json {
         // One shape in every outcome (docs/FORMAT.md, "--json").
-        out_json(&serde_json::to_string_pretty(&run_json(id, &end)).unwrap_or_default());
+        crate::term::out_doc(&spes_engine::view::RunDoc::of(id, &end));
     }
     match end {
         RunEnd::Completed(outcome) => {
@@ -1093,82 +1114,6 @@ pub(crate) fn finish(
     }
 }
 
-/// Version of the `--json` shape of `run`, `resume` and `runs fork`.
-const RUN_JSON_SCHEMA: u32 = 1;
-
-/// What `--json` prints for a run that ended (or stopped) with `end`.
-fn run_json(id: Option<spes_store::RunId>, end: &spes_engine::RunEnd) -> Value {
-    use spes_engine::RunEnd;
-    let (status, output, usage, gates, error, context) = match end {
-        RunEnd::Completed(o) => (
-            "completed",
-            o.output.clone().unwrap_or(Value::Null),
-            serde_json::json!({
-                "input_tokens": o.usage.input_tokens,
-                "output_tokens": o.usage.output_tokens,
-                "model_calls": o.model_calls,
-                "replayed": o.replayed,
-            }),
-            Vec::new(),
-            Value::Null,
-            Value::Object(o.context.clone()),
-        ),
-        RunEnd::Failed(e) => (
-            "failed",
-            Value::Null,
-            Value::Null,
-            Vec::new(),
-            serde_json::json!({
-                "step": e.step,
-                "message": e.to_string(),
-                "class": if e.is_store() {
-                    "store"
-                } else if e.class() == spes_llm::ErrorClass::Transient {
-                    "transient"
-                } else {
-                    "terminal"
-                },
-                "hint": e.hint(),
-            }),
-            Value::Null,
-        ),
-        RunEnd::Waiting(g) => (
-            "waiting",
-            Value::Null,
-            Value::Null,
-            g.clone(),
-            Value::Null,
-            Value::Null,
-        ),
-        RunEnd::Paused => (
-            "paused",
-            Value::Null,
-            Value::Null,
-            Vec::new(),
-            Value::Null,
-            Value::Null,
-        ),
-        RunEnd::Cancelled => (
-            "cancelled",
-            Value::Null,
-            Value::Null,
-            Vec::new(),
-            Value::Null,
-            Value::Null,
-        ),
-    };
-    serde_json::json!({
-        "schema": RUN_JSON_SCHEMA,
-        "run_id": id.map(|i| i.to_string()),
-        "status": status,
-        "output": output,
-        "usage": usage,
-        "gates": gates,
-        "error": error,
-        "context": context,
-    })
-}
-
 fn cmd_validate(config: Option<&Path>, files: &[PathBuf], json: bool) -> Result<(), Failure> {
     let mut all = Diagnostics::default();
     let mut ok = 0;
@@ -1183,24 +1128,27 @@ fn cmd_validate(config: Option<&Path>, files: &[PathBuf], json: bool) -> Result<
                 if !json {
                     say!("✓ {} ({}): {steps} steps", f.display(), wf.name);
                 }
-                valid.push(serde_json::json!({
-                    "file": f.display().to_string(),
-                    "name": wf.name,
-                    "steps": steps,
-                }));
+                valid.push(spes_engine::view::ValidWorkflow {
+                    file: f.display().to_string(),
+                    name: wf.name.clone(),
+                    steps,
+                });
             }
             Err(Failure::Input(d)) => all.0.extend(d.0),
             Err(other) => return Err(other),
         }
     }
     if json {
-        let doc = serde_json::json!({
-            "schema": 1,
-            "valid": !all.has_errors(),
-            "workflows": valid,
-            "diagnostics": all.0.iter().map(spes_core::Diagnostic::to_json).collect::<Vec<_>>(),
+        crate::term::out_doc(&spes_engine::view::ValidateDoc {
+            schema: spes_engine::view::VERSION,
+            valid: !all.has_errors(),
+            workflows: valid,
+            diagnostics: all
+                .0
+                .iter()
+                .map(spes_engine::view::DiagnosticView::of)
+                .collect(),
         });
-        out_json(&serde_json::to_string_pretty(&doc).unwrap_or_default());
         return if all.has_errors() {
             Err(Failure::Stopped(2, String::new()))
         } else {
@@ -1229,19 +1177,6 @@ fn cmd_diagram(config: Option<&Path>, file: &Path, format: DiagramFormat) -> Res
     Ok(())
 }
 
-/// A component as the `--json` outputs list it.
-fn component_json(c: &spes_core::component::Component) -> Value {
-    serde_json::json!({
-        "reference": c.reference(),
-        "kind": c.kind,
-        "name": c.name,
-        "version": c.version.to_string(),
-        "description": c.description,
-        "file": c.path.display().to_string(),
-        "tags": c.tags,
-    })
-}
-
 fn cmd_components(config: Option<&Path>, cmd: ComponentsCmd) -> Result<(), Failure> {
     let cwd = std::env::current_dir().unwrap_or_default();
     let project = Project::discover(config, &cwd)?;
@@ -1252,17 +1187,14 @@ fn cmd_components(config: Option<&Path>, cmd: ComponentsCmd) -> Result<(), Failu
                 print_diagnostics(&diags);
             }
             if json {
-                let list: Vec<Value> = reg
-                    .list()
-                    .filter(|c| kind.as_ref().is_none_or(|k| &c.kind == k))
-                    .map(component_json)
-                    .collect();
-                out_json(
-                    &serde_json::to_string_pretty(
-                        &serde_json::json!({ "schema": 1, "components": list }),
-                    )
-                    .unwrap_or_default(),
-                );
+                crate::term::out_doc(&spes_engine::view::ComponentList {
+                    schema: spes_engine::view::VERSION,
+                    components: reg
+                        .list()
+                        .filter(|c| kind.as_ref().is_none_or(|k| &c.kind == k))
+                        .map(spes_engine::view::ComponentView::of)
+                        .collect(),
+                });
                 return Ok(());
             }
             let mut rows = vec![[
@@ -1310,25 +1242,7 @@ fn cmd_components(config: Option<&Path>, cmd: ComponentsCmd) -> Result<(), Failu
             let (reg, _) = project.components();
             let c = reg.resolve(&r).map_err(|d| Failure::Input(d.into()))?;
             if json {
-                let mut v = component_json(c);
-                if let Value::Object(m) = &mut v {
-                    m.insert(
-                        "variables".into(),
-                        c.variables
-                            .iter()
-                            .map(|x| {
-                                serde_json::json!({
-                                    "name": x.name,
-                                    "required": x.required,
-                                    "default": x.default,
-                                    "description": x.description,
-                                })
-                            })
-                            .collect(),
-                    );
-                    m.insert("body".into(), Value::from(c.body.clone()));
-                }
-                out_json(&serde_json::to_string_pretty(&v).unwrap_or_default());
+                crate::term::out_doc(&spes_engine::view::ComponentShow::of(c));
                 return Ok(());
             }
             let mut s = format!(
@@ -1378,56 +1292,4 @@ fn cmd_components(config: Option<&Path>, cmd: ComponentsCmd) -> Result<(), Failu
             Ok(())
         }
     }
-}
-
-/// A provider that could not be built (e.g. its key variable is unset):
-/// every call reports why, so that workflows not using it still run.
-#[derive(Debug)]
-struct Unavailable {
-    name: String,
-    kind: &'static str,
-    error: ProviderError,
-}
-
-#[async_trait]
-impl Provider for Unavailable {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
-    fn default_model(&self) -> Option<&str> {
-        None
-    }
-    async fn complete(
-        &self,
-        _req: &ChatRequest,
-        _cx: &CallContext,
-    ) -> Result<ChatResponse, ProviderError> {
-        Err(self.error.clone())
-    }
-}
-
-/// Builds an HTTP provider from its spec; key problems surface when it is used.
-pub(crate) fn http_provider(name: &str, spec: &ProviderSpec) -> Result<Arc<dyn Provider>, Failure> {
-    use spes_core::config::ProviderKind;
-    use spes_llm::http::HttpProviderConfig;
-    let env = |k: &str| std::env::var(k).ok();
-    let built: Result<Arc<dyn Provider>, ProviderError> =
-        HttpProviderConfig::from_spec(name, spec, &env).and_then(|cfg| {
-            Ok(match spec.kind {
-                ProviderKind::Anthropic => {
-                    Arc::new(spes_llm::anthropic::AnthropicProvider::new(cfg)?) as Arc<dyn Provider>
-                }
-                _ => Arc::new(spes_llm::openai::OpenAiProvider::new(cfg)?) as Arc<dyn Provider>,
-            })
-        });
-    Ok(built.unwrap_or_else(|error| {
-        Arc::new(Unavailable {
-            name: name.to_owned(),
-            kind: spec.kind.as_str(),
-            error,
-        })
-    }))
 }

@@ -59,51 +59,12 @@ pub(crate) fn set_events() {
     EVENTS.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// An event as one JSON object (`--events`).
-fn event_json(event: &Event) -> serde_json::Value {
-    use serde_json::json;
-    let ms = |d: &Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    match event {
-        Event::StepStarted { key, kind, depth } => {
-            json!({ "event": "step_started", "key": key, "kind": kind, "depth": depth })
-        }
-        Event::StepFinished {
-            key,
-            kind,
-            depth,
-            elapsed,
-            error,
-            note,
-            usage,
-        } => json!({
-            "event": "step_finished", "key": key, "kind": kind, "depth": depth,
-            "elapsed_ms": ms(elapsed), "error": error, "note": note,
-            "usage": usage.as_ref().map(|u| json!({ "input_tokens": u.input_tokens, "output_tokens": u.output_tokens })),
-        }),
-        Event::Delta { key, text } => json!({ "event": "delta", "key": key, "text": text }),
-        Event::Retrying {
-            key,
-            attempt,
-            delay,
-            error,
-        } => {
-            json!({ "event": "retrying", "key": key, "attempt": attempt, "delay_ms": ms(delay), "error": error })
-        }
-        Event::FallingBack {
-            key,
-            from,
-            to,
-            error,
-        } => json!({ "event": "falling_back", "key": key, "from": from, "to": to, "error": error }),
-        other => json!({ "event": "other", "debug": format!("{other:?}") }),
-    }
-}
-
 impl Observer for Progress {
     fn on_event(&self, event: &Event) {
         if EVENTS.load(std::sync::atomic::Ordering::Relaxed) {
             // JSON escapes every control character: nothing raw reaches a terminal.
-            let line = event_json(event).to_string();
+            let line =
+                serde_json::to_string(&spes_engine::view::EventView::of(event)).unwrap_or_default();
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{line}");
             let _ = err.flush();

@@ -3,11 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use spes_core::Diagnostics;
 use spes_core::component::ComponentRegistry;
 use spes_core::config::{ConfigSpec, ProviderKind, ProviderSpec, parse_config};
-use spes_core::{Diagnostic, Diagnostics};
 use spes_llm::Provider;
-use spes_llm::scripted::ScriptedProvider;
 
 use crate::Failure;
 
@@ -23,19 +22,7 @@ pub(crate) struct Project {
 /// Reads a user file with a size cap, naming the file on error (only
 /// regular files: a FIFO or a device is refused without blocking).
 pub(crate) fn read_text(path: &Path, max: usize) -> Result<String, Failure> {
-    let shown = path.display().to_string();
-    spes_core::fs::read_text(path, max as u64).map_err(|e| {
-        let code = match &e {
-            spes_core::fs::ReadError::TooLarge { .. } => "spes::io::too_large",
-            spes_core::fs::ReadError::NotUtf8 { .. } => "spes::io::not_utf8",
-            _ => "spes::io::read",
-        };
-        Failure::Input(Diagnostics::from(
-            Diagnostic::error(code, format!("cannot read {shown}: {e}"))
-                .with_file(shown.clone())
-                .with_hint(e.hint()),
-        ))
-    })
+    spes_core::fs::read_text_diag(path, max as u64).map_err(|d| Failure::Input(d.into()))
 }
 
 impl Project {
@@ -115,15 +102,7 @@ impl Project {
     }
 
     pub(crate) fn rel(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            return p.to_path_buf();
-        }
-        if let Ok(rest) = p.strip_prefix("~")
-            && let Some(home) = std::env::var_os("HOME")
-        {
-            return PathBuf::from(home).join(rest);
-        }
-        self.dir.join(p)
+        spes_core::fs::resolve(&self.dir, p)
     }
 
     /// Component roots, absolute.
@@ -174,37 +153,24 @@ impl Project {
         "local".into()
     }
 
-    /// Builds every configured provider.
+    /// Every configured provider (and `local`, the offline default, when
+    /// this build has it), built by `spes_llm::ProviderRegistry`.
     pub(crate) fn providers(&self) -> Result<Vec<Arc<dyn Provider>>, Failure> {
-        let mut out: Vec<Arc<dyn Provider>> = Vec::new();
-        for (name, spec) in &self.config.providers {
-            let p: Arc<dyn Provider> = match spec.kind {
-                ProviderKind::Scripted => {
-                    let script = spec.script.as_deref().unwrap_or(Path::new("answers.yaml"));
-                    let path = self.rel(script);
-                    let text = read_text(&path, spes_core::yaml::MAX_YAML_BYTES)?;
-                    let shown = path.display().to_string();
-                    Arc::new(
-                        ScriptedProvider::parse(name, &shown, &text)
-                            .map_err(|d| Failure::Input(d.into()))?,
-                    )
-                }
-                ProviderKind::Anthropic | ProviderKind::Openai => crate::http_provider(name, spec)?,
-                ProviderKind::Local => match self.local_provider(name, Some(spec)) {
-                    Some(p) => p,
-                    None => continue,
-                },
-            };
-            out.push(p);
-        }
-        // `local` is always there (the offline default), unless a
-        // configured provider took the name. It loads nothing until used.
-        if !out.iter().any(|p| p.name() == "local")
-            && let Some(p) = self.local_provider("local", None)
-        {
-            out.push(p);
-        }
-        Ok(out)
+        let env = |k: &str| std::env::var(k).ok();
+        #[cfg(feature = "local")]
+        let factory = |name: &str, spec: Option<&ProviderSpec>| -> Arc<dyn Provider> {
+            Arc::new(spes_local::LocalProvider::new(
+                name,
+                self.local_config(spec),
+            ))
+        };
+        #[cfg(feature = "local")]
+        let local: Option<spes_llm::registry::LocalFactory<'_>> = Some(&factory);
+        #[cfg(not(feature = "local"))]
+        let local: Option<spes_llm::registry::LocalFactory<'_>> = None;
+        let reg = spes_llm::ProviderRegistry::for_project(&self.config, &self.dir, &env, local)
+            .map_err(Failure::Input)?;
+        Ok(reg.providers())
     }
 
     /// The settings of the local provider `spec` (the default model when `None`).
@@ -220,26 +186,6 @@ impl Project {
             }
             None => spes_local::LocalConfig::default_model(),
         }
-    }
-
-    #[cfg(feature = "local")]
-    #[allow(clippy::unnecessary_wraps)]
-    fn local_provider(&self, name: &str, spec: Option<&ProviderSpec>) -> Option<Arc<dyn Provider>> {
-        Some(Arc::new(spes_local::LocalProvider::new(
-            name,
-            self.local_config(spec),
-        )))
-    }
-
-    /// Built without the `local` feature: there is no embedded model.
-    #[cfg(not(feature = "local"))]
-    #[allow(clippy::unused_self)]
-    fn local_provider(
-        &self,
-        _name: &str,
-        _spec: Option<&ProviderSpec>,
-    ) -> Option<Arc<dyn Provider>> {
-        None
     }
 
     /// Names of configured providers (for validation).

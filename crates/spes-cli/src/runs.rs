@@ -262,13 +262,10 @@ pub(crate) async fn runs(
                 .map_err(Failure::Usage)?;
             let runs = store.list_runs(status, limit).await?;
             if json {
-                let list: Vec<Value> = runs.iter().map(run_summary_json).collect();
-                crate::term::out_json(
-                    &serde_json::to_string_pretty(
-                        &serde_json::json!({ "schema": LIST_JSON_SCHEMA, "runs": list }),
-                    )
-                    .unwrap_or_default(),
-                );
+                crate::term::out_doc(&spes_engine::view::RunList {
+                    schema: spes_engine::view::VERSION,
+                    runs: runs.iter().map(spes_engine::view::RunSummary::of).collect(),
+                });
                 return Ok(());
             }
             let mut rows = vec![[
@@ -397,36 +394,6 @@ fn table(rows: &[[String; 5]]) -> String {
     s
 }
 
-/// Version of the `--json` shapes of `runs list`, `runs show` and `runs pending`.
-pub(crate) const LIST_JSON_SCHEMA: u32 = 1;
-
-/// A run as `runs list --json` lists it.
-fn run_summary_json(r: &spes_store::Run) -> Value {
-    serde_json::json!({
-        "id": r.id.to_string(),
-        "status": spes_engine::ops::shown_status(r),
-        "workflow": r.workflow_name,
-        "workflow_path": r.workflow_path,
-        "created_at": r.created_at.to_rfc3339(),
-        "updated_at": r.updated_at.to_rfc3339(),
-        "error": r.error,
-    })
-}
-
-/// A gate as the `--json` outputs show it.
-pub(crate) fn gate_json(g: &spes_store::Gate) -> Value {
-    serde_json::json!({
-        "run_id": g.run_id.to_string(),
-        "key": g.key,
-        "kind": g.kind,
-        "opened_at": g.opened_at.to_rfc3339(),
-        "deadline": g.deadline.map(|d| d.to_rfc3339()),
-        "request": g.request,
-        "decision": g.decision,
-        "decided_at": g.decided_at.map(|d| d.to_rfc3339()),
-    })
-}
-
 /// `runs show --json`: the run, its journal and its gates.
 async fn show_json(
     config: Option<&Path>,
@@ -443,52 +410,7 @@ async fn show_json(
             pending_only: false,
         })
         .await?;
-    let mut summary = run_summary_json(&run);
-    if let Value::Object(m) = &mut summary {
-        m.insert(
-            "workflow_hash".into(),
-            Value::from(run.workflow_hash.clone()),
-        );
-        m.insert("inputs".into(), run.inputs.clone());
-        m.insert("output".into(), run.output.clone().unwrap_or(Value::Null));
-        m.insert(
-            "owner".into(),
-            run.owner.clone().map_or(Value::Null, Value::from),
-        );
-        m.insert(
-            "provider".into(),
-            run.settings
-                .provider
-                .clone()
-                .map_or(Value::Null, Value::from),
-        );
-        m.insert(
-            "pins".into(),
-            serde_json::to_value(&run.pins).unwrap_or(Value::Null),
-        );
-    }
-    let entries: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "seq": e.seq,
-                "key": e.key,
-                "kind": e.kind,
-                "recorded_at": e.recorded_at.to_rfc3339(),
-                "payload": e.payload,
-            })
-        })
-        .collect();
-    let gates: Vec<Value> = gates.iter().map(gate_json).collect();
-    crate::term::out_json(
-        &serde_json::to_string_pretty(&serde_json::json!({
-            "schema": LIST_JSON_SCHEMA,
-            "run": summary,
-            "entries": entries,
-            "gates": gates,
-        }))
-        .unwrap_or_default(),
-    );
+    crate::term::out_doc(&spes_engine::view::RunShow::of(&run, &entries, &gates));
     Ok(())
 }
 

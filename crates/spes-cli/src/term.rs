@@ -137,6 +137,11 @@ pub(crate) fn out_json(text: &str) {
     write_out(text);
 }
 
+/// Writes a value as pretty JSON to stdout (the `--json` outputs).
+pub(crate) fn out_doc<T: serde::Serialize + ?Sized>(doc: &T) {
+    write_out(&serde_json::to_string_pretty(doc).unwrap_or_default());
+}
+
 fn write_out(text: &str) {
     let mut o = std::io::stdout().lock();
     let r = o.write_all(text.as_bytes()).and_then(|()| {

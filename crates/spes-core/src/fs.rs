@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Why a file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +142,42 @@ pub fn read_text(path: &Path, max: u64) -> Result<String, ReadError> {
     String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8 {
         offset: e.utf8_error().valid_up_to(),
     })
+}
+
+/// [`read_text`] with a failure as a diagnostic naming the file, with a
+/// stable code (`spes::io::too_large`, `spes::io::not_utf8`,
+/// `spes::io::read`) and what to do.
+///
+/// # Errors
+///
+/// As [`read_text`].
+pub fn read_text_diag(path: &Path, max: u64) -> Result<String, crate::Diagnostic> {
+    let shown = path.display().to_string();
+    read_text(path, max).map_err(|e| {
+        let code = match &e {
+            ReadError::TooLarge { .. } => "spes::io::too_large",
+            ReadError::NotUtf8 { .. } => "spes::io::not_utf8",
+            _ => "spes::io::read",
+        };
+        crate::Diagnostic::error(code, format!("cannot read {shown}: {e}"))
+            .with_file(shown)
+            .with_hint(e.hint())
+    })
+}
+
+/// A path from a project file: absolute as it is, `~/...` under `$HOME`,
+/// anything else relative to `dir` (the directory of spes.toml).
+#[must_use]
+pub fn resolve(dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    if let Ok(rest) = p.strip_prefix("~")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    dir.join(p)
 }
 
 #[cfg(test)]

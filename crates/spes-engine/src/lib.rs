@@ -43,6 +43,7 @@ mod pattern;
 pub mod patterns;
 pub mod policy;
 pub mod run;
+pub mod view;
 pub mod worker;
 
 use std::collections::BTreeMap;

@@ -2,21 +2,81 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use spes_core::Diagnostics;
 use spes_core::config::{ConfigSpec, ProviderKind, ProviderSpec};
+use spes_core::message::{ChatRequest, ChatResponse};
 
 use crate::anthropic::AnthropicProvider;
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::http::HttpProviderConfig;
 use crate::openai::OpenAiProvider;
-use crate::provider::Provider;
+use crate::provider::{CallContext, Provider};
+use crate::scripted::ScriptedProvider;
+
+/// Builds a `local` provider (the embedded model lives in another crate):
+/// its name and its `[providers.NAME]` table (`None`: the default model).
+pub type LocalFactory<'a> = &'a dyn Fn(&str, Option<&ProviderSpec>) -> Arc<dyn Provider>;
+
+/// A provider that could not be built (its key variable is unset, its
+/// table is unusable, this build has no embedded model): every call fails
+/// with why, so that workflows not using it still run.
+#[derive(Debug)]
+pub struct UnavailableProvider {
+    name: String,
+    kind: &'static str,
+    error: ProviderError,
+}
+
+impl UnavailableProvider {
+    /// A provider `name` of `kind` that answers every call with `error`.
+    #[must_use]
+    pub fn new(name: impl Into<String>, kind: &'static str, error: ProviderError) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            error,
+        }
+    }
+
+    /// Why it cannot be used.
+    #[must_use]
+    pub fn error(&self) -> &ProviderError {
+        &self.error
+    }
+}
+
+#[async_trait]
+impl Provider for UnavailableProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn default_model(&self) -> Option<&str> {
+        None
+    }
+
+    async fn complete(
+        &self,
+        _req: &ChatRequest,
+        _cx: &CallContext,
+    ) -> Result<ChatResponse, ProviderError> {
+        Err(self.error.clone())
+    }
+}
 
 enum Entry {
     Ready(Arc<dyn Provider>),
     /// Configured but unusable until fixed (a missing API key): asking for
     /// it gives this error, other providers still work.
-    Unavailable(ProviderError),
+    Unavailable(ProviderError, ProviderKind),
     /// A `scripted` or `local` provider the caller must build and
     /// [`ProviderRegistry::insert`].
     Pending(ProviderKind),
@@ -42,7 +102,7 @@ impl fmt::Debug for ProviderRegistry {
         for (name, e) in &self.entries {
             let state = match e {
                 Entry::Ready(p) => p.kind(),
-                Entry::Unavailable(_) => "unavailable",
+                Entry::Unavailable(..) => "unavailable",
                 Entry::Pending(_) => "pending",
             };
             m.entry(name, &state);
@@ -85,12 +145,75 @@ impl ProviderRegistry {
             let entry = match build(name, spec, &env) {
                 Ok(Some(p)) => Entry::Ready(p),
                 Ok(None) => Entry::Pending(spec.kind),
-                Err(e) if e.kind == ProviderErrorKind::Authentication => Entry::Unavailable(e),
+                Err(e) if e.kind == ProviderErrorKind::Authentication => {
+                    Entry::Unavailable(e, spec.kind)
+                }
                 Err(e) => return Err(e),
             };
             reg.entries.insert(name.clone(), entry);
         }
         Ok(reg)
+    }
+
+    /// Every provider of a project, the way `spes` builds them: HTTP
+    /// providers from their tables (one that cannot be built, such as one
+    /// whose key variable is unset, is kept as an [`UnavailableProvider`]
+    /// that fails when called, naming why); `scripted` ones from their
+    /// `script` file (relative to `dir`, default `answers.yaml`, read with
+    /// a size cap); `local` ones through `local` (without it, this build
+    /// has no embedded model: they are unavailable). Unless a configured
+    /// provider is called `local`, `local` itself is added through
+    /// `local` (the offline default; it loads nothing until used).
+    ///
+    /// # Errors
+    ///
+    /// A script that cannot be read or parsed, with its file and line.
+    pub fn for_project(
+        config: &ConfigSpec,
+        dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        local: Option<LocalFactory<'_>>,
+    ) -> Result<Self, Diagnostics> {
+        let mut reg = Self::new();
+        for (name, spec) in &config.providers {
+            let entry = match spec.kind {
+                ProviderKind::Anthropic | ProviderKind::Openai => match build(name, spec, env) {
+                    Ok(Some(p)) => Entry::Ready(p),
+                    Ok(None) => Entry::Pending(spec.kind),
+                    Err(e) => Entry::Unavailable(e, spec.kind),
+                },
+                ProviderKind::Scripted => Entry::Ready(scripted(name, spec, dir)?),
+                ProviderKind::Local => match local {
+                    Some(f) => Entry::Ready(f(name, Some(spec))),
+                    None => Entry::Unavailable(no_local(name), spec.kind),
+                },
+            };
+            reg.entries.insert(name.clone(), entry);
+        }
+        if let (false, Some(f)) = (reg.entries.contains_key("local"), local) {
+            reg.entries
+                .insert("local".into(), Entry::Ready(f("local", None)));
+        }
+        Ok(reg)
+    }
+
+    /// Every provider by name, usable or not: an unusable one is an
+    /// [`UnavailableProvider`] (its calls fail, naming why); one nobody
+    /// built ([`ProviderRegistry::pending`]) is left out.
+    #[must_use]
+    pub fn providers(&self) -> Vec<Arc<dyn Provider>> {
+        self.entries
+            .iter()
+            .filter_map(|(name, e)| match e {
+                Entry::Ready(p) => Some(Arc::clone(p)),
+                Entry::Unavailable(err, kind) => Some(Arc::new(UnavailableProvider::new(
+                    name.clone(),
+                    kind.as_str(),
+                    err.clone(),
+                )) as Arc<dyn Provider>),
+                Entry::Pending(_) => None,
+            })
+            .collect()
     }
 
     /// Adds or replaces the provider `name`; returns the one it replaced,
@@ -117,7 +240,7 @@ impl ProviderRegistry {
     pub fn get(&self, name: &str) -> Result<Arc<dyn Provider>, ProviderError> {
         match self.entries.get(name) {
             Some(Entry::Ready(p)) => Ok(Arc::clone(p)),
-            Some(Entry::Unavailable(e)) => Err(e.clone()),
+            Some(Entry::Unavailable(e, _)) => Err(e.clone()),
             Some(Entry::Pending(kind)) => Err(ProviderError::new(
                 name,
                 ProviderErrorKind::Config,
@@ -180,4 +303,25 @@ fn build(
         )?)?),
         ProviderKind::Local | ProviderKind::Scripted => return Ok(None),
     }))
+}
+
+/// The error of a `local` provider in a build without the embedded model.
+fn no_local(name: &str) -> ProviderError {
+    ProviderError::new(
+        name,
+        ProviderErrorKind::Config,
+        format!(
+            "provider `{name}` is kind \"local\", but this build of spes has no embedded model (built without the `local` feature)"
+        ),
+    )
+}
+
+/// A `scripted` provider from its script file (relative to `dir`).
+fn scripted(name: &str, spec: &ProviderSpec, dir: &Path) -> Result<Arc<dyn Provider>, Diagnostics> {
+    let script = spec.script.as_deref().unwrap_or(Path::new("answers.yaml"));
+    let path = spes_core::fs::resolve(dir, script);
+    let max = spes_core::yaml::MAX_YAML_BYTES as u64;
+    let text = spes_core::fs::read_text_diag(&path, max)?;
+    let shown = path.display().to_string();
+    Ok(Arc::new(ScriptedProvider::parse(name, &shown, &text)?))
 }

@@ -6,4 +6,5 @@ mod common;
 mod malformed;
 mod people;
 mod rendering;
+mod shapes;
 mod terminal;

@@ -218,3 +218,95 @@ fn provider_tables_set_the_cap_the_deadline_and_the_max_tokens_field() {
     assert_eq!(c.max_response_bytes, 32 << 20);
     assert_eq!(c.timeouts.total, std::time::Duration::from_secs(600));
 }
+
+/// A project's providers the way `spes` builds them: scripted ones from
+/// their script (relative to the project), an HTTP provider with its key
+/// unset kept as one that fails naming the variable, `local` through the
+/// factory (and added when not configured), or unavailable without one.
+#[tokio::test]
+async fn for_project_builds_every_kind_and_keeps_unusable_ones_failing() {
+    let server = FakeServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("answers.yaml"), "- { default: echo }\n").unwrap();
+    let cfg = config(&server);
+    let made = std::sync::Mutex::new(Vec::<String>::new());
+    let factory = |name: &str, spec: Option<&spes_core::config::ProviderSpec>| {
+        made.lock()
+            .unwrap()
+            .push(format!("{name}:{}", spec.is_some()));
+        Arc::new(ScriptedProvider::parse(name, "local.yaml", "- { default: echo }").unwrap())
+            as Arc<dyn spes_llm::Provider>
+    };
+    let reg = ProviderRegistry::for_project(&cfg, dir.path(), &env, Some(&factory)).unwrap();
+    let all = reg.providers();
+    let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["claude", "local", "local-llama", "missing", "test"]);
+    assert_eq!(*made.lock().unwrap(), ["local:false"]);
+    let test = all.iter().find(|p| p.name() == "test").unwrap();
+    let r = test
+        .complete(&ChatRequest::user("hello"), &CallContext::for_step("s"))
+        .await
+        .unwrap();
+    assert!(r.text.contains("hello"), "{}", r.text);
+    let missing = all.iter().find(|p| p.name() == "missing").unwrap();
+    assert_eq!(missing.kind(), "openai");
+    let err = missing
+        .complete(&ChatRequest::user("x"), &CallContext::for_step("s"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, K::Authentication);
+    assert!(err.to_string().contains("SPES_TEST_UNSET_KEY"), "{err}");
+
+    // A configured `local` without a factory: there, but failing, naming why.
+    let with_local = parse_config(
+        "spes.toml",
+        "[providers.mine]\nkind = \"local\"\n[providers.test]\nkind = \"scripted\"\nscript = \"answers.yaml\"\n",
+    )
+    .unwrap();
+    let reg = ProviderRegistry::for_project(&with_local, dir.path(), &env, None).unwrap();
+    let names: Vec<String> = reg
+        .providers()
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["mine", "test"],
+        "no implicit local without a factory"
+    );
+    let err = reg.providers()[0]
+        .complete(&ChatRequest::user("x"), &CallContext::for_step("s"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no embedded model"), "{err}");
+}
+
+#[test]
+fn for_project_reports_a_bad_script_with_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s.yaml"),
+        "- { step: a, reply: x }\n- { bogus: 1 }\n",
+    )
+    .unwrap();
+    let cfg = parse_config(
+        "spes.toml",
+        "[providers.t]\nkind = \"scripted\"\nscript = \"s.yaml\"\n",
+    )
+    .unwrap();
+    let d = ProviderRegistry::for_project(&cfg, dir.path(), &env, None).unwrap_err();
+    let first = &d.0[0];
+    assert!(
+        first.file.as_deref().unwrap().ends_with("s.yaml"),
+        "{first:?}"
+    );
+    assert_eq!(first.line_col.map(|(l, _)| l), Some(2), "{first:?}");
+    // A missing script names the file.
+    let cfg = parse_config(
+        "spes.toml",
+        "[providers.t]\nkind = \"scripted\"\nscript = \"gone.yaml\"\n",
+    )
+    .unwrap();
+    let d = ProviderRegistry::for_project(&cfg, dir.path(), &env, None).unwrap_err();
+    assert!(d.0[0].message.contains("gone.yaml"), "{:?}", d.0[0]);
+}
