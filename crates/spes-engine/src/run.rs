@@ -140,6 +140,16 @@ impl Control {
         }
     }
 
+    /// Notes a reading of the status made elsewhere (a claim), started at
+    /// `at`, unless a newer one is known.
+    pub(crate) fn saw(&self, status: RunStatus, at: std::time::Instant) {
+        if let Ok(mut seen) = self.seen.lock()
+            && seen.is_none_or(|(_, t)| t < at)
+        {
+            *seen = Some((status, at));
+        }
+    }
+
     fn fresh(&self) -> Option<RunStatus> {
         self.seen
             .lock()

@@ -177,6 +177,9 @@ pub struct Worker {
     contexts: Mutex<HashMap<(RunId, String), Arc<Context>>>,
     /// Runs whose items this worker executes (what items read never changes).
     runs: Mutex<HashMap<RunId, Arc<Run>>>,
+    /// One pause/cancel watch per run, shared by its items: items running
+    /// side by side share one status read instead of one each.
+    controls: Mutex<HashMap<RunId, Control>>,
     runs_done: AtomicU64,
     items_done: AtomicU64,
     lost: AtomicU64,
@@ -229,6 +232,7 @@ impl Worker {
             held: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
+            controls: Mutex::new(HashMap::new()),
             runs_done: AtomicU64::new(0),
             items_done: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -277,6 +281,7 @@ impl Worker {
                 if kind == TaskKind::Run {
                     runs_looked = Some(tokio::time::Instant::now());
                 }
+                let claimed_at = std::time::Instant::now();
                 match self
                     .queue()
                     .claim(
@@ -290,7 +295,7 @@ impl Worker {
                     Ok(got) => {
                         claimed += got.len();
                         for t in got {
-                            self.start(&mut tasks, t);
+                            self.start(&mut tasks, t, claimed_at);
                         }
                     }
                     Err(e) => {
@@ -349,7 +354,13 @@ impl Worker {
         }
     }
 
-    fn start(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>, task: Task) {
+    /// Runs `task` (claimed by a claim that started at `claimed_at`) in `tasks`.
+    fn start(
+        self: &Arc<Self>,
+        tasks: &mut tokio::task::JoinSet<()>,
+        task: Task,
+        claimed_at: std::time::Instant,
+    ) {
         let counter = match task.kind {
             TaskKind::Run => &self.running_runs,
             TaskKind::Item => &self.running_items,
@@ -364,7 +375,7 @@ impl Worker {
                 TaskKind::Item => &me.running_items,
             };
             let _slot = Slot(counter);
-            me.execute(task).await;
+            me.execute(task, claimed_at).await;
             if let Ok(mut h) = me.held.lock() {
                 h.remove(&id);
             }
@@ -489,12 +500,12 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, task: Task) {
+    async fn execute(&self, task: Task, claimed_at: std::time::Instant) {
         let lease = task.lease.clone();
         let (task_kind, run_id, key) = (task.kind, task.run_id, task.key.clone());
         let outcome = match task.kind {
             TaskKind::Run => self.execute_run(&task).await,
-            TaskKind::Item => self.execute_item(&task).await,
+            TaskKind::Item => self.execute_item(&task, claimed_at).await,
         };
         match outcome {
             Ok(()) => {}
@@ -682,6 +693,23 @@ impl Worker {
         Ok(())
     }
 
+    /// The run's pause/cancel watch shared by its items, knowing the
+    /// status the claim read at `read_at`.
+    fn control(&self, run: RunId, status: RunStatus, read_at: std::time::Instant) -> Control {
+        let Ok(mut all) = self.controls.lock() else {
+            return Control::new(self.store.clone(), run);
+        };
+        if all.len() >= 256 && !all.contains_key(&run) {
+            all.clear();
+        }
+        let c = all
+            .entry(run)
+            .or_insert_with(|| Control::new(self.store.clone(), run))
+            .clone();
+        c.saw(status, read_at);
+        c
+    }
+
     /// The context a map's items see, recorded by the run (cached: it never changes).
     async fn item_context(&self, run: &RunId, map: &str) -> Result<Arc<Context>, Leave> {
         let k = (*run, map.to_owned());
@@ -709,7 +737,7 @@ impl Worker {
         Ok(ctx)
     }
 
-    async fn execute_item(&self, task: &Task) -> Result<(), Leave> {
+    async fn execute_item(&self, task: &Task, claimed_at: std::time::Instant) -> Result<(), Leave> {
         if task.payload.get("workflow").is_some() {
             return self.execute_flow(task).await;
         }
@@ -779,7 +807,7 @@ impl Worker {
             pinned.as_ref().unwrap_or(&self.engine),
             (*ctx).clone(),
             Arc::new(journal),
-            Some(Control::new(self.store.clone(), run.id)),
+            Some(self.control(run.id, status, claimed_at)),
         );
         let r = exec
             .run_item(m, &p.map, p.index, p.item, p.depth, loc)

@@ -8,6 +8,9 @@ use crate::StoreError;
 /// `23503 foreign_key_violation`.
 pub(super) const FOREIGN_KEY_VIOLATION: &str = "23503";
 
+/// `23505 unique_violation`.
+pub(super) const UNIQUE_VIOLATION: &str = "23505";
+
 /// The SQLSTATE of a database error, if it is one.
 pub(super) fn code_of(e: &sqlx::Error) -> Option<String> {
     e.as_database_error()

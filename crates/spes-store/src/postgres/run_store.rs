@@ -27,9 +27,6 @@ pub(super) async fn lock_run(conn: &mut PgConnection, id: &RunId) -> Result<Stri
         .ok_or_else(|| no_run(id))
 }
 
-/// `23505 unique_violation`.
-const UNIQUE_VIOLATION: &str = "23505";
-
 /// Appends one entry in one statement: the run's `last_seq` counter is
 /// bumped (which takes the run's row lock until the commit, so that
 /// sequence numbers follow commit order without gaps) only when the key is
@@ -65,7 +62,7 @@ pub(super) async fn append_locked(
     match seq {
         Ok(v) if !v.is_empty() => return Ok(Appended::New(v[0])),
         Ok(_) => {}
-        Err(e) if error::code_of(&e).as_deref() == Some(UNIQUE_VIOLATION) => {}
+        Err(e) if error::code_of(&e).as_deref() == Some(error::UNIQUE_VIOLATION) => {}
         Err(e) => return Err(e.into()),
     }
     let row = sqlx::query(AssertSqlSafe(format!(
