@@ -5,12 +5,12 @@ use std::collections::HashSet;
 
 use serde_saphyr::Spanned;
 
-use super::{Known, Sp, Validator, is_key_name, is_step_name, span};
 use crate::workflow::orchestration::{
     DEFAULT_MAP_CONCURRENCY, FanOutStep, MapStep, OnError, PipelineStep, ReduceStep, SagaAction,
     SagaStep, ScatterGatherStep,
 };
 use crate::workflow::spec::StepSpec;
+use crate::workflow::validate::{Known, Sp, Validator, is_key_name, is_step_name, span};
 use crate::workflow::{Step, StepKind};
 
 /// Keys written by `steps`, each validated against `before` (side by side:
@@ -37,7 +37,7 @@ fn merge_side_by_side(before: &Known, arms: Vec<Known>, certain: bool) -> Known 
 
 impl Validator<'_> {
     /// A nested step (named `default` when unnamed) with extra locals.
-    pub(super) fn nested_step(
+    pub(crate) fn nested_step(
         &mut self,
         sy: &Spanned<Box<StepSpec>>,
         default: &str,
@@ -120,18 +120,18 @@ impl Validator<'_> {
                 );
                 None
             }
-            Some(c) if c.value > super::MAX_CONCURRENCY => {
+            Some(c) if c.value > crate::workflow::validate::MAX_CONCURRENCY => {
                 self.err(
                     "spes::workflow::bad_concurrency",
                     format!(
                         "{what}: concurrency = {}; at most {} is allowed",
                         c.value,
-                        super::MAX_CONCURRENCY
+                        crate::workflow::validate::MAX_CONCURRENCY
                     ),
                     span(c),
                     format!(
                         "pick a concurrency between 1 and {}",
-                        super::MAX_CONCURRENCY
+                        crate::workflow::validate::MAX_CONCURRENCY
                     ),
                 );
                 None
@@ -141,7 +141,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn map_step(
+    pub(crate) fn map_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -194,7 +194,7 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn reduce_step(
+    pub(crate) fn reduce_step(
         &mut self,
         s: &StepSpec,
         known: &Known,
@@ -220,7 +220,7 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn fan_out_step(
+    pub(crate) fn fan_out_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -298,7 +298,7 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn saga_step(
+    pub(crate) fn saga_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -348,7 +348,7 @@ impl Validator<'_> {
         Some(SagaStep { actions })
     }
 
-    pub(super) fn pipeline_step(
+    pub(crate) fn pipeline_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -409,7 +409,7 @@ impl Validator<'_> {
         Some(PipelineStep { input, stages: out })
     }
 
-    pub(super) fn scatter_gather_step(
+    pub(crate) fn scatter_gather_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -502,7 +502,7 @@ impl Validator<'_> {
 
 /// Builds the step kind for an orchestration kind name (`None`: not one of
 /// them, or invalid and reported).
-pub(super) fn orchestration_kind(
+pub(crate) fn orchestration_kind(
     v: &mut Validator<'_>,
     kind: &str,
     s: &StepSpec,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
-use super::{Known, Sp, Validator, closest, is_step_name, span};
 use crate::evaluate::{
     CHECK_NAMES, Check, CheckKind, Criterion, DEFAULT_CRITERION_THRESHOLD, DEFAULT_THRESHOLD,
     Evaluator, Judge, Measure,
@@ -18,6 +17,7 @@ use crate::workflow::pattern::{
     RefineStep, SwitchStep,
 };
 use crate::workflow::spec::{CheckItemSpec, EvaluatorSpec, JudgeSpec, StepSpec};
+use crate::workflow::validate::{Known, Sp, Validator, closest, is_step_name, span};
 use crate::workflow::{Agent, Step, StepKind};
 
 /// Locals a quality gate's `feedback` template sees.
@@ -82,7 +82,7 @@ impl Validator<'_> {
         default: u32,
         what: &str,
     ) -> u32 {
-        let most = super::max_count(field);
+        let most = crate::workflow::validate::max_count(field);
         match v {
             Some(n) if n.value == 0 => {
                 self.err(
@@ -132,7 +132,7 @@ impl Validator<'_> {
     }
 
     /// `switch`.
-    pub(super) fn switch(
+    pub(crate) fn switch(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -232,7 +232,7 @@ impl Validator<'_> {
     }
 
     /// `quality_gate`.
-    pub(super) fn quality_gate(
+    pub(crate) fn quality_gate(
         &mut self,
         s: &StepSpec,
         known: &Known,
@@ -276,7 +276,7 @@ impl Validator<'_> {
     }
 
     /// `refine`.
-    pub(super) fn refine(
+    pub(crate) fn refine(
         &mut self,
         s: &StepSpec,
         known: &Known,
@@ -379,7 +379,7 @@ impl Validator<'_> {
     }
 
     /// `debate`.
-    pub(super) fn debate(
+    pub(crate) fn debate(
         &mut self,
         s: &StepSpec,
         known: &Known,
@@ -461,7 +461,7 @@ impl Validator<'_> {
     }
 
     /// `sequence` with `agents` + `task`.
-    pub(super) fn agent_chain(
+    pub(crate) fn agent_chain(
         &mut self,
         s: &StepSpec,
         known: &Known,
