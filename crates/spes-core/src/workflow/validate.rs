@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
+use super::kind::KindDef;
 use super::spec::{AgentSpec, ConditionSpec, InputType, StepSpec, WorkflowSpec};
-use super::{Agent, Input, Loc, Step, StepKind, Workflow};
+use super::{Agent, Input, Loc, Step, Workflow};
 use crate::answer::AnswerSchema;
 use crate::component::{ComponentRef, ComponentRegistry};
 use crate::condition::Condition;
@@ -34,31 +35,20 @@ impl IntoSpec for Box<StepSpec> {
 
 #[cfg(test)]
 mod answer_tests;
-mod kinds;
+pub(crate) mod kinds;
 mod policy;
 
-/// Step kinds this version of spes runs.
-pub const STEP_KINDS: &[&str] = &[
-    "llm",
-    "transform",
-    "sequence",
-    "branch",
-    "parallel",
-    "approval",
-    "choose",
-    "sections",
-    "workflow",
-    "switch",
-    "quality_gate",
-    "refine",
-    "debate",
-    "map",
-    "reduce",
-    "fan_out",
-    "saga",
-    "pipeline",
-    "scatter_gather",
-];
+/// Step kinds this version of spes runs: the names in
+/// [`KINDS`](super::kind::KINDS), in its order.
+pub const STEP_KINDS: &[&str] = &{
+    let mut names = [""; kinds::KINDS.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = kinds::KINDS[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// The most items (or branches, or workers) a step may keep in flight.
 pub const MAX_CONCURRENCY: u32 = 1024;
@@ -138,7 +128,7 @@ fn validate_nested(
 
 mod compose;
 
-type Sp = Option<(usize, usize)>;
+pub(crate) type Sp = Option<(usize, usize)>;
 
 fn span<T>(s: &Spanned<T>) -> Sp {
     let sp = s.referenced.span();
@@ -150,8 +140,9 @@ fn span<T>(s: &Spanned<T>) -> Sp {
     Some((off, len))
 }
 
+/// The context keys written before a point: surely, or only on some paths.
 #[derive(Debug, Clone, Default)]
-struct Known {
+pub(crate) struct Known {
     definite: BTreeSet<String>,
     maybe: BTreeSet<String>,
 }
@@ -188,7 +179,21 @@ impl Known {
     }
 }
 
-struct Validator<'a> {
+/// Where a step is, for its kind's validator.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepAt<'a> {
+    /// Its name.
+    pub(crate) name: &'a str,
+    /// Its key path (`plan/gather`).
+    pub(crate) path: &'a str,
+    /// "step `PATH`", for messages.
+    pub(crate) what: &'a str,
+    /// Where its `kind` is written (a missing field is reported there).
+    pub(crate) kind_at: Sp,
+}
+
+/// Validation state of one workflow file.
+pub(crate) struct Validator<'a> {
     /// Files that include this one, outermost first (cycle detection).
     stack: Vec<std::path::PathBuf>,
     /// Byte offset where each line of the file starts (for step locations).
@@ -933,7 +938,7 @@ impl Validator<'_> {
         prefix: &str,
         names: &mut HashSet<String>,
     ) -> Option<Step> {
-        let s = self.expand_use(s, 0)?;
+        let mut s = self.expand_use(s, 0)?;
         let kind_at = s.kind.as_ref().and_then(span);
         let name_at = s.name.as_ref().and_then(span);
         let first_at = name_at.or(kind_at);
@@ -989,7 +994,7 @@ impl Validator<'_> {
             return None;
         };
         let kind_name = kind.value.as_str();
-        if !STEP_KINDS.contains(&kind_name) {
+        let Some(def) = super::kind::by_name(kind_name) else {
             let hint = match closest(kind_name, STEP_KINDS.iter().copied()) {
                 Some(c) => format!("did you mean `{c}`? Step kinds: {}", STEP_KINDS.join(", ")),
                 None => format!("step kinds: {}", STEP_KINDS.join(", ")),
@@ -1001,8 +1006,8 @@ impl Validator<'_> {
                 hint,
             );
             return None;
-        }
-        self.check_fields(&s, kind_name, &what);
+        };
+        self.check_fields(&s, def, &what);
         let when = s
             .when
             .as_ref()
@@ -1010,70 +1015,14 @@ impl Validator<'_> {
         let loc = self.loc(first_at);
         // Only a `when` step needs the keys as they were before it.
         let snapshot = when.is_some().then(|| known.clone());
-        let policies = self.policies(&s, kind_name, known, &path, &name);
-        let step_kind = match kind_name {
-            "llm" => StepKind::Llm(Box::new(self.llm(&s, known, &what, kind_at)?)),
-            "transform" => StepKind::Transform(self.transform(&s, known, &what, kind_at)?),
-            "sequence" if s.agents.is_some() || s.task.is_some() => {
-                StepKind::AgentChain(Box::new(self.agent_chain(&s, known, &path, kind_at)?))
-            }
-            "switch" => StepKind::Switch(Box::new(self.switch(&s, known, &path, kind_at)?)),
-            "quality_gate" => {
-                StepKind::QualityGate(Box::new(self.quality_gate(&s, known, &path, kind_at)?))
-            }
-            "refine" => StepKind::Refine(Box::new(self.refine(&s, known, &path, kind_at)?)),
-            "debate" => StepKind::Debate(Box::new(self.debate(&s, known, &path, kind_at)?)),
-            "sequence" => match s.steps {
-                Some(ch) if !ch.value.is_empty() => {
-                    StepKind::Sequence(self.steps(ch.value, known, &path, kind_at))
-                }
-                Some(ch) => {
-                    self.err(
-                        "spes::workflow::no_steps",
-                        format!("{what}: `steps` is empty"),
-                        span(&ch),
-                        "add steps",
-                    );
-                    return None;
-                }
-                None => {
-                    self.err(
-                        "spes::workflow::missing_field",
-                        format!("{what}: a sequence needs `steps`"),
-                        kind_at,
-                        "add `steps:` with the child steps",
-                    );
-                    return None;
-                }
-            },
-            "parallel" => StepKind::Parallel(self.parallel(&s, known, &path, kind_at)?),
-            "approval" => StepKind::Approval(Box::new(self.approval(&s, known, &path, kind_at)?)),
-            "choose" => StepKind::Choose(Box::new(self.choose(&s, known, &path, kind_at)?)),
-            "sections" => StepKind::Sections(Box::new(self.sections(&s, known, &path, kind_at)?)),
-            "workflow" => {
-                StepKind::Workflow(Box::new(self.sub_workflow(&s, known, &path, kind_at)?))
-            }
-            "branch" => StepKind::Branch(self.branch(
-                s.condition,
-                s.then,
-                s.branches,
-                s.otherwise,
-                known,
-                &path,
-                kind_at,
-            )?),
-            other => kinds::orchestration_kind(self, other, &s, known, &path, kind_at)?,
+        let policies = self.policies(&s, def, known, &path, &name);
+        let at = StepAt {
+            name: &name,
+            path: &path,
+            what: &what,
+            kind_at,
         };
-        if matches!(step_kind, StepKind::Branch(_)) {
-            known.write(&super::taken_key(&name));
-        }
-        if let (StepKind::Parallel(p), Some(o)) = (&step_kind, &s.output)
-            && p.synthesize.is_some()
-            && is_key_name(&o.value)
-        {
-            // The workers' own results stay beside the synthesis.
-            known.write(&format!("{}_results", o.value));
-        }
+        let step_kind = (def.validate)(self, &mut s, known, &at)?;
         if let Some(o) = &s.output {
             if is_key_name(&o.value) {
                 known.write(&o.value);
@@ -1102,122 +1051,9 @@ impl Validator<'_> {
         })
     }
 
-    fn check_fields(&mut self, s: &StepSpec, kind: &str, what: &str) {
-        fn f<T>(name: &'static str, v: Option<&Spanned<T>>) -> (&'static str, bool, Sp) {
-            (name, v.is_some(), v.and_then(span))
-        }
-        let fields = [
-            f("prompt", s.prompt.as_ref()),
-            f("agent", s.agent.as_ref()),
-            f("task", s.task.as_ref()),
-            f("system", s.system.as_ref()),
-            f("provider", s.provider.as_ref()),
-            f("model", s.model.as_ref()),
-            f("temperature", s.temperature.as_ref()),
-            f("max_tokens", s.max_tokens.as_ref()),
-            f("stop", s.stop.as_ref()),
-            f("format", s.format.as_ref()),
-            f("schema", s.schema.as_ref()),
-            f("repair", s.repair.as_ref()),
-            f("on_truncation", s.on_truncation.as_ref()),
-            f("fn", s.func.as_ref()),
-            f("input", s.input.as_ref()),
-            f("args", s.args.as_ref()),
-            f("steps", s.steps.as_ref()),
-            f("if", s.condition.as_ref()),
-            f("then", s.then.as_ref()),
-            f("else", s.otherwise.as_ref()),
-            f("branches", s.branches.as_ref()),
-            f("agents", s.agents.as_ref()),
-            f("synthesize", s.synthesize.as_ref()),
-            f("concurrency", s.concurrency.as_ref()),
-            f("show", s.show.as_ref()),
-            f("generate", s.generate.as_ref()),
-            f("max_revisions", s.max_revisions.as_ref()),
-            f("revise", s.revise.as_ref()),
-            f("deadline", s.deadline.as_ref()),
-            f("on_timeout", s.on_timeout.as_ref()),
-            f("n", s.n.as_ref()),
-            f("outline", s.outline.as_ref()),
-            f("section", s.section.as_ref()),
-            f("path", s.path.as_ref()),
-            f("inputs", s.inputs.as_ref()),
-            f("classify", s.classify.as_ref()),
-            f("routes", s.routes.as_ref()),
-            f("default", s.default.as_ref()),
-            f("step", s.step.as_ref()),
-            f("evaluator", s.evaluator.as_ref()),
-            f("threshold", s.threshold.as_ref()),
-            f("max_attempts", s.max_attempts.as_ref()),
-            f("feedback", s.feedback.as_ref()),
-            f("max_iterations", s.max_iterations.as_ref()),
-            f("examples", s.examples.as_ref()),
-            f("debaters", s.debaters.as_ref()),
-            f("topic", s.topic.as_ref()),
-            f("rounds", s.rounds.as_ref()),
-            f("judge", s.judge.as_ref()),
-            f("judge_sees", s.judge_sees.as_ref()),
-            f("over", s.over.as_ref()),
-            f("as", s.item_as.as_ref()),
-            f("on_error", s.on_error.as_ref()),
-            f("workers", s.workers.as_ref()),
-            f("aggregate", s.aggregate.as_ref()),
-            f("compensate", s.compensate.as_ref()),
-            f("stages", s.stages.as_ref()),
-            f("sources", s.sources.as_ref()),
-            f("gather", s.gather.as_ref()),
-        ];
-        let allowed: &[&str] = match kind {
-            "llm" => &[
-                "prompt",
-                "agent",
-                "task",
-                "system",
-                "provider",
-                "model",
-                "temperature",
-                "max_tokens",
-                "stop",
-                "format",
-                "schema",
-                "repair",
-                "on_truncation",
-            ],
-            "transform" => &["fn", "input", "args"],
-            "sequence" => &["steps", "agents", "task"],
-            "switch" => &["classify", "routes", "default"],
-            "quality_gate" => &["step", "evaluator", "threshold", "max_attempts", "feedback"],
-            "refine" => &[
-                "generate",
-                "evaluator",
-                "threshold",
-                "max_iterations",
-                "examples",
-            ],
-            "debate" => &["debaters", "topic", "rounds", "judge", "judge_sees"],
-            "branch" => &["if", "then", "else", "branches"],
-            "parallel" => &["steps", "agents", "task", "synthesize", "concurrency"],
-            "approval" => &[
-                "show",
-                "generate",
-                "max_revisions",
-                "revise",
-                "deadline",
-                "on_timeout",
-                "agent",
-                "provider",
-            ],
-            "choose" => &["generate", "n", "deadline", "on_timeout"],
-            "sections" => &["outline", "section", "deadline", "on_timeout"],
-            "workflow" => &["path", "inputs"],
-            "map" => &["over", "as", "concurrency", "on_error", "step"],
-            "reduce" => &["over", "step"],
-            "fan_out" => &["workers", "aggregate", "concurrency", "on_error"],
-            "saga" => &["steps"],
-            "pipeline" => &["stages", "input"],
-            "scatter_gather" => &["sources", "timeout", "gather"],
-            _ => &[],
-        };
+    fn check_fields(&mut self, s: &StepSpec, def: &KindDef, what: &str) {
+        let fields = kind_fields(s);
+        let (kind, allowed) = (def.name, def.fields);
         for (field, set, at) in fields {
             if set && !allowed.contains(&field) {
                 self.err(
@@ -1236,6 +1072,76 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Every kind-specific field of a step: its name, whether it is set, and
+/// where. A field of [`StepSpec`] missing here would be taken by every
+/// kind unchecked (a unit test compares this list with the spec's fields).
+fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 59] {
+    fn f<T>(name: &'static str, v: Option<&Spanned<T>>) -> (&'static str, bool, Sp) {
+        (name, v.is_some(), v.and_then(span))
+    }
+    [
+        f("prompt", s.prompt.as_ref()),
+        f("agent", s.agent.as_ref()),
+        f("task", s.task.as_ref()),
+        f("system", s.system.as_ref()),
+        f("provider", s.provider.as_ref()),
+        f("model", s.model.as_ref()),
+        f("temperature", s.temperature.as_ref()),
+        f("max_tokens", s.max_tokens.as_ref()),
+        f("stop", s.stop.as_ref()),
+        f("format", s.format.as_ref()),
+        f("schema", s.schema.as_ref()),
+        f("repair", s.repair.as_ref()),
+        f("on_truncation", s.on_truncation.as_ref()),
+        f("fn", s.func.as_ref()),
+        f("input", s.input.as_ref()),
+        f("args", s.args.as_ref()),
+        f("steps", s.steps.as_ref()),
+        f("if", s.condition.as_ref()),
+        f("then", s.then.as_ref()),
+        f("else", s.otherwise.as_ref()),
+        f("branches", s.branches.as_ref()),
+        f("agents", s.agents.as_ref()),
+        f("synthesize", s.synthesize.as_ref()),
+        f("concurrency", s.concurrency.as_ref()),
+        f("show", s.show.as_ref()),
+        f("generate", s.generate.as_ref()),
+        f("max_revisions", s.max_revisions.as_ref()),
+        f("revise", s.revise.as_ref()),
+        f("deadline", s.deadline.as_ref()),
+        f("on_timeout", s.on_timeout.as_ref()),
+        f("n", s.n.as_ref()),
+        f("outline", s.outline.as_ref()),
+        f("section", s.section.as_ref()),
+        f("path", s.path.as_ref()),
+        f("inputs", s.inputs.as_ref()),
+        f("classify", s.classify.as_ref()),
+        f("routes", s.routes.as_ref()),
+        f("default", s.default.as_ref()),
+        f("step", s.step.as_ref()),
+        f("evaluator", s.evaluator.as_ref()),
+        f("threshold", s.threshold.as_ref()),
+        f("max_attempts", s.max_attempts.as_ref()),
+        f("feedback", s.feedback.as_ref()),
+        f("max_iterations", s.max_iterations.as_ref()),
+        f("examples", s.examples.as_ref()),
+        f("debaters", s.debaters.as_ref()),
+        f("topic", s.topic.as_ref()),
+        f("rounds", s.rounds.as_ref()),
+        f("judge", s.judge.as_ref()),
+        f("judge_sees", s.judge_sees.as_ref()),
+        f("over", s.over.as_ref()),
+        f("as", s.item_as.as_ref()),
+        f("on_error", s.on_error.as_ref()),
+        f("workers", s.workers.as_ref()),
+        f("aggregate", s.aggregate.as_ref()),
+        f("compensate", s.compensate.as_ref()),
+        f("stages", s.stages.as_ref()),
+        f("sources", s.sources.as_ref()),
+        f("gather", s.gather.as_ref()),
+    ]
 }
 
 fn type_matches(ty: InputType, v: &serde_json::Value) -> bool {

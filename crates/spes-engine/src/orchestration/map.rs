@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
+use spes_core::workflow::kind::Distribution;
 use spes_core::workflow::{Loc, MapStep, OnError, ReduceStep, Step, StepKind};
 
 use crate::run::{Exec, StepResult, Stop};
@@ -243,15 +244,16 @@ impl<'e> Exec<'e> {
 
 /// Whether a map's item step may run in another worker: no human gate,
 /// no nested orchestration (those run where their parent runs).
+/// Each kind says so in its descriptor.
 pub(crate) fn distributable(step: &Step) -> bool {
-    match &step.kind {
-        StepKind::Llm(_) | StepKind::Transform(_) => true,
-        StepKind::Sequence(c) => c.iter().all(distributable),
-        StepKind::Branch(b) => {
-            b.arms.iter().all(|a| a.steps.iter().all(distributable))
-                && b.otherwise.iter().flatten().all(distributable)
-        }
-        _ => false,
+    match step.kind.def().distribution {
+        Distribution::Anywhere => true,
+        Distribution::IfChildrenMay => step
+            .kind
+            .children()
+            .iter()
+            .all(|c| c.steps.iter().all(distributable)),
+        Distribution::Local => false,
     }
 }
 

@@ -1,14 +1,130 @@
-//! Validation of the control-flow kinds: `branch` and `parallel`.
+//! Validation of the control-flow kinds: `sequence` (both forms), `branch`
+//! and `parallel`.
 
 use std::collections::HashSet;
 
 use serde_saphyr::Spanned;
 
+use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::{BranchArmSpec, ConditionSpec, StepSpec};
 use crate::workflow::validate::{
     Known, MAX_CONCURRENCY, Sp, Validator, closest, is_step_name, span,
 };
-use crate::workflow::{Arm, BranchStep, ParallelBranches, ParallelStep};
+use crate::workflow::validate::{StepAt, is_key_name};
+use crate::workflow::{Arm, BranchStep, ParallelBranches, ParallelStep, StepKind};
+
+/// `sequence`: children in order; the result is the last child's.
+pub(crate) const SEQUENCE: KindDef = KindDef {
+    name: "sequence",
+    fields: &["steps", "agents", "task"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::IfChildrenMay,
+    example: r#"{ name: s, kind: sequence, steps: [ { name: a, kind: llm, prompt: hi } ] }"#,
+    validate: validate_sequence,
+};
+
+/// `sequence` with `agents` + `task`: agents in turn, each on the previous
+/// output. The same kind as [`SEQUENCE`] (one name, one validator; not
+/// listed apart in `KINDS`); its own descriptor because it does not run
+/// in another worker.
+pub(crate) const AGENT_SEQUENCE: KindDef = KindDef {
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: sequence, agents: [a, b], task: "Improve {{ text }}" }"#,
+    ..SEQUENCE
+};
+
+/// `branch`: the first matching arm runs; else `else`.
+pub(crate) const BRANCH: KindDef = KindDef {
+    name: "branch",
+    fields: &["if", "then", "else", "branches"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::IfChildrenMay,
+    example: r#"{ name: s, kind: branch, if: "text | length > 3", then: [ { name: a, kind: llm, prompt: hi } ] }"#,
+    validate: validate_branch,
+};
+
+/// `parallel`: children (or agents) side by side; optional synthesis.
+pub(crate) const PARALLEL: KindDef = KindDef {
+    name: "parallel",
+    fields: &["steps", "agents", "task", "synthesize", "concurrency"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: parallel, steps: [ { name: a, kind: llm, prompt: hi }, { name: b, kind: llm, prompt: ho } ] }"#,
+    validate: validate_parallel,
+};
+
+fn validate_sequence(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    if s.agents.is_some() || s.task.is_some() {
+        return Some(StepKind::AgentChain(Box::new(
+            v.agent_chain(s, known, at.path, at.kind_at)?,
+        )));
+    }
+    match s.steps.take() {
+        Some(ch) if !ch.value.is_empty() => Some(StepKind::Sequence(
+            v.steps(ch.value, known, at.path, at.kind_at),
+        )),
+        Some(ch) => {
+            v.err(
+                "spes::workflow::no_steps",
+                format!("{}: `steps` is empty", at.what),
+                span(&ch),
+                "add steps",
+            );
+            None
+        }
+        None => {
+            v.err(
+                "spes::workflow::missing_field",
+                format!("{}: a sequence needs `steps`", at.what),
+                at.kind_at,
+                "add `steps:` with the child steps",
+            );
+            None
+        }
+    }
+}
+
+fn validate_branch(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    let b = v.branch(
+        s.condition.take(),
+        s.then.take(),
+        s.branches.take(),
+        s.otherwise.take(),
+        known,
+        at.path,
+        at.kind_at,
+    )?;
+    // The arm taken is recorded in the context.
+    known.write(&crate::workflow::taken_key(at.name));
+    Some(StepKind::Branch(b))
+}
+
+fn validate_parallel(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    let p = v.parallel(s, known, at.path, at.kind_at)?;
+    if let Some(o) = &s.output
+        && p.synthesize.is_some()
+        && is_key_name(&o.value)
+    {
+        // The workers' own results stay beside the synthesis.
+        known.write(&format!("{}_results", o.value));
+    }
+    Some(StepKind::Parallel(p))
+}
 
 impl Validator<'_> {
     pub(crate) fn parallel(

@@ -6,9 +6,84 @@ use std::collections::HashSet;
 use serde_saphyr::Spanned;
 
 use crate::template::Template;
+use crate::workflow::StepKind;
+use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::{OnTimeoutSpec, OutlineSpec, StepSpec};
+use crate::workflow::validate::StepAt;
 use crate::workflow::validate::{DEFAULT_REVISE, Known, Sp, Validator, span};
 use crate::workflow::{ApprovalStep, ChooseStep, Outline, SectionsStep, Timeout, TimeoutAction};
+
+/// `approval`: a human approves, rejects or asks for a revision.
+pub(crate) const APPROVAL: KindDef = KindDef {
+    name: "approval",
+    fields: &[
+        "show",
+        "generate",
+        "max_revisions",
+        "revise",
+        "deadline",
+        "on_timeout",
+        "agent",
+        "provider",
+    ],
+    policies: PolicyScope::Gate,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: approval, show: text }"#,
+    validate: validate_approval,
+};
+
+/// `choose`: a human picks one of N generated variations.
+pub(crate) const CHOOSE: KindDef = KindDef {
+    name: "choose",
+    fields: &["generate", "n", "deadline", "on_timeout"],
+    policies: PolicyScope::Gate,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: choose, generate: { prompt: "A title for {{ text }}" } }"#,
+    validate: validate_choose,
+};
+
+/// `sections`: a document generated section by section, each approved.
+pub(crate) const SECTIONS: KindDef = KindDef {
+    name: "sections",
+    fields: &["outline", "section", "deadline", "on_timeout"],
+    policies: PolicyScope::Gate,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: sections, outline: [Intro, Design], section: { prompt: "Write {{ section }}" } }"#,
+    validate: validate_sections,
+};
+
+fn validate_approval(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Approval(Box::new(
+        v.approval(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_choose(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Choose(Box::new(
+        v.choose(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_sections(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Sections(Box::new(
+        v.sections(s, known, at.path, at.kind_at)?,
+    )))
+}
 
 impl Validator<'_> {
     pub(crate) fn timeout(

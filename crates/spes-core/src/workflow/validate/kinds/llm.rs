@@ -6,9 +6,46 @@ use std::collections::HashSet;
 use serde_saphyr::Spanned;
 
 use crate::answer::{AnswerSchema, OnTruncation};
+use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::StepSpec;
+use crate::workflow::validate::StepAt;
 use crate::workflow::validate::{Known, Sp, Validator, read_bounded, span};
 use crate::workflow::{Format, LlmStep, Step, StepKind};
+
+/// `llm`: one model call.
+pub(crate) const LLM: KindDef = KindDef {
+    name: "llm",
+    fields: &[
+        "prompt",
+        "agent",
+        "task",
+        "system",
+        "provider",
+        "model",
+        "temperature",
+        "max_tokens",
+        "stop",
+        "format",
+        "schema",
+        "repair",
+        "on_truncation",
+    ],
+    policies: PolicyScope::Call,
+    distribution: Distribution::Anywhere,
+    example: r#"{ name: s, kind: llm, prompt: "Sum up {{ text }}" }"#,
+    validate: validate_llm,
+};
+
+fn validate_llm(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Llm(Box::new(
+        v.llm(s, known, at.what, at.kind_at)?,
+    )))
+}
 
 impl Validator<'_> {
     pub(crate) fn llm(

@@ -12,16 +12,108 @@ use crate::evaluate::{
     Evaluator, Judge, Measure,
 };
 use crate::template::Template;
+use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::pattern::{
     AgentChainStep, DEFAULT_GATE_FEEDBACK, DebateStep, Examples, JudgeSees, QualityGateStep,
     RefineStep, SwitchStep,
 };
 use crate::workflow::spec::{CheckItemSpec, EvaluatorSpec, JudgeSpec, StepSpec};
+use crate::workflow::validate::StepAt;
 use crate::workflow::validate::{Known, Sp, Validator, closest, is_step_name, span};
 use crate::workflow::{Agent, Step, StepKind};
 
 /// Locals a quality gate's `feedback` template sees.
 const FEEDBACK_LOCALS: &[&str] = &["previous", "score", "feedback", "attempt", "threshold"];
+
+/// `switch`: a model classifies; the matching route runs.
+pub(crate) const SWITCH: KindDef = KindDef {
+    name: "switch",
+    fields: &["classify", "routes", "default"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: switch, classify: { prompt: "Classify {{ text }}" }, routes: { bug: [ { name: a, kind: llm, prompt: hi } ] } }"#,
+    validate: validate_switch,
+};
+
+/// `quality_gate`: run, score, retry with feedback; the best attempt.
+pub(crate) const QUALITY_GATE: KindDef = KindDef {
+    name: "quality_gate",
+    fields: &["step", "evaluator", "threshold", "max_attempts", "feedback"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: quality_gate, step: { prompt: "Write about {{ text }}" }, evaluator: { checks: [ { contains: risk } ] } }"#,
+    validate: validate_quality_gate,
+};
+
+/// `refine`: generate, evaluate, revise; the best iteration.
+pub(crate) const REFINE: KindDef = KindDef {
+    name: "refine",
+    fields: &[
+        "generate",
+        "evaluator",
+        "threshold",
+        "max_iterations",
+        "examples",
+    ],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: refine, generate: { prompt: "Write about {{ text }}" }, evaluator: { checks: [ { contains: risk } ] } }"#,
+    validate: validate_refine,
+};
+
+/// `debate`: debaters argue in rounds; a judge decides.
+pub(crate) const DEBATE: KindDef = KindDef {
+    name: "debate",
+    fields: &["debaters", "topic", "rounds", "judge", "judge_sees"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: debate, debaters: [a, b], topic: "Is {{ text }} true?", judge: a }"#,
+    validate: validate_debate,
+};
+
+fn validate_switch(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Switch(Box::new(
+        v.switch(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_quality_gate(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::QualityGate(Box::new(
+        v.quality_gate(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_refine(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Refine(Box::new(
+        v.refine(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_debate(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Debate(Box::new(
+        v.debate(s, known, at.path, at.kind_at)?,
+    )))
+}
 
 impl Validator<'_> {
     fn agent_named(&mut self, a: &Spanned<String>, known: &Known) -> Option<Arc<Agent>> {

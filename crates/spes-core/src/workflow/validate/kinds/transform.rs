@@ -1,9 +1,33 @@
 //! Validation of `transform` steps.
 
 use crate::transform;
+use crate::workflow::StepKind;
 use crate::workflow::TransformStep;
+use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::StepSpec;
+use crate::workflow::validate::StepAt;
 use crate::workflow::validate::{Known, Sp, Validator, closest, span};
+
+/// `transform`: a pure function.
+pub(crate) const TRANSFORM: KindDef = KindDef {
+    name: "transform",
+    fields: &["fn", "input", "args"],
+    policies: PolicyScope::Pure,
+    distribution: Distribution::Anywhere,
+    example: r#"{ name: s, kind: transform, fn: trim, input: "{{ text }}" }"#,
+    validate: validate_transform,
+};
+
+fn validate_transform(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Transform(
+        v.transform(s, known, at.what, at.kind_at)?,
+    ))
+}
 
 impl Validator<'_> {
     pub(crate) fn transform(

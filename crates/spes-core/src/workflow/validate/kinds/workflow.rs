@@ -7,12 +7,36 @@ use std::sync::Arc;
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
+use crate::workflow::StepKind;
+use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::StepSpec;
+use crate::workflow::validate::StepAt;
 use crate::workflow::validate::{Known, Sp, Validator, span, validate_nested};
 use crate::workflow::{ChildSource, SubWorkflow};
 
 /// How deeply sub-workflows may nest.
 const MAX_NESTING: usize = 16;
+
+/// `workflow`: another workflow file, run with mapped inputs.
+pub(crate) const WORKFLOW: KindDef = KindDef {
+    name: "workflow",
+    fields: &["path", "inputs"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: workflow, path: child.yaml }"#,
+    validate: validate_workflow,
+};
+
+fn validate_workflow(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Workflow(Box::new(
+        v.sub_workflow(s, known, at.path, at.kind_at)?,
+    )))
+}
 
 impl Validator<'_> {
     pub(crate) fn sub_workflow(
