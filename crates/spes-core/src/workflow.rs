@@ -7,6 +7,7 @@
 //! writes them. Each error points at file:line:column with a hint.
 
 pub mod diagram;
+pub mod key;
 pub mod kind;
 pub mod orchestration;
 pub mod pattern;
@@ -21,6 +22,7 @@ use crate::condition::Condition;
 use crate::template::Template;
 use crate::transform::TransformFn;
 
+pub use key::StepKey;
 pub use kind::{KINDS, KindDef, StepKind};
 pub use orchestration::{
     FanOutStep, MapStep, OnError, PipelineStep, ReduceStep, SagaAction, SagaStep, ScatterGatherStep,
@@ -381,16 +383,12 @@ impl Workflow {
     pub fn walk(&self) -> Vec<(String, &Step)> {
         fn go<'a>(prefix: &str, steps: &'a [Step], out: &mut Vec<(String, &'a Step)>) {
             for s in steps {
-                let key = if prefix.is_empty() {
-                    s.name.clone()
-                } else {
-                    format!("{prefix}/{}", s.name)
-                };
-                out.push((key.clone(), s));
+                let key = StepKey::join(prefix, &s.name);
+                out.push((key.to_string(), s));
                 for c in s.kind.children() {
                     match c.role.segment() {
                         None => go(&key, c.steps, out),
-                        Some(seg) => go(&format!("{key}/{seg}"), c.steps, out),
+                        Some(seg) => go(&key.child(seg), c.steps, out),
                     }
                 }
             }

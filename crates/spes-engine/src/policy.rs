@@ -108,7 +108,7 @@ use spes_core::policy::{
     Admission, Alternative, Breaker, BreakerPolicy, BreakerState, Failure, GiveUp, NextRetry,
     Policies, RetrySchedule, next_retry,
 };
-use spes_core::workflow::{Step, StepKind};
+use spes_core::workflow::{Step, StepKey, StepKind};
 use spes_llm::ErrorClass;
 
 use crate::Engine;
@@ -369,26 +369,13 @@ fn alternatives<'s>(s: &'s Step, p: &'s Policies) -> Vec<Alt<'s>> {
 /// The step key a provider sees for a journal key: retries of one call
 /// look the same to the provider (`summary#attempt3` → `summary`), as they
 /// would to a real API; degrade levels and fallbacks keep their suffix.
+/// Repairs of an answer (`#repairN`) look like retries too.
 pub(crate) fn provider_key(key: &str) -> &str {
-    let mut key = key;
-    // Repairs of an answer (`#repairN`) look like retries too.
-    for suffix in ["#repair", "#attempt"] {
-        if let Some((base, n)) = key.rsplit_once(suffix)
-            && !n.is_empty()
-            && n.bytes().all(|b| b.is_ascii_digit())
-        {
-            key = base;
-        }
-    }
-    key
+    StepKey::call_key(key)
 }
 
 fn attempt_key(base: &str, attempt: u32) -> String {
-    if attempt <= 1 {
-        base.to_owned()
-    } else {
-        format!("{base}#attempt{attempt}")
-    }
+    StepKey::from(base).attempt(attempt).into_string()
 }
 
 /// A number in `[0, 1)` for jitter. Delays never change results, so this
@@ -434,7 +421,7 @@ impl Exec<'_> {
             || default_retry.unwrap_or_else(|| RetrySchedule::default().with_attempts(1)),
             |r| r.schedule,
         );
-        let served_key = format!("{key}#served");
+        let served_key = StepKey::from(key).tag("served");
         let record_served = alts.len() > 1 || schedule.attempts > 1;
         // Only the default retry in play: attempt 1's answer replays by
         // itself, so `#served` is written only when a retry served.

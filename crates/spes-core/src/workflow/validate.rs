@@ -7,7 +7,7 @@ use serde_saphyr::Spanned;
 
 use super::kind::KindDef;
 use super::spec::{AgentSpec, ConditionSpec, InputType, StepSpec, WorkflowSpec};
-use super::{Agent, Input, Loc, Step, Workflow};
+use super::{Agent, Input, Loc, Step, StepKey, Workflow};
 use crate::answer::AnswerSchema;
 use crate::component::{ComponentRef, ComponentRegistry};
 use crate::condition::Condition;
@@ -978,11 +978,7 @@ impl Validator<'_> {
                 "step names must be unique among siblings",
             );
         }
-        let path = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let path = StepKey::join(prefix, &name).into_string();
         let what = format!("step `{path}`");
         let Some(kind) = &s.kind else {
             self.err(

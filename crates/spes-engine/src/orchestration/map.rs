@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use spes_core::workflow::kind::Distribution;
-use spes_core::workflow::{Loc, MapStep, OnError, ReduceStep, Step, StepKind};
+use spes_core::workflow::{Loc, MapStep, OnError, ReduceStep, Step, StepKey, StepKind};
 
 use crate::run::{Exec, StepResult, Stop};
 
@@ -71,8 +71,8 @@ impl<'e> Exec<'e> {
                     {
                         return (i, Item::NotStarted);
                     }
-                    let prefix = format!("{key}/map[{i}]");
-                    let err_key = format!("{prefix}#error");
+                    let prefix = StepKey::from(key).item(i);
+                    let err_key = prefix.tag("error");
                     if m.on_error != OnError::FailFast {
                         match this.decision_at(&err_key, loc).await {
                             Ok(Some(d)) => {
@@ -88,7 +88,7 @@ impl<'e> Exec<'e> {
                         }
                     }
                     if remote {
-                        match this.journal.get(&format!("{prefix}#result")).await {
+                        match this.journal.get(&prefix.result()).await {
                             Ok(Some(crate::journal::Effect::Item { value })) => {
                                 return (i, Item::Recorded(value));
                             }

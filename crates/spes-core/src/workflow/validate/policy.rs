@@ -22,6 +22,7 @@ use super::{Known, Sp, Validator, span};
 use crate::policy::{
     Alternative, Backoff, BreakerConfig, BreakerPolicy, Policies, RetryPolicy, RetrySchedule,
 };
+use crate::workflow::StepKey;
 use crate::workflow::kind::{KindDef, PolicyScope};
 use crate::workflow::spec::{AlternativeSpec, StepSpec};
 
@@ -300,7 +301,7 @@ impl Validator<'_> {
                 let mut names = HashSet::new();
                 let mut step = self.step(spec, &mut k, path, &mut names)?;
                 // Its key is the parent's with a suffix: `summary#fallback2`.
-                step.name = format!("{name}#{field}{n}");
+                step.name = StepKey::new(name).slot(field, n).into_string();
                 Some(Alternative::Step(Box::new(step)))
             }
             (None, true) => {

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde_saphyr::Spanned;
 
+use crate::workflow::StepKey;
 use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::{BranchArmSpec, ConditionSpec, StepSpec};
 use crate::workflow::validate::{
@@ -374,7 +375,7 @@ impl Validator<'_> {
             let condition = self.condition(&c, &before, &format!("{what} arm `{name}`"));
             let mut k = before.clone();
             let at = span(&steps);
-            let st = self.steps(steps.value, &mut k, &format!("{path}/{name}"), at);
+            let st = self.steps(steps.value, &mut k, &StepKey::join(path, &name), at);
             outcomes.push(k);
             if let Some(condition) = condition {
                 arms.push(Arm {
@@ -387,7 +388,7 @@ impl Validator<'_> {
         let otherwise = otherwise.map(|o| {
             let mut k = before.clone();
             let at = span(&o);
-            let st = self.steps(o.value, &mut k, &format!("{path}/else"), at);
+            let st = self.steps(o.value, &mut k, &StepKey::join(path, "else"), at);
             outcomes.push(k);
             st
         });

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use serde_saphyr::Spanned;
 
 use crate::template::Template;
+use crate::workflow::StepKey;
 use crate::workflow::StepKind;
 use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::{OnTimeoutSpec, OutlineSpec, StepSpec};
@@ -138,7 +139,7 @@ impl Validator<'_> {
             }
             Some((OnTimeoutSpec::Steps(steps), _)) => {
                 let mut k = known.clone();
-                let st = self.steps(steps.clone(), &mut k, &format!("{path}/timeout"), None);
+                let st = self.steps(steps.clone(), &mut k, &StepKey::join(path, "timeout"), None);
                 TimeoutAction::Steps(st)
             }
         };

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde_saphyr::Spanned;
 
+use crate::workflow::StepKey;
 use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::orchestration::{
     DEFAULT_MAP_CONCURRENCY, FanOutStep, MapStep, OnError, PipelineStep, ReduceStep, SagaAction,
@@ -307,7 +308,7 @@ impl Validator<'_> {
             st,
             "item",
             known,
-            &format!("{path}/map[*]"),
+            &StepKey::join(path, "map[*]"),
             &[&item_as, "index"],
         )?;
         if let Some(o) = &s.output {
@@ -466,7 +467,7 @@ impl Validator<'_> {
                     c,
                     "compensate",
                     known,
-                    &format!("{path}/{}", step.name),
+                    &StepKey::join(path, &step.name),
                     &["error", "failed_step"],
                 )?),
                 None => None,

@@ -12,6 +12,7 @@ use crate::evaluate::{
     Evaluator, Judge, Measure,
 };
 use crate::template::Template;
+use crate::workflow::StepKey;
 use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::pattern::{
     AgentChainStep, DEFAULT_GATE_FEEDBACK, DebateStep, Examples, JudgeSees, QualityGateStep,
@@ -291,7 +292,7 @@ impl Validator<'_> {
             let st = self.steps(
                 steps.value.clone(),
                 &mut k,
-                &format!("{path}/{name}"),
+                &StepKey::join(path, name),
                 span(steps),
             );
             outcomes.push(k);
@@ -307,7 +308,7 @@ impl Validator<'_> {
                 );
             }
             let mut k = before.clone();
-            let st = self.steps(d.value.clone(), &mut k, &format!("{path}/default"), span(d));
+            let st = self.steps(d.value.clone(), &mut k, &StepKey::join(path, "default"), span(d));
             outcomes.push(k);
             st
         });
@@ -464,7 +465,7 @@ impl Validator<'_> {
             &sy,
             field,
             known,
-            &format!("{path}/{counter}*"),
+            &StepKey::join(path, &format!("{counter}*")),
             &[counter, "feedback"],
         )
         .map(Box::new)
