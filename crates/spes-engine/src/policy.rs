@@ -325,12 +325,23 @@ enum Slot<'s> {
 
 /// One alternative of the step: the step itself, a degrade level, or a fallback.
 struct Alt<'s> {
-    /// `""`, `#degrade2`, `#fallback1`.
-    suffix: String,
+    /// The policy field and position (`degrade`, 2); `None` for the step itself.
+    slot_of: Option<(&'static str, usize)>,
     /// `step`, `degrade2`, `fallback1`.
     by: String,
     label: String,
     slot: Slot<'s>,
+}
+
+impl Alt<'_> {
+    /// The key of this alternative of the step keyed `key`: `KEY`,
+    /// `KEY#degrade2`, `KEY#fallback1`.
+    fn key(&self, key: &str) -> String {
+        match self.slot_of {
+            None => key.to_owned(),
+            Some((field, n)) => StepKey::from(key).slot(field, n).into_string(),
+        }
+    }
 }
 
 fn alternatives<'s>(s: &'s Step, p: &'s Policies) -> Vec<Alt<'s>> {
@@ -346,7 +357,7 @@ fn alternatives<'s>(s: &'s Step, p: &'s Policies) -> Vec<Alt<'s>> {
     };
     if p.degrade.is_empty() {
         out.push(Alt {
-            suffix: String::new(),
+            slot_of: None,
             by: "step".into(),
             label: s.kind.name().to_owned(),
             slot: Slot::Own,
@@ -356,7 +367,7 @@ fn alternatives<'s>(s: &'s Step, p: &'s Policies) -> Vec<Alt<'s>> {
         for (i, a) in list.iter().enumerate() {
             let by = format!("{field}{}", i + 1);
             out.push(Alt {
-                suffix: format!("#{by}"),
+                slot_of: Some((field, i + 1)),
                 by,
                 label: a.label(),
                 slot: slot(a),
@@ -440,16 +451,17 @@ impl Exec<'_> {
             if served.is_some_and(|(i, _)| i != idx) {
                 continue;
             }
-            let base = format!("{key}{}", alt.suffix);
+            let base = alt.key(key);
             let (outcome, attempt) = if let Slot::Step(st) = alt.slot {
                 // Keyed `KEY#fallback2` whatever the alternative is called
                 // (validation names it so; a step built in Rust may not be).
                 let named;
-                let st = if st.name == format!("{}{}", s.name, alt.suffix) {
+                let own = alt.key(&s.name);
+                let st = if st.name == own {
                     st
                 } else {
                     named = Step {
-                        name: format!("{}{}", s.name, alt.suffix),
+                        name: own,
                         ..st.clone()
                     };
                     &named
