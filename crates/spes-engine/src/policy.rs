@@ -694,7 +694,9 @@ impl Exec<'_> {
         if let Some(v) = p.retry.as_ref().and_then(|r| r.validate.as_ref()) {
             let output = r.value.clone().unwrap_or(Value::Null);
             let saved = self.ctx.insert("output".into(), output);
-            let ok = self.condition(v, &format!("{akey}#validate"), &s.loc).await;
+            let ok = self
+                .condition(v, &StepKey::from(akey).tag("validate"), &s.loc)
+                .await;
             match saved {
                 Some(old) => self.ctx.insert("output".into(), old),
                 None => self.ctx.remove("output"),

@@ -285,6 +285,7 @@ mod tests {
             (k("summary").slot("degrade", 1), "summary#degrade1"),
             (k("summary").tag("served"), "summary#served"),
             (k("s").tag("when"), "s#when"),
+            (k("s").attempt(2).tag("validate"), "s#attempt2#validate"),
             (k("route").tag("if1"), "route#if1"),
             (k("route").tag("taken"), "route#taken"),
             (k("gate").tag("opened"), "gate#opened"),
