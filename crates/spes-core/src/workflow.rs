@@ -7,6 +7,8 @@
 //! writes them. Each error points at file:line:column with a hint.
 
 pub mod diagram;
+pub mod key;
+pub mod kind;
 pub mod orchestration;
 pub mod pattern;
 pub mod spec;
@@ -20,6 +22,8 @@ use crate::condition::Condition;
 use crate::template::Template;
 use crate::transform::TransformFn;
 
+pub use key::StepKey;
+pub use kind::{KINDS, KindDef, StepKind};
 pub use orchestration::{
     FanOutStep, MapStep, OnError, PipelineStep, ReduceStep, SagaAction, SagaStep, ScatterGatherStep,
 };
@@ -133,51 +137,6 @@ pub struct Step {
     pub policies: crate::policy::Policies,
 }
 
-/// The step kinds.
-#[derive(Debug, Clone)]
-pub enum StepKind {
-    /// A model call.
-    Llm(Box<LlmStep>),
-    /// A pure function.
-    Transform(TransformStep),
-    /// Children in order; the result is the last child's.
-    Sequence(Vec<Step>),
-    /// First matching arm runs; else `otherwise`.
-    Branch(BranchStep),
-    /// Children (or agents) run side by side; optional synthesis.
-    Parallel(ParallelStep),
-    /// A human approves, rejects or asks for a revision.
-    Approval(Box<ApprovalStep>),
-    /// A human picks one of N generated variations.
-    Choose(Box<ChooseStep>),
-    /// A document generated section by section, each approved.
-    Sections(Box<SectionsStep>),
-    /// Another workflow file, run with mapped inputs; its result is returned.
-    Workflow(Box<SubWorkflow>),
-    /// A model classifies; the matching route runs.
-    Switch(Box<SwitchStep>),
-    /// Run, score, retry with feedback; the best attempt.
-    QualityGate(Box<QualityGateStep>),
-    /// Generate, evaluate, revise; the best iteration.
-    Refine(Box<RefineStep>),
-    /// Debaters argue in rounds; a judge decides.
-    Debate(Box<DebateStep>),
-    /// Agents in turn, each on the previous output (`sequence` with `agents`).
-    AgentChain(Box<AgentChainStep>),
-    /// One step per item of a list, bounded, results in input order.
-    Map(Box<MapStep>),
-    /// One step over a whole list.
-    Reduce(Box<ReduceStep>),
-    /// Different workers on one input, then an aggregate.
-    FanOut(Box<FanOutStep>),
-    /// Steps with compensations, undone in reverse on failure.
-    Saga(Box<SagaStep>),
-    /// Stages, each fed the previous output.
-    Pipeline(Box<PipelineStep>),
-    /// Sources side by side under a time limit, then a gather.
-    ScatterGather(Box<ScatterGatherStep>),
-}
-
 /// `kind: workflow` (§7 composition).
 #[derive(Debug, Clone)]
 pub struct SubWorkflow {
@@ -187,35 +146,6 @@ pub struct SubWorkflow {
     pub workflow: Arc<Workflow>,
     /// Its inputs, as templates over the parent's context.
     pub inputs: BTreeMap<String, Template>,
-}
-
-impl StepKind {
-    /// The YAML kind name.
-    #[must_use]
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Llm(_) => "llm",
-            Self::Transform(_) => "transform",
-            Self::Sequence(_) => "sequence",
-            Self::Branch(_) => "branch",
-            Self::Parallel(_) => "parallel",
-            Self::Approval(_) => "approval",
-            Self::Choose(_) => "choose",
-            Self::Sections(_) => "sections",
-            Self::Workflow(_) => "workflow",
-            Self::Switch(_) => "switch",
-            Self::QualityGate(_) => "quality_gate",
-            Self::Refine(_) => "refine",
-            Self::Debate(_) => "debate",
-            Self::AgentChain(_) => "sequence",
-            Self::Map(_) => "map",
-            Self::Reduce(_) => "reduce",
-            Self::FanOut(_) => "fan_out",
-            Self::Saga(_) => "saga",
-            Self::Pipeline(_) => "pipeline",
-            Self::ScatterGather(_) => "scatter_gather",
-        }
-    }
 }
 
 /// Answer format of an llm step.
@@ -446,120 +376,19 @@ pub struct Arm {
 }
 
 impl Workflow {
-    /// Every step, depth first, with its key path.
+    /// Every step, depth first, with its key path. Steps that run once
+    /// per item, attempt or iteration are keyed with `*` in place of the
+    /// number (`KEY/map[*]/NAME`, `KEY/attempt*/NAME`).
     #[must_use]
     pub fn walk(&self) -> Vec<(String, &Step)> {
         fn go<'a>(prefix: &str, steps: &'a [Step], out: &mut Vec<(String, &'a Step)>) {
             for s in steps {
-                let key = if prefix.is_empty() {
-                    s.name.clone()
-                } else {
-                    format!("{prefix}/{}", s.name)
-                };
-                out.push((key.clone(), s));
-                match &s.kind {
-                    StepKind::Sequence(c) => go(&key, c, out),
-                    StepKind::Branch(b) => {
-                        for a in &b.arms {
-                            go(&format!("{key}/{}", a.name), &a.steps, out);
-                        }
-                        if let Some(o) = &b.otherwise {
-                            go(&format!("{key}/else"), o, out);
-                        }
-                    }
-                    StepKind::Parallel(p) => {
-                        if let ParallelBranches::Steps(c) = &p.branches {
-                            go(&key, c, out);
-                        }
-                        if let Some(sy) = &p.synthesize {
-                            go(&key, std::slice::from_ref(sy), out);
-                        }
-                    }
-                    StepKind::Approval(a) => {
-                        if let Some(g) = &a.generate {
-                            go(&key, std::slice::from_ref(g), out);
-                        }
-                        if let Some(Timeout {
-                            then: TimeoutAction::Steps(st),
-                            ..
-                        }) = &a.timeout
-                        {
-                            go(&format!("{key}/timeout"), st, out);
-                        }
-                    }
-                    StepKind::Choose(c) => {
-                        if let Some(Timeout {
-                            then: TimeoutAction::Steps(st),
-                            ..
-                        }) = &c.timeout
-                        {
-                            go(&format!("{key}/timeout"), st, out);
-                        }
-                    }
-                    StepKind::Sections(c) => {
-                        if let Some(Timeout {
-                            then: TimeoutAction::Steps(st),
-                            ..
-                        }) = &c.timeout
-                        {
-                            go(&format!("{key}/timeout"), st, out);
-                        }
-                    }
-                    StepKind::Workflow(w) => go(&key, &w.workflow.steps, out),
-                    StepKind::Switch(sw) => {
-                        for (r, st) in &sw.routes {
-                            go(&format!("{key}/{r}"), st, out);
-                        }
-                        if let Some(d) = &sw.default {
-                            go(&format!("{key}/default"), d, out);
-                        }
-                    }
-                    // A wrapped step that is not an llm step runs once per
-                    // attempt (`KEY/attemptN/NAME`).
-                    StepKind::QualityGate(q) if !matches!(q.step.kind, StepKind::Llm(_)) => go(
-                        &format!("{key}/attempt*"),
-                        std::slice::from_ref(&q.step),
-                        out,
-                    ),
-                    StepKind::Refine(r) if !matches!(r.generate.kind, StepKind::Llm(_)) => go(
-                        &format!("{key}/iteration*"),
-                        std::slice::from_ref(&r.generate),
-                        out,
-                    ),
-                    StepKind::Llm(_)
-                    | StepKind::Transform(_)
-                    | StepKind::QualityGate(_)
-                    | StepKind::Refine(_)
-                    | StepKind::Debate(_)
-                    | StepKind::AgentChain(_) => {}
-                    StepKind::Map(m) => {
-                        go(&format!("{key}/map[*]"), std::slice::from_ref(&m.step), out)
-                    }
-                    StepKind::Reduce(r) => go(&key, std::slice::from_ref(&r.step), out),
-                    StepKind::FanOut(f) => {
-                        go(&key, &f.workers, out);
-                        if let Some(a) = &f.aggregate {
-                            go(&key, std::slice::from_ref(a), out);
-                        }
-                    }
-                    StepKind::Saga(sg) => {
-                        for a in &sg.actions {
-                            go(&key, std::slice::from_ref(&a.step), out);
-                            if let Some(c) = &a.compensate {
-                                go(
-                                    &format!("{key}/{}", a.step.name),
-                                    std::slice::from_ref(c),
-                                    out,
-                                );
-                            }
-                        }
-                    }
-                    StepKind::Pipeline(p) => go(&key, &p.stages, out),
-                    StepKind::ScatterGather(g) => {
-                        go(&key, &g.sources, out);
-                        if let Some(a) = &g.gather {
-                            go(&key, std::slice::from_ref(a), out);
-                        }
+                let key = StepKey::join(prefix, &s.name);
+                out.push((key.to_string(), s));
+                for c in s.kind.children() {
+                    match c.role.segment() {
+                        None => go(&key, c.steps, out),
+                        Some(seg) => go(&key.child(seg), c.steps, out),
                     }
                 }
             }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use spes_core::lifecycle::{self, RunEvent};
-use spes_core::workflow::{StepKind, Workflow};
+use spes_core::workflow::{StepKey, StepKind, Workflow};
 use spes_store::{ComponentPin, NewRun, Run, RunId, RunPatch, RunStatus, RunStore};
 
 use crate::journal::{Effect, Journal, JournalError, RecordError, StoreJournal};
@@ -278,13 +278,7 @@ pub fn first_differing_step(old: &str, new: &str) -> Option<String> {
     fn go(prefix: &str, a: &[Value], b: &[Value]) -> Option<String> {
         for i in 0..a.len().max(b.len()) {
             let (x, y) = (a.get(i), b.get(i));
-            let key_of = |v: &Value| {
-                if prefix.is_empty() {
-                    name(v)
-                } else {
-                    format!("{prefix}/{}", name(v))
-                }
-            };
+            let key_of = |v: &Value| StepKey::join(prefix, &name(v)).into_string();
             match (x, y) {
                 (Some(x), Some(y)) => {
                     if shallow(x) != shallow(y) {
@@ -302,7 +296,7 @@ pub fn first_differing_step(old: &str, new: &str) -> Option<String> {
                         let p = if na.is_empty() {
                             key.clone()
                         } else {
-                            format!("{key}/{na}")
+                            StepKey::join(&key, na).into_string()
                         };
                         if let Some(k) = go(&p, sa, sb) {
                             return Some(k);

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use spes_core::message::ChatRequest;
 use spes_core::template::Context;
 use spes_core::workflow::{
-    ApprovalStep, ChooseStep, LlmStep, Loc, Outline, SectionsStep, Timeout, TimeoutAction,
+    ApprovalStep, ChooseStep, LlmStep, Loc, Outline, SectionsStep, StepKey, Timeout, TimeoutAction,
 };
 use spes_store::{Decided, NewGate};
 
@@ -130,7 +130,7 @@ impl Exec<'_> {
         }
         let deadline_ms = match timeout {
             Some(t) => {
-                let opened = self.clock(&format!("{key}#opened"), loc).await?;
+                let opened = self.clock(&StepKey::from(key).tag("opened"), loc).await?;
                 Some(opened + i64::try_from(t.after.as_millis()).unwrap_or(i64::MAX / 2))
             }
             None => None,

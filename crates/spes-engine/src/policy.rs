@@ -108,7 +108,7 @@ use spes_core::policy::{
     Admission, Alternative, Breaker, BreakerPolicy, BreakerState, Failure, GiveUp, NextRetry,
     Policies, RetrySchedule, next_retry,
 };
-use spes_core::workflow::{Step, StepKind};
+use spes_core::workflow::{Step, StepKey, StepKind};
 use spes_llm::ErrorClass;
 
 use crate::Engine;
@@ -325,12 +325,23 @@ enum Slot<'s> {
 
 /// One alternative of the step: the step itself, a degrade level, or a fallback.
 struct Alt<'s> {
-    /// `""`, `#degrade2`, `#fallback1`.
-    suffix: String,
+    /// The policy field and position (`degrade`, 2); `None` for the step itself.
+    slot_of: Option<(&'static str, usize)>,
     /// `step`, `degrade2`, `fallback1`.
     by: String,
     label: String,
     slot: Slot<'s>,
+}
+
+impl Alt<'_> {
+    /// The key of this alternative of the step keyed `key`: `KEY`,
+    /// `KEY#degrade2`, `KEY#fallback1`.
+    fn key(&self, key: &str) -> String {
+        match self.slot_of {
+            None => key.to_owned(),
+            Some((field, n)) => StepKey::from(key).slot(field, n).into_string(),
+        }
+    }
 }
 
 fn alternatives<'s>(s: &'s Step, p: &'s Policies) -> Vec<Alt<'s>> {
@@ -346,7 +357,7 @@ fn alternatives<'s>(s: &'s Step, p: &'s Policies) -> Vec<Alt<'s>> {
     };
     if p.degrade.is_empty() {
         out.push(Alt {
-            suffix: String::new(),
+            slot_of: None,
             by: "step".into(),
             label: s.kind.name().to_owned(),
             slot: Slot::Own,
@@ -356,7 +367,7 @@ fn alternatives<'s>(s: &'s Step, p: &'s Policies) -> Vec<Alt<'s>> {
         for (i, a) in list.iter().enumerate() {
             let by = format!("{field}{}", i + 1);
             out.push(Alt {
-                suffix: format!("#{by}"),
+                slot_of: Some((field, i + 1)),
                 by,
                 label: a.label(),
                 slot: slot(a),
@@ -369,26 +380,13 @@ fn alternatives<'s>(s: &'s Step, p: &'s Policies) -> Vec<Alt<'s>> {
 /// The step key a provider sees for a journal key: retries of one call
 /// look the same to the provider (`summary#attempt3` → `summary`), as they
 /// would to a real API; degrade levels and fallbacks keep their suffix.
+/// Repairs of an answer (`#repairN`) look like retries too.
 pub(crate) fn provider_key(key: &str) -> &str {
-    let mut key = key;
-    // Repairs of an answer (`#repairN`) look like retries too.
-    for suffix in ["#repair", "#attempt"] {
-        if let Some((base, n)) = key.rsplit_once(suffix)
-            && !n.is_empty()
-            && n.bytes().all(|b| b.is_ascii_digit())
-        {
-            key = base;
-        }
-    }
-    key
+    StepKey::call_key(key)
 }
 
 fn attempt_key(base: &str, attempt: u32) -> String {
-    if attempt <= 1 {
-        base.to_owned()
-    } else {
-        format!("{base}#attempt{attempt}")
-    }
+    StepKey::from(base).attempt(attempt).into_string()
 }
 
 /// A number in `[0, 1)` for jitter. Delays never change results, so this
@@ -434,7 +432,7 @@ impl Exec<'_> {
             || default_retry.unwrap_or_else(|| RetrySchedule::default().with_attempts(1)),
             |r| r.schedule,
         );
-        let served_key = format!("{key}#served");
+        let served_key = StepKey::from(key).tag("served");
         let record_served = alts.len() > 1 || schedule.attempts > 1;
         // Only the default retry in play: attempt 1's answer replays by
         // itself, so `#served` is written only when a retry served.
@@ -453,16 +451,17 @@ impl Exec<'_> {
             if served.is_some_and(|(i, _)| i != idx) {
                 continue;
             }
-            let base = format!("{key}{}", alt.suffix);
+            let base = alt.key(key);
             let (outcome, attempt) = if let Slot::Step(st) = alt.slot {
                 // Keyed `KEY#fallback2` whatever the alternative is called
                 // (validation names it so; a step built in Rust may not be).
                 let named;
-                let st = if st.name == format!("{}{}", s.name, alt.suffix) {
+                let own = alt.key(&s.name);
+                let st = if st.name == own {
                     st
                 } else {
                     named = Step {
-                        name: format!("{}{}", s.name, alt.suffix),
+                        name: own,
                         ..st.clone()
                     };
                     &named
@@ -695,7 +694,9 @@ impl Exec<'_> {
         if let Some(v) = p.retry.as_ref().and_then(|r| r.validate.as_ref()) {
             let output = r.value.clone().unwrap_or(Value::Null);
             let saved = self.ctx.insert("output".into(), output);
-            let ok = self.condition(v, &format!("{akey}#validate"), &s.loc).await;
+            let ok = self
+                .condition(v, &StepKey::from(akey).tag("validate"), &s.loc)
+                .await;
             match saved {
                 Some(old) => self.ctx.insert("output".into(), old),
                 None => self.ctx.remove("output"),

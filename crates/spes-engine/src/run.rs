@@ -18,7 +18,7 @@ use spes_core::condition::{Condition, Outcome, parse_yes_no};
 use spes_core::message::{ChatRequest, ChatResponse, Message, StopReason, Usage};
 use spes_core::template::Context;
 use spes_core::workflow::{
-    Agent, Format, LlmStep, Loc, ParallelBranches, Step, StepKind, Workflow,
+    Agent, Format, LlmStep, Loc, ParallelBranches, Step, StepKey, StepKind, Workflow,
 };
 use spes_llm::{CallContext, Provider};
 use spes_store::{RunId, RunStatus, RunStore};
@@ -221,12 +221,9 @@ pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
     })
 }
 
+/// `NAME` under `prefix` ([`StepKey::join`]).
 pub(crate) fn join_key(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}/{name}")
-    }
+    StepKey::join(prefix, name).into_string()
 }
 
 fn add_usage(a: &mut Usage, b: &Usage) {
@@ -403,7 +400,9 @@ impl<'e> Exec<'e> {
 
     async fn step_inner(&mut self, s: &Step, key: &str, depth: usize) -> Result<StepResult, Stop> {
         if let Some(w) = &s.when
-            && !self.condition(w, &format!("{key}#when"), &s.loc).await?
+            && !self
+                .condition(w, &StepKey::from(key).tag("when"), &s.loc)
+                .await?
         {
             return Ok(StepResult {
                 value: None,
@@ -449,7 +448,11 @@ impl<'e> Exec<'e> {
                 let mut taken = None;
                 for (i, arm) in b.arms.iter().enumerate() {
                     if self
-                        .condition(&arm.condition, &format!("{key}#if{}", i + 1), &s.loc)
+                        .condition(
+                            &arm.condition,
+                            &StepKey::from(key).tag(&format!("if{}", i + 1)),
+                            &s.loc,
+                        )
                         .await?
                     {
                         taken = Some((arm.name.as_str(), &arm.steps, join_key(key, &arm.name)));
@@ -465,7 +468,7 @@ impl<'e> Exec<'e> {
                 // The arm taken is part of the context and of the journal
                 // (`runs show` lists it), before its steps run.
                 self.write(&taken_key(&s.name), arm.map_or(Value::Null, Value::from));
-                let tkey = format!("{key}#taken");
+                let tkey = StepKey::from(key).tag("taken");
                 if !matches!(self.journal.get(&tkey).await, Ok(Some(_))) {
                     self.journal
                         .record(
@@ -1145,11 +1148,7 @@ pub(crate) fn taken_key(step: &str) -> String {
 
 /// The journal key of an llm step's attempt: `KEY`, then `KEY#repair1`...
 pub(crate) fn repair_key(key: &str, attempt: u32) -> String {
-    if attempt == 0 {
-        key.to_owned()
-    } else {
-        format!("{key}#repair{attempt}")
-    }
+    StepKey::from(key).repair(attempt).into_string()
 }
 
 /// SHA-256 over the request as sent (stable JSON), serialized straight

@@ -44,7 +44,7 @@ use futures::future::{AbortHandle, abortable};
 use serde_json::Value;
 use spes_core::lifecycle::{self, RunEvent};
 use spes_core::template::Context;
-use spes_core::workflow::{OnError, StepKind, Workflow};
+use spes_core::workflow::{OnError, StepKey, StepKind, Workflow};
 use spes_store::queue::{FinalEntry, Lease, Task, TaskKind, TaskQueue};
 use spes_store::{Run, RunId, RunPatch, RunStatus, RunStore, StoreError};
 
@@ -718,7 +718,7 @@ impl Worker {
         }
         let entry = self
             .store
-            .entry(run, &format!("{map}#ctx"))
+            .entry(run, &StepKey::from(map).ctx())
             .await?
             .ok_or_else(|| Leave::Retry(format!("the context of map `{map}` is not recorded")))?;
         let ctx =
@@ -794,7 +794,7 @@ impl Worker {
         // An item with nothing journaled under its key when claimed (the
         // usual case) starts empty: no read.
         let prefixes = if task.journaled {
-            vec![format!("{}/", task.key), format!("{}#", task.key)]
+            StepKey::from(task.key.as_str()).entry_prefixes().to_vec()
         } else {
             Vec::new()
         };
@@ -819,7 +819,7 @@ impl Worker {
                 })
                 .map_err(|e| Leave::Retry(e.to_string()))?;
                 let entry = FinalEntry {
-                    key: format!("{}#result", task.key),
+                    key: StepKey::from(task.key.as_str()).result().into_string(),
                     kind: "item".into(),
                     payload,
                 };

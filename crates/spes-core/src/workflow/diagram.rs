@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::kind::Role;
 use super::{Step, StepKind, Workflow};
 
 fn label(s: &Step) -> String {
@@ -11,9 +12,6 @@ fn label(s: &Step) -> String {
             .as_ref()
             .map_or_else(|| "llm".to_owned(), |a| format!("llm · {}", a.name)),
         StepKind::Transform(t) => format!("transform · {}", t.func_name),
-        StepKind::Sequence(_) => "sequence".to_owned(),
-        StepKind::Branch(_) => "branch".to_owned(),
-        StepKind::Parallel(_) => "parallel".to_owned(),
         StepKind::Approval(a) => format!(
             "approval · human{}",
             a.timeout
@@ -67,12 +65,13 @@ fn label(s: &Step) -> String {
         ),
         StepKind::Reduce(r) => format!("reduce over {}", r.over),
         StepKind::FanOut(f) => format!("fan_out · {} workers", f.workers.len()),
-        StepKind::Saga(_) => "saga".to_owned(),
         StepKind::Pipeline(p) => format!("pipeline · {} stages", p.stages.len()),
         StepKind::ScatterGather(g) => format!(
             "scatter_gather · timeout {}",
             crate::duration::format_duration(g.timeout)
         ),
+        // A kind with nothing more to say: its name.
+        _ => s.kind.name().to_owned(),
     };
     let out = s
         .output
@@ -94,83 +93,32 @@ pub fn text(wf: &Workflow) -> String {
                 .map(|w| format!(" [when {}]", w.describe()))
                 .unwrap_or_default();
             let _ = writeln!(out, "{pad}- {}{when}", label(s));
-            match &s.kind {
-                StepKind::Sequence(c) => go(c, depth + 1, out),
-                StepKind::Branch(b) => {
-                    for a in &b.arms {
-                        let _ = writeln!(out, "{pad}  ? {}: {}", a.name, a.condition.describe());
-                        go(&a.steps, depth + 2, out);
-                    }
-                    if let Some(o) = &b.otherwise {
-                        let _ = writeln!(out, "{pad}  ? else");
-                        go(o, depth + 2, out);
-                    }
+            if let StepKind::Parallel(p) = &s.kind
+                && let super::ParallelBranches::Agents { agents, .. } = &p.branches
+            {
+                for a in agents {
+                    let _ = writeln!(out, "{pad}  - {} (llm · {})", a.name, a.name);
                 }
-                StepKind::Parallel(p) => {
-                    match &p.branches {
-                        super::ParallelBranches::Steps(c) => go(c, depth + 1, out),
-                        super::ParallelBranches::Agents { agents, .. } => {
-                            for a in agents {
-                                let _ = writeln!(out, "{pad}  - {} (llm · {})", a.name, a.name);
-                            }
-                        }
+            }
+            for c in s.kind.children() {
+                match c.role {
+                    Role::Arm { name, condition } => {
+                        let _ = writeln!(out, "{pad}  ? {name}: {}", condition.describe());
+                        go(c.steps, depth + 2, out);
                     }
-                    if let Some(sy) = &p.synthesize {
-                        go(std::slice::from_ref(sy), depth + 1, out);
+                    Role::Else | Role::Route(_) | Role::Default => {
+                        let label = c.role.segment().unwrap_or_default();
+                        let _ = writeln!(out, "{pad}  ? {label}");
+                        go(c.steps, depth + 2, out);
                     }
-                }
-                StepKind::Approval(a) => {
-                    if let Some(g) = &a.generate {
-                        go(std::slice::from_ref(g), depth + 1, out);
+                    Role::Compensate { .. } => {
+                        let _ = writeln!(out, "{pad}    ↺ undo:");
+                        go(c.steps, depth + 3, out);
                     }
-                }
-                StepKind::Workflow(w) => go(&w.workflow.steps, depth + 1, out),
-                StepKind::Switch(sw) => {
-                    for (r, st) in &sw.routes {
-                        let _ = writeln!(out, "{pad}  ? {r}");
-                        go(st, depth + 2, out);
-                    }
-                    if let Some(d) = &sw.default {
-                        let _ = writeln!(out, "{pad}  ? default");
-                        go(d, depth + 2, out);
-                    }
-                }
-                StepKind::QualityGate(q) if !matches!(q.step.kind, StepKind::Llm(_)) => {
-                    go(std::slice::from_ref(&q.step), depth + 1, out);
-                }
-                StepKind::Refine(r) if !matches!(r.generate.kind, StepKind::Llm(_)) => {
-                    go(std::slice::from_ref(&r.generate), depth + 1, out);
-                }
-                StepKind::Llm(_)
-                | StepKind::Transform(_)
-                | StepKind::Choose(_)
-                | StepKind::Sections(_)
-                | StepKind::QualityGate(_)
-                | StepKind::Refine(_)
-                | StepKind::Debate(_)
-                | StepKind::AgentChain(_) => {}
-                StepKind::Map(m) => go(std::slice::from_ref(&m.step), depth + 1, out),
-                StepKind::Reduce(r) => go(std::slice::from_ref(&r.step), depth + 1, out),
-                StepKind::FanOut(f) => {
-                    go(&f.workers, depth + 1, out);
-                    if let Some(a) = &f.aggregate {
-                        go(std::slice::from_ref(a), depth + 1, out);
-                    }
-                }
-                StepKind::Saga(sg) => {
-                    for a in &sg.actions {
-                        go(std::slice::from_ref(&a.step), depth + 1, out);
-                        if let Some(c) = &a.compensate {
-                            let _ = writeln!(out, "{pad}    ↺ undo:");
-                            go(std::slice::from_ref(c), depth + 3, out);
-                        }
-                    }
-                }
-                StepKind::Pipeline(p) => go(&p.stages, depth + 1, out),
-                StepKind::ScatterGather(g) => {
-                    go(&g.sources, depth + 1, out);
-                    if let Some(a) = &g.gather {
-                        go(std::slice::from_ref(a), depth + 1, out);
+                    // What a gate does at its deadline is not drawn.
+                    Role::Timeout => {}
+                    Role::Inline | Role::Attempt | Role::Iteration | Role::Item => {
+                        go(c.steps, depth + 1, out);
                     }
                 }
             }
@@ -300,15 +248,6 @@ pub fn mermaid(wf: &Workflow) -> String {
                     }
                     ends
                 }
-                StepKind::QualityGate(_)
-                | StepKind::Refine(_)
-                | StepKind::Debate(_)
-                | StepKind::AgentChain(_) => {
-                    let id = self.id();
-                    let _ = writeln!(self.out, "    {id}[\"{}\"]", esc(&label(s)));
-                    self.link(prev, &id, None);
-                    vec![id]
-                }
                 StepKind::Parallel(p) => {
                     let fork = self.id();
                     let _ = writeln!(
@@ -427,6 +366,14 @@ pub fn mermaid(wf: &Workflow) -> String {
                         esc(&label(s)),
                         shape.1
                     );
+                    self.link(prev, &id, None);
+                    vec![id]
+                }
+                // Any other kind (quality_gate, refine, debate, agent
+                // sequences): one box.
+                _ => {
+                    let id = self.id();
+                    let _ = writeln!(self.out, "    {id}[\"{}\"]", esc(&label(s)));
                     self.link(prev, &id, None);
                     vec![id]
                 }

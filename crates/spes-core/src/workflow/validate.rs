@@ -5,21 +5,14 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
-use super::spec::{
-    AgentSpec, BranchArmSpec, ConditionSpec, InputType, OnTimeoutSpec, OutlineSpec, StepSpec,
-    WorkflowSpec,
-};
-use super::{
-    Agent, ApprovalStep, Arm, BranchStep, ChooseStep, Format, Input, LlmStep, Loc, Outline,
-    ParallelBranches, ParallelStep, SectionsStep, Step, StepKind, Timeout, TimeoutAction,
-    TransformStep, Workflow,
-};
-use crate::answer::{AnswerSchema, OnTruncation};
+use super::kind::KindDef;
+use super::spec::{AgentSpec, ConditionSpec, InputType, StepSpec, WorkflowSpec};
+use super::{Agent, Input, Loc, Step, StepKey, Workflow};
+use crate::answer::AnswerSchema;
 use crate::component::{ComponentRef, ComponentRegistry};
 use crate::condition::Condition;
 use crate::diagnostic::{Diagnostic, Diagnostics, line_col_of, offset_of};
 use crate::template::{Expr, Template, TemplateError};
-use crate::transform;
 
 /// A step spec held by value or boxed (a workflow's and a sequence's
 /// steps are boxed: a spec is large, and a long list of them would be
@@ -42,32 +35,20 @@ impl IntoSpec for Box<StepSpec> {
 
 #[cfg(test)]
 mod answer_tests;
-mod orchestration;
-mod pattern;
+pub(crate) mod kinds;
 mod policy;
 
-/// Step kinds this version of spes runs.
-pub const STEP_KINDS: &[&str] = &[
-    "llm",
-    "transform",
-    "sequence",
-    "branch",
-    "parallel",
-    "approval",
-    "choose",
-    "sections",
-    "workflow",
-    "switch",
-    "quality_gate",
-    "refine",
-    "debate",
-    "map",
-    "reduce",
-    "fan_out",
-    "saga",
-    "pipeline",
-    "scatter_gather",
-];
+/// Step kinds this version of spes runs: the names in
+/// [`KINDS`](super::kind::KINDS), in its order.
+pub const STEP_KINDS: &[&str] = &{
+    let mut names = [""; kinds::KINDS.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = kinds::KINDS[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// The most items (or branches, or workers) a step may keep in flight.
 pub const MAX_CONCURRENCY: u32 = 1024;
@@ -147,7 +128,7 @@ fn validate_nested(
 
 mod compose;
 
-type Sp = Option<(usize, usize)>;
+pub(crate) type Sp = Option<(usize, usize)>;
 
 fn span<T>(s: &Spanned<T>) -> Sp {
     let sp = s.referenced.span();
@@ -159,8 +140,9 @@ fn span<T>(s: &Spanned<T>) -> Sp {
     Some((off, len))
 }
 
+/// The context keys written before a point: surely, or only on some paths.
 #[derive(Debug, Clone, Default)]
-struct Known {
+pub(crate) struct Known {
     definite: BTreeSet<String>,
     maybe: BTreeSet<String>,
 }
@@ -197,7 +179,21 @@ impl Known {
     }
 }
 
-struct Validator<'a> {
+/// Where a step is, for its kind's validator.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepAt<'a> {
+    /// Its name.
+    pub(crate) name: &'a str,
+    /// Its key path (`plan/gather`).
+    pub(crate) path: &'a str,
+    /// "step `PATH`", for messages.
+    pub(crate) what: &'a str,
+    /// Where its `kind` is written (a missing field is reported there).
+    pub(crate) kind_at: Sp,
+}
+
+/// Validation state of one workflow file.
+pub(crate) struct Validator<'a> {
     /// Files that include this one, outermost first (cycle detection).
     stack: Vec<std::path::PathBuf>,
     /// Byte offset where each line of the file starts (for step locations).
@@ -942,7 +938,7 @@ impl Validator<'_> {
         prefix: &str,
         names: &mut HashSet<String>,
     ) -> Option<Step> {
-        let s = self.expand_use(s, 0)?;
+        let mut s = self.expand_use(s, 0)?;
         let kind_at = s.kind.as_ref().and_then(span);
         let name_at = s.name.as_ref().and_then(span);
         let first_at = name_at.or(kind_at);
@@ -982,11 +978,7 @@ impl Validator<'_> {
                 "step names must be unique among siblings",
             );
         }
-        let path = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let path = StepKey::join(prefix, &name).into_string();
         let what = format!("step `{path}`");
         let Some(kind) = &s.kind else {
             self.err(
@@ -998,7 +990,7 @@ impl Validator<'_> {
             return None;
         };
         let kind_name = kind.value.as_str();
-        if !STEP_KINDS.contains(&kind_name) {
+        let Some(def) = super::kind::by_name(kind_name) else {
             let hint = match closest(kind_name, STEP_KINDS.iter().copied()) {
                 Some(c) => format!("did you mean `{c}`? Step kinds: {}", STEP_KINDS.join(", ")),
                 None => format!("step kinds: {}", STEP_KINDS.join(", ")),
@@ -1010,8 +1002,8 @@ impl Validator<'_> {
                 hint,
             );
             return None;
-        }
-        self.check_fields(&s, kind_name, &what);
+        };
+        self.check_fields(&s, def, &what);
         let when = s
             .when
             .as_ref()
@@ -1019,70 +1011,14 @@ impl Validator<'_> {
         let loc = self.loc(first_at);
         // Only a `when` step needs the keys as they were before it.
         let snapshot = when.is_some().then(|| known.clone());
-        let policies = self.policies(&s, kind_name, known, &path, &name);
-        let step_kind = match kind_name {
-            "llm" => StepKind::Llm(Box::new(self.llm(&s, known, &what, kind_at)?)),
-            "transform" => StepKind::Transform(self.transform(&s, known, &what, kind_at)?),
-            "sequence" if s.agents.is_some() || s.task.is_some() => {
-                StepKind::AgentChain(Box::new(self.agent_chain(&s, known, &path, kind_at)?))
-            }
-            "switch" => StepKind::Switch(Box::new(self.switch(&s, known, &path, kind_at)?)),
-            "quality_gate" => {
-                StepKind::QualityGate(Box::new(self.quality_gate(&s, known, &path, kind_at)?))
-            }
-            "refine" => StepKind::Refine(Box::new(self.refine(&s, known, &path, kind_at)?)),
-            "debate" => StepKind::Debate(Box::new(self.debate(&s, known, &path, kind_at)?)),
-            "sequence" => match s.steps {
-                Some(ch) if !ch.value.is_empty() => {
-                    StepKind::Sequence(self.steps(ch.value, known, &path, kind_at))
-                }
-                Some(ch) => {
-                    self.err(
-                        "spes::workflow::no_steps",
-                        format!("{what}: `steps` is empty"),
-                        span(&ch),
-                        "add steps",
-                    );
-                    return None;
-                }
-                None => {
-                    self.err(
-                        "spes::workflow::missing_field",
-                        format!("{what}: a sequence needs `steps`"),
-                        kind_at,
-                        "add `steps:` with the child steps",
-                    );
-                    return None;
-                }
-            },
-            "parallel" => StepKind::Parallel(self.parallel(&s, known, &path, kind_at)?),
-            "approval" => StepKind::Approval(Box::new(self.approval(&s, known, &path, kind_at)?)),
-            "choose" => StepKind::Choose(Box::new(self.choose(&s, known, &path, kind_at)?)),
-            "sections" => StepKind::Sections(Box::new(self.sections(&s, known, &path, kind_at)?)),
-            "workflow" => {
-                StepKind::Workflow(Box::new(self.sub_workflow(&s, known, &path, kind_at)?))
-            }
-            "branch" => StepKind::Branch(self.branch(
-                s.condition,
-                s.then,
-                s.branches,
-                s.otherwise,
-                known,
-                &path,
-                kind_at,
-            )?),
-            other => orchestration::orchestration_kind(self, other, &s, known, &path, kind_at)?,
+        let policies = self.policies(&s, def, known, &path, &name);
+        let at = StepAt {
+            name: &name,
+            path: &path,
+            what: &what,
+            kind_at,
         };
-        if matches!(step_kind, StepKind::Branch(_)) {
-            known.write(&super::taken_key(&name));
-        }
-        if let (StepKind::Parallel(p), Some(o)) = (&step_kind, &s.output)
-            && p.synthesize.is_some()
-            && is_key_name(&o.value)
-        {
-            // The workers' own results stay beside the synthesis.
-            known.write(&format!("{}_results", o.value));
-        }
+        let step_kind = (def.validate)(self, &mut s, known, &at)?;
         if let Some(o) = &s.output {
             if is_key_name(&o.value) {
                 known.write(&o.value);
@@ -1111,122 +1047,9 @@ impl Validator<'_> {
         })
     }
 
-    fn check_fields(&mut self, s: &StepSpec, kind: &str, what: &str) {
-        fn f<T>(name: &'static str, v: Option<&Spanned<T>>) -> (&'static str, bool, Sp) {
-            (name, v.is_some(), v.and_then(span))
-        }
-        let fields = [
-            f("prompt", s.prompt.as_ref()),
-            f("agent", s.agent.as_ref()),
-            f("task", s.task.as_ref()),
-            f("system", s.system.as_ref()),
-            f("provider", s.provider.as_ref()),
-            f("model", s.model.as_ref()),
-            f("temperature", s.temperature.as_ref()),
-            f("max_tokens", s.max_tokens.as_ref()),
-            f("stop", s.stop.as_ref()),
-            f("format", s.format.as_ref()),
-            f("schema", s.schema.as_ref()),
-            f("repair", s.repair.as_ref()),
-            f("on_truncation", s.on_truncation.as_ref()),
-            f("fn", s.func.as_ref()),
-            f("input", s.input.as_ref()),
-            f("args", s.args.as_ref()),
-            f("steps", s.steps.as_ref()),
-            f("if", s.condition.as_ref()),
-            f("then", s.then.as_ref()),
-            f("else", s.otherwise.as_ref()),
-            f("branches", s.branches.as_ref()),
-            f("agents", s.agents.as_ref()),
-            f("synthesize", s.synthesize.as_ref()),
-            f("concurrency", s.concurrency.as_ref()),
-            f("show", s.show.as_ref()),
-            f("generate", s.generate.as_ref()),
-            f("max_revisions", s.max_revisions.as_ref()),
-            f("revise", s.revise.as_ref()),
-            f("deadline", s.deadline.as_ref()),
-            f("on_timeout", s.on_timeout.as_ref()),
-            f("n", s.n.as_ref()),
-            f("outline", s.outline.as_ref()),
-            f("section", s.section.as_ref()),
-            f("path", s.path.as_ref()),
-            f("inputs", s.inputs.as_ref()),
-            f("classify", s.classify.as_ref()),
-            f("routes", s.routes.as_ref()),
-            f("default", s.default.as_ref()),
-            f("step", s.step.as_ref()),
-            f("evaluator", s.evaluator.as_ref()),
-            f("threshold", s.threshold.as_ref()),
-            f("max_attempts", s.max_attempts.as_ref()),
-            f("feedback", s.feedback.as_ref()),
-            f("max_iterations", s.max_iterations.as_ref()),
-            f("examples", s.examples.as_ref()),
-            f("debaters", s.debaters.as_ref()),
-            f("topic", s.topic.as_ref()),
-            f("rounds", s.rounds.as_ref()),
-            f("judge", s.judge.as_ref()),
-            f("judge_sees", s.judge_sees.as_ref()),
-            f("over", s.over.as_ref()),
-            f("as", s.item_as.as_ref()),
-            f("on_error", s.on_error.as_ref()),
-            f("workers", s.workers.as_ref()),
-            f("aggregate", s.aggregate.as_ref()),
-            f("compensate", s.compensate.as_ref()),
-            f("stages", s.stages.as_ref()),
-            f("sources", s.sources.as_ref()),
-            f("gather", s.gather.as_ref()),
-        ];
-        let allowed: &[&str] = match kind {
-            "llm" => &[
-                "prompt",
-                "agent",
-                "task",
-                "system",
-                "provider",
-                "model",
-                "temperature",
-                "max_tokens",
-                "stop",
-                "format",
-                "schema",
-                "repair",
-                "on_truncation",
-            ],
-            "transform" => &["fn", "input", "args"],
-            "sequence" => &["steps", "agents", "task"],
-            "switch" => &["classify", "routes", "default"],
-            "quality_gate" => &["step", "evaluator", "threshold", "max_attempts", "feedback"],
-            "refine" => &[
-                "generate",
-                "evaluator",
-                "threshold",
-                "max_iterations",
-                "examples",
-            ],
-            "debate" => &["debaters", "topic", "rounds", "judge", "judge_sees"],
-            "branch" => &["if", "then", "else", "branches"],
-            "parallel" => &["steps", "agents", "task", "synthesize", "concurrency"],
-            "approval" => &[
-                "show",
-                "generate",
-                "max_revisions",
-                "revise",
-                "deadline",
-                "on_timeout",
-                "agent",
-                "provider",
-            ],
-            "choose" => &["generate", "n", "deadline", "on_timeout"],
-            "sections" => &["outline", "section", "deadline", "on_timeout"],
-            "workflow" => &["path", "inputs"],
-            "map" => &["over", "as", "concurrency", "on_error", "step"],
-            "reduce" => &["over", "step"],
-            "fan_out" => &["workers", "aggregate", "concurrency", "on_error"],
-            "saga" => &["steps"],
-            "pipeline" => &["stages", "input"],
-            "scatter_gather" => &["sources", "timeout", "gather"],
-            _ => &[],
-        };
+    fn check_fields(&mut self, s: &StepSpec, def: &KindDef, what: &str) {
+        let fields = kind_fields(s);
+        let (kind, allowed) = (def.name, def.fields);
         for (field, set, at) in fields {
             if set && !allowed.contains(&field) {
                 self.err(
@@ -1245,950 +1068,76 @@ impl Validator<'_> {
             }
         }
     }
+}
 
-    fn llm(&mut self, s: &StepSpec, known: &Known, what: &str, kind_at: Sp) -> Option<LlmStep> {
-        let agent = match &s.agent {
-            Some(a) => match self.agents.get(&a.value).cloned() {
-                Some(ag) => {
-                    self.check_agent_vars(&ag, span(a), known);
-                    Some(ag)
-                }
-                None => {
-                    self.unknown_agent(a);
-                    return None;
-                }
-            },
-            None => None,
-        };
-        let text = match (&s.prompt, &s.task, &agent) {
-            (Some(p), None, _) => p,
-            (None, Some(t), Some(_)) => t,
-            (Some(p), Some(_), _) => {
-                self.err(
-                    "spes::workflow::prompt_and_task",
-                    format!("{what} has both `prompt` and `task`"),
-                    span(p),
-                    "use `prompt` for a plain call, or `agent` + `task` for an agent",
-                );
-                return None;
-            }
-            (None, Some(t), None) => {
-                self.err(
-                    "spes::workflow::task_without_agent",
-                    format!("{what} has a `task` but no `agent`"),
-                    span(t),
-                    "add `agent: NAME`, or rename `task` to `prompt`",
-                );
-                return None;
-            }
-            (None, None, _) => {
-                self.err(
-                    "spes::workflow::missing_prompt",
-                    format!("{what}: an llm step needs `prompt`, or `agent` and `task`"),
-                    kind_at,
-                    "add `prompt: \"...\"`",
-                );
-                return None;
-            }
-        };
-        let prompt = self.template(text, what)?;
-        let reads: Vec<String> = prompt.reads().iter().cloned().collect();
-        self.check_reads(reads.iter(), span(text), known, &[], what);
-        let system = match &s.system {
-            Some(sys) => {
-                let t = self.template(sys, what)?;
-                let reads: Vec<String> = t.reads().iter().cloned().collect();
-                self.check_reads(reads.iter(), span(sys), known, &[], what);
-                Some(t)
-            }
-            None => None,
-        };
-        if let Some(p) = &s.provider {
-            self.provider(p);
-        }
-        let format = match s.format.as_ref().map(|f| (f.value.as_str(), span(f))) {
-            None | Some(("text", _)) => Format::Text,
-            Some(("json", _)) => Format::Json,
-            Some((other, at)) => {
-                self.err(
-                    "spes::workflow::bad_format",
-                    format!("{what}: unknown format `{other}`"),
-                    at,
-                    "use `format: text` or `format: json`",
-                );
-                Format::Text
-            }
-        };
-        if let Some(t) = &s.temperature
-            && !(0.0..=2.0).contains(&t.value)
-        {
-            self.err(
-                "spes::workflow::bad_temperature",
-                format!("temperature {} is outside 0..2", t.value),
-                span(t),
-                "use a value between 0 (deterministic) and 2",
-            );
-        }
-        if let Some(m) = &s.max_tokens
-            && m.value == 0
-        {
-            self.err(
-                "spes::workflow::bad_max_tokens",
-                "max_tokens must be at least 1",
-                span(m),
-                "remove it or give a positive number",
-            );
-        }
-        let schema = match &s.schema {
-            Some(x) => Some(self.answer_schema(x, what)?),
-            None => None,
-        };
-        let on_truncation = match s
-            .on_truncation
-            .as_ref()
-            .map(|f| (f.value.as_str(), span(f)))
-        {
-            None => None,
-            Some(("fail", _)) => Some(OnTruncation::Fail),
-            Some(("warn", _)) => Some(OnTruncation::Warn),
-            Some((other, at)) => {
-                self.err(
-                    "spes::workflow::bad_on_truncation",
-                    format!("{what}: unknown on_truncation `{other}`"),
-                    at,
-                    "use `on_truncation: fail` (repair, then fail) or `on_truncation: warn` (keep the cut answer, marked)",
-                );
-                None
-            }
-        };
-        Some(LlmStep {
-            prompt,
-            agent,
-            system,
-            provider: s.provider.as_ref().map(|p| p.value.clone()),
-            model: s.model.as_ref().map(|m| m.value.clone()),
-            temperature: s.temperature.as_ref().map(|t| t.value),
-            max_tokens: s.max_tokens.as_ref().map(|m| m.value),
-            stop: s.stop.as_ref().map(|x| x.value.clone()).unwrap_or_default(),
-            format: if schema.is_some() {
-                Format::Json
-            } else {
-                format
-            },
-            schema,
-            repair: s.repair.as_ref().map(|r| r.value),
-            on_truncation,
-        })
+/// Every kind-specific field of a step: its name, whether it is set, and
+/// where. A field of [`StepSpec`] missing here would be taken by every
+/// kind unchecked (a unit test compares this list with the spec's fields).
+fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 59] {
+    fn f<T>(name: &'static str, v: Option<&Spanned<T>>) -> (&'static str, bool, Sp) {
+        (name, v.is_some(), v.and_then(span))
     }
-
-    /// An llm step's `schema`: inline, or a file relative to this workflow
-    /// (read bounded, pinned with the run's hashes). Checked as a JSON Schema.
-    fn answer_schema(
-        &mut self,
-        x: &Spanned<serde_json::Value>,
-        what: &str,
-    ) -> Option<AnswerSchema> {
-        let at = span(x);
-        let (value, file) = match &x.value {
-            serde_json::Value::String(path) => {
-                let base = std::path::Path::new(&self.file)
-                    .parent()
-                    .map(std::path::Path::to_path_buf)
-                    .unwrap_or_default();
-                let full = base.join(path);
-                let shown = full.display().to_string();
-                let text = match read_bounded(&full, crate::answer::MAX_SCHEMA_BYTES) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        self.err(
-                            "spes::workflow::schema_file",
-                            format!("{what}: cannot read the schema file {shown}: {e}"),
-                            at,
-                            "give a path relative to this workflow file, or write the schema inline",
-                        );
-                        return None;
-                    }
-                };
-                let parsed = if full.extension().is_some_and(|e| {
-                    e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml")
-                }) {
-                    crate::yaml::parse_yaml::<serde_json::Value>(
-                        &shown,
-                        &text,
-                        "spes::workflow::schema_file",
-                    )
-                    .map_err(|d| d.message)
-                } else {
-                    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string())
-                };
-                let value = match parsed {
-                    Ok(v) => v,
-                    Err(e) => {
-                        self.err(
-                            "spes::workflow::schema_file",
-                            format!("{what}: the schema file {shown} is not valid JSON: {e}"),
-                            at,
-                            "a schema file holds one JSON Schema object (JSON, or YAML for .yaml/.yml)",
-                        );
-                        return None;
-                    }
-                };
-                let canonical = std::fs::canonicalize(&full).unwrap_or(full);
-                let resolved = canonical.display().to_string();
-                let pin = super::ChildSource {
-                    path: resolved.clone(),
-                    sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
-                };
-                if !self.schemas.contains(&pin) {
-                    self.schemas.push(pin);
-                }
-                (value, Some((resolved, shown)))
-            }
-            v => (v.clone(), None),
-        };
-        // Identical schemas (a file or a definition used by many steps)
-        // are compiled once and share their validator.
-        let cache_key = format!(
-            "{}\u{0}{}",
-            file.as_ref().map_or("", |(r, _)| r.as_str()),
-            value
-        );
-        if let Some(done) = self.compiled_schemas.get(&cache_key) {
-            return Some(done.clone());
-        }
-        let compiled = match AnswerSchema::new(value) {
-            Ok(s) => Some(match file {
-                Some((resolved, _)) => s.from_file(resolved),
-                None => s,
-            }),
-            Err(problem) => {
-                let whose = file.map_or_else(String::new, |(_, shown)| format!(" in {shown}"));
-                self.err(
-                    "spes::workflow::bad_schema",
-                    format!("{what}: the schema{whose} is not a valid JSON Schema: {problem}"),
-                    at,
-                    "write a JSON Schema object, e.g. { type: object, required: [title], properties: { title: { type: string } } }, or a path to a file holding one",
-                );
-                None
-            }
-        };
-        if let Some(c) = &compiled {
-            self.compiled_schemas.insert(cache_key, c.clone());
-        }
-        compiled
-    }
-
-    fn timeout(
-        &mut self,
-        s: &StepSpec,
-        known: &Known,
-        path: &str,
-        what: &str,
-    ) -> Option<Option<Timeout>> {
-        let after = match &s.deadline {
-            None => {
-                if let Some(t) = &s.on_timeout {
-                    self.err(
-                        "spes::workflow::missing_field",
-                        format!("{what}: `on_timeout` needs a `deadline`"),
-                        span(t),
-                        "add `deadline: 3d` (or 30m, 2h, ...)",
-                    );
-                    return None;
-                }
-                return Some(None);
-            }
-            Some(d) => match crate::duration::parse_duration(&d.value) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.err(
-                        "spes::workflow::bad_duration",
-                        format!("{what}: deadline {e}"),
-                        span(d),
-                        "write e.g. 30m, 2h or 3d",
-                    );
-                    return None;
-                }
-            },
-        };
-        let then = match s.on_timeout.as_ref().map(|t| (&t.value, span(t))) {
-            None => TimeoutAction::Reject,
-            Some((OnTimeoutSpec::Action(a), at)) => {
-                match a.as_str() {
-                    "approve" | "first" => TimeoutAction::Approve,
-                    "reject" => TimeoutAction::Reject,
-                    other => {
-                        self.err(
-                        "spes::workflow::bad_on_timeout",
-                        format!("{what}: on_timeout `{other}` is not approve, reject or a list of steps"),
-                        at,
-                        "write on_timeout: approve, on_timeout: reject, or a list of steps",
-                    );
-                        return None;
-                    }
-                }
-            }
-            Some((OnTimeoutSpec::Steps(steps), _)) => {
-                let mut k = known.clone();
-                let st = self.steps(steps.clone(), &mut k, &format!("{path}/timeout"), None);
-                TimeoutAction::Steps(st)
-            }
-        };
-        Some(Some(Timeout { after, then }))
-    }
-
-    /// Validates a nested step that must be an `llm` step (named `default` when unnamed).
-    fn nested_llm(
-        &mut self,
-        sy: &Spanned<Box<StepSpec>>,
-        default: &str,
-        known: &Known,
-        path: &str,
-        locals: &[&str],
-    ) -> Option<Box<LlmStep>> {
-        match self.nested_llm_step(sy, default, known, path, locals)?.kind {
-            StepKind::Llm(l) => Some(l),
-            _ => None,
-        }
-    }
-
-    /// [`Self::nested_llm`], keeping the step around the llm step (its name and location).
-    fn nested_llm_step(
-        &mut self,
-        sy: &Spanned<Box<StepSpec>>,
-        default: &str,
-        known: &Known,
-        path: &str,
-        locals: &[&str],
-    ) -> Option<Step> {
-        let mut k = known.clone();
-        for l in locals {
-            k.write(l);
-        }
-        let mut spec = (*sy.value).clone();
-        if spec.name.is_none() {
-            spec.name = Some(Spanned::new(default.to_owned(), sy.referenced, sy.defined));
-        }
-        let kind_ok = spec.kind.as_ref().is_none_or(|k| k.value == "llm");
-        if !kind_ok {
-            self.err(
-                "spes::workflow::nested_kind",
-                format!("step `{path}`: `{default}` must be an llm step"),
-                span(sy),
-                "give it kind: llm (or leave kind out) with a prompt or agent + task",
-            );
-            return None;
-        }
-        if spec.kind.is_none() {
-            spec.kind = Some(Spanned::new("llm".to_owned(), sy.referenced, sy.defined));
-        }
-        let mut names = HashSet::new();
-        let step = self.step(spec, &mut k, path, &mut names)?;
-        if !step.policies.is_empty() {
-            self.err(
-                "spes::workflow::policy_not_for_kind",
-                format!("step `{path}`: policies on `{default}` are not applied"),
-                span(sy),
-                "put retry/fallback/degrade/timeout on the enclosing step",
-            );
-        }
-        matches!(step.kind, StepKind::Llm(_)).then_some(step)
-    }
-
-    fn approval(
-        &mut self,
-        s: &StepSpec,
-        known: &mut Known,
-        path: &str,
-        kind_at: Sp,
-    ) -> Option<ApprovalStep> {
-        let what = format!("step `{path}`");
-        let generate = match &s.generate {
-            Some(g) => {
-                let mut spec = (*g.value).clone();
-                if spec.name.is_none() {
-                    spec.name = Some(Spanned::new("generate".to_owned(), g.referenced, g.defined));
-                }
-                let mut names = HashSet::new();
-                Some(Box::new(self.step(spec, known, path, &mut names)?))
-            }
-            None => None,
-        };
-        let show = match (&s.show, &generate) {
-            (Some(k), None) => {
-                let reads = [k.value.clone()];
-                self.check_reads(reads.iter(), span(k), known, &[], &what);
-                Some(k.value.clone())
-            }
-            (None, Some(_)) => None,
-            (Some(k), Some(_)) => {
-                self.err(
-                    "spes::workflow::approval_forms",
-                    format!(
-                        "{what}: give `show` (an existing key) or `generate` (a step), not both"
-                    ),
-                    span(k),
-                    "drop one of them",
-                );
-                return None;
-            }
-            (None, None) => {
-                self.err(
-                    "spes::workflow::missing_field",
-                    format!("{what}: an approval needs `show: KEY` or a `generate` step"),
-                    kind_at,
-                    "add `show: report` (the key holding the text to approve)",
-                );
-                return None;
-            }
-        };
-        let revise_src = s.revise.clone().unwrap_or_else(|| {
-            Spanned::new(
-                DEFAULT_REVISE.to_owned(),
-                serde_saphyr::Location::UNKNOWN,
-                serde_saphyr::Location::UNKNOWN,
-            )
-        });
-        let revise = self.template(&revise_src, &what)?;
-        let reads: Vec<String> = revise.reads().iter().cloned().collect();
-        self.check_reads(
-            reads.iter(),
-            span(&revise_src),
-            known,
-            &["draft", "comments", "suggested", "revision"],
-            &what,
-        );
-        let agent = match &s.agent {
-            Some(a) => match self.agents.get(&a.value).cloned() {
-                Some(ag) => {
-                    self.check_agent_vars(&ag, span(a), known);
-                    Some(ag)
-                }
-                None => {
-                    self.unknown_agent(a);
-                    return None;
-                }
-            },
-            None => None,
-        };
-        if let Some(p) = &s.provider {
-            self.provider(p);
-        }
-        let timeout = self.timeout(s, known, path, &what)?;
-        Some(ApprovalStep {
-            show,
-            generate,
-            max_revisions: s.max_revisions.as_ref().map_or(2, |m| m.value),
-            revise,
-            agent,
-            provider: s.provider.as_ref().map(|p| p.value.clone()),
-            timeout,
-        })
-    }
-
-    fn choose(
-        &mut self,
-        s: &StepSpec,
-        known: &Known,
-        path: &str,
-        kind_at: Sp,
-    ) -> Option<ChooseStep> {
-        let what = format!("step `{path}`");
-        let Some(g) = &s.generate else {
-            self.err(
-                "spes::workflow::missing_field",
-                format!(
-                    "{what}: choose needs a `generate` step (an llm step run once per variation)"
-                ),
-                kind_at,
-                "add `generate: { kind: llm, prompt: \"...\" }`",
-            );
-            return None;
-        };
-        let generate = self.nested_llm(g, "generate", known, path, &[])?;
-        let n = s.n.as_ref().map_or(3, |n| n.value);
-        if !(2..=20).contains(&n) {
-            self.err(
-                "spes::workflow::bad_count",
-                format!("{what}: n = {n}; choose offers 2 to 20 variations"),
-                s.n.as_ref().and_then(span),
-                "pick n between 2 and 20",
-            );
-        }
-        let timeout = self.timeout(s, known, path, &what)?;
-        Some(ChooseStep {
-            generate,
-            n,
-            timeout,
-        })
-    }
-
-    fn sections(
-        &mut self,
-        s: &StepSpec,
-        known: &Known,
-        path: &str,
-        kind_at: Sp,
-    ) -> Option<SectionsStep> {
-        let what = format!("step `{path}`");
-        let outline = match s.outline.as_ref().map(|o| (&o.value, span(o))) {
-            Some((OutlineSpec::List(v), at)) => {
-                if v.is_empty() {
-                    self.err(
-                        "spes::workflow::no_steps",
-                        format!("{what}: `outline` is empty"),
-                        at,
-                        "name at least one section",
-                    );
-                }
-                for (i, item) in v.iter().enumerate() {
-                    if crate::workflow::section_name(item).is_none() {
-                        self.err(
-                            "spes::workflow::bad_outline",
-                            format!(
-                                "{what}: outline item {} is neither a section name nor an object with a `name`",
-                                i + 1
-                            ),
-                            at,
-                            "write `outline: [Intro, Design]` or `outline: [{ name: Intro, prompt: \"...\" }]`",
-                        );
-                    }
-                }
-                Outline::List(v.clone())
-            }
-            Some((OutlineSpec::Template(t), at)) => {
-                let sp = Spanned::new(
-                    t.clone(),
-                    serde_saphyr::Location::UNKNOWN,
-                    serde_saphyr::Location::UNKNOWN,
-                );
-                let tpl = match Template::parse(t) {
-                    Ok(tpl) => tpl,
-                    Err(e) => {
-                        self.err(
-                            "spes::workflow::template_syntax",
-                            format!("{what}: {}", e.message),
-                            at,
-                            "fix the template",
-                        );
-                        return None;
-                    }
-                };
-                drop(sp);
-                let reads: Vec<String> = tpl.reads().iter().cloned().collect();
-                self.check_reads(reads.iter(), at, known, &[], &what);
-                Outline::Template(tpl)
-            }
-            None => {
-                self.err(
-                    "spes::workflow::missing_field",
-                    format!("{what}: sections needs an `outline` (a list of section names, or a template giving one)"),
-                    kind_at,
-                    "add `outline: [Introduction, Design, Risks]`",
-                );
-                return None;
-            }
-        };
-        let Some(sec) = &s.section else {
-            self.err(
-                "spes::workflow::missing_field",
-                format!("{what}: sections needs a `section` step (sees `section` and `previous`)"),
-                kind_at,
-                "add `section: { kind: llm, prompt: \"Write the {{ section }} section. So far: {{ previous }}\" }`",
-            );
-            return None;
-        };
-        let section = self.nested_llm(sec, "section", known, path, &["section", "previous"])?;
-        // What the section step reads of `section` must be in every item.
-        if let Outline::List(items) = &outline {
-            let mut fields: Vec<String> = section
-                .prompt
-                .nested_reads()
-                .into_iter()
-                .chain(
-                    section
-                        .system
-                        .as_ref()
-                        .map(Template::nested_reads)
-                        .unwrap_or_default(),
-                )
-                .filter_map(|r| {
-                    r.strip_prefix("section.")
-                        .map(|f| f.split('.').next().unwrap_or(f).to_owned())
-                })
-                .collect();
-            fields.sort();
-            fields.dedup();
-            for (i, item) in items.iter().enumerate() {
-                for f in &fields {
-                    let has = match item {
-                        serde_json::Value::Object(o) => o.contains_key(f),
-                        _ => false,
-                    };
-                    if !has {
-                        self.err(
-                            "spes::workflow::outline_field",
-                            format!(
-                                "{what}: the section step reads `section.{f}`, but outline item {} (`{}`) has no `{f}`",
-                                i + 1,
-                                crate::workflow::section_name(item).unwrap_or_default()
-                            ),
-                            s.outline.as_ref().and_then(span),
-                            format!("give every outline item a `{f}`: {{ name: ..., {f}: ... }}"),
-                        );
-                    }
-                }
-            }
-        }
-        let timeout = self.timeout(s, known, path, &what)?;
-        Some(SectionsStep {
-            outline,
-            section,
-            timeout,
-        })
-    }
-
-    fn parallel(
-        &mut self,
-        s: &StepSpec,
-        known: &mut Known,
-        path: &str,
-        kind_at: Sp,
-    ) -> Option<ParallelStep> {
-        let what = format!("step `{path}`");
-        let before = known.clone();
-        let branches = match (&s.steps, &s.agents, &s.task) {
-            (Some(_), Some(a), _) => {
-                self.err(
-                    "spes::workflow::parallel_forms",
-                    format!("{what}: use either `steps` or `agents` + `task`, not both"),
-                    span(a),
-                    "a parallel step runs its `steps` side by side, or runs `task` with each of `agents`",
-                );
-                return None;
-            }
-            (Some(_), None, Some(t)) => {
-                self.err(
-                    "spes::workflow::field_not_for_kind",
-                    format!("{what}: `task` goes with `agents`, not with `steps`"),
-                    span(t),
-                    "remove `task`, or replace `steps` with `agents: [...]`",
-                );
-                return None;
-            }
-            (Some(children), None, None) => {
-                if children.value.is_empty() {
-                    self.err(
-                        "spes::workflow::no_steps",
-                        format!("{what}: `steps` is empty"),
-                        span(children),
-                        "add steps",
-                    );
-                    return None;
-                }
-                // Children see the context as it was before the parallel
-                // step: a sibling's output is not visible to them.
-                let mut names = HashSet::new();
-                let mut out = Vec::new();
-                let mut after = before.clone();
-                for child in &children.value {
-                    let mut k = before.clone();
-                    if let Some(st) = self.step((**child).clone(), &mut k, path, &mut names) {
-                        out.push(st);
-                    }
-                    for w in k.definite.difference(&before.definite) {
-                        after.definite.insert(w.clone());
-                    }
-                    for w in k.maybe {
-                        if !after.definite.contains(&w) {
-                            after.maybe.insert(w);
-                        }
-                    }
-                }
-                *known = after;
-                ParallelBranches::Steps(out)
-            }
-            (None, Some(a), Some(t)) => {
-                let mut agents = Vec::new();
-                for name in &a.value {
-                    if let Some(ag) = self.agents.get(name).cloned() {
-                        self.check_agent_vars(&ag, span(a), known);
-                        agents.push(ag);
-                    } else {
-                        let names: Vec<&str> = self.agents.keys().map(String::as_str).collect();
-                        let hint = closest(name, names.iter().copied()).map_or_else(
-                            || format!("declared agents: {}", names.join(", ")),
-                            |c| format!("did you mean `{c}`?"),
-                        );
-                        self.err(
-                            "spes::workflow::unknown_agent",
-                            format!("unknown agent `{name}`"),
-                            span(a),
-                            hint,
-                        );
-                    }
-                }
-                if a.value.is_empty() {
-                    self.err(
-                        "spes::workflow::no_steps",
-                        format!("{what}: `agents` is empty"),
-                        span(a),
-                        "name at least one agent",
-                    );
-                }
-                let task = self.template(t, &what)?;
-                let reads: Vec<String> = task.reads().iter().cloned().collect();
-                self.check_reads(reads.iter(), span(t), known, &[], &what);
-                ParallelBranches::Agents { agents, task }
-            }
-            (None, Some(a), None) => {
-                self.err(
-                    "spes::workflow::missing_field",
-                    format!("{what}: `agents` needs a `task`"),
-                    span(a),
-                    "add `task: \"...\"` (each agent does it)",
-                );
-                return None;
-            }
-            (None, None, _) => {
-                self.err(
-                    "spes::workflow::missing_field",
-                    format!("{what}: a parallel step needs `steps`, or `agents` and `task`"),
-                    kind_at,
-                    "add `steps: [...]` (run side by side) or `agents: [a, b]` with `task: ...`",
-                );
-                return None;
-            }
-        };
-        let synthesize = match &s.synthesize {
-            Some(sy) => {
-                let mut k = known.clone();
-                k.write("results");
-                let mut names = HashSet::new();
-                let mut spec = (*sy.value).clone();
-                if spec.name.is_none() {
-                    spec.name = Some(Spanned::new(
-                        "synthesize".to_owned(),
-                        sy.referenced,
-                        sy.defined,
-                    ));
-                }
-                Some(Box::new(self.step(spec, &mut k, path, &mut names)?))
-            }
-            None => None,
-        };
-        let concurrency = match &s.concurrency {
-            Some(c) if c.value == 0 => {
-                self.err(
-                    "spes::workflow::bad_concurrency",
-                    format!("{what}: concurrency must be at least 1"),
-                    span(c),
-                    "remove it to run all at once",
-                );
-                None
-            }
-            Some(c) if c.value > MAX_CONCURRENCY => {
-                self.err(
-                    "spes::workflow::bad_concurrency",
-                    format!(
-                        "{what}: concurrency = {}; at most {MAX_CONCURRENCY} is allowed",
-                        c.value
-                    ),
-                    span(c),
-                    format!("pick a concurrency between 1 and {MAX_CONCURRENCY}"),
-                );
-                None
-            }
-            Some(c) => usize::try_from(c.value).ok(),
-            None => None,
-        };
-        Some(ParallelStep {
-            branches,
-            synthesize,
-            concurrency,
-        })
-    }
-
-    fn transform(
-        &mut self,
-        s: &StepSpec,
-        known: &Known,
-        what: &str,
-        kind_at: Sp,
-    ) -> Option<TransformStep> {
-        let Some(f) = &s.func else {
-            self.err(
-                "spes::workflow::missing_field",
-                format!("{what}: a transform needs `fn`"),
-                kind_at,
-                format!(
-                    "add `fn:` with one of: {}",
-                    transform::FUNCTION_NAMES.join(", ")
-                ),
-            );
-            return None;
-        };
-        let args = s
-            .args
-            .as_ref()
-            .map(|a| a.value.clone().into_iter().collect())
-            .unwrap_or_default();
-        let func = match transform::build(&f.value, &args) {
-            Ok(func) => func,
-            Err(e) => {
-                let hint = if transform::FUNCTION_NAMES.contains(&f.value.as_str()) {
-                    "see FORMAT.md for each function's args".to_owned()
-                } else {
-                    match closest(&f.value, transform::FUNCTION_NAMES.iter().copied()) {
-                        Some(c) => format!(
-                            "did you mean `{c}`? Functions: {}",
-                            transform::FUNCTION_NAMES.join(", ")
-                        ),
-                        None => format!("functions: {}", transform::FUNCTION_NAMES.join(", ")),
-                    }
-                };
-                let at = if transform::FUNCTION_NAMES.contains(&f.value.as_str()) {
-                    s.args.as_ref().and_then(span).or(span(f))
-                } else {
-                    span(f)
-                };
-                self.err(
-                    "spes::workflow::bad_transform",
-                    format!("{what}: {e}"),
-                    at,
-                    hint,
-                );
-                return None;
-            }
-        };
-        let Some(input) = &s.input else {
-            self.err(
-                "spes::workflow::missing_field",
-                format!("{what}: a transform needs `input`"),
-                kind_at,
-                "add `input: \"{{ some_key }}\"`",
-            );
-            return None;
-        };
-        let tpl = self.template(input, what)?;
-        let reads: Vec<String> = tpl.reads().iter().cloned().collect();
-        self.check_reads(reads.iter(), span(input), known, &[], what);
-        Some(TransformStep {
-            func,
-            func_name: f.value.clone(),
-            input: tpl,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn branch(
-        &mut self,
-        cond: Option<Spanned<ConditionSpec>>,
-        then: Option<Spanned<Vec<StepSpec>>>,
-        branches: Option<Spanned<Vec<BranchArmSpec>>>,
-        otherwise: Option<Spanned<Vec<StepSpec>>>,
-        known: &mut Known,
-        path: &str,
-        kind_at: Sp,
-    ) -> Option<BranchStep> {
-        let what = format!("step `{path}`");
-        let mut arm_specs: Vec<(String, Spanned<ConditionSpec>, Spanned<Vec<StepSpec>>)> =
-            Vec::new();
-        match (cond, then, branches) {
-            (Some(c), Some(t), None) => arm_specs.push(("then".into(), c, t)),
-            (None, None, Some(b)) => {
-                if b.value.is_empty() {
-                    self.err(
-                        "spes::workflow::no_steps",
-                        format!("{what}: `branches` is empty"),
-                        span(&b),
-                        "add arms",
-                    );
-                }
-                let mut seen = HashSet::new();
-                for (i, arm) in b.value.into_iter().enumerate() {
-                    let name = arm
-                        .name
-                        .as_ref()
-                        .map_or_else(|| format!("arm{}", i + 1), |n| n.value.clone());
-                    if !is_step_name(&name) || name == "else" || !seen.insert(name.clone()) {
-                        self.err(
-                            "spes::workflow::bad_step_name",
-                            format!("{what}: arm name `{name}` is invalid or repeated"),
-                            arm.name.as_ref().and_then(span),
-                            "arm names use letters, digits, _ - . and are unique (not `else`)",
-                        );
-                    }
-                    arm_specs.push((name, arm.condition, arm.steps));
-                }
-            }
-            (Some(c), None, None) => {
-                self.err(
-                    "spes::workflow::missing_field",
-                    format!("{what}: `if` without `then`"),
-                    span(&c),
-                    "add `then:` with the steps to run when the condition holds",
-                );
-                return None;
-            }
-            (None, Some(t), None) => {
-                self.err(
-                    "spes::workflow::missing_field",
-                    format!("{what}: `then` without `if`"),
-                    span(&t),
-                    "add `if:` with the condition",
-                );
-                return None;
-            }
-            (None, None, None) => {
-                self.err(
-                    "spes::workflow::missing_field",
-                    format!("{what}: a branch needs `if` + `then`, or `branches`"),
-                    kind_at,
-                    "add `if: \"'error' in text\"` and `then: [...]`, or `branches: [{ if: ..., steps: [...] }]`",
-                );
-                return None;
-            }
-            (_, _, Some(b)) => {
-                self.err(
-                    "spes::workflow::branch_forms",
-                    format!("{what}: use either `if`/`then` or `branches`, not both"),
-                    span(&b),
-                    "move the `if`/`then` pair into `branches` as its first arm",
-                );
-                return None;
-            }
-        }
-        let before = known.clone();
-        let mut outcomes = Vec::new();
-        let mut arms = Vec::new();
-        for (name, c, steps) in arm_specs {
-            let condition = self.condition(&c, &before, &format!("{what} arm `{name}`"));
-            let mut k = before.clone();
-            let at = span(&steps);
-            let st = self.steps(steps.value, &mut k, &format!("{path}/{name}"), at);
-            outcomes.push(k);
-            if let Some(condition) = condition {
-                arms.push(Arm {
-                    name,
-                    condition,
-                    steps: st,
-                });
-            }
-        }
-        let otherwise = otherwise.map(|o| {
-            let mut k = before.clone();
-            let at = span(&o);
-            let st = self.steps(o.value, &mut k, &format!("{path}/else"), at);
-            outcomes.push(k);
-            st
-        });
-        if otherwise.is_none() {
-            outcomes.push(before.clone());
-        }
-        *known = Known::join(&before, &outcomes);
-        Some(BranchStep { arms, otherwise })
-    }
+    [
+        f("prompt", s.prompt.as_ref()),
+        f("agent", s.agent.as_ref()),
+        f("task", s.task.as_ref()),
+        f("system", s.system.as_ref()),
+        f("provider", s.provider.as_ref()),
+        f("model", s.model.as_ref()),
+        f("temperature", s.temperature.as_ref()),
+        f("max_tokens", s.max_tokens.as_ref()),
+        f("stop", s.stop.as_ref()),
+        f("format", s.format.as_ref()),
+        f("schema", s.schema.as_ref()),
+        f("repair", s.repair.as_ref()),
+        f("on_truncation", s.on_truncation.as_ref()),
+        f("fn", s.func.as_ref()),
+        f("input", s.input.as_ref()),
+        f("args", s.args.as_ref()),
+        f("steps", s.steps.as_ref()),
+        f("if", s.condition.as_ref()),
+        f("then", s.then.as_ref()),
+        f("else", s.otherwise.as_ref()),
+        f("branches", s.branches.as_ref()),
+        f("agents", s.agents.as_ref()),
+        f("synthesize", s.synthesize.as_ref()),
+        f("concurrency", s.concurrency.as_ref()),
+        f("show", s.show.as_ref()),
+        f("generate", s.generate.as_ref()),
+        f("max_revisions", s.max_revisions.as_ref()),
+        f("revise", s.revise.as_ref()),
+        f("deadline", s.deadline.as_ref()),
+        f("on_timeout", s.on_timeout.as_ref()),
+        f("n", s.n.as_ref()),
+        f("outline", s.outline.as_ref()),
+        f("section", s.section.as_ref()),
+        f("path", s.path.as_ref()),
+        f("inputs", s.inputs.as_ref()),
+        f("classify", s.classify.as_ref()),
+        f("routes", s.routes.as_ref()),
+        f("default", s.default.as_ref()),
+        f("step", s.step.as_ref()),
+        f("evaluator", s.evaluator.as_ref()),
+        f("threshold", s.threshold.as_ref()),
+        f("max_attempts", s.max_attempts.as_ref()),
+        f("feedback", s.feedback.as_ref()),
+        f("max_iterations", s.max_iterations.as_ref()),
+        f("examples", s.examples.as_ref()),
+        f("debaters", s.debaters.as_ref()),
+        f("topic", s.topic.as_ref()),
+        f("rounds", s.rounds.as_ref()),
+        f("judge", s.judge.as_ref()),
+        f("judge_sees", s.judge_sees.as_ref()),
+        f("over", s.over.as_ref()),
+        f("as", s.item_as.as_ref()),
+        f("on_error", s.on_error.as_ref()),
+        f("workers", s.workers.as_ref()),
+        f("aggregate", s.aggregate.as_ref()),
+        f("compensate", s.compensate.as_ref()),
+        f("stages", s.stages.as_ref()),
+        f("sources", s.sources.as_ref()),
+        f("gather", s.gather.as_ref()),
+    ]
 }
 
 fn type_matches(ty: InputType, v: &serde_json::Value) -> bool {

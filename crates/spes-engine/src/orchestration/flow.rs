@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use spes_core::workflow::{FanOutStep, Loc, OnError, ParallelBranches, PipelineStep};
+use spes_core::workflow::{FanOutStep, Loc, OnError, ParallelBranches, PipelineStep, StepKey};
 
 use super::fail;
 use crate::error::FailureKind;
@@ -60,7 +60,7 @@ impl Exec<'_> {
         let mut recorded: Vec<Option<String>> = Vec::with_capacity(f.workers.len());
         for w in &f.workers {
             let d = self
-                .decision_at(&format!("{key}/{}#error", w.name), loc)
+                .decision_at(&StepKey::from(key).child(&w.name).tag("error"), loc)
                 .await?;
             recorded.push(d.map(|d| {
                 d.get("error")
@@ -104,7 +104,7 @@ impl Exec<'_> {
                             let msg = e.kind.to_string();
                             let d = self
                                 .record_decision(
-                                    &format!("{key}/{}#error", w.name),
+                                    &StepKey::from(key).child(&w.name).tag("error"),
                                     json!({ "error": msg }),
                                     loc,
                                 )
@@ -176,7 +176,11 @@ impl Exec<'_> {
         // figures win, so a replay keeps them), not into the context, which
         // must come out the same on every replay.
         let recorded = self
-            .record_decision(&format!("{key}#timing"), Value::Array(timings), loc)
+            .record_decision(
+                &StepKey::from(key).tag("timing"),
+                Value::Array(timings),
+                loc,
+            )
             .await?;
         let mut note = String::new();
         for t in recorded.as_array().into_iter().flatten() {

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
-use spes_core::workflow::{Loc, MapStep, OnError, ReduceStep, Step, StepKind};
+use spes_core::workflow::kind::Distribution;
+use spes_core::workflow::{Loc, MapStep, OnError, ReduceStep, Step, StepKey, StepKind};
 
 use crate::run::{Exec, StepResult, Stop};
 
@@ -70,8 +71,8 @@ impl<'e> Exec<'e> {
                     {
                         return (i, Item::NotStarted);
                     }
-                    let prefix = format!("{key}/map[{i}]");
-                    let err_key = format!("{prefix}#error");
+                    let prefix = StepKey::from(key).item(i);
+                    let err_key = prefix.tag("error");
                     if m.on_error != OnError::FailFast {
                         match this.decision_at(&err_key, loc).await {
                             Ok(Some(d)) => {
@@ -87,7 +88,7 @@ impl<'e> Exec<'e> {
                         }
                     }
                     if remote {
-                        match this.journal.get(&format!("{prefix}#result")).await {
+                        match this.journal.get(&prefix.result()).await {
                             Ok(Some(crate::journal::Effect::Item { value })) => {
                                 return (i, Item::Recorded(value));
                             }
@@ -243,15 +244,16 @@ impl<'e> Exec<'e> {
 
 /// Whether a map's item step may run in another worker: no human gate,
 /// no nested orchestration (those run where their parent runs).
+/// Each kind says so in its descriptor.
 pub(crate) fn distributable(step: &Step) -> bool {
-    match &step.kind {
-        StepKind::Llm(_) | StepKind::Transform(_) => true,
-        StepKind::Sequence(c) => c.iter().all(distributable),
-        StepKind::Branch(b) => {
-            b.arms.iter().all(|a| a.steps.iter().all(distributable))
-                && b.otherwise.iter().flatten().all(distributable)
-        }
-        _ => false,
+    match step.kind.def().distribution {
+        Distribution::Anywhere => true,
+        Distribution::IfChildrenMay => step
+            .kind
+            .children()
+            .iter()
+            .all(|c| c.steps.iter().all(distributable)),
+        Distribution::Local => false,
     }
 }
 

@@ -13,7 +13,7 @@
 //!   predecessors were undone.
 
 use serde_json::{Value, json};
-use spes_core::workflow::{Loc, SagaStep};
+use spes_core::workflow::{Loc, SagaStep, StepKey};
 
 use super::fail;
 use crate::error::FailureKind;
@@ -28,7 +28,7 @@ impl Exec<'_> {
         depth: usize,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
-        let fail_key = format!("{key}#failed");
+        let fail_key = StepKey::from(key).tag("failed").into_string();
         let recorded = self.decision_at(&fail_key, loc).await?;
         let recorded_at = recorded
             .as_ref()

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use spes_core::workflow::{Loc, ScatterGatherStep};
+use spes_core::workflow::{Loc, ScatterGatherStep, StepKey};
 
 use super::fail;
 use crate::error::FailureKind;
@@ -33,11 +33,13 @@ impl<'e> Exec<'e> {
         depth: usize,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
-        let decided = self.decision_at(&format!("{key}#gathered"), loc).await?;
+        let decided = self
+            .decision_at(&StepKey::from(key).tag("gathered"), loc)
+            .await?;
         let outcomes: Vec<Source> = match &decided {
             Some(d) => self.replay_sources(g, d, key, depth).await?,
             None => {
-                let start = self.clock(&format!("{key}#start"), loc).await?;
+                let start = self.clock(&StepKey::from(key).tag("start"), loc).await?;
                 let window = i64::try_from(g.timeout.as_millis()).unwrap_or(i64::MAX);
                 let mut left = start.saturating_add(window) - (self.engine.clock)();
                 if left <= 0 {
@@ -67,7 +69,7 @@ impl<'e> Exec<'e> {
                 "timed_out": timed_out,
                 "failed": failed,
             });
-            self.record_decision(&format!("{key}#gathered"), d, loc)
+            self.record_decision(&StepKey::from(key).tag("gathered"), d, loc)
                 .await?;
         }
         let note = format!(

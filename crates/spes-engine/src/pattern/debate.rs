@@ -13,7 +13,7 @@ use std::time::Instant;
 use futures::future::{BoxFuture, join_all};
 use serde_json::{Value, json};
 use spes_core::workflow::pattern::SUMMARY_CHARS;
-use spes_core::workflow::{Agent, DebateStep, JudgeSees, Loc};
+use spes_core::workflow::{Agent, DebateStep, JudgeSees, Loc, StepKey};
 
 use crate::error::FailureKind;
 use crate::event::Event;
@@ -145,7 +145,10 @@ impl<'e> Exec<'e> {
                             )
                         }
                     };
-                    let k = join_key(key, &format!("round{round}/{}", a.name));
+                    let k = StepKey::from(key)
+                        .child(&format!("round{round}"))
+                        .child(&a.name)
+                        .into_string();
                     (a.clone(), task, k)
                 })
                 .collect();

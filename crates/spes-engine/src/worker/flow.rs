@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::Value;
-use spes_core::workflow::StepKind;
+use spes_core::workflow::{StepKey, StepKind};
 use spes_store::RunStatus;
 use spes_store::queue::{FinalEntry, Task};
 
@@ -52,7 +52,7 @@ impl Worker {
             self.store.clone(),
             run.id,
             lease.clone(),
-            Some(&[format!("{}/", task.key), format!("{}#", task.key)]),
+            Some(&StepKey::from(task.key.as_str()).entry_prefixes()),
         )
         .await
         .map_err(Leave::from_journal)?;
@@ -76,7 +76,7 @@ impl Worker {
                 let payload = serde_json::to_value(Effect::Item { value })
                     .map_err(|e| Leave::Retry(e.to_string()))?;
                 let entry = FinalEntry {
-                    key: format!("{}#result", task.key),
+                    key: StepKey::from(task.key.as_str()).result().into_string(),
                     kind: "item".into(),
                     payload,
                 };

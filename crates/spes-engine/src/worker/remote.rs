@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 use spes_core::template::Context;
-use spes_core::workflow::{Loc, MapStep, OnError};
+use spes_core::workflow::{Loc, MapStep, OnError, StepKey};
 use spes_store::queue::{Lease, NewItem};
 use spes_store::{RunId, RunStore, StoreError};
 use std::collections::HashSet;
@@ -76,9 +76,10 @@ impl<'e> Exec<'e> {
         };
         let journal_err = |e: JournalError| fail(key, loc, FailureKind::Journal(e));
         let store_err = |e: StoreError| fail(key, loc, FailureKind::Journal(journal::typed(&e)));
-        let prefix = format!("{key}/map[");
+        let map_key = StepKey::from(key);
+        let prefix = map_key.items_prefix();
         self.journal.refresh(&prefix).await.map_err(journal_err)?;
-        let ctx_key = format!("{key}#ctx");
+        let ctx_key = map_key.ctx();
         if self.decision_at(&ctx_key, loc).await?.is_none() {
             let ctx: serde_json::Map<String, Value> = self
                 .ctx
@@ -91,15 +92,11 @@ impl<'e> Exec<'e> {
         }
         let mut new = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let p = format!("{key}/map[{i}]");
-            let result = self
-                .journal
-                .get(&format!("{p}#result"))
-                .await
-                .map_err(journal_err)?;
+            let p = map_key.item(i);
+            let result = self.journal.get(&p.result()).await.map_err(journal_err)?;
             let error = self
                 .journal
-                .get(&format!("{p}#error"))
+                .get(&p.tag("error"))
                 .await
                 .map_err(journal_err)?;
             if result.is_some() || error.is_some() {
@@ -112,7 +109,10 @@ impl<'e> Exec<'e> {
                 depth,
             })
             .map_err(|e| journal_err(JournalError::Corrupt(e.to_string())))?;
-            new.push(NewItem { key: p, payload });
+            new.push(NewItem {
+                key: p.into_string(),
+                payload,
+            });
         }
         if !new.is_empty() {
             q.enqueue_items(&d.lease, &d.run, &new)
@@ -131,13 +131,16 @@ impl<'e> Exec<'e> {
                 .failed
                 .iter()
                 .filter_map(|(k, e)| {
-                    let i: usize = k.strip_prefix(&prefix)?.strip_suffix(']')?.parse().ok()?;
+                    let (map, i) = StepKey::split_item(k)?;
+                    if map != key {
+                        return None;
+                    }
                     Some((i, e))
                 })
                 .min_by_key(|(i, _)| *i);
             if let Some((i, e)) = first {
                 let f: ItemFailure = serde_json::from_str(e).unwrap_or(ItemFailure {
-                    step: format!("{key}/map[{i}]"),
+                    step: map_key.item(i).into_string(),
                     message: e.clone(),
                     transient: false,
                 });
@@ -171,7 +174,7 @@ impl<'e> Exec<'e> {
                 "the store has no work queue".into(),
             )));
         };
-        let result_key = format!("{key}#result");
+        let result_key = StepKey::from(key).result();
         self.journal
             .refresh(&result_key)
             .await
@@ -246,9 +249,9 @@ impl<'e> Exec<'e> {
         depth: usize,
         loc: &Loc,
     ) -> Result<Option<Value>, Stop> {
-        let prefix = format!("{key}/map[{index}]");
+        let prefix = StepKey::from(key).item(index);
         if m.on_error != OnError::FailFast
-            && let Some(d) = self.decision_at(&format!("{prefix}#error"), loc).await?
+            && let Some(d) = self.decision_at(&prefix.tag("error"), loc).await?
         {
             let msg = d
                 .get("error")
@@ -265,8 +268,7 @@ impl<'e> Exec<'e> {
             && m.on_error != OnError::FailFast
         {
             let d = json!({ "error": e.kind.to_string() });
-            self.record_decision(&format!("{prefix}#error"), d, loc)
-                .await?;
+            self.record_decision(&prefix.tag("error"), d, loc).await?;
         }
         r
     }

@@ -1,7 +1,8 @@
 //! Validation of the policy fields of a step (`retry`, `fallback`,
 //! `circuit_breaker`, `degrade`, `timeout`).
 //!
-//! Where policies make sense:
+//! Where policies make sense (each kind's descriptor says which of these
+//! it is: [`PolicyScope`]):
 //! - `llm`: all of them.
 //! - `sequence`, `branch`, `parallel` (and other composite kinds): `retry`
 //!   (re-runs the whole step under fresh keys), `timeout`, and `{ step: ... }`
@@ -21,9 +22,9 @@ use super::{Known, Sp, Validator, span};
 use crate::policy::{
     Alternative, Backoff, BreakerConfig, BreakerPolicy, Policies, RetryPolicy, RetrySchedule,
 };
+use crate::workflow::StepKey;
+use crate::workflow::kind::{KindDef, PolicyScope};
 use crate::workflow::spec::{AlternativeSpec, StepSpec};
-
-const GATES: &[&str] = &["approval", "choose", "sections"];
 
 impl Validator<'_> {
     fn policy_duration(
@@ -55,21 +56,22 @@ impl Validator<'_> {
         );
     }
 
-    /// Validates the policy fields of `s` (a step of `kind` named `name`
-    /// at `path`); `known` is the context before the step.
+    /// Validates the policy fields of `s` (a step of kind `def` named
+    /// `name` at `path`); `known` is the context before the step.
     pub(super) fn policies(
         &mut self,
         s: &StepSpec,
-        kind: &str,
+        def: &KindDef,
         known: &Known,
         path: &str,
         name: &str,
     ) -> Policies {
         let what = format!("step `{path}`");
         let mut p = Policies::default();
-        let gate = GATES.contains(&kind);
-        let llm = kind == "llm";
-        let pure = kind == "transform";
+        let kind = def.name;
+        let gate = def.policies == PolicyScope::Gate;
+        let llm = def.policies == PolicyScope::Call;
+        let pure = def.policies == PolicyScope::Pure;
         let gate_why = "a human gate is not retried or timed out by policy; put the policy on its `generate` step, and use `deadline` for time";
         let pure_why = "a transform is pure and fails the same way every time; only `fallback: [{ step: ... }]` applies";
 
@@ -99,8 +101,13 @@ impl Validator<'_> {
                 );
             }
         }
-        // For scatter_gather, `timeout` is its gathering window, not a policy.
-        if let Some(t) = s.timeout.as_ref().filter(|_| kind != "scatter_gather") {
+        // A kind that takes `timeout` as its own field (scatter_gather: its
+        // gathering window) does not take the policy.
+        if let Some(t) = s
+            .timeout
+            .as_ref()
+            .filter(|_| !def.fields.contains(&"timeout"))
+        {
             if gate || pure {
                 self.policy_not_for_kind(
                     &what,
@@ -140,8 +147,7 @@ impl Validator<'_> {
             let mut out = Vec::new();
             for (i, a) in list.value.iter().enumerate() {
                 let n = i + 1;
-                if let Some(alt) =
-                    self.alternative(a, span(list), known, path, name, field, n, kind)
+                if let Some(alt) = self.alternative(a, span(list), known, path, name, field, n, def)
                 {
                     out.push(alt);
                 }
@@ -265,7 +271,7 @@ impl Validator<'_> {
         name: &str,
         field: &str,
         n: usize,
-        kind: &str,
+        def: &KindDef,
     ) -> Option<Alternative> {
         let what = format!("step `{path}` {field} #{n}");
         let at = a
@@ -295,15 +301,15 @@ impl Validator<'_> {
                 let mut names = HashSet::new();
                 let mut step = self.step(spec, &mut k, path, &mut names)?;
                 // Its key is the parent's with a suffix: `summary#fallback2`.
-                step.name = format!("{name}#{field}{n}");
+                step.name = StepKey::new(name).slot(field, n).into_string();
                 Some(Alternative::Step(Box::new(step)))
             }
             (None, true) => {
-                if kind != "llm" {
+                if def.policies != PolicyScope::Call {
                     self.policy_not_for_kind(
                         &what,
                         "provider",
-                        kind,
+                        def.name,
                         at,
                         "a provider alternative re-sends one model call; use `{ step: ... }` here, or put it on the llm step inside",
                     );

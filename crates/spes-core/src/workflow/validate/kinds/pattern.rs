@@ -7,21 +7,114 @@ use std::sync::Arc;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
-use super::{Known, Sp, Validator, closest, is_step_name, span};
 use crate::evaluate::{
     CHECK_NAMES, Check, CheckKind, Criterion, DEFAULT_CRITERION_THRESHOLD, DEFAULT_THRESHOLD,
     Evaluator, Judge, Measure,
 };
 use crate::template::Template;
+use crate::workflow::StepKey;
+use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::pattern::{
     AgentChainStep, DEFAULT_GATE_FEEDBACK, DebateStep, Examples, JudgeSees, QualityGateStep,
     RefineStep, SwitchStep,
 };
 use crate::workflow::spec::{CheckItemSpec, EvaluatorSpec, JudgeSpec, StepSpec};
+use crate::workflow::validate::StepAt;
+use crate::workflow::validate::{Known, Sp, Validator, closest, is_step_name, span};
 use crate::workflow::{Agent, Step, StepKind};
 
 /// Locals a quality gate's `feedback` template sees.
 const FEEDBACK_LOCALS: &[&str] = &["previous", "score", "feedback", "attempt", "threshold"];
+
+/// `switch`: a model classifies; the matching route runs.
+pub(crate) const SWITCH: KindDef = KindDef {
+    name: "switch",
+    fields: &["classify", "routes", "default"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: switch, classify: { prompt: "Classify {{ text }}" }, routes: { bug: [ { name: a, kind: llm, prompt: hi } ] } }"#,
+    validate: validate_switch,
+};
+
+/// `quality_gate`: run, score, retry with feedback; the best attempt.
+pub(crate) const QUALITY_GATE: KindDef = KindDef {
+    name: "quality_gate",
+    fields: &["step", "evaluator", "threshold", "max_attempts", "feedback"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: quality_gate, step: { prompt: "Write about {{ text }}" }, evaluator: { checks: [ { contains: risk } ] } }"#,
+    validate: validate_quality_gate,
+};
+
+/// `refine`: generate, evaluate, revise; the best iteration.
+pub(crate) const REFINE: KindDef = KindDef {
+    name: "refine",
+    fields: &[
+        "generate",
+        "evaluator",
+        "threshold",
+        "max_iterations",
+        "examples",
+    ],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: refine, generate: { prompt: "Write about {{ text }}" }, evaluator: { checks: [ { contains: risk } ] } }"#,
+    validate: validate_refine,
+};
+
+/// `debate`: debaters argue in rounds; a judge decides.
+pub(crate) const DEBATE: KindDef = KindDef {
+    name: "debate",
+    fields: &["debaters", "topic", "rounds", "judge", "judge_sees"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: debate, debaters: [a, b], topic: "Is {{ text }} true?", judge: a }"#,
+    validate: validate_debate,
+};
+
+fn validate_switch(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Switch(Box::new(
+        v.switch(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_quality_gate(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::QualityGate(Box::new(
+        v.quality_gate(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_refine(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Refine(Box::new(
+        v.refine(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_debate(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Debate(Box::new(
+        v.debate(s, known, at.path, at.kind_at)?,
+    )))
+}
 
 impl Validator<'_> {
     fn agent_named(&mut self, a: &Spanned<String>, known: &Known) -> Option<Arc<Agent>> {
@@ -82,7 +175,7 @@ impl Validator<'_> {
         default: u32,
         what: &str,
     ) -> u32 {
-        let most = super::max_count(field);
+        let most = crate::workflow::validate::max_count(field);
         match v {
             Some(n) if n.value == 0 => {
                 self.err(
@@ -132,7 +225,7 @@ impl Validator<'_> {
     }
 
     /// `switch`.
-    pub(super) fn switch(
+    pub(crate) fn switch(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -199,7 +292,7 @@ impl Validator<'_> {
             let st = self.steps(
                 steps.value.clone(),
                 &mut k,
-                &format!("{path}/{name}"),
+                &StepKey::join(path, name),
                 span(steps),
             );
             outcomes.push(k);
@@ -215,7 +308,7 @@ impl Validator<'_> {
                 );
             }
             let mut k = before.clone();
-            let st = self.steps(d.value.clone(), &mut k, &format!("{path}/default"), span(d));
+            let st = self.steps(d.value.clone(), &mut k, &StepKey::join(path, "default"), span(d));
             outcomes.push(k);
             st
         });
@@ -232,7 +325,7 @@ impl Validator<'_> {
     }
 
     /// `quality_gate`.
-    pub(super) fn quality_gate(
+    pub(crate) fn quality_gate(
         &mut self,
         s: &StepSpec,
         known: &Known,
@@ -276,7 +369,7 @@ impl Validator<'_> {
     }
 
     /// `refine`.
-    pub(super) fn refine(
+    pub(crate) fn refine(
         &mut self,
         s: &StepSpec,
         known: &Known,
@@ -372,14 +465,14 @@ impl Validator<'_> {
             &sy,
             field,
             known,
-            &format!("{path}/{counter}*"),
+            &StepKey::join(path, &format!("{counter}*")),
             &[counter, "feedback"],
         )
         .map(Box::new)
     }
 
     /// `debate`.
-    pub(super) fn debate(
+    pub(crate) fn debate(
         &mut self,
         s: &StepSpec,
         known: &Known,
@@ -461,7 +554,7 @@ impl Validator<'_> {
     }
 
     /// `sequence` with `agents` + `task`.
-    pub(super) fn agent_chain(
+    pub(crate) fn agent_chain(
         &mut self,
         s: &StepSpec,
         known: &Known,

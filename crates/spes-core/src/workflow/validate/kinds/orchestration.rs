@@ -5,12 +5,15 @@ use std::collections::HashSet;
 
 use serde_saphyr::Spanned;
 
-use super::{Known, Sp, Validator, is_key_name, is_step_name, span};
+use crate::workflow::StepKey;
+use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::orchestration::{
     DEFAULT_MAP_CONCURRENCY, FanOutStep, MapStep, OnError, PipelineStep, ReduceStep, SagaAction,
     SagaStep, ScatterGatherStep,
 };
 use crate::workflow::spec::StepSpec;
+use crate::workflow::validate::StepAt;
+use crate::workflow::validate::{Known, Sp, Validator, is_key_name, is_step_name, span};
 use crate::workflow::{Step, StepKind};
 
 /// Keys written by `steps`, each validated against `before` (side by side:
@@ -35,9 +38,135 @@ fn merge_side_by_side(before: &Known, arms: Vec<Known>, certain: bool) -> Known 
     after
 }
 
+/// `map`: one step per item of a list, bounded, results in input order.
+pub(crate) const MAP: KindDef = KindDef {
+    name: "map",
+    fields: &["over", "as", "concurrency", "on_error", "step"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: map, over: items, step: { kind: llm, prompt: "Sum up {{ item }}" } }"#,
+    validate: validate_map,
+};
+
+/// `reduce`: one step over a whole list.
+pub(crate) const REDUCE: KindDef = KindDef {
+    name: "reduce",
+    fields: &["over", "step"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: reduce, over: items, step: { kind: llm, prompt: "Combine {{ items }}" } }"#,
+    validate: validate_reduce,
+};
+
+/// `fan_out`: different workers on one input, then an aggregate.
+pub(crate) const FAN_OUT: KindDef = KindDef {
+    name: "fan_out",
+    fields: &["workers", "aggregate", "concurrency", "on_error"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: fan_out, workers: [ { name: a, step: { kind: llm, prompt: hi } } ] }"#,
+    validate: validate_fan_out,
+};
+
+/// `saga`: steps with compensations, undone in reverse on failure.
+pub(crate) const SAGA: KindDef = KindDef {
+    name: "saga",
+    fields: &["steps"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: saga, steps: [ { name: a, kind: llm, prompt: hi, compensate: { kind: llm, prompt: undo } } ] }"#,
+    validate: validate_saga,
+};
+
+/// `pipeline`: stages, each fed the previous output.
+pub(crate) const PIPELINE: KindDef = KindDef {
+    name: "pipeline",
+    fields: &["stages", "input"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: pipeline, stages: [ { name: a, kind: llm, prompt: hi } ] }"#,
+    validate: validate_pipeline,
+};
+
+/// `scatter_gather`: sources side by side under a time limit, then a gather.
+pub(crate) const SCATTER_GATHER: KindDef = KindDef {
+    name: "scatter_gather",
+    fields: &["sources", "timeout", "gather"],
+    policies: PolicyScope::Composite,
+    distribution: Distribution::Local,
+    example: r#"{ name: s, kind: scatter_gather, timeout: 30s, sources: [ { name: a, kind: llm, prompt: hi } ] }"#,
+    validate: validate_scatter_gather,
+};
+
+fn validate_map(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Map(Box::new(
+        v.map_step(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_reduce(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Reduce(Box::new(
+        v.reduce_step(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_fan_out(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::FanOut(Box::new(
+        v.fan_out_step(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_saga(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Saga(Box::new(
+        v.saga_step(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_pipeline(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::Pipeline(Box::new(
+        v.pipeline_step(s, known, at.path, at.kind_at)?,
+    )))
+}
+
+fn validate_scatter_gather(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    Some(StepKind::ScatterGather(Box::new(
+        v.scatter_gather_step(s, known, at.path, at.kind_at)?,
+    )))
+}
+
 impl Validator<'_> {
     /// A nested step (named `default` when unnamed) with extra locals.
-    pub(super) fn nested_step(
+    pub(crate) fn nested_step(
         &mut self,
         sy: &Spanned<Box<StepSpec>>,
         default: &str,
@@ -120,18 +249,18 @@ impl Validator<'_> {
                 );
                 None
             }
-            Some(c) if c.value > super::MAX_CONCURRENCY => {
+            Some(c) if c.value > crate::workflow::validate::MAX_CONCURRENCY => {
                 self.err(
                     "spes::workflow::bad_concurrency",
                     format!(
                         "{what}: concurrency = {}; at most {} is allowed",
                         c.value,
-                        super::MAX_CONCURRENCY
+                        crate::workflow::validate::MAX_CONCURRENCY
                     ),
                     span(c),
                     format!(
                         "pick a concurrency between 1 and {}",
-                        super::MAX_CONCURRENCY
+                        crate::workflow::validate::MAX_CONCURRENCY
                     ),
                 );
                 None
@@ -141,7 +270,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn map_step(
+    pub(crate) fn map_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -179,7 +308,7 @@ impl Validator<'_> {
             st,
             "item",
             known,
-            &format!("{path}/map[*]"),
+            &StepKey::join(path, "map[*]"),
             &[&item_as, "index"],
         )?;
         if let Some(o) = &s.output {
@@ -194,7 +323,7 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn reduce_step(
+    pub(crate) fn reduce_step(
         &mut self,
         s: &StepSpec,
         known: &Known,
@@ -220,7 +349,7 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn fan_out_step(
+    pub(crate) fn fan_out_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -298,7 +427,7 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn saga_step(
+    pub(crate) fn saga_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -338,7 +467,7 @@ impl Validator<'_> {
                     c,
                     "compensate",
                     known,
-                    &format!("{path}/{}", step.name),
+                    &StepKey::join(path, &step.name),
                     &["error", "failed_step"],
                 )?),
                 None => None,
@@ -348,7 +477,7 @@ impl Validator<'_> {
         Some(SagaStep { actions })
     }
 
-    pub(super) fn pipeline_step(
+    pub(crate) fn pipeline_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -409,7 +538,7 @@ impl Validator<'_> {
         Some(PipelineStep { input, stages: out })
     }
 
-    pub(super) fn scatter_gather_step(
+    pub(crate) fn scatter_gather_step(
         &mut self,
         s: &StepSpec,
         known: &mut Known,
@@ -498,27 +627,4 @@ impl Validator<'_> {
             gather,
         })
     }
-}
-
-/// Builds the step kind for an orchestration kind name (`None`: not one of
-/// them, or invalid and reported).
-pub(super) fn orchestration_kind(
-    v: &mut Validator<'_>,
-    kind: &str,
-    s: &StepSpec,
-    known: &mut Known,
-    path: &str,
-    kind_at: Sp,
-) -> Option<StepKind> {
-    Some(match kind {
-        "map" => StepKind::Map(Box::new(v.map_step(s, known, path, kind_at)?)),
-        "reduce" => StepKind::Reduce(Box::new(v.reduce_step(s, known, path, kind_at)?)),
-        "fan_out" => StepKind::FanOut(Box::new(v.fan_out_step(s, known, path, kind_at)?)),
-        "saga" => StepKind::Saga(Box::new(v.saga_step(s, known, path, kind_at)?)),
-        "pipeline" => StepKind::Pipeline(Box::new(v.pipeline_step(s, known, path, kind_at)?)),
-        "scatter_gather" => {
-            StepKind::ScatterGather(Box::new(v.scatter_gather_step(s, known, path, kind_at)?))
-        }
-        _ => return None,
-    })
 }
