@@ -298,8 +298,13 @@ impl SqliteStore {
                 },
             })?;
         }
-        let probe = match schema::inspect(&path)? {
-            schema::FileState::Database => Some(probe(&path, &opts).await?),
+        let state = schema::inspect(&path)?;
+        let probe = match state {
+            // Checked on the writer below, before anything is written.
+            schema::FileState::Database { current: true } => Some(Probe {
+                version: schema::SUPPORTED,
+            }),
+            schema::FileState::Database { current: false } => Some(probe(&path, &opts).await?),
             schema::FileState::Missing => {
                 // Created here, 0600 whatever the umask: SQLite gives the
                 // -wal and -shm files it creates the database file's mode.
@@ -356,6 +361,18 @@ impl SqliteStore {
             commits: AtomicU64::new(0),
             appends: crate::group::Appends::new(crate::group::MAX_BATCH),
         };
+        if matches!(state, schema::FileState::Database { current: true }) {
+            // The probe's checks (identity, quick_check) on the writer: a
+            // read, so a file that fails them is left as it was.
+            let path = &store.path;
+            let opts = &store.opts;
+            let writer = &store.writer;
+            retrying(path, opts.lock_wait, || async move {
+                let mut conn = writer.acquire().await?;
+                probe_with(path, opts, &mut conn).await
+            })
+            .await?;
+        }
         if probe.is_none_or(|p| p.version < schema::SUPPORTED) {
             store.migrate().await?;
         }

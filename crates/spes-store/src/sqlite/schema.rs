@@ -78,8 +78,11 @@ pub(super) enum FileState {
     Missing,
     /// An empty file: SQLite treats it as an empty database.
     Empty,
-    /// A file with a SQLite header.
-    Database,
+    /// A file with a SQLite header. `current` when the header alone shows
+    /// a spes store of this version already in WAL mode with no WAL left
+    /// to recover: opening it for writing then writes nothing before a
+    /// write is asked for, so the read-only probe may be skipped.
+    Database { current: bool },
 }
 
 /// Looks at the file without letting SQLite near it: a truncated file or
@@ -111,7 +114,24 @@ pub(super) fn inspect(path: &Path) -> Result<FileState, StoreError> {
         path: shown(),
         reason,
     })?;
-    Ok(FileState::Database)
+    Ok(FileState::Database {
+        current: !wal_pending && header_is_current(&header),
+    })
+}
+
+/// The header (first 100 bytes) of a spes store of [`SUPPORTED`] version
+/// in WAL mode: file format versions 2/2 (bytes 18, 19), `user_version`
+/// (bytes 60..64) and `application_id` (bytes 68..72), big-endian.
+pub(super) fn header_is_current(header: &[u8]) -> bool {
+    let be = |r: std::ops::Range<usize>| {
+        header
+            .get(r)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|b| i64::from(i32::from_be_bytes(b)))
+    };
+    header.get(18..20) == Some(&[2, 2][..])
+        && be(60..64) == Some(SUPPORTED)
+        && be(68..72) == Some(APPLICATION_ID)
 }
 
 /// The `-wal` file beside a database.
@@ -180,6 +200,31 @@ mod tests {
         h[28..32].copy_from_slice(&pages.to_be_bytes());
         h[92..96].copy_from_slice(&7u32.to_be_bytes());
         h
+    }
+
+    #[test]
+    fn only_a_current_spes_store_in_wal_mode_skips_the_probe() {
+        let current = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut h = header(4096, 3);
+            h[18] = 2;
+            h[19] = 2;
+            h[60..64].copy_from_slice(&(SUPPORTED as u32).to_be_bytes());
+            h[68..72].copy_from_slice(&(APPLICATION_ID as u32).to_be_bytes());
+            f(&mut h);
+            header_is_current(&h)
+        };
+        assert!(current(&|_| {}));
+        // A rollback-journal file (WAL mode not set yet), an older or newer
+        // version, another application, a short header: the probe decides.
+        assert!(!current(&|h| h[18] = 1));
+        assert!(!current(&|h| h[60..64].copy_from_slice(&1u32.to_be_bytes())));
+        assert!(!current(&|h| {
+            h[60..64].copy_from_slice(&((SUPPORTED + 1) as u32).to_be_bytes());
+        }));
+        assert!(!current(
+            &|h| h[68..72].copy_from_slice(&42u32.to_be_bytes())
+        ));
+        assert!(!current(&|h| h.truncate(64)));
     }
 
     #[test]
