@@ -30,10 +30,7 @@ impl PruneArgs {
         let mut statuses = Vec::new();
         for s in &self.status {
             let st = s.parse::<RunStatus>().map_err(Failure::Usage)?;
-            if !matches!(
-                st,
-                RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
-            ) {
+            if !st.is_prunable() {
                 return Err(Failure::Usage(format!(
                     "--status {s}: only finished runs are pruned (completed, failed, cancelled); \
                      a {s} run continues with `spes resume` or ends with `spes cancel`"

@@ -84,6 +84,14 @@ impl RunStatus {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Cancelled)
     }
+
+    /// True for completed, failed and cancelled: nothing runs it and
+    /// nothing waits for it (a failed run may still be resumed by hand),
+    /// so `runs prune` may delete it.
+    #[must_use]
+    pub fn is_prunable(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
 }
 
 impl fmt::Display for RunStatus {
@@ -316,6 +324,15 @@ mod tests {
                 assert!(m.contains("nothing more happens to it"), "{m}");
             }
         }
+    }
+
+    #[test]
+    fn only_runs_nothing_runs_or_waits_for_are_prunable() {
+        let prunable: Vec<RunStatus> = RunStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_prunable())
+            .collect();
+        assert_eq!(prunable, [Completed, Failed, Cancelled]);
     }
 
     #[test]
