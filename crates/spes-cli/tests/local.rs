@@ -325,7 +325,8 @@ fn local_spes(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     harness::spes_command(dir, args).output().unwrap()
 }
 
-fn entry_keys(dir: &std::path::Path) -> Vec<String> {
+/// The journal of the newest run in `dir`'s store, in order.
+fn last_entries(dir: &std::path::Path) -> Vec<spes_store::Entry> {
     let rt = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| {
         rt.block_on(async {
@@ -336,15 +337,13 @@ fn entry_keys(dir: &std::path::Path) -> Vec<String> {
             .await
             .unwrap();
             let run = &store.list_runs(None, 1).await.unwrap()[0];
-            store
-                .entries(&run.id)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|e| e.key)
-                .collect()
+            store.entries(&run.id).await.unwrap()
         })
     })
+}
+
+fn entry_keys(dir: &std::path::Path) -> Vec<String> {
+    last_entries(dir).into_iter().map(|e| e.key).collect()
 }
 
 fn last_run(dir: &std::path::Path) -> String {
@@ -374,30 +373,15 @@ fn legs_project(dir: &std::path::Path, repair: u32) {
 
 /// The recorded answers' `n`, attempt by attempt.
 fn recorded_legs(dir: &std::path::Path) -> Vec<i64> {
-    let rt = tokio::runtime::Handle::current();
-    tokio::task::block_in_place(|| {
-        rt.block_on(async {
-            let store = spes_store::sqlite::SqliteStore::open(
-                &dir.join(".spes/spes.db"),
-                spes_store::sqlite::SqliteOptions::default(),
-            )
-            .await
-            .unwrap();
-            let run = &store.list_runs(None, 1).await.unwrap()[0];
-            store
-                .entries(&run.id)
-                .await
+    last_entries(dir)
+        .into_iter()
+        .map(|e| {
+            let text = e.payload["response"]["text"].as_str().unwrap().to_owned();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["n"]
+                .as_i64()
                 .unwrap()
-                .into_iter()
-                .map(|e| {
-                    let text = e.payload["response"]["text"].as_str().unwrap().to_owned();
-                    serde_json::from_str::<serde_json::Value>(&text).unwrap()["n"]
-                        .as_i64()
-                        .unwrap()
-                })
-                .collect()
         })
-    })
+        .collect()
 }
 
 /// A schema violation on `local` repaired on the second attempt: the
