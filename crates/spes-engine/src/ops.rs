@@ -440,14 +440,7 @@ pub fn default_reviewer() -> String {
 /// over). An owner on another machine is taken to be alive.
 #[must_use]
 pub fn shown_status(run: &Run) -> String {
-    if run.status == RunStatus::Running {
-        match &run.owner {
-            None => return "interrupted".into(),
-            Some(o) if !crate::durable::owner_alive(o) => return "interrupted".into(),
-            Some(_) => {}
-        }
-    }
-    run.status.to_string()
+    crate::view::ShownStatus::of(run).as_str().to_owned()
 }
 
 /// Gives back the runs this process executes (status `running`, owner

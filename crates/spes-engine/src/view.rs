@@ -41,16 +41,39 @@ pub enum ShownStatus {
 }
 
 impl ShownStatus {
-    fn parse(s: &str) -> Self {
-        match s {
-            "pending" => Self::Pending,
-            "running" => Self::Running,
-            "interrupted" => Self::Interrupted,
-            "waiting" => Self::Waiting,
-            "paused" => Self::Paused,
-            "completed" => Self::Completed,
-            "cancelled" => Self::Cancelled,
-            _ => Self::Failed,
+    /// How `run` shows: its stored status, except that a run marked
+    /// running whose owner is gone (none, or a process on this machine
+    /// that is not alive) is `interrupted`. An owner on another machine is
+    /// taken to be alive.
+    #[must_use]
+    pub fn of(run: &spes_store::Run) -> Self {
+        use spes_store::RunStatus as S;
+        match run.status {
+            S::Running => match &run.owner {
+                Some(o) if crate::durable::owner_alive(o) => Self::Running,
+                _ => Self::Interrupted,
+            },
+            S::Pending => Self::Pending,
+            S::Waiting => Self::Waiting,
+            S::Paused => Self::Paused,
+            S::Completed => Self::Completed,
+            S::Failed => Self::Failed,
+            S::Cancelled => Self::Cancelled,
+        }
+    }
+
+    /// Its name (`interrupted`, `completed`, ...).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Interrupted => "interrupted",
+            Self::Waiting => "waiting",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -205,7 +228,7 @@ impl RunSummary {
     pub fn of(r: &spes_store::Run) -> Self {
         Self {
             id: r.id.to_string(),
-            status: ShownStatus::parse(&crate::ops::shown_status(r)),
+            status: ShownStatus::of(r),
             workflow: r.workflow_name.clone(),
             workflow_path: r.workflow_path.clone(),
             created_at: r.created_at.to_rfc3339(),
