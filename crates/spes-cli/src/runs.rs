@@ -117,6 +117,10 @@ pub(crate) async fn open_store(
         postgres: project.postgres_options()?,
         ..spes_store::OpenOptions::default()
     };
+    // One process, one run: its reads (the pause/cancel status, shared by
+    // the steps in flight; gate decisions) are rare and short, and each
+    // SQLite connection costs a thread and its file opens at start-up.
+    opts.sqlite = opts.sqlite.with_readers(1);
     if let Some(d) = &project.config.store.durability {
         let d = d
             .parse::<spes_store::sqlite::Durability>()

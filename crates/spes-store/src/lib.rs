@@ -100,14 +100,9 @@ pub async fn open_url_with(url: &str, opts: &OpenOptions) -> Result<std::sync::A
 /// `statuses`, or all finished ones when it is empty.
 #[must_use]
 pub fn prunable(statuses: &[RunStatus]) -> Vec<RunStatus> {
-    const FINISHED: [RunStatus; 3] = [
-        RunStatus::Completed,
-        RunStatus::Failed,
-        RunStatus::Cancelled,
-    ];
-    FINISHED
+    RunStatus::ALL
         .into_iter()
-        .filter(|s| statuses.is_empty() || statuses.contains(s))
+        .filter(|s| s.is_prunable() && (statuses.is_empty() || statuses.contains(s)))
         .collect()
 }
 
