@@ -203,3 +203,25 @@ fn every_progress_event_matches_the_event_schema() {
     // A shape the schema refuses is refused (the check can fail).
     assert!(!v.is_valid(&serde_json::json!({ "event": "step_started", "key": 1 })));
 }
+
+#[test]
+fn spes_schema_lists_and_prints_the_published_schemas() {
+    let p = Project::empty();
+    let listed = p.spes(["schema"]);
+    listed.expect_code(0);
+    let names: Vec<String> = listed.stdout().lines().map(str::to_owned).collect();
+    let want: Vec<String> = spes_engine::view::schemas()
+        .iter()
+        .map(|(n, _)| (*n).to_owned())
+        .collect();
+    assert_eq!(names, want);
+    let run = p.spes(["schema", "run"]);
+    assert_eq!(stdout_json(run.expect_code(0)), published("run"));
+    let unknown = p.spes(["schema", "nope"]);
+    unknown.expect_code(2);
+    assert!(
+        unknown.stderr().contains("runs-show"),
+        "{}",
+        unknown.stderr()
+    );
+}
