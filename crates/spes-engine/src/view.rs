@@ -558,26 +558,15 @@ pub struct VariableView {
     pub description: Option<String>,
 }
 
-/// `components show --json`: a component with its variables and body.
+/// `components show --json`: a component as listed, with its variables and body.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ComponentShow {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
     pub schema: u32,
-    /// `kind/name@version`.
-    pub reference: String,
-    /// Its kind.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-    /// Semantic version.
-    pub version: String,
-    /// What it is for.
-    pub description: String,
-    /// Its file.
-    pub file: String,
-    /// Free tags.
-    pub tags: Vec<String>,
+    /// What `components list` shows of it.
+    #[serde(flatten)]
+    pub component: ComponentView,
     /// The variables its body reads.
     pub variables: Vec<VariableView>,
     /// The template text.
@@ -588,16 +577,9 @@ impl ComponentShow {
     /// The view of `c`.
     #[must_use]
     pub fn of(c: &spes_core::component::Component) -> Self {
-        let v = ComponentView::of(c);
         Self {
             schema: VERSION,
-            reference: v.reference,
-            kind: v.kind,
-            name: v.name,
-            version: v.version,
-            description: v.description,
-            file: v.file,
-            tags: v.tags,
+            component: ComponentView::of(c),
             variables: c
                 .variables
                 .iter()
