@@ -870,17 +870,7 @@ impl Validator<'_> {
                     let reads: Vec<String> = question.reads().iter().cloned().collect();
                     self.check_reads(reads.iter(), span(q), known, &[], what);
                     let agent = match &chk.agent {
-                        Some(a) => match self.agents.get(&a.value) {
-                            Some(ag) => {
-                                let ag = ag.clone();
-                                self.check_agent_vars(&ag, span(a), known);
-                                Some(ag)
-                            }
-                            None => {
-                                self.unknown_agent(a);
-                                return None;
-                            }
-                        },
+                        Some(a) => Some(self.agent_named(a, known)?),
                         None => None,
                     };
                     Condition::Ask { question, agent }
@@ -910,6 +900,21 @@ impl Validator<'_> {
                     at,
                     "write a minijinja expression, e.g. \"'error' in text\" or \"summary | length > 200\"",
                 );
+                None
+            }
+        }
+    }
+
+    /// The agent `a` names, its variables' reads checked against `known`;
+    /// `None` (reported, with the closest name) when there is no such agent.
+    pub(crate) fn agent_named(&mut self, a: &Spanned<String>, known: &Known) -> Option<Arc<Agent>> {
+        match self.agents.get(&a.value).cloned() {
+            Some(ag) => {
+                self.check_agent_vars(&ag, span(a), known);
+                Some(ag)
+            }
+            None => {
+                self.unknown_agent(a);
                 None
             }
         }

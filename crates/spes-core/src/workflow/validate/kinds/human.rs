@@ -210,16 +210,7 @@ impl Validator<'_> {
             &what,
         );
         let agent = match &s.agent {
-            Some(a) => match self.agents.get(&a.value).cloned() {
-                Some(ag) => {
-                    self.check_agent_vars(&ag, span(a), known);
-                    Some(ag)
-                }
-                None => {
-                    self.unknown_agent(a);
-                    return None;
-                }
-            },
+            Some(a) => Some(self.agent_named(a, known)?),
             None => None,
         };
         if let Some(p) = &s.provider {

@@ -56,16 +56,7 @@ impl Validator<'_> {
         kind_at: Sp,
     ) -> Option<LlmStep> {
         let agent = match &s.agent {
-            Some(a) => match self.agents.get(&a.value).cloned() {
-                Some(ag) => {
-                    self.check_agent_vars(&ag, span(a), known);
-                    Some(ag)
-                }
-                None => {
-                    self.unknown_agent(a);
-                    return None;
-                }
-            },
+            Some(a) => Some(self.agent_named(a, known)?),
             None => None,
         };
         let text = match (&s.prompt, &s.task, &agent) {
@@ -310,14 +301,7 @@ impl Validator<'_> {
         path: &str,
         locals: &[&str],
     ) -> Option<Step> {
-        let mut k = known.clone();
-        for l in locals {
-            k.write(l);
-        }
-        let mut spec = (*sy.value).clone();
-        if spec.name.is_none() {
-            spec.name = Some(Spanned::new(default.to_owned(), sy.referenced, sy.defined));
-        }
+        let (mut spec, mut k) = super::orchestration::nested_spec(sy, default, known, locals);
         let kind_ok = spec.kind.as_ref().is_none_or(|k| k.value == "llm");
         if !kind_ok {
             self.err(

@@ -164,6 +164,25 @@ fn validate_scatter_gather(
     )))
 }
 
+/// A nested step's spec, named `default` when unnamed, and what it may
+/// read: `known` plus `locals`.
+pub(crate) fn nested_spec(
+    sy: &Spanned<Box<StepSpec>>,
+    default: &str,
+    known: &Known,
+    locals: &[&str],
+) -> (StepSpec, Known) {
+    let mut k = known.clone();
+    for l in locals {
+        k.write(l);
+    }
+    let mut spec = (*sy.value).clone();
+    if spec.name.is_none() {
+        spec.name = Some(Spanned::new(default.to_owned(), sy.referenced, sy.defined));
+    }
+    (spec, k)
+}
+
 impl Validator<'_> {
     /// A nested step (named `default` when unnamed) with extra locals.
     pub(crate) fn nested_step(
@@ -174,14 +193,7 @@ impl Validator<'_> {
         path: &str,
         locals: &[&str],
     ) -> Option<Step> {
-        let mut k = known.clone();
-        for l in locals {
-            k.write(l);
-        }
-        let mut spec = (*sy.value).clone();
-        if spec.name.is_none() {
-            spec.name = Some(Spanned::new(default.to_owned(), sy.referenced, sy.defined));
-        }
+        let (spec, mut k) = nested_spec(sy, default, known, locals);
         let mut names = HashSet::new();
         self.step(spec, &mut k, path, &mut names)
     }

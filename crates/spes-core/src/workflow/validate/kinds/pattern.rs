@@ -117,19 +117,6 @@ fn validate_debate(
 }
 
 impl Validator<'_> {
-    fn agent_named(&mut self, a: &Spanned<String>, known: &Known) -> Option<Arc<Agent>> {
-        match self.agents.get(&a.value).cloned() {
-            Some(ag) => {
-                self.check_agent_vars(&ag, span(a), known);
-                Some(ag)
-            }
-            None => {
-                self.unknown_agent(a);
-                None
-            }
-        }
-    }
-
     fn agent_list(&mut self, list: &Spanned<Vec<String>>, known: &Known) -> Vec<Arc<Agent>> {
         let mut out = Vec::new();
         for name in &list.value {
