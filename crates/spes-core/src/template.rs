@@ -123,6 +123,22 @@ impl fmt::Debug for Template {
 impl Template {
     /// Parses `source`; syntax errors carry their range.
     pub fn parse(source: &str) -> Result<Self, TemplateError> {
+        // Most prompts are text with `{{ name }}` or `{{ a.b }}` slots:
+        // their reads are found by a scan, without compiling the template
+        // twice (minijinja parses again to list its variables). Anything
+        // else takes minijinja's own parser.
+        if let Some(reads) = plain_slots(source) {
+            return Ok(Self {
+                source: source.into(),
+                reads: Arc::new(reads),
+                single_expr: single_expression(source).map(Arc::from),
+            });
+        }
+        Self::parse_full(source)
+    }
+
+    /// [`Template::parse`] through minijinja's parser.
+    fn parse_full(source: &str) -> Result<Self, TemplateError> {
         let t = env()
             .template_from_str(source)
             .map_err(|e| TemplateError::from_mj(&e))?;
@@ -302,6 +318,94 @@ fn context_value(reads: &BTreeSet<String>, ctx: &Context, locals: Option<&Contex
     Value::from(minijinja::value::Serde(&m))
 }
 
+/// Names minijinja's parser gives a meaning of its own (constants,
+/// operators, statements, loop and self variables): a slot holding one of
+/// them goes through the full parser.
+const RESERVED: &[&str] = &[
+    "true",
+    "false",
+    "none",
+    "True",
+    "False",
+    "None",
+    "not",
+    "and",
+    "or",
+    "in",
+    "is",
+    "if",
+    "else",
+    "elif",
+    "for",
+    "endfor",
+    "set",
+    "endset",
+    "block",
+    "endblock",
+    "extends",
+    "include",
+    "import",
+    "from",
+    "as",
+    "with",
+    "endwith",
+    "macro",
+    "endmacro",
+    "call",
+    "endcall",
+    "filter",
+    "endfilter",
+    "raw",
+    "endraw",
+    "autoescape",
+    "endautoescape",
+    "do",
+    "continue",
+    "break",
+    "recursive",
+    "loop",
+    "self",
+    "super",
+    "caller",
+    "varargs",
+    "kwargs",
+];
+
+/// The top-level variables of a template made only of text and
+/// `{{ name }}` / `{{ name.attr }}` slots (ASCII names, no statements,
+/// comments, filters or whitespace control); `None` for any other
+/// template, which minijinja parses. A template this accepts always
+/// compiles, with the same reads (a property test holds the two together).
+fn plain_slots(source: &str) -> Option<BTreeSet<String>> {
+    if source.contains("{%") || source.contains("{#") {
+        return None;
+    }
+    let mut reads = BTreeSet::new();
+    let mut rest = source;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let close = after.find("}}")?;
+        let path = after[..close].trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+        let mut segments = path.split('.');
+        let head = segments.next()?;
+        for seg in std::iter::once(head).chain(segments) {
+            let mut chars = seg.chars();
+            let first_ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+            if !first_ok
+                || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || RESERVED.contains(&seg)
+            {
+                return None;
+            }
+        }
+        reads.insert(head.to_owned());
+        rest = &after[close + 2..];
+    }
+    Some(reads)
+}
+
 /// `{{ expr }}` with nothing around it → `Some("expr")`.
 fn single_expression(source: &str) -> Option<&str> {
     let t = source.trim();
@@ -365,6 +469,72 @@ mod tests {
             e.message
         );
         assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn plain_slots_are_read_without_the_parser_and_agree_with_it() {
+        for (src, reads) in [
+            ("Step 1: continue from {{ topic }}", vec!["topic"]),
+            ("{{a}} and {{ b.c }} and {{\tb }}", vec!["a", "b"]),
+            ("no slots } { at all }}", vec![]),
+            ("{{ x }}}", vec!["x"]),
+        ] {
+            let fast = plain_slots(src).unwrap();
+            assert_eq!(fast.iter().map(String::as_str).collect::<Vec<_>>(), reads);
+            let full = Template::parse_full(src).unwrap();
+            assert_eq!(&fast, full.reads(), "{src}");
+        }
+        // Everything else goes to minijinja.
+        for src in [
+            "{{ x | upper }}",
+            "{{- x }}",
+            "{% if x %}{% endif %}",
+            "{# c #}",
+            "{{ true }}",
+            "{{ x.0 }}",
+            "{{ x ",
+            "{{ }}",
+            "{{ é }}",
+            "{{ loop.index }}",
+        ] {
+            assert!(plain_slots(src).is_none(), "{src}");
+        }
+        assert!(Template::parse("{{ x ").is_err());
+        assert!(Template::parse("{{ }}").is_err());
+        assert_eq!(
+            Template::parse(" {{ items }} ")
+                .unwrap()
+                .single_expr
+                .as_deref(),
+            Some("items")
+        );
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// Whatever the scan accepts, minijinja compiles, with the same
+        /// reads and the same single expression.
+        #[test]
+        fn the_scan_agrees_with_minijinja(
+            src in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "([{}%#. \t\n_-]|[abx]|true|loop|\\|[0-9]){0,8}",
+                    "\\{\\{[ \t\n]{0,2}([a-z_][a-z0-9_]{0,3}|true|loop|if)(\\.[a-z_0-9]{1,3}){0,2}[ \t\n]{0,2}\\}\\}",
+                ],
+                0..6,
+            ).prop_map(|v: Vec<String>| v.concat())
+        ) {
+            if let Some(reads) = plain_slots(&src) {
+                let full = Template::parse_full(&src);
+                proptest::prop_assert!(full.is_ok(), "{src:?}: {:?}", full.err());
+                let full = full.unwrap();
+                proptest::prop_assert_eq!(&reads, full.reads(), "{:?}", src);
+                let fast = Template::parse(&src).unwrap();
+                proptest::prop_assert_eq!(fast.single_expr, full.single_expr, "{:?}", src);
+            }
+        }
     }
 
     #[test]

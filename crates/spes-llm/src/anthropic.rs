@@ -39,8 +39,8 @@ mod wire;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{Client, Url};
 use spes_core::message::{ChatRequest, ChatResponse, Usage};
 
 use crate::error::{ProviderError, ProviderErrorKind};
@@ -66,7 +66,7 @@ pub struct AnthropicProvider {
     cfg: HttpProviderConfig,
     url: Url,
     headers: HeaderMap,
-    client: Client,
+    client: http::LazyClient,
 }
 
 impl AnthropicProvider {
@@ -92,7 +92,7 @@ impl AnthropicProvider {
             v.set_sensitive(true);
             headers.insert("x-api-key", v);
         }
-        let client = http::build_client(&cfg.name, &cfg.timeouts)?;
+        let client = http::LazyClient::new(&cfg.name, &cfg.timeouts, &url);
         Ok(Self {
             cfg,
             url,
@@ -154,6 +154,7 @@ impl AnthropicProvider {
         let started = Instant::now();
         let rb = self
             .client
+            .get()?
             .post(self.url.clone())
             .headers(self.headers.clone())
             .json(&body);

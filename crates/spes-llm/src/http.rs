@@ -221,21 +221,55 @@ impl HttpProviderConfig {
 
 /// One client per provider: keep-alive pool, connect timeout, no
 /// redirects (see the module docs); the total deadline is applied around
-/// each call.
-pub(crate) fn build_client(name: &str, t: &Timeouts) -> Result<Client, ProviderError> {
-    Client::builder()
+/// each call. Built on first use: a provider that a run never calls costs
+/// nothing, and loading the system's root certificates (a few ms) is
+/// skipped for a plain `http://` endpoint, which never needs them.
+#[derive(Debug)]
+pub(crate) struct LazyClient {
+    name: String,
+    timeouts: Timeouts,
+    tls: bool,
+    client: std::sync::OnceLock<Client>,
+}
+
+impl LazyClient {
+    pub(crate) fn new(name: &str, t: &Timeouts, url: &Url) -> Self {
+        Self {
+            name: name.to_owned(),
+            timeouts: *t,
+            tls: url.scheme() != "http",
+            client: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The client, built on the first call.
+    pub(crate) fn get(&self) -> Result<&Client, ProviderError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let c = build_client(&self.name, &self.timeouts, self.tls)?;
+        Ok(self.client.get_or_init(|| c))
+    }
+}
+
+fn build_client(name: &str, t: &Timeouts, tls: bool) -> Result<Client, ProviderError> {
+    let mut b = Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(t.connect)
         .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| {
-            ProviderError::new(
-                name,
-                ProviderErrorKind::Config,
-                format!("cannot build the HTTP client: {}", error_chain(&e)),
-            )
-        })
+        .pool_idle_timeout(Duration::from_secs(60));
+    if !tls {
+        // No request of this client leaves plain HTTP (it follows no
+        // redirect): an empty root store instead of the system's.
+        b = b.tls_certs_only(std::iter::empty());
+    }
+    b.build().map_err(|e| {
+        ProviderError::new(
+            name,
+            ProviderErrorKind::Config,
+            format!("cannot build the HTTP client: {}", error_chain(&e)),
+        )
+    })
 }
 
 /// `base` + `path`, checked to be an http(s) URL.

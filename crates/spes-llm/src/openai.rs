@@ -39,8 +39,8 @@ mod wire;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
-use reqwest::{Client, Url};
 use spes_core::config::MaxTokensField;
 use spes_core::message::{ChatRequest, ChatResponse, Usage};
 
@@ -61,7 +61,7 @@ pub struct OpenAiProvider {
     url: Url,
     max_tokens_field: MaxTokensField,
     headers: HeaderMap,
-    client: Client,
+    client: http::LazyClient,
 }
 
 impl OpenAiProvider {
@@ -87,7 +87,7 @@ impl OpenAiProvider {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
-        let client = http::build_client(&cfg.name, &cfg.timeouts)?;
+        let client = http::LazyClient::new(&cfg.name, &cfg.timeouts, &url);
         let max_tokens_field = cfg.max_tokens_field.unwrap_or_else(|| {
             if url.host_str() == Some("api.openai.com") {
                 MaxTokensField::MaxCompletionTokens
@@ -165,6 +165,7 @@ impl OpenAiProvider {
         let started = Instant::now();
         let rb = self
             .client
+            .get()?
             .post(self.url.clone())
             .headers(self.headers.clone())
             .json(&body);
