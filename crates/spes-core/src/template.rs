@@ -131,7 +131,9 @@ impl Template {
             return Ok(Self {
                 source: source.into(),
                 reads: Arc::new(reads),
-                single_expr: single_expression(source).map(Arc::from),
+                single_expr: single_expression(source)
+                    .filter(|e| is_plain_path(e))
+                    .map(Arc::from),
             });
         }
         Self::parse_full(source)
@@ -386,24 +388,25 @@ fn plain_slots(source: &str) -> Option<BTreeSet<String>> {
         let after = &rest[open + 2..];
         let close = after.find("}}")?;
         let path = after[..close].trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
-        let mut segments = path.split('.');
-        let head = segments.next()?;
-        for seg in std::iter::once(head).chain(segments) {
-            let mut chars = seg.chars();
-            let first_ok = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-            if !first_ok
-                || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-                || RESERVED.contains(&seg)
-            {
-                return None;
-            }
+        if !is_plain_path(path) {
+            return None;
         }
-        reads.insert(head.to_owned());
+        reads.insert(path.split('.').next().unwrap_or(path).to_owned());
         rest = &after[close + 2..];
     }
     Some(reads)
+}
+
+/// `name` or `name.attr...`: ASCII identifiers, none of them reserved.
+fn is_plain_path(path: &str) -> bool {
+    path.split('.').all(|seg| {
+        let mut chars = seg.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !RESERVED.contains(&seg)
+    })
 }
 
 /// `{{ expr }}` with nothing around it → `Some("expr")`.
@@ -478,6 +481,7 @@ mod tests {
             ("{{a}} and {{ b.c }} and {{\tb }}", vec!["a", "b"]),
             ("no slots } { at all }}", vec![]),
             ("{{ x }}}", vec!["x"]),
+            ("{{a}}}", vec!["a"]),
         ] {
             let fast = plain_slots(src).unwrap();
             assert_eq!(fast.iter().map(String::as_str).collect::<Vec<_>>(), reads);
@@ -508,6 +512,8 @@ mod tests {
                 .as_deref(),
             Some("items")
         );
+        // `{{a}}}` is the slot `a` and a `}`: not a single expression.
+        assert_eq!(Template::parse("{{a}}}").unwrap().single_expr, None);
     }
 
     use proptest::strategy::Strategy as _;

@@ -236,6 +236,37 @@ where
 /// checkpoint lets it restart.
 const JOURNAL_SIZE_LIMIT: u64 = 16 << 20;
 
+/// Keeps the `-wal` and `-shm` files when the last connection closes.
+/// Closing still checkpoints (the database file alone then holds every
+/// commit) and cuts the WAL to `journal_size_limit`; what is saved is
+/// deleting both files at the end of every spes command and creating them
+/// again (with a directory fsync) at the start of the next.
+#[allow(unsafe_code)]
+async fn persist_wal(conn: &mut sqlx::SqliteConnection) -> std::result::Result<(), sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    let db = handle.as_raw_handle().as_ptr();
+    let mut on: std::ffi::c_int = 1;
+    // SAFETY: `db` is this connection's open handle, held (locked) by
+    // `handle` for the whole call; the file name is NUL-terminated; for
+    // SQLITE_FCNTL_PERSIST_WAL SQLite reads and writes one c_int through
+    // the pointer, which points at `on`, alive until the call returns.
+    let rc = unsafe {
+        libsqlite3_sys::sqlite3_file_control(
+            db,
+            c"main".as_ptr(),
+            libsqlite3_sys::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut on).cast(),
+        )
+    };
+    if rc == libsqlite3_sys::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(sqlx::Error::Configuration(
+            format!("SQLite refused to keep its WAL file (code {rc})").into(),
+        ))
+    }
+}
+
 /// Journal commits between two explicit passive checkpoints (default).
 const CHECKPOINT_EVERY: u64 = 1000;
 
@@ -343,6 +374,7 @@ impl SqliteStore {
                 .min_connections(1)
                 // A SQLite connection cannot go stale: skip the ping (a round trip per call).
                 .test_before_acquire(false)
+                .after_connect(|c, _| Box::pin(persist_wal(c)))
                 .acquire_timeout(lock_wait)
                 .connect_with(writer_opts.clone())
                 .await?)
@@ -351,6 +383,7 @@ impl SqliteStore {
         let readers = SqlitePoolOptions::new()
             .max_connections(opts.readers)
             .test_before_acquire(false)
+            .after_connect(|c, _| Box::pin(persist_wal(c)))
             .acquire_timeout(opts.lock_wait)
             .connect_lazy_with(base.read_only(true));
         let store = Self {

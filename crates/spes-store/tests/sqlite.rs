@@ -769,3 +769,27 @@ async fn a_full_store_under_concurrent_appends_reports_every_loss() {
     assert_eq!(stored, landed);
     assert_eq!(store.integrity_check().await.unwrap(), "ok");
 }
+
+/// Closing the store checkpoints: the database file alone holds every
+/// commit (a copy of it is a full backup), while the `-wal` (cut to zero
+/// bytes) and `-shm` files stay for the next command instead of being
+/// deleted and created again.
+#[tokio::test]
+async fn a_closed_store_is_whole_in_its_database_file_and_keeps_its_wal_file() {
+    let (dir, path) = temp();
+    let run = filled(&path, 50, 500).await;
+    let wal = path.with_file_name("spes.db-wal");
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).ok(), Some(0));
+    assert!(path.with_file_name("spes.db-shm").exists());
+    // The database file alone, copied elsewhere.
+    let copy = dir.path().join("copy/spes.db");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(&path, &copy).unwrap();
+    let store = open(&copy).await.unwrap();
+    assert_eq!(store.entries(&run).await.unwrap().len(), 51);
+    store.close().await;
+    // And the kept files are used again: the original opens with everything.
+    let store = open(&path).await.unwrap();
+    assert_eq!(store.entries(&run).await.unwrap().len(), 51);
+    store.close().await;
+}
