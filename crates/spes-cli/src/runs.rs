@@ -119,8 +119,9 @@ pub(crate) async fn open_store(
     };
     // One process, one run: its reads (the pause/cancel status, shared by
     // the steps in flight; gate decisions) are rare and short, and each
-    // SQLite connection costs a thread and its file opens at start-up.
-    opts.sqlite = opts.sqlite.with_readers(1);
+    // SQLite connection costs a thread, its file opens and a read of the
+    // schema at start-up: they share the writer's connection.
+    opts.sqlite = opts.sqlite.with_readers(0);
     if let Some(d) = &project.config.store.durability {
         let d = d
             .parse::<spes_store::sqlite::Durability>()

@@ -53,8 +53,12 @@ pub fn default_model_path_with(env: impl Fn(&str) -> Option<std::ffi::OsString>)
 /// else. Set `threads` in spes.toml on a machine dedicated to inference.
 #[must_use]
 pub fn default_threads() -> u32 {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    u32::try_from(cores.saturating_sub(1).clamp(1, 8)).unwrap_or(1)
+    // Asked once per process: the answer reads the cgroup files.
+    static THREADS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        u32::try_from(cores.saturating_sub(1).clamp(1, 8)).unwrap_or(1)
+    })
 }
 
 /// Settings of a local provider.

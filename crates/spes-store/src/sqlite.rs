@@ -2,7 +2,9 @@
 //!
 //! # Connections
 //! A [`SqliteStore`] holds two sqlx pools on the same file: **one writer
-//! connection** and a few **read-only readers**. Every write runs in a
+//! connection** and a few **read-only readers** (or none, with
+//! [`SqliteOptions::with_readers`]`(0)`: reads then share the writer
+//! connection, as the CLI's one-shot commands do). Every write runs in a
 //! `BEGIN IMMEDIATE` transaction on the writer (sqlx's
 //! `Pool::begin_with`), so it takes SQLite's write lock up front and never
 //! fails half-way with `SQLITE_BUSY_SNAPSHOT` the way a deferred
@@ -142,10 +144,12 @@ impl SqliteOptions {
         self
     }
 
-    /// Maximum number of read-only connections (default 4, at least 1).
+    /// Maximum number of read-only connections (default 4). 0: none; reads
+    /// share the writer connection (one connection in all: the cheapest
+    /// start for a short-lived process whose reads are few).
     #[must_use]
     pub fn with_readers(mut self, readers: u32) -> Self {
-        self.readers = readers.max(1);
+        self.readers = readers;
         self
     }
 
@@ -380,12 +384,16 @@ impl SqliteStore {
                 .await?)
         })
         .await?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(opts.readers)
-            .test_before_acquire(false)
-            .after_connect(|c, _| Box::pin(persist_wal(c)))
-            .acquire_timeout(opts.lock_wait)
-            .connect_lazy_with(base.read_only(true));
+        let readers = if opts.readers == 0 {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(opts.readers)
+                .test_before_acquire(false)
+                .after_connect(|c, _| Box::pin(persist_wal(c)))
+                .acquire_timeout(opts.lock_wait)
+                .connect_lazy_with(base.read_only(true))
+        };
         let store = Self {
             path,
             opts,

@@ -22,6 +22,18 @@ spes_store::conformance!(sqlite_conformance, async || {
     (Arc::new(store) as Arc<dyn RunStore>, dir)
 });
 
+// The same with no reader connections: reads share the writer (the CLI).
+spes_store::conformance!(sqlite_conformance_one_connection, async || {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("spes.db"),
+        SqliteOptions::default().with_readers(0),
+    )
+    .await
+    .unwrap();
+    (Arc::new(store) as Arc<dyn RunStore>, dir)
+});
+
 fn temp() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spes.db");
