@@ -372,6 +372,39 @@ impl Engine {
         Ok((id, end))
     }
 
+    /// Records a run as [`Engine::start`] does (running, owned by this
+    /// process) without executing it, so that a front door can answer with
+    /// its id at once; [`Engine::execute_begun`] then executes it here.
+    pub async fn begin(
+        &self,
+        store: &Arc<dyn RunStore>,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<RunId, RunError> {
+        let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
+        let id = RunId::new();
+        store
+            .create_run(&self.new_run(id, wf, source, &ctx))
+            .await?;
+        Ok(id)
+    }
+
+    /// Executes a run that [`Engine::begin`] or [`Engine::begin_fork`]
+    /// recorded in this process, with the inputs it was recorded with.
+    pub async fn execute_begun(
+        &self,
+        store: Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+    ) -> Result<RunEnd, RunError> {
+        let ctx = match &run.inputs {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        self.execute(store, run.id, wf, ctx).await
+    }
+
     /// Queues a run for the workers of a shared store (`Pending`, its run
     /// task ready), pinned like [`Engine::start`]'s; nothing executes here.
     /// `RunError::Refused` when the store has no work queue.
@@ -577,6 +610,26 @@ impl Engine {
         at: &str,
         inputs: BTreeMap<String, Value>,
     ) -> Result<(RunId, RunEnd), RunError> {
+        let id = self.begin_fork(&store, run, wf, source, at, inputs).await?;
+        let forked = store
+            .run(&id)
+            .await?
+            .ok_or_else(|| RunError::Refused(format!("run {id} vanished after it was forked")))?;
+        let end = self.execute_begun(store, &forked, wf).await?;
+        Ok((id, end))
+    }
+
+    /// Records the run [`Engine::fork`] starts, with its copied journal,
+    /// without executing it ([`Engine::execute_begun`] does).
+    pub async fn begin_fork(
+        &self,
+        store: &Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        at: &str,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<RunId, RunError> {
         let Some(idx) = wf.steps.iter().position(|s| s.name == at) else {
             return Err(RunError::Refused(format!(
                 "workflow `{}` has no top-level step `{at}`; its steps: {}",
@@ -608,8 +661,7 @@ impl Engine {
                 store.append(&id, &e.key, &e.kind, &e.payload).await?;
             }
         }
-        let end = self.execute(store, id, wf, ctx).await?;
-        Ok((id, end))
+        Ok(id)
     }
 
     /// Re-executes a finished run from its journal with zero model calls
