@@ -151,16 +151,13 @@ impl Server {
                 l.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "spes serve did not start:\n{}",
-                    log.lock().unwrap().as_str()
-                );
-            }
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "spes serve did not start:\n{}",
+                log.lock().unwrap().as_str()
+            );
         };
         Self {
             child: Some(child),

@@ -818,6 +818,6 @@ pub async fn show_component(
     let (reg, _) = s.project.components();
     let c = reg
         .resolve(&r)
-        .map_err(|d| ApiError::not_found(d.message.clone()))?;
+        .map_err(|d| ApiError::not_found(d.message))?;
     Ok(Json(ComponentShow::of(c)))
 }
