@@ -252,10 +252,15 @@ impl Server {
     }
 
     /// SIGTERM, then the exit code and everything it logged.
-    fn stop(mut self) -> (Option<i32>, String) {
+    fn stop(self) -> (Option<i32>, String) {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal`, then the exit code and everything it logged.
+    fn stop_with(mut self, signal: &str) -> (Option<i32>, String) {
         let mut child = self.child.take().unwrap();
         let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{signal}"), &child.id().to_string()])
             .status()
             .unwrap()
             .success();
@@ -777,6 +782,17 @@ async fn runs_list_filters_and_pages_with_a_cursor() {
     let prefix = &gated[..20];
     let short = s.get(&format!("/v1/runs/{prefix}"), VIEWER).await;
     assert_eq!(short.json["run"]["id"], gated.as_str());
+    let several = s.get(&format!("/v1/runs/{}", &gated[..4]), VIEWER).await;
+    assert_eq!(several.status, 400, "{}", several.text);
+    assert_eq!(several.json["error"]["code"], "ambiguous");
+    // Without `limit`, a page holds 50 runs.
+    for i in 0..45 {
+        s.start_run("hello", json!({ "who": format!("q{i}") }))
+            .await;
+    }
+    let first = s.get("/v1/runs", VIEWER).await;
+    assert_eq!(first.json["runs"].as_array().unwrap().len(), 50);
+    assert!(first.json["next_cursor"].is_string());
     let none = s.get("/v1/runs/ffffffffffff", VIEWER).await;
     assert_eq!(none.status, 404, "{}", none.text);
     assert_eq!(none.json["error"]["code"], "not_found");
@@ -1100,7 +1116,14 @@ fn serving_a_public_address_without_tokens_or_with_a_missing_token_variable_is_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tokens_a_loopback_server_takes_every_caller_as_the_os_user() {
-    let dir = project(false, "");
+    let dir = project(false, "\n[server]\nworkflows = [\"workflows\", \"more\"]\n");
+    std::fs::create_dir_all(dir.path().join("more/deep")).unwrap();
+    std::fs::write(
+        dir.path().join("more/deep/extra.yml"),
+        "name: extra\nsteps:\n  - { name: a, kind: llm, prompt: hi, output: a }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("more/notes.txt"), "not a workflow").unwrap();
     let s = Server::start(dir.path(), &[], &[("USER", "dora")]);
     let run = s.start_run("signoff", json!({ "text": "x" })).await;
     s.until_status(&run, "waiting").await;
@@ -1115,7 +1138,14 @@ async fn without_tokens_a_loopback_server_takes_every_caller_as_the_os_user() {
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.json["by"], "dora");
     s.until_status(&run, "completed").await;
-    let (code, log) = s.stop();
+    let names: Vec<String> = s.call("GET", "/v1/workflows", None, None).await.json["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["extra", "hello", "pick", "signoff"]);
+    let (code, log) = s.stop_with("INT");
     assert_eq!(code, Some(0), "{log}");
     assert!(
         log.contains("no tokens: every local caller is an operator"),
@@ -1210,4 +1240,36 @@ async fn sigterm_stops_the_server_and_gives_back_the_runs_it_executes() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["run"]["status"], "interrupted", "{doc}");
     assert_eq!(doc["run"]["owner"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_applies_a_passed_gate_deadline_and_continues_the_run() {
+    let dir = project(true, "");
+    std::fs::write(
+        dir.path().join("workflows/timed.yaml"),
+        "name: timed\nsteps:\n  - { name: a, kind: llm, prompt: hi, output: a }\n  - { name: ok, kind: approval, show: a, deadline: 300ms, on_timeout: approve, output: ok }\noutput: ok\n",
+    )
+    .unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s.start_run("timed", json!({})).await;
+    // Nobody answers or looks (the list applies no deadline): the server's
+    // timer decides, and the server continues the run.
+    let started = Instant::now();
+    loop {
+        let page = s.get("/v1/runs?status=completed", VIEWER).await;
+        if page.json["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == run.as_str())
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", s.log());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let doc = s.get(&format!("/v1/runs/{run}"), VIEWER).await.json;
+    assert_eq!(doc["gates"][0]["decision"]["by"], "deadline", "{doc}");
+    assert_eq!(doc["run"]["output"]["timed_out"], true, "{doc}");
+    assert_eq!(doc["run"]["output"]["status"], "approved", "{doc}");
 }

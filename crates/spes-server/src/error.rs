@@ -181,3 +181,52 @@ pub fn input_diagnostic(m: String) -> Diagnostics {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_their_status_and_hide_internal_causes() {
+        let cases = [
+            (
+                StoreError::NotFound("no run `abcd`".into()),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                StoreError::Conflict {
+                    run: "r".into(),
+                    current: "completed".into(),
+                    expected: "running".into(),
+                },
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                StoreError::Claimed {
+                    run: "r".into(),
+                    status: "running".into(),
+                    owner: Some("host:1".into()),
+                },
+                StatusCode::CONFLICT,
+                "busy",
+            ),
+            (
+                StoreError::Backend("disk I/O error at /secret/path".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let a = ApiError::from(e);
+            assert_eq!((a.status(), a.code), (status, code));
+            assert!(!a.message.contains("/secret/path"), "{}", a.message);
+        }
+        let refused = ApiError::from(OpError::Refused("gate `g` is closed".into()));
+        assert_eq!(
+            (refused.status(), refused.code),
+            (StatusCode::CONFLICT, "refused")
+        );
+    }
+}
