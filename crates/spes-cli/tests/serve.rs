@@ -346,6 +346,7 @@ async fn every_route_answers_each_role_as_its_role_allows() {
         ("GET", "/v1/runs".into(), None, Need::Viewer),
         ("GET", format!("/v1/runs/{gated}"), None, Need::Viewer),
         ("GET", "/v1/gates".into(), None, Need::Viewer),
+        ("GET", format!("/v1/runs/{done}/events"), None, Need::Viewer),
         ("GET", "/v1/workflows".into(), None, Need::Viewer),
         ("GET", "/v1/workflows/signoff".into(), None, Need::Viewer),
         ("GET", "/v1/components".into(), None, Need::Viewer),
@@ -421,7 +422,10 @@ async fn every_route_answers_each_role_as_its_role_allows() {
                 Some(_) => {
                     assert!(![401, 403].contains(&a.status), "{what}");
                     assert!(a.status < 500, "{what}");
-                    assert!(a.json.is_object(), "{what}");
+                    assert!(
+                        a.json.is_object() || a.text.starts_with("event: status"),
+                        "{what}"
+                    );
                 }
             }
         }
@@ -1047,6 +1051,8 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/v1/runs/{run}/fork", "post"),
         ("/v1/runs/{run}/decisions", "post"),
         ("/v1/gates", "get"),
+        ("/v1/runs/{run}/events", "get"),
+        ("/v1/gates/events", "get"),
         ("/v1/workflows", "get"),
         ("/v1/workflows/{name}", "get"),
         ("/v1/components", "get"),
@@ -1057,7 +1063,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
             "{method} {path} missing"
         );
     }
-    assert_eq!(paths.len(), 15);
+    assert_eq!(paths.len(), 17);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "RunShow",
@@ -1272,4 +1278,174 @@ async fn the_server_applies_a_passed_gate_deadline_and_continues_the_run() {
     assert_eq!(doc["gates"][0]["decision"]["by"], "deadline", "{doc}");
     assert_eq!(doc["run"]["output"]["timed_out"], true, "{doc}");
     assert_eq!(doc["run"]["output"]["status"], "approved", "{doc}");
+}
+
+/// One Server-Sent Event: its name, id and data.
+#[derive(Debug, Clone)]
+struct Sse {
+    event: String,
+    id: Option<String>,
+    data: Value,
+}
+
+/// Reads events from a stream until `stop` holds on the last one (or the
+/// stream ends, which `ended` reports).
+struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+    ended: bool,
+}
+
+impl SseReader {
+    async fn open(s: &Server, path: &str, last_id: Option<&str>) -> Self {
+        let mut req = s
+            .http
+            .get(format!("{}{path}", s.base))
+            .bearer_auth(VIEWER)
+            .timeout(Duration::from_secs(120));
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        Self {
+            resp,
+            buf: String::new(),
+            ended: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(pos) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..pos + 2).collect();
+                let mut e = Sse {
+                    event: "message".into(),
+                    id: None,
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        e.event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        e.id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                e.data = serde_json::from_str(&data).unwrap();
+                return Some(e);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.resp.chunk())
+                .await
+                .expect("an event within 30 s")
+                .unwrap();
+            match chunk {
+                Some(c) => self.buf.push_str(&String::from_utf8_lossy(&c)),
+                None => {
+                    self.ended = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn until(&mut self, stop: impl Fn(&Sse) -> bool) -> Vec<Sse> {
+        let mut seen = Vec::new();
+        while let Some(e) = self.next().await {
+            let done = stop(&e);
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+        panic!("the stream ended before the awaited event: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_events_stream_live_and_a_reconnect_with_last_event_id_misses_nothing() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s.start_run("signoff", json!({ "text": "live" })).await;
+    let mut live = SseReader::open(&s, &format!("/v1/runs/{run}/events"), None).await;
+    let first = live
+        .until(|e| e.event == "status" && e.data["status"] == "waiting")
+        .await;
+    assert_eq!(first[0].event, "status", "{first:?}");
+    let d = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "approve" }),
+        )
+        .await;
+    assert_eq!(d.status, 200, "{}", d.text);
+    let rest = live.until(|e| e.event == "end").await;
+    assert_eq!(rest.last().unwrap().data["status"], "completed");
+    assert!(
+        rest.iter()
+            .any(|e| e.event == "entry" && e.data["kind"] == "decision"),
+        "{rest:?}"
+    );
+    assert!(live.next().await.is_none() && live.ended);
+    let all_ids: Vec<i64> = first
+        .iter()
+        .chain(&rest)
+        .filter_map(|e| e.id.as_deref().map(|i| i.parse().unwrap()))
+        .collect();
+    assert!(all_ids.len() >= 2, "{all_ids:?}");
+    assert_eq!(all_ids, (1..=all_ids.len() as i64).collect::<Vec<_>>());
+    // Reconnecting after entry 1: every later entry, none before.
+    let mut again = SseReader::open(&s, &format!("/v1/runs/{run}/events"), Some("1")).await;
+    let replay = again.until(|e| e.event == "end").await;
+    let replay_ids: Vec<i64> = replay
+        .iter()
+        .filter_map(|e| e.id.as_deref().map(|i| i.parse().unwrap()))
+        .collect();
+    assert_eq!(replay_ids, all_ids[1..].to_vec());
+    let bad = s
+        .http
+        .get(format!("{}/v1/runs/{run}/events", s.base))
+        .bearer_auth(VIEWER)
+        .header("last-event-id", "soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_stream_shows_gates_opening_and_closing() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let none = s.call("GET", "/v1/gates/events", None, None).await;
+    assert_eq!(none.status, 401);
+    let mut inbox = SseReader::open(&s, "/v1/gates/events", None).await;
+    let snap = inbox.next().await.unwrap();
+    assert_eq!(snap.event, "snapshot");
+    assert_eq!(snap.data["gates"], json!([]));
+    let run = s.start_run("signoff", json!({ "text": "inbox" })).await;
+    let opened = inbox.until(|e| e.event == "opened").await;
+    let gate = &opened.last().unwrap().data;
+    assert_eq!(gate["run_id"], run.as_str());
+    assert_eq!(gate["kind"], "approval");
+    let d = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "reject", "reason": "no" }),
+        )
+        .await;
+    assert_eq!(d.status, 200, "{}", d.text);
+    let closed = inbox.until(|e| e.event == "closed").await;
+    assert_eq!(
+        closed.last().unwrap().data,
+        json!({ "run_id": run, "key": gate["key"] })
+    );
 }

@@ -19,7 +19,7 @@
 //! | route | role |
 //! |---|---|
 //! | `GET /healthz`, `GET /readyz` | none |
-//! | `GET /v1/...` (runs, gates, workflows, components, openapi.json) | viewer |
+//! | `GET /v1/...` (runs, gates, their event streams, workflows, components, openapi.json) | viewer |
 //! | `POST /v1/runs/{run}/decisions` | approver |
 //! | `POST /v1/runs`, `POST /v1/runs/{run}/{pause,resume,cancel,fork}` | operator |
 
@@ -28,6 +28,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod openapi;
 
@@ -96,6 +97,7 @@ pub struct AppState {
     pub(crate) project: Arc<dyn Project>,
     pub(crate) auth: Arc<Auth>,
     pub(crate) exec: exec::Executor,
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -116,6 +118,7 @@ impl AppState {
             project,
             auth: Arc::new(auth),
             exec,
+            streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
         }
     }
 
@@ -132,7 +135,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/runs", get(api::list_runs))
         .route("/v1/runs/{run}", get(api::show_run))
+        .route("/v1/runs/{run}/events", get(events::run_events))
         .route("/v1/gates", get(api::pending_gates))
+        .route("/v1/gates/events", get(events::gate_events))
         .route("/v1/workflows", get(api::list_workflows))
         .route("/v1/workflows/{name}", get(api::show_workflow))
         .route("/v1/components", get(api::list_components))

@@ -24,6 +24,8 @@ use crate::api;
         api::fork_run,
         api::decide,
         api::pending_gates,
+        crate::events::run_events,
+        crate::events::gate_events,
         api::list_workflows,
         api::show_workflow,
         api::list_components,
