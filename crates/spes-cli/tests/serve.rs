@@ -846,6 +846,26 @@ async fn pause_resume_cancel_and_fork_over_http() {
         assert_eq!(a.status, 409, "{action}: {}", a.text);
     }
 
+    // A run whose workflow file changed since it started is not resumed.
+    let other = s.start_run("signoff", json!({ "text": "y" })).await;
+    s.until_status(&other, "waiting").await;
+    std::fs::write(
+        dir.path().join("workflows/signoff.yaml"),
+        format!("{SIGNOFF}# edited\n"),
+    )
+    .unwrap();
+    let drifted = s
+        .post(&format!("/v1/runs/{other}/resume"), OPERATOR, json!({}))
+        .await;
+    assert_eq!(drifted.status, 409, "{}", drifted.text);
+    assert!(
+        drifted
+            .text
+            .contains("resuming could mix old and new behaviour"),
+        "{}",
+        drifted.text
+    );
+
     let done = s.start_run("hello", json!({ "who": "ada" })).await;
     s.until_status(&done, "completed").await;
     let forked = s

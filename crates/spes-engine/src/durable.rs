@@ -453,17 +453,18 @@ impl Engine {
         }
     }
 
-    /// Resumes a run that is failed, paused, waiting, pending, or running
-    /// under a process that died. `allow_drift` resumes even if the
-    /// workflow or a component changed (recorded effects still answer).
-    pub async fn resume(
+    /// Whether [`Engine::resume`] would take `run` over now: refused when
+    /// its files changed (unless `allow_drift`), when another provider is
+    /// asked for, when it is finished or its status takes no resume, and
+    /// (`StoreError::Claimed`) while a live process executes it. A front
+    /// door that continues the run elsewhere (a spawned task) asks first.
+    pub fn resumable(
         &self,
-        store: Arc<dyn RunStore>,
         run: &Run,
         wf: &Workflow,
         source: &WorkflowSource,
         allow_drift: bool,
-    ) -> Result<RunEnd, RunError> {
+    ) -> Result<(), RunError> {
         if !allow_drift && let Some(d) = drift(run, wf, source) {
             return Err(RunError::Refused(format!(
                 "{d}; resuming could mix old and new behaviour (use --allow-changes to resume anyway)"
@@ -498,6 +499,21 @@ impl Engine {
                 owner: Some(o.clone()),
             }));
         }
+        Ok(())
+    }
+
+    /// Resumes a run that is failed, paused, waiting, pending, or running
+    /// under a process that died. `allow_drift` resumes even if the
+    /// workflow or a component changed (recorded effects still answer).
+    pub async fn resume(
+        &self,
+        store: Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        allow_drift: bool,
+    ) -> Result<RunEnd, RunError> {
+        self.resumable(run, wf, source, allow_drift)?;
         // Compare-and-set on (status, owner) as read: of two resumes of
         // the same run, one takes it; the other is refused here, before
         // any model call, naming the owner.

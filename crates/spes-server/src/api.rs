@@ -15,11 +15,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spes_core::component::ComponentRef;
-use spes_core::lifecycle::{self, RunEvent};
 use spes_engine::ops::{self, Decision};
 use spes_engine::view::{
     self, ComponentList, ComponentShow, ComponentView, DiagnosticView, GateList, GateView, RunShow,
-    RunSummary, ShownStatus,
+    RunSummary,
 };
 use spes_store::{GateFilter, Run, RunId, RunQuery, RunStatus};
 use utoipa::{IntoParams, ToSchema};
@@ -424,34 +423,15 @@ pub async fn resume_run(
     let r = s.store.find_run(&run).await?;
     let queued = ops::requeue(s.store.as_ref(), &r).await?;
     if !queued {
-        if r.status.is_final() {
-            return Err(ApiError::refused(format!(
-                "run {} is {}; there is nothing to resume",
-                r.id, r.status
-            )));
-        }
-        lifecycle::next(r.status, RunEvent::Resume)
-            .map_err(|m| ApiError::refused(format!("run {}: {m}", r.id)))?;
-        if ShownStatus::of(&r) == ShownStatus::Running {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "busy",
-                format!(
-                    "run {} is running under {}; it is executed by another process",
-                    r.id,
-                    r.owner.as_deref().unwrap_or("another process")
-                ),
-            ));
-        }
         let loaded = s
             .project
             .load(std::path::Path::new(&r.workflow_path))
             .map_err(|d| ApiError::invalid(&d))?;
-        if let Some(d) = spes_engine::durable::drift(&r, &loaded.workflow, &loaded.source) {
-            return Err(ApiError::refused(format!(
-                "{d}; resuming could mix old and new behaviour (`spes resume --allow-changes` resumes anyway)"
-            )));
-        }
+        let engine = s
+            .project
+            .engine(r.settings.provider.as_deref())
+            .map_err(ApiError::bad_request)?;
+        engine.resumable(&r, &loaded.workflow, &loaded.source, false)?;
         s.exec.spawn_resume(r.id);
     }
     let now = s.store.find_run(&r.id.to_string()).await?;
