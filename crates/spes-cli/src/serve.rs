@@ -114,7 +114,7 @@ pub(crate) async fn serve(
     .map_err(|e| Failure::Usage(e.0))?;
     // A provider that cannot be built is refused now, not at the first run.
     let engine = build_engine(&project, None, true, None, false)?;
-    let store = crate::runs::open_store(&project, store_url).await?;
+    let store = crate::runs::open_store_with(&project, store_url, 4).await?;
     if args.workers.is_some() && store.queue().is_none() {
         return Err(Failure::Usage(format!(
             "--workers needs a shared store (--store postgres://...); {} has no work queue",
