@@ -21,6 +21,7 @@ mod progress;
 mod project;
 mod prune;
 mod runs;
+mod serve;
 mod term;
 mod worker;
 
@@ -177,6 +178,8 @@ enum Command {
     },
     /// Take runs and map items from a shared PostgreSQL store, as one of many workers.
     Worker(worker::WorkerArgs),
+    /// Serve the HTTP API (runs, gates, workflows, components) until SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
     /// Print a shell completion script: `spes completions bash > /etc/bash_completion.d/spes`.
     Completions {
         /// The shell.
@@ -470,6 +473,7 @@ fn main() -> ExitCode {
         Command::Init { dir } => init::init(&dir),
         Command::Doctor { json } => block(doctor::doctor(config, store, json)),
         Command::Worker(args) => block(worker::worker(config, store, args)),
+        Command::Serve(args) => block(serve::serve(config, store, args)),
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(

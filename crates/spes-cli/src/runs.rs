@@ -104,6 +104,20 @@ pub(crate) async fn open_store(
     project: &Project,
     url: Option<&str>,
 ) -> Result<Arc<dyn RunStore>, Failure> {
+    // One process, one run: its reads (the pause/cancel status, shared by
+    // the steps in flight; gate decisions) are rare and short, and each
+    // SQLite connection costs a thread, its file opens and a read of the
+    // schema at start-up: they share the writer's connection.
+    open_store_with(project, url, 0).await
+}
+
+/// [`open_store`] with `readers` SQLite reader connections (0: reads share
+/// the writer; `spes serve` reads for many clients at once).
+pub(crate) async fn open_store_with(
+    project: &Project,
+    url: Option<&str>,
+    readers: u32,
+) -> Result<Arc<dyn RunStore>, Failure> {
     let url = url
         .map(str::to_owned)
         .or_else(|| project.config.store.url.clone())
@@ -117,11 +131,7 @@ pub(crate) async fn open_store(
         postgres: project.postgres_options()?,
         ..spes_store::OpenOptions::default()
     };
-    // One process, one run: its reads (the pause/cancel status, shared by
-    // the steps in flight; gate decisions) are rare and short, and each
-    // SQLite connection costs a thread, its file opens and a read of the
-    // schema at start-up: they share the writer's connection.
-    opts.sqlite = opts.sqlite.with_readers(0);
+    opts.sqlite = opts.sqlite.with_readers(readers);
     if let Some(d) = &project.config.store.durability {
         let d = d
             .parse::<spes_store::sqlite::Durability>()

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use spes_core::workflow::Workflow;
 use spes_engine::worker::{Worker, WorkerOptions, WorkflowLoader};
 use spes_store::postgres::{ConnectionEvent, PostgresOptions, PostgresStore};
-use spes_store::{Run, RunId, RunPatch, RunStore};
+use spes_store::{Run, RunId, RunStore};
 
 use crate::project::Project;
 use crate::{Failure, build_engine};
@@ -66,13 +66,22 @@ impl WorkflowLoader for Loader {
     }
 }
 
-fn describe(f: Failure) -> String {
+pub(crate) fn describe(f: Failure) -> String {
     match f {
         Failure::Input(d) => d.render_plain(),
         Failure::Run(e) => e.to_string(),
         Failure::Usage(m) | Failure::Busy(m) | Failure::Stopped(_, m) => m,
         Failure::Store(e) => e.to_string(),
     }
+}
+
+/// The loader of a worker in this process: runs' workflows from their
+/// files, read with `config` (`--config`) like every command.
+pub(crate) fn loader(config: Option<&Path>) -> Arc<dyn WorkflowLoader> {
+    Arc::new(Loader {
+        config: config.map(Path::to_path_buf),
+        cache: std::sync::Mutex::default(),
+    })
 }
 
 fn now() -> String {
@@ -162,7 +171,7 @@ pub(crate) async fn worker(
 }
 
 /// Completes on SIGTERM or Ctrl-C.
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -184,51 +193,18 @@ async fn shutdown() {
     }
 }
 
-/// Whether `run` was queued for workers (it has a run task in a shared store).
-pub(crate) async fn is_queued(store: &Arc<dyn RunStore>, run: &RunId) -> Result<bool, Failure> {
-    let Some(q) = store.queue() else {
-        return Ok(false);
-    };
-    Ok(q.task_state(run, "").await?.is_some())
-}
-
 /// `spes resume` of a run queued for workers: back to `pending` (error
-/// cleared) with its task ready, for a worker to continue. False when the
-/// run is not a queued one (it is resumed here, as usual).
+/// cleared) with its task ready, for a worker to continue
+/// (`spes_engine::ops::requeue`). False when the run is not a queued one
+/// (it is resumed here, as usual).
 pub(crate) async fn requeue(
     store: &Arc<dyn RunStore>,
     run: &Run,
     quiet: bool,
 ) -> Result<bool, Failure> {
-    let Some(q) = store.queue() else {
-        return Ok(false);
-    };
-    if !is_queued(store, &run.id).await? {
+    if !spes_engine::ops::requeue(store.as_ref(), run).await? {
         return Ok(false);
     }
-    if run.status.is_final() {
-        return Err(Failure::Usage(format!(
-            "run {} is {}; there is nothing to resume",
-            run.id, run.status
-        )));
-    }
-    // A stopped run goes back to the workers; a pending or running one is
-    // theirs already (its task is made ready below).
-    let requeue = spes_core::lifecycle::RunEvent::Requeue;
-    if spes_core::lifecycle::next(run.status, requeue).is_ok() {
-        spes_engine::ops::apply(
-            store.as_ref(),
-            run,
-            requeue,
-            RunPatch {
-                error: Some(None),
-                owner: Some(None),
-                ..RunPatch::default()
-            },
-        )
-        .await?;
-    }
-    q.enqueue_run(&run.id).await?;
     if !quiet {
         say!(
             "run {} queued again on {}; a `spes worker` continues it (finished steps are not repeated)",

@@ -29,6 +29,69 @@ pub struct ConfigSpec {
     /// Where components live.
     #[serde(default)]
     pub components: ComponentsSpec,
+    /// `spes serve`: its workflows and its access tokens.
+    #[serde(default)]
+    pub server: ServerSpec,
+}
+
+/// `[server]`: what `spes serve` offers and who may use it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Directories whose `*.yaml` / `*.yml` workflows the server offers,
+    /// relative to the project directory (default `["workflows"]`).
+    #[serde(default = "default_workflow_roots")]
+    pub workflows: Vec<PathBuf>,
+    /// Access tokens by name (the name is the reviewer's identity).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenSpec>,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        Self {
+            workflows: default_workflow_roots(),
+            tokens: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_workflow_roots() -> Vec<PathBuf> {
+    vec![PathBuf::from("workflows")]
+}
+
+/// `[server.tokens.NAME]`: a token, read from an environment variable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    /// The NAME of the environment variable holding the token.
+    pub env: String,
+    /// What the token may do.
+    pub role: Role,
+}
+
+/// What a token may do; each role may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read everything.
+    Viewer,
+    /// Read, and decide gates.
+    Approver,
+    /// Everything: start, pause, resume, cancel and fork runs too.
+    Operator,
+}
+
+impl Role {
+    /// The lowercase name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Approver => "approver",
+            Self::Operator => "operator",
+        }
+    }
 }
 
 /// `[defaults]`.
@@ -403,6 +466,24 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
             });
         }
     }
+    for (name, t) in &spec.server.tokens {
+        if t.env.is_empty() || !t.env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            // Line and column only: no source snippet, so a token is never echoed.
+            let d = Diagnostic::error(
+                "spes::config::token_env",
+                format!("[server.tokens.{name}] env must be the NAME of an environment variable, not a token"),
+            )
+            .with_file(file)
+            .with_hint("write env = \"SPES_TOKEN_ALICE\" and export the token in that variable");
+            return Err(match span_of(text, &["server", "tokens", name, "env"]) {
+                Some((off, _)) => {
+                    let (line, col) = crate::diagnostic::line_col_of(text, off);
+                    d.with_line_col(line, col)
+                }
+                None => d,
+            });
+        }
+    }
     if let Some(Err(e)) = spec.defaults.retry.as_ref().map(RetryConfig::schedule) {
         return Err(located(
             Diagnostic::error("spes::config::retry", format!("[defaults] {e}")).with_hint(
@@ -535,5 +616,37 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(d.code, "spes::config::syntax", "{d}");
+    }
+
+    #[test]
+    fn server_tokens_parse_and_unknown_fields_or_roles_are_refused() {
+        let c = parse_config(
+            "spes.toml",
+            "[server]\nworkflows = [\"flows\"]\n[server.tokens.alice]\nenv = \"SPES_TOKEN_ALICE\"\nrole = \"approver\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.workflows, vec![PathBuf::from("flows")]);
+        assert_eq!(c.server.tokens["alice"].env, "SPES_TOKEN_ALICE");
+        assert_eq!(c.server.tokens["alice"].role, Role::Approver);
+        assert!(Role::Viewer < Role::Approver && Role::Approver < Role::Operator);
+        let d = parse_config("spes.toml", "").unwrap();
+        assert_eq!(d.server.workflows, vec![PathBuf::from("workflows")]);
+        for toml in [
+            "[server]\nport = 1\n",
+            "[server.tokens.a]\nenv = \"X\"\nrole = \"admin\"\n",
+            "[server.tokens.a]\nenv = \"X\"\nrole = \"viewer\"\nvalue = \"s3cret\"\n",
+            "[server.tokens.a]\nrole = \"viewer\"\n",
+        ] {
+            let e = parse_config("spes.toml", toml).unwrap_err();
+            assert_eq!(e.code, "spes::config::syntax", "{toml}: {e}");
+        }
+        let e = parse_config(
+            "spes.toml",
+            "[server.tokens.a]\nenv = \"tok-3f9a s3cret\"\nrole = \"viewer\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "spes::config::token_env");
+        assert_eq!(e.line_col, Some((2, 7)));
+        assert!(!e.render_plain().contains("s3cret"), "{}", e.render_plain());
     }
 }

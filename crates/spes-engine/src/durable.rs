@@ -372,6 +372,39 @@ impl Engine {
         Ok((id, end))
     }
 
+    /// Records a run as [`Engine::start`] does (running, owned by this
+    /// process) without executing it, so that a front door can answer with
+    /// its id at once; [`Engine::execute_begun`] then executes it here.
+    pub async fn begin(
+        &self,
+        store: &Arc<dyn RunStore>,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<RunId, RunError> {
+        let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
+        let id = RunId::new();
+        store
+            .create_run(&self.new_run(id, wf, source, &ctx))
+            .await?;
+        Ok(id)
+    }
+
+    /// Executes a run that [`Engine::begin`] or [`Engine::begin_fork`]
+    /// recorded in this process, with the inputs it was recorded with.
+    pub async fn execute_begun(
+        &self,
+        store: Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+    ) -> Result<RunEnd, RunError> {
+        let ctx = match &run.inputs {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        self.execute(store, run.id, wf, ctx).await
+    }
+
     /// Queues a run for the workers of a shared store (`Pending`, its run
     /// task ready), pinned like [`Engine::start`]'s; nothing executes here.
     /// `RunError::Refused` when the store has no work queue.
@@ -420,17 +453,18 @@ impl Engine {
         }
     }
 
-    /// Resumes a run that is failed, paused, waiting, pending, or running
-    /// under a process that died. `allow_drift` resumes even if the
-    /// workflow or a component changed (recorded effects still answer).
-    pub async fn resume(
+    /// Whether [`Engine::resume`] would take `run` over now: refused when
+    /// its files changed (unless `allow_drift`), when another provider is
+    /// asked for, when it is finished or its status takes no resume, and
+    /// (`StoreError::Claimed`) while a live process executes it. A front
+    /// door that continues the run elsewhere (a spawned task) asks first.
+    pub fn resumable(
         &self,
-        store: Arc<dyn RunStore>,
         run: &Run,
         wf: &Workflow,
         source: &WorkflowSource,
         allow_drift: bool,
-    ) -> Result<RunEnd, RunError> {
+    ) -> Result<(), RunError> {
         if !allow_drift && let Some(d) = drift(run, wf, source) {
             return Err(RunError::Refused(format!(
                 "{d}; resuming could mix old and new behaviour (use --allow-changes to resume anyway)"
@@ -465,6 +499,21 @@ impl Engine {
                 owner: Some(o.clone()),
             }));
         }
+        Ok(())
+    }
+
+    /// Resumes a run that is failed, paused, waiting, pending, or running
+    /// under a process that died. `allow_drift` resumes even if the
+    /// workflow or a component changed (recorded effects still answer).
+    pub async fn resume(
+        &self,
+        store: Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        allow_drift: bool,
+    ) -> Result<RunEnd, RunError> {
+        self.resumable(run, wf, source, allow_drift)?;
         // Compare-and-set on (status, owner) as read: of two resumes of
         // the same run, one takes it; the other is refused here, before
         // any model call, naming the owner.
@@ -577,6 +626,26 @@ impl Engine {
         at: &str,
         inputs: BTreeMap<String, Value>,
     ) -> Result<(RunId, RunEnd), RunError> {
+        let id = self.begin_fork(&store, run, wf, source, at, inputs).await?;
+        let forked = store
+            .run(&id)
+            .await?
+            .ok_or_else(|| RunError::Refused(format!("run {id} vanished after it was forked")))?;
+        let end = self.execute_begun(store, &forked, wf).await?;
+        Ok((id, end))
+    }
+
+    /// Records the run [`Engine::fork`] starts, with its copied journal,
+    /// without executing it ([`Engine::execute_begun`] does).
+    pub async fn begin_fork(
+        &self,
+        store: &Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        at: &str,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<RunId, RunError> {
         let Some(idx) = wf.steps.iter().position(|s| s.name == at) else {
             return Err(RunError::Refused(format!(
                 "workflow `{}` has no top-level step `{at}`; its steps: {}",
@@ -608,8 +677,7 @@ impl Engine {
                 store.append(&id, &e.key, &e.kind, &e.payload).await?;
             }
         }
-        let end = self.execute(store, id, wf, ctx).await?;
-        Ok((id, end))
+        Ok(id)
     }
 
     /// Re-executes a finished run from its journal with zero model calls

@@ -425,6 +425,42 @@ pub async fn cancel(store: &dyn RunStore, run: &str) -> Result<Changed, OpError>
     })
 }
 
+/// A resume of a run queued for the workers of a shared store: back to
+/// `pending` (error and owner cleared) with its task ready, for a worker
+/// to continue. `Ok(false)` when the run is not a queued one (it is resumed
+/// in the caller's process, as usual); refused when the run is finished.
+pub async fn requeue(store: &dyn RunStore, run: &Run) -> Result<bool, OpError> {
+    let Some(q) = store.queue() else {
+        return Ok(false);
+    };
+    if q.task_state(&run.id, "").await?.is_none() {
+        return Ok(false);
+    }
+    if run.status.is_final() {
+        return Err(OpError::Refused(format!(
+            "run {} is {}; there is nothing to resume",
+            run.id, run.status
+        )));
+    }
+    // A stopped run goes back to the workers; a pending or running one is
+    // theirs already (its task is made ready below).
+    if lifecycle::next(run.status, RunEvent::Requeue).is_ok() {
+        apply(
+            store,
+            run,
+            RunEvent::Requeue,
+            RunPatch {
+                error: Some(None),
+                owner: Some(None),
+                ..RunPatch::default()
+            },
+        )
+        .await?;
+    }
+    q.enqueue_run(&run.id).await?;
+    Ok(true)
+}
+
 /// Who is deciding, by default: the operating-system user.
 #[must_use]
 pub fn default_reviewer() -> String {

@@ -19,7 +19,7 @@ pub const VERSION: u32 = 1;
 
 /// Where a run stands, as shown: the stored status, except that a run
 /// marked running whose owner is gone shows as `interrupted`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ShownStatus {
     /// Created, not started (queued for a worker).
@@ -81,7 +81,7 @@ impl ShownStatus {
 /// How a run ended (or stopped), as `run`, `resume` and `runs fork` print
 /// it with `--json`: the same fields in every outcome, `null` where they
 /// do not apply.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RunDoc {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
@@ -103,7 +103,7 @@ pub struct RunDoc {
 }
 
 /// Tokens and model calls of a run's execution.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct UsageView {
     /// Prompt tokens of the calls made.
@@ -117,7 +117,7 @@ pub struct UsageView {
 }
 
 /// A step's failure.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ErrorView {
     /// The step's key.
@@ -132,7 +132,7 @@ pub struct ErrorView {
 }
 
 /// The class of a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClassView {
     /// The store failed.
@@ -203,7 +203,7 @@ impl RunDoc {
 }
 
 /// A run as `runs list` lists it.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RunSummary {
     /// The run's id (32 hex digits).
@@ -239,7 +239,7 @@ impl RunSummary {
 }
 
 /// `runs list --json`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RunList {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
@@ -249,7 +249,7 @@ pub struct RunList {
 }
 
 /// A gate, open or decided.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct GateView {
     /// The run it belongs to.
@@ -288,7 +288,7 @@ impl GateView {
 }
 
 /// `runs pending --json`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct GateList {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
@@ -298,7 +298,7 @@ pub struct GateList {
 }
 
 /// A run with everything it was started with.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RunDetail {
     /// The run's id.
@@ -330,7 +330,7 @@ pub struct RunDetail {
 }
 
 /// A file a run was started with.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct PinView {
     /// `kind/name@version` (or `schema PATH`).
@@ -342,7 +342,7 @@ pub struct PinView {
 }
 
 /// One journal entry.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct EntryView {
     /// Order of recording, from 1.
@@ -358,7 +358,7 @@ pub struct EntryView {
 }
 
 /// `runs show --json`: the run, its journal and its gates.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RunShow {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
@@ -421,7 +421,7 @@ impl RunShow {
 }
 
 /// A problem found in a file.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct DiagnosticView {
     /// `error` or `warning`.
@@ -443,7 +443,7 @@ pub struct DiagnosticView {
 }
 
 /// How bad a diagnostic is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// The file cannot be used.
@@ -473,7 +473,7 @@ impl DiagnosticView {
 }
 
 /// A workflow file that validated.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ValidWorkflow {
     /// The file as given.
@@ -485,7 +485,7 @@ pub struct ValidWorkflow {
 }
 
 /// `workflow validate --json`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ValidateDoc {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
@@ -499,7 +499,7 @@ pub struct ValidateDoc {
 }
 
 /// A component as listed.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ComponentView {
     /// `kind/name@version`.
@@ -535,7 +535,7 @@ impl ComponentView {
 }
 
 /// `components list --json`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ComponentList {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
@@ -545,7 +545,7 @@ pub struct ComponentList {
 }
 
 /// A variable a component's body reads.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct VariableView {
     /// Its name.
@@ -559,7 +559,7 @@ pub struct VariableView {
 }
 
 /// `components show --json`: a component as listed, with its variables and body.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ComponentShow {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
@@ -596,7 +596,7 @@ impl ComponentShow {
 }
 
 /// A configured provider and whether it can be used.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ProviderStatus {
     /// Its name in spes.toml.
@@ -610,7 +610,7 @@ pub struct ProviderStatus {
 }
 
 /// `doctor --json`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct DoctorDoc {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
@@ -630,7 +630,7 @@ pub struct DoctorDoc {
 }
 
 /// One recommended pattern.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct PickView {
     /// The reference's name for the pattern (`parallel`, `human_in_the_loop`, ...).
@@ -642,7 +642,7 @@ pub struct PickView {
 }
 
 /// `pattern suggest --json`.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct SuggestionDoc {
     /// The version of this shape: 1 (`spes_engine::view::VERSION`).
@@ -674,7 +674,7 @@ impl SuggestionDoc {
 }
 
 /// One progress event (`--events`: one JSON object per line on stderr).
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventView {
     /// A step began.
@@ -735,7 +735,7 @@ pub enum EventView {
 }
 
 /// Tokens of a step's calls.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct TokensView {
     /// Prompt tokens.

@@ -57,7 +57,7 @@ use async_trait::async_trait;
 pub use error::{Candidate, MAX_CANDIDATES, StoreError};
 pub use types::{
     Appended, ComponentPin, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Run, RunId,
-    RunPatch, RunSettings, RunStatus,
+    RunPatch, RunQuery, RunSettings, RunStatus,
 };
 
 /// Opens the store named by `url`: `sqlite://PATH` (relative paths as
@@ -137,6 +137,11 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 
     /// Runs, newest first, optionally only those with `status`.
     async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>>;
+
+    /// A page of runs matching `query`, newest first (created time, then
+    /// id, descending: a total order, so pages neither repeat nor skip a
+    /// run that existed when the first page was read).
+    async fn query_runs(&self, query: &RunQuery) -> Result<Vec<Run>>;
 
     /// Moves a run to `to` if its current status is one of `from` (compare
     /// and set), applying `patch`; returns the updated run. When the status

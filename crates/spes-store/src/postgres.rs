@@ -309,6 +309,9 @@ impl PostgresStore {
 
     /// Closes every connection. Operations after this fail.
     pub async fn close(&self) {
+        // The wake listener holds a pooled connection: closing the pool
+        // would wait for it forever.
+        drop(self.listener.lock().await.take());
         self.pool.close().await;
     }
 

@@ -63,6 +63,7 @@ macro_rules! conformance {
                 find_with_an_ambiguous_prefix_is_ambiguous,
                 find_unknown_or_too_short_is_not_found,
                 list_is_newest_first_and_filters_by_status,
+                query_filters_and_pages_with_a_keyset_cursor,
                 transition_moves_status_and_applies_patch,
                 transition_from_another_status_is_a_conflict_naming_it,
                 transition_of_unknown_run_is_not_found,

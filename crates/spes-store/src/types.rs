@@ -226,6 +226,25 @@ pub struct Gate {
     pub decided_at: Option<DateTime<Utc>>,
 }
 
+/// A page of runs: filters, newest first, and a keyset position (for
+/// [`crate::RunStore::query_runs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Only runs with this status.
+    pub status: Option<RunStatus>,
+    /// Only runs of the workflow with this name.
+    pub workflow: Option<String>,
+    /// Only runs created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only runs created before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only runs that come after this one in the order (created time,
+    /// then id, both descending): the last run of the previous page.
+    pub after: Option<(DateTime<Utc>, RunId)>,
+    /// At most this many.
+    pub limit: u32,
+}
+
 /// Which gates to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GateFilter {

@@ -11,7 +11,7 @@ use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
-    RunStatus, RunStore, StoreError,
+    RunQuery, RunStatus, RunStore, StoreError,
 };
 
 pub(super) fn no_run(id: &RunId) -> Fail {
@@ -257,6 +257,38 @@ impl RunStore for PostgresStore {
                 )))
                 .bind(i64::from(limit)),
             }
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| row::run(&self.shown, r))
+                .collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn query_runs(&self, q: &RunQuery) -> Result<Vec<Run>> {
+        let status = q.status.map(RunStatus::as_str);
+        let (after_t, after_id) = match &q.after {
+            Some((t, id)) => (Some(*t), Some(id.to_string())),
+            None => (None, None),
+        };
+        let (status, after_id) = (&status, &after_id);
+        self.retry(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs \
+                 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR workflow_name = $2) \
+                 AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4) \
+                 AND ($5::timestamptz IS NULL OR created_at < $5 OR (created_at = $5 AND id < $6)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $7"
+            )))
+            .bind(status)
+            .bind(&q.workflow)
+            .bind(q.since)
+            .bind(q.until)
+            .bind(after_t)
+            .bind(after_id)
+            .bind(i64::from(q.limit))
             .fetch_all(&self.pool)
             .await?;
             Ok(rows

@@ -10,7 +10,7 @@ use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
-    RunStatus, RunStore, StoreError,
+    RunQuery, RunStatus, RunStore, StoreError,
 };
 
 /// The constraint that failed, if `e` is a constraint error.
@@ -214,6 +214,38 @@ impl RunStore for SqliteStore {
                 )))
                 .bind(limit),
             }
+            .fetch_all(&self.readers)
+            .await?;
+            rows.iter().map(|r| self.run_from(r)).collect()
+        })
+        .await
+    }
+
+    async fn query_runs(&self, q: &RunQuery) -> Result<Vec<Run>> {
+        let status = q.status.map(RunStatus::as_str);
+        let since = q.since.map(fmt_time);
+        let until = q.until.map(fmt_time);
+        let (after_t, after_id) = match &q.after {
+            Some((t, id)) => (Some(fmt_time(*t)), Some(id.to_string())),
+            None => (None, None),
+        };
+        let (status, workflow, since, until, after_t, after_id) =
+            (&status, &q.workflow, &since, &until, &after_t, &after_id);
+        self.retry(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs \
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow_name = ?2) \
+                 AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4) \
+                 AND (?5 IS NULL OR created_at < ?5 OR (created_at = ?5 AND id < ?6)) \
+                 ORDER BY created_at DESC, id DESC LIMIT ?7"
+            )))
+            .bind(status)
+            .bind(workflow)
+            .bind(since)
+            .bind(until)
+            .bind(after_t)
+            .bind(after_id)
+            .bind(q.limit)
             .fetch_all(&self.readers)
             .await?;
             rows.iter().map(|r| self.run_from(r)).collect()

@@ -210,6 +210,105 @@ pub async fn list_is_newest_first_and_filters_by_status(store: Arc<dyn RunStore>
     );
 }
 
+/// `query_runs` filters by status, workflow and creation time, and pages
+/// through every run exactly once, newest first, with a keyset cursor.
+pub async fn query_filters_and_pages_with_a_keyset_cursor(store: Arc<dyn RunStore>) {
+    for (i, status) in [
+        RunStatus::Waiting,
+        RunStatus::Completed,
+        RunStatus::Waiting,
+        RunStatus::Failed,
+        RunStatus::Completed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut run = sample_run();
+        run.status = status;
+        run.workflow_name = if i % 2 == 0 { "even" } else { "odd" }.into();
+        store.create_run(&run).await.unwrap();
+    }
+    let all_q = crate::RunQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let all = store.query_runs(&all_q).await.unwrap();
+    assert_eq!(all.len(), 5);
+    let order = |r: &crate::Run| (r.created_at, r.id.to_string());
+    assert!(all.windows(2).all(|w| order(&w[0]) > order(&w[1])));
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .query_runs(&crate::RunQuery {
+                after,
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at, last.id));
+        paged.extend(page.iter().map(|r| r.id));
+    }
+    assert_eq!(paged, all.iter().map(|r| r.id).collect::<Vec<_>>());
+    let ids = |q: crate::RunQuery| {
+        let store = store.clone();
+        async move {
+            store
+                .query_runs(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.workflow_name, r.status))
+                .collect::<Vec<_>>()
+        }
+    };
+    let even_waiting = ids(crate::RunQuery {
+        status: Some(RunStatus::Waiting),
+        workflow: Some("even".into()),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(even_waiting.len(), 2);
+    assert!(
+        ids(crate::RunQuery {
+            workflow: Some("none".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    let newest = all[0].created_at;
+    let oldest = all[4].created_at;
+    let since = ids(crate::RunQuery {
+        since: Some(newest),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        since.len(),
+        all.iter().filter(|r| r.created_at >= newest).count()
+    );
+    let until = ids(crate::RunQuery {
+        until: Some(oldest),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert!(until.is_empty());
+    let until_all = ids(crate::RunQuery {
+        until: Some(newest + chrono::Duration::seconds(1)),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(until_all.len(), 5);
+}
+
 /// A transition from an allowed status sets the status and the patch's
 /// fields and leaves the others.
 pub async fn transition_moves_status_and_applies_patch(store: Arc<dyn RunStore>) {

@@ -1,0 +1,1471 @@
+//! `spes serve` over real HTTP on loopback: a real `spes` process on a
+//! real store (SQLite in a temporary project; PostgreSQL on a fresh
+//! schema), the scripted provider, and reqwest as the client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// (name, variable, value, role).
+const TOKENS: [(&str, &str, &str, &str); 3] = [
+    ("vera", "SPES_T_VERA", "tok-viewer-6d1f0a9b3c", "viewer"),
+    (
+        "alice",
+        "SPES_T_ALICE",
+        "tok-approver-2b7e4c8d1f",
+        "approver",
+    ),
+    ("otto", "SPES_T_OTTO", "tok-operator-9a3c5e7f0b", "operator"),
+];
+const VIEWER: &str = TOKENS[0].2;
+const APPROVER: &str = TOKENS[1].2;
+const OPERATOR: &str = TOKENS[2].2;
+
+const CANARY: &str = "sk-canary-serve-4e8a1c7d9b2f6e0a";
+
+const SIGNOFF: &str = "name: signoff
+inputs:
+  text: { type: string, required: true }
+steps:
+  - { name: draft, kind: llm, prompt: \"Draft about {{ text }}\", output: draft }
+  - { name: review, kind: approval, show: draft, max_revisions: 2, output: review }
+output: review
+";
+
+const HELLO: &str = "name: hello
+inputs:
+  who: { type: string, required: true }
+  times: { type: integer, default: 1 }
+steps:
+  - { name: greet, kind: llm, prompt: \"Hello {{ who }} x{{ times }}\", output: greeting }
+  - { name: shout, kind: transform, fn: uppercase, input: \"{{ greeting }}\", output: loud }
+output: loud
+";
+
+const PICK: &str = "name: pick
+steps:
+  - name: tagline
+    kind: choose
+    n: 2
+    generate: { kind: llm, prompt: \"Write a tagline.\" }
+    output: tagline
+output: tagline
+";
+
+const EDITOR: &str = "---
+kind: persona
+name: editor
+version: 1.0.0
+description: A precise editor.
+---
+You are a precise editor.
+";
+
+fn toml(tokens: bool, extra: &str) -> String {
+    let mut s = String::from(
+        "[defaults]\nprovider = \"test\"\n\n[providers.test]\nkind = \"scripted\"\nscript = \"answers.yaml\"\n",
+    );
+    if tokens {
+        for (name, var, _, role) in TOKENS {
+            s.push_str(&format!(
+                "\n[server.tokens.{name}]\nenv = \"{var}\"\nrole = \"{role}\"\n"
+            ));
+        }
+    }
+    s.push_str(extra);
+    s
+}
+
+/// A project with the workflows above.
+fn project(tokens: bool, extra_toml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |rel: &str, text: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("spes.toml", &toml(tokens, extra_toml));
+    w("answers.yaml", "- { default: echo }\n");
+    w("workflows/signoff.yaml", SIGNOFF);
+    w("workflows/hello.yaml", HELLO);
+    w("workflows/pick.yaml", PICK);
+    w("components/persona-editor-v1.0.0.md", EDITOR);
+    dir
+}
+
+/// A `spes serve` process; killed when dropped.
+struct Server {
+    child: Option<Child>,
+    base: String,
+    log: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+/// An answer: status, headers, body text, body as JSON (Null if not JSON).
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+    json: Value,
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spes"));
+        cmd.current_dir(dir)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("SPES_CONFIG")
+            .env_remove("SPES_STORE")
+            .env_remove("SPES_PROVIDER")
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (_, var, value, _) in TOKENS {
+            cmd.env(var, value);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "spes serve did not start:\n{}",
+                log.lock().unwrap().as_str()
+            );
+        };
+        Self {
+            child: Some(child),
+            base: format!("http://{addr}"),
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self.http.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}{path}", self.base),
+        );
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\nlog:\n{}", self.log()));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Answer {
+        self.call("GET", path, Some(token), None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call("POST", path, Some(token), Some(body)).await
+    }
+
+    /// Starts a run as the operator; returns its id.
+    async fn start_run(&self, workflow: &str, inputs: Value) -> String {
+        let a = self
+            .post(
+                "/v1/runs",
+                OPERATOR,
+                json!({ "workflow": workflow, "inputs": inputs }),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        a.json["run"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the run until `check` holds on its `runs show` document.
+    async fn until(&self, run: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let a = self.get(&format!("/v1/runs/{run}"), VIEWER).await;
+            if a.status == 200 && check(&a.json) {
+                return a.json;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "run {run} never got {what}; last: {}\nlog:\n{}",
+                a.text,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn until_status(&self, run: &str, status: &str) -> Value {
+        self.until(run, status, |d| d["run"]["status"] == status)
+            .await
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then the exit code and everything it logged.
+    fn stop(self) -> (Option<i32>, String) {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal`, then the exit code and everything it logged.
+    fn stop_with(mut self, signal: &str) -> (Option<i32>, String) {
+        let mut child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("spes serve did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The reader thread ends at EOF of stderr; give it the last lines.
+        let started = Instant::now();
+        while !self.log().contains("spes serve: stopped")
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (status.code(), self.log())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The open gate of `run` in the inbox, if any.
+async fn open_gate(s: &Server, run: &str) -> Option<Value> {
+    let a = s.get("/v1/gates", VIEWER).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.json["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["run_id"] == run)
+        .cloned()
+}
+
+async fn until_gate(s: &Server, run: &str, not: Option<&str>) -> Value {
+    let started = Instant::now();
+    loop {
+        if let Some(g) = open_gate(s, run).await
+            && not.is_none_or(|k| g["key"] != k)
+        {
+            return g;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no open gate for run {run}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Need {
+    Viewer,
+    Approver,
+    Operator,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_role_as_its_role_allows() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let gated = s.start_run("signoff", json!({ "text": "x" })).await;
+    s.until_status(&gated, "waiting").await;
+    let done = s.start_run("hello", json!({ "who": "ada" })).await;
+    s.until_status(&done, "completed").await;
+    let routes: Vec<(&str, String, Option<Value>, Need)> = vec![
+        ("GET", "/v1/openapi.json".into(), None, Need::Viewer),
+        ("GET", "/v1/runs".into(), None, Need::Viewer),
+        ("GET", format!("/v1/runs/{gated}"), None, Need::Viewer),
+        ("GET", "/v1/gates".into(), None, Need::Viewer),
+        ("GET", format!("/v1/runs/{done}/events"), None, Need::Viewer),
+        ("GET", "/v1/workflows".into(), None, Need::Viewer),
+        ("GET", "/v1/workflows/signoff".into(), None, Need::Viewer),
+        ("GET", "/v1/components".into(), None, Need::Viewer),
+        (
+            "GET",
+            "/v1/components/persona/editor".into(),
+            None,
+            Need::Viewer,
+        ),
+        (
+            "POST",
+            format!("/v1/runs/{gated}/decisions"),
+            Some(json!({ "action": "approve" })),
+            Need::Approver,
+        ),
+        (
+            "POST",
+            "/v1/runs".into(),
+            Some(json!({ "workflow": "hello", "inputs": { "who": "bo" } })),
+            Need::Operator,
+        ),
+        (
+            "POST",
+            format!("/v1/runs/{done}/pause"),
+            None,
+            Need::Operator,
+        ),
+        (
+            "POST",
+            format!("/v1/runs/{done}/resume"),
+            None,
+            Need::Operator,
+        ),
+        (
+            "POST",
+            format!("/v1/runs/{done}/cancel"),
+            None,
+            Need::Operator,
+        ),
+        (
+            "POST",
+            format!("/v1/runs/{done}/fork"),
+            Some(json!({ "at": "shout" })),
+            Need::Operator,
+        ),
+    ];
+    let callers: [(Option<&str>, Option<Need>); 5] = [
+        (None, None),
+        (Some("tok-not-a-token"), None),
+        (Some(VIEWER), Some(Need::Viewer)),
+        (Some(APPROVER), Some(Need::Approver)),
+        (Some(OPERATOR), Some(Need::Operator)),
+    ];
+    for (method, path, body, need) in &routes {
+        for (token, role) in callers {
+            let body = if *method == "POST" {
+                Some(body.clone().unwrap_or_else(|| json!({})))
+            } else {
+                None
+            };
+            let a = s.call(method, path, token, body).await;
+            let what = format!("{method} {path} as {role:?}: {} {}", a.status, a.text);
+            match role {
+                None => {
+                    assert_eq!(a.status, 401, "{what}");
+                    assert_eq!(a.json["error"]["code"], "unauthorized", "{what}");
+                    assert_eq!(a.headers["www-authenticate"], "Bearer", "{what}");
+                }
+                Some(r) if r < *need => {
+                    assert_eq!(a.status, 403, "{what}");
+                    assert_eq!(a.json["error"]["code"], "forbidden", "{what}");
+                }
+                Some(_) => {
+                    assert!(![401, 403].contains(&a.status), "{what}");
+                    assert!(a.status < 500, "{what}");
+                    assert!(
+                        a.json.is_object() || a.text.starts_with("event: status"),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+    // Health needs no token.
+    for path in ["/healthz", "/readyz"] {
+        let a = s.call("GET", path, None, None).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text);
+    }
+    assert_eq!(
+        s.call("GET", "/readyz", None, None).await.json["status"],
+        "ready"
+    );
+    // The approver's decision was recorded under its token's name.
+    let show = s.get(&format!("/v1/runs/{gated}"), VIEWER).await;
+    assert_eq!(
+        show.json["gates"][0]["decision"]["by"], "alice",
+        "{}",
+        show.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_is_revised_then_approved_over_http_and_the_run_completes_naming_the_reviewer() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s
+        .start_run("signoff", json!({ "text": "release 1.2" }))
+        .await;
+    s.until_status(&run, "waiting").await;
+    let first = until_gate(&s, &run, None).await;
+    assert_eq!(first["kind"], "approval");
+    assert!(
+        first["request"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Draft about release 1.2"),
+        "{first}"
+    );
+    // A viewer may read the gate but not decide it.
+    let refused = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            VIEWER,
+            json!({ "action": "approve" }),
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    // A revise without comments is not a decision.
+    let bad = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "revise" }),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(bad.json["error"]["code"], "bad_request");
+    let revised = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "revise", "comments": "shorter", "suggest": "drop the intro" }),
+        )
+        .await;
+    assert_eq!(revised.status, 200, "{}", revised.text);
+    assert_eq!(revised.json["by"], "alice");
+    assert_eq!(revised.json["gate"], first["key"]);
+    assert_eq!(revised.json["queued"], false);
+    // The server continues the run: a revision, then the gate again.
+    let second = until_gate(&s, &run, first["key"].as_str()).await;
+    let again = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            OPERATOR,
+            json!({ "action": "revise", "gate": first["key"], "comments": "late" }),
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert_eq!(again.json["error"]["code"], "refused");
+    assert!(
+        again.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already decided"),
+        "{}",
+        again.text
+    );
+    let approved = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "approve", "comments": "ship it" }),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.text);
+    assert_eq!(approved.json["gate"], second["key"]);
+    let doc = s.until_status(&run, "completed").await;
+    assert_eq!(doc["run"]["output"]["status"], "approved", "{doc}");
+    assert_eq!(doc["run"]["output"]["revisions"], 1, "{doc}");
+    let gates = doc["gates"].as_array().unwrap();
+    assert_eq!(gates.len(), 2, "{doc}");
+    assert_eq!(gates[0]["decision"]["action"], "revise");
+    assert_eq!(gates[0]["decision"]["suggest"], "drop the intro");
+    for g in gates {
+        assert_eq!(g["decision"]["by"], "alice", "{g}");
+    }
+    assert!(open_gate(&s, &run).await.is_none());
+    // The journal shows every prompt and answer.
+    assert!(
+        doc["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "model"),
+        "{doc}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn choose_and_reject_decisions_over_http() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let pick = s.start_run("pick", json!({})).await;
+    s.until_status(&pick, "waiting").await;
+    let gate = until_gate(&s, &pick, None).await;
+    assert_eq!(gate["kind"], "choose");
+    assert_eq!(gate["request"]["variations"].as_array().unwrap().len(), 2);
+    let out_of_range = s
+        .post(
+            &format!("/v1/runs/{pick}/decisions"),
+            APPROVER,
+            json!({ "action": "choose", "n": 3 }),
+        )
+        .await;
+    assert_eq!(out_of_range.status, 409, "{}", out_of_range.text);
+    assert!(out_of_range.text.contains("offers variations 1 to 2"));
+    let chosen = s
+        .post(
+            &format!("/v1/runs/{pick}/decisions"),
+            APPROVER,
+            json!({ "action": "choose", "n": 2 }),
+        )
+        .await;
+    assert_eq!(chosen.status, 200, "{}", chosen.text);
+    let doc = s.until_status(&pick, "completed").await;
+    assert_eq!(doc["run"]["output"]["selected_index"], 2, "{doc}");
+
+    let run = s.start_run("signoff", json!({ "text": "t" })).await;
+    s.until_status(&run, "waiting").await;
+    let no_reason = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "reject" }),
+        )
+        .await;
+    assert_eq!(no_reason.status, 400, "{}", no_reason.text);
+    let rejected = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "reject", "reason": "wrong numbers" }),
+        )
+        .await;
+    assert_eq!(rejected.status, 200, "{}", rejected.text);
+    let doc = s.until_status(&run, "completed").await;
+    assert_eq!(doc["run"]["output"]["status"], "rejected", "{doc}");
+    assert_eq!(doc["gates"][0]["decision"]["comments"], "wrong numbers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_and_workflow_files_are_checked_as_spes_run_checks_them() {
+    let dir = project(true, "");
+    std::fs::write(
+        dir.path().join("workflows/broken.yaml"),
+        "name: broken\nsteps:\n  - { name: a, kind: llm, prompt: hi, output: a, colour: red }\n",
+    )
+    .unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    for (inputs, code, needle) in [
+        (
+            json!({}),
+            "spes::input::invalid",
+            "missing required input `who`",
+        ),
+        (
+            json!({ "who": "  " }),
+            "spes::input::empty",
+            "required input `who` of workflow `hello` is empty",
+        ),
+        (
+            json!({ "who": "a", "times": "many" }),
+            "spes::input::invalid",
+            "input `times` must be an integer, got `many`",
+        ),
+        (
+            json!({ "who": "a", "colour": "red" }),
+            "spes::input::invalid",
+            "unknown input `colour`",
+        ),
+    ] {
+        let a = s
+            .post(
+                "/v1/runs",
+                OPERATOR,
+                json!({ "workflow": "hello", "inputs": inputs }),
+            )
+            .await;
+        assert_eq!(a.status, 422, "{inputs}: {}", a.text);
+        assert_eq!(a.json["error"]["code"], "invalid_input");
+        let d = &a.json["error"]["diagnostics"][0];
+        assert_eq!(d["code"], code, "{}", a.text);
+        assert!(
+            d["message"].as_str().unwrap().contains(needle),
+            "{}",
+            a.text
+        );
+    }
+    // A JSON number is taken as its text, as `--input times=3` would be.
+    let ok = s
+        .start_run("hello", json!({ "who": "ada", "times": 3 }))
+        .await;
+    let doc = s.until_status(&ok, "completed").await;
+    assert_eq!(doc["run"]["inputs"]["times"], 3);
+    assert!(
+        doc["run"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("HELLO ADA X3"),
+        "{doc}"
+    );
+    // A workflow file that does not validate: its diagnostics, with where.
+    let a = s
+        .post(
+            "/v1/runs",
+            OPERATOR,
+            json!({ "workflow": "broken", "inputs": {} }),
+        )
+        .await;
+    assert_eq!(a.status, 422, "{}", a.text);
+    let d = &a.json["error"]["diagnostics"][0];
+    assert_eq!(d["code"], "spes::yaml::unknown_field", "{}", a.text);
+    assert!(
+        d["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("workflows/broken.yaml"),
+        "{}",
+        a.text
+    );
+    assert_eq!(d["line"], 3, "{}", a.text);
+    assert!(d["column"].as_u64().unwrap() > 1, "{}", a.text);
+    let list = s.get("/v1/workflows", VIEWER).await;
+    let names: Vec<&str> = list.json["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello", "pick", "signoff"]);
+    assert_eq!(
+        list.json["diagnostics"][0]["code"],
+        "spes::yaml::unknown_field"
+    );
+    let missing = s
+        .post("/v1/runs", OPERATOR, json!({ "workflow": "nope" }))
+        .await;
+    assert_eq!(missing.status, 404, "{}", missing.text);
+    assert!(missing.text.contains("its workflows: hello, pick, signoff"));
+    let unknown_field = s
+        .post(
+            "/v1/runs",
+            OPERATOR,
+            json!({ "workflow": "hello", "input": {} }),
+        )
+        .await;
+    assert_eq!(unknown_field.status, 400, "{}", unknown_field.text);
+    // The workflow with its diagram, as `spes workflow diagram` draws it.
+    let w = s.get("/v1/workflows/hello", VIEWER).await;
+    assert_eq!(w.status, 200, "{}", w.text);
+    let diagram = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(dir.path())
+        .args(["workflow", "diagram", "workflows/hello.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        w.json["mermaid"].as_str().unwrap().trim(),
+        String::from_utf8_lossy(&diagram.stdout).trim()
+    );
+    assert_eq!(w.json["inputs"][1]["name"], "who");
+    assert_eq!(w.json["inputs"][0]["type"], "integer");
+    assert_eq!(w.json["top_steps"], json!(["greet", "shout"]));
+    let c = s
+        .get("/v1/components/persona/editor?version=^1", VIEWER)
+        .await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(c.json["reference"], "persona/editor@1.0.0");
+    let c = s.get("/v1/components/persona/nobody", VIEWER).await;
+    assert_eq!(c.status, 404, "{}", c.text);
+    let l = s.get("/v1/components?kind=persona", VIEWER).await;
+    assert_eq!(l.json["components"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_list_filters_and_pages_with_a_cursor() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = s
+            .start_run("hello", json!({ "who": format!("p{i}") }))
+            .await;
+        s.until_status(&id, "completed").await;
+        ids.push(id);
+    }
+    let gated = s.start_run("signoff", json!({ "text": "x" })).await;
+    s.until_status(&gated, "waiting").await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/runs?workflow=hello&limit=2&cursor={c}"),
+            None => "/v1/runs?workflow=hello&limit=2".into(),
+        };
+        let a = s.get(&path, VIEWER).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        for r in a.json["runs"].as_array().unwrap() {
+            assert_eq!(r["workflow"], "hello");
+            seen.push(r["id"].as_str().unwrap().to_owned());
+        }
+        match a.json["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+    let waiting = s.get("/v1/runs?status=waiting", VIEWER).await;
+    assert_eq!(waiting.json["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(waiting.json["runs"][0]["id"], gated.as_str());
+    let future = s.get("/v1/runs?since=2999-01-01T00:00:00Z", VIEWER).await;
+    assert!(future.json["runs"].as_array().unwrap().is_empty());
+    let past = s.get("/v1/runs?until=2000-01-01T00:00:00Z", VIEWER).await;
+    assert!(past.json["runs"].as_array().unwrap().is_empty());
+    let all = s.get("/v1/runs?since=2000-01-01T00:00:00Z", VIEWER).await;
+    assert_eq!(all.json["runs"].as_array().unwrap().len(), 6);
+    for bad in [
+        "/v1/runs?status=sleeping",
+        "/v1/runs?since=yesterday",
+        "/v1/runs?cursor=zzz",
+        "/v1/runs?colour=red",
+    ] {
+        let a = s.get(bad, VIEWER).await;
+        assert_eq!(a.status, 400, "{bad}: {}", a.text);
+        assert_eq!(a.json["error"]["code"], "bad_request", "{bad}");
+    }
+    let prefix = &gated[..20];
+    let short = s.get(&format!("/v1/runs/{prefix}"), VIEWER).await;
+    assert_eq!(short.json["run"]["id"], gated.as_str());
+    let several = s.get(&format!("/v1/runs/{}", &gated[..4]), VIEWER).await;
+    assert_eq!(several.status, 400, "{}", several.text);
+    assert_eq!(several.json["error"]["code"], "ambiguous");
+    // Without `limit`, a page holds 50 runs.
+    for i in 0..45 {
+        s.start_run("hello", json!({ "who": format!("q{i}") }))
+            .await;
+    }
+    let first = s.get("/v1/runs", VIEWER).await;
+    assert_eq!(first.json["runs"].as_array().unwrap().len(), 50);
+    assert!(first.json["next_cursor"].is_string());
+    let none = s.get("/v1/runs/ffffffffffff", VIEWER).await;
+    assert_eq!(none.status, 404, "{}", none.text);
+    assert_eq!(none.json["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_cancel_and_fork_over_http() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s.start_run("signoff", json!({ "text": "x" })).await;
+    s.until_status(&run, "waiting").await;
+    let paused = s
+        .post(&format!("/v1/runs/{run}/pause"), OPERATOR, json!({}))
+        .await;
+    assert_eq!(paused.status, 200, "{}", paused.text);
+    assert_eq!(paused.json["run"]["status"], "paused");
+    let resumed = s
+        .post(&format!("/v1/runs/{run}/resume"), OPERATOR, json!({}))
+        .await;
+    assert_eq!(resumed.status, 202, "{}", resumed.text);
+    assert_eq!(resumed.json["queued"], false);
+    s.until_status(&run, "waiting").await;
+    let cancelled = s
+        .post(&format!("/v1/runs/{run}/cancel"), OPERATOR, json!({}))
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+    assert_eq!(cancelled.json["run"]["status"], "cancelled");
+    assert_eq!(cancelled.json["closed"].as_array().unwrap().len(), 1);
+    assert!(open_gate(&s, &run).await.is_none());
+    let late = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "approve" }),
+        )
+        .await;
+    assert_eq!(late.status, 409, "{}", late.text);
+    assert!(
+        late.text.contains("closed: the run was cancelled"),
+        "{}",
+        late.text
+    );
+    for action in ["pause", "resume", "cancel"] {
+        let a = s
+            .post(&format!("/v1/runs/{run}/{action}"), OPERATOR, json!({}))
+            .await;
+        assert_eq!(a.status, 409, "{action}: {}", a.text);
+    }
+
+    // A run whose workflow file changed since it started is not resumed.
+    let other = s.start_run("signoff", json!({ "text": "y" })).await;
+    s.until_status(&other, "waiting").await;
+    std::fs::write(
+        dir.path().join("workflows/signoff.yaml"),
+        format!("{SIGNOFF}# edited\n"),
+    )
+    .unwrap();
+    let drifted = s
+        .post(&format!("/v1/runs/{other}/resume"), OPERATOR, json!({}))
+        .await;
+    assert_eq!(drifted.status, 409, "{}", drifted.text);
+    assert!(
+        drifted
+            .text
+            .contains("resuming could mix old and new behaviour"),
+        "{}",
+        drifted.text
+    );
+
+    let done = s.start_run("hello", json!({ "who": "ada" })).await;
+    s.until_status(&done, "completed").await;
+    let forked = s
+        .post(
+            &format!("/v1/runs/{done}/fork"),
+            OPERATOR,
+            json!({ "at": "greet", "inputs": { "who": "bob" } }),
+        )
+        .await;
+    assert_eq!(forked.status, 201, "{}", forked.text);
+    let new = forked.json["run"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        forked.headers["location"],
+        format!("/v1/runs/{new}").as_str()
+    );
+    let doc = s.until_status(&new, "completed").await;
+    assert!(
+        doc["run"]["output"].as_str().unwrap().contains("HELLO BOB"),
+        "{doc}"
+    );
+    let bad = s
+        .post(
+            &format!("/v1/runs/{done}/fork"),
+            OPERATOR,
+            json!({ "at": "nope" }),
+        )
+        .await;
+    assert_eq!(bad.status, 409, "{}", bad.text);
+    assert!(bad.text.contains("has no top-level step `nope`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_key_and_the_tokens_never_appear_in_any_answer_or_log() {
+    let fake = spes_fake_llm::FakeServer::start().await.unwrap();
+    fake.require_api_key(CANARY);
+    fake.set_default(spes_fake_llm::FakeResponse::text("a fine answer"));
+    let extra = format!(
+        "\n[providers.remote]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\napi_key_env = \"SPES_SERVE_CANARY\"\nretry = \"none\"\n\n[providers.down]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"SPES_SERVE_CANARY\"\nretry = \"none\"\n",
+        fake.openai_base_url()
+    );
+    let dir = project(true, &extra);
+    std::fs::write(
+        dir.path().join("workflows/remote.yaml"),
+        "name: remote\nsteps:\n  - { name: ask, kind: llm, provider: remote, prompt: hi, output: a }\n  - { name: ok, kind: approval, show: a, output: ok }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("workflows/down.yaml"),
+        "name: down\nsteps:\n  - { name: ask, kind: llm, provider: down, prompt: hi, output: a }\n",
+    )
+    .unwrap();
+    let s = Server::start(dir.path(), &[], &[("SPES_SERVE_CANARY", CANARY)]);
+    let run = s.start_run("remote", json!({})).await;
+    s.until_status(&run, "waiting").await;
+    let failed = s.start_run("down", json!({})).await;
+    s.until_status(&failed, "failed").await;
+    assert_eq!(fake.request_count(), 1);
+    let mut bodies = Vec::new();
+    for path in [
+        "/v1/openapi.json".to_owned(),
+        "/v1/runs".into(),
+        format!("/v1/runs/{run}"),
+        format!("/v1/runs/{failed}"),
+        "/v1/gates".into(),
+        "/v1/workflows".into(),
+        "/v1/workflows/remote".into(),
+        "/v1/components".into(),
+        "/v1/nowhere".into(),
+        "/healthz".into(),
+        "/readyz".into(),
+    ] {
+        bodies.push(s.get(&path, VIEWER).await.text);
+        bodies.push(s.call("GET", &path, Some(CANARY), None).await.text);
+    }
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("/v1/runs/{run}/decisions"),
+            json!({ "action": "approve", "comments": "ok" }),
+        ),
+        ("POST", format!("/v1/runs/{failed}/resume"), json!({})),
+        (
+            "POST",
+            format!("/v1/runs/{run}/fork"),
+            json!({ "at": "ask" }),
+        ),
+        (
+            "POST",
+            "/v1/runs".into(),
+            json!({ "workflow": "remote", "inputs": { "x": 1 } }),
+        ),
+        (
+            "POST",
+            "/v1/runs".into(),
+            json!({ "workflow": "down", "provider": "remote" }),
+        ),
+        ("POST", "/v1/runs".into(), json!("not an object")),
+    ] {
+        for token in [OPERATOR, APPROVER, VIEWER] {
+            bodies.push(
+                s.call(method, &path, Some(token), Some(body.clone()))
+                    .await
+                    .text,
+            );
+        }
+    }
+    s.until_status(&run, "completed").await;
+    bodies.push(s.get(&format!("/v1/runs/{run}"), VIEWER).await.text);
+    let (code, log) = s.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let secrets = [CANARY, VIEWER, APPROVER, OPERATOR];
+    for b in &bodies {
+        for secret in secrets {
+            assert!(!b.contains(secret), "a response holds a secret: {b}");
+        }
+    }
+    assert!(log.contains("DEBUG"), "the log was at debug level: {log}");
+    for secret in secrets {
+        assert!(!log.contains(secret), "the log holds a secret:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_errors_headers_and_no_cors() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let big = "x".repeat(2 << 20);
+    let a = s
+        .post(
+            "/v1/runs",
+            OPERATOR,
+            json!({ "workflow": "hello", "inputs": { "who": big } }),
+        )
+        .await;
+    assert_eq!(a.status, 413, "{}", &a.text[..a.text.len().min(300)]);
+    assert_eq!(a.json["error"]["code"], "payload_too_large");
+    let a = s.call("GET", "/v1/nowhere", Some(VIEWER), None).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.json["error"]["code"], "not_found");
+    let a = s.call("DELETE", "/v1/runs", Some(OPERATOR), None).await;
+    assert_eq!(a.status, 405, "{}", a.text);
+    assert_eq!(a.json["error"]["code"], "method_not_allowed");
+    let a = s
+        .http
+        .post(format!("{}/v1/runs", s.base))
+        .bearer_auth(OPERATOR)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 400);
+    let body: Value = a.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    for path in ["/healthz", "/v1/runs", "/v1/nowhere"] {
+        let a = s
+            .http
+            .get(format!("{}{path}", s.base))
+            .bearer_auth(VIEWER)
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        let h = a.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(
+            h["content-security-policy"], "default-src 'self'; frame-ancestors 'none'",
+            "{path}"
+        );
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert!(h.get("access-control-allow-origin").is_none(), "{path}");
+    }
+    let pre = s
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/runs", s.base))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_3_1_and_lists_every_route() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let a = s.get("/v1/openapi.json", VIEWER).await;
+    assert_eq!(a.status, 200);
+    let doc = a.json;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/v1/openapi.json", "get"),
+        ("/v1/runs", "get"),
+        ("/v1/runs", "post"),
+        ("/v1/runs/{run}", "get"),
+        ("/v1/runs/{run}/pause", "post"),
+        ("/v1/runs/{run}/resume", "post"),
+        ("/v1/runs/{run}/cancel", "post"),
+        ("/v1/runs/{run}/fork", "post"),
+        ("/v1/runs/{run}/decisions", "post"),
+        ("/v1/gates", "get"),
+        ("/v1/runs/{run}/events", "get"),
+        ("/v1/gates/events", "get"),
+        ("/v1/workflows", "get"),
+        ("/v1/workflows/{name}", "get"),
+        ("/v1/components", "get"),
+        ("/v1/components/{kind}/{name}", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    assert_eq!(paths.len(), 17);
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "RunShow",
+        "RunSummary",
+        "GateList",
+        "ErrorBody",
+        "DecideRequest",
+        "RunPage",
+    ] {
+        assert!(schemas.contains_key(name), "{name} missing");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    // Every $ref points at a schema the document has.
+    let text = doc.to_string();
+    for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = part.split('"').next().unwrap();
+        assert!(schemas.contains_key(name), "dangling $ref {name}");
+    }
+}
+
+#[test]
+fn serving_a_public_address_without_tokens_or_with_a_missing_token_variable_is_refused() {
+    let dir = project(false, "");
+    let out = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(dir.path())
+        .args(["serve", "--bind", "0.0.0.0:0"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: refusing to serve on 0.0.0.0:0 with no access tokens"),
+        "{err}"
+    );
+    let dir = project(true, "");
+    let out = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(dir.path())
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .env_remove("SPES_T_ALICE")
+        .env("SPES_T_VERA", "v")
+        .env("SPES_T_OTTO", "o")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("token `alice` ([server.tokens.alice] in spes.toml) reads environment variable SPES_T_ALICE, which is not set"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_a_loopback_server_takes_every_caller_as_the_os_user() {
+    let dir = project(false, "\n[server]\nworkflows = [\"workflows\", \"more\"]\n");
+    std::fs::create_dir_all(dir.path().join("more/deep")).unwrap();
+    std::fs::write(
+        dir.path().join("more/deep/extra.yml"),
+        "name: extra\nsteps:\n  - { name: a, kind: llm, prompt: hi, output: a }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("more/notes.txt"), "not a workflow").unwrap();
+    let s = Server::start(dir.path(), &[], &[("USER", "dora")]);
+    let run = s.start_run("signoff", json!({ "text": "x" })).await;
+    s.until_status(&run, "waiting").await;
+    let a = s
+        .call(
+            "POST",
+            &format!("/v1/runs/{run}/decisions"),
+            None,
+            Some(json!({ "action": "approve" })),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json["by"], "dora");
+    s.until_status(&run, "completed").await;
+    let names: Vec<String> = s.call("GET", "/v1/workflows", None, None).await.json["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["extra", "hello", "pick", "signoff"]);
+    let (code, log) = s.stop_with("INT");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("no tokens: every local caller is an operator"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_runs_are_queued_and_executed_by_the_servers_workers() {
+    let schema = spes_store::testing::postgres::TestSchema::new().await;
+    let dir = project(true, "");
+    let s = Server::start(
+        dir.path(),
+        &["--store", schema.url(), "--workers", "2"],
+        &[],
+    );
+    let a = s
+        .post(
+            "/v1/runs",
+            OPERATOR,
+            json!({ "workflow": "signoff", "inputs": { "text": "pg" } }),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(a.json["queued"], true);
+    assert_eq!(a.json["run"]["status"], "pending");
+    let run = a.json["run"]["id"].as_str().unwrap().to_owned();
+    s.until_status(&run, "waiting").await;
+    let d = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "approve" }),
+        )
+        .await;
+    assert_eq!(d.status, 200, "{}", d.text);
+    assert_eq!(d.json["queued"], true);
+    let doc = s.until_status(&run, "completed").await;
+    assert_eq!(doc["gates"][0]["decision"]["by"], "alice");
+    let page = s
+        .get("/v1/runs?workflow=signoff&status=completed", VIEWER)
+        .await;
+    assert_eq!(page.json["runs"][0]["id"], run.as_str());
+    let (code, log) = s.stop();
+    assert_eq!(code, Some(0), "{log}");
+    // --workers needs a shared store.
+    let out = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(dir.path())
+        .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])
+        .envs(TOKENS.iter().map(|t| (t.1, t.2)))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--workers needs a shared store"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_and_gives_back_the_runs_it_executes() {
+    let fake = spes_fake_llm::FakeServer::start().await.unwrap();
+    fake.set_default(spes_fake_llm::FakeResponse::hang());
+    let extra = format!(
+        "\n[providers.slow]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\nretry = \"none\"\n",
+        fake.openai_base_url()
+    );
+    let dir = project(true, &extra);
+    std::fs::write(
+        dir.path().join("workflows/slow.yaml"),
+        "name: slow\nsteps:\n  - { name: ask, kind: llm, provider: slow, prompt: hi, output: a }\n",
+    )
+    .unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s.start_run("slow", json!({})).await;
+    // In flight: the model was asked and has not answered.
+    let started = Instant::now();
+    while fake.request_count() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", s.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        s.get(&format!("/v1/runs/{run}"), VIEWER).await.json["run"]["status"],
+        "running"
+    );
+    let (code, log) = s.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains(&format!("run {run} interrupted")), "{log}");
+    assert!(log.contains("spes serve: stopped"), "{log}");
+    let out = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(dir.path())
+        .args(["runs", "show", &run, "--json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["run"]["status"], "interrupted", "{doc}");
+    assert_eq!(doc["run"]["owner"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_applies_a_passed_gate_deadline_and_continues_the_run() {
+    let dir = project(true, "");
+    std::fs::write(
+        dir.path().join("workflows/timed.yaml"),
+        "name: timed\nsteps:\n  - { name: a, kind: llm, prompt: hi, output: a }\n  - { name: ok, kind: approval, show: a, deadline: 300ms, on_timeout: approve, output: ok }\noutput: ok\n",
+    )
+    .unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s.start_run("timed", json!({})).await;
+    // Nobody answers or looks (the list applies no deadline): the server's
+    // timer decides, and the server continues the run.
+    let started = Instant::now();
+    loop {
+        let page = s.get("/v1/runs?status=completed", VIEWER).await;
+        if page.json["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == run.as_str())
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", s.log());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let doc = s.get(&format!("/v1/runs/{run}"), VIEWER).await.json;
+    assert_eq!(doc["gates"][0]["decision"]["by"], "deadline", "{doc}");
+    assert_eq!(doc["run"]["output"]["timed_out"], true, "{doc}");
+    assert_eq!(doc["run"]["output"]["status"], "approved", "{doc}");
+}
+
+/// One Server-Sent Event: its name, id and data.
+#[derive(Debug, Clone)]
+struct Sse {
+    event: String,
+    id: Option<String>,
+    data: Value,
+}
+
+/// Reads events from a stream until `stop` holds on the last one (or the
+/// stream ends, which `ended` reports).
+struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+    ended: bool,
+}
+
+impl SseReader {
+    async fn open(s: &Server, path: &str, last_id: Option<&str>) -> Self {
+        let mut req = s
+            .http
+            .get(format!("{}{path}", s.base))
+            .bearer_auth(VIEWER)
+            .timeout(Duration::from_secs(120));
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        Self {
+            resp,
+            buf: String::new(),
+            ended: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(pos) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..pos + 2).collect();
+                let mut e = Sse {
+                    event: "message".into(),
+                    id: None,
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        e.event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        e.id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                e.data = serde_json::from_str(&data).unwrap();
+                return Some(e);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.resp.chunk())
+                .await
+                .expect("an event within 30 s")
+                .unwrap();
+            match chunk {
+                Some(c) => self.buf.push_str(&String::from_utf8_lossy(&c)),
+                None => {
+                    self.ended = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn until(&mut self, stop: impl Fn(&Sse) -> bool) -> Vec<Sse> {
+        let mut seen = Vec::new();
+        while let Some(e) = self.next().await {
+            let done = stop(&e);
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+        panic!("the stream ended before the awaited event: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_events_stream_live_and_a_reconnect_with_last_event_id_misses_nothing() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s.start_run("signoff", json!({ "text": "live" })).await;
+    let mut live = SseReader::open(&s, &format!("/v1/runs/{run}/events"), None).await;
+    let first = live
+        .until(|e| e.event == "status" && e.data["status"] == "waiting")
+        .await;
+    assert_eq!(first[0].event, "status", "{first:?}");
+    let d = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "approve" }),
+        )
+        .await;
+    assert_eq!(d.status, 200, "{}", d.text);
+    let rest = live.until(|e| e.event == "end").await;
+    assert_eq!(rest.last().unwrap().data["status"], "completed");
+    assert!(
+        rest.iter()
+            .any(|e| e.event == "entry" && e.data["kind"] == "decision"),
+        "{rest:?}"
+    );
+    assert!(live.next().await.is_none() && live.ended);
+    let all_ids: Vec<i64> = first
+        .iter()
+        .chain(&rest)
+        .filter_map(|e| e.id.as_deref().map(|i| i.parse().unwrap()))
+        .collect();
+    assert!(all_ids.len() >= 2, "{all_ids:?}");
+    assert_eq!(all_ids, (1..=all_ids.len() as i64).collect::<Vec<_>>());
+    // Reconnecting after entry 1: every later entry, none before.
+    let mut again = SseReader::open(&s, &format!("/v1/runs/{run}/events"), Some("1")).await;
+    let replay = again.until(|e| e.event == "end").await;
+    let replay_ids: Vec<i64> = replay
+        .iter()
+        .filter_map(|e| e.id.as_deref().map(|i| i.parse().unwrap()))
+        .collect();
+    assert_eq!(replay_ids, all_ids[1..].to_vec());
+    let bad = s
+        .http
+        .get(format!("{}/v1/runs/{run}/events", s.base))
+        .bearer_auth(VIEWER)
+        .header("last-event-id", "soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_stream_shows_gates_opening_and_closing() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let none = s.call("GET", "/v1/gates/events", None, None).await;
+    assert_eq!(none.status, 401);
+    let mut inbox = SseReader::open(&s, "/v1/gates/events", None).await;
+    let snap = inbox.next().await.unwrap();
+    assert_eq!(snap.event, "snapshot");
+    assert_eq!(snap.data["gates"], json!([]));
+    let run = s.start_run("signoff", json!({ "text": "inbox" })).await;
+    let opened = inbox.until(|e| e.event == "opened").await;
+    let gate = &opened.last().unwrap().data;
+    assert_eq!(gate["run_id"], run.as_str());
+    assert_eq!(gate["kind"], "approval");
+    let d = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "reject", "reason": "no" }),
+        )
+        .await;
+    assert_eq!(d.status, 200, "{}", d.text);
+    let closed = inbox.until(|e| e.event == "closed").await;
+    assert_eq!(
+        closed.last().unwrap().data,
+        json!({ "run_id": run, "key": gate["key"] })
+    );
+}

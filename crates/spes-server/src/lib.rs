@@ -1,0 +1,247 @@
+//! spes HTTP API: runs, human gates, workflows and components, over axum.
+//!
+//! The server is a front door like the CLI: handlers parse, call
+//! `spes_engine` (its operations in [`spes_engine::ops`], its engine) and
+//! answer with the same shapes the CLI prints with `--json`
+//! ([`spes_engine::view`]). The project's files are read through
+//! [`Project`], which the `spes` binary implements with the same loading
+//! and validation as its commands, so an input `spes run` refuses is
+//! refused here with the same diagnostics.
+//!
+//! [`router`] builds the whole API; [`AppState::new`] takes the store, the
+//! project and the [`auth::Auth`] built from `[server.tokens]`. Runs
+//! started through the API execute in this process ([`exec`]) on a store
+//! without a work queue (SQLite), and are queued for the workers on one
+//! with a queue (PostgreSQL), as `spes run --detach` does.
+//!
+//! Routes (`/v1/openapi.json` describes them; docs/FORMAT.md, "spes serve"):
+//!
+//! | route | role |
+//! |---|---|
+//! | `GET /healthz`, `GET /readyz` | none |
+//! | `GET /v1/...` (runs, gates, their event streams, workflows, components, openapi.json) | viewer |
+//! | `POST /v1/runs/{run}/decisions` | approver |
+//! | `POST /v1/runs`, `POST /v1/runs/{run}/{pause,resume,cancel,fork}` | operator |
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod exec;
+pub mod openapi;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+use spes_core::Diagnostics;
+use spes_core::component::ComponentRegistry;
+use spes_core::config::Role;
+use spes_core::workflow::Workflow;
+use spes_engine::{Engine, WorkflowSource};
+use spes_store::RunStore;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::auth::{Auth, Caller};
+use crate::error::ApiError;
+
+/// Largest request body read (1 MiB); a larger one is answered 413.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// A workflow file, loaded and validated.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated workflow.
+    pub workflow: Workflow,
+    /// Warnings found while validating.
+    pub warnings: Diagnostics,
+    /// The text that was validated, as a run pins it.
+    pub source: WorkflowSource,
+}
+
+/// What the server needs of the project it serves. The `spes` binary
+/// implements it with the functions its commands use, so the server loads,
+/// validates and checks exactly as `spes run` does.
+pub trait Project: Send + Sync + 'static {
+    /// The workflow files the server offers (`[server] workflows`).
+    fn workflow_files(&self) -> Vec<PathBuf>;
+    /// Loads and validates a workflow file.
+    fn load(&self, file: &Path) -> Result<Loaded, Diagnostics>;
+    /// The checks `spes run` makes on inputs before binding them (a
+    /// required input given as blank text is refused).
+    fn check_inputs(
+        &self,
+        wf: &Workflow,
+        inputs: &BTreeMap<String, Value>,
+    ) -> Result<(), Diagnostics>;
+    /// An engine with every configured provider; `provider` is the default
+    /// one (a run's pinned provider), else the project's default.
+    fn engine(&self, provider: Option<&str>) -> Result<Engine, String>;
+    /// The project's components, and the problems loading them.
+    fn components(&self) -> (ComponentRegistry, Diagnostics);
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) store: Arc<dyn RunStore>,
+    pub(crate) project: Arc<dyn Project>,
+    pub(crate) auth: Arc<Auth>,
+    pub(crate) exec: exec::Executor,
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store.describe())
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The state of a server over `store`, serving `project`.
+    pub fn new(store: Arc<dyn RunStore>, project: Arc<dyn Project>, auth: Auth) -> Self {
+        let exec = exec::Executor::new(store.clone(), project.clone());
+        Self {
+            store,
+            project,
+            auth: Arc::new(auth),
+            exec,
+            streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
+        }
+    }
+
+    /// Runs executing in this process, and the deadline timer.
+    #[must_use]
+    pub fn executor(&self) -> &exec::Executor {
+        &self.exec
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let read = Router::new()
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/runs", get(api::list_runs))
+        .route("/v1/runs/{run}", get(api::show_run))
+        .route("/v1/runs/{run}/events", get(events::run_events))
+        .route("/v1/gates", get(api::pending_gates))
+        .route("/v1/gates/events", get(events::gate_events))
+        .route("/v1/workflows", get(api::list_workflows))
+        .route("/v1/workflows/{name}", get(api::show_workflow))
+        .route("/v1/components", get(api::list_components))
+        .route("/v1/components/{kind}/{name}", get(api::show_component))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), Role::Viewer),
+            authorize,
+        ));
+    let decide = Router::new()
+        .route("/v1/runs/{run}/decisions", post(api::decide))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), Role::Approver),
+            authorize,
+        ));
+    let operate = Router::new()
+        .route("/v1/runs", post(api::start_run))
+        .route("/v1/runs/{run}/pause", post(api::pause_run))
+        .route("/v1/runs/{run}/resume", post(api::resume_run))
+        .route("/v1/runs/{run}/cancel", post(api::cancel_run))
+        .route("/v1/runs/{run}/fork", post(api::fork_run))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), Role::Operator),
+            authorize,
+        ));
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .merge(read)
+        .merge(decide)
+        .merge(operate)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .with_state(state)
+}
+
+/// Lets the request through when its caller may act as `need`: 401
+/// without a known token, 403 with a role too low. The caller goes into
+/// the request's extensions (decisions record its name).
+async fn authorize(
+    State((state, need)): State<(AppState, Role)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(caller) = state.auth.caller(bearer) else {
+        return ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            if bearer.is_some() {
+                "the token is not valid"
+            } else {
+                "this route needs a token: Authorization: Bearer TOKEN"
+            },
+        )
+        .into_response();
+    };
+    if caller.role < need {
+        return ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token `{}` is a {}; this needs an {}",
+                caller.name,
+                caller.role.as_str(),
+                need.as_str()
+            ),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert::<Caller>(caller);
+    next.run(req).await
+}

@@ -1,0 +1,65 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and
+//! the Rust types of every request and answer.
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::api;
+
+/// The API's description.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "spes", description = "Runs, human gates, workflows and components of a spes project."),
+    paths(
+        api::healthz,
+        api::readyz,
+        document,
+        api::list_runs,
+        api::start_run,
+        api::show_run,
+        api::pause_run,
+        api::resume_run,
+        api::cancel_run,
+        api::fork_run,
+        api::decide,
+        api::pending_gates,
+        crate::events::run_events,
+        crate::events::gate_events,
+        api::list_workflows,
+        api::show_workflow,
+        api::list_components,
+        api::show_component,
+    ),
+    modifiers(&Bearer),
+    tags(
+        (name = "runs", description = "Start, list, show, pause, resume, cancel and fork runs"),
+        (name = "gates", description = "Gates waiting for a human, and decisions"),
+        (name = "workflows", description = "The project's workflows"),
+        (name = "components", description = "The project's prompt components"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "health",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

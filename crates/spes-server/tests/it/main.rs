@@ -1,0 +1,126 @@
+//! The router without a socket (`router(state).oneshot(request)`), over a
+//! real SQLite store; the whole server over HTTP is tested through `spes
+//! serve` in spes-cli's `tests/serve.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use spes_core::Diagnostics;
+use spes_core::component::ComponentRegistry;
+use spes_core::workflow::Workflow;
+use spes_engine::Engine;
+use spes_server::auth::Auth;
+use spes_server::{AppState, Loaded, Project, router};
+use spes_store::RunStore;
+use spes_store::sqlite::{SqliteOptions, SqliteStore};
+use tower::ServiceExt;
+
+/// A project with no workflow and no component.
+struct Empty;
+
+impl Project for Empty {
+    fn workflow_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    fn load(&self, _: &Path) -> Result<Loaded, Diagnostics> {
+        Err(Diagnostics::default())
+    }
+    fn check_inputs(&self, _: &Workflow, _: &BTreeMap<String, Value>) -> Result<(), Diagnostics> {
+        Ok(())
+    }
+    fn engine(&self, _: Option<&str>) -> Result<Engine, String> {
+        Ok(Engine::builder().build())
+    }
+    fn components(&self) -> (ComponentRegistry, Diagnostics) {
+        (
+            ComponentRegistry::from_components(vec![]),
+            Diagnostics::default(),
+        )
+    }
+}
+
+async fn state() -> (AppState, Arc<dyn RunStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(&dir.path().join("spes.db"), SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let auth = Auth::from_config(
+        &BTreeMap::new(),
+        &|_| None,
+        "127.0.0.1:7700".parse().unwrap(),
+        "tester",
+    )
+    .unwrap();
+    (
+        AppState::new(store.clone(), Arc::new(Empty), auth),
+        store,
+        dir,
+    )
+}
+
+async fn get(state: &AppState, path: &str) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let resp = router(state.clone())
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        headers,
+    )
+}
+
+#[tokio::test]
+async fn readyz_is_503_with_a_generic_message_once_the_store_is_gone() {
+    let (state, store, dir) = state().await;
+    let (status, body, headers) = get(&state, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ready");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["cache-control"], "no-store");
+    store.close().await;
+    let (status, body, _) = get(&state, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert_eq!(msg, "the run store is unavailable; try again later");
+    assert!(!msg.contains(&dir.path().display().to_string()));
+    // The process still answers.
+    assert_eq!(get(&state, "/healthz").await.0, StatusCode::OK);
+    let (status, body, _) = get(&state, "/v1/runs").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
+
+#[tokio::test]
+async fn an_empty_project_lists_nothing_and_unknown_names_are_404() {
+    let (state, _store, _dir) = state().await;
+    let (status, body, _) = get(&state, "/v1/workflows").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["workflows"], serde_json::json!([]));
+    let (status, body, _) = get(&state, "/v1/workflows/triage").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body["error"]["message"],
+        "no workflow `triage` in this project; its workflows: none"
+    );
+    let (status, body, _) = get(&state, "/v1/runs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        serde_json::json!({ "schema": 1, "runs": [], "next_cursor": null })
+    );
+    let (status, _, _) = get(&state, "/v1/components/persona/x?version=not-a-version").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
