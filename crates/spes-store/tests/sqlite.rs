@@ -805,3 +805,96 @@ async fn a_closed_store_is_whole_in_its_database_file_and_keeps_its_wal_file() {
     assert_eq!(store.entries(&run).await.unwrap().len(), 51);
     store.close().await;
 }
+
+/// A lone append is one command to the writer's thread (`BEGIN; INSERT;
+/// COMMIT`) that sqlx does not track as a transaction. A caller that gives
+/// up mid-way (its future dropped after one poll) must not leave that
+/// transaction open on a pooled connection: every later append commits,
+/// and each given-up append is either committed once or absent.
+#[tokio::test]
+async fn appends_given_up_mid_way_leave_no_transaction_open() {
+    let (_dir, path) = temp();
+    let store = open(&path).await.unwrap();
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    for i in 0..40 {
+        {
+            let (key, payload) = (format!("dropped{i}"), json!(i));
+            let dropped = store.append(&run.id, &key, "model", &payload);
+            tokio::pin!(dropped);
+            tokio::select! {
+                biased;
+                _ = &mut dropped => {}
+                () = std::future::ready(()) => {}
+            }
+        }
+        assert!(matches!(
+            store
+                .append(&run.id, &format!("after{i}"), "model", &json!(i))
+                .await
+                .unwrap(),
+            Appended::New(_)
+        ));
+    }
+    let keys: Vec<String> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    for i in 0..40 {
+        assert!(keys.contains(&format!("after{i}")), "{keys:?}");
+        assert!(keys.iter().filter(|k| **k == format!("dropped{i}")).count() <= 1);
+    }
+    store.close().await;
+    // Nothing half-done in the file.
+    let store = open(&path).await.unwrap();
+    assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    store.close().await;
+}
+
+/// The same, dropped while the command waits for the write lock that
+/// another connection holds: the command then runs on without its caller
+/// (BEGIN, then an INSERT whose row nobody takes, so no COMMIT). The
+/// connection it leaves in a transaction must not serve the next append.
+#[tokio::test]
+async fn an_append_given_up_while_waiting_for_the_lock_leaves_no_transaction_open() {
+    let (_dir, path) = temp();
+    let store = open(&path).await.unwrap();
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    let mut other = raw(&path).await;
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    {
+        let payload = json!(1);
+        let waiting = store.append(&run.id, "given-up", "model", &payload);
+        // It cannot finish while `other` holds the lock.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), waiting)
+                .await
+                .is_err()
+        );
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    assert!(matches!(
+        store
+            .append(&run.id, "next", "model", &json!(2))
+            .await
+            .unwrap(),
+        Appended::New(_)
+    ));
+    let keys: Vec<String> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert!(keys.contains(&"next".to_owned()), "{keys:?}");
+    store.close().await;
+}

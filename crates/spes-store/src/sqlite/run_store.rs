@@ -558,6 +558,9 @@ impl SqliteStore {
         let reqs = &reqs;
         let outcome = self
             .retry(|| async move {
+                if let [one] = reqs.as_slice() {
+                    return Ok(vec![self.append_one_shot(one).await?]);
+                }
                 let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
                 let mut outs = Vec::with_capacity(reqs.len());
                 let at = fmt_time(now());
@@ -574,6 +577,87 @@ impl SqliteStore {
             self.committed().await;
         }
         answer_appends(batch, outcome);
+    }
+
+    /// A lone append (a sequential step) as one command to the writer's
+    /// thread: `BEGIN IMMEDIATE; INSERT ... RETURNING seq; COMMIT`, one
+    /// round trip instead of three. sqlx does not track this transaction,
+    /// so it is ended here on every path: an error rolls it back before the
+    /// connection goes back to the pool, and a caller that gives up mid-way
+    /// (its future dropped) closes the connection instead, which rolls back
+    /// whatever the command left open.
+    async fn append_one_shot(&self, r: &AppendReq) -> Result<Result<Appended>, Fail> {
+        /// Closes the connection when dropped before the command finished.
+        struct Unfinished(Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>);
+        impl Drop for Unfinished {
+            fn drop(&mut self) {
+                if let Some(c) = self.0.as_mut() {
+                    c.close_on_drop();
+                }
+            }
+        }
+        let run_id = r.run.to_string();
+        let mut conn = Unfinished(Some(self.writer.acquire().await?));
+        let c = conn.0.as_mut().ok_or_else(|| {
+            Fail::Store(StoreError::Backend("the writer connection is gone".into()))
+        })?;
+        let rows = sqlx::query(
+            "BEGIN IMMEDIATE; \
+             INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
+             ON CONFLICT (run_id, key) DO NOTHING RETURNING seq; \
+             COMMIT",
+        )
+        .bind(&run_id)
+        .bind(&r.key)
+        .bind(&r.kind)
+        .bind(&r.payload)
+        .bind(fmt_time(now()))
+        // Every statement runs: `fetch_all` (a row limit would stop before COMMIT).
+        .fetch_all(&mut **c)
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Nothing was committed; end what the command began. A
+                // failed COMMIT (a full disk) leaves the transaction open.
+                match sqlx::raw_sql("ROLLBACK").execute(&mut **c).await {
+                    Ok(_) => {}
+                    Err(re) if re.to_string().contains("no transaction is active") => {}
+                    // Unsure what is open: the connection is closed, not reused.
+                    Err(_) => return Err(Fail::Sql(e)),
+                }
+                conn.0.take();
+                // A foreign key failing at the insert is an unknown run; one
+                // failing at COMMIT (a deferred constraint) is the commit's.
+                if constraint(&e) == Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) {
+                    let exists = sqlx::query_scalar::<_, i64>("SELECT 1 FROM runs WHERE id = ?1")
+                        .bind(&run_id)
+                        .fetch_optional(&self.writer)
+                        .await?;
+                    if exists.is_none() {
+                        return Ok(Err(StoreError::NotFound(format!("no run {}", r.run))));
+                    }
+                }
+                return Err(Fail::Sql(e));
+            }
+        };
+        // Done: the connection goes back to the pool.
+        conn.0.take();
+        match rows.first() {
+            Some(row) => Ok(Ok(Appended::New(row.try_get::<i64, _>(0)?))),
+            // The key was taken: the first commit wins; entries never change.
+            None => {
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
+                )))
+                .bind(&run_id)
+                .bind(&r.key)
+                .fetch_one(&self.writer)
+                .await?;
+                Ok(Ok(Appended::Existing(self.entry_from(&row)?)))
+            }
+        }
     }
 
     /// One append inside the batch's transaction. The sequence number is
