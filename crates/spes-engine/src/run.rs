@@ -177,6 +177,11 @@ impl Control {
     /// then seen by the check before the next call. Commits that finish
     /// together share one read.
     async fn refresh_after(&self, since: std::time::Instant) {
+        // The journal commit that just ended read it (SQLite).
+        if let Some(status) = self.store.status_read_by_commit(&self.run, since) {
+            self.saw(status, since);
+            return;
+        }
         let _one = self.reading.lock().await;
         let seen = self.seen.lock().ok().and_then(|s| *s);
         if seen.is_none_or(|(_, at)| at < since) {
@@ -913,14 +918,25 @@ impl<'e> Exec<'e> {
             components,
             response,
         };
-        // The run's status is read beside the commit (another connection,
-        // off the commit's path), for the check before the next call.
+        // The run's status, for the check before the next call: read by
+        // the commit itself where the store does (SQLite), else beside the
+        // commit (another connection, off the commit's path).
         let returned = std::time::Instant::now();
-        let (winner, ()) = tokio::join!(self.journal.record(key, effect), async {
-            if let Some(c) = &self.control {
+        let winner = match &self.control {
+            Some(c) if c.store.commits_read_status() => {
+                let winner = self.journal.record(key, effect).await;
                 c.refresh_after(returned).await;
+                winner
             }
-        });
+            _ => {
+                let (winner, ()) = tokio::join!(self.journal.record(key, effect), async {
+                    if let Some(c) = &self.control {
+                        c.refresh_after(returned).await;
+                    }
+                });
+                winner
+            }
+        };
         let winner = winner.map_err(|e| e.stop(key, loc))?;
         self.model_calls += 1;
         match winner {

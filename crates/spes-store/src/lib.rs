@@ -228,6 +228,23 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         Ok(self.run(id).await?.map(|r| r.status))
     }
 
+    /// Whether this store's journal commits read the run's status inside
+    /// their own transaction (see [`RunStore::status_read_by_commit`]). A
+    /// caller that wants the status after a commit then asks for it after
+    /// the commit instead of reading it on another connection beside it.
+    fn commits_read_status(&self) -> bool {
+        false
+    }
+
+    /// The run's status as read inside the last successful journal commit
+    /// of this handle for the run, if that commit began at or after
+    /// `since`; `None` otherwise (and always, for stores whose commits do
+    /// not read it).
+    fn status_read_by_commit(&self, id: &RunId, since: std::time::Instant) -> Option<RunStatus> {
+        let _ = (id, since);
+        None
+    }
+
     /// The shared work queue, for stores that many workers can share
     /// (PostgreSQL); `None` for single-machine stores.
     fn queue(&self) -> Option<&dyn queue::TaskQueue> {

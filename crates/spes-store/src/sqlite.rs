@@ -189,6 +189,10 @@ pub struct SqliteStore {
     commits: AtomicU64,
     /// Appends waiting to be committed together.
     appends: crate::group::Appends,
+    /// Each run's status as its last lone journal append read it, and
+    /// when that append began ([`RunStore::status_read_by_commit`]).
+    statuses:
+        std::sync::Mutex<std::collections::HashMap<crate::RunId, (crate::RunStatus, Instant)>>,
 }
 
 /// Why one attempt failed: a database error (maybe worth retrying) or a
@@ -401,6 +405,7 @@ impl SqliteStore {
             readers,
             commits: AtomicU64::new(0),
             appends: crate::group::Appends::new(crate::group::MAX_BATCH),
+            statuses: std::sync::Mutex::default(),
         };
         if matches!(state, schema::FileState::Database { current: true }) {
             // The probe's checks (identity, quick_check) on the writer: a

@@ -532,6 +532,17 @@ impl RunStore for SqliteStore {
     async fn close(&self) {
         Self::close(self).await;
     }
+
+    fn commits_read_status(&self) -> bool {
+        true
+    }
+
+    fn status_read_by_commit(&self, id: &RunId, since: std::time::Instant) -> Option<RunStatus> {
+        let seen = self.statuses.lock().ok()?;
+        seen.get(id)
+            .filter(|(_, began)| *began >= since)
+            .map(|(st, _)| *st)
+    }
 }
 
 fn decided_already(store: &SqliteStore, decision: &str, at: &str) -> Result<Decided, Fail> {
@@ -597,6 +608,7 @@ impl SqliteStore {
             }
         }
         let run_id = r.run.to_string();
+        let began = std::time::Instant::now();
         let mut conn = Unfinished(Some(self.writer.acquire().await?));
         let c = conn.0.as_mut().ok_or_else(|| {
             Fail::Store(StoreError::Backend("the writer connection is gone".into()))
@@ -605,7 +617,8 @@ impl SqliteStore {
             "BEGIN IMMEDIATE; \
              INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
              SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
-             ON CONFLICT (run_id, key) DO NOTHING RETURNING seq; \
+             ON CONFLICT (run_id, key) DO NOTHING \
+             RETURNING seq, (SELECT status FROM runs WHERE id = ?1); \
              COMMIT",
         )
         .bind(&run_id)
@@ -645,7 +658,22 @@ impl SqliteStore {
         // Done: the connection goes back to the pool.
         conn.0.take();
         match rows.first() {
-            Some(row) => Ok(Ok(Appended::New(row.try_get::<i64, _>(0)?))),
+            Some(row) => {
+                // The run's status, read under the write lock in the same
+                // statement (a pause or cancel committed before it is
+                // seen): the engine needs no read of its own after it.
+                let status = row
+                    .try_get::<Option<String>, _>(1)?
+                    .and_then(|s| s.parse::<RunStatus>().ok());
+                if let (Some(st), Ok(mut seen)) = (status, self.statuses.lock()) {
+                    // Bounded: a long-lived process sees many runs.
+                    if seen.len() > 4096 {
+                        seen.clear();
+                    }
+                    seen.insert(r.run, (st, began));
+                }
+                Ok(Ok(Appended::New(row.try_get::<i64, _>(0)?)))
+            }
             // The key was taken: the first commit wins; entries never change.
             None => {
                 let row = sqlx::query(AssertSqlSafe(format!(
