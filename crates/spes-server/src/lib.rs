@@ -200,6 +200,40 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Why a request to a server without tokens is refused: a `Host` or an
+/// `Origin` header that names anything but this machine's loopback.
+fn foreign_request(headers: &axum::http::HeaderMap) -> Option<String> {
+    let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
+    if let Some(host) = text(header::HOST)
+        && !loopback_authority(host)
+    {
+        return Some(format!(
+            "this server has no access tokens and answers only requests to a loopback name (localhost, 127.0.0.1, [::1]), not `{host}`; configure [server.tokens] to serve other names"
+        ));
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let host = origin.split_once("://").map(|(_, rest)| rest);
+        if !host.is_some_and(loopback_authority) {
+            return Some(format!(
+                "this server has no access tokens and refuses requests from web pages of another origin (`{origin}`); configure [server.tokens] to let a page call it"
+            ));
+        }
+    }
+    None
+}
+
+/// `localhost`, a loopback IP (`127.0.0.1`, `[::1]`), with or without a port.
+fn loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(h, _)| h),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Lets the request through when its caller may act as `need`: 401
 /// without a known token, 403 with a role too low. The caller goes into
 /// the request's extensions (decisions record its name).
@@ -217,6 +251,15 @@ async fn authorize(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
+    // With no tokens, anything on this machine may call, but no web page:
+    // a page elsewhere can send a form to 127.0.0.1 (CSRF) or rebind its
+    // own name to it (DNS rebinding). Browsers name both in `Origin` and
+    // `Host`; other clients send loopback names or none.
+    if !state.auth.needs_token()
+        && let Some(why) = foreign_request(req.headers())
+    {
+        return ApiError::new(axum::http::StatusCode::FORBIDDEN, "forbidden", why).into_response();
+    }
     let Some(caller) = state.auth.caller(bearer) else {
         return ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,

@@ -124,3 +124,61 @@ async fn an_empty_project_lists_nothing_and_unknown_names_are_404() {
     let (status, _, _) = get(&state, "/v1/components/persona/x?version=not-a-version").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// Without tokens the server is open to this machine, not to web pages:
+/// a request naming another host (DNS rebinding) or coming from a page of
+/// another origin (CSRF) is refused; loopback names and plain clients pass.
+#[tokio::test]
+async fn without_tokens_foreign_hosts_and_origins_are_refused() {
+    let (state, _store, _dir) = state().await;
+    let call = |host: Option<&'static str>, origin: Option<&'static str>, method: &'static str| {
+        let state = state.clone();
+        async move {
+            let mut req = Request::builder()
+                .method(method)
+                .uri("/v1/runs/0000abcd/cancel");
+            if method == "GET" {
+                req = Request::builder().method(method).uri("/v1/runs");
+            }
+            if let Some(h) = host {
+                req = req.header("host", h);
+            }
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            router(state)
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Another name for this machine, or a page elsewhere: refused.
+    assert_eq!(
+        call(Some("evil.example:7700"), None, "GET").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(Some("127.0.0.1:7700"), Some("http://evil.example"), "POST").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(Some("127.0.0.1:7700"), Some("null"), "POST").await,
+        StatusCode::FORBIDDEN
+    );
+    // Loopback names (and a client that names no host) pass auth; the
+    // cancel of an unknown run is then a 404.
+    assert_eq!(
+        call(Some("127.0.0.1:7700"), None, "GET").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(Some("localhost"), Some("http://localhost:7700"), "GET").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(Some("[::1]:7700"), Some("http://[::1]:7700"), "POST").await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(call(None, None, "POST").await, StatusCode::NOT_FOUND);
+}
