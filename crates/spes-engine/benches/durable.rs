@@ -194,9 +194,9 @@ async fn commit_cost() {
     postgres_cost(&wf, &source, &engine, mem).await;
 }
 
-/// The median of a bare commit loop on a raw SQLite connection: what one
-/// durable write cannot go below on this disk.
-async fn bare_sqlite_commit(durability: Durability, n: usize) -> f64 {
+/// A raw SQLite connection (WAL, `durability`) to a new file holding one
+/// table `t (k, v)`, for the bare commit loops.
+async fn bare_sqlite(durability: Durability) -> (tempfile::TempDir, sqlx::SqliteConnection) {
     use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let opts = sqlx::sqlite::SqliteConnectOptions::new()
@@ -212,6 +212,13 @@ async fn bare_sqlite_commit(durability: Durability, n: usize) -> f64 {
         .execute(&mut conn)
         .await
         .unwrap();
+    (dir, conn)
+}
+
+/// The median of a bare commit loop on a raw SQLite connection: what one
+/// durable write cannot go below on this disk.
+async fn bare_sqlite_commit(durability: Durability, n: usize) -> f64 {
+    let (_dir, mut conn) = bare_sqlite(durability).await;
     let payload = "x".repeat(200);
     let mut times = Vec::new();
     for i in 0..n {
@@ -235,21 +242,7 @@ async fn bare_sqlite_commit(durability: Durability, n: usize) -> f64 {
 /// [`bare_sqlite_commit`] with `BEGIN IMMEDIATE; INSERT; COMMIT` sent as
 /// one command (what the store does for a lone append).
 async fn bare_sqlite_commit_one_command(durability: Durability, n: usize) -> f64 {
-    use sqlx::Connection;
-    let dir = tempfile::tempdir().unwrap();
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("bare.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(match durability {
-            Durability::Full => sqlx::sqlite::SqliteSynchronous::Full,
-            _ => sqlx::sqlite::SqliteSynchronous::Normal,
-        });
-    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-    sqlx::raw_sql("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let (_dir, mut conn) = bare_sqlite(durability).await;
     let payload = "x".repeat(200);
     let mut times = Vec::new();
     for i in 0..n {

@@ -71,6 +71,17 @@ async fn filled(path: &Path, n: usize, size: usize) -> spes_store::RunId {
     run.id
 }
 
+/// The keys of a run's journal, in commit order.
+async fn keys_of(store: &SqliteStore, run: &spes_store::RunId) -> Vec<String> {
+    store
+        .entries(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect()
+}
+
 fn gate(run: spes_store::RunId, key: &str) -> NewGate {
     NewGate {
         run_id: run,
@@ -548,13 +559,7 @@ async fn a_commit_that_fails_is_reported_and_leaves_nothing() {
         .await
         .expect_err("a failed commit must not look committed");
     assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
-    let keys: Vec<String> = store
-        .entries(&run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let keys = keys_of(&store, &run.id).await;
     assert_eq!(
         keys,
         ["before"],
@@ -836,13 +841,7 @@ async fn appends_given_up_mid_way_leave_no_transaction_open() {
             Appended::New(_)
         ));
     }
-    let keys: Vec<String> = store
-        .entries(&run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let keys = keys_of(&store, &run.id).await;
     for i in 0..40 {
         assert!(keys.contains(&format!("after{i}")), "{keys:?}");
         assert!(keys.iter().filter(|k| **k == format!("dropped{i}")).count() <= 1);
@@ -888,13 +887,7 @@ async fn an_append_given_up_while_waiting_for_the_lock_leaves_no_transaction_ope
             .unwrap(),
         Appended::New(_)
     ));
-    let keys: Vec<String> = store
-        .entries(&run.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let keys = keys_of(&store, &run.id).await;
     assert!(keys.contains(&"next".to_owned()), "{keys:?}");
     store.close().await;
 }
