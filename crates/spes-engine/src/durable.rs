@@ -363,13 +363,26 @@ impl Engine {
         source: &WorkflowSource,
         inputs: BTreeMap<String, Value>,
     ) -> Result<(RunId, RunEnd), RunError> {
+        let (id, ctx) = self.record_new(&store, wf, source, inputs).await?;
+        let end = self.execute(store, id, wf, ctx).await?;
+        Ok((id, end))
+    }
+
+    /// Binds the inputs and records the run that [`Engine::start`] and
+    /// [`Engine::begin`] execute here (running, owned by this process).
+    async fn record_new(
+        &self,
+        store: &Arc<dyn RunStore>,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        inputs: BTreeMap<String, Value>,
+    ) -> Result<(RunId, spes_core::template::Context), RunError> {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
         let id = RunId::new();
         store
             .create_run(&self.new_run(id, wf, source, &ctx))
             .await?;
-        let end = self.execute(store, id, wf, ctx).await?;
-        Ok((id, end))
+        Ok((id, ctx))
     }
 
     /// Records a run as [`Engine::start`] does (running, owned by this
@@ -382,12 +395,7 @@ impl Engine {
         source: &WorkflowSource,
         inputs: BTreeMap<String, Value>,
     ) -> Result<RunId, RunError> {
-        let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
-        let id = RunId::new();
-        store
-            .create_run(&self.new_run(id, wf, source, &ctx))
-            .await?;
-        Ok(id)
+        Ok(self.record_new(store, wf, source, inputs).await?.0)
     }
 
     /// Executes a run that [`Engine::begin`] or [`Engine::begin_fork`]

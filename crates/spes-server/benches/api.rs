@@ -9,47 +9,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
-use spes_core::Diagnostics;
 use spes_core::component::ComponentRegistry;
 use spes_core::workflow::{ValidateEnv, Workflow, parse_workflow, validate};
 use spes_engine::{Engine, RunEnd, WorkflowSource};
 use spes_llm::scripted::{Answer, Rule, ScriptedProvider};
 use spes_server::auth::Auth;
-use spes_server::{AppState, Loaded, Project, router};
+use spes_server::{AppState, router};
 use spes_store::RunStore;
 use spes_store::sqlite::{SqliteOptions, SqliteStore};
 use tower::ServiceExt;
 
 /// A project with no files: the bench reads runs only.
-struct Empty;
-
-impl Project for Empty {
-    fn workflow_files(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-    fn load(&self, _: &Path) -> Result<Loaded, Diagnostics> {
-        Err(Diagnostics::default())
-    }
-    fn check_inputs(&self, _: &Workflow, _: &BTreeMap<String, Value>) -> Result<(), Diagnostics> {
-        Ok(())
-    }
-    fn engine(&self, _: Option<&str>) -> Result<Engine, String> {
-        Ok(Engine::builder().build())
-    }
-    fn components(&self) -> (ComponentRegistry, Diagnostics) {
-        (
-            ComponentRegistry::from_components(vec![]),
-            Diagnostics::default(),
-        )
-    }
-}
+#[path = "../tests/it/empty.rs"]
+mod empty;
+use empty::Empty;
 
 /// A chain of `steps` llm steps, each prompt holding the previous output.
 fn chain(steps: usize) -> (Workflow, WorkflowSource) {

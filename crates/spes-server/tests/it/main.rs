@@ -4,45 +4,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
-use spes_core::Diagnostics;
-use spes_core::component::ComponentRegistry;
-use spes_core::workflow::Workflow;
-use spes_engine::Engine;
 use spes_server::auth::Auth;
-use spes_server::{AppState, Loaded, Project, router};
+use spes_server::{AppState, router};
 use spes_store::RunStore;
 use spes_store::sqlite::{SqliteOptions, SqliteStore};
 use tower::ServiceExt;
 
 /// A project with no workflow and no component.
-struct Empty;
-
-impl Project for Empty {
-    fn workflow_files(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-    fn load(&self, _: &Path) -> Result<Loaded, Diagnostics> {
-        Err(Diagnostics::default())
-    }
-    fn check_inputs(&self, _: &Workflow, _: &BTreeMap<String, Value>) -> Result<(), Diagnostics> {
-        Ok(())
-    }
-    fn engine(&self, _: Option<&str>) -> Result<Engine, String> {
-        Ok(Engine::builder().build())
-    }
-    fn components(&self) -> (ComponentRegistry, Diagnostics) {
-        (
-            ComponentRegistry::from_components(vec![]),
-            Diagnostics::default(),
-        )
-    }
-}
+mod empty;
+use empty::Empty;
 
 async fn state() -> (AppState, Arc<dyn RunStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

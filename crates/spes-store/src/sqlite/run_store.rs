@@ -14,6 +14,17 @@ use crate::{
 };
 
 /// The constraint that failed, if `e` is a constraint error.
+/// The journal insert both append paths run: the sequence number is
+/// computed inside it, under the write lock; a taken key inserts nothing
+/// (the first commit wins). Binds: run, key, kind, payload, recorded_at.
+macro_rules! insert_entry {
+    () => {
+        "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
+         ON CONFLICT (run_id, key) DO NOTHING"
+    };
+}
+
 fn constraint(e: &sqlx::Error) -> Option<i32> {
     error::code_of(e).filter(|c| c & 0xff == 19)
 }
@@ -613,14 +624,11 @@ impl SqliteStore {
         let c = conn.0.as_mut().ok_or_else(|| {
             Fail::Store(StoreError::Backend("the writer connection is gone".into()))
         })?;
-        let rows = sqlx::query(
-            "BEGIN IMMEDIATE; \
-             INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
-             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
-             ON CONFLICT (run_id, key) DO NOTHING \
-             RETURNING seq, (SELECT status FROM runs WHERE id = ?1); \
-             COMMIT",
-        )
+        let rows = sqlx::query(concat!(
+            "BEGIN IMMEDIATE; ",
+            insert_entry!(),
+            " RETURNING seq, (SELECT status FROM runs WHERE id = ?1); COMMIT"
+        ))
         .bind(&run_id)
         .bind(&r.key)
         .bind(&r.kind)
@@ -675,21 +683,29 @@ impl SqliteStore {
                 Ok(Ok(Appended::New(row.try_get::<i64, _>(0)?)))
             }
             // The key was taken: the first commit wins; entries never change.
-            None => {
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
-                )))
-                .bind(&run_id)
-                .bind(&r.key)
-                .fetch_one(&self.writer)
-                .await?;
-                Ok(Ok(Appended::Existing(self.entry_from(&row)?)))
-            }
+            None => Ok(Ok(self.existing(&self.writer, &run_id, &r.key).await?)),
         }
     }
 
-    /// One append inside the batch's transaction. The sequence number is
-    /// computed inside the insert, under the write lock.
+    /// The entry already under `key`, for an append whose insert found the
+    /// key taken.
+    async fn existing<'c>(
+        &self,
+        on: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,
+        run_id: &str,
+        key: &str,
+    ) -> Result<Appended, Fail> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
+        )))
+        .bind(run_id)
+        .bind(key)
+        .fetch_one(on)
+        .await?;
+        Ok(Appended::Existing(self.entry_from(&row)?))
+    }
+
+    /// One append inside the batch's transaction (the `insert_entry!` statement).
     async fn append_in(
         &self,
         tx: &mut sqlx::SqliteConnection,
@@ -697,31 +713,18 @@ impl SqliteStore {
         at: &str,
     ) -> Result<Result<Appended>, Fail> {
         let run_id = r.run.to_string();
-        let seq = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
-             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
-             ON CONFLICT (run_id, key) DO NOTHING RETURNING seq",
-        )
-        .bind(&run_id)
-        .bind(&r.key)
-        .bind(&r.kind)
-        .bind(&r.payload)
-        .bind(at)
-        .fetch_optional(&mut *tx)
-        .await;
+        let seq = sqlx::query_scalar::<_, i64>(concat!(insert_entry!(), " RETURNING seq"))
+            .bind(&run_id)
+            .bind(&r.key)
+            .bind(&r.kind)
+            .bind(&r.payload)
+            .bind(at)
+            .fetch_optional(&mut *tx)
+            .await;
         match seq {
             Ok(Some(seq)) => Ok(Ok(Appended::New(seq))),
             // The key was taken: the first commit wins; entries never change.
-            Ok(None) => {
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
-                )))
-                .bind(&run_id)
-                .bind(&r.key)
-                .fetch_one(&mut *tx)
-                .await?;
-                Ok(Ok(Appended::Existing(self.entry_from(&row)?)))
-            }
+            Ok(None) => Ok(Ok(self.existing(&mut *tx, &run_id, &r.key).await?)),
             // A failed constraint undoes this statement only; the
             // transaction goes on for the rest of the batch.
             Err(e) if constraint(&e) == Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => {
