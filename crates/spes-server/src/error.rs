@@ -32,7 +32,7 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable: `unauthorized`, `forbidden`, `not_found`, `bad_request`,
+    /// Stable: `unauthorized`, `forbidden`, `csrf`, `not_found`, `bad_request`,
     /// `ambiguous`, `conflict`, `refused`, `busy`, `invalid_input`,
     /// `payload_too_large`, `method_not_allowed`, `unavailable`.
     pub code: String,
@@ -60,6 +60,18 @@ impl ApiError {
     #[must_use]
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401.
+    #[must_use]
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403.
+    #[must_use]
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     /// 404.

@@ -27,10 +27,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod exec;
 pub mod openapi;
+pub mod session;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +100,7 @@ pub struct AppState {
     pub(crate) auth: Arc<Auth>,
     pub(crate) exec: exec::Executor,
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    pub(crate) sessions: Arc<session::Sessions>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -119,6 +122,7 @@ impl AppState {
             auth: Arc::new(auth),
             exec,
             streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
+            sessions: Arc::new(session::Sessions::default()),
         }
     }
 
@@ -142,6 +146,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workflows/{name}", get(api::show_workflow))
         .route("/v1/components", get(api::list_components))
         .route("/v1/components/{kind}/{name}", get(api::show_component))
+        .route(
+            "/v1/session",
+            get(session::whoami).delete(session::sign_out),
+        )
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Role::Viewer),
             authorize,
@@ -165,6 +173,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/v1/session", post(session::sign_in))
+        .merge(dashboard::routes())
         .merge(read)
         .merge(decide)
         .merge(operate)
@@ -183,7 +193,11 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+            HeaderValue::from_static(
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                 connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+                 frame-ancestors 'none'",
+            ),
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::REFERRER_POLICY,
@@ -235,15 +249,26 @@ fn loopback_authority(authority: &str) -> bool {
 }
 
 /// Lets the request through when its caller may act as `need`: 401
-/// without a known token, 403 with a role too low. The caller goes into
-/// the request's extensions (decisions record its name).
+/// without a known token or session, 403 with a role too low (or, for a
+/// state-changing request made with the session cookie, without the
+/// session's CSRF token or from another origin). The caller goes into the
+/// request's extensions (decisions record its name).
 async fn authorize(
     State((state, need)): State<(AppState, Role)>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let bearer = req
-        .headers()
+    let headers = req.headers();
+    // With no tokens, anything on this machine may call, but no web page:
+    // a page elsewhere can send a form to 127.0.0.1 (CSRF) or rebind its
+    // own name to it (DNS rebinding). Browsers name both in `Origin` and
+    // `Host`; other clients send loopback names or none.
+    if !state.auth.needs_token()
+        && let Some(why) = foreign_request(headers)
+    {
+        return ApiError::forbidden(why).into_response();
+    }
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -251,40 +276,58 @@ async fn authorize(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    // With no tokens, anything on this machine may call, but no web page:
-    // a page elsewhere can send a form to 127.0.0.1 (CSRF) or rebind its
-    // own name to it (DNS rebinding). Browsers name both in `Origin` and
-    // `Host`; other clients send loopback names or none.
-    if !state.auth.needs_token()
-        && let Some(why) = foreign_request(req.headers())
-    {
-        return ApiError::new(axum::http::StatusCode::FORBIDDEN, "forbidden", why).into_response();
-    }
-    let Some(caller) = state.auth.caller(bearer) else {
-        return ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            if bearer.is_some() {
-                "the token is not valid"
-            } else {
-                "this route needs a token: Authorization: Bearer TOKEN"
-            },
-        )
-        .into_response();
+    let mut csrf = None;
+    let caller = if bearer.is_some() || !state.auth.needs_token() {
+        state.auth.caller(bearer).ok_or(if bearer.is_some() {
+            "the token is not valid"
+        } else {
+            "this route needs a token: Authorization: Bearer TOKEN"
+        })
+    } else if let Some(id) = session::cookie(headers, session::COOKIE) {
+        match state.sessions.find(id) {
+            Some(found) => {
+                let safe = req.method().is_safe();
+                if !safe && !session::same_origin(headers) {
+                    return ApiError::forbidden(
+                        "a page of another origin cannot act with this session",
+                    )
+                    .into_response();
+                }
+                let presented = headers
+                    .get(session::CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                if !safe && !session::csrf_matches(&found.csrf, presented) {
+                    return ApiError::new(
+                        axum::http::StatusCode::FORBIDDEN,
+                        "csrf",
+                        "this request needs the session's CSRF token in X-CSRF-Token (GET /v1/session returns it)",
+                    )
+                    .into_response();
+                }
+                csrf = Some(session::SessionCsrf(found.csrf));
+                Ok(found.caller)
+            }
+            None => Err("the session has ended; sign in again"),
+        }
+    } else {
+        Err("this route needs a token (Authorization: Bearer TOKEN) or a signed-in session")
+    };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(why) => return ApiError::unauthorized(why).into_response(),
     };
     if caller.role < need {
-        return ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "token `{}` is a {}; this needs an {}",
-                caller.name,
-                caller.role.as_str(),
-                need.as_str()
-            ),
-        )
+        return ApiError::forbidden(format!(
+            "token `{}` is a {}; this needs an {}",
+            caller.name,
+            caller.role.as_str(),
+            need.as_str()
+        ))
         .into_response();
     }
     req.extensions_mut().insert::<Caller>(caller);
+    if let Some(c) = csrf {
+        req.extensions_mut().insert(c);
+    }
     next.run(req).await
 }

@@ -2,7 +2,7 @@
 //! the Rust types of every request and answer.
 
 use axum::Json;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api;
@@ -30,6 +30,9 @@ use crate::api;
         api::show_workflow,
         api::list_components,
         api::show_component,
+        crate::session::sign_in,
+        crate::session::whoami,
+        crate::session::sign_out,
     ),
     modifiers(&Bearer),
     tags(
@@ -37,6 +40,7 @@ use crate::api;
         (name = "gates", description = "Gates waiting for a human, and decisions"),
         (name = "workflows", description = "The project's workflows"),
         (name = "components", description = "The project's prompt components"),
+        (name = "session", description = "Browser sign-in: a cookie session with a CSRF token"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -51,6 +55,13 @@ impl Modify for Bearer {
             c.add_security_scheme(
                 "bearer",
                 SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+            c.add_security_scheme(
+                "cookie",
+                SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                    crate::session::COOKIE,
+                    "The dashboard's session (POST /v1/session); POST and DELETE also need X-CSRF-Token",
+                ))),
             );
         }
     }

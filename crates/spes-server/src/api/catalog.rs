@@ -101,6 +101,9 @@ pub struct WorkflowShow {
     pub components: Vec<String>,
     /// `spes workflow diagram --format mermaid`.
     pub mermaid: String,
+    /// Hex SHA-256 of the file's text (a run started from it records the
+    /// same as `workflow_hash`).
+    pub workflow_hash: String,
 }
 
 fn summary(l: &Loaded) -> WorkflowSummary {
@@ -169,6 +172,7 @@ pub async fn show_workflow(
             .map(|c| c.reference())
             .collect(),
         mermaid: spes_core::workflow::diagram::mermaid(&l.workflow),
+        workflow_hash: l.source.hash(),
     }))
 }
 
