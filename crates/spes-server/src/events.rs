@@ -1,6 +1,10 @@
 //! Live progress as Server-Sent Events: a run's journal as it grows, and
 //! the gate inbox. Both read the store (runs may execute in any process
-//! sharing it), every [`RUN_TICK`] or [`INBOX_TICK`].
+//! sharing it), every [`RUN_TICK`] or [`INBOX_TICK`]. The clients
+//! watching one run share one reader: each tick it reads the run and the
+//! entries after the last it saw (one indexed range read), and hands them
+//! to every client; a client that falls behind, or reconnects, reads what
+//! it lacks from the store.
 //!
 //! A run's stream (`GET /v1/runs/{run}/events`) sends `status` (the run as
 //! `runs list` shows it) first and whenever its shown status changes,
@@ -16,9 +20,10 @@
 //!
 //! At most [`MAX_STREAMS`] streams are open at once; one more is a 503.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -28,7 +33,7 @@ use futures::Stream;
 use serde_json::json;
 use spes_engine::view::{self, EntryView, GateList, GateView, RunSummary, ShownStatus};
 use spes_store::{GateFilter, RunId, RunStore};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
@@ -62,67 +67,290 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
         .data(serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned()))
 }
 
+/// What a run's poller tells its subscribers.
+#[derive(Debug)]
+enum Item {
+    /// The run's shown status, and its summary as JSON.
+    Status(ShownStatus, Arc<str>),
+    /// A journal entry, as JSON.
+    Entry(i64, Arc<str>),
+    /// Every entry up to this seq was committed before the poller started:
+    /// a subscriber that has sent fewer reads the rest from the store.
+    Sync(i64),
+    /// The run is final and every entry was broadcast.
+    End,
+}
+
+/// One run's live feed, shared by every client watching it: one poller
+/// reads the store each [`RUN_TICK`] and broadcasts what is new.
+struct RunChannel {
+    tx: broadcast::Sender<Arc<Item>>,
+    done: AtomicBool,
+}
+
+/// The live feeds of the runs being watched.
+#[derive(Default)]
+pub(crate) struct Hub {
+    runs: Mutex<HashMap<RunId, Weak<RunChannel>>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// Items a slow client may fall behind by before it re-reads the store.
+const CHANNEL_CAPACITY: usize = 1024;
+/// Entries read from the store at once.
+const PAGE: usize = 500;
+
+fn entry_json(e: spes_store::Entry) -> (i64, Arc<str>) {
+    let seq = e.seq;
+    let v = EntryView {
+        seq: e.seq,
+        key: e.key,
+        kind: e.kind,
+        recorded_at: e.recorded_at.to_rfc3339(),
+        payload: e.payload,
+    };
+    (
+        seq,
+        serde_json::to_string(&v)
+            .unwrap_or_else(|_| "null".to_owned())
+            .into(),
+    )
+}
+
+impl Hub {
+    /// Subscribes to `id`'s feed, starting its poller if none runs.
+    fn subscribe(
+        &self,
+        store: &Arc<dyn RunStore>,
+        id: RunId,
+    ) -> (Arc<RunChannel>, broadcast::Receiver<Arc<Item>>) {
+        let mut runs = self
+            .runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        runs.retain(|_, w| w.strong_count() > 0);
+        if let Some(ch) = runs.get(&id).and_then(Weak::upgrade)
+            && !ch.done.load(Ordering::Acquire)
+        {
+            let rx = ch.tx.subscribe();
+            return (ch, rx);
+        }
+        let (tx, rx) = broadcast::channel(CHANNEL_CAPACITY);
+        let ch = Arc::new(RunChannel {
+            tx,
+            done: AtomicBool::new(false),
+        });
+        runs.insert(id, Arc::downgrade(&ch));
+        tokio::spawn(poll_run(store.clone(), id, Arc::downgrade(&ch)));
+        (ch, rx)
+    }
+}
+
+/// Reads the run's status and new entries each tick and broadcasts them,
+/// until the run is final (then `End`) or nobody watches.
+async fn poll_run(store: Arc<dyn RunStore>, id: RunId, ch: Weak<RunChannel>) {
+    let send = |item: Item| -> bool {
+        match ch.upgrade() {
+            Some(c) => {
+                let _ = c.tx.send(Arc::new(item));
+                true
+            }
+            None => false,
+        }
+    };
+    let mut tick = tokio::time::interval(RUN_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seq: Option<i64> = None;
+    let mut status = None;
+    loop {
+        tick.tick().await;
+        if ch.strong_count() == 0 {
+            return;
+        }
+        let run = match store.run(&id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(run = %id, error = %e, "event stream cannot read the run");
+                continue;
+            }
+        };
+        let shown = ShownStatus::of(&run);
+        if status != Some(shown) {
+            status = Some(shown);
+            let summary =
+                serde_json::to_string(&RunSummary::of(&run)).unwrap_or_else(|_| "null".to_owned());
+            if !send(Item::Status(shown, summary.into())) {
+                return;
+            }
+        }
+        let mut failed = false;
+        loop {
+            let after = last_seq.unwrap_or(0);
+            match store.entries_after(&id, after, PAGE).await {
+                Ok(page) => {
+                    let n = page.len();
+                    for e in page {
+                        let (seq, json) = entry_json(e);
+                        // The first read only finds where the journal ends:
+                        // subscribers read what came before from the store.
+                        if last_seq.is_some() && !send(Item::Entry(seq, json)) {
+                            return;
+                        }
+                        last_seq = Some(seq);
+                    }
+                    if n < PAGE {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %e, "event stream cannot read the journal");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            continue;
+        }
+        if last_seq.is_none() {
+            last_seq = Some(0);
+        }
+        if status.is_some() && !send(Item::Sync(last_seq.unwrap_or(0))) {
+            return;
+        }
+        if run.status.is_final() {
+            break;
+        }
+    }
+    if let Some(c) = ch.upgrade() {
+        c.done.store(true, Ordering::Release);
+        let _ = c.tx.send(Arc::new(Item::End));
+    }
+}
+
+enum Phase {
+    CatchUp,
+    Live,
+    Done,
+}
+
+/// One client's view of a run's feed.
 struct RunFeed {
     store: Arc<dyn RunStore>,
+    hub: Arc<Hub>,
     id: RunId,
-    last_seq: i64,
+    sent_seq: i64,
     status: Option<ShownStatus>,
     queue: VecDeque<Event>,
-    done: bool,
-    first: bool,
-    tick: tokio::time::Interval,
+    phase: Phase,
+    chan: Arc<RunChannel>,
+    rx: broadcast::Receiver<Arc<Item>>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl RunFeed {
-    /// Reads the store once: the status first, then the entries, so a
-    /// finished status means every entry is among those read. A changed
-    /// status is sent before the entries read with it.
-    async fn read(&mut self) {
+    fn push_entry(&mut self, seq: i64, json: &str) {
+        self.sent_seq = seq;
+        self.queue.push_back(
+            Event::default()
+                .event("entry")
+                .data(json)
+                .id(seq.to_string()),
+        );
+    }
+
+    fn push_status(&mut self, shown: ShownStatus, json: &str) {
+        if self.status != Some(shown) {
+            self.status = Some(shown);
+            self.queue
+                .push_back(Event::default().event("status").data(json));
+        }
+    }
+
+    /// Reads the store: the status first, then every entry after the last
+    /// sent, so a final status means every entry is among those read.
+    async fn catch_up(&mut self) {
         let run = match self.store.run(&self.id).await {
             Ok(Some(r)) => r,
             Ok(None) => {
                 self.queue
                     .push_back(json_event("end", &json!({ "gone": true })));
-                self.done = true;
+                self.phase = Phase::Done;
                 return;
             }
             Err(e) => {
                 tracing::warn!(run = %self.id, error = %e, "event stream cannot read the run");
+                self.phase = Phase::Live;
                 return;
             }
         };
         let shown = ShownStatus::of(&run);
-        if self.status != Some(shown) {
-            self.status = Some(shown);
-            self.queue
-                .push_back(json_event("status", &RunSummary::of(&run)));
-        }
-        match self.store.entries(&self.id).await {
-            Ok(entries) => {
-                let after = self.last_seq;
-                for e in entries.into_iter().filter(|e| e.seq > after) {
-                    self.last_seq = e.seq;
-                    let v = EntryView {
-                        seq: e.seq,
-                        key: e.key,
-                        kind: e.kind,
-                        recorded_at: e.recorded_at.to_rfc3339(),
-                        payload: e.payload,
-                    };
-                    self.queue
-                        .push_back(json_event("entry", &v).id(e.seq.to_string()));
+        let summary =
+            serde_json::to_string(&RunSummary::of(&run)).unwrap_or_else(|_| "null".to_owned());
+        self.push_status(shown, &summary);
+        loop {
+            match self
+                .store
+                .entries_after(&self.id, self.sent_seq, PAGE)
+                .await
+            {
+                Ok(page) => {
+                    let n = page.len();
+                    for e in page {
+                        let (seq, json) = entry_json(e);
+                        self.push_entry(seq, &json);
+                    }
+                    if n < PAGE {
+                        break;
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(run = %self.id, error = %e, "event stream cannot read the journal");
-                return;
+                Err(e) => {
+                    tracing::warn!(run = %self.id, error = %e, "event stream cannot read the journal");
+                    break;
+                }
             }
         }
         if run.status.is_final() {
             self.queue
                 .push_back(json_event("end", &json!({ "status": shown })));
-            self.done = true;
+            self.phase = Phase::Done;
+        } else {
+            self.phase = Phase::Live;
+        }
+    }
+
+    /// Waits for the poller's next item.
+    async fn live(&mut self) {
+        match self.rx.recv().await {
+            Ok(item) => match &*item {
+                Item::Entry(seq, json) if *seq == self.sent_seq + 1 => self.push_entry(*seq, json),
+                Item::Entry(seq, _) | Item::Sync(seq) if *seq > self.sent_seq => {
+                    self.phase = Phase::CatchUp;
+                }
+                Item::Entry(..) | Item::Sync(_) => {}
+                Item::Status(shown, json) => self.push_status(*shown, json),
+                Item::End => self.phase = Phase::CatchUp,
+            },
+            // Fell behind, or the poller stopped: read the store again,
+            // and watch a fresh feed if the run goes on.
+            Err(broadcast::error::RecvError::Lagged(_)) => self.phase = Phase::CatchUp,
+            Err(broadcast::error::RecvError::Closed) => {
+                let (chan, rx) = self.hub.subscribe(&self.store, self.id);
+                self.chan = chan;
+                self.rx = rx;
+                self.phase = Phase::CatchUp;
+            }
+        }
+        if matches!(self.phase, Phase::CatchUp) && self.chan.done.load(Ordering::Acquire) {
+            let (chan, rx) = self.hub.subscribe(&self.store, self.id);
+            self.chan = chan;
+            self.rx = rx;
         }
     }
 }
@@ -141,7 +369,7 @@ pub async fn run_events(
     headers: HeaderMap,
 ) -> Result<Events, ApiError> {
     let r = s.store.find_run(&run).await?;
-    let last_seq = match headers.get("last-event-id") {
+    let sent_seq = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
             .to_str()
@@ -149,30 +377,32 @@ pub async fn run_events(
             .and_then(|t| t.trim().parse::<i64>().ok())
             .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an entry's seq"))?,
     };
+    let permit = permit(&s)?;
+    // Subscribed before the first read: whatever commits after that read
+    // reaches this client through the channel.
+    let (chan, rx) = s.hub.subscribe(&s.store, r.id);
     let feed = RunFeed {
         store: s.store.clone(),
+        hub: s.hub.clone(),
         id: r.id,
-        last_seq,
+        sent_seq,
         status: None,
         queue: VecDeque::new(),
-        done: false,
-        first: true,
-        tick: tokio::time::interval(RUN_TICK),
-        _permit: permit(&s)?,
+        phase: Phase::CatchUp,
+        chan,
+        rx,
+        _permit: permit,
     };
     let stream = futures::stream::unfold(feed, |mut f| async move {
         loop {
             if let Some(e) = f.queue.pop_front() {
                 return Some((Ok(e), f));
             }
-            if f.done {
-                return None;
+            match f.phase {
+                Phase::Done => return None,
+                Phase::CatchUp => f.catch_up().await,
+                Phase::Live => f.live().await,
             }
-            if !f.first {
-                f.tick.tick().await;
-            }
-            f.first = false;
-            f.read().await;
         }
     });
     Ok(Sse::new(Box::pin(stream) as _).keep_alive(KeepAlive::default()))

@@ -101,6 +101,7 @@ pub struct AppState {
     pub(crate) exec: exec::Executor,
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     pub(crate) sessions: Arc<session::Sessions>,
+    pub(crate) hub: Arc<events::Hub>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -123,6 +124,7 @@ impl AppState {
             exec,
             streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
             sessions: Arc::new(session::Sessions::default()),
+            hub: Arc::new(events::Hub::default()),
         }
     }
 

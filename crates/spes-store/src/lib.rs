@@ -185,6 +185,10 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Every entry of a run, in commit order.
     async fn entries(&self, id: &RunId) -> Result<Vec<Entry>>;
 
+    /// The run's entries with `seq` above `after`, in commit order, at most
+    /// `limit` of them (one indexed range read: what a live view polls).
+    async fn entries_after(&self, id: &RunId, after: i64, limit: usize) -> Result<Vec<Entry>>;
+
     /// Opens a human gate (idempotent: opening an open or decided gate again changes nothing).
     async fn open_gate(&self, gate: &NewGate) -> Result<()>;
 

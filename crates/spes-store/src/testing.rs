@@ -72,6 +72,7 @@ macro_rules! conformance {
                 racing_claims_of_a_dead_owners_run_exactly_one_wins,
                 append_returns_new_then_existing_keeping_first_payload,
                 entries_come_in_commit_order,
+                entries_after_a_seq_come_in_order_and_bounded,
                 entries_of_runs_are_separate,
                 entry_looks_up_by_key,
                 append_to_unknown_run_is_not_found,

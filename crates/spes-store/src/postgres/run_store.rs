@@ -418,6 +418,26 @@ impl RunStore for PostgresStore {
         .await
     }
 
+    async fn entries_after(&self, id: &RunId, after: i64, limit: usize) -> Result<Vec<Entry>> {
+        let run_id = &id.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.retry(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            )))
+            .bind(run_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| row::entry(&self.shown, r))
+                .collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn open_gate(&self, gate: &NewGate) -> Result<()> {
         let run_id = &gate.run_id.to_string();
         let request = &row::json(&gate.request)?;

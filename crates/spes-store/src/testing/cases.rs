@@ -565,6 +565,43 @@ pub async fn entries_come_in_commit_order(store: Arc<dyn RunStore>) {
     );
 }
 
+/// `entries_after` returns the entries past a seq, in order, at most `limit`.
+pub async fn entries_after_a_seq_come_in_order_and_bounded(store: Arc<dyn RunStore>) {
+    let run = created(&*store).await;
+    let other = created(&*store).await;
+    for i in 0..10 {
+        for r in [&run.id, &other.id] {
+            store
+                .append(r, &format!("k{i}"), "model", &json!({ "i": i }))
+                .await
+                .unwrap();
+        }
+    }
+    let seqs = |v: Vec<crate::Entry>| v.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.entries_after(&run.id, 0, 100).await.unwrap()),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(store.entries_after(&run.id, 7, 100).await.unwrap()),
+        vec![8, 9, 10]
+    );
+    assert_eq!(
+        seqs(store.entries_after(&run.id, 2, 3).await.unwrap()),
+        vec![3, 4, 5]
+    );
+    assert!(
+        store
+            .entries_after(&run.id, 10, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = store.entries_after(&run.id, 4, 1).await.unwrap();
+    assert_eq!(e[0].key, "k4");
+    assert_eq!(e[0].payload, json!({ "i": 4 }));
+}
+
 /// Each run has its own journal, numbered from 1.
 pub async fn entries_of_runs_are_separate(store: Arc<dyn RunStore>) {
     let a = created(&*store).await;
