@@ -137,6 +137,10 @@ pub(crate) async fn serve(
         }
     };
     let exec = state.executor().clone();
+    let recovered = exec.recover().await;
+    if recovered > 0 {
+        say!("spes serve: continuing {recovered} decided run(s) that no process continued");
+    }
     let deadlines = tokio::spawn({
         let stopped = stopped.clone();
         async move { exec.deadlines(stopped()).await }

@@ -1393,3 +1393,162 @@ async fn dashboard_sessions_are_httponly_strict_cookies_and_every_change_needs_t
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_and_mid_decisions_then_restart_loses_no_run_and_no_decision() {
+    let fake = spes_fake_llm::FakeServer::start().await.unwrap();
+    fake.set_latency(Duration::from_millis(150));
+    let extra = format!(
+        "\n[providers.slow]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\nretry = \"none\"\n",
+        fake.openai_base_url()
+    );
+    let dir = project(true, &extra);
+    let mut slow = String::from("name: slow\nsteps:\n");
+    for i in 1..=8 {
+        slow.push_str(&format!(
+            "  - {{ name: s{i}, kind: llm, provider: slow, prompt: \"Slow step {i}.\", output: s{i} }}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("workflows/slow.yaml"), slow).unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let mut gated = Vec::new();
+    for i in 0..16 {
+        gated.push(
+            s.start_run("signoff", json!({ "text": format!("doc {i}") }))
+                .await,
+        );
+    }
+    for r in &gated {
+        s.until_status(r, "waiting").await;
+    }
+    let running = s.start_run("slow", json!({})).await;
+    let started = Instant::now();
+    while fake.request_count() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", s.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Decisions race the kill: some answered, some cut off.
+    let http = reqwest::Client::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for r in &gated {
+        let (http, tx) = (http.clone(), tx.clone());
+        let url = format!("{}/v1/runs/{r}/decisions", s.base);
+        let run = r.clone();
+        tokio::spawn(async move {
+            let res = http
+                .post(url)
+                .bearer_auth(APPROVER)
+                .json(&json!({ "action": "approve", "comments": "raced" }))
+                .send()
+                .await;
+            let status = match res {
+                Ok(resp) => Some(resp.status().as_u16()),
+                Err(_) => None,
+            };
+            let _ = tx.send((run, status));
+        });
+    }
+    drop(tx);
+    // Killed once the first decision is answered.
+    let mut answers = vec![rx.recv().await.unwrap()];
+    let log = s.kill();
+    while let Some(a) = rx.recv().await {
+        answers.push(a);
+    }
+    assert_eq!(answers.len(), gated.len());
+
+    let s = Server::start(dir.path(), &[], &[]);
+    // No run lost.
+    let page = s.get("/v1/runs?limit=100", VIEWER).await;
+    assert_eq!(
+        page.json["runs"].as_array().unwrap().len(),
+        gated.len() + 1,
+        "{log}"
+    );
+    // Each decision is whole or absent: the gate decided exactly when the
+    // journal holds its decision; every 200 among them.
+    let mut recorded = 0;
+    for (run, status) in &answers {
+        let doc = s.get(&format!("/v1/runs/{run}"), VIEWER).await.json;
+        let gate = &doc["gates"][0];
+        let journaled = doc["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "decision" && e["key"] == gate["key"])
+            .count();
+        let decided = !gate["decision"].is_null();
+        assert_eq!(
+            journaled,
+            usize::from(decided),
+            "half-written decision: {doc}"
+        );
+        assert_eq!(decided, !gate["decided_at"].is_null(), "{doc}");
+        if *status == Some(200) {
+            assert!(decided, "an answered decision was lost: {doc}");
+        }
+        if decided {
+            assert_eq!(gate["decision"]["by"], "alice");
+            recorded += 1;
+        } else {
+            assert_eq!(doc["run"]["status"], "waiting", "{doc}");
+            let d = s
+                .post(
+                    &format!("/v1/runs/{run}/decisions"),
+                    APPROVER,
+                    json!({ "action": "approve", "comments": "after restart" }),
+                )
+                .await;
+            assert_eq!(d.status, 200, "{}", d.text);
+        }
+    }
+    assert!(recorded >= 1);
+    eprintln!(
+        "decisions: {} answered 200, {} cut off, {recorded} recorded; restart: {}",
+        answers.iter().filter(|a| a.1 == Some(200)).count(),
+        answers.iter().filter(|a| a.1.is_none()).count(),
+        s.log()
+            .lines()
+            .find(|l| l.contains("continuing"))
+            .unwrap_or("nothing to continue")
+    );
+    // Every gated run completes: the restarted server continues the ones
+    // decided before the kill by itself.
+    for r in &gated {
+        s.until_status(r, "completed").await;
+    }
+
+    // The run cut mid-chain shows interrupted and resumes without asking
+    // the model again for any step it had committed.
+    let before = s.get(&format!("/v1/runs/{running}"), VIEWER).await.json;
+    assert_eq!(before["run"]["status"], "interrupted", "{before}");
+    let committed: Vec<String> = before["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !committed.is_empty() && committed.len() < 8,
+        "{committed:?}"
+    );
+    let r = s
+        .post(&format!("/v1/runs/{running}/resume"), OPERATOR, json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let done = s.until_status(&running, "completed").await;
+    assert_eq!(done["entries"].as_array().unwrap().len(), 8);
+    let asked = |i: usize| {
+        fake.requests()
+            .iter()
+            .filter(|q| q.raw_body.contains(&format!("Slow step {i}.")))
+            .count()
+    };
+    for key in &committed {
+        let i: usize = key.trim_start_matches('s').parse().unwrap();
+        assert_eq!(asked(i), 1, "step {key} was asked again after the restart");
+    }
+    let (code, log) = s.stop();
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -117,6 +117,45 @@ impl Executor {
         }
     }
 
+    /// On a store without a work queue: continues the runs a decision
+    /// answered that nobody continued (the server that recorded it was
+    /// killed before it could). A run waiting with no open gate is one.
+    /// Returns how many were started again here.
+    pub async fn recover(&self) -> usize {
+        if self.store.queue().is_some() {
+            return 0;
+        }
+        let mut query = spes_store::RunQuery {
+            status: Some(spes_store::RunStatus::Waiting),
+            limit: 500,
+            ..spes_store::RunQuery::default()
+        };
+        let mut continued = 0;
+        loop {
+            let page = match self.store.query_runs(&query).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the waiting runs");
+                    return continued;
+                }
+            };
+            for run in &page {
+                let filter = spes_store::GateFilter {
+                    run_id: Some(run.id),
+                    pending_only: true,
+                };
+                if matches!(self.store.gates(&filter).await, Ok(g) if g.is_empty()) {
+                    self.spawn_resume(run.id);
+                    continued += 1;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 500 => query.after = Some((last.created_at, last.id)),
+                _ => return continued,
+            }
+        }
+    }
+
     /// Stops every run executing here and gives them back (shown
     /// `interrupted`; a resume takes them over). Returns their ids.
     pub async fn shutdown(&self) -> Vec<RunId> {

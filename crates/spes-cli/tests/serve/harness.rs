@@ -291,6 +291,14 @@ impl Server {
         self.stop_with("TERM")
     }
 
+    /// SIGKILL: the process dies at once, mid-whatever; returns its log.
+    pub(crate) fn kill(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.log()
+    }
+
     /// Sends `signal`, then the exit code and everything it logged.
     pub(crate) fn stop_with(mut self, signal: &str) -> (Option<i32>, String) {
         let mut child = self.child.take().unwrap();

@@ -157,3 +157,28 @@ async fn without_tokens_foreign_hosts_and_origins_are_refused() {
     );
     assert_eq!(call(None, None, "POST").await, StatusCode::NOT_FOUND);
 }
+
+/// docs/API.md is the OpenAPI document as Markdown; `SPES_UPDATE_DOCS=1`
+/// rewrites it.
+#[test]
+fn docs_api_md_is_generated_from_the_openapi_document() {
+    let want = spes_server::openapi::markdown();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/API.md");
+    if std::env::var_os("SPES_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/API.md is not what the OpenAPI document says; run `SPES_UPDATE_DOCS=1 cargo test -p spes-server --test it docs_api_md` and commit it"
+    );
+    for route in [
+        "### `POST /v1/runs/{run}/decisions`",
+        "### `GET /v1/runs/{run}/events`",
+        "### `POST /v1/session`",
+        "### RunShow",
+        "### DecideRequest",
+    ] {
+        assert!(want.contains(route), "{route} missing");
+    }
+}
