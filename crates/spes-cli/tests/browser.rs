@@ -205,7 +205,7 @@ output: tagline
 
 fn fake_provider(fake: &FakeServer) -> String {
     format!(
-        "\n[providers.fake]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\nretry = \"none\"\n",
+        "\n[providers.fake]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\nstream = true\nretry = \"none\"\n",
         fake.openai_base_url()
     )
 }
@@ -213,7 +213,12 @@ fn fake_provider(fake: &FakeServer) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_watch_revise_approve_choose_and_what_a_viewer_may_do_in_a_browser() {
     let fake = FakeServer::start().await.unwrap();
-    fake.set_latency(Duration::from_millis(300));
+    fake.set_latency(Duration::from_millis(200));
+    fake.set_default(
+        FakeResponse::text("A streamed answer, arriving piece by piece.")
+            .with_chunk_chars(3)
+            .with_chunk_delay(Duration::from_millis(15)),
+    );
     let dir = project(true, &fake_provider(&fake));
     std::fs::write(dir.path().join("workflows/live.yaml"), LIVE).unwrap();
     std::fs::write(dir.path().join("workflows/tagline.yaml"), TAGLINE).unwrap();
@@ -278,6 +283,7 @@ async fn start_watch_revise_approve_choose_and_what_a_viewer_may_do_in_a_browser
     // row appears as it is journaled.
     js(&c, "window.__same_page = 42; return null;").await;
     let mut counts = Vec::new();
+    let mut streamed: Vec<String> = Vec::new();
     let started = Instant::now();
     loop {
         let n = js(
@@ -287,6 +293,15 @@ async fn start_watch_revise_approve_choose_and_what_a_viewer_may_do_in_a_browser
         .await
         .as_u64()
         .unwrap();
+        let now = js(
+            &c,
+            "const t = document.querySelector('#live-text'); return t ? t.textContent : '';",
+        )
+        .await;
+        let now = now.as_str().unwrap().to_owned();
+        if !now.is_empty() && streamed.last() != Some(&now) {
+            streamed.push(now);
+        }
         if counts.last() != Some(&n) {
             counts.push(n);
         }
@@ -302,6 +317,13 @@ async fn start_watch_revise_approve_choose_and_what_a_viewer_may_do_in_a_browser
     assert!(
         counts.len() >= 3,
         "the rows did not appear one by one: {counts:?}"
+    );
+    // The answer under way showed as it streamed: partial texts, growing.
+    assert!(
+        streamed
+            .iter()
+            .any(|t| t.len() < "A streamed answer, arriving piece by piece.".len()),
+        "no partial answer was shown: {streamed:?}"
     );
     until(
         &c,

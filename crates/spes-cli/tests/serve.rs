@@ -1552,3 +1552,77 @@ async fn sigkill_mid_run_and_mid_decisions_then_restart_loses_no_run_and_no_deci
     let (code, log) = s.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_executing_here_streams_its_steps_and_answer_tokens_as_they_come() {
+    let fake = spes_fake_llm::FakeServer::start().await.unwrap();
+    fake.set_default(
+        spes_fake_llm::FakeResponse::text("The quick brown fox jumps.")
+            .with_chunk_chars(4)
+            .with_chunk_delay(Duration::from_millis(5)),
+    );
+    let extra = format!(
+        "\n[providers.streamy]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\nstream = true\nretry = \"none\"\n",
+        fake.openai_base_url()
+    );
+    let dir = project(true, &extra);
+    std::fs::write(
+        dir.path().join("workflows/streamy.yaml"),
+        "name: streamy\ninputs:\n  text: { type: string, default: go }\nsteps:\n  - { name: go, kind: approval, show: text, output: go }\n  - { name: tell, kind: llm, provider: streamy, prompt: \"Tell me.\", output: told }\n",
+    )
+    .unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s.start_run("streamy", json!({})).await;
+    let mut live = SseReader::open(&s, &format!("/v1/runs/{run}/events"), None).await;
+    live.until(|e| e.event == "status" && e.data["status"] == "waiting")
+        .await;
+    let d = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "approve" }),
+        )
+        .await;
+    assert_eq!(d.status, 200, "{}", d.text);
+    let rest = live.until(|e| e.event == "end").await;
+    let tokens: Vec<&Value> = rest
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| &e.data)
+        .collect();
+    assert!(
+        tokens.len() >= 3,
+        "answer text came in one piece or none: {rest:?}"
+    );
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t["key"] == "tell" && t["event"] == "delta"),
+        "{tokens:?}"
+    );
+    let text: String = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(text, "The quick brown fox jumps.");
+    let steps: Vec<&Value> = rest
+        .iter()
+        .filter(|e| e.event == "step")
+        .map(|e| &e.data)
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|e| e["event"] == "step_started" && e["key"] == "tell")
+            && steps
+                .iter()
+                .any(|e| e["event"] == "step_finished" && e["key"] == "tell"),
+        "{steps:?}"
+    );
+    // Tokens and step events carry no id: they are not stored, and a
+    // reconnect replays only entries.
+    assert!(
+        rest.iter()
+            .filter(|e| e.event != "entry")
+            .all(|e| e.id.is_none())
+    );
+    let doc = s.until_status(&run, "completed").await;
+    assert_eq!(doc["run"]["output"], "The quick brown fox jumps.");
+}

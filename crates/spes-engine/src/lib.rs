@@ -102,6 +102,15 @@ impl Engine {
         self.observer.on_event(e);
     }
 
+    /// This engine reporting its progress to `o` instead, streamed answer
+    /// text included (from providers configured to stream).
+    #[must_use]
+    pub fn observed(mut self, o: Arc<dyn Observer>) -> Self {
+        self.observer = o;
+        self.stream_deltas = true;
+        self
+    }
+
     /// Provider names.
     pub fn provider_names(&self) -> impl Iterator<Item = &str> {
         self.providers.keys().map(String::as_str)

@@ -394,11 +394,27 @@ async function pageRun(id) {
       try { show = await api("GET", "/v1/runs/" + show.run.id); render(); } catch (e) { /* keep what is shown */ }
     }, 150);
   };
-  const render = () => root.replaceChildren(...runView(show, wf, refetch));
+  // What the run is doing now (when it executes in this server): the
+  // step under way and its answer as the model streams it.
+  const live = { key: null, text: "" };
+  const showLive = () => {
+    const box = document.getElementById("live");
+    if (!box) return;
+    box.replaceChildren(...(live.key
+      ? [h("h2", {}, "Now"), h("p", {}, "Step ", h("code", {}, live.key), " under way"), live.text ? h("pre", { id: "live-text" }, live.text) : null]
+      : []));
+  };
+  const render = () => { root.replaceChildren(...runView(show, wf, refetch)); showLive(); };
   render();
   if (!FINAL.has(show.run.status)) {
     const seen = new Set(show.entries.map((e) => e.seq));
     stream("/v1/runs/" + show.run.id + "/events", {
+      step: (e) => {
+        if (e.event === "step_started" && (e.kind === "llm" || !live.key)) { live.key = e.key; live.text = ""; }
+        if (e.event === "step_finished" && e.key === live.key) { live.key = null; live.text = ""; }
+        showLive();
+      },
+      token: (e) => { if (e.key !== live.key) { live.key = e.key; live.text = ""; } live.text += e.text; showLive(); },
       entry: (e) => { if (!seen.has(e.seq)) { seen.add(e.seq); show.entries.push(e); render(); } },
       status: (r) => { if (r.status !== show.run.status) { show.run.status = r.status; refetch(); } },
       end: () => refetch(),
@@ -422,6 +438,7 @@ function runView(show, wf, refetch) {
     r.owner ? [h("dt", {}, "Executed by"), h("dd", { class: "mono" }, r.owner)] : null,
     r.error ? [h("dt", {}, "Error"), h("dd", { class: "error", id: "run-error" }, r.error)] : null));
   out.push(runActions(show, wf, refetch));
+  out.push(h("section", { id: "live" }));
   if (wf) {
     out.push(h("h2", {}, "Diagram"));
     if (wf.workflow_hash && wf.workflow_hash !== r.workflow_hash) out.push(h("p", { class: "muted" }, "The workflow file changed since this run started; the diagram is of the current file."));

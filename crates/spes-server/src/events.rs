@@ -9,7 +9,11 @@
 //! A run's stream (`GET /v1/runs/{run}/events`) sends `status` (the run as
 //! `runs list` shows it) first and whenever its shown status changes,
 //! `entry` for each journal entry (`id:` is the entry's `seq`), and `end`
-//! once the run is finished and every entry was sent; then it closes. A
+//! once the run is finished and every entry was sent; then it closes.
+//! While the run executes in this process it also sends `step` (a step
+//! started or finished, a retry, a fallback) and `token` (streamed answer
+//! text) as they happen; those are not stored, so a client that was not
+//! connected, or falls behind, misses them. A
 //! client that reconnects with `Last-Event-ID: N` gets the entries after
 //! `N`, so it misses none.
 //!
@@ -79,6 +83,10 @@ enum Item {
     Sync(i64),
     /// The run is final and every entry was broadcast.
     End,
+    /// Progress of a run executing in this process: a step started or
+    /// finished, a retry, a fallback (`step`), or streamed answer text
+    /// (`token`). Not stored: a client that was not listening misses it.
+    Progress(&'static str, Arc<str>),
 }
 
 /// One run's live feed, shared by every client watching it: one poller
@@ -123,6 +131,28 @@ fn entry_json(e: spes_store::Entry) -> (i64, Arc<str>) {
 }
 
 impl Hub {
+    /// Hands a progress event of run `id` (executing here) to the clients
+    /// watching it, if any.
+    pub(crate) fn publish(&self, id: &RunId, event: &spes_engine::Event) {
+        let ch = {
+            let runs = self
+                .runs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            runs.get(id).and_then(Weak::upgrade)
+        };
+        let Some(ch) = ch else { return };
+        let view = spes_engine::view::EventView::of(event);
+        let name = if matches!(view, spes_engine::view::EventView::Delta { .. }) {
+            "token"
+        } else {
+            "step"
+        };
+        if let Ok(json) = serde_json::to_string(&view) {
+            let _ = ch.tx.send(Arc::new(Item::Progress(name, json.into())));
+        }
+    }
+
     /// Subscribes to `id`'s feed, starting its poller if none runs.
     fn subscribe(
         &self,
@@ -335,6 +365,9 @@ impl RunFeed {
                 }
                 Item::Entry(..) | Item::Sync(_) => {}
                 Item::Status(shown, json) => self.push_status(*shown, json),
+                Item::Progress(name, json) => self
+                    .queue
+                    .push_back(Event::default().event(*name).data(&**json)),
                 Item::End => self.phase = Phase::CatchUp,
             },
             // Fell behind, or the poller stopped: read the store again,

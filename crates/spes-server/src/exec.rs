@@ -24,6 +24,7 @@ pub const DEADLINE_EVERY: Duration = Duration::from_millis(500);
 pub struct Executor {
     store: Arc<dyn RunStore>,
     project: Arc<dyn Project>,
+    hub: Arc<crate::events::Hub>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -34,10 +35,15 @@ impl std::fmt::Debug for Executor {
 }
 
 impl Executor {
-    pub(crate) fn new(store: Arc<dyn RunStore>, project: Arc<dyn Project>) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn RunStore>,
+        project: Arc<dyn Project>,
+        hub: Arc<crate::events::Hub>,
+    ) -> Self {
         Self {
             store,
             project,
+            hub,
             tasks: Arc::default(),
         }
     }
@@ -53,6 +59,10 @@ impl Executor {
     /// Executes run `id` (recorded by `Engine::begin` or `begin_fork`) here.
     pub(crate) fn spawn_begun(&self, engine: Engine, id: RunId, wf: Workflow) {
         let store = self.store.clone();
+        let engine = engine.observed(Arc::new(Live {
+            hub: self.hub.clone(),
+            run: id,
+        }));
         self.spawn(async move {
             let run = match store.run(&id).await {
                 Ok(Some(r)) => r,
@@ -75,8 +85,12 @@ impl Executor {
     pub fn spawn_resume(&self, id: RunId) {
         let store = self.store.clone();
         let project = self.project.clone();
+        let live = Arc::new(Live {
+            hub: self.hub.clone(),
+            run: id,
+        });
         self.spawn(async move {
-            if let Err(e) = resume(&store, project.as_ref(), id).await {
+            if let Err(e) = resume(&store, project.as_ref(), id, live).await {
                 tracing::info!(run = %id, why = %e, "run not continued here");
             }
         });
@@ -186,7 +200,24 @@ fn end_name(e: &spes_engine::RunEnd) -> &'static str {
     }
 }
 
-async fn resume(store: &Arc<dyn RunStore>, project: &dyn Project, id: RunId) -> Result<(), String> {
+/// Hands a run's progress to the clients watching it.
+struct Live {
+    hub: Arc<crate::events::Hub>,
+    run: RunId,
+}
+
+impl spes_engine::Observer for Live {
+    fn on_event(&self, event: &spes_engine::Event) {
+        self.hub.publish(&self.run, event);
+    }
+}
+
+async fn resume(
+    store: &Arc<dyn RunStore>,
+    project: &dyn Project,
+    id: RunId,
+    live: Arc<Live>,
+) -> Result<(), String> {
     let run = store
         .run(&id)
         .await
@@ -195,7 +226,9 @@ async fn resume(store: &Arc<dyn RunStore>, project: &dyn Project, id: RunId) -> 
     let loaded = project
         .load(Path::new(&run.workflow_path))
         .map_err(|d| d.render_plain())?;
-    let engine = project.engine(run.settings.provider.as_deref())?;
+    let engine = project
+        .engine(run.settings.provider.as_deref())?
+        .observed(live);
     let end = engine
         .resume(store.clone(), &run, &loaded.workflow, &loaded.source, false)
         .await

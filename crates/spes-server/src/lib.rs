@@ -116,7 +116,8 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// The state of a server over `store`, serving `project`.
     pub fn new(store: Arc<dyn RunStore>, project: Arc<dyn Project>, auth: Auth) -> Self {
-        let exec = exec::Executor::new(store.clone(), project.clone());
+        let hub = Arc::new(events::Hub::default());
+        let exec = exec::Executor::new(store.clone(), project.clone(), hub.clone());
         Self {
             store,
             project,
@@ -124,7 +125,7 @@ impl AppState {
             exec,
             streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
             sessions: Arc::new(session::Sessions::default()),
-            hub: Arc::new(events::Hub::default()),
+            hub,
         }
     }
 
