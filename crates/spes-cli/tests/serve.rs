@@ -1625,4 +1625,17 @@ async fn a_run_executing_here_streams_its_steps_and_answer_tokens_as_they_come()
     );
     let doc = s.until_status(&run, "completed").await;
     assert_eq!(doc["run"]["output"], "The quick brown fox jumps.");
+    // The list sums each run's model calls from its journal.
+    let usage = &doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "model")
+        .unwrap()["payload"]["response"]["usage"];
+    let page = s.get("/v1/runs", VIEWER).await.json;
+    let listed = &page["usage"][run.as_str()];
+    assert_eq!(listed["model_calls"], 1, "{page}");
+    assert_eq!(listed["input_tokens"], usage["input_tokens"], "{page}");
+    assert_eq!(listed["output_tokens"], usage["output_tokens"], "{page}");
+    assert!(listed["output_tokens"].as_u64().unwrap() > 0, "{page}");
 }

@@ -334,7 +334,7 @@ async function pageRuns(params) {
   const pager = h("div", { class: "pager" });
   const table = h("table", { id: "runs" },
     h("caption", { class: "muted" }, "Newest first; refreshed every 2 seconds."),
-    h("thead", {}, h("tr", {}, ["Status", "Workflow", "Run", "Started", "Duration", "Error"].map((c) => h("th", { scope: "col" }, c)))),
+    h("thead", {}, h("tr", {}, ["Status", "Workflow", "Run", "Started", "Duration", "Tokens in / out", "Error"].map((c) => h("th", { scope: "col" }, c)))),
     body);
   setMain(h("h1", {}, "Runs"),
     h("form", { class: "filters", "aria-label": "Filters", onsubmit: (e) => { e.preventDefault(); apply(); } },
@@ -344,17 +344,20 @@ async function pageRuns(params) {
   if (status) q.set("status", status);
   if (workflow) q.set("workflow", workflow);
   let cursor = null;
+  let usage = {};
   const row = (r) => h("tr", { "data-run": r.id },
     h("td", {}, statusBadge(r.status), r.status === "waiting" ? humanBadge() : null),
     h("td", {}, r.workflow),
     h("td", {}, h("a", { href: "#/runs/" + r.id, class: "mono" }, r.id.slice(0, 12))),
     h("td", {}, when(r.created_at)),
     h("td", {}, runDuration(r)),
+    h("td", { class: "tokens" }, usage[r.id] ? usage[r.id].input_tokens + " / " + usage[r.id].output_tokens : "—"),
     h("td", { class: "error" }, r.error ? r.error.slice(0, 120) : ""));
   const load = async () => {
     try {
       const page = await api("GET", "/v1/runs?" + q);
-      body.replaceChildren(...(page.runs.length ? page.runs.map(row) : [h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No runs."))]));
+      usage = page.usage || {};
+      body.replaceChildren(...(page.runs.length ? page.runs.map(row) : [h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No runs."))]));
       cursor = page.next_cursor;
       pager.replaceChildren(cursor ? h("button", { type: "button", id: "older", onclick: older }, "Older runs") : "");
     } catch (e) { pager.replaceChildren(errorBox(e)); }
@@ -362,6 +365,7 @@ async function pageRuns(params) {
   const older = async () => {
     const q2 = new URLSearchParams(q); q2.set("cursor", cursor);
     const page = await api("GET", "/v1/runs?" + q2);
+    Object.assign(usage, page.usage || {});
     body.append(...page.runs.map(row));
     cursor = page.next_cursor;
     if (!cursor) pager.replaceChildren();

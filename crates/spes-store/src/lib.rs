@@ -57,7 +57,7 @@ use async_trait::async_trait;
 pub use error::{Candidate, MAX_CANDIDATES, StoreError};
 pub use types::{
     Appended, ComponentPin, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Run, RunId,
-    RunPatch, RunQuery, RunSettings, RunStatus,
+    RunPatch, RunQuery, RunSettings, RunStatus, RunUsage,
 };
 
 /// Opens the store named by `url`: `sqlite://PATH` (relative paths as
@@ -184,6 +184,11 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 
     /// Every entry of a run, in commit order.
     async fn entries(&self, id: &RunId) -> Result<Vec<Entry>>;
+
+    /// What the model calls of each of `runs` used (its `model` entries'
+    /// `response.usage`), in one query; runs without a model call are
+    /// absent.
+    async fn usage(&self, runs: &[RunId]) -> Result<Vec<(RunId, RunUsage)>>;
 
     /// The run's entries with `seq` above `after`, in commit order, at most
     /// `limit` of them (one indexed range read: what a live view polls).

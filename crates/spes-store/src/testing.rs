@@ -73,6 +73,7 @@ macro_rules! conformance {
                 append_returns_new_then_existing_keeping_first_payload,
                 entries_come_in_commit_order,
                 entries_after_a_seq_come_in_order_and_bounded,
+                usage_sums_the_model_calls_of_each_run,
                 entries_of_runs_are_separate,
                 entry_looks_up_by_key,
                 append_to_unknown_run_is_not_found,

@@ -245,6 +245,17 @@ pub struct RunQuery {
     pub limit: u32,
 }
 
+/// What a run's model calls used, summed over its journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunUsage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// Model calls journaled.
+    pub model_calls: u64,
+}
+
 /// Which gates to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GateFilter {

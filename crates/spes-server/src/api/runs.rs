@@ -49,6 +49,21 @@ pub struct RunPage {
     pub runs: Vec<RunSummary>,
     /// Pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
+    /// Tokens and model calls of the listed runs that made any, by run id
+    /// (summed over each journal's model entries).
+    #[schema(value_type = Object)]
+    pub usage: std::collections::BTreeMap<String, RunUsageView>,
+}
+
+/// What a run's model calls used.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunUsageView {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// Model calls journaled.
+    pub model_calls: u64,
 }
 
 fn time_param(name: &str, v: Option<&String>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -102,7 +117,29 @@ pub async fn list_runs(
     let mut runs = s.store.query_runs(&query).await?;
     let more = runs.len() > limit as usize;
     runs.truncate(limit as usize);
+    let ids: Vec<RunId> = runs.iter().map(|r| r.id).collect();
+    // Usage is a convenience: a journal it cannot sum does not fail the list.
+    let usage = match s.store.usage(&ids).await {
+        Ok(u) => u
+            .into_iter()
+            .map(|(id, u)| {
+                (
+                    id.to_string(),
+                    RunUsageView {
+                        input_tokens: u.input_tokens,
+                        output_tokens: u.output_tokens,
+                        model_calls: u.model_calls,
+                    },
+                )
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sum the listed runs' usage");
+            std::collections::BTreeMap::new()
+        }
+    };
     Ok(Json(RunPage {
+        usage,
         schema: view::VERSION,
         next_cursor: if more {
             runs.last().map(cursor_of)

@@ -94,7 +94,7 @@ async fn an_empty_project_lists_nothing_and_unknown_names_are_404() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        serde_json::json!({ "schema": 1, "runs": [], "next_cursor": null })
+        serde_json::json!({ "schema": 1, "runs": [], "next_cursor": null, "usage": {} })
     );
     let (status, _, _) = get(&state, "/v1/components/persona/x?version=not-a-version").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

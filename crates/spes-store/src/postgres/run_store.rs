@@ -11,7 +11,7 @@ use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
-    RunQuery, RunStatus, RunStore, StoreError,
+    RunQuery, RunStatus, RunStore, RunUsage, StoreError,
 };
 
 pub(super) fn no_run(id: &RunId) -> Fail {
@@ -414,6 +414,45 @@ impl RunStore for PostgresStore {
                 .iter()
                 .map(|r| row::entry(&self.shown, r))
                 .collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn usage(&self, runs: &[RunId]) -> Result<Vec<(RunId, RunUsage)>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = runs.iter().map(ToString::to_string).collect();
+        let ids = &ids;
+        self.retry(|| async move {
+            let rows = sqlx::query(
+                "SELECT run_id, \
+                        SUM(COALESCE((payload::jsonb #>> '{response,usage,input_tokens}')::bigint, 0))::bigint AS input_tokens, \
+                        SUM(COALESCE((payload::jsonb #>> '{response,usage,output_tokens}')::bigint, 0))::bigint AS output_tokens, \
+                        COUNT(*) AS calls \
+                 FROM entries WHERE kind = 'model' AND run_id = ANY($1) GROUP BY run_id",
+            )
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let id: String = r.try_get("run_id")?;
+                let Ok(id) = id.parse::<RunId>() else { continue };
+                let n = |c: &str| -> std::result::Result<u64, sqlx::Error> {
+                    let v: i64 = r.try_get(c)?;
+                    Ok(u64::try_from(v).unwrap_or(0))
+                };
+                out.push((
+                    id,
+                    RunUsage {
+                        input_tokens: n("input_tokens")?,
+                        output_tokens: n("output_tokens")?,
+                        model_calls: n("calls")?,
+                    },
+                ));
+            }
+            Ok(out)
         })
         .await
     }

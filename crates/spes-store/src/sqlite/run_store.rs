@@ -10,7 +10,7 @@ use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
     Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
-    RunQuery, RunStatus, RunStore, StoreError,
+    RunQuery, RunStatus, RunStore, RunUsage, StoreError,
 };
 
 /// The constraint that failed, if `e` is a constraint error.
@@ -408,6 +408,54 @@ impl RunStore for SqliteStore {
             .fetch_all(&self.readers)
             .await?;
             rows.iter().map(|r| self.entry_from(r)).collect()
+        })
+        .await
+    }
+
+    async fn usage(&self, runs: &[RunId]) -> Result<Vec<(RunId, RunUsage)>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = runs.iter().map(ToString::to_string).collect();
+        let marks = (1..=ids.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT run_id, \
+                    SUM(COALESCE(json_extract(payload, '$.response.usage.input_tokens'), 0)) AS input_tokens, \
+                    SUM(COALESCE(json_extract(payload, '$.response.usage.output_tokens'), 0)) AS output_tokens, \
+                    COUNT(*) AS calls \
+             FROM entries WHERE kind = 'model' AND json_valid(payload) AND run_id IN ({marks}) GROUP BY run_id"
+        );
+        let ids = &ids;
+        let sql = &sql;
+        self.retry(|| async move {
+            let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+            for id in ids {
+                q = q.bind(id);
+            }
+            let rows = q.fetch_all(&self.readers).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let id: String = r.try_get("run_id")?;
+                let Ok(id) = id.parse::<RunId>() else {
+                    continue;
+                };
+                let n = |c: &str| -> std::result::Result<u64, sqlx::Error> {
+                    let v: i64 = r.try_get(c)?;
+                    Ok(u64::try_from(v).unwrap_or(0))
+                };
+                out.push((
+                    id,
+                    RunUsage {
+                        input_tokens: n("input_tokens")?,
+                        output_tokens: n("output_tokens")?,
+                        model_calls: n("calls")?,
+                    },
+                ));
+            }
+            Ok(out)
         })
         .await
     }

@@ -602,6 +602,57 @@ pub async fn entries_after_a_seq_come_in_order_and_bounded(store: Arc<dyn RunSto
     assert_eq!(e[0].payload, json!({ "i": 4 }));
 }
 
+/// `usage` sums the model entries' tokens per run, in one call.
+pub async fn usage_sums_the_model_calls_of_each_run(store: Arc<dyn RunStore>) {
+    let a = created(&*store).await;
+    let b = created(&*store).await;
+    let idle = created(&*store).await;
+    let model = |i: u64, o: u64| json!({ "type": "model", "provider": "p", "response": { "text": "t", "usage": { "input_tokens": i, "output_tokens": o } } });
+    store
+        .append(&a.id, "s1", "model", &model(10, 3))
+        .await
+        .unwrap();
+    store
+        .append(&a.id, "s2", "model", &model(5, 2))
+        .await
+        .unwrap();
+    store
+        .append(&a.id, "g", "decision", &json!({ "action": "approve" }))
+        .await
+        .unwrap();
+    store
+        .append(&b.id, "s1", "model", &model(7, 1))
+        .await
+        .unwrap();
+    store
+        .append(&b.id, "odd", "model", &json!({ "type": "model" }))
+        .await
+        .unwrap();
+    let mut got = store.usage(&[a.id, b.id, idle.id]).await.unwrap();
+    got.sort_by_key(|(id, _)| *id);
+    let mut want = vec![
+        (
+            a.id,
+            crate::RunUsage {
+                input_tokens: 15,
+                output_tokens: 5,
+                model_calls: 2,
+            },
+        ),
+        (
+            b.id,
+            crate::RunUsage {
+                input_tokens: 7,
+                output_tokens: 1,
+                model_calls: 2,
+            },
+        ),
+    ];
+    want.sort_by_key(|(id, _)| *id);
+    assert_eq!(got, want);
+    assert!(store.usage(&[]).await.unwrap().is_empty());
+}
+
 /// Each run has its own journal, numbered from 1.
 pub async fn entries_of_runs_are_separate(store: Arc<dyn RunStore>) {
     let a = created(&*store).await;
