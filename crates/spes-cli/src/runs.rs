@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use spes_core::message::ChatRequest;
 use spes_engine::{Effect, RunError, WorkflowSource};
 use spes_store::{Run, RunStatus, RunStore};
 
@@ -599,38 +598,17 @@ async fn prompts_of(
             "  note: {d}; the prompts below are rendered by the current files"
         );
     }
-    let seen: Arc<Mutex<Vec<(String, ChatRequest)>>> = Arc::default();
-    let sink = seen.clone();
-    let capture: spes_engine::Capture = Arc::new(move |key: &str, req: &ChatRequest| {
-        if let Ok(mut v) = sink.lock() {
-            v.push((key.to_owned(), req.clone()));
-        }
-    });
-    let engine = build_engine(&project, None, true, Some(capture), false)?;
-    // Replays as far as the journal goes; an unfinished run stops at its frontier.
-    let _ = engine.replay(store.clone(), run, &wf).await;
-    let answers: std::collections::HashMap<String, String> = store
-        .entries(&run.id)
-        .await?
-        .into_iter()
-        .filter_map(|e| match Effect::from_entry(&e.kind, &e.payload) {
-            Ok(Effect::Model { response, .. }) => Some((e.key, response.text)),
-            _ => None,
-        })
-        .collect();
-    for (key, req) in seen.lock().map(|v| v.clone()).unwrap_or_default() {
-        let _ = writeln!(s, "── {key}");
-        if let Some(sys) = &req.system {
+    let engine = build_engine(&project, None, true, None, false)?;
+    let prompts = engine.prompts(store, run, &wf).await.map_err(run_error)?;
+    for p in prompts {
+        let _ = writeln!(s, "── {}", p.key);
+        if let Some(sys) = &p.system {
             let _ = writeln!(s, "system:\n{}", indent(sys));
         }
-        for m in &req.messages {
-            let role = match m.role {
-                spes_core::message::Role::User => "user",
-                spes_core::message::Role::Assistant => "assistant",
-            };
-            let _ = writeln!(s, "{role}:\n{}", indent(&m.content));
+        for m in &p.messages {
+            let _ = writeln!(s, "{}:\n{}", m.role, indent(&m.content));
         }
-        if let Some(a) = answers.get(&key) {
+        if let Some(a) = &p.answer {
             let _ = writeln!(s, "answer:\n{}", indent(a));
         }
     }

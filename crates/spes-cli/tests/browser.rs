@@ -420,6 +420,28 @@ async fn start_watch_revise_approve_choose_and_what_a_viewer_may_do_in_a_browser
     let doc = s.get(&format!("/v1/runs/{run}"), VIEWER).await.json;
     assert_eq!(doc["run"]["status"], "completed");
     assert_eq!(doc["gates"][0]["decision"]["suggest"], "Drop the intro.");
+    // Every prompt and its answer (the three steps, and the revision the
+    // gate asked for), re-rendered from the journal.
+    let asked = fake.request_count();
+    click(&c, "#load-prompts").await;
+    until(
+        &c,
+        "the prompts",
+        "document.querySelectorAll('#prompts .prompt').length === 4",
+    )
+    .await;
+    let outline = js(
+        &c,
+        "const p = document.querySelector('#prompts .prompt[data-key=outline]'); return [p.querySelector('pre').textContent, p.querySelector('pre.answer').textContent];",
+    )
+    .await;
+    assert_eq!(outline[0], "Outline browsers", "{outline}");
+    assert_eq!(outline[1], "A streamed answer, arriving piece by piece.");
+    assert_eq!(
+        fake.request_count(),
+        asked,
+        "showing prompts called a model"
+    );
     screenshot(&c, "run-completed").await;
 
     // A choose gate, answered from the side-by-side view.

@@ -30,6 +30,12 @@ async fn every_route_answers_each_role_as_its_role_allows() {
     let routes: Vec<(&str, String, Option<Value>, Need)> = vec![
         ("GET", "/v1/openapi.json".into(), None, Need::Viewer),
         ("GET", "/v1/session".into(), None, Need::Viewer),
+        (
+            "GET",
+            format!("/v1/runs/{done}/prompts"),
+            None,
+            Need::Viewer,
+        ),
         ("GET", "/v1/runs".into(), None, Need::Viewer),
         ("GET", format!("/v1/runs/{gated}"), None, Need::Viewer),
         ("GET", "/v1/gates".into(), None, Need::Viewer),
@@ -833,13 +839,14 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/v1/session", "post"),
         ("/v1/session", "get"),
         ("/v1/session", "delete"),
+        ("/v1/runs/{run}/prompts", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
             "{method} {path} missing"
         );
     }
-    assert_eq!(paths.len(), 18);
+    assert_eq!(paths.len(), 19);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "RunShow",

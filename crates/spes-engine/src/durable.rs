@@ -688,6 +688,87 @@ impl Engine {
         Ok(id)
     }
 
+    /// Every model request of `run`, re-rendered by replaying it from its
+    /// journal (no model is called), in the order the workflow makes them,
+    /// each with the answer the journal holds. An unfinished run stops at
+    /// its frontier: the first request the journal does not answer is
+    /// included without an answer, none after it.
+    pub async fn prompts(
+        &self,
+        store: Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+    ) -> Result<Vec<crate::view::PromptView>, RunError> {
+        use spes_core::message::Role;
+        let seen: Arc<std::sync::Mutex<Vec<(String, spes_core::message::ChatRequest)>>> =
+            Arc::default();
+        let sink = seen.clone();
+        let engine = Self {
+            providers: self.providers.clone(),
+            default_provider: run
+                .settings
+                .provider
+                .clone()
+                .unwrap_or_else(|| self.default_provider.clone()),
+            default_model: self.default_model.clone(),
+            observer: Arc::new(crate::NoObserver),
+            stream_deltas: false,
+            capture: Some(Arc::new(
+                move |key: &str, req: &spes_core::message::ChatRequest| {
+                    if let Ok(mut v) = sink.lock() {
+                        v.push((key.to_owned(), req.clone()));
+                    }
+                },
+            )),
+            reviewer: None,
+            clock: self.clock.clone(),
+            breakers: self.breakers.clone(),
+            retry_defaults: self.retry_defaults.clone(),
+            default_repair: self.default_repair,
+        };
+        let journal = StoreJournal::open(store.clone(), run.id)
+            .await
+            .map_err(|e| RunError::Refused(e.to_string()))?;
+        let ctx = match &run.inputs {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        // Goes as far as the journal does; where it ends is not an error here.
+        let _ = Exec::new(&engine, ctx, Arc::new(ReplayJournal(journal)), None)
+            .run_workflow(wf)
+            .await;
+        let answers: std::collections::HashMap<String, String> = store
+            .entries(&run.id)
+            .await?
+            .into_iter()
+            .filter_map(|e| match Effect::from_entry(&e.kind, &e.payload) {
+                Ok(Effect::Model { response, .. }) => Some((e.key, response.text)),
+                _ => None,
+            })
+            .collect();
+        let seen = seen.lock().map(|v| v.clone()).unwrap_or_default();
+        Ok(seen
+            .into_iter()
+            .map(|(key, req)| crate::view::PromptView {
+                answer: answers.get(&key).cloned(),
+                key,
+                system: req.system,
+                messages: req
+                    .messages
+                    .into_iter()
+                    .map(|m| crate::view::MessageView {
+                        role: match m.role {
+                            Role::User => "user",
+                            Role::Assistant => "assistant",
+                        }
+                        .to_owned(),
+                        content: m.content,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
     /// Re-executes a finished run from its journal with zero model calls
     /// and reports whether the output is identical.
     pub async fn replay(

@@ -420,6 +420,30 @@ impl RunShow {
     }
 }
 
+/// A model request of a run, re-rendered from its journal.
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct PromptView {
+    /// The step key the request was made at.
+    pub key: String,
+    /// The system text (persona, instruction, output format), if any.
+    pub system: Option<String>,
+    /// The conversation sent.
+    pub messages: Vec<MessageView>,
+    /// The answer the journal holds for it, if any.
+    pub answer: Option<String>,
+}
+
+/// One message of a request.
+#[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct MessageView {
+    /// `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
 /// A problem found in a file.
 #[derive(Debug, Clone, Serialize, JsonSchema, utoipa::ToSchema)]
 #[schemars(deny_unknown_fields)]

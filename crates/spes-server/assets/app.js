@@ -389,6 +389,7 @@ async function pageRun(id) {
   let wf = null;
   try { wf = await api("GET", "/v1/workflows/" + encodeURIComponent(show.run.workflow)); } catch (e) { /* not in this project now */ }
   const root = h("div", { id: "run", "data-run": show.run.id });
+  const promptsBox = promptsSection(show.run.id);
   setMain(root);
   let refetching = null;
   const refetch = () => {
@@ -408,7 +409,7 @@ async function pageRun(id) {
       ? [h("h2", {}, "Now"), h("p", {}, "Step ", h("code", {}, live.key), " under way"), live.text ? h("pre", { id: "live-text" }, live.text) : null]
       : []));
   };
-  const render = () => { root.replaceChildren(...runView(show, wf, refetch)); showLive(); };
+  const render = () => { root.replaceChildren(...runView(show, wf, refetch, promptsBox)); showLive(); };
   render();
   if (!FINAL.has(show.run.status)) {
     const seen = new Set(show.entries.map((e) => e.seq));
@@ -426,7 +427,28 @@ async function pageRun(id) {
   }
 }
 
-function runView(show, wf, refetch) {
+
+// Kept across re-renders of a live run: what was loaded stays.
+function promptsSection(runId) {
+  const prompts = h("div", { id: "prompts" },
+    h("button", { type: "button", id: "load-prompts", onclick: async () => {
+      prompts.replaceChildren(h("p", { class: "muted" }, "Re-rendering from the journal…"));
+      try {
+        const doc = await api("GET", "/v1/runs/" + runId + "/prompts");
+        prompts.replaceChildren(
+          doc.note ? h("p", { class: "muted" }, doc.note) : "",
+          ...(doc.prompts.length ? doc.prompts.map((p) => h("details", { class: "prompt", "data-key": p.key },
+            h("summary", { class: "mono" }, p.key),
+            p.system ? [h("h3", {}, "System"), h("pre", {}, p.system)] : null,
+            p.messages.map((m) => [h("h3", {}, m.role === "user" ? "User" : "Assistant"), h("pre", {}, m.content)]),
+            h("h3", {}, "Answer"), h("pre", { class: "answer" }, p.answer === null || p.answer === undefined ? "(none journaled)" : p.answer)))
+            : [h("p", { class: "muted" }, "No model request yet.")]));
+      } catch (e) { prompts.replaceChildren(errorBox(e)); }
+    } }, "Show the prompts (re-rendered from the journal; no model is called)"));
+  return prompts;
+}
+
+function runView(show, wf, refetch, promptsBox) {
   const r = show.run;
   const u = sumUsage(show.entries);
   const out = [];
@@ -454,6 +476,7 @@ function runView(show, wf, refetch) {
     : h("p", { class: "muted" }, "No human gate yet."));
   out.push(h("h2", {}, "Steps"));
   out.push(stepsTable(show.entries));
+  out.push(h("h2", {}, "Prompts and answers"), promptsBox);
   out.push(h("h2", {}, "Inputs"), h("pre", { id: "run-inputs" }, text(r.inputs)));
   if (r.output !== null && r.output !== undefined) out.push(h("h2", {}, "Output"), h("pre", { id: "run-output" }, text(r.output)));
   out.push(h("h2", {}, "Component versions"));

@@ -143,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs", get(api::list_runs))
         .route("/v1/runs/{run}", get(api::show_run))
         .route("/v1/runs/{run}/events", get(events::run_events))
+        .route("/v1/runs/{run}/prompts", get(api::run_prompts))
         .route("/v1/gates", get(api::pending_gates))
         .route("/v1/gates/events", get(events::gate_events))
         .route("/v1/workflows", get(api::list_workflows))

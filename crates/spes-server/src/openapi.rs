@@ -18,6 +18,7 @@ use crate::api;
         api::list_runs,
         api::start_run,
         api::show_run,
+        api::run_prompts,
         api::pause_run,
         api::resume_run,
         api::cancel_run,

@@ -439,3 +439,38 @@ async fn a_postgres_commit_that_fails_stops_the_run_at_that_step() {
         "naming the cause"
     );
 }
+
+#[tokio::test]
+async fn prompts_are_re_rendered_from_the_journal_as_far_as_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let wf = workflow(CHAIN3);
+    // b fails: the journal holds a only.
+    let broken = scripted("- { step: a, reply: Alpha }\n- { step: b, error: invalid_request }");
+    let (id, end) = Engine::builder()
+        .provider(broken)
+        .build()
+        .start(
+            store.clone(),
+            &wf,
+            &source(CHAIN3),
+            inputs(&[("topic", "owls")]),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(end, RunEnd::Failed(_)), "{end:?}");
+    let run = store.run(&id).await.unwrap().unwrap();
+    let nothing = scripted("- { default: error }");
+    let engine = Engine::builder().provider(nothing.clone()).build();
+    let p = engine.prompts(store.clone(), &run, &wf).await.unwrap();
+    // a, with its answer; b as the workflow would ask it, unanswered.
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!(p[0].key, "a");
+    assert_eq!(p[0].messages[0].role, "user");
+    assert_eq!(p[0].messages[0].content, "About owls");
+    assert_eq!(p[0].answer.as_deref(), Some("Alpha"));
+    assert_eq!(p[1].key, "b");
+    assert_eq!(p[1].messages[0].content, "Improve: Alpha");
+    assert_eq!(p[1].answer, None);
+    assert!(nothing.calls().is_empty(), "no model was called");
+}

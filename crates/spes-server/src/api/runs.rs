@@ -409,3 +409,50 @@ pub async fn fork_run(
     s.exec.spawn_begun(engine, id, loaded.workflow);
     Ok(resp)
 }
+
+/// `GET /v1/runs/{run}/prompts`: the run's model requests, re-rendered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunPrompts {
+    /// The version of this shape: 1 (`spes_engine::view::VERSION`).
+    pub schema: u32,
+    /// Set when the workflow file changed since the run started: the
+    /// prompts are then rendered by the current files.
+    pub note: Option<String>,
+    /// Every request the journal lets the workflow make again, in order,
+    /// with its journaled answer.
+    pub prompts: Vec<view::PromptView>,
+}
+
+/// Every prompt the run sent and the answer it got, re-rendered by
+/// replaying the run from its journal (no model is called), as `spes runs
+/// show --prompts` prints them.
+#[utoipa::path(get, path = "/v1/runs/{run}/prompts", tag = "runs",
+    params(("run" = String, Path, description = "Run id or unique prefix")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "The prompts and answers", body = RunPrompts),
+              (status = 404, description = "No such run", body = ErrorBody),
+              (status = 422, description = "The run's workflow file does not load now", body = ErrorBody)))]
+pub async fn run_prompts(
+    State(s): State<AppState>,
+    Path(run): Path<String>,
+) -> Result<Json<RunPrompts>, ApiError> {
+    let r = s.store.find_run(&run).await?;
+    let loaded = s
+        .project
+        .load(std::path::Path::new(&r.workflow_path))
+        .map_err(|d| ApiError::invalid(&d))?;
+    let note = spes_engine::durable::drift(&r, &loaded.workflow, &loaded.source)
+        .map(|d| format!("{d}; the prompts are rendered by the current files"));
+    let engine = s
+        .project
+        .engine(r.settings.provider.as_deref())
+        .map_err(ApiError::refused)?;
+    let prompts = engine
+        .prompts(s.store.clone(), &r, &loaded.workflow)
+        .await?;
+    Ok(Json(RunPrompts {
+        schema: view::VERSION,
+        note,
+        prompts,
+    }))
+}
