@@ -445,7 +445,10 @@ async fn start_watch_revise_approve_choose_and_what_a_viewer_may_do_in_a_browser
     screenshot(&c, "run-completed").await;
 
     // A choose gate, answered from the side-by-side view.
-    fake.push(FakeResponse::text("Fast by default."));
+    // One variation is hostile HTML: the page must show it as text.
+    fake.push(FakeResponse::text(
+        "<img src=x onerror=\"window.__xss=1\"><b>Fast</b> by default.",
+    ));
     fake.push(FakeResponse::text("Never lose a step."));
     let pick = s.start_run("tagline", json!({})).await;
     c.goto(&format!("{base}/#/inbox")).await.unwrap();
@@ -465,6 +468,14 @@ async fn start_watch_revise_approve_choose_and_what_a_viewer_may_do_in_a_browser
     assert!(
         (y1 - y2).abs() < 1.0 && x2 > x1,
         "not side by side: ({x1},{y1}) ({x2},{y2})"
+    );
+    let hostile = format!(
+        "return [document.querySelectorAll(\"{card} img, {card} b\").length, window.__xss === undefined, document.querySelector(\"{card}\").textContent.includes('<img src=x')];"
+    );
+    assert_eq!(
+        js(&c, &hostile).await,
+        json!([0, true, true]),
+        "a model's HTML became page markup"
     );
     let second_text = js(
         &c,
