@@ -31,8 +31,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::Stream;
 use serde_json::json;
 use spes_engine::view::{self, EntryView, GateList, GateView, RunSummary, ShownStatus};
@@ -48,6 +50,8 @@ pub const RUN_TICK: Duration = Duration::from_millis(100);
 pub const INBOX_TICK: Duration = Duration::from_millis(250);
 /// Streams open at once, across clients.
 pub const MAX_STREAMS: usize = 256;
+/// How long a run's stream may stay silent before it sends a comment.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 type Events = Sse<
     axum::response::sse::KeepAliveStream<
@@ -74,19 +78,21 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
 /// What a run's poller tells its subscribers.
 #[derive(Debug)]
 enum Item {
-    /// The run's shown status, and its summary as JSON.
-    Status(ShownStatus, Arc<str>),
-    /// A journal entry, as JSON.
-    Entry(i64, Arc<str>),
+    /// The run's shown status, and its `status` event.
+    Status(ShownStatus, Bytes),
+    /// A journal entry's seq and its `entry` event.
+    Entry(i64, Bytes),
     /// Every entry up to this seq was committed before the poller started:
     /// a subscriber that has sent fewer reads the rest from the store.
     Sync(i64),
     /// The run is final and every entry was broadcast.
     End,
-    /// Progress of a run executing in this process: a step started or
-    /// finished, a retry, a fallback (`step`), or streamed answer text
-    /// (`token`). Not stored: a client that was not listening misses it.
-    Progress(&'static str, Arc<str>),
+    /// Progress of a run executing in this process, gathered between two
+    /// ticks of its poller: steps started or finished, retries, fallbacks
+    /// (`step`), and streamed answer text (`token`). Not stored: a client
+    /// that was not listening misses it. The events, encoded once for
+    /// every client.
+    Progress(Bytes),
 }
 
 /// One run's live feed, shared by every client watching it: one poller
@@ -94,7 +100,11 @@ enum Item {
 struct RunChannel {
     tx: broadcast::Sender<Arc<Item>>,
     done: AtomicBool,
+    /// Progress events not yet handed to the clients, encoded.
+    progress: Mutex<Vec<u8>>,
 }
+
+
 
 /// The live feeds of the runs being watched.
 #[derive(Default)]
@@ -113,7 +123,32 @@ const CHANNEL_CAPACITY: usize = 1024;
 /// Entries read from the store at once.
 const PAGE: usize = 500;
 
-fn entry_json(e: spes_store::Entry) -> (i64, Arc<str>) {
+/// One Server-Sent Event, encoded: encoded once, sent to every client as
+/// is. `data` is compact JSON, which holds no line break.
+fn frame(name: &str, id: Option<i64>, data: &str) -> Bytes {
+    let mut b = String::with_capacity(data.len() + name.len() + 32);
+    if let Some(id) = id {
+        b.push_str("id: ");
+        b.push_str(&id.to_string());
+        b.push('\n');
+    }
+    b.push_str("event: ");
+    b.push_str(name);
+    b.push_str("\ndata: ");
+    b.push_str(data);
+    b.push_str("\n\n");
+    Bytes::from(b)
+}
+
+fn json_frame(name: &str, data: &impl serde::Serialize) -> Bytes {
+    frame(
+        name,
+        None,
+        &serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned()),
+    )
+}
+
+fn entry_frame(e: spes_store::Entry) -> (i64, Bytes) {
     let seq = e.seq;
     let v = EntryView {
         seq: e.seq,
@@ -122,12 +157,8 @@ fn entry_json(e: spes_store::Entry) -> (i64, Arc<str>) {
         recorded_at: e.recorded_at.to_rfc3339(),
         payload: e.payload,
     };
-    (
-        seq,
-        serde_json::to_string(&v)
-            .unwrap_or_else(|_| "null".to_owned())
-            .into(),
-    )
+    let json = serde_json::to_string(&v).unwrap_or_else(|_| "null".to_owned());
+    (seq, frame("entry", Some(seq), &json))
 }
 
 impl Hub {
@@ -148,9 +179,13 @@ impl Hub {
         } else {
             "step"
         };
-        if let Ok(json) = serde_json::to_string(&view) {
-            let _ = ch.tx.send(Arc::new(Item::Progress(name, json.into())));
-        }
+        let Ok(json) = serde_json::to_string(&view) else {
+            return;
+        };
+        ch.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(&frame(name, None, &json));
     }
 
     /// Subscribes to `id`'s feed, starting its poller if none runs.
@@ -174,6 +209,7 @@ impl Hub {
         let ch = Arc::new(RunChannel {
             tx,
             done: AtomicBool::new(false),
+            progress: Mutex::default(),
         });
         runs.insert(id, Arc::downgrade(&ch));
         tokio::spawn(poll_run(store.clone(), id, Arc::downgrade(&ch)));
@@ -197,11 +233,28 @@ async fn poll_run(store: Arc<dyn RunStore>, id: RunId, ch: Weak<RunChannel>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seq: Option<i64> = None;
     let mut status = None;
+    // Progress gathered since the last tick goes out at once: a run
+    // making hundreds of steps a second wakes each client once a tick,
+    // not once per event.
+    let flush = || {
+        if let Some(c) = ch.upgrade() {
+            let batch = std::mem::take(
+                &mut *c
+                    .progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if !batch.is_empty() {
+                let _ = c.tx.send(Arc::new(Item::Progress(Bytes::from(batch))));
+            }
+        }
+    };
     loop {
         tick.tick().await;
         if ch.strong_count() == 0 {
             return;
         }
+        flush();
         let run = match store.run(&id).await {
             Ok(Some(r)) => r,
             Ok(None) => break,
@@ -213,9 +266,10 @@ async fn poll_run(store: Arc<dyn RunStore>, id: RunId, ch: Weak<RunChannel>) {
         let shown = ShownStatus::of(&run);
         if status != Some(shown) {
             status = Some(shown);
-            let summary =
-                serde_json::to_string(&RunSummary::of(&run)).unwrap_or_else(|_| "null".to_owned());
-            if !send(Item::Status(shown, summary.into())) {
+            if !send(Item::Status(
+                shown,
+                json_frame("status", &RunSummary::of(&run)),
+            )) {
                 return;
             }
         }
@@ -226,10 +280,10 @@ async fn poll_run(store: Arc<dyn RunStore>, id: RunId, ch: Weak<RunChannel>) {
                 Ok(page) => {
                     let n = page.len();
                     for e in page {
-                        let (seq, json) = entry_json(e);
+                        let (seq, frame) = entry_frame(e);
                         // The first read only finds where the journal ends:
                         // subscribers read what came before from the store.
-                        if last_seq.is_some() && !send(Item::Entry(seq, json)) {
+                        if last_seq.is_some() && !send(Item::Entry(seq, frame)) {
                             return;
                         }
                         last_seq = Some(seq);
@@ -258,6 +312,8 @@ async fn poll_run(store: Arc<dyn RunStore>, id: RunId, ch: Weak<RunChannel>) {
             break;
         }
     }
+    // The run published all its progress before it became final.
+    flush();
     if let Some(c) = ch.upgrade() {
         c.done.store(true, Ordering::Release);
         let _ = c.tx.send(Arc::new(Item::End));
@@ -277,7 +333,7 @@ struct RunFeed {
     id: RunId,
     sent_seq: i64,
     status: Option<ShownStatus>,
-    queue: VecDeque<Event>,
+    queue: VecDeque<Bytes>,
     phase: Phase,
     chan: Arc<RunChannel>,
     rx: broadcast::Receiver<Arc<Item>>,
@@ -285,21 +341,15 @@ struct RunFeed {
 }
 
 impl RunFeed {
-    fn push_entry(&mut self, seq: i64, json: &str) {
+    fn push_entry(&mut self, seq: i64, frame: Bytes) {
         self.sent_seq = seq;
-        self.queue.push_back(
-            Event::default()
-                .event("entry")
-                .data(json)
-                .id(seq.to_string()),
-        );
+        self.queue.push_back(frame);
     }
 
-    fn push_status(&mut self, shown: ShownStatus, json: &str) {
+    fn push_status(&mut self, shown: ShownStatus, frame: Bytes) {
         if self.status != Some(shown) {
             self.status = Some(shown);
-            self.queue
-                .push_back(Event::default().event("status").data(json));
+            self.queue.push_back(frame);
         }
     }
 
@@ -310,7 +360,7 @@ impl RunFeed {
             Ok(Some(r)) => r,
             Ok(None) => {
                 self.queue
-                    .push_back(json_event("end", &json!({ "gone": true })));
+                    .push_back(json_frame("end", &json!({ "gone": true })));
                 self.phase = Phase::Done;
                 return;
             }
@@ -321,9 +371,9 @@ impl RunFeed {
             }
         };
         let shown = ShownStatus::of(&run);
-        let summary =
-            serde_json::to_string(&RunSummary::of(&run)).unwrap_or_else(|_| "null".to_owned());
-        self.push_status(shown, &summary);
+        if self.status != Some(shown) {
+            self.push_status(shown, json_frame("status", &RunSummary::of(&run)));
+        }
         loop {
             match self
                 .store
@@ -333,8 +383,8 @@ impl RunFeed {
                 Ok(page) => {
                     let n = page.len();
                     for e in page {
-                        let (seq, json) = entry_json(e);
-                        self.push_entry(seq, &json);
+                        let (seq, frame) = entry_frame(e);
+                        self.push_entry(seq, frame);
                     }
                     if n < PAGE {
                         break;
@@ -348,42 +398,61 @@ impl RunFeed {
         }
         if run.status.is_final() {
             self.queue
-                .push_back(json_event("end", &json!({ "status": shown })));
+                .push_back(json_frame("end", &json!({ "status": shown })));
             self.phase = Phase::Done;
         } else {
             self.phase = Phase::Live;
         }
     }
 
-    /// Waits for the poller's next item.
+    /// Waits for the poller's next item, then takes every item already
+    /// there (one wake for a burst).
     async fn live(&mut self) {
-        match self.rx.recv().await {
-            Ok(item) => match &*item {
-                Item::Entry(seq, json) if *seq == self.sent_seq + 1 => self.push_entry(*seq, json),
-                Item::Entry(seq, _) | Item::Sync(seq) if *seq > self.sent_seq => {
+        let mut next = Some(self.rx.recv().await);
+        let mut taken = 0;
+        while let Some(got) = next.take() {
+            match got {
+                Ok(item) => self.apply(&item),
+                // Fell behind, or the poller stopped: read the store again,
+                // and watch a fresh feed if the run goes on.
+                Err(broadcast::error::RecvError::Lagged(_)) => self.phase = Phase::CatchUp,
+                Err(broadcast::error::RecvError::Closed) => {
+                    let (chan, rx) = self.hub.subscribe(&self.store, self.id);
+                    self.chan = chan;
+                    self.rx = rx;
                     self.phase = Phase::CatchUp;
                 }
-                Item::Entry(..) | Item::Sync(_) => {}
-                Item::Status(shown, json) => self.push_status(*shown, json),
-                Item::Progress(name, json) => self
-                    .queue
-                    .push_back(Event::default().event(*name).data(&**json)),
-                Item::End => self.phase = Phase::CatchUp,
-            },
-            // Fell behind, or the poller stopped: read the store again,
-            // and watch a fresh feed if the run goes on.
-            Err(broadcast::error::RecvError::Lagged(_)) => self.phase = Phase::CatchUp,
-            Err(broadcast::error::RecvError::Closed) => {
-                let (chan, rx) = self.hub.subscribe(&self.store, self.id);
-                self.chan = chan;
-                self.rx = rx;
-                self.phase = Phase::CatchUp;
+            }
+            taken += 1;
+            if matches!(self.phase, Phase::Live) && taken < 1024 {
+                next = match self.rx.try_recv() {
+                    Ok(item) => Some(Ok(item)),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Some(Err(broadcast::error::RecvError::Lagged(n)))
+                    }
+                    Err(_) => None,
+                };
             }
         }
         if matches!(self.phase, Phase::CatchUp) && self.chan.done.load(Ordering::Acquire) {
             let (chan, rx) = self.hub.subscribe(&self.store, self.id);
             self.chan = chan;
             self.rx = rx;
+        }
+    }
+
+    fn apply(&mut self, item: &Item) {
+        match item {
+            Item::Entry(seq, frame) if *seq == self.sent_seq + 1 => {
+                self.push_entry(*seq, frame.clone());
+            }
+            Item::Entry(seq, _) | Item::Sync(seq) if *seq > self.sent_seq => {
+                self.phase = Phase::CatchUp;
+            }
+            Item::Entry(..) | Item::Sync(_) => {}
+            Item::Status(shown, frame) => self.push_status(*shown, frame.clone()),
+            Item::Progress(frames) => self.queue.push_back(frames.clone()),
+            Item::End => self.phase = Phase::CatchUp,
         }
     }
 }
@@ -400,7 +469,7 @@ pub async fn run_events(
     State(s): State<AppState>,
     Path(run): Path<String>,
     headers: HeaderMap,
-) -> Result<Events, ApiError> {
+) -> Result<Response, ApiError> {
     let r = s.store.find_run(&run).await?;
     let sent_seq = match headers.get("last-event-id") {
         None => 0,
@@ -426,19 +495,32 @@ pub async fn run_events(
         rx,
         _permit: permit,
     };
+    // The frames are written as they are, encoded once for all clients; a
+    // comment every KEEP_ALIVE keeps an idle connection open.
     let stream = futures::stream::unfold(feed, |mut f| async move {
         loop {
-            if let Some(e) = f.queue.pop_front() {
-                return Some((Ok(e), f));
+            if let Some(b) = f.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(b), f));
             }
             match f.phase {
                 Phase::Done => return None,
                 Phase::CatchUp => f.catch_up().await,
-                Phase::Live => f.live().await,
+                Phase::Live => {
+                    if tokio::time::timeout(KEEP_ALIVE, f.live()).await.is_err() {
+                        return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), f));
+                    }
+                }
             }
         }
     });
-    Ok(Sse::new(Box::pin(stream) as _).keep_alive(KeepAlive::default()))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 struct InboxFeed {
