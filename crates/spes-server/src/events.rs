@@ -104,8 +104,6 @@ struct RunChannel {
     progress: Mutex<Vec<u8>>,
 }
 
-
-
 /// The live feeds of the runs being watched.
 #[derive(Default)]
 pub(crate) struct Hub {
