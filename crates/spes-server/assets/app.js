@@ -118,7 +118,8 @@ function errorBox(e) {
       : null);
 }
 
-function stream(path, handlers) {
+function stream(path, handlers, gen) {
+  if (gen !== undefined && gen !== navigation) return null;
   const es = new EventSource(path, { withCredentials: true });
   for (const [name, fn] of Object.entries(handlers)) {
     es.addEventListener(name, (ev) => fn(JSON.parse(ev.data), ev));
@@ -127,9 +128,18 @@ function stream(path, handlers) {
   return es;
 }
 
-function every(ms, fn) {
+function every(ms, fn, gen) {
+  if (gen !== undefined && gen !== navigation) return;
   const t = setInterval(fn, ms);
   cleanup.push(() => clearInterval(t));
+}
+
+// Each navigation has a number; a page that was left while it awaited the
+// API (the user went elsewhere) must not draw over the new one.
+let navigation = 0;
+
+function setMainIf(gen, ...children) {
+  if (gen === navigation) setMain(...children);
 }
 
 function setMain(...children) {
@@ -287,6 +297,7 @@ async function signOut() {
 }
 
 function showSignIn(message) {
+  navigation += 1;
   cleanup.forEach((f) => f()); cleanup = [];
   renderWho();
   const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "current-password", required: true });
@@ -315,6 +326,7 @@ function showSignIn(message) {
 const RUN_STATUSES = ["pending", "running", "waiting", "paused", "completed", "failed", "cancelled"];
 
 async function pageRuns(params) {
+  const gen = navigation;
   const status = params.get("status") || "", workflow = params.get("workflow") || "";
   let workflows = [];
   try { workflows = (await api("GET", "/v1/workflows")).workflows.map((w) => w.name); } catch (e) { /* the list still works */ }
@@ -336,7 +348,7 @@ async function pageRuns(params) {
     h("caption", { class: "muted" }, "Newest first; refreshed every 2 seconds."),
     h("thead", {}, h("tr", {}, ["Status", "Workflow", "Run", "Started", "Duration", "Tokens in / out", "Error"].map((c) => h("th", { scope: "col" }, c)))),
     body);
-  setMain(h("h1", {}, "Runs"),
+  setMainIf(gen, h("h1", {}, "Runs"),
     h("form", { class: "filters", "aria-label": "Filters", onsubmit: (e) => { e.preventDefault(); apply(); } },
       h("label", {}, "Status", statusSel), h("label", {}, "Workflow", wfSel)),
     table, pager);
@@ -371,7 +383,7 @@ async function pageRuns(params) {
     if (!cursor) pager.replaceChildren();
   };
   await load();
-  every(2000, () => { if (body.children.length <= 50) load(); });
+  every(2000, () => { if (body.children.length <= 50) load(); }, gen);
 }
 
 function sumUsage(entries) {
@@ -384,13 +396,14 @@ function sumUsage(entries) {
 }
 
 async function pageRun(id) {
+  const gen = navigation;
   let show;
-  try { show = await api("GET", "/v1/runs/" + encodeURIComponent(id)); } catch (e) { setMain(h("h1", {}, "Run"), errorBox(e)); return; }
+  try { show = await api("GET", "/v1/runs/" + encodeURIComponent(id)); } catch (e) { setMainIf(gen, h("h1", {}, "Run"), errorBox(e)); return; }
   let wf = null;
   try { wf = await api("GET", "/v1/workflows/" + encodeURIComponent(show.run.workflow)); } catch (e) { /* not in this project now */ }
   const root = h("div", { id: "run", "data-run": show.run.id });
   const promptsBox = promptsSection(show.run.id);
-  setMain(root);
+  setMainIf(gen, root);
   let refetching = null;
   const refetch = () => {
     if (refetching) return;
@@ -423,7 +436,7 @@ async function pageRun(id) {
       entry: (e) => { if (!seen.has(e.seq)) { seen.add(e.seq); show.entries.push(e); render(); } },
       status: (r) => { if (r.status !== show.run.status) { show.run.status = r.status; refetch(); } },
       end: () => refetch(),
-    });
+    }, gen);
   }
 }
 
@@ -610,6 +623,7 @@ async function decide(g, body, card, after) {
 }
 
 async function pageInbox() {
+  const gen = navigation;
   const list = h("div", { id: "inbox" });
   const state = { gates: new Map() };
   const keyOf = (g) => g.run_id + " " + g.key;
@@ -618,7 +632,7 @@ async function pageInbox() {
     list.replaceChildren(...(gates.length ? gates.map((g) => gateCard(g, null, true)) : [h("p", { class: "muted", id: "inbox-empty" }, "Nothing waiting for a human.")]));
     setCount(gates.length);
   };
-  setMain(h("h1", {}, "Approvals"), h("p", { class: "muted" }, "Every gate waiting for a human, across runs, oldest first; live."), list);
+  setMainIf(gen, h("h1", {}, "Approvals"), h("p", { class: "muted" }, "Every gate waiting for a human, across runs, oldest first; live."), list);
   try {
     const all = await api("GET", "/v1/gates");
     all.gates.forEach((g) => state.gates.set(keyOf(g), g));
@@ -628,7 +642,7 @@ async function pageInbox() {
     snapshot: (s) => { state.gates.clear(); s.gates.forEach((g) => state.gates.set(keyOf(g), g)); render(); },
     opened: (g) => { state.gates.set(keyOf(g), g); render(); },
     closed: (c) => { state.gates.delete(c.run_id + " " + c.key); render(); },
-  });
+  }, gen);
 }
 
 function setCount(n) {
@@ -638,9 +652,10 @@ function setCount(n) {
 // ---------- workflows ----------
 
 async function pageWorkflows() {
+  const gen = navigation;
   let list;
-  try { list = await api("GET", "/v1/workflows"); } catch (e) { setMain(h("h1", {}, "Workflows"), errorBox(e)); return; }
-  setMain(h("h1", {}, "Workflows"),
+  try { list = await api("GET", "/v1/workflows"); } catch (e) { setMainIf(gen, h("h1", {}, "Workflows"), errorBox(e)); return; }
+  setMainIf(gen, h("h1", {}, "Workflows"),
     h("table", { id: "workflows" },
       h("thead", {}, h("tr", {}, ["Workflow", "What it does", "Steps", "Inputs", "File"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, list.workflows.map((w) => h("tr", {},
@@ -653,8 +668,9 @@ async function pageWorkflows() {
 }
 
 async function pageWorkflow(name) {
+  const gen = navigation;
   let wf;
-  try { wf = await api("GET", "/v1/workflows/" + encodeURIComponent(name)); } catch (e) { setMain(h("h1", {}, name), errorBox(e)); return; }
+  try { wf = await api("GET", "/v1/workflows/" + encodeURIComponent(name)); } catch (e) { setMainIf(gen, h("h1", {}, name), errorBox(e)); return; }
   const fields = wf.inputs.map((i) => {
     const id = "in-" + i.name;
     const def = i.default === null || i.default === undefined ? "" : text(i.default);
@@ -677,7 +693,7 @@ async function pageWorkflow(name) {
       location.hash = "#/runs/" + res.run.id;
     } catch (e) { err.replaceChildren(errorBox(e)); }
   } }, fields.map((f) => f.el), h("p", {}, h("button", { type: "submit", class: "primary" }, "Start run")), err);
-  setMain(h("h1", {}, wf.name), wf.description ? h("p", {}, wf.description) : null,
+  setMainIf(gen, h("h1", {}, wf.name), wf.description ? h("p", {}, wf.description) : null,
     h("p", { class: "muted mono" }, wf.file),
     h("h2", {}, "Start a run"),
     can("operator") ? form : h("p", { class: "muted" }, "Your role (" + (session ? session.role : "none") + ") cannot start runs."),
@@ -688,6 +704,7 @@ async function pageWorkflow(name) {
 // ---------- routing ----------
 
 async function route() {
+  navigation += 1;
   cleanup.forEach((f) => f());
   cleanup = [];
   if (!session) return;

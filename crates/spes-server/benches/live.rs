@@ -164,31 +164,36 @@ async fn watch(
     let resp = http.get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
-    let mut buf = String::new();
+    // Read as bytes, in place: a client as light as a browser's parser, so
+    // that the figure is the server's more than this process's clients'.
+    let mut buf: Vec<u8> = Vec::new();
     let mut seqs = Vec::new();
     let mut first = true;
     while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        // Events are read in place; what they took is dropped once per chunk.
+        buf.extend_from_slice(&chunk.unwrap());
         let mut from = 0;
-        while let Some(at) = buf[from..].find("\n\n") {
+        while let Some(at) = buf[from..].windows(2).position(|w| w == b"\n\n") {
             let event = &buf[from..from + at];
             from += at + 2;
             if first {
                 first = false;
                 let _ = ready.send(()).await;
             }
-            let name = event
-                .lines()
-                .find_map(|l| l.strip_prefix("event: "))
-                .unwrap_or("");
-            if name == "entry" {
-                let id = event
-                    .lines()
-                    .find_map(|l| l.strip_prefix("id: "))
-                    .unwrap_or_else(|| panic!("an entry without an id: {event:?}"));
-                seqs.push(id.parse().unwrap());
-            } else if name == "end" {
+            let mut name: &[u8] = b"";
+            let mut id: Option<&[u8]> = None;
+            for line in event.split(|b| *b == b'\n') {
+                if let Some(v) = line.strip_prefix(b"event: ") {
+                    name = v;
+                } else if let Some(v) = line.strip_prefix(b"id: ") {
+                    id = Some(v);
+                }
+            }
+            if name == b"entry" {
+                let id = id.unwrap_or_else(|| {
+                    panic!("an entry without an id: {}", String::from_utf8_lossy(event))
+                });
+                seqs.push(std::str::from_utf8(id).unwrap().parse().unwrap());
+            } else if name == b"end" {
                 return (seqs, true);
             }
         }

@@ -80,8 +80,9 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
 enum Item {
     /// The run's shown status, and its `status` event.
     Status(ShownStatus, Bytes),
-    /// A journal entry's seq and its `entry` event.
-    Entry(i64, Bytes),
+    /// Journal entries `first..=last` (consecutive seqs) and their `entry`
+    /// events, encoded together once for every client.
+    Entries(i64, i64, Bytes),
     /// Every entry up to this seq was committed before the poller started:
     /// a subscriber that has sent fewer reads the rest from the store.
     Sync(i64),
@@ -144,6 +145,20 @@ fn json_frame(name: &str, data: &impl serde::Serialize) -> Bytes {
         None,
         &serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned()),
     )
+}
+
+/// A page of entries as one buffer of `entry` events: (first seq, last
+/// seq, bytes), or `None` for an empty page.
+fn entries_frames(page: Vec<spes_store::Entry>) -> Option<(i64, i64, Bytes)> {
+    let first = page.first()?.seq;
+    let mut last = first;
+    let mut buf = Vec::new();
+    for e in page {
+        let (seq, frame) = entry_frame(e);
+        last = seq;
+        buf.extend_from_slice(&frame);
+    }
+    Some((first, last, Bytes::from(buf)))
 }
 
 fn entry_frame(e: spes_store::Entry) -> (i64, Bytes) {
@@ -277,14 +292,14 @@ async fn poll_run(store: Arc<dyn RunStore>, id: RunId, ch: Weak<RunChannel>) {
             match store.entries_after(&id, after, PAGE).await {
                 Ok(page) => {
                     let n = page.len();
-                    for e in page {
-                        let (seq, frame) = entry_frame(e);
+                    let first_read = last_seq.is_none();
+                    if let Some((first, last, frames)) = entries_frames(page) {
                         // The first read only finds where the journal ends:
                         // subscribers read what came before from the store.
-                        if last_seq.is_some() && !send(Item::Entry(seq, frame)) {
+                        if !first_read && !send(Item::Entries(first, last, frames)) {
                             return;
                         }
-                        last_seq = Some(seq);
+                        last_seq = Some(last);
                     }
                     if n < PAGE {
                         break;
@@ -339,9 +354,9 @@ struct RunFeed {
 }
 
 impl RunFeed {
-    fn push_entry(&mut self, seq: i64, frame: Bytes) {
-        self.sent_seq = seq;
-        self.queue.push_back(frame);
+    fn push_entries(&mut self, last: i64, frames: Bytes) {
+        self.sent_seq = last;
+        self.queue.push_back(frames);
     }
 
     fn push_status(&mut self, shown: ShownStatus, frame: Bytes) {
@@ -380,9 +395,8 @@ impl RunFeed {
             {
                 Ok(page) => {
                     let n = page.len();
-                    for e in page {
-                        let (seq, frame) = entry_frame(e);
-                        self.push_entry(seq, frame);
+                    if let Some((_, last, frames)) = entries_frames(page) {
+                        self.push_entries(last, frames);
                     }
                     if n < PAGE {
                         break;
@@ -441,13 +455,14 @@ impl RunFeed {
 
     fn apply(&mut self, item: &Item) {
         match item {
-            Item::Entry(seq, frame) if *seq == self.sent_seq + 1 => {
-                self.push_entry(*seq, frame.clone());
+            Item::Entries(first, last, frames) if *first == self.sent_seq + 1 => {
+                self.push_entries(*last, frames.clone());
             }
-            Item::Entry(seq, _) | Item::Sync(seq) if *seq > self.sent_seq => {
+            // Some sent already, or some missing: the store has them all.
+            Item::Entries(_, seq, _) | Item::Sync(seq) if *seq > self.sent_seq => {
                 self.phase = Phase::CatchUp;
             }
-            Item::Entry(..) | Item::Sync(_) => {}
+            Item::Entries(..) | Item::Sync(_) => {}
             Item::Status(shown, frame) => self.push_status(*shown, frame.clone()),
             Item::Progress(frames) => self.queue.push_back(frames.clone()),
             Item::End => self.phase = Phase::CatchUp,
