@@ -296,7 +296,11 @@ fn main() {
         // 1. SSE crowd, with the model answering at once (the run is all
         // engine and store: the harshest case) and in 20 ms (a fast model).
         // One warm-up trial each, then alternating trials.
-        for latency in [0u64, 20] {
+        // `-- sse` or `-- decisions` runs one part (`-- sse0`: 0 ms only).
+        let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+        let wanted = |p: &str| args.is_empty() || args.iter().any(|a| a.starts_with(p));
+        let latencies: &[u64] = if args.iter().any(|a| a == "sse0") { &[0] } else { &[0, 20] };
+        for &latency in latencies.iter().filter(|_| wanted("sse")) {
             fake.set_latency(Duration::from_millis(latency));
             trial(&api, 0).await;
             trial(&api, CLIENTS).await;
@@ -315,6 +319,10 @@ fn main() {
         }
         fake.set_latency(Duration::ZERO);
 
+        if !wanted("decisions") {
+            store.close().await;
+            return;
+        }
         // 2. Decisions: 1,000 open gates, 20 clients each trying them all
         // (from different starting points), exactly one decision each.
         let t = Instant::now();
