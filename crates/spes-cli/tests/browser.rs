@@ -203,13 +203,6 @@ steps:
 output: tagline
 ";
 
-fn fake_provider(fake: &FakeServer) -> String {
-    format!(
-        "\n[providers.fake]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\nstream = true\nretry = \"none\"\n",
-        fake.openai_base_url()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_watch_revise_approve_choose_and_what_a_viewer_may_do_in_a_browser() {
     let fake = FakeServer::start().await.unwrap();
@@ -219,7 +212,7 @@ async fn start_watch_revise_approve_choose_and_what_a_viewer_may_do_in_a_browser
             .with_chunk_chars(3)
             .with_chunk_delay(Duration::from_millis(15)),
     );
-    let dir = project(true, &fake_provider(&fake));
+    let dir = project(true, &fake_provider("fake", &fake.openai_base_url(), true));
     std::fs::write(dir.path().join("workflows/live.yaml"), LIVE).unwrap();
     std::fs::write(dir.path().join("workflows/tagline.yaml"), TAGLINE).unwrap();
     let s = Server::start(dir.path(), &[], &[]);

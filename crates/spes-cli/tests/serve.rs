@@ -999,10 +999,7 @@ async fn on_postgres_runs_are_queued_and_executed_by_the_servers_workers() {
 async fn sigterm_stops_the_server_and_gives_back_the_runs_it_executes() {
     let fake = spes_fake_llm::FakeServer::start().await.unwrap();
     fake.set_default(spes_fake_llm::FakeResponse::hang());
-    let extra = format!(
-        "\n[providers.slow]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\nretry = \"none\"\n",
-        fake.openai_base_url()
-    );
+    let extra = fake_provider("slow", &fake.openai_base_url(), false);
     let dir = project(true, &extra);
     std::fs::write(
         dir.path().join("workflows/slow.yaml"),
@@ -1405,10 +1402,7 @@ async fn dashboard_sessions_are_httponly_strict_cookies_and_every_change_needs_t
 async fn sigkill_mid_run_and_mid_decisions_then_restart_loses_no_run_and_no_decision() {
     let fake = spes_fake_llm::FakeServer::start().await.unwrap();
     fake.set_latency(Duration::from_millis(150));
-    let extra = format!(
-        "\n[providers.slow]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\nretry = \"none\"\n",
-        fake.openai_base_url()
-    );
+    let extra = fake_provider("slow", &fake.openai_base_url(), false);
     let dir = project(true, &extra);
     let mut slow = String::from("name: slow\nsteps:\n");
     for i in 1..=8 {
@@ -1568,10 +1562,7 @@ async fn a_run_executing_here_streams_its_steps_and_answer_tokens_as_they_come()
             .with_chunk_chars(4)
             .with_chunk_delay(Duration::from_millis(5)),
     );
-    let extra = format!(
-        "\n[providers.streamy]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{}\"\nstream = true\nretry = \"none\"\n",
-        fake.openai_base_url()
-    );
+    let extra = fake_provider("streamy", &fake.openai_base_url(), true);
     let dir = project(true, &extra);
     std::fs::write(
         dir.path().join("workflows/streamy.yaml"),

@@ -338,6 +338,28 @@ impl Journal for ReplayJournal {
     }
 }
 
+/// Executes `run`'s workflow again against its journal alone: every effect
+/// is answered from it, none is made or recorded (`replay`, `prompts`).
+async fn replay_with(
+    engine: &Engine,
+    store: &Arc<dyn RunStore>,
+    run: &Run,
+    wf: &Workflow,
+) -> Result<Result<crate::RunOutcome, Stop>, RunError> {
+    let journal = StoreJournal::open(store.clone(), run.id)
+        .await
+        .map_err(|e| RunError::Refused(e.to_string()))?;
+    let ctx = match &run.inputs {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    Ok(
+        Exec::new(engine, ctx, Arc::new(ReplayJournal(journal)), None)
+            .run_workflow(wf)
+            .await,
+    )
+}
+
 /// What `replay` found.
 #[derive(Debug)]
 pub struct Replay {
@@ -726,17 +748,8 @@ impl Engine {
             retry_defaults: self.retry_defaults.clone(),
             default_repair: self.default_repair,
         };
-        let journal = StoreJournal::open(store.clone(), run.id)
-            .await
-            .map_err(|e| RunError::Refused(e.to_string()))?;
-        let ctx = match &run.inputs {
-            Value::Object(m) => m.clone(),
-            _ => serde_json::Map::new(),
-        };
         // Goes as far as the journal does; where it ends is not an error here.
-        let _ = Exec::new(&engine, ctx, Arc::new(ReplayJournal(journal)), None)
-            .run_workflow(wf)
-            .await;
+        let _ = replay_with(&engine, &store, run, wf).await?;
         let answers: std::collections::HashMap<String, String> = store
             .entries(&run.id)
             .await?
@@ -783,16 +796,7 @@ impl Engine {
                 run.id, run.status
             )));
         }
-        let journal = StoreJournal::open(store.clone(), run.id)
-            .await
-            .map_err(|e| RunError::Refused(e.to_string()))?;
-        let ctx = match &run.inputs {
-            Value::Object(m) => m.clone(),
-            _ => serde_json::Map::new(),
-        };
-        let outcome = Exec::new(self, ctx, Arc::new(ReplayJournal(journal)), None)
-            .run_workflow(wf)
-            .await;
+        let outcome = replay_with(self, &store, run, wf).await?;
         match outcome {
             Ok(o) => {
                 let identical = o.output.as_ref().unwrap_or(&Value::Null)

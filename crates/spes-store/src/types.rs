@@ -256,6 +256,37 @@ pub struct RunUsage {
     pub model_calls: u64,
 }
 
+/// Reads the rows of a usage query (`run_id`, `input_tokens`,
+/// `output_tokens`, `calls`), on either database.
+pub(crate) fn usage_rows<R>(rows: &[R]) -> std::result::Result<Vec<(RunId, RunUsage)>, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: String = r.try_get("run_id")?;
+        let Ok(id) = id.parse::<RunId>() else {
+            continue;
+        };
+        let n = |c: &str| -> std::result::Result<u64, sqlx::Error> {
+            let v: i64 = r.try_get(c)?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
+        out.push((
+            id,
+            RunUsage {
+                input_tokens: n("input_tokens")?,
+                output_tokens: n("output_tokens")?,
+                model_calls: n("calls")?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
 /// Which gates to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GateFilter {

@@ -81,6 +81,14 @@ pub(crate) fn toml(tokens: bool, extra: &str) -> String {
     s
 }
 
+/// A `[providers.NAME]` table (spes.toml) for the fake server at
+/// `base_url`: OpenAI wire format, model `m1`, no retry, streaming or not.
+pub(crate) fn fake_provider(name: &str, base_url: &str, stream: bool) -> String {
+    format!(
+        "\n[providers.{name}]\nkind = \"openai\"\nmodel = \"m1\"\nbase_url = \"{base_url}\"\nstream = {stream}\nretry = \"none\"\n"
+    )
+}
+
 /// A project with the workflows above.
 pub(crate) fn project(tokens: bool, extra_toml: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -436,26 +436,7 @@ impl RunStore for SqliteStore {
                 q = q.bind(id);
             }
             let rows = q.fetch_all(&self.readers).await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let id: String = r.try_get("run_id")?;
-                let Ok(id) = id.parse::<RunId>() else {
-                    continue;
-                };
-                let n = |c: &str| -> std::result::Result<u64, sqlx::Error> {
-                    let v: i64 = r.try_get(c)?;
-                    Ok(u64::try_from(v).unwrap_or(0))
-                };
-                out.push((
-                    id,
-                    RunUsage {
-                        input_tokens: n("input_tokens")?,
-                        output_tokens: n("output_tokens")?,
-                        model_calls: n("calls")?,
-                    },
-                ));
-            }
-            Ok(out)
+            Ok(crate::types::usage_rows(&rows)?)
         })
         .await
     }
