@@ -83,8 +83,9 @@ enum Item {
     /// Journal entries `first..=last` (consecutive seqs) and their `entry`
     /// events, encoded together once for every client.
     Entries(i64, i64, Bytes),
-    /// Every entry up to this seq was committed before the poller started:
-    /// a subscriber that has sent fewer reads the rest from the store.
+    /// Every entry up to this seq was committed before the poller's first
+    /// read (sent once, after it): a subscriber that has sent fewer reads
+    /// the rest from the store.
     Sync(i64),
     /// The run is final and every entry was broadcast.
     End,
@@ -246,6 +247,7 @@ async fn poll_run(store: Arc<dyn RunStore>, id: RunId, ch: Weak<RunChannel>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seq: Option<i64> = None;
     let mut status = None;
+    let mut synced = false;
     // Progress gathered since the last tick goes out at once: a run
     // making hundreds of steps a second wakes each client once a tick,
     // not once per event.
@@ -318,8 +320,13 @@ async fn poll_run(store: Arc<dyn RunStore>, id: RunId, ch: Weak<RunChannel>) {
         if last_seq.is_none() {
             last_seq = Some(0);
         }
-        if status.is_some() && !send(Item::Sync(last_seq.unwrap_or(0))) {
-            return;
+        // Once, after the first read: the clients that subscribed before it
+        // learn where the journal ended (later ones read past it themselves).
+        if !synced {
+            synced = true;
+            if !send(Item::Sync(last_seq.unwrap_or(0))) {
+                return;
+            }
         }
         if run.status.is_final() {
             break;
