@@ -487,7 +487,7 @@ function runView(show, wf, refetch, promptsBox) {
   out.push(show.gates.length
     ? h("div", { id: "run-gates" }, show.gates.map((g) => gateCard(g, refetch, false)))
     : h("p", { class: "muted" }, "No human gate yet."));
-  out.push(h("h2", {}, "Steps"));
+  out.push(h("h2", {}, "Timeline"), h("p", { class: "muted" }, "Every journal entry in the order it was committed: model calls (with the provider and model that served them: a fallback or degraded slot shows here), decisions and items."));
   out.push(stepsTable(show.entries));
   out.push(h("h2", {}, "Prompts and answers"), promptsBox);
   out.push(h("h2", {}, "Inputs"), h("pre", { id: "run-inputs" }, text(r.inputs)));
