@@ -190,6 +190,13 @@ async fn commit_cost() {
             "bare:      the same as one command (one round trip to the connection's thread) {one:.1} µs · durable step costs {:.2}x it",
             per_step / one
         );
+        // The store's own statement on a raw connection: what the SQL costs,
+        // without the store's machinery around it.
+        let own = bare_store_sql(durability, STEPS).await;
+        println!(
+            "bare:      the store's own append statement (one command, with its seq and status subqueries and indexes) on a raw connection {own:.1} µs · durable step costs {:.2}x it",
+            per_step / own
+        );
         // The same in files that already hold a run or a loop of commits:
         // a long-lived spes.db, whose WAL no longer grows at each commit.
         let (warm_step, warm_one) = warm_cost(&engine, &wf, &source, durability, mem).await;
@@ -249,6 +256,48 @@ async fn warm_cost(
         (us(median(durable)) - us(mem)) / STEPS as f64,
         bare[bare.len() / 2],
     )
+}
+
+/// The median of the store's lone-append command (`BEGIN IMMEDIATE;
+/// INSERT ... RETURNING seq, status; COMMIT`, as `SqliteStore` sends it) on
+/// a raw connection to a store file holding one run.
+async fn bare_store_sql(durability: Durability, n: usize) -> f64 {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), durability).await;
+    let run = spes_store::testing::sample_run();
+    store.create_run(&run).await.unwrap();
+    store.close().await;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("spes.db"))
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .foreign_keys(true)
+        .synchronous(match durability {
+            Durability::Full => sqlx::sqlite::SqliteSynchronous::Full,
+            _ => sqlx::sqlite::SqliteSynchronous::Normal,
+        });
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    let payload = "x".repeat(600);
+    let id = run.id.to_string();
+    let mut times = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        sqlx::query(
+            "BEGIN IMMEDIATE; INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
+             ON CONFLICT (run_id, key) DO NOTHING RETURNING seq, (SELECT status FROM runs WHERE id = ?1); COMMIT",
+        )
+        .bind(&id)
+        .bind(format!("step{i}"))
+        .bind("model")
+        .bind(&payload)
+        .bind("2026-12-05T00:00:00.000000Z")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        times.push(t.elapsed());
+    }
+    us(median(times))
 }
 
 /// A raw SQLite connection (WAL, `durability`) to a new file holding one
