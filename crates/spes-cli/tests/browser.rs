@@ -8,6 +8,7 @@
 mod harness;
 use harness::*;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +28,11 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The browser is chromedriver's child, in its process group: a test
+        // that failed before closing its session leaves no browser behind.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -46,6 +52,7 @@ fn driver() -> Driver {
         .unwrap()
         .port();
     let child = Command::new(CHROMEDRIVER)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
