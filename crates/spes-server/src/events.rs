@@ -162,6 +162,27 @@ fn entries_frames(page: Vec<spes_store::Entry>) -> Option<(i64, i64, Bytes)> {
     Some((first, last, Bytes::from(buf)))
 }
 
+/// Every entry after `after`, read a page at a time, each page encoded as
+/// one buffer: (first seq, last seq, bytes) per page.
+async fn pages_after(
+    store: &dyn RunStore,
+    id: &RunId,
+    mut after: i64,
+) -> Result<Vec<(i64, i64, Bytes)>, spes_store::StoreError> {
+    let mut pages = Vec::new();
+    loop {
+        let page = store.entries_after(id, after, PAGE).await?;
+        let n = page.len();
+        if let Some(p) = entries_frames(page) {
+            after = p.1;
+            pages.push(p);
+        }
+        if n < PAGE {
+            return Ok(pages);
+        }
+    }
+}
+
 fn entry_frame(e: spes_store::Entry) -> (i64, Bytes) {
     let seq = e.seq;
     let v = EntryView {
@@ -288,34 +309,21 @@ async fn poll_run(store: Arc<dyn RunStore>, id: RunId, ch: Weak<RunChannel>) {
                 return;
             }
         }
-        let mut failed = false;
-        loop {
-            let after = last_seq.unwrap_or(0);
-            match store.entries_after(&id, after, PAGE).await {
-                Ok(page) => {
-                    let n = page.len();
-                    let first_read = last_seq.is_none();
-                    if let Some((first, last, frames)) = entries_frames(page) {
-                        // The first read only finds where the journal ends:
-                        // subscribers read what came before from the store.
-                        if !first_read && !send(Item::Entries(first, last, frames)) {
-                            return;
-                        }
-                        last_seq = Some(last);
+        match pages_after(store.as_ref(), &id, last_seq.unwrap_or(0)).await {
+            Ok(pages) => {
+                for (first, last, frames) in pages {
+                    // The first read only finds where the journal ends:
+                    // subscribers read what came before from the store.
+                    if last_seq.is_some() && !send(Item::Entries(first, last, frames)) {
+                        return;
                     }
-                    if n < PAGE {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(run = %id, error = %e, "event stream cannot read the journal");
-                    failed = true;
-                    break;
+                    last_seq = Some(last);
                 }
             }
-        }
-        if failed {
-            continue;
+            Err(e) => {
+                tracing::warn!(run = %id, error = %e, "event stream cannot read the journal");
+                continue;
+            }
         }
         if last_seq.is_none() {
             last_seq = Some(0);
@@ -394,25 +402,17 @@ impl RunFeed {
         if self.status != Some(shown) {
             self.push_status(shown, json_frame("status", &RunSummary::of(&run)));
         }
-        loop {
-            match self
-                .store
-                .entries_after(&self.id, self.sent_seq, PAGE)
-                .await
-            {
-                Ok(page) => {
-                    let n = page.len();
-                    if let Some((_, last, frames)) = entries_frames(page) {
-                        self.push_entries(last, frames);
-                    }
-                    if n < PAGE {
-                        break;
-                    }
+        match pages_after(self.store.as_ref(), &self.id, self.sent_seq).await {
+            Ok(pages) => {
+                for (_, last, frames) in pages {
+                    self.push_entries(last, frames);
                 }
-                Err(e) => {
-                    tracing::warn!(run = %self.id, error = %e, "event stream cannot read the journal");
-                    break;
-                }
+            }
+            Err(e) => {
+                // Not `end` without every entry: try again later.
+                tracing::warn!(run = %self.id, error = %e, "event stream cannot read the journal");
+                self.phase = Phase::Live;
+                return;
             }
         }
         if run.status.is_final() {
