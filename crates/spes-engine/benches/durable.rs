@@ -192,10 +192,14 @@ async fn commit_cost() {
         );
         // The store's own statement on a raw connection: what the SQL costs,
         // without the store's machinery around it.
-        let own = bare_store_sql(durability, STEPS).await;
+        let own = bare_store_sql(durability, STEPS, false).await;
         println!(
             "bare:      the store's own append statement (one command, with its seq and status subqueries and indexes) on a raw connection {own:.1} µs · durable step costs {:.2}x it",
             per_step / own
+        );
+        let pooled = bare_store_sql(durability, STEPS, true).await;
+        println!(
+            "bare:      the same through a one-connection sqlx pool (acquire, and a ping on every release) {pooled:.1} µs"
         );
         // The same in files that already hold a run or a loop of commits:
         // a long-lived spes.db, whose WAL no longer grows at each commit.
@@ -261,7 +265,7 @@ async fn warm_cost(
 /// The median of the store's lone-append command (`BEGIN IMMEDIATE;
 /// INSERT ... RETURNING seq, status; COMMIT`, as `SqliteStore` sends it) on
 /// a raw connection to a store file holding one run.
-async fn bare_store_sql(durability: Durability, n: usize) -> f64 {
+async fn bare_store_sql(durability: Durability, n: usize, pooled: bool) -> f64 {
     use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), durability).await;
@@ -277,12 +281,19 @@ async fn bare_store_sql(durability: Durability, n: usize) -> f64 {
             _ => sqlx::sqlite::SqliteSynchronous::Normal,
         });
     let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .test_before_acquire(false)
+        .connect_with(opts)
+        .await
+        .unwrap();
     let payload = "x".repeat(600);
     let id = run.id.to_string();
     let mut times = Vec::new();
     for i in 0..n {
         let t = Instant::now();
-        sqlx::query(
+        let q = sqlx::query(
             "BEGIN IMMEDIATE; INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
              SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
              ON CONFLICT (run_id, key) DO NOTHING RETURNING seq, (SELECT status FROM runs WHERE id = ?1); COMMIT",
@@ -291,10 +302,12 @@ async fn bare_store_sql(durability: Durability, n: usize) -> f64 {
         .bind(format!("step{i}"))
         .bind("model")
         .bind(&payload)
-        .bind("2026-12-05T00:00:00.000000Z")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+        .bind("2026-12-05T00:00:00.000000Z");
+        if pooled {
+            q.fetch_all(&pool).await.unwrap();
+        } else {
+            q.fetch_all(&mut conn).await.unwrap();
+        }
         times.push(t.elapsed());
     }
     us(median(times))
