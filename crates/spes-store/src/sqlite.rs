@@ -1,15 +1,16 @@
 //! The embedded SQLite backend: one file, WAL, one writer at a time.
 //!
 //! # Connections
-//! A [`SqliteStore`] holds two sqlx pools on the same file: **one writer
-//! connection** and a few **read-only readers** (or none, with
+//! A [`SqliteStore`] holds, on the same file, **one writer connection**
+//! (owned behind a fair async mutex, not pooled: see `writer`) and a sqlx
+//! pool of a few **read-only readers** (or none, with
 //! [`SqliteOptions::with_readers`]`(0)`: reads then share the writer
 //! connection, as the CLI's one-shot commands do). Every write runs in a
-//! `BEGIN IMMEDIATE` transaction on the writer (sqlx's
-//! `Pool::begin_with`), so it takes SQLite's write lock up front and never
-//! fails half-way with `SQLITE_BUSY_SNAPSHOT` the way a deferred
-//! transaction upgrading to a writer can. Writers inside one process queue
-//! on the pool (fair, async, no SQLite busy-polling); writers in other
+//! `BEGIN IMMEDIATE` transaction on the writer, so it takes SQLite's write
+//! lock up front and never fails half-way with `SQLITE_BUSY_SNAPSHOT` the
+//! way a deferred transaction upgrading to a writer can. Writers inside one
+//! process queue on the writer's mutex (fair, async, no SQLite
+//! busy-polling); writers in other
 //! processes (other `spes` commands, another `SqliteStore`) wait in
 //! SQLite's busy handler (`busy_timeout`) and, past that, in a retry loop
 //! with capped exponential backoff. Only after
@@ -29,6 +30,7 @@ mod error;
 mod row;
 mod run_store;
 mod schema;
+mod writer;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -183,8 +185,9 @@ impl SqliteOptions {
 pub struct SqliteStore {
     path: PathBuf,
     opts: SqliteOptions,
-    writer: SqlitePool,
-    readers: SqlitePool,
+    writer: writer::Writer,
+    /// Read-only connections; `None`: reads share the writer.
+    readers: Option<SqlitePool>,
     /// Journal commits since the last explicit checkpoint.
     commits: AtomicU64,
     /// Appends waiting to be committed together.
@@ -212,6 +215,32 @@ impl From<sqlx::Error> for Fail {
 impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Self {
         Self::Store(e)
+    }
+}
+
+/// A connection held for a read (see `SqliteStore::reader`).
+enum ReadConn<'a> {
+    Pooled(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Writer(writer::WriterConn<'a>),
+}
+
+impl std::ops::Deref for ReadConn<'_> {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            Self::Pooled(c) => c,
+            Self::Writer(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for ReadConn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            Self::Pooled(c) => c,
+            Self::Writer(c) => c,
+        }
     }
 }
 
@@ -377,27 +406,17 @@ impl SqliteStore {
         let lock_wait = opts.lock_wait;
         let writer_opts = &writer_opts;
         let writer = retrying(&path, lock_wait, || async move {
-            Ok(SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                // A SQLite connection cannot go stale: skip the ping (a round trip per call).
-                .test_before_acquire(false)
-                .after_connect(|c, _| Box::pin(persist_wal(c)))
-                .acquire_timeout(lock_wait)
-                .connect_with(writer_opts.clone())
-                .await?)
+            Ok(writer::Writer::connect(writer_opts.clone(), lock_wait).await?)
         })
         .await?;
-        let readers = if opts.readers == 0 {
-            writer.clone()
-        } else {
+        let readers = (opts.readers > 0).then(|| {
             SqlitePoolOptions::new()
                 .max_connections(opts.readers)
                 .test_before_acquire(false)
                 .after_connect(|c, _| Box::pin(persist_wal(c)))
                 .acquire_timeout(opts.lock_wait)
                 .connect_lazy_with(base.read_only(true))
-        };
+        });
         let store = Self {
             path,
             opts,
@@ -459,7 +478,9 @@ impl SqliteStore {
     /// Closes every connection (the last one checkpoints the WAL into the
     /// main file). Operations after this fail.
     pub async fn close(&self) {
-        self.readers.close().await;
+        if let Some(readers) = &self.readers {
+            readers.close().await;
+        }
         self.writer.close().await;
     }
 
@@ -468,7 +489,7 @@ impl SqliteStore {
     pub async fn integrity_check(&self) -> Result<String> {
         self.retry(|| async move {
             let rows = sqlx::query("PRAGMA integrity_check")
-                .fetch_all(&self.readers)
+                .fetch_all(&mut *self.reader().await?)
                 .await?;
             let lines = rows
                 .iter()
@@ -483,7 +504,7 @@ impl SqliteStore {
     pub async fn schema_version(&self) -> Result<i64> {
         self.retry(|| async move {
             Ok(sqlx::query_scalar::<_, i64>("PRAGMA user_version")
-                .fetch_one(&self.readers)
+                .fetch_one(&mut *self.reader().await?)
                 .await?)
         })
         .await
@@ -496,6 +517,15 @@ impl SqliteStore {
     }
 
     /// Runs one read or write attempt under the store's lock-wait policy.
+    /// A connection for a read: a reader, or the writer when the store has
+    /// no readers.
+    async fn reader(&self) -> Result<ReadConn<'_>, sqlx::Error> {
+        Ok(match &self.readers {
+            Some(pool) => ReadConn::Pooled(pool.acquire().await?),
+            None => ReadConn::Writer(self.writer.acquire().await?),
+        })
+    }
+
     async fn retry<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -509,7 +539,8 @@ impl SqliteStore {
     /// have migrated meanwhile).
     async fn migrate(&self) -> Result<()> {
         self.retry(|| async move {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut w = self.writer.acquire().await?;
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
             let found = read_identity(&mut tx).await?;
             let version = check_identity(&self.path, &found)?;
             for (n, sql) in schema::MIGRATIONS
@@ -549,9 +580,11 @@ impl SqliteStore {
             return;
         }
         let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_multiple_of(every) {
+        if n.is_multiple_of(every)
+            && let Ok(mut w) = self.writer.acquire().await
+        {
             let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_all(&self.writer)
+                .fetch_all(&mut *w)
                 .await;
         }
     }

@@ -2,7 +2,7 @@
 //! the writer connection, every read one statement on a reader.
 
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::row::{ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS, fmt_time, now};
 use super::{Fail, SqliteStore, error, row};
@@ -58,7 +58,8 @@ impl RunStore for SqliteStore {
             serde_json::to_string(&run.settings).map_err(|e| StoreError::Backend(e.to_string()))?;
         let (id, pins, inputs, settings) = (&id, &pins, &inputs, &settings);
         self.retry(|| async move {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut w = self.writer.acquire().await?;
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
             let existing = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -101,7 +102,7 @@ impl RunStore for SqliteStore {
                 "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
             )))
             .bind(id)
-            .fetch_optional(&self.readers)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
             row.as_ref().map(|r| self.run_from(r)).transpose()
         })
@@ -113,7 +114,7 @@ impl RunStore for SqliteStore {
         self.retry(|| async move {
             let s = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
                 .bind(id)
-                .fetch_optional(&self.readers)
+                .fetch_optional(&mut *self.reader().await?)
                 .await?;
             s.map(|s| {
                 s.parse::<RunStatus>()
@@ -133,7 +134,7 @@ impl RunStore for SqliteStore {
             )))
             .bind(prefix)
             .bind(upper)
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
             match rows.as_slice() {
                 [] => Err(Fail::Store(StoreError::NotFound(format!(
@@ -155,7 +156,7 @@ impl RunStore for SqliteStore {
                     )
                     .bind(prefix)
                     .bind(upper)
-                    .fetch_one(&self.readers)
+                    .fetch_one(&mut *self.reader().await?)
                     .await?;
                     Err(Fail::Store(StoreError::Ambiguous {
                         prefix: id_or_prefix.to_owned(),
@@ -193,7 +194,7 @@ impl RunStore for SqliteStore {
                         "SELECT id FROM runs WHERE status IN ({list}) AND updated_at < ?1 ORDER BY id"
                     )))
                     .bind(cutoff)
-                    .fetch_all(&self.readers)
+                    .fetch_all(&mut *self.reader().await?)
                     .await?
                 } else {
                     // Entries and gates go with their run (ON DELETE CASCADE).
@@ -201,7 +202,7 @@ impl RunStore for SqliteStore {
                         "DELETE FROM runs WHERE status IN ({list}) AND updated_at < ?1 RETURNING id"
                     )))
                     .bind(cutoff)
-                    .fetch_all(&self.writer)
+                    .fetch_all(&mut *self.writer.acquire().await?)
                     .await?;
                     ids.sort();
                     ids
@@ -225,7 +226,7 @@ impl RunStore for SqliteStore {
                 )))
                 .bind(limit),
             }
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
             rows.iter().map(|r| self.run_from(r)).collect()
         })
@@ -257,7 +258,7 @@ impl RunStore for SqliteStore {
             .bind(after_t)
             .bind(after_id)
             .bind(q.limit)
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
             rows.iter().map(|r| self.run_from(r)).collect()
         })
@@ -280,7 +281,8 @@ impl RunStore for SqliteStore {
             .map_err(|_| StoreError::Backend("cannot encode output".into()))?;
         let patch = &patch;
         self.retry(|| async move {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut w = self.writer.acquire().await?;
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
             let current = sqlx::query_scalar::<_, String>("SELECT status FROM runs WHERE id = ?1")
                 .bind(key)
                 .fetch_optional(&mut *tx)
@@ -331,7 +333,8 @@ impl RunStore for SqliteStore {
     ) -> Result<Run> {
         let key = &id.to_string();
         self.retry(|| async move {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut w = self.writer.acquire().await?;
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
             let row = sqlx::query("SELECT status, owner FROM runs WHERE id = ?1")
                 .bind(key)
                 .fetch_optional(&mut *tx)
@@ -391,7 +394,7 @@ impl RunStore for SqliteStore {
             )))
             .bind(run_id)
             .bind(key)
-            .fetch_optional(&self.readers)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
             row.as_ref().map(|r| self.entry_from(r)).transpose()
         })
@@ -405,7 +408,7 @@ impl RunStore for SqliteStore {
                 "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 ORDER BY seq"
             )))
             .bind(run_id)
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
             rows.iter().map(|r| self.entry_from(r)).collect()
         })
@@ -435,7 +438,7 @@ impl RunStore for SqliteStore {
             for id in ids {
                 q = q.bind(id);
             }
-            let rows = q.fetch_all(&self.readers).await?;
+            let rows = q.fetch_all(&mut *self.reader().await?).await?;
             Ok(crate::types::usage_rows(&rows)?)
         })
         .await
@@ -451,7 +454,7 @@ impl RunStore for SqliteStore {
             .bind(run_id)
             .bind(after)
             .bind(limit)
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
             rows.iter().map(|r| self.entry_from(r)).collect()
         })
@@ -464,7 +467,8 @@ impl RunStore for SqliteStore {
             .map_err(|_| StoreError::Backend("cannot encode request".into()))?;
         let deadline = &gate.deadline.map(fmt_time);
         self.retry(|| async move {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut w = self.writer.acquire().await?;
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::query(
                 "INSERT INTO gates (run_id, key, kind, request, deadline, opened_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (run_id, key) DO NOTHING",
@@ -497,7 +501,8 @@ impl RunStore for SqliteStore {
         let decision =
             &json(decision).map_err(|_| StoreError::Backend("cannot encode decision".into()))?;
         self.retry(|| async move {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut w = self.writer.acquire().await?;
+            let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
             let gate = sqlx::query("SELECT decision, decided_at FROM gates WHERE run_id = ?1 AND key = ?2")
                 .bind(run_id)
                 .bind(key)
@@ -580,7 +585,7 @@ impl RunStore for SqliteStore {
             if let Some(r) = &run_id {
                 q = q.bind(r);
             }
-            let rows = q.fetch_all(&self.readers).await?;
+            let rows = q.fetch_all(&mut *self.reader().await?).await?;
             rows.iter().map(|r| self.gate_from(r)).collect()
         })
         .await
@@ -629,7 +634,8 @@ impl SqliteStore {
                 if let [one] = reqs.as_slice() {
                     return Ok(vec![self.append_one_shot(one).await?]);
                 }
-                let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+                let mut w = self.writer.acquire().await?;
+                let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
                 let mut outs = Vec::with_capacity(reqs.len());
                 let at = fmt_time(now());
                 for r in reqs {
@@ -651,25 +657,16 @@ impl SqliteStore {
     /// thread: `BEGIN IMMEDIATE; INSERT ... RETURNING seq; COMMIT`, one
     /// round trip instead of three. sqlx does not track this transaction,
     /// so it is ended here on every path: an error rolls it back before the
-    /// connection goes back to the pool, and a caller that gives up mid-way
+    /// connection is let go, and a caller that gives up mid-way
     /// (its future dropped) closes the connection instead, which rolls back
     /// whatever the command left open.
     async fn append_one_shot(&self, r: &AppendReq) -> Result<Result<Appended>, Fail> {
-        /// Closes the connection when dropped before the command finished.
-        struct Unfinished(Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>);
-        impl Drop for Unfinished {
-            fn drop(&mut self) {
-                if let Some(c) = self.0.as_mut() {
-                    c.close_on_drop();
-                }
-            }
-        }
         let run_id = r.run.to_string();
         let began = std::time::Instant::now();
-        let mut conn = Unfinished(Some(self.writer.acquire().await?));
-        let c = conn.0.as_mut().ok_or_else(|| {
-            Fail::Store(StoreError::Backend("the writer connection is gone".into()))
-        })?;
+        let mut conn = self.writer.acquire().await?;
+        // Until the command is over: dropped part-way, the connection is
+        // closed (which rolls back what it began), not kept.
+        conn.close_on_drop();
         let rows = sqlx::query(concat!(
             "BEGIN IMMEDIATE; ",
             insert_entry!(),
@@ -681,26 +678,26 @@ impl SqliteStore {
         .bind(&r.payload)
         .bind(fmt_time(now()))
         // Every statement runs: `fetch_all` (a row limit would stop before COMMIT).
-        .fetch_all(&mut **c)
+        .fetch_all(&mut *conn)
         .await;
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
                 // Nothing was committed; end what the command began. A
                 // failed COMMIT (a full disk) leaves the transaction open.
-                match sqlx::raw_sql("ROLLBACK").execute(&mut **c).await {
+                match sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await {
                     Ok(_) => {}
                     Err(re) if re.to_string().contains("no transaction is active") => {}
                     // Unsure what is open: the connection is closed, not reused.
                     Err(_) => return Err(Fail::Sql(e)),
                 }
-                conn.0.take();
+                conn.keep();
                 // A foreign key failing at the insert is an unknown run; one
                 // failing at COMMIT (a deferred constraint) is the commit's.
                 if constraint(&e) == Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) {
                     let exists = sqlx::query_scalar::<_, i64>("SELECT 1 FROM runs WHERE id = ?1")
                         .bind(&run_id)
-                        .fetch_optional(&self.writer)
+                        .fetch_optional(&mut *conn)
                         .await?;
                     if exists.is_none() {
                         return Ok(Err(StoreError::NotFound(format!("no run {}", r.run))));
@@ -709,8 +706,7 @@ impl SqliteStore {
                 return Err(Fail::Sql(e));
             }
         };
-        // Done: the connection goes back to the pool.
-        conn.0.take();
+        conn.keep();
         match rows.first() {
             Some(row) => {
                 // The run's status, read under the write lock in the same
@@ -729,7 +725,7 @@ impl SqliteStore {
                 Ok(Ok(Appended::New(row.try_get::<i64, _>(0)?)))
             }
             // The key was taken: the first commit wins; entries never change.
-            None => Ok(Ok(self.existing(&self.writer, &run_id, &r.key).await?)),
+            None => Ok(Ok(self.existing(&mut *conn, &run_id, &r.key).await?)),
         }
     }
 
