@@ -40,6 +40,7 @@
 mod dialect;
 mod handler;
 mod script;
+mod tools;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -55,7 +56,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use script::{FakeError, FakeResponse, FakeStop, FakeUsage, Fault};
+pub use script::{FakeError, FakeResponse, FakeStop, FakeToolCall, FakeUsage, Fault};
 
 /// A request the server received.
 #[derive(Debug, Clone, PartialEq)]
