@@ -153,7 +153,7 @@ impl ChatRequest {
         self.messages
             .iter()
             .rev()
-            .find(|m| m.role == Role::User && !(m.content.is_empty() && !m.tool_results.is_empty()))
+            .find(|m| m.role == Role::User && (!m.content.is_empty() || m.tool_results.is_empty()))
             .map_or("", |m| m.content.as_str())
     }
 }

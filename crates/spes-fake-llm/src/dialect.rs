@@ -54,9 +54,12 @@ impl Answer {
         out
     }
 
-    /// A call's arguments as Anthropic's `input`: the JSON, or the text as
-    /// a JSON string when it is not JSON.
+    /// A call's arguments as Anthropic's `input`: the JSON (`{}` for empty
+    /// text), or the text as a JSON string when it is not JSON.
     fn input(call: &FakeToolCall) -> Value {
+        if call.arguments.trim().is_empty() {
+            return json!({});
+        }
         serde_json::from_str(&call.arguments)
             .unwrap_or_else(|_| Value::String(call.arguments.clone()))
     }

@@ -27,9 +27,9 @@ pub struct FakeToolCall {
     /// The tool's name.
     pub name: String,
     /// The arguments as JSON text, sent as they are: text that is not JSON
-    /// scripts a model that wrote broken arguments (Anthropic's
-    /// non-streamed `input` must be JSON, so there it is sent as a JSON
-    /// string).
+    /// scripts a model that wrote broken arguments. Anthropic's
+    /// non-streamed `input` must be JSON: there empty text is sent as `{}`
+    /// and other text that is not JSON as a JSON string.
     pub arguments: String,
 }
 

@@ -137,7 +137,7 @@ fn push_message<'a>(out: &mut Vec<WireMessage<'a>>, m: &'a Message) {
         Role::User => "user",
         Role::Assistant => "assistant",
     };
-    let content = (!(m.content.is_empty() && !m.tool_calls.is_empty()))
+    let content = (!m.content.is_empty() || m.tool_calls.is_empty())
         .then_some(Cow::Borrowed(m.content.as_str()));
     out.push(WireMessage {
         role,
