@@ -729,6 +729,29 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_format_md_example_script_parses_and_answers() {
+        let doc = include_str!("../../../docs/FORMAT.md");
+        let section = doc
+            .split("## Scripted answers")
+            .nth(1)
+            .and_then(|s| s.split("```yaml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .unwrap();
+        let p = ScriptedProvider::parse("t", "FORMAT.md", section).unwrap();
+        let r = p
+            .complete(&ChatRequest::user("q"), &CallContext::for_step("agent"))
+            .await
+            .unwrap();
+        assert_eq!(r.stop_reason, StopReason::ToolUse);
+        assert_eq!(r.tool_calls[0].name, "weather");
+        assert_eq!(
+            r.tool_calls[0].arguments,
+            serde_json::json!({"city": "Paris"})
+        );
+        assert_eq!(r.tool_calls[0].id, "call_5_1_1");
+    }
+
     #[test]
     fn bad_tool_call_rules_are_explained() {
         let e =
