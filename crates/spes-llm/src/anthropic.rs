@@ -146,7 +146,9 @@ impl AnthropicProvider {
     ///
     /// # Errors
     ///
-    /// [`ProviderErrorKind::Config`] when no model is named.
+    /// [`ProviderErrorKind::Config`] when no model is named;
+    /// [`ProviderErrorKind::InvalidRequest`] when a tool of the request is
+    /// named `structured_answer` while it carries a schema.
     pub fn request_body(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
         let model = self.model(req)?;
         serde_json::to_value(self.wire_request(req, model)?).map_err(|e| {
