@@ -15,6 +15,7 @@ pub mod pattern;
 pub mod policy;
 pub mod route;
 pub mod template;
+pub mod tool;
 pub mod transform;
 pub mod workflow;
 pub mod yaml;

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::script::{FakeError, FakeStop, FakeUsage};
+use crate::script::{FakeError, FakeStop, FakeToolCall, FakeUsage};
 
 /// Which provider's API a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,47 @@ pub(crate) struct Answer {
     pub(crate) stop: FakeStop,
     pub(crate) usage: FakeUsage,
     pub(crate) include_usage: bool,
+    /// The request's number (for default tool-call ids).
+    pub(crate) n: usize,
+    pub(crate) calls: Vec<FakeToolCall>,
+    /// Characters per streamed argument fragment.
+    pub(crate) chunk_chars: usize,
+}
+
+impl Answer {
+    /// The `k`th (0-based) call's id in `dialect`.
+    fn call_id(&self, dialect: Dialect, k: usize) -> String {
+        self.calls
+            .get(k)
+            .and_then(|c| c.id.clone())
+            .unwrap_or_else(|| match dialect {
+                Dialect::Anthropic => format!("toolu_fake_{}_{}", self.n, k + 1),
+                Dialect::OpenAi => format!("call_fake_{}_{}", self.n, k + 1),
+            })
+    }
+
+    /// A call's arguments in streamed fragments (at least one, maybe empty).
+    fn fragments(&self, call: &FakeToolCall) -> Vec<String> {
+        let chars: Vec<char> = call.arguments.chars().collect();
+        let mut out: Vec<String> = chars
+            .chunks(self.chunk_chars.max(1))
+            .map(|c| c.iter().collect())
+            .collect();
+        if out.is_empty() {
+            out.push(String::new());
+        }
+        out
+    }
+
+    /// A call's arguments as Anthropic's `input`: the JSON (`{}` for empty
+    /// text), or the text as a JSON string when it is not JSON.
+    fn input(call: &FakeToolCall) -> Value {
+        if call.arguments.trim().is_empty() {
+            return json!({});
+        }
+        serde_json::from_str(&call.arguments)
+            .unwrap_or_else(|_| Value::String(call.arguments.clone()))
+    }
 }
 
 /// SSE frames of a streamed answer, split where faults cut in.
@@ -46,32 +87,65 @@ impl Dialect {
     pub(crate) fn reply_json(self, a: &Answer) -> Value {
         match self {
             Self::Anthropic => {
-                let (stop_reason, stop_sequence) = anthropic_stop(&a.stop);
+                let (stop_reason, stop_sequence) = anthropic_stop(a);
+                let mut content = Vec::new();
+                if !a.text.is_empty() || a.calls.is_empty() {
+                    content.push(json!({"type": "text", "text": a.text}));
+                }
+                for (k, c) in a.calls.iter().enumerate() {
+                    content.push(json!({
+                        "type": "tool_use", "id": a.call_id(self, k), "name": c.name,
+                        "input": Answer::input(c),
+                    }));
+                }
                 json!({
                     "id": a.id,
                     "type": "message",
                     "role": "assistant",
                     "model": a.model,
-                    "content": [{"type": "text", "text": a.text}],
+                    "content": content,
                     "stop_reason": stop_reason,
                     "stop_sequence": stop_sequence,
                     "usage": anthropic_usage(&a.usage, a.usage.output_tokens),
                 })
             }
-            Self::OpenAi => json!({
-                "id": a.id,
-                "object": "chat.completion",
-                "created": CREATED,
-                "model": a.model,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": a.text, "refusal": null},
-                    "logprobs": null,
-                    "finish_reason": openai_finish(&a.stop),
-                }],
-                "usage": openai_usage(&a.usage),
-                "system_fingerprint": "fp_fake",
-            }),
+            Self::OpenAi => {
+                let mut message = json!({
+                    "role": "assistant",
+                    "content": if a.text.is_empty() && !a.calls.is_empty() {
+                        Value::Null
+                    } else {
+                        Value::String(a.text.clone())
+                    },
+                    "refusal": null,
+                });
+                if !a.calls.is_empty() {
+                    let calls: Vec<Value> = a
+                        .calls
+                        .iter()
+                        .enumerate()
+                        .map(|(k, c)| {
+                            json!({"id": a.call_id(self, k), "type": "function",
+                                   "function": {"name": c.name, "arguments": c.arguments}})
+                        })
+                        .collect();
+                    message["tool_calls"] = Value::Array(calls);
+                }
+                json!({
+                    "id": a.id,
+                    "object": "chat.completion",
+                    "created": CREATED,
+                    "model": a.model,
+                    "choices": [{
+                        "index": 0,
+                        "message": message,
+                        "logprobs": null,
+                        "finish_reason": openai_finish(a),
+                    }],
+                    "usage": openai_usage(&a.usage),
+                    "system_fingerprint": "fp_fake",
+                })
+            }
         }
     }
 
@@ -123,16 +197,18 @@ impl Dialect {
     }
 }
 
-fn anthropic_stop(stop: &FakeStop) -> (&'static str, Value) {
-    match stop {
+fn anthropic_stop(a: &Answer) -> (&'static str, Value) {
+    match &a.stop {
+        FakeStop::EndTurn if !a.calls.is_empty() => ("tool_use", Value::Null),
         FakeStop::EndTurn => ("end_turn", Value::Null),
         FakeStop::MaxTokens => ("max_tokens", Value::Null),
         FakeStop::StopSequence(s) => ("stop_sequence", Value::String(s.clone())),
     }
 }
 
-fn openai_finish(stop: &FakeStop) -> &'static str {
-    match stop {
+fn openai_finish(a: &Answer) -> &'static str {
+    match &a.stop {
+        FakeStop::EndTurn if !a.calls.is_empty() => "tool_calls",
         FakeStop::EndTurn | FakeStop::StopSequence(_) => "stop",
         FakeStop::MaxTokens => "length",
     }
@@ -165,41 +241,93 @@ fn sse(event: Option<&str>, data: &Value) -> Bytes {
     })
 }
 
+/// Anthropic's event sequence: `message_start`, the first block's
+/// `content_block_start`, `ping`, then every block's deltas, each block
+/// closed by `content_block_stop` before the next one starts (a text block
+/// first, unless the text is empty and there are tool calls; then one
+/// `tool_use` block per call, whose first delta is an empty
+/// `input_json_delta`, as the API sends), then `message_delta` and
+/// `message_stop`. Each entry of `deltas` ends with one delta event; block
+/// boundaries ride in front of the delta that follows them.
 fn anthropic_frames(a: &Answer) -> Frames {
     let ev = |name: &str, data: Value| sse(Some(name), &data);
-    let (stop_reason, stop_sequence) = anthropic_stop(&a.stop);
-    let preamble = vec![
-        ev(
-            "message_start",
-            json!({"type": "message_start", "message": {
-                "id": a.id, "type": "message", "role": "assistant", "model": a.model,
-                "content": [], "stop_reason": null, "stop_sequence": null,
-                "usage": anthropic_usage(&a.usage, 1),
-            }}),
-        ),
+    let (stop_reason, stop_sequence) = anthropic_stop(a);
+    let start = |index: usize, block: Value| {
         ev(
             "content_block_start",
-            json!({"type": "content_block_start", "index": 0,
-                   "content_block": {"type": "text", "text": ""}}),
-        ),
-        ev("ping", json!({"type": "ping"})),
-    ];
-    let deltas = a
-        .chunks
-        .iter()
-        .map(|c| {
-            ev(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0,
-                       "delta": {"type": "text_delta", "text": c}}),
-            )
-        })
-        .collect();
-    let finals = vec![
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        )
+    };
+    let stop = |index: usize| {
         ev(
             "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
-        ),
+            json!({"type": "content_block_stop", "index": index}),
+        )
+    };
+    let delta = |index: usize, d: Value| {
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": d}),
+        )
+    };
+    // Blocks: (start event, delta events).
+    let mut blocks: Vec<(Bytes, Vec<Bytes>)> = Vec::new();
+    if !a.text.is_empty() || a.calls.is_empty() {
+        let deltas = a
+            .chunks
+            .iter()
+            .map(|c| delta(0, json!({"type": "text_delta", "text": c})))
+            .collect();
+        blocks.push((start(0, json!({"type": "text", "text": ""})), deltas));
+    }
+    for (k, c) in a.calls.iter().enumerate() {
+        let index = blocks.len();
+        let block = json!({"type": "tool_use", "id": a.call_id(Dialect::Anthropic, k),
+                           "name": c.name, "input": {}});
+        let mut deltas = vec![delta(
+            index,
+            json!({"type": "input_json_delta", "partial_json": ""}),
+        )];
+        if !c.arguments.is_empty() {
+            deltas.extend(a.fragments(c).into_iter().map(|f| {
+                delta(
+                    index,
+                    json!({"type": "input_json_delta", "partial_json": f}),
+                )
+            }));
+        }
+        blocks.push((start(index, block), deltas));
+    }
+    let mut preamble = vec![ev(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": a.id, "type": "message", "role": "assistant", "model": a.model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": anthropic_usage(&a.usage, 1),
+        }}),
+    )];
+    let mut deltas: Vec<Bytes> = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let last = blocks.len().saturating_sub(1);
+    for (index, (start_ev, block_deltas)) in blocks.into_iter().enumerate() {
+        if index == 0 {
+            preamble.push(start_ev);
+            preamble.push(ev("ping", json!({"type": "ping"})));
+        } else {
+            pending.extend_from_slice(&stop(index - 1));
+            pending.extend_from_slice(&start_ev);
+        }
+        for d in block_deltas {
+            pending.extend_from_slice(&d);
+            deltas.push(Bytes::from(std::mem::take(&mut pending)));
+        }
+    }
+    let mut finals = Vec::new();
+    if !pending.is_empty() {
+        finals.push(Bytes::from(pending));
+    }
+    finals.extend([
+        stop(last),
         ev(
             "message_delta",
             json!({"type": "message_delta",
@@ -207,7 +335,7 @@ fn anthropic_frames(a: &Answer) -> Frames {
                    "usage": {"output_tokens": a.usage.output_tokens}}),
         ),
         ev("message_stop", json!({"type": "message_stop"})),
-    ];
+    ]);
     Frames {
         preamble,
         deltas,
@@ -215,6 +343,12 @@ fn anthropic_frames(a: &Answer) -> Frames {
     }
 }
 
+/// OpenAI's chunks: a first chunk with the role, the text in `content`
+/// deltas, then the tool calls: each call's first fragment (`index`, `id`,
+/// `type`, `function.name`, empty `arguments`) in order, then their
+/// `function.arguments` fragments, interleaved round-robin when there are
+/// several (clients must assemble by `index`), then an empty delta with
+/// the finish reason, the usage chunk when asked for, and `[DONE]`.
 fn openai_frames(a: &Answer) -> Frames {
     let chunk = |delta: Value, finish: Value| {
         let mut v = json!({
@@ -229,16 +363,47 @@ fn openai_frames(a: &Answer) -> Frames {
         }
         sse(None, &v)
     };
+    let first_content = if a.text.is_empty() && !a.calls.is_empty() {
+        Value::Null
+    } else {
+        json!("")
+    };
     let preamble = vec![chunk(
-        json!({"role": "assistant", "content": "", "refusal": null}),
+        json!({"role": "assistant", "content": first_content, "refusal": null}),
         Value::Null,
     )];
-    let deltas = a
+    let mut deltas: Vec<Bytes> = a
         .chunks
         .iter()
         .map(|c| chunk(json!({"content": c}), Value::Null))
         .collect();
-    let mut finals = vec![chunk(json!({}), json!(openai_finish(&a.stop)))];
+    for (k, c) in a.calls.iter().enumerate() {
+        deltas.push(chunk(
+            json!({"tool_calls": [{"index": k, "id": a.call_id(Dialect::OpenAi, k), "type": "function",
+                                   "function": {"name": c.name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+    }
+    let mut fragments: Vec<std::vec::IntoIter<String>> =
+        a.calls.iter().map(|c| a.fragments(c).into_iter()).collect();
+    loop {
+        let mut any = false;
+        for (k, it) in fragments.iter_mut().enumerate() {
+            if let Some(f) = it.next() {
+                any = true;
+                if !f.is_empty() {
+                    deltas.push(chunk(
+                        json!({"tool_calls": [{"index": k, "function": {"arguments": f}}]}),
+                        Value::Null,
+                    ));
+                }
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    let mut finals = vec![chunk(json!({}), json!(openai_finish(a)))];
     if a.include_usage {
         finals.push(sse(
             None,

@@ -244,7 +244,7 @@ fn invalid(dialect: Dialect, body: &Value) -> Option<String> {
     if dialect == Dialect::Anthropic && !obj.get("max_tokens").is_some_and(Value::is_u64) {
         return Some("max_tokens: Field required".to_owned());
     }
-    None
+    crate::tools::invalid(dialect, obj)
 }
 
 fn error_response(dialect: Dialect, e: &FakeError, rid: &str) -> Response {
@@ -298,14 +298,20 @@ fn content_text(content: &Value) -> String {
     }
 }
 
-/// The last user message's text (string or text-part content).
+/// The last user message's text (string or text-part content), passing
+/// over user messages that only carry Anthropic `tool_result` blocks (so
+/// that rules match on the question in both dialects: OpenAI's tool
+/// results are `role: tool` messages).
 fn last_user_text(body: &Value) -> String {
     body.get("messages")
         .and_then(Value::as_array)
         .and_then(|ms| {
-            ms.iter()
-                .rev()
-                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            ms.iter().rev().find(|m| {
+                m.get("role").and_then(Value::as_str) == Some("user")
+                    && !m
+                        .get("content")
+                        .is_some_and(|c| c.is_array() && content_text(c).is_empty())
+            })
         })
         .and_then(|m| m.get("content"))
         .map(content_text)
@@ -321,6 +327,11 @@ fn answer(body: &Value, r: &FakeResponse, user_text: &str, n: usize) -> Answer {
         .text
         .clone()
         .unwrap_or_else(|| format!("echo: {user_text}"));
+    let call_words: u64 = r
+        .tool_calls
+        .iter()
+        .map(|c| words(&c.name) + words(&c.arguments))
+        .sum();
     let usage = r.usage.unwrap_or_else(|| {
         let mut input = body.get("system").map_or(0, |s| words(&content_text(s)));
         if let Some(ms) = body.get("messages").and_then(Value::as_array) {
@@ -332,7 +343,7 @@ fn answer(body: &Value, r: &FakeResponse, user_text: &str, n: usize) -> Answer {
         }
         FakeUsage {
             input_tokens: input.max(1),
-            output_tokens: words(&text).max(1),
+            output_tokens: (words(&text) + call_words).max(1),
             ..FakeUsage::default()
         }
     });
@@ -356,6 +367,9 @@ fn answer(body: &Value, r: &FakeResponse, user_text: &str, n: usize) -> Answer {
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             == Some(true),
+        n,
+        calls: r.tool_calls.clone(),
+        chunk_chars: r.chunk_chars,
     }
 }
 

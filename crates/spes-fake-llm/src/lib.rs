@@ -19,6 +19,13 @@
 //! message (`echo: <text>`). Answers can carry faults ([`Fault`]): an HTTP
 //! error in the provider's error shape (with `retry-after`), a hang before
 //! the headers, a stall or a broken connection in the middle of the body.
+//! Answers can call tools ([`FakeToolCall`], [`FakeResponse::tool_calls`]):
+//! OpenAI `tool_calls` (streamed as fragments keyed by `index`, the
+//! arguments of parallel calls interleaved) and Anthropic `tool_use`
+//! blocks (streamed as `input_json_delta`), with the tool-use stop reason.
+//! Like the real APIs, the server answers 400 to malformed `tools`, a
+//! `tool_choice` without tools, a tool call in the history left without
+//! its result, and a result that answers no call of the turn before.
 //! Every request is recorded ([`FakeServer::requests`]) with its headers and
 //! JSON body.
 //!
@@ -40,6 +47,7 @@
 mod dialect;
 mod handler;
 mod script;
+mod tools;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -55,7 +63,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use script::{FakeError, FakeResponse, FakeStop, FakeUsage, Fault};
+pub use script::{FakeError, FakeResponse, FakeStop, FakeToolCall, FakeUsage, Fault};
 
 /// A request the server received.
 #[derive(Debug, Clone, PartialEq)]

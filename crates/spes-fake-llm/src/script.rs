@@ -15,6 +15,53 @@ pub enum FakeStop {
     StopSequence(String),
 }
 
+/// A tool call the fake model makes, rendered in each provider's shape
+/// (OpenAI `tool_calls` with `function.arguments` as JSON text; Anthropic
+/// `tool_use` blocks with `input`, streamed as `input_json_delta`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeToolCall {
+    /// The call's id; `None` gives `call_fake_{request}_{n}` (OpenAI) or
+    /// `toolu_fake_{request}_{n}` (Anthropic), `n` counting the answer's
+    /// calls from 1.
+    pub id: Option<String>,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments as JSON text, sent as they are: text that is not JSON
+    /// scripts a model that wrote broken arguments. Anthropic's
+    /// non-streamed `input` must be JSON: there empty text is sent as `{}`
+    /// and other text that is not JSON as a JSON string.
+    pub arguments: String,
+}
+
+impl FakeToolCall {
+    /// A call of `name` with `arguments`.
+    #[must_use]
+    pub fn new(name: impl Into<String>, arguments: &serde_json::Value) -> Self {
+        Self {
+            id: None,
+            name: name.into(),
+            arguments: arguments.to_string(),
+        }
+    }
+
+    /// A call whose arguments are this text, verbatim (valid JSON or not).
+    #[must_use]
+    pub fn raw(name: impl Into<String>, arguments: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    /// Sets the id.
+    #[must_use]
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
 /// Token counts the fake server reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FakeUsage {
@@ -58,14 +105,15 @@ pub enum Fault {
     Error(FakeError),
     /// Never send response headers (until the server is dropped).
     Hang,
-    /// Send the headers and this many text chunks, then go silent.
+    /// Send the headers and this many chunks (text chunks, then tool-call
+    /// argument fragments), then go silent.
     StallAfter(usize),
-    /// Send the headers and this many text chunks, then close the connection.
+    /// Send the headers and this many chunks, then close the connection.
     BreakAfter(usize),
-    /// Send the headers and this many text chunks, then end the body
+    /// Send the headers and this many chunks, then end the body
     /// cleanly but without the final events (`message_stop`, `[DONE]`).
     EndAfter(usize),
-    /// Streaming: send this many text chunks, then an error event (Anthropic
+    /// Streaming: send this many chunks, then an error event (Anthropic
     /// `event: error`, OpenAI `data: {"error": ...}`) and end. Non-streaming:
     /// answer with the HTTP error.
     ErrorEventAfter(usize, FakeError),
@@ -87,8 +135,12 @@ pub enum Fault {
 pub struct FakeResponse {
     /// The reply text; `None` echoes the last user message.
     pub text: Option<String>,
-    /// Why the model stops.
+    /// Why the model stops. With tool calls, `EndTurn` is rendered as the
+    /// tool-use stop (`tool_use` / `tool_calls`).
     pub stop: FakeStop,
+    /// Tool calls after the text (an empty text is then sent as no text
+    /// block / `content: null`).
+    pub tool_calls: Vec<FakeToolCall>,
     /// Reported usage; `None` counts words of the prompt and reply.
     pub usage: Option<FakeUsage>,
     /// Characters per streamed text chunk (at least 1).
@@ -106,6 +158,7 @@ impl Default for FakeResponse {
         Self {
             text: None,
             stop: FakeStop::EndTurn,
+            tool_calls: Vec::new(),
             usage: None,
             chunk_chars: 16,
             chunk_delay: Duration::ZERO,
@@ -129,6 +182,29 @@ impl FakeResponse {
             text: Some(text.into()),
             ..Self::default()
         }
+    }
+
+    /// Calls these tools, without text.
+    #[must_use]
+    pub fn tool_calls(calls: Vec<FakeToolCall>) -> Self {
+        Self {
+            tool_calls: calls,
+            ..Self::text("")
+        }
+    }
+
+    /// Calls one tool, without text.
+    #[must_use]
+    pub fn tool_call(name: impl Into<String>, arguments: &serde_json::Value) -> Self {
+        Self::tool_calls(vec![FakeToolCall::new(name, arguments)])
+    }
+
+    /// Adds a tool call after the answer's text (an echo answer keeps
+    /// echoing).
+    #[must_use]
+    pub fn with_tool_call(mut self, call: FakeToolCall) -> Self {
+        self.tool_calls.push(call);
+        self
     }
 
     /// An HTTP error with provider-shaped defaults for `status`.

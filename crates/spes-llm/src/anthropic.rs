@@ -23,6 +23,38 @@
 //! system text: "Respond with a single JSON value and nothing else: no
 //! prose, no code fences."; the engine checks the answer parses.
 //!
+//! **Tools.** A request's tools are sent as `tools: [{"name": ...,
+//! "description": ..., "input_schema": ...}]` (no `description` when it is
+//! empty) and its `tool_choice` as `{"type": "auto"}`, `{"type":
+//! "none"}`, `{"type": "any"}` (`Required`) or `{"type": "tool", "name":
+//! N}`, when it offers tools. In the history, an assistant message with
+//! tool calls is sent as a list of blocks: its text (if any), then one
+//! `{"type": "tool_use", "id", "name", "input"}` per call; a message with
+//! tool results as one `{"type": "tool_result", "tool_use_id", "content"}`
+//! block per result (with `"is_error": true` for an error), then its text
+//! (if any). Messages without tools keep their plain-string `content`.
+//! The answer's `tool_use` blocks (streamed: a `content_block_start` of
+//! type `tool_use` with its id and name, then `input_json_delta`
+//! fragments, assembled per block and parsed once the message is
+//! complete; no fragment at all is `{}`) become
+//! [`ChatResponse::tool_calls`], in block order, beside the text of its
+//! text blocks; `stop_reason: "tool_use"` is
+//! [`StopReason::ToolUse`](spes_core::message::StopReason::ToolUse).
+//! Arguments that are not JSON are a transient `bad_response` (a terminal
+//! `truncated` when `stop_reason` is `max_tokens`).
+//!
+//! **Tools and a schema together.** The request's tools are sent beside
+//! the answer tool `structured_answer`, and the model must call one of
+//! them (`tool_choice: {"type": "any"}`) unless the request's
+//! `tool_choice` says otherwise: `Tool(N)` forces `N`, and `None` forces
+//! the answer tool (the model may not call its tools, and must answer).
+//! An answer that calls any of the request's tools is a tool-use answer
+//! (its calls, `StopReason::ToolUse`; an answer-tool call beside them is
+//! dropped: the model answers again after the results); one that calls
+//! only the answer tool is the structured answer, as above. A request
+//! tool named `structured_answer` beside a schema is a terminal
+//! `invalid_request` error, sent nowhere.
+//!
 //! **Well-formed answers only.** A 200 must be a `message` (`type:
 //! "message"`) with a `content` list that is not empty or a `stop_reason`;
 //! `{}`, an error object with status 200, or a stream without
@@ -36,16 +68,19 @@
 
 mod wire;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
 use spes_core::message::{ChatRequest, ChatResponse, Usage};
+use spes_core::tool::ToolCall;
 
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::http::{self, HttpProviderConfig, Sent};
 use crate::provider::{CallContext, Provider};
+use crate::toolcall::{self, PartialCall};
 
 use self::wire::{
     ContentBlock, Delta, MessagesRequest, MessagesResponse, StartBlock, StreamEvent, TOOL_NAME,
@@ -111,10 +146,12 @@ impl AnthropicProvider {
     ///
     /// # Errors
     ///
-    /// [`ProviderErrorKind::Config`] when no model is named.
+    /// [`ProviderErrorKind::Config`] when no model is named;
+    /// [`ProviderErrorKind::InvalidRequest`] when a tool of the request is
+    /// named `structured_answer` while it carries a schema.
     pub fn request_body(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
         let model = self.model(req)?;
-        serde_json::to_value(self.wire_request(req, model)).map_err(|e| {
+        serde_json::to_value(self.wire_request(req, model)?).map_err(|e| {
             ProviderError::new(&self.cfg.name, ProviderErrorKind::Config, e.to_string())
         })
     }
@@ -135,12 +172,34 @@ impl AnthropicProvider {
             })
     }
 
-    fn wire_request<'a>(&self, req: &'a ChatRequest, model: &'a str) -> MessagesRequest<'a> {
+    /// The wire request; a request whose own tool is named like the
+    /// answer tool while it asks for a schema is a terminal
+    /// `invalid_request` (the two could not be told apart).
+    fn wire_request<'a>(
+        &self,
+        req: &'a ChatRequest,
+        model: &'a str,
+    ) -> Result<MessagesRequest<'a>, ProviderError> {
+        if req.json_schema.is_some() && req.tools.iter().any(|t| t.name == TOOL_NAME) {
+            return Err(ProviderError::new(
+                &self.cfg.name,
+                ProviderErrorKind::InvalidRequest,
+                format!(
+                    "a tool is named `{TOOL_NAME}`, the name spes gives the structured-output \
+                     tool of a request with a schema: rename the tool"
+                ),
+            ));
+        }
         let max_tokens = req
             .max_tokens
             .or(self.cfg.max_tokens)
             .unwrap_or(DEFAULT_MAX_TOKENS);
-        MessagesRequest::new(req, model, max_tokens, self.cfg.stream)
+        Ok(MessagesRequest::new(
+            req,
+            model,
+            max_tokens,
+            self.cfg.stream,
+        ))
     }
 
     async fn call(
@@ -150,7 +209,7 @@ impl AnthropicProvider {
     ) -> Result<ChatResponse, ProviderError> {
         let name = self.cfg.name.as_str();
         let model = self.model(req)?;
-        let body = self.wire_request(req, model);
+        let body = self.wire_request(req, model)?;
         let started = Instant::now();
         let rb = self
             .client
@@ -214,21 +273,39 @@ impl AnthropicProvider {
             ));
         }
         let mut text = String::new();
-        let mut tool_input = None;
-        for b in content {
+        let mut answer_input = None;
+        let mut calls = Vec::new();
+        for (i, b) in content.into_iter().enumerate() {
             match b {
                 ContentBlock::Text { text: t } => text.push_str(&t),
-                ContentBlock::ToolUse { name: n, input } if n == TOOL_NAME => {
-                    tool_input.get_or_insert(input);
+                ContentBlock::ToolUse { name: n, input, .. }
+                    if n == TOOL_NAME && req.json_schema.is_some() =>
+                {
+                    answer_input.get_or_insert(input);
                 }
-                ContentBlock::ToolUse { .. } | ContentBlock::Other => {}
+                ContentBlock::ToolUse { id, name: n, input } => {
+                    let input = if input.is_null() {
+                        serde_json::Value::Object(serde_json::Map::new())
+                    } else {
+                        input
+                    };
+                    let id = if id.is_empty() {
+                        fallback_call_id(i)
+                    } else {
+                        id
+                    };
+                    calls.push(ToolCall::new(id, n, input));
+                }
+                ContentBlock::Other => {}
             }
         }
         if r.stop_reason.as_deref() == Some("refusal") {
             return Err(refused(name, &text));
         }
         let mut stop = r.stop_reason;
-        if let (Some(schema), Some(input)) = (&req.json_schema, tool_input) {
+        if let (Some(schema), Some(input), true) =
+            (&req.json_schema, answer_input, calls.is_empty())
+        {
             text = wire::tool_answer(input, wire::tool_shape(schema));
             // The forced call is the whole answer.
             if stop.as_deref() == Some("tool_use") {
@@ -244,11 +321,12 @@ impl AnthropicProvider {
         r.usage.merge_into(&mut usage);
         Ok(ChatResponse {
             text,
-            stop_reason: wire::stop_reason(stop.as_deref()),
+            stop_reason: toolcall::stop_with_calls(wire::stop_reason(stop.as_deref()), &calls),
             usage,
             model: r.model,
             request_id: None,
             latency_ms: 0,
+            tool_calls: calls,
         })
     }
 
@@ -267,8 +345,11 @@ impl AnthropicProvider {
         );
         let shape = req.json_schema.as_deref().map(wire::tool_shape);
         let mut text = String::new();
-        let mut tool_blocks: Vec<u32> = Vec::new();
-        let mut tool_json: Option<String> = None;
+        // The answer tool's block (structured output) and its JSON.
+        let mut answer_block: Option<u32> = None;
+        let mut answer_json: Option<String> = None;
+        // The model's own tool calls, by content-block index.
+        let mut calls: BTreeMap<u32, PartialCall> = BTreeMap::new();
         let mut usage = Usage::default();
         let mut model = None;
         let mut stop = None;
@@ -288,10 +369,19 @@ impl AnthropicProvider {
                 }
                 StreamEvent::ContentBlockStart {
                     index,
-                    content_block: StartBlock::ToolUse { name: n },
-                } if n == TOOL_NAME && shape.is_some() && tool_blocks.is_empty() => {
-                    tool_blocks.push(index);
-                    tool_json.get_or_insert_with(String::new);
+                    content_block: StartBlock::ToolUse { id, name: n },
+                } => {
+                    if n == TOOL_NAME && shape.is_some() {
+                        if answer_block.is_none() {
+                            answer_block = Some(index);
+                            answer_json = Some(String::new());
+                        }
+                    } else {
+                        calls
+                            .entry(index)
+                            .or_default()
+                            .identify(Some(&id), Some(&n));
+                    }
                 }
                 StreamEvent::ContentBlockDelta {
                     delta: Delta::Text { text: t },
@@ -307,8 +397,16 @@ impl AnthropicProvider {
                 StreamEvent::ContentBlockDelta {
                     index,
                     delta: Delta::InputJson { partial_json },
-                } if tool_blocks.contains(&index) => {
-                    if let Some(j) = &mut tool_json {
+                } if answer_block != Some(index) => {
+                    if let Some(p) = calls.get_mut(&index) {
+                        p.arguments.push_str(&partial_json);
+                    }
+                }
+                StreamEvent::ContentBlockDelta {
+                    delta: Delta::InputJson { partial_json },
+                    ..
+                } => {
+                    if let Some(j) = &mut answer_json {
                         j.push_str(&partial_json);
                     }
                     if shape == Some(ToolShape::Direct)
@@ -359,7 +457,25 @@ impl AnthropicProvider {
         if stop.as_deref() == Some("refusal") {
             return Err(refused(name, &text));
         }
-        if let (Some(shape), Some(j)) = (shape, tool_json) {
+        let stop_reason = wire::stop_reason(stop.as_deref());
+        if !calls.is_empty() {
+            // The model's own calls come first: it answers after their
+            // results (any answer-tool call beside them is dropped).
+            let tool_calls = calls
+                .into_iter()
+                .map(|(i, p)| p.finish(name, &stop_reason, || fallback_call_id(i as usize)))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(ChatResponse {
+                text,
+                stop_reason: toolcall::stop_with_calls(stop_reason, &tool_calls),
+                usage,
+                model,
+                request_id: None,
+                latency_ms: 0,
+                tool_calls,
+            });
+        }
+        if let (Some(shape), Some(j)) = (shape, answer_json) {
             // A complete input is re-serialized as the non-streamed one is;
             // one cut by max_tokens is kept as it came.
             let j = if j.trim().is_empty() {
@@ -387,8 +503,15 @@ impl AnthropicProvider {
             model,
             request_id: None,
             latency_ms: 0,
+            tool_calls: Vec::new(),
         })
     }
+}
+
+/// The id given to a `tool_use` block that came without one:
+/// `toolu_{block index}`.
+fn fallback_call_id(index: usize) -> String {
+    format!("toolu_{index}")
 }
 
 /// The terminal error for `stop_reason: "refusal"`, carrying the model's words.

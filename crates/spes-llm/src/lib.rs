@@ -65,6 +65,7 @@ pub mod registry;
 pub mod scripted;
 pub mod secret;
 mod sse;
+mod toolcall;
 
 pub use anthropic::AnthropicProvider;
 pub use error::{ErrorClass, ProviderError, ProviderErrorKind};

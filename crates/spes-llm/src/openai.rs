@@ -21,8 +21,36 @@
 //!   `{"type": "json_object"}` when the request asks for JSON without a
 //!   schema (and then, if no message mentions JSON, which OpenAI requires,
 //!   the system text gains "Respond with a single JSON value.");
+//! - `tools`: each [`ToolSpec`](spes_core::tool::ToolSpec) as `{"type":
+//!   "function", "function": {"name": ..., "description": ...,
+//!   "parameters": ...}}` (no `description` when it is empty), and
+//!   `tool_choice` (`"auto"`, `"none"`, `"required"` or `{"type":
+//!   "function", "function": {"name": N}}`) when the request sets one and
+//!   offers tools (OpenAI refuses a `tool_choice` without `tools`);
 //! - `stream: true` and `stream_options: {"include_usage": true}` when
 //!   streaming, so that streamed answers report usage too.
+//!
+//! **Tool turns in the history.** An assistant message with tool calls is
+//! sent with `tool_calls: [{"id": ..., "type": "function", "function":
+//! {"name": ..., "arguments": JSON text}}]` and `content: null` when it
+//! has no text. Each tool result becomes its own `{"role": "tool",
+//! "tool_call_id": ..., "content": ...}` message, placed before the text
+//! of the message that carries it (a message with results and no text
+//! sends only the `tool` messages). OpenAI's `tool` messages have no error
+//! flag: an error result's content is sent prefixed with `Error: `.
+//!
+//! **Tool calls in the answer** come from choice 0's `message.tool_calls`
+//! or, streamed, from `delta.tool_calls` fragments assembled by `index`
+//! (the first fragment of a call carries its `id` and `function.name`,
+//! later ones append to `function.arguments`; fragments of parallel calls
+//! may interleave). [`ChatResponse::tool_calls`] lists them by index, each
+//! with its arguments parsed once the answer is complete: empty arguments
+//! are `{}`, arguments that are not JSON a transient `bad_response` (a
+//! terminal `truncated` when `finish_reason` is `length`). A call without
+//! an `id` gets `call_{index}`. `finish_reason: "tool_calls"` is
+//! [`StopReason::ToolUse`](spes_core::message::StopReason::ToolUse), and
+//! so is `stop` when the answer has tool calls (OpenAI says `stop` when
+//! `tool_choice` names a function).
 //!
 //! Only choice index 0 is read (a server that returns `n > 1` choices, or
 //! interleaves them in a stream, gives the first). A 200 whose choice 0 has
@@ -36,6 +64,7 @@
 
 mod wire;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -47,6 +76,7 @@ use spes_core::message::{ChatRequest, ChatResponse, Usage};
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::http::{self, HttpProviderConfig, Sent};
 use crate::provider::{CallContext, Provider};
+use crate::toolcall::{self, PartialCall};
 
 use self::wire::{Chunk, Completion, CompletionRequest};
 
@@ -224,6 +254,23 @@ impl OpenAiProvider {
                 "the response's choice 0 has no content, refusal or tool calls".to_owned(),
             ));
         };
+        let stop = wire::stop_reason(choice.finish_reason.as_deref());
+        let tool_calls = message
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut p = PartialCall::default();
+                if let Some(f) = &c.function {
+                    p.identify(c.id.as_deref(), f.name.as_deref());
+                    f.push_arguments(&mut p.arguments);
+                } else {
+                    p.identify(c.id.as_deref(), None);
+                }
+                p.finish(name, &stop, || fallback_call_id(i))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(sink) = &cx.on_delta
             && !text.is_empty()
         {
@@ -231,11 +278,12 @@ impl OpenAiProvider {
         }
         Ok(ChatResponse {
             text,
-            stop_reason: wire::stop_reason(choice.finish_reason.as_deref()),
+            stop_reason: toolcall::stop_with_calls(stop, &tool_calls),
             usage: r.usage.map(Usage::from).unwrap_or_default(),
             model: r.model,
             request_id: None,
             latency_ms: 0,
+            tool_calls,
         })
     }
 
@@ -254,7 +302,9 @@ impl OpenAiProvider {
         let mut text = String::new();
         let mut refusal = String::new();
         let mut saw_content = false;
-        let mut saw_tools = false;
+        // Tool calls by their `index`; fragments of several calls may
+        // interleave.
+        let mut calls: BTreeMap<u32, PartialCall> = BTreeMap::new();
         let mut usage = Usage::default();
         let mut model = None;
         let mut finish: Option<String> = None;
@@ -305,8 +355,18 @@ impl OpenAiProvider {
                 if let Some(r) = choice.delta.refusal {
                     refusal.push_str(&r);
                 }
-                if choice.delta.tool_calls.is_some_and(|t| !t.is_empty()) {
-                    saw_tools = true;
+                for (pos, c) in choice.delta.tool_calls.into_iter().flatten().enumerate() {
+                    let index = c
+                        .index
+                        .unwrap_or_else(|| u32::try_from(pos).unwrap_or(u32::MAX));
+                    let p = calls.entry(index).or_default();
+                    match &c.function {
+                        Some(f) => {
+                            p.identify(c.id.as_deref(), f.name.as_deref());
+                            f.push_arguments(&mut p.arguments);
+                        }
+                        None => p.identify(c.id.as_deref(), None),
+                    }
                 }
                 if choice.finish_reason.is_some() {
                     finish = choice.finish_reason;
@@ -325,22 +385,34 @@ impl OpenAiProvider {
         if !refusal.trim().is_empty() {
             return Err(refused(name, &refusal));
         }
-        if !saw_content && !saw_tools {
+        if !saw_content && calls.is_empty() {
             return Err(ProviderError::new(
                 name,
                 ProviderErrorKind::BadResponse,
                 "the stream carried no content, refusal or tool calls for choice 0",
             ));
         }
+        let stop = wire::stop_reason(finish.as_deref());
+        let tool_calls = calls
+            .into_iter()
+            .map(|(i, p)| p.finish(name, &stop, || fallback_call_id(i as usize)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ChatResponse {
             text,
-            stop_reason: wire::stop_reason(finish.as_deref()),
+            stop_reason: toolcall::stop_with_calls(stop, &tool_calls),
             usage,
             model,
             request_id: None,
             latency_ms: 0,
+            tool_calls,
         })
     }
+}
+
+/// The id given to a tool call that came without one (some compatible
+/// servers send none): `call_{index}`.
+fn fallback_call_id(index: usize) -> String {
+    format!("call_{index}")
 }
 
 /// The terminal error for a refusal, carrying the model's words.

@@ -14,11 +14,24 @@
 //! - { step: "gather/*", error: rate_limited, times: 2 } # then the next match answers
 //! - { step: slow, reply: "late", delay: 2s }
 //! - { step: draft, replies: ["first", "second"] }     # successive calls, last repeats
+//! - { step: agent, tool_calls: [{ name: weather, arguments: { city: Paris } }] }
+//! - { step: chat, replies: [{ tool_calls: [{ name: now }] }, "It is noon."] }
 //! - { default: echo }                                   # echo | error
 //! ```
 //!
 //! Rules are tried in order; the first that matches and is not used up
 //! answers. `times: N` uses a rule up N times.
+//!
+//! **Tool calls.** A rule's `tool_calls` (alone, or with `reply` for the
+//! text that comes with them), or an item `{ reply: ..., tool_calls: [...]
+//! }` of `replies`, answers with [`ChatResponse::tool_calls`] and
+//! [`StopReason::ToolUse`] (unless the rule sets `stop_reason`). Each call
+//! has a `name`, `arguments` (any YAML value, converted to JSON; default
+//! `{}`) and an optional `id`; a call without one gets
+//! `call_{rule}_{use}_{n}` (1-based: the rule's position in the script,
+//! which use of the rule this is, the call's position in the answer), so
+//! ids are unique across the calls of one provider and the same in every
+//! run of the same script.
 //!
 //! ```
 //! # tokio_test_block_on(async {
@@ -43,6 +56,7 @@ use serde::Deserialize;
 use spes_core::Diagnostic;
 use spes_core::duration::parse_duration;
 use spes_core::message::{ChatRequest, ChatResponse, StopReason, Usage};
+use spes_core::tool::ToolCall;
 
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::provider::{CallContext, Provider};
@@ -54,7 +68,8 @@ struct RuleSpec {
     prompt_contains: Option<String>,
     prompt_matches: Option<String>,
     reply: Option<String>,
-    replies: Option<Vec<String>>,
+    replies: Option<Vec<ReplySpec>>,
+    tool_calls: Option<Vec<ToolCallSpec>>,
     error: Option<String>,
     status: Option<u16>,
     retry_after: Option<String>,
@@ -65,6 +80,71 @@ struct RuleSpec {
     default: Option<String>,
 }
 
+/// One item of `replies`: a text, or a turn with tool calls.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ReplySpec {
+    Text(String),
+    Turn(TurnSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TurnSpec {
+    reply: Option<String>,
+    tool_calls: Vec<ToolCallSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolCallSpec {
+    id: Option<String>,
+    name: String,
+    arguments: Option<serde_json::Value>,
+}
+
+impl From<ToolCallSpec> for ToolCall {
+    fn from(c: ToolCallSpec) -> Self {
+        Self::new(
+            c.id.unwrap_or_default(),
+            c.name,
+            c.arguments
+                .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new())),
+        )
+    }
+}
+
+/// A scripted answer with tool calls: the text that comes with them and
+/// the calls. A call with an empty `id` gets one when answered (see the
+/// module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Turn {
+    /// The text.
+    pub text: String,
+    /// The tool calls.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl Turn {
+    /// A turn of text only.
+    #[must_use]
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            tool_calls: Vec::new(),
+        }
+    }
+
+    /// A turn of tool calls, without text.
+    #[must_use]
+    pub fn tool_calls(calls: Vec<ToolCall>) -> Self {
+        Self {
+            text: String::new(),
+            tool_calls: calls,
+        }
+    }
+}
+
 /// What a rule answers.
 #[derive(Debug, Clone)]
 pub enum Answer {
@@ -72,6 +152,10 @@ pub enum Answer {
     Reply(String),
     /// Successive texts; the last repeats.
     Replies(Vec<String>),
+    /// Text and tool calls, the same every time.
+    Turn(Turn),
+    /// Successive turns; the last repeats.
+    Turns(Vec<Turn>),
     /// The last user message, verbatim.
     Echo,
     /// An error of this kind.
@@ -94,7 +178,8 @@ pub struct Rule {
     prompt_contains: Option<String>,
     prompt_matches: Option<regex::Regex>,
     answer: Answer,
-    stop_reason: StopReason,
+    /// `None`: `tool_use` for an answer with tool calls, else `end_turn`.
+    stop_reason: Option<StopReason>,
     delay: Option<Duration>,
     times: Option<u32>,
 }
@@ -108,7 +193,7 @@ impl Rule {
             prompt_contains: None,
             prompt_matches: None,
             answer,
-            stop_reason: StopReason::EndTurn,
+            stop_reason: None,
             delay: None,
             times: None,
         }
@@ -137,6 +222,14 @@ impl Rule {
     #[must_use]
     pub fn with_times(mut self, n: u32) -> Self {
         self.times = Some(n);
+        self
+    }
+
+    /// Answers with this stop reason (by default `tool_use` for an answer
+    /// with tool calls, else `end_turn`).
+    #[must_use]
+    pub fn with_stop_reason(mut self, stop: StopReason) -> Self {
+        self.stop_reason = Some(stop);
         self
     }
 
@@ -226,7 +319,7 @@ impl ScriptedProvider {
 
     fn rule(file: &str, i: usize, s: RuleSpec) -> Result<Rule, Diagnostic> {
         let answers = [
-            s.reply.is_some(),
+            s.reply.is_some() || s.tool_calls.is_some(),
             s.replies.is_some(),
             s.error.is_some(),
             s.default.is_some(),
@@ -238,16 +331,45 @@ impl ScriptedProvider {
             return Err(rule_error(
                 file,
                 i,
-                "give exactly one of reply, replies, error, default",
+                "give exactly one of reply, replies, error, default (tool_calls goes alone or with reply)",
             ));
         }
-        let answer = if let Some(r) = s.reply {
+        let turn = |reply: Option<String>, calls: Vec<ToolCallSpec>| {
+            if calls.is_empty() {
+                return Err(rule_error(file, i, "`tool_calls` is empty"));
+            }
+            Ok(Turn {
+                text: reply.unwrap_or_default(),
+                tool_calls: calls.into_iter().map(ToolCall::from).collect(),
+            })
+        };
+        let answer = if let Some(calls) = s.tool_calls {
+            Answer::Turn(turn(s.reply, calls)?)
+        } else if let Some(r) = s.reply {
             Answer::Reply(r)
         } else if let Some(r) = s.replies {
             if r.is_empty() {
                 return Err(rule_error(file, i, "`replies` is empty"));
             }
-            Answer::Replies(r)
+            if r.iter().all(|x| matches!(x, ReplySpec::Text(_))) {
+                Answer::Replies(
+                    r.into_iter()
+                        .filter_map(|x| match x {
+                            ReplySpec::Text(t) => Some(t),
+                            ReplySpec::Turn(_) => None,
+                        })
+                        .collect(),
+                )
+            } else {
+                Answer::Turns(
+                    r.into_iter()
+                        .map(|x| match x {
+                            ReplySpec::Text(t) => Ok(Turn::text(t)),
+                            ReplySpec::Turn(t) => turn(t.reply, t.tool_calls),
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
+            }
         } else if let Some(d) = &s.default {
             if s.step.is_some() || s.prompt_contains.is_some() || s.prompt_matches.is_some() {
                 return Err(rule_error(
@@ -308,14 +430,18 @@ impl ScriptedProvider {
             .transpose()
             .map_err(|m| rule_error(file, i, m))?;
         let stop_reason = match s.stop_reason.as_deref() {
-            None | Some("end_turn") => StopReason::EndTurn,
-            Some("max_tokens") => StopReason::MaxTokens,
-            Some("stop_sequence") => StopReason::StopSequence,
+            None => None,
+            Some("end_turn") => Some(StopReason::EndTurn),
+            Some("max_tokens") => Some(StopReason::MaxTokens),
+            Some("stop_sequence") => Some(StopReason::StopSequence),
+            Some("tool_use") => Some(StopReason::ToolUse),
             Some(other) => {
                 return Err(rule_error(
                     file,
                     i,
-                    format!("stop_reason `{other}`: use end_turn, max_tokens or stop_sequence"),
+                    format!(
+                        "stop_reason `{other}`: use end_turn, max_tokens, stop_sequence or tool_use"
+                    ),
                 ));
             }
         };
@@ -340,11 +466,7 @@ impl ScriptedProvider {
     }
 
     /// Picks the answer for a call and counts it.
-    fn pick(
-        &self,
-        key: &str,
-        req: &ChatRequest,
-    ) -> Option<(Answer, StopReason, Option<Duration>, u32)> {
+    fn pick(&self, key: &str, req: &ChatRequest) -> Option<Picked> {
         let prompt = req.last_user_text();
         let mut st = self.state.lock().ok()?;
         st.calls.push((key.to_owned(), req.clone()));
@@ -354,10 +476,33 @@ impl ScriptedProvider {
             }
             let n = st.used[i];
             st.used[i] += 1;
-            return Some((r.answer.clone(), r.stop_reason.clone(), r.delay, n));
+            return Some(Picked {
+                answer: r.answer.clone(),
+                stop_reason: r.stop_reason.clone(),
+                delay: r.delay,
+                rule: i,
+                use_n: n,
+            });
         }
         None
     }
+}
+
+/// The rule that answers a call, and which use of it this is (0-based).
+struct Picked {
+    answer: Answer,
+    stop_reason: Option<StopReason>,
+    delay: Option<Duration>,
+    rule: usize,
+    use_n: u32,
+}
+
+/// The `n`th (0-based) of successive answers; the last repeats.
+fn nth<T: Clone + Default>(v: &[T], n: u32) -> T {
+    let i = usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .min(v.len().saturating_sub(1));
+    v.get(i).cloned().unwrap_or_default()
 }
 
 fn approx_tokens(s: &str) -> u64 {
@@ -384,7 +529,7 @@ impl Provider for ScriptedProvider {
         cx: &CallContext,
     ) -> Result<ChatResponse, ProviderError> {
         let start = Instant::now();
-        let Some((answer, stop_reason, delay, n)) = self.pick(&cx.step_key, req) else {
+        let Some(picked) = self.pick(&cx.step_key, req) else {
             return Err(ProviderError::new(
                 &self.name,
                 ProviderErrorKind::Config,
@@ -396,18 +541,19 @@ impl Provider for ScriptedProvider {
                 ),
             ));
         };
-        if let Some(d) = delay {
+        if let Some(d) = picked.delay {
             tokio::time::sleep(d).await;
         }
-        let text = match answer {
-            Answer::Reply(t) => t,
-            Answer::Replies(v) => {
-                let i = usize::try_from(n)
-                    .unwrap_or(usize::MAX)
-                    .min(v.len().saturating_sub(1));
-                v.get(i).cloned().unwrap_or_default()
-            }
-            Answer::Echo => req.last_user_text().to_owned(),
+        let n = picked.use_n;
+        let Turn {
+            text,
+            mut tool_calls,
+        } = match picked.answer {
+            Answer::Reply(t) => Turn::text(t),
+            Answer::Replies(v) => Turn::text(nth(&v, n)),
+            Answer::Turn(t) => t,
+            Answer::Turns(v) => nth(&v, n),
+            Answer::Echo => Turn::text(req.last_user_text()),
             Answer::Error {
                 kind,
                 status,
@@ -420,7 +566,19 @@ impl Provider for ScriptedProvider {
                 return Err(e);
             }
         };
-        if let Some(sink) = &cx.on_delta {
+        for (k, c) in tool_calls.iter_mut().enumerate() {
+            if c.id.is_empty() {
+                c.id = format!("call_{}_{}_{}", picked.rule + 1, n + 1, k + 1);
+            }
+        }
+        let stop_reason = picked.stop_reason.unwrap_or(if tool_calls.is_empty() {
+            StopReason::EndTurn
+        } else {
+            StopReason::ToolUse
+        });
+        if let Some(sink) = &cx.on_delta
+            && (!text.is_empty() || tool_calls.is_empty())
+        {
             sink(&text);
         }
         let input: u64 = req.system.as_deref().map_or(0, approx_tokens)
@@ -429,10 +587,15 @@ impl Provider for ScriptedProvider {
                 .iter()
                 .map(|m| approx_tokens(&m.content))
                 .sum::<u64>();
+        let output = approx_tokens(&text)
+            + tool_calls
+                .iter()
+                .map(|c| approx_tokens(&c.name) + approx_tokens(&c.arguments.to_string()))
+                .sum::<u64>();
         Ok(ChatResponse {
             usage: Usage {
                 input_tokens: input,
-                output_tokens: approx_tokens(&text),
+                output_tokens: output,
                 ..Usage::default()
             },
             text,
@@ -443,6 +606,7 @@ impl Provider for ScriptedProvider {
                 self.state.lock().map(|s| s.calls.len()).unwrap_or(0)
             )),
             latency_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            tool_calls,
         })
     }
 }
@@ -497,12 +661,124 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn tool_call_rules_answer_with_calls_and_deterministic_ids() {
+        use serde_json::json;
+        let script = r#"
+- { step: agent, reply: "Checking.", tool_calls: [{ name: weather, arguments: { city: Paris, days: 2 } }, { id: mine, name: now }], times: 2 }
+- { step: chat, replies: [{ tool_calls: [{ name: now }] }, "It is noon."] }
+- { step: cut, tool_calls: [{ name: now }], stop_reason: max_tokens }
+"#;
+        let p = ScriptedProvider::parse("t", "a.yaml", script).unwrap();
+        let cx = CallContext::for_step("agent");
+        let r = p.complete(&ChatRequest::user("q"), &cx).await.unwrap();
+        assert_eq!(r.text, "Checking.");
+        assert_eq!(r.stop_reason, StopReason::ToolUse);
+        assert_eq!(
+            r.tool_calls,
+            vec![
+                ToolCall::new("call_1_1_1", "weather", json!({"city": "Paris", "days": 2})),
+                ToolCall::new("mine", "now", json!({})),
+            ]
+        );
+        // The second use of the rule gets new ids.
+        let r = p.complete(&ChatRequest::user("q"), &cx).await.unwrap();
+        assert_eq!(r.tool_calls[0].id, "call_1_2_1");
+        // Successive replies mix tool turns and text.
+        let cx = CallContext::for_step("chat");
+        let r = p.complete(&ChatRequest::user("q"), &cx).await.unwrap();
+        assert_eq!(
+            (r.text.as_str(), r.stop_reason, r.tool_calls.len()),
+            ("", StopReason::ToolUse, 1)
+        );
+        assert_eq!(r.tool_calls[0].id, "call_2_1_1");
+        let r = p.complete(&ChatRequest::user("q"), &cx).await.unwrap();
+        assert_eq!(
+            (r.text.as_str(), r.stop_reason, r.tool_calls.len()),
+            ("It is noon.", StopReason::EndTurn, 0)
+        );
+        // An explicit stop reason wins.
+        let r = p
+            .complete(&ChatRequest::user("q"), &CallContext::for_step("cut"))
+            .await
+            .unwrap();
+        assert_eq!(r.stop_reason, StopReason::MaxTokens);
+        assert_eq!(r.tool_calls.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn rust_built_turns_answer_too() {
+        use serde_json::json;
+        let p = ScriptedProvider::new(
+            "t",
+            vec![Rule::default(Answer::Turns(vec![
+                Turn::tool_calls(vec![ToolCall::new("", "now", json!({}))]),
+                Turn::text("done"),
+            ]))],
+        );
+        let cx = CallContext::for_step("x");
+        let r = p.complete(&ChatRequest::user("q"), &cx).await.unwrap();
+        assert_eq!(
+            r.tool_calls,
+            vec![ToolCall::new("call_1_1_1", "now", json!({}))]
+        );
+        let r = p.complete(&ChatRequest::user("q"), &cx).await.unwrap();
+        assert_eq!(
+            (r.text.as_str(), r.stop_reason),
+            ("done", StopReason::EndTurn)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_format_md_example_script_parses_and_answers() {
+        let doc = include_str!("../../../docs/FORMAT.md");
+        let section = doc
+            .split("## Scripted answers")
+            .nth(1)
+            .and_then(|s| s.split("```yaml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .unwrap();
+        let p = ScriptedProvider::parse("t", "FORMAT.md", section).unwrap();
+        let r = p
+            .complete(&ChatRequest::user("q"), &CallContext::for_step("agent"))
+            .await
+            .unwrap();
+        assert_eq!(r.stop_reason, StopReason::ToolUse);
+        assert_eq!(r.tool_calls[0].name, "weather");
+        assert_eq!(
+            r.tool_calls[0].arguments,
+            serde_json::json!({"city": "Paris"})
+        );
+        assert_eq!(r.tool_calls[0].id, "call_5_1_1");
+    }
+
+    #[test]
+    fn bad_tool_call_rules_are_explained() {
+        let e =
+            ScriptedProvider::parse("t", "a.yaml", "- { step: x, tool_calls: [] }").unwrap_err();
+        assert!(e.message.contains("`tool_calls` is empty"), "{}", e.message);
+        let e = ScriptedProvider::parse(
+            "t",
+            "a.yaml",
+            "- { step: x, error: timeout, tool_calls: [{ name: t }] }",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("give exactly one of"), "{}", e.message);
+        let e = ScriptedProvider::parse(
+            "t",
+            "a.yaml",
+            "- { step: x, tool_calls: [{ name: t, colour: red }] }",
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "spes::yaml::unknown_field");
+    }
+
     #[test]
     fn bad_scripts_are_explained() {
         let e = ScriptedProvider::parse("t", "a.yaml", "- { step: x }").unwrap_err();
         assert_eq!(
             e.render_plain(),
-            "a.yaml: error[spes::script::bad_rule]: rule 1: give exactly one of reply, replies, error, default\n  hint: see FORMAT.md, section Scripted answers"
+            "a.yaml: error[spes::script::bad_rule]: rule 1: give exactly one of reply, replies, error, default (tool_calls goes alone or with reply)\n  hint: see FORMAT.md, section Scripted answers"
         );
         let e = ScriptedProvider::parse("t", "a.yaml", "- { step: x, error: kaboom }").unwrap_err();
         assert!(e.message.contains("unknown error `kaboom`"));

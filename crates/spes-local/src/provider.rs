@@ -342,6 +342,7 @@ impl Provider for LocalProvider {
             model: Some(self.config.model_name.clone()),
             request_id: Some(format!("local-{}-{n}", std::process::id())),
             latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            tool_calls: Vec::new(),
         })
     }
 }

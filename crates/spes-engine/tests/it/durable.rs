@@ -302,6 +302,7 @@ impl spes_llm::Provider for GatedProvider {
             model: None,
             request_id: None,
             latency_ms: 0,
+            tool_calls: Vec::new(),
         })
     }
 }

@@ -102,6 +102,7 @@ impl Provider for Counting {
             model: None,
             request_id: None,
             latency_ms: 15,
+            tool_calls: Vec::new(),
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use spes_fake_llm::{FakeResponse, FakeServer};
+use spes_fake_llm::{FakeResponse, FakeServer, FakeToolCall};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -224,4 +224,148 @@ async fn the_binary_prints_its_url_and_serves() {
     let r = raw(addr, "/v1/messages", &[], &anthropic_body(false)).await;
     assert!(r.contains("echo: hi there"), "{r}");
     child.kill().await.unwrap();
+}
+
+fn data_of(resp: &str) -> Vec<Value> {
+    resp.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .collect()
+}
+
+fn two_calls() -> FakeResponse {
+    FakeResponse::tool_calls(vec![
+        FakeToolCall::new("weather", &json!({"city": "Paris"})),
+        FakeToolCall::new("clock", &json!({})).with_id("mine"),
+    ])
+    .with_chunk_chars(4)
+    .with_usage(10, 7)
+}
+
+#[tokio::test]
+async fn openai_tool_call_streams_interleave_parallel_calls_by_index() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(two_calls());
+    let body = json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let resp = raw(
+        &server.addr().to_string(),
+        "/v1/chat/completions",
+        &[],
+        &body,
+    )
+    .await;
+    let data = data_of(&resp);
+    assert_eq!(
+        data[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": null, "refusal": null})
+    );
+    let fragments: Vec<&Value> = data
+        .iter()
+        .filter_map(|d| d["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    // Each call's first fragment names it; then the arguments, round-robin.
+    assert_eq!(
+        fragments[0],
+        &json!({"index": 0, "id": "call_fake_1_1", "type": "function", "function": {"name": "weather", "arguments": ""}})
+    );
+    assert_eq!(fragments[1]["id"], "mine");
+    let order: Vec<u64> = fragments[2..]
+        .iter()
+        .map(|f| f["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order[..3], [0, 1, 0], "{order:?}");
+    let args = |i: u64| -> String {
+        fragments[2..]
+            .iter()
+            .filter(|f| f["index"] == i)
+            .map(|f| f["function"]["arguments"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(args(0), r#"{"city":"Paris"}"#);
+    assert_eq!(args(1), "{}");
+    let finish = data
+        .iter()
+        .find_map(|d| d["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("tool_calls"));
+    assert_eq!(data.last().unwrap()["usage"]["completion_tokens"], 7);
+    assert!(resp.trim_end().ends_with("data: [DONE]"), "{resp}");
+}
+
+#[tokio::test]
+async fn anthropic_tool_call_streams_have_one_block_per_call() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(two_calls());
+    let resp = raw(
+        &server.addr().to_string(),
+        "/v1/messages",
+        &[],
+        &anthropic_body(true),
+    )
+    .await;
+    let data = data_of(&resp);
+    let kinds: Vec<&str> = data.iter().map(|d| d["type"].as_str().unwrap()).collect();
+    let weather_deltas = r#"{"city":"Paris"}"#.len().div_ceil(4) + 1;
+    let mut expected = vec!["message_start", "content_block_start", "ping"];
+    expected.extend(std::iter::repeat_n("content_block_delta", weather_deltas));
+    expected.extend([
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]);
+    assert_eq!(kinds, expected);
+    assert_eq!(
+        data[1]["content_block"],
+        json!({"type": "tool_use", "id": "toolu_fake_1_1", "name": "weather", "input": {}})
+    );
+    let json_of = |index: u64| -> String {
+        data.iter()
+            .filter(|d| d["type"] == "content_block_delta" && d["index"] == index)
+            .map(|d| d["delta"]["partial_json"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(json_of(0), r#"{"city":"Paris"}"#);
+    assert_eq!(json_of(1), "{}");
+    // The first delta of each block is an empty one, as the API sends.
+    assert_eq!(
+        data[3]["delta"],
+        json!({"type": "input_json_delta", "partial_json": ""})
+    );
+    let delta = data.iter().find(|d| d["type"] == "message_delta").unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(delta["usage"]["output_tokens"], 7);
+}
+
+#[tokio::test]
+async fn non_streamed_tool_calls_have_each_dialects_shape() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(two_calls());
+    server.push(two_calls());
+    let addr = server.addr().to_string();
+    let a = raw(&addr, "/v1/messages", &[], &anthropic_body(false)).await;
+    let a: Value = serde_json::from_str(a.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        a["content"],
+        json!([
+            {"type": "tool_use", "id": "toolu_fake_1_1", "name": "weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "mine", "name": "clock", "input": {}},
+        ])
+    );
+    assert_eq!(a["stop_reason"], "tool_use");
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let o = raw(&addr, "/v1/chat/completions", &[], &body).await;
+    let o: Value = serde_json::from_str(o.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        o["choices"][0]["message"],
+        json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+            {"id": "call_fake_2_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}},
+            {"id": "mine", "type": "function", "function": {"name": "clock", "arguments": "{}"}},
+        ]})
+    );
+    assert_eq!(o["choices"][0]["finish_reason"], "tool_calls");
 }

@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use spes_core::message::{ChatRequest, Role, StopReason, Usage};
+use spes_core::message::{ChatRequest, Message, Role, StopReason, Usage};
+use spes_core::tool::{ToolChoice, ToolSpec};
 
 /// `POST /v1/messages` body.
 #[derive(Debug, Serialize)]
@@ -28,7 +29,75 @@ pub(crate) struct MessagesRequest<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct WireMessage<'a> {
     pub(crate) role: &'static str,
-    pub(crate) content: &'a str,
+    pub(crate) content: WireContent<'a>,
+}
+
+/// A message's content: its text as a string, as before tools; a list of
+/// blocks when it carries tool calls or results.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum WireContent<'a> {
+    Text(&'a str),
+    Blocks(Vec<WireBlock<'a>>),
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum WireBlock<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: &'a Value,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+    },
+}
+
+/// The content of one neutral message: tool results first (Anthropic wants
+/// them before any text of the user turn), then the text, then tool calls.
+fn content(m: &Message) -> WireContent<'_> {
+    if m.tool_calls.is_empty() && m.tool_results.is_empty() {
+        return WireContent::Text(&m.content);
+    }
+    let results = m.tool_results.iter().map(|r| WireBlock::ToolResult {
+        tool_use_id: &r.call_id,
+        content: &r.content,
+        is_error: r.is_error,
+    });
+    let text = (!m.content.is_empty()).then_some(WireBlock::Text { text: &m.content });
+    let calls = m.tool_calls.iter().map(|c| WireBlock::ToolUse {
+        id: &c.id,
+        name: &c.name,
+        input: &c.arguments,
+    });
+    WireContent::Blocks(results.chain(text).chain(calls).collect())
+}
+
+fn wire_tool(t: &ToolSpec) -> Value {
+    let mut v = json!({"name": t.name, "input_schema": t.parameters});
+    if !t.description.is_empty()
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert("description".to_owned(), json!(t.description));
+    }
+    v
+}
+
+/// `tool_choice` as Anthropic spells it.
+fn tool_choice(c: &ToolChoice) -> Value {
+    match c {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Tool(name) => json!({"type": "tool", "name": name}),
+    }
 }
 
 /// The tool the model is made to call when the request carries a schema.
@@ -76,8 +145,13 @@ impl<'a> MessagesRequest<'a> {
             (None, true) => Some(JSON_INSTRUCTION.to_owned()),
             (Some(s), true) => Some(format!("{s}\n\n{JSON_INSTRUCTION}")),
         };
+        let user_tools = req.tools.iter().map(wire_tool);
         let (tools, tool_choice) = match &req.json_schema {
-            None => (None, None),
+            None if req.tools.is_empty() => (None, None),
+            None => (
+                Some(user_tools.collect()),
+                req.tool_choice.as_ref().map(tool_choice),
+            ),
             Some(schema) => {
                 let input_schema = match tool_shape(schema) {
                     ToolShape::Direct => Value::clone(schema),
@@ -87,13 +161,24 @@ impl<'a> MessagesRequest<'a> {
                         "required": ["value"],
                     }),
                 };
+                let answer_tool = json!({
+                    "name": TOOL_NAME,
+                    "description": "Give your answer as this tool's input, which must conform to its input schema.",
+                    "input_schema": input_schema,
+                });
+                let forced = json!({"type": "tool", "name": TOOL_NAME});
+                // With tools of its own the model may call them before it
+                // answers; the answer still comes as the answer tool's input.
+                let choice = match (&req.tool_choice, req.tools.is_empty()) {
+                    (_, true) | (Some(ToolChoice::None), false) => forced,
+                    (Some(ToolChoice::Tool(name)), false) => json!({"type": "tool", "name": name}),
+                    (None | Some(ToolChoice::Auto | ToolChoice::Required), false) => {
+                        json!({"type": "any"})
+                    }
+                };
                 (
-                    Some(vec![json!({
-                        "name": TOOL_NAME,
-                        "description": "Give your answer as this tool's input, which must conform to its input schema.",
-                        "input_schema": input_schema,
-                    })]),
-                    Some(json!({"type": "tool", "name": TOOL_NAME})),
+                    Some(user_tools.chain(std::iter::once(answer_tool)).collect()),
+                    Some(choice),
                 )
             }
         };
@@ -109,7 +194,7 @@ impl<'a> MessagesRequest<'a> {
                         Role::User => "user",
                         Role::Assistant => "assistant",
                     },
-                    content: &m.content,
+                    content: content(m),
                 })
                 .collect(),
             temperature: req.temperature,
@@ -173,6 +258,8 @@ pub(crate) enum ContentBlock {
         text: String,
     },
     ToolUse {
+        #[serde(default)]
+        id: String,
         name: String,
         #[serde(default)]
         input: Value,
@@ -224,6 +311,8 @@ pub(crate) struct StreamMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum StartBlock {
     ToolUse {
+        #[serde(default)]
+        id: String,
         name: String,
     },
     #[serde(other)]
@@ -279,6 +368,7 @@ pub(crate) fn stop_reason(s: Option<&str>) -> StopReason {
         Some("end_turn") => StopReason::EndTurn,
         Some("max_tokens") => StopReason::MaxTokens,
         Some("stop_sequence") => StopReason::StopSequence,
+        Some("tool_use") => StopReason::ToolUse,
         Some(other) => StopReason::Other(other.to_owned()),
         None => StopReason::Other("unknown".to_owned()),
     }

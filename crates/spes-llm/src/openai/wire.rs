@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use spes_core::config::MaxTokensField;
-use spes_core::message::{ChatRequest, Role, StopReason, Usage};
+use spes_core::message::{ChatRequest, Message, Role, StopReason, Usage};
+use spes_core::tool::{ToolCall, ToolChoice, ToolSpec};
 
 /// `POST /chat/completions` body.
 #[derive(Debug, Serialize)]
@@ -23,16 +24,138 @@ pub(crate) struct CompletionRequest<'a> {
     pub(crate) stop: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) stream_options: Option<StreamOptions>,
 }
 
+/// One message. `content` is `null` only for an assistant turn that called
+/// tools and said nothing.
 #[derive(Debug, Serialize)]
 pub(crate) struct WireMessage<'a> {
     pub(crate) role: &'static str,
-    pub(crate) content: Cow<'a, str>,
+    pub(crate) content: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tool_calls: Vec<WireCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tool_call_id: Option<&'a str>,
+}
+
+impl<'a> WireMessage<'a> {
+    fn text(role: &'static str, content: Cow<'a, str>) -> Self {
+        Self {
+            role,
+            content: Some(content),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
+/// An assistant's tool call as sent back in the history.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireCall<'a> {
+    pub(crate) id: &'a str,
+    #[serde(rename = "type")]
+    pub(crate) kind: &'static str,
+    pub(crate) function: WireCallFunction<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WireCallFunction<'a> {
+    pub(crate) name: &'a str,
+    /// The arguments as JSON text, as OpenAI sends and expects them.
+    pub(crate) arguments: String,
+}
+
+/// A tool offered: `{"type": "function", "function": {...}}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireTool<'a> {
+    #[serde(rename = "type")]
+    pub(crate) kind: &'static str,
+    pub(crate) function: WireFunction<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WireFunction<'a> {
+    pub(crate) name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub(crate) description: &'a str,
+    pub(crate) parameters: &'a Value,
+}
+
+impl<'a> From<&'a ToolSpec> for WireTool<'a> {
+    fn from(t: &'a ToolSpec) -> Self {
+        Self {
+            kind: "function",
+            function: WireFunction {
+                name: &t.name,
+                description: &t.description,
+                parameters: &t.parameters,
+            },
+        }
+    }
+}
+
+/// `tool_choice` as OpenAI spells it.
+pub(crate) fn tool_choice(c: &ToolChoice) -> Value {
+    match c {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+    }
+}
+
+/// The text an error result is sent with: OpenAI's `tool` messages have no
+/// error flag, so the model learns it from the text.
+pub(crate) const TOOL_ERROR_PREFIX: &str = "Error: ";
+
+/// The wire messages of one neutral message: its tool results first (one
+/// `role: tool` message each), then its text and tool calls, if any.
+fn push_message<'a>(out: &mut Vec<WireMessage<'a>>, m: &'a Message) {
+    for r in &m.tool_results {
+        let content = if r.is_error {
+            Cow::Owned(format!("{TOOL_ERROR_PREFIX}{}", r.content))
+        } else {
+            Cow::Borrowed(r.content.as_str())
+        };
+        out.push(WireMessage {
+            tool_call_id: Some(&r.call_id),
+            ..WireMessage::text("tool", content)
+        });
+    }
+    if !m.tool_results.is_empty() && m.content.is_empty() && m.tool_calls.is_empty() {
+        return;
+    }
+    let role = match m.role {
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    };
+    let content = (!m.content.is_empty() || m.tool_calls.is_empty())
+        .then_some(Cow::Borrowed(m.content.as_str()));
+    out.push(WireMessage {
+        role,
+        content,
+        tool_calls: m.tool_calls.iter().map(wire_call).collect(),
+        tool_call_id: None,
+    });
+}
+
+fn wire_call(c: &ToolCall) -> WireCall<'_> {
+    WireCall {
+        id: &c.id,
+        kind: "function",
+        function: WireCallFunction {
+            name: &c.name,
+            arguments: c.arguments.to_string(),
+        },
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -130,20 +253,13 @@ impl<'a> CompletionRequest<'a> {
             Some(s) => Some(Cow::Borrowed(s)),
             None => None,
         };
-        let messages = system
-            .map(|content| WireMessage {
-                role: "system",
-                content,
-            })
+        let mut messages: Vec<WireMessage<'a>> = system
+            .map(|content| WireMessage::text("system", content))
             .into_iter()
-            .chain(req.messages.iter().map(|m| WireMessage {
-                role: match m.role {
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                },
-                content: Cow::Borrowed(m.content.as_str()),
-            }))
             .collect();
+        for m in &req.messages {
+            push_message(&mut messages, m);
+        }
         let (max_tokens, max_completion_tokens) = match field {
             MaxTokensField::MaxTokens => (max_tokens, None),
             MaxTokensField::MaxCompletionTokens => (None, max_tokens),
@@ -156,6 +272,12 @@ impl<'a> CompletionRequest<'a> {
             temperature: req.temperature,
             stop: &req.stop,
             response_format: response_format(req),
+            tools: req.tools.iter().map(WireTool::from).collect(),
+            tool_choice: req
+                .tool_choice
+                .as_ref()
+                .filter(|_| !req.tools.is_empty())
+                .map(tool_choice),
             stream,
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
@@ -225,7 +347,39 @@ pub(crate) struct ChoiceMessage {
     #[serde(default)]
     pub(crate) refusal: Option<String>,
     #[serde(default)]
-    pub(crate) tool_calls: Option<Vec<Value>>,
+    pub(crate) tool_calls: Option<Vec<CallOut>>,
+}
+
+/// A tool call in a response (`tool_calls[]` of a message), or a fragment
+/// of one in a streamed delta (keyed by `index`).
+#[derive(Debug, Deserialize)]
+pub(crate) struct CallOut {
+    #[serde(default)]
+    pub(crate) index: Option<u32>,
+    #[serde(default)]
+    pub(crate) id: Option<String>,
+    #[serde(default)]
+    pub(crate) function: Option<CallOutFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CallOutFunction {
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    /// JSON text (OpenAI); some compatible servers send the object itself.
+    #[serde(default)]
+    pub(crate) arguments: Option<Value>,
+}
+
+impl CallOutFunction {
+    /// Appends the arguments (text as it is, an object as its JSON).
+    pub(crate) fn push_arguments(&self, out: &mut String) {
+        match &self.arguments {
+            Some(Value::String(s)) => out.push_str(s),
+            Some(Value::Null) | None => {}
+            Some(v) => out.push_str(&v.to_string()),
+        }
+    }
 }
 
 /// One streamed chunk (or an error object in the stream).
@@ -258,7 +412,7 @@ pub(crate) struct ChunkDelta {
     #[serde(default)]
     pub(crate) refusal: Option<String>,
     #[serde(default)]
-    pub(crate) tool_calls: Option<Vec<Value>>,
+    pub(crate) tool_calls: Option<Vec<CallOut>>,
 }
 
 /// Type (the `code` when it is a string, else the `type`) and message of
@@ -284,6 +438,7 @@ pub(crate) fn stop_reason(s: Option<&str>) -> StopReason {
     match s {
         Some("stop") => StopReason::EndTurn,
         Some("length") => StopReason::MaxTokens,
+        Some("tool_calls") => StopReason::ToolUse,
         Some(other) => StopReason::Other(other.to_owned()),
         None => StopReason::Other("unknown".to_owned()),
     }

@@ -9,4 +9,5 @@ mod registry;
 mod requests;
 mod secrets;
 mod support;
+mod tools;
 mod wire;

@@ -59,6 +59,7 @@ async fn anthropic_streaming_and_non_streaming_parse_identically() {
             model: Some("claude-test".to_owned()),
             request_id: None,
             latency_ms: 0,
+            tool_calls: Vec::new(),
         }
     );
 }
@@ -82,6 +83,7 @@ async fn openai_streaming_and_non_streaming_parse_identically() {
             model: Some("gpt-test".to_owned()),
             request_id: None,
             latency_ms: 0,
+            tool_calls: Vec::new(),
         }
     );
 }

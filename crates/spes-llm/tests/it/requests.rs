@@ -22,6 +22,8 @@ fn full_request() -> ChatRequest {
         json_schema: None,
         json: false,
         avoid: Vec::new(),
+        tools: Vec::new(),
+        tool_choice: None,
     }
 }
 
