@@ -1002,6 +1002,7 @@ pub(crate) fn build_engine(
             &project.config,
         ))
         .default_repair(project.config.defaults.repair)
+        .http_allow_hosts(project.config.http.allow_hosts.clone())
         .stream_deltas(progress.wants_deltas())
         .observer(Arc::new(progress));
     if let Some(c) = capture {

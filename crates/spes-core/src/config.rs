@@ -32,6 +32,17 @@ pub struct ConfigSpec {
     /// `spes serve`: its workflows and its access tokens.
     #[serde(default)]
     pub server: ServerSpec,
+    /// `http` steps: which hosts they may reach.
+    #[serde(default)]
+    pub http: HttpSpec,
+}
+
+/// `[http]`: limits on `http` steps.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// Hosts (`name` or `name:port`) http steps may reach; unset: any.
+    pub allow_hosts: Option<Vec<String>>,
 }
 
 /// `[server]`: what `spes serve` offers and who may use it.

@@ -7,6 +7,7 @@
 //! writes them. Each error points at file:line:column with a hint.
 
 pub mod diagram;
+pub mod http;
 pub mod key;
 pub mod kind;
 pub mod orchestration;
@@ -22,6 +23,7 @@ use crate::condition::Condition;
 use crate::template::Template;
 use crate::transform::TransformFn;
 
+pub use http::HttpStep;
 pub use key::StepKey;
 pub use kind::{KINDS, KindDef, StepKind};
 pub use orchestration::{

@@ -322,6 +322,10 @@ struct ReplayJournal(StoreJournal);
 
 #[async_trait]
 impl Journal for ReplayJournal {
+    fn scope(&self) -> Option<spes_store::RunId> {
+        self.0.scope()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         match self.0.get(key).await? {
             Some(e) => Ok(Some(e)),
@@ -747,6 +751,7 @@ impl Engine {
             breakers: self.breakers.clone(),
             retry_defaults: self.retry_defaults.clone(),
             default_repair: self.default_repair,
+            http: self.http.clone(),
         };
         // Goes as far as the journal does; where it ends is not an error here.
         let _ = replay_with(&engine, &store, run, wf).await?;

@@ -57,6 +57,17 @@ pub enum FailureKind {
         /// Whether it was transient there.
         transient: bool,
     },
+    /// An http step failed: no response (a connection refused, a timeout),
+    /// a status the step does not expect, or a body it cannot read.
+    #[error("{message}")]
+    Http {
+        /// The response status, when there was a response.
+        status: Option<u16>,
+        /// What happened, with the method and URL.
+        message: String,
+        /// Worth sending again (no response, 408, 425, 429, 5xx).
+        transient: bool,
+    },
     /// A saga step failed and at least one compensation failed too: the
     /// saga's effects are only partly undone.
     #[error("{0}")]
@@ -118,7 +129,7 @@ impl EngineError {
             | FailureKind::InvalidOutput { .. }
             | FailureKind::Config(_)
             | FailureKind::Compensation(_) => ErrorClass::Terminal,
-            FailureKind::Remote { transient, .. } => {
+            FailureKind::Remote { transient, .. } | FailureKind::Http { transient, .. } => {
                 if *transient {
                     ErrorClass::Transient
                 } else {

@@ -43,6 +43,17 @@ pub enum Effect {
         /// Milliseconds since the epoch.
         at_ms: i64,
     },
+    /// An http step's request and the response it got.
+    Http {
+        /// The method.
+        method: String,
+        /// The URL as sent (headers are never recorded).
+        url: String,
+        /// The response status.
+        status: u16,
+        /// The response body as the step's value (JSON, or text).
+        body: serde_json::Value,
+    },
     /// The result of a map item that a worker executed (`spes worker`),
     /// recorded with the end of its task.
     Item {
@@ -60,6 +71,7 @@ impl Effect {
             Self::Decision { .. } => "decision",
             Self::Clock { .. } => "clock",
             Self::Item { .. } => "item",
+            Self::Http { .. } => "http",
         }
     }
 
@@ -192,12 +204,28 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     async fn refresh(&self, _prefix: &str) -> Result<(), JournalError> {
         Ok(())
     }
+    /// The run this journal records (the scope of idempotency keys), if
+    /// it belongs to one; an in-memory journal has an id of its own.
+    fn scope(&self) -> Option<RunId> {
+        None
+    }
 }
 
 /// An in-memory journal (one process; nothing survives it).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryJournal {
     entries: Mutex<HashMap<String, Effect>>,
+    /// This journal's own id (idempotency keys of its http requests).
+    id: RunId,
+}
+
+impl Default for MemoryJournal {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            id: RunId::new(),
+        }
+    }
 }
 
 impl MemoryJournal {
@@ -235,6 +263,10 @@ impl Journal for MemoryJournal {
             .lock()
             .map_err(|_| JournalError::Unavailable("journal lock poisoned".to_owned()))?;
         Ok(e.entry(key.to_owned()).or_insert(effect).clone())
+    }
+
+    fn scope(&self) -> Option<RunId> {
+        Some(self.id)
     }
 }
 
@@ -298,6 +330,10 @@ impl StoreJournal {
 
 #[async_trait]
 impl Journal for StoreJournal {
+    fn scope(&self) -> Option<RunId> {
+        Some(self.run)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         // Everything recorded before this journal was opened is loaded, and
         // this process is the run's only executor (its owner): a miss means

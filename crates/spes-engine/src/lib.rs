@@ -36,6 +36,7 @@ pub mod durable;
 pub mod error;
 pub mod event;
 pub mod gate;
+pub mod http;
 pub mod journal;
 pub mod ops;
 mod orchestration;
@@ -74,6 +75,7 @@ pub struct Engine {
     pub(crate) breakers: policy::Breakers,
     pub(crate) retry_defaults: policy::RetryDefaults,
     pub(crate) default_repair: u32,
+    pub(crate) http: http::HttpSettings,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -151,6 +153,7 @@ impl Engine {
             breakers: self.breakers.clone(),
             retry_defaults: self.retry_defaults.clone(),
             default_repair: self.default_repair,
+            http: self.http.clone(),
         })
     }
 
@@ -226,6 +229,7 @@ pub struct EngineBuilder {
     clock: Option<Clock>,
     retry_defaults: policy::RetryDefaults,
     default_repair: Option<u32>,
+    http_allow_hosts: Option<Vec<String>>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -312,6 +316,14 @@ impl EngineBuilder {
         self
     }
 
+    /// The hosts `http` steps may reach (`name` or `name:port`; `[http]
+    /// allow_hosts` in spes.toml); default: any.
+    #[must_use]
+    pub fn http_allow_hosts(mut self, hosts: Option<Vec<String>>) -> Self {
+        self.http_allow_hosts = hosts;
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
@@ -331,6 +343,7 @@ impl EngineBuilder {
             default_repair: self
                 .default_repair
                 .unwrap_or(spes_core::answer::DEFAULT_REPAIR),
+            http: http::HttpSettings::new(self.http_allow_hosts),
         }
     }
 }

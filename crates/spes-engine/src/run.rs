@@ -431,6 +431,7 @@ impl<'e> Exec<'e> {
     ) -> Result<StepResult, Stop> {
         match &s.kind {
             StepKind::Llm(l) => self.llm(l, key, &s.loc).await,
+            StepKind::Http(h) => self.http(h, key, &s.loc).await,
             StepKind::Transform(t) => {
                 let input = t
                     .input

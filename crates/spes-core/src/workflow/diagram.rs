@@ -12,6 +12,7 @@ fn label(s: &Step) -> String {
             .as_ref()
             .map_or_else(|| "llm".to_owned(), |a| format!("llm · {}", a.name)),
         StepKind::Transform(t) => format!("transform · {}", t.func_name),
+        StepKind::Http(h) => format!("http · {}", h.method),
         StepKind::Approval(a) => format!(
             "approval · human{}",
             a.timeout

@@ -29,6 +29,8 @@ pub enum StepKind {
     Llm(Box<LlmStep>),
     /// A pure function.
     Transform(TransformStep),
+    /// One HTTP request, journaled.
+    Http(Box<super::HttpStep>),
     /// Children in order; the result is the last child's.
     Sequence(Vec<Step>),
     /// First matching arm runs; else `otherwise`.
@@ -235,6 +237,7 @@ impl StepKind {
         match self {
             Self::Llm(_) => &k::LLM,
             Self::Transform(_) => &k::TRANSFORM,
+            Self::Http(_) => &k::HTTP,
             Self::Sequence(_) => &k::SEQUENCE,
             Self::AgentChain(_) => &k::AGENT_SEQUENCE,
             Self::Branch(_) => &k::BRANCH,
@@ -267,7 +270,11 @@ impl StepKind {
     pub fn children(&self) -> Vec<Children<'_>> {
         let mut out = Vec::new();
         match self {
-            Self::Llm(_) | Self::Transform(_) | Self::Debate(_) | Self::AgentChain(_) => {}
+            Self::Llm(_)
+            | Self::Transform(_)
+            | Self::Http(_)
+            | Self::Debate(_)
+            | Self::AgentChain(_) => {}
             Self::Sequence(c) => out.push(Children::inline(c)),
             Self::Branch(b) => {
                 for a in &b.arms {

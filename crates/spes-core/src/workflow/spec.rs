@@ -373,6 +373,22 @@ pub struct StepSpec {
     pub judge: Option<S<String>>,
     /// `all`, `last` or `summary` (debate).
     pub judge_sees: Option<S<String>>,
+    // --- http ---
+    /// `GET` (default), `POST`, `PUT`, `PATCH`, `DELETE` or `HEAD`.
+    pub method: Option<S<String>>,
+    /// The URL (a template).
+    pub url: Option<S<String>>,
+    /// Request headers: a template, or `{ env: VAR, prefix: "..." }` for a secret.
+    pub headers: Option<S<BTreeMap<String, serde_json::Value>>>,
+    /// The JSON body; its strings are templates.
+    pub body: Option<S<serde_json::Value>>,
+    /// Statuses that count as success (default: any 2xx).
+    pub expect: Option<S<Vec<u16>>>,
+    /// `json` (default) or `text`.
+    pub response: Option<S<String>>,
+    /// Largest response body read, in bytes (default 1 MiB).
+    pub max_bytes: Option<S<u64>>,
+
     // --- orchestration: map, reduce, fan_out, saga, pipeline, scatter_gather ---
     /// The context key holding the list (map, reduce).
     pub over: Option<S<String>>,

@@ -1078,7 +1078,7 @@ impl Validator<'_> {
 /// Every kind-specific field of a step: its name, whether it is set, and
 /// where. A field of [`StepSpec`] missing here would be taken by every
 /// kind unchecked (a unit test compares this list with the spec's fields).
-fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 59] {
+fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 66] {
     fn f<T>(name: &'static str, v: Option<&Spanned<T>>) -> (&'static str, bool, Sp) {
         (name, v.is_some(), v.and_then(span))
     }
@@ -1099,6 +1099,13 @@ fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 59] {
         f("fn", s.func.as_ref()),
         f("input", s.input.as_ref()),
         f("args", s.args.as_ref()),
+        f("method", s.method.as_ref()),
+        f("url", s.url.as_ref()),
+        f("headers", s.headers.as_ref()),
+        f("body", s.body.as_ref()),
+        f("expect", s.expect.as_ref()),
+        f("response", s.response.as_ref()),
+        f("max_bytes", s.max_bytes.as_ref()),
         f("steps", s.steps.as_ref()),
         f("if", s.condition.as_ref()),
         f("then", s.then.as_ref()),

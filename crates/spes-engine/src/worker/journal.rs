@@ -72,6 +72,10 @@ impl FencedJournal {
 
 #[async_trait]
 impl Journal for FencedJournal {
+    fn scope(&self) -> Option<RunId> {
+        Some(self.run)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Effect>, JournalError> {
         Ok(self.cached(key))
     }

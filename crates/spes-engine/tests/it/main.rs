@@ -6,6 +6,7 @@ mod compose;
 mod durable;
 mod fake_server;
 mod gates;
+mod http;
 mod orchestration;
 mod patterns;
 mod policy;

@@ -3,6 +3,7 @@
 //! [`KINDS`] lists them.
 
 mod control;
+mod http;
 mod human;
 mod llm;
 mod orchestration;
@@ -13,6 +14,7 @@ mod transform;
 mod workflow;
 
 pub(crate) use control::{AGENT_SEQUENCE, BRANCH, PARALLEL, SEQUENCE};
+pub(crate) use http::HTTP;
 pub(crate) use human::{APPROVAL, CHOOSE, SECTIONS};
 pub(crate) use llm::LLM;
 pub(crate) use orchestration::{FAN_OUT, MAP, PIPELINE, REDUCE, SAGA, SCATTER_GATHER};
@@ -26,6 +28,7 @@ use crate::workflow::kind::KindDef;
 pub const KINDS: &[&KindDef] = &[
     &LLM,
     &TRANSFORM,
+    &HTTP,
     &SEQUENCE,
     &BRANCH,
     &PARALLEL,

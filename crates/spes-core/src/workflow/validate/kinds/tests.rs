@@ -100,9 +100,10 @@ fn variant(k: &StepKind) -> usize {
         StepKind::Saga(_) => 17,
         StepKind::Pipeline(_) => 18,
         StepKind::ScatterGather(_) => 19,
+        StepKind::Http(_) => 20,
     }
 }
-const VARIANTS: usize = 20;
+const VARIANTS: usize = 21;
 
 /// Every descriptor, with the forms that share a listed one.
 fn all_defs() -> Vec<&'static KindDef> {
