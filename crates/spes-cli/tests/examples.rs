@@ -107,6 +107,90 @@ const CASES: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
+/// Examples that call an HTTP service, run against a local stub below.
+const STUBBED: &[&str] = &["booking-saga.yaml"];
+
+/// The booking service of `booking-saga.yaml` on a loopback port: books
+/// flights and hotels, refuses every charge (402), cancels bookings.
+/// Returns its base URL and the requests it saw (`METHOD /path`).
+fn booking_stub() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let log = log.clone();
+        async move {
+            let line = format!("{} {}", req.method(), req.uri().path());
+            log.lock().unwrap().push(line.clone());
+            match line.as_str() {
+                "POST /flights" => (
+                    StatusCode::CREATED,
+                    axum::Json(serde_json::json!({ "id": "F-1" })),
+                )
+                    .into_response(),
+                "POST /hotels" => (
+                    StatusCode::CREATED,
+                    axum::Json(serde_json::json!({ "id": "H-7" })),
+                )
+                    .into_response(),
+                "POST /charges" => (StatusCode::PAYMENT_REQUIRED, "card declined").into_response(),
+                "DELETE /flights/F-1" | "DELETE /hotels/H-7" => {
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[test]
+fn the_booking_saga_books_then_cancels_over_http() {
+    let (api, seen) = booking_stub();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(examples_dir())
+        .args(["--store", &store_url(&tmp)])
+        .args(["run", "workflows/booking-saga.yaml"])
+        .args(["--input", &format!("api={api}"), "--input", "trip=t1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(
+            "Trip t1: compensated (charge failed); undone: hotel=compensated, flight=compensated"
+        ),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "POST /flights",
+            "POST /hotels",
+            "POST /charges",
+            "DELETE /hotels/H-7",
+            "DELETE /flights/F-1"
+        ],
+        "each booking cancelled once, in reverse order"
+    );
+}
+
 /// Examples with a human gate: (workflow, inputs, answers given with the CLI, a line the result must contain).
 /// (workflow, inputs, answers given with the CLI (`RUN` stands for the run id), a line the result must contain).
 type Gated = (
@@ -172,6 +256,7 @@ fn every_example_is_listed_here() {
         .iter()
         .map(|c| c.0.to_owned())
         .chain(GATED.iter().map(|c| c.0.to_owned()))
+        .chain(STUBBED.iter().map(|c| (*c).to_owned()))
         .collect();
     listed.sort();
     assert_eq!(
@@ -199,7 +284,12 @@ fn every_step_kind_has_an_example() {
 #[test]
 fn every_example_validates() {
     let dir = examples_dir();
-    for file in CASES.iter().map(|c| c.0).chain(GATED.iter().map(|c| c.0)) {
+    for file in CASES
+        .iter()
+        .map(|c| c.0)
+        .chain(GATED.iter().map(|c| c.0))
+        .chain(STUBBED.iter().copied())
+    {
         let out = Command::new(env!("CARGO_BIN_EXE_spes"))
             .current_dir(&dir)
             .args(["workflow", "validate", &format!("workflows/{file}")])

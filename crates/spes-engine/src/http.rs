@@ -256,17 +256,19 @@ impl Exec<'_> {
             )
         })?;
         let status = resp.status().as_u16();
-        let bytes = read_capped(resp, h.max_bytes).await.map_err(|message| {
-            fail(
-                key,
-                loc,
-                FailureKind::Http {
-                    status: Some(status),
-                    transient: !message.contains("max_bytes"),
-                    message: format!("{} {url}: {message}", h.method),
-                },
-            )
-        })?;
+        let bytes = read_capped(resp, h.max_bytes)
+            .await
+            .map_err(|(message, transient)| {
+                fail(
+                    key,
+                    loc,
+                    FailureKind::Http {
+                        status: Some(status),
+                        transient,
+                        message: format!("{} {url}: {message}", h.method),
+                    },
+                )
+            })?;
         let text = String::from_utf8_lossy(&bytes);
         if !h.accepts(status) {
             return Err(fail(
@@ -357,23 +359,28 @@ fn transport_error(e: &reqwest::Error) -> String {
     }
 }
 
-/// The body, refused past `max` bytes (the cap is named in the error).
-async fn read_capped(mut resp: reqwest::Response, max: u64) -> Result<Vec<u8>, String> {
+/// The body, refused past `max` bytes: `Err((why, transient))` (a body
+/// too large is terminal: it will be as large again; a broken connection
+/// is transient).
+async fn read_capped(mut resp: reqwest::Response, max: u64) -> Result<Vec<u8>, (String, bool)> {
+    let too_large = || {
+        (
+            format!("the response body is larger than the step's max_bytes ({max})"),
+            false,
+        )
+    };
     if resp.content_length().is_some_and(|n| n > max) {
-        return Err(format!(
-            "the response body is larger than the step's max_bytes ({max})"
-        ));
+        return Err(too_large());
     }
     let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the response: {}", transport_error(&e)))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        (
+            format!("reading the response: {}", transport_error(&e)),
+            true,
+        )
+    })? {
         if (out.len() + chunk.len()) as u64 > max {
-            return Err(format!(
-                "the response body is larger than the step's max_bytes ({max})"
-            ));
+            return Err(too_large());
         }
         out.extend_from_slice(&chunk);
     }

@@ -24,7 +24,7 @@ pub(crate) const HTTP: KindDef = KindDef {
     ],
     policies: PolicyScope::Composite,
     distribution: Distribution::Anywhere,
-    example: r#"{ name: s, kind: http, url: "http://127.0.0.1:9/{{ id }}" }"#,
+    example: r#"{ name: s, kind: http, url: "http://127.0.0.1:9/{{ text }}" }"#,
     validate: validate_http,
 };
 
@@ -65,17 +65,19 @@ fn validate_http(
         return None;
     };
     let url_at = span(url);
-    let trimmed = url.value.trim_start().to_ascii_lowercase();
-    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
+    let url_t = v.template(url, what)?;
+    // A URL written whole is checked now; one built by a template when the
+    // request is sent.
+    let lower = url.value.trim_start().to_ascii_lowercase();
+    if url_t.is_literal() && !(lower.starts_with("http://") || lower.starts_with("https://")) {
         v.err(
             "spes::workflow::bad_http",
             format!("{what}: `url` must start with http:// or https://"),
             url_at,
-            "write the scheme and host literally; templates may fill the path and query",
+            "for example `url: \"https://api.example.com/items/{{ id }}\"`",
         );
         return None;
     }
-    let url_t = v.template(url, what)?;
     let reads: Vec<String> = url_t.reads().iter().cloned().collect();
     v.check_reads(reads.iter(), url_at, known, &[], what);
 

@@ -295,6 +295,36 @@ fn policies_follow_the_kinds_scope() {
 /// (step, code, where the error points, part of its message)
 const ERRORS: &[(&str, &str, &str, &str)] = &[
     (
+        "{ name: s, kind: http, method: FETCH, url: \"http://h/\" }",
+        "spes::workflow::bad_http",
+        "FETCH",
+        "unknown method `FETCH`",
+    ),
+    (
+        "{ name: s, kind: http, url: \"http://h/\", body: { a: 1 } }",
+        "spes::workflow::bad_http",
+        "{ a: 1 }",
+        "a GET request has no body",
+    ),
+    (
+        "{ name: s, kind: http, url: \"http://h/\", response: xml }",
+        "spes::workflow::bad_http",
+        "xml",
+        "is not `json` or `text`",
+    ),
+    (
+        "{ name: s, kind: http, url: \"http://h/\", max_bytes: 0 }",
+        "spes::workflow::bad_http",
+        "0 }",
+        "`max_bytes` must be between 1",
+    ),
+    (
+        "{ name: s, kind: http, url: \"http://h/\", headers: { X-A: { vault: k } } }",
+        "spes::workflow::bad_http",
+        "{ X-A",
+        "header `X-A` must be text or `{ env: VAR }`",
+    ),
+    (
         "{ name: s, kind: llm, task: hi }",
         "spes::workflow::task_without_agent",
         "hi }",
