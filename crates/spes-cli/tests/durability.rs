@@ -318,3 +318,126 @@ async fn the_store_is_private_under_umask_000() {
     }
     store.close().await;
 }
+
+/// The booking service of examples/workflows/booking-saga.yaml: the first
+/// charge request SIGKILLs the `spes` whose pid is in `pid` (the request
+/// was sent, its answer never committed); every charge is refused (402).
+/// Records `METHOD /path idempotency-key` lines.
+async fn killing_booking_stub(pid: Arc<AtomicU32>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (log, pid) = (log.clone(), pid.clone());
+        async move {
+            let line = format!("{} {}", req.method(), req.uri().path());
+            let key = req
+                .headers()
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let charges = {
+                let mut log = log.lock().unwrap();
+                log.push(format!("{line} {key}"));
+                log.iter()
+                    .filter(|l| l.starts_with("POST /charges"))
+                    .count()
+            };
+            match line.as_str() {
+                "POST /flights" => (
+                    StatusCode::CREATED,
+                    axum::Json(serde_json::json!({ "id": "F-1" })),
+                )
+                    .into_response(),
+                "POST /hotels" => (
+                    StatusCode::CREATED,
+                    axum::Json(serde_json::json!({ "id": "H-7" })),
+                )
+                    .into_response(),
+                "POST /charges" => {
+                    if charges == 1 {
+                        sigkill(harness::spawned_pid(&pid));
+                    }
+                    (StatusCode::PAYMENT_REQUIRED, "card declined").into_response()
+                }
+                "DELETE /flights/F-1" | "DELETE /hotels/H-7" => {
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+/// A saga of http steps (examples/workflows/booking-saga.yaml) SIGKILLed
+/// while its charge request is in flight, then resumed: the committed
+/// bookings are not sent again, the charge is sent again with the same
+/// `Idempotency-Key`, and each booking's cancellation arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_saga_killed_mid_request_resumes_without_repeating_committed_requests() {
+    let pid = Arc::new(AtomicU32::new(0));
+    let (api, seen) = killing_booking_stub(pid.clone()).await;
+    let workflow = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/workflows/booking-saga.yaml"),
+    )
+    .unwrap();
+    let project = Project::new(&workflow, "http://127.0.0.1:9/v1");
+    let api_input = format!("api={api}");
+    let child = project.spawn(&[
+        "run", "wf.yaml", "--input", &api_input, "--input", "trip=t1",
+    ]);
+    pid.store(child.id(), Ordering::SeqCst);
+    let exit = wait(child).await;
+    assert_eq!(exit.signal(), Some(9), "killed mid-charge: {}", exit.stderr);
+    let store = project.store().await;
+    let run = store.list_runs(None, 1).await.unwrap().remove(0);
+    assert_eq!(
+        run.status,
+        RunStatus::Running,
+        "left running by a dead owner"
+    );
+    let kinds: Vec<String> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "http").count(),
+        2,
+        "both bookings committed, the charge not: {kinds:?}"
+    );
+    store.close().await;
+
+    let resumed = wait(project.spawn(&["resume", &run.id.to_string()])).await;
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    assert!(
+        resumed.stdout_text().contains(
+            "Trip t1: compensated (charge failed); undone: hotel=compensated, flight=compensated"
+        ),
+        "{}",
+        resumed.stdout_text()
+    );
+    let seen = seen.lock().unwrap().clone();
+    let count = |prefix: &str| seen.iter().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(count("POST /flights"), 1, "{seen:?}");
+    assert_eq!(count("POST /hotels"), 1, "{seen:?}");
+    assert_eq!(count("DELETE /hotels/H-7"), 1, "{seen:?}");
+    assert_eq!(count("DELETE /flights/F-1"), 1, "{seen:?}");
+    let charge_keys: Vec<&str> = seen
+        .iter()
+        .filter(|l| l.starts_with("POST /charges"))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(charge_keys.len(), 2, "{seen:?}");
+    assert_eq!(charge_keys[0], charge_keys[1], "the same Idempotency-Key");
+    assert!(charge_keys[0].starts_with("spes-"), "{seen:?}");
+}
