@@ -6,6 +6,7 @@
 //! to a step's kind, template syntax, and context keys read before any step
 //! writes them. Each error points at file:line:column with a hint.
 
+pub mod agent;
 pub mod diagram;
 pub mod http;
 pub mod key;
@@ -23,6 +24,7 @@ use crate::condition::Condition;
 use crate::template::Template;
 use crate::transform::TransformFn;
 
+pub use agent::{AgentStep, AgentTool};
 pub use http::HttpStep;
 pub use key::StepKey;
 pub use kind::{KINDS, KindDef, StepKind};

@@ -13,6 +13,7 @@ fn label(s: &Step) -> String {
             .map_or_else(|| "llm".to_owned(), |a| format!("llm · {}", a.name)),
         StepKind::Transform(t) => format!("transform · {}", t.func_name),
         StepKind::Http(h) => format!("http · {}", h.method),
+        StepKind::Agent(a) => format!("agent · {} tools", a.tools.len()),
         StepKind::Approval(a) => format!(
             "approval · human{}",
             a.timeout

@@ -31,6 +31,8 @@ pub enum StepKind {
     Transform(TransformStep),
     /// One HTTP request, journaled.
     Http(Box<super::HttpStep>),
+    /// A model that calls tools in turns until it answers.
+    Agent(Box<super::AgentStep>),
     /// Children in order; the result is the last child's.
     Sequence(Vec<Step>),
     /// First matching arm runs; else `otherwise`.
@@ -238,6 +240,7 @@ impl StepKind {
             Self::Llm(_) => &k::LLM,
             Self::Transform(_) => &k::TRANSFORM,
             Self::Http(_) => &k::HTTP,
+            Self::Agent(_) => &k::AGENT,
             Self::Sequence(_) => &k::SEQUENCE,
             Self::AgentChain(_) => &k::AGENT_SEQUENCE,
             Self::Branch(_) => &k::BRANCH,
@@ -273,6 +276,7 @@ impl StepKind {
             Self::Llm(_)
             | Self::Transform(_)
             | Self::Http(_)
+            | Self::Agent(_)
             | Self::Debate(_)
             | Self::AgentChain(_) => {}
             Self::Sequence(c) => out.push(Children::inline(c)),

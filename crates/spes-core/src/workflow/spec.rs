@@ -389,6 +389,14 @@ pub struct StepSpec {
     /// Largest response body read, in bytes (default 1 MiB).
     pub max_bytes: Option<S<u64>>,
 
+    // --- agent ---
+    /// Tools the agent may call: `{ http: {...} }` or a registered name.
+    pub tools: Option<S<Vec<serde_json::Value>>>,
+    /// Model turns at most (default 10).
+    pub max_turns: Option<S<u32>>,
+    /// `auto` (default), `none`, `required` or `{ tool: NAME }`.
+    pub tool_choice: Option<S<serde_json::Value>>,
+
     // --- orchestration: map, reduce, fan_out, saga, pipeline, scatter_gather ---
     /// The context key holding the list (map, reduce).
     pub over: Option<S<String>>,

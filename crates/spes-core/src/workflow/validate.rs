@@ -1078,7 +1078,7 @@ impl Validator<'_> {
 /// Every kind-specific field of a step: its name, whether it is set, and
 /// where. A field of [`StepSpec`] missing here would be taken by every
 /// kind unchecked (a unit test compares this list with the spec's fields).
-fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 66] {
+fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 69] {
     fn f<T>(name: &'static str, v: Option<&Spanned<T>>) -> (&'static str, bool, Sp) {
         (name, v.is_some(), v.and_then(span))
     }
@@ -1106,6 +1106,9 @@ fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 66] {
         f("expect", s.expect.as_ref()),
         f("response", s.response.as_ref()),
         f("max_bytes", s.max_bytes.as_ref()),
+        f("tools", s.tools.as_ref()),
+        f("max_turns", s.max_turns.as_ref()),
+        f("tool_choice", s.tool_choice.as_ref()),
         f("steps", s.steps.as_ref()),
         f("if", s.condition.as_ref()),
         f("then", s.then.as_ref()),

@@ -8,7 +8,8 @@ use crate::workflow::http::{
 use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::StepSpec;
 use crate::workflow::validate::StepAt;
-use crate::workflow::validate::{Known, Validator, closest, span};
+use crate::template::Template;
+use crate::workflow::validate::{Known, Sp, Validator, closest, span};
 
 /// `http`: one HTTP request, journaled.
 pub(crate) const HTTP: KindDef = KindDef {
@@ -28,199 +29,173 @@ pub(crate) const HTTP: KindDef = KindDef {
     validate: validate_http,
 };
 
-fn validate_http(
-    v: &mut Validator<'_>,
-    s: &mut StepSpec,
-    known: &mut Known,
-    at: &StepAt<'_>,
-) -> Option<StepKind> {
-    let what = at.what;
-    let method = match &s.method {
+/// The parts of an http request as written (an `http` step, or an http
+/// tool of an `agent` step).
+pub(crate) struct HttpParts<'a> {
+    pub(crate) method: Option<&'a str>,
+    pub(crate) url: Option<&'a str>,
+    pub(crate) headers: Option<&'a std::collections::BTreeMap<String, serde_json::Value>>,
+    pub(crate) body: Option<&'a serde_json::Value>,
+    pub(crate) expect: Option<&'a [u16]>,
+    pub(crate) response: Option<&'a str>,
+    pub(crate) max_bytes: Option<u64>,
+}
+
+/// Why parts do not make a request: the field at fault, the message (after
+/// `step `s`: `) and a hint.
+pub(crate) struct HttpProblem {
+    pub(crate) field: &'static str,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) hint: String,
+}
+
+fn problem(field: &'static str, message: String, hint: impl Into<String>) -> HttpProblem {
+    HttpProblem {
+        field,
+        code: "spes::workflow::bad_http",
+        message,
+        hint: hint.into(),
+    }
+}
+
+/// Builds the request from its parts (templates parsed, not yet checked
+/// against the context).
+pub(crate) fn build_http(p: &HttpParts<'_>) -> Result<HttpStep, HttpProblem> {
+    let method = match p.method {
         None => "GET".to_owned(),
         Some(m) => {
-            let up = m.value.to_ascii_uppercase();
+            let up = m.to_ascii_uppercase();
             if !METHODS.contains(&up.as_str()) {
                 let hint = match closest(&up, METHODS.iter().copied()) {
                     Some(c) => format!("did you mean `{c}`? Methods: {}", METHODS.join(", ")),
                     None => format!("methods: {}", METHODS.join(", ")),
                 };
-                v.err(
-                    "spes::workflow::bad_http",
-                    format!("{what}: unknown method `{}`", m.value),
-                    span(m),
-                    hint,
-                );
-                return None;
+                return Err(problem("method", format!("unknown method `{m}`"), hint));
             }
             up
         }
     };
-    let Some(url) = &s.url else {
-        v.err(
-            "spes::workflow::missing_field",
-            format!("{what}: an http step needs `url`"),
-            at.kind_at,
-            "add `url: \"https://host/path/{{ id }}\"`",
-        );
-        return None;
+    let Some(url) = p.url else {
+        return Err(HttpProblem {
+            field: "kind",
+            code: "spes::workflow::missing_field",
+            message: "an http request needs `url`".into(),
+            hint: "add `url: \"https://host/path/{{ id }}\"`".into(),
+        });
     };
-    let url_at = span(url);
-    let url_t = v.template(url, what)?;
+    let url_t = Template::parse(url).map_err(|e| HttpProblem {
+        field: "url",
+        code: "spes::workflow::template_syntax",
+        message: format!("`url`: {}", e.message),
+        hint: "fix the minijinja syntax: {{ variable }}".into(),
+    })?;
     // A URL written whole is checked now; one built by a template when the
     // request is sent.
-    let lower = url.value.trim_start().to_ascii_lowercase();
+    let lower = url.trim_start().to_ascii_lowercase();
     if url_t.is_literal() && !(lower.starts_with("http://") || lower.starts_with("https://")) {
-        v.err(
-            "spes::workflow::bad_http",
-            format!("{what}: `url` must start with http:// or https://"),
-            url_at,
+        return Err(problem(
+            "url",
+            "`url` must start with http:// or https://".into(),
             "for example `url: \"https://api.example.com/items/{{ id }}\"`",
-        );
-        return None;
+        ));
     }
-    let reads: Vec<String> = url_t.reads().iter().cloned().collect();
-    v.check_reads(reads.iter(), url_at, known, &[], what);
-
     let mut headers = Vec::new();
-    if let Some(h) = &s.headers {
-        for (name, val) in &h.value {
-            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str())
-                || http_name_invalid(name)
+    for (name, val) in p.headers.into_iter().flatten() {
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) || http_name_invalid(name)
+        {
+            return Err(problem(
+                "headers",
+                format!("header `{name}` cannot be set here"),
+                format!(
+                    "header names are letters, digits and `-`; {} are set by spes",
+                    RESERVED_HEADERS.join(", ")
+                ),
+            ));
+        }
+        let hv = match val {
+            serde_json::Value::String(t) => {
+                HeaderValue::Template(Template::parse(t).map_err(|e| HttpProblem {
+                    field: "headers",
+                    code: "spes::workflow::template_syntax",
+                    message: format!("header `{name}`: {}", e.message),
+                    hint: "fix the minijinja syntax: {{ variable }}".into(),
+                })?)
+            }
+            serde_json::Value::Object(o)
+                if o.get("env").is_some_and(serde_json::Value::is_string)
+                    && o.keys().all(|k| k == "env" || k == "prefix")
+                    && o.get("prefix").is_none_or(serde_json::Value::is_string) =>
             {
-                v.err(
-                    "spes::workflow::bad_http",
-                    format!("{what}: header `{name}` cannot be set here"),
-                    span(h),
-                    format!(
-                        "header names are letters, digits and `-`; {} are set by spes",
-                        RESERVED_HEADERS.join(", ")
-                    ),
-                );
-                return None;
+                HeaderValue::Env {
+                    var: o["env"].as_str().unwrap_or_default().to_owned(),
+                    prefix: o
+                        .get("prefix")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                }
             }
-            let hv = match val {
-                serde_json::Value::String(t) => {
-                    let t = match crate::template::Template::parse(t) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            v.err(
-                                "spes::workflow::template_syntax",
-                                format!("{what}: header `{name}`: {}", e.message),
-                                span(h),
-                                "fix the minijinja syntax: {{ variable }}",
-                            );
-                            return None;
-                        }
-                    };
-                    let reads: Vec<String> = t.reads().iter().cloned().collect();
-                    v.check_reads(reads.iter(), span(h), known, &[], what);
-                    HeaderValue::Template(t)
-                }
-                serde_json::Value::Object(o)
-                    if o.get("env").is_some_and(serde_json::Value::is_string)
-                        && o.keys().all(|k| k == "env" || k == "prefix")
-                        && o.get("prefix").is_none_or(serde_json::Value::is_string) =>
-                {
-                    HeaderValue::Env {
-                        var: o["env"].as_str().unwrap_or_default().to_owned(),
-                        prefix: o
-                            .get("prefix")
-                            .and_then(serde_json::Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
-                    }
-                }
-                _ => {
-                    v.err(
-                        "spes::workflow::bad_http",
-                        format!("{what}: header `{name}` must be text or `{{ env: VAR }}`"),
-                        span(h),
-                        "a secret is named by its environment variable: `{ env: API_TOKEN, prefix: \"Bearer \" }`",
-                    );
-                    return None;
-                }
-            };
-            headers.push((name.clone(), hv));
-        }
+            _ => {
+                return Err(problem(
+                    "headers",
+                    format!("header `{name}` must be text or `{{ env: VAR }}`"),
+                    "a secret is named by its environment variable: `{ env: API_TOKEN, prefix: \"Bearer \" }`",
+                ));
+            }
+        };
+        headers.push((name.clone(), hv));
     }
-
-    let body = match &s.body {
+    let body = match p.body {
         None => None,
-        Some(b) => {
-            if method == "GET" || method == "HEAD" {
-                v.err(
-                    "spes::workflow::bad_http",
-                    format!("{what}: a {method} request has no body"),
-                    span(b),
-                    "use `method: POST` (or PUT, PATCH, DELETE), or move the data into the URL",
-                );
-                return None;
-            }
-            match JsonTemplate::parse(&b.value) {
-                Ok(t) => {
-                    let reads: Vec<String> = t
-                        .templates()
-                        .iter()
-                        .flat_map(|t| t.reads().iter().cloned())
-                        .collect();
-                    v.check_reads(reads.iter(), span(b), known, &[], what);
-                    Some(t)
-                }
-                Err(e) => {
-                    v.err(
-                        "spes::workflow::template_syntax",
-                        format!("{what}: `body`: {}", e.message),
-                        span(b),
-                        "each string of the body is a template",
-                    );
-                    return None;
-                }
-            }
+        Some(_) if method == "GET" || method == "HEAD" => {
+            return Err(problem(
+                "body",
+                format!("a {method} request has no body"),
+                "use `method: POST` (or PUT, PATCH, DELETE), or move the data into the URL",
+            ));
         }
+        Some(b) => Some(JsonTemplate::parse(b).map_err(|e| HttpProblem {
+            field: "body",
+            code: "spes::workflow::template_syntax",
+            message: format!("`body`: {}", e.message),
+            hint: "each string of the body is a template".into(),
+        })?),
     };
-
-    let expect = match &s.expect {
+    let expect = match p.expect {
         None => Vec::new(),
-        Some(e) => {
-            if e.value.is_empty() || e.value.iter().any(|c| !(100..=599).contains(c)) {
-                v.err(
-                    "spes::workflow::bad_http",
-                    format!("{what}: `expect` must list HTTP statuses (100 to 599)"),
-                    span(e),
-                    "for example `expect: [200, 201]`; leave it out for any 2xx",
-                );
-                return None;
-            }
-            e.value.clone()
+        Some(e) if e.is_empty() || e.iter().any(|c| !(100..=599).contains(c)) => {
+            return Err(problem(
+                "expect",
+                "`expect` must list HTTP statuses (100 to 599)".into(),
+                "for example `expect: [200, 201]`; leave it out for any 2xx",
+            ));
         }
+        Some(e) => e.to_vec(),
     };
-    let response = match s.response.as_ref().map(|r| r.value.as_str()) {
+    let response = match p.response {
         None | Some("json") => ResponseAs::Json,
         Some("text") => ResponseAs::Text,
         Some(other) => {
-            v.err(
-                "spes::workflow::bad_http",
-                format!("{what}: `response: {other}` is not `json` or `text`"),
-                s.response.as_ref().and_then(span),
+            return Err(problem(
+                "response",
+                format!("`response: {other}` is not `json` or `text`"),
                 "`response: json` (the default) parses the body; `text` keeps it as text",
-            );
-            return None;
+            ));
         }
     };
-    let max_bytes = match &s.max_bytes {
+    let max_bytes = match p.max_bytes {
         None => DEFAULT_MAX_BYTES,
-        Some(m) if m.value == 0 || m.value > MAX_MAX_BYTES => {
-            v.err(
-                "spes::workflow::bad_http",
-                format!("{what}: `max_bytes` must be between 1 and {MAX_MAX_BYTES} (64 MiB)"),
-                span(m),
+        Some(m) if m == 0 || m > MAX_MAX_BYTES => {
+            return Err(problem(
+                "max_bytes",
+                format!("`max_bytes` must be between 1 and {MAX_MAX_BYTES} (64 MiB)"),
                 format!("the default is {DEFAULT_MAX_BYTES} (1 MiB)"),
-            );
-            return None;
+            ));
         }
-        Some(m) => m.value,
+        Some(m) => m,
     };
-    Some(StepKind::Http(Box::new(HttpStep {
+    Ok(HttpStep {
         method,
         url: url_t,
         headers,
@@ -228,7 +203,50 @@ fn validate_http(
         expect,
         response,
         max_bytes,
-    })))
+    })
+}
+
+fn validate_http(
+    v: &mut Validator<'_>,
+    s: &mut StepSpec,
+    known: &mut Known,
+    at: &StepAt<'_>,
+) -> Option<StepKind> {
+    let what = at.what;
+    let parts = HttpParts {
+        method: s.method.as_ref().map(|m| m.value.as_str()),
+        url: s.url.as_ref().map(|u| u.value.as_str()),
+        headers: s.headers.as_ref().map(|h| &h.value),
+        body: s.body.as_ref().map(|b| &b.value),
+        expect: s.expect.as_ref().map(|e| e.value.as_slice()),
+        response: s.response.as_ref().map(|r| r.value.as_str()),
+        max_bytes: s.max_bytes.as_ref().map(|m| m.value),
+    };
+    let h = match build_http(&parts) {
+        Ok(h) => h,
+        Err(p) => {
+            let at_ = match p.field {
+                "method" => s.method.as_ref().and_then(span),
+                "url" => s.url.as_ref().and_then(span),
+                "headers" => s.headers.as_ref().and_then(span),
+                "body" => s.body.as_ref().and_then(span),
+                "expect" => s.expect.as_ref().and_then(span),
+                "response" => s.response.as_ref().and_then(span),
+                "max_bytes" => s.max_bytes.as_ref().and_then(span),
+                _ => at.kind_at,
+            };
+            v.err(p.code, format!("{what}: {}", p.message), at_, p.hint);
+            return None;
+        }
+    };
+    let reads: Vec<String> = h
+        .templates()
+        .iter()
+        .flat_map(|t| t.reads().iter().cloned())
+        .collect();
+    let url_at: Sp = s.url.as_ref().and_then(span).or(at.kind_at);
+    v.check_reads(reads.iter(), url_at, known, &[], what);
+    Some(StepKind::Http(Box::new(h)))
 }
 
 /// Not a token (RFC 9110): letters, digits and ``!#$%&'*+-.^_`|~``.

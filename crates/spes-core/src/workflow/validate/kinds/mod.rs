@@ -2,6 +2,7 @@
 //! Each module declares its kinds' [`KindDef`]s beside their validators;
 //! [`KINDS`] lists them.
 
+mod agent;
 mod control;
 mod http;
 mod human;
@@ -14,6 +15,7 @@ mod transform;
 mod workflow;
 
 pub(crate) use control::{AGENT_SEQUENCE, BRANCH, PARALLEL, SEQUENCE};
+pub(crate) use agent::AGENT;
 pub(crate) use http::HTTP;
 pub(crate) use human::{APPROVAL, CHOOSE, SECTIONS};
 pub(crate) use llm::LLM;
@@ -29,6 +31,7 @@ pub const KINDS: &[&KindDef] = &[
     &LLM,
     &TRANSFORM,
     &HTTP,
+    &AGENT,
     &SEQUENCE,
     &BRANCH,
     &PARALLEL,

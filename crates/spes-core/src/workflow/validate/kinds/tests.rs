@@ -101,9 +101,10 @@ fn variant(k: &StepKind) -> usize {
         StepKind::Pipeline(_) => 18,
         StepKind::ScatterGather(_) => 19,
         StepKind::Http(_) => 20,
+        StepKind::Agent(_) => 21,
     }
 }
-const VARIANTS: usize = 21;
+const VARIANTS: usize = 22;
 
 /// Every descriptor, with the forms that share a listed one.
 fn all_defs() -> Vec<&'static KindDef> {
@@ -294,6 +295,36 @@ fn policies_follow_the_kinds_scope() {
 
 /// (step, code, where the error points, part of its message)
 const ERRORS: &[(&str, &str, &str, &str)] = &[
+    (
+        "{ name: s, kind: agent, prompt: hi, tools: [a, a] }",
+        "spes::workflow::bad_tool",
+        "[a, a]",
+        "two tools are named `a`",
+    ),
+    (
+        "{ name: s, kind: agent, prompt: hi, tools: [{ http: { name: w, url: \"http://h/\" } }] }",
+        "spes::workflow::bad_tool",
+        "[{ http",
+        "http tool `w` needs a `description`",
+    ),
+    (
+        "{ name: s, kind: agent, prompt: hi, tools: [{ http: { name: w, description: d, url: \"http://h/{{ nope }}\" } }] }",
+        "spes::workflow::unknown_key",
+        "[{ http",
+        "reads `nope`",
+    ),
+    (
+        "{ name: s, kind: agent, prompt: hi, tools: [a], tool_choice: { tool: b } }",
+        "spes::workflow::bad_tool",
+        "{ tool: b }",
+        "`tool_choice` must be",
+    ),
+    (
+        "{ name: s, kind: agent, prompt: hi, tools: [a], max_turns: 0 }",
+        "spes::workflow::bad_count",
+        "0 }",
+        "`max_turns` must be between 1 and 100",
+    ),
     (
         "{ name: s, kind: http, method: FETCH, url: \"http://h/\" }",
         "spes::workflow::bad_http",

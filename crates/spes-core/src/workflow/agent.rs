@@ -1,0 +1,60 @@
+//! `kind: agent`: a model that calls tools, turn after turn, until it
+//! answers. The validated form; the engine runs it (spes-engine `agent`).
+
+use crate::tool::{ToolChoice, ToolSpec};
+use crate::workflow::{HttpStep, LlmStep};
+
+/// Model turns an agent takes unless it says otherwise.
+pub const DEFAULT_MAX_TURNS: u32 = 10;
+
+/// The most turns an agent may take.
+pub const MAX_MAX_TURNS: u32 = 100;
+
+/// An agent step.
+#[derive(Debug, Clone)]
+pub struct AgentStep {
+    /// The model call of each turn: prompt (the first user message),
+    /// agent components, provider and settings.
+    pub llm: LlmStep,
+    /// The tools it may call.
+    pub tools: Vec<AgentTool>,
+    /// Model turns at most; the last must answer without a tool call.
+    pub max_turns: u32,
+    /// How the model may use the tools (`None`: the provider's default, auto).
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// One tool of an agent.
+#[derive(Debug, Clone)]
+pub enum AgentTool {
+    /// An HTTP request whose templates see the call's arguments as `args`.
+    Http {
+        /// What the model is told.
+        spec: ToolSpec,
+        /// The request.
+        request: Box<HttpStep>,
+    },
+    /// A tool registered with the engine by name (a Rust function).
+    Registered(String),
+}
+
+impl AgentTool {
+    /// The name the model calls it by.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Http { spec, .. } => &spec.name,
+            Self::Registered(n) => n,
+        }
+    }
+}
+
+/// Whether `name` is a tool name both providers take: 1 to 64 letters,
+/// digits, `_` or `-`.
+#[must_use]
+pub fn valid_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
