@@ -752,6 +752,7 @@ impl Engine {
             retry_defaults: self.retry_defaults.clone(),
             default_repair: self.default_repair,
             http: self.http.clone(),
+            tools: self.tools.clone(),
         };
         // Goes as far as the journal does; where it ends is not an error here.
         let _ = replay_with(&engine, &store, run, wf).await?;

@@ -153,9 +153,48 @@ impl Exec<'_> {
             }
             None => {}
         }
+        let (url, status, body) = self.send_http(h, key, loc, None).await?;
+        let effect = Effect::Http {
+            method: h.method.clone(),
+            url,
+            status,
+            body,
+        };
+        let winner = self
+            .journal
+            .record(key, effect)
+            .await
+            .map_err(|e| e.stop(key, loc))?;
+        match winner {
+            Effect::Http { status, body, .. } => Ok(StepResult {
+                value: Some(body),
+                note: Some(format!("{} {status}", h.method)),
+                usage: None,
+            }),
+            other => Err(fail(
+                key,
+                loc,
+                FailureKind::Journal(JournalError::Mismatch(format!(
+                    "the journal holds a {} entry under this key, not an http request",
+                    other.kind()
+                ))),
+            )),
+        }
+    }
+
+    /// Sends `h` (its templates over the context and `locals`) and reads
+    /// the answer: (the URL as sent, the status, the body as the step's
+    /// value). Nothing is journaled here.
+    pub(crate) async fn send_http(
+        &self,
+        h: &HttpStep,
+        key: &str,
+        loc: &Loc,
+        locals: Option<&spes_core::template::Context>,
+    ) -> Result<(String, u16, Value), Stop> {
         let url_text = h
             .url
-            .render(&self.ctx, None)
+            .render(&self.ctx, locals)
             .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
         let url = reqwest::Url::parse(url_text.trim()).map_err(|e| {
             fail(
@@ -202,7 +241,7 @@ impl Exec<'_> {
             has_idempotency_key |= name.eq_ignore_ascii_case("idempotency-key");
             let text = match value {
                 HeaderValue::Template(t) => t
-                    .render(&self.ctx, None)
+                    .render(&self.ctx, locals)
                     .map_err(|e| fail(key, loc, FailureKind::Template(e)))?,
                 HeaderValue::Env { var, prefix } => match std::env::var(var) {
                     Ok(v) if !v.is_empty() => format!("{prefix}{v}"),
@@ -239,7 +278,7 @@ impl Exec<'_> {
         }
         if let Some(b) = &h.body {
             let body = b
-                .eval(&self.ctx, None)
+                .eval(&self.ctx, locals)
                 .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
             req = req.json(&body);
         }
@@ -289,7 +328,7 @@ impl Exec<'_> {
                 },
             ));
         }
-        let body = match h.response {
+        let value = match h.response {
             ResponseAs::Text => Value::String(text.into_owned()),
             ResponseAs::Json if text.trim().is_empty() => Value::Null,
             ResponseAs::Json => serde_json::from_slice(&bytes).map_err(|e| {
@@ -307,32 +346,7 @@ impl Exec<'_> {
                 )
             })?,
         };
-        let effect = Effect::Http {
-            method: h.method.clone(),
-            url: url.to_string(),
-            status,
-            body,
-        };
-        let winner = self
-            .journal
-            .record(key, effect)
-            .await
-            .map_err(|e| e.stop(key, loc))?;
-        match winner {
-            Effect::Http { status, body, .. } => Ok(StepResult {
-                value: Some(body),
-                note: Some(format!("{} {status}", h.method)),
-                usage: None,
-            }),
-            other => Err(fail(
-                key,
-                loc,
-                FailureKind::Journal(JournalError::Mismatch(format!(
-                    "the journal holds a {} entry under this key, not an http request",
-                    other.kind()
-                ))),
-            )),
-        }
+        Ok((url.to_string(), status, value))
     }
 }
 

@@ -54,6 +54,17 @@ pub enum Effect {
         /// The response body as the step's value (JSON, or text).
         body: serde_json::Value,
     },
+    /// A tool call of an agent step and its result (as the model got it).
+    Tool {
+        /// The tool.
+        name: String,
+        /// The call's arguments.
+        arguments: serde_json::Value,
+        /// The result text.
+        content: String,
+        /// The result is an error (the model was told so).
+        is_error: bool,
+    },
     /// The result of a map item that a worker executed (`spes worker`),
     /// recorded with the end of its task.
     Item {
@@ -72,6 +83,7 @@ impl Effect {
             Self::Clock { .. } => "clock",
             Self::Item { .. } => "item",
             Self::Http { .. } => "http",
+            Self::Tool { .. } => "tool",
         }
     }
 

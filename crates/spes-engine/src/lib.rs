@@ -32,6 +32,7 @@
 //! assert_eq!(out.output, Some("HELLO, ADA".into()));
 //! ```
 
+pub mod agent;
 pub mod durable;
 pub mod error;
 pub mod event;
@@ -44,6 +45,7 @@ mod pattern;
 pub mod patterns;
 pub mod policy;
 pub mod run;
+pub mod tool;
 pub mod view;
 pub mod worker;
 
@@ -76,6 +78,7 @@ pub struct Engine {
     pub(crate) retry_defaults: policy::RetryDefaults,
     pub(crate) default_repair: u32,
     pub(crate) http: http::HttpSettings,
+    pub(crate) tools: BTreeMap<String, Arc<dyn tool::Tool>>,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -154,6 +157,7 @@ impl Engine {
             retry_defaults: self.retry_defaults.clone(),
             default_repair: self.default_repair,
             http: self.http.clone(),
+            tools: self.tools.clone(),
         })
     }
 
@@ -230,6 +234,7 @@ pub struct EngineBuilder {
     retry_defaults: policy::RetryDefaults,
     default_repair: Option<u32>,
     http_allow_hosts: Option<Vec<String>>,
+    tools: BTreeMap<String, Arc<dyn tool::Tool>>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -324,6 +329,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Registers a tool that `agent` steps can name in `tools:` (a later
+    /// tool of the same name replaces it).
+    #[must_use]
+    pub fn tool(mut self, t: Arc<dyn tool::Tool>) -> Self {
+        self.tools.insert(t.spec().name.clone(), t);
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
@@ -344,6 +357,7 @@ impl EngineBuilder {
                 .default_repair
                 .unwrap_or(spes_core::answer::DEFAULT_REPAIR),
             http: http::HttpSettings::new(self.http_allow_hosts),
+            tools: self.tools,
         }
     }
 }

@@ -432,6 +432,7 @@ impl<'e> Exec<'e> {
         match &s.kind {
             StepKind::Llm(l) => self.llm(l, key, &s.loc).await,
             StepKind::Http(h) => self.http(h, key, &s.loc).await,
+            StepKind::Agent(a) => self.agent(a, key, &s.loc).await,
             StepKind::Transform(t) => {
                 let input = t
                     .input

@@ -1,6 +1,7 @@
 //! Engine behaviour on the scripted provider.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod agent;
 mod answers;
 mod compose;
 mod durable;

@@ -1,5 +1,6 @@
 //! Validation of `http` steps.
 
+use crate::template::Template;
 use crate::workflow::StepKind;
 use crate::workflow::http::{
     DEFAULT_MAX_BYTES, HeaderValue, HttpStep, JsonTemplate, MAX_MAX_BYTES, METHODS,
@@ -8,7 +9,6 @@ use crate::workflow::http::{
 use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::StepSpec;
 use crate::workflow::validate::StepAt;
-use crate::template::Template;
 use crate::workflow::validate::{Known, Sp, Validator, closest, span};
 
 /// `http`: one HTTP request, journaled.

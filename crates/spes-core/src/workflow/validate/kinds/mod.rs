@@ -14,8 +14,8 @@ mod tests;
 mod transform;
 mod workflow;
 
-pub(crate) use control::{AGENT_SEQUENCE, BRANCH, PARALLEL, SEQUENCE};
 pub(crate) use agent::AGENT;
+pub(crate) use control::{AGENT_SEQUENCE, BRANCH, PARALLEL, SEQUENCE};
 pub(crate) use http::HTTP;
 pub(crate) use human::{APPROVAL, CHOOSE, SECTIONS};
 pub(crate) use llm::LLM;

@@ -1,0 +1,247 @@
+//! `kind: agent`: the model is offered tools; each turn is a model call
+//! journaled under `STEP/turn[N]`, and each tool call it makes is run and
+//! journaled under `STEP/turn[N]/call[NAME#K]` (the K-th call of that tool
+//! in the turn) before its result goes back to the model. A resumed run
+//! replays both, so it repeats no finished model turn and no finished tool
+//! call. The answer is the text of the first turn that calls no tool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::Value;
+use spes_core::message::{ChatRequest, Message, Usage};
+use spes_core::template::Context;
+use spes_core::tool::{ToolCall, ToolResult, ToolSpec};
+use spes_core::workflow::agent::{AgentStep, AgentTool};
+use spes_core::workflow::{HttpStep, Loc};
+
+use crate::error::FailureKind;
+use crate::journal::{Effect, JournalError};
+use crate::run::{Exec, StepResult, Stop, fail, join_key};
+
+/// Tool results longer than this (in bytes) are cut, with a note, before
+/// the model sees them.
+pub const MAX_TOOL_RESULT: usize = 256 * 1024;
+
+/// How one of an agent's tools runs.
+enum Runner<'a> {
+    Http(&'a HttpStep),
+    Registered(Arc<dyn crate::tool::Tool>),
+}
+
+/// The key of the `k`-th call (from 1) of `tool` in the turn at `turn_key`.
+#[must_use]
+pub fn call_key(turn_key: &str, tool: &str, k: usize) -> String {
+    join_key(turn_key, &format!("call[{tool}#{k}]"))
+}
+
+/// `text` cut to [`MAX_TOOL_RESULT`] bytes (at a character boundary), with
+/// a note saying so.
+fn capped(mut text: String) -> String {
+    if text.len() > MAX_TOOL_RESULT {
+        let mut end = MAX_TOOL_RESULT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = text.len();
+        text.truncate(end);
+        text.push_str(&format!("\n[cut: {total} bytes in all]"));
+    }
+    text
+}
+
+impl Exec<'_> {
+    pub(crate) async fn agent(
+        &mut self,
+        a: &AgentStep,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<StepResult, Stop> {
+        let mut runners: HashMap<&str, Runner<'_>> = HashMap::new();
+        let mut specs: Vec<ToolSpec> = Vec::new();
+        for t in &a.tools {
+            match t {
+                AgentTool::Http { spec, request } => {
+                    runners.insert(&spec.name, Runner::Http(request));
+                    specs.push(spec.clone());
+                }
+                AgentTool::Registered(name) => {
+                    let Some(tool) = self.engine.tools.get(name) else {
+                        return Err(fail(
+                            key,
+                            loc,
+                            FailureKind::Config(format!(
+                                "tool `{name}` is not registered with the engine (registered: {})",
+                                if self.engine.tools.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    self.engine
+                                        .tools
+                                        .keys()
+                                        .cloned()
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                }
+                            )),
+                        ));
+                    };
+                    runners.insert(name, Runner::Registered(tool.clone()));
+                    specs.push(tool.spec().clone());
+                }
+            }
+        }
+        let user = a
+            .llm
+            .prompt
+            .render(&self.ctx, None)
+            .map_err(|e| fail(key, loc, FailureKind::Template(e)))?;
+        let mut req = ChatRequest {
+            messages: vec![Message::user(user)],
+            stop: a.llm.stop.clone(),
+            tools: specs,
+            tool_choice: a.tool_choice.clone(),
+            ..ChatRequest::default()
+        };
+        let (provider, components) =
+            self.prepare(a.llm.agent.as_deref(), Some(&a.llm), &mut req, key, loc)?;
+        let mut usage = Usage::default();
+        let (mut calls_made, mut tools_run) = (0u64, 0usize);
+        for turn in 1..=a.max_turns {
+            let turn_key = join_key(key, &format!("turn[{turn}]"));
+            let before = self.model_calls;
+            let resp = self
+                .call(&provider, &req, components.clone(), &turn_key, loc)
+                .await?;
+            if self.model_calls > before {
+                calls_made += 1;
+                usage.input_tokens += resp.usage.input_tokens;
+                usage.output_tokens += resp.usage.output_tokens;
+            }
+            if resp.tool_calls.is_empty() {
+                let note = format!(
+                    "{} turn{}, {tools_run} tool call{}{}",
+                    turn,
+                    if turn == 1 { "" } else { "s" },
+                    if tools_run == 1 { "" } else { "s" },
+                    if calls_made == 0 {
+                        " · replayed from journal".to_owned()
+                    } else {
+                        format!(" · {}→{} tok", usage.input_tokens, usage.output_tokens)
+                    }
+                );
+                return Ok(StepResult {
+                    value: Some(Value::String(resp.text)),
+                    note: Some(note),
+                    usage: (calls_made > 0).then_some(usage),
+                });
+            }
+            req.messages.push(Message::from_response(&resp));
+            let mut results = Vec::with_capacity(resp.tool_calls.len());
+            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+            for call in &resp.tool_calls {
+                let k = seen.entry(call.name.as_str()).or_insert(0);
+                *k += 1;
+                let ckey = call_key(&turn_key, &call.name, *k);
+                let (content, is_error) = self
+                    .tool_call(runners.get(call.name.as_str()), call, &ckey, loc)
+                    .await?;
+                tools_run += 1;
+                results.push(ToolResult {
+                    call_id: call.id.clone(),
+                    content,
+                    is_error,
+                });
+            }
+            req.messages.push(Message::tool_results(results));
+        }
+        Err(fail(
+            key,
+            loc,
+            FailureKind::Answer(format!(
+                "the agent used all {} turns without an answer (its last turn still called tools); raise `max_turns`",
+                a.max_turns
+            )),
+        ))
+    }
+
+    /// One tool call through the journal: (the result text, whether it is
+    /// an error). A tool that fails gives an error result (the model is
+    /// told); only a pause, a cancel or the journal stop the step.
+    async fn tool_call(
+        &mut self,
+        runner: Option<&Runner<'_>>,
+        call: &ToolCall,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<(String, bool), Stop> {
+        match self
+            .journal
+            .get(key)
+            .await
+            .map_err(|e| fail(key, loc, FailureKind::Journal(e)))?
+        {
+            Some(Effect::Tool {
+                content, is_error, ..
+            }) => {
+                self.replayed += 1;
+                return Ok((content, is_error));
+            }
+            Some(other) => {
+                return Err(fail(
+                    key,
+                    loc,
+                    FailureKind::Journal(JournalError::Mismatch(format!(
+                        "the journal holds a {} entry under this key, not a tool call",
+                        other.kind()
+                    ))),
+                ));
+            }
+            None => {}
+        }
+        self.check_control(key, loc).await?;
+        let (content, is_error) = match runner {
+            None => (format!("there is no tool named `{}`", call.name), true),
+            Some(Runner::Registered(t)) => match t.call(call.arguments.clone()).await {
+                Ok(text) => (capped(text), false),
+                Err(text) => (capped(text), true),
+            },
+            Some(Runner::Http(h)) => {
+                let mut locals = Context::new();
+                locals.insert("args".to_owned(), call.arguments.clone());
+                match self.send_http(h, key, loc, Some(&locals)).await {
+                    Ok((_, _, Value::String(text))) => (capped(text), false),
+                    Ok((_, _, value)) => (capped(value.to_string()), false),
+                    Err(Stop::Failed(e)) if !matches!(e.kind, FailureKind::Journal(_)) => {
+                        (capped(e.kind.to_string()), true)
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        };
+        tracing::info!(step = key, tool = %call.name, is_error, "tool call");
+        let effect = Effect::Tool {
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+            content,
+            is_error,
+        };
+        match self
+            .journal
+            .record(key, effect)
+            .await
+            .map_err(|e| e.stop(key, loc))?
+        {
+            Effect::Tool {
+                content, is_error, ..
+            } => Ok((content, is_error)),
+            other => Err(fail(
+                key,
+                loc,
+                FailureKind::Journal(JournalError::Mismatch(format!(
+                    "the journal holds a {} entry under this key, not a tool call",
+                    other.kind()
+                ))),
+            )),
+        }
+    }
+}

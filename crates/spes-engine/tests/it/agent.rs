@@ -1,0 +1,269 @@
+//! `kind: agent` on the scripted provider: tools registered in Rust and
+//! http tools against a local stub, every turn and tool call journaled.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+use spes_engine::tool::FnTool;
+use spes_engine::{Effect, Engine, MemoryJournal, RunEnd, WorkflowSource};
+use spes_store::sqlite::{SqliteOptions, SqliteStore};
+use spes_store::{RunStatus, RunStore};
+
+use crate::{scripted, workflow};
+
+/// An `add` tool that counts its calls.
+fn adder(calls: Arc<AtomicUsize>) -> Arc<FnTool> {
+    Arc::new(FnTool::new(
+        "add",
+        "Adds a and b",
+        json!({
+            "type": "object",
+            "properties": { "a": { "type": "number" }, "b": { "type": "number" } },
+            "required": ["a", "b"]
+        }),
+        move |args: Value| {
+            let calls = calls.clone();
+            Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                match (args["a"].as_i64(), args["b"].as_i64()) {
+                    (Some(a), Some(b)) => Ok((a + b).to_string()),
+                    _ => Err("a and b must be numbers".to_owned()),
+                }
+            })
+        },
+    ))
+}
+
+/// A weather service on a loopback port: `GET /weather/CITY` answers JSON.
+async fn weather() -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/weather/{city}",
+        axum::routing::get(
+            move |axum::extract::Path(city): axum::extract::Path<String>| {
+                let h = h.clone();
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(json!({ "city": city, "sky": "sunny" }))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), hits)
+}
+
+fn agent_yaml(base: &str) -> String {
+    format!(
+        r#"
+name: helper
+inputs: {{ city: {{ type: string, default: Paris }} }}
+steps:
+  - name: plan
+    kind: agent
+    prompt: "Add 2 and 3, and tell me the weather in {{{{ city }}}}."
+    tools:
+      - add
+      - http:
+          name: weather
+          description: The weather in a city
+          parameters: {{ type: object, properties: {{ city: {{ type: string }} }}, required: [city] }}
+          url: "{base}/weather/{{{{ args.city }}}}"
+    max_turns: 4
+    output: answer
+"#
+    )
+}
+
+const SCRIPT: &str = r#"
+- { step: "plan/turn[1]", tool_calls: [{ name: add, arguments: { a: 2, b: 3 } }, { name: weather, arguments: { city: Paris } }] }
+- { step: "plan/turn[2]", reply: "5, and sunny in Paris." }
+"#;
+
+#[tokio::test]
+async fn an_agent_calls_rust_and_http_tools_and_answers_with_their_results() {
+    let (base, hits) = weather().await;
+    let adds = Arc::new(AtomicUsize::new(0));
+    let provider = scripted(SCRIPT);
+    let engine = Engine::builder()
+        .provider(provider.clone())
+        .tool(adder(adds.clone()))
+        .build();
+    let journal = Arc::new(MemoryJournal::default());
+    let out = engine
+        .run_with_journal(
+            &workflow(&agent_yaml(&base)),
+            BTreeMap::new(),
+            journal.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.output, Some(json!("5, and sunny in Paris.")));
+    assert_eq!(
+        (adds.load(Ordering::SeqCst), hits.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+    let calls = provider.calls();
+    let keys: Vec<&str> = calls.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["plan/turn[1]", "plan/turn[2]"]);
+    // Both turns offered both tools; the second carried the calls and their results.
+    let names: Vec<&str> = calls[0].1.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["add", "weather"]);
+    let second = &calls[1].1;
+    let results = &second.messages.last().unwrap().tool_results;
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].content, "5");
+    assert!(!results[0].is_error);
+    let weather: Value = serde_json::from_str(&results[1].content).unwrap();
+    assert_eq!(weather, json!({ "city": "Paris", "sky": "sunny" }));
+    let assistant = &second.messages[second.messages.len() - 2];
+    assert_eq!(assistant.tool_calls.len(), 2);
+    assert_eq!(results[0].call_id, assistant.tool_calls[0].id);
+    // Journal: two model turns and two tool calls, under stable keys.
+    let entries = journal.entries();
+    let mut keys: Vec<&String> = entries.keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "plan/turn[1]",
+            "plan/turn[1]/call[add#1]",
+            "plan/turn[1]/call[weather#1]",
+            "plan/turn[2]"
+        ]
+    );
+    assert!(matches!(
+        &entries["plan/turn[1]/call[add#1]"],
+        Effect::Tool { name, content, is_error: false, .. } if name == "add" && content == "5"
+    ));
+}
+
+/// Killed (here: failed) after its tool calls finished and before the next
+/// model turn, then resumed: the tools are not called again and the
+/// finished turn is not asked again; the answer equals an uninterrupted
+/// run's.
+#[tokio::test]
+async fn a_resumed_agent_repeats_no_finished_turn_and_no_finished_tool_call() {
+    let (base, hits) = weather().await;
+    let adds = Arc::new(AtomicUsize::new(0));
+    let yaml = agent_yaml(&base);
+    let wf = workflow(&yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(&dir.path().join("spes.db"), SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let source = WorkflowSource {
+        path: "/tmp/helper.yaml".into(),
+        text: yaml.clone(),
+    };
+    let broken = scripted(
+        r#"
+- { step: "plan/turn[1]", tool_calls: [{ name: add, arguments: { a: 2, b: 3 } }, { name: weather, arguments: { city: Paris } }] }
+- { step: "plan/turn[2]", error: invalid_request }
+"#,
+    );
+    let engine = Engine::builder()
+        .provider(broken)
+        .tool(adder(adds.clone()))
+        .build();
+    let (id, end) = engine
+        .start(store.clone(), &wf, &source, BTreeMap::new())
+        .await
+        .unwrap();
+    assert!(matches!(end, RunEnd::Failed(_)), "{end:?}");
+    assert_eq!(
+        (adds.load(Ordering::SeqCst), hits.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+
+    let fixed = scripted(SCRIPT);
+    let engine = Engine::builder()
+        .provider(fixed.clone())
+        .tool(adder(adds.clone()))
+        .build();
+    let run = store.run(&id).await.unwrap().unwrap();
+    let end = engine
+        .resume(store.clone(), &run, &wf, &source, false)
+        .await
+        .unwrap();
+    let RunEnd::Completed(out) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(out.output, Some(json!("5, and sunny in Paris.")));
+    assert_eq!(
+        (adds.load(Ordering::SeqCst), hits.load(Ordering::SeqCst)),
+        (1, 1),
+        "no tool ran twice"
+    );
+    let keys: Vec<String> = fixed.calls().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["plan/turn[2]"], "turn 1 came from the journal");
+    let run = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    let kinds: Vec<String> = store
+        .entries(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "tool").count(),
+        2,
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn tool_errors_and_unknown_tools_go_back_to_the_model_and_turns_run_out() {
+    let adds = Arc::new(AtomicUsize::new(0));
+    let yaml = r#"
+name: helper
+steps:
+  - name: plan
+    kind: agent
+    prompt: "Add things."
+    tools: [add]
+    max_turns: 2
+    output: answer
+"#;
+    let provider = scripted(
+        r#"
+- { step: "plan/turn[1]", tool_calls: [{ name: add, arguments: { a: x } }, { name: subtract, arguments: {} }] }
+- { step: "plan/turn[2]", tool_calls: [{ name: add, arguments: { a: 1, b: 1 } }] }
+"#,
+    );
+    let engine = Engine::builder()
+        .provider(provider.clone())
+        .tool(adder(adds.clone()))
+        .build();
+    let err = engine
+        .run(&workflow(yaml), BTreeMap::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("used all 2 turns"), "{err}");
+    let calls = provider.calls();
+    let results = &calls[1].1.messages.last().unwrap().tool_results;
+    assert_eq!(results.len(), 2);
+    assert!(results[0].is_error && results[0].content.contains("must be numbers"));
+    assert!(results[1].is_error && results[1].content.contains("no tool named `subtract`"));
+
+    // A tool the workflow names but the engine lacks: refused before any call.
+    let engine = Engine::builder()
+        .provider(scripted("- { default: echo }"))
+        .build();
+    let err = engine
+        .run(&workflow(yaml), BTreeMap::new())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("tool `add` is not registered"),
+        "{err}"
+    );
+}
