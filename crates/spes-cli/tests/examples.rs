@@ -108,10 +108,11 @@ const CASES: &[(&str, &[&str], &str)] = &[
 ];
 
 /// Examples that call an HTTP service, run against a local stub below.
-const STUBBED: &[&str] = &["booking-saga.yaml"];
+const STUBBED: &[&str] = &["agent-with-tools.yaml", "booking-saga.yaml"];
 
 /// The booking service of `booking-saga.yaml` on a loopback port: books
-/// flights and hotels, refuses every charge (402), cancels bookings.
+/// flights and hotels, refuses every charge (402), cancels bookings; and
+/// the weather service of `agent-with-tools.yaml` (`GET /weather/Paris`).
 /// Returns its base URL and the requests it saw (`METHOD /path`).
 fn booking_stub() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use axum::http::StatusCode;
@@ -137,6 +138,9 @@ fn booking_stub() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
                 "POST /charges" => (StatusCode::PAYMENT_REQUIRED, "card declined").into_response(),
                 "DELETE /flights/F-1" | "DELETE /hotels/H-7" => {
                     StatusCode::NO_CONTENT.into_response()
+                }
+                "GET /weather/Paris" => {
+                    axum::Json(serde_json::json!({ "sky": "sunny", "high_c": 24 })).into_response()
                 }
                 _ => StatusCode::NOT_FOUND.into_response(),
             }
@@ -189,6 +193,28 @@ fn the_booking_saga_books_then_cancels_over_http() {
         ],
         "each booking cancelled once, in reverse order"
     );
+}
+
+#[test]
+fn the_agent_example_calls_its_http_tool_then_answers() {
+    let (api, seen) = booking_stub();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(examples_dir())
+        .args(["--store", &store_url(&tmp)])
+        .args(["run", "workflows/agent-with-tools.yaml"])
+        .args(["--input", &format!("api={api}")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("Sunny and 24 °C in Paris: pack sunglasses"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("2 turns, 1 tool call"), "{stderr}");
+    assert_eq!(*seen.lock().unwrap(), ["GET /weather/Paris"]);
 }
 
 /// Examples with a human gate: (workflow, inputs, answers given with the CLI, a line the result must contain).
