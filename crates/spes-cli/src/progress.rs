@@ -163,6 +163,20 @@ impl Observer for Progress {
                     escape(error)
                 ),
             ),
+            Event::ToolCalled {
+                key,
+                is_error,
+                replayed,
+                ..
+            } => self.policy_line(
+                &mut err,
+                &format!(
+                    "⚙ {}{}{}",
+                    escape(key),
+                    if *is_error { " (error result)" } else { "" },
+                    if *replayed { " (replayed from journal)" } else { "" }
+                ),
+            ),
             Event::FallingBack {
                 key,
                 from,

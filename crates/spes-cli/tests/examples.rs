@@ -214,6 +214,10 @@ fn the_agent_example_calls_its_http_tool_then_answers() {
         "{stdout}\n{stderr}"
     );
     assert!(stderr.contains("2 turns, 1 tool call"), "{stderr}");
+    assert!(
+        stderr.contains("⚙ advise/turn[1]/call[weather#1]"),
+        "each tool call is shown: {stderr}"
+    );
     assert_eq!(*seen.lock().unwrap(), ["GET /weather/Paris"]);
 }
 

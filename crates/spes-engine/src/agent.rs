@@ -184,6 +184,12 @@ impl Exec<'_> {
                 content, is_error, ..
             }) => {
                 self.replayed += 1;
+                self.engine.emit(&crate::Event::ToolCalled {
+                    key: key.to_owned(),
+                    tool: call.name.clone(),
+                    is_error,
+                    replayed: true,
+                });
                 return Ok((content, is_error));
             }
             Some(other) => {
@@ -233,7 +239,15 @@ impl Exec<'_> {
         {
             Effect::Tool {
                 content, is_error, ..
-            } => Ok((content, is_error)),
+            } => {
+                self.engine.emit(&crate::Event::ToolCalled {
+                    key: key.to_owned(),
+                    tool: call.name.clone(),
+                    is_error,
+                    replayed: false,
+                });
+                Ok((content, is_error))
+            }
             other => Err(fail(
                 key,
                 loc,

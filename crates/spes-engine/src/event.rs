@@ -52,6 +52,17 @@ pub enum Event {
         /// Why the last attempt failed.
         error: String,
     },
+    /// An agent's tool call finished (or was read from the journal).
+    ToolCalled {
+        /// The call's journal key (`STEP/turn[N]/call[NAME#K]`).
+        key: String,
+        /// The tool.
+        tool: String,
+        /// Its result is an error.
+        is_error: bool,
+        /// It came from the journal (not run again).
+        replayed: bool,
+    },
     /// An alternative of a step gave up; the next one (`fallback`,
     /// `degrade`) is tried.
     FallingBack {

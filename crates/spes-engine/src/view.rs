@@ -756,6 +756,17 @@ pub enum EventView {
         /// Why.
         error: String,
     },
+    /// An agent's tool call finished (or was read from the journal).
+    ToolCalled {
+        /// The call's journal key (`STEP/turn[N]/call[NAME#K]`).
+        key: String,
+        /// The tool.
+        tool: String,
+        /// Its result is an error.
+        is_error: bool,
+        /// It came from the journal.
+        replayed: bool,
+    },
 }
 
 /// Tokens of a step's calls.
@@ -825,6 +836,17 @@ impl EventView {
                 from: from.clone(),
                 to: to.clone(),
                 error: error.clone(),
+            },
+            Event::ToolCalled {
+                key,
+                tool,
+                is_error,
+                replayed,
+            } => Self::ToolCalled {
+                key: key.clone(),
+                tool: tool.clone(),
+                is_error: *is_error,
+                replayed: *replayed,
             },
         }
     }
