@@ -174,7 +174,11 @@ impl Observer for Progress {
                     "⚙ {}{}{}",
                     escape(key),
                     if *is_error { " (error result)" } else { "" },
-                    if *replayed { " (replayed from journal)" } else { "" }
+                    if *replayed {
+                        " (replayed from journal)"
+                    } else {
+                        ""
+                    }
                 ),
             ),
             Event::FallingBack {

@@ -65,3 +65,97 @@ output: out
         "the server saw at most (and reached) the concurrency limit"
     );
 }
+
+/// An agent on the fake LLM server, in both wire formats, streamed and
+/// not: the model's tool call reaches the Rust tool, and the next request
+/// carries the call and its result in the dialect's own shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_calls_a_tool_over_both_wire_formats() {
+    use spes_engine::tool::FnTool;
+    use spes_fake_llm::FakeResponse;
+    use spes_llm::anthropic::AnthropicProvider;
+    let yaml = r#"
+name: clock
+steps:
+  - name: ask
+    kind: agent
+    prompt: "What time is it in Paris?"
+    tools: [clock]
+    output: answer
+"#;
+    for anthropic in [false, true] {
+        for stream in [false, true] {
+            let server = FakeServer::start().await.unwrap();
+            server.push(FakeResponse::tool_call(
+                "clock",
+                &json!({ "zone": "Europe/Paris" }),
+            ));
+            server.push(FakeResponse::text("It is 12:00 in Paris."));
+            let provider: Arc<dyn Provider> = if anthropic {
+                let cfg = HttpProviderConfig::new("fake")
+                    .with_base_url(server.url())
+                    .with_model("m")
+                    .with_stream(stream);
+                Arc::new(AnthropicProvider::new(cfg).unwrap())
+            } else {
+                let cfg = HttpProviderConfig::new("fake")
+                    .with_base_url(server.openai_base_url())
+                    .with_model("m")
+                    .with_stream(stream);
+                Arc::new(OpenAiProvider::new(cfg).unwrap())
+            };
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = seen.clone();
+            let clock = FnTool::new(
+                "clock",
+                "The time in a zone",
+                json!({ "type": "object", "properties": { "zone": { "type": "string" } } }),
+                move |args| {
+                    log.lock().unwrap().push(args);
+                    Box::pin(async { Ok("12:00".to_owned()) })
+                },
+            );
+            let engine = Engine::builder()
+                .provider(provider)
+                .tool(Arc::new(clock))
+                .build();
+            let out = engine
+                .run(&workflow(yaml), std::collections::BTreeMap::new())
+                .await
+                .unwrap();
+            let what = format!("anthropic={anthropic} stream={stream}");
+            assert_eq!(out.output, Some(json!("It is 12:00 in Paris.")), "{what}");
+            assert_eq!(
+                *seen.lock().unwrap(),
+                [json!({ "zone": "Europe/Paris" })],
+                "{what}"
+            );
+            let reqs = server.requests();
+            assert_eq!(reqs.len(), 2, "{what}");
+            let first = &reqs[0].body;
+            let second = &reqs[1].body;
+            let msgs = second["messages"].as_array().unwrap();
+            if anthropic {
+                assert_eq!(first["tools"][0]["name"], "clock", "{what}");
+                let result = &msgs.last().unwrap()["content"][0];
+                assert_eq!(result["type"], "tool_result", "{what}");
+                assert_eq!(result["content"], "12:00", "{what}");
+                assert_eq!(
+                    msgs[msgs.len() - 2]["content"][0]["type"],
+                    "tool_use",
+                    "{what}"
+                );
+            } else {
+                assert_eq!(first["tools"][0]["function"]["name"], "clock", "{what}");
+                let result = msgs.last().unwrap();
+                assert_eq!(result["role"], "tool", "{what}");
+                assert_eq!(result["content"], "12:00", "{what}");
+                assert_eq!(
+                    result["tool_call_id"],
+                    msgs[msgs.len() - 2]["tool_calls"][0]["id"],
+                    "{what}"
+                );
+            }
+        }
+    }
+}
