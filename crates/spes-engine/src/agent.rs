@@ -57,38 +57,32 @@ impl Exec<'_> {
         key: &str,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
-        let mut runners: HashMap<&str, Runner<'_>> = HashMap::new();
+        // Keyed by the name the model calls each tool by.
+        let mut runners: HashMap<String, Runner<'_>> = HashMap::new();
         let mut specs: Vec<ToolSpec> = Vec::new();
         for t in &a.tools {
-            match t {
-                AgentTool::Http { spec, request } => {
-                    runners.insert(&spec.name, Runner::Http(request));
-                    specs.push(spec.clone());
-                }
+            let (spec, runner) = match t {
+                AgentTool::Http { spec, request } => (spec.clone(), Runner::Http(request)),
                 AgentTool::Registered(name) => {
-                    let Some(tool) = self.engine.tools.get(name) else {
-                        return Err(fail(
-                            key,
-                            loc,
-                            FailureKind::Config(format!(
-                                "tool `{name}` is not registered with the engine (registered: {})",
-                                if self.engine.tools.is_empty() {
-                                    "none".to_owned()
-                                } else {
-                                    self.engine
-                                        .tools
-                                        .keys()
-                                        .cloned()
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                }
-                            )),
-                        ));
-                    };
-                    runners.insert(name, Runner::Registered(tool.clone()));
-                    specs.push(tool.spec().clone());
+                    let tool = self
+                        .engine
+                        .find_tool(name)
+                        .await
+                        .map_err(|why| fail(key, loc, FailureKind::Config(why)))?;
+                    (tool.spec().clone(), Runner::Registered(tool))
                 }
+            };
+            if runners.insert(spec.name.clone(), runner).is_some() {
+                return Err(fail(
+                    key,
+                    loc,
+                    FailureKind::Config(format!(
+                        "two of the step's tools are called `{}` by the model; rename one",
+                        spec.name
+                    )),
+                ));
             }
+            specs.push(spec);
         }
         let user = a
             .llm
@@ -143,7 +137,7 @@ impl Exec<'_> {
                 *k += 1;
                 let ckey = call_key(&turn_key, &call.name, *k);
                 let (content, is_error) = self
-                    .tool_call(runners.get(call.name.as_str()), call, &ckey, loc)
+                    .tool_call(runners.get(&call.name), call, &ckey, loc)
                     .await?;
                 tools_run += 1;
                 results.push(ToolResult {

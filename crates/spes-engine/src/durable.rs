@@ -753,6 +753,7 @@ impl Engine {
             default_repair: self.default_repair,
             http: self.http.clone(),
             tools: self.tools.clone(),
+            tool_sources: self.tool_sources.clone(),
         };
         // Goes as far as the journal does; where it ends is not an error here.
         let _ = replay_with(&engine, &store, run, wf).await?;

@@ -79,6 +79,7 @@ pub struct Engine {
     pub(crate) default_repair: u32,
     pub(crate) http: http::HttpSettings,
     pub(crate) tools: BTreeMap<String, Arc<dyn tool::Tool>>,
+    pub(crate) tool_sources: Vec<Arc<dyn tool::ToolSource>>,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -114,6 +115,27 @@ impl Engine {
         self.observer = o;
         self.stream_deltas = true;
         self
+    }
+
+    /// The tool a workflow names `name`: a registered one, else the first
+    /// source that owns the name. `Err`: why there is none (for the user).
+    pub(crate) async fn find_tool(&self, name: &str) -> Result<Arc<dyn tool::Tool>, String> {
+        if let Some(t) = self.tools.get(name) {
+            return Ok(t.clone());
+        }
+        for s in &self.tool_sources {
+            if let Some(t) = s.tool(name).await? {
+                return Ok(t);
+            }
+        }
+        Err(format!(
+            "tool `{name}` is not registered with the engine (registered: {})",
+            if self.tools.is_empty() {
+                "none".to_owned()
+            } else {
+                self.tools.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        ))
     }
 
     /// Provider names.
@@ -158,6 +180,7 @@ impl Engine {
             default_repair: self.default_repair,
             http: self.http.clone(),
             tools: self.tools.clone(),
+            tool_sources: self.tool_sources.clone(),
         })
     }
 
@@ -235,6 +258,7 @@ pub struct EngineBuilder {
     default_repair: Option<u32>,
     http_allow_hosts: Option<Vec<String>>,
     tools: BTreeMap<String, Arc<dyn tool::Tool>>,
+    tool_sources: Vec<Arc<dyn tool::ToolSource>>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -337,6 +361,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Adds a source of tools (asked, in the order added, for a name that
+    /// no registered tool has).
+    #[must_use]
+    pub fn tool_source(mut self, s: Arc<dyn tool::ToolSource>) -> Self {
+        self.tool_sources.push(s);
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
@@ -358,6 +390,7 @@ impl EngineBuilder {
                 .unwrap_or(spes_core::answer::DEFAULT_REPAIR),
             http: http::HttpSettings::new(self.http_allow_hosts),
             tools: self.tools,
+            tool_sources: self.tool_sources,
         }
     }
 }

@@ -23,6 +23,18 @@ pub trait Tool: Send + Sync + fmt::Debug {
     async fn call(&self, arguments: Value) -> Result<String, String>;
 }
 
+/// Where tools named in `tools:` but not registered one by one come from:
+/// a source answers for the names it owns (an MCP server's tools are
+/// `SERVER.TOOL`), starting whatever it needs on first use.
+#[async_trait]
+pub trait ToolSource: Send + Sync + fmt::Debug {
+    /// The tool called `name` in a workflow, `Ok(None)` when this source
+    /// does not own the name, `Err` (a message for the user) when it owns
+    /// it but cannot provide it (a server that does not start, a tool it
+    /// does not have).
+    async fn tool(&self, name: &str) -> Result<Option<Arc<dyn Tool>>, String>;
+}
+
 /// The function a [`FnTool`] runs.
 pub type ToolFn = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
 

@@ -42,7 +42,7 @@ fn unknown_step_kind() {
     assert_eq!(
         stderr_of(&p, &["workflow", "validate", "w.yaml"]),
         "w.yaml:4:11: error[spes::workflow::unknown_step_kind]: step `a`: unknown step kind `lmm`
-  hint: did you mean `llm`? Step kinds: llm, transform, sequence, branch, parallel, approval, choose, sections, workflow, switch, quality_gate, refine, debate, map, reduce, fan_out, saga, pipeline, scatter_gather
+  hint: did you mean `llm`? Step kinds: llm, transform, http, agent, sequence, branch, parallel, approval, choose, sections, workflow, switch, quality_gate, refine, debate, map, reduce, fan_out, saga, pipeline, scatter_gather
 "
     );
 }

@@ -58,3 +58,13 @@ pub fn valid_tool_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
+
+/// Whether `name` can name a tool in `tools:`: a tool name, or
+/// `SOURCE.TOOL` (an MCP server's tool), each part a tool name.
+#[must_use]
+pub fn valid_tool_ref(name: &str) -> bool {
+    match name.split_once('.') {
+        Some((source, tool)) => valid_tool_name(source) && valid_tool_name(tool),
+        None => valid_tool_name(name),
+    }
+}

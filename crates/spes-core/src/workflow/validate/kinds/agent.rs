@@ -8,7 +8,7 @@ use super::http::{HttpParts, build_http};
 use crate::tool::{ToolChoice, ToolSpec};
 use crate::workflow::StepKind;
 use crate::workflow::agent::{
-    AgentStep, AgentTool, DEFAULT_MAX_TURNS, MAX_MAX_TURNS, valid_tool_name,
+    AgentStep, AgentTool, DEFAULT_MAX_TURNS, MAX_MAX_TURNS, valid_tool_name, valid_tool_ref,
 };
 use crate::workflow::kind::{Distribution, KindDef, PolicyScope};
 use crate::workflow::spec::StepSpec;
@@ -141,9 +141,11 @@ fn validate_agent(
 
 /// One entry of `tools:`: a registered name, or `{ http: { ... } }`.
 fn tool(t: &Value) -> Result<AgentTool, (String, String)> {
-    let name_hint = "tool names are 1 to 64 letters, digits, `_` or `-`".to_owned();
+    let name_hint =
+        "tool names are 1 to 64 letters, digits, `_` or `-` (an MCP server's: SERVER.TOOL)"
+            .to_owned();
     match t {
-        Value::String(name) if valid_tool_name(name) => Ok(AgentTool::Registered(name.clone())),
+        Value::String(name) if valid_tool_ref(name) => Ok(AgentTool::Registered(name.clone())),
         Value::String(name) => Err((format!("`{name}` is not a tool name"), name_hint)),
         Value::Object(o) if o.len() == 1 && o.get("http").is_some_and(Value::is_object) => {
             let h = o["http"].as_object().cloned().unwrap_or_default();
