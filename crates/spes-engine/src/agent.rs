@@ -5,7 +5,7 @@
 //! replays both, so it repeats no finished model turn and no finished tool
 //! call. The answer is the text of the first turn that calls no tool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -13,9 +13,10 @@ use spes_core::message::{ChatRequest, Message, Usage};
 use spes_core::template::Context;
 use spes_core::tool::{ToolCall, ToolResult, ToolSpec};
 use spes_core::workflow::agent::{AgentStep, AgentTool};
-use spes_core::workflow::{HttpStep, Loc};
+use spes_core::workflow::{HttpStep, Loc, StepKey};
 
 use crate::error::FailureKind;
+use crate::gate::GateOutcome;
 use crate::journal::{Effect, JournalError};
 use crate::run::{Exec, StepResult, Stop, fail, join_key};
 
@@ -60,6 +61,8 @@ impl Exec<'_> {
         // Keyed by the name the model calls each tool by.
         let mut runners: HashMap<String, Runner<'_>> = HashMap::new();
         let mut specs: Vec<ToolSpec> = Vec::new();
+        // Model-facing names of the tools whose calls wait for a human.
+        let mut gated: HashSet<String> = HashSet::new();
         for t in &a.tools {
             let (spec, runner) = match t {
                 AgentTool::Http { spec, request } => (spec.clone(), Runner::Http(request)),
@@ -72,6 +75,9 @@ impl Exec<'_> {
                     (tool.spec().clone(), Runner::Registered(tool))
                 }
             };
+            if a.approve_tools.iter().any(|n| n == t.name()) {
+                gated.insert(spec.name.clone());
+            }
             if runners.insert(spec.name.clone(), runner).is_some() {
                 return Err(fail(
                     key,
@@ -136,8 +142,9 @@ impl Exec<'_> {
                 let k = seen.entry(call.name.as_str()).or_insert(0);
                 *k += 1;
                 let ckey = call_key(&turn_key, &call.name, *k);
+                let gate = gated.contains(&call.name);
                 let (content, is_error) = self
-                    .tool_call(runners.get(&call.name), call, &ckey, loc)
+                    .tool_call(runners.get(&call.name), call, gate, &ckey, loc)
                     .await?;
                 tools_run += 1;
                 results.push(ToolResult {
@@ -165,6 +172,7 @@ impl Exec<'_> {
         &mut self,
         runner: Option<&Runner<'_>>,
         call: &ToolCall,
+        gated: bool,
         key: &str,
         loc: &Loc,
     ) -> Result<(String, bool), Stop> {
@@ -198,6 +206,41 @@ impl Exec<'_> {
             }
             None => {}
         }
+        if gated && runner.is_some() {
+            let arguments = serde_json::to_string_pretty(&call.arguments)
+                .unwrap_or_else(|_| call.arguments.to_string());
+            let request = serde_json::json!({
+                "text": format!("The agent asks to call the tool `{}` with:\n{arguments}", call.name),
+                "tool": call.name,
+                "arguments": call.arguments,
+            });
+            let gate_key = StepKey::from(key).tag("approval").into_string();
+            let outcome = self.gate(&gate_key, "approval", request, None, loc).await?;
+            let refusal = match outcome {
+                GateOutcome::Decided(d) => {
+                    match d.get("action").and_then(Value::as_str).unwrap_or("") {
+                        "approve" => None,
+                        _ => Some(
+                            ["reason", "comments", "suggest"]
+                                .iter()
+                                .filter_map(|k| d.get(*k).and_then(Value::as_str))
+                                .filter(|t| !t.trim().is_empty())
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        ),
+                    }
+                }
+                GateOutcome::TimeoutSteps => Some(String::new()),
+            };
+            if let Some(why) = refusal {
+                let content = if why.is_empty() {
+                    "a human reviewer refused this call".to_owned()
+                } else {
+                    format!("a human reviewer refused this call: {why}")
+                };
+                return self.record_tool(call, content, true, key, loc).await;
+            }
+        }
         self.check_control(key, loc).await?;
         let (content, is_error) = match runner {
             None => (format!("there is no tool named `{}`", call.name), true),
@@ -219,6 +262,19 @@ impl Exec<'_> {
             }
         };
         tracing::info!(step = key, tool = %call.name, is_error, "tool call");
+        self.record_tool(call, content, is_error, key, loc).await
+    }
+
+    /// Journals a tool call's result and returns it (the first recorded
+    /// under `key` wins).
+    async fn record_tool(
+        &mut self,
+        call: &ToolCall,
+        content: String,
+        is_error: bool,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<(String, bool), Stop> {
         let effect = Effect::Tool {
             name: call.name.clone(),
             arguments: call.arguments.clone(),

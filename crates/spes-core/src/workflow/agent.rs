@@ -22,6 +22,8 @@ pub struct AgentStep {
     pub max_turns: u32,
     /// How the model may use the tools (`None`: the provider's default, auto).
     pub tool_choice: Option<ToolChoice>,
+    /// Tools (as named in `tools`) whose every call waits for a human.
+    pub approve_tools: Vec<String>,
 }
 
 /// One tool of an agent.

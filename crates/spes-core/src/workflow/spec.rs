@@ -396,6 +396,8 @@ pub struct StepSpec {
     pub max_turns: Option<S<u32>>,
     /// `auto` (default), `none`, `required` or `{ tool: NAME }`.
     pub tool_choice: Option<S<serde_json::Value>>,
+    /// Tools whose every call waits for a human's approval.
+    pub approve_tools: Option<S<Vec<String>>>,
 
     // --- orchestration: map, reduce, fan_out, saga, pipeline, scatter_gather ---
     /// The context key holding the list (map, reduce).

@@ -1078,7 +1078,7 @@ impl Validator<'_> {
 /// Every kind-specific field of a step: its name, whether it is set, and
 /// where. A field of [`StepSpec`] missing here would be taken by every
 /// kind unchecked (a unit test compares this list with the spec's fields).
-fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 69] {
+fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 70] {
     fn f<T>(name: &'static str, v: Option<&Spanned<T>>) -> (&'static str, bool, Sp) {
         (name, v.is_some(), v.and_then(span))
     }
@@ -1109,6 +1109,7 @@ fn kind_fields(s: &StepSpec) -> [(&'static str, bool, Sp); 69] {
         f("tools", s.tools.as_ref()),
         f("max_turns", s.max_turns.as_ref()),
         f("tool_choice", s.tool_choice.as_ref()),
+        f("approve_tools", s.approve_tools.as_ref()),
         f("steps", s.steps.as_ref()),
         f("if", s.condition.as_ref()),
         f("then", s.then.as_ref()),

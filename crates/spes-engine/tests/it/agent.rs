@@ -267,3 +267,108 @@ steps:
         "{err}"
     );
 }
+
+/// `approve_tools`: the call waits at a gate showing the tool and its
+/// arguments; a rejection goes back to the model as the tool's (error)
+/// result without running the tool; an approval runs it, once.
+#[tokio::test]
+async fn a_gated_tool_call_waits_for_a_human_then_runs_or_is_refused() {
+    let yaml = r#"
+name: careful
+steps:
+  - name: plan
+    kind: agent
+    prompt: "Add twice."
+    tools: [add]
+    approve_tools: [add]
+    output: answer
+"#;
+    let wf = workflow(yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn RunStore> = Arc::new(
+        SqliteStore::open(&dir.path().join("spes.db"), SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let source = WorkflowSource {
+        path: "/tmp/careful.yaml".into(),
+        text: yaml.into(),
+    };
+    let adds = Arc::new(AtomicUsize::new(0));
+    let script = r#"
+- { step: "plan/turn[1]", tool_calls: [{ name: add, arguments: { a: 1, b: 1 } }] }
+- { step: "plan/turn[2]", tool_calls: [{ name: add, arguments: { a: 2, b: 2 } }] }
+- { step: "plan/turn[3]", reply: "Done." }
+"#;
+    let engine = || {
+        Engine::builder()
+            .provider(scripted(script))
+            .tool(adder(adds.clone()))
+            .build()
+    };
+    let (id, end) = engine()
+        .start(store.clone(), &wf, &source, BTreeMap::new())
+        .await
+        .unwrap();
+    let gate1 = "plan/turn[1]/call[add#1]#approval";
+    assert!(
+        matches!(&end, RunEnd::Waiting(g) if g == &vec![gate1.to_owned()]),
+        "{end:?}"
+    );
+    assert_eq!(adds.load(Ordering::SeqCst), 0, "nothing runs before approval");
+    let open = store
+        .gates(&spes_store::GateFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].request["tool"], "add");
+    assert_eq!(open[0].request["arguments"], json!({ "a": 1, "b": 1 }));
+    store
+        .decide_gate(
+            &id,
+            gate1,
+            &json!({ "action": "reject", "reason": "use the calculator" }),
+        )
+        .await
+        .unwrap();
+    let run = store.run(&id).await.unwrap().unwrap();
+    let end = engine()
+        .resume(store.clone(), &run, &wf, &source, false)
+        .await
+        .unwrap();
+    let gate2 = "plan/turn[2]/call[add#1]#approval";
+    assert!(
+        matches!(&end, RunEnd::Waiting(g) if g == &vec![gate2.to_owned()]),
+        "{end:?}"
+    );
+    assert_eq!(adds.load(Ordering::SeqCst), 0, "a refused call does not run");
+    store
+        .decide_gate(&id, gate2, &json!({ "action": "approve" }))
+        .await
+        .unwrap();
+    let run = store.run(&id).await.unwrap().unwrap();
+    let provider = scripted(script);
+    let end = Engine::builder()
+        .provider(provider.clone())
+        .tool(adder(adds.clone()))
+        .build()
+        .resume(store.clone(), &run, &wf, &source, false)
+        .await
+        .unwrap();
+    let RunEnd::Completed(out) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(out.output, Some(json!("Done.")));
+    assert_eq!(adds.load(Ordering::SeqCst), 1, "the approved call ran once");
+    // The model saw the refusal as turn 1's tool result, and the sum as turn 2's.
+    let calls = provider.calls();
+    let last = &calls.last().unwrap().1.messages;
+    let refused = &last[last.len() - 3].tool_results[0];
+    assert!(refused.is_error, "{refused:?}");
+    assert!(
+        refused.content.contains("refused this call: use the calculator"),
+        "{refused:?}"
+    );
+    let approved = &last[last.len() - 1].tool_results[0];
+    assert_eq!((approved.content.as_str(), approved.is_error), ("4", false));
+}

@@ -30,6 +30,7 @@ pub(crate) const AGENT: KindDef = KindDef {
         "tools",
         "max_turns",
         "tool_choice",
+        "approve_tools",
     ],
     policies: PolicyScope::Composite,
     distribution: Distribution::Local,
@@ -131,11 +132,32 @@ fn validate_agent(
             choice
         }
     };
+    let approve_tools = match &s.approve_tools {
+        None => Vec::new(),
+        Some(list) => {
+            if let Some(unknown) = list.value.iter().find(|n| !names.contains(*n)) {
+                v.err(
+                    "spes::workflow::bad_tool",
+                    format!(
+                        "{what}: `approve_tools` names `{unknown}`, which is not one of its tools"
+                    ),
+                    span(list),
+                    format!(
+                        "its tools: {}",
+                        names.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                return None;
+            }
+            list.value.clone()
+        }
+    };
     Some(StepKind::Agent(Box::new(AgentStep {
         llm,
         tools,
         max_turns,
         tool_choice,
+        approve_tools,
     })))
 }
 

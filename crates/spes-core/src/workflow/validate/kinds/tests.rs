@@ -320,6 +320,12 @@ const ERRORS: &[(&str, &str, &str, &str)] = &[
         "`tool_choice` must be",
     ),
     (
+        "{ name: s, kind: agent, prompt: hi, tools: [a], approve_tools: [b] }",
+        "spes::workflow::bad_tool",
+        "[b]",
+        "`approve_tools` names `b`",
+    ),
+    (
         "{ name: s, kind: agent, prompt: hi, tools: [a], max_turns: 0 }",
         "spes::workflow::bad_count",
         "0 }",
