@@ -812,3 +812,86 @@ fn doctor_json_says_which_providers_are_usable_and_never_a_key() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["default_ready"], false);
 }
+
+/// A payment service on a loopback port: counts `POST /charge`.
+fn payment_stub() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/charge",
+        axum::routing::post(move || {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                axum::Json(serde_json::json!({ "charged": true }))
+            }
+        }),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+    });
+    (format!("http://{addr}"), hits)
+}
+
+/// `approve_tools`: the agent's call waits at a gate that `spes runs
+/// pending` lists and `spes approve` answers; the tool runs only then,
+/// once, and the run completes on resume.
+#[test]
+fn a_tool_call_waits_for_approval_given_with_the_cli() {
+    let (api, hits) = payment_stub();
+    let p = tempfile::tempdir().unwrap();
+    let d = p.path();
+    scripted(
+        d,
+        "t",
+        &[(
+            "t",
+            "- { step: \"pay/turn[1]\", tool_calls: [{ name: charge, arguments: { amount: 5 } }] }\n- { step: \"pay/turn[2]\", reply: Charged. }\n",
+        )],
+    );
+    std::fs::write(
+        d.join("w.yaml"),
+        format!(
+            r#"name: pay
+steps:
+  - name: pay
+    kind: agent
+    prompt: "Charge 5."
+    tools:
+      - http: {{ name: charge, description: Charges the card, method: POST, url: "{api}/charge", body: {{ amount: "{{{{ args.amount }}}}" }} }}
+    approve_tools: [charge]
+    output: out
+output: out
+"#
+        ),
+    )
+    .unwrap();
+    let out = spes(d, &["run", "w.yaml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let gate = "pay/turn[1]/call[charge#1]#approval";
+    assert!(text(&out.stderr).contains(gate), "{}", text(&out.stderr));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let pending = text(&spes(d, &["runs", "pending"]).stdout);
+    assert!(pending.contains(gate), "{pending}");
+    let id = run_id(d);
+    let out = spes(d, &["approve", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = spes(d, &["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Charged.\n");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the approved call ran once"
+    );
+}

@@ -213,6 +213,7 @@ impl Exec<'_> {
                 "text": format!("The agent asks to call the tool `{}` with:\n{arguments}", call.name),
                 "tool": call.name,
                 "arguments": call.arguments,
+                "actions": ["approve", "reject"],
             });
             let gate_key = StepKey::from(key).tag("approval").into_string();
             let outcome = self.gate(&gate_key, "approval", request, None, loc).await?;

@@ -315,7 +315,11 @@ steps:
         matches!(&end, RunEnd::Waiting(g) if g == &vec![gate1.to_owned()]),
         "{end:?}"
     );
-    assert_eq!(adds.load(Ordering::SeqCst), 0, "nothing runs before approval");
+    assert_eq!(
+        adds.load(Ordering::SeqCst),
+        0,
+        "nothing runs before approval"
+    );
     let open = store
         .gates(&spes_store::GateFilter::default())
         .await
@@ -341,7 +345,11 @@ steps:
         matches!(&end, RunEnd::Waiting(g) if g == &vec![gate2.to_owned()]),
         "{end:?}"
     );
-    assert_eq!(adds.load(Ordering::SeqCst), 0, "a refused call does not run");
+    assert_eq!(
+        adds.load(Ordering::SeqCst),
+        0,
+        "a refused call does not run"
+    );
     store
         .decide_gate(&id, gate2, &json!({ "action": "approve" }))
         .await
@@ -366,7 +374,9 @@ steps:
     let refused = &last[last.len() - 3].tool_results[0];
     assert!(refused.is_error, "{refused:?}");
     assert!(
-        refused.content.contains("refused this call: use the calculator"),
+        refused
+            .content
+            .contains("refused this call: use the calculator"),
         "{refused:?}"
     );
     let approved = &last[last.len() - 1].tool_results[0];
