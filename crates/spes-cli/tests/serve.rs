@@ -1637,3 +1637,72 @@ async fn a_run_executing_here_streams_its_steps_and_answer_tokens_as_they_come()
     assert_eq!(listed["output_tokens"], usage["output_tokens"], "{page}");
     assert!(listed["output_tokens"].as_u64().unwrap() > 0, "{page}");
 }
+
+/// `approve_tools` over the API: the agent's tool call is an approval gate
+/// in the inbox showing the tool and its arguments; a rejection posted by
+/// an approver goes back to the model as the call's result, the tool never
+/// runs, and the run completes with the model's next answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_rejected_over_the_api_never_runs() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let h = h.clone();
+        async move {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            axum::Json(json!({ "charged": true }))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = project(true, "");
+    std::fs::write(
+        dir.path().join("answers.yaml"),
+        "- { step: \"pay/turn[1]\", tool_calls: [{ name: charge, arguments: { amount: 500 } }] }\n- { step: \"pay/turn[2]\", reply: Not charged. }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("workflows/pay.yaml"),
+        format!(
+            "name: pay\nsteps:\n  - name: pay\n    kind: agent\n    prompt: \"Charge it.\"\n    tools:\n      - http: {{ name: charge, description: Charges the card, method: POST, url: \"{api}/charge\", body: {{ amount: \"{{{{ args.amount }}}}\" }} }}\n    approve_tools: [charge]\n    output: out\noutput: out\n"
+        ),
+    )
+    .unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s.start_run("pay", json!({})).await;
+    s.until_status(&run, "waiting").await;
+    let gate = until_gate(&s, &run, None).await;
+    assert_eq!(gate["key"], "pay/turn[1]/call[charge#1]#approval", "{gate}");
+    assert_eq!(gate["request"]["tool"], "charge");
+    assert_eq!(gate["request"]["arguments"], json!({ "amount": 500 }));
+    let decided = s
+        .post(
+            &format!("/v1/runs/{run}/decisions"),
+            APPROVER,
+            json!({ "action": "reject", "reason": "too much" }),
+        )
+        .await;
+    assert!(decided.status < 300, "{} {}", decided.status, decided.text);
+    let done = s.until_status(&run, "completed").await;
+    assert_eq!(done["run"]["output"], json!("Not charged."), "{done}");
+    let refused = done["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "tool")
+        .unwrap();
+    assert_eq!(refused["payload"]["is_error"], true);
+    assert!(
+        refused["payload"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("refused this call: too much"),
+        "{refused}"
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the rejected call never ran"
+    );
+}
