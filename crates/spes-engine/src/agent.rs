@@ -13,7 +13,7 @@ use spes_core::message::{ChatRequest, Message, Usage};
 use spes_core::template::Context;
 use spes_core::tool::{ToolCall, ToolResult, ToolSpec};
 use spes_core::workflow::agent::{AgentStep, AgentTool};
-use spes_core::workflow::{HttpStep, Loc, StepKey};
+use spes_core::workflow::{HttpStep, Loc, StepKey, SubWorkflow};
 
 use crate::error::FailureKind;
 use crate::gate::GateOutcome;
@@ -27,6 +27,7 @@ pub const MAX_TOOL_RESULT: usize = 256 * 1024;
 /// How one of an agent's tools runs.
 enum Runner<'a> {
     Http(&'a HttpStep),
+    Workflow(&'a SubWorkflow),
     Registered(Arc<dyn crate::tool::Tool>),
 }
 
@@ -56,6 +57,7 @@ impl Exec<'_> {
         &mut self,
         a: &AgentStep,
         key: &str,
+        depth: usize,
         loc: &Loc,
     ) -> Result<StepResult, Stop> {
         // Keyed by the name the model calls each tool by.
@@ -66,6 +68,9 @@ impl Exec<'_> {
         for t in &a.tools {
             let (spec, runner) = match t {
                 AgentTool::Http { spec, request } => (spec.clone(), Runner::Http(request)),
+                AgentTool::Workflow { spec, workflow } => {
+                    (spec.clone(), Runner::Workflow(workflow))
+                }
                 AgentTool::Registered(name) => {
                     let tool = self
                         .engine
@@ -144,7 +149,7 @@ impl Exec<'_> {
                 let ckey = call_key(&turn_key, &call.name, *k);
                 let gate = gated.contains(&call.name);
                 let (content, is_error) = self
-                    .tool_call(runners.get(&call.name), call, gate, &ckey, loc)
+                    .tool_call(runners.get(&call.name), call, gate, &ckey, depth, loc)
                     .await?;
                 tools_run += 1;
                 results.push(ToolResult {
@@ -174,6 +179,7 @@ impl Exec<'_> {
         call: &ToolCall,
         gated: bool,
         key: &str,
+        depth: usize,
         loc: &Loc,
     ) -> Result<(String, bool), Stop> {
         match self
@@ -249,6 +255,7 @@ impl Exec<'_> {
                 Ok(text) => (capped(text), false),
                 Err(text) => (capped(text), true),
             },
+            Some(Runner::Workflow(w)) => self.workflow_tool(w, call, key, depth).await?,
             Some(Runner::Http(h)) => {
                 let mut locals = Context::new();
                 locals.insert("args".to_owned(), call.arguments.clone());
@@ -264,6 +271,57 @@ impl Exec<'_> {
         };
         tracing::info!(step = key, tool = %call.name, is_error, "tool call");
         self.record_tool(call, content, is_error, key, loc).await
+    }
+
+    /// Runs a workflow tool: the call's arguments are its inputs; its steps
+    /// are journaled under the call's key. (the result, is_error).
+    async fn workflow_tool(
+        &mut self,
+        w: &SubWorkflow,
+        call: &ToolCall,
+        key: &str,
+        depth: usize,
+    ) -> Result<(String, bool), Stop> {
+        let given: std::collections::BTreeMap<String, Value> = match &call.arguments {
+            Value::Object(m) => m.clone().into_iter().collect(),
+            Value::Null => std::collections::BTreeMap::new(),
+            other => {
+                return Ok((
+                    format!(
+                        "the arguments must be an object of the workflow's inputs, not {other}"
+                    ),
+                    true,
+                ));
+            }
+        };
+        let ctx = match crate::run::bind_inputs(&w.workflow, given) {
+            Ok(ctx) => ctx,
+            Err(why) => return Ok((why, true)),
+        };
+        let mut child = Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone());
+        let r = child
+            .steps(&w.workflow.steps, key.to_owned(), depth + 1)
+            .await;
+        let value = w
+            .workflow
+            .result_key()
+            .and_then(|k| child.ctx.get(k).cloned());
+        self.model_calls += child.model_calls;
+        self.replayed += child.replayed;
+        crate::run::add_usage(&mut self.usage, &child.usage);
+        match r {
+            Ok(_) => Ok(match value {
+                Some(Value::String(t)) => (capped(t), false),
+                Some(v) => (capped(v.to_string()), false),
+                None => (String::new(), false),
+            }),
+            Err(Stop::Failed(e))
+                if !matches!(e.kind, FailureKind::Journal(_) | FailureKind::Store(_)) =>
+            {
+                Ok((capped(e.to_string()), true))
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Journals a tool call's result and returns it (the first recorded

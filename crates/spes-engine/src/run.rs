@@ -231,7 +231,7 @@ pub(crate) fn join_key(prefix: &str, name: &str) -> String {
     StepKey::join(prefix, name).into_string()
 }
 
-fn add_usage(a: &mut Usage, b: &Usage) {
+pub(crate) fn add_usage(a: &mut Usage, b: &Usage) {
     a.input_tokens += b.input_tokens;
     a.output_tokens += b.output_tokens;
     a.cache_read_tokens += b.cache_read_tokens;
@@ -331,7 +331,7 @@ impl<'e> Exec<'e> {
         self.steps(steps, prefix, depth)
     }
 
-    fn steps<'a>(
+    pub(crate) fn steps<'a>(
         &'a mut self,
         steps: &'a [Step],
         prefix: String,
@@ -432,7 +432,7 @@ impl<'e> Exec<'e> {
         match &s.kind {
             StepKind::Llm(l) => self.llm(l, key, &s.loc).await,
             StepKind::Http(h) => self.http(h, key, &s.loc).await,
-            StepKind::Agent(a) => self.agent(a, key, &s.loc).await,
+            StepKind::Agent(a) => self.agent(a, key, depth, &s.loc).await,
             StepKind::Transform(t) => {
                 let input = t
                     .input

@@ -2,7 +2,7 @@
 //! answers. The validated form; the engine runs it (spes-engine `agent`).
 
 use crate::tool::{ToolChoice, ToolSpec};
-use crate::workflow::{HttpStep, LlmStep};
+use crate::workflow::{HttpStep, LlmStep, SubWorkflow};
 
 /// Model turns an agent takes unless it says otherwise.
 pub const DEFAULT_MAX_TURNS: u32 = 10;
@@ -36,7 +36,16 @@ pub enum AgentTool {
         /// The request.
         request: Box<HttpStep>,
     },
-    /// A tool registered with the engine by name (a Rust function).
+    /// A whole workflow: the call's arguments are its inputs, its result
+    /// the tool's result.
+    Workflow {
+        /// What the model is told (its parameters are the workflow's inputs).
+        spec: ToolSpec,
+        /// The workflow.
+        workflow: Box<SubWorkflow>,
+    },
+    /// A tool registered with the engine by name (a Rust function), or a
+    /// tool source's (`SERVER.TOOL`).
     Registered(String),
 }
 
@@ -45,7 +54,7 @@ impl AgentTool {
     #[must_use]
     pub fn name(&self) -> &str {
         match self {
-            Self::Http { spec, .. } => &spec.name,
+            Self::Http { spec, .. } | Self::Workflow { spec, .. } => &spec.name,
             Self::Registered(n) => n,
         }
     }
@@ -69,4 +78,31 @@ pub fn valid_tool_ref(name: &str) -> bool {
         Some((source, tool)) => valid_tool_name(source) && valid_tool_name(tool),
         None => valid_tool_name(name),
     }
+}
+
+/// The JSON schema of a workflow's inputs, as tool parameters.
+#[must_use]
+pub fn inputs_schema(wf: &crate::workflow::Workflow) -> serde_json::Value {
+    use crate::workflow::InputType;
+    let mut props = serde_json::Map::new();
+    let mut required = Vec::new();
+    for i in &wf.inputs {
+        let ty = match i.ty {
+            InputType::String => "string",
+            InputType::Integer => "integer",
+            InputType::Number => "number",
+            InputType::Boolean => "boolean",
+            InputType::List => "array",
+            InputType::Object => "object",
+        };
+        let mut p = serde_json::json!({ "type": ty });
+        if let Some(d) = &i.description {
+            p["description"] = serde_json::Value::String(d.clone());
+        }
+        props.insert(i.name.clone(), p);
+        if i.required {
+            required.push(serde_json::Value::String(i.name.clone()));
+        }
+    }
+    serde_json::json!({ "type": "object", "properties": props, "required": required })
 }

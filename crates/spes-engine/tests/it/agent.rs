@@ -382,3 +382,64 @@ steps:
     let approved = &last[last.len() - 1].tool_results[0];
     assert_eq!((approved.content.as_str(), approved.is_error), ("4", false));
 }
+
+/// `{ workflow: { path } }`: the model calls a whole workflow; its inputs
+/// are the tool's parameters, its steps are journaled under the call's
+/// key, its result is the tool's result; bad arguments are an error result.
+#[tokio::test]
+async fn a_workflow_is_a_tool_whose_inputs_are_its_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = dir.path().join("shout.yaml");
+    std::fs::write(
+        &child,
+        "name: shout\ndescription: Shouts a word\ninputs: { word: { type: string, required: true, description: the word } }\nsteps:\n  - { name: up, kind: transform, fn: uppercase, input: \"{{ word }}\", output: loud }\noutput: loud\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"
+name: caller
+steps:
+  - name: ask
+    kind: agent
+    prompt: "Shout hello."
+    tools: [{{ workflow: {{ path: "{}" }} }}]
+    output: answer
+"#,
+        child.display()
+    );
+    let provider = scripted(
+        r#"
+- { step: "ask/turn[1]", tool_calls: [{ name: shout, arguments: { word: hello } }, { name: shout, arguments: { wrong: 1 } }] }
+- { step: "ask/turn[2]", reply: "HELLO it is." }
+"#,
+    );
+    let engine = Engine::builder().provider(provider.clone()).build();
+    let journal = Arc::new(MemoryJournal::default());
+    let out = engine
+        .run_with_journal(&workflow(&yaml), BTreeMap::new(), journal.clone())
+        .await
+        .unwrap();
+    assert_eq!(out.output, Some(json!("HELLO it is.")));
+    let calls = provider.calls();
+    let offered = &calls[0].1.tools[0];
+    assert_eq!(offered.name, "shout");
+    assert_eq!(offered.description, "Shouts a word");
+    assert_eq!(
+        offered.parameters,
+        json!({ "type": "object", "properties": { "word": { "type": "string", "description": "the word" } }, "required": ["word"] })
+    );
+    let results = &calls[1].1.messages.last().unwrap().tool_results;
+    assert_eq!(
+        (results[0].content.as_str(), results[0].is_error),
+        ("HELLO", false)
+    );
+    assert!(results[1].is_error, "{:?}", results[1]);
+    assert!(results[1].content.contains("word"), "{:?}", results[1]);
+    // The child's own step is journaled under the call's key (a transform
+    // is pure: nothing to journal), and the call's result under its key.
+    let entries = journal.entries();
+    assert!(matches!(
+        &entries["ask/turn[1]/call[shout#1]"],
+        Effect::Tool { content, is_error: false, .. } if content == "HELLO"
+    ));
+}

@@ -59,6 +59,23 @@ fn validate_agent(
     let mut tools = Vec::new();
     let mut names = BTreeSet::new();
     for t in &list.value {
+        if let Some(w) = t
+            .get("workflow")
+            .filter(|_| t.as_object().is_some_and(|o| o.len() == 1))
+        {
+            let tool = workflow_tool(v, w, list, known, at)?;
+            if !names.insert(tool.name().to_owned()) {
+                v.err(
+                    "spes::workflow::bad_tool",
+                    format!("{what}: two tools are named `{}`", tool.name()),
+                    tools_at,
+                    "tool names are unique within an agent",
+                );
+                return None;
+            }
+            tools.push(tool);
+            continue;
+        }
         let tool = match tool(t) {
             Ok(tool) => tool,
             Err((message, hint)) => {
@@ -159,6 +176,87 @@ fn validate_agent(
         tool_choice,
         approve_tools,
     })))
+}
+
+/// `{ workflow: { path, name?, description? } }`: the workflow file is
+/// validated with the agent's (it is part of the run's pinned sources);
+/// its inputs are the tool's parameters.
+fn workflow_tool(
+    v: &mut Validator<'_>,
+    w: &Value,
+    list: &serde_saphyr::Spanned<Vec<Value>>,
+    known: &Known,
+    at: &StepAt<'_>,
+) -> Option<AgentTool> {
+    let what = at.what;
+    let tools_at: Sp = span(list);
+    let fields = w.as_object().cloned().unwrap_or_default();
+    if let Some(k) = fields
+        .keys()
+        .find(|k| !["path", "name", "description"].contains(&k.as_str()))
+    {
+        v.err(
+            "spes::workflow::bad_tool",
+            format!("{what}: a workflow tool does not take `{k}`"),
+            tools_at,
+            "a workflow tool takes: path, name, description",
+        );
+        return None;
+    }
+    let Some(path) = fields.get("path").and_then(Value::as_str) else {
+        v.err(
+            "spes::workflow::bad_tool",
+            format!("{what}: a workflow tool needs `path`"),
+            tools_at,
+            "`{ workflow: { path: lookup.yaml, description: ... } }` (relative to this file)",
+        );
+        return None;
+    };
+    let spec = StepSpec {
+        path: Some(serde_saphyr::Spanned::new(
+            path.to_owned(),
+            list.referenced,
+            list.defined,
+        )),
+        ..StepSpec::default()
+    };
+    let sub = v.sub_workflow(&spec, known, at.path, at.kind_at, true)?;
+    let name = fields.get("name").and_then(Value::as_str).map_or_else(
+        || {
+            sub.workflow
+                .name
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+        },
+        str::to_owned,
+    );
+    if !valid_tool_name(&name) {
+        v.err(
+            "spes::workflow::bad_tool",
+            format!("{what}: `{name}` is not a tool name"),
+            tools_at,
+            "give the workflow tool a `name`: 1 to 64 letters, digits, `_` or `-`",
+        );
+        return None;
+    }
+    let Some(description) = fields
+        .get("description")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| sub.workflow.description.clone())
+    else {
+        v.err(
+            "spes::workflow::bad_tool",
+            format!("{what}: workflow tool `{name}` needs a `description` (its workflow has none)"),
+            tools_at,
+            "the model reads it to decide when to call the tool",
+        );
+        return None;
+    };
+    let parameters = crate::workflow::agent::inputs_schema(&sub.workflow);
+    Some(AgentTool::Workflow {
+        spec: ToolSpec::new(name, description, parameters),
+        workflow: Box::new(sub),
+    })
 }
 
 /// One entry of `tools:`: a registered name, or `{ http: { ... } }`.

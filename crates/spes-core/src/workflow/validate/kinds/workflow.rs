@@ -34,7 +34,7 @@ fn validate_workflow(
     at: &StepAt<'_>,
 ) -> Option<StepKind> {
     Some(StepKind::Workflow(Box::new(
-        v.sub_workflow(s, known, at.path, at.kind_at)?,
+        v.sub_workflow(s, known, at.path, at.kind_at, false)?,
     )))
 }
 
@@ -45,6 +45,7 @@ impl Validator<'_> {
         known: &Known,
         path: &str,
         kind_at: Sp,
+        as_tool: bool,
     ) -> Option<SubWorkflow> {
         let what = format!("step `{path}`");
         let Some(p) = &s.path else {
@@ -117,9 +118,11 @@ impl Validator<'_> {
             }
         };
         let mut inputs = BTreeMap::new();
+        // A workflow offered as a tool gets its inputs from the model.
         let given: BTreeMap<String, Spanned<String>> = s
             .inputs
             .as_ref()
+            .filter(|_| !as_tool)
             .map(|i| i.value.clone())
             .unwrap_or_default();
         let declared: HashSet<&str> = child.inputs.iter().map(|i| i.name.as_str()).collect();
@@ -150,7 +153,7 @@ impl Validator<'_> {
         for i in child
             .inputs
             .iter()
-            .filter(|i| i.required && !given.contains_key(&i.name))
+            .filter(|i| !as_tool && i.required && !given.contains_key(&i.name))
         {
             self.err(
                 "spes::workflow::missing_input",
