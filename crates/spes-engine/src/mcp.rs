@@ -37,6 +37,7 @@ use rmcp::model::{
 };
 use rmcp::service::{Peer, RoleClient, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ServiceError, ServiceExt};
 use serde_json::Value;
@@ -50,6 +51,11 @@ use crate::tool::{Tool, ToolSource};
 
 /// A tool result longer than this (bytes) is cut, with a note.
 pub const MAX_RESULT_BYTES: usize = 1 << 20;
+/// A message from a server larger than this (bytes: a stdio line, an HTTP
+/// JSON body or stream event) is not accepted by the SDK: a result over
+/// [`MAX_RESULT_BYTES`] is cut anyway. (A stdio line over it is dropped, so
+/// the call it answered waits for the step's timeout.)
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// How long a server may take to start and answer `initialize` and
 /// `tools/list`, unless [`McpServerConfig::with_start_timeout`] says otherwise.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -360,7 +366,10 @@ impl Conn {
                     .map(|err| StderrTask::spawn(name.clone(), err));
                 let started = tokio::time::timeout(config.start_timeout, async {
                     let service = client_info
-                        .serve((stdout, stdin))
+                        .serve(
+                            AsyncRwTransport::new_client(stdout, stdin)
+                                .with_max_line_length(MAX_MESSAGE_BYTES),
+                        )
                         .await
                         .map_err(|e| e.to_string())?;
                     let tools = service
@@ -404,8 +413,8 @@ impl Conn {
             }
             McpTransport::Http { url } => {
                 let mut tcfg = StreamableHttpClientTransportConfig::with_uri(url.as_str());
-                // A tool result over the cap is cut anyway; refuse bodies far past it.
-                tcfg.max_json_response_size = 4 * MAX_RESULT_BYTES;
+                tcfg.max_json_response_size = MAX_MESSAGE_BYTES;
+                tcfg.max_sse_event_size = MAX_MESSAGE_BYTES;
                 let transport = StreamableHttpClientTransport::with_client(
                     reqwest::Client::builder()
                         .redirect(reqwest::redirect::Policy::none())

@@ -43,7 +43,12 @@ fn installed(var: &str) -> String {
 }
 
 fn time_config() -> McpServerConfig {
-    McpServerConfig::stdio("time", time_server(), Vec::<String>::new(), Vec::<String>::new())
+    McpServerConfig::stdio(
+        "time",
+        time_server(),
+        Vec::<String>::new(),
+        Vec::<String>::new(),
+    )
 }
 
 fn everything_stdio(env: &[&str]) -> McpServerConfig {
@@ -105,10 +110,7 @@ async fn agent_call(source: Arc<McpSource>, tool_ref: &str, called: &str, args: 
     let yaml = format!(
         "name: a\nsteps:\n  - {{ name: ask, kind: agent, prompt: go, tools: [{tool_ref}], output: answer }}\n"
     );
-    let out = engine
-        .run(&workflow(&yaml), BTreeMap::new())
-        .await
-        .unwrap();
+    let out = engine.run(&workflow(&yaml), BTreeMap::new()).await.unwrap();
     assert_eq!(out.output, Some(json!("done")));
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2);
@@ -279,8 +281,9 @@ async fn an_agent_naming_an_unknown_mcp_tool_fails_before_any_model_call() {
         panic!("{err}")
     };
     assert!(
-        e.to_string()
-            .contains("MCP server `time` has no tool `get_weather` (it has: get_current_time, convert_time)"),
+        e.to_string().contains(
+            "MCP server `time` has no tool `get_weather` (it has: get_current_time, convert_time)"
+        ),
         "{e}"
     );
     assert_eq!(server.request_count(), 0);
@@ -391,11 +394,17 @@ async fn a_tool_that_hangs_is_cut_by_the_steps_timeout() {
         "{:?}",
         started.elapsed()
     );
-    assert!(err.to_string().ends_with("failed: timed out after 2s"), "{err}");
+    assert!(
+        err.to_string().ends_with("failed: timed out after 2s"),
+        "{err}"
+    );
     assert_eq!(server.request_count(), 1, "no second model turn");
     // The server still serves other calls.
     let echo = source.tool("everything.echo").await.unwrap().unwrap();
-    assert_eq!(echo.call(json!({ "message": "still here" })).await.unwrap(), "Echo: still here");
+    assert_eq!(
+        echo.call(json!({ "message": "still here" })).await.unwrap(),
+        "Echo: still here"
+    );
     source.shutdown().await;
 }
 
