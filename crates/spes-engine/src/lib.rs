@@ -39,6 +39,7 @@ pub mod event;
 pub mod gate;
 pub mod http;
 pub mod journal;
+pub mod mcp;
 pub mod ops;
 mod orchestration;
 mod pattern;
