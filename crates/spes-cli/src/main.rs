@@ -23,6 +23,7 @@ mod prune;
 mod runs;
 mod serve;
 mod term;
+mod tools;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -161,6 +162,9 @@ enum Command {
     /// List, show and lint prompt components.
     #[command(subcommand)]
     Components(ComponentsCmd),
+    /// The tools of the MCP servers in spes.toml (`[mcp.NAME]`).
+    #[command(subcommand)]
+    Tools(ToolsCmd),
     /// Which workflow pattern fits your requirements (the design reference's selector).
     #[command(subcommand)]
     Pattern(PatternCmd),
@@ -312,6 +316,16 @@ enum WorkflowCmd {
 enum DiagramFormat {
     Mermaid,
     Text,
+}
+
+#[derive(Subcommand, Debug)]
+enum ToolsCmd {
+    /// List every MCP server's tools as `SERVER.TOOL` (starts the servers).
+    List {
+        /// Print JSON: `{ tools: [{ name, server, tool, description, parameters }] }`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -470,6 +484,11 @@ fn main() -> ExitCode {
             cmd_diagram(config, &file, format)
         }
         Command::Components(c) => cmd_components(config, c),
+        Command::Tools(ToolsCmd::List { json }) => block(async move {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let project = Project::discover(config, &cwd)?;
+            tools::list(&project, json).await
+        }),
         Command::Init { dir } => init::init(&dir),
         Command::Doctor { json } => block(doctor::doctor(config, store, json)),
         Command::Worker(args) => block(worker::worker(config, store, args)),
@@ -666,6 +685,7 @@ fn block(f: impl std::future::Future<Output = Result<(), Failure>>) -> Result<()
     let rt = runtime()?;
     let r = rt.block_on(async {
         let r = f.await;
+        tools::shutdown_all().await;
         runs::close_stores().await;
         r
     });
@@ -1007,6 +1027,9 @@ pub(crate) fn build_engine(
         .observer(Arc::new(progress));
     if let Some(c) = capture {
         builder = builder.capture(c);
+    }
+    if let Some(mcp) = tools::source(project)? {
+        builder = builder.tool_source(mcp);
     }
     if interactive {
         builder = builder.reviewer(Arc::new(gates::TerminalReviewer::default()));

@@ -195,12 +195,24 @@ fn the_booking_saga_books_then_cancels_over_http() {
     );
 }
 
+/// The example's MCP server (`mcp-server-time`, from PyPI, installed by
+/// scripts/mcp-servers.sh) on PATH, and its HTTP tool against the stub.
 #[test]
-fn the_agent_example_calls_its_http_tool_then_answers() {
+fn the_agent_example_calls_its_mcp_and_http_tools_then_answers() {
     let (api, seen) = booking_stub();
     let tmp = tempfile::tempdir().unwrap();
+    let time = std::env::var("SPES_TEST_MCP_TIME").unwrap_or_else(|_| {
+        panic!("SPES_TEST_MCP_TIME is not set: run `eval \"$(bash scripts/mcp-servers.sh)\"` first")
+    });
+    let bin = Path::new(&time).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_spes"))
         .current_dir(examples_dir())
+        .env("PATH", path)
         .args(["--store", &store_url(&tmp)])
         .args(["run", "workflows/agent-with-tools.yaml"])
         .args(["--input", &format!("api={api}")])
@@ -213,12 +225,33 @@ fn the_agent_example_calls_its_http_tool_then_answers() {
         stdout.contains("Sunny and 24 °C in Paris: pack sunglasses"),
         "{stdout}\n{stderr}"
     );
-    assert!(stderr.contains("2 turns, 1 tool call"), "{stderr}");
+    assert!(stderr.contains("2 turns, 2 tool calls"), "{stderr}");
     assert!(
-        stderr.contains("⚙ advise/turn[1]/call[weather#1]"),
+        stderr.contains("⚙ advise/turn[1]/call[weather#1]")
+            && stderr.contains("⚙ advise/turn[1]/call[get_current_time#1]"),
         "each tool call is shown: {stderr}"
     );
+    assert!(!stderr.contains("(error result)"), "{stderr}");
     assert_eq!(*seen.lock().unwrap(), ["GET /weather/Paris"]);
+    // The MCP server's answer is in the journal: the time in Paris.
+    let spes = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_spes"))
+            .current_dir(examples_dir())
+            .args(["--store", &store_url(&tmp)])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = String::from_utf8_lossy(&spes(&["runs", "list"]).stdout).into_owned();
+    let id = listed
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listed}"))
+        .to_owned();
+    let shown = spes(&["runs", "show", "--json", &id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("Europe/Paris"), "{shown}");
 }
 
 /// Examples with a human gate: (workflow, inputs, answers given with the CLI, a line the result must contain).
@@ -441,4 +474,50 @@ fn gated_examples_wait_for_a_human_then_finish() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains(expected), "{file}: {stdout}");
     }
+}
+
+/// `spes tools list` starts the project's MCP servers and lists their
+/// tools as `SERVER.TOOL`, in text and in JSON.
+#[test]
+fn tools_list_shows_the_mcp_servers_tools() {
+    let time = std::env::var("SPES_TEST_MCP_TIME").unwrap_or_else(|_| {
+        panic!("SPES_TEST_MCP_TIME is not set: run `eval \"$(bash scripts/mcp-servers.sh)\"` first")
+    });
+    let bin = Path::new(&time).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_spes"))
+            .current_dir(examples_dir())
+            .env("PATH", &path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["tools", "list"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("time.get_current_time  ")),
+        "{stdout}"
+    );
+    let out = run(&["tools", "list", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = doc["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "time.get_current_time")
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(t["server"], "time");
+    assert!(t["parameters"]["properties"]["timezone"].is_object(), "{t}");
 }

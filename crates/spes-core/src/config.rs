@@ -35,6 +35,26 @@ pub struct ConfigSpec {
     /// `http` steps: which hosts they may reach.
     #[serde(default)]
     pub http: HttpSpec,
+    /// MCP servers whose tools agents may call (`tools: [NAME.TOOL]`).
+    #[serde(default)]
+    pub mcp: BTreeMap<String, McpSpec>,
+}
+
+/// `[mcp.NAME]`: an MCP server, started as a command (stdio) or reached at
+/// a URL (streamable HTTP).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSpec {
+    /// The program (stdio), run directly, never through a shell.
+    pub command: Option<String>,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Names of the environment variables it gets (nothing else is passed).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The streamable-HTTP endpoint, instead of `command`.
+    pub url: Option<String>,
 }
 
 /// `[http]`: limits on `http` steps.

@@ -8,10 +8,12 @@
 //! - Orchestration: [`map`], [`reduce`], [`fan_out`], [`saga`],
 //!   [`pipeline`], [`scatter_gather`] and a [`WorkflowBuilder`] (see
 //!   [`orchestration`]).
+//! - Agents with tools: [`ToolAgent`] (see [`tools`]).
 //! - Policies: `crate::policy` (retry, fallback, circuit breaker, degrade, timeout).
 
 pub mod agents;
 pub mod orchestration;
+pub mod tools;
 
 pub use agents::{
     AgentSequence, Debate, QualityGate, Refine, Switch, agent, inputs, llm, run_step,
@@ -20,3 +22,4 @@ pub use orchestration::{
     MapBuilder, StepExt, WorkflowBuilder, fan_out, map, pipeline, reduce, saga, scatter_gather,
     transform,
 };
+pub use tools::ToolAgent;

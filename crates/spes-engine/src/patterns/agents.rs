@@ -120,7 +120,7 @@ pub fn agent(name: &str) -> Arc<Agent> {
     })
 }
 
-fn llm_step(prompt: &str) -> Result<LlmStep, TemplateError> {
+pub(super) fn llm_step(prompt: &str) -> Result<LlmStep, TemplateError> {
     Ok(LlmStep {
         prompt: Template::parse(prompt)?,
         agent: None,
