@@ -441,3 +441,87 @@ async fn an_http_saga_killed_mid_request_resumes_without_repeating_committed_req
     assert_eq!(charge_keys[0], charge_keys[1], "the same Idempotency-Key");
     assert!(charge_keys[0].starts_with("spes-"), "{seen:?}");
 }
+
+/// An agent SIGKILLed after its tool call finished and before its next
+/// model turn was answered, then resumed: the tool (an http tool on a
+/// local stub, counted there) ran exactly once, and the answer equals an
+/// uninterrupted run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_between_a_tool_call_and_its_next_turn_repeats_no_tool_call() {
+    let hits = Arc::new(AtomicU32::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let h = h.clone();
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            axum::Json(serde_json::json!({ "charged": 5 }))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = FakeServer::start().await.unwrap();
+    let workflow = format!(
+        "name: pay\nsteps:\n  - name: pay\n    kind: agent\n    prompt: \"Charge 5.\"\n    tools:\n      - http: {{ name: charge, description: Charges the card, method: POST, url: \"{api}/charge\", body: {{ amount: \"{{{{ args.amount }}}}\" }} }}\n    output: out\noutput: out\n"
+    );
+    let project = Project::new(&workflow, &server.openai_base_url());
+    server.push(FakeResponse::tool_call(
+        "charge",
+        &serde_json::json!({ "amount": 5 }),
+    ));
+    server.push(FakeResponse::text("Charged 5."));
+    // The first life dies when its second model turn is asked for: the
+    // tool call before it is committed, the turn is not.
+    let pid = Arc::new(AtomicU32::new(0));
+    {
+        let pid = pid.clone();
+        server.on_request(move |n| {
+            if n == 2 {
+                sigkill(harness::spawned_pid(&pid));
+            }
+        });
+    }
+    let child = project.spawn(&["run", "wf.yaml"]);
+    pid.store(child.id(), Ordering::SeqCst);
+    let exit = wait(child).await;
+    assert_eq!(exit.signal(), Some(9), "{}", exit.stderr);
+    server.on_request(|_| {});
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the tool ran before the kill"
+    );
+    let store = project.store().await;
+    let run = store.list_runs(None, 1).await.unwrap().remove(0);
+    let keys: Vec<String> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["pay/turn[1]", "pay/turn[1]/call[charge#1]"]);
+    store.close().await;
+
+    server.push(FakeResponse::text("Charged 5."));
+    let resumed = wait(project.spawn(&["resume", &run.id.to_string()])).await;
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    assert_eq!(resumed.stdout_text(), "Charged 5.\n");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the tool ran exactly once");
+    assert!(
+        resumed.stderr.contains("(replayed from journal)"),
+        "{}",
+        resumed.stderr
+    );
+    // The resumed turn 2 carried the committed tool result.
+    let last = server.requests().last().unwrap().body.clone();
+    let msgs = last["messages"].as_array().unwrap();
+    assert_eq!(msgs.last().unwrap()["role"], "tool");
+    assert!(
+        msgs.last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .contains("\"charged\":5"),
+        "{last}"
+    );
+}
