@@ -44,6 +44,7 @@ pub mod gguf;
 mod model;
 mod provider;
 mod text;
+mod tools;
 
 pub use model::LocalError;
 pub use provider::{

@@ -8,7 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use llama_cpp_2::context::LlamaContext;
 use spes_core::config::ProviderSpec;
-use spes_core::message::{ChatRequest, ChatResponse, Usage};
+use spes_core::message::{ChatRequest, ChatResponse, StopReason, Usage};
 use spes_llm::{CallContext, Provider, ProviderError, ProviderErrorKind};
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -262,7 +262,31 @@ impl Provider for LocalProvider {
     ) -> Result<ChatResponse, ProviderError> {
         let started = Instant::now();
         let model = Arc::clone(self.model().await?);
-        let prompt = model.prompt(req).map_err(|e| self.error(&e))?;
+        // Tools: described in the system text, the answer constrained to a
+        // tool call or an answer; tool turns written into the chat.
+        let tooled = crate::tools::offers_tools(req);
+        let has_tool_turns = req
+            .messages
+            .iter()
+            .any(|m| !m.tool_calls.is_empty() || !m.tool_results.is_empty());
+        let chat;
+        let for_prompt = if tooled {
+            chat = crate::tools::as_chat(req);
+            &chat
+        } else if has_tool_turns {
+            chat = ChatRequest {
+                messages: req
+                    .messages
+                    .iter()
+                    .map(crate::tools::chat_message)
+                    .collect(),
+                ..req.clone()
+            };
+            &chat
+        } else {
+            req
+        };
+        let prompt = model.prompt(for_prompt).map_err(|e| self.error(&e))?;
         // The permit and the context travel with the blocking task: a call
         // dropped mid-generation (a step timeout) frees its slot only when
         // the generation has actually stopped.
@@ -275,12 +299,18 @@ impl Provider for LocalProvider {
             threads: self.config.threads,
             threads_batch: self.config.threads_batch,
         };
-        let grammar = req
-            .json_schema
-            .as_deref()
-            .map(model::schema_grammar)
-            .transpose()
-            .map_err(|e| self.error(&e))?;
+        let grammar = if tooled {
+            Some(
+                model::schema_grammar(&crate::tools::answer_schema(req))
+                    .map_err(|e| self.error(&e))?,
+            )
+        } else {
+            req.json_schema
+                .as_deref()
+                .map(model::schema_grammar)
+                .transpose()
+                .map_err(|e| self.error(&e))?
+        };
         let sampling = Sampling {
             max_tokens: req.max_tokens.unwrap_or(self.config.max_tokens),
             temperature: req.temperature.unwrap_or(0.0),
@@ -329,9 +359,31 @@ impl Provider for LocalProvider {
             gen_ms = g.gen_time.as_millis(),
             "local generation"
         );
+        let (text, tool_calls, stop_reason) = if tooled {
+            match crate::tools::read_answer(&g.text, n) {
+                Ok((text, calls)) if calls.is_empty() => (text, calls, g.stop),
+                Ok((text, calls)) => (text, calls, StopReason::ToolUse),
+                Err(why) => {
+                    // The grammar allows only complete answers: this one was cut.
+                    let kind = if g.stop == StopReason::MaxTokens {
+                        ProviderErrorKind::Truncated
+                    } else {
+                        ProviderErrorKind::BadResponse
+                    };
+                    return Err(ProviderError::new(
+                        &self.name,
+                        kind,
+                        format!("{why}; raise `max_tokens` if the call was cut"),
+                    )
+                    .with_provider_type("local"));
+                }
+            }
+        } else {
+            (g.text, Vec::new(), g.stop)
+        };
         Ok(ChatResponse {
-            text: g.text,
-            stop_reason: g.stop,
+            text,
+            stop_reason,
             usage: Usage {
                 input_tokens: g.prompt_tokens as u64,
                 output_tokens: g.output_tokens as u64,
@@ -342,7 +394,7 @@ impl Provider for LocalProvider {
             model: Some(self.config.model_name.clone()),
             request_id: Some(format!("local-{}-{n}", std::process::id())),
             latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            tool_calls: Vec::new(),
+            tool_calls,
         })
     }
 }

@@ -329,3 +329,44 @@ async fn a_request_avoiding_its_answer_gets_another_within_the_grammar() {
         assert_eq!(again.text, first.text);
     }
 }
+
+/// Tool calling on the real model: with a tool required, the answer is a
+/// call of that tool whose arguments follow its schema (the grammar sees
+/// to it); given the result, with tools off, the model answers in text.
+#[tokio::test]
+async fn a_required_tool_call_follows_the_tools_schema_and_its_result_is_read() {
+    use spes_core::message::Message;
+    use spes_core::tool::{ToolChoice, ToolResult, ToolSpec};
+    let p = LocalProvider::new("local", model_config());
+    let mut req = request("What is the weather in Paris? Use the tool.", 48);
+    req.tools = vec![ToolSpec::new(
+        "get_weather",
+        "Today's weather in a city",
+        serde_json::json!({
+            "type": "object",
+            "properties": { "city": { "type": "string" } },
+            "required": ["city"]
+        }),
+    )];
+    req.tool_choice = Some(ToolChoice::Required);
+    let a = p.complete(&req, &CallContext::for_step("t")).await.unwrap();
+    assert_eq!(a.stop_reason, StopReason::ToolUse, "{a:?}");
+    assert_eq!(a.tool_calls.len(), 1, "{a:?}");
+    let call = &a.tool_calls[0];
+    assert_eq!(call.name, "get_weather");
+    assert!(call.arguments["city"].is_string(), "{call:?}");
+    assert!(call.id.starts_with("call_local_"), "{call:?}");
+    // The round trip: the call and its result in the chat, tools off.
+    req.messages.push(Message::from_response(&a));
+    req.messages.push(Message::tool_results(vec![ToolResult::ok(
+        call.id.clone(),
+        "Sunny, 24 C",
+    )]));
+    req.tool_choice = Some(ToolChoice::None);
+    let b = p
+        .complete(&req, &CallContext::for_step("t2"))
+        .await
+        .unwrap();
+    assert!(b.tool_calls.is_empty(), "{b:?}");
+    assert!(!b.text.trim().is_empty(), "{b:?}");
+}
