@@ -17,8 +17,8 @@ use spes_core::workflow::{HttpStep, Loc, StepKey, SubWorkflow};
 
 use crate::error::FailureKind;
 use crate::gate::GateOutcome;
-use crate::journal::{Effect, JournalError};
-use crate::run::{Exec, StepResult, Stop, fail, join_key};
+use crate::journal::Effect;
+use crate::run::{Exec, StepResult, Stop, fail, join_key, mismatch};
 
 /// Tool results longer than this (in bytes) are cut, with a note, before
 /// the model sees them.
@@ -201,14 +201,7 @@ impl Exec<'_> {
                 return Ok((content, is_error));
             }
             Some(other) => {
-                return Err(fail(
-                    key,
-                    loc,
-                    FailureKind::Journal(JournalError::Mismatch(format!(
-                        "the journal holds a {} entry under this key, not a tool call",
-                        other.kind()
-                    ))),
-                ));
+                return Err(mismatch(key, loc, &other, "a tool call"));
             }
             None => {}
         }
@@ -357,14 +350,7 @@ impl Exec<'_> {
                 });
                 Ok((content, is_error))
             }
-            other => Err(fail(
-                key,
-                loc,
-                FailureKind::Journal(JournalError::Mismatch(format!(
-                    "the journal holds a {} entry under this key, not a tool call",
-                    other.kind()
-                ))),
-            )),
+            other => Err(mismatch(key, loc, &other, "a tool call")),
         }
     }
 }

@@ -20,8 +20,8 @@ use spes_core::workflow::http::{HeaderValue, HttpStep, ResponseAs};
 use spes_core::workflow::{Loc, StepKey};
 
 use crate::error::FailureKind;
-use crate::journal::{Effect, JournalError};
-use crate::run::{Exec, StepResult, Stop, fail};
+use crate::journal::Effect;
+use crate::run::{Exec, StepResult, Stop, fail, mismatch};
 
 /// The longest an http request may take in all unless the step's
 /// `timeout` policy cuts it sooner.
@@ -142,14 +142,7 @@ impl Exec<'_> {
                 });
             }
             Some(other) => {
-                return Err(fail(
-                    key,
-                    loc,
-                    FailureKind::Journal(JournalError::Mismatch(format!(
-                        "the journal holds a {} entry under this key, not an http request",
-                        other.kind()
-                    ))),
-                ));
+                return Err(mismatch(key, loc, &other, "an http request"));
             }
             None => {}
         }
@@ -171,14 +164,7 @@ impl Exec<'_> {
                 note: Some(format!("{} {status}", h.method)),
                 usage: None,
             }),
-            other => Err(fail(
-                key,
-                loc,
-                FailureKind::Journal(JournalError::Mismatch(format!(
-                    "the journal holds a {} entry under this key, not an http request",
-                    other.kind()
-                ))),
-            )),
+            other => Err(mismatch(key, loc, &other, "an http request")),
         }
     }
 

@@ -317,6 +317,38 @@ impl Server {
     }
 }
 
+/// `initialize` then `tools/list` over `transport`, within `timeout`.
+async fn handshake<T, E, A>(
+    client_info: ClientConfig,
+    transport: T,
+    timeout: Duration,
+) -> Result<
+    (
+        RunningService<RoleClient, ClientConfig>,
+        Vec<rmcp::model::Tool>,
+    ),
+    String,
+>
+where
+    T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::time::timeout(timeout, async {
+        let service = client_info
+            .serve(transport)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tools = service
+            .peer()
+            .list_all_tools()
+            .await
+            .map_err(|e| format!("tools/list failed: {e}"))?;
+        Ok::<_, String>((service, tools))
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs_f64())))
+}
+
 impl Conn {
     async fn start(config: &McpServerConfig) -> Result<Self, String> {
         let name = &config.name;
@@ -364,28 +396,13 @@ impl Conn {
                     .stderr
                     .take()
                     .map(|err| StderrTask::spawn(name.clone(), err));
-                let started = tokio::time::timeout(config.start_timeout, async {
-                    let service = client_info
-                        .serve(
-                            AsyncRwTransport::new_client(stdout, stdin)
-                                .with_max_line_length(MAX_MESSAGE_BYTES),
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let tools = service
-                        .peer()
-                        .list_all_tools()
-                        .await
-                        .map_err(|e| format!("tools/list failed: {e}"))?;
-                    Ok::<_, String>((service, tools))
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "no answer within {} s",
-                        config.start_timeout.as_secs_f64()
-                    ))
-                });
+                let started = handshake(
+                    client_info,
+                    AsyncRwTransport::new_client(stdout, stdin)
+                        .with_max_line_length(MAX_MESSAGE_BYTES),
+                    config.start_timeout,
+                )
+                .await;
                 match started {
                     Ok((service, tools)) => {
                         Ok(Self::new(name, service, &tools, Some(child), stderr))
@@ -422,25 +439,7 @@ impl Conn {
                         .map_err(|e| format!("MCP server `{name}`: {e}"))?,
                     tcfg,
                 );
-                let started = tokio::time::timeout(config.start_timeout, async {
-                    let service = client_info
-                        .serve(transport)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let tools = service
-                        .peer()
-                        .list_all_tools()
-                        .await
-                        .map_err(|e| format!("tools/list failed: {e}"))?;
-                    Ok::<_, String>((service, tools))
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "no answer within {} s",
-                        config.start_timeout.as_secs_f64()
-                    ))
-                });
+                let started = handshake(client_info, transport, config.start_timeout).await;
                 let (service, tools) = started.map_err(|why| {
                     format!(
                         "MCP server `{name}` ({}) did not start: {why}",

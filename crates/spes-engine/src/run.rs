@@ -226,6 +226,20 @@ pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
     })
 }
 
+/// The journal holds `found` under `key` where this execution expected an
+/// effect of another kind (`expected`: "a model call"): the workflow changed
+/// under the run. Terminal.
+pub(crate) fn mismatch(key: &str, loc: &Loc, found: &Effect, expected: &str) -> Stop {
+    fail(
+        key,
+        loc,
+        FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
+            "the journal holds a {} entry under this key, not {expected}",
+            found.kind()
+        ))),
+    )
+}
+
 /// `NAME` under `prefix` ([`StepKey::join`]).
 pub(crate) fn join_key(prefix: &str, name: &str) -> String {
     StepKey::join(prefix, name).into_string()
@@ -865,14 +879,7 @@ impl<'e> Exec<'e> {
             // Something else under this key (the workflow changed under the
             // run): no call is made that could not be recorded.
             Some(other) => {
-                return Err(fail(
-                    key,
-                    loc,
-                    FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
-                        "the journal holds a {} entry under this key, not a model call",
-                        other.kind()
-                    ))),
-                ));
+                return Err(mismatch(key, loc, &other, "a model call"));
             }
             None => {}
         }
@@ -946,14 +953,7 @@ impl<'e> Exec<'e> {
                 add_usage(&mut self.usage, &response.usage);
                 Ok(response)
             }
-            other => Err(fail(
-                key,
-                loc,
-                FailureKind::Journal(crate::journal::JournalError::Mismatch(format!(
-                    "the journal holds a {} entry under this key, not a model call",
-                    other.kind()
-                ))),
-            )),
+            other => Err(mismatch(key, loc, &other, "a model call")),
         }
     }
 
