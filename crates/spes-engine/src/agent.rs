@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
-use spes_core::message::{ChatRequest, Message, Usage};
+use spes_core::answer::{AnswerSchema, Verdict, check_answer, repair_prompt};
+use spes_core::message::{ChatRequest, Message, StopReason, Usage};
 use spes_core::template::Context;
 use spes_core::tool::{ToolCall, ToolResult, ToolSpec};
 use spes_core::workflow::agent::{AgentStep, AgentTool};
-use spes_core::workflow::{HttpStep, Loc, StepKey, SubWorkflow};
+use spes_core::workflow::{Format, HttpStep, Loc, StepKey, SubWorkflow};
 
 use crate::error::FailureKind;
 use crate::gate::GateOutcome;
@@ -105,8 +106,16 @@ impl Exec<'_> {
             stop: a.llm.stop.clone(),
             tools: specs,
             tool_choice: a.tool_choice.clone(),
+            json_schema: a.llm.schema.as_ref().map(AnswerSchema::shared),
+            json: a.llm.format == Format::Json,
             ..ChatRequest::default()
         };
+        // The final answer is checked like an llm step's (`format`,
+        // `schema`); one that is not what was asked for goes back with its
+        // problems, in the next turn.
+        let checked = a.llm.format == Format::Json || a.llm.schema.is_some();
+        let repairs = a.llm.repair.unwrap_or(self.engine.default_repair);
+        let mut repairs_left = repairs;
         let (provider, components) =
             self.prepare(a.llm.agent.as_deref(), Some(&a.llm), &mut req, key, loc)?;
         let mut usage = Usage::default();
@@ -123,6 +132,37 @@ impl Exec<'_> {
                 usage.output_tokens += resp.usage.output_tokens;
             }
             if resp.tool_calls.is_empty() {
+                let value = if checked {
+                    let truncated = resp.stop_reason == StopReason::MaxTokens;
+                    match check_answer(
+                        a.llm.format,
+                        a.llm.schema.as_ref(),
+                        a.llm.truncation(),
+                        &resp.text,
+                        truncated,
+                    ) {
+                        Verdict::Valid(v) => v,
+                        Verdict::Invalid(problems) if repairs_left > 0 && turn < a.max_turns => {
+                            repairs_left -= 1;
+                            req.messages.push(Message::assistant(resp.text));
+                            req.messages
+                                .push(Message::user(repair_prompt(&problems, a.llm.format)));
+                            continue;
+                        }
+                        Verdict::Invalid(problems) => {
+                            return Err(fail(
+                                key,
+                                loc,
+                                FailureKind::InvalidOutput {
+                                    problems,
+                                    attempts: repairs - repairs_left + 1,
+                                },
+                            ));
+                        }
+                    }
+                } else {
+                    Value::String(resp.text)
+                };
                 let note = format!(
                     "{} turn{}, {tools_run} tool call{}{}",
                     turn,
@@ -135,7 +175,7 @@ impl Exec<'_> {
                     }
                 );
                 return Ok(StepResult {
-                    value: Some(Value::String(resp.text)),
+                    value: Some(value),
                     note: Some(note),
                     usage: (calls_made > 0).then_some(usage),
                 });

@@ -443,3 +443,44 @@ steps:
         Effect::Tool { content, is_error: false, .. } if content == "HELLO"
     ));
 }
+
+/// `format: json` + `schema` on an agent: the final answer is checked like
+/// an llm step's; one that is not what was asked for goes back with its
+/// problems in the next turn, and the step's value is the parsed JSON.
+#[tokio::test]
+async fn an_agents_final_answer_follows_its_schema_after_a_repair() {
+    let yaml = r#"
+name: sum
+steps:
+  - name: plan
+    kind: agent
+    prompt: "Add 2 and 3; answer as JSON."
+    tools: [add]
+    format: json
+    schema: { type: object, properties: { sum: { type: integer } }, required: [sum] }
+    output: answer
+"#;
+    let provider = scripted(
+        r#"
+- { step: "plan/turn[1]", tool_calls: [{ name: add, arguments: { a: 2, b: 3 } }] }
+- { step: "plan/turn[2]", reply: "The sum is 5." }
+- { step: "plan/turn[3]", reply: '{"sum": 5}' }
+"#,
+    );
+    let adds = Arc::new(AtomicUsize::new(0));
+    let engine = Engine::builder()
+        .provider(provider.clone())
+        .tool(adder(adds.clone()))
+        .build();
+    let out = engine.run(&workflow(yaml), BTreeMap::new()).await.unwrap();
+    assert_eq!(out.output, Some(json!({ "sum": 5 })));
+    let calls = provider.calls();
+    assert_eq!(calls.len(), 3);
+    assert!(
+        calls[0].1.json_schema.is_some(),
+        "the schema is asked for natively"
+    );
+    let repair = &calls[2].1.messages.last().unwrap().content;
+    assert!(repair.contains("JSON"), "{repair}");
+    assert_eq!(adds.load(Ordering::SeqCst), 1);
+}
