@@ -128,8 +128,7 @@ impl Exec<'_> {
                 .await?;
             if self.model_calls > before {
                 calls_made += 1;
-                usage.input_tokens += resp.usage.input_tokens;
-                usage.output_tokens += resp.usage.output_tokens;
+                crate::run::add_usage(&mut usage, &resp.usage);
             }
             if resp.tool_calls.is_empty() {
                 let value = if checked {
@@ -331,17 +330,7 @@ impl Exec<'_> {
             Ok(ctx) => ctx,
             Err(why) => return Ok((why, true)),
         };
-        let mut child = Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone());
-        let r = child
-            .steps(&w.workflow.steps, key.to_owned(), depth + 1)
-            .await;
-        let value = w
-            .workflow
-            .result_key()
-            .and_then(|k| child.ctx.get(k).cloned());
-        self.model_calls += child.model_calls;
-        self.replayed += child.replayed;
-        crate::run::add_usage(&mut self.usage, &child.usage);
+        let (r, value) = self.run_child(&w.workflow, ctx, key, depth).await;
         match r {
             Ok(_) => Ok(match value {
                 Some(Value::String(t)) => (capped(t), false),

@@ -345,6 +345,25 @@ impl<'e> Exec<'e> {
         self.steps(steps, prefix, depth)
     }
 
+    /// Runs a workflow's steps in a context of their own (`ctx`, its bound
+    /// inputs), keyed under `key`; its counters are added to this
+    /// execution's. (how it ended, its result value.)
+    pub(crate) async fn run_child(
+        &mut self,
+        wf: &Workflow,
+        ctx: Context,
+        key: &str,
+        depth: usize,
+    ) -> (Result<Option<Value>, Stop>, Option<Value>) {
+        let mut child = Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone());
+        let r = child.steps(&wf.steps, key.to_owned(), depth + 1).await;
+        let value = wf.result_key().and_then(|k| child.ctx.get(k).cloned());
+        self.model_calls += child.model_calls;
+        self.replayed += child.replayed;
+        add_usage(&mut self.usage, &child.usage);
+        (r, value)
+    }
+
     pub(crate) fn steps<'a>(
         &'a mut self,
         steps: &'a [Step],
@@ -548,18 +567,7 @@ impl<'e> Exec<'e> {
                         usage: None,
                     });
                 }
-                let mut child =
-                    Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone());
-                let r = child
-                    .steps(&w.workflow.steps, key.to_owned(), depth + 1)
-                    .await;
-                let value = w
-                    .workflow
-                    .result_key()
-                    .and_then(|k| child.ctx.get(k).cloned());
-                self.model_calls += child.model_calls;
-                self.replayed += child.replayed;
-                add_usage(&mut self.usage, &child.usage);
+                let (r, value) = self.run_child(&w.workflow, ctx, key, depth).await;
                 r?;
                 Ok(StepResult {
                     value,
