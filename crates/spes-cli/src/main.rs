@@ -14,6 +14,7 @@
 //! - 130: interrupted (Ctrl-C): the run is given back (shown `interrupted`); `spes resume`
 //!   continues it. A second Ctrl-C exits at once.
 
+mod cost;
 mod doctor;
 mod gates;
 mod init;
@@ -165,6 +166,9 @@ enum Command {
     /// The tools of the MCP servers in spes.toml (`[mcp.NAME]`).
     #[command(subcommand)]
     Tools(ToolsCmd),
+    /// The response cache of temperature-0 model calls (`[cache]`, `spes run --cache`).
+    #[command(subcommand)]
+    Cache(cost::CacheCmd),
     /// Which workflow pattern fits your requirements (the design reference's selector).
     #[command(subcommand)]
     Pattern(PatternCmd),
@@ -193,7 +197,7 @@ enum Command {
     Man,
     /// Print the JSON Schema of a `--json` output (`spes schema run`); with no name, list them.
     Schema {
-        /// The output: run, runs-list, runs-show, runs-pending, workflow-validate, components-list, components-show, doctor, pattern-suggest, event.
+        /// The output: run, runs-list, runs-show, runs-pending, workflow-validate, components-list, components-show, doctor, pattern-suggest, event, runs-cost, cache-stats.
         name: Option<String>,
     },
 }
@@ -249,6 +253,37 @@ struct RunArgs {
     /// on a shared (postgres://) store, queue the run for `spes worker` and return.
     #[arg(long)]
     detach: bool,
+    /// Spending limits over the workflow's `budget:`: tokens=N,cost=DOLLARS,calls=N[,on_exhausted=pause].
+    #[arg(long, value_name = "LIMITS", value_parser = parse_budget)]
+    budget: Option<spes_core::budget::Budget>,
+    /// Serve temperature-0 model calls answered before from the response cache (as `[cache] enabled`).
+    #[arg(long, conflicts_with = "no_store")]
+    cache: bool,
+}
+
+/// `--budget LIMITS`.
+pub(crate) fn parse_budget(s: &str) -> Result<spes_core::budget::Budget, String> {
+    spes_core::budget::Budget::parse_arg(s)
+}
+
+/// This engine with the project's response cache on `store`, when
+/// `[cache] enabled` or `flag` (`--cache`) asks for it.
+pub(crate) fn with_cache(
+    engine: Engine,
+    project: &Project,
+    store: &Arc<dyn spes_store::RunStore>,
+    flag: bool,
+) -> Engine {
+    if !(flag || project.config.cache.enabled) {
+        return engine;
+    }
+    // Checked when spes.toml was read.
+    let ttl = project
+        .config
+        .cache
+        .ttl()
+        .unwrap_or(spes_core::config::DEFAULT_CACHE_TTL);
+    engine.with_response_cache(spes_engine::budget::ResponseCache::new(store.clone(), ttl))
 }
 
 #[derive(Subcommand, Debug)]
@@ -484,6 +519,7 @@ fn main() -> ExitCode {
             cmd_diagram(config, &file, format)
         }
         Command::Components(c) => cmd_components(config, c),
+        Command::Cache(c) => block(cost::cache(config, store, c)),
         Command::Tools(ToolsCmd::List { json }) => block(async move {
             let cwd = std::env::current_dir().unwrap_or_default();
             let project = Project::discover(config, &cwd)?;
@@ -618,8 +654,15 @@ fn main() -> ExitCode {
             if let Some(h) = e.hint() {
                 say!("  hint: {h}");
             }
-            // A store that did not commit stopped the run: class `store`.
-            ExitCode::from(if e.is_store() { 5 } else { 1 })
+            // A store that did not commit stopped the run: class `store`;
+            // a spent budget: class `budget_exceeded`.
+            ExitCode::from(if e.is_store() {
+                5
+            } else if e.is_budget() {
+                7
+            } else {
+                1
+            })
         }
     }
 }
@@ -676,6 +719,7 @@ fn without_store(
             Some(Err(Failure::Usage(format!("no run `{run}`: {none}"))))
         }
         RunsCmd::Prune(args) => Some(args.check().map(|_| say!("nothing to prune: {none}"))),
+        RunsCmd::Cost(args) => Some(args.empty()),
     }
 }
 
@@ -919,6 +963,10 @@ async fn cmd_run(
         None,
         interactive(args.interactive, args.detach),
     )?;
+    let engine = match args.budget {
+        Some(b) => engine.with_budget(b),
+        None => engine,
+    };
     let started = std::time::Instant::now();
     let input_error = |m: String| {
         Failure::Input(Diagnostics::from(
@@ -938,6 +986,7 @@ async fn cmd_run(
         return finish(&wf, None, end, started, args.quiet, args.json);
     }
     let store = runs::open_store(&project, store_url).await?;
+    let engine = with_cache(engine, &project, &store, args.cache);
     if args.detach && store.queue().is_some() {
         // Queued for the workers: the run id on stdout, nothing runs here.
         let id = engine
@@ -1022,11 +1071,23 @@ pub(crate) fn build_engine(
             &project.config,
         ))
         .default_repair(project.config.defaults.repair)
+        .prices(
+            project
+                .config
+                .providers
+                .iter()
+                .filter(|(_, p)| !p.prices.is_empty())
+                .map(|(n, p)| (n.clone(), p.prices.clone()))
+                .collect(),
+        )
         .http_allow_hosts(project.config.http.allow_hosts.clone())
         .stream_deltas(progress.wants_deltas())
         .observer(Arc::new(progress));
     if let Some(c) = capture {
         builder = builder.capture(c);
+    }
+    if let Some(b) = project.config.defaults.budget {
+        builder = builder.default_budget(b);
     }
     if let Some(mcp) = tools::source(project)? {
         builder = builder.tool_source(mcp);
@@ -1060,6 +1121,22 @@ pub(crate) fn build_engine(
     Ok(builder.build())
 }
 
+/// Adds a call's cost to a total where either is known.
+pub(crate) fn run_cost_add(total: &mut Option<f64>, c: Option<f64>) {
+    if let Some(c) = c {
+        *total = Some(total.unwrap_or(0.0) + c);
+    }
+}
+
+/// US dollars as shown: four decimals under a dollar, cents above.
+pub(crate) fn fmt_cost(c: f64) -> String {
+    if c < 1.0 {
+        format!("${c:.4}")
+    } else {
+        format!("${c:.2}")
+    }
+}
+
 /// Whether human gates are answered here: forced by the flags, else when stdin and stderr are terminals.
 pub(crate) fn interactive(force: bool, detach: bool) -> bool {
     force || (!detach && std::io::stdin().is_terminal() && std::io::stderr().is_terminal())
@@ -1085,19 +1162,30 @@ pub(crate) fn finish(
     match end {
         RunEnd::Completed(outcome) => {
             if !quiet {
+                let mut from = Vec::new();
+                if outcome.replayed > 0 {
+                    from.push(format!("{} from the journal", outcome.replayed));
+                }
+                if outcome.cached > 0 {
+                    from.push(format!("{} from the cache", outcome.cached));
+                }
                 say!(
-                    "{} done in {} · {} model call{}{} · {}→{} tokens{}",
+                    "{} done in {} · {} model call{}{} · {}→{} tokens{}{}",
                     wf.name,
                     progress::fmt_elapsed(started.elapsed()),
                     outcome.model_calls,
                     if outcome.model_calls == 1 { "" } else { "s" },
-                    if outcome.replayed > 0 {
-                        format!(" ({} from the journal)", outcome.replayed)
-                    } else {
+                    if from.is_empty() {
                         String::new()
+                    } else {
+                        format!(" ({})", from.join(", "))
                     },
                     outcome.usage.input_tokens,
                     outcome.usage.output_tokens,
+                    outcome
+                        .cost_usd
+                        .map(|c| format!(" · {}", fmt_cost(c)))
+                        .unwrap_or_default(),
                     id.map(|i| format!(" · run {i}")).unwrap_or_default()
                 );
             }

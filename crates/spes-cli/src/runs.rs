@@ -34,6 +34,12 @@ pub(crate) struct ResumeArgs {
     /// Never ask here: a human gate suspends the run again.
     #[arg(long)]
     detach: bool,
+    /// Raise (or lower) the run's budget: tokens=N,cost=DOLLARS,calls=N; recorded with the run.
+    #[arg(long, value_name = "LIMITS", value_parser = crate::parse_budget)]
+    budget: Option<spes_core::budget::Budget>,
+    /// Serve temperature-0 model calls answered before from the response cache.
+    #[arg(long)]
+    cache: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -77,6 +83,8 @@ pub(crate) enum RunsCmd {
     },
     /// Delete finished runs (completed, failed, cancelled) older than a duration, with their journals and gates.
     Prune(crate::prune::PruneArgs),
+    /// What model calls cost: calls, tokens and US dollars (from the prices in spes.toml), by workflow, model or day.
+    Cost(crate::cost::CostArgs),
     /// Start a new run from RUN's journal up to a step: the steps before it
     /// answer from the record, STEP and what follows run anew on the
     /// current files (time travel).
@@ -189,8 +197,13 @@ pub(crate) async fn resume(
     store_url: Option<&str>,
     args: ResumeArgs,
 ) -> Result<(), Failure> {
-    let (_, store, run) = find(config, store_url, &args.run).await?;
+    let (_, store, mut run) = find(config, store_url, &args.run).await?;
     spes_engine::ops::apply_deadlines(store.as_ref(), Some(&run.id), chrono::Utc::now()).await?;
+    if let Some(b) = &args.budget {
+        // Recorded with the run, so that workers and later resumes keep it.
+        run.settings.budget = Some(run.settings.budget.unwrap_or_default().overridden_by(b));
+        store.set_settings(&run.id, &run.settings).await?;
+    }
     // A run queued for workers is resumed by queueing it again: executing
     // it here as well could race a worker that takes it.
     if crate::worker::requeue(&store, &run, args.quiet).await? {
@@ -211,6 +224,7 @@ pub(crate) async fn resume(
         None,
         crate::interactive(args.interactive, args.detach),
     )?;
+    let engine = crate::with_cache(engine, &project, &store, args.cache);
     let started = std::time::Instant::now();
     let end = crate::interruptible(
         &store,
@@ -310,6 +324,7 @@ pub(crate) async fn runs(
         }
         RunsCmd::Pending { json } => crate::gates::pending(config, store_url, json).await,
         RunsCmd::Prune(args) => crate::prune::prune(config, store_url, args).await,
+        RunsCmd::Cost(args) => crate::cost::cost(config, store_url, args).await,
         RunsCmd::Fork {
             run,
             at,
@@ -390,7 +405,7 @@ pub(crate) async fn runs(
     }
 }
 
-fn table(rows: &[[String; 5]]) -> String {
+pub(crate) fn table(rows: &[[String; 5]]) -> String {
     let widths: Vec<usize> = (0..5)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
@@ -505,7 +520,8 @@ async fn show(
         let _ = writeln!(s, "  error: {e}");
     }
     let _ = writeln!(s, "timeline:");
-    let (mut tin, mut tout, mut calls) = (0u64, 0u64, 0u64);
+    let (mut tin, mut tout, mut calls, mut ncached) = (0u64, 0u64, 0u64, 0u64);
+    let mut cost: Option<f64> = None;
     let mut prev = run.created_at;
     for e in &entries {
         let since = (e.recorded_at - prev).num_milliseconds();
@@ -516,17 +532,31 @@ async fn show(
                 model,
                 response,
                 components,
+                cost_usd,
+                cached,
                 ..
             }) => {
-                calls += 1;
-                tin += response.usage.input_tokens;
-                tout += response.usage.output_tokens;
+                if cached {
+                    ncached += 1;
+                } else {
+                    calls += 1;
+                    tin += response.usage.input_tokens;
+                    tout += response.usage.output_tokens;
+                    crate::run_cost_add(&mut cost, cost_usd);
+                }
                 format!(
-                    "{provider}/{} · {}→{} tok · {} ms{}{}",
+                    "{provider}/{} · {}→{} tok · {} ms{}{}{}",
                     model.unwrap_or_default(),
                     response.usage.input_tokens,
                     response.usage.output_tokens,
                     response.latency_ms,
+                    if cached {
+                        " · cached".to_owned()
+                    } else {
+                        cost_usd
+                            .map(|c| format!(" · {}", crate::fmt_cost(c)))
+                            .unwrap_or_default()
+                    },
                     if components.is_empty() {
                         String::new()
                     } else {
@@ -552,8 +582,15 @@ async fn show(
     }
     let _ = writeln!(
         s,
-        "  {calls} model call{}, {tin}→{tout} tokens",
-        if calls == 1 { "" } else { "s" }
+        "  {calls} model call{}, {tin}→{tout} tokens{}{}",
+        if calls == 1 { "" } else { "s" },
+        cost.map(|c| format!(", {}", crate::fmt_cost(c)))
+            .unwrap_or_default(),
+        if ncached > 0 {
+            format!(", {ncached} served from the cache")
+        } else {
+            String::new()
+        }
     );
     if !gates.is_empty() {
         let _ = writeln!(s, "gates:");

@@ -136,7 +136,12 @@ pub(crate) async fn worker(
     }
     let lease = Duration::from_secs_f64(args.lease.max(0.3));
     let store = open_shared(&url, lease).await?;
-    let engine = Arc::new(build_engine(&project, None, true, None, false)?);
+    let engine = Arc::new(crate::with_cache(
+        build_engine(&project, None, true, None, false)?,
+        &project,
+        &store,
+        false,
+    ));
     let mut opts = WorkerOptions::default()
         .with_concurrency(args.concurrency)
         .with_lease(lease)

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::budget::{Budget, Price};
 use crate::diagnostic::Diagnostic;
 use crate::duration::parse_duration;
 use crate::policy::{Backoff, RetrySchedule};
@@ -38,6 +39,36 @@ pub struct ConfigSpec {
     /// MCP servers whose tools agents may call (`tools: [NAME.TOOL]`).
     #[serde(default)]
     pub mcp: BTreeMap<String, McpSpec>,
+    /// The response cache for development loops.
+    #[serde(default)]
+    pub cache: CacheSpec,
+}
+
+/// `[cache]`: answers of temperature-0 model calls served again from the
+/// store when the same request is made.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// On for every run of the project (`spes run --cache` turns it on for one).
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long an answer stays usable (default 7d).
+    pub ttl: Option<String>,
+}
+
+/// Default time an answer stays in the response cache.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl CacheSpec {
+    /// The TTL, parsed.
+    ///
+    /// # Errors
+    /// A duration that does not parse.
+    pub fn ttl(&self) -> Result<Duration, String> {
+        self.ttl.as_deref().map_or(Ok(DEFAULT_CACHE_TTL), |s| {
+            parse_duration(s).map_err(|e| format!("ttl: {e}"))
+        })
+    }
 }
 
 /// `[mcp.NAME]`: an MCP server, started as a command (stdio) or reached at
@@ -142,6 +173,9 @@ pub struct DefaultsSpec {
     /// step's `retry` (`{ attempts = 3, base = "1s", max = "30s" }`).
     /// Default: 3 attempts (2 retries) for HTTP providers.
     pub retry: Option<RetryConfig>,
+    /// Budget of runs whose workflow sets none (`budget:`); a workflow's
+    /// own limits win, `spes run --budget` wins over both.
+    pub budget: Option<Budget>,
 }
 
 /// `retry` in `spes.toml` (`[defaults]` or `[providers.NAME]`): `"none"`
@@ -342,6 +376,12 @@ pub struct ProviderSpec {
     pub slots: Option<u32>,
     /// Sampling seed for temperatures above 0 (local provider).
     pub seed: Option<u32>,
+    /// Prices by model name, in US dollars per million tokens
+    /// (`prices."claude-sonnet-4-5" = { input = 3.0, output = 15.0 }`).
+    /// A model without a price costs nothing in `runs cost` and budgets
+    /// (spes has no built-in prices).
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
 }
 
 /// Timeouts as written (`"5s"`); see [`Timeouts`] for the parsed values.
@@ -466,6 +506,20 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
                 &["providers", name, "max_response_bytes"],
             ));
         }
+        for (model, price) in &p.prices {
+            if let Err(e) = price.check() {
+                return Err(located(
+                    Diagnostic::error(
+                        "spes::config::price",
+                        format!("[providers.{name}] prices.\"{model}\": {e}"),
+                    )
+                    .with_hint("write prices.\"MODEL\" = { input = 3.0, output = 15.0 } (dollars per million tokens)"),
+                    file,
+                    text,
+                    &["providers", name, "prices", model],
+                ));
+            }
+        }
         if p.kind == ProviderKind::Scripted && p.script.is_none() {
             return Err(located(
                 Diagnostic::error(
@@ -523,6 +577,24 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
             file,
             text,
             &["defaults", "retry"],
+        ));
+    }
+    if let Some(Err(e)) = spec.defaults.budget.as_ref().map(Budget::check) {
+        return Err(located(
+            Diagnostic::error("spes::config::budget", format!("[defaults] budget: {e}"))
+                .with_hint("write budget = { cost = 2.5, tokens = 100000, calls = 50 }"),
+            file,
+            text,
+            &["defaults", "budget"],
+        ));
+    }
+    if let Err(e) = spec.cache.ttl() {
+        return Err(located(
+            Diagnostic::error("spes::config::duration", format!("[cache] {e}"))
+                .with_hint("write a duration such as 12h or 7d"),
+            file,
+            text,
+            &["cache", "ttl"],
         ));
     }
     if let Some(d) = &spec.store.durability

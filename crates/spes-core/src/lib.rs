@@ -2,6 +2,7 @@
 //! No I/O beyond reading the user's files; no clock, no network.
 
 pub mod answer;
+pub mod budget;
 pub mod component;
 pub mod condition;
 pub mod config;

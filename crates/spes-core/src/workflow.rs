@@ -60,6 +60,8 @@ pub struct Workflow {
     pub children: Vec<ChildSource>,
     /// Every schema file its steps name, at any depth (for pinning).
     pub schemas: Vec<ChildSource>,
+    /// What one run may spend on model calls (`budget:`).
+    pub budget: Option<crate::budget::Budget>,
 }
 
 /// A file a workflow uses (a sub-workflow, a schema), pinned by content hash.

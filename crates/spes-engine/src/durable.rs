@@ -390,7 +390,9 @@ impl Engine {
         inputs: BTreeMap<String, Value>,
     ) -> Result<(RunId, RunEnd), RunError> {
         let (id, ctx) = self.record_new(&store, wf, source, inputs).await?;
-        let end = self.execute(store, id, wf, ctx).await?;
+        let end = self
+            .execute(store, id, wf, ctx, self.budget_for(wf))
+            .await?;
         Ok((id, end))
     }
 
@@ -436,7 +438,30 @@ impl Engine {
             Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),
         };
-        self.execute(store, run.id, wf, ctx).await
+        let budget = self.run_budget(&store, run, wf).await?;
+        self.execute(store, run.id, wf, ctx, budget).await
+    }
+
+    /// The budget `run` executes under: the one recorded at its start (a
+    /// run recorded before budgets existed: the workflow's), with this
+    /// engine's `--budget` limits over it, recorded when they change it.
+    pub(crate) async fn run_budget(
+        &self,
+        store: &Arc<dyn RunStore>,
+        run: &Run,
+        wf: &Workflow,
+    ) -> Result<Option<spes_core::budget::Budget>, RunError> {
+        let recorded = run.settings.budget.or_else(|| self.budget_for(wf));
+        let Some(o) = &self.budget_override else {
+            return Ok(recorded);
+        };
+        let b = recorded.unwrap_or_default().overridden_by(o);
+        if Some(b) != run.settings.budget {
+            let mut settings = run.settings.clone();
+            settings.budget = Some(b);
+            store.set_settings(&run.id, &settings).await?;
+        }
+        Ok(Some(b))
     }
 
     /// Queues a run for the workers of a shared store (`Pending`, its run
@@ -483,7 +508,10 @@ impl Engine {
             inputs: Value::Object(ctx.clone()),
             status: RunStatus::Running,
             owner: Some(this_owner()),
-            settings: self.run_settings(),
+            settings: spes_store::RunSettings {
+                budget: self.budget_for(wf),
+                ..self.run_settings()
+            },
         }
     }
 
@@ -558,7 +586,8 @@ impl Engine {
             Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),
         };
-        self.execute(store, run.id, wf, ctx).await
+        let budget = self.run_budget(&store, run, wf).await?;
+        self.execute(store, run.id, wf, ctx, budget).await
     }
 
     async fn execute(
@@ -567,14 +596,24 @@ impl Engine {
         id: RunId,
         wf: &Workflow,
         ctx: spes_core::template::Context,
+        budget: Option<spes_core::budget::Budget>,
     ) -> Result<RunEnd, RunError> {
         let journal = StoreJournal::open(store.clone(), id)
             .await
             .map_err(|e| RunError::Refused(e.to_string()))?;
         let control = Control::new(store.clone(), id);
-        let result = Exec::new(self, ctx, Arc::new(journal), Some(control))
-            .run_workflow(wf)
-            .await;
+        let mut exec = Exec::new(self, ctx, Arc::new(journal), Some(control));
+        if let Some(b) = budget {
+            // What the run spent before (resumed): its journal's total.
+            let spent = store
+                .usage(&[id])
+                .await?
+                .first()
+                .map(|(_, u)| crate::budget::spend_of(u))
+                .unwrap_or_default();
+            exec.budget = Some(crate::budget::Ledger::local(b, spent));
+        }
+        let result = exec.run_workflow(wf).await;
         let clear_owner = Some(None);
         Ok(match result {
             Ok(outcome) => {
@@ -593,6 +632,21 @@ impl Engine {
                 RunEnd::Completed(outcome)
             }
             Err(Stop::Failed(e)) => {
+                store
+                    .transition(
+                        &id,
+                        RunEvent::Fail.from(),
+                        RunEvent::Fail.to(),
+                        RunPatch {
+                            error: Some(Some(e.to_string())),
+                            owner: clear_owner,
+                            ..RunPatch::default()
+                        },
+                    )
+                    .await?;
+                RunEnd::Failed(e)
+            }
+            Err(Stop::Budget(e)) => {
                 store
                     .transition(
                         &id,
@@ -754,6 +808,10 @@ impl Engine {
             http: self.http.clone(),
             tools: self.tools.clone(),
             tool_sources: self.tool_sources.clone(),
+            prices: self.prices.clone(),
+            cache: None,
+            default_budget: None,
+            budget_override: None,
         };
         // Goes as far as the journal does; where it ends is not an error here.
         let _ = replay_with(&engine, &store, run, wf).await?;
@@ -816,7 +874,7 @@ impl Engine {
                     request_changed: o.request_changed,
                 })
             }
-            Err(Stop::Failed(e) | Stop::Store(e)) => Err(RunError::Step(e)),
+            Err(Stop::Failed(e) | Stop::Store(e) | Stop::Budget(e)) => Err(RunError::Step(e)),
             Err(Stop::Suspended(g)) => Err(RunError::Refused(format!(
                 "replay reached gate `{}`, which the run never decided",
                 g.join("`, `")

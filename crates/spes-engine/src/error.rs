@@ -72,6 +72,11 @@ pub enum FailureKind {
     /// saga's effects are only partly undone.
     #[error("{0}")]
     Compensation(String),
+    /// The run's budget would be exceeded by this model call, which was
+    /// not made. Error class `budget_exceeded` (`spes` exits 7); `spes
+    /// resume RUN --budget ...` continues with a higher limit.
+    #[error("budget_exceeded: {0}")]
+    Budget(String),
     /// The answer is not what the step asked for (not JSON, against its
     /// schema, or cut at `max_tokens`), still after every repair attempt.
     #[error("{}", invalid_output_text(problems, *attempts))]
@@ -128,6 +133,7 @@ impl EngineError {
             | FailureKind::Answer(_)
             | FailureKind::InvalidOutput { .. }
             | FailureKind::Config(_)
+            | FailureKind::Budget(_)
             | FailureKind::Compensation(_) => ErrorClass::Terminal,
             FailureKind::Remote { transient, .. } | FailureKind::Http { transient, .. } => {
                 if *transient {
@@ -144,6 +150,13 @@ impl EngineError {
     #[must_use]
     pub fn is_store(&self) -> bool {
         matches!(self.kind, FailureKind::Store(_))
+    }
+
+    /// True when the run stopped because its budget would have been
+    /// exceeded (error class `budget_exceeded`).
+    #[must_use]
+    pub fn is_budget(&self) -> bool {
+        matches!(self.kind, FailureKind::Budget(_))
     }
 
     /// A hint for the user, where one helps.
@@ -196,6 +209,9 @@ impl EngineError {
             },
             FailureKind::Store(_) => Some(
                 "free disk space (or fix the store's file permissions or server), then `spes resume` the run: committed steps are not repeated".into(),
+            ),
+            FailureKind::Budget(_) => Some(
+                "raise the limit and continue: `spes resume RUN --budget cost=5` (or tokens=, calls=); calls already made are not repeated".into(),
             ),
             FailureKind::Timeout(_) => Some(
                 "raise the step's `timeout`, or add `retry:` / `fallback:` to the step".into(),

@@ -32,6 +32,12 @@ pub enum Effect {
         components: Vec<String>,
         /// The answer.
         response: ChatResponse,
+        /// What the call cost in US dollars, when its model has a price.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost_usd: Option<f64>,
+        /// The answer came from the response cache (no call was made).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cached: bool,
     },
     /// A human's (or a deadline's) decision at a gate.
     Decision {

@@ -33,6 +33,7 @@
 //! ```
 
 pub mod agent;
+pub mod budget;
 pub mod durable;
 pub mod error;
 pub mod event;
@@ -81,6 +82,10 @@ pub struct Engine {
     pub(crate) http: http::HttpSettings,
     pub(crate) tools: BTreeMap<String, Arc<dyn tool::Tool>>,
     pub(crate) tool_sources: Vec<Arc<dyn tool::ToolSource>>,
+    pub(crate) prices: budget::Prices,
+    pub(crate) cache: Option<budget::ResponseCache>,
+    pub(crate) default_budget: Option<spes_core::budget::Budget>,
+    pub(crate) budget_override: Option<spes_core::budget::Budget>,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -115,6 +120,22 @@ impl Engine {
     pub fn observed(mut self, o: Arc<dyn Observer>) -> Self {
         self.observer = o;
         self.stream_deltas = true;
+        self
+    }
+
+    /// This engine serving temperature-0 calls from `cache` (see
+    /// [`EngineBuilder::response_cache`]).
+    #[must_use]
+    pub fn with_response_cache(mut self, cache: budget::ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// This engine with budget limits over the workflow's (see
+    /// [`EngineBuilder::budget`]).
+    #[must_use]
+    pub fn with_budget(mut self, b: spes_core::budget::Budget) -> Self {
+        self.budget_override = Some(b);
         self
     }
 
@@ -155,6 +176,7 @@ impl Engine {
     pub fn run_settings(&self) -> spes_store::RunSettings {
         spes_store::RunSettings {
             provider: Some(self.default_provider.clone()),
+            budget: None,
         }
     }
 
@@ -182,7 +204,25 @@ impl Engine {
             http: self.http.clone(),
             tools: self.tools.clone(),
             tool_sources: self.tool_sources.clone(),
+            prices: self.prices.clone(),
+            cache: self.cache.clone(),
+            default_budget: self.default_budget,
+            budget_override: self.budget_override,
         })
+    }
+
+    /// The budget a new run of `wf` gets: the default, overridden by the
+    /// workflow's limits, overridden by this engine's (`--budget`).
+    #[must_use]
+    pub fn budget_for(&self, wf: &Workflow) -> Option<spes_core::budget::Budget> {
+        let mut b = self.default_budget.unwrap_or_default();
+        if let Some(w) = &wf.budget {
+            b = b.overridden_by(w);
+        }
+        if let Some(o) = &self.budget_override {
+            b = b.overridden_by(o);
+        }
+        (!b.is_unlimited()).then_some(b)
     }
 
     /// Runs `wf` with inputs (bound against its declared inputs here) to
@@ -206,12 +246,15 @@ impl Engine {
         journal: Arc<dyn Journal>,
     ) -> Result<RunOutcome, RunError> {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
-        match run::Exec::new(self, ctx, journal, None)
-            .run_workflow(wf)
-            .await
-        {
+        let mut exec = run::Exec::new(self, ctx, journal, None);
+        exec.budget = self
+            .budget_for(wf)
+            .map(|b| budget::Ledger::local(b, spes_core::budget::Spend::default()));
+        match exec.run_workflow(wf).await {
             Ok(o) => Ok(o),
-            Err(run::Stop::Failed(e) | run::Stop::Store(e)) => Err(RunError::Step(e)),
+            Err(run::Stop::Failed(e) | run::Stop::Store(e) | run::Stop::Budget(e)) => {
+                Err(RunError::Step(e))
+            }
             Err(run::Stop::Suspended(gates)) => Err(RunError::NeedsStore(format!(
                 "gate `{}` waits for a human; runs with gates need a store (spes run keeps one in .spes/)",
                 gates.join("`, `")
@@ -260,6 +303,10 @@ pub struct EngineBuilder {
     http_allow_hosts: Option<Vec<String>>,
     tools: BTreeMap<String, Arc<dyn tool::Tool>>,
     tool_sources: Vec<Arc<dyn tool::ToolSource>>,
+    prices: budget::Prices,
+    cache: Option<budget::ResponseCache>,
+    default_budget: Option<spes_core::budget::Budget>,
+    budget_override: Option<spes_core::budget::Budget>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -271,6 +318,41 @@ impl fmt::Debug for EngineBuilder {
 }
 
 impl EngineBuilder {
+    /// Prices of models by provider, then model name (US dollars per
+    /// million tokens): each model call's cost is journaled with it, and
+    /// budgets with a `cost` limit count it. A model without a price costs
+    /// nothing here.
+    #[must_use]
+    pub fn prices(mut self, prices: budget::Prices) -> Self {
+        self.prices = prices;
+        self
+    }
+
+    /// Serves temperature-0 model calls whose exact request was answered
+    /// before from `cache` (journaled as `cached`), and stores new answers
+    /// there.
+    #[must_use]
+    pub fn response_cache(mut self, cache: budget::ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The budget of runs whose workflow sets none (`[defaults] budget`);
+    /// a workflow's own limits win over these.
+    #[must_use]
+    pub fn default_budget(mut self, b: spes_core::budget::Budget) -> Self {
+        self.default_budget = Some(b);
+        self
+    }
+
+    /// Limits that win over the workflow's and the default's (`spes run
+    /// --budget`); on resume they raise (or lower) the run's recorded budget.
+    #[must_use]
+    pub fn budget(mut self, b: spes_core::budget::Budget) -> Self {
+        self.budget_override = Some(b);
+        self
+    }
+
     /// Adds a provider under its name; the first added is the default unless set.
     #[must_use]
     pub fn provider(mut self, p: Arc<dyn Provider>) -> Self {
@@ -392,6 +474,10 @@ impl EngineBuilder {
             http: http::HttpSettings::new(self.http_allow_hosts),
             tools: self.tools,
             tool_sources: self.tool_sources,
+            prices: self.prices,
+            cache: self.cache,
+            default_budget: self.default_budget,
+            budget_override: self.budget_override,
         }
     }
 }

@@ -82,7 +82,7 @@
 //!         name: "text".into(), ty: spes_core::workflow::InputType::String,
 //!         required: true, default: None, description: None,
 //!     }],
-//!     agents: Default::default(), steps: vec![summarize], output: None, components: vec![], children: vec![], schemas: vec![],
+//!     agents: Default::default(), steps: vec![summarize], output: None, components: vec![], children: vec![], schemas: vec![], budget: None,
 //! };
 //! // The main provider is down twice; the backup answers.
 //! let main = "- { step: summarize, error: server_error }";

@@ -41,6 +41,11 @@ pub struct RunOutcome {
     pub replayed: u64,
     /// Total token usage of calls made.
     pub usage: Usage,
+    /// US dollars of the calls made whose model has a price (`None`: no
+    /// call had one).
+    pub cost_usd: Option<f64>,
+    /// Model calls answered from the response cache.
+    pub cached: u64,
     /// The first model call (its key) answered from the journal whose
     /// recorded request differs from the one this execution would send
     /// (its prompt, model or settings changed since it was recorded).
@@ -56,6 +61,9 @@ pub(crate) enum Stop {
     /// past every policy (a retry or fallback would pay for calls it
     /// cannot record).
     Store(EngineError),
+    /// The run's budget would be exceeded by the next model call: the run
+    /// stops, past every policy (another attempt would be refused too).
+    Budget(EngineError),
     /// Gates wait for a human (their keys).
     Suspended(Vec<String>),
     /// Someone paused the run.
@@ -77,11 +85,17 @@ impl Stop {
         let mut gates = Vec::new();
         let (mut paused, mut cancelled, mut failed) = (false, false, None);
         let mut store = None;
+        let mut budget = None;
         for s in stops {
             match s {
                 Self::Store(e) => {
                     if store.is_none() {
                         store = Some(e);
+                    }
+                }
+                Self::Budget(e) => {
+                    if budget.is_none() {
+                        budget = Some(e);
                     }
                 }
                 Self::Failed(e) => {
@@ -96,6 +110,9 @@ impl Stop {
         }
         if let Some(e) = store {
             return Some(Self::Store(e));
+        }
+        if let Some(e) = budget {
+            return Some(Self::Budget(e));
         }
         if let Some(e) = failed {
             return Some(Self::Failed(e));
@@ -209,6 +226,8 @@ pub(crate) struct Exec<'e> {
     pub(crate) model_calls: u64,
     pub(crate) replayed: u64,
     pub(crate) usage: Usage,
+    pub(crate) cost_usd: Option<f64>,
+    pub(crate) cached: u64,
     /// Map items go to the shared work queue (a run executed by `spes worker`).
     pub(crate) dist: Option<Arc<crate::worker::Dist>>,
     /// Gate decisions made by a deadline seen by this execution (a gate
@@ -216,6 +235,8 @@ pub(crate) struct Exec<'e> {
     pub(crate) deadlines: u32,
     /// The first replayed model call whose request differs from the recorded one.
     pub(crate) changed: Option<String>,
+    /// The run's budget, shared by every execution of the run here.
+    pub(crate) budget: Option<Arc<crate::budget::Ledger>>,
 }
 
 pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
@@ -243,6 +264,13 @@ pub(crate) fn mismatch(key: &str, loc: &Loc, found: &Effect, expected: &str) -> 
 /// `NAME` under `prefix` ([`StepKey::join`]).
 pub(crate) fn join_key(prefix: &str, name: &str) -> String {
     StepKey::join(prefix, name).into_string()
+}
+
+/// Adds a cost to a total where either is known.
+pub(crate) fn add_cost(total: &mut Option<f64>, c: Option<f64>) {
+    if let Some(c) = c {
+        *total = Some(total.unwrap_or(0.0) + c);
+    }
 }
 
 pub(crate) fn add_usage(a: &mut Usage, b: &Usage) {
@@ -285,9 +313,12 @@ impl<'e> Exec<'e> {
             model_calls: 0,
             replayed: 0,
             usage: Usage::default(),
+            cost_usd: None,
+            cached: 0,
             dist: None,
             deadlines: 0,
             changed: None,
+            budget: None,
         }
     }
 
@@ -300,19 +331,18 @@ impl<'e> Exec<'e> {
             self.control.clone(),
         );
         e.dist = self.dist.clone();
+        e.budget = self.budget.clone();
         e
     }
 
     /// Takes a finished child's writes and counters.
     pub(crate) fn absorb(&mut self, child: Exec<'_>) {
+        self.count_child(&child);
         for k in child.written {
             if let Some(v) = child.ctx.get(&k) {
                 self.write(&k, v.clone());
             }
         }
-        self.model_calls += child.model_calls;
-        self.replayed += child.replayed;
-        add_usage(&mut self.usage, &child.usage);
         if self.changed.is_none() {
             self.changed = child.changed;
         }
@@ -332,6 +362,8 @@ impl<'e> Exec<'e> {
             model_calls: self.model_calls,
             replayed: self.replayed,
             usage: self.usage,
+            cost_usd: self.cost_usd,
+            cached: self.cached,
             request_changed: self.changed,
         })
     }
@@ -356,12 +388,20 @@ impl<'e> Exec<'e> {
         depth: usize,
     ) -> (Result<Option<Value>, Stop>, Option<Value>) {
         let mut child = Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone());
+        child.budget = self.budget.clone();
         let r = child.steps(&wf.steps, key.to_owned(), depth + 1).await;
         let value = wf.result_key().and_then(|k| child.ctx.get(k).cloned());
+        self.count_child(&child);
+        (r, value)
+    }
+
+    /// Adds a finished child's counters to this execution's.
+    fn count_child(&mut self, child: &Exec<'_>) {
         self.model_calls += child.model_calls;
         self.replayed += child.replayed;
+        self.cached += child.cached;
         add_usage(&mut self.usage, &child.usage);
-        (r, value)
+        add_cost(&mut self.cost_usd, child.cost_usd);
     }
 
     pub(crate) fn steps<'a>(
@@ -414,7 +454,9 @@ impl<'e> Exec<'e> {
                 }
                 Err(stop) => {
                     let (error, note) = match &stop {
-                        Stop::Failed(e) | Stop::Store(e) => (Some(e.kind.to_string()), None),
+                        Stop::Failed(e) | Stop::Store(e) | Stop::Budget(e) => {
+                            (Some(e.kind.to_string()), None)
+                        }
                         Stop::Suspended(_) => (None, Some("waiting for a human".to_owned())),
                         Stop::Paused => (None, Some("paused".to_owned())),
                         Stop::Cancelled => (None, Some("cancelled".to_owned())),
@@ -904,6 +946,28 @@ impl<'e> Exec<'e> {
             }));
         }
         let request_hash = request_hash(req);
+        let model = req
+            .model
+            .clone()
+            .or_else(|| provider.default_model().map(str::to_owned));
+        if let Some(hit) = self
+            .cached(provider, model.as_deref(), &request_hash, req)
+            .await
+        {
+            let effect = Effect::Model {
+                provider: provider.name().to_owned(),
+                model,
+                request_hash,
+                components,
+                response: hit,
+                cost_usd: None,
+                cached: true,
+            };
+            return self.commit_model(key, loc, effect, None).await;
+        }
+        let hold = self
+            .reserve(provider, model.as_deref(), req, key, loc)
+            .await?;
         // Workers on a shared store honour a provider's `retry-after` together.
         self.engine
             .breakers
@@ -912,6 +976,9 @@ impl<'e> Exec<'e> {
         let response = match provider.complete(req, &cx).await {
             Ok(r) => r,
             Err(e) => {
+                if let (Some(l), Some(h)) = (&self.budget, hold) {
+                    l.settle(h, None).await;
+                }
                 if e.kind == spes_llm::ProviderErrorKind::RateLimited
                     && let Some(wait) = e.retry_after
                 {
@@ -925,15 +992,147 @@ impl<'e> Exec<'e> {
                 return Err(fail(key, loc, FailureKind::Provider(e)));
             }
         };
+        let cost_usd = crate::budget::cost_of(
+            &self.engine.prices,
+            provider.name(),
+            provider.kind(),
+            model.as_deref(),
+            &response.usage,
+        );
+        let cache_key = self
+            .engine
+            .cache
+            .as_ref()
+            .filter(|_| crate::budget::cacheable(req))
+            .map(|_| crate::budget::cache_key(provider.name(), model.as_deref(), &request_hash));
         let effect = Effect::Model {
             provider: provider.name().to_owned(),
-            model: req
-                .model
-                .clone()
-                .or_else(|| provider.default_model().map(str::to_owned)),
+            model: model.clone(),
             request_hash,
             components,
             response,
+            cost_usd,
+            cached: false,
+        };
+        let out = self.commit_model(key, loc, effect, hold).await;
+        if let (Ok(response), Some(k), Some(c)) = (&out, cache_key, &self.engine.cache) {
+            // The answer is recorded; a cache that cannot take it only
+            // costs a later call.
+            match serde_json::to_string(response) {
+                Ok(text) => {
+                    if let Err(e) = c
+                        .store
+                        .cache_put(&k, provider.name(), model.as_deref(), &text)
+                        .await
+                    {
+                        tracing::warn!(target: "spes::cache", step = key, error = %e, "the response cache did not store an answer");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "spes::cache", step = key, error = %e, "an answer could not be encoded for the response cache");
+                }
+            }
+        }
+        out
+    }
+
+    /// An answer for `req` from the response cache, when the engine has one
+    /// and the request may be served from it.
+    async fn cached(
+        &self,
+        provider: &Arc<dyn Provider>,
+        model: Option<&str>,
+        request_hash: &str,
+        req: &ChatRequest,
+    ) -> Option<ChatResponse> {
+        let c = self.engine.cache.as_ref()?;
+        if !crate::budget::cacheable(req) {
+            return None;
+        }
+        let k = crate::budget::cache_key(provider.name(), model, request_hash);
+        match c.store.cache_get(&k, c.ttl).await {
+            Ok(Some(text)) => crate::budget::decode_cached(&text),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(target: "spes::cache", error = %e, "the response cache could not be read; calling the model");
+                None
+            }
+        }
+    }
+
+    /// Reserves the worst case of `req` against the run's budget.
+    async fn reserve(
+        &self,
+        provider: &Arc<dyn Provider>,
+        model: Option<&str>,
+        req: &ChatRequest,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<Option<crate::budget::Hold>, Stop> {
+        let Some(l) = &self.budget else {
+            return Ok(None);
+        };
+        let price = model.and_then(|m| self.engine.prices.get(provider.name())?.get(m));
+        let est = crate::budget::worst_case(req, price);
+        let why = match l.reserve(est).await {
+            Ok(Ok(h)) => return Ok(Some(h)),
+            Ok(Err(why)) => why,
+            Err(e) => {
+                return Err(fail(
+                    key,
+                    loc,
+                    FailureKind::Journal(crate::journal::JournalError::from_store(&e)),
+                ));
+            }
+        };
+        tracing::warn!(target: "spes::budget", step = key, limit = %why, "budget exhausted before a model call");
+        if l.budget.on_exhausted == spes_core::budget::OnExhausted::Pause
+            && let Some(c) = &self.control
+        {
+            let t = spes_core::lifecycle::RunEvent::Pause.transition();
+            c.store
+                .transition(
+                    &c.run,
+                    t.from,
+                    t.to,
+                    spes_store::RunPatch {
+                        error: Some(Some(format!(
+                            "paused: budget exhausted at step `{key}`: {why}"
+                        ))),
+                        ..spes_store::RunPatch::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    fail(
+                        key,
+                        loc,
+                        FailureKind::Journal(crate::journal::JournalError::from_store(&e)),
+                    )
+                })?;
+            return Err(Stop::Paused);
+        }
+        Err(Stop::Budget(crate::error::EngineError {
+            step: key.to_owned(),
+            loc: loc.clone(),
+            kind: FailureKind::Budget(why),
+        }))
+    }
+
+    /// Records a model call's effect (made or served from the cache) and
+    /// hands its answer to the workflow once committed.
+    async fn commit_model(
+        &mut self,
+        key: &str,
+        loc: &Loc,
+        effect: Effect,
+        hold: Option<crate::budget::Hold>,
+    ) -> Result<ChatResponse, Stop> {
+        let spent = match &effect {
+            Effect::Model {
+                response, cost_usd, ..
+            } => crate::budget::spend_of_call(&response.usage, *cost_usd),
+            _ => spes_core::budget::Spend::default(),
         };
         // The run's status, for the check before the next call: read by
         // the commit itself where the store does (SQLite), else beside the
@@ -954,11 +1153,24 @@ impl<'e> Exec<'e> {
                 winner
             }
         };
+        if let (Some(l), Some(h)) = (&self.budget, hold) {
+            l.settle(h, winner.as_ref().ok().map(|_| spent)).await;
+        }
         let winner = winner.map_err(|e| e.stop(key, loc))?;
-        self.model_calls += 1;
         match winner {
-            Effect::Model { response, .. } => {
-                add_usage(&mut self.usage, &response.usage);
+            Effect::Model {
+                response,
+                cached,
+                cost_usd,
+                ..
+            } => {
+                if cached {
+                    self.cached += 1;
+                } else {
+                    self.model_calls += 1;
+                    add_usage(&mut self.usage, &response.usage);
+                    add_cost(&mut self.cost_usd, cost_usd);
+                }
                 Ok(response)
             }
             other => Err(mismatch(key, loc, &other, "a model call")),
@@ -1030,7 +1242,7 @@ impl<'e> Exec<'e> {
         // A repair request is this one plus two messages per rejected answer.
         let asked = req.messages.len();
         let mut usage = Usage::default();
-        let (mut made, mut attempt) = (0u32, 0u32);
+        let (mut made, mut attempt, mut cached) = (0u32, 0u32, 0u32);
         let mut last: Vec<Violation> = Vec::new();
         loop {
             let akey = repair_key(key, attempt);
@@ -1056,13 +1268,16 @@ impl<'e> Exec<'e> {
                     ));
                 }
             }
-            let before = self.model_calls;
+            let (before, cached_before) = (self.model_calls, self.cached);
             let resp = self
                 .call(&provider, &req, components.clone(), &akey, loc)
                 .await?;
             if self.model_calls > before {
                 made += 1;
                 add_usage(&mut usage, &resp.usage);
+            }
+            if self.cached > cached_before {
+                cached += 1;
             }
             let truncated = resp.stop_reason == StopReason::MaxTokens;
             match check_answer(
@@ -1076,7 +1291,8 @@ impl<'e> Exec<'e> {
                     return Ok(Answer {
                         value,
                         provider: provider.name().to_owned(),
-                        replayed: made == 0,
+                        replayed: made == 0 && cached == 0,
+                        cached: made == 0 && cached > 0,
                         attempts: attempt + 1,
                         truncated,
                         usage,
@@ -1119,6 +1335,8 @@ pub(crate) struct Answer {
     pub(crate) provider: String,
     /// Every attempt came from the journal.
     pub(crate) replayed: bool,
+    /// The answers came from the response cache (none was made).
+    pub(crate) cached: bool,
     /// Which attempt served (1: the first answer; 2: after one repair).
     pub(crate) attempts: u32,
     /// It stopped at `max_tokens` (kept under `on_truncation: warn`).
@@ -1134,6 +1352,8 @@ impl Answer {
     pub(crate) fn note(&self) -> String {
         let mut note = if self.replayed {
             "replayed from journal".to_owned()
+        } else if self.cached {
+            "cached · served from the response cache".to_owned()
         } else {
             format!(
                 "{}{} · {}→{} tok",

@@ -114,6 +114,17 @@ pub struct UsageView {
     pub model_calls: u64,
     /// Model calls answered from the journal.
     pub replayed: u64,
+    /// Model calls answered from the response cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached: u64,
+    /// US dollars of the calls made, where their models have a price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A step's failure.
@@ -141,6 +152,8 @@ pub enum ErrorClassView {
     Transient,
     /// Fix the cause first.
     Terminal,
+    /// The run's budget would have been exceeded by the next model call.
+    BudgetExceeded,
 }
 
 impl ErrorView {
@@ -152,6 +165,8 @@ impl ErrorView {
             message: e.to_string(),
             class: if e.is_store() {
                 ErrorClassView::Store
+            } else if e.is_budget() {
+                ErrorClassView::BudgetExceeded
             } else if e.class() == spes_llm::ErrorClass::Transient {
                 ErrorClassView::Transient
             } else {
@@ -184,6 +199,8 @@ impl RunDoc {
                     output_tokens: o.usage.output_tokens,
                     model_calls: o.model_calls,
                     replayed: o.replayed,
+                    cached: o.cached,
+                    cost_usd: o.cost_usd,
                 });
                 doc.context = Some(o.context.clone());
             }
@@ -870,5 +887,111 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ("doctor", of::<DoctorDoc>()),
         ("pattern-suggest", of::<SuggestionDoc>()),
         ("event", of::<EventView>()),
+        ("runs-cost", of::<CostReport>()),
+        ("cache-stats", of::<CacheStatsDoc>()),
     ]
+}
+
+/// `runs cost --json`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CostReport {
+    /// The version of this shape: 1 (`spes_engine::view::VERSION`).
+    pub schema: u32,
+    /// How the calls are grouped: `workflow`, `model` or `day`.
+    pub by: String,
+    /// Only runs created at or after this time (RFC 3339), when limited.
+    pub since: Option<String>,
+    /// The groups, largest cost first.
+    pub rows: Vec<CostRowView>,
+    /// Every group together (its `group` is `total`).
+    pub total: CostRowView,
+}
+
+/// One group of `runs cost`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CostRowView {
+    /// The workflow name, `provider/model` or UTC day.
+    pub group: String,
+    /// Model calls made (answers served from the cache are not counted).
+    pub calls: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// US dollars, summed over the calls whose model has a price.
+    pub cost_usd: f64,
+    /// Calls whose model had no price in spes.toml (their cost is unknown).
+    pub unpriced_calls: u64,
+}
+
+impl CostReport {
+    /// The report of `rows`.
+    #[must_use]
+    pub fn of(by: &str, since: Option<String>, rows: &[spes_store::CostRow]) -> Self {
+        let view = |r: &spes_store::CostRow| CostRowView {
+            group: r.group.clone(),
+            calls: r.calls,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cost_usd: r.cost_usd,
+            unpriced_calls: r.unpriced_calls,
+        };
+        let mut total = CostRowView {
+            group: "total".into(),
+            calls: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            unpriced_calls: 0,
+        };
+        for r in rows {
+            total.calls += r.calls;
+            total.input_tokens += r.input_tokens;
+            total.output_tokens += r.output_tokens;
+            total.cost_usd += r.cost_usd;
+            total.unpriced_calls += r.unpriced_calls;
+        }
+        Self {
+            schema: VERSION,
+            by: by.to_owned(),
+            since,
+            rows: rows.iter().map(view).collect(),
+            total,
+        }
+    }
+}
+
+/// `cache stats --json`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CacheStatsDoc {
+    /// The version of this shape: 1 (`spes_engine::view::VERSION`).
+    pub schema: u32,
+    /// Answers stored.
+    pub entries: u64,
+    /// Times a stored answer was served.
+    pub hits: u64,
+    /// Bytes of the stored answers.
+    pub bytes: u64,
+    /// When the oldest answer was stored (RFC 3339).
+    pub oldest: Option<String>,
+    /// When the newest answer was stored (RFC 3339).
+    pub newest: Option<String>,
+}
+
+impl CacheStatsDoc {
+    /// The document of `s`.
+    #[must_use]
+    pub fn of(s: &spes_store::CacheStats) -> Self {
+        Self {
+            schema: VERSION,
+            entries: s.entries,
+            hits: s.hits,
+            bytes: s.bytes,
+            oldest: s.oldest.map(|t| t.to_rfc3339()),
+            newest: s.newest.map(|t| t.to_rfc3339()),
+        }
+    }
 }

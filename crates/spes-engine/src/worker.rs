@@ -180,6 +180,8 @@ pub struct Worker {
     /// One pause/cancel watch per run, shared by its items: items running
     /// side by side share one status read instead of one each.
     controls: Mutex<HashMap<RunId, Control>>,
+    /// One budget ledger per run with a budget, shared by its items here.
+    ledgers: Mutex<HashMap<RunId, Arc<crate::budget::Ledger>>>,
     runs_done: AtomicU64,
     items_done: AtomicU64,
     lost: AtomicU64,
@@ -233,6 +235,7 @@ impl Worker {
             contexts: Mutex::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
             controls: Mutex::new(HashMap::new()),
+            ledgers: Mutex::new(HashMap::new()),
             runs_done: AtomicU64::new(0),
             items_done: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -649,6 +652,7 @@ impl Worker {
             flows,
             poll: self.opts.poll.min(Duration::from_millis(100)),
         }));
+        exec.budget = self.ledger(&run, &wf);
         let result = exec.run_workflow(&wf).await;
         let (event, patch) = match result {
             // The store did not commit: give the task back (the journal
@@ -658,6 +662,14 @@ impl Worker {
                 RunEvent::Complete,
                 RunPatch {
                     output: Some(outcome.output.unwrap_or(Value::Null)),
+                    owner: Some(None),
+                    ..RunPatch::default()
+                },
+            ),
+            Err(Stop::Budget(e)) => (
+                RunEvent::Fail,
+                RunPatch {
+                    error: Some(Some(e.to_string())),
                     owner: Some(None),
                     ..RunPatch::default()
                 },
@@ -691,6 +703,26 @@ impl Worker {
             .await?;
         self.runs_done.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The run's budget ledger, shared by its executions in this worker
+    /// (the spent total is read from the store before each call: other
+    /// workers spend from the same budget).
+    pub(super) fn ledger(&self, run: &Run, wf: &Workflow) -> Option<Arc<crate::budget::Ledger>> {
+        let b = run.settings.budget.or_else(|| self.engine.budget_for(wf))?;
+        let Ok(mut all) = self.ledgers.lock() else {
+            return Some(crate::budget::Ledger::shared(b, self.store.clone(), run.id));
+        };
+        if all.len() >= 256 && !all.contains_key(&run.id) {
+            all.clear();
+        }
+        let l = all
+            .entry(run.id)
+            .or_insert_with(|| crate::budget::Ledger::shared(b, self.store.clone(), run.id));
+        if l.budget != b {
+            *l = crate::budget::Ledger::shared(b, self.store.clone(), run.id);
+        }
+        Some(l.clone())
     }
 
     /// The run's pause/cancel watch shared by its items, knowing the
@@ -803,12 +835,13 @@ impl Worker {
                 .await
                 .map_err(Leave::from_journal)?;
         let pinned = self.engine.pinned(&run.settings);
-        let exec = Exec::new(
+        let mut exec = Exec::new(
             pinned.as_ref().unwrap_or(&self.engine),
             (*ctx).clone(),
             Arc::new(journal),
             Some(self.control(run.id, status, claimed_at)),
         );
+        exec.budget = self.ledger(&run, &wf);
         let r = exec
             .run_item(m, &p.map, p.index, p.item, p.depth, loc)
             .await;
@@ -843,6 +876,16 @@ impl Worker {
                 }
             }
             Err(Stop::Store(e)) => return Err(Leave::Retry(e.to_string())),
+            // The run's budget is spent: the map (and the run) stops.
+            Err(Stop::Budget(e)) => {
+                let f = serde_json::to_string(&ItemFailure {
+                    step: e.step.clone(),
+                    message: e.kind.to_string(),
+                    transient: false,
+                })
+                .unwrap_or_default();
+                q.finish_item(lease, &run.id, None, Some(&f)).await?;
+            }
             Err(other) => {
                 let what = match other {
                     Stop::Paused => "paused",

@@ -56,8 +56,8 @@ use async_trait::async_trait;
 
 pub use error::{Candidate, MAX_CANDIDATES, StoreError};
 pub use types::{
-    Appended, ComponentPin, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Run, RunId,
-    RunPatch, RunQuery, RunSettings, RunStatus, RunUsage,
+    Appended, CacheStats, ComponentPin, CostBy, CostRow, Decided, Entry, Gate, GateFilter, NewGate,
+    NewRun, Run, RunId, RunPatch, RunQuery, RunSettings, RunStatus, RunUsage,
 };
 
 /// Opens the store named by `url`: `sqlite://PATH` (relative paths as
@@ -263,4 +263,37 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Closes the store's connections (SQLite checkpoints its WAL into the
     /// main file when the last connection closes). Calls after this fail.
     async fn close(&self) {}
+
+    /// Replaces what the run was started with beyond its files and inputs
+    /// (`spes resume --budget` raises a budget this way).
+    async fn set_settings(&self, id: &RunId, settings: &RunSettings) -> Result<()>;
+
+    /// Model calls of runs created at or after `since` (all runs when
+    /// `None`), grouped by `by`, largest cost first.
+    async fn costs(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        by: CostBy,
+    ) -> Result<Vec<CostRow>>;
+
+    /// The response cache's answer stored under `key`, if it was stored
+    /// within `max_age`; counts a hit when there is one.
+    async fn cache_get(&self, key: &str, max_age: std::time::Duration) -> Result<Option<String>>;
+
+    /// Stores an answer (JSON text) in the response cache under `key`,
+    /// replacing one stored there before.
+    async fn cache_put(
+        &self,
+        key: &str,
+        provider: &str,
+        model: Option<&str>,
+        response: &str,
+    ) -> Result<()>;
+
+    /// Deletes cached answers (those stored before `older_than` ago, or
+    /// all); returns how many.
+    async fn cache_clear(&self, older_than: Option<std::time::Duration>) -> Result<u64>;
+
+    /// What the response cache holds.
+    async fn cache_stats(&self) -> Result<CacheStats>;
 }

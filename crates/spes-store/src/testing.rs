@@ -131,6 +131,10 @@ pub fn sample_run() -> crate::NewRun {
         owner: Some("host:42".into()),
         settings: crate::RunSettings {
             provider: Some("openai".into()),
+            budget: Some(spes_core::budget::Budget {
+                cost: Some(2.5),
+                ..Default::default()
+            }),
         },
     }
 }

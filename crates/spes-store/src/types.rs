@@ -112,12 +112,17 @@ pub struct NewRun {
 /// What a run was started with beyond its workflow, components and inputs:
 /// pinned with the run, so that a resume (anywhere, by any worker) uses
 /// the same.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
     /// The provider of steps and agents that name none, as chosen at start
     /// (`--provider`, `SPES_PROVIDER`, or the project's default then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// What the run may spend on model calls (the workflow's `budget:`,
+    /// `[defaults] budget`, `--budget`, as merged at start; raised by
+    /// `spes resume --budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<spes_core::budget::Budget>,
 }
 
 /// A stored run.
@@ -245,15 +250,66 @@ pub struct RunQuery {
     pub limit: u32,
 }
 
-/// What a run's model calls used, summed over its journal.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a run's model calls used, summed over its journal. Answers
+/// served from the response cache spent nothing: they count in
+/// `cached_calls` only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunUsage {
     /// Prompt tokens.
     pub input_tokens: u64,
     /// Answer tokens.
     pub output_tokens: u64,
-    /// Model calls journaled.
+    /// Model calls journaled (made, not served from the cache).
     pub model_calls: u64,
+    /// US dollars, summed over the calls whose model has a price.
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// Answers served from the response cache.
+    #[serde(default)]
+    pub cached_calls: u64,
+}
+
+/// How `spes runs cost` groups model calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostBy {
+    /// By workflow name.
+    Workflow,
+    /// By `provider/model`.
+    Model,
+    /// By UTC day of the call (`2026-12-06`).
+    Day,
+}
+
+/// One group of `spes runs cost`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostRow {
+    /// The workflow, `provider/model` or day.
+    pub group: String,
+    /// Model calls made (served from the cache: not counted).
+    pub calls: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// US dollars, over the calls whose model has a price.
+    pub cost_usd: f64,
+    /// Calls whose model had no price (their cost is unknown, not 0).
+    pub unpriced_calls: u64,
+}
+
+/// The response cache's contents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStats {
+    /// Answers stored.
+    pub entries: u64,
+    /// Times a stored answer was served.
+    pub hits: u64,
+    /// Bytes of the stored answers.
+    pub bytes: u64,
+    /// When the oldest answer was stored.
+    pub oldest: Option<DateTime<Utc>>,
+    /// When the newest answer was stored.
+    pub newest: Option<DateTime<Utc>>,
 }
 
 /// Reads the rows of a usage query (`run_id`, `input_tokens`,
@@ -264,6 +320,7 @@ where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> f64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -281,8 +338,38 @@ where
                 input_tokens: n("input_tokens")?,
                 output_tokens: n("output_tokens")?,
                 model_calls: n("calls")?,
+                cost_usd: r.try_get::<f64, _>("cost_usd")?,
+                cached_calls: n("cached_calls")?,
             },
         ));
+    }
+    Ok(out)
+}
+
+/// Reads the rows of a cost query (`grp`, `calls`, `input_tokens`,
+/// `output_tokens`, `cost_usd`, `unpriced`), on either database.
+pub(crate) fn cost_rows<R>(rows: &[R]) -> std::result::Result<Vec<CostRow>, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> f64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let n = |c: &str| -> std::result::Result<u64, sqlx::Error> {
+            let v: i64 = r.try_get(c)?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
+        out.push(CostRow {
+            group: r.try_get::<Option<String>, _>("grp")?.unwrap_or_default(),
+            calls: n("calls")?,
+            input_tokens: n("input_tokens")?,
+            output_tokens: n("output_tokens")?,
+            cost_usd: r.try_get("cost_usd")?,
+            unpriced_calls: n("unpriced")?,
+        });
     }
     Ok(out)
 }

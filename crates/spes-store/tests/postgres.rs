@@ -154,8 +154,10 @@ async fn a_journal_from_schema_4_goes_on_numbering_after_migration() {
             .await
             .unwrap();
     }
-    // Back to version 4: no counter column.
-    sqlx::raw_sql("ALTER TABLE runs DROP COLUMN last_seq; UPDATE spes_meta SET version = 4")
+    // Back to version 4: no counter column (and none of the later tables).
+    sqlx::raw_sql(
+        "ALTER TABLE runs DROP COLUMN last_seq; DROP TABLE response_cache; UPDATE spes_meta SET version = 4",
+    )
         .execute(store.pool())
         .await
         .unwrap();

@@ -42,6 +42,8 @@ pub struct WorkflowSpec {
     /// Reusable step definitions, used with `use: NAME`.
     #[serde(default)]
     pub definitions: BTreeMap<String, S<StepSpec>>,
+    /// What one run may spend on model calls.
+    pub budget: Option<S<crate::budget::Budget>>,
 }
 
 /// The type of an input.

@@ -540,6 +540,18 @@ impl Validator<'_> {
             }
             o.value
         });
+        let budget = spec.budget.and_then(|b| match b.value.check() {
+            Ok(()) => Some(b.value),
+            Err(e) => {
+                self.err(
+                    "spes::workflow::budget",
+                    format!("budget: {e}"),
+                    span(&b),
+                    "write budget: { cost: 2.5, tokens: 100000, calls: 50 }",
+                );
+                None
+            }
+        });
         Workflow {
             name,
             description: spec.description,
@@ -551,6 +563,7 @@ impl Validator<'_> {
             components: self.components.values().cloned().collect(),
             children: self.children.clone(),
             schemas: self.schemas.clone(),
+            budget,
         }
     }
 

@@ -187,6 +187,7 @@ pub async fn run_step(
         components: Vec::new(),
         children: Vec::new(),
         schemas: Vec::new(),
+        budget: None,
     };
     let out = engine.run(&wf, inputs).await?;
     Ok(out.output.unwrap_or(Value::Null))

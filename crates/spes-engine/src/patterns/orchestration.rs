@@ -270,6 +270,7 @@ impl WorkflowBuilder {
                 components: Vec::new(),
                 children: Vec::new(),
                 schemas: Vec::new(),
+                budget: None,
             },
         }
     }

@@ -63,6 +63,7 @@ impl Worker {
             Arc::new(journal),
             Some(Control::new(self.store.clone(), run.id)),
         );
+        exec.budget = self.ledger(&run, &wf);
         let r = exec
             .steps_at(&child.workflow.steps, p.workflow.clone(), p.depth + 1)
             .await;
@@ -82,7 +83,7 @@ impl Worker {
                 };
                 q.finish_item(lease, &run.id, Some(&entry), None).await?;
             }
-            Err(Stop::Failed(e)) => {
+            Err(Stop::Failed(e) | Stop::Budget(e)) => {
                 if let FailureKind::Journal(msg) = &e.kind {
                     return Err(Leave::from_journal(msg.clone()));
                 }

@@ -10,8 +10,8 @@ use super::{Fail, PostgresStore, error};
 use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
-    Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
-    RunQuery, RunStatus, RunStore, RunUsage, StoreError,
+    Appended, CacheStats, CostBy, CostRow, Decided, Entry, Gate, GateFilter, NewGate, NewRun,
+    Result, Run, RunId, RunPatch, RunQuery, RunSettings, RunStatus, RunStore, RunUsage, StoreError,
 };
 
 pub(super) fn no_run(id: &RunId) -> Fail {
@@ -425,12 +425,16 @@ impl RunStore for PostgresStore {
         let ids: Vec<String> = runs.iter().map(ToString::to_string).collect();
         let ids = &ids;
         self.retry(|| async move {
+            // A cached answer (`"cached": true`) spent nothing.
             let rows = sqlx::query(
                 "SELECT run_id, \
-                        SUM(COALESCE((payload::jsonb #>> '{response,usage,input_tokens}')::bigint, 0))::bigint AS input_tokens, \
-                        SUM(COALESCE((payload::jsonb #>> '{response,usage,output_tokens}')::bigint, 0))::bigint AS output_tokens, \
-                        COUNT(*) AS calls \
-                 FROM entries WHERE kind = 'model' AND run_id = ANY($1) GROUP BY run_id",
+                        SUM(CASE WHEN p ? 'cached' THEN 0 ELSE COALESCE((p #>> '{response,usage,input_tokens}')::bigint, 0) END)::bigint AS input_tokens, \
+                        SUM(CASE WHEN p ? 'cached' THEN 0 ELSE COALESCE((p #>> '{response,usage,output_tokens}')::bigint, 0) END)::bigint AS output_tokens, \
+                        COUNT(*) FILTER (WHERE NOT p ? 'cached') AS calls, \
+                        COUNT(*) FILTER (WHERE p ? 'cached') AS cached_calls, \
+                        COALESCE(SUM((p ->> 'cost_usd')::float8), 0)::float8 AS cost_usd \
+                 FROM (SELECT run_id, payload::jsonb AS p FROM entries WHERE kind = 'model' AND run_id = ANY($1)) m \
+                 GROUP BY run_id",
             )
             .bind(ids)
             .fetch_all(&self.pool)
@@ -604,6 +608,140 @@ impl RunStore for PostgresStore {
 
     async fn close(&self) {
         Self::close(self).await;
+    }
+
+    async fn set_settings(&self, id: &RunId, settings: &RunSettings) -> Result<()> {
+        let run_id = &id.to_string();
+        let settings =
+            &serde_json::to_string(settings).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let n = self
+            .retry(|| async move {
+                let done =
+                    sqlx::query("UPDATE runs SET settings = $2, updated_at = now() WHERE id = $1")
+                        .bind(run_id)
+                        .bind(settings)
+                        .execute(&self.pool)
+                        .await?;
+                Ok(done.rows_affected())
+            })
+            .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound(run_id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn costs(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        by: CostBy,
+    ) -> Result<Vec<CostRow>> {
+        let group = match by {
+            CostBy::Workflow => "r.workflow_name",
+            CostBy::Model => {
+                "(m.p ->> 'provider') || '/' || COALESCE(m.p ->> 'model', '(default)')"
+            }
+            CostBy::Day => "to_char(m.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        };
+        let sql = format!(
+            "SELECT {group} AS grp, COUNT(*) AS calls, \
+                    SUM(COALESCE((m.p #>> '{{response,usage,input_tokens}}')::bigint, 0))::bigint AS input_tokens, \
+                    SUM(COALESCE((m.p #>> '{{response,usage,output_tokens}}')::bigint, 0))::bigint AS output_tokens, \
+                    COALESCE(SUM((m.p ->> 'cost_usd')::float8), 0)::float8 AS cost_usd, \
+                    COUNT(*) FILTER (WHERE NOT m.p ? 'cost_usd') AS unpriced \
+             FROM (SELECT run_id, recorded_at, payload::jsonb AS p FROM entries WHERE kind = 'model') m \
+             JOIN runs r ON r.id = m.run_id \
+             WHERE NOT m.p ? 'cached' AND ($1::timestamptz IS NULL OR r.created_at >= $1) \
+             GROUP BY grp ORDER BY cost_usd DESC, calls DESC, grp"
+        );
+        let sql = &sql;
+        self.retry(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(crate::types::cost_rows(&rows)?)
+        })
+        .await
+    }
+
+    async fn cache_get(&self, key: &str, max_age: std::time::Duration) -> Result<Option<String>> {
+        let secs = max_age.as_secs_f64();
+        self.retry(|| async move {
+            let row = sqlx::query_scalar::<_, String>(
+                "UPDATE response_cache SET hits = hits + 1 \
+                 WHERE key = $1 AND created_at >= now() - make_interval(secs => $2) RETURNING response",
+            )
+            .bind(key)
+            .bind(secs)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn cache_put(
+        &self,
+        key: &str,
+        provider: &str,
+        model: Option<&str>,
+        response: &str,
+    ) -> Result<()> {
+        self.retry(|| async move {
+            sqlx::query(
+                "INSERT INTO response_cache (key, provider, model, response, created_at, hits) \
+                 VALUES ($1, $2, $3, $4, now(), 0) \
+                 ON CONFLICT (key) DO UPDATE SET provider = EXCLUDED.provider, model = EXCLUDED.model, \
+                 response = EXCLUDED.response, created_at = EXCLUDED.created_at, hits = 0",
+            )
+            .bind(key)
+            .bind(provider)
+            .bind(model)
+            .bind(response)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cache_clear(&self, older_than: Option<std::time::Duration>) -> Result<u64> {
+        let secs = older_than.map(|d| d.as_secs_f64());
+        self.retry(|| async move {
+            let done = sqlx::query(
+                "DELETE FROM response_cache \
+                 WHERE $1::float8 IS NULL OR created_at < now() - make_interval(secs => $1)",
+            )
+            .bind(secs)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn cache_stats(&self) -> Result<CacheStats> {
+        self.retry(|| async move {
+            let r = sqlx::query(
+                "SELECT COUNT(*) AS entries, COALESCE(SUM(hits), 0)::bigint AS hits, \
+                        COALESCE(SUM(octet_length(response)), 0)::bigint AS bytes, \
+                        MIN(created_at) AS oldest, MAX(created_at) AS newest FROM response_cache",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            let n = |c: &str| -> std::result::Result<u64, sqlx::Error> {
+                Ok(u64::try_from(r.try_get::<i64, _>(c)?).unwrap_or(0))
+            };
+            Ok(CacheStats {
+                entries: n("entries")?,
+                hits: n("hits")?,
+                bytes: n("bytes")?,
+                oldest: r.try_get("oldest")?,
+                newest: r.try_get("newest")?,
+            })
+        })
+        .await
     }
 }
 

@@ -108,6 +108,17 @@ ALTER TABLE runs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE runs ADD COLUMN last_seq BIGINT NOT NULL DEFAULT 0;
 UPDATE runs SET last_seq = COALESCE((SELECT MAX(seq) FROM entries e WHERE e.run_id = runs.id), 0);
 "#,
+    // 6: the response cache (answers of temperature-0 calls, by request hash).
+    r#"
+CREATE TABLE response_cache (
+    key        TEXT COLLATE "C" PRIMARY KEY,
+    provider   TEXT NOT NULL,
+    model      TEXT,
+    response   TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    hits       BIGINT NOT NULL DEFAULT 0
+);
+"#,
 ];
 
 /// The newest schema version this build understands.

@@ -9,8 +9,8 @@ use super::{Fail, SqliteStore, error, row};
 use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
-    Appended, Decided, Entry, Gate, GateFilter, NewGate, NewRun, Result, Run, RunId, RunPatch,
-    RunQuery, RunStatus, RunStore, RunUsage, StoreError,
+    Appended, CacheStats, CostBy, CostRow, Decided, Entry, Gate, GateFilter, NewGate, NewRun,
+    Result, Run, RunId, RunPatch, RunQuery, RunSettings, RunStatus, RunStore, RunUsage, StoreError,
 };
 
 /// The constraint that failed, if `e` is a constraint error.
@@ -424,11 +424,14 @@ impl RunStore for SqliteStore {
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>()
             .join(", ");
+        // A cached answer (`"cached": true`) spent nothing.
         let sql = format!(
             "SELECT run_id, \
-                    SUM(COALESCE(json_extract(payload, '$.response.usage.input_tokens'), 0)) AS input_tokens, \
-                    SUM(COALESCE(json_extract(payload, '$.response.usage.output_tokens'), 0)) AS output_tokens, \
-                    COUNT(*) AS calls \
+                    SUM(CASE WHEN json_extract(payload, '$.cached') IS NULL THEN COALESCE(json_extract(payload, '$.response.usage.input_tokens'), 0) ELSE 0 END) AS input_tokens, \
+                    SUM(CASE WHEN json_extract(payload, '$.cached') IS NULL THEN COALESCE(json_extract(payload, '$.response.usage.output_tokens'), 0) ELSE 0 END) AS output_tokens, \
+                    SUM(json_extract(payload, '$.cached') IS NULL) AS calls, \
+                    SUM(json_extract(payload, '$.cached') IS NOT NULL) AS cached_calls, \
+                    TOTAL(json_extract(payload, '$.cost_usd')) AS cost_usd \
              FROM entries WHERE kind = 'model' AND json_valid(payload) AND run_id IN ({marks}) GROUP BY run_id"
         );
         let ids = &ids;
@@ -604,6 +607,152 @@ impl RunStore for SqliteStore {
         seen.get(id)
             .filter(|(_, began)| *began >= since)
             .map(|(st, _)| *st)
+    }
+
+    async fn set_settings(&self, id: &RunId, settings: &RunSettings) -> Result<()> {
+        let run_id = &id.to_string();
+        let settings =
+            &serde_json::to_string(settings).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let n = self
+            .retry(|| async move {
+                let mut w = self.writer.acquire().await?;
+                let done =
+                    sqlx::query("UPDATE runs SET settings = ?2, updated_at = ?3 WHERE id = ?1")
+                        .bind(run_id)
+                        .bind(settings)
+                        .bind(fmt_time(now()))
+                        .execute(&mut *w)
+                        .await?;
+                Ok(done.rows_affected())
+            })
+            .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound(run_id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn costs(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        by: CostBy,
+    ) -> Result<Vec<CostRow>> {
+        let group = match by {
+            CostBy::Workflow => "r.workflow_name",
+            CostBy::Model => {
+                "json_extract(e.payload, '$.provider') || '/' || COALESCE(json_extract(e.payload, '$.model'), '(default)')"
+            }
+            CostBy::Day => "substr(e.recorded_at, 1, 10)",
+        };
+        let sql = format!(
+            "SELECT {group} AS grp, COUNT(*) AS calls, \
+                    SUM(COALESCE(json_extract(e.payload, '$.response.usage.input_tokens'), 0)) AS input_tokens, \
+                    SUM(COALESCE(json_extract(e.payload, '$.response.usage.output_tokens'), 0)) AS output_tokens, \
+                    TOTAL(json_extract(e.payload, '$.cost_usd')) AS cost_usd, \
+                    SUM(json_extract(e.payload, '$.cost_usd') IS NULL) AS unpriced \
+             FROM entries e JOIN runs r ON r.id = e.run_id \
+             WHERE e.kind = 'model' AND json_valid(e.payload) AND json_extract(e.payload, '$.cached') IS NULL \
+               AND (?1 IS NULL OR r.created_at >= ?1) \
+             GROUP BY grp ORDER BY cost_usd DESC, calls DESC, grp"
+        );
+        let since = &since.map(fmt_time);
+        let sql = &sql;
+        self.retry(|| async move {
+            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(since)
+                .fetch_all(&mut *self.reader().await?)
+                .await?;
+            Ok(crate::types::cost_rows(&rows)?)
+        })
+        .await
+    }
+
+    async fn cache_get(&self, key: &str, max_age: std::time::Duration) -> Result<Option<String>> {
+        let cutoff =
+            &fmt_time(now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX));
+        self.retry(|| async move {
+            let mut w = self.writer.acquire().await?;
+            let row = sqlx::query_scalar::<_, String>(
+                "UPDATE response_cache SET hits = hits + 1 WHERE key = ?1 AND created_at >= ?2 RETURNING response",
+            )
+            .bind(key)
+            .bind(cutoff)
+            .fetch_all(&mut *w)
+            .await?;
+            Ok(row.into_iter().next())
+        })
+        .await
+    }
+
+    async fn cache_put(
+        &self,
+        key: &str,
+        provider: &str,
+        model: Option<&str>,
+        response: &str,
+    ) -> Result<()> {
+        self.retry(|| async move {
+            let mut w = self.writer.acquire().await?;
+            sqlx::query(
+                "INSERT INTO response_cache (key, provider, model, response, created_at, hits) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0) \
+                 ON CONFLICT (key) DO UPDATE SET provider = excluded.provider, model = excluded.model, \
+                 response = excluded.response, created_at = excluded.created_at, hits = 0",
+            )
+            .bind(key)
+            .bind(provider)
+            .bind(model)
+            .bind(response)
+            .bind(fmt_time(now()))
+            .execute(&mut *w)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cache_clear(&self, older_than: Option<std::time::Duration>) -> Result<u64> {
+        let cutoff = &older_than.map(|d| {
+            fmt_time(now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+        });
+        self.retry(|| async move {
+            let mut w = self.writer.acquire().await?;
+            let done =
+                sqlx::query("DELETE FROM response_cache WHERE ?1 IS NULL OR created_at < ?1")
+                    .bind(cutoff)
+                    .execute(&mut *w)
+                    .await?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn cache_stats(&self) -> Result<CacheStats> {
+        self.retry(|| async move {
+            let r = sqlx::query(
+                "SELECT COUNT(*) AS entries, COALESCE(SUM(hits), 0) AS hits, \
+                        COALESCE(SUM(length(CAST(response AS BLOB))), 0) AS bytes, \
+                        MIN(created_at) AS oldest, MAX(created_at) AS newest FROM response_cache",
+            )
+            .fetch_one(&mut *self.reader().await?)
+            .await?;
+            let n = |c: &str| -> std::result::Result<u64, sqlx::Error> {
+                Ok(u64::try_from(r.try_get::<i64, _>(c)?).unwrap_or(0))
+            };
+            let t = |c: &str| -> std::result::Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+                let s: Option<String> = r.try_get(c)?;
+                Ok(s.and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc)))
+            };
+            Ok(CacheStats {
+                entries: n("entries")?,
+                hits: n("hits")?,
+                bytes: n("bytes")?,
+                oldest: t("oldest")?,
+                newest: t("newest")?,
+            })
+        })
+        .await
     }
 }
 

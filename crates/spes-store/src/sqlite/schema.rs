@@ -66,6 +66,17 @@ CREATE INDEX gates_pending ON gates (opened_at) WHERE decided_at IS NULL;
     r"
 ALTER TABLE runs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';  -- JSON
 ",
+    // 3: the response cache (answers of temperature-0 calls, by request hash).
+    r"
+CREATE TABLE response_cache (
+    key        TEXT PRIMARY KEY NOT NULL,     -- hex SHA-256 of provider, model, request
+    provider   TEXT NOT NULL,
+    model      TEXT,
+    response   TEXT NOT NULL,                 -- JSON
+    created_at TEXT NOT NULL,
+    hits       INTEGER NOT NULL DEFAULT 0
+);
+",
 ];
 
 /// The newest schema version this build understands.

@@ -628,15 +628,24 @@ pub async fn usage_sums_the_model_calls_of_each_run(store: Arc<dyn RunStore>) {
         .append(&b.id, "odd", "model", &json!({ "type": "model" }))
         .await
         .unwrap();
+    // Priced calls add their cost; a cached answer spent nothing.
+    let mut priced = model(100, 10);
+    priced["cost_usd"] = json!(0.25);
+    store.append(&a.id, "s3", "model", &priced).await.unwrap();
+    let mut cached = model(1000, 1000);
+    cached["cached"] = json!(true);
+    store.append(&a.id, "s4", "model", &cached).await.unwrap();
     let mut got = store.usage(&[a.id, b.id, idle.id]).await.unwrap();
     got.sort_by_key(|(id, _)| *id);
     let mut want = vec![
         (
             a.id,
             crate::RunUsage {
-                input_tokens: 15,
-                output_tokens: 5,
-                model_calls: 2,
+                input_tokens: 115,
+                output_tokens: 15,
+                model_calls: 3,
+                cost_usd: 0.25,
+                cached_calls: 1,
             },
         ),
         (
@@ -645,6 +654,8 @@ pub async fn usage_sums_the_model_calls_of_each_run(store: Arc<dyn RunStore>) {
                 input_tokens: 7,
                 output_tokens: 1,
                 model_calls: 2,
+                cost_usd: 0.0,
+                cached_calls: 0,
             },
         ),
     ];
