@@ -922,3 +922,74 @@ async fn a_lone_healthy_worker_loses_no_lease() {
     .await;
     assert_eq!(results, i64::try_from(ITEMS).unwrap());
 }
+
+/// Two workers spend from one run's budget: each reads what the run has
+/// spent from the store before a call, so together they overspend by at
+/// most the calls they have in flight (2 workers × concurrency 2), and the
+/// run stops with class `budget_exceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_sharing_a_budget_overspend_by_at_most_their_calls_in_flight() {
+    const BUDGET: usize = 10;
+    const IN_FLIGHT: usize = 2 * 2;
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let (sa, sb) = (
+        FakeServer::start().await.unwrap(),
+        FakeServer::start().await.unwrap(),
+    );
+    for s in [&sa, &sb] {
+        s.set_default(spes_fake_llm::FakeResponse::echo().with_latency(Duration::from_millis(30)));
+    }
+    let wf = topic_map("budgeted", 60, "    concurrency: 8\n", "temperature: 1").replace(
+        "name: budgeted\n",
+        &format!("name: budgeted\nbudget: {{ calls: {BUDGET} }}\n"),
+    );
+    let submit = Dir::new(&sa.openai_base_url());
+    submit.write("wf.yaml", &wf);
+    let (da, db) = (
+        Dir::new(&sa.openai_base_url()),
+        Dir::new(&sb.openai_base_url()),
+    );
+    let run = submit.enqueue("wf.yaml", schema.url(), &[]);
+    let a = da.worker(schema.url(), "worker-a", 2, 5.0);
+    let b = db.worker(schema.url(), "worker-b", 2, 5.0);
+    let _guards = [KillOnDrop(a.id()), KillOnDrop(b.id())];
+    until("the run to fail", Duration::from_secs(60), || async {
+        (store.status(&run).await.ok().flatten() == Some(spes_store::RunStatus::Failed))
+            .then_some(())
+    })
+    .await;
+    let committed = usize::try_from(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM entries WHERE run_id = $1 AND kind = 'model'",
+            &run,
+        )
+        .await,
+    )
+    .unwrap();
+    let sent = sa.request_count() + sb.request_count();
+    assert!(
+        (BUDGET..=BUDGET + IN_FLIGHT).contains(&committed),
+        "{committed} calls committed for a budget of {BUDGET} (A sent {}, B sent {})",
+        sa.request_count(),
+        sb.request_count()
+    );
+    assert_eq!(sent, committed, "every call sent was committed");
+    assert!(
+        sa.request_count() > 0 && sb.request_count() > 0,
+        "both workers spent"
+    );
+    let error = store
+        .run(&run)
+        .await
+        .unwrap()
+        .unwrap()
+        .error
+        .unwrap_or_default();
+    assert!(error.contains("budget_exceeded"), "{error}");
+    for (child, dir) in [(a, da), (b, db)] {
+        signal(child.id(), "TERM");
+        assert_eq!(wait(child).await.code(), Some(0), "{}", dir.log());
+    }
+}
