@@ -361,6 +361,9 @@ pub struct ProviderSpec {
     /// Send each call's step key in an `x-spes-step` request header (for
     /// tracing through proxies and gateways). Default: false.
     pub step_header: Option<bool>,
+    /// Anthropic: mark the system prompt (the components a step is built
+    /// from) for the provider's prompt cache. Default: false.
+    pub prompt_cache: Option<bool>,
     /// Timeouts.
     #[serde(default)]
     pub timeouts: TimeoutsSpec,
@@ -519,6 +522,21 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
                     &["providers", name, "prices", model],
                 ));
             }
+        }
+        if p.prompt_cache == Some(true) && p.kind != ProviderKind::Anthropic {
+            return Err(located(
+                Diagnostic::error(
+                    "spes::config::prompt_cache",
+                    format!(
+                        "[providers.{name}] prompt_cache is an Anthropic option; this provider is kind = \"{}\"",
+                        p.kind.as_str()
+                    ),
+                )
+                .with_hint("remove prompt_cache (OpenAI caches long prompts by itself)"),
+                file,
+                text,
+                &["providers", name, "prompt_cache"],
+            ));
         }
         if p.kind == ProviderKind::Scripted && p.script.is_none() {
             return Err(located(
@@ -694,6 +712,56 @@ mod tests {
         let t = p.timeouts.parse().unwrap();
         assert_eq!(t.total, Duration::from_secs(120));
         assert_eq!(Timeouts::default().total, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn prices_budgets_and_the_cache_parse_and_bad_ones_are_located() {
+        let c = parse_config(
+            "spes.toml",
+            r#"
+            [defaults]
+            budget = { cost = 2.5, calls = 40, on_exhausted = "pause" }
+            [providers.claude]
+            kind = "anthropic"
+            prompt_cache = true
+            prices."claude-x" = { input = 3.0, output = 15.0, cached_input = 0.3 }
+            [cache]
+            enabled = true
+            ttl = "12h"
+            "#,
+        )
+        .unwrap();
+        let b = c.defaults.budget.unwrap();
+        assert_eq!((b.cost, b.calls, b.tokens), (Some(2.5), Some(40), None));
+        assert_eq!(b.on_exhausted, crate::budget::OnExhausted::Pause);
+        assert_eq!(
+            c.providers["claude"].prices["claude-x"].cached_input,
+            Some(0.3)
+        );
+        assert!(c.cache.enabled);
+        assert_eq!(c.cache.ttl().unwrap(), Duration::from_secs(12 * 3600));
+        for (toml, code, line) in [
+            (
+                "[providers.p]\nkind = \"openai\"\nprices.m = { input = -1.0, output = 1.0 }\n",
+                "spes::config::price",
+                3,
+            ),
+            (
+                "[defaults]\nbudget = { cost = -2.0 }\n",
+                "spes::config::budget",
+                2,
+            ),
+            ("[cache]\nttl = \"soon\"\n", "spes::config::duration", 2),
+            (
+                "[providers.p]\nkind = \"openai\"\nprompt_cache = true\n",
+                "spes::config::prompt_cache",
+                3,
+            ),
+        ] {
+            let d = parse_config("spes.toml", toml).unwrap_err();
+            assert_eq!(d.code, code, "{toml}");
+            assert_eq!(d.line_col.map(|(l, _)| l), Some(line), "{toml}: {d:?}");
+        }
     }
 
     #[test]

@@ -199,6 +199,7 @@ impl AnthropicProvider {
             model,
             max_tokens,
             self.cfg.stream,
+            self.cfg.prompt_cache,
         ))
     }
 

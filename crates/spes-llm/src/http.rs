@@ -65,6 +65,9 @@ pub struct HttpProviderConfig {
     /// OpenAI-compatible providers: the field that carries `max_tokens`;
     /// `None` picks by base URL (see [`crate::openai`]).
     pub max_tokens_field: Option<MaxTokensField>,
+    /// Anthropic: mark the system prompt for the provider's prompt cache
+    /// (`cache_control: {"type": "ephemeral"}`).
+    pub prompt_cache: bool,
 }
 
 impl HttpProviderConfig {
@@ -82,6 +85,7 @@ impl HttpProviderConfig {
             step_header: false,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_tokens_field: None,
+            prompt_cache: false,
         }
     }
 
@@ -96,6 +100,13 @@ impl HttpProviderConfig {
     #[must_use]
     pub fn with_max_tokens_field(mut self, f: MaxTokensField) -> Self {
         self.max_tokens_field = Some(f);
+        self
+    }
+
+    /// Anthropic: marks the system prompt for the provider's prompt cache.
+    #[must_use]
+    pub fn with_prompt_cache(mut self, on: bool) -> Self {
+        self.prompt_cache = on;
         self
     }
 
@@ -215,6 +226,7 @@ impl HttpProviderConfig {
                     usize::try_from(n).unwrap_or(usize::MAX).max(1)
                 }),
             max_tokens_field: spec.max_tokens_field,
+            prompt_cache: spec.prompt_cache.unwrap_or(false),
         })
     }
 }

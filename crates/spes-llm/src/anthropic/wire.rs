@@ -12,7 +12,7 @@ pub(crate) struct MessagesRequest<'a> {
     pub(crate) model: &'a str,
     pub(crate) max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) system: Option<String>,
+    pub(crate) system: Option<Value>,
     pub(crate) messages: Vec<WireMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) temperature: Option<f32>,
@@ -139,12 +139,27 @@ pub(crate) fn tool_answer(input: Value, shape: ToolShape) -> String {
 }
 
 impl<'a> MessagesRequest<'a> {
-    pub(crate) fn new(req: &'a ChatRequest, model: &'a str, max_tokens: u32, stream: bool) -> Self {
+    pub(crate) fn new(
+        req: &'a ChatRequest,
+        model: &'a str,
+        max_tokens: u32,
+        stream: bool,
+        prompt_cache: bool,
+    ) -> Self {
         let system = match (&req.system, req.json && req.json_schema.is_none()) {
             (s, false) => s.clone(),
             (None, true) => Some(JSON_INSTRUCTION.to_owned()),
             (Some(s), true) => Some(format!("{s}\n\n{JSON_INSTRUCTION}")),
         };
+        // With the prompt cache on, the system text is one block marked
+        // for the cache (Anthropic caches the prefix up to the mark).
+        let system = system.map(|s| {
+            if prompt_cache {
+                json!([{ "type": "text", "text": s, "cache_control": { "type": "ephemeral" } }])
+            } else {
+                Value::String(s)
+            }
+        });
         let user_tools = req.tools.iter().map(wire_tool);
         let (tools, tool_choice) = match &req.json_schema {
             None if req.tools.is_empty() => (None, None),

@@ -91,6 +91,41 @@ async fn anthropic_max_tokens_falls_back_to_the_provider_setting() {
     );
 }
 
+/// `prompt_cache = true`: the system prompt goes as one text block marked
+/// for Anthropic's prompt cache, and the cache token counts of the answer
+/// are read back (creation = written, read = read).
+#[tokio::test]
+async fn anthropic_prompt_cache_marks_the_system_prompt() {
+    let server = FakeServer::start().await.unwrap();
+    server.push(
+        spes_fake_llm::FakeResponse::text("ok")
+            .with_usage(5, 2)
+            .with_cache_tokens(1200, 0),
+    );
+    let p = AnthropicProvider::new(
+        config(Api::Anthropic, &server.url(), true, relaxed()).with_prompt_cache(true),
+    )
+    .unwrap();
+    let r = p
+        .complete(&full_request(), &CallContext::for_step("s"))
+        .await
+        .unwrap();
+    let body = server.last_request().unwrap().body;
+    assert_eq!(
+        body["system"],
+        json!([{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}])
+    );
+    assert_eq!(r.usage.cache_read_tokens, 1200);
+    assert_eq!(r.usage.input_tokens, 5);
+    // Off (the default): the system prompt is a plain string.
+    let plain =
+        AnthropicProvider::new(config(Api::Anthropic, &server.url(), true, relaxed())).unwrap();
+    assert_eq!(
+        plain.request_body(&full_request()).unwrap()["system"],
+        "Be brief."
+    );
+}
+
 #[tokio::test]
 async fn openai_streaming_request_body_and_headers() {
     let req = ChatRequest {
