@@ -270,3 +270,48 @@ async fn a_second_run_of_an_unchanged_chain_is_served_from_the_cache() {
     }
     assert_eq!(server.request_count(), before + 4);
 }
+
+/// Logs (`RUST_LOG`, `--log-format json`): one event per retry, per
+/// fallback and per breaker transition, as JSON lines on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_fallbacks_and_breaker_transitions_are_logged_as_json() {
+    let server = FakeServer::start().await.unwrap();
+    // Step a: one 500, then an answer (a retry). Step b: its breaker opens
+    // on the first 500 and the fallback (a transform) serves.
+    server.push(FakeResponse::server_error());
+    server.when_user_contains("[b]", FakeResponse::server_error());
+    server.set_default(FakeResponse::text("ok"));
+    let wf = "name: logged\nsteps:\n  - { name: a, kind: llm, prompt: \"[a] hi\", retry: { attempts: 2, base: 1ms, max: 2ms }, output: a }\n  - name: b\n    kind: llm\n    prompt: \"[b] hi\"\n    retry: none\n    circuit_breaker: { name: remote-b, failures: 1, cooldown: 60s }\n    fallback: [ { step: { kind: transform, fn: template, input: canned } } ]\n    output: b\n";
+    let p = Project::new(wf, &server.openai_base_url());
+    let out = harness::spes_command(
+        &p.root,
+        &["--log-format", "json", "run", "wf.yaml", "--quiet"],
+    )
+    .env("RUST_LOG", "info")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let count = |msg: &str| {
+        events
+            .iter()
+            .filter(|e| e["fields"]["message"].as_str() == Some(msg))
+            .count()
+    };
+    assert_eq!(count("retrying"), 1, "{stderr}");
+    assert_eq!(count("alternative gave up"), 1, "{stderr}");
+    let opened: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["fields"]["message"] == "circuit breaker changed state")
+        .collect();
+    assert_eq!(opened.len(), 1, "{stderr}");
+    assert_eq!(opened[0]["target"], "spes::breaker");
+    assert_eq!(opened[0]["fields"]["breaker"], "remote-b");
+    assert_eq!(opened[0]["fields"]["from"], "closed");
+    assert_eq!(opened[0]["fields"]["to"], "open");
+    assert_eq!(opened[0]["level"], "WARN");
+}

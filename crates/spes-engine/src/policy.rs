@@ -184,6 +184,7 @@ impl Breakers {
                         .await
                         .unwrap_or(false);
                 if written {
+                    log_transition(name, before, after);
                     if let Ok(mut map) = self.local.lock() {
                         map.insert(name.to_owned(), b);
                     }
@@ -191,7 +192,12 @@ impl Breakers {
                 }
             }
         }
-        self.with(name, f)
+        self.with(name, |b| {
+            let before = b.state();
+            let r = f(b);
+            log_transition(name, before, b.state());
+            r
+        })
     }
 
     /// On a shared store: waits while `provider` has asked any worker to
@@ -205,6 +211,12 @@ impl Breakers {
             && until > now_ms
         {
             let ms = u64::try_from((until - now_ms).min(60_000)).unwrap_or(0);
+            tracing::info!(
+                target: "spes::provider",
+                provider,
+                wait_ms = ms,
+                "waiting: a worker was asked to back off (retry-after)"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
@@ -396,6 +408,24 @@ fn jitter_draw(key: &str, attempt: u32) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let u = (h >> 11) as f64 / (1u64 << 53) as f64;
     u
+}
+
+/// One log event when a breaker changes state (closed, open, half-open).
+fn log_transition(name: &str, before: BreakerState, after: BreakerState) {
+    let word = |s: BreakerState| match s {
+        BreakerState::Closed { .. } => "closed",
+        BreakerState::Open { .. } => "open",
+        BreakerState::HalfOpen { .. } => "half_open",
+    };
+    if word(before) != word(after) {
+        tracing::warn!(
+            target: "spes::breaker",
+            breaker = name,
+            from = word(before),
+            to = word(after),
+            "circuit breaker changed state"
+        );
+    }
 }
 
 fn failure_of(e: &EngineError) -> Failure {

@@ -468,6 +468,9 @@ impl PostgresStore {
             .lock()
             .map(|mut d| d.is_none() && d.replace(Instant::now()).is_none())
             .unwrap_or(false);
+        if first {
+            tracing::info!(target: "spes::store", store = %self.shown, reason = %e, "lost the connection to the store; reconnecting");
+        }
         if first && let Some(hook) = &self.opts.on_connection {
             hook(&ConnectionEvent::Lost {
                 reason: e.to_string(),
@@ -477,6 +480,9 @@ impl PostgresStore {
 
     fn restored(&self) {
         let since = self.down.lock().ok().and_then(|mut d| d.take());
+        if let Some(t) = since {
+            tracing::info!(target: "spes::store", store = %self.shown, after_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX), "reconnected to the store");
+        }
         if let (Some(t), Some(hook)) = (since, &self.opts.on_connection) {
             hook(&ConnectionEvent::Restored { after: t.elapsed() });
         }
