@@ -491,7 +491,7 @@ impl Worker {
                         if let Some((l, handle)) = gone {
                             handle.abort();
                             self.lost.fetch_add(1, Ordering::SeqCst);
-                            tracing::warn!(target: "spes::worker", task = l.task, epoch = l.epoch, "lease lost");
+                            tracing::info!(target: "spes::worker", task = l.task, epoch = l.epoch, "lease lost");
                             self.log(&format!(
                                 "lease lost on task {} (epoch {}); task stopped",
                                 l.task, l.epoch
@@ -515,7 +515,7 @@ impl Worker {
             Ok(()) => {}
             Err(Leave::Fenced) => {
                 self.lost.fetch_add(1, Ordering::SeqCst);
-                tracing::warn!(target: "spes::worker", task = lease.task, epoch = lease.epoch, "lease lost: a late write was fenced");
+                tracing::info!(target: "spes::worker", task = lease.task, epoch = lease.epoch, "lease lost: a late write was fenced");
                 self.log(&format!(
                     "task {} fenced (epoch {}): its late write changed nothing; task stopped",
                     lease.task, lease.epoch
