@@ -38,6 +38,25 @@ pub struct ConfigSpec {
     /// MCP servers whose tools agents may call (`tools: [NAME.TOOL]`).
     #[serde(default)]
     pub mcp: BTreeMap<String, McpSpec>,
+    /// OpenTelemetry traces.
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
+}
+
+/// `[telemetry]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySpec {
+    /// The OTLP/HTTP base URL (`http://127.0.0.1:4318`; spans go to
+    /// `/v1/traces` under it). Unset (and no `OTEL_EXPORTER_OTLP_ENDPOINT`):
+    /// no traces.
+    pub otlp_endpoint: Option<String>,
+    /// Put message content (prompts, answers, tool arguments and results)
+    /// on spans.
+    #[serde(default)]
+    pub capture_content: bool,
+    /// The `service.name` resource attribute (default `spes`).
+    pub service_name: Option<String>,
 }
 
 /// `[mcp.NAME]`: an MCP server, started as a command (stdio) or reached at

@@ -380,6 +380,16 @@ pub struct Replay {
     pub request_changed: Option<String>,
 }
 
+/// The span of an execution of a stored run in this process: a child of
+/// the trace the run was started in, when it stored one.
+pub(crate) fn continued_span(run: &Run, wf: &Workflow) -> tracing::Span {
+    crate::telemetry::run_span(
+        &wf.name,
+        Some(&run.id.to_string()),
+        run.settings.trace_parent.as_deref(),
+    )
+}
+
 impl Engine {
     /// Starts a durable run: records it (status running), then executes.
     pub async fn start(
@@ -389,8 +399,8 @@ impl Engine {
         source: &WorkflowSource,
         inputs: BTreeMap<String, Value>,
     ) -> Result<(RunId, RunEnd), RunError> {
-        let (id, ctx) = self.record_new(&store, wf, source, inputs).await?;
-        let end = self.execute(store, id, wf, ctx).await?;
+        let (id, ctx, span) = self.record_new(&store, wf, source, inputs).await?;
+        let end = self.execute(store, id, wf, ctx, span).await?;
         Ok((id, end))
     }
 
@@ -402,13 +412,12 @@ impl Engine {
         wf: &Workflow,
         source: &WorkflowSource,
         inputs: BTreeMap<String, Value>,
-    ) -> Result<(RunId, spes_core::template::Context), RunError> {
+    ) -> Result<(RunId, spes_core::template::Context, tracing::Span), RunError> {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
         let id = RunId::new();
-        store
-            .create_run(&self.new_run(id, wf, source, &ctx))
-            .await?;
-        Ok((id, ctx))
+        let (run, span) = self.new_run(id, wf, source, &ctx);
+        store.create_run(&run).await?;
+        Ok((id, ctx, span))
     }
 
     /// Records a run as [`Engine::start`] does (running, owned by this
@@ -436,7 +445,8 @@ impl Engine {
             Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),
         };
-        self.execute(store, run.id, wf, ctx).await
+        self.execute(store, run.id, wf, ctx, continued_span(run, wf))
+            .await
     }
 
     /// Queues a run for the workers of a shared store (`Pending`, its run
@@ -457,7 +467,7 @@ impl Engine {
         };
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
         let id = RunId::new();
-        let mut run = self.new_run(id, wf, source, &ctx);
+        let (mut run, _span) = self.new_run(id, wf, source, &ctx);
         run.status = RunStatus::Pending;
         run.owner = None;
         q.create_queued_run(&run).await?;
@@ -465,15 +475,19 @@ impl Engine {
     }
 
     /// A run of `wf` that this process executes at once, pinned to the
-    /// files and settings it starts with.
+    /// files and settings it starts with, and the span of its trace (its
+    /// context stored with the run when traces are exported).
     fn new_run(
         &self,
         id: RunId,
         wf: &Workflow,
         source: &WorkflowSource,
         ctx: &spes_core::template::Context,
-    ) -> NewRun {
-        NewRun {
+    ) -> (NewRun, tracing::Span) {
+        let span = crate::telemetry::run_span(&wf.name, Some(&id.to_string()), None);
+        let mut settings = self.run_settings();
+        settings.trace_parent = crate::telemetry::traceparent(&span);
+        let run = NewRun {
             id,
             workflow_name: wf.name.clone(),
             workflow_path: source.path.clone(),
@@ -483,8 +497,9 @@ impl Engine {
             inputs: Value::Object(ctx.clone()),
             status: RunStatus::Running,
             owner: Some(this_owner()),
-            settings: self.run_settings(),
-        }
+            settings,
+        };
+        (run, span)
     }
 
     /// Whether [`Engine::resume`] would take `run` over now: refused when
@@ -558,7 +573,8 @@ impl Engine {
             Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),
         };
-        self.execute(store, run.id, wf, ctx).await
+        self.execute(store, run.id, wf, ctx, continued_span(run, wf))
+            .await
     }
 
     async fn execute(
@@ -567,14 +583,18 @@ impl Engine {
         id: RunId,
         wf: &Workflow,
         ctx: spes_core::template::Context,
+        span: tracing::Span,
     ) -> Result<RunEnd, RunError> {
         let journal = StoreJournal::open(store.clone(), id)
             .await
             .map_err(|e| RunError::Refused(e.to_string()))?;
         let control = Control::new(store.clone(), id);
-        let result = Exec::new(self, ctx, Arc::new(journal), Some(control))
-            .run_workflow(wf)
-            .await;
+        let result = tracing::Instrument::instrument(
+            Exec::new(self, ctx, Arc::new(journal), Some(control)).run_workflow(wf),
+            span.clone(),
+        )
+        .await;
+        crate::telemetry::done(&span, &result);
         let clear_owner = Some(None);
         Ok(match result {
             Ok(outcome) => {
@@ -702,7 +722,7 @@ impl Engine {
         let entries = store.entries(&run.id).await?;
         let id = RunId::new();
         store
-            .create_run(&self.new_run(id, wf, source, &ctx))
+            .create_run(&self.new_run(id, wf, source, &ctx).0)
             .await?;
         for e in entries {
             // A step's entries are keyed by its name, then `/` or `#`.

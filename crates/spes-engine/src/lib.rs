@@ -46,6 +46,7 @@ mod pattern;
 pub mod patterns;
 pub mod policy;
 pub mod run;
+pub mod telemetry;
 pub mod tool;
 pub mod view;
 pub mod worker;
@@ -155,6 +156,7 @@ impl Engine {
     pub fn run_settings(&self) -> spes_store::RunSettings {
         spes_store::RunSettings {
             provider: Some(self.default_provider.clone()),
+            ..spes_store::RunSettings::default()
         }
     }
 
@@ -206,9 +208,14 @@ impl Engine {
         journal: Arc<dyn Journal>,
     ) -> Result<RunOutcome, RunError> {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
-        match run::Exec::new(self, ctx, journal, None)
-            .run_workflow(wf)
-            .await
+        let span = telemetry::run_span(&wf.name, None, None);
+        let result = tracing::Instrument::instrument(
+            run::Exec::new(self, ctx, journal, None).run_workflow(wf),
+            span.clone(),
+        )
+        .await;
+        telemetry::done(&span, &result);
+        match result
         {
             Ok(o) => Ok(o),
             Err(run::Stop::Failed(e) | run::Stop::Store(e)) => Err(RunError::Step(e)),

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
+use tracing::Instrument;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use spes_core::answer::{AnswerSchema, Verdict, Violation, check_answer, repair_prompt};
@@ -394,7 +395,12 @@ impl<'e> Exec<'e> {
                 kind,
                 depth,
             });
-            let result = self.step_inner(s, &key, depth).await;
+            let span = crate::telemetry::step_span(kind, &key);
+            let result = self
+                .step_inner(s, &key, depth)
+                .instrument(span.clone())
+                .await;
+            crate::telemetry::done(&span, &result);
             let elapsed = start.elapsed();
             match result {
                 Ok(r) => {
@@ -855,8 +861,25 @@ impl<'e> Exec<'e> {
         }
     }
 
-    /// One model call through the journal.
+    /// One model call through the journal, in its trace span.
     pub(crate) async fn call(
+        &mut self,
+        provider: &Arc<dyn Provider>,
+        req: &ChatRequest,
+        components: Vec<String>,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<ChatResponse, Stop> {
+        let span = crate::telemetry::model_span(provider.as_ref(), req, key);
+        let r = self
+            .call_journaled(provider, req, components, key, loc)
+            .instrument(span.clone())
+            .await;
+        crate::telemetry::model_done(&span, &r);
+        r
+    }
+
+    async fn call_journaled(
         &mut self,
         provider: &Arc<dyn Provider>,
         req: &ChatRequest,
@@ -879,6 +902,7 @@ impl<'e> Exec<'e> {
                 ..
             }) => {
                 self.replayed += 1;
+                crate::telemetry::replayed();
                 if self.changed.is_none() && !recorded.is_empty() && recorded != request_hash(req) {
                     self.changed = Some(key.to_owned());
                 }
@@ -893,6 +917,7 @@ impl<'e> Exec<'e> {
         }
         self.check_control(key, loc).await?;
         let mut cx = CallContext::for_step(crate::policy::provider_key(key));
+        cx.traceparent = crate::telemetry::calling();
         if self.engine.stream_deltas {
             let engine_obs = self.engine.observer.clone();
             let k = key.to_owned();

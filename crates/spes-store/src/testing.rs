@@ -131,6 +131,7 @@ pub fn sample_run() -> crate::NewRun {
         owner: Some("host:42".into()),
         settings: crate::RunSettings {
             provider: Some("openai".into()),
+            trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         },
     }
 }

@@ -118,6 +118,11 @@ pub struct RunSettings {
     /// (`--provider`, `SPES_PROVIDER`, or the project's default then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The W3C `traceparent` of the trace the run was started in, when
+    /// traces were exported then: a resume (any process, any worker)
+    /// continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// A stored run.
