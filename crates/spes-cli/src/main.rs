@@ -222,7 +222,10 @@ fn init_logging(format: LogFormat, _cli: &Cli) -> TelemetryGuard {
         // on a closed stderr (in whatever thread logged).
         .log_internal_errors(false);
     let fmt = match format {
-        LogFormat::Text => fmt.with_ansi(term::color_stderr()).with_filter(filter).boxed(),
+        LogFormat::Text => fmt
+            .with_ansi(term::color_stderr())
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Json => fmt.json().with_ansi(false).with_filter(filter).boxed(),
     };
     #[cfg(feature = "otel")]

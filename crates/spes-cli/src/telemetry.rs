@@ -152,7 +152,9 @@ where
     spes_engine::telemetry::set_capture_content(settings.capture_content);
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(Targets::new().with_target(spes_engine::telemetry::TARGET, tracing::Level::INFO));
+        .with_filter(
+            Targets::new().with_target(spes_engine::telemetry::TARGET, tracing::Level::INFO),
+        );
     Some((
         Box::new(layer),
         Guard {

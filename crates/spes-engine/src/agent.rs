@@ -222,12 +222,8 @@ impl Exec<'_> {
         depth: usize,
         loc: &Loc,
     ) -> Result<(String, bool), Stop> {
-        let span = crate::telemetry::tool_span(
-            &call.name,
-            &call.id,
-            key,
-            &call.arguments.to_string(),
-        );
+        let span =
+            crate::telemetry::tool_span(&call.name, &call.id, key, &call.arguments.to_string());
         let r = tracing::Instrument::instrument(
             self.tool_call_journaled(runner, call, gated, key, depth, loc),
             span.clone(),

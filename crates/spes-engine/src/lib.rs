@@ -215,8 +215,7 @@ impl Engine {
         )
         .await;
         telemetry::done(&span, &result);
-        match result
-        {
+        match result {
             Ok(o) => Ok(o),
             Err(run::Stop::Failed(e) | run::Stop::Store(e)) => Err(RunError::Step(e)),
             Err(run::Stop::Suspended(gates)) => Err(RunError::NeedsStore(format!(

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
-use tracing::Instrument;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use spes_core::answer::{AnswerSchema, Verdict, Violation, check_answer, repair_prompt};
@@ -23,6 +22,7 @@ use spes_core::workflow::{
 };
 use spes_llm::{CallContext, Provider};
 use spes_store::{RunId, RunStatus, RunStore};
+use tracing::Instrument;
 
 use crate::Engine;
 use crate::error::{EngineError, FailureKind};
