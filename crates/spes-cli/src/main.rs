@@ -23,6 +23,8 @@ mod project;
 mod prune;
 mod runs;
 mod serve;
+#[cfg(feature = "otel")]
+mod telemetry;
 mod term;
 mod tools;
 mod worker;
@@ -209,19 +211,58 @@ enum LogFormat {
 }
 
 /// Log lines on stderr: the level from `RUST_LOG` (default `warn`), text or JSON.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr (`RUST_LOG`, `--log-format`) and, when an OTLP endpoint
+/// is configured (feature `otel`), the engine's trace spans exported with
+/// their own filter (so `RUST_LOG` does not silence them). The guard
+/// flushes the exporter when dropped.
+fn init_logging(format: LogFormat, _cli: &Cli) -> TelemetryGuard {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Its own report of a failed write is an `eprintln!`, which panics
         // on a closed stderr (in whatever thread logged).
         .log_internal_errors(false);
-    let _ = match format {
-        LogFormat::Text => builder.with_ansi(term::color_stderr()).try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    let fmt = match format {
+        LogFormat::Text => fmt
+            .with_ansi(term::color_stderr())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt.json().with_ansi(false).with_filter(filter).boxed(),
     };
+    #[cfg(feature = "otel")]
+    {
+        let (explicit, start) = telemetry_start(_cli);
+        let settings = telemetry::Settings::discover(explicit, &start);
+        if let Some((otel, guard)) = telemetry::layer(&settings) {
+            let _ = tracing_subscriber::registry()
+                .with(fmt)
+                .with(otel)
+                .try_init();
+            return guard;
+        }
+    }
+    let _ = tracing_subscriber::registry().with(fmt).try_init();
+    TelemetryGuard::default()
+}
+
+#[cfg(feature = "otel")]
+type TelemetryGuard = telemetry::Guard;
+#[cfg(not(feature = "otel"))]
+type TelemetryGuard = ();
+
+/// Where `[telemetry]` is looked for: `--config`, else the spes.toml found
+/// from the workflow file of `spes run`, else from the working directory.
+#[cfg(feature = "otel")]
+fn telemetry_start(cli: &Cli) -> (Option<&Path>, PathBuf) {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let start = match &cli.command {
+        Command::Run(a) if a.file.as_os_str() != "-" => a.file.clone(),
+        _ => cwd,
+    };
+    (cli.config.as_deref(), start)
 }
 
 #[derive(clap::Args, Debug)]
@@ -443,7 +484,7 @@ fn main() -> ExitCode {
         }
     };
     term::set_color(cli.color);
-    init_logging(cli.log_format);
+    let _telemetry = init_logging(cli.log_format, &cli);
     if cli.events {
         progress::set_events();
     }

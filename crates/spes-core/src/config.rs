@@ -42,6 +42,9 @@ pub struct ConfigSpec {
     /// The response cache for development loops.
     #[serde(default)]
     pub cache: CacheSpec,
+    /// OpenTelemetry traces.
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
 }
 
 /// `[cache]`: answers of temperature-0 model calls served again from the
@@ -69,6 +72,22 @@ impl CacheSpec {
             parse_duration(s).map_err(|e| format!("ttl: {e}"))
         })
     }
+}
+
+/// `[telemetry]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySpec {
+    /// The OTLP/HTTP base URL (`http://127.0.0.1:4318`; spans go to
+    /// `/v1/traces` under it). Unset (and no `OTEL_EXPORTER_OTLP_ENDPOINT`):
+    /// no traces.
+    pub otlp_endpoint: Option<String>,
+    /// Put message content (prompts, answers, tool arguments and results)
+    /// on spans.
+    #[serde(default)]
+    pub capture_content: bool,
+    /// The `service.name` resource attribute (default `spes`).
+    pub service_name: Option<String>,
 }
 
 /// `[mcp.NAME]`: an MCP server, started as a command (stdio) or reached at

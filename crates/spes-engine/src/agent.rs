@@ -209,10 +209,34 @@ impl Exec<'_> {
         ))
     }
 
-    /// One tool call through the journal: (the result text, whether it is
-    /// an error). A tool that fails gives an error result (the model is
-    /// told); only a pause, a cancel or the journal stop the step.
+    /// One tool call through the journal, in its trace span: (the result
+    /// text, whether it is an error). A tool that fails gives an error
+    /// result (the model is told); only a pause, a cancel or the journal
+    /// stop the step.
     async fn tool_call(
+        &mut self,
+        runner: Option<&Runner<'_>>,
+        call: &ToolCall,
+        gated: bool,
+        key: &str,
+        depth: usize,
+        loc: &Loc,
+    ) -> Result<(String, bool), Stop> {
+        let span =
+            crate::telemetry::tool_span(&call.name, &call.id, key, &call.arguments.to_string());
+        let r = tracing::Instrument::instrument(
+            self.tool_call_journaled(runner, call, gated, key, depth, loc),
+            span.clone(),
+        )
+        .await;
+        match &r {
+            Ok((content, is_error)) => crate::telemetry::tool_result(&span, content, *is_error),
+            Err(_) => crate::telemetry::done(&span, &r),
+        }
+        r
+    }
+
+    async fn tool_call_journaled(
         &mut self,
         runner: Option<&Runner<'_>>,
         call: &ToolCall,
@@ -231,6 +255,7 @@ impl Exec<'_> {
                 content, is_error, ..
             }) => {
                 self.replayed += 1;
+                crate::telemetry::replayed();
                 self.engine.emit(&crate::Event::ToolCalled {
                     key: key.to_owned(),
                     tool: call.name.clone(),
@@ -281,6 +306,7 @@ impl Exec<'_> {
             }
         }
         self.check_control(key, loc).await?;
+        let _ = crate::telemetry::calling();
         let (content, is_error) = match runner {
             None => (format!("there is no tool named `{}`", call.name), true),
             Some(Runner::Registered(t)) => match t.call(call.arguments.clone()).await {

@@ -380,6 +380,16 @@ pub struct Replay {
     pub request_changed: Option<String>,
 }
 
+/// The span of an execution of a stored run in this process: a child of
+/// the trace the run was started in, when it stored one.
+pub(crate) fn continued_span(run: &Run, wf: &Workflow) -> tracing::Span {
+    crate::telemetry::run_span(
+        &wf.name,
+        Some(&run.id.to_string()),
+        run.settings.trace_parent.as_deref(),
+    )
+}
+
 impl Engine {
     /// Starts a durable run: records it (status running), then executes.
     pub async fn start(
@@ -389,9 +399,9 @@ impl Engine {
         source: &WorkflowSource,
         inputs: BTreeMap<String, Value>,
     ) -> Result<(RunId, RunEnd), RunError> {
-        let (id, ctx) = self.record_new(&store, wf, source, inputs).await?;
+        let (id, ctx, span) = self.record_new(&store, wf, source, inputs).await?;
         let end = self
-            .execute(store, id, wf, ctx, self.budget_for(wf))
+            .execute(store, id, wf, ctx, self.budget_for(wf), span)
             .await?;
         Ok((id, end))
     }
@@ -404,13 +414,12 @@ impl Engine {
         wf: &Workflow,
         source: &WorkflowSource,
         inputs: BTreeMap<String, Value>,
-    ) -> Result<(RunId, spes_core::template::Context), RunError> {
+    ) -> Result<(RunId, spes_core::template::Context, tracing::Span), RunError> {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
         let id = RunId::new();
-        store
-            .create_run(&self.new_run(id, wf, source, &ctx))
-            .await?;
-        Ok((id, ctx))
+        let (run, span) = self.new_run(id, wf, source, &ctx);
+        store.create_run(&run).await?;
+        Ok((id, ctx, span))
     }
 
     /// Records a run as [`Engine::start`] does (running, owned by this
@@ -439,7 +448,8 @@ impl Engine {
             _ => serde_json::Map::new(),
         };
         let budget = self.run_budget(&store, run, wf).await?;
-        self.execute(store, run.id, wf, ctx, budget).await
+        self.execute(store, run.id, wf, ctx, budget, continued_span(run, wf))
+            .await
     }
 
     /// The budget `run` executes under: the one recorded at its start (a
@@ -482,7 +492,7 @@ impl Engine {
         };
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
         let id = RunId::new();
-        let mut run = self.new_run(id, wf, source, &ctx);
+        let (mut run, _span) = self.new_run(id, wf, source, &ctx);
         run.status = RunStatus::Pending;
         run.owner = None;
         q.create_queued_run(&run).await?;
@@ -490,15 +500,20 @@ impl Engine {
     }
 
     /// A run of `wf` that this process executes at once, pinned to the
-    /// files and settings it starts with.
+    /// files and settings it starts with, and the span of its trace (its
+    /// context stored with the run when traces are exported).
     fn new_run(
         &self,
         id: RunId,
         wf: &Workflow,
         source: &WorkflowSource,
         ctx: &spes_core::template::Context,
-    ) -> NewRun {
-        NewRun {
+    ) -> (NewRun, tracing::Span) {
+        let span = crate::telemetry::run_span(&wf.name, Some(&id.to_string()), None);
+        let mut settings = self.run_settings();
+        settings.trace_parent = crate::telemetry::traceparent(&span);
+        settings.budget = self.budget_for(wf);
+        let run = NewRun {
             id,
             workflow_name: wf.name.clone(),
             workflow_path: source.path.clone(),
@@ -508,11 +523,9 @@ impl Engine {
             inputs: Value::Object(ctx.clone()),
             status: RunStatus::Running,
             owner: Some(this_owner()),
-            settings: spes_store::RunSettings {
-                budget: self.budget_for(wf),
-                ..self.run_settings()
-            },
-        }
+            settings,
+        };
+        (run, span)
     }
 
     /// Whether [`Engine::resume`] would take `run` over now: refused when
@@ -587,7 +600,8 @@ impl Engine {
             _ => serde_json::Map::new(),
         };
         let budget = self.run_budget(&store, run, wf).await?;
-        self.execute(store, run.id, wf, ctx, budget).await
+        self.execute(store, run.id, wf, ctx, budget, continued_span(run, wf))
+            .await
     }
 
     async fn execute(
@@ -597,6 +611,7 @@ impl Engine {
         wf: &Workflow,
         ctx: spes_core::template::Context,
         budget: Option<spes_core::budget::Budget>,
+        span: tracing::Span,
     ) -> Result<RunEnd, RunError> {
         let journal = StoreJournal::open(store.clone(), id)
             .await
@@ -613,7 +628,9 @@ impl Engine {
                 .unwrap_or_default();
             exec.budget = Some(crate::budget::Ledger::local(b, spent));
         }
-        let result = exec.run_workflow(wf).await;
+        let result =
+            tracing::Instrument::instrument(exec.run_workflow(wf), span.clone()).await;
+        crate::telemetry::done(&span, &result);
         let clear_owner = Some(None);
         Ok(match result {
             Ok(outcome) => {
@@ -756,7 +773,7 @@ impl Engine {
         let entries = store.entries(&run.id).await?;
         let id = RunId::new();
         store
-            .create_run(&self.new_run(id, wf, source, &ctx))
+            .create_run(&self.new_run(id, wf, source, &ctx).0)
             .await?;
         for e in entries {
             // A step's entries are keyed by its name, then `/` or `#`.

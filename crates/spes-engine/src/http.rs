@@ -223,8 +223,10 @@ impl Exec<'_> {
         })?;
         let mut req = self.engine.http.client.request(method, url.clone());
         let mut has_idempotency_key = false;
+        let mut has_traceparent = false;
         for (name, value) in &h.headers {
             has_idempotency_key |= name.eq_ignore_ascii_case("idempotency-key");
+            has_traceparent |= name.eq_ignore_ascii_case("traceparent");
             let text = match value {
                 HeaderValue::Template(t) => t
                     .render(&self.ctx, locals)
@@ -261,6 +263,10 @@ impl Exec<'_> {
                 .scope()
                 .map_or_else(|| spes_store::RunId::new().to_string(), |r| r.to_string());
             req = req.header("Idempotency-Key", idempotency_key(&scope, key));
+        }
+        // The trace this request is part of, when traces are exported.
+        if !has_traceparent && let Some(tp) = crate::telemetry::current_traceparent() {
+            req = req.header("traceparent", tp);
         }
         if let Some(b) = &h.body {
             let body = b

@@ -47,6 +47,7 @@ mod pattern;
 pub mod patterns;
 pub mod policy;
 pub mod run;
+pub mod telemetry;
 pub mod tool;
 pub mod view;
 pub mod worker;
@@ -176,7 +177,7 @@ impl Engine {
     pub fn run_settings(&self) -> spes_store::RunSettings {
         spes_store::RunSettings {
             provider: Some(self.default_provider.clone()),
-            budget: None,
+            ..spes_store::RunSettings::default()
         }
     }
 
@@ -250,7 +251,10 @@ impl Engine {
         exec.budget = self
             .budget_for(wf)
             .map(|b| budget::Ledger::local(b, spes_core::budget::Spend::default()));
-        match exec.run_workflow(wf).await {
+        let span = telemetry::run_span(&wf.name, None, None);
+        let result = tracing::Instrument::instrument(exec.run_workflow(wf), span.clone()).await;
+        telemetry::done(&span, &result);
+        match result {
             Ok(o) => Ok(o),
             Err(run::Stop::Failed(e) | run::Stop::Store(e) | run::Stop::Budget(e)) => {
                 Err(RunError::Step(e))

@@ -22,6 +22,7 @@ use spes_core::workflow::{
 };
 use spes_llm::{CallContext, Provider};
 use spes_store::{RunId, RunStatus, RunStore};
+use tracing::Instrument;
 
 use crate::Engine;
 use crate::error::{EngineError, FailureKind};
@@ -434,7 +435,12 @@ impl<'e> Exec<'e> {
                 kind,
                 depth,
             });
-            let result = self.step_inner(s, &key, depth).await;
+            let span = crate::telemetry::step_span(kind, &key);
+            let result = self
+                .step_inner(s, &key, depth)
+                .instrument(span.clone())
+                .await;
+            crate::telemetry::done(&span, &result);
             let elapsed = start.elapsed();
             match result {
                 Ok(r) => {
@@ -897,8 +903,25 @@ impl<'e> Exec<'e> {
         }
     }
 
-    /// One model call through the journal.
+    /// One model call through the journal, in its trace span.
     pub(crate) async fn call(
+        &mut self,
+        provider: &Arc<dyn Provider>,
+        req: &ChatRequest,
+        components: Vec<String>,
+        key: &str,
+        loc: &Loc,
+    ) -> Result<ChatResponse, Stop> {
+        let span = crate::telemetry::model_span(provider.as_ref(), req, key);
+        let r = self
+            .call_journaled(provider, req, components, key, loc)
+            .instrument(span.clone())
+            .await;
+        crate::telemetry::model_done(&span, &r);
+        r
+    }
+
+    async fn call_journaled(
         &mut self,
         provider: &Arc<dyn Provider>,
         req: &ChatRequest,
@@ -921,6 +944,7 @@ impl<'e> Exec<'e> {
                 ..
             }) => {
                 self.replayed += 1;
+                crate::telemetry::replayed();
                 if self.changed.is_none() && !recorded.is_empty() && recorded != request_hash(req) {
                     self.changed = Some(key.to_owned());
                 }
@@ -935,6 +959,7 @@ impl<'e> Exec<'e> {
         }
         self.check_control(key, loc).await?;
         let mut cx = CallContext::for_step(crate::policy::provider_key(key));
+        cx.traceparent = crate::telemetry::calling();
         if self.engine.stream_deltas {
             let engine_obs = self.engine.observer.clone();
             let k = key.to_owned();

@@ -655,7 +655,9 @@ impl Worker {
             poll: self.opts.poll.min(Duration::from_millis(100)),
         }));
         exec.budget = self.ledger(&run, &wf);
-        let result = exec.run_workflow(&wf).await;
+        let span = crate::durable::continued_span(&run, &wf);
+        let result = tracing::Instrument::instrument(exec.run_workflow(&wf), span.clone()).await;
+        crate::telemetry::done(&span, &result);
         let (event, patch) = match result {
             // The store did not commit: give the task back (the journal
             // answers what was committed when it is taken again).
@@ -844,9 +846,17 @@ impl Worker {
             Some(self.control(run.id, status, claimed_at)),
         );
         exec.budget = self.ledger(&run, &wf);
-        let r = exec
-            .run_item(m, &p.map, p.index, p.item, p.depth, loc)
-            .await;
+        let span = crate::telemetry::item_span(
+            &run.id.to_string(),
+            &task.key,
+            run.settings.trace_parent.as_deref(),
+        );
+        let r = tracing::Instrument::instrument(
+            exec.run_item(m, &p.map, p.index, p.item, p.depth, loc),
+            span.clone(),
+        )
+        .await;
+        crate::telemetry::done(&span, &r);
         match r {
             Ok(v) => {
                 let payload = serde_json::to_value(Effect::Item {

@@ -800,12 +800,21 @@ pub(crate) struct Sent {
     pub(crate) is_sse: bool,
 }
 
-/// Adds the `x-spes-step` header when the provider is configured to send it.
+/// Adds the `x-spes-step` header when the provider is configured to send
+/// it, and the W3C `traceparent` header when the call is traced.
 pub(crate) fn with_step_header(
     rb: RequestBuilder,
     cfg: &HttpProviderConfig,
     cx: &CallContext,
 ) -> RequestBuilder {
+    let rb = match cx
+        .traceparent
+        .as_deref()
+        .map(reqwest::header::HeaderValue::from_str)
+    {
+        Some(Ok(v)) => rb.header("traceparent", v),
+        _ => rb,
+    };
     match reqwest::header::HeaderValue::from_str(&cx.step_key) {
         Ok(v) if cfg.step_header => rb.header("x-spes-step", v),
         _ => rb,

@@ -19,6 +19,9 @@ pub struct CallContext {
     pub step_key: String,
     /// Receives streamed text, when the provider streams.
     pub on_delta: Option<DeltaSink>,
+    /// The W3C `traceparent` header value for the request, when the caller
+    /// traces it (HTTP providers send it as the `traceparent` header).
+    pub traceparent: Option<String>,
 }
 
 impl fmt::Debug for CallContext {
@@ -26,6 +29,7 @@ impl fmt::Debug for CallContext {
         f.debug_struct("CallContext")
             .field("step_key", &self.step_key)
             .field("on_delta", &self.on_delta.is_some())
+            .field("traceparent", &self.traceparent)
             .finish()
     }
 }
@@ -37,6 +41,7 @@ impl CallContext {
         Self {
             step_key: key.into(),
             on_delta: None,
+            traceparent: None,
         }
     }
 }

@@ -191,6 +191,7 @@ fn spes(threads: u32) -> Figures {
                         *g = Some(started.elapsed());
                     }
                 })),
+                ..CallContext::default()
             };
             let r = p.complete(&req, &cx).await.unwrap();
             f.tn = f.tn.min(started.elapsed());

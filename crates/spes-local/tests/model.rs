@@ -78,6 +78,7 @@ async fn streams_deltas_that_join_into_the_answer() {
         on_delta: Some(Arc::new(move |d: &str| {
             sink.lock().unwrap().push(d.to_owned())
         })),
+        ..CallContext::default()
     };
     let r = p
         .complete(&request("Say hello to the world.", 20), &cx)
@@ -108,6 +109,7 @@ async fn a_stop_sequence_ends_the_answer_before_it() {
     let cx = CallContext {
         step_key: "b".into(),
         on_delta: Some(Arc::new(move |d: &str| sink.lock().unwrap().push_str(d))),
+        ..CallContext::default()
     };
     let r = p.complete(&with_stop, &cx).await.unwrap();
     assert_eq!(
@@ -313,6 +315,7 @@ async fn a_request_avoiding_its_answer_gets_another_within_the_grammar() {
             on_delta: Some(Arc::new(move |d: &str| {
                 sink.lock().unwrap().push(d.to_owned())
             })),
+            ..CallContext::default()
         };
         let second = p.complete(&req, &cx).await.unwrap();
         let b = label(&second.text);

@@ -135,6 +135,7 @@ pub fn sample_run() -> crate::NewRun {
                 cost: Some(2.5),
                 ..Default::default()
             }),
+            trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         },
     }
 }

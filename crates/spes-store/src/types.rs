@@ -123,6 +123,11 @@ pub struct RunSettings {
     /// `spes resume --budget`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<spes_core::budget::Budget>,
+    /// The W3C `traceparent` of the trace the run was started in, when
+    /// traces were exported then: a resume (any process, any worker)
+    /// continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// A stored run.

@@ -1,0 +1,331 @@
+//! `cargo bench -p spes-cli --bench otel`: what OpenTelemetry tracing costs.
+//!
+//! 1. Tracing off (no subscriber, as `spes` runs without an endpoint): the
+//!    telemetry work of one llm step (its spans disabled at the call site),
+//!    and a 10-step chain's time per step on the scripted provider.
+//! 2. Tracing on, in one process: a 10-step chain over HTTP against the
+//!    in-project fake server, its spans exported over OTLP/HTTP (protobuf,
+//!    batched) to a loopback receiver, against the same chain with tracing
+//!    off, rounds alternating (the exporter is set up as `spes` sets it up:
+//!    `spes_cli::telemetry`, repeated here since a binary crate exports
+//!    nothing).
+//! 3. Whole `spes run` processes of the chain against the fake server,
+//!    without and with `OTEL_EXPORTER_OTLP_ENDPOINT` (set-up, the export and
+//!    the flush at exit included).
+//!
+//! Prints figures; asserts only that spans arrived when tracing is on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use prost::Message as _;
+use spes_core::component::ComponentRegistry;
+use spes_core::message::{ChatRequest, ChatResponse, StopReason, Usage};
+use spes_core::workflow::{ValidateEnv, Workflow, parse_workflow, validate};
+use spes_engine::Engine;
+use spes_fake_llm::{FakeResponse, FakeServer};
+use spes_llm::Provider;
+use spes_llm::http::HttpProviderConfig;
+use spes_llm::openai::OpenAiProvider;
+use spes_llm::scripted::{Answer, Rule, ScriptedProvider};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+const STEPS: usize = 10;
+
+fn chain() -> (Workflow, String) {
+    let mut yaml =
+        String::from("name: chain10\ninputs:\n  topic: { type: string, default: rust }\nsteps:\n");
+    for i in 1..=STEPS {
+        let prev = if i == 1 {
+            "topic".to_owned()
+        } else {
+            format!("s{}", i - 1)
+        };
+        yaml.push_str(&format!(
+            "  - {{ name: s{i}, kind: llm, prompt: \"Step {i}: continue from {{{{ {prev} }}}}\", max_tokens: 64, output: s{i} }}\n"
+        ));
+    }
+    let spec = parse_workflow("chain.yaml", &yaml).unwrap();
+    let reg = ComponentRegistry::from_components(vec![]);
+    let env = ValidateEnv {
+        components: &reg,
+        providers: None,
+    };
+    (validate(spec, "chain.yaml", &yaml, &env).unwrap().0, yaml)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn run_chain(engine: &Engine, wf: &Workflow) {
+    let out = engine.run(wf, BTreeMap::new()).await.unwrap();
+    assert_eq!(out.model_calls, STEPS as u64);
+}
+
+/// A loopback OTLP/HTTP receiver counting the spans it decodes.
+async fn receiver() -> (String, Arc<AtomicUsize>) {
+    let spans = Arc::new(AtomicUsize::new(0));
+    let counted = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let counted = counted.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).unwrap();
+                let n: usize = req
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|s| s.spans.len())
+                    .sum();
+                counted.fetch_add(n, Ordering::SeqCst);
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, spans)
+}
+
+#[derive(Debug)]
+struct OnRuntime {
+    client: reqwest::Client,
+    rt: tokio::runtime::Handle,
+}
+
+#[async_trait]
+impl HttpClient for OnRuntime {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        self.rt
+            .spawn(async move { client.send_bytes(request).await })
+            .await?
+    }
+}
+
+/// The exporter as `spes` builds it (batched OTLP/HTTP protobuf, requests
+/// on a one-thread runtime of its own) and a subscriber with its layer.
+fn exporting(
+    base: &str,
+    export_rt: &tokio::runtime::Runtime,
+) -> (SdkTracerProvider, tracing::Dispatch) {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{base}/v1/traces"))
+        .with_http_client(OnRuntime {
+            client: reqwest::Client::new(),
+            rt: export_rt.handle().clone(),
+        })
+        .build()
+        .unwrap();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("spes"))
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(spes_engine::telemetry::TARGET, tracing::Level::INFO),
+        );
+    let subscriber = tracing_subscriber::registry().with(layer);
+    (provider, tracing::Dispatch::new(subscriber))
+}
+
+fn main() {
+    let (wf, chain_yaml) = chain();
+
+    // 1. Tracing off: no subscriber in this process yet.
+    let scripted = Arc::new(ScriptedProvider::new(
+        "bench",
+        vec![Rule::default(Answer::Reply("ok".into()))],
+    ));
+    let req = ChatRequest::user("Step 3: continue from ok");
+    let answer = ChatResponse {
+        text: "ok".into(),
+        stop_reason: StopReason::EndTurn,
+        usage: Usage {
+            input_tokens: 5,
+            output_tokens: 1,
+            ..Usage::default()
+        },
+        model: Some("m".into()),
+        request_id: None,
+        latency_ms: 0,
+        tool_calls: Vec::new(),
+    };
+    let n = 200_000u32;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(spes_engine::telemetry::one_step_hooks(
+            scripted.as_ref(),
+            &req,
+            answer.clone(),
+        ));
+    }
+    let hooks_off = t.elapsed() / n;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(answer.clone());
+    }
+    let clone_only = t.elapsed() / n;
+    println!(
+        "tracing off: the telemetry work of one llm step: {:.3} µs per step ({} ns; a bare clone of the answer it takes: {} ns)  (target < 20 µs)",
+        us(hooks_off.saturating_sub(clone_only)),
+        hooks_off.saturating_sub(clone_only).as_nanos(),
+        clone_only.as_nanos()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = Engine::builder().provider(scripted.clone()).build();
+    let runs = 3000;
+    let mut per_run = Vec::new();
+    rt.block_on(async {
+        for _ in 0..300 {
+            run_chain(&engine, &wf).await;
+        }
+        for _ in 0..runs {
+            let t = Instant::now();
+            run_chain(&engine, &wf).await;
+            per_run.push(t.elapsed());
+        }
+    });
+    println!(
+        "tracing off: chain10 on the scripted provider: {:.1} µs per whole step (median of {runs} runs; engine and provider included)",
+        us(median(per_run) / STEPS as u32)
+    );
+
+    // 2. In one process, over HTTP: off vs on, alternating rounds.
+    let export_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (url, exported) = export_rt.block_on(receiver());
+    let (provider_otel, dispatch) = exporting(&url, &export_rt);
+    let server = rt.block_on(FakeServer::start()).unwrap();
+    server.set_default(FakeResponse::text("ok").with_usage(5, 1));
+    let cfg = HttpProviderConfig::new("fake")
+        .with_base_url(server.openai_base_url())
+        .with_model("fake-model");
+    let http: Arc<dyn Provider> = Arc::new(OpenAiProvider::new(cfg).unwrap());
+    let engine = Engine::builder().provider(http).build();
+    let none = tracing::Dispatch::none();
+    let round = |d: &tracing::Dispatch| -> Duration {
+        tracing::dispatcher::with_default(d, || {
+            rt.block_on(async {
+                server.reset();
+                server.set_default(FakeResponse::text("ok").with_usage(5, 1));
+                let t = Instant::now();
+                run_chain(&engine, &wf).await;
+                t.elapsed()
+            })
+        })
+    };
+    for _ in 0..50 {
+        round(&none);
+        round(&dispatch);
+    }
+    let rounds = 400;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        off.push(round(&none));
+        on.push(round(&dispatch));
+    }
+    provider_otel.force_flush().unwrap();
+    let spans = exported.load(Ordering::SeqCst);
+    // Per chain: the run, 10 steps, 10 model calls.
+    assert!(
+        spans >= (rounds + 50) * (1 + 2 * STEPS),
+        "only {spans} spans arrived"
+    );
+    let (off, on) = (median(off), median(on));
+    println!(
+        "chain10/http in one process: tracing off {:.0} µs, on (OTLP/HTTP to loopback) {:.0} µs per chain (median of {rounds}); {:+.1}% wall time, {:+.1} µs per step  (target < 5%); {spans} spans exported",
+        us(off),
+        us(on),
+        (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0,
+        (us(on) - us(off)) / STEPS as f64
+    );
+    let _ = provider_otel.shutdown();
+
+    // 3. Whole processes.
+    let bin = env!("CARGO_BIN_EXE_spes");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("chain.yaml"), &chain_yaml).unwrap();
+    // The fake server and the receiver keep serving on their runtimes'
+    // threads while the processes run (the current-thread runtime serves
+    // only inside block_on).
+    let serve_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = serve_rt.block_on(FakeServer::start()).unwrap();
+    server.set_default(FakeResponse::text("ok").with_usage(5, 1));
+    std::fs::write(
+        dir.path().join("spes.toml"),
+        format!(
+            "[defaults]\nprovider = \"f\"\n[providers.f]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n",
+            server.openai_base_url()
+        ),
+    )
+    .unwrap();
+    let before = exported.load(Ordering::SeqCst);
+    let spes = |traced: bool| -> Duration {
+        let mut cmd = Command::new(bin);
+        cmd.current_dir(dir.path())
+            .args(["run", "chain.yaml", "--quiet", "--no-store"])
+            .env("OPENAI_API_KEY", "sk-bench")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if traced {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &url);
+        }
+        let t = Instant::now();
+        let s = cmd.output().unwrap();
+        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+        t.elapsed()
+    };
+    for _ in 0..5 {
+        spes(false);
+        spes(true);
+    }
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..40 {
+        server.reset();
+        off.push(spes(false));
+        on.push(spes(true));
+    }
+    let spans = exported.load(Ordering::SeqCst) - before;
+    assert!(spans >= 45 * (1 + 2 * STEPS), "only {spans} spans arrived");
+    let (off, on) = (median(off), median(on));
+    println!(
+        "spes run chain10 --no-store against the fake server (whole process): tracing off {:.2} ms, on {:.2} ms (median of 40); {:+.1}% wall time",
+        off.as_secs_f64() * 1e3,
+        on.as_secs_f64() * 1e3,
+        (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0
+    );
+}

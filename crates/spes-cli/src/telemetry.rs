@@ -1,0 +1,165 @@
+//! OpenTelemetry traces: the engine's spans (target `spes::otel`) exported
+//! over OTLP/HTTP (protobuf) when an endpoint is configured
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, else `[telemetry] otlp_endpoint`).
+//!
+//! The exporter runs on a batch thread of its own; its HTTP requests run on
+//! a one-thread tokio runtime owned here, so that exports neither need nor
+//! depend on the runtime a command runs on. [`Guard`] flushes and shuts the
+//! exporter down when dropped (the end of `main`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use spes_core::config::TelemetrySpec;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+
+use crate::project::Project;
+
+/// The environment variable naming the OTLP/HTTP base URL.
+const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The environment variable that turns message content on (`true`) or off.
+const CAPTURE_VAR: &str = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT";
+
+/// What to export, from the environment and spes.toml.
+#[derive(Debug, Default)]
+pub(crate) struct Settings {
+    endpoint: Option<String>,
+    capture_content: bool,
+    service_name: Option<String>,
+}
+
+impl Settings {
+    /// The environment first, then `[telemetry]` of the spes.toml found
+    /// from `start` (or `explicit`). A spes.toml that does not load counts
+    /// as none here (the command itself reports it).
+    pub(crate) fn discover(explicit: Option<&Path>, start: &Path) -> Self {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let spec: TelemetrySpec = Project::discover(explicit, start)
+            .map(|p| p.config.telemetry)
+            .unwrap_or_default();
+        let env_capture = env(CAPTURE_VAR);
+        Self {
+            endpoint: env(ENDPOINT_VAR).or(spec.otlp_endpoint),
+            capture_content: env_capture.map_or(spec.capture_content, |v| {
+                v.trim().eq_ignore_ascii_case("true")
+            }),
+            service_name: spec.service_name,
+        }
+    }
+}
+
+/// Keeps the exporter alive; dropping it exports what is left and stops it.
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
+    provider: Option<SdkTracerProvider>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown_with_timeout(Duration::from_secs(5));
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The HTTP client of the exporter: the workspace's async reqwest client,
+/// its requests run on the exporter's own runtime (the batch thread that
+/// awaits them is not a tokio thread).
+#[derive(Debug)]
+struct OnRuntime {
+    client: reqwest::Client,
+    rt: tokio::runtime::Handle,
+}
+
+#[async_trait]
+impl HttpClient for OnRuntime {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        self.rt
+            .spawn(async move { client.send_bytes(request).await })
+            .await?
+    }
+}
+
+/// The tracing layer exporting the engine's spans, and its guard; `None`
+/// when no endpoint is configured (nothing is set up: no thread, no runtime).
+pub(crate) fn layer<S>(settings: &Settings) -> Option<(Box<dyn Layer<S> + Send + Sync>, Guard)>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+{
+    let base = settings.endpoint.as_deref()?;
+    let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("spes-otlp")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warning: traces are not exported: {e}");
+            return None;
+        }
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warning: traces are not exported: {e}");
+            return None;
+        }
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(endpoint.clone())
+        .with_http_client(OnRuntime {
+            client,
+            rt: rt.handle().clone(),
+        })
+        .build();
+    let exporter = match exporter {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("warning: traces are not exported to {endpoint}: {e}");
+            return None;
+        }
+    };
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource =
+            resource.with_service_name(settings.service_name.clone().unwrap_or("spes".into()));
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    let tracer = provider.tracer("spes");
+    spes_engine::telemetry::set_capture_content(settings.capture_content);
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(
+            Targets::new().with_target(spes_engine::telemetry::TARGET, tracing::Level::INFO),
+        );
+    Some((
+        Box::new(layer),
+        Guard {
+            provider: Some(provider),
+            rt: Some(rt),
+        },
+    ))
+}
