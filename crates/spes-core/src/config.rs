@@ -735,8 +735,8 @@ mod tests {
             );
             assert_eq!(d.line_col, Some((3, field.len() + 4)), "{d}");
         }
-        let d = parse_config("spes.toml", "[providers.a]\nkind = \"openai\"\nrpm = -1\n")
-            .unwrap_err();
+        let d =
+            parse_config("spes.toml", "[providers.a]\nkind = \"openai\"\nrpm = -1\n").unwrap_err();
         assert_eq!(d.code, "spes::config::syntax", "{d}");
     }
 

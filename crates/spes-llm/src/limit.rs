@@ -405,7 +405,10 @@ mod tests {
         let p = LimitedProvider::wrap(gauge.clone(), limits, None);
         let calls = (0..50).map(|_| {
             let p = p.clone();
-            async move { p.complete(&req("hi", Some(1)), &CallContext::default()).await }
+            async move {
+                p.complete(&req("hi", Some(1)), &CallContext::default())
+                    .await
+            }
         });
         for r in futures::future::join_all(calls).await {
             r.unwrap();
