@@ -754,6 +754,8 @@ impl Engine {
             http: self.http.clone(),
             tools: self.tools.clone(),
             tool_sources: self.tool_sources.clone(),
+            // A preview: its walk is not counted.
+            metrics: crate::metrics::Metrics::new(),
         };
         // Goes as far as the journal does; where it ends is not an error here.
         let _ = replay_with(&engine, &store, run, wf).await?;

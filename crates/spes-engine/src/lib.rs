@@ -40,6 +40,7 @@ pub mod gate;
 pub mod http;
 pub mod journal;
 pub mod mcp;
+pub mod metrics;
 pub mod ops;
 mod orchestration;
 mod pattern;
@@ -81,6 +82,7 @@ pub struct Engine {
     pub(crate) http: http::HttpSettings,
     pub(crate) tools: BTreeMap<String, Arc<dyn tool::Tool>>,
     pub(crate) tool_sources: Vec<Arc<dyn tool::ToolSource>>,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -106,7 +108,14 @@ impl Engine {
     }
 
     pub(crate) fn emit(&self, e: &Event) {
+        self.metrics.on_event(e);
         self.observer.on_event(e);
+    }
+
+    /// The metrics this engine feeds.
+    #[must_use]
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     /// This engine reporting its progress to `o` instead, streamed answer
@@ -182,6 +191,7 @@ impl Engine {
             http: self.http.clone(),
             tools: self.tools.clone(),
             tool_sources: self.tool_sources.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -260,6 +270,7 @@ pub struct EngineBuilder {
     http_allow_hosts: Option<Vec<String>>,
     tools: BTreeMap<String, Arc<dyn tool::Tool>>,
     tool_sources: Vec<Arc<dyn tool::ToolSource>>,
+    metrics: Option<metrics::Metrics>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -370,9 +381,20 @@ impl EngineBuilder {
         self
     }
 
+    /// The metrics registry the engine feeds (default: the process's,
+    /// [`metrics::Metrics::global`]).
+    #[must_use]
+    pub fn metrics(mut self, m: metrics::Metrics) -> Self {
+        self.metrics = Some(m);
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
+        let metrics = self
+            .metrics
+            .unwrap_or_else(|| metrics::Metrics::global().clone());
         Engine {
             providers: self.providers,
             default_provider: self.default_provider.unwrap_or_else(|| "local".into()),
@@ -384,7 +406,7 @@ impl EngineBuilder {
             clock: self
                 .clock
                 .unwrap_or_else(|| Arc::new(|| chrono::Utc::now().timestamp_millis())),
-            breakers: policy::Breakers::default(),
+            breakers: policy::Breakers::observed(metrics.clone()),
             retry_defaults: self.retry_defaults,
             default_repair: self
                 .default_repair
@@ -392,6 +414,7 @@ impl EngineBuilder {
             http: http::HttpSettings::new(self.http_allow_hosts),
             tools: self.tools,
             tool_sources: self.tool_sources,
+            metrics,
         }
     }
 }

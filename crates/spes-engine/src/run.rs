@@ -909,7 +909,10 @@ impl<'e> Exec<'e> {
             .breakers
             .rate_limit_wait(provider.name(), (self.engine.clock)())
             .await;
-        let response = match provider.complete(req, &cx).await {
+        let response = match (self.engine.metrics)
+            .model_call(provider.as_ref(), req, provider.complete(req, &cx))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 if e.kind == spes_llm::ProviderErrorKind::RateLimited

@@ -294,6 +294,7 @@ impl Worker {
                 {
                     Ok(got) => {
                         claimed += got.len();
+                        self.engine.metrics.claimed(kind.as_str(), got.len());
                         for t in got {
                             self.start(&mut tasks, t, claimed_at);
                         }
@@ -488,6 +489,7 @@ impl Worker {
                         if let Some((l, handle)) = gone {
                             handle.abort();
                             self.lost.fetch_add(1, Ordering::SeqCst);
+                            self.engine.metrics.lease_lost();
                             self.log(&format!(
                                 "lease lost on task {} (epoch {}); task stopped",
                                 l.task, l.epoch
@@ -511,6 +513,7 @@ impl Worker {
             Ok(()) => {}
             Err(Leave::Fenced) => {
                 self.lost.fetch_add(1, Ordering::SeqCst);
+                self.engine.metrics.lease_lost();
                 self.log(&format!(
                     "task {} fenced (epoch {}): its late write changed nothing; task stopped",
                     lease.task, lease.epoch
