@@ -175,6 +175,7 @@ async fn every_route_answers_each_role_as_its_role_allows() {
     for path in [
         "/healthz",
         "/readyz",
+        "/metrics",
         "/",
         "/assets/app.js",
         "/assets/app.css",
@@ -683,6 +684,7 @@ async fn the_canary_key_and_the_tokens_never_appear_in_any_answer_or_log() {
         "/v1/nowhere".into(),
         "/healthz".into(),
         "/readyz".into(),
+        "/metrics".into(),
     ] {
         bodies.push(s.get(&path, VIEWER).await.text);
         bodies.push(s.call("GET", &path, Some(CANARY), None).await.text);
@@ -820,6 +822,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
     for (path, method) in [
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/metrics", "get"),
         ("/v1/openapi.json", "get"),
         ("/v1/runs", "get"),
         ("/v1/runs", "post"),
@@ -846,7 +849,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
             "{method} {path} missing"
         );
     }
-    assert_eq!(paths.len(), 19);
+    assert_eq!(paths.len(), 20);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "RunShow",
