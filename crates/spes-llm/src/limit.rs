@@ -105,6 +105,9 @@ async fn take(b: &Bucket, n: NonZeroU32, burst: NonZeroU32) -> Duration {
     }
 }
 
+/// Every provider's limiter in this process, by name and limits.
+type Limiters = HashMap<(String, RateLimits), Arc<Limiter>>;
+
 /// The limits of one provider in this process: see the [module docs](self).
 pub struct Limiter {
     limits: RateLimits,
@@ -148,7 +151,7 @@ impl Limiter {
     /// new one).
     #[must_use]
     pub fn shared(name: &str, limits: RateLimits) -> Arc<Self> {
-        static ALL: OnceLock<Mutex<HashMap<(String, RateLimits), Arc<Limiter>>>> = OnceLock::new();
+        static ALL: OnceLock<Mutex<Limiters>> = OnceLock::new();
         let all = ALL.get_or_init(Mutex::default);
         match all.lock() {
             Ok(mut m) => m
@@ -171,16 +174,13 @@ impl Limiter {
         let start = tokio::time::Instant::now();
         let mut waited_for = Vec::new();
         let permit = match &self.slots {
-            Some(s) => {
-                let p = match s.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        waited_for.push("max_concurrency");
-                        s.clone().acquire_owned().await.ok()
-                    }
-                };
-                p
-            }
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    waited_for.push("max_concurrency");
+                    s.clone().acquire_owned().await.ok()
+                }
+            },
             None => None,
         };
         if let (Some(b), Some(rpm)) = (&self.requests, self.limits.rpm)
