@@ -1717,11 +1717,11 @@ fn scrape(text: &str) -> Vec<(String, std::collections::HashMap<String, String>,
     s.samples
         .into_iter()
         .filter_map(|x| {
-            let v = match x.value {
-                prometheus_parse::Value::Counter(n)
-                | prometheus_parse::Value::Gauge(n)
-                | prometheus_parse::Value::Untyped(n) => n,
-                _ => return None,
+            let (prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v)) = x.value
+            else {
+                return None;
             };
             Some((x.metric, (*x.labels).clone(), v))
         })

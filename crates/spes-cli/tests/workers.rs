@@ -938,7 +938,7 @@ async fn a_worker_serves_metrics_of_what_it_executed() {
         "name: three\nsteps:\n  - { name: a, kind: llm, prompt: one, output: a }\n  - { name: b, kind: llm, prompt: \"two {{ a }}\", output: b }\n  - { name: c, kind: llm, prompt: \"three {{ b }}\", output: c }\n",
     );
     let log = std::fs::File::create(dir.root.join("worker.log")).unwrap();
-    let worker = dir
+    let mut worker = dir
         .command(&[
             "worker",
             "--store",
@@ -977,7 +977,7 @@ async fn a_worker_serves_metrics_of_what_it_executed() {
                 x.metric == metric
                     && labels
                         .iter()
-                        .all(|(k, v)| x.labels.get(*k).is_some_and(|h| h == *v))
+                        .all(|(k, v)| x.labels.get(k).is_some_and(|h| h == *v))
             })
             .unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{text}"));
         match x.value {
@@ -1002,4 +1002,6 @@ async fn a_worker_serves_metrics_of_what_it_executed() {
     assert_eq!(value("spes_queue_tasks", &[("state", "ready")]), 0.0);
     assert_eq!(value("spes_queue_tasks", &[("state", "claimed")]), 0.0);
     signal(worker.id(), "TERM");
+    let exit = worker.wait().unwrap();
+    assert!(exit.success(), "{exit:?}: {}", dir.log());
 }
