@@ -429,6 +429,62 @@ mod tests {
         assert_eq!(most_in_flight(RateLimits::default()).await, 50);
     }
 
+    /// Collects what a `tracing` subscriber writes.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_waits_logs_one_spes_provider_event() {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _guard = tracing::subscriber::set_default(sub);
+        let l = Limiter::new(RateLimits {
+            max_concurrency: nz(1),
+            rpm: nz(60),
+            ..RateLimits::default()
+        });
+        let first = l.admit("p", 1).await;
+        assert!(first.waited.is_zero());
+        // The second waits for the slot (released after 500 ms), not for
+        // rpm (its bucket holds 60).
+        let second = async {
+            let a = l.admit("p", 1).await;
+            assert!(a.waited >= Duration::from_millis(500), "{:?}", a.waited);
+        };
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(first);
+        };
+        tokio::join!(second, release);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("spes::provider"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(
+            lines[0].contains("call waited for the provider's rate limits"),
+            "{text}"
+        );
+        assert!(lines[0].contains("limits=\"max_concurrency\""), "{text}");
+        assert!(lines[0].contains("waited_ms=500"), "{text}");
+    }
+
     #[test]
     fn one_limiter_per_provider_and_limits_in_a_process() {
         let a = RateLimits {
