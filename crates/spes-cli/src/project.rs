@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use spes_core::Diagnostics;
 use spes_core::component::ComponentRegistry;
-use spes_core::config::{ConfigSpec, ProviderKind, ProviderSpec, parse_config};
+#[cfg(feature = "local")]
+use spes_core::config::ProviderSpec;
+use spes_core::config::{ConfigSpec, ProviderKind, parse_config};
 use spes_llm::Provider;
 
 use crate::Failure;

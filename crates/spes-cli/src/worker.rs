@@ -30,6 +30,10 @@ pub(crate) struct WorkerArgs {
     /// This worker's id in the store (default host:pid:random).
     #[arg(long)]
     id: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (no token needed;
+    /// port 0 picks a free one, printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Loads a run's workflow from its file on this machine; refuses a file
@@ -155,6 +159,22 @@ pub(crate) async fn worker(
         config: config.map(Path::to_path_buf),
         cache: std::sync::Mutex::default(),
     });
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
+            let app = spes_server::metrics::router(engine.metrics().clone(), store.clone());
+            say!("{} worker: metrics at http://{bound}/metrics", now());
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }))
+        }
+        None => None,
+    };
     let worker = Worker::new(engine, store.clone(), loader, opts)?;
     say!(
         "{} worker {id}: taking work from {} (concurrency {}, lease {}s)",
@@ -164,6 +184,9 @@ pub(crate) async fn worker(
         args.lease
     );
     let stats = worker.run(shutdown()).await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     say!(
         "{} worker {id}: stopped; {} runs, {} items done, {} leases lost, {} tasks given back",
         now(),

@@ -175,6 +175,7 @@ async fn every_route_answers_each_role_as_its_role_allows() {
     for path in [
         "/healthz",
         "/readyz",
+        "/metrics",
         "/",
         "/assets/app.js",
         "/assets/app.css",
@@ -683,6 +684,7 @@ async fn the_canary_key_and_the_tokens_never_appear_in_any_answer_or_log() {
         "/v1/nowhere".into(),
         "/healthz".into(),
         "/readyz".into(),
+        "/metrics".into(),
     ] {
         bodies.push(s.get(&path, VIEWER).await.text);
         bodies.push(s.call("GET", &path, Some(CANARY), None).await.text);
@@ -820,6 +822,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
     for (path, method) in [
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/metrics", "get"),
         ("/v1/openapi.json", "get"),
         ("/v1/runs", "get"),
         ("/v1/runs", "post"),
@@ -846,7 +849,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
             "{method} {path} missing"
         );
     }
-    assert_eq!(paths.len(), 19);
+    assert_eq!(paths.len(), 20);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "RunShow",
@@ -1705,4 +1708,94 @@ async fn a_tool_call_rejected_over_the_api_never_runs() {
         0,
         "the rejected call never ran"
     );
+}
+
+/// The samples of a `/metrics` answer, parsed with a Prometheus text
+/// parser: (metric, labels, value).
+fn scrape(text: &str) -> Vec<(String, std::collections::HashMap<String, String>, f64)> {
+    let s = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    s.samples
+        .into_iter()
+        .filter_map(|x| {
+            let (prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v)) = x.value
+            else {
+                return None;
+            };
+            Some((x.metric, (*x.labels).clone(), v))
+        })
+        .collect()
+}
+
+/// The value of `metric` with labels including `labels`.
+fn metric(
+    samples: &[(String, std::collections::HashMap<String, String>, f64)],
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    samples
+        .iter()
+        .find(|(m, l, _)| {
+            m == metric
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).is_some_and(|h| h == v))
+        })
+        .map(|(_, _, v)| *v)
+        .unwrap_or_else(|| panic!("no {metric} {labels:?}"))
+}
+
+/// `GET /metrics` needs no token (like /healthz) and shows a finished run
+/// of three llm steps: three model calls, the fake server's tokens, three
+/// llm steps, one completed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scrapeable_without_a_token_and_count_a_finished_run() {
+    let fake = spes_fake_llm::FakeServer::start().await.unwrap();
+    fake.set_default(spes_fake_llm::FakeResponse::echo().with_usage(11, 4));
+    let extra = fake_provider("fake", &fake.openai_base_url(), false);
+    let dir = project(true, &extra);
+    std::fs::write(
+        dir.path().join("workflows/three.yaml"),
+        "name: three\nsteps:\n  - { name: a, kind: llm, provider: fake, prompt: one, output: a }\n  - { name: b, kind: llm, provider: fake, prompt: \"two {{ a }}\", output: b }\n  - { name: c, kind: llm, provider: fake, prompt: \"three {{ b }}\", output: c }\n",
+    )
+    .unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let run = s.start_run("three", json!({})).await;
+    s.until_status(&run, "completed").await;
+    assert_eq!(fake.request_count(), 3);
+    let a = s.call("GET", "/metrics", None, None).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(
+        a.headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let m = scrape(&a.text);
+    let call = [("provider", "fake"), ("model", "m1"), ("outcome", "ok")];
+    assert_eq!(
+        metric(&m, "spes_model_call_duration_seconds_count", &call),
+        3.0
+    );
+    let pm = [("provider", "fake"), ("model", "m1")];
+    let tokens = |t| {
+        let mut l = pm.to_vec();
+        l.push(("type", t));
+        metric(&m, "spes_tokens_total", &l)
+    };
+    assert_eq!((tokens("input"), tokens("output")), (33.0, 12.0));
+    assert_eq!(metric(&m, "spes_cost_usd_total", &pm), 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "spes_step_duration_seconds_count",
+            &[("kind", "llm"), ("outcome", "ok")]
+        ),
+        3.0
+    );
+    assert_eq!(metric(&m, "spes_runs", &[("status", "completed")]), 1.0);
+    assert_eq!(metric(&m, "spes_runs", &[("status", "failed")]), 0.0);
+    // Other routes still need the token.
+    assert_eq!(s.call("GET", "/v1/runs", None, None).await.status, 401);
+    let (code, log) = s.stop();
+    assert_eq!(code, Some(0), "{log}");
 }

@@ -993,3 +993,86 @@ async fn two_workers_sharing_a_budget_overspend_by_at_most_their_calls_in_flight
         assert_eq!(wait(child).await.code(), Some(0), "{}", dir.log());
     }
 }
+
+/// `spes worker --metrics-addr`: `/metrics` (no token) shows the run the
+/// worker executed: its claim, three model calls with the fake server's
+/// tokens, the completed run and an empty queue, parsed with a Prometheus
+/// text parser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_serves_metrics_of_what_it_executed() {
+    let schema = TestSchema::new().await;
+    let server = FakeServer::start().await.unwrap();
+    server.set_default(spes_fake_llm::FakeResponse::echo().with_usage(11, 4));
+    let dir = Dir::new(&server.openai_base_url());
+    dir.write(
+        "three.yaml",
+        "name: three\nsteps:\n  - { name: a, kind: llm, prompt: one, output: a }\n  - { name: b, kind: llm, prompt: \"two {{ a }}\", output: b }\n  - { name: c, kind: llm, prompt: \"three {{ b }}\", output: c }\n",
+    );
+    let log = std::fs::File::create(dir.root.join("worker.log")).unwrap();
+    let mut worker = dir
+        .command(&[
+            "worker",
+            "--store",
+            schema.url(),
+            "--poll-ms",
+            "50",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(worker.id());
+    let addr = until("the metrics address", Duration::from_secs(60), || async {
+        let log = dir.log();
+        let rest = log.split("metrics at http://").nth(1)?;
+        Some(rest.split('/').next()?.to_owned())
+    })
+    .await;
+    let run = dir.enqueue("three.yaml", schema.url(), &[]);
+    let store = schema.store().await;
+    completed(&store, &run, Duration::from_secs(60)).await;
+    assert_eq!(server.request_count(), 3);
+    let resp = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let s = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |metric: &str, labels: &[(&str, &str)]| -> f64 {
+        let x = s
+            .samples
+            .iter()
+            .find(|x| {
+                x.metric == metric
+                    && labels
+                        .iter()
+                        .all(|(k, v)| x.labels.get(k).is_some_and(|h| h == *v))
+            })
+            .unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{text}"));
+        match x.value {
+            prometheus_parse::Value::Counter(n)
+            | prometheus_parse::Value::Gauge(n)
+            | prometheus_parse::Value::Untyped(n) => n,
+            ref other => panic!("{metric}: {other:?}"),
+        }
+    };
+    let call = [("provider", "remote"), ("model", "m"), ("outcome", "ok")];
+    assert_eq!(value("spes_model_call_duration_seconds_count", &call), 3.0);
+    let pm = [("provider", "remote"), ("model", "m")];
+    let tokens = |t| {
+        let mut l = pm.to_vec();
+        l.push(("type", t));
+        value("spes_tokens_total", &l)
+    };
+    assert_eq!((tokens("input"), tokens("output")), (33.0, 12.0));
+    assert_eq!(value("spes_worker_claims_total", &[("task", "run")]), 1.0);
+    assert_eq!(value("spes_worker_lease_losses_total", &[]), 0.0);
+    assert_eq!(value("spes_runs", &[("status", "completed")]), 1.0);
+    assert_eq!(value("spes_queue_tasks", &[("state", "ready")]), 0.0);
+    assert_eq!(value("spes_queue_tasks", &[("state", "claimed")]), 0.0);
+    signal(worker.id(), "TERM");
+    let exit = worker.wait().unwrap();
+    assert!(exit.success(), "{exit:?}: {}", dir.log());
+}

@@ -404,6 +404,50 @@ pub struct ProviderSpec {
     /// (spes has no built-in prices).
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
+    /// Most requests started per minute, in this process (a token bucket
+    /// that refills evenly: one request every `60 / rpm` seconds, bursts
+    /// up to `rpm`).
+    pub rpm: Option<u32>,
+    /// Most tokens per minute, in this process, counted before each call
+    /// from an estimate ([`ProviderSpec::limits`]).
+    pub tpm: Option<u32>,
+    /// Most requests in flight at once, in this process.
+    pub max_concurrency: Option<u32>,
+}
+
+/// A provider's proactive rate limits (`rpm`, `tpm`, `max_concurrency`),
+/// each unset or positive (`parse_config` refuses 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RateLimits {
+    /// Requests started per minute.
+    pub rpm: Option<std::num::NonZeroU32>,
+    /// Estimated tokens per minute: prompt characters / 4 (rounded up) +
+    /// the request's `max_tokens` (else the provider's, else 1024).
+    pub tpm: Option<std::num::NonZeroU32>,
+    /// Requests in flight at once.
+    pub max_concurrency: Option<std::num::NonZeroU32>,
+}
+
+impl RateLimits {
+    /// No limit is set.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none() && self.max_concurrency.is_none()
+    }
+}
+
+impl ProviderSpec {
+    /// The provider's rate limits (a 0, which `parse_config` refuses, is
+    /// left out).
+    #[must_use]
+    pub fn limits(&self) -> RateLimits {
+        let nz = |v: Option<u32>| v.and_then(std::num::NonZeroU32::new);
+        RateLimits {
+            rpm: nz(self.rpm),
+            tpm: nz(self.tpm),
+            max_concurrency: nz(self.max_concurrency),
+        }
+    }
 }
 
 /// Timeouts as written (`"5s"`); see [`Timeouts`] for the parsed values.
@@ -556,6 +600,24 @@ pub fn parse_config(file: &str, text: &str) -> Result<ConfigSpec, Diagnostic> {
                 text,
                 &["providers", name, "prompt_cache"],
             ));
+        }
+        for (field, v) in [
+            ("rpm", p.rpm),
+            ("tpm", p.tpm),
+            ("max_concurrency", p.max_concurrency),
+        ] {
+            if v == Some(0) {
+                return Err(located(
+                    Diagnostic::error(
+                        "spes::config::rate_limit",
+                        format!("[providers.{name}] {field} = 0 would allow no request; it must be positive"),
+                    )
+                    .with_hint(format!("leave {field} out (no limit) or give a positive whole number")),
+                    file,
+                    text,
+                    &["providers", name, field],
+                ));
+            }
         }
         if p.kind == ProviderKind::Scripted && p.script.is_none() {
             return Err(located(
@@ -805,6 +867,35 @@ mod tests {
             "[providers.a]\nkind = \"openai\"\nmax_tokens_field = \"tokens\"\n",
         )
         .unwrap_err();
+        assert_eq!(d.code, "spes::config::syntax", "{d}");
+    }
+
+    #[test]
+    fn rate_limits_parse_and_a_zero_is_a_located_error() {
+        let c = parse_config(
+            "spes.toml",
+            "[providers.a]\nkind = \"openai\"\nrpm = 60\ntpm = 10000\nmax_concurrency = 8\n",
+        )
+        .unwrap();
+        let l = c.providers["a"].limits();
+        assert_eq!(l.rpm.map(std::num::NonZeroU32::get), Some(60));
+        assert_eq!(l.tpm.map(std::num::NonZeroU32::get), Some(10_000));
+        assert_eq!(l.max_concurrency.map(std::num::NonZeroU32::get), Some(8));
+        assert!(!l.is_empty());
+        let none = parse_config("spes.toml", "[providers.a]\nkind = \"openai\"\n").unwrap();
+        assert!(none.providers["a"].limits().is_empty());
+        for field in ["rpm", "tpm", "max_concurrency"] {
+            let toml = format!("[providers.a]\nkind = \"openai\"\n{field} = 0\n");
+            let d = parse_config("spes.toml", &toml).unwrap_err();
+            assert_eq!(d.code, "spes::config::rate_limit", "{d}");
+            assert_eq!(
+                d.message,
+                format!("[providers.a] {field} = 0 would allow no request; it must be positive")
+            );
+            assert_eq!(d.line_col, Some((3, field.len() + 4)), "{d}");
+        }
+        let d =
+            parse_config("spes.toml", "[providers.a]\nkind = \"openai\"\nrpm = -1\n").unwrap_err();
         assert_eq!(d.code, "spes::config::syntax", "{d}");
     }
 

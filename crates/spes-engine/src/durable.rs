@@ -628,8 +628,7 @@ impl Engine {
                 .unwrap_or_default();
             exec.budget = Some(crate::budget::Ledger::local(b, spent));
         }
-        let result =
-            tracing::Instrument::instrument(exec.run_workflow(wf), span.clone()).await;
+        let result = tracing::Instrument::instrument(exec.run_workflow(wf), span.clone()).await;
         crate::telemetry::done(&span, &result);
         let clear_owner = Some(None);
         Ok(match result {
@@ -829,6 +828,8 @@ impl Engine {
             cache: None,
             default_budget: None,
             budget_override: None,
+            // A preview: its walk is not counted.
+            metrics: crate::metrics::Metrics::new(),
         };
         // Goes as far as the journal does; where it ends is not an error here.
         let _ = replay_with(&engine, &store, run, wf).await?;

@@ -41,6 +41,7 @@ pub mod gate;
 pub mod http;
 pub mod journal;
 pub mod mcp;
+pub mod metrics;
 pub mod ops;
 mod orchestration;
 mod pattern;
@@ -87,6 +88,7 @@ pub struct Engine {
     pub(crate) cache: Option<budget::ResponseCache>,
     pub(crate) default_budget: Option<spes_core::budget::Budget>,
     pub(crate) budget_override: Option<spes_core::budget::Budget>,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -112,7 +114,14 @@ impl Engine {
     }
 
     pub(crate) fn emit(&self, e: &Event) {
+        self.metrics.on_event(e);
         self.observer.on_event(e);
+    }
+
+    /// The metrics this engine feeds.
+    #[must_use]
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     /// This engine reporting its progress to `o` instead, streamed answer
@@ -209,6 +218,7 @@ impl Engine {
             cache: self.cache.clone(),
             default_budget: self.default_budget,
             budget_override: self.budget_override,
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -311,6 +321,7 @@ pub struct EngineBuilder {
     cache: Option<budget::ResponseCache>,
     default_budget: Option<spes_core::budget::Budget>,
     budget_override: Option<spes_core::budget::Budget>,
+    metrics: Option<metrics::Metrics>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -456,9 +467,20 @@ impl EngineBuilder {
         self
     }
 
+    /// The metrics registry the engine feeds (default: the process's,
+    /// [`metrics::Metrics::global`]).
+    #[must_use]
+    pub fn metrics(mut self, m: metrics::Metrics) -> Self {
+        self.metrics = Some(m);
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
+        let metrics = self
+            .metrics
+            .unwrap_or_else(|| metrics::Metrics::global().clone());
         Engine {
             providers: self.providers,
             default_provider: self.default_provider.unwrap_or_else(|| "local".into()),
@@ -470,7 +492,7 @@ impl EngineBuilder {
             clock: self
                 .clock
                 .unwrap_or_else(|| Arc::new(|| chrono::Utc::now().timestamp_millis())),
-            breakers: policy::Breakers::default(),
+            breakers: policy::Breakers::observed(metrics.clone()),
             retry_defaults: self.retry_defaults,
             default_repair: self
                 .default_repair
@@ -482,6 +504,7 @@ impl EngineBuilder {
             cache: self.cache,
             default_budget: self.default_budget,
             budget_override: self.budget_override,
+            metrics,
         }
     }
 }

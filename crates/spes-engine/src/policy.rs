@@ -123,6 +123,7 @@ use crate::run::{Exec, StepResult, Stop, fail};
 pub struct Breakers {
     local: Arc<Mutex<HashMap<String, Breaker>>>,
     shared: Arc<std::sync::OnceLock<Arc<dyn spes_store::RunStore>>>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 /// A breaker's state as the shared store keeps it.
@@ -149,6 +150,22 @@ fn decode(v: &serde_json::Value) -> Breaker {
 }
 
 impl Breakers {
+    /// Breakers whose state changes are shown in `metrics`
+    /// (`spes_breaker_state`).
+    pub(crate) fn observed(metrics: crate::metrics::Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..Self::default()
+        }
+    }
+
+    /// Shows breaker `name`'s state in the metrics.
+    fn show(&self, name: &str) {
+        if let (Some(m), Some(s)) = (&self.metrics, self.state(name)) {
+            m.breaker(name, s);
+        }
+    }
+
     fn with<R>(&self, name: &str, f: impl FnOnce(&mut Breaker) -> R) -> Option<R> {
         let mut map = self.local.lock().ok()?;
         Some(f(map.entry(name.to_owned()).or_default()))
@@ -188,16 +205,19 @@ impl Breakers {
                     if let Ok(mut map) = self.local.lock() {
                         map.insert(name.to_owned(), b);
                     }
+                    self.show(name);
                     return Some(r);
                 }
             }
         }
-        self.with(name, |b| {
+        let r = self.with(name, |b| {
             let before = b.state();
             let r = f(b);
             log_transition(name, before, b.state());
             r
-        })
+        });
+        self.show(name);
+        r
     }
 
     /// On a shared store: waits while `provider` has asked any worker to

@@ -998,7 +998,10 @@ impl<'e> Exec<'e> {
             .breakers
             .rate_limit_wait(provider.name(), (self.engine.clock)())
             .await;
-        let response = match provider.complete(req, &cx).await {
+        let response = match (self.engine.metrics)
+            .model_call(provider.as_ref(), req, provider.complete(req, &cx))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 if let (Some(l), Some(h)) = (&self.budget, hold) {
@@ -1024,6 +1027,11 @@ impl<'e> Exec<'e> {
             model.as_deref(),
             &response.usage,
         );
+        if let Some(c) = cost_usd {
+            self.engine
+                .metrics
+                .add_cost(provider.name(), model.as_deref().unwrap_or_default(), c);
+        }
         let cache_key = self
             .engine
             .cache

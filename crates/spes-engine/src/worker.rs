@@ -297,6 +297,7 @@ impl Worker {
                 {
                     Ok(got) => {
                         claimed += got.len();
+                        self.engine.metrics.claimed(kind.as_str(), got.len());
                         for t in got {
                             self.start(&mut tasks, t, claimed_at);
                         }
@@ -492,6 +493,7 @@ impl Worker {
                             handle.abort();
                             self.lost.fetch_add(1, Ordering::SeqCst);
                             tracing::info!(target: "spes::worker", task = l.task, epoch = l.epoch, "lease lost");
+                            self.engine.metrics.lease_lost();
                             self.log(&format!(
                                 "lease lost on task {} (epoch {}); task stopped",
                                 l.task, l.epoch
@@ -516,6 +518,7 @@ impl Worker {
             Err(Leave::Fenced) => {
                 self.lost.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(target: "spes::worker", task = lease.task, epoch = lease.epoch, "lease lost: a late write was fenced");
+                self.engine.metrics.lease_lost();
                 self.log(&format!(
                     "task {} fenced (epoch {}): its late write changed nothing; task stopped",
                     lease.task, lease.epoch

@@ -61,6 +61,28 @@ async fn handle(
     body: &Bytes,
 ) -> Response {
     let _in_flight = InFlight::enter(shared);
+    let _admitted = match shared.limit() {
+        None => None,
+        Some(crate::Limit::Queue(sem)) => Some(Admitted::Queued(sem.acquire_owned().await.ok())),
+        Some(crate::Limit::Reject(max)) => {
+            use std::sync::atomic::Ordering;
+            let took = shared
+                .limited
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < max).then_some(n + 1)
+                });
+            if took.is_err() {
+                shared.rejected.fetch_add(1, Ordering::SeqCst);
+                let mut e = error_with(
+                    429,
+                    Some(format!("more than {max} concurrent requests; slow down")),
+                );
+                e.retry_after = Some("1".into());
+                return error_response(dialect, &e, "req_fake_rejected");
+            }
+            Some(Admitted::Counted(shared))
+        }
+    };
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let user_text = last_user_text(&json);
     let recorded = RecordedRequest {
@@ -442,6 +464,33 @@ fn body_of(
         Some((Ok::<Bytes, io::Error>(frame), st))
     });
     Body::from_stream(stream)
+}
+
+/// `GET /stats`: the request counts, as JSON.
+pub(crate) async fn stats(State(s): State<Arc<Shared>>) -> Response {
+    use std::sync::atomic::Ordering;
+    let body = json!({
+        "requests": s.count.load(Ordering::SeqCst),
+        "max_in_flight": s.max_in_flight.load(Ordering::SeqCst),
+        "rejected": s.rejected.load(Ordering::SeqCst),
+    });
+    json_response(StatusCode::OK, None, &body)
+}
+
+/// A request let through the concurrency limit, until it is answered.
+enum Admitted<'a> {
+    /// Holds a slot of the queue's semaphore (released when dropped).
+    Queued(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>),
+    /// Counted in `Shared::limited`.
+    Counted(&'a Shared),
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Self::Counted(s) = self {
+            s.limited.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// Counts a request as in flight until dropped.

@@ -29,6 +29,14 @@
 //! Every request is recorded ([`FakeServer::requests`]) with its headers and
 //! JSON body.
 //!
+//! A provider's concurrency limit can be imitated
+//! ([`FakeServer::set_max_concurrency`]): with [`OverLimit::Reject`] a
+//! request arriving while `N` others are being handled is answered 429
+//! at once (not recorded, no scripted answer taken) and counted
+//! ([`FakeServer::rejected`]); with [`OverLimit::Queue`] it waits for one
+//! of them to be answered. `GET /stats` answers the counts as JSON
+//! (`{"requests", "max_in_flight", "rejected"}`).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
@@ -98,6 +106,35 @@ impl RecordedRequest {
 
 type Hook = Arc<dyn Fn(usize) + Send + Sync>;
 
+/// What the server does with a request over its concurrency limit
+/// ([`FakeServer::set_max_concurrency`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// Answer 429 (`rate_limit_error`) at once, and count it.
+    Reject,
+    /// Wait until fewer than the limit are being handled.
+    Queue,
+}
+
+impl std::str::FromStr for OverLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reject" => Ok(Self::Reject),
+            "queue" => Ok(Self::Queue),
+            other => Err(format!("`{other}` is not reject or queue")),
+        }
+    }
+}
+
+/// A concurrency limit in force.
+#[derive(Clone)]
+pub(crate) enum Limit {
+    Reject(usize),
+    Queue(Arc<tokio::sync::Semaphore>),
+}
+
 #[derive(Default)]
 struct Script {
     queue: VecDeque<FakeResponse>,
@@ -114,6 +151,11 @@ pub(crate) struct Shared {
     count: AtomicUsize,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) max_in_flight: AtomicUsize,
+    /// Requests admitted under the concurrency limit and not yet answered.
+    pub(crate) limited: AtomicUsize,
+    /// Requests answered 429 for being over the concurrency limit.
+    pub(crate) rejected: AtomicUsize,
+    pub(crate) limit: Mutex<Option<Limit>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -160,6 +202,11 @@ impl Shared {
             hook(n);
         }
         plan
+    }
+
+    /// The concurrency limit in force, if any.
+    pub(crate) fn limit(&self) -> Option<Limit> {
+        lock(&self.limit).clone()
     }
 
     pub(crate) fn shutdown(&self) -> watch::Receiver<bool> {
@@ -210,6 +257,9 @@ impl FakeServer {
             count: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            limited: AtomicUsize::new(0),
+            rejected: AtomicUsize::new(0),
+            limit: Mutex::new(None),
             shutdown: rx,
         });
         let app = router(Arc::clone(&shared));
@@ -309,6 +359,23 @@ impl FakeServer {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// Handles at most `max` requests at once (`None`: no limit); what
+    /// happens to one more is `over`. A limit set while requests are in
+    /// flight counts only those that arrive after it.
+    pub fn set_max_concurrency(&self, max: Option<usize>, over: OverLimit) {
+        *lock(&self.shared.limit) = max.map(|n| match over {
+            OverLimit::Reject => Limit::Reject(n),
+            OverLimit::Queue => Limit::Queue(Arc::new(tokio::sync::Semaphore::new(n))),
+        });
+    }
+
+    /// How many requests were answered 429 for being over the concurrency
+    /// limit ([`OverLimit::Reject`]).
+    #[must_use]
+    pub fn rejected(&self) -> usize {
+        self.shared.rejected.load(Ordering::SeqCst)
+    }
+
     /// How many queued answers are left.
     #[must_use]
     pub fn pending(&self) -> usize {
@@ -330,6 +397,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/messages", post(handler::anthropic))
         .route("/v1/chat/completions", post(handler::openai))
         .route("/chat/completions", post(handler::openai))
+        .route("/stats", axum::routing::get(handler::stats))
         .fallback(handler::not_found)
         .with_state(shared)
 }

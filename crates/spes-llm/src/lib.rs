@@ -59,6 +59,7 @@
 pub mod anthropic;
 pub mod error;
 pub mod http;
+pub mod limit;
 pub mod openai;
 pub mod provider;
 pub mod registry;

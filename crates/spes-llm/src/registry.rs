@@ -13,6 +13,7 @@ use spes_core::message::{ChatRequest, ChatResponse};
 use crate::anthropic::AnthropicProvider;
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::http::HttpProviderConfig;
+use crate::limit::LimitedProvider;
 use crate::openai::OpenAiProvider;
 use crate::provider::{CallContext, Provider};
 use crate::scripted::ScriptedProvider;
@@ -182,9 +183,9 @@ impl ProviderRegistry {
                     Ok(None) => Entry::Pending(spec.kind),
                     Err(e) => Entry::Unavailable(e, spec.kind),
                 },
-                ProviderKind::Scripted => Entry::Ready(scripted(name, spec, dir)?),
+                ProviderKind::Scripted => Entry::Ready(limited(spec, scripted(name, spec, dir)?)),
                 ProviderKind::Local => match local {
-                    Some(f) => Entry::Ready(f(name, Some(spec))),
+                    Some(f) => Entry::Ready(limited(spec, f(name, Some(spec)))),
                     None => Entry::Unavailable(no_local(name), spec.kind),
                 },
             };
@@ -294,7 +295,7 @@ fn build(
     spec: &ProviderSpec,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<Arc<dyn Provider>>, ProviderError> {
-    Ok(Some(match spec.kind {
+    let p: Arc<dyn Provider> = match spec.kind {
         ProviderKind::Anthropic => Arc::new(AnthropicProvider::new(
             HttpProviderConfig::from_spec(name, spec, env)?,
         )?),
@@ -302,7 +303,14 @@ fn build(
             name, spec, env,
         )?)?),
         ProviderKind::Local | ProviderKind::Scripted => return Ok(None),
-    }))
+    };
+    Ok(Some(limited(spec, p)))
+}
+
+/// `p` behind its table's rate limits (`rpm`, `tpm`, `max_concurrency`),
+/// shared by every provider of that name and limits in this process.
+fn limited(spec: &ProviderSpec, p: Arc<dyn Provider>) -> Arc<dyn Provider> {
+    LimitedProvider::wrap(p, spec.limits(), spec.max_tokens)
 }
 
 /// The error of a `local` provider in a build without the embedded model.

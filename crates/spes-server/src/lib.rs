@@ -18,7 +18,7 @@
 //!
 //! | route | role |
 //! |---|---|
-//! | `GET /healthz`, `GET /readyz` | none |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | none |
 //! | `GET /v1/...` (runs, gates, their event streams, workflows, components, openapi.json) | viewer |
 //! | `POST /v1/runs/{run}/decisions` | approver |
 //! | `POST /v1/runs`, `POST /v1/runs/{run}/{pause,resume,cancel,fork}` | operator |
@@ -31,6 +31,7 @@ pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod metrics;
 pub mod openapi;
 pub mod session;
 
@@ -102,6 +103,7 @@ pub struct AppState {
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     pub(crate) sessions: Arc<session::Sessions>,
     pub(crate) hub: Arc<events::Hub>,
+    pub(crate) metrics: spes_engine::metrics::Metrics,
 }
 
 impl std::fmt::Debug for AppState {
@@ -126,7 +128,16 @@ impl AppState {
             streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
             sessions: Arc::new(session::Sessions::default()),
             hub,
+            metrics: spes_engine::metrics::Metrics::global().clone(),
         }
+    }
+
+    /// This state serving `metrics` at `/metrics` instead of the
+    /// process's registry (engines must feed the same one).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: spes_engine::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs executing in this process, and the deadline timer.
@@ -177,6 +188,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/session", post(session::sign_in))
         .merge(dashboard::routes())
         .merge(read)

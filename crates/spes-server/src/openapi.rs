@@ -14,6 +14,7 @@ use crate::api;
     paths(
         api::healthz,
         api::readyz,
+        crate::metrics::metrics,
         document,
         api::list_runs,
         api::start_run,
@@ -42,7 +43,7 @@ use crate::api;
         (name = "workflows", description = "The project's workflows"),
         (name = "components", description = "The project's prompt components"),
         (name = "session", description = "Browser sign-in: a cookie session with a CSRF token"),
-        (name = "health", description = "Liveness and readiness"),
+        (name = "health", description = "Liveness, readiness and metrics"),
     )
 )]
 pub struct ApiDoc;
@@ -133,7 +134,7 @@ pub fn markdown() -> String {
          Generated from the OpenAPI 3.1 document that `spes serve` serves at\n\
          `/v1/openapi.json` (a test keeps this file equal to it). Who may call\n\
          what, sessions, errors and the dashboard: docs/FORMAT.md, \"spes serve\".\n\n\
-         Every route but `/healthz`, `/readyz` and `POST /v1/session` needs\n\
+         Every route but `/healthz`, `/readyz`, `/metrics` and `POST /v1/session` needs\n\
          `Authorization: Bearer TOKEN` or the dashboard's session cookie (with\n\
          `X-CSRF-Token` on a change) when the server has tokens.\n\n## Routes\n",
     );

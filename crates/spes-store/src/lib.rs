@@ -138,6 +138,20 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Runs, newest first, optionally only those with `status`.
     async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>>;
 
+    /// How many runs there are of each status (statuses without runs may
+    /// be left out). The default counts [`list_runs`](Self::list_runs);
+    /// the stores count in one query.
+    async fn run_counts(&self) -> Result<Vec<(RunStatus, u64)>> {
+        let mut out: Vec<(RunStatus, u64)> = Vec::new();
+        for r in self.list_runs(None, u32::MAX).await? {
+            match out.iter_mut().find(|(s, _)| *s == r.status) {
+                Some((_, n)) => *n += 1,
+                None => out.push((r.status, 1)),
+            }
+        }
+        Ok(out)
+    }
+
     /// A page of runs matching `query`, newest first (created time, then
     /// id, descending: a total order, so pages neither repeat nor skip a
     /// run that existed when the first page was read).

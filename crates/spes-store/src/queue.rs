@@ -202,6 +202,10 @@ pub trait TaskQueue: Send + Sync {
     /// Gives back every task `owner` holds (a worker stopping); returns how many.
     async fn release_all(&self, owner: &str) -> Result<u64>;
 
+    /// How many open tasks there are in each state (`ready`, `claimed`;
+    /// states without tasks may be left out): the queue's depth.
+    async fn task_counts(&self) -> Result<Vec<(String, u64)>>;
+
     /// Where the items of a run whose keys start with `prefix` stand.
     async fn item_progress(&self, run: &RunId, prefix: &str) -> Result<ItemProgress>;
 

@@ -8,6 +8,7 @@ mod durable;
 mod fake_server;
 mod gates;
 mod http;
+mod limits;
 mod mcp;
 mod orchestration;
 mod patterns;

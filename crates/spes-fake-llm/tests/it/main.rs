@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use spes_fake_llm::{FakeResponse, FakeServer, FakeToolCall};
+use spes_fake_llm::{FakeResponse, FakeServer, FakeToolCall, OverLimit};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -224,6 +224,137 @@ async fn the_binary_prints_its_url_and_serves() {
     let r = raw(addr, "/v1/messages", &[], &anthropic_body(false)).await;
     assert!(r.contains("echo: hi there"), "{r}");
     child.kill().await.unwrap();
+}
+
+/// `GET path` with `Connection: close`; returns the raw response.
+async fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn body_json(resp: &str) -> Value {
+    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn over_its_concurrency_limit_reject_answers_429_and_counts_it() {
+    let server = FakeServer::start().await.unwrap();
+    server.set_max_concurrency(Some(2), OverLimit::Reject);
+    let (tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    server.on_request(move |n| {
+        let _ = tx.send(n);
+    });
+    server.push(FakeResponse::hang());
+    server.push(FakeResponse::hang());
+    let addr = server.addr().to_string();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let addr = addr.clone();
+        held.push(tokio::spawn(async move {
+            raw(&addr, "/v1/messages", &[], &anthropic_body(false)).await
+        }));
+    }
+    // Both are being handled (hanging before their headers).
+    assert_eq!(arrived.recv().await, Some(1));
+    assert_eq!(arrived.recv().await, Some(2));
+    let third = raw(&addr, "/v1/messages", &[], &anthropic_body(false)).await;
+    assert!(third.starts_with("HTTP/1.1 429"), "{third}");
+    assert!(third.contains("rate_limit_error"), "{third}");
+    assert!(third.contains("retry-after: 1"), "{third}");
+    assert_eq!(server.rejected(), 1);
+    // Not recorded, no scripted answer taken.
+    assert_eq!(server.request_count(), 2);
+    let stats = body_json(&get(&addr, "/stats").await);
+    assert_eq!(
+        stats,
+        json!({"requests": 2, "max_in_flight": 3, "rejected": 1})
+    );
+    for h in held {
+        h.abort();
+    }
+}
+
+#[tokio::test]
+async fn over_its_concurrency_limit_queue_makes_requests_wait_their_turn() {
+    let server = FakeServer::start().await.unwrap();
+    server.set_max_concurrency(Some(1), OverLimit::Queue);
+    server.set_default(FakeResponse::text("ok").with_latency(std::time::Duration::from_millis(50)));
+    let addr = server.addr().to_string();
+    let start = std::time::Instant::now();
+    let answers = futures_join(
+        (0..4)
+            .map(|_| {
+                let addr = addr.clone();
+                tokio::spawn(async move {
+                    raw(&addr, "/v1/messages", &[], &anthropic_body(false)).await
+                })
+            })
+            .collect(),
+    )
+    .await;
+    for a in &answers {
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    }
+    // One at a time: four latencies one after another.
+    assert!(start.elapsed() >= std::time::Duration::from_millis(200));
+    assert_eq!(server.rejected(), 0);
+    assert_eq!(server.request_count(), 4);
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_binary_takes_a_concurrency_limit_and_reports_stats() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_spes-fake-llm"))
+        .args([
+            "--port",
+            "0",
+            "--max-concurrency",
+            "4",
+            "--over-limit",
+            "reject",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("http://")
+        .expect("an http URL")
+        .to_owned();
+    let r = raw(&addr, "/v1/messages", &[], &anthropic_body(false)).await;
+    assert!(r.contains("echo: hi there"), "{r}");
+    let stats = body_json(&get(&addr, "/stats").await);
+    assert_eq!(
+        stats,
+        json!({"requests": 1, "max_in_flight": 1, "rejected": 0})
+    );
+    child.kill().await.unwrap();
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_spes-fake-llm"))
+        .args(["--over-limit", "drop"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stderr),
+        "spes-fake-llm: --over-limit: `drop` is not reject or queue\n"
+    );
 }
 
 fn data_of(resp: &str) -> Vec<Value> {

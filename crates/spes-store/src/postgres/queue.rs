@@ -512,6 +512,21 @@ impl TaskQueue for PostgresStore {
         .await
     }
 
+    async fn task_counts(&self) -> Result<Vec<(String, u64)>> {
+        self.retry(|| async move {
+            let rows = sqlx::query_as::<_, (String, i64)>(
+                "SELECT state, count(*) FROM tasks WHERE state IN ('ready', 'claimed') GROUP BY state",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
+                .collect())
+        })
+        .await
+    }
+
     async fn item_progress(&self, run: &RunId, prefix: &str) -> Result<ItemProgress> {
         let run_id = &run.to_string();
         let upper = &prefix_upper(prefix);

@@ -244,6 +244,22 @@ impl RunStore for PostgresStore {
         crate::parse_ids(ids)
     }
 
+    async fn run_counts(&self) -> Result<Vec<(RunStatus, u64)>> {
+        self.retry(|| async move {
+            let rows = sqlx::query_as::<_, (String, i64)>(
+                "SELECT status, count(*) FROM runs GROUP BY status",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            // A status this build does not know is left out.
+            Ok(rows
+                .into_iter()
+                .filter_map(|(s, n)| Some((s.parse::<RunStatus>().ok()?, u64::try_from(n).ok()?)))
+                .collect())
+        })
+        .await
+    }
+
     async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> Result<Vec<Run>> {
         self.retry(|| async move {
             let rows = match status {

@@ -109,6 +109,22 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn run_counts(&self) -> Result<Vec<(RunStatus, u64)>> {
+        self.retry(|| async move {
+            let rows = sqlx::query_as::<_, (String, i64)>(
+                "SELECT status, count(*) FROM runs GROUP BY status",
+            )
+            .fetch_all(&mut *self.reader().await?)
+            .await?;
+            // A status this build does not know is left out.
+            Ok(rows
+                .into_iter()
+                .filter_map(|(s, n)| Some((s.parse::<RunStatus>().ok()?, u64::try_from(n).ok()?)))
+                .collect())
+        })
+        .await
+    }
+
     async fn status(&self, id: &RunId) -> Result<Option<RunStatus>> {
         let id = &id.to_string();
         self.retry(|| async move {
