@@ -53,10 +53,12 @@ fn version_prints_the_version_commit_and_features() {
             || "unknown".to_owned(),
             |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         );
-    let features = if cfg!(feature = "local") {
-        "default, local"
-    } else {
-        "none"
+    // The default features; or those the test build was asked for.
+    let features = match (cfg!(feature = "local"), cfg!(feature = "otel")) {
+        (true, true) => "default, local, otel",
+        (true, false) => "default, local",
+        (false, true) => "otel",
+        (false, false) => "none",
     };
     assert_eq!(
         run.stdout().trim(),
