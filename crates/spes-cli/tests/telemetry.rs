@@ -673,7 +673,10 @@ async fn phoenix_receives_the_span_tree_and_a_resumed_run_continues_its_trace() 
         .filter(|c| pstr(c, "error.type").is_some())
         .collect();
     assert_eq!(failed.len(), 1, "{chats:#?}");
-    assert_eq!(pstr(failed[0], "error.type").as_deref(), Some("server_error"));
+    assert_eq!(
+        pstr(failed[0], "error.type").as_deref(),
+        Some("server_error")
+    );
     assert_eq!(failed[0]["status_code"], "ERROR");
     assert_eq!(
         pstr(failed[0], "spes.step.key").as_deref(),
