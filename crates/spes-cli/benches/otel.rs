@@ -279,7 +279,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let engine = Engine::builder().provider(scripted.clone()).build();
+    let engine = Engine::builder().provider(scripted).build();
     let runs = 3000;
     let mut per_run = Vec::new();
     rt.block_on(async {

@@ -91,13 +91,19 @@ async fn tool_and_model_calls_are_spans_with_content_only_when_captured() {
     let tools = by_name(&spans_plain, "execute_tool add");
     assert_eq!(tools.len(), 1, "{spans_plain:#?}");
     let tool = &tools[0];
-    assert_eq!(attr(tool, "gen_ai.operation.name").as_deref(), Some("execute_tool"));
+    assert_eq!(
+        attr(tool, "gen_ai.operation.name").as_deref(),
+        Some("execute_tool")
+    );
     assert_eq!(attr(tool, "gen_ai.tool.name").as_deref(), Some("add"));
     assert_eq!(
         attr(tool, "spes.step.key").as_deref(),
         Some("plan/turn[1]/call[add#1]")
     );
-    assert_eq!(attr(tool, "spes.journal.replayed").as_deref(), Some("false"));
+    assert_eq!(
+        attr(tool, "spes.journal.replayed").as_deref(),
+        Some("false")
+    );
     assert!(attr(tool, "gen_ai.tool.call.id").is_some());
     let step = by_name(&spans_plain, "step plan");
     assert_eq!(step.len(), 1);
