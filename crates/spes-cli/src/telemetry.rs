@@ -152,6 +152,12 @@ where
     spes_engine::telemetry::set_capture_content(settings.capture_content);
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        // Only the attributes spes sets: no busy/idle clock reads on every
+        // poll, no source location, thread or target attributes.
+        .with_tracked_inactivity(false)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
         .with_filter(
             Targets::new().with_target(spes_engine::telemetry::TARGET, tracing::Level::INFO),
         );

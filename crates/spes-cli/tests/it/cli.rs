@@ -53,12 +53,18 @@ fn version_prints_the_version_commit_and_features() {
             || "unknown".to_owned(),
             |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         );
-    // The default features; or those the test build was asked for.
-    let features = match (cfg!(feature = "local"), cfg!(feature = "otel")) {
-        (true, true) => "default, local, otel",
-        (true, false) => "default, local",
-        (false, true) => "otel",
-        (false, false) => "none",
+    let enabled: Vec<&str> = [
+        ("default", cfg!(feature = "default")),
+        ("local", cfg!(feature = "local")),
+        ("otel", cfg!(feature = "otel")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let features = if enabled.is_empty() {
+        "none".to_owned()
+    } else {
+        enabled.join(", ")
     };
     assert_eq!(
         run.stdout().trim(),

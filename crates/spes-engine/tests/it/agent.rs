@@ -14,7 +14,7 @@ use spes_store::{RunStatus, RunStore};
 use crate::{scripted, workflow};
 
 /// An `add` tool that counts its calls.
-fn adder(calls: Arc<AtomicUsize>) -> Arc<FnTool> {
+pub(crate) fn adder(calls: Arc<AtomicUsize>) -> Arc<FnTool> {
     Arc::new(FnTool::new(
         "add",
         "Adds a and b",

@@ -1,0 +1,167 @@
+//! Trace spans seen through an OpenTelemetry layer with an in-memory
+//! exporter: an agent's tool calls (`execute_tool`) under its step, model
+//! calls with their GenAI attributes, message content only when captured,
+//! and a replay marked as answered from the journal.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use serde_json::json;
+use spes_engine::{Engine, MemoryJournal};
+use tracing_subscriber::layer::SubscriberExt as _;
+
+use crate::{scripted, workflow};
+
+#[derive(Debug, Clone, Default)]
+struct Memory(Arc<Mutex<Vec<SpanData>>>);
+
+impl SpanExporter for Memory {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+fn attr(s: &SpanData, k: &str) -> Option<String> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == k)
+        .map(|kv| kv.value.to_string())
+}
+
+const WF: &str = r#"
+name: helper
+steps:
+  - name: plan
+    kind: agent
+    prompt: "Add 2 and 3 PROMPT-MARK"
+    tools: [add]
+    max_turns: 3
+    output: answer
+"#;
+
+const SCRIPT: &str = r#"
+- { step: "plan/turn[1]", tool_calls: [{ name: add, arguments: { a: 2, b: 3 } }] }
+- { step: "plan/turn[2]", reply: "ANSWER-MARK 5" }
+"#;
+
+/// Runs the agent once with capture `capture`, then replays it from the
+/// same journal; the spans of both runs.
+async fn spans(capture: bool) -> (Vec<SpanData>, Vec<SpanData>) {
+    let memory = Memory::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(memory.clone())
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    spes_engine::telemetry::set_capture_content(capture);
+    let engine = Engine::builder()
+        .provider(scripted(SCRIPT))
+        .tool(crate::agent::adder(Arc::new(AtomicUsize::new(0))))
+        .build();
+    let journal = Arc::new(MemoryJournal::default());
+    let wf = workflow(WF);
+    let out = engine
+        .run_with_journal(&wf, BTreeMap::new(), journal.clone())
+        .await
+        .unwrap();
+    assert_eq!(out.output, Some(json!("ANSWER-MARK 5")));
+    let first = std::mem::take(&mut *memory.0.lock().unwrap());
+    let again = engine
+        .run_with_journal(&wf, BTreeMap::new(), journal)
+        .await
+        .unwrap();
+    assert_eq!(again.replayed, 3);
+    let second = std::mem::take(&mut *memory.0.lock().unwrap());
+    spes_engine::telemetry::set_capture_content(false);
+    (first, second)
+}
+
+/// One test (capture is process-wide): without capture, then with it.
+#[tokio::test]
+async fn tool_and_model_calls_are_spans_with_content_only_when_captured() {
+    let (spans_plain, replayed) = spans(false).await;
+    let by_name = |v: &[SpanData], n: &str| -> Vec<SpanData> {
+        v.iter().filter(|s| s.name == n).cloned().collect()
+    };
+    let tools = by_name(&spans_plain, "execute_tool add");
+    assert_eq!(tools.len(), 1, "{spans_plain:#?}");
+    let tool = &tools[0];
+    assert_eq!(
+        attr(tool, "gen_ai.operation.name").as_deref(),
+        Some("execute_tool")
+    );
+    assert_eq!(attr(tool, "gen_ai.tool.name").as_deref(), Some("add"));
+    assert_eq!(
+        attr(tool, "spes.step.key").as_deref(),
+        Some("plan/turn[1]/call[add#1]")
+    );
+    assert_eq!(
+        attr(tool, "spes.journal.replayed").as_deref(),
+        Some("false")
+    );
+    assert!(attr(tool, "gen_ai.tool.call.id").is_some());
+    let step = by_name(&spans_plain, "step plan");
+    assert_eq!(step.len(), 1);
+    assert_eq!(tool.parent_span_id, step[0].span_context.span_id());
+    let chats: Vec<&SpanData> = spans_plain
+        .iter()
+        .filter(|s| attr(s, "gen_ai.operation.name").as_deref() == Some("chat"))
+        .collect();
+    assert_eq!(chats.len(), 2);
+    for c in &chats {
+        assert_eq!(c.parent_span_id, step[0].span_context.span_id());
+        assert_eq!(attr(c, "gen_ai.provider.name").as_deref(), Some("scripted"));
+    }
+    assert_eq!(
+        attr(chats[0], "gen_ai.response.finish_reasons").as_deref(),
+        Some("[\"tool_calls\"]"),
+    );
+    for s in &spans_plain {
+        for kv in &s.attributes {
+            let v = kv.value.to_string();
+            assert!(
+                !v.contains("PROMPT-MARK") && !v.contains("ANSWER-MARK") && !v.contains("\"a\""),
+                "content in {} of {}: {v}",
+                kv.key,
+                s.name
+            );
+        }
+    }
+    // The replay: every call answered from the journal.
+    let replayed_calls: Vec<&SpanData> = replayed
+        .iter()
+        .filter(|s| attr(s, "spes.journal.replayed").is_some())
+        .collect();
+    assert_eq!(replayed_calls.len(), 3, "{replayed:#?}");
+    assert!(
+        replayed_calls
+            .iter()
+            .all(|s| attr(s, "spes.journal.replayed").as_deref() == Some("true"))
+    );
+
+    let (captured, _) = spans(true).await;
+    let tool = &by_name(&captured, "execute_tool add")[0];
+    let args: serde_json::Value =
+        serde_json::from_str(&attr(tool, "gen_ai.tool.call.arguments").unwrap()).unwrap();
+    assert_eq!(args, json!({ "a": 2, "b": 3 }));
+    assert_eq!(attr(tool, "gen_ai.tool.call.result").as_deref(), Some("5"));
+    let chats: Vec<&SpanData> = captured
+        .iter()
+        .filter(|s| attr(s, "gen_ai.operation.name").as_deref() == Some("chat"))
+        .collect();
+    assert!(
+        attr(chats[0], "gen_ai.input.messages")
+            .unwrap()
+            .contains("PROMPT-MARK")
+    );
+    assert!(
+        attr(chats[1], "gen_ai.output.messages")
+            .unwrap()
+            .contains("ANSWER-MARK 5")
+    );
+}
