@@ -1,7 +1,7 @@
 //! Budgets, prices and the response cache: what a model call may cost, what
 //! it did cost, and whether it has to be made at all.
 //!
-//! A run's [`Ledger`] is shared by every execution of the run in this
+//! A run's ledger is shared by every execution of the run in this
 //! process (parallel branches, map items, sub-workflows). Before a call it
 //! reserves the call's worst case (estimated prompt tokens plus `max_tokens`,
 //! priced); after the call's journal entry commits, the reservation becomes
