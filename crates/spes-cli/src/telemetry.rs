@@ -108,7 +108,7 @@ where
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("warning: traces are not exported: {e}");
+            crate::term::say!("warning: traces are not exported: {e}");
             return None;
         }
     };
@@ -119,7 +119,7 @@ where
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("warning: traces are not exported: {e}");
+            crate::term::say!("warning: traces are not exported: {e}");
             return None;
         }
     };
@@ -135,7 +135,7 @@ where
     let exporter = match exporter {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("warning: traces are not exported to {endpoint}: {e}");
+            crate::term::say!("warning: traces are not exported to {endpoint}: {e}");
             return None;
         }
     };

@@ -647,22 +647,7 @@ impl Engine {
                     .await?;
                 RunEnd::Completed(outcome)
             }
-            Err(Stop::Failed(e)) => {
-                store
-                    .transition(
-                        &id,
-                        RunEvent::Fail.from(),
-                        RunEvent::Fail.to(),
-                        RunPatch {
-                            error: Some(Some(e.to_string())),
-                            owner: clear_owner,
-                            ..RunPatch::default()
-                        },
-                    )
-                    .await?;
-                RunEnd::Failed(e)
-            }
-            Err(Stop::Budget(e)) => {
+            Err(Stop::Failed(e) | Stop::Budget(e)) => {
                 store
                     .transition(
                         &id,

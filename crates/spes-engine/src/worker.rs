@@ -673,15 +673,7 @@ impl Worker {
                     ..RunPatch::default()
                 },
             ),
-            Err(Stop::Budget(e)) => (
-                RunEvent::Fail,
-                RunPatch {
-                    error: Some(Some(e.to_string())),
-                    owner: Some(None),
-                    ..RunPatch::default()
-                },
-            ),
-            Err(Stop::Failed(e)) => {
+            Err(Stop::Failed(e) | Stop::Budget(e)) => {
                 if let FailureKind::Journal(m) = &e.kind {
                     return Err(Leave::from_journal(m.clone()));
                 }
