@@ -1162,13 +1162,6 @@ pub(crate) fn build_engine(
     Ok(builder.build())
 }
 
-/// Adds a call's cost to a total where either is known.
-pub(crate) fn run_cost_add(total: &mut Option<f64>, c: Option<f64>) {
-    if let Some(c) = c {
-        *total = Some(total.unwrap_or(0.0) + c);
-    }
-}
-
 /// US dollars as shown: four decimals under a dollar, cents above.
 pub(crate) fn fmt_cost(c: f64) -> String {
     if c < 1.0 {

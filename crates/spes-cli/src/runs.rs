@@ -542,7 +542,7 @@ async fn show(
                     calls += 1;
                     tin += response.usage.input_tokens;
                     tout += response.usage.output_tokens;
-                    crate::run_cost_add(&mut cost, cost_usd);
+                    spes_engine::run::add_cost(&mut cost, cost_usd);
                 }
                 format!(
                     "{provider}/{} · {}→{} tok · {} ms{}{}{}",

@@ -268,7 +268,7 @@ pub(crate) fn join_key(prefix: &str, name: &str) -> String {
 }
 
 /// Adds a cost to a total where either is known.
-pub(crate) fn add_cost(total: &mut Option<f64>, c: Option<f64>) {
+pub fn add_cost(total: &mut Option<f64>, c: Option<f64>) {
     if let Some(c) = c {
         *total = Some(total.unwrap_or(0.0) + c);
     }
@@ -975,10 +975,15 @@ impl<'e> Exec<'e> {
             .model
             .clone()
             .or_else(|| provider.default_model().map(str::to_owned));
-        if let Some(hit) = self
-            .cached(provider, model.as_deref(), &request_hash, req)
-            .await
-        {
+        // The response cache's key, computed once: looked up now, stored
+        // under after the call.
+        let cache_key = self
+            .engine
+            .cache
+            .as_ref()
+            .filter(|_| crate::budget::cacheable(req))
+            .map(|_| crate::budget::cache_key(provider.name(), model.as_deref(), &request_hash));
+        if let Some(hit) = self.cached(cache_key.as_deref()).await {
             let effect = Effect::Model {
                 provider: provider.name().to_owned(),
                 model,
@@ -1032,12 +1037,6 @@ impl<'e> Exec<'e> {
                 .metrics
                 .add_cost(provider.name(), model.as_deref().unwrap_or_default(), c);
         }
-        let cache_key = self
-            .engine
-            .cache
-            .as_ref()
-            .filter(|_| crate::budget::cacheable(req))
-            .map(|_| crate::budget::cache_key(provider.name(), model.as_deref(), &request_hash));
         let effect = Effect::Model {
             provider: provider.name().to_owned(),
             model: model.clone(),
@@ -1071,19 +1070,9 @@ impl<'e> Exec<'e> {
 
     /// An answer for `req` from the response cache, when the engine has one
     /// and the request may be served from it.
-    async fn cached(
-        &self,
-        provider: &Arc<dyn Provider>,
-        model: Option<&str>,
-        request_hash: &str,
-        req: &ChatRequest,
-    ) -> Option<ChatResponse> {
-        let c = self.engine.cache.as_ref()?;
-        if !crate::budget::cacheable(req) {
-            return None;
-        }
-        let k = crate::budget::cache_key(provider.name(), model, request_hash);
-        match c.store.cache_get(&k, c.ttl).await {
+    async fn cached(&self, key: Option<&str>) -> Option<ChatResponse> {
+        let (c, k) = (self.engine.cache.as_ref()?, key?);
+        match c.store.cache_get(k, c.ttl).await {
             Ok(Some(text)) => crate::budget::decode_cached(&text),
             Ok(None) => None,
             Err(e) => {
