@@ -5,10 +5,10 @@
 //!    and a 10-step chain's time per step on the scripted provider.
 //! 2. Tracing on, in one (child) process: a 10-step chain over HTTP against the
 //!    in-project fake server, its spans exported over OTLP/HTTP (protobuf,
-//!    batched) to a loopback receiver, against the same chain with the
-//!    layer refusing every span, rounds alternating (the exporter is set up as `spes` sets it up:
-//!    `spes_cli::telemetry`, repeated here since a binary crate exports
-//!    nothing).
+//!    batched) to a loopback receiver, against the same chain on an engine
+//!    without a tracer, rounds alternating (the exporter is set up as `spes`
+//!    sets it up: `spes_cli::telemetry`, repeated here since a binary crate
+//!    exports nothing).
 //! 3. Whole `spes run` processes of the chain against the fake server,
 //!    without and with `OTEL_EXPORTER_OTLP_ENDPOINT` (set-up, the export and
 //!    the flush at exit included).
@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -33,13 +33,12 @@ use spes_core::component::ComponentRegistry;
 use spes_core::message::{ChatRequest, ChatResponse, StopReason, Usage};
 use spes_core::workflow::{ValidateEnv, Workflow, parse_workflow, validate};
 use spes_engine::Engine;
+use spes_engine::telemetry::Tracer;
 use spes_fake_llm::{FakeResponse, FakeServer};
 use spes_llm::Provider;
 use spes_llm::http::HttpProviderConfig;
 use spes_llm::openai::OpenAiProvider;
 use spes_llm::scripted::{Answer, Rule, ScriptedProvider};
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 const STEPS: usize = 10;
 
@@ -124,12 +123,8 @@ impl HttpClient for OnRuntime {
     }
 }
 
-/// Whether the exporting layer takes spans (part 2 alternates).
-static ON: AtomicBool = AtomicBool::new(false);
-
 /// The exporter as `spes` builds it (batched OTLP/HTTP protobuf, requests
-/// on a one-thread runtime of its own), its layer installed as the global
-/// subscriber as `spes` installs it, taking spans only while [`ON`].
+/// on a one-thread runtime of its own).
 fn exporting(base: &str, export_rt: &tokio::runtime::Runtime) -> SdkTracerProvider {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -141,36 +136,17 @@ fn exporting(base: &str, export_rt: &tokio::runtime::Runtime) -> SdkTracerProvid
         })
         .build()
         .unwrap();
-    let provider = SdkTracerProvider::builder()
+    SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .build();
-    let targets = tracing_subscriber::filter::Targets::new()
-        .with_target(spes_engine::telemetry::TARGET, tracing::Level::INFO);
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("spes"))
-        // Only the attributes spes sets: no busy/idle clock reads on every
-        // poll, no source location, thread or target attributes.
-        .with_tracked_inactivity(false)
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_filter(targets)
-        .with_filter(
-            // Asked per span (a dynamic filter is never cached per call site).
-            tracing_subscriber::filter::DynFilterFn::new(|_, _| ON.load(Ordering::Relaxed)),
-        );
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).unwrap();
-    provider
+        .build()
 }
 
 /// Set by the benchmark for the child process that measures part 2.
 const PART_2: &str = "SPES_OTEL_BENCH_PART_2";
 
-/// Part 2, in a process of its own (part 1 measures a process without any
-/// subscriber): the exporting subscriber is the global one, set before
-/// any span, as `spes` sets it. Rounds alternate between the layer
-/// refusing spans (a per-span check: a little more than `spes` pays with no
-/// endpoint) and exporting them.
+/// Part 2, in a process of its own: rounds alternate between an engine
+/// without a tracer (as `spes` runs with no endpoint) and the same engine
+/// with the exporting tracer.
 fn in_one_process() {
     let export_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -190,14 +166,21 @@ fn in_one_process() {
         .with_base_url(server.openai_base_url())
         .with_model("fake-model");
     let http: Arc<dyn Provider> = Arc::new(OpenAiProvider::new(cfg).unwrap());
-    let engine = Engine::builder().provider(http).build();
+    let plain = Engine::builder()
+        .provider(http.clone())
+        .tracer(Tracer::none())
+        .build();
+    let traced = Engine::builder()
+        .provider(http)
+        .tracer(Tracer::new(provider_otel.tracer("spes")))
+        .build();
     let round = |on: bool| -> Duration {
-        ON.store(on, Ordering::Relaxed);
+        let engine = if on { &traced } else { &plain };
         rt.block_on(async {
             server.reset();
             server.set_default(FakeResponse::text("ok").with_usage(5, 1));
             let t = Instant::now();
-            run_chain(&engine, &wf).await;
+            run_chain(engine, &wf).await;
             t.elapsed()
         })
     };
@@ -258,6 +241,7 @@ fn main() {
     let t = Instant::now();
     for _ in 0..n {
         std::hint::black_box(spes_engine::telemetry::one_step_hooks(
+            &Tracer::none(),
             scripted.as_ref(),
             &req,
             answer.clone(),

@@ -212,8 +212,8 @@ enum LogFormat {
 
 /// Log lines on stderr: the level from `RUST_LOG` (default `warn`), text or JSON.
 /// Logs to stderr (`RUST_LOG`, `--log-format`) and, when an OTLP endpoint
-/// is configured (feature `otel`), the engine's trace spans exported with
-/// their own filter (so `RUST_LOG` does not silence them). The guard
+/// is configured (feature `otel`), the engine's trace spans exported (not
+/// through `tracing`, so `RUST_LOG` does not silence them). The guard
 /// flushes the exporter when dropped.
 fn init_logging(format: LogFormat, _cli: &Cli) -> TelemetryGuard {
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -232,19 +232,15 @@ fn init_logging(format: LogFormat, _cli: &Cli) -> TelemetryGuard {
             .boxed(),
         LogFormat::Json => fmt.json().with_ansi(false).with_filter(filter).boxed(),
     };
+    let _ = tracing_subscriber::registry().with(fmt).try_init();
     #[cfg(feature = "otel")]
     {
         let (explicit, start) = telemetry_start(_cli);
         let settings = telemetry::Settings::discover(explicit, &start);
-        if let Some((otel, guard)) = telemetry::layer(&settings) {
-            let _ = tracing_subscriber::registry()
-                .with(fmt)
-                .with(otel)
-                .try_init();
+        if let Some(guard) = telemetry::install(&settings) {
             return guard;
         }
     }
-    let _ = tracing_subscriber::registry().with(fmt).try_init();
     TelemetryGuard::default()
 }
 

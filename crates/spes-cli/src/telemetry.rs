@@ -1,6 +1,8 @@
-//! OpenTelemetry traces: the engine's spans (target `spes::otel`) exported
-//! over OTLP/HTTP (protobuf) when an endpoint is configured
-//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, else `[telemetry] otlp_endpoint`).
+//! OpenTelemetry traces: the engine's spans exported over OTLP/HTTP
+//! (protobuf) when an endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! else `[telemetry] otlp_endpoint`). The tracer is installed as the
+//! process's [`spes_engine::telemetry::Tracer::set_global`], which every
+//! engine the command builds uses.
 //!
 //! The exporter runs on a batch thread of its own; its HTTP requests run on
 //! a one-thread tokio runtime owned here, so that exports neither need nor
@@ -17,8 +19,6 @@ use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use spes_core::config::TelemetrySpec;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
 
 use crate::project::Project;
 
@@ -92,12 +92,10 @@ impl HttpClient for OnRuntime {
     }
 }
 
-/// The tracing layer exporting the engine's spans, and its guard; `None`
-/// when no endpoint is configured (nothing is set up: no thread, no runtime).
-pub(crate) fn layer<S>(settings: &Settings) -> Option<(Box<dyn Layer<S> + Send + Sync>, Guard)>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
-{
+/// Installs the exporter of the engine's spans as the process's tracer;
+/// its guard, or `None` when no endpoint is configured (nothing is set up:
+/// no thread, no runtime).
+pub(crate) fn install(settings: &Settings) -> Option<Guard> {
     let base = settings.endpoint.as_deref()?;
     let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -112,11 +110,16 @@ where
             return None;
         }
     };
-    let client = match reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+        .redirect(reqwest::redirect::Policy::none());
+    if endpoint.to_ascii_lowercase().starts_with("http://") {
+        // No request leaves plain HTTP (no redirect is followed): an empty
+        // root store instead of loading the system's certificates, which
+        // costs a short command several milliseconds.
+        client = client.tls_certs_only(std::iter::empty());
+    }
+    let client = match client.build() {
         Ok(c) => c,
         Err(e) => {
             crate::term::say!("warning: traces are not exported: {e}");
@@ -148,24 +151,12 @@ where
         .with_batch_exporter(exporter)
         .with_resource(resource.build())
         .build();
-    let tracer = provider.tracer("spes");
     spes_engine::telemetry::set_capture_content(settings.capture_content);
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        // Only the attributes spes sets: no busy/idle clock reads on every
-        // poll, no source location, thread or target attributes.
-        .with_tracked_inactivity(false)
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_filter(
-            Targets::new().with_target(spes_engine::telemetry::TARGET, tracing::Level::INFO),
-        );
-    Some((
-        Box::new(layer),
-        Guard {
-            provider: Some(provider),
-            rt: Some(rt),
-        },
-    ))
+    spes_engine::telemetry::Tracer::set_global(spes_engine::telemetry::Tracer::new(
+        provider.tracer("spes"),
+    ));
+    Some(Guard {
+        provider: Some(provider),
+        rt: Some(rt),
+    })
 }

@@ -222,11 +222,13 @@ impl Exec<'_> {
         depth: usize,
         loc: &Loc,
     ) -> Result<(String, bool), Stop> {
-        let span =
-            crate::telemetry::tool_span(&call.name, &call.id, key, &call.arguments.to_string());
-        let r = tracing::Instrument::instrument(
+        let tracer = &self.engine.tracer;
+        let span = crate::telemetry::tool_span(tracer, &call.name, &call.id, key, &|| {
+            call.arguments.to_string()
+        });
+        let r = crate::telemetry::within(
+            &span,
             self.tool_call_journaled(runner, call, gated, key, depth, loc),
-            span.clone(),
         )
         .await;
         match &r {

@@ -382,8 +382,13 @@ pub struct Replay {
 
 /// The span of an execution of a stored run in this process: a child of
 /// the trace the run was started in, when it stored one.
-pub(crate) fn continued_span(run: &Run, wf: &Workflow) -> tracing::Span {
+pub(crate) fn continued_span(
+    tracer: &crate::telemetry::Tracer,
+    run: &Run,
+    wf: &Workflow,
+) -> crate::telemetry::Span {
     crate::telemetry::run_span(
+        tracer,
         &wf.name,
         Some(&run.id.to_string()),
         run.settings.trace_parent.as_deref(),
@@ -414,7 +419,7 @@ impl Engine {
         wf: &Workflow,
         source: &WorkflowSource,
         inputs: BTreeMap<String, Value>,
-    ) -> Result<(RunId, spes_core::template::Context, tracing::Span), RunError> {
+    ) -> Result<(RunId, spes_core::template::Context, crate::telemetry::Span), RunError> {
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
         let id = RunId::new();
         let (run, span) = self.new_run(id, wf, source, &ctx);
@@ -448,8 +453,15 @@ impl Engine {
             _ => serde_json::Map::new(),
         };
         let budget = self.run_budget(&store, run, wf).await?;
-        self.execute(store, run.id, wf, ctx, budget, continued_span(run, wf))
-            .await
+        self.execute(
+            store,
+            run.id,
+            wf,
+            ctx,
+            budget,
+            continued_span(&self.tracer, run, wf),
+        )
+        .await
     }
 
     /// The budget `run` executes under: the one recorded at its start (a
@@ -508,8 +520,8 @@ impl Engine {
         wf: &Workflow,
         source: &WorkflowSource,
         ctx: &spes_core::template::Context,
-    ) -> (NewRun, tracing::Span) {
-        let span = crate::telemetry::run_span(&wf.name, Some(&id.to_string()), None);
+    ) -> (NewRun, crate::telemetry::Span) {
+        let span = crate::telemetry::run_span(&self.tracer, &wf.name, Some(&id.to_string()), None);
         let mut settings = self.run_settings();
         settings.trace_parent = crate::telemetry::traceparent(&span);
         settings.budget = self.budget_for(wf);
@@ -600,8 +612,15 @@ impl Engine {
             _ => serde_json::Map::new(),
         };
         let budget = self.run_budget(&store, run, wf).await?;
-        self.execute(store, run.id, wf, ctx, budget, continued_span(run, wf))
-            .await
+        self.execute(
+            store,
+            run.id,
+            wf,
+            ctx,
+            budget,
+            continued_span(&self.tracer, run, wf),
+        )
+        .await
     }
 
     async fn execute(
@@ -611,7 +630,7 @@ impl Engine {
         wf: &Workflow,
         ctx: spes_core::template::Context,
         budget: Option<spes_core::budget::Budget>,
-        span: tracing::Span,
+        span: crate::telemetry::Span,
     ) -> Result<RunEnd, RunError> {
         let journal = StoreJournal::open(store.clone(), id)
             .await
@@ -628,7 +647,7 @@ impl Engine {
                 .unwrap_or_default();
             exec.budget = Some(crate::budget::Ledger::local(b, spent));
         }
-        let result = tracing::Instrument::instrument(exec.run_workflow(wf), span.clone()).await;
+        let result = crate::telemetry::within(&span, exec.run_workflow(wf)).await;
         crate::telemetry::done(&span, &result);
         let clear_owner = Some(None);
         Ok(match result {
@@ -813,8 +832,9 @@ impl Engine {
             cache: None,
             default_budget: None,
             budget_override: None,
-            // A preview: its walk is not counted.
+            // A preview: its walk is not counted, nor traced.
             metrics: crate::metrics::Metrics::new(),
+            tracer: crate::telemetry::Tracer::none(),
         };
         // Goes as far as the journal does; where it ends is not an error here.
         let _ = replay_with(&engine, &store, run, wf).await?;

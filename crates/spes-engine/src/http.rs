@@ -27,11 +27,12 @@ use crate::run::{Exec, StepResult, Stop, fail, mismatch};
 /// `timeout` policy cuts it sooner.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How the engine sends http steps: one shared client, and the hosts it
-/// may reach.
+/// How the engine sends http steps: one shared client (built on the first
+/// request: building one loads the system's root certificates, which a
+/// run without http steps never needs), and the hosts it may reach.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
-    pub(crate) client: reqwest::Client,
+    client: Arc<std::sync::OnceLock<reqwest::Client>>,
     /// Hosts (`name` or `name:port`) http steps may reach; `None`: any.
     pub(crate) allow_hosts: Option<Arc<[String]>>,
 }
@@ -47,15 +48,8 @@ impl HttpSettings {
     /// limits the hosts (`api.example.com`, `127.0.0.1:8080`).
     #[must_use]
     pub fn new(allow: Option<Vec<String>>) -> Self {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("spes/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
         Self {
-            client,
+            client: Arc::default(),
             allow_hosts: allow.map(|a| {
                 a.into_iter()
                     .map(|h| h.to_ascii_lowercase())
@@ -63,6 +57,19 @@ impl HttpSettings {
                     .into()
             }),
         }
+    }
+
+    /// The shared client.
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(REQUEST_TIMEOUT)
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(concat!("spes/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default()
+        })
     }
 
     fn allows(&self, url: &reqwest::Url) -> bool {
@@ -221,7 +228,7 @@ impl Exec<'_> {
                 FailureKind::Config(format!("unknown method {}", h.method)),
             )
         })?;
-        let mut req = self.engine.http.client.request(method, url.clone());
+        let mut req = self.engine.http.client().request(method, url.clone());
         let mut has_idempotency_key = false;
         let mut has_traceparent = false;
         for (name, value) in &h.headers {

@@ -89,6 +89,7 @@ pub struct Engine {
     pub(crate) default_budget: Option<spes_core::budget::Budget>,
     pub(crate) budget_override: Option<spes_core::budget::Budget>,
     pub(crate) metrics: metrics::Metrics,
+    pub(crate) tracer: telemetry::Tracer,
 }
 
 /// Milliseconds since the Unix epoch. Injectable so that deadlines are testable without waiting.
@@ -219,6 +220,7 @@ impl Engine {
             default_budget: self.default_budget,
             budget_override: self.budget_override,
             metrics: self.metrics.clone(),
+            tracer: self.tracer.clone(),
         })
     }
 
@@ -261,8 +263,8 @@ impl Engine {
         exec.budget = self
             .budget_for(wf)
             .map(|b| budget::Ledger::local(b, spes_core::budget::Spend::default()));
-        let span = telemetry::run_span(&wf.name, None, None);
-        let result = tracing::Instrument::instrument(exec.run_workflow(wf), span.clone()).await;
+        let span = telemetry::run_span(&self.tracer, &wf.name, None, None);
+        let result = telemetry::within(&span, exec.run_workflow(wf)).await;
         telemetry::done(&span, &result);
         match result {
             Ok(o) => Ok(o),
@@ -322,6 +324,7 @@ pub struct EngineBuilder {
     default_budget: Option<spes_core::budget::Budget>,
     budget_override: Option<spes_core::budget::Budget>,
     metrics: Option<metrics::Metrics>,
+    tracer: Option<telemetry::Tracer>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -475,6 +478,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Where the engine's trace spans go (default: the process's,
+    /// [`telemetry::Tracer::global`]; none unless a front door set one).
+    #[must_use]
+    pub fn tracer(mut self, t: telemetry::Tracer) -> Self {
+        self.tracer = Some(t);
+        self
+    }
+
     /// Finishes.
     #[must_use]
     pub fn build(self) -> Engine {
@@ -505,6 +516,7 @@ impl EngineBuilder {
             default_budget: self.default_budget,
             budget_override: self.budget_override,
             metrics,
+            tracer: self.tracer.unwrap_or_else(telemetry::Tracer::global),
         }
     }
 }

@@ -22,7 +22,6 @@ use spes_core::workflow::{
 };
 use spes_llm::{CallContext, Provider};
 use spes_store::{RunId, RunStatus, RunStore};
-use tracing::Instrument;
 
 use crate::Engine;
 use crate::error::{EngineError, FailureKind};
@@ -435,11 +434,8 @@ impl<'e> Exec<'e> {
                 kind,
                 depth,
             });
-            let span = crate::telemetry::step_span(kind, &key);
-            let result = self
-                .step_inner(s, &key, depth)
-                .instrument(span.clone())
-                .await;
+            let span = crate::telemetry::step_span(&self.engine.tracer, kind, &key);
+            let result = crate::telemetry::within(&span, self.step_inner(s, &key, depth)).await;
             crate::telemetry::done(&span, &result);
             let elapsed = start.elapsed();
             match result {
@@ -912,11 +908,12 @@ impl<'e> Exec<'e> {
         key: &str,
         loc: &Loc,
     ) -> Result<ChatResponse, Stop> {
-        let span = crate::telemetry::model_span(provider.as_ref(), req, key);
-        let r = self
-            .call_journaled(provider, req, components, key, loc)
-            .instrument(span.clone())
-            .await;
+        let span = crate::telemetry::model_span(&self.engine.tracer, provider.as_ref(), req, key);
+        let r = crate::telemetry::within(
+            &span,
+            self.call_journaled(provider, req, components, key, loc),
+        )
+        .await;
         crate::telemetry::model_done(&span, &r);
         r
     }

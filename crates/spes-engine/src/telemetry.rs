@@ -1,30 +1,36 @@
 //! Trace spans for runs, steps, model calls and tool calls, after the
 //! OpenTelemetry GenAI semantic conventions.
 //!
-//! Spans are `tracing` spans with target [`TARGET`] at level INFO; a front
-//! door that exports traces (the CLI: an OpenTelemetry layer over OTLP)
-//! subscribes to that target. Without such a subscriber the spans are
-//! disabled at their call site: no fields are evaluated, nothing is
-//! allocated. With the `otel` feature the engine also reads and continues
-//! trace contexts: a run stores its trace context with it
-//! (`RunSettings::trace_parent`) so that a resume, in any process, continues
-//! the same trace, and outgoing HTTP requests carry a W3C `traceparent`.
+//! With the `otel` feature, an engine makes OpenTelemetry spans itself
+//! through the [`Tracer`] it was built with
+//! ([`crate::EngineBuilder::tracer`], else the process's
+//! [`Tracer::set_global`]); a front door that exports traces (the CLI: the
+//! SDK's batch exporter over OTLP/HTTP) installs one. Spans go straight to
+//! the tracer: not through `tracing` spans and a bridge layer, whose
+//! per-span and per-poll bookkeeping cost several times more. Parents
+//! travel as the OpenTelemetry [`Context`](opentelemetry::Context) of the
+//! future being polled, so a span made inside a step is that step's child,
+//! and a caller's own current context (an embedding application's span) is
+//! the parent of a run's span.
 //!
-//! Message content (prompts, answers, tool arguments and results) is put on
-//! spans only after [`set_capture_content`]`(true)`.
+//! Without a tracer (the default), every function here returns at once:
+//! nothing is allocated, no clock is read. Without the `otel` feature they
+//! compile to nothing.
+//!
+//! A run stores its trace context with it (`RunSettings::trace_parent`) so
+//! that a resume, in any process, continues the same trace, and outgoing
+//! HTTP requests carry a W3C `traceparent`. Message content (prompts,
+//! answers, tool arguments and results) is put on spans only after
+//! [`set_capture_content`]`(true)`.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use spes_core::message::{ChatRequest, ChatResponse, Message, StopReason};
 use spes_llm::Provider;
-use tracing::Span;
-use tracing::field::Empty;
 
 use crate::error::FailureKind;
 use crate::run::Stop;
-
-/// The `tracing` target of every span here.
-pub const TARGET: &str = "spes::otel";
 
 static CAPTURE: AtomicBool = AtomicBool::new(false);
 
@@ -40,61 +46,354 @@ pub fn capture_content() -> bool {
     CAPTURE.load(Ordering::Relaxed)
 }
 
-/// The span of one execution of a run in this process (`spes.run`), a
-/// child of `parent` (a stored W3C traceparent) when given.
-pub(crate) fn run_span(workflow: &str, run: Option<&str>, parent: Option<&str>) -> Span {
-    let span = tracing::info_span!(
-        target: "spes::otel",
-        "spes.run",
-        otel.name = format!("run {workflow}").as_str(),
-        openinference.span.kind = "CHAIN",
-        spes.workflow = workflow,
-        spes.run.id = run,
-        spes.run.continued = parent.is_some(),
-        otel.status_code = Empty,
-        error.type = Empty,
-    );
-    if let Some(p) = parent {
-        set_parent(&span, p);
+#[cfg(feature = "otel")]
+mod imp {
+    use std::borrow::Cow;
+    use std::sync::{Arc, OnceLock};
+
+    use opentelemetry::global::BoxedTracer;
+    use opentelemetry::trace::{
+        SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags,
+        TraceId, TraceState, Tracer as _,
+    };
+    use opentelemetry::{Context, KeyValue};
+
+    /// Where an engine's spans go (cheap to clone): an OpenTelemetry
+    /// tracer, or none (no span is made).
+    #[derive(Clone, Default)]
+    pub struct Tracer(Option<Arc<BoxedTracer>>);
+
+    impl std::fmt::Debug for Tracer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_tuple("Tracer").field(&self.0.is_some()).finish()
+        }
     }
-    span
+
+    static GLOBAL: OnceLock<Tracer> = OnceLock::new();
+
+    impl Tracer {
+        /// Spans go to `tracer` (an SDK tracer from a tracer provider).
+        #[must_use]
+        pub fn new<T>(tracer: T) -> Self
+        where
+            T: opentelemetry::trace::Tracer + Send + Sync + 'static,
+            T::Span: Send + Sync + 'static,
+        {
+            Self(Some(Arc::new(BoxedTracer::new(Box::new(tracer)))))
+        }
+
+        /// No spans.
+        #[must_use]
+        pub fn none() -> Self {
+            Self(None)
+        }
+
+        /// Makes `tracer` the one engines use when their builder names
+        /// none; only the first call counts (`false` after that).
+        pub fn set_global(tracer: Self) -> bool {
+            GLOBAL.set(tracer).is_ok()
+        }
+
+        /// The tracer set by [`Tracer::set_global`], else none.
+        #[must_use]
+        pub fn global() -> Self {
+            GLOBAL.get().cloned().unwrap_or_default()
+        }
+
+        /// Whether spans are made.
+        #[must_use]
+        pub fn is_enabled(&self) -> bool {
+            self.0.is_some()
+        }
+
+        pub(crate) fn start(
+            &self,
+            name: Cow<'static, str>,
+            kind: SpanKind,
+            attributes: impl FnOnce() -> Vec<KeyValue>,
+            parent: Option<&str>,
+        ) -> Span {
+            let Some(t) = &self.0 else {
+                return Span(None);
+            };
+            let builder = SpanBuilder::from_name(name)
+                .with_kind(kind)
+                .with_attributes(attributes());
+            let remote = parent.and_then(remote_context);
+            let cx = match remote {
+                Some(parent) => {
+                    let span = t.build_with_context(builder, &parent);
+                    parent.with_span(span)
+                }
+                None => Context::map_current(|parent| {
+                    let span = t.build_with_context(builder, parent);
+                    parent.with_span(span)
+                }),
+            };
+            Span(Some(cx))
+        }
+    }
+
+    /// One span (its context: the span and its parents), or none.
+    #[derive(Clone, Debug, Default)]
+    pub(crate) struct Span(pub(super) Option<Context>);
+
+    impl Span {
+        pub(crate) fn is_recording(&self) -> bool {
+            self.0.is_some()
+        }
+
+        pub(crate) fn set(&self, kv: KeyValue) {
+            if let Some(cx) = &self.0 {
+                cx.span().set_attribute(kv);
+            }
+        }
+
+        pub(crate) fn set_all(&self, kvs: Vec<KeyValue>) {
+            if let Some(cx) = &self.0 {
+                cx.span().set_attributes(kvs);
+            }
+        }
+
+        pub(crate) fn error(&self, error_type: String) {
+            if let Some(cx) = &self.0 {
+                let span = cx.span();
+                span.set_status(Status::error(""));
+                span.set_attribute(KeyValue::new("error.type", error_type));
+            }
+        }
+
+        pub(crate) fn end(&self) {
+            if let Some(cx) = &self.0 {
+                cx.span().end();
+            }
+        }
+
+        pub(crate) fn traceparent(&self) -> Option<String> {
+            self.0
+                .as_ref()
+                .and_then(|cx| format(cx.span().span_context()))
+        }
+
+        /// `fut` polled with this span as the current context.
+        pub(crate) async fn wrap<F: std::future::Future>(&self, fut: F) -> F::Output {
+            use opentelemetry::context::FutureExt as _;
+            match &self.0 {
+                Some(cx) => fut.with_context(cx.clone()).await,
+                None => fut.await,
+            }
+        }
+    }
+
+    fn format(sc: &SpanContext) -> Option<String> {
+        sc.is_valid().then(|| {
+            format!(
+                "00-{}-{}-{:02x}",
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags().to_u8()
+            )
+        })
+    }
+
+    /// The current context's span's `traceparent`, when it has a span.
+    pub(crate) fn current_traceparent() -> Option<String> {
+        Context::map_current(|cx| format(cx.span().span_context()))
+    }
+
+    /// Sets `kv` on the current context's span (a model or tool call's).
+    pub(crate) fn set_current(kv: KeyValue) {
+        Context::map_current(|cx| {
+            if cx.has_active_span() {
+                cx.span().set_attribute(kv);
+            }
+        });
+    }
+
+    /// The remote context a stored W3C traceparent names (`None` when it
+    /// does not parse).
+    fn remote_context(traceparent: &str) -> Option<Context> {
+        let mut it = traceparent.split('-');
+        let (Some("00"), Some(t), Some(s), Some(f), None) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        else {
+            return None;
+        };
+        let (Ok(t), Ok(s), Ok(f)) = (
+            TraceId::from_hex(t),
+            SpanId::from_hex(s),
+            u8::from_str_radix(f, 16),
+        ) else {
+            return None;
+        };
+        let sc = SpanContext::new(t, s, TraceFlags::new(f), true, TraceState::default());
+        sc.is_valid()
+            .then(|| Context::new().with_remote_span_context(sc))
+    }
+
+    pub(crate) use opentelemetry::KeyValue as Kv;
+    pub(crate) use opentelemetry::trace::SpanKind as Kind;
+
+    /// A string array attribute of one value.
+    pub(crate) fn one_string(key: &'static str, value: &str) -> KeyValue {
+        KeyValue::new(
+            key,
+            opentelemetry::Value::Array(opentelemetry::Array::String(vec![
+                value.to_owned().into(),
+            ])),
+        )
+    }
 }
 
-/// The span of one map item executed by a worker (`spes.item`), a child of
+#[cfg(not(feature = "otel"))]
+mod imp {
+    /// Where an engine's spans go: without the `otel` feature, nowhere.
+    #[derive(Clone, Debug, Default)]
+    pub struct Tracer;
+
+    impl Tracer {
+        /// No spans.
+        #[must_use]
+        pub fn none() -> Self {
+            Self
+        }
+
+        /// Without the `otel` feature there is no tracer to set.
+        pub fn set_global(_tracer: Self) -> bool {
+            false
+        }
+
+        /// No spans.
+        #[must_use]
+        pub fn global() -> Self {
+            Self
+        }
+
+        /// Never: there is no tracer.
+        #[must_use]
+        pub fn is_enabled(&self) -> bool {
+            false
+        }
+    }
+
+    /// No span.
+    #[derive(Clone, Debug, Default)]
+    pub(crate) struct Span;
+
+    impl Span {
+        pub(crate) fn is_recording(&self) -> bool {
+            false
+        }
+
+        pub(crate) fn end(&self) {}
+
+        pub(crate) fn traceparent(&self) -> Option<String> {
+            None
+        }
+
+        pub(crate) async fn wrap<F: std::future::Future>(&self, fut: F) -> F::Output {
+            fut.await
+        }
+    }
+
+    pub(crate) fn current_traceparent() -> Option<String> {
+        None
+    }
+}
+
+pub(crate) use imp::Span;
+pub use imp::Tracer;
+
+/// The span of one execution of a run in this process (`run WORKFLOW`), a
+/// child of `parent` (a stored W3C traceparent) when given, else of the
+/// caller's current context.
+pub(crate) fn run_span(
+    tracer: &Tracer,
+    workflow: &str,
+    run: Option<&str>,
+    parent: Option<&str>,
+) -> Span {
+    #[cfg(feature = "otel")]
+    {
+        use imp::Kv;
+        tracer.start(
+            format!("run {workflow}").into(),
+            imp::Kind::Internal,
+            || {
+                let mut a = vec![
+                    Kv::new("openinference.span.kind", "CHAIN"),
+                    Kv::new("spes.workflow", workflow.to_owned()),
+                    Kv::new("spes.run.continued", parent.is_some()),
+                ];
+                if let Some(r) = run {
+                    a.push(Kv::new("spes.run.id", r.to_owned()));
+                }
+                a
+            },
+            parent,
+        )
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (tracer, workflow, run, parent);
+        Span
+    }
+}
+
+/// The span of one map item executed by a worker (`item KEY`), a child of
 /// the run's stored trace context.
-pub(crate) fn item_span(run: &str, key: &str, parent: Option<&str>) -> Span {
-    let span = tracing::info_span!(
-        target: "spes::otel",
-        "spes.item",
-        otel.name = format!("item {key}").as_str(),
-        openinference.span.kind = "CHAIN",
-        spes.run.id = run,
-        spes.step.key = key,
-        otel.status_code = Empty,
-        error.type = Empty,
-    );
-    if let Some(p) = parent {
-        set_parent(&span, p);
+pub(crate) fn item_span(tracer: &Tracer, run: &str, key: &str, parent: Option<&str>) -> Span {
+    #[cfg(feature = "otel")]
+    {
+        use imp::Kv;
+        tracer.start(
+            format!("item {key}").into(),
+            imp::Kind::Internal,
+            || {
+                vec![
+                    Kv::new("openinference.span.kind", "CHAIN"),
+                    Kv::new("spes.run.id", run.to_owned()),
+                    Kv::new("spes.step.key", key.to_owned()),
+                ]
+            },
+            parent,
+        )
     }
-    span
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (tracer, run, key, parent);
+        Span
+    }
 }
 
-/// The span of one step (`spes.step`).
-pub(crate) fn step_span(kind: &str, key: &str) -> Span {
-    tracing::info_span!(
-        target: "spes::otel",
-        "spes.step",
-        otel.name = format!("step {key}").as_str(),
-        openinference.span.kind = "CHAIN",
-        spes.step.key = key,
-        spes.step.kind = kind,
-        otel.status_code = Empty,
-        error.type = Empty,
-    )
+/// The span of one step (`step KEY`).
+pub(crate) fn step_span(tracer: &Tracer, kind: &'static str, key: &str) -> Span {
+    #[cfg(feature = "otel")]
+    {
+        use imp::Kv;
+        tracer.start(
+            format!("step {key}").into(),
+            imp::Kind::Internal,
+            || {
+                vec![
+                    Kv::new("openinference.span.kind", "CHAIN"),
+                    Kv::new("spes.step.key", key.to_owned()),
+                    Kv::new("spes.step.kind", kind),
+                ]
+            },
+            None,
+        )
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (tracer, kind, key);
+        Span
+    }
 }
 
 /// The attempt or slot a journal key names (`attempt2`, `fallback1`,
 /// `repair1`, `degrade2`), if any.
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 fn slot(key: &str) -> Option<&str> {
     key.rsplit('/')
         .next()
@@ -103,48 +402,68 @@ fn slot(key: &str) -> Option<&str> {
 }
 
 /// The span of one model call (`chat MODEL`), before the journal is asked.
-pub(crate) fn model_span(provider: &dyn Provider, req: &ChatRequest, key: &str) -> Span {
-    let model = req.model.as_deref().or_else(|| provider.default_model());
-    let span = tracing::info_span!(
-        target: "spes::otel",
-        "gen_ai.chat",
-        otel.name = format!("chat {}", model.unwrap_or("")).trim_end(),
-        otel.kind = "client",
-        openinference.span.kind = "LLM",
-        gen_ai.operation.name = "chat",
-        gen_ai.provider.name = provider.kind(),
-        gen_ai.request.model = model,
-        gen_ai.request.max_tokens = req.max_tokens,
-        gen_ai.request.temperature = req.temperature.map(f64::from),
-        gen_ai.response.model = Empty,
-        gen_ai.response.id = Empty,
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-        gen_ai.response.finish_reasons = Empty,
-        gen_ai.system_instructions = Empty,
-        gen_ai.input.messages = Empty,
-        gen_ai.output.messages = Empty,
-        spes.provider = provider.name(),
-        spes.step.key = key,
-        spes.attempt = slot(key),
-        spes.journal.replayed = Empty,
-        otel.status_code = Empty,
-        error.type = Empty,
-    );
-    if capture_content() && !span.is_disabled() {
-        if let Some(sys) = &req.system {
-            let v = serde_json::json!([{ "type": "text", "content": sys }]);
-            span.record("gen_ai.system_instructions", v.to_string().as_str());
+pub(crate) fn model_span(
+    tracer: &Tracer,
+    provider: &dyn Provider,
+    req: &ChatRequest,
+    key: &str,
+) -> Span {
+    #[cfg(feature = "otel")]
+    {
+        use imp::Kv;
+        if !tracer.is_enabled() {
+            return Span::default();
         }
-        let msgs: Vec<_> = req.messages.iter().map(message_json).collect();
-        span.record(
-            "gen_ai.input.messages",
-            serde_json::Value::Array(msgs).to_string().as_str(),
-        );
+        let model = req.model.as_deref().or_else(|| provider.default_model());
+        tracer.start(
+            match model {
+                Some(m) => format!("chat {m}").into(),
+                None => "chat".into(),
+            },
+            imp::Kind::Client,
+            || {
+                let mut a = Vec::with_capacity(12);
+                a.push(Kv::new("openinference.span.kind", "LLM"));
+                a.push(Kv::new("gen_ai.operation.name", "chat"));
+                a.push(Kv::new("gen_ai.provider.name", provider.kind()));
+                if let Some(m) = model {
+                    a.push(Kv::new("gen_ai.request.model", m.to_owned()));
+                }
+                if let Some(n) = req.max_tokens {
+                    a.push(Kv::new("gen_ai.request.max_tokens", i64::from(n)));
+                }
+                if let Some(t) = req.temperature {
+                    a.push(Kv::new("gen_ai.request.temperature", f64::from(t)));
+                }
+                a.push(Kv::new("spes.provider", provider.name().to_owned()));
+                a.push(Kv::new("spes.step.key", key.to_owned()));
+                if let Some(s) = slot(key) {
+                    a.push(Kv::new("spes.attempt", s.to_owned()));
+                }
+                if capture_content() {
+                    if let Some(sys) = &req.system {
+                        let v = serde_json::json!([{ "type": "text", "content": sys }]);
+                        a.push(Kv::new("gen_ai.system_instructions", v.to_string()));
+                    }
+                    let msgs: Vec<_> = req.messages.iter().map(message_json).collect();
+                    a.push(Kv::new(
+                        "gen_ai.input.messages",
+                        serde_json::Value::Array(msgs).to_string(),
+                    ));
+                }
+                a
+            },
+            None,
+        )
     }
-    span
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (tracer, provider, req, key);
+        Span
+    }
 }
 
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 fn message_json(m: &Message) -> serde_json::Value {
     let mut parts = Vec::new();
     if !m.content.is_empty() {
@@ -163,6 +482,7 @@ fn message_json(m: &Message) -> serde_json::Value {
     serde_json::json!({ "role": m.role, "parts": parts })
 }
 
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 fn finish_reason(r: &StopReason) -> &str {
     match r {
         StopReason::EndTurn | StopReason::StopSequence => "stop",
@@ -174,30 +494,45 @@ fn finish_reason(r: &StopReason) -> &str {
 
 /// Marks the current span (a model or tool call's) as answered from the journal.
 pub(crate) fn replayed() {
-    Span::current().record("spes.journal.replayed", true);
+    #[cfg(feature = "otel")]
+    imp::set_current(imp::Kv::new("spes.journal.replayed", true));
 }
 
 /// Marks the current span (a model or tool call's) as made now, not
 /// answered from the journal; the `traceparent` for its request.
 pub(crate) fn calling() -> Option<String> {
-    let span = Span::current();
-    span.record("spes.journal.replayed", false);
-    traceparent(&span)
+    #[cfg(feature = "otel")]
+    imp::set_current(imp::Kv::new("spes.journal.replayed", false));
+    imp::current_traceparent()
 }
 
-/// Records how a model call ended on its span.
+/// Records how a model call ended on its span, and ends it.
 pub(crate) fn model_done(span: &Span, result: &Result<ChatResponse, Stop>) {
-    if span.is_disabled() {
+    if !span.is_recording() {
         return;
     }
+    #[cfg(feature = "otel")]
     match result {
         Ok(r) => {
-            span.record("gen_ai.response.model", r.model.as_deref());
-            span.record("gen_ai.response.id", r.request_id.as_deref());
-            span.record("gen_ai.usage.input_tokens", r.usage.input_tokens);
-            span.record("gen_ai.usage.output_tokens", r.usage.output_tokens);
+            use imp::Kv;
             let reason = finish_reason(&r.stop_reason);
-            set_string_array(span, "gen_ai.response.finish_reasons", reason);
+            let mut a = Vec::with_capacity(6);
+            if let Some(m) = &r.model {
+                a.push(Kv::new("gen_ai.response.model", m.clone()));
+            }
+            if let Some(id) = &r.request_id {
+                a.push(Kv::new("gen_ai.response.id", id.clone()));
+            }
+            a.push(Kv::new(
+                "gen_ai.usage.input_tokens",
+                i64::try_from(r.usage.input_tokens).unwrap_or(i64::MAX),
+            ));
+            a.push(Kv::new(
+                "gen_ai.usage.output_tokens",
+                i64::try_from(r.usage.output_tokens).unwrap_or(i64::MAX),
+            ));
+            a.push(imp::one_string("gen_ai.response.finish_reasons", reason));
+            span.set_all(a);
             if capture_content() {
                 let mut parts = Vec::new();
                 if !r.text.is_empty() {
@@ -211,31 +546,39 @@ pub(crate) fn model_done(span: &Span, result: &Result<ChatResponse, Stop>) {
                 let v = serde_json::json!([{
                     "role": "assistant", "parts": parts, "finish_reason": reason,
                 }]);
-                span.record("gen_ai.output.messages", v.to_string().as_str());
+                span.set(Kv::new("gen_ai.output.messages", v.to_string()));
             }
         }
         Err(stop) => stopped(span, stop),
     }
+    #[cfg(not(feature = "otel"))]
+    let _ = result;
+    span.end();
 }
 
-/// Records how a step, a run or a tool call ended on its span.
+/// Records how a step, a run or a tool call ended on its span, and ends it.
 pub(crate) fn done<T>(span: &Span, result: &Result<T, Stop>) {
-    if let Err(stop) = result
-        && !span.is_disabled()
-    {
+    if !span.is_recording() {
+        return;
+    }
+    if let Err(stop) = result {
         stopped(span, stop);
     }
+    span.end();
 }
 
 fn stopped(span: &Span, stop: &Stop) {
-    if let Stop::Failed(e) | Stop::Store(e) = stop {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", error_type(&e.kind).as_str());
+    #[cfg(feature = "otel")]
+    if let Stop::Failed(e) | Stop::Store(e) | Stop::Budget(e) = stop {
+        span.error(error_type(&e.kind));
     }
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, stop);
 }
 
 /// `error.type` of a failure: the provider error's kind (`rate_limited`,
 /// `server_error`, ...) or the failure's own (`timeout`, `invalid_output`, ...).
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 pub(crate) fn error_type(kind: &FailureKind) -> String {
     match kind {
         FailureKind::Provider(p) => p.kind.as_str().to_owned(),
@@ -255,6 +598,7 @@ pub(crate) fn error_type(kind: &FailureKind) -> String {
     }
 }
 
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 fn snake(camel: &str) -> String {
     let mut out = String::with_capacity(camel.len() + 4);
     for (i, c) in camel.chars().enumerate() {
@@ -271,140 +615,98 @@ fn snake(camel: &str) -> String {
 }
 
 /// The span of one tool call of an agent (`execute_tool NAME`).
-pub(crate) fn tool_span(name: &str, call_id: &str, key: &str, arguments: &str) -> Span {
-    let span = tracing::info_span!(
-        target: "spes::otel",
-        "gen_ai.execute_tool",
-        otel.name = format!("execute_tool {name}").as_str(),
-        openinference.span.kind = "TOOL",
-        gen_ai.operation.name = "execute_tool",
-        gen_ai.tool.name = name,
-        gen_ai.tool.call.id = call_id,
-        gen_ai.tool.call.arguments = Empty,
-        gen_ai.tool.call.result = Empty,
-        spes.step.key = key,
-        spes.journal.replayed = Empty,
-        otel.status_code = Empty,
-        error.type = Empty,
-    );
-    if capture_content() && !span.is_disabled() {
-        span.record("gen_ai.tool.call.arguments", arguments);
+pub(crate) fn tool_span(
+    tracer: &Tracer,
+    name: &str,
+    call_id: &str,
+    key: &str,
+    arguments: &dyn Fn() -> String,
+) -> Span {
+    #[cfg(feature = "otel")]
+    {
+        use imp::Kv;
+        tracer.start(
+            format!("execute_tool {name}").into(),
+            imp::Kind::Internal,
+            || {
+                let mut a = vec![
+                    Kv::new("openinference.span.kind", "TOOL"),
+                    Kv::new("gen_ai.operation.name", "execute_tool"),
+                    Kv::new("gen_ai.tool.name", name.to_owned()),
+                    Kv::new("gen_ai.tool.call.id", call_id.to_owned()),
+                    Kv::new("spes.step.key", key.to_owned()),
+                ];
+                if capture_content() {
+                    a.push(Kv::new("gen_ai.tool.call.arguments", arguments()));
+                }
+                a
+            },
+            None,
+        )
     }
-    span
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (tracer, name, call_id, key, arguments);
+        Span
+    }
 }
 
-/// Records a tool call's result on its span (content only when captured).
+/// Records a tool call's result on its span (content only when captured),
+/// and ends it.
 pub(crate) fn tool_result(span: &Span, result: &str, is_error: bool) {
-    if span.is_disabled() {
+    if !span.is_recording() {
         return;
     }
-    if is_error {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", "tool_error");
+    #[cfg(feature = "otel")]
+    {
+        if is_error {
+            span.error("tool_error".into());
+        }
+        if capture_content() {
+            span.set(imp::Kv::new("gen_ai.tool.call.result", result.to_owned()));
+        }
     }
-    if capture_content() {
-        span.record("gen_ai.tool.call.result", result);
-    }
-}
-
-#[cfg(feature = "otel")]
-fn set_string_array(span: &Span, key: &'static str, value: &str) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    span.set_attribute(
-        key,
-        opentelemetry::Value::Array(opentelemetry::Array::String(vec![value.to_owned().into()])),
-    );
-}
-
-#[cfg(not(feature = "otel"))]
-fn set_string_array(span: &Span, key: &'static str, value: &str) {
-    span.record(key, value);
+    #[cfg(not(feature = "otel"))]
+    let _ = (result, is_error);
+    span.end();
 }
 
 /// The W3C `traceparent` of `span` (`00-TRACE-SPAN-FLAGS`), when it is
-/// exported (an OpenTelemetry layer is installed and the span enabled).
-#[cfg(feature = "otel")]
+/// exported.
 #[must_use]
-pub fn traceparent(span: &Span) -> Option<String> {
-    use opentelemetry::trace::TraceContextExt;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    if span.is_disabled() {
-        return None;
-    }
-    let cx = span.context();
-    let otel = cx.span();
-    let sc = otel.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+pub(crate) fn traceparent(span: &Span) -> Option<String> {
+    span.traceparent()
 }
 
-/// Without the `otel` feature there is no trace context.
-#[cfg(not(feature = "otel"))]
-#[must_use]
-pub fn traceparent(_span: &Span) -> Option<String> {
-    None
-}
-
-/// The `traceparent` of the current span (for an outgoing request).
+/// The `traceparent` of the current span (for an outgoing request), when
+/// traces are exported.
 #[must_use]
 pub fn current_traceparent() -> Option<String> {
-    traceparent(&Span::current())
+    imp::current_traceparent()
 }
 
-/// Makes `span` a child of the remote context `traceparent` (ignored when
-/// it does not parse).
-#[cfg(feature = "otel")]
-fn set_parent(span: &Span, traceparent: &str) {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-    };
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    if span.is_disabled() {
-        return;
-    }
-    let mut it = traceparent.split('-');
-    let (Some("00"), Some(t), Some(s), Some(f), None) =
-        (it.next(), it.next(), it.next(), it.next(), it.next())
-    else {
-        return;
-    };
-    let (Ok(t), Ok(s), Ok(f)) = (
-        TraceId::from_hex(t),
-        SpanId::from_hex(s),
-        u8::from_str_radix(f, 16),
-    ) else {
-        return;
-    };
-    let sc = SpanContext::new(t, s, TraceFlags::new(f), true, TraceState::default());
-    if sc.is_valid() {
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
-    }
+/// `fut` polled inside `span` (its context current on every poll).
+pub(crate) async fn within<F: Future>(span: &Span, fut: F) -> F::Output {
+    span.wrap(fut).await
 }
-
-#[cfg(not(feature = "otel"))]
-fn set_parent(_span: &Span, _traceparent: &str) {}
 
 /// The telemetry work of one `llm` step with one model call, as the
 /// engine does it (step span, model-call span, the `traceparent` read, the
-/// answer recorded): for benchmarks of its cost with tracing off and on.
+/// answer recorded) through `tracer`: for benchmarks of its cost.
 #[doc(hidden)]
-pub fn one_step_hooks(provider: &dyn Provider, req: &ChatRequest, answer: ChatResponse) -> bool {
-    let step = step_span("llm", "s1");
-    let entered = step.enter();
-    let span = model_span(provider, req, "s1");
-    let traceparent = span.in_scope(calling);
+pub fn one_step_hooks(
+    tracer: &Tracer,
+    provider: &dyn Provider,
+    req: &ChatRequest,
+    answer: ChatResponse,
+) -> bool {
+    let step = step_span(tracer, "llm", "s1");
+    let span = model_span(tracer, provider, req, "s1");
+    let traceparent = span.traceparent();
     let r: Result<ChatResponse, Stop> = Ok(answer);
     model_done(&span, &r);
-    drop(span);
-    drop(entered);
     done(&step, &r);
-    traceparent.is_some()
+    traceparent.is_some() || !tracer.is_enabled()
 }
 
 #[cfg(test)]

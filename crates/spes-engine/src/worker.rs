@@ -658,8 +658,8 @@ impl Worker {
             poll: self.opts.poll.min(Duration::from_millis(100)),
         }));
         exec.budget = self.ledger(&run, &wf);
-        let span = crate::durable::continued_span(&run, &wf);
-        let result = tracing::Instrument::instrument(exec.run_workflow(&wf), span.clone()).await;
+        let span = crate::durable::continued_span(&self.engine.tracer, &run, &wf);
+        let result = crate::telemetry::within(&span, exec.run_workflow(&wf)).await;
         crate::telemetry::done(&span, &result);
         let (event, patch) = match result {
             // The store did not commit: give the task back (the journal
@@ -842,13 +842,14 @@ impl Worker {
         );
         exec.budget = self.ledger(&run, &wf);
         let span = crate::telemetry::item_span(
+            &self.engine.tracer,
             &run.id.to_string(),
             &task.key,
             run.settings.trace_parent.as_deref(),
         );
-        let r = tracing::Instrument::instrument(
+        let r = crate::telemetry::within(
+            &span,
             exec.run_item(m, &p.map, p.index, p.item, p.depth, loc),
-            span.clone(),
         )
         .await;
         crate::telemetry::done(&span, &r);

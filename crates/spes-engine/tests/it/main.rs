@@ -14,6 +14,7 @@ mod orchestration;
 mod patterns;
 mod policy;
 mod provider_retry;
+#[cfg(feature = "otel")]
 mod telemetry;
 
 use std::collections::BTreeMap;

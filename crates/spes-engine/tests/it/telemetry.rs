@@ -1,4 +1,4 @@
-//! Trace spans seen through an OpenTelemetry layer with an in-memory
+//! Trace spans seen through an OpenTelemetry tracer with an in-memory
 //! exporter: an agent's tool calls (`execute_tool`) under its step, model
 //! calls with their GenAI attributes, message content only when captured,
 //! and a replay marked as answered from the journal.
@@ -11,8 +11,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use serde_json::json;
+use spes_engine::telemetry::Tracer;
 use spes_engine::{Engine, MemoryJournal};
-use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::{scripted, workflow};
 
@@ -56,10 +56,9 @@ async fn spans(capture: bool) -> (Vec<SpanData>, Vec<SpanData>) {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(memory.clone())
         .build();
-    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
     spes_engine::telemetry::set_capture_content(capture);
     let engine = Engine::builder()
+        .tracer(Tracer::new(provider.tracer("test")))
         .provider(scripted(SCRIPT))
         .tool(crate::agent::adder(Arc::new(AtomicUsize::new(0))))
         .build();
@@ -164,4 +163,46 @@ async fn tool_and_model_calls_are_spans_with_content_only_when_captured() {
             .unwrap()
             .contains("ANSWER-MARK 5")
     );
+}
+
+/// A run's span is a child of the caller's current OpenTelemetry context
+/// (an embedding application's own span), and an engine built without a
+/// tracer makes no span at all.
+#[tokio::test]
+async fn a_run_is_a_child_of_the_callers_context_and_no_tracer_means_no_spans() {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{TraceContextExt as _, Tracer as _};
+    let memory = Memory::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(memory.clone())
+        .build();
+    let app = provider.tracer("app");
+    let wf = workflow("name: one\nsteps:\n  - { name: s, kind: llm, prompt: hi, output: s }\n");
+    let traced = Engine::builder()
+        .tracer(Tracer::new(provider.tracer("spes")))
+        .provider(scripted("- { reply: ok }"))
+        .build();
+    let parent = opentelemetry::Context::current_with_span(app.start("request"));
+    let parent_id = parent.span().span_context().span_id();
+    let trace_id = parent.span().span_context().trace_id();
+    traced
+        .run(&wf, BTreeMap::new())
+        .with_context(parent.clone())
+        .await
+        .unwrap();
+    parent.span().end();
+    let spans = std::mem::take(&mut *memory.0.lock().unwrap());
+    let run = spans.iter().find(|s| s.name == "run one").unwrap();
+    assert_eq!(run.parent_span_id, parent_id, "{spans:#?}");
+    assert_eq!(run.span_context.trace_id(), trace_id);
+    // run, step, chat, and the caller's own span.
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert!(spans.iter().all(|s| s.span_context.trace_id() == trace_id));
+
+    let plain = Engine::builder()
+        .tracer(Tracer::none())
+        .provider(scripted("- { reply: ok }"))
+        .build();
+    plain.run(&wf, BTreeMap::new()).await.unwrap();
+    assert!(memory.0.lock().unwrap().is_empty());
 }
