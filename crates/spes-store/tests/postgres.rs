@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
+#[path = "postgres/limits.rs"]
+mod limits;
 #[path = "postgres/queue.rs"]
 mod queue;
 
