@@ -72,12 +72,22 @@ async fn two_workers(d: &Dir, extra: &[&str]) -> (TestSchema, spes_store::RunId,
     (schema, run, [a, b])
 }
 
-async fn stop(d: &Dir, workers: [Child; 2]) {
+/// Stops both workers; returns how many items each executed.
+async fn stop(d: &Dir, workers: [Child; 2]) -> [u64; 2] {
     for w in workers {
         signal(w.id(), "TERM");
         let exit = wait(w).await;
         assert_eq!(exit.code(), Some(0), "{}", logs(d));
     }
+    ["a", "b"].map(|n| {
+        let log = std::fs::read_to_string(d.root.join(format!("{n}.log"))).unwrap_or_default();
+        log.lines()
+            .find_map(|l| {
+                let rest = l.split(" runs, ").nth(1)?;
+                rest.split(' ').next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no final line in {n}.log:\n{log}"))
+    })
 }
 
 /// The acceptance test of a shared `max_concurrency`: 300 items, two
@@ -98,14 +108,18 @@ async fn two_workers_share_max_concurrency_and_no_request_is_rejected() {
     let store = schema.store().await;
     completed(&store, &run, Duration::from_secs(180)).await;
     let took = started.elapsed();
-    stop(&d, workers).await;
+    let done = stop(&d, workers).await;
+    // Both took part: the limit held across processes, not in one.
+    assert!(done.iter().all(|n| *n > 0), "items done by a, b: {done:?}");
     assert_eq!(server.rejected(), 0, "rejected requests\n{}", logs(&d));
     assert!(server.max_in_flight() <= 4, "{}", server.max_in_flight());
     assert!(server.request_count() >= items);
     let both = logs(&d);
     assert!(both.contains("rate limits shared"), "{both}");
     eprintln!(
-        "{items} items in {took:?}; at most {} in flight",
+        "{items} items in {took:?} (a {}, b {}); at most {} in flight",
+        done[0],
+        done[1],
         server.max_in_flight()
     );
 
@@ -173,7 +187,8 @@ async fn two_workers_share_rpm() {
     let _guards = workers.each_ref().map(|w| KillOnDrop(w.id()));
     let store = schema.store().await;
     completed(&store, &run, Duration::from_secs(60)).await;
-    stop(&d, workers).await;
+    let done = stop(&d, workers).await;
+    assert!(done.iter().all(|n| *n > 0), "items done by a, b: {done:?}");
     let seen = times.lock().unwrap().clone();
     assert_eq!(seen.len(), items, "{}", logs(&d));
     let slack = Duration::from_millis(200);
