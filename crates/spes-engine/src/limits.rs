@@ -1,5 +1,5 @@
 //! Providers' rate limits shared through the run store: the adapter from
-//! a store's [`RateLimitStore`](spes_store::limits::RateLimitStore) to
+//! a store's `RateLimitStore` (`spes_store::limits`) to
 //! `spes_llm`'s [`SharedLimits`], and [`share_through`], which installs it
 //! for the process (see `spes_llm::limit`).
 
