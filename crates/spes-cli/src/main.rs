@@ -480,6 +480,8 @@ fn main() -> ExitCode {
         }
     };
     term::set_color(cli.color);
+    // Without the `otel` feature the guard is `()`.
+    #[cfg_attr(not(feature = "otel"), allow(clippy::let_unit_value))]
     let _telemetry = init_logging(cli.log_format, &cli);
     if cli.events {
         progress::set_events();

@@ -146,6 +146,9 @@ pub(crate) async fn open_store_with(
         opts.sqlite = opts.sqlite.with_durability(d);
     }
     let store = spes_store::open_url_with(&url, &opts).await?;
+    // On a store many processes share (PostgreSQL), providers' rate limits
+    // hold across all of them.
+    spes_engine::limits::share_through(&store);
     if let Ok(mut open) = OPEN.lock() {
         open.push(store.clone());
     }

@@ -34,6 +34,11 @@ pub(crate) struct WorkerArgs {
     /// port 0 picks a free one, printed on stderr).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Keep providers' rpm, tpm and max_concurrency to this process instead
+    /// of sharing them with every process on the store (for providers
+    /// whose limits are per machine, such as a model server on each host).
+    #[arg(long)]
+    local_limits: bool,
 }
 
 /// Loads a run's workflow from its file on this machine; refuses a file
@@ -140,6 +145,9 @@ pub(crate) async fn worker(
     }
     let lease = Duration::from_secs_f64(args.lease.max(0.3));
     let store = open_shared(&url, lease).await?;
+    if !args.local_limits {
+        spes_engine::limits::share_through(&store);
+    }
     let engine = Arc::new(crate::with_cache(
         build_engine(&project, None, true, None, false)?,
         &project,
@@ -177,11 +185,16 @@ pub(crate) async fn worker(
     };
     let worker = Worker::new(engine, store.clone(), loader, opts)?;
     say!(
-        "{} worker {id}: taking work from {} (concurrency {}, lease {}s)",
+        "{} worker {id}: taking work from {} (concurrency {}, lease {}s, rate limits {})",
         now(),
         store.describe(),
         args.concurrency,
-        args.lease
+        args.lease,
+        if args.local_limits {
+            "per process"
+        } else {
+            "shared"
+        }
     );
     let stats = worker.run(shutdown()).await;
     if let Some(m) = metrics {

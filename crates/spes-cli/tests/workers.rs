@@ -6,7 +6,9 @@
 //!   once with the golden output, B takes A's orphaned items;
 //! - the same with A SIGSTOPped past its lease and resumed: a zombie whose
 //!   late writes change nothing;
-//! - the database server is stopped and started under running workers.
+//! - the database server is stopped and started under running workers;
+//! - two workers share a provider's `max_concurrency` and `rpm` through
+//!   the store (`workers/limits.rs`).
 //!
 //! Needs PostgreSQL: `SPES_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`, see `scripts/postgres.sh`);
@@ -16,6 +18,8 @@
 
 #[path = "crash/harness.rs"]
 mod harness;
+#[path = "workers/limits.rs"]
+mod limits;
 #[path = "workers/shared.rs"]
 mod shared;
 

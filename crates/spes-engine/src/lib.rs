@@ -40,6 +40,7 @@ pub mod event;
 pub mod gate;
 pub mod http;
 pub mod journal;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod ops;

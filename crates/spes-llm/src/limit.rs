@@ -13,16 +13,45 @@
 //!
 //! A call waits for a concurrency permit first, then for `rpm`, then for
 //! `tpm`; a call that had to wait logs one `tracing` event (target
-//! `spes::provider`) naming the provider, the limit and the wait. Limits
-//! hold within one process: [`Limiter::shared`] hands every provider built
-//! from the same table in the process (a server builds its providers per
-//! run) the same limiter. Workers on one PostgreSQL store each keep their
-//! own.
+//! `spes::provider`) naming the provider, the limit and the wait.
+//! [`Limiter::shared`] hands every provider built from the same table in
+//! the process (a server builds its providers per run) the same limiter.
+//!
+//! # Across processes
+//! A process whose run store can share them ([`share_limits`]: `spes
+//! worker`, `spes run` and `spes serve` on PostgreSQL) also takes every
+//! limit of a remote provider (kinds `anthropic` and `openai`) from a
+//! [`SharedLimits`] backend, so that all those processes together honour
+//! it:
+//! - `rpm`/`tpm`: after the local bucket, the call *reserves* its cost in
+//!   the shared bucket ([`SharedLimits::reserve`], one atomic statement
+//!   over a GCRA "theoretical arrival time" on the store's clock) and
+//!   sleeps for the wait the backend answers. Reservations are never given
+//!   back: a process that dies while waiting only wastes its share.
+//! - `max_concurrency`: after the local permit (so that one process never
+//!   asks for more than `max_concurrency` slots at once), the call takes
+//!   one of the provider's `max_concurrency` shared slots
+//!   ([`SharedLimits::try_acquire`]), polling with backoff (5 ms doubling
+//!   to 100 ms; at once when a slot of this process is freed) while none
+//!   is free. A slot is held under a lease of [`SLOT_LEASE`], renewed
+//!   every third of it while the call is in flight, and given back when
+//!   its answer is read; a killed process's slots free themselves when
+//!   their lease runs out.
+//! - A backend error (the store unreachable past its own retries) is not
+//!   a reason to skip the limit: the call fails as a transient
+//!   [`ProviderErrorKind::RateLimited`] error, which the step's `retry`
+//!   policy retries.
+//!
+//! `local` and `scripted` providers run inside the process: their limits
+//! stay per process. Without a backend (SQLite stores, `spes worker
+//! --local-limits`), each process keeps its own limits: N processes may
+//! together send N times them.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,7 +62,7 @@ use governor::{Quota, RateLimiter};
 use spes_core::config::RateLimits;
 use spes_core::message::{ChatRequest, ChatResponse};
 
-use crate::error::ProviderError;
+use crate::error::{ProviderError, ProviderErrorKind};
 use crate::provider::{CallContext, Provider};
 
 /// The `max_tokens` a token estimate assumes when neither the request nor
@@ -105,8 +134,191 @@ async fn take(b: &Bucket, n: NonZeroU32, burst: NonZeroU32) -> Duration {
     }
 }
 
-/// Every provider's limiter in this process, by name and limits.
-type Limiters = HashMap<(String, RateLimits), Arc<Limiter>>;
+/// A bucket of the limits shared across processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateKind {
+    /// `rpm`: requests.
+    Requests,
+    /// `tpm`: estimated tokens.
+    Tokens,
+}
+
+impl RateKind {
+    /// `rpm` or `tpm`, as stored and logged.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requests => "rpm",
+            Self::Tokens => "tpm",
+        }
+    }
+}
+
+/// How long a shared concurrency slot stays held without a renewal (a
+/// call in flight renews it every third of this).
+pub const SLOT_LEASE: Duration = Duration::from_secs(30);
+
+/// The most a call waiting for a shared concurrency slot sleeps between
+/// two tries.
+const SLOT_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Rate limits shared by many processes: a store that all of them reach
+/// (see the [module docs](self)). Errors are messages.
+#[async_trait]
+pub trait SharedLimits: Send + Sync + fmt::Debug {
+    /// Takes `cost` (at most `per_minute`) from `provider`'s bucket
+    /// `kind`, which holds `per_minute` units and refills them evenly over
+    /// a minute; answers how long the caller must wait before it sends
+    /// (zero: at once). The cost is taken whether or not the caller waits.
+    async fn reserve(
+        &self,
+        provider: &str,
+        kind: RateKind,
+        per_minute: NonZeroU32,
+        cost: NonZeroU32,
+    ) -> Result<Duration, String>;
+
+    /// Takes one of `provider`'s `max` concurrency slots for `holder`
+    /// until `lease` from now: a free one, or one whose holder's lease ran
+    /// out. `None` when all of them are held.
+    async fn try_acquire(
+        &self,
+        provider: &str,
+        max: NonZeroU32,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<Option<u32>, String>;
+
+    /// Extends `holder`'s lease on `slot` to `lease` from now; false when
+    /// the slot is no longer its own (the lease ran out and another took it).
+    async fn renew(
+        &self,
+        provider: &str,
+        slot: u32,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, String>;
+
+    /// Frees `slot` if `holder` still holds it.
+    async fn release(&self, provider: &str, slot: u32, holder: &str) -> Result<(), String>;
+}
+
+/// The backend of [`share_limits`].
+static BACKEND: RwLock<Option<Arc<dyn SharedLimits>>> = RwLock::new(None);
+
+/// Makes the limiters of this process's remote providers take their
+/// limits from `backend` too, from their next call on (`None`: back to
+/// per-process limits). See the [module docs](self).
+pub fn share_limits(backend: Option<Arc<dyn SharedLimits>>) {
+    if let Ok(mut b) = BACKEND.write() {
+        *b = backend;
+    }
+}
+
+/// The backend [`share_limits`] installed, if any.
+#[must_use]
+pub fn shared_limits() -> Option<Arc<dyn SharedLimits>> {
+    BACKEND.read().ok().and_then(|b| b.clone())
+}
+
+/// A holder id for one shared slot, unique across processes and machines
+/// (process id, start time, and a counter).
+fn holder_id() -> String {
+    static PROCESS: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let process = PROCESS.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+    });
+    format!("{process}:{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A shared concurrency slot held by a call in flight: renewed while
+/// held, freed (and this process's waiters woken) when dropped.
+#[derive(Debug)]
+struct SharedSlot {
+    backend: Arc<dyn SharedLimits>,
+    provider: String,
+    slot: u32,
+    holder: String,
+    freed: Arc<tokio::sync::Notify>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl SharedSlot {
+    fn new(
+        backend: Arc<dyn SharedLimits>,
+        provider: &str,
+        slot: u32,
+        holder: String,
+        freed: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        let (b, p, h) = (backend.clone(), provider.to_owned(), holder.clone());
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SLOT_LEASE / 3).await;
+                match b.renew(&p, slot, &h, SLOT_LEASE).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(target: "spes::provider", provider = p, slot, "a shared max_concurrency slot was lost while its call was in flight (its lease ran out)");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "spes::provider", provider = p, slot, error = %e, "could not renew a shared max_concurrency slot; trying again");
+                    }
+                }
+            }
+        });
+        Self {
+            backend,
+            provider: provider.to_owned(),
+            slot,
+            holder,
+            freed,
+            renewer,
+        }
+    }
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime left: the slot frees itself when its lease runs out.
+            return;
+        };
+        let (b, p, h, slot, freed) = (
+            self.backend.clone(),
+            std::mem::take(&mut self.provider),
+            std::mem::take(&mut self.holder),
+            self.slot,
+            self.freed.clone(),
+        );
+        rt.spawn(async move {
+            if let Err(e) = b.release(&p, slot, &h).await {
+                tracing::warn!(target: "spes::provider", provider = p, slot, error = %e, "could not free a shared max_concurrency slot; it frees itself when its lease runs out");
+            }
+            freed.notify_waiters();
+        });
+    }
+}
+
+/// Where a limiter's limits hold beyond this process.
+#[derive(Debug)]
+enum Across {
+    /// Nowhere: this process only.
+    Never,
+    /// Through the backend [`share_limits`] installed, if any.
+    Installed,
+    /// Through this backend.
+    Backend(Arc<dyn SharedLimits>),
+}
+
+/// Every provider's limiter in this process, by name, limits and whether
+/// it may share them.
+type Limiters = HashMap<(String, RateLimits, bool), Arc<Limiter>>;
 
 /// The limits of one provider in this process: see the [module docs](self).
 pub struct Limiter {
@@ -114,28 +326,51 @@ pub struct Limiter {
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
     slots: Option<Arc<tokio::sync::Semaphore>>,
+    across: Across,
+    /// Notified when a shared slot of this limiter is freed.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 impl fmt::Debug for Limiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Limiter")
             .field("limits", &self.limits)
+            .field("across", &self.across)
             .finish_non_exhaustive()
     }
 }
 
-/// What a call holds while it is in flight (its concurrency permit).
+/// What a call holds while it is in flight (its concurrency permit and
+/// shared slot).
 #[derive(Debug)]
 pub struct Admission {
+    _slot: Option<SharedSlot>,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// How long the call waited for the limits.
     pub waited: Duration,
 }
 
+/// Adds `what` to `list` once.
+fn note(list: &mut Vec<&'static str>, what: &'static str) {
+    if !list.contains(&what) {
+        list.push(what);
+    }
+}
+
 impl Limiter {
-    /// A limiter of its own.
+    /// A limiter of its own, for this process only.
     #[must_use]
     pub fn new(limits: RateLimits) -> Self {
+        Self::with_across(limits, Across::Never)
+    }
+
+    /// A limiter of its own whose limits also hold through `backend`.
+    #[must_use]
+    pub fn with_backend(limits: RateLimits, backend: Arc<dyn SharedLimits>) -> Self {
+        Self::with_across(limits, Across::Backend(backend))
+    }
+
+    fn with_across(limits: RateLimits, across: Across) -> Self {
         Self {
             limits,
             requests: limits.rpm.map(bucket),
@@ -143,22 +378,41 @@ impl Limiter {
             slots: limits
                 .max_concurrency
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n.get() as usize))),
+            across,
+            freed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
     /// The limiter of provider `name` in this process: the same one for
     /// every call with the same name and limits (changed limits start a
-    /// new one).
+    /// new one). Its limits also hold through the backend of
+    /// [`share_limits`], when one is installed.
     #[must_use]
     pub fn shared(name: &str, limits: RateLimits) -> Arc<Self> {
+        Self::process(name, limits, true)
+    }
+
+    /// [`Limiter::shared`]; `across`: whether it may use the backend of
+    /// [`share_limits`] (not for providers that run inside the process).
+    fn process(name: &str, limits: RateLimits, across: bool) -> Arc<Self> {
         static ALL: OnceLock<Mutex<Limiters>> = OnceLock::new();
         let all = ALL.get_or_init(Mutex::default);
+        let make = || {
+            Arc::new(Self::with_across(
+                limits,
+                if across {
+                    Across::Installed
+                } else {
+                    Across::Never
+                },
+            ))
+        };
         match all.lock() {
             Ok(mut m) => m
-                .entry((name.to_owned(), limits))
-                .or_insert_with(|| Arc::new(Self::new(limits)))
+                .entry((name.to_owned(), limits, across))
+                .or_insert_with(make)
                 .clone(),
-            Err(_) => Arc::new(Self::new(limits)),
+            Err(_) => make(),
         }
     }
 
@@ -168,31 +422,83 @@ impl Limiter {
         self.limits
     }
 
+    /// The backend its limits hold through now, if any.
+    fn backend(&self) -> Option<Arc<dyn SharedLimits>> {
+        match &self.across {
+            Across::Never => None,
+            Across::Installed => shared_limits(),
+            Across::Backend(b) => Some(b.clone()),
+        }
+    }
+
     /// Waits until a call estimated at `tokens` tokens may be sent; the
     /// returned admission holds its concurrency slot until dropped.
-    pub async fn admit(&self, provider: &str, tokens: u64) -> Admission {
+    ///
+    /// # Errors
+    ///
+    /// A transient [`ProviderErrorKind::RateLimited`] error when the shared
+    /// limits' backend fails (see the [module docs](self)).
+    pub async fn admit(&self, provider: &str, tokens: u64) -> Result<Admission, ProviderError> {
         let start = tokio::time::Instant::now();
         let mut waited_for = Vec::new();
+        let backend = self.backend();
         let permit = match &self.slots {
             Some(s) => match s.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    waited_for.push("max_concurrency");
+                    note(&mut waited_for, "max_concurrency");
                     s.clone().acquire_owned().await.ok()
                 }
             },
             None => None,
         };
-        if let (Some(b), Some(rpm)) = (&self.requests, self.limits.rpm)
-            && !take(b, NonZeroU32::MIN, rpm).await.is_zero()
-        {
-            waited_for.push("rpm");
+        let failed = |e: String| {
+            ProviderError::new(
+                provider,
+                ProviderErrorKind::RateLimited,
+                format!(
+                    "the provider's rate limits shared through the store could not be applied: {e}"
+                ),
+            )
+        };
+        let slot = match (&backend, self.limits.max_concurrency) {
+            (Some(b), Some(max)) => Some(
+                self.shared_slot(b, provider, max, &mut waited_for)
+                    .await
+                    .map_err(failed)?,
+            ),
+            _ => None,
+        };
+        if let Some(rpm) = self.limits.rpm {
+            if let Some(b) = &self.requests
+                && !take(b, NonZeroU32::MIN, rpm).await.is_zero()
+            {
+                note(&mut waited_for, "rpm");
+            }
+            if let Some(shared) = &backend
+                && !reserve(shared, provider, RateKind::Requests, rpm, NonZeroU32::MIN)
+                    .await
+                    .map_err(failed)?
+                    .is_zero()
+            {
+                note(&mut waited_for, "rpm");
+            }
         }
-        if let (Some(b), Some(tpm)) = (&self.tokens, self.limits.tpm) {
+        if let Some(tpm) = self.limits.tpm {
             let n = NonZeroU32::new(u32::try_from(tokens).unwrap_or(u32::MAX))
                 .unwrap_or(NonZeroU32::MIN);
-            if !take(b, n, tpm).await.is_zero() {
-                waited_for.push("tpm");
+            if let Some(b) = &self.tokens
+                && !take(b, n, tpm).await.is_zero()
+            {
+                note(&mut waited_for, "tpm");
+            }
+            if let Some(shared) = &backend
+                && !reserve(shared, provider, RateKind::Tokens, tpm, n)
+                    .await
+                    .map_err(failed)?
+                    .is_zero()
+            {
+                note(&mut waited_for, "tpm");
             }
         }
         let waited = start.elapsed();
@@ -203,14 +509,77 @@ impl Limiter {
                 limits = waited_for.join(","),
                 waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
                 estimated_tokens = tokens,
+                shared = backend.is_some(),
                 "call waited for the provider's rate limits"
             );
         }
-        Admission {
+        Ok(Admission {
+            _slot: slot,
             _permit: permit,
             waited,
+        })
+    }
+
+    /// Takes one of the provider's shared concurrency slots, trying again
+    /// with backoff (and at once when one of this process is freed).
+    async fn shared_slot(
+        &self,
+        backend: &Arc<dyn SharedLimits>,
+        provider: &str,
+        max: NonZeroU32,
+        waited_for: &mut Vec<&'static str>,
+    ) -> Result<SharedSlot, String> {
+        let holder = holder_id();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = backend
+                .try_acquire(provider, max, &holder, SLOT_LEASE)
+                .await?
+            {
+                return Ok(SharedSlot::new(
+                    backend.clone(),
+                    provider,
+                    slot,
+                    holder,
+                    self.freed.clone(),
+                ));
+            }
+            note(waited_for, "max_concurrency");
+            // A little jitter, so that waiting processes do not poll in step.
+            let jitter = Duration::from_nanos(u64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos())
+                    % 2_000_000,
+            ));
+            tokio::select! {
+                () = &mut freed => {}
+                () = tokio::time::sleep(pause + jitter) => {}
+            }
+            pause = (pause * 2).min(SLOT_POLL_MAX);
         }
     }
+}
+
+/// Reserves `n` (at most `per_minute`) from a shared bucket and waits
+/// what the backend says. Returns the wait.
+async fn reserve(
+    backend: &Arc<dyn SharedLimits>,
+    provider: &str,
+    kind: RateKind,
+    per_minute: NonZeroU32,
+    n: NonZeroU32,
+) -> Result<Duration, String> {
+    let wait = backend
+        .reserve(provider, kind, per_minute, n.min(per_minute))
+        .await?;
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    Ok(wait)
 }
 
 /// A provider whose calls go through a [`Limiter`] first.
@@ -239,7 +608,9 @@ impl LimitedProvider {
     }
 
     /// `inner` behind the process's limiter for its name, when `limits`
-    /// sets any; else `inner` itself.
+    /// sets any; else `inner` itself. A remote provider's (kinds
+    /// `anthropic` and `openai`) limiter also holds through the backend
+    /// of [`share_limits`]; the others' stay per process.
     #[must_use]
     pub fn wrap(
         inner: Arc<dyn Provider>,
@@ -249,7 +620,8 @@ impl LimitedProvider {
         if limits.is_empty() {
             return inner;
         }
-        let limiter = Limiter::shared(inner.name(), limits);
+        let remote = matches!(inner.kind(), "anthropic" | "openai");
+        let limiter = Limiter::process(inner.name(), limits, remote);
         Arc::new(Self::new(inner, limiter, default_max_tokens))
     }
 }
@@ -274,7 +646,7 @@ impl Provider for LimitedProvider {
         cx: &CallContext,
     ) -> Result<ChatResponse, ProviderError> {
         let tokens = estimate_tokens(req, self.default_max_tokens);
-        let _admitted = self.limiter.admit(self.inner.name(), tokens).await;
+        let _admitted = self.limiter.admit(self.inner.name(), tokens).await?;
         self.inner.complete(req, cx).await
     }
 }
@@ -322,17 +694,17 @@ mod tests {
         });
         let start = tokio::time::Instant::now();
         for _ in 0..60 {
-            assert!(l.admit("p", 1).await.waited.is_zero());
+            assert!(l.admit("p", 1).await.unwrap().waited.is_zero());
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
         // The 61st waits for one refill: 60 s / 60.
-        let a = l.admit("p", 1).await;
+        let a = l.admit("p", 1).await.unwrap();
         assert!(
             a.waited >= Duration::from_millis(999) && a.waited < Duration::from_millis(1100),
             "{:?}",
             a.waited
         );
-        let a = l.admit("p", 1).await;
+        let a = l.admit("p", 1).await.unwrap();
         assert!(a.waited >= Duration::from_millis(999), "{:?}", a.waited);
     }
 
@@ -342,16 +714,16 @@ mod tests {
             tpm: nz(1000),
             ..RateLimits::default()
         });
-        assert!(l.admit("p", 600).await.waited.is_zero());
+        assert!(l.admit("p", 600).await.unwrap().waited.is_zero());
         // 400 left; 200 more refill in 200 * 60 ms = 12 s.
-        let a = l.admit("p", 600).await;
+        let a = l.admit("p", 600).await.unwrap();
         assert!(
             a.waited >= Duration::from_millis(11_990) && a.waited < Duration::from_millis(12_200),
             "{:?}",
             a.waited
         );
         // More than the bucket holds: waits for a full bucket (60 s).
-        let a = l.admit("p", 5000).await;
+        let a = l.admit("p", 5000).await.unwrap();
         assert!(
             a.waited >= Duration::from_millis(59_990) && a.waited < Duration::from_millis(60_200),
             "{:?}",
@@ -458,12 +830,12 @@ mod tests {
             rpm: nz(60),
             ..RateLimits::default()
         });
-        let first = l.admit("p", 1).await;
+        let first = l.admit("p", 1).await.unwrap();
         assert!(first.waited.is_zero());
         // The second waits for the slot (released after 500 ms), not for
         // rpm (its bucket holds 60).
         let second = async {
-            let a = l.admit("p", 1).await;
+            let a = l.admit("p", 1).await.unwrap();
             assert!(a.waited >= Duration::from_millis(500), "{:?}", a.waited);
         };
         let release = async {
@@ -483,6 +855,215 @@ mod tests {
         );
         assert!(lines[0].contains("limits=\"max_concurrency\""), "{text}");
         assert!(lines[0].contains("waited_ms=500"), "{text}");
+    }
+
+    /// Limits shared in memory on tokio's clock: what processes sharing a
+    /// store see.
+    #[derive(Debug, Default)]
+    struct MemShared {
+        tat: Mutex<HashMap<(String, RateKind), tokio::time::Instant>>,
+        slots: Mutex<HashMap<(String, u32), (String, tokio::time::Instant)>>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl MemShared {
+        fn check(&self) -> Result<(), String> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err("the store is unreachable".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl SharedLimits for MemShared {
+        async fn reserve(
+            &self,
+            provider: &str,
+            kind: RateKind,
+            per_minute: NonZeroU32,
+            cost: NonZeroU32,
+        ) -> Result<Duration, String> {
+            self.check()?;
+            let now = tokio::time::Instant::now();
+            let mut m = self.tat.lock().unwrap();
+            let tat = m.entry((provider.to_owned(), kind)).or_insert(now);
+            *tat = (*tat).max(now) + Duration::from_secs(60) * cost.get() / per_minute.get();
+            Ok(tat.saturating_duration_since(now + Duration::from_secs(60)))
+        }
+
+        async fn try_acquire(
+            &self,
+            provider: &str,
+            max: NonZeroU32,
+            holder: &str,
+            lease: Duration,
+        ) -> Result<Option<u32>, String> {
+            self.check()?;
+            let now = tokio::time::Instant::now();
+            let mut m = self.slots.lock().unwrap();
+            for slot in 0..max.get() {
+                let key = (provider.to_owned(), slot);
+                if m.get(&key).is_none_or(|(_, until)| *until <= now) {
+                    m.insert(key, (holder.to_owned(), now + lease));
+                    return Ok(Some(slot));
+                }
+            }
+            Ok(None)
+        }
+
+        async fn renew(
+            &self,
+            provider: &str,
+            slot: u32,
+            holder: &str,
+            lease: Duration,
+        ) -> Result<bool, String> {
+            self.check()?;
+            let mut m = self.slots.lock().unwrap();
+            match m.get_mut(&(provider.to_owned(), slot)) {
+                Some((h, until)) if h == holder => {
+                    *until = tokio::time::Instant::now() + lease;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }
+
+        async fn release(&self, provider: &str, slot: u32, holder: &str) -> Result<(), String> {
+            self.check()?;
+            let mut m = self.slots.lock().unwrap();
+            if m.get(&(provider.to_owned(), slot))
+                .is_some_and(|(h, _)| h == holder)
+            {
+                m.remove(&(provider.to_owned(), slot));
+            }
+            Ok(())
+        }
+    }
+
+    /// The most calls in flight at once when two limiters (two processes)
+    /// each send 25 calls to one provider.
+    async fn most_in_flight_of_two(a: Limiter, b: Limiter) -> usize {
+        let gauge = Arc::new(Gauge::default());
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let calls = (0..50).map(|i| {
+            let l = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let p = LimitedProvider::new(gauge.clone(), l, None);
+            async move {
+                p.complete(&req("hi", Some(1)), &CallContext::default())
+                    .await
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            r.unwrap();
+        }
+        assert_eq!(gauge.calls.load(Ordering::SeqCst), 50);
+        gauge.max.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_concurrency_holds_across_limiters_sharing_a_backend() {
+        let limits = RateLimits {
+            max_concurrency: nz(3),
+            ..RateLimits::default()
+        };
+        let shared: Arc<dyn SharedLimits> = Arc::new(MemShared::default());
+        let together = most_in_flight_of_two(
+            Limiter::with_backend(limits, shared.clone()),
+            Limiter::with_backend(limits, shared.clone()),
+        )
+        .await;
+        assert_eq!(together, 3);
+        // The control: each on its own lets 3 through, 6 together.
+        let apart = most_in_flight_of_two(Limiter::new(limits), Limiter::new(limits)).await;
+        assert_eq!(apart, 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_is_freed_when_its_call_ends_and_renewed_while_it_lasts() {
+        let mem = Arc::new(MemShared::default());
+        let l = Limiter::with_backend(
+            RateLimits {
+                max_concurrency: nz(1),
+                ..RateLimits::default()
+            },
+            mem.clone(),
+        );
+        let a = l.admit("p", 1).await.unwrap();
+        // Past its first lease: renewed meanwhile, still held.
+        tokio::time::sleep(SLOT_LEASE + SLOT_LEASE / 2).await;
+        let until = mem
+            .slots
+            .lock()
+            .unwrap()
+            .get(&("p".to_owned(), 0))
+            .unwrap()
+            .1;
+        assert!(until > tokio::time::Instant::now());
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(mem.slots.lock().unwrap().is_empty());
+        assert!(l.admit("p", 1).await.unwrap().waited.is_zero());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rpm_and_tpm_hold_across_limiters_sharing_a_backend() {
+        let limits = RateLimits {
+            rpm: nz(60),
+            tpm: nz(6000),
+            ..RateLimits::default()
+        };
+        let shared: Arc<dyn SharedLimits> = Arc::new(MemShared::default());
+        let (a, b) = (
+            Limiter::with_backend(limits, shared.clone()),
+            Limiter::with_backend(limits, shared),
+        );
+        // 30 each: the shared bucket of 60 requests (and 6000 tokens) is empty.
+        for _ in 0..30 {
+            assert!(a.admit("p", 100).await.unwrap().waited.is_zero());
+            assert!(b.admit("p", 100).await.unwrap().waited.is_zero());
+        }
+        // Each limiter's own bucket is half full, the shared one is empty:
+        // the next call waits for one refill (1 s for a request, 1 s for
+        // 100 tokens).
+        let w = a.admit("p", 100).await.unwrap().waited;
+        assert!(
+            w >= Duration::from_millis(999) && w < Duration::from_millis(1100),
+            "{w:?}"
+        );
+        // Without the backend (the control) nothing waits.
+        let (a, b) = (Limiter::new(limits), Limiter::new(limits));
+        for _ in 0..31 {
+            assert!(a.admit("p", 100).await.unwrap().waited.is_zero());
+            assert!(b.admit("p", 100).await.unwrap().waited.is_zero());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_backend_fails_the_call_as_transient_instead_of_skipping_the_limit() {
+        let mem = Arc::new(MemShared::default());
+        mem.fail.store(true, Ordering::SeqCst);
+        for limits in [
+            RateLimits {
+                max_concurrency: nz(2),
+                ..RateLimits::default()
+            },
+            RateLimits {
+                rpm: nz(2),
+                ..RateLimits::default()
+            },
+            RateLimits {
+                tpm: nz(2000),
+                ..RateLimits::default()
+            },
+        ] {
+            let l = Limiter::with_backend(limits, mem.clone());
+            let e = l.admit("p", 1).await.unwrap_err();
+            assert_eq!(e.kind, ProviderErrorKind::RateLimited, "{limits:?}");
+            assert_eq!(e.class(), crate::error::ErrorClass::Transient);
+            assert!(e.message.contains("the store is unreachable"), "{e}");
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@
 
 mod error;
 mod group;
+pub mod limits;
 pub mod postgres;
 pub mod queue;
 pub mod sqlite;
@@ -271,6 +272,13 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// The shared work queue, for stores that many workers can share
     /// (PostgreSQL); `None` for single-machine stores.
     fn queue(&self) -> Option<&dyn queue::TaskQueue> {
+        None
+    }
+
+    /// The rate limits every process on the store shares, for stores that
+    /// many workers can share (PostgreSQL); `None` for single-machine
+    /// stores, where each process keeps its own.
+    fn rate_limits(&self) -> Option<&dyn limits::RateLimitStore> {
         None
     }
 

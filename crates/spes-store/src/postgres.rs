@@ -25,8 +25,14 @@
 //! # Work queue
 //! The store is also a [`TaskQueue`](crate::queue::TaskQueue): see
 //! [`crate::queue`] for a task's life and `queue.rs` for the queries.
+//!
+//! # Shared rate limits
+//! And a [`RateLimitStore`](crate::limits::RateLimitStore): providers'
+//! `rpm`/`tpm` buckets and `max_concurrency` slots that every worker
+//! honours together; see [`crate::limits`] and `limits.rs`.
 
 mod error;
+mod limits;
 mod queue;
 mod row;
 mod run_store;
@@ -155,6 +161,9 @@ pub struct PostgresStore {
     appends: crate::group::Appends,
     /// Workers' fenced appends waiting to be committed together.
     fenced: crate::group::FencedAppends,
+    /// The (provider, count) whose shared concurrency slots this handle
+    /// made sure exist.
+    slots_made: Mutex<std::collections::HashSet<(String, i32)>>,
 }
 
 /// The channel a transaction that makes a task ready notifies (`pg_notify`,
@@ -241,6 +250,7 @@ impl PostgresStore {
             listener: tokio::sync::Mutex::new(None),
             appends: crate::group::Appends::new(crate::group::MAX_BATCH),
             fenced: crate::group::FencedAppends::new(crate::group::MAX_BATCH),
+            slots_made: Mutex::default(),
         };
         store.first_connection().await?;
         store.migrate().await?;

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
+#[path = "postgres/limits.rs"]
+mod limits;
 #[path = "postgres/queue.rs"]
 mod queue;
 
@@ -156,7 +158,7 @@ async fn a_journal_from_schema_4_goes_on_numbering_after_migration() {
     }
     // Back to version 4: no counter column (and none of the later tables).
     sqlx::raw_sql(
-        "ALTER TABLE runs DROP COLUMN last_seq; DROP TABLE response_cache; UPDATE spes_meta SET version = 4",
+        "ALTER TABLE runs DROP COLUMN last_seq; DROP TABLE response_cache, rate_buckets, rate_slots; UPDATE spes_meta SET version = 4",
     )
         .execute(store.pool())
         .await

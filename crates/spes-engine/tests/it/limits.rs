@@ -186,3 +186,54 @@ steps:
         6.0
     );
 }
+
+/// Only a store that many workers share (PostgreSQL) shares rate limits;
+/// through it, two limiters (two processes) keep `max_concurrency = 1`
+/// together: the second call waits until the first one's answer is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_shared_through_a_postgres_store_only() {
+    use spes_engine::limits::StoreLimits;
+    use spes_llm::limit::Limiter;
+    use spes_store::RunStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn RunStore> = Arc::new(
+        spes_store::sqlite::SqliteStore::open(
+            &dir.path().join("s.db"),
+            spes_store::sqlite::SqliteOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(StoreLimits::new(sqlite).is_none());
+
+    let schema = spes_store::testing::postgres::TestSchema::new().await;
+    let limits = spes_core::config::RateLimits {
+        max_concurrency: std::num::NonZeroU32::new(1),
+        ..Default::default()
+    };
+    let limiter = |store: spes_store::postgres::PostgresStore| {
+        let shared = StoreLimits::new(Arc::new(store) as Arc<dyn RunStore>).unwrap();
+        Limiter::with_backend(limits, Arc::new(shared))
+    };
+    let (a, b) = (limiter(schema.store().await), limiter(schema.store().await));
+    let first = a.admit("fake", 1).await.unwrap();
+    let hold = std::time::Duration::from_millis(300);
+    let second = async {
+        let started = std::time::Instant::now();
+        let admitted = b.admit("fake", 1).await.unwrap();
+        (started.elapsed(), admitted.waited)
+    };
+    let release = async {
+        tokio::time::sleep(hold).await;
+        drop(first);
+    };
+    let ((took, waited), ()) = tokio::join!(second, release);
+    assert!(took >= hold, "{took:?}");
+    assert!(waited >= hold, "{waited:?}");
+    // Without the store (the control) the second call goes at once.
+    let (a, b) = (Limiter::new(limits), Limiter::new(limits));
+    let _first = a.admit("fake", 1).await.unwrap();
+    let waited = b.admit("fake", 1).await.unwrap().waited;
+    assert!(waited < hold / 2, "{waited:?}");
+}

@@ -622,6 +622,10 @@ impl RunStore for PostgresStore {
         Some(self)
     }
 
+    fn rate_limits(&self) -> Option<&dyn crate::limits::RateLimitStore> {
+        Some(self)
+    }
+
     async fn close(&self) {
         Self::close(self).await;
     }

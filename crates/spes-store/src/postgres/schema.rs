@@ -119,6 +119,23 @@ CREATE TABLE response_cache (
     hits       BIGINT NOT NULL DEFAULT 0
 );
 "#,
+    // 7: rate limits shared by every worker (see `crate::limits`): a GCRA
+    // bucket per provider and limit, and a provider's concurrency slots.
+    r#"
+CREATE TABLE rate_buckets (
+    provider TEXT COLLATE "C" NOT NULL,
+    bucket   TEXT NOT NULL CHECK (bucket IN ('rpm','tpm')),
+    tat      TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (provider, bucket)
+);
+CREATE TABLE rate_slots (
+    provider   TEXT COLLATE "C" NOT NULL,
+    slot       INTEGER NOT NULL,
+    holder     TEXT,
+    expires_at TIMESTAMPTZ,
+    PRIMARY KEY (provider, slot)
+);
+"#,
 ];
 
 /// The newest schema version this build understands.
