@@ -544,12 +544,8 @@ impl Worker {
                         .await
                         .map(|_| ()),
                     TaskKind::Item => {
-                        let f = serde_json::to_string(&ItemFailure {
-                            step: key,
-                            message: why,
-                            transient: false,
-                        })
-                        .unwrap_or_default();
+                        let f = serde_json::to_string(&ItemFailure::new(key, why, false))
+                            .unwrap_or_default();
                         self.queue()
                             .finish_item(&lease, &run_id, None, Some(&f))
                             .await
@@ -800,11 +796,8 @@ impl Worker {
                 r
             }
         };
-        let stopped = |what: &str| ItemFailure {
-            step: task.key.clone(),
-            message: format!("the run was {what}"),
-            transient: true,
-        };
+        let stopped =
+            |what: &str| ItemFailure::new(task.key.clone(), format!("the run was {what}"), true);
         if status != RunStatus::Running {
             let f = serde_json::to_string(&stopped(status.as_str())).unwrap_or_default();
             q.finish_item(lease, &run.id, None, Some(&f)).await?;
@@ -870,12 +863,7 @@ impl Worker {
                     return Err(Leave::from_journal(msg.clone()));
                 }
                 if m.on_error == OnError::FailFast {
-                    let f = serde_json::to_string(&ItemFailure {
-                        step: e.step.clone(),
-                        message: e.kind.to_string(),
-                        transient: e.class() == spes_llm::ErrorClass::Transient,
-                    })
-                    .unwrap_or_default();
+                    let f = serde_json::to_string(&ItemFailure::of(&e)).unwrap_or_default();
                     q.finish_item(lease, &run.id, None, Some(&f)).await?;
                 } else {
                     // `#error` is journaled: the map reports it as the item's failure.
@@ -883,14 +871,10 @@ impl Worker {
                 }
             }
             Err(Stop::Store(e)) => return Err(Leave::Retry(e.to_string())),
-            // The run's budget is spent: the map (and the run) stops.
+            // The run's budget is spent: the map (and the run) stops, with
+            // class `budget_exceeded`.
             Err(Stop::Budget(e)) => {
-                let f = serde_json::to_string(&ItemFailure {
-                    step: e.step.clone(),
-                    message: e.kind.to_string(),
-                    transient: false,
-                })
-                .unwrap_or_default();
+                let f = serde_json::to_string(&ItemFailure::of(&e)).unwrap_or_default();
                 q.finish_item(lease, &run.id, None, Some(&f)).await?;
             }
             Err(other) => {
