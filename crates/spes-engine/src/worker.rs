@@ -653,8 +653,13 @@ impl Worker {
             flows,
             poll: self.opts.poll.min(Duration::from_millis(100)),
         }));
-        exec.budget = self.ledger(&run, &wf);
+        exec.budget = self.ledger(&run, &wf, true);
         let span = crate::durable::continued_span(&run, &wf);
+        // What this worker cached of the run for its items (its settings)
+        // is read again: a resume may have changed them.
+        if let Ok(mut c) = self.runs.lock() {
+            c.remove(&run.id);
+        }
         let result = tracing::Instrument::instrument(exec.run_workflow(&wf), span.clone()).await;
         crate::telemetry::done(&span, &result);
         let (event, patch) = match result {
@@ -702,8 +707,17 @@ impl Worker {
 
     /// The run's budget ledger, shared by its executions in this worker
     /// (the spent total is read from the store before each call: other
-    /// workers spend from the same budget).
-    pub(super) fn ledger(&self, run: &Run, wf: &Workflow) -> Option<Arc<crate::budget::Ledger>> {
+    /// workers spend from the same budget). `fresh`: `run` was just read
+    /// from the store, so its recorded budget replaces the ledger's; an
+    /// item's cached copy of the run may be older than a resume that
+    /// raised it, so it leaves the ledger's alone (the ledger reads the
+    /// recorded budget again before it refuses a call).
+    pub(super) fn ledger(
+        &self,
+        run: &Run,
+        wf: &Workflow,
+        fresh: bool,
+    ) -> Option<Arc<crate::budget::Ledger>> {
         let b = run.settings.budget.or_else(|| self.engine.budget_for(wf))?;
         let Ok(mut all) = self.ledgers.lock() else {
             return Some(crate::budget::Ledger::shared(b, self.store.clone(), run.id));
@@ -714,8 +728,8 @@ impl Worker {
         let l = all
             .entry(run.id)
             .or_insert_with(|| crate::budget::Ledger::shared(b, self.store.clone(), run.id));
-        if l.budget != b {
-            *l = crate::budget::Ledger::shared(b, self.store.clone(), run.id);
+        if fresh && l.budget() != b {
+            l.set_budget(b);
         }
         Some(l.clone())
     }
@@ -833,7 +847,7 @@ impl Worker {
             Arc::new(journal),
             Some(self.control(run.id, status, claimed_at)),
         );
-        exec.budget = self.ledger(&run, &wf);
+        exec.budget = self.ledger(&run, &wf, false);
         let span = crate::telemetry::item_span(
             &run.id.to_string(),
             &task.key,

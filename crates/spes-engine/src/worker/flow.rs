@@ -63,7 +63,7 @@ impl Worker {
             Arc::new(journal),
             Some(Control::new(self.store.clone(), run.id)),
         );
-        exec.budget = self.ledger(&run, &wf);
+        exec.budget = self.ledger(&run, &wf, true);
         let r = exec
             .steps_at(&child.workflow.steps, p.workflow.clone(), p.depth + 1)
             .await;
