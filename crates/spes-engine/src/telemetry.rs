@@ -40,6 +40,12 @@ pub fn capture_content() -> bool {
     CAPTURE.load(Ordering::Relaxed)
 }
 
+/// Whether the spans here are recorded (a front door subscribes to
+/// [`TARGET`]), so that a run queued now can begin its trace later.
+pub(crate) fn traced() -> bool {
+    cfg!(feature = "otel") && tracing::enabled!(target: "spes::otel", tracing::Level::INFO)
+}
+
 /// The span of one execution of a run in this process (`spes.run`), a
 /// child of `parent` (a stored W3C traceparent) when given.
 pub(crate) fn run_span(workflow: &str, run: Option<&str>, parent: Option<&str>) -> Span {

@@ -655,6 +655,18 @@ impl Worker {
         }));
         exec.budget = self.ledger(&run, &wf, true);
         let span = crate::durable::continued_span(&run, &wf);
+        // A run queued while traces were exported begins its trace here:
+        // this span is its root, and later executions (and its items, in
+        // any worker) continue it.
+        if run.settings.trace_queued
+            && run.settings.trace_parent.is_none()
+            && let Some(tp) = crate::telemetry::traceparent(&span)
+        {
+            let mut settings = run.settings.clone();
+            settings.trace_parent = Some(tp);
+            settings.trace_queued = false;
+            self.store.set_settings(&run.id, &settings).await?;
+        }
         // What this worker cached of the run for its items (its settings)
         // is read again: a resume may have changed them.
         if let Ok(mut c) = self.runs.lock() {
