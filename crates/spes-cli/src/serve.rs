@@ -31,6 +31,8 @@ pub(crate) struct ServeArgs {
 /// The project as the server sees it: the functions `spes run` uses.
 struct CliProject {
     project: Project,
+    /// The server's store: the response cache (`[cache] enabled`) lives there.
+    store: Arc<dyn spes_store::RunStore>,
 }
 
 impl spes_server::Project for CliProject {
@@ -63,7 +65,9 @@ impl spes_server::Project for CliProject {
     }
 
     fn engine(&self, provider: Option<&str>) -> Result<Engine, String> {
-        build_engine(&self.project, provider, true, None, false).map_err(crate::worker::describe)
+        let engine = build_engine(&self.project, provider, true, None, false)
+            .map_err(crate::worker::describe)?;
+        Ok(crate::with_cache(engine, &self.project, &self.store, false))
     }
 
     fn components(&self) -> (ComponentRegistry, Diagnostics) {
@@ -128,7 +132,16 @@ pub(crate) async fn serve(
         .local_addr()
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.bind)))?;
     let needs_token = auth.needs_token();
-    let state = AppState::new(store.clone(), Arc::new(CliProject { project }), auth);
+    // The `--workers` execute with the cache too, as `spes worker` does.
+    let engine = crate::with_cache(engine, &project, &store, false);
+    let state = AppState::new(
+        store.clone(),
+        Arc::new(CliProject {
+            project,
+            store: store.clone(),
+        }),
+        auth,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();

@@ -1799,3 +1799,53 @@ async fn metrics_are_scrapeable_without_a_token_and_count_a_finished_run() {
     let (code, log) = s.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// `[cache] enabled` holds for runs started through the API as for `spes
+/// run`: the server's store keeps the answers, and a second identical run
+/// (temperature 0) is served from it without a request to the provider;
+/// `spes cache stats` then counts the answer and its hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_a_repeated_run_from_the_response_cache() {
+    let fake = spes_fake_llm::FakeServer::start().await.unwrap();
+    fake.set_default(spes_fake_llm::FakeResponse::text("an answer worth keeping"));
+    let extra = format!(
+        "{}\n[cache]\nenabled = true\n",
+        fake_provider("remote", &fake.openai_base_url(), false)
+    );
+    let dir = project(true, &extra);
+    std::fs::write(
+        dir.path().join("workflows/cached.yaml"),
+        "name: cached\nsteps:\n  - { name: ask, kind: llm, provider: remote, prompt: \"the same question\", temperature: 0, max_tokens: 16, output: a }\noutput: a\n",
+    )
+    .unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let first = s.start_run("cached", json!({})).await;
+    let one = s.until_status(&first, "completed").await;
+    assert_eq!(fake.request_count(), 1, "{}", s.log());
+    let second = s.start_run("cached", json!({})).await;
+    let two = s.until_status(&second, "completed").await;
+    assert_eq!(
+        fake.request_count(),
+        1,
+        "the second run made a request:\n{}",
+        s.log()
+    );
+    assert_eq!(one["run"]["output"], "an answer worth keeping", "{one}");
+    assert_eq!(two["run"]["output"], one["run"]["output"], "{two}");
+    let (code, log) = s.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let stats = Command::new(env!("CARGO_BIN_EXE_spes"))
+        .current_dir(dir.path())
+        .args(["cache", "stats", "--json"])
+        .env_remove("SPES_CONFIG")
+        .env_remove("SPES_STORE")
+        .output()
+        .unwrap();
+    assert!(stats.status.success(), "{stats:?}");
+    let doc: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        (doc["entries"].as_u64(), doc["hits"].as_u64()),
+        (Some(1), Some(1)),
+        "{doc}"
+    );
+}

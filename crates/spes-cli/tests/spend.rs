@@ -130,6 +130,37 @@ async fn a_cost_budget_stops_the_run_before_the_call_that_would_exceed_it() {
     );
 }
 
+/// The items of a map spend from the run's budget too (also an item step
+/// that does not read the mapped list): with `calls: 3` and one item at a
+/// time, the fourth item's call is not made; exit 7, class
+/// `budget_exceeded`, the error naming that item's step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_holds_for_the_items_of_a_map() {
+    let server = fake().await;
+    let p = Project::new(
+        "name: spread
+budget: { calls: 3 }
+inputs:
+  topics: { type: list, default: [a, b, c, d, e] }
+steps:
+  - name: gather
+    kind: map
+    over: topics
+    concurrency: 1
+    step: { name: answer, kind: llm, prompt: \"about {{ item }}\", max_tokens: 8 }
+    output: answers
+output: answers
+",
+        &server.openai_base_url(),
+    );
+    let out = wait(p.spawn(&["run", "wf.yaml", "--json"])).await;
+    assert_eq!(out.code(), Some(7), "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["class"], "budget_exceeded", "{doc}");
+    assert_eq!(doc["error"]["step"], "gather/map[3]/answer", "{doc}");
+    assert_eq!(server.request_count(), 3);
+}
+
 /// A `calls` budget holds across a SIGKILL: the killed life committed 2
 /// calls; the resumed run makes 3 more (5 in all) and stops with exit 7.
 /// `on_exhausted: pause` (from `--budget`) pauses instead (exit 3), and a

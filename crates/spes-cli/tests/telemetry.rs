@@ -399,6 +399,287 @@ async fn without_an_endpoint_nothing_is_traced() {
 }
 
 // ---------------------------------------------------------------------------
+// Runs executed where they were not recorded: `spes serve`, `spes runs
+// fork`, `spes run --detach` and `spes worker`.
+
+/// The spans of `run` named `run WORKFLOW`.
+fn run_spans<'a>(spans: &'a [Span], run: &str) -> Vec<&'a Span> {
+    spans
+        .iter()
+        .filter(|s| s.name.starts_with("run ") && s.attr("spes.run.id") == Some(run))
+        .collect()
+}
+
+/// Every span of `trace` hangs under its one root, `root`: nothing else
+/// in it has no parent, and every parent is a span of the trace.
+fn one_tree(spans: &[Span], root: &Span) {
+    let trace: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id)
+        .collect();
+    let ids: BTreeSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();
+    for s in &trace {
+        if s.span_id == root.span_id {
+            assert!(s.parent.is_empty(), "the run span has a parent: {s:?}");
+        } else {
+            assert!(
+                ids.contains(s.parent.as_str()),
+                "{} has a parent outside the trace: {spans:#?}",
+                s.name
+            );
+        }
+    }
+}
+
+/// `spes serve` executes a run started through the API and a fork of it
+/// in its own process: each exports exactly one `run` span, the root of
+/// its trace (no empty span recorded when the run was), with the steps
+/// and calls under it; `spes runs fork` from the command line the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_fork_export_one_run_root_per_execution() {
+    let receiver = Receiver::start().await;
+    let server = FakeServer::start().await.unwrap();
+    server.set_default(FakeResponse::text("fine").with_usage(3, 2));
+    let wf = "name: served\nsteps:\n  - { name: ask, kind: llm, prompt: first, max_tokens: 8, output: a }\n  - { name: again, kind: llm, prompt: \"second {{ a }}\", max_tokens: 8, output: b }\noutput: b\n";
+    let project = Project::new(wf, &server.openai_base_url());
+    project.write("workflows/served.yaml", wf);
+    let log = project.root.join("serve.log");
+    let mut cmd = spes_command(&project.root, &["serve", "--bind", "127.0.0.1:0"]);
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let started = Instant::now();
+    let base = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(rest) = text.split("listening on http://").nth(1) {
+            break format!("http://{}", rest.split_whitespace().next().unwrap());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "spes serve did not start:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let http = reqwest::Client::new();
+    let until_completed = async |run: &str| {
+        let started = Instant::now();
+        loop {
+            let doc: Value = http
+                .get(format!("{base}/v1/runs/{run}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if doc["run"]["status"] == "completed" {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{doc}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let created: Value = http
+        .post(format!("{base}/v1/runs"))
+        .json(&serde_json::json!({ "workflow": "served", "inputs": {} }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run = created["run"]["id"].as_str().expect("run id").to_owned();
+    until_completed(&run).await;
+    let forked: Value = http
+        .post(format!("{base}/v1/runs/{run}/fork"))
+        .json(&serde_json::json!({ "at": "again" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fork = forked["run"]["id"].as_str().expect("fork id").to_owned();
+    until_completed(&fork).await;
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let exit = wait(child).await;
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    // `spes runs fork` executes the fork in its own process.
+    let mut cmd = spes_command(&project.root, &["runs", "fork", &run, "--at", "again"]);
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
+        .env_remove("RUST_LOG");
+    let exit = wait(cmd.spawn().unwrap()).await;
+    assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
+    let store = project.store().await;
+    let cli_fork = store
+        .list_runs(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id.to_string())
+        .find(|id| *id != run && *id != fork)
+        .expect("the fork made by `spes runs fork`");
+    let spans = receiver.spans();
+    for (id, calls) in [(&run, 2), (&fork, 1), (&cli_fork, 1)] {
+        let roots = run_spans(&spans, id);
+        assert_eq!(roots.len(), 1, "run spans of {id}: {spans:#?}");
+        let root = roots[0];
+        assert_eq!(root.name, "run served");
+        assert!(root.parent.is_empty(), "{root:?}");
+        let trace: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.trace_id == root.trace_id)
+            .collect();
+        assert_eq!(
+            trace.iter().filter(|s| s.name.starts_with("run ")).count(),
+            1,
+            "{trace:#?}"
+        );
+        let sent = trace
+            .iter()
+            .filter(|s| {
+                s.attr("gen_ai.operation.name") == Some("chat")
+                    && s.attr("spes.journal.replayed") == Some("false")
+            })
+            .count();
+        assert_eq!(sent, calls, "model calls made by {id}: {trace:#?}");
+        one_tree(&spans, root);
+        // The run's stored context is this span.
+        let stored = store.run(&id.parse().unwrap()).await.unwrap().unwrap();
+        let (t, s) = parse_traceparent(stored.settings.trace_parent.as_deref().unwrap());
+        assert_eq!((t, s), (root.trace_id.clone(), root.span_id.clone()));
+    }
+}
+
+/// `spes run --detach` on a shared store queues the run and exports
+/// nothing; the worker that executes it begins its trace (one root `run`
+/// span, whose context the run records), and the map items it hands to
+/// the queue (`item KEY` spans, executed by a worker) are children of that
+/// span: one trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_executed_map_is_one_trace_with_its_items_under_the_run() {
+    let schema = spes_store::testing::postgres::TestSchema::new().await;
+    let store = schema.store().await;
+    let receiver = Receiver::start().await;
+    let server = FakeServer::start().await.unwrap();
+    server.set_default(FakeResponse::echo());
+    let project = Project::new(
+        "name: spread\ninputs:\n  topics: { type: list, default: [a, b, c] }\nsteps:\n  - name: gather\n    kind: map\n    over: topics\n    step: { name: answer, kind: llm, prompt: \"about {{ item }}\", max_tokens: 8 }\n    output: answers\n  - { name: sum, kind: llm, prompt: \"sum {{ answers | join(' ') }}\", max_tokens: 8, output: total }\noutput: total\n",
+        &server.openai_base_url(),
+    );
+    let traced = |args: &[&str]| {
+        let mut cmd = spes_command(&project.root, args);
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let out = traced(&[
+        "run",
+        "wf.yaml",
+        "--detach",
+        "--quiet",
+        "--store",
+        schema.url(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let run: spes_store::RunId = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let queued = store.run(&run).await.unwrap().unwrap();
+    assert_eq!(queued.settings.trace_parent, None, "{:?}", queued.settings);
+    let log = project.root.join("worker.log");
+    let worker = traced(&["worker", "--store", schema.url(), "--poll-ms", "50"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = worker.id();
+    let started = Instant::now();
+    loop {
+        let r = store.run(&run).await.unwrap().unwrap();
+        if r.status == spes_store::RunStatus::Completed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && !r.status.is_final(),
+            "run {run} is {} ({:?}):\n{}",
+            r.status,
+            r.error,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let exit = wait(worker).await;
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let spans = receiver.spans();
+    let id = run.to_string();
+    let roots = run_spans(&spans, &id);
+    assert_eq!(roots.len(), 1, "{spans:#?}");
+    let root = roots[0];
+    assert!(root.parent.is_empty(), "{root:?}");
+    assert_eq!(root.attr("spes.run.continued"), Some("false"));
+    let items: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("item "))
+        .collect();
+    assert_eq!(items.len(), 3, "{spans:#?}");
+    for it in &items {
+        assert_eq!(it.trace_id, root.trace_id, "{it:?}");
+        assert_eq!(it.parent, root.span_id, "{it:?}");
+        assert_eq!(it.attr("spes.run.id"), Some(id.as_str()));
+        // Each item's model call is under it.
+        assert!(
+            spans
+                .iter()
+                .any(|c| c.attr("gen_ai.operation.name") == Some("chat")
+                    && c.trace_id == root.trace_id
+                    && spans
+                        .iter()
+                        .any(|st| st.span_id == c.parent && st.parent == it.span_id)),
+            "no model call under {}: {spans:#?}",
+            it.name
+        );
+    }
+    let keys: BTreeSet<&str> = items
+        .iter()
+        .filter_map(|s| s.attr("spes.step.key"))
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["gather/map[0]", "gather/map[1]", "gather/map[2]"])
+    );
+    one_tree(&spans, root);
+    let done = store.run(&run).await.unwrap().unwrap();
+    let (t, s) = parse_traceparent(done.settings.trace_parent.as_deref().unwrap());
+    assert_eq!((t, s), (root.trace_id.clone(), root.span_id.clone()));
+    assert!(!done.settings.trace_queued);
+}
+
+// ---------------------------------------------------------------------------
 // Arize Phoenix.
 
 const INSTALL: &str = "run `eval \"$(bash scripts/phoenix.sh)\"` first (scripts/test.sh does)";

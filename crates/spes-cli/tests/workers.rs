@@ -1080,3 +1080,113 @@ async fn a_worker_serves_metrics_of_what_it_executed() {
     let exit = worker.wait().unwrap();
     assert!(exit.success(), "{exit:?}: {}", dir.log());
 }
+
+/// A map (inside a sequence with a canned fallback) that runs out of its
+/// `calls` budget at item 3 of `items`, one item at a time.
+fn budgeted_fallback(items: usize) -> String {
+    let topics: Vec<String> = (0..items).map(|i| format!("t{i}")).collect();
+    format!(
+        "name: budgeted\nbudget: {{ calls: 3 }}\ninputs:\n  topics: {{ type: list, default: [{}] }}\nsteps:\n  - name: outer\n    kind: sequence\n    fallback: [ {{ step: {{ kind: transform, fn: template, input: canned }} }} ]\n    steps:\n      - name: gather\n        kind: map\n        over: topics\n        concurrency: 1\n        step: {{ name: answer, kind: llm, prompt: \"about {{{{ item }}}}\", max_tokens: 8, temperature: 1 }}\n        output: answers\n    output: result\noutput: answers\n",
+        topics.join(", ")
+    )
+}
+
+/// An engine error's text without its file's directory: (step, file name,
+/// line:col, why).
+fn error_shape(e: &str) -> (String, String, String, String) {
+    let (head, why) = e
+        .split_once(" failed: ")
+        .unwrap_or_else(|| panic!("not a step error: {e}"));
+    let (step, loc) = head
+        .split_once(" (")
+        .unwrap_or_else(|| panic!("no location: {e}"));
+    let loc = loc.trim_end_matches(')');
+    let (file, line_col) = loc.split_once(':').unwrap();
+    let file = std::path::Path::new(file)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    (step.to_owned(), file, line_col.to_owned(), why.to_owned())
+}
+
+/// A map item that a worker stops on the run's budget stops the run as
+/// `spes run` stops in one process (exit 7, class `budget_exceeded`): past
+/// the fallback of the step around the map, with the same error (the
+/// refused step, where it is written, the limit). `spes resume RUN
+/// --budget calls=100` then records a higher limit, and the worker that
+/// executed the items (and cached the run) sees it: the run completes, no
+/// call repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_stop_in_a_worker_item_fails_the_run_as_in_one_process_until_resumed_with_more() {
+    const ITEMS: usize = 6;
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let server = FakeServer::start().await.unwrap();
+    server.set_default(spes_fake_llm::FakeResponse::echo());
+    let wf = budgeted_fallback(ITEMS);
+    // One process, on the project's own store.
+    let local = Dir::new(&server.openai_base_url());
+    local.write("wf.yaml", &wf);
+    let one = local
+        .command(&["run", "wf.yaml", "--json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap_or_default();
+    assert_eq!(
+        one.status.code(),
+        Some(7),
+        "{doc}\n{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert_eq!(doc["error"]["class"], "budget_exceeded", "{doc}");
+    let expected = error_shape(doc["error"]["message"].as_str().unwrap());
+    assert_eq!(expected.0, "step `outer/gather/map[3]/answer`", "{doc}");
+    assert_eq!(server.request_count(), 3);
+    // The same workflow queued for a worker.
+    let dir = Dir::new(&server.openai_base_url());
+    dir.write("wf.yaml", &wf);
+    let run = dir.enqueue("wf.yaml", schema.url(), &[]);
+    let worker = dir.worker(schema.url(), "worker-a", 1, 5.0);
+    let _guard = KillOnDrop(worker.id());
+    until("the run to stop", Duration::from_secs(60), || async {
+        let r = store.run(&run).await.ok().flatten()?;
+        assert_ne!(
+            r.status,
+            spes_store::RunStatus::Completed,
+            "the fallback served past the budget: {:?}",
+            r.output
+        );
+        (r.status == spes_store::RunStatus::Failed).then_some(())
+    })
+    .await;
+    let error = store.run(&run).await.unwrap().unwrap().error.unwrap();
+    assert_eq!(error_shape(&error), expected, "{error}");
+    const CALLS: &str = "SELECT COUNT(*) FROM entries WHERE run_id = $1 AND kind = 'model'";
+    assert_eq!(scalar(&store, CALLS, &run).await, 3);
+    assert_eq!(server.request_count(), 3 + 3);
+    // A higher limit, recorded with the run; the worker continues it.
+    let resumed = dir
+        .command(&[
+            "resume",
+            &run.to_string(),
+            "--budget",
+            "calls=100",
+            "--store",
+            schema.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{resumed:?}");
+    completed(&store, &run, Duration::from_secs(60)).await;
+    let done = store.run(&run).await.unwrap().unwrap();
+    let answers = done.output.as_ref().and_then(|o| o.as_array()).cloned();
+    assert_eq!(answers.map(|a| a.len()), Some(ITEMS), "{:?}", done.output);
+    assert_eq!(
+        scalar(&store, CALLS, &run).await,
+        i64::try_from(ITEMS).unwrap()
+    );
+    assert_eq!(server.request_count(), 3 + ITEMS, "a call was repeated");
+    signal(worker.id(), "TERM");
+    assert_eq!(wait(worker).await.code(), Some(0), "{}", dir.log());
+}

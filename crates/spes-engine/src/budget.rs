@@ -8,7 +8,9 @@
 //! what the call really spent. A run resumed elsewhere starts from what its
 //! journal says was spent. Workers sharing a run (`spes worker`) read the
 //! spent total from the store before each call instead, so two workers
-//! overspend together by at most the calls they have in flight.
+//! overspend together by at most the calls they have in flight; before
+//! refusing a call they read the run's recorded budget again, so a limit
+//! raised by `spes resume RUN --budget ...` holds at once in every worker.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -89,6 +91,9 @@ enum Source {
 
 #[derive(Default)]
 struct State {
+    /// The limits (a shared run's are read again from the store before a
+    /// call is refused: a resume may have raised them).
+    budget: Budget,
     /// Spent (local source only).
     spent: Spend,
     /// Reserved by calls in flight in this process.
@@ -97,7 +102,6 @@ struct State {
 
 /// One run's budget in this process.
 pub(crate) struct Ledger {
-    pub(crate) budget: Budget,
     source: Source,
     state: Mutex<State>,
     /// Shared source: reservations and settlements happen one at a time,
@@ -108,7 +112,7 @@ pub(crate) struct Ledger {
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("budget", &self.budget)
+            .field("budget", &self.budget())
             .finish_non_exhaustive()
     }
 }
@@ -122,9 +126,9 @@ impl Ledger {
     /// already (its journal's total).
     pub(crate) fn local(budget: Budget, spent: Spend) -> Arc<Self> {
         Arc::new(Self {
-            budget,
             source: Source::Local,
             state: Mutex::new(State {
+                budget,
                 spent,
                 reserved: Spend::default(),
             }),
@@ -136,9 +140,11 @@ impl Ledger {
     /// the store before each call.
     pub(crate) fn shared(budget: Budget, store: Arc<dyn RunStore>, run: RunId) -> Arc<Self> {
         Arc::new(Self {
-            budget,
             source: Source::Shared(store, run),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                budget,
+                ..State::default()
+            }),
             turn: tokio::sync::Mutex::new(()),
         })
     }
@@ -149,6 +155,16 @@ impl Ledger {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The limits now.
+    pub(crate) fn budget(&self) -> Budget {
+        self.state().budget
+    }
+
+    /// Replaces the limits (the run's recorded budget was read again).
+    pub(crate) fn set_budget(&self, b: Budget) {
+        self.state().budget = b;
+    }
+
     /// Reserves `est` for a call, or says which limit it would exceed.
     pub(crate) async fn reserve(
         &self,
@@ -157,7 +173,7 @@ impl Ledger {
         match &self.source {
             Source::Local => {
                 let mut s = self.state();
-                if let Some(why) = self.budget.exceeded_by(s.spent.plus(s.reserved), est) {
+                if let Some(why) = s.budget.exceeded_by(s.spent.plus(s.reserved), est) {
                     return Ok(Err(why));
                 }
                 s.reserved = s.reserved.plus(est);
@@ -171,8 +187,20 @@ impl Ledger {
                     .first()
                     .map(|(_, u)| spend_of(u))
                     .unwrap_or_default();
+                let over = {
+                    let s = self.state();
+                    s.budget.exceeded_by(spent.plus(s.reserved), est).is_some()
+                };
+                if over {
+                    // A resume may have raised the limit since this
+                    // ledger read it: the run's record decides.
+                    let recorded = store.run(run).await?.and_then(|r| r.settings.budget);
+                    if let Some(b) = recorded {
+                        self.set_budget(b);
+                    }
+                }
                 let mut s = self.state();
-                if let Some(why) = self.budget.exceeded_by(spent.plus(s.reserved), est) {
+                if let Some(why) = s.budget.exceeded_by(spent.plus(s.reserved), est) {
                     return Ok(Err(why));
                 }
                 s.reserved = s.reserved.plus(est);
@@ -251,4 +279,46 @@ fn hex(bytes: &[u8]) -> String {
 /// A cached answer decoded, or `None` when the row does not hold one.
 pub(crate) fn decode_cached(text: &str) -> Option<ChatResponse> {
     serde_json::from_str(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spes_store::sqlite::{SqliteOptions, SqliteStore};
+
+    /// A shared ledger made with a stale budget (a worker's cached copy of
+    /// the run) reads the run's recorded budget before it refuses a call:
+    /// a limit raised since (`spes resume RUN --budget ...`) lets it through.
+    #[tokio::test]
+    async fn a_shared_ledger_reads_a_raised_budget_before_refusing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn RunStore> = Arc::new(
+            SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default())
+                .await
+                .unwrap(),
+        );
+        let mut run = spes_store::testing::sample_run();
+        let none = Budget {
+            calls: Some(0),
+            ..Budget::default()
+        };
+        run.settings.budget = Some(none);
+        store.create_run(&run).await.unwrap();
+        let ledger = Ledger::shared(none, store.clone(), run.id);
+        let one = Spend {
+            calls: 1,
+            ..Spend::default()
+        };
+        let why = ledger.reserve(one).await.unwrap().unwrap_err();
+        assert!(why.contains("calls"), "{why}");
+        let mut settings = run.settings.clone();
+        settings.budget = Some(Budget {
+            calls: Some(2),
+            ..Budget::default()
+        });
+        store.set_settings(&run.id, &settings).await.unwrap();
+        let hold = ledger.reserve(one).await.unwrap();
+        assert!(hold.is_ok(), "{hold:?}");
+        assert_eq!(ledger.budget().calls, Some(2));
+    }
 }

@@ -380,6 +380,16 @@ pub struct Replay {
     pub request_changed: Option<String>,
 }
 
+/// A run recorded by [`Engine::begin`] or [`Engine::begin_fork`] and not
+/// executed yet: its id, and the span [`Engine::execute_begun`] executes
+/// it in (the root of the run's trace, whose context the run recorded).
+#[derive(Debug)]
+pub struct Begun {
+    /// The run.
+    pub id: RunId,
+    span: crate::telemetry::Span,
+}
+
 /// The span of an execution of a stored run in this process: a child of
 /// the trace the run was started in, when it stored one.
 pub(crate) fn continued_span(
@@ -436,15 +446,19 @@ impl Engine {
         wf: &Workflow,
         source: &WorkflowSource,
         inputs: BTreeMap<String, Value>,
-    ) -> Result<RunId, RunError> {
-        Ok(self.record_new(store, wf, source, inputs).await?.0)
+    ) -> Result<Begun, RunError> {
+        let (id, _, span) = self.record_new(store, wf, source, inputs).await?;
+        Ok(Begun { id, span })
     }
 
     /// Executes a run that [`Engine::begin`] or [`Engine::begin_fork`]
-    /// recorded in this process, with the inputs it was recorded with.
+    /// recorded in this process (`begun`), with the inputs it was recorded
+    /// with. Its span is the one recorded with the run: the root of its
+    /// trace, not a child of an empty one.
     pub async fn execute_begun(
         &self,
         store: Arc<dyn RunStore>,
+        begun: Begun,
         run: &Run,
         wf: &Workflow,
     ) -> Result<RunEnd, RunError> {
@@ -453,15 +467,12 @@ impl Engine {
             _ => serde_json::Map::new(),
         };
         let budget = self.run_budget(&store, run, wf).await?;
-        self.execute(
-            store,
-            run.id,
-            wf,
-            ctx,
-            budget,
-            continued_span(&self.tracer, run, wf),
-        )
-        .await
+        let span = if begun.id == run.id {
+            begun.span
+        } else {
+            continued_span(&self.tracer, run, wf)
+        };
+        self.execute(store, run.id, wf, ctx, budget, span).await
     }
 
     /// The budget `run` executes under: the one recorded at its start (a
@@ -504,7 +515,10 @@ impl Engine {
         };
         let ctx = bind_inputs(wf, inputs).map_err(RunError::Input)?;
         let id = RunId::new();
-        let (mut run, _span) = self.new_run(id, wf, source, &ctx);
+        let mut run = self.new_record(id, wf, source, &ctx);
+        // Nothing executes here: no span now (it would be an empty root).
+        // The first traced execution begins the run's trace.
+        run.settings.trace_queued = crate::telemetry::traced(&self.tracer);
         run.status = RunStatus::Pending;
         run.owner = None;
         q.create_queued_run(&run).await?;
@@ -522,10 +536,23 @@ impl Engine {
         ctx: &spes_core::template::Context,
     ) -> (NewRun, crate::telemetry::Span) {
         let span = crate::telemetry::run_span(&self.tracer, &wf.name, Some(&id.to_string()), None);
+        let mut run = self.new_record(id, wf, source, ctx);
+        run.settings.trace_parent = crate::telemetry::traceparent(&span);
+        (run, span)
+    }
+
+    /// The record of a new run of `wf` (running, owned by this process),
+    /// without a trace context.
+    fn new_record(
+        &self,
+        id: RunId,
+        wf: &Workflow,
+        source: &WorkflowSource,
+        ctx: &spes_core::template::Context,
+    ) -> NewRun {
         let mut settings = self.run_settings();
-        settings.trace_parent = crate::telemetry::traceparent(&span);
         settings.budget = self.budget_for(wf);
-        let run = NewRun {
+        NewRun {
             id,
             workflow_name: wf.name.clone(),
             workflow_path: source.path.clone(),
@@ -536,8 +563,7 @@ impl Engine {
             status: RunStatus::Running,
             owner: Some(this_owner()),
             settings,
-        };
-        (run, span)
+        }
     }
 
     /// Whether [`Engine::resume`] would take `run` over now: refused when
@@ -734,12 +760,13 @@ impl Engine {
         at: &str,
         inputs: BTreeMap<String, Value>,
     ) -> Result<(RunId, RunEnd), RunError> {
-        let id = self.begin_fork(&store, run, wf, source, at, inputs).await?;
+        let begun = self.begin_fork(&store, run, wf, source, at, inputs).await?;
+        let id = begun.id;
         let forked = store
             .run(&id)
             .await?
             .ok_or_else(|| RunError::Refused(format!("run {id} vanished after it was forked")))?;
-        let end = self.execute_begun(store, &forked, wf).await?;
+        let end = self.execute_begun(store, begun, &forked, wf).await?;
         Ok((id, end))
     }
 
@@ -753,7 +780,7 @@ impl Engine {
         source: &WorkflowSource,
         at: &str,
         inputs: BTreeMap<String, Value>,
-    ) -> Result<RunId, RunError> {
+    ) -> Result<Begun, RunError> {
         let Some(idx) = wf.steps.iter().position(|s| s.name == at) else {
             return Err(RunError::Refused(format!(
                 "workflow `{}` has no top-level step `{at}`; its steps: {}",
@@ -775,9 +802,8 @@ impl Engine {
         let ctx = bind_inputs(wf, given).map_err(RunError::Input)?;
         let entries = store.entries(&run.id).await?;
         let id = RunId::new();
-        store
-            .create_run(&self.new_run(id, wf, source, &ctx).0)
-            .await?;
+        let (record, span) = self.new_run(id, wf, source, &ctx);
+        store.create_run(&record).await?;
         for e in entries {
             // A step's entries are keyed by its name, then `/` or `#`.
             let step = e.key.split(['/', '#']).next().unwrap_or(e.key.as_str());
@@ -785,7 +811,7 @@ impl Engine {
                 store.append(&id, &e.key, &e.kind, &e.payload).await?;
             }
         }
-        Ok(id)
+        Ok(Begun { id, span })
     }
 
     /// Every model request of `run`, re-rendered by replaying it from its

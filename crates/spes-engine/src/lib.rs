@@ -62,7 +62,7 @@ use serde_json::Value;
 use spes_core::workflow::Workflow;
 use spes_llm::Provider;
 
-pub use durable::{RunEnd, WorkflowSource};
+pub use durable::{Begun, RunEnd, WorkflowSource};
 pub use error::{EngineError, FailureKind};
 pub use event::{Event, NoObserver, Observer};
 pub use gate::{GateRequest, Reviewer};

@@ -37,6 +37,8 @@ impl<'e> Exec<'e> {
             .collect();
         let mut e = Self::new(self.engine, ctx, self.journal.clone(), self.control.clone());
         e.dist = self.dist.clone();
+        // Map items spend from the run's budget like every other call.
+        e.budget = self.budget.clone();
         e
     }
 

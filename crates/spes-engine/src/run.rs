@@ -1105,7 +1105,7 @@ impl<'e> Exec<'e> {
             }
         };
         tracing::warn!(target: "spes::budget", step = key, limit = %why, "budget exhausted before a model call");
-        if l.budget.on_exhausted == spes_core::budget::OnExhausted::Pause
+        if l.budget().on_exhausted == spes_core::budget::OnExhausted::Pause
             && let Some(c) = &self.control
         {
             let t = spes_core::lifecycle::RunEvent::Pause.transition();

@@ -544,12 +544,8 @@ impl Worker {
                         .await
                         .map(|_| ()),
                     TaskKind::Item => {
-                        let f = serde_json::to_string(&ItemFailure {
-                            step: key,
-                            message: why,
-                            transient: false,
-                        })
-                        .unwrap_or_default();
+                        let f = serde_json::to_string(&ItemFailure::new(key, why, false))
+                            .unwrap_or_default();
                         self.queue()
                             .finish_item(&lease, &run_id, None, Some(&f))
                             .await
@@ -657,8 +653,25 @@ impl Worker {
             flows,
             poll: self.opts.poll.min(Duration::from_millis(100)),
         }));
-        exec.budget = self.ledger(&run, &wf);
+        exec.budget = self.ledger(&run, &wf, true);
         let span = crate::durable::continued_span(&self.engine.tracer, &run, &wf);
+        // A run queued while traces were exported begins its trace here:
+        // this span is its root, and later executions (and its items, in
+        // any worker) continue it.
+        if run.settings.trace_queued
+            && run.settings.trace_parent.is_none()
+            && let Some(tp) = crate::telemetry::traceparent(&span)
+        {
+            let mut settings = run.settings.clone();
+            settings.trace_parent = Some(tp);
+            settings.trace_queued = false;
+            self.store.set_settings(&run.id, &settings).await?;
+        }
+        // What this worker cached of the run for its items (its settings)
+        // is read again: a resume may have changed them.
+        if let Ok(mut c) = self.runs.lock() {
+            c.remove(&run.id);
+        }
         let result = crate::telemetry::within(&span, exec.run_workflow(&wf)).await;
         crate::telemetry::done(&span, &result);
         let (event, patch) = match result {
@@ -706,8 +719,17 @@ impl Worker {
 
     /// The run's budget ledger, shared by its executions in this worker
     /// (the spent total is read from the store before each call: other
-    /// workers spend from the same budget).
-    pub(super) fn ledger(&self, run: &Run, wf: &Workflow) -> Option<Arc<crate::budget::Ledger>> {
+    /// workers spend from the same budget). `fresh`: `run` was just read
+    /// from the store, so its recorded budget replaces the ledger's; an
+    /// item's cached copy of the run may be older than a resume that
+    /// raised it, so it leaves the ledger's alone (the ledger reads the
+    /// recorded budget again before it refuses a call).
+    pub(super) fn ledger(
+        &self,
+        run: &Run,
+        wf: &Workflow,
+        fresh: bool,
+    ) -> Option<Arc<crate::budget::Ledger>> {
         let b = run.settings.budget.or_else(|| self.engine.budget_for(wf))?;
         let Ok(mut all) = self.ledgers.lock() else {
             return Some(crate::budget::Ledger::shared(b, self.store.clone(), run.id));
@@ -718,8 +740,8 @@ impl Worker {
         let l = all
             .entry(run.id)
             .or_insert_with(|| crate::budget::Ledger::shared(b, self.store.clone(), run.id));
-        if l.budget != b {
-            *l = crate::budget::Ledger::shared(b, self.store.clone(), run.id);
+        if fresh && l.budget() != b {
+            l.set_budget(b);
         }
         Some(l.clone())
     }
@@ -800,11 +822,8 @@ impl Worker {
                 r
             }
         };
-        let stopped = |what: &str| ItemFailure {
-            step: task.key.clone(),
-            message: format!("the run was {what}"),
-            transient: true,
-        };
+        let stopped =
+            |what: &str| ItemFailure::new(task.key.clone(), format!("the run was {what}"), true);
         if status != RunStatus::Running {
             let f = serde_json::to_string(&stopped(status.as_str())).unwrap_or_default();
             q.finish_item(lease, &run.id, None, Some(&f)).await?;
@@ -840,7 +859,7 @@ impl Worker {
             Arc::new(journal),
             Some(self.control(run.id, status, claimed_at)),
         );
-        exec.budget = self.ledger(&run, &wf);
+        exec.budget = self.ledger(&run, &wf, false);
         let span = crate::telemetry::item_span(
             &self.engine.tracer,
             &run.id.to_string(),
@@ -871,12 +890,7 @@ impl Worker {
                     return Err(Leave::from_journal(msg.clone()));
                 }
                 if m.on_error == OnError::FailFast {
-                    let f = serde_json::to_string(&ItemFailure {
-                        step: e.step.clone(),
-                        message: e.kind.to_string(),
-                        transient: e.class() == spes_llm::ErrorClass::Transient,
-                    })
-                    .unwrap_or_default();
+                    let f = serde_json::to_string(&ItemFailure::of(&e)).unwrap_or_default();
                     q.finish_item(lease, &run.id, None, Some(&f)).await?;
                 } else {
                     // `#error` is journaled: the map reports it as the item's failure.
@@ -884,14 +898,10 @@ impl Worker {
                 }
             }
             Err(Stop::Store(e)) => return Err(Leave::Retry(e.to_string())),
-            // The run's budget is spent: the map (and the run) stops.
+            // The run's budget is spent: the map (and the run) stops, with
+            // class `budget_exceeded`.
             Err(Stop::Budget(e)) => {
-                let f = serde_json::to_string(&ItemFailure {
-                    step: e.step.clone(),
-                    message: e.kind.to_string(),
-                    transient: false,
-                })
-                .unwrap_or_default();
+                let f = serde_json::to_string(&ItemFailure::of(&e)).unwrap_or_default();
                 q.finish_item(lease, &run.id, None, Some(&f)).await?;
             }
             Err(other) => {

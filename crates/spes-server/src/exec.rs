@@ -56,8 +56,10 @@ impl Executor {
         }
     }
 
-    /// Executes run `id` (recorded by `Engine::begin` or `begin_fork`) here.
-    pub(crate) fn spawn_begun(&self, engine: Engine, id: RunId, wf: Workflow) {
+    /// Executes the run `begun` (recorded by `Engine::begin` or
+    /// `begin_fork`) here, in the span it recorded.
+    pub(crate) fn spawn_begun(&self, engine: Engine, begun: spes_engine::Begun, wf: Workflow) {
+        let id = begun.id;
         let store = self.store.clone();
         let engine = engine.observed(Arc::new(Live {
             hub: self.hub.clone(),
@@ -72,7 +74,7 @@ impl Executor {
                     return;
                 }
             };
-            match engine.execute_begun(store, &run, &wf).await {
+            match engine.execute_begun(store, begun, &run, &wf).await {
                 Ok(end) => tracing::info!(run = %id, end = end_name(&end), "run stopped"),
                 Err(e) => tracing::warn!(run = %id, error = %e, "run could not execute"),
             }

@@ -136,6 +136,7 @@ pub fn sample_run() -> crate::NewRun {
                 ..Default::default()
             }),
             trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            trace_queued: false,
         },
     }
 }

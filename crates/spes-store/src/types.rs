@@ -128,6 +128,11 @@ pub struct RunSettings {
     /// continues that trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// Queued for workers while traces were exported, its trace not begun
+    /// yet: the first traced execution's span is the root of the run's
+    /// trace, and records its context in `trace_parent`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace_queued: bool,
 }
 
 /// A stored run.

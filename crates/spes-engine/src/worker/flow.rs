@@ -23,11 +23,11 @@ impl Worker {
         let p: FlowPayload = serde_json::from_value(task.payload.clone())
             .map_err(|e| Leave::Retry(format!("sub-workflow payload: {e}")))?;
         if task.run_status != RunStatus::Running {
-            let f = serde_json::to_string(&ItemFailure {
-                step: task.key.clone(),
-                message: format!("the run was {}", task.run_status),
-                transient: true,
-            })
+            let f = serde_json::to_string(&ItemFailure::new(
+                task.key.clone(),
+                format!("the run was {}", task.run_status),
+                true,
+            ))
             .unwrap_or_default();
             q.finish_item(lease, &task.run_id, None, Some(&f)).await?;
             return Ok(());
@@ -63,7 +63,7 @@ impl Worker {
             Arc::new(journal),
             Some(Control::new(self.store.clone(), run.id)),
         );
-        exec.budget = self.ledger(&run, &wf);
+        exec.budget = self.ledger(&run, &wf, true);
         let r = exec
             .steps_at(&child.workflow.steps, p.workflow.clone(), p.depth + 1)
             .await;
@@ -87,21 +87,16 @@ impl Worker {
                 if let FailureKind::Journal(msg) = &e.kind {
                     return Err(Leave::from_journal(msg.clone()));
                 }
-                let f = serde_json::to_string(&ItemFailure {
-                    step: e.step.clone(),
-                    message: e.kind.to_string(),
-                    transient: e.class() == spes_llm::ErrorClass::Transient,
-                })
-                .unwrap_or_default();
+                let f = serde_json::to_string(&ItemFailure::of(&e)).unwrap_or_default();
                 q.finish_item(lease, &run.id, None, Some(&f)).await?;
             }
             Err(Stop::Store(e)) => return Err(Leave::Retry(e.to_string())),
             Err(_) => {
-                let f = serde_json::to_string(&ItemFailure {
-                    step: task.key.clone(),
-                    message: "the run was stopped".into(),
-                    transient: true,
-                })
+                let f = serde_json::to_string(&ItemFailure::new(
+                    task.key.clone(),
+                    "the run was stopped",
+                    true,
+                ))
                 .unwrap_or_default();
                 q.finish_item(lease, &run.id, None, Some(&f)).await?;
             }

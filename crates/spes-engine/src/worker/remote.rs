@@ -55,6 +55,84 @@ pub(super) struct ItemFailure {
     pub(super) step: String,
     pub(super) message: String,
     pub(super) transient: bool,
+    /// Set when the run's budget stopped the item (before a model call):
+    /// the run stops with class `budget_exceeded`, as in one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) budget: Option<BudgetStop>,
+}
+
+/// A budget stop of an item: which limit, and where the refused step is written.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct BudgetStop {
+    why: String,
+    file: String,
+    line: usize,
+    col: usize,
+}
+
+impl ItemFailure {
+    /// An ordinary failure (not a budget stop).
+    pub(super) fn new(
+        step: impl Into<String>,
+        message: impl Into<String>,
+        transient: bool,
+    ) -> Self {
+        Self {
+            step: step.into(),
+            message: message.into(),
+            transient,
+            budget: None,
+        }
+    }
+
+    /// How `e` (a stop of an item or a sub-workflow task) is kept.
+    pub(super) fn of(e: &EngineError) -> Self {
+        let mut f = Self::new(
+            e.step.clone(),
+            e.kind.to_string(),
+            e.class() == spes_llm::ErrorClass::Transient,
+        );
+        if let FailureKind::Budget(why) = &e.kind {
+            f.budget = Some(BudgetStop {
+                why: why.clone(),
+                file: e.loc.file.to_string(),
+                line: e.loc.line,
+                col: e.loc.col,
+            });
+        }
+        f
+    }
+
+    /// Read back from a failed task's error (`step` names the task when
+    /// the text is not a kept failure).
+    fn read(text: &str, step: impl FnOnce() -> String) -> Self {
+        serde_json::from_str(text).unwrap_or_else(|_| Self::new(step(), text, false))
+    }
+
+    /// The run's stop for this failure at the step written at `loc`: a
+    /// budget stop stays one (class `budget_exceeded`, the refused step's
+    /// location), anything else is a remote failure.
+    fn stop(self, loc: &Loc) -> Stop {
+        match self.budget {
+            Some(b) => Stop::Budget(EngineError {
+                step: self.step,
+                loc: Loc {
+                    file: b.file.into(),
+                    line: b.line,
+                    col: b.col,
+                },
+                kind: FailureKind::Budget(b.why),
+            }),
+            None => Stop::Failed(EngineError {
+                step: self.step,
+                loc: loc.clone(),
+                kind: FailureKind::Remote {
+                    message: self.message,
+                    transient: self.transient,
+                },
+            }),
+        }
+    }
 }
 
 impl<'e> Exec<'e> {
@@ -126,33 +204,32 @@ impl<'e> Exec<'e> {
         }
         let progress = q.item_progress(&d.run, &prefix).await.map_err(store_err)?;
         self.journal.refresh(&prefix).await.map_err(journal_err)?;
-        if m.on_error == OnError::FailFast {
-            let first = progress
-                .failed
-                .iter()
-                .filter_map(|(k, e)| {
-                    let (map, i) = StepKey::split_item(k)?;
-                    if map != key {
-                        return None;
-                    }
-                    Some((i, e))
-                })
-                .min_by_key(|(i, _)| *i);
-            if let Some((i, e)) = first {
-                let f: ItemFailure = serde_json::from_str(e).unwrap_or(ItemFailure {
-                    step: map_key.item(i).into_string(),
-                    message: e.clone(),
-                    transient: false,
-                });
-                return Err(Stop::Failed(EngineError {
-                    step: f.step,
-                    loc: loc.clone(),
-                    kind: FailureKind::Remote {
-                        message: f.message,
-                        transient: f.transient,
-                    },
-                }));
+        // Failed items in input order. A budget stop stops the map whatever
+        // its `on_error` (as in one process, where it passes every policy);
+        // another failure only under `fail_fast` (otherwise `#error` is
+        // journaled and the map reports it).
+        let mut failed: Vec<(usize, ItemFailure)> = progress
+            .failed
+            .iter()
+            .filter_map(|(k, e)| {
+                let (map, i) = StepKey::split_item(k)?;
+                if map != key {
+                    return None;
+                }
+                Some((i, ItemFailure::read(e, || map_key.item(i).into_string())))
+            })
+            .collect();
+        failed.sort_by_key(|(i, _)| *i);
+        let budget = failed.iter().position(|(_, f)| f.budget.is_some());
+        let first = match budget {
+            Some(at) => Some(failed.swap_remove(at)),
+            None if m.on_error == OnError::FailFast && !failed.is_empty() => {
+                Some(failed.swap_remove(0))
             }
+            None => None,
+        };
+        if let Some((_, f)) = first {
+            return Err(f.stop(loc));
         }
         Ok(())
     }
@@ -205,19 +282,7 @@ impl<'e> Exec<'e> {
                 Some((state, _)) if state == "done" => break,
                 Some((state, error)) if state == "failed" => {
                     let e = error.unwrap_or_default();
-                    let f: ItemFailure = serde_json::from_str(&e).unwrap_or(ItemFailure {
-                        step: key.to_owned(),
-                        message: e,
-                        transient: false,
-                    });
-                    return Err(Stop::Failed(EngineError {
-                        step: f.step,
-                        loc: loc.clone(),
-                        kind: FailureKind::Remote {
-                            message: f.message,
-                            transient: f.transient,
-                        },
-                    }));
+                    return Err(ItemFailure::read(&e, || key.to_owned()).stop(loc));
                 }
                 _ => {}
             }

@@ -256,12 +256,12 @@ pub async fn start_run(
             .enqueue(&s.store, &loaded.workflow, &loaded.source, inputs)
             .await?
     } else {
-        let id = engine
+        let begun = engine
             .begin(&s.store, &loaded.workflow, &loaded.source, inputs)
             .await?;
-        let run = s.store.find_run(&id.to_string()).await?;
+        let run = s.store.find_run(&begun.id.to_string()).await?;
         let resp = created(&run, false);
-        s.exec.spawn_begun(engine, id, loaded.workflow);
+        s.exec.spawn_begun(engine, begun, loaded.workflow);
         return Ok(resp);
     };
     let run = s.store.find_run(&id.to_string()).await?;
@@ -394,7 +394,7 @@ pub async fn fork_run(
         .project
         .engine(r.settings.provider.as_deref())
         .map_err(ApiError::bad_request)?;
-    let id = engine
+    let begun = engine
         .begin_fork(
             &s.store,
             &r,
@@ -404,9 +404,9 @@ pub async fn fork_run(
             cli_inputs(req.inputs),
         )
         .await?;
-    let forked = s.store.find_run(&id.to_string()).await?;
+    let forked = s.store.find_run(&begun.id.to_string()).await?;
     let resp = created(&forked, false);
-    s.exec.spawn_begun(engine, id, loaded.workflow);
+    s.exec.spawn_begun(engine, begun, loaded.workflow);
     Ok(resp)
 }
 
