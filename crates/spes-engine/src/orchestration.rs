@@ -42,14 +42,10 @@ impl<'e> Exec<'e> {
         e
     }
 
-    /// Takes a child's counters (not its context writes).
+    /// Takes a child's counters (not its context writes): calls, replays,
+    /// cache hits, tokens and cost.
     pub(crate) fn absorb_counters(&mut self, child: &Exec<'_>) {
-        self.model_calls += child.model_calls;
-        self.replayed += child.replayed;
-        self.usage.input_tokens += child.usage.input_tokens;
-        self.usage.output_tokens += child.usage.output_tokens;
-        self.usage.cache_read_tokens += child.usage.cache_read_tokens;
-        self.usage.cache_write_tokens += child.usage.cache_write_tokens;
+        self.count_child(child);
     }
 
     /// The decision recorded under `key`, if any.

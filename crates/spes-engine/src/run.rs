@@ -396,7 +396,7 @@ impl<'e> Exec<'e> {
     }
 
     /// Adds a finished child's counters to this execution's.
-    fn count_child(&mut self, child: &Exec<'_>) {
+    pub(crate) fn count_child(&mut self, child: &Exec<'_>) {
         self.model_calls += child.model_calls;
         self.replayed += child.replayed;
         self.cached += child.cached;

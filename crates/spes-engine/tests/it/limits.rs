@@ -237,3 +237,48 @@ async fn limits_are_shared_through_a_postgres_store_only() {
     let waited = b.admit("fake", 1).await.unwrap().waited;
     assert!(waited < hold / 2, "{waited:?}");
 }
+
+/// A map's items count in the run's totals: their calls, tokens and cost
+/// (items are child executions whose counters the map takes).
+#[tokio::test]
+async fn a_maps_items_add_their_cost_to_the_run() {
+    let server = FakeServer::start().await.unwrap();
+    server.set_default(FakeResponse::echo().with_usage(11, 4));
+    let config = spes_core::config::parse_config("spes.toml", &toml(&server, "")).unwrap();
+    let price = spes_core::budget::Price {
+        input: 1000.0,
+        output: 1000.0,
+        cached_input: None,
+        cache_write: None,
+    };
+    let prices = [(
+        "fake".to_owned(),
+        [("m1".to_owned(), price)].into_iter().collect(),
+    )]
+    .into_iter()
+    .collect();
+    let mut b = Engine::builder()
+        .default_provider("fake")
+        .metrics(Metrics::new())
+        .prices(prices);
+    for p in ProviderRegistry::from_config_with_env(&config, |_| None)
+        .unwrap()
+        .providers()
+    {
+        b = b.provider(p);
+    }
+    let docs: Vec<_> = (0..5).map(|i| json!(format!("d{i}"))).collect();
+    let out = b
+        .build()
+        .run(
+            &workflow(MAP),
+            [("docs".to_owned(), json!(docs))].into_iter().collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(server.request_count(), 5);
+    assert_eq!(out.model_calls, 5);
+    // 11 + 4 tokens at $1,000 per million: $0.015 a call.
+    let cost = out.cost_usd.expect("the items' cost");
+    assert!((cost - 0.075).abs() < 1e-9, "{cost}");
+}
