@@ -174,26 +174,48 @@ fn in_one_process() {
         .provider(http)
         .tracer(Tracer::new(provider_otel.tracer("spes")))
         .build();
+    // CPU time of this thread (the engine's, and the fake server's on the
+    // same runtime), from the scheduler's own count (Linux).
+    let cpu_ns = || -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let cpu = std::cell::Cell::new([0u64; 2]);
     let round = |on: bool| -> Duration {
         let engine = if on { &traced } else { &plain };
         rt.block_on(async {
             server.reset();
             server.set_default(FakeResponse::text("ok").with_usage(5, 1));
+            let c = cpu_ns();
             let t = Instant::now();
             run_chain(engine, &wf).await;
-            t.elapsed()
+            let took = t.elapsed();
+            let mut sum = cpu.get();
+            sum[usize::from(on)] += cpu_ns() - c;
+            cpu.set(sum);
+            took
         })
     };
     for _ in 0..50 {
         round(false);
         round(true);
     }
+    cpu.set([0, 0]);
     let rounds = 400;
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         off.push(round(false));
         on.push(round(true));
     }
+    let [cpu_off, cpu_on] = cpu.get();
+    println!(
+        "chain10/http in one process: CPU time of the run's thread per chain: tracing off {:.0} µs, on {:.0} µs ({:+.1} µs per step)",
+        cpu_off as f64 / 1e3 / rounds as f64,
+        cpu_on as f64 / 1e3 / rounds as f64,
+        (cpu_on as f64 - cpu_off as f64) / 1e3 / rounds as f64 / STEPS as f64
+    );
     provider_otel.force_flush().unwrap();
     let spans = exported.load(Ordering::SeqCst);
     // Per chain: the run, 10 steps, 10 model calls (a full batch queue
