@@ -504,19 +504,7 @@ async fn serve_and_fork_export_one_run_root_per_execution() {
         .unwrap();
     let fork = forked["run"]["id"].as_str().expect("fork id").to_owned();
     until_completed(&fork).await;
-    let ok = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let exit = wait(child).await;
-    assert_eq!(
-        exit.code(),
-        Some(0),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    stop_cleanly(pid, child, &log).await;
     // `spes runs fork` executes the fork in its own process.
     let mut cmd = spes_command(&project.root, &["runs", "fork", &run, "--at", "again"]);
     cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
@@ -622,19 +610,7 @@ async fn a_worker_executed_map_is_one_trace_with_its_items_under_the_run() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ok = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let exit = wait(worker).await;
-    assert_eq!(
-        exit.code(),
-        Some(0),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    stop_cleanly(pid, worker, &log).await;
     let spans = receiver.spans();
     let id = run.to_string();
     let roots = run_spans(&spans, &id);
@@ -1113,4 +1089,22 @@ impl PhoenixRef {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// Stops a long-running `spes` (serve, worker) with SIGTERM: it must exit 0
+/// (its log shown when it does not).
+async fn stop_cleanly(pid: u32, child: Child, log: &std::path::Path) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let exit = wait(child).await;
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
 }

@@ -518,7 +518,7 @@ impl Engine {
         let mut run = self.new_record(id, wf, source, &ctx);
         // Nothing executes here: no span now (it would be an empty root).
         // The first traced execution begins the run's trace.
-        run.settings.trace_queued = crate::telemetry::traced(&self.tracer);
+        run.settings.trace_queued = self.tracer.is_enabled();
         run.status = RunStatus::Pending;
         run.owner = None;
         q.create_queued_run(&run).await?;

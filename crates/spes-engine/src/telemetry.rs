@@ -304,12 +304,6 @@ mod imp {
 pub(crate) use imp::Span;
 pub use imp::Tracer;
 
-/// Whether `tracer` records spans, so that a run queued now can begin its
-/// trace later.
-pub(crate) fn traced(tracer: &Tracer) -> bool {
-    tracer.is_enabled()
-}
-
 /// The span of one execution of a run in this process (`run WORKFLOW`), a
 /// child of `parent` (a stored W3C traceparent) when given, else of the
 /// caller's current context.
