@@ -482,26 +482,22 @@ async fn serve_and_fork_export_one_run_root_per_execution() {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     };
-    let created: Value = http
-        .post(format!("{base}/v1/runs"))
-        .json(&serde_json::json!({ "workflow": "served", "inputs": {} }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post = |path: String, body: Value| {
+        let req = http.post(format!("{base}{path}")).json(&body);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let created = post(
+        "/v1/runs".into(),
+        serde_json::json!({ "workflow": "served", "inputs": {} }),
+    )
+    .await;
     let run = created["run"]["id"].as_str().expect("run id").to_owned();
     until_completed(&run).await;
-    let forked: Value = http
-        .post(format!("{base}/v1/runs/{run}/fork"))
-        .json(&serde_json::json!({ "at": "again" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let forked = post(
+        format!("/v1/runs/{run}/fork"),
+        serde_json::json!({ "at": "again" }),
+    )
+    .await;
     let fork = forked["run"]["id"].as_str().expect("fork id").to_owned();
     until_completed(&fork).await;
     stop_cleanly(pid, child, &log).await;
