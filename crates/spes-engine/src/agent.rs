@@ -222,15 +222,19 @@ impl Exec<'_> {
         depth: usize,
         loc: &Loc,
     ) -> Result<(String, bool), Stop> {
-        let tracer = &self.engine.tracer;
-        let span = crate::telemetry::tool_span(tracer, &call.name, &call.id, key, &|| {
-            call.arguments.to_string()
-        });
-        let r = crate::telemetry::within(
-            &span,
-            self.tool_call_journaled(runner, call, gated, key, depth, loc),
-        )
-        .await;
+        let span = crate::telemetry::tool_span(
+            &self.engine.tracer,
+            &call.name,
+            &call.id,
+            key,
+            &|| call.arguments.to_string(),
+            &self.span,
+        );
+        let outer = std::mem::replace(&mut self.span, span);
+        let r = self
+            .tool_call_journaled(runner, call, gated, key, depth, loc)
+            .await;
+        let span = std::mem::replace(&mut self.span, outer);
         match &r {
             Ok((content, is_error)) => crate::telemetry::tool_result(&span, content, *is_error),
             Err(_) => crate::telemetry::done(&span, &r),
@@ -257,7 +261,7 @@ impl Exec<'_> {
                 content, is_error, ..
             }) => {
                 self.replayed += 1;
-                crate::telemetry::replayed();
+                crate::telemetry::replayed(&self.span);
                 self.engine.emit(&crate::Event::ToolCalled {
                     key: key.to_owned(),
                     tool: call.name.clone(),
@@ -308,7 +312,7 @@ impl Exec<'_> {
             }
         }
         self.check_control(key, loc).await?;
-        let _ = crate::telemetry::calling();
+        let _ = crate::telemetry::calling(&self.span);
         let (content, is_error) = match runner {
             None => (format!("there is no tool named `{}`", call.name), true),
             Some(Runner::Registered(t)) => match t.call(call.arguments.clone()).await {

@@ -673,7 +673,8 @@ impl Engine {
                 .unwrap_or_default();
             exec.budget = Some(crate::budget::Ledger::local(b, spent));
         }
-        let result = crate::telemetry::within(&span, exec.run_workflow(wf)).await;
+        exec.span = span.clone();
+        let result = exec.run_workflow(wf).await;
         crate::telemetry::done(&span, &result);
         let clear_owner = Some(None);
         Ok(match result {

@@ -272,7 +272,7 @@ impl Exec<'_> {
             req = req.header("Idempotency-Key", idempotency_key(&scope, key));
         }
         // The trace this request is part of, when traces are exported.
-        if !has_traceparent && let Some(tp) = crate::telemetry::current_traceparent() {
+        if !has_traceparent && let Some(tp) = self.span.traceparent() {
             req = req.header("traceparent", tp);
         }
         if let Some(b) = &h.body {

@@ -265,7 +265,8 @@ impl Engine {
             .budget_for(wf)
             .map(|b| budget::Ledger::local(b, spes_core::budget::Spend::default()));
         let span = telemetry::run_span(&self.tracer, &wf.name, None, None);
-        let result = telemetry::within(&span, exec.run_workflow(wf)).await;
+        exec.span = span.clone();
+        let result = exec.run_workflow(wf).await;
         telemetry::done(&span, &result);
         match result {
             Ok(o) => Ok(o),

@@ -35,11 +35,7 @@ impl<'e> Exec<'e> {
             .filter(|(k, _)| k.as_str() != key)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let mut e = Self::new(self.engine, ctx, self.journal.clone(), self.control.clone());
-        e.dist = self.dist.clone();
-        // Map items spend from the run's budget like every other call.
-        e.budget = self.budget.clone();
-        e
+        self.fork_with(ctx)
     }
 
     /// Takes a child's counters (not its context writes): calls, replays,

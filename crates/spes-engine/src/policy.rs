@@ -703,13 +703,18 @@ impl Exec<'_> {
                 return Ok(Attempt::Failed(e, f));
             }
         }
-        let work = self.slot_body(s, slot, akey, depth);
         let result = match p.timeout {
-            Some(d) => match tokio::time::timeout(d, work).await {
-                Ok(r) => r,
-                Err(_) => Err(fail(akey, &s.loc, FailureKind::Timeout(d))),
-            },
-            None => work.await,
+            Some(d) => {
+                // A body cut short leaves its inner span as the current one.
+                let span = self.span.clone();
+                let r = match tokio::time::timeout(d, self.slot_body(s, slot, akey, depth)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(fail(akey, &s.loc, FailureKind::Timeout(d))),
+                };
+                self.span = span;
+                r
+            }
+            None => self.slot_body(s, slot, akey, depth).await,
         };
         if let Some((name, cfg)) = &breaker {
             let now = (self.engine.clock)();

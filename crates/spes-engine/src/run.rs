@@ -237,6 +237,9 @@ pub(crate) struct Exec<'e> {
     pub(crate) changed: Option<String>,
     /// The run's budget, shared by every execution of the run here.
     pub(crate) budget: Option<Arc<crate::budget::Ledger>>,
+    /// The trace span this execution is in now (the run's, a step's, a
+    /// model or tool call's): the parent of the spans it makes.
+    pub(crate) span: crate::telemetry::Span,
 }
 
 pub(crate) fn fail(step: &str, loc: &Loc, kind: FailureKind) -> Stop {
@@ -319,19 +322,23 @@ impl<'e> Exec<'e> {
             deadlines: 0,
             changed: None,
             budget: None,
+            span: crate::telemetry::Span::default(),
         }
     }
 
     /// A child execution for a parallel branch: same journal, a copy of the context.
     pub(crate) fn fork(&self) -> Self {
-        let mut e = Self::new(
-            self.engine,
-            self.ctx.clone(),
-            self.journal.clone(),
-            self.control.clone(),
-        );
+        self.fork_with(self.ctx.clone())
+    }
+
+    /// A child execution over `ctx`: the same journal, work queue, budget
+    /// and current span.
+    pub(crate) fn fork_with(&self, ctx: Context) -> Self {
+        let mut e = Self::new(self.engine, ctx, self.journal.clone(), self.control.clone());
         e.dist = self.dist.clone();
+        // Children spend from the run's budget like every other call.
         e.budget = self.budget.clone();
+        e.span = self.span.clone();
         e
     }
 
@@ -389,6 +396,7 @@ impl<'e> Exec<'e> {
     ) -> (Result<Option<Value>, Stop>, Option<Value>) {
         let mut child = Exec::new(self.engine, ctx, self.journal.clone(), self.control.clone());
         child.budget = self.budget.clone();
+        child.span = self.span.clone();
         let r = child.steps(&wf.steps, key.to_owned(), depth + 1).await;
         let value = wf.result_key().and_then(|k| child.ctx.get(k).cloned());
         self.count_child(&child);
@@ -434,8 +442,10 @@ impl<'e> Exec<'e> {
                 kind,
                 depth,
             });
-            let span = crate::telemetry::step_span(&self.engine.tracer, kind, &key);
-            let result = crate::telemetry::within(&span, self.step_inner(s, &key, depth)).await;
+            let span = crate::telemetry::step_span(&self.engine.tracer, kind, &key, &self.span);
+            let outer = std::mem::replace(&mut self.span, span);
+            let result = self.step_inner(s, &key, depth).await;
+            let span = std::mem::replace(&mut self.span, outer);
             crate::telemetry::done(&span, &result);
             let elapsed = start.elapsed();
             match result {
@@ -908,12 +918,18 @@ impl<'e> Exec<'e> {
         key: &str,
         loc: &Loc,
     ) -> Result<ChatResponse, Stop> {
-        let span = crate::telemetry::model_span(&self.engine.tracer, provider.as_ref(), req, key);
-        let r = crate::telemetry::within(
-            &span,
-            self.call_journaled(provider, req, components, key, loc),
-        )
-        .await;
+        let span = crate::telemetry::model_span(
+            &self.engine.tracer,
+            provider.as_ref(),
+            req,
+            key,
+            &self.span,
+        );
+        let outer = std::mem::replace(&mut self.span, span);
+        let r = self
+            .call_journaled(provider, req, components, key, loc)
+            .await;
+        let span = std::mem::replace(&mut self.span, outer);
         crate::telemetry::model_done(&span, &r);
         r
     }
@@ -941,7 +957,7 @@ impl<'e> Exec<'e> {
                 ..
             }) => {
                 self.replayed += 1;
-                crate::telemetry::replayed();
+                crate::telemetry::replayed(&self.span);
                 if self.changed.is_none() && !recorded.is_empty() && recorded != request_hash(req) {
                     self.changed = Some(key.to_owned());
                 }
@@ -956,7 +972,7 @@ impl<'e> Exec<'e> {
         }
         self.check_control(key, loc).await?;
         let mut cx = CallContext::for_step(crate::policy::provider_key(key));
-        cx.traceparent = crate::telemetry::calling();
+        cx.traceparent = crate::telemetry::calling(&self.span);
         if self.engine.stream_deltas {
             let engine_obs = self.engine.observer.clone();
             let k = key.to_owned();

@@ -7,11 +7,15 @@
 //! [`Tracer::set_global`]); a front door that exports traces (the CLI: the
 //! SDK's batch exporter over OTLP/HTTP) installs one. Spans go straight to
 //! the tracer: not through `tracing` spans and a bridge layer, whose
-//! per-span and per-poll bookkeeping cost several times more. Parents
-//! travel as the OpenTelemetry [`Context`](opentelemetry::Context) of the
-//! future being polled, so a span made inside a step is that step's child,
-//! and a caller's own current context (an embedding application's span) is
-//! the parent of a run's span.
+//! per-span and per-poll bookkeeping cost several times more. Parents are
+//! carried explicitly: an execution holds its current span (the run's,
+//! then each step's, then the model or tool call's), and a span made
+//! inside a step is that step's child. No context is attached to the
+//! futures the engine polls (attaching it on every poll cost several
+//! microseconds per step). The caller's current OpenTelemetry
+//! [`Context`](opentelemetry::Context) when a run starts (an embedding
+//! application's span) is the parent of the run's span. A provider learns
+//! its call's span from `CallContext::traceparent`.
 //!
 //! Without a tracer (the default), every function here returns at once:
 //! nothing is allocated, no clock is read. Without the `otel` feature they
@@ -23,7 +27,6 @@
 //! answers, tool arguments and results) is put on spans only after
 //! [`set_capture_content`]`(true)`.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use spes_core::message::{ChatRequest, ChatResponse, Message, StopReason};
@@ -106,12 +109,16 @@ mod imp {
             self.0.is_some()
         }
 
+        /// A span, the child of `remote` (a stored W3C traceparent) when
+        /// it parses, else of `parent` when it is a span, else of the
+        /// current context.
         pub(crate) fn start(
             &self,
             name: Cow<'static, str>,
             kind: SpanKind,
             attributes: impl FnOnce() -> Vec<KeyValue>,
-            parent: Option<&str>,
+            remote: Option<&str>,
+            parent: &Span,
         ) -> Span {
             let Some(t) = &self.0 else {
                 return Span(None);
@@ -119,16 +126,14 @@ mod imp {
             let builder = SpanBuilder::from_name(name)
                 .with_kind(kind)
                 .with_attributes(attributes());
-            let remote = parent.and_then(remote_context);
-            let cx = match remote {
-                Some(parent) => {
-                    let span = t.build_with_context(builder, &parent);
-                    parent.with_span(span)
-                }
-                None => Context::map_current(|parent| {
-                    let span = t.build_with_context(builder, parent);
-                    parent.with_span(span)
-                }),
+            let child = |parent: &Context| {
+                let span = t.build_with_context(builder, parent);
+                parent.with_span(span)
+            };
+            let cx = match (remote.and_then(remote_context), &parent.0) {
+                (Some(remote), _) => child(&remote),
+                (None, Some(parent)) => child(parent),
+                (None, None) => Context::map_current(child),
             };
             Span(Some(cx))
         }
@@ -174,15 +179,6 @@ mod imp {
                 .as_ref()
                 .and_then(|cx| format(cx.span().span_context()))
         }
-
-        /// `fut` polled with this span as the current context.
-        pub(crate) async fn wrap<F: std::future::Future>(&self, fut: F) -> F::Output {
-            use opentelemetry::context::FutureExt as _;
-            match &self.0 {
-                Some(cx) => fut.with_context(cx.clone()).await,
-                None => fut.await,
-            }
-        }
     }
 
     fn format(sc: &SpanContext) -> Option<String> {
@@ -199,15 +195,6 @@ mod imp {
     /// The current context's span's `traceparent`, when it has a span.
     pub(crate) fn current_traceparent() -> Option<String> {
         Context::map_current(|cx| format(cx.span().span_context()))
-    }
-
-    /// Sets `kv` on the current context's span (a model or tool call's).
-    pub(crate) fn set_current(kv: KeyValue) {
-        Context::map_current(|cx| {
-            if cx.has_active_span() {
-                cx.span().set_attribute(kv);
-            }
-        });
     }
 
     /// The remote context a stored W3C traceparent names (`None` when it
@@ -290,10 +277,6 @@ mod imp {
         pub(crate) fn traceparent(&self) -> Option<String> {
             None
         }
-
-        pub(crate) async fn wrap<F: std::future::Future>(&self, fut: F) -> F::Output {
-            fut.await
-        }
     }
 
     pub(crate) fn current_traceparent() -> Option<String> {
@@ -331,6 +314,7 @@ pub(crate) fn run_span(
                 a
             },
             parent,
+            &Span::default(),
         )
     }
     #[cfg(not(feature = "otel"))]
@@ -357,6 +341,7 @@ pub(crate) fn item_span(tracer: &Tracer, run: &str, key: &str, parent: Option<&s
                 ]
             },
             parent,
+            &Span::default(),
         )
     }
     #[cfg(not(feature = "otel"))]
@@ -366,8 +351,9 @@ pub(crate) fn item_span(tracer: &Tracer, run: &str, key: &str, parent: Option<&s
     }
 }
 
-/// The span of one step (`step KEY`).
-pub(crate) fn step_span(tracer: &Tracer, kind: &'static str, key: &str) -> Span {
+/// The span of one step (`step KEY`), a child of `parent` (the
+/// execution's current span).
+pub(crate) fn step_span(tracer: &Tracer, kind: &'static str, key: &str, parent: &Span) -> Span {
     #[cfg(feature = "otel")]
     {
         use imp::Kv;
@@ -382,11 +368,12 @@ pub(crate) fn step_span(tracer: &Tracer, kind: &'static str, key: &str) -> Span 
                 ]
             },
             None,
+            parent,
         )
     }
     #[cfg(not(feature = "otel"))]
     {
-        let _ = (tracer, kind, key);
+        let _ = (tracer, kind, key, parent);
         Span
     }
 }
@@ -401,12 +388,14 @@ fn slot(key: &str) -> Option<&str> {
         .map(|(_, tag)| tag)
 }
 
-/// The span of one model call (`chat MODEL`), before the journal is asked.
+/// The span of one model call (`chat MODEL`), before the journal is
+/// asked: a child of `parent` (the step's span).
 pub(crate) fn model_span(
     tracer: &Tracer,
     provider: &dyn Provider,
     req: &ChatRequest,
     key: &str,
+    parent: &Span,
 ) -> Span {
     #[cfg(feature = "otel")]
     {
@@ -454,11 +443,12 @@ pub(crate) fn model_span(
                 a
             },
             None,
+            parent,
         )
     }
     #[cfg(not(feature = "otel"))]
     {
-        let _ = (tracer, provider, req, key);
+        let _ = (tracer, provider, req, key, parent);
         Span
     }
 }
@@ -492,18 +482,20 @@ fn finish_reason(r: &StopReason) -> &str {
     }
 }
 
-/// Marks the current span (a model or tool call's) as answered from the journal.
-pub(crate) fn replayed() {
+/// Marks a model or tool call's span as answered from the journal.
+pub(crate) fn replayed(span: &Span) {
     #[cfg(feature = "otel")]
-    imp::set_current(imp::Kv::new("spes.journal.replayed", true));
+    span.set(imp::Kv::new("spes.journal.replayed", true));
+    #[cfg(not(feature = "otel"))]
+    let _ = span;
 }
 
-/// Marks the current span (a model or tool call's) as made now, not
-/// answered from the journal; the `traceparent` for its request.
-pub(crate) fn calling() -> Option<String> {
+/// Marks a model or tool call's span as made now, not answered from the
+/// journal; the `traceparent` for its request.
+pub(crate) fn calling(span: &Span) -> Option<String> {
     #[cfg(feature = "otel")]
-    imp::set_current(imp::Kv::new("spes.journal.replayed", false));
-    imp::current_traceparent()
+    span.set(imp::Kv::new("spes.journal.replayed", false));
+    span.traceparent()
 }
 
 /// Records how a model call ended on its span, and ends it.
@@ -614,13 +606,15 @@ fn snake(camel: &str) -> String {
     out
 }
 
-/// The span of one tool call of an agent (`execute_tool NAME`).
+/// The span of one tool call of an agent (`execute_tool NAME`), a child
+/// of `parent` (the agent step's span).
 pub(crate) fn tool_span(
     tracer: &Tracer,
     name: &str,
     call_id: &str,
     key: &str,
     arguments: &dyn Fn() -> String,
+    parent: &Span,
 ) -> Span {
     #[cfg(feature = "otel")]
     {
@@ -642,11 +636,12 @@ pub(crate) fn tool_span(
                 a
             },
             None,
+            parent,
         )
     }
     #[cfg(not(feature = "otel"))]
     {
-        let _ = (tracer, name, call_id, key, arguments);
+        let _ = (tracer, name, call_id, key, arguments, parent);
         Span
     }
 }
@@ -685,11 +680,6 @@ pub fn current_traceparent() -> Option<String> {
     imp::current_traceparent()
 }
 
-/// `fut` polled inside `span` (its context current on every poll).
-pub(crate) async fn within<F: Future>(span: &Span, fut: F) -> F::Output {
-    span.wrap(fut).await
-}
-
 /// The telemetry work of one `llm` step with one model call, as the
 /// engine does it (step span, model-call span, the `traceparent` read, the
 /// answer recorded) through `tracer`: for benchmarks of its cost.
@@ -700,9 +690,9 @@ pub fn one_step_hooks(
     req: &ChatRequest,
     answer: ChatResponse,
 ) -> bool {
-    let step = step_span(tracer, "llm", "s1");
-    let span = model_span(tracer, provider, req, "s1");
-    let traceparent = span.traceparent();
+    let step = step_span(tracer, "llm", "s1", &Span::default());
+    let span = model_span(tracer, provider, req, "s1", &step);
+    let traceparent = calling(&span);
     let r: Result<ChatResponse, Stop> = Ok(answer);
     model_done(&span, &r);
     done(&step, &r);

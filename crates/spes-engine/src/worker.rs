@@ -672,7 +672,8 @@ impl Worker {
         if let Ok(mut c) = self.runs.lock() {
             c.remove(&run.id);
         }
-        let result = crate::telemetry::within(&span, exec.run_workflow(&wf)).await;
+        exec.span = span.clone();
+        let result = exec.run_workflow(&wf).await;
         crate::telemetry::done(&span, &result);
         let (event, patch) = match result {
             // The store did not commit: give the task back (the journal
@@ -866,11 +867,10 @@ impl Worker {
             &task.key,
             run.settings.trace_parent.as_deref(),
         );
-        let r = crate::telemetry::within(
-            &span,
-            exec.run_item(m, &p.map, p.index, p.item, p.depth, loc),
-        )
-        .await;
+        exec.span = span.clone();
+        let r = exec
+            .run_item(m, &p.map, p.index, p.item, p.depth, loc)
+            .await;
         crate::telemetry::done(&span, &r);
         match r {
             Ok(v) => {
