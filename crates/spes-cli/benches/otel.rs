@@ -8,7 +8,9 @@
 //!    batched) to a loopback receiver, against the same chain on an engine
 //!    without a tracer, rounds alternating (the exporter is set up as `spes`
 //!    sets it up: `spes_cli::telemetry`, repeated here since a binary crate
-//!    exports nothing).
+//!    exports nothing). Beside it, the telemetry hooks of one step alone,
+//!    in a tight loop, into a batch queue whose exporter sends nothing
+//!    (the spans' own cost when caches are warm).
 //! 3. Whole `spes run` processes of the chain against the fake server,
 //!    without and with `OTEL_EXPORTER_OTLP_ENDPOINT` (set-up, the export and
 //!    the flush at exit included).
@@ -141,6 +143,20 @@ fn exporting(base: &str, export_rt: &tokio::runtime::Runtime) -> SdkTracerProvid
         .build()
 }
 
+/// An exporter that counts the spans it is given and sends nothing.
+#[derive(Debug)]
+struct Discard(Arc<AtomicUsize>);
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.fetch_add(batch.len(), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 /// Set by the benchmark for the child process that measures part 2.
 const PART_2: &str = "SPES_OTEL_BENCH_PART_2";
 
@@ -210,6 +226,54 @@ fn in_one_process() {
         on.push(round(true));
     }
     let [cpu_off, cpu_on] = cpu.get();
+    // The spans' own work on the engine's thread: the telemetry hooks of
+    // one llm step (step and model-call spans made, the traceparent
+    // formatted, the answer recorded, both ended into the batch queue)
+    // into a batch queue as the exporting tracer's are, without the chain
+    // around them (an exporter that sends nothing, so that the export's
+    // work is not counted and the spans above are counted alone).
+    let discarded = Arc::new(AtomicUsize::new(0));
+    let provider_hooks = SdkTracerProvider::builder()
+        .with_batch_exporter(Discard(discarded.clone()))
+        .build();
+    let hooks = Tracer::new(provider_hooks.tracer("spes-hooks"));
+    let scripted = ScriptedProvider::new("bench", vec![]);
+    let req = ChatRequest::user("Step 3: continue from ok");
+    let answer = ChatResponse {
+        text: "ok".into(),
+        stop_reason: StopReason::EndTurn,
+        usage: Usage {
+            input_tokens: 5,
+            output_tokens: 1,
+            ..Usage::default()
+        },
+        model: Some("m".into()),
+        request_id: None,
+        latency_ms: 0,
+        tool_calls: Vec::new(),
+    };
+    // 1,000 spans per batch: within the queue's 2,048 (a full queue drops).
+    let n = 500u32;
+    let mut per = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(spes_engine::telemetry::one_step_hooks(
+                &hooks,
+                &scripted,
+                &req,
+                answer.clone(),
+            ));
+        }
+        per.push(t.elapsed() / n);
+        // Let the queue drain between batches (a full queue drops).
+        provider_hooks.force_flush().unwrap();
+    }
+    assert_eq!(discarded.load(Ordering::SeqCst), 2 * 40 * n as usize);
+    println!(
+        "tracing on: the telemetry work of one llm step alone (its two spans into the batch queue): {:.2} µs per step (median of 40 × {n})",
+        us(median(per))
+    );
     println!(
         "chain10/http in one process: CPU time of the run's thread per chain: tracing off {:.0} µs, on {:.0} µs ({:+.1} µs per step)",
         cpu_off as f64 / 1e3 / rounds as f64,

@@ -181,14 +181,25 @@ mod imp {
         }
     }
 
-    fn format(sc: &SpanContext) -> Option<String> {
+    /// `00-TRACE-SPAN-FLAGS` (written by hand: `format!` with the ids'
+    /// `Display` cost several times more, once per model call).
+    pub(super) fn format(sc: &SpanContext) -> Option<String> {
+        fn hex(out: &mut String, bytes: &[u8]) {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            for b in bytes {
+                out.push(char::from(DIGITS[usize::from(b >> 4)]));
+                out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+            }
+        }
         sc.is_valid().then(|| {
-            format!(
-                "00-{}-{}-{:02x}",
-                sc.trace_id(),
-                sc.span_id(),
-                sc.trace_flags().to_u8()
-            )
+            let mut out = String::with_capacity(55);
+            out.push_str("00-");
+            hex(&mut out, &sc.trace_id().to_bytes());
+            out.push('-');
+            hex(&mut out, &sc.span_id().to_bytes());
+            out.push('-');
+            hex(&mut out, &[sc.trace_flags().to_u8()]);
+            out
         })
     }
 
@@ -199,7 +210,7 @@ mod imp {
 
     /// The remote context a stored W3C traceparent names (`None` when it
     /// does not parse).
-    fn remote_context(traceparent: &str) -> Option<Context> {
+    pub(super) fn remote_context(traceparent: &str) -> Option<Context> {
         let mut it = traceparent.split('-');
         let (Some("00"), Some(t), Some(s), Some(f), None) =
             (it.next(), it.next(), it.next(), it.next(), it.next())
@@ -300,7 +311,7 @@ pub(crate) fn run_span(
     {
         use imp::Kv;
         tracer.start(
-            format!("run {workflow}").into(),
+            ["run ", workflow].concat().into(),
             imp::Kind::Internal,
             || {
                 let mut a = vec![
@@ -331,7 +342,7 @@ pub(crate) fn item_span(tracer: &Tracer, run: &str, key: &str, parent: Option<&s
     {
         use imp::Kv;
         tracer.start(
-            format!("item {key}").into(),
+            ["item ", key].concat().into(),
             imp::Kind::Internal,
             || {
                 vec![
@@ -358,7 +369,7 @@ pub(crate) fn step_span(tracer: &Tracer, kind: &'static str, key: &str, parent: 
     {
         use imp::Kv;
         tracer.start(
-            format!("step {key}").into(),
+            ["step ", key].concat().into(),
             imp::Kind::Internal,
             || {
                 vec![
@@ -406,12 +417,14 @@ pub(crate) fn model_span(
         let model = req.model.as_deref().or_else(|| provider.default_model());
         tracer.start(
             match model {
-                Some(m) => format!("chat {m}").into(),
+                Some(m) => ["chat ", m].concat().into(),
                 None => "chat".into(),
             },
             imp::Kind::Client,
             || {
-                let mut a = Vec::with_capacity(12);
+                // Room for the attributes `calling` and `model_done` add
+                // (the span keeps this vector: no reallocation later).
+                let mut a = Vec::with_capacity(20);
                 a.push(Kv::new("openinference.span.kind", "LLM"));
                 a.push(Kv::new("gen_ai.operation.name", "chat"));
                 a.push(Kv::new("gen_ai.provider.name", provider.kind()));
@@ -620,7 +633,7 @@ pub(crate) fn tool_span(
     {
         use imp::Kv;
         tracer.start(
-            format!("execute_tool {name}").into(),
+            ["execute_tool ", name].concat().into(),
             imp::Kind::Internal,
             || {
                 let mut a = vec![
@@ -709,6 +722,27 @@ mod tests {
         assert_eq!(slot("m/map[3]/s#fallback1"), Some("fallback1"));
         assert_eq!(slot("a#x/b"), None);
         assert_eq!(slot("plain"), None);
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn a_traceparent_is_written_in_the_w3c_form_and_read_back() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        };
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let sc = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        assert_eq!(imp::format(&sc).as_deref(), Some(tp));
+        let cx = imp::remote_context(tp).unwrap();
+        assert_eq!(cx.span().span_context().trace_id(), sc.trace_id());
+        assert_eq!(cx.span().span_context().span_id(), sc.span_id());
+        assert_eq!(imp::format(&SpanContext::empty_context()), None);
     }
 
     #[test]
