@@ -550,9 +550,10 @@ async fn serve_and_fork_export_one_run_root_per_execution() {
 
 /// `spes run --detach` on a shared store queues the run and exports
 /// nothing; the worker that executes it begins its trace (one root `run`
-/// span, whose context the run records), and the map items it hands to
-/// the queue (`item KEY` spans, executed by a worker) are children of that
-/// span: one trace.
+/// span, whose context the run records), and the map items and the
+/// sub-workflow it hands to the queue (`item KEY` spans, executed by a
+/// worker) are children of that span, each with its steps under it: one
+/// trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_executed_map_is_one_trace_with_its_items_under_the_run() {
     let schema = spes_store::testing::postgres::TestSchema::new().await;
@@ -561,8 +562,13 @@ async fn a_worker_executed_map_is_one_trace_with_its_items_under_the_run() {
     let server = FakeServer::start().await.unwrap();
     server.set_default(FakeResponse::echo());
     let project = Project::new(
-        "name: spread\ninputs:\n  topics: { type: list, default: [a, b, c] }\nsteps:\n  - name: gather\n    kind: map\n    over: topics\n    step: { name: answer, kind: llm, prompt: \"about {{ item }}\", max_tokens: 8 }\n    output: answers\n  - { name: sum, kind: llm, prompt: \"sum {{ answers | join(' ') }}\", max_tokens: 8, output: total }\noutput: total\n",
+        "name: spread\ninputs:\n  topics: { type: list, default: [a, b, c] }\nsteps:\n  - name: gather\n    kind: map\n    over: topics\n    step: { name: answer, kind: llm, prompt: \"about {{ item }}\", max_tokens: 8 }\n    output: answers\n  - { name: child, kind: workflow, path: child.yaml, inputs: { topic: \"{{ answers | join(' ') }}\" }, output: child }\n  - { name: sum, kind: llm, prompt: \"sum {{ child }}\", max_tokens: 8, output: total }\noutput: total\n",
         &server.openai_base_url(),
+    );
+    // A sub-workflow, which a worker executes as a task of its own.
+    project.write(
+        "child.yaml",
+        "name: child\ninputs: { topic: { type: string, required: true } }\nsteps:\n  - { name: one, kind: llm, prompt: \"on {{ topic }}\", max_tokens: 8, output: one }\noutput: one\n",
     );
     let traced = |args: &[&str]| {
         let mut cmd = spes_command(&project.root, args);
@@ -618,7 +624,8 @@ async fn a_worker_executed_map_is_one_trace_with_its_items_under_the_run() {
         .iter()
         .filter(|s| s.name.starts_with("item "))
         .collect();
-    assert_eq!(items.len(), 3, "{spans:#?}");
+    // The three map items and the sub-workflow.
+    assert_eq!(items.len(), 4, "{spans:#?}");
     for it in &items {
         assert_eq!(it.trace_id, root.trace_id, "{it:?}");
         assert_eq!(it.parent, root.span_id, "{it:?}");
@@ -642,7 +649,7 @@ async fn a_worker_executed_map_is_one_trace_with_its_items_under_the_run() {
         .collect();
     assert_eq!(
         keys,
-        BTreeSet::from(["gather/map[0]", "gather/map[1]", "gather/map[2]"])
+        BTreeSet::from(["gather/map[0]", "gather/map[1]", "gather/map[2]", "child"])
     );
     one_tree(&spans, root);
     let done = store.run(&run).await.unwrap().unwrap();

@@ -807,16 +807,17 @@ pub(crate) fn with_step_header(
     cfg: &HttpProviderConfig,
     cx: &CallContext,
 ) -> RequestBuilder {
-    let rb = match cx
-        .traceparent
-        .as_deref()
-        .map(reqwest::header::HeaderValue::from_str)
-    {
-        Some(Ok(v)) => rb.header("traceparent", v),
+    use reqwest::header::{HeaderName, HeaderValue};
+    // Static names: no parsing or allocation per request.
+    let rb = match cx.traceparent.as_deref().map(HeaderValue::from_str) {
+        Some(Ok(v)) => rb.header(HeaderName::from_static("traceparent"), v),
         _ => rb,
     };
-    match reqwest::header::HeaderValue::from_str(&cx.step_key) {
-        Ok(v) if cfg.step_header => rb.header("x-spes-step", v),
+    if !cfg.step_header {
+        return rb;
+    }
+    match HeaderValue::from_str(&cx.step_key) {
+        Ok(v) => rb.header(HeaderName::from_static("x-spes-step"), v),
         _ => rb,
     }
 }
