@@ -66,6 +66,24 @@ fn chain() -> (Workflow, String) {
     (validate(spec, "chain.yaml", &yaml, &env).unwrap().0, yaml)
 }
 
+/// The request and answer of one step's model call, for the hooks alone.
+fn one_call() -> (ChatRequest, ChatResponse) {
+    let answer = ChatResponse {
+        text: "ok".into(),
+        stop_reason: StopReason::EndTurn,
+        usage: Usage {
+            input_tokens: 5,
+            output_tokens: 1,
+            ..Usage::default()
+        },
+        model: Some("m".into()),
+        request_id: None,
+        latency_ms: 0,
+        tool_calls: Vec::new(),
+    };
+    (ChatRequest::user("Step 3: continue from ok"), answer)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -238,20 +256,7 @@ fn in_one_process() {
         .build();
     let hooks = Tracer::new(provider_hooks.tracer("spes-hooks"));
     let scripted = ScriptedProvider::new("bench", vec![]);
-    let req = ChatRequest::user("Step 3: continue from ok");
-    let answer = ChatResponse {
-        text: "ok".into(),
-        stop_reason: StopReason::EndTurn,
-        usage: Usage {
-            input_tokens: 5,
-            output_tokens: 1,
-            ..Usage::default()
-        },
-        model: Some("m".into()),
-        request_id: None,
-        latency_ms: 0,
-        tool_calls: Vec::new(),
-    };
+    let (req, answer) = one_call();
     // 1,000 spans per batch: within the queue's 2,048 (a full queue drops).
     let n = 500u32;
     let mut per = Vec::new();
@@ -309,20 +314,7 @@ fn main() {
         "bench",
         vec![Rule::default(Answer::Reply("ok".into()))],
     ));
-    let req = ChatRequest::user("Step 3: continue from ok");
-    let answer = ChatResponse {
-        text: "ok".into(),
-        stop_reason: StopReason::EndTurn,
-        usage: Usage {
-            input_tokens: 5,
-            output_tokens: 1,
-            ..Usage::default()
-        },
-        model: Some("m".into()),
-        request_id: None,
-        latency_ms: 0,
-        tool_calls: Vec::new(),
-    };
+    let (req, answer) = one_call();
     let n = 200_000u32;
     let t = Instant::now();
     for _ in 0..n {

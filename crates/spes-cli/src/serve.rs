@@ -107,6 +107,8 @@ pub(crate) async fn serve(
     store_url: Option<&str>,
     args: ServeArgs,
 ) -> Result<(), Failure> {
+    // Installed first: a SIGTERM while the server starts stops it cleanly.
+    let stop = crate::worker::shutdown();
     let cwd = std::env::current_dir().unwrap_or_default();
     let project = Project::discover(config, &cwd)?;
     let auth = Auth::from_config(
@@ -187,7 +189,7 @@ pub(crate) async fn serve(
             .unwrap_or_default()
     );
     let served = axum::serve(listener, spes_server::router(state.clone()))
-        .with_graceful_shutdown(crate::worker::shutdown())
+        .with_graceful_shutdown(stop)
         .await;
     let _ = stop_tx.send(true);
     let _ = deadlines.await;

@@ -131,6 +131,9 @@ pub(crate) async fn worker(
     store_url: Option<&str>,
     args: WorkerArgs,
 ) -> Result<(), Failure> {
+    // Before anything slow (the store, the engine): a SIGTERM that comes
+    // while the worker starts stops it cleanly, not by the default action.
+    let stop = shutdown();
     let cwd = std::env::current_dir().unwrap_or_default();
     let project = Project::discover(config, &cwd)?;
     let url = store_url
@@ -196,7 +199,7 @@ pub(crate) async fn worker(
             "shared"
         }
     );
-    let stats = worker.run(shutdown()).await;
+    let stats = worker.run(stop).await;
     if let Some(m) = metrics {
         m.abort();
     }
@@ -211,26 +214,35 @@ pub(crate) async fn worker(
     Ok(())
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-pub(crate) async fn shutdown() {
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this
+/// is called, not when the future is first polled: a signal that arrives
+/// in between is caught, not left to its default action (which ends the
+/// process at once).
+pub(crate) fn shutdown() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

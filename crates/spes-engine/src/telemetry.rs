@@ -335,19 +335,24 @@ pub(crate) fn run_span(
     }
 }
 
-/// The span of one map item executed by a worker (`item KEY`), a child of
-/// the run's stored trace context.
-pub(crate) fn item_span(tracer: &Tracer, run: &str, key: &str, parent: Option<&str>) -> Span {
+/// The span of one map item or sub-workflow executed by a worker (`item
+/// KEY`), a child of the run's stored trace context.
+pub(crate) fn item_span(tracer: &Tracer, run: &spes_store::Run, key: &str) -> Span {
     #[cfg(feature = "otel")]
     {
         use imp::Kv;
+        if !tracer.is_enabled() {
+            return Span::default();
+        }
+        let parent = run.settings.trace_parent.as_deref();
+        let run = run.id.to_string();
         tracer.start(
             ["item ", key].concat().into(),
             imp::Kind::Internal,
             || {
                 vec![
                     Kv::new("openinference.span.kind", "CHAIN"),
-                    Kv::new("spes.run.id", run.to_owned()),
+                    Kv::new("spes.run.id", run),
                     Kv::new("spes.step.key", key.to_owned()),
                 ]
             },
@@ -357,7 +362,7 @@ pub(crate) fn item_span(tracer: &Tracer, run: &str, key: &str, parent: Option<&s
     }
     #[cfg(not(feature = "otel"))]
     {
-        let _ = (tracer, run, key, parent);
+        let _ = (tracer, run, key);
         Span
     }
 }

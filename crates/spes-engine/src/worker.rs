@@ -861,12 +861,7 @@ impl Worker {
             Some(self.control(run.id, status, claimed_at)),
         );
         exec.budget = self.ledger(&run, &wf, false);
-        let span = crate::telemetry::item_span(
-            &self.engine.tracer,
-            &run.id.to_string(),
-            &task.key,
-            run.settings.trace_parent.as_deref(),
-        );
+        let span = crate::telemetry::item_span(&self.engine.tracer, &run, &task.key);
         exec.span = span.clone();
         let r = exec
             .run_item(m, &p.map, p.index, p.item, p.depth, loc)

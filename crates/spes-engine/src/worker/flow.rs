@@ -64,12 +64,7 @@ impl Worker {
             Some(Control::new(self.store.clone(), run.id)),
         );
         exec.budget = self.ledger(&run, &wf, true);
-        let span = crate::telemetry::item_span(
-            &self.engine.tracer,
-            &run.id.to_string(),
-            &task.key,
-            run.settings.trace_parent.as_deref(),
-        );
+        let span = crate::telemetry::item_span(&self.engine.tracer, &run, &task.key);
         exec.span = span.clone();
         let r = exec
             .steps_at(&child.workflow.steps, p.workflow.clone(), p.depth + 1)
