@@ -312,7 +312,7 @@ impl Exec<'_> {
             }
         }
         self.check_control(key, loc).await?;
-        let _ = crate::telemetry::calling(&self.span);
+        crate::telemetry::made(&self.span);
         let (content, is_error) = match runner {
             None => (format!("there is no tool named `{}`", call.name), true),
             Some(Runner::Registered(t)) => match t.call(call.arguments.clone()).await {

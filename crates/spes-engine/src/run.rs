@@ -322,7 +322,7 @@ impl<'e> Exec<'e> {
             deadlines: 0,
             changed: None,
             budget: None,
-            span: crate::telemetry::Span::default(),
+            span: crate::telemetry::Span::none(),
         }
     }
 

@@ -144,6 +144,12 @@ mod imp {
     pub(crate) struct Span(pub(super) Option<Context>);
 
     impl Span {
+        /// No span (the parent of a span made under it is the current
+        /// context).
+        pub(crate) fn none() -> Self {
+            Self(None)
+        }
+
         pub(crate) fn is_recording(&self) -> bool {
             self.0.is_some()
         }
@@ -279,6 +285,10 @@ mod imp {
     pub(crate) struct Span;
 
     impl Span {
+        pub(crate) fn none() -> Self {
+            Self
+        }
+
         pub(crate) fn is_recording(&self) -> bool {
             false
         }
@@ -325,7 +335,7 @@ pub(crate) fn run_span(
                 a
             },
             parent,
-            &Span::default(),
+            &Span::none(),
         )
     }
     #[cfg(not(feature = "otel"))]
@@ -342,7 +352,7 @@ pub(crate) fn item_span(tracer: &Tracer, run: &spes_store::Run, key: &str) -> Sp
     {
         use imp::Kv;
         if !tracer.is_enabled() {
-            return Span::default();
+            return Span::none();
         }
         let parent = run.settings.trace_parent.as_deref();
         let run = run.id.to_string();
@@ -357,7 +367,7 @@ pub(crate) fn item_span(tracer: &Tracer, run: &spes_store::Run, key: &str) -> Sp
                 ]
             },
             parent,
-            &Span::default(),
+            &Span::none(),
         )
     }
     #[cfg(not(feature = "otel"))]
@@ -417,7 +427,7 @@ pub(crate) fn model_span(
     {
         use imp::Kv;
         if !tracer.is_enabled() {
-            return Span::default();
+            return Span::none();
         }
         let model = req.model.as_deref().or_else(|| provider.default_model());
         tracer.start(
@@ -509,10 +519,17 @@ pub(crate) fn replayed(span: &Span) {
 }
 
 /// Marks a model or tool call's span as made now, not answered from the
-/// journal; the `traceparent` for its request.
-pub(crate) fn calling(span: &Span) -> Option<String> {
+/// journal.
+pub(crate) fn made(span: &Span) {
     #[cfg(feature = "otel")]
     span.set(imp::Kv::new("spes.journal.replayed", false));
+    #[cfg(not(feature = "otel"))]
+    let _ = span;
+}
+
+/// [`made`], and the `traceparent` for the call's request.
+pub(crate) fn calling(span: &Span) -> Option<String> {
+    made(span);
     span.traceparent()
 }
 
@@ -708,7 +725,7 @@ pub fn one_step_hooks(
     req: &ChatRequest,
     answer: ChatResponse,
 ) -> bool {
-    let step = step_span(tracer, "llm", "s1", &Span::default());
+    let step = step_span(tracer, "llm", "s1", &Span::none());
     let span = model_span(tracer, provider, req, "s1", &step);
     let traceparent = calling(&span);
     let r: Result<ChatResponse, Stop> = Ok(answer);
