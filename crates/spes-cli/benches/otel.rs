@@ -8,7 +8,8 @@
 //!    batched) to a loopback receiver, against the same chain on an engine
 //!    without a tracer, rounds alternating (the exporter is set up as `spes`
 //!    sets it up: `spes_cli::telemetry`, repeated here since a binary crate
-//!    exports nothing). Beside it, the telemetry hooks of one step alone,
+//!    exports nothing), with the allocator `spes` uses (mimalloc). Beside it,
+//!    the telemetry hooks of one step alone,
 //!    in a tight loop, into a batch queue whose exporter sends nothing
 //!    (the spans' own cost when caches are warm).
 //! 3. Whole `spes run` processes of the chain against the fake server,
@@ -25,11 +26,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::BatchSpanProcessor;
 use prost::Message as _;
 use spes_core::component::ComponentRegistry;
 use spes_core::message::{ChatRequest, ChatResponse, StopReason, Usage};
@@ -41,6 +41,10 @@ use spes_llm::Provider;
 use spes_llm::http::HttpProviderConfig;
 use spes_llm::openai::OpenAiProvider;
 use spes_llm::scripted::{Answer, Rule, ScriptedProvider};
+
+/// The allocator the `spes` binary uses (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const STEPS: usize = 10;
 
@@ -144,8 +148,9 @@ impl HttpClient for OnRuntime {
 }
 
 /// The exporter as `spes` builds it (batched OTLP/HTTP protobuf, requests
-/// on a one-thread runtime of its own).
-fn exporting(base: &str, export_rt: &tokio::runtime::Runtime) -> SdkTracerProvider {
+/// on a one-thread runtime of its own, the engine's spans handed to the
+/// batch processor).
+fn exporting(base: &str, export_rt: &tokio::runtime::Runtime) -> Tracer {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -156,9 +161,7 @@ fn exporting(base: &str, export_rt: &tokio::runtime::Runtime) -> SdkTracerProvid
         })
         .build()
         .unwrap();
-    SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .build()
+    Tracer::new(BatchSpanProcessor::builder(exporter).build())
 }
 
 /// An exporter that counts the spans it is given and sends nothing.
@@ -188,7 +191,7 @@ fn in_one_process() {
         .build()
         .unwrap();
     let (url, exported) = export_rt.block_on(receiver());
-    let provider_otel = exporting(&url, &export_rt);
+    let exporting = exporting(&url, &export_rt);
     let (wf, _) = chain();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -206,7 +209,7 @@ fn in_one_process() {
         .build();
     let traced = Engine::builder()
         .provider(http)
-        .tracer(Tracer::new(provider_otel.tracer("spes")))
+        .tracer(exporting.clone())
         .build();
     // CPU time of this thread (the engine's, and the fake server's on the
     // same runtime), from the scheduler's own count (Linux).
@@ -237,7 +240,7 @@ fn in_one_process() {
         round(true);
     }
     cpu.set([0, 0]);
-    let rounds = 400;
+    let rounds = 1500;
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         off.push(round(false));
@@ -251,10 +254,7 @@ fn in_one_process() {
     // around them (an exporter that sends nothing, so that the export's
     // work is not counted and the spans above are counted alone).
     let discarded = Arc::new(AtomicUsize::new(0));
-    let provider_hooks = SdkTracerProvider::builder()
-        .with_batch_exporter(Discard(discarded.clone()))
-        .build();
-    let hooks = Tracer::new(provider_hooks.tracer("spes-hooks"));
+    let hooks = Tracer::new(BatchSpanProcessor::builder(Discard(discarded.clone())).build());
     let scripted = ScriptedProvider::new("bench", vec![]);
     let (req, answer) = one_call();
     // 1,000 spans per batch: within the queue's 2,048 (a full queue drops).
@@ -272,7 +272,7 @@ fn in_one_process() {
         }
         per.push(t.elapsed() / n);
         // Let the queue drain between batches (a full queue drops).
-        provider_hooks.force_flush().unwrap();
+        hooks.force_flush().unwrap();
     }
     assert_eq!(discarded.load(Ordering::SeqCst), 2 * 40 * n as usize);
     println!(
@@ -285,7 +285,7 @@ fn in_one_process() {
         cpu_on as f64 / 1e3 / rounds as f64,
         (cpu_on as f64 - cpu_off as f64) / 1e3 / rounds as f64 / STEPS as f64
     );
-    provider_otel.force_flush().unwrap();
+    exporting.force_flush().unwrap();
     let spans = exported.load(Ordering::SeqCst);
     // Per chain: the run, 10 steps, 10 model calls (a full batch queue
     // would drop spans: shown, not hidden).
@@ -299,7 +299,7 @@ fn in_one_process() {
         (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0,
         (us(on) - us(off)) / STEPS as f64
     );
-    let _ = provider_otel.shutdown();
+    let _ = exporting.shutdown(Duration::from_secs(5));
 }
 
 fn main() {

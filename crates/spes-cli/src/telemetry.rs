@@ -13,11 +13,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanProcessor as _};
 use spes_core::config::TelemetrySpec;
 
 use crate::project::Project;
@@ -58,14 +57,14 @@ impl Settings {
 /// Keeps the exporter alive; dropping it exports what is left and stops it.
 #[derive(Debug, Default)]
 pub(crate) struct Guard {
-    provider: Option<SdkTracerProvider>,
+    tracer: Option<spes_engine::telemetry::Tracer>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(p) = self.provider.take() {
-            let _ = p.shutdown_with_timeout(Duration::from_secs(5));
+        if let Some(t) = self.tracer.take() {
+            let _ = t.shutdown(Duration::from_secs(5));
         }
         if let Some(rt) = self.rt.take() {
             rt.shutdown_timeout(Duration::from_millis(200));
@@ -147,16 +146,16 @@ pub(crate) fn install(settings: &Settings) -> Option<Guard> {
         resource =
             resource.with_service_name(settings.service_name.clone().unwrap_or("spes".into()));
     }
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource.build())
-        .build();
+    // The engine hands its finished spans to the batch processor itself
+    // (no SDK tracer provider in between); the resource is set here, as a
+    // provider would set it.
+    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    processor.set_resource(&resource.build());
+    let tracer = spes_engine::telemetry::Tracer::new(processor);
     spes_engine::telemetry::set_capture_content(settings.capture_content);
-    spes_engine::telemetry::Tracer::set_global(spes_engine::telemetry::Tracer::new(
-        provider.tracer("spes"),
-    ));
+    spes_engine::telemetry::Tracer::set_global(tracer.clone());
     Some(Guard {
-        provider: Some(provider),
+        tracer: Some(tracer),
         rt: Some(rt),
     })
 }

@@ -52,19 +52,35 @@ pub fn capture_content() -> bool {
 #[cfg(feature = "otel")]
 mod imp {
     use std::borrow::Cow;
-    use std::sync::{Arc, OnceLock};
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::{Duration, SystemTime};
 
-    use opentelemetry::global::BoxedTracer;
     use opentelemetry::trace::{
-        SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags,
-        TraceId, TraceState, Tracer as _,
+        SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+        TraceState,
     };
-    use opentelemetry::{Context, KeyValue};
+    use opentelemetry::{Context, InstrumentationScope, KeyValue};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{
+        IdGenerator as _, RandomIdGenerator, SpanData, SpanEvents, SpanLinks, SpanProcessor,
+    };
 
-    /// Where an engine's spans go (cheap to clone): an OpenTelemetry
-    /// tracer, or none (no span is made).
+    /// Where an engine's spans go (cheap to clone): an OpenTelemetry SDK
+    /// span processor (a batch exporter's, say), or none (no span is made).
+    ///
+    /// The engine keeps each span's record itself and hands the processor
+    /// the finished [`SpanData`]: no SDK tracer, sampler or span object per
+    /// span. Sampling follows the SDK's default (parent-based, always on):
+    /// a span is recorded unless its parent says its trace is not sampled.
     #[derive(Clone, Default)]
-    pub struct Tracer(Option<Arc<BoxedTracer>>);
+    pub struct Tracer(Option<Arc<Sink>>);
+
+    struct Sink {
+        processor: Box<dyn SpanProcessor>,
+        scope: InstrumentationScope,
+        ids: RandomIdGenerator,
+    }
 
     impl std::fmt::Debug for Tracer {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,14 +91,17 @@ mod imp {
     static GLOBAL: OnceLock<Tracer> = OnceLock::new();
 
     impl Tracer {
-        /// Spans go to `tracer` (an SDK tracer from a tracer provider).
+        /// Spans go to `processor` when they end, as the SDK's tracer
+        /// provider would hand them (instrumentation scope `spes`). Set the
+        /// processor's resource (`SpanProcessor::set_resource`, which a
+        /// tracer provider would call) before handing it over.
         #[must_use]
-        pub fn new<T>(tracer: T) -> Self
-        where
-            T: opentelemetry::trace::Tracer + Send + Sync + 'static,
-            T::Span: Send + Sync + 'static,
-        {
-            Self(Some(Arc::new(BoxedTracer::new(Box::new(tracer)))))
+        pub fn new(processor: impl SpanProcessor + 'static) -> Self {
+            Self(Some(Arc::new(Sink {
+                processor: Box::new(processor),
+                scope: InstrumentationScope::builder("spes").build(),
+                ids: RandomIdGenerator::default(),
+            })))
         }
 
         /// No spans.
@@ -109,9 +128,31 @@ mod imp {
             self.0.is_some()
         }
 
+        /// Has the processor export the spans it holds now.
+        ///
+        /// # Errors
+        /// The processor's, when it could not.
+        pub fn force_flush(&self) -> OTelSdkResult {
+            self.0
+                .as_ref()
+                .map_or(Ok(()), |s| s.processor.force_flush())
+        }
+
+        /// Exports what is left and stops the processor (spans ended later
+        /// are dropped by it).
+        ///
+        /// # Errors
+        /// The processor's, when it could not.
+        pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
+            self.0
+                .as_ref()
+                .map_or(Ok(()), |s| s.processor.shutdown_with_timeout(timeout))
+        }
+
         /// A span, the child of `remote` (a stored W3C traceparent) when
         /// it parses, else of `parent` when it is a span, else of the
-        /// current context.
+        /// current context's span when there is one; else the root of a
+        /// new trace.
         pub(crate) fn start(
             &self,
             name: Cow<'static, str>,
@@ -120,28 +161,126 @@ mod imp {
             remote: Option<&str>,
             parent: &Span,
         ) -> Span {
-            let Some(t) = &self.0 else {
+            let Some(sink) = &self.0 else {
                 return Span(None);
             };
-            let builder = SpanBuilder::from_name(name)
-                .with_kind(kind)
-                .with_attributes(attributes());
-            let child = |parent: &Context| {
-                let span = t.build_with_context(builder, parent);
-                parent.with_span(span)
+            let (parent, parent_remote) = match (remote.and_then(remote_context), &parent.0) {
+                (Some(remote), _) => (remote, true),
+                (None, Some(live)) => (live.cx.clone(), false),
+                (None, None) => Context::map_current(|cx| {
+                    let sc = cx.span().span_context().clone();
+                    let remote = sc.is_remote();
+                    (sc, remote)
+                }),
             };
-            let cx = match (remote.and_then(remote_context), &parent.0) {
-                (Some(remote), _) => child(&remote),
-                (None, Some(parent)) => child(parent),
-                (None, None) => Context::map_current(child),
+            let (trace_id, flags, state, parent_id) = if parent.is_valid() {
+                (
+                    parent.trace_id(),
+                    parent.trace_flags(),
+                    parent.trace_state().clone(),
+                    parent.span_id(),
+                )
+            } else {
+                (
+                    sink.ids.new_trace_id(),
+                    TraceFlags::SAMPLED,
+                    TraceState::default(),
+                    SpanId::INVALID,
+                )
             };
-            Span(Some(cx))
+            let cx = SpanContext::new(trace_id, sink.ids.new_span_id(), flags, false, state);
+            let rec = flags.is_sampled().then(|| {
+                Mutex::new(Some(Rec {
+                    parent: parent_id,
+                    parent_remote,
+                    kind,
+                    name,
+                    start: opentelemetry::time::now(),
+                    attributes: attributes(),
+                    status: Status::Unset,
+                }))
+            });
+            Span(Some(Arc::new(Live {
+                cx,
+                rec,
+                sink: sink.clone(),
+            })))
         }
     }
 
-    /// One span (its context: the span and its parents), or none.
+    /// One span (its context, and its record until it ends), or none.
     #[derive(Clone, Debug, Default)]
-    pub(crate) struct Span(pub(super) Option<Context>);
+    pub(crate) struct Span(pub(super) Option<Arc<Live>>);
+
+    pub(crate) struct Live {
+        cx: SpanContext,
+        /// `None` when the trace is not sampled (the context still goes
+        /// to children and outgoing requests); taken when the span ends.
+        rec: Option<Mutex<Option<Rec>>>,
+        sink: Arc<Sink>,
+    }
+
+    impl std::fmt::Debug for Live {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Live")
+                .field("cx", &self.cx)
+                .finish_non_exhaustive()
+        }
+    }
+
+    struct Rec {
+        parent: SpanId,
+        parent_remote: bool,
+        kind: SpanKind,
+        name: Cow<'static, str>,
+        start: SystemTime,
+        attributes: Vec<KeyValue>,
+        status: Status,
+    }
+
+    impl Live {
+        fn with(&self, f: impl FnOnce(&mut Rec)) {
+            if let Some(Ok(mut rec)) = self.rec.as_ref().map(Mutex::lock)
+                && let Some(rec) = rec.as_mut()
+            {
+                f(rec);
+            }
+        }
+
+        /// Hands the finished span to the processor (once).
+        fn end(&self) {
+            let Some(Ok(mut slot)) = self.rec.as_ref().map(Mutex::lock) else {
+                return;
+            };
+            let Some(rec) = slot.take() else {
+                return;
+            };
+            drop(slot);
+            self.sink.processor.on_end(SpanData {
+                span_context: self.cx.clone(),
+                parent_span_id: rec.parent,
+                parent_span_is_remote: rec.parent_remote,
+                span_kind: rec.kind,
+                name: rec.name,
+                start_time: rec.start,
+                end_time: opentelemetry::time::now(),
+                attributes: rec.attributes,
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: rec.status,
+                instrumentation_scope: self.sink.scope.clone(),
+            });
+        }
+    }
+
+    impl Drop for Live {
+        /// A span let go without an end (its future dropped part-way)
+        /// ends now, as the SDK's spans do.
+        fn drop(&mut self) {
+            self.end();
+        }
+    }
 
     impl Span {
         /// No span (the parent of a span made under it is the current
@@ -151,39 +290,38 @@ mod imp {
         }
 
         pub(crate) fn is_recording(&self) -> bool {
-            self.0.is_some()
+            self.0.as_ref().is_some_and(|l| l.rec.is_some())
         }
 
         pub(crate) fn set(&self, kv: KeyValue) {
-            if let Some(cx) = &self.0 {
-                cx.span().set_attribute(kv);
+            if let Some(live) = &self.0 {
+                live.with(|r| r.attributes.push(kv));
             }
         }
 
-        pub(crate) fn set_all(&self, kvs: Vec<KeyValue>) {
-            if let Some(cx) = &self.0 {
-                cx.span().set_attributes(kvs);
+        pub(crate) fn set_all(&self, kvs: impl IntoIterator<Item = KeyValue>) {
+            if let Some(live) = &self.0 {
+                live.with(|r| r.attributes.extend(kvs));
             }
         }
 
         pub(crate) fn error(&self, error_type: String) {
-            if let Some(cx) = &self.0 {
-                let span = cx.span();
-                span.set_status(Status::error(""));
-                span.set_attribute(KeyValue::new("error.type", error_type));
+            if let Some(live) = &self.0 {
+                live.with(|r| {
+                    r.status = Status::error("");
+                    r.attributes.push(KeyValue::new("error.type", error_type));
+                });
             }
         }
 
         pub(crate) fn end(&self) {
-            if let Some(cx) = &self.0 {
-                cx.span().end();
+            if let Some(live) = &self.0 {
+                live.end();
             }
         }
 
         pub(crate) fn traceparent(&self) -> Option<String> {
-            self.0
-                .as_ref()
-                .and_then(|cx| format(cx.span().span_context()))
+            self.0.as_ref().and_then(|l| format(&l.cx))
         }
     }
 
@@ -214,9 +352,9 @@ mod imp {
         Context::map_current(|cx| format(cx.span().span_context()))
     }
 
-    /// The remote context a stored W3C traceparent names (`None` when it
-    /// does not parse).
-    pub(super) fn remote_context(traceparent: &str) -> Option<Context> {
+    /// The remote span context a stored W3C traceparent names (`None`
+    /// when it does not parse).
+    pub(super) fn remote_context(traceparent: &str) -> Option<SpanContext> {
         let mut it = traceparent.split('-');
         let (Some("00"), Some(t), Some(s), Some(f), None) =
             (it.next(), it.next(), it.next(), it.next(), it.next())
@@ -231,8 +369,7 @@ mod imp {
             return None;
         };
         let sc = SpanContext::new(t, s, TraceFlags::new(f), true, TraceState::default());
-        sc.is_valid()
-            .then(|| Context::new().with_remote_span_context(sc))
+        sc.is_valid().then_some(sc)
     }
 
     pub(crate) use opentelemetry::KeyValue as Kv;
@@ -242,10 +379,65 @@ mod imp {
     pub(crate) fn one_string(key: &'static str, value: &str) -> KeyValue {
         KeyValue::new(
             key,
-            opentelemetry::Value::Array(opentelemetry::Array::String(vec![
-                value.to_owned().into(),
-            ])),
+            opentelemetry::Value::Array(opentelemetry::Array::String(vec![shared(value).into()])),
         )
+    }
+
+    /// Most distinct strings [`shared`] keeps for the life of the process.
+    const SHARED_MAX: usize = 512;
+    /// Longest string [`shared`] keeps.
+    const SHARED_LEN: usize = 128;
+
+    /// `s` as a string that lives as long as the process, for the few
+    /// values that recur on every span (provider names, model names,
+    /// finish reasons, `chat MODEL` span names): an attribute holding one
+    /// allocates nothing and frees nothing, where an owned copy was
+    /// allocated here and freed on the exporter's thread for every span.
+    /// At most [`SHARED_MAX`] strings of at most [`SHARED_LEN`] bytes are
+    /// kept (64 KiB); others are copied each time.
+    pub(crate) fn shared(s: &str) -> Cow<'static, str> {
+        thread_local! {
+            static SEEN: std::cell::RefCell<HashSet<&'static str>> =
+                std::cell::RefCell::new(HashSet::new());
+        }
+        static KEPT: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+        if let Some(hit) = SEEN.with(|seen| seen.borrow().get(s).copied()) {
+            return Cow::Borrowed(hit);
+        }
+        if s.len() > SHARED_LEN {
+            return Cow::Owned(s.to_owned());
+        }
+        let Ok(mut kept) = KEPT.lock() else {
+            return Cow::Owned(s.to_owned());
+        };
+        let kept = kept.get_or_insert_with(HashSet::new);
+        let found = match kept.get(s) {
+            Some(k) => *k,
+            None if kept.len() < SHARED_MAX => {
+                let k: &'static str = Box::leak(s.to_owned().into_boxed_str());
+                kept.insert(k);
+                k
+            }
+            None => return Cow::Owned(s.to_owned()),
+        };
+        SEEN.with(|seen| seen.borrow_mut().insert(found));
+        Cow::Borrowed(found)
+    }
+
+    /// [`shared`] of `a` followed by `b`, without a copy of the two
+    /// unless one is kept or returned.
+    pub(crate) fn shared_concat(a: &str, b: &str) -> Cow<'static, str> {
+        let mut buf = [0u8; SHARED_LEN];
+        let n = a.len() + b.len();
+        if n > SHARED_LEN {
+            return Cow::Owned([a, b].concat());
+        }
+        buf[..a.len()].copy_from_slice(a.as_bytes());
+        buf[a.len()..n].copy_from_slice(b.as_bytes());
+        match std::str::from_utf8(&buf[..n]) {
+            Ok(joined) => shared(joined),
+            Err(_) => Cow::Owned([a, b].concat()),
+        }
     }
 }
 
@@ -432,7 +624,7 @@ pub(crate) fn model_span(
         let model = req.model.as_deref().or_else(|| provider.default_model());
         tracer.start(
             match model {
-                Some(m) => ["chat ", m].concat().into(),
+                Some(m) => imp::shared_concat("chat ", m),
                 None => "chat".into(),
             },
             imp::Kind::Client,
@@ -444,7 +636,7 @@ pub(crate) fn model_span(
                 a.push(Kv::new("gen_ai.operation.name", "chat"));
                 a.push(Kv::new("gen_ai.provider.name", provider.kind()));
                 if let Some(m) = model {
-                    a.push(Kv::new("gen_ai.request.model", m.to_owned()));
+                    a.push(Kv::new("gen_ai.request.model", imp::shared(m)));
                 }
                 if let Some(n) = req.max_tokens {
                     a.push(Kv::new("gen_ai.request.max_tokens", i64::from(n)));
@@ -452,7 +644,7 @@ pub(crate) fn model_span(
                 if let Some(t) = req.temperature {
                     a.push(Kv::new("gen_ai.request.temperature", f64::from(t)));
                 }
-                a.push(Kv::new("spes.provider", provider.name().to_owned()));
+                a.push(Kv::new("spes.provider", imp::shared(provider.name())));
                 a.push(Kv::new("spes.step.key", key.to_owned()));
                 if let Some(s) = slot(key) {
                     a.push(Kv::new("spes.attempt", s.to_owned()));
@@ -543,23 +735,20 @@ pub(crate) fn model_done(span: &Span, result: &Result<ChatResponse, Stop>) {
         Ok(r) => {
             use imp::Kv;
             let reason = finish_reason(&r.stop_reason);
-            let mut a = Vec::with_capacity(6);
-            if let Some(m) = &r.model {
-                a.push(Kv::new("gen_ai.response.model", m.clone()));
-            }
-            if let Some(id) = &r.request_id {
-                a.push(Kv::new("gen_ai.response.id", id.clone()));
-            }
-            a.push(Kv::new(
-                "gen_ai.usage.input_tokens",
-                i64::try_from(r.usage.input_tokens).unwrap_or(i64::MAX),
-            ));
-            a.push(Kv::new(
-                "gen_ai.usage.output_tokens",
-                i64::try_from(r.usage.output_tokens).unwrap_or(i64::MAX),
-            ));
-            a.push(imp::one_string("gen_ai.response.finish_reasons", reason));
-            span.set_all(a);
+            let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            let model = r
+                .model
+                .as_deref()
+                .map(|m| Kv::new("gen_ai.response.model", imp::shared(m)));
+            let id = r
+                .request_id
+                .as_ref()
+                .map(|id| Kv::new("gen_ai.response.id", id.clone()));
+            span.set_all(model.into_iter().chain(id).chain([
+                Kv::new("gen_ai.usage.input_tokens", tokens(r.usage.input_tokens)),
+                Kv::new("gen_ai.usage.output_tokens", tokens(r.usage.output_tokens)),
+                imp::one_string("gen_ai.response.finish_reasons", reason),
+            ]));
             if capture_content() {
                 let mut parts = Vec::new();
                 if !r.text.is_empty() {
@@ -749,9 +938,7 @@ mod tests {
     #[cfg(feature = "otel")]
     #[test]
     fn a_traceparent_is_written_in_the_w3c_form_and_read_back() {
-        use opentelemetry::trace::{
-            SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-        };
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let sc = SpanContext::new(
             TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
@@ -762,8 +949,9 @@ mod tests {
         );
         assert_eq!(imp::format(&sc).as_deref(), Some(tp));
         let cx = imp::remote_context(tp).unwrap();
-        assert_eq!(cx.span().span_context().trace_id(), sc.trace_id());
-        assert_eq!(cx.span().span_context().span_id(), sc.span_id());
+        assert_eq!(cx.trace_id(), sc.trace_id());
+        assert_eq!(cx.span_id(), sc.span_id());
+        assert!(cx.is_remote());
         assert_eq!(imp::format(&SpanContext::empty_context()), None);
     }
 

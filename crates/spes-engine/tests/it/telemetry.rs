@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter};
 use serde_json::json;
 use spes_engine::telemetry::Tracer;
 use spes_engine::{Engine, MemoryJournal};
@@ -53,12 +53,9 @@ const SCRIPT: &str = r#"
 /// same journal; the spans of both runs.
 async fn spans(capture: bool) -> (Vec<SpanData>, Vec<SpanData>) {
     let memory = Memory::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(memory.clone())
-        .build();
     spes_engine::telemetry::set_capture_content(capture);
     let engine = Engine::builder()
-        .tracer(Tracer::new(provider.tracer("test")))
+        .tracer(Tracer::new(SimpleSpanProcessor::new(memory.clone())))
         .provider(scripted(SCRIPT))
         .tool(crate::agent::adder(Arc::new(AtomicUsize::new(0))))
         .build();
@@ -179,7 +176,7 @@ async fn a_run_is_a_child_of_the_callers_context_and_no_tracer_means_no_spans() 
     let app = provider.tracer("app");
     let wf = workflow("name: one\nsteps:\n  - { name: s, kind: llm, prompt: hi, output: s }\n");
     let traced = Engine::builder()
-        .tracer(Tracer::new(provider.tracer("spes")))
+        .tracer(Tracer::new(SimpleSpanProcessor::new(memory.clone())))
         .provider(scripted("- { reply: ok }"))
         .build();
     let parent = opentelemetry::Context::current_with_span(app.start("request"));
