@@ -4,7 +4,10 @@
 //! scripted provider.
 //!
 //! 1. Journal commit cost per step: a durable 200-step chain minus the
-//!    same chain in memory, per step (µs), for each durability setting.
+//!    same chain in memory, per step (µs), for each durability setting,
+//!    against bare commit loops beside it; and in lockstep, each step's
+//!    journal commit right after one bare commit on a file of its own, so
+//!    that both are measured on the disk at the same moments.
 //! 2. Resume of a run with 1,000 recorded steps (ms): the last step failed
 //!    on its first attempt; resume answers the 1,000 from the journal.
 //! 3. Store bytes per step for chains whose outputs are 100, 1,000 and
@@ -208,6 +211,11 @@ async fn commit_cost() {
             "warm file: durable cost {warm_step:.1} µs/step · bare one-command commit {warm_one:.1} µs · {:.2}x it (target <= 1.5x)",
             warm_step / warm_one
         );
+        let (step, bare, rounds) = interleaved_cost(&wf, &source, durability).await;
+        println!(
+            "lockstep:  each model call makes one bare one-command commit on a file of its own just before the step's journal commit (both files warm); durable cost {step:.1} µs/step · bare commit {bare:.1} µs · {:.2}x it (target <= 1.5x; per round: {rounds})",
+            step / bare
+        );
     }
     postgres_cost(&wf, &source, &engine, mem).await;
 }
@@ -260,6 +268,102 @@ async fn warm_cost(
         (us(median(durable)) - us(mem)) / STEPS as f64,
         bare[bare.len() / 2],
     )
+}
+
+/// A provider that, before it answers, makes one bare one-command commit
+/// (as [`bare_sqlite_commit_one_command`]) on a SQLite file of its own and
+/// records how long it took: the bare commit and the step's journal
+/// commit then alternate, one each per step, on the same disk at the same
+/// moment (fsync times drift on a shared disk; loops side by side see
+/// different moments).
+#[derive(Debug)]
+struct Committing {
+    answer: ScriptedProvider,
+    conn: tokio::sync::Mutex<sqlx::SqliteConnection>,
+    took: std::sync::Mutex<Vec<Duration>>,
+    n: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl spes_llm::Provider for Committing {
+    fn name(&self) -> &str {
+        "committing"
+    }
+
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+
+    fn default_model(&self) -> Option<&str> {
+        None
+    }
+
+    async fn complete(
+        &self,
+        req: &spes_core::message::ChatRequest,
+        cx: &spes_llm::CallContext,
+    ) -> Result<spes_core::message::ChatResponse, spes_llm::ProviderError> {
+        let i = self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut conn = self.conn.lock().await;
+        let t = Instant::now();
+        sqlx::query("BEGIN IMMEDIATE; INSERT INTO t VALUES (?1, ?2); COMMIT")
+            .bind(format!("k{i}"))
+            .bind("x".repeat(200))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        self.took.lock().unwrap().push(t.elapsed());
+        drop(conn);
+        self.answer.complete(req, cx).await
+    }
+}
+
+/// The durable chain and a bare commit in lockstep (see [`Committing`]),
+/// both files warm (the first round is not counted): the durable cost
+/// per step (the chain's time less its bare commits, less the chain in
+/// memory) and the bare commit, both as means over the same steps (µs),
+/// and each round's ratio.
+async fn interleaved_cost(
+    wf: &Workflow,
+    source: &WorkflowSource,
+    durability: Durability,
+) -> (f64, f64, String) {
+    const STEPS: usize = 200;
+    let (_bare_dir, conn) = bare_sqlite(durability).await;
+    let provider = Arc::new(Committing {
+        answer: ScriptedProvider::new("bench", vec![Rule::default(Answer::Reply("ok".into()))]),
+        conn: tokio::sync::Mutex::new(conn),
+        took: std::sync::Mutex::new(Vec::new()),
+        n: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let engine = Engine::builder().provider(provider.clone()).build();
+    let plain = replying("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), durability).await;
+    let (mut steps, mut bares, mut ratios) = (0.0, 0.0, Vec::new());
+    for round in 0..8 {
+        let t = Instant::now();
+        plain.run(wf, BTreeMap::new()).await.unwrap();
+        let mem = us(t.elapsed());
+        provider.took.lock().unwrap().clear();
+        let t = Instant::now();
+        let (_, end) = engine
+            .start(store.clone(), wf, source, BTreeMap::new())
+            .await
+            .unwrap();
+        let took = us(t.elapsed());
+        assert!(matches!(end, RunEnd::Completed(_)));
+        let bare: f64 = provider.took.lock().unwrap().iter().copied().map(us).sum();
+        let step = (took - bare - mem) / STEPS as f64;
+        let bare = bare / STEPS as f64;
+        if round > 0 {
+            steps += step;
+            bares += bare;
+            ratios.push(format!("{:.2}", step / bare));
+        }
+    }
+    store.close().await;
+    (steps / 7.0, bares / 7.0, ratios.join(" "))
 }
 
 /// The median of the store's lone-append command (`BEGIN IMMEDIATE;
