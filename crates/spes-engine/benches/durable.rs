@@ -248,12 +248,7 @@ async fn warm_cost(
         let mut times = Vec::new();
         for i in 0..STEPS {
             let t = Instant::now();
-            sqlx::query("BEGIN IMMEDIATE; INSERT INTO t VALUES (?1, ?2); COMMIT")
-                .bind(format!("k{round}-{i}"))
-                .bind(&payload)
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            one_command_commit(&mut conn, format!("k{round}-{i}"), &payload).await;
             times.push(t.elapsed());
         }
         // The first round warms both files.
@@ -305,13 +300,9 @@ impl spes_llm::Provider for Committing {
     ) -> Result<spes_core::message::ChatResponse, spes_llm::ProviderError> {
         let i = self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.conn.lock().await;
+        let payload = "x".repeat(200);
         let t = Instant::now();
-        sqlx::query("BEGIN IMMEDIATE; INSERT INTO t VALUES (?1, ?2); COMMIT")
-            .bind(format!("k{i}"))
-            .bind("x".repeat(200))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+        one_command_commit(&mut conn, format!("k{i}"), &payload).await;
         self.took.lock().unwrap().push(t.elapsed());
         drop(conn);
         self.answer.complete(req, cx).await
@@ -462,6 +453,18 @@ async fn bare_sqlite_commit(durability: Durability, n: usize) -> f64 {
     us(median(times))
 }
 
+/// One bare commit on a [`bare_sqlite`] connection: `BEGIN IMMEDIATE;
+/// INSERT; COMMIT` sent as one command (what the store does for a lone
+/// append).
+async fn one_command_commit(conn: &mut sqlx::SqliteConnection, key: String, payload: &str) {
+    sqlx::query("BEGIN IMMEDIATE; INSERT INTO t VALUES (?1, ?2); COMMIT")
+        .bind(key)
+        .bind(payload)
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
 /// [`bare_sqlite_commit`] with `BEGIN IMMEDIATE; INSERT; COMMIT` sent as
 /// one command (what the store does for a lone append).
 async fn bare_sqlite_commit_one_command(durability: Durability, n: usize) -> f64 {
@@ -470,12 +473,7 @@ async fn bare_sqlite_commit_one_command(durability: Durability, n: usize) -> f64
     let mut times = Vec::new();
     for i in 0..n {
         let t = Instant::now();
-        sqlx::query("BEGIN IMMEDIATE; INSERT INTO t VALUES (?1, ?2); COMMIT")
-            .bind(format!("k{i}"))
-            .bind(&payload)
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        one_command_commit(&mut conn, format!("k{i}"), &payload).await;
         times.push(t.elapsed());
     }
     us(median(times))
