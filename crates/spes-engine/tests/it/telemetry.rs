@@ -203,3 +203,119 @@ async fn a_run_is_a_child_of_the_callers_context_and_no_tracer_means_no_spans() 
     plain.run(&wf, BTreeMap::new()).await.unwrap();
     assert!(memory.0.lock().unwrap().is_empty());
 }
+
+/// Records the `traceparent` each model call is given.
+#[derive(Debug, Default)]
+struct Seen(Mutex<Vec<Option<String>>>);
+
+#[async_trait::async_trait]
+impl spes_llm::Provider for Seen {
+    fn name(&self) -> &str {
+        "seen"
+    }
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+    fn default_model(&self) -> Option<&str> {
+        None
+    }
+    async fn complete(
+        &self,
+        _req: &spes_core::message::ChatRequest,
+        cx: &spes_llm::CallContext,
+    ) -> Result<spes_core::message::ChatResponse, spes_llm::ProviderError> {
+        self.0.lock().unwrap().push(cx.traceparent.clone());
+        Ok(spes_core::message::ChatResponse {
+            text: "ok".into(),
+            stop_reason: spes_core::message::StopReason::EndTurn,
+            usage: spes_core::message::Usage::default(),
+            model: None,
+            request_id: None,
+            latency_ms: 0,
+            tool_calls: Vec::new(),
+        })
+    }
+}
+
+/// Sampling follows the parent, as the SDK's default sampler does: under
+/// a caller's span whose trace is not sampled, no span is exported, yet
+/// each model call still carries the trace (flags `00`) onward; under
+/// a sampled one, every span is recorded, and each call's `traceparent`
+/// names its own model-call span.
+#[tokio::test]
+async fn a_trace_the_caller_does_not_sample_is_carried_but_not_recorded() {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    let memory = Memory::default();
+    let seen = Arc::new(Seen::default());
+    let engine = Engine::builder()
+        .tracer(Tracer::new(SimpleSpanProcessor::new(memory.clone())))
+        .provider(seen.clone())
+        .build();
+    let wf = workflow(
+        "name: two\nsteps:\n  - { name: a, kind: llm, prompt: hi, output: a }\n  - { name: b, kind: llm, prompt: again, output: b }\n",
+    );
+    let trace = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+    let caller = |flags| {
+        opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            trace,
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            flags,
+            true,
+            TraceState::default(),
+        ))
+    };
+
+    engine
+        .run(&wf, BTreeMap::new())
+        .with_context(caller(TraceFlags::default()))
+        .await
+        .unwrap();
+    assert!(
+        memory.0.lock().unwrap().is_empty(),
+        "an unsampled trace was recorded"
+    );
+    let unsampled = std::mem::take(&mut *seen.0.lock().unwrap());
+    assert_eq!(unsampled.len(), 2);
+    for tp in &unsampled {
+        let tp = tp.as_deref().expect("the call carries the trace");
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{tp}"
+        );
+        assert!(tp.ends_with("-00"), "{tp}");
+    }
+
+    engine
+        .run(&wf, BTreeMap::new())
+        .with_context(caller(TraceFlags::SAMPLED))
+        .await
+        .unwrap();
+    let spans = std::mem::take(&mut *memory.0.lock().unwrap());
+    // The run, two steps, two model calls.
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    assert!(spans.iter().all(|s| s.span_context.trace_id() == trace));
+    let run = spans.iter().find(|s| s.name == "run two").unwrap();
+    assert!(run.parent_span_is_remote);
+    let sampled = std::mem::take(&mut *seen.0.lock().unwrap());
+    let chats: Vec<_> = spans.iter().filter(|s| s.name == "chat").collect();
+    assert_eq!(chats.len(), 2, "{spans:#?}");
+    for (tp, chat) in sampled.iter().zip(&chats) {
+        let tp = tp.as_deref().unwrap();
+        assert!(tp.ends_with("-01"), "{tp}");
+        assert!(
+            chats
+                .iter()
+                .any(|c| tp.contains(&c.span_context.span_id().to_string())),
+            "{tp} names no model-call span"
+        );
+        let step = spans
+            .iter()
+            .find(|s| s.span_context.span_id() == chat.parent_span_id)
+            .unwrap();
+        assert!(step.name.starts_with("step "), "{}", step.name);
+        assert_eq!(step.parent_span_id, run.span_context.span_id());
+    }
+}
