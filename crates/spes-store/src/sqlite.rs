@@ -5,17 +5,18 @@
 //! (owned behind a fair async mutex, not pooled: see `writer`) and a sqlx
 //! pool of a few **read-only readers** (or none, with
 //! [`SqliteOptions::with_readers`]`(0)`: reads then share the writer
-//! connection, as the CLI's one-shot commands do). Every write runs in a
-//! `BEGIN IMMEDIATE` transaction on the writer, so it takes SQLite's write
-//! lock up front and never fails half-way with `SQLITE_BUSY_SNAPSHOT` the
-//! way a deferred transaction upgrading to a writer can. Writers inside one
+//! connection, as the CLI's one-shot commands do). Journal appends are
+//! written by a connection of their own on a thread of their own (see
+//! `appender`), with the writer held meanwhile. Every write runs in a
+//! `BEGIN IMMEDIATE` transaction, so it takes SQLite's write lock up front
+//! and never fails half-way with `SQLITE_BUSY_SNAPSHOT` the way a
+//! deferred transaction upgrading to a writer can. Writers inside one
 //! process queue on the writer's mutex (fair, async, no SQLite
-//! busy-polling); writers in other
-//! processes (other `spes` commands, another `SqliteStore`) wait in
-//! SQLite's busy handler (`busy_timeout`) and, past that, in a retry loop
-//! with capped exponential backoff. Only after
-//! [`SqliteOptions::with_lock_wait`] in total (15 s by default) does a
-//! caller see [`StoreError::Locked`]. Readers never block writers in WAL
+//! busy-polling); writers in other processes (other `spes` commands,
+//! another `SqliteStore`) wait in SQLite's busy handler (`busy_timeout`)
+//! and, past that, in a retry loop with capped exponential backoff. Only
+//! after [`SqliteOptions::with_lock_wait`] in total (15 s by default) does
+//! a caller see [`StoreError::Locked`]. Readers never block writers in WAL
 //! mode, and each read sees the last commit.
 //!
 //! # Files that are not (or no longer) a store
@@ -26,6 +27,7 @@
 //! truncated or recreated: a damaged, foreign or newer store gives a
 //! distinct [`StoreError`] and is left byte-for-byte as it was.
 
+mod appender;
 mod error;
 mod row;
 mod run_store;
@@ -192,6 +194,8 @@ pub struct SqliteStore {
     commits: AtomicU64,
     /// Appends waiting to be committed together.
     appends: crate::group::Appends,
+    /// Where they are committed: the journal thread.
+    appender: appender::Appender,
     /// Each run's status as its last lone journal append read it, and
     /// when that append began ([`RunStore::status_read_by_commit`]).
     statuses:
@@ -203,6 +207,8 @@ pub struct SqliteStore {
 #[derive(Debug)]
 enum Fail {
     Sql(sqlx::Error),
+    /// From the journal thread's connection (see `appender`).
+    Lite(rusqlite::Error),
     Store(StoreError),
 }
 
@@ -265,6 +271,13 @@ where
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
             Err(Fail::Sql(e)) => return Err(error::map(path, &e, start.elapsed())),
+            Err(Fail::Lite(e)) if error::lite_is_busy(&e) && start.elapsed() < lock_wait => {
+                let jitter =
+                    Duration::from_micros(u64::from(start.elapsed().subsec_nanos() % 1000));
+                tokio::time::sleep(pause + jitter).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(Fail::Lite(e)) => return Err(error::map_lite(path, &e, start.elapsed())),
         }
     }
 }
@@ -278,29 +291,40 @@ const JOURNAL_SIZE_LIMIT: u64 = 16 << 20;
 /// commit) and cuts the WAL to `journal_size_limit`; what is saved is
 /// deleting both files at the end of every spes command and creating them
 /// again (with a directory fsync) at the start of the next.
-#[allow(unsafe_code)]
 async fn persist_wal(conn: &mut sqlx::SqliteConnection) -> std::result::Result<(), sqlx::Error> {
     let mut handle = conn.lock_handle().await?;
-    let db = handle.as_raw_handle().as_ptr();
-    let mut on: std::ffi::c_int = 1;
-    // SAFETY: `db` is this connection's open handle, held (locked) by
-    // `handle` for the whole call; the file name is NUL-terminated; for
-    // SQLITE_FCNTL_PERSIST_WAL SQLite reads and writes one c_int through
-    // the pointer, which points at `on`, alive until the call returns.
-    let rc = unsafe {
-        libsqlite3_sys::sqlite3_file_control(
-            db,
-            c"main".as_ptr(),
-            libsqlite3_sys::SQLITE_FCNTL_PERSIST_WAL,
-            (&raw mut on).cast(),
-        )
-    };
+    // SAFETY: the handle is this connection's, open and held (locked) by
+    // `handle` for the whole call.
+    #[allow(unsafe_code)]
+    let rc = unsafe { persist_wal_raw(handle.as_raw_handle().as_ptr()) };
     if rc == libsqlite3_sys::SQLITE_OK {
         Ok(())
     } else {
         Err(sqlx::Error::Configuration(
             format!("SQLite refused to keep its WAL file (code {rc})").into(),
         ))
+    }
+}
+
+/// [`persist_wal`] on a raw handle: SQLite's result code.
+///
+/// # Safety
+/// `db` must be an open SQLite connection that no other thread uses
+/// during the call.
+#[allow(unsafe_code)]
+unsafe fn persist_wal_raw(db: *mut libsqlite3_sys::sqlite3) -> std::ffi::c_int {
+    let mut on: std::ffi::c_int = 1;
+    // SAFETY: `db` is open and ours for the call (the caller's promise);
+    // the file name is NUL-terminated; for SQLITE_FCNTL_PERSIST_WAL SQLite
+    // reads and writes one c_int through the pointer, which points at
+    // `on`, alive until the call returns.
+    unsafe {
+        libsqlite3_sys::sqlite3_file_control(
+            db,
+            c"main".as_ptr(),
+            libsqlite3_sys::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut on).cast(),
+        )
     }
 }
 
@@ -417,6 +441,15 @@ impl SqliteStore {
                 .acquire_timeout(opts.lock_wait)
                 .connect_lazy_with(base.read_only(true))
         });
+        let appender = appender::Appender::new(
+            path.clone(),
+            appender::Settings {
+                synchronous: opts.durability.pragma(),
+                busy_timeout: opts.busy_timeout,
+                journal_size_limit: JOURNAL_SIZE_LIMIT,
+                max_pages: opts.max_pages,
+            },
+        );
         let store = Self {
             path,
             opts,
@@ -424,6 +457,7 @@ impl SqliteStore {
             readers,
             commits: AtomicU64::new(0),
             appends: crate::group::Appends::new(crate::group::MAX_BATCH),
+            appender,
             statuses: std::sync::Mutex::default(),
         };
         if matches!(state, schema::FileState::Database { current: true }) {
@@ -481,6 +515,7 @@ impl SqliteStore {
         if let Some(readers) = &self.readers {
             readers.close().await;
         }
+        self.appender.close().await;
         self.writer.close().await;
     }
 

@@ -95,8 +95,39 @@ pub(super) fn map(path: &Path, err: &sqlx::Error, waited: Duration) -> StoreErro
     let Some(db) = err.as_database_error() else {
         return StoreError::Backend(err.to_string());
     };
-    let message = db.message().to_owned();
-    let code = code_of(err).unwrap_or(0);
+    by_code(path, code_of(err).unwrap_or(0), db.message(), waited_ms)
+}
+
+/// The extended result code of an error from the journal thread's
+/// connection, if SQLite gave one.
+pub(super) fn lite_code(err: &rusqlite::Error) -> Option<i32> {
+    match err {
+        rusqlite::Error::SqliteFailure(e, _) => Some(e.extended_code),
+        _ => None,
+    }
+}
+
+/// [`is_busy`] for the journal thread's connection.
+pub(super) fn lite_is_busy(err: &rusqlite::Error) -> bool {
+    lite_code(err).is_some_and(|c| classify(c) == Class::Busy)
+}
+
+/// [`map`] for an error from the journal thread's connection.
+pub(super) fn map_lite(path: &Path, err: &rusqlite::Error, waited: Duration) -> StoreError {
+    let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+    match err {
+        rusqlite::Error::SqliteFailure(e, message) => {
+            let fallback = e.to_string();
+            let message = message.as_deref().unwrap_or(&fallback);
+            by_code(path, e.extended_code, message, waited_ms)
+        }
+        other => StoreError::Backend(format!("{}: {other}", path.display())),
+    }
+}
+
+/// The [`StoreError`] for SQLite's result `code` and `message`.
+fn by_code(path: &Path, code: i32, message: &str, waited_ms: u64) -> StoreError {
+    let shown = path.display().to_string();
     match classify(code) {
         Class::Busy => StoreError::Locked {
             path: shown,
@@ -114,7 +145,7 @@ pub(super) fn map(path: &Path, err: &sqlx::Error, waited: Duration) -> StoreErro
             path: shown,
             reason: format!("{message} (SQLite code {code})"),
         },
-        Class::CantOpen => cant_open(path, &message, code),
+        Class::CantOpen => cant_open(path, message, code),
         Class::Full => StoreError::Backend(format!("{shown}: the disk is full ({message})")),
         Class::Constraint | Class::Other => {
             StoreError::Backend(format!("{shown}: {message} (SQLite code {code})"))

@@ -135,6 +135,18 @@ impl EntryRow {
             recorded_at: row.try_get("recorded_at")?,
         })
     }
+
+    /// From a row of [`ENTRY_COLUMNS`] on the journal thread's connection.
+    pub(super) fn from_lite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            run_id: row.get(0)?,
+            seq: row.get(1)?,
+            key: row.get(2)?,
+            kind: row.get(3)?,
+            payload: row.get(4)?,
+            recorded_at: row.get(5)?,
+        })
+    }
 }
 
 impl TryFrom<EntryRow> for Entry {

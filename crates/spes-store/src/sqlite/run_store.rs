@@ -785,28 +785,57 @@ fn decided_already(store: &SqliteStore, decision: &str, at: &str) -> Result<Deci
 }
 
 impl SqliteStore {
-    /// Commits a batch of appends in one `BEGIN IMMEDIATE` transaction
-    /// whose COMMIT is checked, and answers each. In autocommit, `INSERT
-    /// ... RETURNING` would hand its row back before the implicit commit,
-    /// and a commit that then failed (a full disk, an I/O error) would go
-    /// unseen. A failed transaction fails every append in it; an append
-    /// to a run that does not exist fails alone.
+    /// Commits a batch of appends (a lone sequential step's, or many that
+    /// arrived together) as one job on the journal thread: one `BEGIN
+    /// IMMEDIATE` transaction whose COMMIT is checked, then answers each.
+    /// In autocommit, `INSERT ... RETURNING` would hand its row back before
+    /// the implicit commit, and a commit that then failed (a full disk, an
+    /// I/O error) would go unseen. A failed transaction fails every append
+    /// in it; an append to a run that does not exist fails alone.
+    ///
+    /// The writer connection is held meanwhile, so that the store's other
+    /// writes queue behind the batch instead of meeting its lock.
     async fn commit_appends(&self, batch: Vec<Pending<AppendReq, Result<Appended>>>) {
-        let reqs: Vec<&AppendReq> = batch.iter().map(|p| &*p.input).collect();
+        let reqs: Vec<std::sync::Arc<AppendReq>> = batch
+            .iter()
+            .map(|p| std::sync::Arc::clone(&p.input))
+            .collect();
         let reqs = &reqs;
+        let began = std::time::Instant::now();
         let outcome = self
             .retry(|| async move {
-                if let [one] = reqs.as_slice() {
-                    return Ok(vec![self.append_one_shot(one).await?]);
-                }
-                let mut w = self.writer.acquire().await?;
-                let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
-                let mut outs = Vec::with_capacity(reqs.len());
+                let _writer = self.writer.acquire().await?;
+                let job = reqs.clone();
                 let at = fmt_time(now());
-                for r in reqs {
-                    outs.push(self.append_in(&mut tx, r, &at).await?);
+                let found = self
+                    .appender
+                    .run(move |lite| append_batch(lite, &job, &at))
+                    .await
+                    .map_err(|gone| {
+                        Fail::Store(StoreError::Backend(format!(
+                            "{}: {}",
+                            self.path.display(),
+                            gone.0
+                        )))
+                    })?
+                    .map_err(Fail::Lite)?;
+                let mut outs = Vec::with_capacity(found.len());
+                for (r, f) in reqs.iter().zip(found) {
+                    outs.push(match f {
+                        Found::New { seq, status } => {
+                            if reqs.len() == 1 {
+                                self.saw_status(r.run, status.as_deref(), began);
+                            }
+                            Ok(Appended::New(seq))
+                        }
+                        // The key was taken: the first commit wins; entries
+                        // never change.
+                        Found::Taken(row) => Ok(Appended::Existing(
+                            Entry::try_from(row).map_err(|e| self.bad(e))?,
+                        )),
+                        Found::NoRun => Err(StoreError::NotFound(format!("no run {}", r.run))),
+                    });
                 }
-                tx.commit().await?;
                 Ok(outs)
             })
             .await;
@@ -818,126 +847,91 @@ impl SqliteStore {
         answer_appends(batch, outcome);
     }
 
-    /// A lone append (a sequential step) as one command to the writer's
-    /// thread: `BEGIN IMMEDIATE; INSERT ... RETURNING seq; COMMIT`, one
-    /// round trip instead of three. sqlx does not track this transaction,
-    /// so it is ended here on every path: an error rolls it back before the
-    /// connection is let go, and a caller that gives up mid-way
-    /// (its future dropped) closes the connection instead, which rolls back
-    /// whatever the command left open.
-    async fn append_one_shot(&self, r: &AppendReq) -> Result<Result<Appended>, Fail> {
-        let run_id = r.run.to_string();
-        let began = std::time::Instant::now();
-        let mut conn = self.writer.acquire().await?;
-        // Until the command is over: dropped part-way, the connection is
-        // closed (which rolls back what it began), not kept.
-        conn.close_on_drop();
-        let rows = sqlx::query(concat!(
-            "BEGIN IMMEDIATE; ",
-            insert_entry!(),
-            " RETURNING seq, (SELECT status FROM runs WHERE id = ?1); COMMIT"
-        ))
-        .bind(&run_id)
-        .bind(&r.key)
-        .bind(&r.kind)
-        .bind(&r.payload)
-        .bind(fmt_time(now()))
-        // Every statement runs: `fetch_all` (a row limit would stop before COMMIT).
-        .fetch_all(&mut *conn)
-        .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                // Nothing was committed; end what the command began. A
-                // failed COMMIT (a full disk) leaves the transaction open.
-                match sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await {
-                    Ok(_) => {}
-                    Err(re) if re.to_string().contains("no transaction is active") => {}
-                    // Unsure what is open: the connection is closed, not reused.
-                    Err(_) => return Err(Fail::Sql(e)),
-                }
-                conn.keep();
-                // A foreign key failing at the insert is an unknown run; one
-                // failing at COMMIT (a deferred constraint) is the commit's.
-                if constraint(&e) == Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) {
-                    let exists = sqlx::query_scalar::<_, i64>("SELECT 1 FROM runs WHERE id = ?1")
-                        .bind(&run_id)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                    if exists.is_none() {
-                        return Ok(Err(StoreError::NotFound(format!("no run {}", r.run))));
-                    }
-                }
-                return Err(Fail::Sql(e));
+    /// Keeps the run's status as a lone append read it, under the write
+    /// lock in its own statement (a pause or cancel committed before it is
+    /// seen): the engine needs no read of its own after it.
+    fn saw_status(&self, run: RunId, status: Option<&str>, began: std::time::Instant) {
+        let status = status.and_then(|s| s.parse::<RunStatus>().ok());
+        if let (Some(st), Ok(mut seen)) = (status, self.statuses.lock()) {
+            // Bounded: a long-lived process sees many runs.
+            if seen.len() > 4096 {
+                seen.clear();
             }
-        };
-        conn.keep();
-        match rows.first() {
-            Some(row) => {
-                // The run's status, read under the write lock in the same
-                // statement (a pause or cancel committed before it is
-                // seen): the engine needs no read of its own after it.
-                let status = row
-                    .try_get::<Option<String>, _>(1)?
-                    .and_then(|s| s.parse::<RunStatus>().ok());
-                if let (Some(st), Ok(mut seen)) = (status, self.statuses.lock()) {
-                    // Bounded: a long-lived process sees many runs.
-                    if seen.len() > 4096 {
-                        seen.clear();
-                    }
-                    seen.insert(r.run, (st, began));
-                }
-                Ok(Ok(Appended::New(row.try_get::<i64, _>(0)?)))
-            }
-            // The key was taken: the first commit wins; entries never change.
-            None => Ok(Ok(self.existing(&mut *conn, &run_id, &r.key).await?)),
+            seen.insert(run, (st, began));
         }
     }
+}
 
-    /// The entry already under `key`, for an append whose insert found the
-    /// key taken.
-    async fn existing<'c>(
-        &self,
-        on: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,
-        run_id: &str,
-        key: &str,
-    ) -> Result<Appended, Fail> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
-        )))
-        .bind(run_id)
-        .bind(key)
-        .fetch_one(on)
-        .await?;
-        Ok(Appended::Existing(self.entry_from(&row)?))
+/// What one append of a batch found (on the journal thread).
+enum Found {
+    /// Committed under this sequence number; the run's status then.
+    New { seq: i64, status: Option<String> },
+    /// The key was taken already: the entry under it.
+    Taken(row::EntryRow),
+    /// No such run.
+    NoRun,
+}
+
+/// On the journal thread: the batch's appends in one `BEGIN IMMEDIATE`
+/// transaction, committed; on any failure rolled back (a failed COMMIT,
+/// a full disk say, leaves the transaction open until then).
+fn append_batch(
+    lite: &mut super::appender::Lite,
+    reqs: &[std::sync::Arc<AppendReq>],
+    at: &str,
+) -> rusqlite::Result<Vec<Found>> {
+    let c = lite.conn()?;
+    c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let done = insert_all(c, reqs, at)
+        .and_then(|found| c.prepare_cached("COMMIT")?.execute([]).map(|_| found));
+    if done.is_err() {
+        // What is left open is the job's to end (the thread checks too).
+        let _ = c.execute_batch("ROLLBACK");
     }
+    done
+}
 
-    /// One append inside the batch's transaction (the `insert_entry!` statement).
-    async fn append_in(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-        r: &AppendReq,
-        at: &str,
-    ) -> Result<Result<Appended>, Fail> {
-        let run_id = r.run.to_string();
-        let seq = sqlx::query_scalar::<_, i64>(concat!(insert_entry!(), " RETURNING seq"))
-            .bind(&run_id)
-            .bind(&r.key)
-            .bind(&r.kind)
-            .bind(&r.payload)
-            .bind(at)
-            .fetch_optional(&mut *tx)
-            .await;
-        match seq {
-            Ok(Some(seq)) => Ok(Ok(Appended::New(seq))),
-            // The key was taken: the first commit wins; entries never change.
-            Ok(None) => Ok(Ok(self.existing(&mut *tx, &run_id, &r.key).await?)),
+/// Each append of the batch (the `insert_entry!` statement), inside the
+/// open transaction.
+fn insert_all(
+    c: &rusqlite::Connection,
+    reqs: &[std::sync::Arc<AppendReq>],
+    at: &str,
+) -> rusqlite::Result<Vec<Found>> {
+    use rusqlite::OptionalExtension as _;
+    let mut insert = c.prepare_cached(concat!(
+        insert_entry!(),
+        " RETURNING seq, (SELECT status FROM runs WHERE id = ?1)"
+    ))?;
+    let mut found = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let run = r.run.to_string();
+        // With RETURNING, the whole insert happens at the first step.
+        let row = insert
+            .query_row(
+                rusqlite::params![run, r.key, r.kind, r.payload, at],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?)),
+            )
+            .optional();
+        found.push(match row {
+            Ok(Some((seq, status))) => Found::New { seq, status },
+            Ok(None) => Found::Taken(taken(c, &run, &r.key)?),
             // A failed constraint undoes this statement only; the
             // transaction goes on for the rest of the batch.
-            Err(e) if constraint(&e) == Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => {
-                Ok(Err(StoreError::NotFound(format!("no run {}", r.run))))
+            Err(e) if super::error::lite_code(&e) == Some(error::SQLITE_CONSTRAINT_FOREIGNKEY) => {
+                Found::NoRun
             }
-            Err(e) => Err(Fail::Sql(e)),
-        }
+            Err(e) => return Err(e),
+        });
     }
+    Ok(found)
+}
+
+/// The entry already under `key`, for an append whose insert found the
+/// key taken.
+fn taken(c: &rusqlite::Connection, run: &str, key: &str) -> rusqlite::Result<row::EntryRow> {
+    c.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND key = ?2"
+    ))?
+    .query_row(rusqlite::params![run, key], row::EntryRow::from_lite)
 }

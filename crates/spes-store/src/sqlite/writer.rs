@@ -9,11 +9,9 @@
 //! connection behind a fair async mutex gives the same queueing without
 //! that round trip.
 //!
-//! A holder that gives up part-way (its future dropped, or an error that
-//! leaves the connection in an unknown state) marks the connection with
-//! [`WriterConn::close_on_drop`]: it is closed instead of kept, which rolls
-//! back whatever it left open, and the next [`Writer::acquire`] connects
-//! again.
+//! Journal appends are written by a connection of their own (see
+//! `appender`), with this one held meanwhile so that writes still queue
+//! here one at a time.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,10 +72,7 @@ impl Writer {
         if guard.is_none() {
             *guard = Some(Self::open(&self.opts).await?);
         }
-        Ok(WriterConn {
-            guard,
-            close_on_drop: false,
-        })
+        Ok(WriterConn { guard })
     }
 
     /// Closes the connection (a clean close checkpoints the WAL); every
@@ -94,25 +89,11 @@ impl Writer {
 /// The writer connection while one caller holds it.
 pub(crate) struct WriterConn<'a> {
     guard: tokio::sync::MutexGuard<'a, Option<SqliteConnection>>,
-    close_on_drop: bool,
 }
 
-impl WriterConn<'_> {
-    /// Closes the connection when this handle is dropped, unless
-    /// [`WriterConn::keep`] is called first: for work that sqlx does not
-    /// track (a transaction begun by a statement of the caller's own).
-    pub(crate) fn close_on_drop(&mut self) {
-        self.close_on_drop = true;
-    }
-
-    /// Undoes [`WriterConn::close_on_drop`]: the work finished cleanly.
-    pub(crate) fn keep(&mut self) {
-        self.close_on_drop = false;
-    }
-}
-
-// `guard` holds Some from `acquire` until the handle drops (only `Drop`
-// takes it), so the `expect`s below cannot fire.
+// `guard` holds Some from `acquire` until the handle drops (only `close`
+// takes it, and never while a handle is out), so the `expect`s below
+// cannot fire.
 #[allow(clippy::expect_used)]
 impl Deref for WriterConn<'_> {
     type Target = SqliteConnection;
@@ -126,15 +107,5 @@ impl Deref for WriterConn<'_> {
 impl DerefMut for WriterConn<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         self.guard.as_mut().expect("the writer connection is held")
-    }
-}
-
-impl Drop for WriterConn<'_> {
-    fn drop(&mut self) {
-        if self.close_on_drop {
-            // Dropping the connection stops its thread, which closes the
-            // SQLite handle: an open transaction is rolled back.
-            drop(self.guard.take());
-        }
     }
 }
