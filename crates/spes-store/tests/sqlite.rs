@@ -811,11 +811,11 @@ async fn a_closed_store_is_whole_in_its_database_file_and_keeps_its_wal_file() {
     store.close().await;
 }
 
-/// A lone append is one command to the writer's thread (`BEGIN; INSERT;
-/// COMMIT`) that sqlx does not track as a transaction. A caller that gives
-/// up mid-way (its future dropped after one poll) must not leave that
-/// transaction open on a pooled connection: every later append commits,
-/// and each given-up append is either committed once or absent.
+/// A lone append is one job on the journal thread (`BEGIN IMMEDIATE;
+/// INSERT; COMMIT`). A caller that gives up mid-way (its future dropped
+/// after one poll) must not leave that transaction open on the journal's
+/// connection: every later append commits, and each given-up append is
+/// either committed once or absent.
 #[tokio::test]
 async fn appends_given_up_mid_way_leave_no_transaction_open() {
     let (_dir, path) = temp();
@@ -853,10 +853,9 @@ async fn appends_given_up_mid_way_leave_no_transaction_open() {
     store.close().await;
 }
 
-/// The same, dropped while the command waits for the write lock that
-/// another connection holds: the command then runs on without its caller
-/// (BEGIN, then an INSERT whose row nobody takes, so no COMMIT). The
-/// connection it leaves in a transaction must not serve the next append.
+/// The same, dropped while the job waits for the write lock that another
+/// connection holds: the job then runs on without its caller, and must
+/// end its transaction (committed or rolled back) before the next append.
 #[tokio::test]
 async fn an_append_given_up_while_waiting_for_the_lock_leaves_no_transaction_open() {
     let (_dir, path) = temp();
