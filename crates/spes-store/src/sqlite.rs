@@ -261,24 +261,25 @@ where
     let start = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        match op().await {
+        let fail = match op().await {
             Ok(v) => return Ok(v),
-            Err(Fail::Store(e)) => return Err(e),
-            Err(Fail::Sql(e)) if error::is_busy(&e) && start.elapsed() < lock_wait => {
-                let jitter =
-                    Duration::from_micros(u64::from(start.elapsed().subsec_nanos() % 1000));
-                tokio::time::sleep(pause + jitter).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-            Err(Fail::Sql(e)) => return Err(error::map(path, &e, start.elapsed())),
-            Err(Fail::Lite(e)) if error::lite_is_busy(&e) && start.elapsed() < lock_wait => {
-                let jitter =
-                    Duration::from_micros(u64::from(start.elapsed().subsec_nanos() % 1000));
-                tokio::time::sleep(pause + jitter).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-            Err(Fail::Lite(e)) => return Err(error::map_lite(path, &e, start.elapsed())),
+            Err(fail) => fail,
+        };
+        let busy = match &fail {
+            Fail::Sql(e) => error::is_busy(e),
+            Fail::Lite(e) => error::lite_is_busy(e),
+            Fail::Store(_) => false,
+        };
+        if !busy || start.elapsed() >= lock_wait {
+            return Err(match fail {
+                Fail::Sql(e) => error::map(path, &e, start.elapsed()),
+                Fail::Lite(e) => error::map_lite(path, &e, start.elapsed()),
+                Fail::Store(e) => e,
+            });
         }
+        let jitter = Duration::from_micros(u64::from(start.elapsed().subsec_nanos() % 1000));
+        tokio::time::sleep(pause + jitter).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
