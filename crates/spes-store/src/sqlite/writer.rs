@@ -22,8 +22,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 /// See the [module docs](self).
 pub(crate) struct Writer {
+    /// `None` once closed.
     conn: tokio::sync::Mutex<Option<SqliteConnection>>,
-    opts: SqliteConnectOptions,
     /// How long [`Writer::acquire`] waits for the connection.
     wait: Duration,
     closed: AtomicBool,
@@ -44,33 +44,24 @@ impl Writer {
         opts: SqliteConnectOptions,
         wait: Duration,
     ) -> Result<Self, sqlx::Error> {
-        let conn = Self::open(&opts).await?;
+        let mut conn = SqliteConnection::connect_with(&opts).await?;
+        super::persist_wal(&mut conn).await?;
         Ok(Self {
             conn: tokio::sync::Mutex::new(Some(conn)),
-            opts,
             wait,
             closed: AtomicBool::new(false),
         })
-    }
-
-    async fn open(opts: &SqliteConnectOptions) -> Result<SqliteConnection, sqlx::Error> {
-        let mut conn = SqliteConnection::connect_with(opts).await?;
-        super::persist_wal(&mut conn).await?;
-        Ok(conn)
     }
 
     /// The connection, once every earlier holder has let it go (in the
     /// order they asked). Past the lock wait: `PoolTimedOut`, which the
     /// store reports as [`crate::StoreError::Locked`] like a busy file.
     pub(crate) async fn acquire(&self) -> Result<WriterConn<'_>, sqlx::Error> {
-        let mut guard = tokio::time::timeout(self.wait, self.conn.lock())
+        let guard = tokio::time::timeout(self.wait, self.conn.lock())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?;
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || guard.is_none() {
             return Err(sqlx::Error::PoolClosed);
-        }
-        if guard.is_none() {
-            *guard = Some(Self::open(&self.opts).await?);
         }
         Ok(WriterConn { guard })
     }
