@@ -9,8 +9,11 @@
 //!    journal commit right after one bare commit on a file of its own, so
 //!    that both are measured on the disk at the same moments. The target
 //!    (at most 1.5x one synchronous commit) is for `synchronous=FULL`, the
-//!    default; with NORMAL a commit does not fsync, and the figures are
-//!    printed for comparison only.
+//!    default, against the cheapest way to make one: `BEGIN IMMEDIATE;
+//!    INSERT; COMMIT` on the calling thread (rusqlite), with no hand-over
+//!    between threads. The loops through sqlx (which hands each statement
+//!    to its connection's thread) are printed for comparison. With NORMAL
+//!    a commit does not fsync, and every figure is for comparison only.
 //! 2. Resume of a run with 1,000 recorded steps (ms): the last step failed
 //!    on its first attempt; resume answers the 1,000 from the journal.
 //! 3. Store bytes per step for chains whose outputs are 100, 1,000 and
@@ -165,10 +168,12 @@ async fn commit_cost() {
 
         let mut durable = Vec::new();
         let mut bares = Vec::new();
+        let mut directs = Vec::new();
         let mut describe = String::new();
         for _ in 0..ROUNDS {
-            // A bare commit loop beside each round, so that both see the
+            // Bare commit loops beside each round, so that all see the
             // disk in the same state (fsync times drift on a shared disk).
+            directs.push(bare_direct_commit(durability, STEPS));
             bares.push(bare_sqlite_commit(durability, STEPS).await);
             let dir = tempfile::tempdir().unwrap();
             let store = open(dir.path(), durability).await;
@@ -188,19 +193,24 @@ async fn commit_cost() {
             "durable:   {STEPS}-step chain {:.2} ms; durable cost (commit + journal lookup + pause/cancel check) {per_step:.1} µs/step (target < 200 µs) · store {describe}",
             ms(durable)
         );
+        directs.sort_by(f64::total_cmp);
+        let direct = directs[directs.len() / 2];
+        println!(
+            "bare:      one synchronous commit made directly (BEGIN IMMEDIATE; INSERT; COMMIT by rusqlite on the calling thread, a new WAL file, synchronous={}) {direct:.1} µs · durable step costs {:.2}x it ({goal})",
+            durability.pragma(),
+            per_step / direct
+        );
         bares.sort_by(f64::total_cmp);
         let bare = bares[bares.len() / 2];
         println!(
-            "bare:      one bare SQLite commit (BEGIN IMMEDIATE; INSERT; COMMIT, WAL, synchronous={}) {bare:.1} µs · durable step costs {:.2}x a bare commit ({goal})",
-            durability.pragma(),
+            "bare:      the same through sqlx, a statement at a time (each handed to its connection's thread) {bare:.1} µs · durable step costs {:.2}x it (for comparison)",
             per_step / bare
         );
         // The bare loop with its three statements as one command (one
-        // hand-over each way to sqlx's connection thread, as the store's
-        // journal thread takes a lone append as one job).
+        // hand-over each way to sqlx's connection thread).
         let one = bare_sqlite_commit_one_command(durability, STEPS).await;
         println!(
-            "bare:      the same as one command (one round trip to the connection's thread) {one:.1} µs · durable step costs {:.2}x it",
+            "bare:      the same through sqlx as one command (one round trip to the connection's thread) {one:.1} µs · durable step costs {:.2}x it (for comparison)",
             per_step / one
         );
         // The store's own statement on a raw connection: what the SQL costs,
@@ -216,37 +226,42 @@ async fn commit_cost() {
         );
         // The same in files that already hold a run or a loop of commits:
         // a long-lived spes.db, whose WAL no longer grows at each commit.
-        let (warm_step, warm_one) = warm_cost(&engine, &wf, &source, durability, mem).await;
+        let (warm_step, warm_direct, warm_one) =
+            warm_cost(&engine, &wf, &source, durability, mem).await;
         println!(
-            "warm file: durable cost {warm_step:.1} µs/step · bare one-command commit {warm_one:.1} µs · {:.2}x it ({goal})",
+            "warm file: durable cost {warm_step:.1} µs/step · direct bare commit {warm_direct:.1} µs · {:.2}x it ({goal}) · through sqlx as one command {warm_one:.1} µs · {:.2}x it (for comparison)",
+            warm_step / warm_direct,
             warm_step / warm_one
         );
         let (step, bare, rounds) = interleaved_cost(&wf, &source, durability).await;
         println!(
-            "lockstep:  each model call makes one bare one-command commit on a file of its own just before the step's journal commit (both files warm); durable cost {step:.1} µs/step · bare commit {bare:.1} µs · {:.2}x it ({goal}; per round: {rounds})",
+            "lockstep:  each model call makes one bare one-command commit through sqlx on a file of its own just before the step's journal commit (both files warm); durable cost {step:.1} µs/step · bare commit {bare:.1} µs · {:.2}x it (for comparison; per round: {rounds})",
             step / bare
         );
     }
     postgres_cost(&wf, &source, &engine, mem).await;
 }
 
-/// [`commit_cost`]'s durable step and one-command bare commit, each in a
-/// file that already went through one round (its WAL at its working size),
-/// rounds alternating: (µs per durable step, µs per bare commit).
+/// [`commit_cost`]'s durable step, direct bare commit and one-command bare
+/// commit, each in a file that already went through one round (its WAL at
+/// its working size), rounds alternating: (µs per durable step, µs per
+/// direct bare commit, µs per one-command bare commit).
 async fn warm_cost(
     engine: &Engine,
     wf: &Workflow,
     source: &WorkflowSource,
     durability: Durability,
     mem: Duration,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     const STEPS: usize = 200;
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), durability).await;
     let (_bare_dir, mut conn) = bare_sqlite(durability).await;
+    let (_direct_dir, direct_conn) = direct_sqlite(durability);
     let payload = "x".repeat(200);
     let mut durable = Vec::new();
     let mut bare = Vec::new();
+    let mut direct = Vec::new();
     for round in 0..8 {
         let t = Instant::now();
         let (_, end) = engine
@@ -261,16 +276,20 @@ async fn warm_cost(
             one_command_commit(&mut conn, format!("k{round}-{i}"), &payload).await;
             times.push(t.elapsed());
         }
-        // The first round warms both files.
+        let directs = direct_commits(&direct_conn, &format!("k{round}"), STEPS);
+        // The first round warms the files.
         if round > 0 {
             durable.push(took);
             bare.push(us(median(times)));
+            direct.push(directs);
         }
     }
     store.close().await;
     bare.sort_by(f64::total_cmp);
+    direct.sort_by(f64::total_cmp);
     (
         (us(median(durable)) - us(mem)) / STEPS as f64,
+        direct[direct.len() / 2],
         bare[bare.len() / 2],
     )
 }
@@ -440,8 +459,46 @@ async fn bare_sqlite(durability: Durability) -> (tempfile::TempDir, sqlx::Sqlite
     (dir, conn)
 }
 
-/// The median of a bare commit loop on a raw SQLite connection: what one
-/// durable write cannot go below on this disk.
+/// A rusqlite connection (WAL, `durability`) to a new file holding one
+/// table `t (k, v)`, for the direct bare commit loops.
+fn direct_sqlite(durability: Durability) -> (tempfile::TempDir, rusqlite::Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("direct.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", durability.pragma())
+        .unwrap();
+    conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+        .unwrap();
+    (dir, conn)
+}
+
+/// The median of `n` commits (`BEGIN IMMEDIATE; INSERT; COMMIT`) on
+/// `conn`, made on this thread (µs); keys start with `prefix`.
+fn direct_commits(conn: &rusqlite::Connection, prefix: &str, n: usize) -> f64 {
+    let payload = "x".repeat(200);
+    let mut times = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        conn.prepare_cached("INSERT INTO t VALUES (?1, ?2)")
+            .unwrap()
+            .execute(rusqlite::params![format!("{prefix}-{i}"), payload])
+            .unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        times.push(t.elapsed());
+    }
+    us(median(times))
+}
+
+/// The median of a bare commit loop made directly on a new file (see
+/// [`direct_commits`]): what one durable write cannot go below on this
+/// disk.
+fn bare_direct_commit(durability: Durability, n: usize) -> f64 {
+    let (_dir, conn) = direct_sqlite(durability);
+    direct_commits(&conn, "k", n)
+}
+
+/// The median of a bare commit loop on a raw sqlx SQLite connection.
 async fn bare_sqlite_commit(durability: Durability, n: usize) -> f64 {
     let (_dir, mut conn) = bare_sqlite(durability).await;
     let payload = "x".repeat(200);

@@ -4,7 +4,8 @@
 //!
 //! There is no background task and no timer. Each append joins a queue,
 //! then waits for its *turn* (a fair async mutex). Whoever holds the turn
-//! takes everything queued (its own request and every request that
+//! yields once (so that requests made ready by the same wake-up queue
+//! too), then takes everything queued (its own request and every request that
 //! arrived while the previous batch was committing), commits it as one
 //! transaction and answers each request. A caller whose request a
 //! previous turn already answered just takes the answer. So a lone
@@ -146,6 +147,11 @@ impl<I, O> GroupCommit<I, O> {
         let mut rx = self.push(input.clone());
         loop {
             let _turn = self.turn.lock().await;
+            // Let requests made ready by the same wake-up join this batch:
+            // sibling futures of one task (a map's items) are polled only
+            // when this one yields, and a commit may not yield (SQLite's
+            // runs on the calling thread).
+            tokio::task::yield_now().await;
             // Whoever held the turn before us has finished: our request was
             // answered, dropped with its batch, or is still queued.
             match rx.try_recv() {

@@ -1,5 +1,5 @@
-//! The journal's append path: a thread of its own holding a plain SQLite
-//! connection (rusqlite) to the store's file.
+//! The journal's append path: a plain SQLite connection (rusqlite) to the
+//! store's file, used by one job at a time.
 //!
 //! Through sqlx, a lone append (`BEGIN IMMEDIATE; INSERT ... RETURNING;
 //! COMMIT`, one command) is one message to sqlx's connection thread and
@@ -7,26 +7,35 @@
 //! wake-up of the waiting task. Measured on this project's machines (2
 //! cores, a VM), that machinery cost about four times the SQL itself:
 //! 60–75 µs per append with `synchronous=NORMAL`, against 15 µs for the
-//! same statements as one job on a thread of our own. Here a batch of
-//! appends is one job: sent to the thread, run there as one transaction,
-//! answered once.
+//! same statements run by the thread that holds the connection. Here a
+//! batch of appends is one job, run as one transaction on this
+//! connection.
 //!
-//! The thread starts with the first job (a command that never appends
-//! starts none) and opens its connection then; it runs jobs in order and
-//! ends when the store closes. A job ends its transaction before it
-//! returns (COMMIT, or ROLLBACK on any failure); a connection that is
-//! still inside a transaction after a job all the same (its ROLLBACK
-//! failed) or whose job panicked is closed, which rolls back what it held,
-//! and the next job opens a new one. A caller that stops waiting does not
-//! stop its job: the transaction still commits or rolls back whole.
+//! Where a job runs:
+//! - On a multi-thread tokio runtime (the CLI's, the server's), on the
+//!   calling thread itself, inside `block_in_place`: the runtime moves
+//!   that thread's other tasks to another thread meanwhile. A sequential
+//!   step's commit then makes no hand-over between threads at all; on
+//!   these VMs, waking another thread and being woken back cost a tenth
+//!   of a synchronous commit, and far more when the other core is idle.
+//! - On any other runtime (a current-thread one), on tokio's blocking
+//!   pool (`spawn_blocking`): one hand-over each way.
+//!
+//! The connection opens with the first job (a command that never appends
+//! opens none) and closes with the store. A job ends its transaction
+//! before it returns (COMMIT, or ROLLBACK on any failure); a connection
+//! that is still inside a transaction after a job all the same (its
+//! ROLLBACK failed) or whose job panicked is closed, which rolls back what
+//! it held, and the next job opens a new one. Once started, a job runs to
+//! its end: a caller that stops waiting does not stop it (a blocking pool
+//! job is not cancelled with the future that awaits it), so the
+//! transaction commits or rolls back whole.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::oneshot;
 
 /// How the journal thread's connection is set up (as the writer's).
 #[derive(Debug, Clone)]
@@ -100,113 +109,79 @@ fn open(path: &Path, s: &Settings) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-type Job = Box<dyn FnOnce(&mut Lite) + Send>;
-
-enum State {
-    /// No job yet: no thread.
-    Idle,
-    Running {
-        jobs: mpsc::Sender<Job>,
-        /// Answered when the thread has closed its connection.
-        closed: oneshot::Receiver<()>,
-    },
-    Closed,
-}
-
-/// The journal thread is gone (the store was closed, or the thread could
-/// not be started).
+/// The journal's connection is gone (the store was closed), or a job
+/// could not run.
 #[derive(Debug)]
 pub(super) struct Gone(pub(super) String);
 
 /// See the [module docs](self).
 pub(super) struct Appender {
-    path: PathBuf,
-    settings: Settings,
-    state: Mutex<State>,
+    /// `None` once the store is closed.
+    slot: Arc<Mutex<Option<Lite>>>,
 }
 
 impl std::fmt::Debug for Appender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Appender")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Appender").finish_non_exhaustive()
     }
 }
 
 impl Appender {
     pub(super) fn new(path: PathBuf, settings: Settings) -> Self {
         Self {
-            path,
-            settings,
-            state: Mutex::new(State::Idle),
+            slot: Arc::new(Mutex::new(Some(Lite {
+                path,
+                settings,
+                conn: None,
+            }))),
         }
     }
 
-    /// Runs `f` on the journal thread and returns what it returned.
+    /// Runs `f` on the journal's connection and returns what it returned.
     pub(super) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Lite) -> T + Send + 'static,
     ) -> Result<T, Gone> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Box::new(move |lite: &mut Lite| {
-            let out = f(lite);
-            lite.settle();
-            let _ = tx.send(out);
-        }))?;
-        rx.await
-            .map_err(|_| Gone("the journal thread dropped the job (it panicked)".into()))
-    }
-
-    fn send(&self, job: Job) -> Result<(), Gone> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(*state, State::Idle) {
-            *state = self.start()?;
-        }
-        match &*state {
-            State::Running { jobs, .. } => jobs
-                .send(job)
-                .map_err(|_| Gone("the journal thread has stopped".into())),
-            State::Idle | State::Closed => Err(Gone("the store is closed".into())),
-        }
-    }
-
-    fn start(&self) -> Result<State, Gone> {
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let (closed_tx, closed) = oneshot::channel();
-        let mut lite = Lite {
-            path: self.path.clone(),
-            settings: self.settings.clone(),
-            conn: None,
-        };
-        std::thread::Builder::new()
-            .name("spes-journal".into())
-            .spawn(move || {
-                for job in rx {
-                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        job(&mut lite);
-                    }));
-                    if ran.is_err() {
-                        // Whatever the job left open is rolled back.
-                        lite.conn = None;
-                    }
+        let slot = Arc::clone(&self.slot);
+        blocking(move || {
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            let lite = slot
+                .as_mut()
+                .ok_or_else(|| Gone("the store is closed".into()))?;
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(lite))) {
+                Ok(out) => {
+                    lite.settle();
+                    Ok(out)
                 }
-                drop(lite);
-                let _ = closed_tx.send(());
-            })
-            .map_err(|e| Gone(format!("cannot start the journal thread: {e}")))?;
-        Ok(State::Running { jobs, closed })
+                Err(_) => {
+                    // Whatever the job left open is rolled back.
+                    lite.conn = None;
+                    Err(Gone("the journal job panicked".into()))
+                }
+            }
+        })
+        .await?
     }
 
-    /// Lets the thread finish its jobs, close its connection and end;
-    /// later jobs fail.
+    /// Waits for a job under way, then closes the connection; later jobs
+    /// fail.
     pub(super) async fn close(&self) {
-        let state = std::mem::replace(
-            &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner),
-            State::Closed,
-        );
-        if let State::Running { jobs, closed } = state {
-            drop(jobs);
-            let _ = closed.await;
-        }
+        let slot = Arc::clone(&self.slot);
+        let _ = blocking(move || drop(slot.lock().unwrap_or_else(PoisonError::into_inner).take()))
+            .await;
+    }
+}
+
+/// Runs `job`, which may block, where it costs least (see the [module
+/// docs](self)).
+async fn blocking<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, Gone> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => Ok(tokio::task::block_in_place(job)),
+        Ok(_) => tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| Gone(format!("the journal job did not finish: {e}"))),
+        // Not inside a tokio runtime: nothing else to keep running here.
+        Err(_) => Ok(job()),
     }
 }
