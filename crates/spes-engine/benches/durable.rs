@@ -14,6 +14,11 @@
 //!    between threads. The loops through sqlx (which hands each statement
 //!    to its connection's thread) are printed for comparison. With NORMAL
 //!    a commit does not fsync, and every figure is for comparison only.
+//!    On a new file the store writes its WAL ahead of its frames (zeros),
+//!    which the bare loop, plain SQLite, does not: the new-file line shows
+//!    what a user's first run gets against a plain loop, the warm-file
+//!    line compares both files at their working size (no growth in
+//!    either), the strictest comparison of the two.
 //! 2. Resume of a run with 1,000 recorded steps (ms): the last step failed
 //!    on its first attempt; resume answers the 1,000 from the journal.
 //! 3. Store bytes per step for chains whose outputs are 100, 1,000 and
@@ -387,7 +392,7 @@ async fn interleaved_cost(
 }
 
 /// The median of the store's lone-append statements (`BEGIN IMMEDIATE;
-/// INSERT ... RETURNING seq, status; COMMIT`, as the store's journal thread
+/// INSERT ... RETURNING seq, status; COMMIT`, as the store's journal connection
 /// runs them) sent as one command through sqlx on a raw connection to a
 /// store file holding one run.
 async fn bare_store_sql(durability: Durability, n: usize, pooled: bool) -> f64 {

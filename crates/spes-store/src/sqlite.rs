@@ -194,7 +194,7 @@ pub struct SqliteStore {
     commits: AtomicU64,
     /// Appends waiting to be committed together.
     appends: crate::group::Appends,
-    /// Where they are committed: the journal thread.
+    /// Where they are committed: the journal's own connection.
     appender: appender::Appender,
     /// Each run's status as its last lone journal append read it, and
     /// when that append began ([`RunStore::status_read_by_commit`]).
@@ -207,7 +207,7 @@ pub struct SqliteStore {
 #[derive(Debug)]
 enum Fail {
     Sql(sqlx::Error),
-    /// From the journal thread's connection (see `appender`).
+    /// From the journal's connection (see `appender`).
     Lite(rusqlite::Error),
     Store(StoreError),
 }

@@ -811,7 +811,7 @@ async fn a_closed_store_is_whole_in_its_database_file_and_keeps_its_wal_file() {
     store.close().await;
 }
 
-/// A lone append is one job on the journal thread (`BEGIN IMMEDIATE;
+/// A lone append is one job on the journal's connection (`BEGIN IMMEDIATE;
 /// INSERT; COMMIT`). A caller that gives up mid-way (its future dropped
 /// after one poll) must not leave that transaction open on the journal's
 /// connection: every later append commits, and each given-up append is
@@ -939,4 +939,88 @@ async fn a_lone_append_reports_the_status_it_read_under_the_write_lock() {
         Some(RunStatus::Paused)
     );
     store.close().await;
+}
+
+/// With `synchronous=FULL` the journal writes the WAL ahead of its frames
+/// (zeros past its end, under the write lock). Two handles on one file
+/// (two processes, as far as SQLite is concerned) alternate appends, each
+/// writing ahead when the other's frames went past its zeros; then a crash
+/// image is taken (the database and WAL files as a killed process leaves
+/// them, without the `-shm` index, so SQLite rebuilds it from the WAL):
+/// it holds every committed entry, in order, and nothing else, and passes
+/// the integrity check. SQLite never reads the zeros as frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_written_ahead_never_hides_or_invents_an_entry() {
+    const N: usize = 300;
+    let (dir, path) = temp();
+    let a = open(&path).await.unwrap();
+    let b = open(&path).await.unwrap();
+    let run = sample_run();
+    a.create_run(&run).await.unwrap();
+    let wal = path.with_file_name("spes.db-wal");
+    for i in 0..N {
+        let store = if i % 2 == 0 { &a } else { &b };
+        store
+            .append(
+                &run.id,
+                &format!("k{i}"),
+                "model",
+                &json!({ "t": "x".repeat(i * 37 % 3000) }),
+            )
+            .await
+            .unwrap();
+    }
+    let image = dir.path().join("image");
+    std::fs::create_dir(&image).unwrap();
+    std::fs::copy(&path, image.join("spes.db")).unwrap();
+    let copied = std::fs::copy(&wal, image.join("spes.db-wal")).unwrap();
+    a.close().await;
+    b.close().await;
+    assert!(
+        copied > 1 << 20,
+        "the image's WAL holds the frames: {copied} bytes"
+    );
+    // It ends in zeros written ahead: the last 8 KiB (more than a frame,
+    // whose header is never all zeros) are zeros.
+    let bytes = std::fs::read(image.join("spes.db-wal")).unwrap();
+    assert!(
+        bytes[bytes.len() - (8 << 10)..].iter().all(|&b| b == 0),
+        "the WAL was written ahead"
+    );
+    let store = open(&image.join("spes.db")).await.unwrap();
+    let want: Vec<String> = (0..N).map(|i| format!("k{i}")).collect();
+    assert_eq!(keys_of(&store, &run.id).await, want);
+    assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    store.close().await;
+}
+
+/// The WAL's size after a new store's first append.
+async fn wal_after_one_append(durability: Durability) -> u64 {
+    let (_dir, path) = temp();
+    let store = SqliteStore::open(&path, SqliteOptions::default().with_durability(durability))
+        .await
+        .unwrap();
+    let run = sample_run();
+    store.create_run(&run).await.unwrap();
+    store
+        .append(&run.id, "k0", "model", &json!({ "t": "first" }))
+        .await
+        .unwrap();
+    let len = std::fs::metadata(path.with_file_name("spes.db-wal"))
+        .unwrap()
+        .len();
+    store.close().await;
+    len
+}
+
+/// The WAL is written ahead (64 KiB first) with `synchronous=FULL` only:
+/// with NORMAL a commit does not fsync, and the WAL holds only frames.
+#[tokio::test]
+async fn the_wal_is_written_ahead_only_when_commits_fsync() {
+    let full = wal_after_one_append(Durability::Full).await;
+    let normal = wal_after_one_append(Durability::Normal).await;
+    assert!(
+        full >= normal + (48 << 10),
+        "FULL: {full} bytes, NORMAL: {normal} bytes after the same commits"
+    );
 }

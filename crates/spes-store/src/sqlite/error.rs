@@ -98,7 +98,7 @@ pub(super) fn map(path: &Path, err: &sqlx::Error, waited: Duration) -> StoreErro
     by_code(path, code_of(err).unwrap_or(0), db.message(), waited_ms)
 }
 
-/// The extended result code of an error from the journal thread's
+/// The extended result code of an error from the journal's
 /// connection, if SQLite gave one.
 pub(super) fn lite_code(err: &rusqlite::Error) -> Option<i32> {
     match err {
@@ -107,12 +107,12 @@ pub(super) fn lite_code(err: &rusqlite::Error) -> Option<i32> {
     }
 }
 
-/// [`is_busy`] for the journal thread's connection.
+/// [`is_busy`] for the journal's connection.
 pub(super) fn lite_is_busy(err: &rusqlite::Error) -> bool {
     lite_code(err).is_some_and(|c| classify(c) == Class::Busy)
 }
 
-/// [`map`] for an error from the journal thread's connection.
+/// [`map`] for an error from the journal's connection.
 pub(super) fn map_lite(path: &Path, err: &rusqlite::Error, waited: Duration) -> StoreError {
     let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
     match err {

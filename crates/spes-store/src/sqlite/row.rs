@@ -136,7 +136,7 @@ impl EntryRow {
         })
     }
 
-    /// From a row of [`ENTRY_COLUMNS`] on the journal thread's connection.
+    /// From a row of [`ENTRY_COLUMNS`] on the journal's connection.
     pub(super) fn from_lite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             run_id: row.get(0)?,

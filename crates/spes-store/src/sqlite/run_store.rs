@@ -786,7 +786,7 @@ fn decided_already(store: &SqliteStore, decision: &str, at: &str) -> Result<Deci
 
 impl SqliteStore {
     /// Commits a batch of appends (a lone sequential step's, or many that
-    /// arrived together) as one job on the journal thread: one `BEGIN
+    /// arrived together) as one job on the journal's connection: one `BEGIN
     /// IMMEDIATE` transaction whose COMMIT is checked, then answers each.
     /// In autocommit, `INSERT ... RETURNING` would hand its row back before
     /// the implicit commit, and a commit that then failed (a full disk, an
@@ -862,7 +862,7 @@ impl SqliteStore {
     }
 }
 
-/// What one append of a batch found (on the journal thread).
+/// What one append of a batch found (on the journal's connection).
 enum Found {
     /// Committed under this sequence number; the run's status then.
     New { seq: i64, status: Option<String> },
@@ -872,7 +872,7 @@ enum Found {
     NoRun,
 }
 
-/// On the journal thread: the batch's appends in one `BEGIN IMMEDIATE`
+/// On the journal's connection: the batch's appends in one `BEGIN IMMEDIATE`
 /// transaction, committed; on any failure rolled back (a failed COMMIT,
 /// a full disk say, leaves the transaction open until then).
 fn append_batch(
@@ -880,8 +880,7 @@ fn append_batch(
     reqs: &[std::sync::Arc<AppendReq>],
     at: &str,
 ) -> rusqlite::Result<Vec<Found>> {
-    let c = lite.conn()?;
-    c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let c = lite.begin_immediate()?;
     let done = insert_all(c, reqs, at)
         .and_then(|found| c.prepare_cached("COMMIT")?.execute([]).map(|_| found));
     if done.is_err() {
