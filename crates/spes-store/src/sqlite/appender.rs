@@ -81,8 +81,8 @@ pub(super) struct Lite {
 /// as data; a later commit overwrites them.
 #[derive(Debug, Default)]
 struct Ahead {
-    /// The WAL, opened for writing at the first job (not created: SQLite
-    /// makes it); `None` when that failed or writing ahead stopped.
+    /// The WAL, opened for writing by the first job on a connection (not
+    /// created: SQLite makes it).
     file: Option<std::fs::File>,
     /// Writing ahead stopped (an error) or is off (no fsync at commit).
     off: bool,
@@ -97,16 +97,23 @@ struct Ahead {
 
 /// The first extension of the WAL (about five journal commits).
 const AHEAD_MIN: u64 = 64 << 10;
-/// The largest extension: SQLite's automatic checkpoint (every 1,000
-/// pages) restarts the WAL at about this size.
-const AHEAD_MAX: u64 = 4 << 20;
+/// The largest extension: what a run that stops early leaves unused, and
+/// what one commit writes in zeros at most (caps of 256 KiB and 4 MiB
+/// measured alike, within the noise, on a sequential chain and a map).
+const AHEAD_MAX: u64 = 1 << 20;
 
 impl Lite {
     /// The connection, opened now if there is none.
     pub(super) fn conn(&mut self) -> rusqlite::Result<&mut Connection> {
         let conn = match self.conn.take() {
             Some(c) => c,
-            None => open(&self.path, &self.settings)?,
+            None => {
+                let c = open(&self.path, &self.settings)?;
+                // The WAL is opened again too: while this side had no
+                // connection, the last one elsewhere may have removed it.
+                self.ahead = Ahead::default();
+                c
+            }
         };
         Ok(self.conn.insert(conn))
     }
