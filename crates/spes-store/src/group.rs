@@ -5,9 +5,9 @@
 //! There is no background task and no timer. Each append joins a queue,
 //! then waits for its *turn* (a fair async mutex). Whoever holds the turn
 //! yields once (so that requests made ready by the same wake-up queue
-//! too), then takes everything queued (its own request and every request that
-//! arrived while the previous batch was committing), commits it as one
-//! transaction and answers each request. A caller whose request a
+//! too), then takes everything queued (its own request and every request
+//! that arrived while the previous batch was committing), commits it as
+//! one transaction and answers each request. A caller whose request a
 //! previous turn already answered just takes the answer. So a lone
 //! sequential append commits at once, alone (no delay), while appends
 //! that finish together (map items, parallel branches) ride the next

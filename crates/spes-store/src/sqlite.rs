@@ -6,11 +6,11 @@
 //! pool of a few **read-only readers** (or none, with
 //! [`SqliteOptions::with_readers`]`(0)`: reads then share the writer
 //! connection, as the CLI's one-shot commands do). Journal appends are
-//! written by a connection of their own on a thread of their own (see
-//! `appender`), with the writer held meanwhile. Every write runs in a
-//! `BEGIN IMMEDIATE` transaction, so it takes SQLite's write lock up front
-//! and never fails half-way with `SQLITE_BUSY_SNAPSHOT` the way a
-//! deferred transaction upgrading to a writer can. Writers inside one
+//! written by a connection of their own (see `appender`), with the writer
+//! held meanwhile. Every write runs in a `BEGIN IMMEDIATE` transaction,
+//! so it takes SQLite's write lock up front and never fails half-way with
+//! `SQLITE_BUSY_SNAPSHOT` the way a deferred transaction upgrading to a
+//! writer can. Writers inside one
 //! process queue on the writer's mutex (fair, async, no SQLite
 //! busy-polling); writers in other processes (other `spes` commands,
 //! another `SqliteStore`) wait in SQLite's busy handler (`busy_timeout`)

@@ -884,7 +884,7 @@ fn append_batch(
     let done = insert_all(c, reqs, at)
         .and_then(|found| c.prepare_cached("COMMIT")?.execute([]).map(|_| found));
     if done.is_err() {
-        // What is left open is the job's to end (the thread checks too).
+        // What is left open is the job's to end (`Lite::settle` checks too).
         let _ = c.execute_batch("ROLLBACK");
     }
     done
