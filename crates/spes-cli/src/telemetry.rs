@@ -147,11 +147,12 @@ pub(crate) fn install(settings: &Settings) -> Option<Guard> {
             resource.with_service_name(settings.service_name.clone().unwrap_or("spes".into()));
     }
     // The engine hands its finished spans to the batch processor itself
-    // (no SDK tracer provider in between); the resource is set here, as a
+    // (no SDK tracer provider in between), built on a thread of the
+    // tracer's own (`Tracer::batched`); the resource is set here, as a
     // provider would set it.
     let mut processor = BatchSpanProcessor::builder(exporter).build();
     processor.set_resource(&resource.build());
-    let tracer = spes_engine::telemetry::Tracer::new(processor);
+    let tracer = spes_engine::telemetry::Tracer::batched(processor);
     spes_engine::telemetry::set_capture_content(settings.capture_content);
     spes_engine::telemetry::Tracer::set_global(tracer.clone());
     Some(Guard {

@@ -53,6 +53,7 @@ pub fn capture_content() -> bool {
 mod imp {
     use std::borrow::Cow;
     use std::collections::HashSet;
+    use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
     use std::sync::{Arc, Mutex, OnceLock};
     use std::time::{Duration, SystemTime};
 
@@ -61,7 +62,7 @@ mod imp {
         TraceState,
     };
     use opentelemetry::{Context, InstrumentationScope, KeyValue};
-    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
     use opentelemetry_sdk::trace::{
         IdGenerator as _, RandomIdGenerator, SpanData, SpanEvents, SpanLinks, SpanProcessor,
     };
@@ -77,10 +78,47 @@ mod imp {
     pub struct Tracer(Option<Arc<Sink>>);
 
     struct Sink {
+        out: Arc<Out>,
+        ids: RandomIdGenerator,
+        /// With [`Tracer::batched`]: where ended spans wait for the
+        /// thread that hands them on.
+        queue: Option<Queue>,
+    }
+
+    /// What a finished span becomes and where it goes.
+    struct Out {
         processor: Box<dyn SpanProcessor>,
         scope: InstrumentationScope,
-        ids: RandomIdGenerator,
     }
+
+    /// Ended spans, still as the engine recorded them, and the thread
+    /// that builds them into [`SpanData`] for the processor.
+    struct Queue {
+        ended: Arc<Mutex<Vec<Ended>>>,
+        to_thread: SyncSender<Msg>,
+    }
+
+    struct Ended {
+        cx: SpanContext,
+        rec: Rec,
+        end: SystemTime,
+    }
+
+    enum Msg {
+        Batch(Vec<Ended>),
+        /// Hand on every span ended before this message, then answer.
+        Flush(SyncSender<()>),
+    }
+
+    /// Ended spans a batch holds before it goes to the thread.
+    const BATCH: usize = 128;
+    /// Batches that may wait for the thread; more are dropped (as a full
+    /// batch processor drops spans).
+    const BATCHES: usize = 64;
+    /// How long an ended span waits at most when fewer than [`BATCH`] end.
+    const TICK: Duration = Duration::from_millis(500);
+    /// How long a flush waits for the thread.
+    const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
     impl std::fmt::Debug for Tracer {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,17 +128,96 @@ mod imp {
 
     static GLOBAL: OnceLock<Tracer> = OnceLock::new();
 
+    impl Out {
+        fn send(&self, mut e: Ended) {
+            let (name, attributes, status) = e.rec.built();
+            self.processor.on_end(SpanData {
+                span_context: e.cx,
+                parent_span_id: e.rec.parent,
+                parent_span_is_remote: e.rec.parent_remote,
+                span_kind: e.rec.kind,
+                name,
+                start_time: e.rec.start,
+                end_time: e.end,
+                attributes,
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status,
+                instrumentation_scope: self.scope.clone(),
+            });
+        }
+    }
+
+    /// The thread of a batched tracer: builds the spans the engine ended
+    /// and hands them to the processor, a batch at a time, at least every
+    /// [`TICK`]; it ends when the tracer is dropped.
+    fn hand_on(out: &Out, ended: &Mutex<Vec<Ended>>, from_engine: &Receiver<Msg>) {
+        let waiting = || {
+            ended
+                .lock()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()
+        };
+        loop {
+            match from_engine.recv_timeout(TICK) {
+                Ok(Msg::Batch(batch)) => batch.into_iter().for_each(|e| out.send(e)),
+                Ok(Msg::Flush(done)) => {
+                    waiting().into_iter().for_each(|e| out.send(e));
+                    let _ = done.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => waiting().into_iter().for_each(|e| out.send(e)),
+                Err(RecvTimeoutError::Disconnected) => {
+                    waiting().into_iter().for_each(|e| out.send(e));
+                    return;
+                }
+            }
+        }
+    }
+
     impl Tracer {
         /// Spans go to `processor` when they end, as the SDK's tracer
-        /// provider would hand them (instrumentation scope `spes`). Set the
-        /// processor's resource (`SpanProcessor::set_resource`, which a
-        /// tracer provider would call) before handing it over.
+        /// provider would hand them (instrumentation scope `spes`), built
+        /// on the thread that ends them. Set the processor's resource
+        /// (`SpanProcessor::set_resource`, which a tracer provider would
+        /// call) before handing it over.
         #[must_use]
         pub fn new(processor: impl SpanProcessor + 'static) -> Self {
-            Self(Some(Arc::new(Sink {
+            Self::with_queue(processor, false)
+        }
+
+        /// As [`Tracer::new`], but an ended span is only queued by the
+        /// thread that ends it: a thread of the tracer's own builds the
+        /// spans (their attributes, their [`SpanData`]) and hands them to
+        /// `processor`, a batch at a time and at least every half second,
+        /// so that the engine's threads do the least. For a batching
+        /// processor (an exporter's); [`Tracer::force_flush`] and
+        /// [`Tracer::shutdown`] hand on what waits first. When the thread
+        /// cannot be started, spans are built where they end.
+        #[must_use]
+        pub fn batched(processor: impl SpanProcessor + 'static) -> Self {
+            Self::with_queue(processor, true)
+        }
+
+        fn with_queue(processor: impl SpanProcessor + 'static, queued: bool) -> Self {
+            let out = Arc::new(Out {
                 processor: Box::new(processor),
                 scope: InstrumentationScope::builder("spes").build(),
+            });
+            let queue = queued.then(|| {
+                let ended = Arc::new(Mutex::new(Vec::new()));
+                let (to_thread, from_engine) = std::sync::mpsc::sync_channel(BATCHES);
+                let (o, e) = (out.clone(), ended.clone());
+                std::thread::Builder::new()
+                    .name("spes-trace".into())
+                    .spawn(move || hand_on(&o, &e, &from_engine))
+                    .ok()
+                    .map(|_| Queue { ended, to_thread })
+            });
+            Self(Some(Arc::new(Sink {
+                out,
                 ids: RandomIdGenerator::default(),
+                queue: queue.flatten(),
             })))
         }
 
@@ -128,14 +245,18 @@ mod imp {
             self.0.is_some()
         }
 
-        /// Has the processor export the spans it holds now.
+        /// Has the processor export the spans it holds now (and, when
+        /// batched, those still queued).
         ///
         /// # Errors
-        /// The processor's, when it could not.
+        /// The processor's, when it could not; a timeout when the
+        /// tracer's thread did not answer within 5 seconds.
         pub fn force_flush(&self) -> OTelSdkResult {
-            self.0
-                .as_ref()
-                .map_or(Ok(()), |s| s.processor.force_flush())
+            let Some(sink) = &self.0 else {
+                return Ok(());
+            };
+            sink.hand_on_queued()?;
+            sink.out.processor.force_flush()
         }
 
         /// Exports what is left and stops the processor (spans ended later
@@ -144,20 +265,24 @@ mod imp {
         /// # Errors
         /// The processor's, when it could not.
         pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
-            self.0
-                .as_ref()
-                .map_or(Ok(()), |s| s.processor.shutdown_with_timeout(timeout))
+            let Some(sink) = &self.0 else {
+                return Ok(());
+            };
+            let queued = sink.hand_on_queued();
+            sink.out.processor.shutdown_with_timeout(timeout)?;
+            queued
         }
 
         /// A span, the child of `remote` (a stored W3C traceparent) when
         /// it parses, else of `parent` when it is a span, else of the
         /// current context's span when there is one; else the root of a
-        /// new trace.
+        /// new trace. `name` and `attributes` are asked for only when the
+        /// span is recorded.
         pub(crate) fn start(
             &self,
-            name: Cow<'static, str>,
+            name: impl FnOnce() -> Cow<'static, str>,
             kind: SpanKind,
-            attributes: impl FnOnce() -> Vec<KeyValue>,
+            attributes: impl FnOnce() -> (Lazy, Vec<KeyValue>),
             remote: Option<&str>,
             parent: &Span,
         ) -> Span {
@@ -190,13 +315,16 @@ mod imp {
             };
             let cx = SpanContext::new(trace_id, sink.ids.new_span_id(), flags, false, state);
             let rec = flags.is_sampled().then(|| {
+                let (lazy, attributes) = attributes();
                 Mutex::new(Some(Rec {
                     parent: parent_id,
                     parent_remote,
                     kind,
-                    name,
+                    name: name(),
                     start: opentelemetry::time::now(),
-                    attributes: attributes(),
+                    lazy,
+                    replayed: None,
+                    attributes,
                     status: Status::Unset,
                 }))
             });
@@ -205,6 +333,49 @@ mod imp {
                 rec,
                 sink: sink.clone(),
             })))
+        }
+    }
+
+    impl Sink {
+        /// Hands the processor every span ended so far (those queued for
+        /// the thread included).
+        fn hand_on_queued(&self) -> OTelSdkResult {
+            let Some(q) = &self.queue else {
+                return Ok(());
+            };
+            let (done, answered) = std::sync::mpsc::sync_channel(1);
+            q.to_thread
+                .send(Msg::Flush(done))
+                .map_err(|_| OTelSdkError::InternalFailure("the trace thread has ended".into()))?;
+            answered
+                .recv_timeout(FLUSH_WAIT)
+                .map_err(|_| OTelSdkError::Timeout(FLUSH_WAIT))
+        }
+
+        fn ended(&self, cx: &SpanContext, rec: Rec) {
+            let end = opentelemetry::time::now();
+            let Some(q) = &self.queue else {
+                return self.out.send(Ended {
+                    cx: cx.clone(),
+                    rec,
+                    end,
+                });
+            };
+            let Ok(mut ended) = q.ended.lock() else {
+                return;
+            };
+            ended.push(Ended {
+                cx: cx.clone(),
+                rec,
+                end,
+            });
+            if ended.len() >= BATCH {
+                let batch = std::mem::replace(&mut *ended, Vec::with_capacity(BATCH));
+                drop(ended);
+                // A full queue drops the batch (the thread is behind by
+                // BATCHES × BATCH spans); a thread that has ended cannot be.
+                let _ = q.to_thread.try_send(Msg::Batch(batch));
+            }
         }
     }
 
@@ -228,14 +399,129 @@ mod imp {
         }
     }
 
+    /// The attributes of the spans made on every step, kept as the engine
+    /// has them until the span is built (by the tracer's thread when
+    /// batched): fewer allocations where the step runs.
+    pub(crate) enum Lazy {
+        /// All the attributes are in `Rec::attributes`.
+        None,
+        /// A step's span (its name is `step KEY`).
+        Step { key: String, kind: &'static str },
+        /// A model call's span.
+        Model(Model),
+    }
+
+    pub(crate) struct Model {
+        pub(crate) provider_kind: &'static str,
+        pub(crate) provider: Cow<'static, str>,
+        pub(crate) model: Option<Cow<'static, str>>,
+        pub(crate) max_tokens: Option<u32>,
+        pub(crate) temperature: Option<f32>,
+        pub(crate) key: String,
+        pub(crate) answer: Option<Answered>,
+    }
+
+    pub(crate) struct Answered {
+        pub(crate) model: Option<Cow<'static, str>>,
+        pub(crate) id: Option<String>,
+        pub(crate) input_tokens: u64,
+        pub(crate) output_tokens: u64,
+        pub(crate) finish_reason: Cow<'static, str>,
+    }
+
     struct Rec {
         parent: SpanId,
         parent_remote: bool,
         kind: SpanKind,
         name: Cow<'static, str>,
         start: SystemTime,
+        lazy: Lazy,
+        /// `spes.journal.replayed`, once known.
+        replayed: Option<bool>,
+        /// The attributes built already (content, errors, spans other
+        /// than steps and model calls).
         attributes: Vec<KeyValue>,
         status: Status,
+    }
+
+    impl Rec {
+        /// The span's name, all its attributes and its status.
+        fn built(&mut self) -> (Cow<'static, str>, Vec<KeyValue>, Status) {
+            let status = std::mem::replace(&mut self.status, Status::Unset);
+            let later = std::mem::take(&mut self.attributes);
+            let replayed = self
+                .replayed
+                .map(|r| KeyValue::new("spes.journal.replayed", r));
+            let mut name = std::mem::take(&mut self.name);
+            let mut a;
+            match std::mem::replace(&mut self.lazy, Lazy::None) {
+                Lazy::None => {
+                    a = later;
+                    a.extend(replayed);
+                    return (name, a, status);
+                }
+                Lazy::Step { key, kind } => {
+                    a = Vec::with_capacity(3 + later.len());
+                    name = ["step ", &key].concat().into();
+                    a.push(KeyValue::new("openinference.span.kind", "CHAIN"));
+                    a.push(KeyValue::new("spes.step.key", key));
+                    a.push(KeyValue::new("spes.step.kind", kind));
+                }
+                Lazy::Model(m) => {
+                    a = Vec::with_capacity(16 + later.len());
+                    name = match &m.model {
+                        Some(model) => shared_concat("chat ", model),
+                        None => "chat".into(),
+                    };
+                    a.push(KeyValue::new("openinference.span.kind", "LLM"));
+                    a.push(KeyValue::new("gen_ai.operation.name", "chat"));
+                    a.push(KeyValue::new("gen_ai.provider.name", m.provider_kind));
+                    if let Some(model) = m.model {
+                        a.push(KeyValue::new("gen_ai.request.model", model));
+                    }
+                    if let Some(n) = m.max_tokens {
+                        a.push(KeyValue::new("gen_ai.request.max_tokens", i64::from(n)));
+                    }
+                    if let Some(t) = m.temperature {
+                        a.push(KeyValue::new("gen_ai.request.temperature", f64::from(t)));
+                    }
+                    a.push(KeyValue::new("spes.provider", m.provider));
+                    if let Some(s) = super::slot(&m.key) {
+                        a.push(KeyValue::new("spes.attempt", s.to_owned()));
+                    }
+                    a.push(KeyValue::new("spes.step.key", m.key));
+                    a.extend(replayed);
+                    if let Some(r) = m.answer {
+                        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                        if let Some(model) = r.model {
+                            a.push(KeyValue::new("gen_ai.response.model", model));
+                        }
+                        if let Some(id) = r.id {
+                            a.push(KeyValue::new("gen_ai.response.id", id));
+                        }
+                        a.push(KeyValue::new(
+                            "gen_ai.usage.input_tokens",
+                            tokens(r.input_tokens),
+                        ));
+                        a.push(KeyValue::new(
+                            "gen_ai.usage.output_tokens",
+                            tokens(r.output_tokens),
+                        ));
+                        a.push(KeyValue::new(
+                            "gen_ai.response.finish_reasons",
+                            opentelemetry::Value::Array(opentelemetry::Array::String(vec![
+                                r.finish_reason.into(),
+                            ])),
+                        ));
+                    }
+                    a.extend(later);
+                    return (name, a, status);
+                }
+            }
+            a.extend(replayed);
+            a.extend(later);
+            (name, a, status)
+        }
     }
 
     impl Live {
@@ -247,7 +533,7 @@ mod imp {
             }
         }
 
-        /// Hands the finished span to the processor (once).
+        /// Hands the finished span on (once).
         fn end(&self) {
             let Some(Ok(mut slot)) = self.rec.as_ref().map(Mutex::lock) else {
                 return;
@@ -256,21 +542,7 @@ mod imp {
                 return;
             };
             drop(slot);
-            self.sink.processor.on_end(SpanData {
-                span_context: self.cx.clone(),
-                parent_span_id: rec.parent,
-                parent_span_is_remote: rec.parent_remote,
-                span_kind: rec.kind,
-                name: rec.name,
-                start_time: rec.start,
-                end_time: opentelemetry::time::now(),
-                attributes: rec.attributes,
-                dropped_attributes_count: 0,
-                events: SpanEvents::default(),
-                links: SpanLinks::default(),
-                status: rec.status,
-                instrumentation_scope: self.sink.scope.clone(),
-            });
+            self.sink.ended(&self.cx, rec);
         }
     }
 
@@ -299,9 +571,20 @@ mod imp {
             }
         }
 
-        pub(crate) fn set_all(&self, kvs: impl IntoIterator<Item = KeyValue>) {
+        pub(crate) fn set_replayed(&self, replayed: bool) {
             if let Some(live) = &self.0 {
-                live.with(|r| r.attributes.extend(kvs));
+                live.with(|r| r.replayed = Some(replayed));
+            }
+        }
+
+        /// Records a model call's answer on its span.
+        pub(crate) fn answered(&self, answer: Answered) {
+            if let Some(live) = &self.0 {
+                live.with(|r| {
+                    if let Lazy::Model(m) = &mut r.lazy {
+                        m.answer = Some(answer);
+                    }
+                });
             }
         }
 
@@ -325,26 +608,34 @@ mod imp {
         }
     }
 
-    /// `00-TRACE-SPAN-FLAGS` (written by hand: `format!` with the ids'
-    /// `Display` cost several times more, once per model call).
+    /// `00-TRACE-SPAN-FLAGS` (written by hand into a buffer of its
+    /// length: `format!` with the ids' `Display`, or a `String` pushed a
+    /// character at a time, cost several times more, once per model call).
     pub(super) fn format(sc: &SpanContext) -> Option<String> {
-        fn hex(out: &mut String, bytes: &[u8]) {
+        /// The two hex digits of every byte.
+        const HEX: [[u8; 2]; 256] = {
             const DIGITS: &[u8; 16] = b"0123456789abcdef";
-            for b in bytes {
-                out.push(char::from(DIGITS[usize::from(b >> 4)]));
-                out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+            let mut t = [[0u8; 2]; 256];
+            let mut i = 0;
+            while i < 256 {
+                t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+                i += 1;
+            }
+            t
+        };
+        fn hex(out: &mut [u8], bytes: &[u8]) {
+            for (o, b) in out.chunks_exact_mut(2).zip(bytes) {
+                o.copy_from_slice(&HEX[usize::from(*b)]);
             }
         }
-        sc.is_valid().then(|| {
-            let mut out = String::with_capacity(55);
-            out.push_str("00-");
-            hex(&mut out, &sc.trace_id().to_bytes());
-            out.push('-');
-            hex(&mut out, &sc.span_id().to_bytes());
-            out.push('-');
-            hex(&mut out, &[sc.trace_flags().to_u8()]);
-            out
-        })
+        if !sc.is_valid() {
+            return None;
+        }
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex(&mut out[3..35], &sc.trace_id().to_bytes());
+        hex(&mut out[36..52], &sc.span_id().to_bytes());
+        hex(&mut out[53..], &[sc.trace_flags().to_u8()]);
+        String::from_utf8(out.to_vec()).ok()
     }
 
     /// The current context's span's `traceparent`, when it has a span.
@@ -375,13 +666,9 @@ mod imp {
     pub(crate) use opentelemetry::KeyValue as Kv;
     pub(crate) use opentelemetry::trace::SpanKind as Kind;
 
-    /// A string array attribute of one value.
-    pub(crate) fn one_string(key: &'static str, value: &str) -> KeyValue {
-        KeyValue::new(
-            key,
-            opentelemetry::Value::Array(opentelemetry::Array::String(vec![shared(value).into()])),
-        )
-    }
+    /// The strings [`shared`] keeps (a fast hash: at most [`SHARED_MAX`]
+    /// short strings, looked up several times per model call).
+    type Strings = HashSet<&'static str, foldhash::fast::RandomState>;
 
     /// Most distinct strings [`shared`] keeps for the life of the process.
     const SHARED_MAX: usize = 512;
@@ -397,11 +684,24 @@ mod imp {
     /// kept (64 KiB); others are copied each time.
     pub(crate) fn shared(s: &str) -> Cow<'static, str> {
         thread_local! {
-            static SEEN: std::cell::RefCell<HashSet<&'static str>> =
-                std::cell::RefCell::new(HashSet::new());
+            static SEEN: std::cell::RefCell<Strings> =
+                std::cell::RefCell::new(Strings::default());
+            /// The strings found last: most calls ask for one of a few
+            /// (a provider's name, its model), found here without a hash.
+            static RECENT: std::cell::Cell<[&'static str; 4]> =
+                const { std::cell::Cell::new([""; 4]) };
         }
-        static KEPT: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+        static KEPT: Mutex<Option<Strings>> = Mutex::new(None);
+        let recent = RECENT.with(std::cell::Cell::get);
+        if let Some(hit) = recent.iter().find(|r| **r == s) {
+            return Cow::Borrowed(hit);
+        }
+        let remember = |found: &'static str| {
+            let [a, b, c, _] = recent;
+            RECENT.with(|r| r.set([found, a, b, c]));
+        };
         if let Some(hit) = SEEN.with(|seen| seen.borrow().get(s).copied()) {
+            remember(hit);
             return Cow::Borrowed(hit);
         }
         if s.len() > SHARED_LEN {
@@ -410,7 +710,7 @@ mod imp {
         let Ok(mut kept) = KEPT.lock() else {
             return Cow::Owned(s.to_owned());
         };
-        let kept = kept.get_or_insert_with(HashSet::new);
+        let kept = kept.get_or_insert_with(Strings::default);
         let found = match kept.get(s) {
             Some(k) => *k,
             None if kept.len() < SHARED_MAX => {
@@ -421,6 +721,7 @@ mod imp {
             None => return Cow::Owned(s.to_owned()),
         };
         SEEN.with(|seen| seen.borrow_mut().insert(found));
+        remember(found);
         Cow::Borrowed(found)
     }
 
@@ -513,7 +814,7 @@ pub(crate) fn run_span(
     {
         use imp::Kv;
         tracer.start(
-            ["run ", workflow].concat().into(),
+            || ["run ", workflow].concat().into(),
             imp::Kind::Internal,
             || {
                 let mut a = vec![
@@ -524,7 +825,7 @@ pub(crate) fn run_span(
                 if let Some(r) = run {
                     a.push(Kv::new("spes.run.id", r.to_owned()));
                 }
-                a
+                (imp::Lazy::None, a)
             },
             parent,
             &Span::none(),
@@ -549,14 +850,15 @@ pub(crate) fn item_span(tracer: &Tracer, run: &spes_store::Run, key: &str) -> Sp
         let parent = run.settings.trace_parent.as_deref();
         let run = run.id.to_string();
         tracer.start(
-            ["item ", key].concat().into(),
+            || ["item ", key].concat().into(),
             imp::Kind::Internal,
             || {
-                vec![
+                let a = vec![
                     Kv::new("openinference.span.kind", "CHAIN"),
                     Kv::new("spes.run.id", run),
                     Kv::new("spes.step.key", key.to_owned()),
-                ]
+                ];
+                (imp::Lazy::None, a)
             },
             parent,
             &Span::none(),
@@ -574,16 +876,13 @@ pub(crate) fn item_span(tracer: &Tracer, run: &spes_store::Run, key: &str) -> Sp
 pub(crate) fn step_span(tracer: &Tracer, kind: &'static str, key: &str, parent: &Span) -> Span {
     #[cfg(feature = "otel")]
     {
-        use imp::Kv;
+        // Named `step KEY` when it is built.
         tracer.start(
-            ["step ", key].concat().into(),
+            Default::default,
             imp::Kind::Internal,
             || {
-                vec![
-                    Kv::new("openinference.span.kind", "CHAIN"),
-                    Kv::new("spes.step.key", key.to_owned()),
-                    Kv::new("spes.step.kind", kind),
-                ]
+                let key = key.to_owned();
+                (imp::Lazy::Step { key, kind }, Vec::new())
             },
             None,
             parent,
@@ -623,32 +922,20 @@ pub(crate) fn model_span(
         }
         let model = req.model.as_deref().or_else(|| provider.default_model());
         tracer.start(
-            match model {
-                Some(m) => imp::shared_concat("chat ", m),
-                None => "chat".into(),
-            },
+            // Named `chat MODEL` when it is built.
+            Default::default,
             imp::Kind::Client,
             || {
-                // Room for the attributes `calling` and `model_done` add
-                // (the span keeps this vector: no reallocation later).
-                let mut a = Vec::with_capacity(20);
-                a.push(Kv::new("openinference.span.kind", "LLM"));
-                a.push(Kv::new("gen_ai.operation.name", "chat"));
-                a.push(Kv::new("gen_ai.provider.name", provider.kind()));
-                if let Some(m) = model {
-                    a.push(Kv::new("gen_ai.request.model", imp::shared(m)));
-                }
-                if let Some(n) = req.max_tokens {
-                    a.push(Kv::new("gen_ai.request.max_tokens", i64::from(n)));
-                }
-                if let Some(t) = req.temperature {
-                    a.push(Kv::new("gen_ai.request.temperature", f64::from(t)));
-                }
-                a.push(Kv::new("spes.provider", imp::shared(provider.name())));
-                a.push(Kv::new("spes.step.key", key.to_owned()));
-                if let Some(s) = slot(key) {
-                    a.push(Kv::new("spes.attempt", s.to_owned()));
-                }
+                let lazy = imp::Lazy::Model(imp::Model {
+                    provider_kind: provider.kind(),
+                    provider: imp::shared(provider.name()),
+                    model: model.map(imp::shared),
+                    max_tokens: req.max_tokens,
+                    temperature: req.temperature,
+                    key: key.to_owned(),
+                    answer: None,
+                });
+                let mut a = Vec::new();
                 if capture_content() {
                     if let Some(sys) = &req.system {
                         let v = serde_json::json!([{ "type": "text", "content": sys }]);
@@ -660,7 +947,7 @@ pub(crate) fn model_span(
                         serde_json::Value::Array(msgs).to_string(),
                     ));
                 }
-                a
+                (lazy, a)
             },
             None,
             parent,
@@ -705,7 +992,7 @@ fn finish_reason(r: &StopReason) -> &str {
 /// Marks a model or tool call's span as answered from the journal.
 pub(crate) fn replayed(span: &Span) {
     #[cfg(feature = "otel")]
-    span.set(imp::Kv::new("spes.journal.replayed", true));
+    span.set_replayed(true);
     #[cfg(not(feature = "otel"))]
     let _ = span;
 }
@@ -714,7 +1001,7 @@ pub(crate) fn replayed(span: &Span) {
 /// journal.
 pub(crate) fn made(span: &Span) {
     #[cfg(feature = "otel")]
-    span.set(imp::Kv::new("spes.journal.replayed", false));
+    span.set_replayed(false);
     #[cfg(not(feature = "otel"))]
     let _ = span;
 }
@@ -735,20 +1022,13 @@ pub(crate) fn model_done(span: &Span, result: &Result<ChatResponse, Stop>) {
         Ok(r) => {
             use imp::Kv;
             let reason = finish_reason(&r.stop_reason);
-            let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            let model = r
-                .model
-                .as_deref()
-                .map(|m| Kv::new("gen_ai.response.model", imp::shared(m)));
-            let id = r
-                .request_id
-                .as_ref()
-                .map(|id| Kv::new("gen_ai.response.id", id.clone()));
-            span.set_all(model.into_iter().chain(id).chain([
-                Kv::new("gen_ai.usage.input_tokens", tokens(r.usage.input_tokens)),
-                Kv::new("gen_ai.usage.output_tokens", tokens(r.usage.output_tokens)),
-                imp::one_string("gen_ai.response.finish_reasons", reason),
-            ]));
+            span.answered(imp::Answered {
+                model: r.model.as_deref().map(imp::shared),
+                id: r.request_id.clone(),
+                input_tokens: r.usage.input_tokens,
+                output_tokens: r.usage.output_tokens,
+                finish_reason: imp::shared(reason),
+            });
             if capture_content() {
                 let mut parts = Vec::new();
                 if !r.text.is_empty() {
@@ -844,7 +1124,7 @@ pub(crate) fn tool_span(
     {
         use imp::Kv;
         tracer.start(
-            ["execute_tool ", name].concat().into(),
+            || ["execute_tool ", name].concat().into(),
             imp::Kind::Internal,
             || {
                 let mut a = vec![
@@ -857,7 +1137,7 @@ pub(crate) fn tool_span(
                 if capture_content() {
                     a.push(Kv::new("gen_ai.tool.call.arguments", arguments()));
                 }
-                a
+                (imp::Lazy::None, a)
             },
             None,
             parent,

@@ -808,16 +808,18 @@ pub(crate) fn with_step_header(
     cx: &CallContext,
 ) -> RequestBuilder {
     use reqwest::header::{HeaderName, HeaderValue};
-    // Static names: no parsing or allocation per request.
+    // Names made once: no parsing or allocation per request.
+    static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    static STEP: HeaderName = HeaderName::from_static("x-spes-step");
     let rb = match cx.traceparent.as_deref().map(HeaderValue::from_str) {
-        Some(Ok(v)) => rb.header(HeaderName::from_static("traceparent"), v),
+        Some(Ok(v)) => rb.header(TRACEPARENT.clone(), v),
         _ => rb,
     };
     if !cfg.step_header {
         return rb;
     }
     match HeaderValue::from_str(&cx.step_key) {
-        Ok(v) => rb.header(HeaderName::from_static("x-spes-step"), v),
+        Ok(v) => rb.header(STEP.clone(), v),
         _ => rb,
     }
 }

@@ -319,3 +319,75 @@ async fn a_trace_the_caller_does_not_sample_is_carried_but_not_recorded() {
         assert_eq!(step.parent_span_id, run.span_context.span_id());
     }
 }
+
+/// A span as a comparable line: its name, its parent's name and its
+/// attributes (message content left out: capture is process-wide and
+/// another test turns it on).
+fn shape(all: &[SpanData], s: &SpanData) -> String {
+    let parent = all
+        .iter()
+        .find(|p| p.span_context.span_id() == s.parent_span_id)
+        .map_or("-", |p| p.name.as_ref());
+    let mut attrs: Vec<String> = s
+        .attributes
+        .iter()
+        .filter(|kv| {
+            let k = kv.key.as_str();
+            !k.ends_with(".messages")
+                && !k.starts_with("gen_ai.system")
+                && !k.starts_with("gen_ai.tool.call.arg")
+                && !k.starts_with("gen_ai.tool.call.res")
+                && k != "gen_ai.tool.call.id"
+        })
+        .map(|kv| format!("{}={}", kv.key, kv.value))
+        .collect();
+    attrs.sort();
+    format!("{} < {parent} {:?} {}", s.name, s.status, attrs.join(" "))
+}
+
+/// A batched tracer builds the spans on a thread of its own: after a
+/// flush the processor has every span, the same as a tracer that builds
+/// them where they end, batches of more than one send included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_tracer_hands_on_the_same_spans_after_a_flush() {
+    async fn runs(tracer: Tracer, memory: &Memory) -> Vec<String> {
+        let engine = Engine::builder()
+            .tracer(tracer.clone())
+            .provider(scripted(SCRIPT))
+            .tool(crate::agent::adder(Arc::new(AtomicUsize::new(0))))
+            .build();
+        let wf = workflow(WF);
+        for _ in 0..40 {
+            let out = engine
+                .run_with_journal(&wf, BTreeMap::new(), Arc::new(MemoryJournal::default()))
+                .await
+                .unwrap();
+            assert_eq!(out.output, Some(json!("ANSWER-MARK 5")));
+        }
+        tracer.force_flush().unwrap();
+        let spans = std::mem::take(&mut *memory.0.lock().unwrap());
+        let mut lines: Vec<String> = spans.iter().map(|s| shape(&spans, s)).collect();
+        lines.sort();
+        lines
+    }
+    let (direct, queued) = (Memory::default(), Memory::default());
+    let built_here = runs(
+        Tracer::new(SimpleSpanProcessor::new(direct.clone())),
+        &direct,
+    )
+    .await;
+    let batched = runs(
+        Tracer::batched(SimpleSpanProcessor::new(queued.clone())),
+        &queued,
+    )
+    .await;
+    // 40 runs of a run span, a step, two model calls and a tool call.
+    assert_eq!(built_here.len(), 40 * 5, "{built_here:#?}");
+    assert_eq!(batched, built_here);
+    assert!(
+        batched
+            .iter()
+            .any(|l| l.starts_with("step plan < run helper")),
+        "{batched:#?}"
+    );
+}
