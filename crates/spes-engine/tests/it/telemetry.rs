@@ -350,6 +350,7 @@ fn shape(all: &[SpanData], s: &SpanData) -> String {
 /// them where they end, batches of more than one send included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batched_tracer_hands_on_the_same_spans_after_a_flush() {
+    const RUNS: usize = 120;
     async fn runs(tracer: Tracer, memory: &Memory) -> Vec<String> {
         let engine = Engine::builder()
             .tracer(tracer.clone())
@@ -357,7 +358,9 @@ async fn a_batched_tracer_hands_on_the_same_spans_after_a_flush() {
             .tool(crate::agent::adder(Arc::new(AtomicUsize::new(0))))
             .build();
         let wf = workflow(WF);
-        for _ in 0..40 {
+        // More spans than one batch of the queue (512): one goes to the
+        // thread as it fills, the rest with the flush.
+        for _ in 0..RUNS {
             let out = engine
                 .run_with_journal(&wf, BTreeMap::new(), Arc::new(MemoryJournal::default()))
                 .await
@@ -381,8 +384,8 @@ async fn a_batched_tracer_hands_on_the_same_spans_after_a_flush() {
         &queued,
     )
     .await;
-    // 40 runs of a run span, a step, two model calls and a tool call.
-    assert_eq!(built_here.len(), 40 * 5, "{built_here:#?}");
+    // Each run: its run span, a step, two model calls and a tool call.
+    assert_eq!(built_here.len(), RUNS * 5, "{built_here:#?}");
     assert_eq!(batched, built_here);
     assert!(
         batched
