@@ -394,3 +394,33 @@ async fn a_batched_tracer_hands_on_the_same_spans_after_a_flush() {
         "{batched:#?}"
     );
 }
+
+/// A batch that does not fill still reaches the processor, without a
+/// flush, once the tracer's thread has waited half a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_tracer_hands_on_a_partial_batch_without_a_flush() {
+    let memory = Memory::default();
+    let engine = Engine::builder()
+        .tracer(Tracer::batched(SimpleSpanProcessor::new(memory.clone())))
+        .provider(scripted(SCRIPT))
+        .tool(crate::agent::adder(Arc::new(AtomicUsize::new(0))))
+        .build();
+    engine
+        .run_with_journal(
+            &workflow(WF),
+            BTreeMap::new(),
+            Arc::new(MemoryJournal::default()),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Polled for up to 10 s: the thread's wait is half a second.
+    while memory.0.lock().unwrap().len() < 5
+        && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let spans = memory.0.lock().unwrap();
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    assert!(spans.iter().any(|s| s.name == "run helper"));
+}
