@@ -210,8 +210,9 @@ mod imp {
         /// As [`Tracer::new`], but an ended span is only queued by the
         /// thread that ends it: a thread of the tracer's own builds the
         /// spans (their attributes, their [`SpanData`]) and hands them to
-        /// `processor`, a batch at a time and at least every half second,
-        /// so that the engine's threads do the least. For a batching
+        /// `processor`: 512 at a time, and those of a batch not yet full
+        /// once half a second passes without a full one, so that the
+        /// engine's threads do the least. For a batching
         /// processor (an exporter's); [`Tracer::force_flush`] and
         /// [`Tracer::shutdown`] hand on what waits first. When the thread
         /// cannot be started, spans are built where they end.
@@ -479,80 +480,81 @@ mod imp {
     impl Rec {
         /// The span's name, all its attributes and its status.
         fn built(&mut self) -> (Cow<'static, str>, Vec<KeyValue>, Status) {
-            let status = std::mem::replace(&mut self.status, Status::Unset);
             let later = std::mem::take(&mut self.attributes);
-            let replayed = self
-                .replayed
-                .map(|r| KeyValue::new("spes.journal.replayed", r));
-            let mut name = std::mem::take(&mut self.name);
-            let mut a;
-            match std::mem::replace(&mut self.lazy, Lazy::None) {
-                Lazy::None => {
-                    a = later;
-                    a.extend(replayed);
-                    return (name, a, status);
-                }
+            let (name, mut a) = match std::mem::replace(&mut self.lazy, Lazy::None) {
+                Lazy::None => (std::mem::take(&mut self.name), later),
                 Lazy::Step { key, kind } => {
-                    a = Vec::with_capacity(3 + later.len());
-                    name = ["step ", &key].concat().into();
+                    let mut a = Vec::with_capacity(4 + later.len());
+                    let name = ["step ", &key].concat().into();
                     a.push(KeyValue::new("openinference.span.kind", "CHAIN"));
                     a.push(KeyValue::new("spes.step.key", key));
                     a.push(KeyValue::new("spes.step.kind", kind));
+                    a.extend(later);
+                    (name, a)
                 }
-                Lazy::Model(m) => {
-                    a = Vec::with_capacity(16 + later.len());
-                    name = match &m.model {
+                Lazy::Model(m) => (
+                    match &m.model {
                         Some(model) => shared_concat("chat ", model),
                         None => "chat".into(),
-                    };
-                    a.push(KeyValue::new("openinference.span.kind", "LLM"));
-                    a.push(KeyValue::new("gen_ai.operation.name", "chat"));
-                    a.push(KeyValue::new("gen_ai.provider.name", m.provider_kind));
-                    if let Some(model) = m.model {
-                        a.push(KeyValue::new("gen_ai.request.model", model));
-                    }
-                    if let Some(n) = m.max_tokens {
-                        a.push(KeyValue::new("gen_ai.request.max_tokens", i64::from(n)));
-                    }
-                    if let Some(t) = m.temperature {
-                        a.push(KeyValue::new("gen_ai.request.temperature", f64::from(t)));
-                    }
-                    a.push(KeyValue::new("spes.provider", m.provider));
-                    if let Some(s) = super::slot(&m.key) {
-                        a.push(KeyValue::new("spes.attempt", s.to_owned()));
-                    }
-                    a.push(KeyValue::new("spes.step.key", m.key));
-                    a.extend(replayed);
-                    if let Some(r) = m.answer {
-                        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-                        if let Some(model) = r.model {
-                            a.push(KeyValue::new("gen_ai.response.model", model));
-                        }
-                        if let Some(id) = r.id {
-                            a.push(KeyValue::new("gen_ai.response.id", id));
-                        }
-                        a.push(KeyValue::new(
-                            "gen_ai.usage.input_tokens",
-                            tokens(r.input_tokens),
-                        ));
-                        a.push(KeyValue::new(
-                            "gen_ai.usage.output_tokens",
-                            tokens(r.output_tokens),
-                        ));
-                        a.push(KeyValue::new(
-                            "gen_ai.response.finish_reasons",
-                            opentelemetry::Value::Array(opentelemetry::Array::String(vec![
-                                r.finish_reason.into(),
-                            ])),
-                        ));
-                    }
-                    a.extend(later);
-                    return (name, a, status);
-                }
-            }
-            a.extend(replayed);
-            a.extend(later);
+                    },
+                    m.attributes(later),
+                ),
+            };
+            a.extend(
+                self.replayed
+                    .map(|r| KeyValue::new("spes.journal.replayed", r)),
+            );
+            let status = std::mem::replace(&mut self.status, Status::Unset);
             (name, a, status)
+        }
+    }
+
+    impl Model {
+        /// The GenAI attributes of a model call, then `later`.
+        fn attributes(self, later: Vec<KeyValue>) -> Vec<KeyValue> {
+            let mut a = Vec::with_capacity(16 + later.len());
+            a.push(KeyValue::new("openinference.span.kind", "LLM"));
+            a.push(KeyValue::new("gen_ai.operation.name", "chat"));
+            a.push(KeyValue::new("gen_ai.provider.name", self.provider_kind));
+            if let Some(model) = self.model {
+                a.push(KeyValue::new("gen_ai.request.model", model));
+            }
+            if let Some(n) = self.max_tokens {
+                a.push(KeyValue::new("gen_ai.request.max_tokens", i64::from(n)));
+            }
+            if let Some(t) = self.temperature {
+                a.push(KeyValue::new("gen_ai.request.temperature", f64::from(t)));
+            }
+            a.push(KeyValue::new("spes.provider", self.provider));
+            if let Some(s) = super::slot(&self.key) {
+                a.push(KeyValue::new("spes.attempt", s.to_owned()));
+            }
+            a.push(KeyValue::new("spes.step.key", self.key));
+            if let Some(r) = self.answer {
+                let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                if let Some(model) = r.model {
+                    a.push(KeyValue::new("gen_ai.response.model", model));
+                }
+                if let Some(id) = r.id {
+                    a.push(KeyValue::new("gen_ai.response.id", id));
+                }
+                a.push(KeyValue::new(
+                    "gen_ai.usage.input_tokens",
+                    tokens(r.input_tokens),
+                ));
+                a.push(KeyValue::new(
+                    "gen_ai.usage.output_tokens",
+                    tokens(r.output_tokens),
+                ));
+                a.push(KeyValue::new(
+                    "gen_ai.response.finish_reasons",
+                    opentelemetry::Value::Array(opentelemetry::Array::String(vec![
+                        r.finish_reason.into(),
+                    ])),
+                ));
+            }
+            a.extend(later);
+            a
         }
     }
 
