@@ -180,6 +180,8 @@ impl opentelemetry_sdk::trace::SpanExporter for Discard {
 
 /// Set by the benchmark for the child process that measures part 2.
 const PART_2: &str = "SPES_OTEL_BENCH_PART_2";
+/// How a part 2 process tells its parent the percentage tracing added.
+const ADDED: &str = "part 2, percent added: ";
 
 /// Part 2, in a process of its own: rounds alternate between an engine
 /// without a tracer (as `spes` runs with no endpoint) and the same engine
@@ -328,13 +330,16 @@ fn in_one_process() {
     // would drop spans: shown, not hidden).
     let made = (rounds + 50) * (1 + 2 * STEPS);
     let (off, on) = (median(off), median(on));
+    let added = (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0;
     println!(
         "chain10/http in one process: tracing off {:.0} µs, on (OTLP/HTTP to loopback) {:.0} µs per chain (median of {rounds}); {:+.1}% wall time, {:+.1} µs per step; {spans} of {made} spans exported",
         us(off),
         us(on),
-        (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0,
+        added,
         (us(on) - us(off)) / STEPS as f64
     );
+    // For the parent, which prints the processes' figures together.
+    println!("{ADDED}{added}");
     assert!(
         spans > 0 || std::env::var_os("SPES_OTEL_BENCH_UNSAMPLED").is_some(),
         "no span arrived"
@@ -416,17 +421,10 @@ fn main() {
         );
         let text = String::from_utf8_lossy(&out.stdout);
         for line in text.lines() {
-            if i == 0 || line.starts_with("chain10/http in one process: tracing off") {
+            if let Some(pct) = line.strip_prefix(ADDED) {
+                added.push(pct.parse::<f64>().unwrap());
+            } else if i == 0 || line.starts_with("chain10/http in one process: tracing off") {
                 println!("{line}");
-            }
-            // "...; +4.4% wall time, ..."
-            if let Some(pct) = line
-                .strip_prefix("chain10/http in one process: tracing off")
-                .and_then(|l| l.split("; ").nth(1))
-                .and_then(|p| p.strip_suffix("% wall time, ").or(p.split('%').next()))
-                .and_then(|p| p.trim_start_matches('+').parse::<f64>().ok())
-            {
-                added.push(pct);
             }
         }
     }
