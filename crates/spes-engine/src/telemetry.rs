@@ -167,11 +167,13 @@ mod imp {
         spare: &Mutex<Vec<Vec<Ended>>>,
         from_engine: &Receiver<Msg>,
     ) {
-        let waiting = || {
-            ended
+        // The spans of the batch not yet full.
+        let send_waiting = || {
+            let waiting = ended
                 .lock()
                 .map(|mut v| std::mem::take(&mut *v))
-                .unwrap_or_default()
+                .unwrap_or_default();
+            waiting.into_iter().for_each(|e| out.send(e));
         };
         loop {
             match from_engine.recv_timeout(TICK) {
@@ -184,12 +186,12 @@ mod imp {
                     }
                 }
                 Ok(Msg::Flush(done)) => {
-                    waiting().into_iter().for_each(|e| out.send(e));
+                    send_waiting();
                     let _ = done.send(());
                 }
-                Err(RecvTimeoutError::Timeout) => waiting().into_iter().for_each(|e| out.send(e)),
+                Err(RecvTimeoutError::Timeout) => send_waiting(),
                 Err(RecvTimeoutError::Disconnected) => {
-                    waiting().into_iter().for_each(|e| out.send(e));
+                    send_waiting();
                     return;
                 }
             }
