@@ -252,6 +252,119 @@ async fn commit_cost() {
     postgres_cost(&wf, &source, &engine, mem).await;
 }
 
+/// The durable 200-step chain alone, with `synchronous=NORMAL`, against
+/// the same chain in memory, rounds alternating (`SPES_DURABLE_BENCH_ROUNDS`,
+/// default 20): the CPU a durable step costs beside its fsync.
+async fn steps_cost() {
+    const STEPS: usize = 200;
+    let rounds = std::env::var("SPES_DURABLE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20usize);
+    let (wf, source) = chain(STEPS);
+    let engine = replying("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Normal).await;
+    let (mut mem, mut durable) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        engine.run(&wf, BTreeMap::new()).await.unwrap();
+        mem.push(t.elapsed());
+        let t = Instant::now();
+        let (_, end) = engine
+            .start(store.clone(), &wf, &source, BTreeMap::new())
+            .await
+            .unwrap();
+        durable.push(t.elapsed());
+        assert!(matches!(end, RunEnd::Completed(_)));
+    }
+    // The append alone, on the same (warm) file, into a run of its own.
+    let (id, _) = engine
+        .start(store.clone(), &wf, &source, BTreeMap::new())
+        .await
+        .unwrap();
+    let payload = store.entries(&id).await.unwrap()[0].payload.clone();
+    let mut appends = Vec::new();
+    for round in 0..rounds {
+        let t = Instant::now();
+        for i in 0..STEPS {
+            store
+                .append(&id, &format!("bench/{round}/{i}"), "model", &payload)
+                .await
+                .unwrap();
+        }
+        appends.push(t.elapsed());
+    }
+    store.close().await;
+    println!(
+        "steps:     RunStore::append alone (synchronous=NORMAL, warm file) {:.1} µs/entry",
+        us(median(appends)) / STEPS as f64
+    );
+    let (direct, _) = bare_direct_commit(Durability::Normal, 2000);
+    let sql = direct_store_sql(Durability::Normal, 2000).await;
+    println!(
+        "steps:     the store's append statements made directly (rusqlite, calling thread) {sql:.1} µs · a bare commit made directly {direct:.1} µs (medians)"
+    );
+    let (mem, durable) = (median(mem), median(durable));
+    println!(
+        "steps:     {STEPS}-step chain in memory {:.1} µs/step, durable (synchronous=NORMAL, warm file) {:.1} µs/step: durable cost {:.1} µs/step without its fsync",
+        us(mem) / STEPS as f64,
+        us(durable) / STEPS as f64,
+        (us(durable) - us(mem)) / STEPS as f64
+    );
+}
+
+/// The median of `n` commits of the store's own append statements (as
+/// `insert_all` in the store makes them), made by rusqlite on the calling
+/// thread into a new store file: what the SQL costs without the store's
+/// machinery around it (µs).
+async fn direct_store_sql(durability: Durability, n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), durability).await;
+    let run = spes_store::testing::sample_run();
+    store.create_run(&run).await.unwrap();
+    store.close().await;
+    let conn = rusqlite::Connection::open(dir.path().join("spes.db")).unwrap();
+    conn.pragma_update(None, "synchronous", durability.pragma())
+        .unwrap();
+    conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+    let payload = "x".repeat(600);
+    let id = run.id.to_string();
+    let mut times = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        conn.prepare_cached("BEGIN IMMEDIATE")
+            .unwrap()
+            .execute([])
+            .unwrap();
+        let (_status, seq): (String, i64) = conn
+            .prepare_cached(
+                "SELECT status, (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries WHERE run_id = ?1) \
+                 FROM runs WHERE id = ?1",
+            )
+            .unwrap()
+            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        conn.prepare_cached(
+            "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (run_id, key) DO NOTHING",
+        )
+        .unwrap()
+        .execute(rusqlite::params![
+            id,
+            seq,
+            format!("step{i}"),
+            "model",
+            payload,
+            "2026-01-01T00:00:00.000000Z"
+        ])
+        .unwrap();
+        conn.prepare_cached("COMMIT").unwrap().execute([]).unwrap();
+        times.push(t.elapsed());
+    }
+    us(median(times))
+}
+
 /// [`commit_cost`]'s durable step, direct bare commit and one-command bare
 /// commit, each in a file that already went through one round (its WAL at
 /// its working size), rounds alternating: (µs per durable step, (median,
@@ -428,9 +541,11 @@ async fn bare_store_sql(durability: Durability, n: usize, pooled: bool) -> f64 {
     for i in 0..n {
         let t = Instant::now();
         let q = sqlx::query(
-            "BEGIN IMMEDIATE; INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
-             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM entries WHERE run_id = ?1 \
-             ON CONFLICT (run_id, key) DO NOTHING RETURNING seq, (SELECT status FROM runs WHERE id = ?1); COMMIT",
+            "BEGIN IMMEDIATE; \
+             SELECT status, (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries WHERE run_id = ?1) FROM runs WHERE id = ?1; \
+             INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries WHERE run_id = ?1), ?2, ?3, ?4, ?5) \
+             ON CONFLICT (run_id, key) DO NOTHING; COMMIT",
         )
         .bind(&id)
         .bind(format!("step{i}"))
@@ -865,6 +980,11 @@ fn main() {
         .collect();
     let wanted = |p: &str| parts.is_empty() || parts.iter().any(|a| a == p);
     rt.block_on(async {
+        // Not part of a run of them all: a loop to profile (callgrind,
+        // perf), with `synchronous=NORMAL` so that no fsync hides the CPU.
+        if parts.iter().any(|a| a == "steps") {
+            steps_cost().await;
+        }
         if wanted("commit") {
             commit_cost().await;
         }

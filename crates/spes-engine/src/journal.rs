@@ -380,11 +380,12 @@ impl Journal for StoreJournal {
     }
 
     async fn record(&self, key: &str, effect: Effect) -> Result<Effect, RecordError> {
-        let payload = serde_json::to_value(&effect)
+        // Encoded once, straight to text (no `serde_json::Value` between).
+        let payload = spes_store::Encoded::new(&effect)
             .map_err(|e| JournalError::Corrupt(format!("the effect cannot be encoded: {e}")))?;
         let winner = match self
             .store
-            .append(&self.run, key, effect.kind(), &payload)
+            .append_encoded(&self.run, key, effect.kind(), payload)
             .await
             .map_err(|e| RecordError::Store(e.to_string()))?
         {

@@ -57,8 +57,8 @@ use async_trait::async_trait;
 
 pub use error::{Candidate, MAX_CANDIDATES, StoreError};
 pub use types::{
-    Appended, CacheStats, ComponentPin, CostBy, CostRow, Decided, Entry, Gate, GateFilter, NewGate,
-    NewRun, Run, RunId, RunPatch, RunQuery, RunSettings, RunStatus, RunUsage,
+    Appended, CacheStats, ComponentPin, CostBy, CostRow, Decided, Encoded, Entry, Gate, GateFilter,
+    NewGate, NewRun, Run, RunId, RunPatch, RunQuery, RunSettings, RunStatus, RunUsage,
 };
 
 /// Opens the store named by `url`: `sqlite://PATH` (relative paths as
@@ -192,6 +192,21 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         key: &str,
         kind: &str,
         payload: &serde_json::Value,
+    ) -> Result<Appended> {
+        let payload = Encoded::new(payload)
+            .map_err(|e| StoreError::Backend(format!("cannot encode payload: {e}")))?;
+        self.append_encoded(id, key, kind, payload).await
+    }
+
+    /// [`RunStore::append`] with the payload encoded by the caller, straight
+    /// from its own type: no [`serde_json::Value`] is built on the way (the
+    /// engine's journal commits every effect this way).
+    async fn append_encoded(
+        &self,
+        id: &RunId,
+        key: &str,
+        kind: &str,
+        payload: Encoded,
     ) -> Result<Appended>;
 
     /// The entry under `key`.

@@ -406,3 +406,29 @@ pub enum Decided {
         decided_at: DateTime<Utc>,
     },
 }
+
+/// A JSON value encoded as text, for [`crate::RunStore::append_encoded`].
+/// Made only by [`Encoded::new`], so it always holds valid JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded(String);
+
+impl Encoded {
+    /// Encodes `value` as JSON.
+    ///
+    /// # Errors
+    /// When `value`'s `Serialize` fails (a map with keys that are not
+    /// strings, say).
+    pub fn new<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::to_string(value).map(Self)
+    }
+
+    /// The JSON text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        self.0
+    }
+}

@@ -10,8 +10,9 @@ use super::{Fail, PostgresStore, error};
 use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
-    Appended, CacheStats, CostBy, CostRow, Decided, Entry, Gate, GateFilter, NewGate, NewRun,
-    Result, Run, RunId, RunPatch, RunQuery, RunSettings, RunStatus, RunStore, RunUsage, StoreError,
+    Appended, CacheStats, CostBy, CostRow, Decided, Encoded, Entry, Gate, GateFilter, NewGate,
+    NewRun, Result, Run, RunId, RunPatch, RunQuery, RunSettings, RunStatus, RunStore, RunUsage,
+    StoreError,
 };
 
 pub(super) fn no_run(id: &RunId) -> Fail {
@@ -383,18 +384,18 @@ impl RunStore for PostgresStore {
         .await
     }
 
-    async fn append(
+    async fn append_encoded(
         &self,
         id: &RunId,
         key: &str,
         kind: &str,
-        payload: &serde_json::Value,
+        payload: Encoded,
     ) -> Result<Appended> {
         let req = AppendReq {
             run: *id,
             key: key.to_owned(),
             kind: kind.to_owned(),
-            payload: row::json(payload)?,
+            payload: payload.into_string(),
         };
         // Appends that arrive together share one transaction (one commit).
         self.appends
