@@ -1,8 +1,8 @@
 //! The journal's append path: a plain SQLite connection (rusqlite) to the
 //! store's file, used by one job at a time.
 //!
-//! Through sqlx, a lone append (`BEGIN IMMEDIATE; INSERT ... RETURNING;
-//! COMMIT`, one command) is one message to sqlx's connection thread and
+//! Through sqlx, a lone append (`BEGIN IMMEDIATE`, its statements and
+//! `COMMIT`, one command) is one message to sqlx's connection thread and
 //! one message back for every statement's result and every row, each a
 //! wake-up of the waiting task. Measured on this project's machines (2
 //! cores, a VM), that machinery cost about four times the SQL itself:

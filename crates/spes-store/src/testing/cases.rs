@@ -537,6 +537,54 @@ pub async fn append_returns_new_then_existing_keeping_first_payload(store: Arc<d
     assert_eq!(store.entries(&run.id).await.unwrap().len(), 1);
 }
 
+/// A payload encoded by the caller ([`RunStore::append_encoded`]) is stored
+/// and read back as the same JSON as one given as a value, and follows the
+/// same rules: the next seq, and a taken key keeps its first entry.
+pub async fn append_encoded_is_append_with_the_payload_already_encoded(store: Arc<dyn RunStore>) {
+    #[derive(serde::Serialize)]
+    struct Effect<'a> {
+        text: &'a str,
+        tokens: u32,
+        tags: Vec<&'a str>,
+    }
+    let run = created(&*store).await;
+    let effect = Effect {
+        text: "caf\u{e9} \"quoted\"\n",
+        tokens: 7,
+        tags: vec!["a", "b"],
+    };
+    store
+        .append(&run.id, "step/a", "model", &json!({"n": 1}))
+        .await
+        .unwrap();
+    let encoded = crate::Encoded::new(&effect).unwrap();
+    assert_eq!(
+        store
+            .append_encoded(&run.id, "step/b", "model", encoded.clone())
+            .await
+            .unwrap(),
+        Appended::New(2)
+    );
+    let other = crate::Encoded::new(&json!({"other": true})).unwrap();
+    match store
+        .append_encoded(&run.id, "step/b", "model", other)
+        .await
+        .unwrap()
+    {
+        Appended::Existing(e) => assert_eq!(e.seq, 2),
+        Appended::New(_) => panic!("a taken key wrote a new entry"),
+    }
+    let e = store.entry(&run.id, "step/b").await.unwrap().unwrap();
+    assert_eq!(
+        e.payload,
+        json!({"text": "caf\u{e9} \"quoted\"\n", "tokens": 7, "tags": ["a", "b"]})
+    );
+    assert_eq!(
+        e.payload,
+        serde_json::from_str::<serde_json::Value>(encoded.as_str()).unwrap()
+    );
+}
+
 /// Entries come back in commit order with seq 1, 2, 3, ...
 pub async fn entries_come_in_commit_order(store: Arc<dyn RunStore>) {
     let run = created(&*store).await;
