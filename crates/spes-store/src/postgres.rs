@@ -164,6 +164,9 @@ pub struct PostgresStore {
     /// The (provider, count) whose shared concurrency slots this handle
     /// made sure exist.
     slots_made: Mutex<std::collections::HashSet<(String, i32)>>,
+    /// Each run's status as its last lone journal append read it, and
+    /// when that append began ([`crate::RunStore::status_read_by_commit`]).
+    statuses: Mutex<std::collections::HashMap<crate::RunId, (crate::RunStatus, Instant)>>,
 }
 
 /// The channel a transaction that makes a task ready notifies (`pg_notify`,
@@ -251,6 +254,7 @@ impl PostgresStore {
             appends: crate::group::Appends::new(crate::group::MAX_BATCH),
             fenced: crate::group::FencedAppends::new(crate::group::MAX_BATCH),
             slots_made: Mutex::default(),
+            statuses: Mutex::default(),
         };
         store.first_connection().await?;
         store.migrate().await?;

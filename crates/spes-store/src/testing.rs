@@ -72,6 +72,7 @@ macro_rules! conformance {
                 racing_claims_of_a_dead_owners_run_exactly_one_wins,
                 append_returns_new_then_existing_keeping_first_payload,
                 append_encoded_is_append_with_the_payload_already_encoded,
+                a_lone_append_reports_the_status_its_commit_read,
                 entries_come_in_commit_order,
                 entries_after_a_seq_come_in_order_and_bounded,
                 usage_sums_the_model_calls_of_each_run,

@@ -46,13 +46,31 @@ pub(super) async fn append_locked(
     kind: &str,
     payload: &str,
 ) -> Result<Appended, Fail> {
+    append_reading_status(conn, shown, id, key, kind, payload)
+        .await
+        .map(|(appended, _)| appended)
+}
+
+/// [`append_locked`], and with a new entry the run's status as the same
+/// statement read it (from the run's row it locks and moves on): a pause
+/// or cancel committed before the append is seen, and the caller needs no
+/// read of its own after it.
+async fn append_reading_status(
+    conn: &mut PgConnection,
+    shown: &str,
+    id: &RunId,
+    key: &str,
+    kind: &str,
+    payload: &str,
+) -> Result<(Appended, Option<String>), Fail> {
     let run_id = id.to_string();
-    let seq = sqlx::query_scalar::<_, i64>(
+    let row = sqlx::query_as::<_, (i64, String)>(
         "WITH bump AS (UPDATE runs SET last_seq = last_seq + 1 WHERE id = $1 \
              AND (SELECT 1 FROM entries e WHERE e.run_id = $1 AND e.key = $2) IS NULL \
-             RETURNING last_seq) \
-         INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
-         SELECT $1, last_seq, $2, $3, $4, clock_timestamp() FROM bump RETURNING seq",
+             RETURNING last_seq, status), \
+         ins AS (INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+             SELECT $1, last_seq, $2, $3, $4, clock_timestamp() FROM bump RETURNING seq) \
+         SELECT ins.seq, bump.status FROM ins, bump",
     )
     .bind(&run_id)
     .bind(key)
@@ -60,8 +78,11 @@ pub(super) async fn append_locked(
     .bind(payload)
     .fetch_all(&mut *conn)
     .await;
-    match seq {
-        Ok(v) if !v.is_empty() => return Ok(Appended::New(v[0])),
+    match row {
+        Ok(mut v) if !v.is_empty() => {
+            let (seq, status) = v.swap_remove(0);
+            return Ok((Appended::New(seq), Some(status)));
+        }
         Ok(_) => {}
         Err(e) if error::code_of(&e).as_deref() == Some(error::UNIQUE_VIOLATION) => {}
         Err(e) => return Err(e.into()),
@@ -74,7 +95,7 @@ pub(super) async fn append_locked(
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| no_run(id))?;
-    Ok(Appended::Existing(row::entry(shown, &row)?))
+    Ok((Appended::Existing(row::entry(shown, &row)?), None))
 }
 
 /// Applies a compare-and-set transition inside a transaction.
@@ -631,6 +652,17 @@ impl RunStore for PostgresStore {
         Self::close(self).await;
     }
 
+    fn commits_read_status(&self) -> bool {
+        true
+    }
+
+    fn status_read_by_commit(&self, id: &RunId, since: std::time::Instant) -> Option<RunStatus> {
+        let seen = self.statuses.lock().ok()?;
+        seen.get(id)
+            .filter(|(_, began)| *began >= since)
+            .map(|(st, _)| *st)
+    }
+
     async fn set_settings(&self, id: &RunId, settings: &RunSettings) -> Result<()> {
         let run_id = &id.to_string();
         let settings =
@@ -831,6 +863,20 @@ impl PostgresStore {
     /// Commits a batch of appends in one transaction and answers each. An
     /// append to a run that does not exist fails the batch's transaction:
     /// then each append is tried alone, so that only it fails.
+    /// Keeps the run's status as a lone append's statement read it (see
+    /// `append_reading_status`): the engine needs no read of its own after
+    /// it ([`RunStore::status_read_by_commit`]).
+    fn saw_status(&self, run: RunId, status: &str, began: std::time::Instant) {
+        let status = status.parse::<RunStatus>().ok();
+        if let (Some(st), Ok(mut seen)) = (status, self.statuses.lock()) {
+            // Bounded: a long-lived process sees many runs.
+            if seen.len() > 4096 {
+                seen.clear();
+            }
+            seen.insert(run, (st, began));
+        }
+    }
+
     async fn commit_appends(&self, batch: Vec<Pending<AppendReq, Result<Appended>>>) {
         let reqs: Vec<&AppendReq> = batch.iter().map(|p| &*p.input).collect();
         let outcome =
@@ -861,10 +907,15 @@ impl PostgresStore {
     async fn append_batch(&self, reqs: &[&AppendReq]) -> Result<Vec<Appended>, Fail> {
         if let [r] = reqs {
             // One entry: one autocommit statement, one round trip.
+            let began = std::time::Instant::now();
             let mut conn = self.pool.acquire().await?;
-            return append_locked(&mut conn, &self.shown, &r.run, &r.key, &r.kind, &r.payload)
-                .await
-                .map(|a| vec![a]);
+            let (appended, status) =
+                append_reading_status(&mut conn, &self.shown, &r.run, &r.key, &r.kind, &r.payload)
+                    .await?;
+            if let Some(status) = status {
+                self.saw_status(r.run, &status, began);
+            }
+            return Ok(vec![appended]);
         }
         let mut runs: Vec<RunId> = reqs.iter().map(|r| r.run).collect();
         runs.sort_unstable();

@@ -585,6 +585,56 @@ pub async fn append_encoded_is_append_with_the_payload_already_encoded(store: Ar
     );
 }
 
+/// A lone append reads the run's status inside its own commit: a pause
+/// committed before the append is what it reports, only for callers
+/// asking about a moment at or before the append began, and an append that
+/// finds its key taken reports nothing.
+pub async fn a_lone_append_reports_the_status_its_commit_read(store: Arc<dyn RunStore>) {
+    assert!(store.commits_read_status());
+    let run = created(&*store).await;
+    let before = std::time::Instant::now();
+    store
+        .append(&run.id, "a", "model", &json!(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.status_read_by_commit(&run.id, before),
+        Some(RunStatus::Running)
+    );
+    // Asked about a later moment: this commit is too old to answer.
+    assert_eq!(
+        store.status_read_by_commit(&run.id, std::time::Instant::now()),
+        None
+    );
+    store
+        .transition(
+            &run.id,
+            &[RunStatus::Running],
+            RunStatus::Paused,
+            RunPatch::default(),
+        )
+        .await
+        .unwrap();
+    let before = std::time::Instant::now();
+    store
+        .append(&run.id, "b", "model", &json!(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.status_read_by_commit(&run.id, before),
+        Some(RunStatus::Paused)
+    );
+    let before = std::time::Instant::now();
+    assert!(matches!(
+        store
+            .append(&run.id, "b", "model", &json!(3))
+            .await
+            .unwrap(),
+        Appended::Existing(_)
+    ));
+    assert_eq!(store.status_read_by_commit(&run.id, before), None);
+}
+
 /// Entries come back in commit order with seq 1, 2, 3, ...
 pub async fn entries_come_in_commit_order(store: Arc<dyn RunStore>) {
     let run = created(&*store).await;
