@@ -152,18 +152,7 @@ async fn commit_cost() {
             .start(store.clone(), &wf, &source, BTreeMap::new())
             .await
             .unwrap();
-        let payload = store.entries(&id).await.unwrap()[0].payload.clone();
-        let mut appends = Vec::new();
-        for round in 0..ROUNDS {
-            let t = Instant::now();
-            for i in 0..STEPS {
-                store
-                    .append(&id, &format!("bench/{round}/{i}"), "model", &payload)
-                    .await
-                    .unwrap();
-            }
-            appends.push(t.elapsed());
-        }
+        let appends = append_rounds(&store, &id, ROUNDS, STEPS).await;
         store.close().await;
         println!(
             "append:    RunStore::append alone {:.1} µs/entry · store {}",
@@ -252,6 +241,30 @@ async fn commit_cost() {
     postgres_cost(&wf, &source, &engine, mem).await;
 }
 
+/// `rounds` rounds of `n` [`RunStore::append`]s in a row to run `id`, each
+/// with the payload of the run's first entry under a new key: how long
+/// each round took.
+async fn append_rounds(
+    store: &SqliteStore,
+    id: &spes_store::RunId,
+    rounds: usize,
+    n: usize,
+) -> Vec<Duration> {
+    let payload = store.entries(id).await.unwrap()[0].payload.clone();
+    let mut took = Vec::new();
+    for round in 0..rounds {
+        let t = Instant::now();
+        for i in 0..n {
+            store
+                .append(id, &format!("bench/{round}/{i}"), "model", &payload)
+                .await
+                .unwrap();
+        }
+        took.push(t.elapsed());
+    }
+    took
+}
+
 /// The durable 200-step chain alone, with `synchronous=NORMAL`, against
 /// the same chain in memory, rounds alternating (`SPES_DURABLE_BENCH_ROUNDS`,
 /// default 20): the CPU a durable step costs beside its fsync.
@@ -283,18 +296,7 @@ async fn steps_cost() {
         .start(store.clone(), &wf, &source, BTreeMap::new())
         .await
         .unwrap();
-    let payload = store.entries(&id).await.unwrap()[0].payload.clone();
-    let mut appends = Vec::new();
-    for round in 0..rounds {
-        let t = Instant::now();
-        for i in 0..STEPS {
-            store
-                .append(&id, &format!("bench/{round}/{i}"), "model", &payload)
-                .await
-                .unwrap();
-        }
-        appends.push(t.elapsed());
-    }
+    let appends = append_rounds(&store, &id, rounds, STEPS).await;
     store.close().await;
     println!(
         "steps:     RunStore::append alone (synchronous=NORMAL, warm file) {:.1} µs/entry",

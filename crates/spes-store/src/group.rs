@@ -71,6 +71,42 @@ pub(crate) fn answer_appends<I>(
     }
 }
 
+/// Each run's status as its last lone journal append read it inside its
+/// own commit, and when that append began: what
+/// [`crate::RunStore::status_read_by_commit`] answers.
+#[derive(Debug, Default)]
+pub(crate) struct Statuses(
+    Mutex<std::collections::HashMap<crate::RunId, (crate::RunStatus, std::time::Instant)>>,
+);
+
+impl Statuses {
+    /// Keeps `status` (as stored) for `run`, read by an append that began
+    /// at `began`.
+    pub(crate) fn saw(&self, run: crate::RunId, status: &str, began: std::time::Instant) {
+        let status = status.parse::<crate::RunStatus>().ok();
+        if let (Some(st), Ok(mut seen)) = (status, self.0.lock()) {
+            // Bounded: a long-lived process sees many runs.
+            if seen.len() > 4096 {
+                seen.clear();
+            }
+            seen.insert(run, (st, began));
+        }
+    }
+
+    /// The status the last lone append of `run` read, if it began at or
+    /// after `since`.
+    pub(crate) fn since(
+        &self,
+        run: &crate::RunId,
+        since: std::time::Instant,
+    ) -> Option<crate::RunStatus> {
+        let seen = self.0.lock().ok()?;
+        seen.get(run)
+            .filter(|(_, began)| *began >= since)
+            .map(|(st, _)| *st)
+    }
+}
+
 /// One queued request and where its answer goes.
 pub(crate) struct Pending<I, O> {
     /// The request.

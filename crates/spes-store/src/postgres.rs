@@ -166,7 +166,7 @@ pub struct PostgresStore {
     slots_made: Mutex<std::collections::HashSet<(String, i32)>>,
     /// Each run's status as its last lone journal append read it, and
     /// when that append began ([`crate::RunStore::status_read_by_commit`]).
-    statuses: Mutex<std::collections::HashMap<crate::RunId, (crate::RunStatus, Instant)>>,
+    statuses: crate::group::Statuses,
 }
 
 /// The channel a transaction that makes a task ready notifies (`pg_notify`,
@@ -254,7 +254,7 @@ impl PostgresStore {
             appends: crate::group::Appends::new(crate::group::MAX_BATCH),
             fenced: crate::group::FencedAppends::new(crate::group::MAX_BATCH),
             slots_made: Mutex::default(),
-            statuses: Mutex::default(),
+            statuses: crate::group::Statuses::default(),
         };
         store.first_connection().await?;
         store.migrate().await?;

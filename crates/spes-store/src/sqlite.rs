@@ -198,8 +198,7 @@ pub struct SqliteStore {
     appender: appender::Appender,
     /// Each run's status as its last lone journal append read it, and
     /// when that append began ([`RunStore::status_read_by_commit`]).
-    statuses:
-        std::sync::Mutex<std::collections::HashMap<crate::RunId, (crate::RunStatus, Instant)>>,
+    statuses: crate::group::Statuses,
 }
 
 /// Why one attempt failed: a database error (maybe worth retrying) or a
@@ -459,7 +458,7 @@ impl SqliteStore {
             commits: AtomicU64::new(0),
             appends: crate::group::Appends::new(crate::group::MAX_BATCH),
             appender,
-            statuses: std::sync::Mutex::default(),
+            statuses: crate::group::Statuses::default(),
         };
         if matches!(state, schema::FileState::Database { current: true }) {
             // The probe's checks (identity, quick_check) on the writer: a

@@ -657,10 +657,7 @@ impl RunStore for PostgresStore {
     }
 
     fn status_read_by_commit(&self, id: &RunId, since: std::time::Instant) -> Option<RunStatus> {
-        let seen = self.statuses.lock().ok()?;
-        seen.get(id)
-            .filter(|(_, began)| *began >= since)
-            .map(|(st, _)| *st)
+        self.statuses.since(id, since)
     }
 
     async fn set_settings(&self, id: &RunId, settings: &RunSettings) -> Result<()> {
@@ -863,20 +860,6 @@ impl PostgresStore {
     /// Commits a batch of appends in one transaction and answers each. An
     /// append to a run that does not exist fails the batch's transaction:
     /// then each append is tried alone, so that only it fails.
-    /// Keeps the run's status as a lone append's statement read it (see
-    /// `append_reading_status`): the engine needs no read of its own after
-    /// it ([`RunStore::status_read_by_commit`]).
-    fn saw_status(&self, run: RunId, status: &str, began: std::time::Instant) {
-        let status = status.parse::<RunStatus>().ok();
-        if let (Some(st), Ok(mut seen)) = (status, self.statuses.lock()) {
-            // Bounded: a long-lived process sees many runs.
-            if seen.len() > 4096 {
-                seen.clear();
-            }
-            seen.insert(run, (st, began));
-        }
-    }
-
     async fn commit_appends(&self, batch: Vec<Pending<AppendReq, Result<Appended>>>) {
         let reqs: Vec<&AppendReq> = batch.iter().map(|p| &*p.input).collect();
         let outcome =
@@ -913,7 +896,7 @@ impl PostgresStore {
                 append_reading_status(&mut conn, &self.shown, &r.run, &r.key, &r.kind, &r.payload)
                     .await?;
             if let Some(status) = status {
-                self.saw_status(r.run, &status, began);
+                self.statuses.saw(r.run, &status, began);
             }
             return Ok(vec![appended]);
         }

@@ -607,10 +607,7 @@ impl RunStore for SqliteStore {
     }
 
     fn status_read_by_commit(&self, id: &RunId, since: std::time::Instant) -> Option<RunStatus> {
-        let seen = self.statuses.lock().ok()?;
-        seen.get(id)
-            .filter(|(_, began)| *began >= since)
-            .map(|(st, _)| *st)
+        self.statuses.since(id, since)
     }
 
     async fn set_settings(&self, id: &RunId, settings: &RunSettings) -> Result<()> {
@@ -812,7 +809,7 @@ impl SqliteStore {
                     outs.push(match f {
                         Found::New { seq, status } => {
                             if reqs.len() == 1 {
-                                self.saw_status(r.run, &status, began);
+                                self.statuses.saw(r.run, &status, began);
                             }
                             Ok(Appended::New(seq))
                         }
@@ -833,20 +830,6 @@ impl SqliteStore {
             self.committed().await;
         }
         answer_appends(batch, outcome);
-    }
-
-    /// Keeps the run's status as a lone append read it, under the write
-    /// lock in the append's transaction (a pause or cancel committed before
-    /// it is seen): the engine needs no read of its own after it.
-    fn saw_status(&self, run: RunId, status: &str, began: std::time::Instant) {
-        let status = status.parse::<RunStatus>().ok();
-        if let (Some(st), Ok(mut seen)) = (status, self.statuses.lock()) {
-            // Bounded: a long-lived process sees many runs.
-            if seen.len() > 4096 {
-                seen.clear();
-            }
-            seen.insert(run, (st, began));
-        }
     }
 }
 
