@@ -29,6 +29,12 @@
 //!    taking the answer as text, per step (µs; target < 100 µs); and the
 //!    check alone (`check_answer`: parse + validate).
 //!
+//! 5. Not run with the others, only when named (`-- steps`): the durable
+//!    chain with `synchronous=NORMAL` against the chain in memory, the
+//!    append alone, and the store's append statements made directly, a
+//!    loop to profile the CPU a durable step costs beside its fsync
+//!    (`SPES_DURABLE_BENCH_ROUNDS`, default 20).
+//!
 //! Prints figures; asserts only that the runs did what they should.
 #![allow(
     clippy::unwrap_used,
@@ -302,10 +308,11 @@ async fn steps_cost() {
         "steps:     RunStore::append alone (synchronous=NORMAL, warm file) {:.1} µs/entry",
         us(median(appends)) / STEPS as f64
     );
-    let (direct, _) = bare_direct_commit(Durability::Normal, 2000);
-    let sql = direct_store_sql(Durability::Normal, 2000).await;
+    // Their means hold the checkpoints, which sync with NORMAL too.
+    let (direct, direct_mean) = bare_direct_commit(Durability::Normal, 2000);
+    let (sql, sql_mean) = direct_store_sql(Durability::Normal, 2000).await;
     println!(
-        "steps:     the store's append statements made directly (rusqlite, calling thread) {sql:.1} µs · a bare commit made directly {direct:.1} µs (medians)"
+        "steps:     the store's append statements made directly (rusqlite, calling thread) median {sql:.1} µs, mean {sql_mean:.1} µs · a bare commit made directly median {direct:.1} µs, mean {direct_mean:.1} µs"
     );
     let (mem, durable) = (median(mem), median(durable));
     println!(
@@ -316,11 +323,11 @@ async fn steps_cost() {
     );
 }
 
-/// The median of `n` commits of the store's own append statements (as
-/// `insert_all` in the store makes them), made by rusqlite on the calling
-/// thread into a new store file: what the SQL costs without the store's
-/// machinery around it (µs).
-async fn direct_store_sql(durability: Durability, n: usize) -> f64 {
+/// The median and mean of `n` commits of the store's own append
+/// statements (as `insert_all` in the store makes them), made by rusqlite
+/// on the calling thread into a new store file: what the SQL costs without
+/// the store's machinery around it (µs).
+async fn direct_store_sql(durability: Durability, n: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), durability).await;
     let run = spes_store::testing::sample_run();
@@ -364,7 +371,8 @@ async fn direct_store_sql(durability: Durability, n: usize) -> f64 {
         conn.prepare_cached("COMMIT").unwrap().execute([]).unwrap();
         times.push(t.elapsed());
     }
-    us(median(times))
+    let mean = times.iter().copied().map(us).sum::<f64>() / n as f64;
+    (us(median(times)), mean)
 }
 
 /// [`commit_cost`]'s durable step, direct bare commit and one-command bare
