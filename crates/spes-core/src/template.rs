@@ -112,7 +112,16 @@ pub struct Template {
     /// When the whole template is one `{{ expr }}`, the expression, so that
     /// structured values (lists, objects) pass through unchanged.
     single_expr: Option<Arc<str>>,
+    /// The template compiled, in an environment of its own (a clone of the
+    /// shared one: its filters and tests are shared, not copied), made at
+    /// the first render and shared by every clone: a step rendered many
+    /// times (each step of a long run, each map item) is compiled once.
+    compiled: Arc<OnceLock<Environment<'static>>>,
 }
+
+/// The name a template has in its own environment (as minijinja names a
+/// template made from a string).
+const COMPILED_NAME: &str = "<string>";
 
 impl fmt::Debug for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -134,6 +143,7 @@ impl Template {
                 single_expr: single_expression(source)
                     .filter(|e| is_plain_path(e))
                     .map(Arc::from),
+                compiled: Arc::default(),
             });
         }
         Self::parse_full(source)
@@ -141,10 +151,17 @@ impl Template {
 
     /// [`Template::parse`] through minijinja's parser.
     fn parse_full(source: &str) -> Result<Self, TemplateError> {
-        let t = env()
-            .template_from_str(source)
+        // Compiled once, in the environment renders use.
+        let mut compiled = env().clone();
+        compiled
+            .add_template_owned(COMPILED_NAME, source.to_owned())
             .map_err(|e| TemplateError::from_mj(&e))?;
-        let reads: BTreeSet<String> = t.undeclared_variables(false).into_iter().collect();
+        let reads: BTreeSet<String> = compiled
+            .get_template(COMPILED_NAME)
+            .map_err(|e| TemplateError::from_mj(&e))?
+            .undeclared_variables(false)
+            .into_iter()
+            .collect();
         let single_expr = single_expression(source).and_then(|expr| {
             env()
                 .compile_expression(expr)
@@ -155,6 +172,7 @@ impl Template {
             source: source.into(),
             reads: Arc::new(reads),
             single_expr,
+            compiled: Arc::new(OnceLock::from(compiled)),
         })
     }
 
@@ -192,11 +210,25 @@ impl Template {
             return Ok(self.source.to_string());
         }
         let value = context_value(&self.reads, ctx, locals);
-        let t = env()
-            .template_from_str(&self.source)
+        let t = self
+            .compiled()?
+            .get_template(COMPILED_NAME)
             .map_err(|e| TemplateError::from_mj(&e))?;
         t.render(value)
             .map_err(|e| explain(&self.reads, ctx, locals, &e))
+    }
+
+    /// The environment holding this template compiled (compiled now when
+    /// no render compiled it before).
+    fn compiled(&self) -> Result<&Environment<'static>, TemplateError> {
+        if let Some(e) = self.compiled.get() {
+            return Ok(e);
+        }
+        let mut e = env().clone();
+        e.add_template_owned(COMPILED_NAME, self.source.to_string())
+            .map_err(|e| TemplateError::from_mj(&e))?;
+        // Two first renders at once may both compile; one is kept.
+        Ok(self.compiled.get_or_init(|| e))
     }
 
     /// Evaluates to a JSON value: a single `{{ expr }}` keeps the expression's
@@ -599,5 +631,40 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn a_template_compiled_once_renders_each_context_with_every_bound() {
+        // Plain slots (parsed by the scan, compiled at the first render)
+        // and full syntax (compiled by the parse): each render of the same
+        // template, or of a clone, sees its own context.
+        for source in ["Hi {{ name }}", "{% if name %}Hi {{ name }}{% endif %}"] {
+            let t = Template::parse(source).unwrap();
+            let copy = t.clone();
+            assert_eq!(t.render(&ctx(&json!({"name": "a"})), None).unwrap(), "Hi a");
+            assert_eq!(
+                copy.render(&ctx(&json!({"name": "b"})), None).unwrap(),
+                "Hi b"
+            );
+            let locals = ctx(&json!({"name": "c"}));
+            assert_eq!(
+                t.render(&ctx(&json!({"name": "a"})), Some(&locals))
+                    .unwrap(),
+                "Hi c"
+            );
+            // Strict about undefined values at every render, not only the first.
+            let e = copy.render(&Context::new(), None).unwrap_err();
+            assert_eq!(e.missing, vec!["name".to_owned()], "{source}");
+        }
+        // Fuel is per render: a compiled loop runs out of it each time.
+        let t = Template::parse(
+            "{% for a in range(n) %}{% for b in range(n) %}x{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        assert_eq!(t.render(&ctx(&json!({"n": 2})), None).unwrap(), "xxxx");
+        for _ in 0..2 {
+            let e = t.render(&ctx(&json!({"n": 100_000})), None).unwrap_err();
+            assert!(e.message.contains("fuel"), "{}", e.message);
+        }
     }
 }

@@ -280,10 +280,14 @@ async fn steps_cost() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(20usize);
+    let sync = match std::env::var("SPES_DURABLE_BENCH_SYNC").as_deref() {
+        Ok("full" | "FULL") => Durability::Full,
+        _ => Durability::Normal,
+    };
     let (wf, source) = chain(STEPS);
     let engine = replying("ok");
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Normal).await;
+    let store = open(dir.path(), sync).await;
     let (mut mem, mut durable) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let t = Instant::now();
@@ -305,19 +309,21 @@ async fn steps_cost() {
     let appends = append_rounds(&store, &id, rounds, STEPS).await;
     store.close().await;
     println!(
-        "steps:     RunStore::append alone (synchronous=NORMAL, warm file) {:.1} µs/entry",
+        "steps:     RunStore::append alone (synchronous={}, warm file) {:.1} µs/entry",
+        sync.pragma(),
         us(median(appends)) / STEPS as f64
     );
     // Their means hold the checkpoints, which sync with NORMAL too.
-    let (direct, direct_mean) = bare_direct_commit(Durability::Normal, 2000);
-    let (sql, sql_mean) = direct_store_sql(Durability::Normal, 2000).await;
+    let (direct, direct_mean) = bare_direct_commit(sync, 2000);
+    let (sql, sql_mean) = direct_store_sql(sync, 2000).await;
     println!(
         "steps:     the store's append statements made directly (rusqlite, calling thread) median {sql:.1} µs, mean {sql_mean:.1} µs · a bare commit made directly median {direct:.1} µs, mean {direct_mean:.1} µs"
     );
     let (mem, durable) = (median(mem), median(durable));
     println!(
-        "steps:     {STEPS}-step chain in memory {:.1} µs/step, durable (synchronous=NORMAL, warm file) {:.1} µs/step: durable cost {:.1} µs/step without its fsync",
+        "steps:     {STEPS}-step chain in memory {:.1} µs/step, durable (synchronous={}, warm file) {:.1} µs/step: durable cost {:.1} µs/step",
         us(mem) / STEPS as f64,
+        sync.pragma(),
         us(durable) / STEPS as f64,
         (us(durable) - us(mem)) / STEPS as f64
     );

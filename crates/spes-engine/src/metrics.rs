@@ -20,7 +20,7 @@
 //! | `spes_queue_tasks` (gauge) | `state` (`ready`, `claimed`) | read from the store's work queue at each scrape (PostgreSQL) |
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use prometheus_client::encoding::text::encode;
@@ -59,6 +59,71 @@ struct Inner {
     breakers: Family<Labels, Gauge>,
     runs: Family<Labels, Gauge>,
     queue: Family<Labels, Gauge>,
+    /// The series a successful call feeds, by provider and model, looked up
+    /// in their families once (at most [`CALL_SERIES_KEPT`] pairs).
+    ok_series: RwLock<Vec<(String, String, Arc<OkSeries>)>>,
+}
+
+/// The series one successful call of a provider's model feeds (each a
+/// handle on the series in its family: what it counts is the family's).
+struct OkSeries {
+    latency: Histogram,
+    /// Input, output, cache-read and cache-write tokens.
+    tokens: [Counter; 4],
+    cost: Counter<f64, AtomicU64>,
+}
+
+/// Token types, in the order of [`OkSeries::tokens`].
+const TOKEN_TYPES: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
+
+/// Provider and model pairs whose series [`Inner::ok_series`] keeps; past
+/// it, each call looks its series up in the families.
+const CALL_SERIES_KEPT: usize = 256;
+
+impl Inner {
+    /// The series a successful call of `provider`'s `model` feeds.
+    fn ok_series(&self, provider: &str, model: &str) -> Arc<OkSeries> {
+        let kept = |all: &[(String, String, Arc<OkSeries>)]| {
+            all.iter()
+                .find(|(p, m, _)| p == provider && m == model)
+                .map(|(_, _, s)| Arc::clone(s))
+        };
+        if let Some(s) = kept(
+            &self
+                .ok_series
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        ) {
+            return s;
+        }
+        let labels = |extra: Option<(&'static str, &str)>| {
+            let mut l = vec![
+                ("provider", provider.to_owned()),
+                ("model", model.to_owned()),
+            ];
+            l.extend(extra.map(|(k, v)| (k, v.to_owned())));
+            l
+        };
+        let series = Arc::new(OkSeries {
+            latency: self
+                .model_calls
+                .get_or_create_owned(&labels(Some(("outcome", "ok")))),
+            tokens: TOKEN_TYPES
+                .map(|t| self.tokens.get_or_create_owned(&labels(Some(("type", t))))),
+            cost: self.cost.get_or_create_owned(&labels(None)),
+        });
+        let mut all = self
+            .ok_series
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = kept(&all) {
+            return s;
+        }
+        if all.len() < CALL_SERIES_KEPT {
+            all.push((provider.to_owned(), model.to_owned(), Arc::clone(&series)));
+        }
+        series
+    }
 }
 
 /// A registry of spes's metrics; cheap to clone (clones share it).
@@ -157,6 +222,7 @@ impl Metrics {
                 breakers,
                 runs,
                 queue,
+                ok_series: RwLock::default(),
             }),
         }
     }
@@ -179,38 +245,36 @@ impl Metrics {
         let start = Instant::now();
         let result = call.await;
         let elapsed = start.elapsed().as_secs_f64();
-        let name = provider.name().to_owned();
+        let name = provider.name();
         let model = req
             .model
-            .clone()
-            .or_else(|| provider.default_model().map(str::to_owned))
+            .as_deref()
+            .or_else(|| provider.default_model())
             .unwrap_or_default();
-        let labels = |extra: Vec<(&'static str, String)>| {
-            let mut l = vec![("provider", name.clone()), ("model", model.clone())];
-            l.extend(extra);
-            l
-        };
         let i = &self.inner;
         match &result {
             Ok(r) => {
-                i.model_calls
-                    .get_or_create(&labels(vec![("outcome", "ok".into())]))
-                    .observe(elapsed);
+                let series = i.ok_series(name, model);
+                series.latency.observe(elapsed);
                 let u = &r.usage;
-                for (kind, n) in [
-                    ("input", u.input_tokens),
-                    ("output", u.output_tokens),
-                    ("cache_read", u.cache_read_tokens),
-                    ("cache_write", u.cache_write_tokens),
-                ] {
-                    i.tokens
-                        .get_or_create(&labels(vec![("type", kind.into())]))
-                        .inc_by(n);
+                let counts = [
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.cache_read_tokens,
+                    u.cache_write_tokens,
+                ];
+                for (counter, n) in series.tokens.iter().zip(counts) {
+                    counter.inc_by(n);
                 }
                 // Shown (at 0) from the first call, until a price feeds it.
-                i.cost.get_or_create(&labels(Vec::new())).inc_by(0.0);
+                series.cost.inc_by(0.0);
             }
             Err(e) => {
+                let labels = |extra: Vec<(&'static str, String)>| {
+                    let mut l = vec![("provider", name.to_owned()), ("model", model.to_owned())];
+                    l.extend(extra);
+                    l
+                };
                 i.model_calls
                     .get_or_create(&labels(vec![("outcome", "error".into())]))
                     .observe(elapsed);
@@ -398,6 +462,14 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // Another model of the same provider: series of its own.
+        let other = ChatRequest {
+            model: Some("m2".into()),
+            ..req.clone()
+        };
+        m.model_call(&p, &other, async { Ok(answer(100, 0)) })
+            .await
+            .unwrap();
         let err = ProviderError::new("fake", ProviderErrorKind::RateLimited, "slow down");
         let _ = m.model_call(&p, &req, async { Err(err) }).await;
         m.on_event(&Event::StepFinished {
@@ -443,6 +515,14 @@ mod tests {
         assert_eq!(
             num(value(&s, "spes_tokens_total", &with(("type", "output")))),
             3.0
+        );
+        assert_eq!(
+            num(value(
+                &s,
+                "spes_tokens_total",
+                &[("provider", "fake"), ("model", "m2"), ("type", "input")]
+            )),
+            100.0
         );
         assert_eq!(num(value(&s, "spes_cost_usd_total", &pm)), 0.0);
         let mut e = with(("class", "transient"));
