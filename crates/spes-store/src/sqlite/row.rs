@@ -23,7 +23,27 @@ pub(super) fn now() -> DateTime<Utc> {
 
 /// Formats a time for storage.
 pub(super) fn fmt_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    use chrono::{Datelike as _, Timelike as _};
+    use std::fmt::Write as _;
+    let micros = t.nanosecond() / 1000;
+    // Written field by field: chrono's `format` parses its pattern at every
+    // call, which cost a durable step more than its time to write. Years
+    // past four digits and leap seconds take chrono's own path.
+    if !(0..=9999).contains(&t.year()) || micros >= 1_000_000 {
+        return t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    }
+    let mut s = String::with_capacity(27);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    s
 }
 
 fn parse_time(column: &str, s: &str) -> Result<DateTime<Utc>, BadRow> {
@@ -239,6 +259,30 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(fmt_time(whole), "2025-01-02T03:04:05.000000Z");
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        use chrono::TimeZone as _;
+        let chrono_way = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let at = |y, mo, d, h, mi, s| Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap();
+        let times = [
+            at(2026, 12, 7, 3, 4, 5),
+            at(1, 1, 1, 0, 0, 0),
+            at(9999, 12, 31, 23, 59, 59) + chrono::Duration::microseconds(999_999),
+            at(10000, 1, 1, 0, 0, 0),
+            at(2016, 12, 31, 23, 59, 59) + chrono::Duration::nanoseconds(123_456_789),
+            // A leap second.
+            chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+                .unwrap()
+                .and_hms_micro_opt(23, 59, 59, 1_500_000)
+                .unwrap()
+                .and_utc(),
+            now(),
+        ];
+        for t in times {
+            assert_eq!(fmt_time(t), chrono_way(t));
+        }
     }
 
     #[test]

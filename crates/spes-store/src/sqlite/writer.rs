@@ -57,9 +57,14 @@ impl Writer {
     /// order they asked). Past the lock wait: `PoolTimedOut`, which the
     /// store reports as [`crate::StoreError::Locked`] like a busy file.
     pub(crate) async fn acquire(&self) -> Result<WriterConn<'_>, sqlx::Error> {
-        let guard = tokio::time::timeout(self.wait, self.conn.lock())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        // Free (no holder, no one waiting: tokio hands a released lock to
+        // its first waiter): taken without arming a timer.
+        let guard = match self.conn.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => tokio::time::timeout(self.wait, self.conn.lock())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)?,
+        };
         if self.closed.load(Ordering::Acquire) || guard.is_none() {
             return Err(sqlx::Error::PoolClosed);
         }
