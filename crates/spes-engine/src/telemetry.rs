@@ -13,8 +13,9 @@
 //! inside a step is that step's child. No context is attached to the
 //! futures the engine polls (attaching it on every poll cost several
 //! microseconds per step). The caller's current OpenTelemetry
-//! [`Context`](opentelemetry::Context) when a run starts (an embedding
-//! application's span) is the parent of the run's span. A provider learns
+//! `Context` (`opentelemetry::Context`, with the `otel` feature) when a
+//! run starts (an embedding application's span) is the parent of the
+//! run's span. A provider learns
 //! its call's span from `CallContext::traceparent`.
 //!
 //! Without a tracer (the default), every function here returns at once:
