@@ -62,6 +62,9 @@ struct Inner {
     /// The series a successful call feeds, by provider and model, looked up
     /// in their families once (at most [`CALL_SERIES_KEPT`] pairs).
     ok_series: RwLock<Vec<(String, String, Arc<OkSeries>)>>,
+    /// The step duration series, by step kind and outcome (ok or not),
+    /// looked up in their family once (step kinds are a fixed set).
+    step_series: RwLock<Vec<(&'static str, bool, Histogram)>>,
 }
 
 /// The series one successful call of a provider's model feeds (each a
@@ -123,6 +126,39 @@ impl Inner {
             all.push((provider.to_owned(), model.to_owned(), Arc::clone(&series)));
         }
         series
+    }
+}
+
+impl Inner {
+    /// The duration series of finished steps of `kind` that ended well
+    /// (`ok`) or not.
+    fn step_series(&self, kind: &'static str, ok: bool) -> Histogram {
+        let kept = |all: &[(&'static str, bool, Histogram)]| {
+            all.iter()
+                .find(|(k, o, _)| *k == kind && *o == ok)
+                .map(|(_, _, h)| h.clone())
+        };
+        if let Some(h) = kept(
+            &self
+                .step_series
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        ) {
+            return h;
+        }
+        let outcome = if ok { "ok" } else { "error" };
+        let h = self.steps.get_or_create_owned(&vec![
+            ("kind", kind.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ]);
+        let mut all = self
+            .step_series
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if kept(&all).is_none() && all.len() < CALL_SERIES_KEPT {
+            all.push((kind, ok, h.clone()));
+        }
+        h
     }
 }
 
@@ -223,6 +259,7 @@ impl Metrics {
                 runs,
                 queue,
                 ok_series: RwLock::default(),
+                step_series: RwLock::default(),
             }),
         }
     }
@@ -314,13 +351,8 @@ impl Metrics {
             ..
         } = event
         {
-            let outcome = if error.is_some() { "error" } else { "ok" };
             self.inner
-                .steps
-                .get_or_create(&vec![
-                    ("kind", (*kind).to_owned()),
-                    ("outcome", outcome.to_owned()),
-                ])
+                .step_series(kind, error.is_none())
                 .observe(elapsed.as_secs_f64());
         }
     }
@@ -472,15 +504,18 @@ mod tests {
             .unwrap();
         let err = ProviderError::new("fake", ProviderErrorKind::RateLimited, "slow down");
         let _ = m.model_call(&p, &req, async { Err(err) }).await;
-        m.on_event(&Event::StepFinished {
-            key: "a".into(),
-            kind: "llm",
-            depth: 0,
-            elapsed: Duration::from_millis(20),
-            error: None,
-            note: None,
-            usage: None,
-        });
+        // Two llm steps end well, one fails: each outcome its own series.
+        for error in [None, None, Some("boom".to_owned())] {
+            m.on_event(&Event::StepFinished {
+                key: "a".into(),
+                kind: "llm",
+                depth: 0,
+                elapsed: Duration::from_millis(20),
+                error,
+                note: None,
+                usage: None,
+            });
+        }
         m.claimed("item", 3);
         m.lease_lost();
         m.breaker("fake", BreakerState::Open { until_ms: 5 });
@@ -533,6 +568,14 @@ mod tests {
                 &s,
                 "spes_step_duration_seconds_count",
                 &[("kind", "llm"), ("outcome", "ok")]
+            )),
+            2.0
+        );
+        assert_eq!(
+            num(value(
+                &s,
+                "spes_step_duration_seconds_count",
+                &[("kind", "llm"), ("outcome", "error")]
             )),
             1.0
         );
