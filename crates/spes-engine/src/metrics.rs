@@ -59,12 +59,10 @@ struct Inner {
     breakers: Family<Labels, Gauge>,
     runs: Family<Labels, Gauge>,
     queue: Family<Labels, Gauge>,
-    /// The series a successful call feeds, by provider and model, looked up
-    /// in their families once (at most [`CALL_SERIES_KEPT`] pairs).
-    ok_series: RwLock<Vec<(String, String, Arc<OkSeries>)>>,
-    /// The step duration series, by step kind and outcome (ok or not),
-    /// looked up in their family once (step kinds are a fixed set).
-    step_series: RwLock<Vec<(&'static str, bool, Histogram)>>,
+    /// The series a successful call feeds, by provider and model.
+    ok_series: Kept<(String, String), Arc<OkSeries>>,
+    /// The step duration series, by step kind and outcome (ok or not).
+    step_series: Kept<(&'static str, bool), Histogram>,
 }
 
 /// The series one successful call of a provider's model feeds (each a
@@ -79,86 +77,79 @@ struct OkSeries {
 /// Token types, in the order of [`OkSeries::tokens`].
 const TOKEN_TYPES: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
 
-/// Provider and model pairs whose series [`Inner::ok_series`] keeps; past
-/// it, each call looks its series up in the families.
-const CALL_SERIES_KEPT: usize = 256;
+/// Keys whose series a [`Kept`] keeps.
+const SERIES_KEPT: usize = 256;
 
-impl Inner {
-    /// The series a successful call of `provider`'s `model` feeds.
-    fn ok_series(&self, provider: &str, model: &str) -> Arc<OkSeries> {
-        let kept = |all: &[(String, String, Arc<OkSeries>)]| {
-            all.iter()
-                .find(|(p, m, _)| p == provider && m == model)
-                .map(|(_, _, s)| Arc::clone(s))
-        };
-        if let Some(s) = kept(
-            &self
-                .ok_series
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        ) {
-            return s;
+/// Series kept by a key, so that a hot path looks each up in its family
+/// once (at most [`SERIES_KEPT`]; past it, each use looks its series up).
+struct Kept<K, V>(RwLock<Vec<(K, V)>>);
+
+impl<K, V> Default for Kept<K, V> {
+    fn default() -> Self {
+        Self(RwLock::default())
+    }
+}
+
+impl<K, V: Clone> Kept<K, V> {
+    /// The series kept under the key `is` picks, or `make`'s (kept now).
+    fn get(&self, is: impl Fn(&K) -> bool, make: impl FnOnce() -> (K, V)) -> V {
+        let find = |all: &[(K, V)]| all.iter().find(|(k, _)| is(k)).map(|(_, v)| v.clone());
+        if let Some(v) = find(&self.0.read().unwrap_or_else(PoisonError::into_inner)) {
+            return v;
         }
-        let labels = |extra: Option<(&'static str, &str)>| {
-            let mut l = vec![
-                ("provider", provider.to_owned()),
-                ("model", model.to_owned()),
-            ];
-            l.extend(extra.map(|(k, v)| (k, v.to_owned())));
-            l
-        };
-        let series = Arc::new(OkSeries {
-            latency: self
-                .model_calls
-                .get_or_create_owned(&labels(Some(("outcome", "ok")))),
-            tokens: TOKEN_TYPES
-                .map(|t| self.tokens.get_or_create_owned(&labels(Some(("type", t))))),
-            cost: self.cost.get_or_create_owned(&labels(None)),
-        });
-        let mut all = self
-            .ok_series
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = kept(&all) {
-            return s;
+        let (key, made) = make();
+        let mut all = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = find(&all) {
+            return v;
         }
-        if all.len() < CALL_SERIES_KEPT {
-            all.push((provider.to_owned(), model.to_owned(), Arc::clone(&series)));
+        if all.len() < SERIES_KEPT {
+            all.push((key, made.clone()));
         }
-        series
+        made
     }
 }
 
 impl Inner {
+    /// The series a successful call of `provider`'s `model` feeds.
+    fn ok_series(&self, provider: &str, model: &str) -> Arc<OkSeries> {
+        self.ok_series.get(
+            |(p, m)| p == provider && m == model,
+            || {
+                let labels = |extra: Option<(&'static str, &str)>| {
+                    let mut l = vec![
+                        ("provider", provider.to_owned()),
+                        ("model", model.to_owned()),
+                    ];
+                    l.extend(extra.map(|(k, v)| (k, v.to_owned())));
+                    l
+                };
+                let series = OkSeries {
+                    latency: self
+                        .model_calls
+                        .get_or_create_owned(&labels(Some(("outcome", "ok")))),
+                    tokens: TOKEN_TYPES
+                        .map(|t| self.tokens.get_or_create_owned(&labels(Some(("type", t))))),
+                    cost: self.cost.get_or_create_owned(&labels(None)),
+                };
+                ((provider.to_owned(), model.to_owned()), Arc::new(series))
+            },
+        )
+    }
+
     /// The duration series of finished steps of `kind` that ended well
     /// (`ok`) or not.
     fn step_series(&self, kind: &'static str, ok: bool) -> Histogram {
-        let kept = |all: &[(&'static str, bool, Histogram)]| {
-            all.iter()
-                .find(|(k, o, _)| *k == kind && *o == ok)
-                .map(|(_, _, h)| h.clone())
-        };
-        if let Some(h) = kept(
-            &self
-                .step_series
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        ) {
-            return h;
-        }
-        let outcome = if ok { "ok" } else { "error" };
-        let h = self.steps.get_or_create_owned(&vec![
-            ("kind", kind.to_owned()),
-            ("outcome", outcome.to_owned()),
-        ]);
-        let mut all = self
-            .step_series
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if kept(&all).is_none() && all.len() < CALL_SERIES_KEPT {
-            all.push((kind, ok, h.clone()));
-        }
-        h
+        self.step_series.get(
+            |&(k, o)| k == kind && o == ok,
+            || {
+                let outcome = if ok { "ok" } else { "error" };
+                let h = self.steps.get_or_create_owned(&vec![
+                    ("kind", kind.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ]);
+                ((kind, ok), h)
+            },
+        )
     }
 }
 
@@ -258,8 +249,8 @@ impl Metrics {
                 breakers,
                 runs,
                 queue,
-                ok_series: RwLock::default(),
-                step_series: RwLock::default(),
+                ok_series: Kept::default(),
+                step_series: Kept::default(),
             }),
         }
     }
