@@ -118,6 +118,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The median and the mean of a loop's times (µs).
+fn median_and_mean(times: Vec<Duration>) -> (f64, f64) {
+    let mean = times.iter().copied().map(us).sum::<f64>() / times.len() as f64;
+    (us(median(times)), mean)
+}
+
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -382,8 +388,7 @@ async fn direct_store_sql(durability: Durability, n: usize) -> (f64, f64) {
         conn.prepare_cached("COMMIT").unwrap().execute([]).unwrap();
         times.push(t.elapsed());
     }
-    let mean = times.iter().copied().map(us).sum::<f64>() / n as f64;
-    (us(median(times)), mean)
+    median_and_mean(times)
 }
 
 /// [`commit_cost`]'s durable step, direct bare commit and one-command bare
@@ -635,8 +640,7 @@ fn direct_commits(conn: &rusqlite::Connection, prefix: &str, n: usize) -> (f64, 
         conn.execute_batch("COMMIT").unwrap();
         times.push(t.elapsed());
     }
-    let mean = times.iter().copied().map(us).sum::<f64>() / n as f64;
-    (us(median(times)), mean)
+    median_and_mean(times)
 }
 
 /// The middle round's median and the middle round's mean of rounds of
@@ -757,8 +761,7 @@ async fn postgres_cost(wf: &Workflow, source: &WorkflowSource, engine: &Engine, 
         }
         if round > 0 {
             durable.push(took);
-            let mean = times.iter().copied().map(us).sum::<f64>() / times.len() as f64;
-            bares.push((us(median(times)), mean));
+            bares.push(median_and_mean(times));
         }
     }
     let per_step = (us(median(durable)) - us(mem)) / STEPS as f64;
