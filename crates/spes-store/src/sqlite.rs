@@ -756,6 +756,119 @@ mod tests {
         ));
     }
 
+    /// A store that schema 3 wrote (entries keyed by (run_id, seq)) keeps
+    /// every entry, in seq order, through migration 4; each run goes on
+    /// numbering after its last seq, through an append and a gate decision;
+    /// a run created after the migration starts at 1; a key taken before
+    /// the migration is still taken.
+    #[tokio::test]
+    async fn a_journal_from_schema_3_keeps_its_entries_and_their_numbering() {
+        use crate::{Appended, NewGate, RunId, RunStore as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spes.db");
+        let (a, b) = (RunId::new(), RunId::new());
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            for sql in &schema::MIGRATIONS[..3] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.execute_batch(&format!(
+                "PRAGMA application_id = {}; PRAGMA user_version = 3",
+                schema::APPLICATION_ID
+            ))
+            .unwrap();
+            for run in [a, b] {
+                c.execute(
+                    "INSERT INTO runs (id, workflow_name, workflow_path, workflow_hash, workflow_source, \
+                     pins, inputs, status, created_at, updated_at) VALUES (?1, 'w', '/w.yaml', 'h', 'src', \
+                     '[]', '{}', 'running', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')",
+                    [run.to_string()],
+                )
+                .unwrap();
+            }
+            // Interleaved, and keys that sort against their seqs.
+            for (run, seq, key) in [
+                (a, 1, "z"),
+                (b, 1, "y"),
+                (a, 2, "m"),
+                (b, 2, "a"),
+                (a, 3, "b"),
+            ] {
+                c.execute(
+                    "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
+                     VALUES (?1, ?2, ?3, 'model', ?4, '2026-01-01T00:00:00.000000Z')",
+                    rusqlite::params![run.to_string(), seq, key, format!("{{\"n\":{seq}}}")],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path, SqliteOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), schema::SUPPORTED);
+        let keys = |v: Vec<crate::Entry>| v.into_iter().map(|e| (e.seq, e.key)).collect::<Vec<_>>();
+        let owned = |v: &[(i64, &str)]| {
+            v.iter()
+                .map(|(s, k)| (*s, (*k).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(store.entries(&a).await.unwrap()),
+            owned(&[(1, "z"), (2, "m"), (3, "b")])
+        );
+        assert_eq!(
+            keys(store.entries(&b).await.unwrap()),
+            owned(&[(1, "y"), (2, "a")])
+        );
+        let payload = serde_json::json!({"n": 4});
+        assert_eq!(
+            store.append(&a, "c", "model", &payload).await.unwrap(),
+            Appended::New(4)
+        );
+        // A key taken before the migration is still taken.
+        assert!(matches!(
+            store.append(&b, "y", "model", &payload).await.unwrap(),
+            Appended::Existing(e) if e.seq == 1 && e.payload == serde_json::json!({"n": 1})
+        ));
+        store
+            .open_gate(&NewGate {
+                run_id: b,
+                key: "ok?".into(),
+                kind: "approval".into(),
+                request: serde_json::json!({}),
+                deadline: None,
+            })
+            .await
+            .unwrap();
+        store
+            .decide_gate(&b, "ok?", &serde_json::json!({"approved": true}))
+            .await
+            .unwrap();
+        assert_eq!(
+            keys(store.entries(&b).await.unwrap()),
+            owned(&[(1, "y"), (2, "a"), (3, "ok?")])
+        );
+        assert_eq!(
+            keys(store.entries_after(&a, 2, 10).await.unwrap()),
+            owned(&[(3, "b"), (4, "c")])
+        );
+        let new = crate::testing::sample_run();
+        store.create_run(&new).await.unwrap();
+        assert_eq!(
+            store
+                .append(&new.id, "first", "model", &payload)
+                .await
+                .unwrap(),
+            Appended::New(1)
+        );
+        assert_eq!(
+            keys(store.entries(&new.id).await.unwrap()),
+            owned(&[(1, "first")])
+        );
+        store.close().await;
+    }
+
     #[test]
     fn durability_parses() {
         assert_eq!("FULL".parse::<Durability>().unwrap(), Durability::Full);

