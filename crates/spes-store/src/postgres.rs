@@ -104,7 +104,9 @@ impl Default for PostgresOptions {
 }
 
 impl PostgresOptions {
-    /// Most connections in the pool (default 10).
+    /// Most connections in the pool (default 10). A store also holds one
+    /// connection of its own beside the pool, opened at its first lone
+    /// journal append (see [`PostgresStore`]).
     #[must_use]
     pub fn with_max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
@@ -167,6 +169,14 @@ pub struct PostgresStore {
     /// Each run's status as its last lone journal append read it, and
     /// when that append began ([`crate::RunStore::status_read_by_commit`]).
     statuses: crate::group::Statuses,
+    /// The connection a lone journal append (a sequential step's) runs
+    /// on, outside the pool: sqlx hands a pooled connection back through a
+    /// spawned task that pings the server first, one more round trip and
+    /// two more thread wake-ups per append. Opened at the first lone
+    /// append; dropped (and opened again by the next) when an append on it
+    /// meets an error from the connection or the server, or is dropped
+    /// unfinished.
+    journal: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
 }
 
 /// The channel a transaction that makes a task ready notifies (`pg_notify`,
@@ -255,6 +265,7 @@ impl PostgresStore {
             fenced: crate::group::FencedAppends::new(crate::group::MAX_BATCH),
             slots_made: Mutex::default(),
             statuses: crate::group::Statuses::default(),
+            journal: tokio::sync::Mutex::new(None),
         };
         store.first_connection().await?;
         store.migrate().await?;
@@ -326,6 +337,9 @@ impl PostgresStore {
         // The wake listener holds a pooled connection: closing the pool
         // would wait for it forever.
         drop(self.listener.lock().await.take());
+        if let Some(conn) = self.journal.lock().await.take() {
+            let _ = sqlx::Connection::close(conn).await;
+        }
         self.pool.close().await;
     }
 

@@ -60,6 +60,66 @@ async fn a_newer_schema_is_refused_and_left_alone() {
     assert_eq!(store.schema_version().await.unwrap(), newer);
 }
 
+/// A sequential step's append runs on a connection the store keeps for
+/// it, outside the pool: when the server ends that connection between two
+/// appends, the next append opens another and commits, and every entry is
+/// there once, numbered in order.
+#[tokio::test]
+async fn lone_appends_go_on_after_the_server_ends_their_connection() {
+    let schema = TestSchema::new().await;
+    // A name of its own, so that only this store's sessions are ended.
+    let name = format!("spes-kill-{}", uuid::Uuid::now_v7().simple());
+    let url = format!("{}&application_name={name}", schema.url());
+    let store = PostgresStore::connect(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let run = spes_store::testing::sample_run();
+    store.create_run(&run).await.unwrap();
+    let payload = serde_json::json!({"n": 1});
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(schema.url())
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let key = format!("step{round}");
+        assert_eq!(
+            store
+                .append(&run.id, &key, "model", &payload)
+                .await
+                .unwrap(),
+            spes_store::Appended::New(round + 1)
+        );
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&name)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert!(ended.iter().any(|e| *e), "no session of the store to end");
+    }
+    // The first key is still taken; the entries are in order, once each.
+    assert!(matches!(
+        store.append(&run.id, "step0", "model", &payload).await.unwrap(),
+        spes_store::Appended::Existing(e) if e.seq == 1
+    ));
+    let seqs: Vec<(i64, String)> = store
+        .entries(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.key))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![
+            (1, "step0".into()),
+            (2, "step1".into()),
+            (3, "step2".into())
+        ]
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable_after_the_retry_budget() {
     // A port nothing listens on (the kernel refuses the connection).

@@ -891,10 +891,24 @@ impl PostgresStore {
         if let [r] = reqs {
             // One entry: one autocommit statement, one round trip.
             let began = std::time::Instant::now();
-            let mut conn = self.pool.acquire().await?;
-            let (appended, status) =
+            // The store's journal connection (see `PostgresStore::journal`),
+            // taken out of its slot meanwhile: if this future is dropped
+            // mid-statement, so is the connection.
+            let mut slot = self.journal.lock().await;
+            let mut conn = match slot.take() {
+                Some(conn) => conn,
+                None => sqlx::ConnectOptions::connect(&*self.pool.connect_options()).await?,
+            };
+            let out =
                 append_reading_status(&mut conn, &self.shown, &r.run, &r.key, &r.kind, &r.payload)
-                    .await?;
+                    .await;
+            // Any error from the connection drops it (a key taken is
+            // not one: the statement answers it).
+            if !matches!(out, Err(Fail::Sql(_))) {
+                *slot = Some(conn);
+            }
+            drop(slot);
+            let (appended, status) = out?;
             if let Some(status) = status {
                 self.statuses.saw(r.run, &status, began);
             }
