@@ -572,7 +572,7 @@ impl RunStore for SqliteStore {
             if inserted.rows_affected() != 1 {
                 return Err(Fail::Store(StoreError::Corrupt {
                     path: self.path.display().to_string(),
-                    reason: format!("run {id} has no number (runs.num), which every run of schema 4 has"),
+                    reason: schema::no_number(run_id),
                 }));
             }
             tx.commit().await?;
@@ -931,7 +931,7 @@ fn entry_id(run: &str, base: Option<i64>, seq: i64) -> rusqlite::Result<i64> {
     let Some(base) = base else {
         return Err(refuse(
             rusqlite::ffi::SQLITE_CORRUPT,
-            format!("run {run} has no number (runs.num), which every run of schema 4 has"),
+            schema::no_number(run),
         ));
     };
     if !(1..=i64::from(u32::MAX)).contains(&seq) {

@@ -119,6 +119,12 @@ pub(super) const NEXT_ENTRY: &str = "SELECT r.status AS status, r.num * 42949672
      AND r.num * 4294967296 + 4294967295 ORDER BY e.id DESC LIMIT 1), 0) + 1 AS next \
      FROM runs r WHERE r.id = ?1";
 
+/// Why run `run` cannot number an entry: it has no `runs.num` (a store
+/// changed by hand, as every run of schema 4 has one).
+pub(super) fn no_number(run: &str) -> String {
+    format!("run {run} has no number (runs.num), which every run of schema 4 has")
+}
+
 /// The newest schema version this build understands.
 pub(super) const SUPPORTED: i64 = MIGRATIONS.len() as i64;
 
