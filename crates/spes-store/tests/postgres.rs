@@ -118,6 +118,14 @@ async fn lone_appends_go_on_after_the_server_ends_their_connection() {
             (3, "step2".into())
         ]
     );
+    // Closed, the store opens no connection of its own again.
+    store.close().await;
+    assert!(
+        store
+            .append(&run.id, "after-close", "model", &payload)
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

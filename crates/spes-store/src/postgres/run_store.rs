@@ -895,6 +895,11 @@ impl PostgresStore {
             // taken out of its slot meanwhile: if this future is dropped
             // mid-statement, so is the connection.
             let mut slot = self.journal.lock().await;
+            // A closed store fails its operations, this one too (as the
+            // pool's would).
+            if self.pool.is_closed() {
+                return Err(sqlx::Error::PoolClosed.into());
+            }
             let mut conn = match slot.take() {
                 Some(conn) => conn,
                 None => sqlx::ConnectOptions::connect(&*self.pool.connect_options()).await?,
